@@ -1,0 +1,451 @@
+//! The sealed envelope (DESIGN.md §5).
+//!
+//! A random content key encrypts the payload (subject, body, headers, time) with
+//! XChaCha20-Poly1305; the content key is sealed (`crypto_box_seal`) to each recipient's
+//! X25519 key; the signer signs the canonical bytes of the whole envelope. The cleartext
+//! header is exactly what the server must see to route mail: sender, recipients, size, time.
+//! Bcc recipients get envelopes of their own, so nobody learns of them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload as AeadPayload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::address::Address;
+use crate::b64;
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::keys::{
+    EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, Signature, SigningKeypair, random_bytes,
+};
+
+/// Magic and format version at the start of every envelope.
+pub const ENVELOPE_MAGIC: &[u8; 5] = b"LMENV";
+pub const ENVELOPE_VERSION: u8 = 1;
+/// Signature context of an envelope.
+pub const ENVELOPE_CONTEXT: &[u8] = b"letterme/v1/envelope\0";
+/// Recipients in one envelope.
+pub const MAX_RECIPIENTS: usize = 1000;
+/// Ciphertext of one envelope; the server's own size limit is usually far lower.
+pub const MAX_CIPHERTEXT: usize = 64 * 1024 * 1024;
+/// Address octets on the wire (local 64 + '@' + domain 253).
+pub const MAX_ADDRESS: usize = 320;
+/// A sealed 32-byte content key: ephemeral public key (32) + MAC (16) + key (32).
+pub const WRAPPED_KEY_LEN: usize = 80;
+const SIGNATURE_LEN: usize = 64;
+
+/// Random, unique per envelope; the server and clients refuse a second envelope with an id
+/// they have already seen (replay).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EnvelopeId(#[serde(with = "b64::array")] pub [u8; 16]);
+
+impl EnvelopeId {
+    pub fn random() -> Self {
+        Self(random_bytes())
+    }
+
+    /// Lower-case hex, the form used in URLs and the CLI.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 32 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl fmt::Display for EnvelopeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for EnvelopeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EnvelopeId({})", self.to_hex())
+    }
+}
+
+/// Whose key signed the envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum SignerKind {
+    /// The sending user's identity key (native mail).
+    User = 1,
+    /// The sending domain's key (inbound legacy mail sealed by the gateway, notices).
+    Domain = 2,
+}
+
+impl SignerKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::User),
+            2 => Some(Self::Domain),
+            _ => None,
+        }
+    }
+}
+
+/// One recipient's copy of the content key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientEntry {
+    pub address: Address,
+    pub encryption_key: EncryptionPublicKey,
+    pub wrapped_key: Vec<u8>,
+}
+
+/// What the envelope carries, encrypted. Serialized as JSON inside the ciphertext.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    pub from: Address,
+    pub to: Vec<Address>,
+    #[serde(default)]
+    pub cc: Vec<Address>,
+    /// Set only in a Bcc recipient's own envelope, naming that recipient.
+    #[serde(default)]
+    pub bcc: Vec<Address>,
+    pub subject: String,
+    pub body: String,
+    /// Extra header fields, in order.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Unix seconds, as the sender's clock saw it.
+    pub date: u64,
+    pub message_id: String,
+    #[serde(default)]
+    pub in_reply_to: Option<String>,
+    #[serde(default)]
+    pub references: Vec<String>,
+}
+
+impl fmt::Debug for Payload {
+    // Subject and body never reach a log through Debug.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Payload")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("cc", &self.cc)
+            .field("subject", &"<redacted>")
+            .field("body", &format_args!("<{} bytes>", self.body.len()))
+            .field("date", &self.date)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sealed envelope, as decoded from (or encoded to) its canonical bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub id: EnvelopeId,
+    /// Unix seconds.
+    pub created: u64,
+    pub signer_kind: SignerKind,
+    pub sender: Address,
+    pub signer_key: IdentityPublicKey,
+    pub recipients: Vec<RecipientEntry>,
+    pub nonce: [u8; 24],
+    pub ciphertext: Vec<u8>,
+    pub signature: Signature,
+}
+
+/// Why an envelope could not be sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SealError {
+    #[error("an envelope needs at least one recipient")]
+    NoRecipients,
+    #[error("too many recipients ({0}, limit {MAX_RECIPIENTS})")]
+    TooManyRecipients(usize),
+    #[error("the message is too large ({0} bytes, limit {MAX_CIPHERTEXT})")]
+    TooLarge(usize),
+    #[error("no verified encryption key for {0}")]
+    MissingKey(Address),
+}
+
+/// Every way opening an envelope can fail.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("malformed envelope: {0}")]
+    Malformed(#[from] DecodeError),
+    #[error("unsupported envelope version {0}")]
+    UnsupportedVersion(u8),
+    #[error("the envelope signature does not verify (tampered or forged)")]
+    BadSignature,
+    #[error("the envelope is signed by a key that is not {0}'s verified key")]
+    UnexpectedSigner(Address),
+    #[error("{0} is not a recipient of this envelope")]
+    NotARecipient(Address),
+    #[error("the envelope is sealed to a key of {0} that this device does not hold")]
+    NoMatchingKey(Address),
+    #[error("the content key does not open")]
+    KeyUnwrap,
+    #[error("the payload does not decrypt")]
+    Decrypt,
+    #[error("the payload is malformed: {0}")]
+    MalformedPayload(String),
+    #[error("the payload names a sender other than the envelope's")]
+    SenderMismatch,
+    #[error("envelope {0} was already received (replay)")]
+    Replayed(EnvelopeId),
+}
+
+impl Envelope {
+    /// Canonical header bytes: the AEAD associated data.
+    fn header_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(128 + self.recipients.len() * 160);
+        w.raw(ENVELOPE_MAGIC)
+            .u8(ENVELOPE_VERSION)
+            .raw(&self.id.0)
+            .u64(self.created)
+            .u8(self.signer_kind as u8)
+            .str16(self.sender.as_str())
+            .raw(self.signer_key.as_bytes())
+            .u16(self.recipients.len() as u16);
+        for r in &self.recipients {
+            w.str16(r.address.as_str())
+                .raw(r.encryption_key.as_bytes())
+                .bytes16(&r.wrapped_key);
+        }
+        w.into_bytes()
+    }
+
+    /// Canonical bytes covered by the signature: header, nonce, ciphertext.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(self.ciphertext.len() + 1024);
+        w.raw(&self.header_bytes())
+            .raw(&self.nonce)
+            .bytes32(&self.ciphertext);
+        w.into_bytes()
+    }
+
+    /// The canonical wire bytes (`docs/PROTOCOL.md` §Envelope).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = self.signed_bytes();
+        bytes.extend_from_slice(self.signature.as_bytes());
+        bytes
+    }
+
+    /// Decodes the structure without checking any signature. Total and bounded.
+    pub fn decode(bytes: &[u8]) -> Result<Self, OpenError> {
+        let mut r = Reader::new(bytes);
+        r.expect(ENVELOPE_MAGIC, "envelope")?;
+        let version = r.u8("version")?;
+        if version != ENVELOPE_VERSION {
+            return Err(OpenError::UnsupportedVersion(version));
+        }
+        let id = EnvelopeId(r.array("id")?);
+        let created = r.u64("created")?;
+        let signer_kind =
+            SignerKind::from_u8(r.u8("signer kind")?).ok_or(DecodeError::Invalid("signer kind"))?;
+        let sender = parse_address(r.str16("sender", MAX_ADDRESS)?, "sender")?;
+        let signer_key = IdentityPublicKey(r.array("signer key")?);
+        let count = usize::from(r.u16("recipient count")?);
+        if count == 0 || count > MAX_RECIPIENTS {
+            return Err(DecodeError::Invalid("recipient count").into());
+        }
+        let mut recipients = Vec::with_capacity(count.min(r.remaining() / 100));
+        let mut seen = BTreeSet::new();
+        for _ in 0..count {
+            let address = parse_address(r.str16("recipient", MAX_ADDRESS)?, "recipient")?;
+            if !seen.insert(address.clone()) {
+                return Err(DecodeError::Invalid("duplicate recipient").into());
+            }
+            let encryption_key = EncryptionPublicKey(r.array("recipient key")?);
+            let wrapped = r.bytes16("wrapped key", WRAPPED_KEY_LEN)?;
+            if wrapped.len() != WRAPPED_KEY_LEN {
+                return Err(DecodeError::Invalid("wrapped key length").into());
+            }
+            recipients.push(RecipientEntry {
+                address,
+                encryption_key,
+                wrapped_key: wrapped.to_vec(),
+            });
+        }
+        let nonce = r.array("nonce")?;
+        let ciphertext = r.bytes32("ciphertext", MAX_CIPHERTEXT)?.to_vec();
+        let signature = Signature(r.array::<SIGNATURE_LEN>("signature")?);
+        r.finish()?;
+        Ok(Self {
+            id,
+            created,
+            signer_kind,
+            sender,
+            signer_key,
+            recipients,
+            nonce,
+            ciphertext,
+            signature,
+        })
+    }
+
+    /// Checks the signature against the envelope's own signer key. Anyone (the server
+    /// included) can run this; it proves integrity, not who the signer is.
+    pub fn verify_signature(&self) -> Result<(), OpenError> {
+        self.signer_key
+            .verify(ENVELOPE_CONTEXT, &self.signed_bytes(), &self.signature)
+            .map_err(|_| OpenError::BadSignature)
+    }
+
+    /// Size the server accounts for.
+    pub fn wire_len(&self) -> usize {
+        self.encode().len()
+    }
+
+    /// Opens the envelope for `me`.
+    ///
+    /// `trusted_signer` is the key the caller verified for the sender (the sender's attested
+    /// identity key, or the sender domain's key for [`SignerKind::Domain`]); `keys` are this
+    /// device's encryption keys, current first; `seen` tells whether this id was received
+    /// before.
+    pub fn open(
+        &self,
+        me: &Address,
+        keys: &[&EncryptionKeypair],
+        trusted_signer: &IdentityPublicKey,
+        seen: &dyn Fn(&EnvelopeId) -> bool,
+    ) -> Result<Payload, OpenError> {
+        self.verify_signature()?;
+        if &self.signer_key != trusted_signer {
+            return Err(OpenError::UnexpectedSigner(self.sender.clone()));
+        }
+        let entry = self
+            .recipients
+            .iter()
+            .find(|r| &r.address == me)
+            .ok_or_else(|| OpenError::NotARecipient(me.clone()))?;
+        let key = keys
+            .iter()
+            .find(|k| k.public() == entry.encryption_key)
+            .ok_or_else(|| OpenError::NoMatchingKey(me.clone()))?;
+        let content_key = Zeroizing::new(key.unseal(&entry.wrapped_key).ok_or(OpenError::KeyUnwrap)?);
+        if content_key.len() != 32 {
+            return Err(OpenError::KeyUnwrap);
+        }
+        let cipher = XChaCha20Poly1305::new_from_slice(&content_key).map_err(|_| OpenError::KeyUnwrap)?;
+        let aad = self.header_bytes();
+        let plaintext = Zeroizing::new(
+            cipher
+                .decrypt(
+                    XNonce::from_slice(&self.nonce),
+                    AeadPayload {
+                        msg: &self.ciphertext,
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| OpenError::Decrypt)?,
+        );
+        let payload: Payload =
+            serde_json::from_slice(&plaintext).map_err(|e| OpenError::MalformedPayload(e.to_string()))?;
+        if payload.from != self.sender {
+            return Err(OpenError::SenderMismatch);
+        }
+        if seen(&self.id) {
+            return Err(OpenError::Replayed(self.id));
+        }
+        Ok(payload)
+    }
+}
+
+fn parse_address(s: &str, what: &'static str) -> Result<Address, DecodeError> {
+    Address::parse(s).map_err(|_| DecodeError::Invalid(what))
+}
+
+/// Seals `payload` into one envelope for `recipients`, signed by `signer`.
+pub fn seal(
+    signer_kind: SignerKind,
+    signer: &SigningKeypair,
+    payload: &Payload,
+    recipients: &[(Address, EncryptionPublicKey)],
+    created: u64,
+) -> Result<Envelope, SealError> {
+    if recipients.is_empty() {
+        return Err(SealError::NoRecipients);
+    }
+    if recipients.len() > MAX_RECIPIENTS {
+        return Err(SealError::TooManyRecipients(recipients.len()));
+    }
+    let plaintext = Zeroizing::new(serde_json::to_vec(payload).expect("a payload always serializes"));
+    if plaintext.len() + 16 > MAX_CIPHERTEXT {
+        return Err(SealError::TooLarge(plaintext.len()));
+    }
+    let content_key = Zeroizing::new(random_bytes::<32>());
+    let mut seen = BTreeSet::new();
+    let entries = recipients
+        .iter()
+        .filter(|(a, _)| seen.insert(a.clone()))
+        .map(|(address, key)| RecipientEntry {
+            address: address.clone(),
+            encryption_key: *key,
+            wrapped_key: key.seal(&*content_key),
+        })
+        .collect();
+    let mut env = Envelope {
+        id: EnvelopeId::random(),
+        created,
+        signer_kind,
+        sender: payload.from.clone(),
+        signer_key: signer.public(),
+        recipients: entries,
+        nonce: random_bytes(),
+        ciphertext: Vec::new(),
+        signature: Signature([0; 64]),
+    };
+    let cipher = XChaCha20Poly1305::new_from_slice(&*content_key).expect("32-byte key");
+    let aad = env.header_bytes();
+    env.ciphertext = cipher
+        .encrypt(
+            XNonce::from_slice(&env.nonce),
+            AeadPayload {
+                msg: &plaintext,
+                aad: &aad,
+            },
+        )
+        .expect("XChaCha20-Poly1305 encryption of a bounded message cannot fail");
+    env.signature = signer.sign(ENVELOPE_CONTEXT, &env.signed_bytes());
+    Ok(env)
+}
+
+/// Seals a message the way a mail client sends it: one envelope for To and Cc together,
+/// and one envelope per Bcc recipient whose payload names only that recipient as Bcc.
+/// `key_of` returns the verified encryption key of an address.
+pub fn seal_message(
+    signer: &SigningKeypair,
+    payload: &Payload,
+    bcc: &[Address],
+    key_of: &dyn Fn(&Address) -> Option<EncryptionPublicKey>,
+    created: u64,
+) -> Result<Vec<Envelope>, SealError> {
+    let lookup = |a: &Address| key_of(a).map(|k| (a.clone(), k)).ok_or_else(|| SealError::MissingKey(a.clone()));
+    let mut out = Vec::new();
+    let visible: Vec<Address> = payload.to.iter().chain(&payload.cc).cloned().collect();
+    let mut shared = payload.clone();
+    shared.bcc.clear();
+    if !visible.is_empty() {
+        let keys = visible.iter().map(lookup).collect::<Result<Vec<_>, _>>()?;
+        out.push(seal(SignerKind::User, signer, &shared, &keys, created)?);
+    }
+    for b in bcc.iter().collect::<BTreeSet<_>>() {
+        if visible.contains(b) {
+            continue;
+        }
+        let mut own = shared.clone();
+        own.bcc = vec![b.clone()];
+        out.push(seal(SignerKind::User, signer, &own, &[lookup(b)?], created)?);
+    }
+    if out.is_empty() {
+        return Err(SealError::NoRecipients);
+    }
+    Ok(out)
+}

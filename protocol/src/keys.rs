@@ -1,0 +1,239 @@
+//! Keys: an Ed25519 identity key per user (and one per domain), and a separate X25519
+//! encryption key that the identity key signs, so the encryption key can rotate while the
+//! identity stays.
+
+use std::fmt;
+
+use crypto_box::aead::OsRng;
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::address::Address;
+use crate::b64;
+use crate::codec::Writer;
+
+/// Fills a buffer from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    getrandom::getrandom(&mut out).expect("the operating system's random source failed");
+    out
+}
+
+/// Why a signature did not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("signature does not verify")]
+pub struct BadSignature;
+
+macro_rules! public_bytes {
+    ($name:ident, $len:expr, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(#[serde(with = "b64::array")] pub [u8; $len]);
+
+        impl $name {
+            pub fn as_bytes(&self) -> &[u8; $len] {
+                &self.0
+            }
+
+            pub fn to_base64(&self) -> String {
+                b64::encode(&self.0)
+            }
+
+            pub fn from_base64(s: &str) -> Option<Self> {
+                b64::decode_array(s).map(Self)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), b64::encode(&self.0))
+            }
+        }
+    };
+}
+
+public_bytes!(IdentityPublicKey, 32, "An Ed25519 public key (user identity or domain key).");
+public_bytes!(EncryptionPublicKey, 32, "An X25519 public key that mail is sealed to.");
+public_bytes!(Signature, 64, "An Ed25519 signature.");
+
+impl IdentityPublicKey {
+    /// Verifies `sig` over `context || message` with RFC 8032 strict verification
+    /// (rejects small-order keys and non-canonical `S`).
+    pub fn verify(&self, context: &[u8], message: &[u8], sig: &Signature) -> Result<(), BadSignature> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| BadSignature)?;
+        let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
+        let mut buf = Vec::with_capacity(context.len() + message.len());
+        buf.extend_from_slice(context);
+        buf.extend_from_slice(message);
+        key.verify_strict(&buf, &sig).map_err(|_| BadSignature)
+    }
+}
+
+/// An Ed25519 signing key: a user's identity key or a domain key. `Debug` never shows it.
+#[derive(Clone)]
+pub struct SigningKeypair(SigningKey);
+
+impl SigningKeypair {
+    pub fn generate() -> Self {
+        let seed = Zeroizing::new(random_bytes::<32>());
+        Self(SigningKey::from_bytes(&seed))
+    }
+
+    pub fn from_secret_bytes(seed: &[u8; 32]) -> Self {
+        Self(SigningKey::from_bytes(seed))
+    }
+
+    pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_bytes())
+    }
+
+    pub fn public(&self) -> IdentityPublicKey {
+        IdentityPublicKey(self.0.verifying_key().to_bytes())
+    }
+
+    /// Signs `context || message`; every context string ends in NUL so no two collide.
+    pub fn sign(&self, context: &[u8], message: &[u8]) -> Signature {
+        let mut buf = Vec::with_capacity(context.len() + message.len());
+        buf.extend_from_slice(context);
+        buf.extend_from_slice(message);
+        Signature(self.0.sign(&buf).to_bytes())
+    }
+}
+
+impl fmt::Debug for SigningKeypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKeypair(public={}, secret=<redacted>)", self.public().to_base64())
+    }
+}
+
+/// An X25519 secret key that opens sealed content keys. `Debug` never shows it.
+#[derive(Clone)]
+pub struct EncryptionKeypair(crypto_box::SecretKey);
+
+impl EncryptionKeypair {
+    pub fn generate() -> Self {
+        Self(crypto_box::SecretKey::generate(&mut OsRng))
+    }
+
+    pub fn from_secret_bytes(bytes: &[u8; 32]) -> Self {
+        Self(crypto_box::SecretKey::from_bytes(*bytes))
+    }
+
+    pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_bytes())
+    }
+
+    pub fn public(&self) -> EncryptionPublicKey {
+        EncryptionPublicKey(*self.0.public_key().as_bytes())
+    }
+
+    /// Opens a libsodium sealed box (`crypto_box_seal_open`).
+    pub(crate) fn unseal(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        self.0.unseal(sealed).ok()
+    }
+}
+
+impl EncryptionPublicKey {
+    /// Seals `plaintext` to this key (`crypto_box_seal`): anonymous, so the envelope
+    /// signature is what binds it to a sender.
+    pub(crate) fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        crypto_box::PublicKey::from(self.0)
+            .seal(&mut OsRng, plaintext)
+            .expect("sealing to a 32-byte public key cannot fail")
+    }
+}
+
+impl fmt::Debug for EncryptionKeypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EncryptionKeypair(public={}, secret=<redacted>)", self.public().to_base64())
+    }
+}
+
+/// Signature context of a key binding.
+pub const KEY_BINDING_CONTEXT: &[u8] = b"letterme/v1/key-binding\0";
+
+/// The identity key's statement "this encryption key is mine, since `created`".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyBinding {
+    pub address: Address,
+    pub identity_key: IdentityPublicKey,
+    pub encryption_key: EncryptionPublicKey,
+    /// Unix seconds.
+    pub created: u64,
+    pub signature: Signature,
+}
+
+impl KeyBinding {
+    /// Canonical bytes the identity key signs (`docs/PROTOCOL.md` §Key binding).
+    pub fn signed_bytes(
+        address: &Address,
+        identity_key: &IdentityPublicKey,
+        encryption_key: &EncryptionPublicKey,
+        created: u64,
+    ) -> Vec<u8> {
+        let mut w = Writer::with_capacity(128);
+        w.str16(address.as_str())
+            .raw(identity_key.as_bytes())
+            .raw(encryption_key.as_bytes())
+            .u64(created);
+        w.into_bytes()
+    }
+
+    pub fn create(
+        address: &Address,
+        identity: &SigningKeypair,
+        encryption_key: &EncryptionPublicKey,
+        created: u64,
+    ) -> Self {
+        let identity_key = identity.public();
+        let msg = Self::signed_bytes(address, &identity_key, encryption_key, created);
+        Self {
+            address: address.clone(),
+            identity_key,
+            encryption_key: *encryption_key,
+            created,
+            signature: identity.sign(KEY_BINDING_CONTEXT, &msg),
+        }
+    }
+
+    pub fn verify(&self) -> Result<(), BadSignature> {
+        let msg = Self::signed_bytes(&self.address, &self.identity_key, &self.encryption_key, self.created);
+        self.identity_key.verify(KEY_BINDING_CONTEXT, &msg, &self.signature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_verifies_and_detects_tampering() {
+        let addr = Address::parse("a@x.test").unwrap();
+        let id = SigningKeypair::generate();
+        let enc = EncryptionKeypair::generate();
+        let b = KeyBinding::create(&addr, &id, &enc.public(), 10);
+        b.verify().unwrap();
+        let mut t = b.clone();
+        t.encryption_key = EncryptionKeypair::generate().public();
+        assert_eq!(t.verify(), Err(BadSignature));
+        let mut t = b.clone();
+        t.address = Address::parse("b@x.test").unwrap();
+        assert_eq!(t.verify(), Err(BadSignature));
+        let mut t = b;
+        t.created += 1;
+        assert_eq!(t.verify(), Err(BadSignature));
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let id = SigningKeypair::generate();
+        let secret = b64::encode(&*id.secret_bytes());
+        assert!(!format!("{id:?}").contains(&secret));
+        let enc = EncryptionKeypair::generate();
+        let secret = b64::encode(&*enc.secret_bytes());
+        assert!(!format!("{enc:?}").contains(&secret));
+    }
+}

@@ -50,7 +50,11 @@ impl EnvelopeId {
 
     /// Lower-case hex, the form used in URLs and the CLI.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        use std::fmt::Write as _;
+        self.0.iter().fold(String::with_capacity(32), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
     }
 
     pub fn from_hex(s: &str) -> Option<Self> {

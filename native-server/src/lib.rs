@@ -1,0 +1,218 @@
+//! The letter.me native server: accounts and attestation, key lookup, the ciphertext
+//! message store, and its HTTP/JSON API.
+//!
+//! The server never sees plaintext: clients seal before they send and open after they sync.
+//! It routes by the envelope's cleartext header (sender, recipients, size, time) and
+//! acknowledges only what is committed to SQLite.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod secrets;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use letterme_protocol::{IdentityPublicKey, SigningKeypair};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+
+use crate::secrets::Kek;
+use crate::store::Store;
+
+/// Version of the API and envelope format this server speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// How often the retention purge runs.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The time source; injected so tests can move it.
+pub trait Clock: Send + Sync + 'static {
+    /// Unix seconds.
+    fn now(&self) -> u64;
+    /// Unix seconds with a fraction, for rate limiting.
+    fn now_f64(&self) -> f64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+
+    fn now_f64(&self) -> f64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot open the database {path}: {source}")]
+    Store { path: String, source: store::StoreError },
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretError),
+    #[error("cannot listen on {addr}: {source} (is another server running there?)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    pub local_addr: SocketAddr,
+    pub domain_key: IdentityPublicKey,
+    pub store: Store,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, finishes in-flight requests, and returns.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    /// Waits until the server stops by itself (it does not, short of an I/O error).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    /// A handle that stops the server when sent `true`.
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Opens storage, loads (or on first start generates) the domain key, binds the listener
+/// and serves until shut down.
+pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
+    config.validate().map_err(StartError::Config)?;
+    create_private_dir(&config.data_dir)?;
+    let db_path = config.database_path();
+    let store = Store::open(&db_path).map_err(|source| StartError::Store {
+        path: db_path.display().to_string(),
+        source,
+    })?;
+    let domain_key = load_domain_key(&store, &config, clock.now()).await?;
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.http.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.http.listen,
+        source,
+    })?;
+    let limits = &config.limits;
+    let state = Arc::new(api::AppState {
+        lookup_limit: auth::RateLimiter::new(limits.key_lookups_per_second, limits.key_lookup_burst, 100_000),
+        ip_limit: auth::RateLimiter::new(20, 200, 100_000),
+        domain_key: domain_key.clone(),
+        store: store.clone(),
+        auth: auth::Auth::default(),
+        clock: clock.clone(),
+        metrics: metrics::Metrics::default(),
+        config,
+    });
+    let (tx, mut rx) = watch::channel(false);
+    let purge_state = state.clone();
+    let mut purge_rx = tx.subscribe();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PURGE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => { let _ = purge(&purge_state).await; }
+                _ = purge_rx.changed() => break,
+            }
+        }
+    });
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    tracing::info!(addr = %local_addr, "native server listening");
+    Ok(Running {
+        local_addr,
+        domain_key: domain_key.public(),
+        store,
+        shutdown: tx,
+        task,
+    })
+}
+
+/// Deletes deliveries older than `policy.retention_days`.
+pub async fn purge(state: &api::AppState) -> Result<store::PurgeStats, store::StoreError> {
+    let now = state.clock.now();
+    let retention = u64::from(state.config.policy.retention_days) * 86_400;
+    // Replay records must outlive the clock-skew window in which an envelope is accepted.
+    let seen_keep = retention.max(2 * api::MAX_CLOCK_SKEW + 3600);
+    let stats = state
+        .store
+        .purge(now.saturating_sub(retention), now.saturating_sub(seen_keep))
+        .await?;
+    if stats.deliveries > 0 {
+        tracing::info!(deliveries = stats.deliveries, "retention purge");
+    }
+    state.metrics.purged.inc_by(stats.deliveries as u64);
+    Ok(stats)
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
+    let err = |source| StartError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+async fn load_domain_key(store: &Store, config: &Config, now: u64) -> Result<SigningKeypair, StartError> {
+    let key_file = config.key_file();
+    let store_err = |source| StartError::Store {
+        path: config.database_path().display().to_string(),
+        source,
+    };
+    if let Some((public, sealed, kdf)) = store.server_key("domain").await.map_err(store_err)? {
+        let kek = Kek::for_existing(&kdf, &key_file)?;
+        let seed = kek.open(&sealed)?;
+        let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| secrets::SecretError::Malformed)?;
+        let key = SigningKeypair::from_secret_bytes(&seed);
+        if key.public().0.as_slice() != public.as_slice() {
+            return Err(secrets::SecretError::Malformed.into());
+        }
+        return Ok(key);
+    }
+    let key = SigningKeypair::generate();
+    let kek = Kek::for_new_key(&key_file)?;
+    let sealed = kek.seal(&*key.secret_bytes());
+    store
+        .put_server_key("domain", key.public().0.to_vec(), sealed, kek.kdf.clone(), now)
+        .await
+        .map_err(store_err)?;
+    tracing::info!(public = %key.public().to_base64(), "generated the domain key");
+    Ok(key)
+}

@@ -1,0 +1,538 @@
+//! The HTTP/JSON API (`docs/API.md`).
+//!
+//! Handlers check input, then hand durable work to the store; a 2xx means committed.
+//! Every failure is a JSON error with a stable code: unknown routes, bad JSON, oversized
+//! bodies and panics included.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use letterme_protocol::auth::verify_challenge;
+use letterme_protocol::envelope::{Envelope, SignerKind};
+use letterme_protocol::keys::Signature;
+use letterme_protocol::{Address, Attestation, EnvelopeId, IdentityPublicKey, KeyBinding, b64};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use crate::auth::{Auth, RateLimiter, Session, TokenError};
+use crate::config::{Config, RegistrationMode};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::store::{AccountRow, NewDelivery, Store};
+use crate::{Clock, PROTOCOL_VERSION};
+
+/// Largest JSON request body.
+pub const MAX_JSON_BODY: usize = 64 * 1024;
+/// Envelopes may be this far from the server's clock (seconds).
+pub const MAX_CLOCK_SKEW: u64 = 24 * 3600;
+/// Largest page of `GET /v1/messages`.
+pub const MAX_LIST: u32 = 1000;
+
+/// Shared state of the API.
+pub struct AppState {
+    pub config: Config,
+    pub domain_key: letterme_protocol::SigningKeypair,
+    pub store: Store,
+    pub auth: Auth,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
+    pub lookup_limit: RateLimiter<Address>,
+    pub ip_limit: RateLimiter<IpAddr>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("domain", &self.config.domain).finish_non_exhaustive()
+    }
+}
+
+type AppResult<T> = Result<T, ApiError>;
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_msg = usize::try_from(state.config.limits.max_message_size.0).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/server", get(server_info))
+        .route("/v1/accounts", post(register))
+        .route("/v1/auth/challenge", post(challenge))
+        .route("/v1/auth/token", post(token))
+        .route("/v1/keys/{address}", get(lookup))
+        .route(
+            "/v1/messages",
+            post(send).layer(DefaultBodyLimit::max(max_msg)).get(list),
+        )
+        .route("/v1/messages/ack", post(ack_many))
+        .route("/v1/messages/{id}", get(fetch).delete(ack_one))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| ApiError::internal().into_response()))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see docs/API.md")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+}
+
+fn json_body<T>(r: Result<Json<T>, JsonRejection>) -> AppResult<T> {
+    match r {
+        Ok(Json(v)) => Ok(v),
+        Err(JsonRejection::BytesRejection(b)) => Err(body_error(&b, MAX_JSON_BODY as u64)),
+        Err(e) => Err(ApiError::bad_request("bad_json", e.body_text())),
+    }
+}
+
+fn body_error(e: &BytesRejection, limit: u64) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is larger than this server accepts ({limit} bytes)"),
+        )
+        .with_details(json!({ "limit": limit }))
+    } else {
+        ApiError::bad_request("bad_body", e.body_text())
+    }
+}
+
+fn parse_address(s: &str) -> AppResult<Address> {
+    Address::parse(s).map_err(|e| ApiError::bad_request("bad_address", e.to_string()))
+}
+
+fn check_ip(state: &AppState, addr: SocketAddr) -> AppResult<()> {
+    if state.ip_limit.allow(&addr.ip(), state.clock.now_f64()) {
+        Ok(())
+    } else {
+        state.metrics.error("rate_limited");
+        Err(ApiError::rate_limited())
+    }
+}
+
+/// The authenticated caller, from `Authorization: Bearer <token>`.
+#[derive(Debug)]
+pub struct Authed(pub Session);
+
+impl FromRequestParts<Arc<AppState>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::unauthorized("missing_token", "log in first: Authorization: Bearer <token>"));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::unauthorized("invalid_token", "expected Authorization: Bearer <token>"))?;
+        match state.auth.session(token.trim(), state.clock.now()) {
+            Ok(s) => Ok(Self(s)),
+            Err(TokenError::Expired) => Err(ApiError::unauthorized("expired_token", "the token has expired; log in again")),
+            Err(TokenError::Invalid) => Err(ApiError::unauthorized("invalid_token", "unknown token; log in again")),
+        }
+    }
+}
+
+async fn healthz(State(state): St) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "database unavailable" }))).into_response(),
+    }
+}
+
+async fn metrics(State(state): St) -> Response {
+    if let Ok(n) = state.store.account_count().await {
+        state.metrics.accounts.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /v1/server`
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub domain: String,
+    pub domain_key: IdentityPublicKey,
+    pub protocol: u32,
+    pub max_message_size: u64,
+    pub quota: u64,
+    pub registration: RegistrationMode,
+}
+
+async fn server_info(State(state): St) -> Json<ServerInfo> {
+    Json(ServerInfo {
+        domain: state.config.domain.clone(),
+        domain_key: state.domain_key.public(),
+        protocol: PROTOCOL_VERSION,
+        max_message_size: state.config.limits.max_message_size.0,
+        quota: state.config.limits.quota.0,
+        registration: state.config.registration.mode,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub binding: KeyBinding,
+    #[serde(default)]
+    pub invite: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub attestation: Attestation,
+    pub domain_key: IdentityPublicKey,
+}
+
+async fn register(
+    State(state): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<RegisterRequest>, JsonRejection>,
+) -> AppResult<(StatusCode, Json<RegisterResponse>)> {
+    check_ip(&state, peer)?;
+    let req = json_body(body)?;
+    let b = &req.binding;
+    if !b.address.domain().eq_ignore_ascii_case(&state.config.domain) {
+        return Err(ApiError::forbidden(
+            "wrong_domain",
+            format!("this server registers addresses @{} only", state.config.domain),
+        ));
+    }
+    b.verify()
+        .map_err(|_| ApiError::bad_request("bad_signature", "the key binding is not signed by the identity key"))?;
+    let now = state.clock.now();
+    if b.created.abs_diff(now) > MAX_CLOCK_SKEW {
+        return Err(ApiError::bad_request("stale", "the key binding's time is more than a day off the server's clock"));
+    }
+    let invite_hash = match state.config.registration.mode {
+        RegistrationMode::Open => None,
+        RegistrationMode::Invite => {
+            let token = req
+                .invite
+                .as_deref()
+                .ok_or_else(|| ApiError::forbidden("invite_required", "this server registers by invitation; pass an invite token"))?;
+            if !state.config.registration.invites.iter().any(|t| t == token) {
+                return Err(ApiError::forbidden("invalid_invite", "this invite token is not valid"));
+            }
+            Some(Sha256::digest(token.as_bytes()).into())
+        }
+    };
+    let attestation = Attestation::issue(b, 1, &state.domain_key);
+    state
+        .store
+        .register(
+            AccountRow {
+                address: b.address.to_string(),
+                identity_key: b.identity_key.0,
+                encryption_key: b.encryption_key.0,
+                key_created: b.created,
+                key_version: 1,
+                binding_signature: b.signature.0,
+                attestation_sig: attestation.signature.0,
+                registered_at: now,
+                usage_bytes: 0,
+            },
+            invite_hash,
+        )
+        .await?;
+    state.metrics.registrations.inc();
+    tracing::info!(address = %b.address, "account registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            attestation,
+            domain_key: state.domain_key.public(),
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeRequest {
+    pub address: String,
+}
+
+async fn challenge(
+    State(state): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<ChallengeRequest>, JsonRejection>,
+) -> AppResult<Json<serde_json::Value>> {
+    check_ip(&state, peer)?;
+    let address = parse_address(&json_body(body)?.address)?;
+    let now = state.clock.now();
+    let c = state
+        .auth
+        .challenge(&address, now)
+        .ok_or_else(ApiError::rate_limited)?;
+    Ok(Json(json!({
+        "challenge": b64::encode(&c),
+        "domain": state.config.domain,
+        "expires": now + crate::auth::CHALLENGE_TTL,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub address: String,
+    pub challenge: String,
+    pub signature: Signature,
+}
+
+async fn token(
+    State(state): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> AppResult<Json<serde_json::Value>> {
+    check_ip(&state, peer)?;
+    let req = json_body(body)?;
+    let address = parse_address(&req.address)?;
+    let challenge: [u8; 32] = b64::decode_array(&req.challenge)
+        .ok_or_else(|| ApiError::bad_request("bad_challenge", "challenge must be base64 of 32 bytes"))?;
+    let now = state.clock.now();
+    let denied = || {
+        state.metrics.error("login_failed");
+        ApiError::unauthorized("login_failed", "the challenge is unknown or expired, or the signature does not verify")
+    };
+    if !state.auth.take_challenge(&challenge, &address, now) {
+        return Err(denied());
+    }
+    let account = state.store.account(address.to_string()).await?.ok_or_else(denied)?;
+    let key = IdentityPublicKey(account.identity_key);
+    verify_challenge(&key, &state.config.domain, &address, &challenge, &req.signature).map_err(|_| denied())?;
+    let (token, expires) = state
+        .auth
+        .issue(address, key, now)
+        .ok_or_else(ApiError::rate_limited)?;
+    state.metrics.logins.inc();
+    Ok(Json(json!({ "token": token, "expires": expires })))
+}
+
+/// `GET /v1/keys/{address}`: the same shape whether or not the address exists.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyLookup {
+    pub address: Address,
+    pub found: bool,
+    pub attestation: Option<Attestation>,
+}
+
+async fn lookup(State(state): St, Authed(session): Authed, Path(address): Path<String>) -> AppResult<Json<KeyLookup>> {
+    if !state.lookup_limit.allow(&session.address, state.clock.now_f64()) {
+        state.metrics.error("rate_limited");
+        return Err(ApiError::rate_limited());
+    }
+    let address = parse_address(&address)?;
+    state.metrics.key_lookups.inc();
+    let row = if address.domain() == state.config.domain {
+        state.store.account(address.to_string()).await?
+    } else {
+        None
+    };
+    let attestation = row.map(|r| Attestation {
+        address: address.clone(),
+        identity_key: IdentityPublicKey(r.identity_key),
+        encryption_key: letterme_protocol::EncryptionPublicKey(r.encryption_key),
+        created: r.key_created,
+        version: r.key_version,
+        binding_signature: Signature(r.binding_signature),
+        signature: Signature(r.attestation_sig),
+    });
+    Ok(Json(KeyLookup {
+        address,
+        found: attestation.is_some(),
+        attestation,
+    }))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SendResponse {
+    pub id: String,
+    pub size: u64,
+    pub recipients: Vec<Address>,
+}
+
+async fn send(
+    State(state): St,
+    Authed(session): Authed,
+    body: Result<Bytes, BytesRejection>,
+) -> AppResult<(StatusCode, Json<SendResponse>)> {
+    let limit = state.config.limits.max_message_size.0;
+    let body = body.map_err(|e| {
+        let mut err = body_error(&e, limit);
+        if err.status == StatusCode::PAYLOAD_TOO_LARGE {
+            err.code = "message_too_large";
+            err.message = format!("the message is larger than this server accepts ({limit} bytes)");
+        }
+        state.metrics.error(err.code);
+        err
+    })?;
+    let result = accept(&state, &session, &body).await;
+    if let Err(e) = &result {
+        state.metrics.error(e.code);
+    }
+    result
+}
+
+async fn accept(state: &AppState, session: &Session, body: &[u8]) -> AppResult<(StatusCode, Json<SendResponse>)> {
+    let env = Envelope::decode(body).map_err(|e| ApiError::bad_request("malformed_envelope", e.to_string()))?;
+    if env.signer_kind != SignerKind::User || env.sender != session.address {
+        return Err(ApiError::forbidden("sender_mismatch", "the envelope's sender is not the logged-in user"));
+    }
+    if env.signer_key != session.identity_key {
+        return Err(ApiError::forbidden("sender_mismatch", "the envelope is not signed by your identity key"));
+    }
+    env.verify_signature()
+        .map_err(|_| ApiError::bad_request("bad_signature", "the envelope signature does not verify"))?;
+    let now = state.clock.now();
+    if env.created.abs_diff(now) > MAX_CLOCK_SKEW {
+        return Err(ApiError::bad_request("stale_envelope", "the envelope's time is more than a day off the server's clock"));
+    }
+    let remote: Vec<&Address> = env
+        .recipients
+        .iter()
+        .map(|r| &r.address)
+        .filter(|a| a.domain() != state.config.domain)
+        .collect();
+    if !remote.is_empty() {
+        let list: Vec<String> = remote.iter().map(ToString::to_string).collect();
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "federation_unavailable",
+            format!("{} not on {}; federation with other domains is not available yet", list.join(", "), state.config.domain),
+        )
+        .with_details(json!({ "recipients": list })));
+    }
+    let recipients: Vec<Address> = env.recipients.iter().map(|r| r.address.clone()).collect();
+    let size = body.len() as u64;
+    state
+        .store
+        .deliver(NewDelivery {
+            id: env.id.0,
+            sender: env.sender.to_string(),
+            envelope: body.to_vec(),
+            recipients: recipients.iter().map(ToString::to_string).collect(),
+            received: now,
+            quota: state.config.limits.quota.0,
+        })
+        .await?;
+    state.metrics.deliveries.inc();
+    state.metrics.delivered_bytes.inc_by(size);
+    tracing::debug!(id = %env.id, sender = %env.sender, recipients = recipients.len(), size, "delivered");
+    Ok((
+        StatusCode::CREATED,
+        Json(SendResponse {
+            id: env.id.to_hex(),
+            size,
+            recipients,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub after: i64,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// One entry of `GET /v1/messages`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListEntry {
+    pub id: String,
+    pub seq: i64,
+    pub sender: String,
+    pub size: u64,
+    pub received: u64,
+}
+
+async fn list(
+    State(state): St,
+    Authed(session): Authed,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> AppResult<Json<serde_json::Value>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST);
+    let rows = state.store.list(session.address.to_string(), q.after, limit).await?;
+    let messages: Vec<ListEntry> = rows
+        .into_iter()
+        .map(|p| ListEntry {
+            id: EnvelopeId(p.id).to_hex(),
+            seq: p.seq,
+            sender: p.sender,
+            size: p.size,
+            received: p.received,
+        })
+        .collect();
+    Ok(Json(json!({ "messages": messages })))
+}
+
+fn parse_id(s: &str) -> AppResult<EnvelopeId> {
+    EnvelopeId::from_hex(s).ok_or_else(|| ApiError::bad_request("bad_id", "a message id is 32 hex digits"))
+}
+
+async fn fetch(State(state): St, Authed(session): Authed, Path(id): Path<String>) -> AppResult<Response> {
+    let id = parse_id(&id)?;
+    let (bytes, received) = state
+        .store
+        .fetch(session.address.to_string(), id.0)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such message in your mailbox"))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/vnd.letterme.envelope".to_owned()),
+            (header::HeaderName::from_static("x-letterme-received"), received.to_string()),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn ack_one(State(state): St, Authed(session): Authed, Path(id): Path<String>) -> AppResult<StatusCode> {
+    let id = parse_id(&id)?;
+    let n = state.store.ack(session.address.to_string(), vec![id.0]).await?;
+    if n == 0 {
+        return Err(ApiError::not_found("no such message in your mailbox"));
+    }
+    state.metrics.acks.inc();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    pub ids: Vec<String>,
+}
+
+async fn ack_many(
+    State(state): St,
+    Authed(session): Authed,
+    body: Result<Json<AckRequest>, JsonRejection>,
+) -> AppResult<Json<serde_json::Value>> {
+    let req = json_body(body)?;
+    if req.ids.len() > MAX_LIST as usize {
+        return Err(ApiError::bad_request("too_many", format!("acknowledge at most {MAX_LIST} ids at once")));
+    }
+    let ids = req.ids.iter().map(|s| parse_id(s).map(|i| i.0)).collect::<AppResult<Vec<_>>>()?;
+    let n = state.store.ack(session.address.to_string(), ids).await?;
+    state.metrics.acks.inc_by(n as u64);
+    Ok(Json(json!({ "deleted": n })))
+}

@@ -1,0 +1,370 @@
+//! The server's configuration (DESIGN.md §4), with the defaults `letterme serve` runs on
+//! when there is no config file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The whole config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub domain: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Where the key-encryption key lives; default `<data_dir>/master.key`. Ignored when
+    /// `LETTERME_SERVER_PASSPHRASE` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub registration: RegistrationConfig,
+    #[serde(default)]
+    pub federation: FederationConfig,
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+}
+
+impl Config {
+    /// The embedded default: domain `localhost`, data in `./letterme-data`, HTTP on
+    /// 127.0.0.1:8080, SMTP on 127.0.0.1:2525.
+    pub fn embedded_default() -> Self {
+        Self::for_domain("localhost")
+    }
+
+    pub fn for_domain(domain: &str) -> Self {
+        Self {
+            domain: domain.to_owned(),
+            data_dir: default_data_dir(),
+            key_file: None,
+            http: HttpConfig::default(),
+            smtp: SmtpConfig::default(),
+            dns: DnsConfig::default(),
+            policy: PolicyConfig::default(),
+            limits: LimitsConfig::default(),
+            registration: RegistrationConfig::default(),
+            federation: FederationConfig::default(),
+            outbound: OutboundConfig::default(),
+        }
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.key_file.clone().unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("letterme.db")
+    }
+
+    /// The URL clients use; derived from the listen address when not configured.
+    pub fn public_url(&self) -> String {
+        self.http
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.http.listen))
+    }
+
+    /// Checks what serde cannot: the domain's syntax, and that plain HTTP only listens on
+    /// loopback (DESIGN.md §3).
+    pub fn validate(&self) -> Result<(), String> {
+        if !letterme_protocol::address::valid_domain(&self.domain) {
+            return Err(format!("domain {:?} is not a valid domain name", self.domain));
+        }
+        if !self.http.listen.ip().is_loopback() && self.http.tls.is_none() {
+            return Err(format!(
+                "http.listen {} is not a loopback address, and plain HTTP is allowed only on loopback; \
+                 listen on 127.0.0.1 behind a TLS-terminating proxy, or configure [http.tls]",
+                self.http.listen
+            ));
+        }
+        if self.policy.retention_days == 0 {
+            return Err("policy.retention_days must be at least 1".into());
+        }
+        if self.limits.max_message_size.0 < 1024 {
+            return Err("limits.max_message_size must be at least 1KB".into());
+        }
+        Ok(())
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./letterme-data")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+            public_url: None,
+            tls: None,
+        }
+    }
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// Certificate and key files (PEM).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(default = "default_smtp_size")]
+    pub max_message_size: ByteSize,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 2525))),
+            max_message_size: default_smtp_size(),
+        }
+    }
+}
+
+fn default_smtp_size() -> ByteSize {
+    ByteSize(25 * 1000 * 1000)
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Absent: the system resolver.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    #[serde(default = "default_dmarc")]
+    pub dmarc: String,
+    #[serde(default = "default_retention")]
+    pub retention_days: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            dmarc: default_dmarc(),
+            retention_days: default_retention(),
+        }
+    }
+}
+
+fn default_dmarc() -> String {
+    "strict".into()
+}
+
+fn default_retention() -> u32 {
+    30
+}
+
+/// Native limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest sealed envelope accepted through the API.
+    #[serde(default = "default_native_size")]
+    pub max_message_size: ByteSize,
+    /// Per-user storage of undelivered (not yet synced) mail.
+    #[serde(default = "default_quota")]
+    pub quota: ByteSize,
+    /// Key lookups per user: sustained rate per second and burst.
+    #[serde(default = "default_lookup_rate")]
+    pub key_lookups_per_second: u32,
+    #[serde(default = "default_lookup_burst")]
+    pub key_lookup_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: default_native_size(),
+            quota: default_quota(),
+            key_lookups_per_second: default_lookup_rate(),
+            key_lookup_burst: default_lookup_burst(),
+        }
+    }
+}
+
+fn default_native_size() -> ByteSize {
+    ByteSize(25 * 1000 * 1000)
+}
+
+fn default_quota() -> ByteSize {
+    ByteSize(1000 * 1000 * 1000)
+}
+
+fn default_lookup_rate() -> u32 {
+    10
+}
+
+fn default_lookup_burst() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    #[default]
+    Open,
+    Invite,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    #[serde(default)]
+    pub mode: RegistrationMode,
+    /// Single-use invite tokens accepted when `mode = "invite"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invites: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    #[serde(default = "default_outbound_mode")]
+    pub mode: String,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            mode: default_outbound_mode(),
+        }
+    }
+}
+
+fn default_outbound_mode() -> String {
+    "off".into()
+}
+
+/// A size written as `25MB`, `512KB`, `1GB`, `1MiB` or a plain number of bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 25MB"))?;
+        let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+            "" | "B" => 1,
+            "KB" | "K" => 1000,
+            "MB" | "M" => 1000 * 1000,
+            "GB" | "G" => 1000 * 1000 * 1000,
+            "KIB" => 1 << 10,
+            "MIB" => 1 << 20,
+            "GIB" => 1 << 30,
+            _ => return Err(format!("{s:?}: unknown size unit (use B, KB, MB, GB, KiB, MiB or GiB)")),
+        };
+        n.checked_mul(mult)
+            .map(Self)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl fmt::Debug for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, m) in [("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1000)] {
+            if n >= m && n % m == 0 {
+                return write!(f, "{}{unit}", n / m);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Self(n)),
+            Raw::S(s) => Self::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(ByteSize::parse("25MB").unwrap(), ByteSize(25_000_000));
+        assert_eq!(ByteSize::parse("1MiB").unwrap(), ByteSize(1 << 20));
+        assert_eq!(ByteSize::parse("512").unwrap(), ByteSize(512));
+        assert!(ByteSize::parse("12XB").is_err());
+        assert!(ByteSize::parse("MB").is_err());
+        assert!(ByteSize::parse("99999999999999999999GB").is_err());
+        assert_eq!(ByteSize(25_000_000).to_string(), "25MB");
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        let mut c = Config::embedded_default();
+        c.validate().unwrap();
+        c.http.listen = "0.0.0.0:8080".parse().unwrap();
+        assert!(c.validate().unwrap_err().contains("loopback"));
+    }
+}

@@ -1,0 +1,68 @@
+//! Prometheus metrics served at `/metrics` (text exposition format).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub deliveries: Counter,
+    pub delivered_bytes: Counter,
+    pub acks: Counter,
+    pub purged: Counter,
+    pub registrations: Counter,
+    pub logins: Counter,
+    pub key_lookups: Counter,
+    pub errors: Family<CodeLabel, Counter>,
+    pub accounts: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("letterme");
+        let m = Self {
+            deliveries: Counter::default(),
+            delivered_bytes: Counter::default(),
+            acks: Counter::default(),
+            purged: Counter::default(),
+            registrations: Counter::default(),
+            logins: Counter::default(),
+            key_lookups: Counter::default(),
+            errors: Family::default(),
+            accounts: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("deliveries", "Envelopes accepted and committed", m.deliveries.clone());
+        registry.register("delivered_bytes", "Bytes of envelopes committed", m.delivered_bytes.clone());
+        registry.register("acks", "Deliveries acknowledged by clients and deleted", m.acks.clone());
+        registry.register("purged", "Deliveries deleted by the retention purge", m.purged.clone());
+        registry.register("registrations", "Accounts registered", m.registrations.clone());
+        registry.register("logins", "Tokens issued", m.logins.clone());
+        registry.register("key_lookups", "Key lookups answered", m.key_lookups.clone());
+        registry.register("api_errors", "API errors by code", m.errors.clone());
+        registry.register("accounts", "Registered accounts", m.accounts.clone());
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn error(&self, code: &str) {
+        self.errors.get_or_create(&CodeLabel { code: code.to_owned() }).inc();
+    }
+}

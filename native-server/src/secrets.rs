@@ -1,0 +1,167 @@
+//! The domain key at rest.
+//!
+//! The Ed25519 domain key is sealed with XChaCha20-Poly1305 under a key-encryption key (KEK)
+//! before it reaches the database. The KEK comes from `LETTERME_SERVER_PASSPHRASE` through
+//! argon2id when that is set, otherwise from a 32-byte key file created with mode 0600 next
+//! to (or, better, away from) the data directory. A copy of the database alone never yields
+//! the domain key.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use letterme_protocol::b64;
+use letterme_protocol::keys::random_bytes;
+use zeroize::Zeroizing;
+
+/// Env var that, when set, derives the KEK from a passphrase instead of the key file.
+pub const PASSPHRASE_ENV: &str = "LETTERME_SERVER_PASSPHRASE";
+const AAD: &[u8] = b"letterme/v1/domain-key-at-rest\0";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    #[error("cannot read or create the key file {path}: {source}")]
+    KeyFile { path: String, source: std::io::Error },
+    #[error("the key file {0} is not 32 bytes; restore the original file")]
+    KeyFileCorrupt(String),
+    #[error(
+        "the domain key does not decrypt: wrong {PASSPHRASE_ENV} or key file for this data directory"
+    )]
+    WrongKey,
+    #[error("the stored domain key is malformed")]
+    Malformed,
+}
+
+/// A key-encryption key and how it was obtained (stored beside the sealed key).
+pub struct Kek {
+    key: Zeroizing<[u8; 32]>,
+    pub kdf: String,
+}
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kek(kdf={}, key=<redacted>)", self.kdf)
+    }
+}
+
+impl Kek {
+    /// The KEK for sealing a new domain key.
+    pub fn for_new_key(key_file: &Path) -> Result<Self, SecretError> {
+        match std::env::var(PASSPHRASE_ENV) {
+            Ok(pass) if !pass.is_empty() => {
+                let salt: [u8; 16] = random_bytes();
+                Ok(Self {
+                    key: derive(&pass, &salt),
+                    kdf: format!("argon2id:{}", b64::encode(&salt)),
+                })
+            }
+            _ => Ok(Self {
+                key: load_or_create_key_file(key_file)?,
+                kdf: "keyfile".into(),
+            }),
+        }
+    }
+
+    /// The KEK for opening a key sealed with `kdf`.
+    pub fn for_existing(kdf: &str, key_file: &Path) -> Result<Self, SecretError> {
+        if let Some(salt) = kdf.strip_prefix("argon2id:") {
+            let salt = b64::decode(salt).map_err(|_| SecretError::Malformed)?;
+            let pass = std::env::var(PASSPHRASE_ENV).map_err(|_| SecretError::WrongKey)?;
+            return Ok(Self {
+                key: derive(&pass, &salt),
+                kdf: kdf.to_owned(),
+            });
+        }
+        Ok(Self {
+            key: load_or_create_key_file(key_file)?,
+            kdf: kdf.to_owned(),
+        })
+    }
+
+    pub fn seal(&self, secret: &[u8]) -> Vec<u8> {
+        let nonce: [u8; 24] = random_bytes();
+        let cipher = XChaCha20Poly1305::new_from_slice(&*self.key).expect("32-byte key");
+        let mut out = nonce.to_vec();
+        out.extend(
+            cipher
+                .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret, aad: AAD })
+                .expect("encryption of a small secret cannot fail"),
+        );
+        out
+    }
+
+    pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+        if sealed.len() < 24 + 16 {
+            return Err(SecretError::Malformed);
+        }
+        let (nonce, ct) = sealed.split_at(24);
+        let cipher = XChaCha20Poly1305::new_from_slice(&*self.key).expect("32-byte key");
+        cipher
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: AAD })
+            .map(Zeroizing::new)
+            .map_err(|_| SecretError::WrongKey)
+    }
+}
+
+fn derive(pass: &str, salt: &[u8]) -> Zeroizing<[u8; 32]> {
+    // RFC 9106 §4 second recommended option: 64 MiB, 3 passes, 4 lanes.
+    let params = Params::new(64 * 1024, 3, 4, Some(32)).expect("valid argon2 params");
+    let mut out = Zeroizing::new([0u8; 32]);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password_into(pass.as_bytes(), salt, &mut *out)
+        .expect("argon2 with a valid salt length");
+    out
+}
+
+fn load_or_create_key_file(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretError> {
+    let err = |source| SecretError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let bytes = Zeroizing::new(bytes);
+            let arr: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| SecretError::KeyFileCorrupt(path.display().to_string()))?;
+            Ok(Zeroizing::new(arr))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Zeroizing::new(random_bytes::<32>());
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(err)?;
+            }
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(path).map_err(err)?;
+            f.write_all(&*key).map_err(err)?;
+            f.sync_all().map_err(err)?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_kek_round_trip_and_wrong_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let kek = Kek::for_new_key(&path).unwrap();
+        let sealed = kek.seal(b"secret seed");
+        assert!(!sealed.windows(11).any(|w| w == b"secret seed"));
+        let again = Kek::for_existing("keyfile", &path).unwrap();
+        assert_eq!(&again.open(&sealed).unwrap()[..], b"secret seed");
+        let other = Kek::for_existing("keyfile", &dir.path().join("other.key")).unwrap();
+        assert!(matches!(other.open(&sealed), Err(SecretError::WrongKey)));
+    }
+}

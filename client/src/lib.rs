@@ -1,0 +1,345 @@
+//! The letter.me client: profile and keystore, a typed API client, sending (verify the
+//! recipient's attested key, seal, upload) and syncing (fetch, verify, store locally, and
+//! only then acknowledge). Shared by the CLI and, later, the local IMAP/SMTP proxy.
+
+pub mod error;
+pub mod http;
+pub mod mailbox;
+pub mod profile;
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use letterme_protocol::envelope::{Envelope, seal_message};
+use letterme_protocol::keys::random_bytes;
+use letterme_protocol::{
+    Address, Attestation, EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, KeyBinding, Payload,
+    SigningKeypair,
+};
+use serde::Serialize;
+
+pub use error::ClientError;
+use http::Api;
+use mailbox::{Mailbox, Stored};
+use profile::{Keys, Profile, ProfileDir, SealedKeys};
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Creates keys locally, registers them, verifies the attestation, writes the profile.
+pub async fn create_account(
+    dir: &ProfileDir,
+    address: &Address,
+    server: &str,
+    passphrase: &str,
+    invite: Option<&str>,
+) -> Result<Profile, ClientError> {
+    if dir.exists() {
+        return Err(ClientError::ProfileExists(dir.0.display().to_string()));
+    }
+    let api = Api::new(server);
+    let info = api.server_info().await?;
+    if !address.domain().eq_ignore_ascii_case(&info.domain) {
+        return Err(ClientError::OtherDomain(address.clone(), info.domain));
+    }
+    let keys = Keys {
+        identity: SigningKeypair::generate(),
+        encryption: EncryptionKeypair::generate(),
+    };
+    let binding = KeyBinding::create(address, &keys.identity, &keys.encryption.public(), now());
+    let reg = api.register(&binding, invite).await?;
+    if reg.domain_key != info.domain_key
+        || reg.attestation.identity_key != keys.identity.public()
+        || reg.attestation.encryption_key != keys.encryption.public()
+    {
+        return Err(ClientError::BadRegistration(address.clone()));
+    }
+    reg.attestation
+        .verify(address, &info.domain, &info.domain_key)
+        .map_err(|e| ClientError::Unverified(address.clone(), e))?;
+    let profile = Profile {
+        version: 1,
+        address: address.clone(),
+        server: api.base().to_owned(),
+        domain: info.domain,
+        domain_key: info.domain_key,
+        attestation: reg.attestation,
+        keys: SealedKeys::seal(&keys, passphrase),
+    };
+    dir.save(&profile)?;
+    Ok(profile)
+}
+
+/// An unlocked profile: enough for local reading.
+#[derive(Debug)]
+pub struct Unlocked {
+    pub dir: ProfileDir,
+    pub profile: Profile,
+    pub keys: Keys,
+}
+
+/// A message as the user reads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub id: String,
+    pub from: Address,
+    pub to: Vec<Address>,
+    pub cc: Vec<Address>,
+    pub bcc: Vec<Address>,
+    pub subject: String,
+    pub body: String,
+    pub date: u64,
+    pub received: u64,
+    pub message_id: String,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+    /// Always true for stored messages: unverifiable ones are refused at sync.
+    pub signature_verified: bool,
+}
+
+impl Unlocked {
+    pub fn open(dir: ProfileDir, passphrase: &str) -> Result<Self, ClientError> {
+        let profile = dir.load()?;
+        let keys = dir.unlock(&profile, passphrase)?;
+        Ok(Self { dir, profile, keys })
+    }
+
+    pub fn mailbox(&self) -> Result<Mailbox, ClientError> {
+        Mailbox::open(&self.dir.store_path())
+    }
+
+    fn decrypt(&self, m: &Stored) -> Result<Message, ClientError> {
+        let env = Envelope::decode(&m.envelope)?;
+        let payload = env.open(
+            &self.profile.address,
+            &[&self.keys.encryption],
+            &IdentityPublicKey(m.signer_key),
+            &|_| false,
+        )?;
+        Ok(message(&m.id, m.received, payload))
+    }
+
+    /// All local messages, oldest first.
+    pub fn list(&self) -> Result<Vec<Message>, ClientError> {
+        self.mailbox()?.all()?.iter().map(|m| self.decrypt(m)).collect()
+    }
+
+    pub fn read(&self, id_prefix: &str) -> Result<Message, ClientError> {
+        let m = self.mailbox()?.find(id_prefix)?;
+        self.decrypt(&m)
+    }
+
+    /// Logs in to the profile's server.
+    pub async fn connect(self) -> Result<Online, ClientError> {
+        let mut api = Api::new(&self.profile.server);
+        api.login(&self.profile.domain, &self.profile.address, &self.keys.identity)
+            .await?;
+        Ok(Online { me: self, api })
+    }
+}
+
+fn message(id: &str, received: u64, p: Payload) -> Message {
+    Message {
+        id: id.to_owned(),
+        from: p.from,
+        to: p.to,
+        cc: p.cc,
+        bcc: p.bcc,
+        subject: p.subject,
+        body: p.body,
+        date: p.date,
+        received,
+        message_id: p.message_id,
+        in_reply_to: p.in_reply_to,
+        references: p.references,
+        signature_verified: true,
+    }
+}
+
+/// What the user wants to send.
+#[derive(Debug, Clone, Default)]
+pub struct Draft {
+    pub to: Vec<Address>,
+    pub cc: Vec<Address>,
+    pub bcc: Vec<Address>,
+    pub subject: String,
+    pub body: String,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SendReport {
+    pub message_id: String,
+    /// Envelope ids, one for To+Cc and one per Bcc.
+    pub envelopes: Vec<String>,
+    pub recipients: Vec<Address>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    pub fetched: usize,
+    pub already_had: usize,
+    pub refused: Vec<(String, String)>,
+}
+
+/// A logged-in session.
+#[derive(Debug)]
+pub struct Online {
+    pub me: Unlocked,
+    pub api: Api,
+}
+
+impl Online {
+    /// The attested key of a user on our domain, verified against the pinned domain key.
+    pub async fn verified_key(&self, address: &Address) -> Result<Attestation, ClientError> {
+        let p = &self.me.profile;
+        if !address.domain().eq_ignore_ascii_case(&p.domain) {
+            return Err(ClientError::OtherDomain(address.clone(), p.domain.clone()));
+        }
+        let found = self.api.lookup(address).await?;
+        let att = match found.attestation {
+            Some(a) if found.found => a,
+            _ => return Err(ClientError::UnknownRecipient(address.clone())),
+        };
+        att.verify(address, &p.domain, &p.domain_key)
+            .map_err(|e| ClientError::Unverified(address.clone(), e))?;
+        Ok(att)
+    }
+
+    pub async fn send(&self, draft: &Draft) -> Result<SendReport, ClientError> {
+        let all: Vec<&Address> = draft.to.iter().chain(&draft.cc).chain(&draft.bcc).collect();
+        if all.is_empty() {
+            return Err(ClientError::NoRecipients);
+        }
+        let p = &self.me.profile;
+        if let Some(other) = all.iter().find(|a| !a.domain().eq_ignore_ascii_case(&p.domain)) {
+            return Err(ClientError::OtherDomain((*other).clone(), p.domain.clone()));
+        }
+        let info = self.api.server_info().await?;
+        let mut keys: BTreeMap<Address, EncryptionPublicKey> = BTreeMap::new();
+        for a in &all {
+            if !keys.contains_key(*a) {
+                let att = self.verified_key(a).await?;
+                keys.insert((*a).clone(), att.encryption_key);
+            }
+        }
+        let message_id = format!("<{}@{}>", hex(&random_bytes::<16>()), p.domain);
+        let payload = Payload {
+            from: p.address.clone(),
+            to: draft.to.clone(),
+            cc: draft.cc.clone(),
+            bcc: vec![],
+            subject: draft.subject.clone(),
+            body: draft.body.clone(),
+            headers: vec![],
+            date: now(),
+            message_id: message_id.clone(),
+            in_reply_to: draft.in_reply_to.clone(),
+            references: draft.references.clone(),
+        };
+        let envelopes = seal_message(&self.me.keys.identity, &payload, &draft.bcc, &|a| keys.get(a).copied(), now())?;
+        let encoded: Vec<(String, Vec<u8>)> = envelopes.iter().map(|e| (e.id.to_hex(), e.encode())).collect();
+        if let Some((_, big)) = encoded.iter().find(|(_, b)| b.len() as u64 > info.max_message_size) {
+            return Err(ClientError::TooLarge {
+                size: big.len() as u64,
+                limit: info.max_message_size,
+            });
+        }
+        let mut ids = Vec::new();
+        for (id, bytes) in encoded {
+            self.api.send(bytes).await?;
+            ids.push(id);
+        }
+        Ok(SendReport {
+            message_id,
+            envelopes: ids,
+            recipients: keys.into_keys().collect(),
+        })
+    }
+
+    /// Fetches new mail, verifies it, commits it locally, then acknowledges it.
+    pub async fn sync(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<SyncReport, ClientError> {
+        let mailbox = self.me.mailbox()?;
+        let mut report = SyncReport::default();
+        let mut senders: BTreeMap<Address, Result<IdentityPublicKey, String>> = BTreeMap::new();
+        let mut after = 0;
+        loop {
+            let page = self.api.list(after).await?;
+            if page.is_empty() {
+                break;
+            }
+            let total = page.len();
+            for (i, entry) in page.iter().enumerate() {
+                after = after.max(entry.seq);
+                let bytes = self.api.fetch(&entry.id).await?;
+                match mailbox.envelope(&entry.id)? {
+                    Some(existing) if existing == bytes => {
+                        // Stored before a crash, never acknowledged: acknowledge now.
+                        report.already_had += 1;
+                    }
+                    _ => match self.verify(&mailbox, &entry.id, &bytes, &mut senders).await {
+                        Ok(signer) => {
+                            mailbox.insert(
+                                &Stored {
+                                    id: entry.id.clone(),
+                                    sender: entry.sender.clone(),
+                                    received: entry.received,
+                                    envelope: bytes,
+                                    signer_key: signer.0,
+                                },
+                                now(),
+                            )?;
+                            report.fetched += 1;
+                        }
+                        Err(reason) => {
+                            tracing::warn!(id = %entry.id, sender = %entry.sender, %reason, "refused a message");
+                            mailbox.refuse(&entry.id, &entry.sender, &reason, &bytes, now())?;
+                            report.refused.push((entry.id.clone(), reason));
+                        }
+                    },
+                }
+                // Only after the local commit above.
+                self.api.ack(&entry.id).await?;
+                progress(i + 1, total);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Checks a fetched envelope fully; the error is the reason it is refused.
+    async fn verify(
+        &self,
+        mailbox: &Mailbox,
+        id: &str,
+        bytes: &[u8],
+        senders: &mut BTreeMap<Address, Result<IdentityPublicKey, String>>,
+    ) -> Result<IdentityPublicKey, String> {
+        let env = Envelope::decode(bytes).map_err(|e| e.to_string())?;
+        if env.id.to_hex() != id {
+            return Err("the envelope id does not match the server's listing".into());
+        }
+        if !senders.contains_key(&env.sender) {
+            let key = self
+                .verified_key(&env.sender)
+                .await
+                .map(|a| a.identity_key)
+                .map_err(|e| e.to_string());
+            senders.insert(env.sender.clone(), key);
+        }
+        let signer = senders[&env.sender].clone()?;
+        let seen = |i: &letterme_protocol::EnvelopeId| mailbox.envelope(&i.to_hex()).ok().flatten().is_some();
+        env.open(&self.me.profile.address, &[&self.me.keys.encryption], &signer, &seen)
+            .map_err(|e| e.to_string())?;
+        Ok(signer)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}

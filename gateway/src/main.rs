@@ -1,1 +1,351 @@
-fn main() {}
+//! `letterme`: the binary is glue. It parses the command line, sets up logging and signals,
+//! loads config, and wires the server and client libraries together.
+
+mod cli;
+mod demo;
+
+use std::io::{IsTerminal as _, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser as _;
+use letterme_client::profile::ProfileDir;
+use letterme_client::{Draft, Message, Unlocked};
+use letterme_protocol::Address;
+use letterme_server::{Config, SystemClock};
+
+use cli::{AccountCommand, Cli, Command};
+
+/// Env var holding the passphrase that protects the private keys.
+const PASSPHRASE_ENV: &str = "LETTERME_PASSPHRASE";
+/// Largest body read from stdin.
+const MAX_STDIN_BODY: u64 = 64 * 1024 * 1024;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server_side = matches!(cli.command, Command::Serve(_) | Command::Init(_));
+    init_logging(if server_side { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain joined, no backtrace.
+            let msg = format!("{e:#}");
+            eprintln!("error: {}", msg.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LETTERME_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let profile_dir = || ProfileDir(cli.profile.clone().unwrap_or_else(default_profile));
+    match &cli.command {
+        Command::Init(args) => init(args).await,
+        Command::Serve(args) => serve(args.config.as_deref()).await,
+        Command::Demo => demo::run().await,
+        Command::Account(AccountCommand::Create {
+            address,
+            server,
+            invite,
+            json,
+        }) => {
+            let address = parse_address(address)?;
+            let dir = profile_dir();
+            if dir.exists() {
+                bail!(letterme_client::ClientError::ProfileExists(dir.0.display().to_string()));
+            }
+            let pass = new_passphrase()?;
+            let profile = letterme_client::create_account(&dir, &address, server, &pass, invite.as_deref()).await?;
+            if json.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "address": profile.address,
+                        "server": profile.server,
+                        "profile": dir.0,
+                        "identity_key": profile.attestation.identity_key,
+                        "encryption_key": profile.attestation.encryption_key,
+                        "domain_key": profile.domain_key,
+                    })
+                );
+            } else {
+                println!("created {} on {}", profile.address, profile.server);
+                println!("profile: {}", dir.0.display());
+                println!("identity key: {}", profile.attestation.identity_key.to_base64());
+                println!("domain key (pinned): {}", profile.domain_key.to_base64());
+            }
+            Ok(())
+        }
+        Command::Send(args) => {
+            let me = unlock(profile_dir())?;
+            let draft = Draft {
+                to: parse_addresses(&args.to)?,
+                cc: parse_addresses(&args.cc)?,
+                bcc: parse_addresses(&args.bcc)?,
+                subject: args.subject.clone(),
+                body: match &args.body {
+                    Some(b) => b.clone(),
+                    None => read_stdin_body()?,
+                },
+                ..Draft::default()
+            };
+            let online = me.connect().await?;
+            let report = online.send(&draft).await?;
+            if args.json.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                let to: Vec<String> = report.recipients.iter().map(ToString::to_string).collect();
+                println!("sent {} to {}", report.message_id, to.join(", "));
+            }
+            Ok(())
+        }
+        Command::Sync(json) => {
+            let online = unlock(profile_dir())?.connect().await?;
+            let interactive = std::io::stderr().is_terminal() && !json.json;
+            let mut progress = |done: usize, total: usize| {
+                if interactive && total > 10 {
+                    eprint!("\rsyncing {done}/{total}");
+                }
+            };
+            let report = online.sync(&mut progress).await?;
+            if interactive && report.fetched + report.already_had > 10 {
+                eprintln!();
+            }
+            if json.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{} new message(s)", report.fetched);
+                for (id, reason) in &report.refused {
+                    println!("refused {id}: {reason}");
+                }
+            }
+            if report.refused.is_empty() {
+                Ok(())
+            } else {
+                bail!("{} message(s) failed verification and were set aside", report.refused.len())
+            }
+        }
+        Command::List(json) => {
+            let me = unlock(profile_dir())?;
+            let messages = me.list()?;
+            if json.json {
+                let rows: Vec<_> = messages
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "id": m.id, "from": m.from, "to": m.to, "cc": m.cc, "subject": m.subject,
+                            "date": m.date, "received": m.received, "signature_verified": m.signature_verified,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string(&rows)?);
+            } else if messages.is_empty() {
+                println!("no messages (run `letterme sync` to fetch new mail)");
+            } else {
+                for m in &messages {
+                    println!("{}  {}  {:<28}  {}", &m.id[..12], date(m.date), m.from, m.subject);
+                }
+            }
+            Ok(())
+        }
+        Command::Read(args) => {
+            let me = unlock(profile_dir())?;
+            let m = me.read(&args.id)?;
+            if args.json.json {
+                println!("{}", serde_json::to_string(&m)?);
+            } else {
+                print_message(&m);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_message(m: &Message) {
+    let list = |v: &[Address]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    println!("From: {}", m.from);
+    println!("To: {}", list(&m.to));
+    if !m.cc.is_empty() {
+        println!("Cc: {}", list(&m.cc));
+    }
+    if !m.bcc.is_empty() {
+        println!("Bcc: {}", list(&m.bcc));
+    }
+    println!("Date: {}", date(m.date));
+    println!("Subject: {}", m.subject);
+    println!("Message-ID: {}", m.message_id);
+    println!("Signature: verified (sender's attested identity key)");
+    println!();
+    println!("{}", m.body);
+}
+
+fn date(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+}
+
+fn default_profile() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from(".letterme"), |h| PathBuf::from(h).join(".letterme"))
+}
+
+fn parse_address(s: &str) -> Result<Address> {
+    Address::parse(s).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn parse_addresses(v: &[String]) -> Result<Vec<Address>> {
+    v.iter().map(|s| parse_address(s)).collect()
+}
+
+fn passphrase(prompt: &str) -> Result<String> {
+    if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no passphrase: set {PASSPHRASE_ENV} or run in a terminal to be asked");
+    }
+    rpassword::prompt_password(prompt).context("cannot read the passphrase")
+}
+
+fn new_passphrase() -> Result<String> {
+    if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
+        if p.is_empty() {
+            bail!("{PASSPHRASE_ENV} is empty; choose a passphrase to protect your keys");
+        }
+        return Ok(p);
+    }
+    let p = passphrase("New passphrase for your keys: ")?;
+    if p.is_empty() {
+        bail!("an empty passphrase would leave your keys unprotected");
+    }
+    if passphrase("Repeat it: ")? != p {
+        bail!("the passphrases differ");
+    }
+    Ok(p)
+}
+
+fn unlock(dir: ProfileDir) -> Result<Unlocked> {
+    let profile = dir.load()?;
+    let pass = passphrase(&format!("Passphrase for {}: ", profile.address))?;
+    Ok(Unlocked::open(dir, &pass)?)
+}
+
+fn read_stdin_body() -> Result<String> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .take(MAX_STDIN_BODY + 1)
+        .read_to_end(&mut buf)
+        .context("cannot read the body from stdin")?;
+    if buf.len() as u64 > MAX_STDIN_BODY {
+        bail!("the body on stdin is larger than {MAX_STDIN_BODY} bytes");
+    }
+    String::from_utf8(buf).map_err(|_| anyhow::anyhow!("the body on stdin is not valid UTF-8"))
+}
+
+/// Loads the config: the given file, else ./letterme.toml, else the embedded default.
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    let (path, required) = match path {
+        Some(p) => (p.to_owned(), true),
+        None => (PathBuf::from("letterme.toml"), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let config: Config = toml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim().replace('\n', " "))
+            })?;
+            Ok(config)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            tracing::info!("no letterme.toml here; running on the embedded default (domain localhost)");
+            Ok(Config::embedded_default())
+        }
+        Err(e) => bail!("cannot read the config file {}: {e}", path.display()),
+    }
+}
+
+async fn serve(config: Option<&Path>) -> Result<()> {
+    let config = load_config(config)?;
+    let domain = config.domain.clone();
+    let running = letterme_server::start(config, Arc::new(SystemClock)).await?;
+    println!("letterme serving {domain} on http://{}", running.local_addr);
+    let stop = running.shutdown_handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    running.wait().await.context("the HTTP server failed")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn init(args: &cli::InitArgs) -> Result<()> {
+    if args.config.exists() {
+        bail!("{} already exists; remove it or pass --config PATH", args.config.display());
+    }
+    let mut config = Config::for_domain(&args.domain);
+    if let Some(d) = &args.data {
+        config.data_dir.clone_from(d);
+    }
+    if let Some(l) = args.http_listen {
+        config.http.listen = l;
+    }
+    config.http.public_url.clone_from(&args.public_url);
+    if args.smtp_listen.is_some() {
+        config.smtp.listen = args.smtp_listen;
+    }
+    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_store, key) = letterme_server::open_storage(&config, letterme_client::now()).await?;
+    let text = toml::to_string_pretty(&config).context("cannot render the config")?;
+    std::fs::write(&args.config, format!("# letter.me server config (see docs/OPERATIONS.md)\n{text}"))
+        .with_context(|| format!("cannot write {}", args.config.display()))?;
+    println!("wrote {}", args.config.display());
+    println!("data directory: {}", config.data_dir.display());
+    println!("domain key: {}", key.public().to_base64());
+    println!();
+    println!("; DNS records to publish for {}", config.domain);
+    println!(
+        "_mailx.{}. 3600 IN TXT \"v=mailx1; k={}; e={}\"",
+        config.domain,
+        key.public().to_base64(),
+        config.public_url()
+    );
+    println!();
+    println!("start the server with: letterme serve --config {}", args.config.display());
+    Ok(())
+}

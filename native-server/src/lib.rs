@@ -100,14 +100,7 @@ impl Running {
 /// Opens storage, loads (or on first start generates) the domain key, binds the listener
 /// and serves until shut down.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
-    config.validate().map_err(StartError::Config)?;
-    create_private_dir(&config.data_dir)?;
-    let db_path = config.database_path();
-    let store = Store::open(&db_path).map_err(|source| StartError::Store {
-        path: db_path.display().to_string(),
-        source,
-    })?;
-    let domain_key = load_domain_key(&store, &config, clock.now()).await?;
+    let (store, domain_key) = open_storage(&config, clock.now()).await?;
     let listener = TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -157,6 +150,20 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         shutdown: tx,
         task,
     })
+}
+
+/// Validates the config, creates the data directory, opens the database (applying
+/// migrations) and loads the domain key, generating it on first start.
+pub async fn open_storage(config: &Config, now: u64) -> Result<(Store, SigningKeypair), StartError> {
+    config.validate().map_err(StartError::Config)?;
+    create_private_dir(&config.data_dir)?;
+    let db_path = config.database_path();
+    let store = Store::open(&db_path).map_err(|source| StartError::Store {
+        path: db_path.display().to_string(),
+        source,
+    })?;
+    let domain_key = load_domain_key(&store, config, now).await?;
+    Ok((store, domain_key))
 }
 
 /// Deletes deliveries older than `policy.retention_days`.

@@ -1,0 +1,58 @@
+//! Client errors: each is one line a user can act on.
+
+use letterme_protocol::{Address, AttestationError, OpenError, SealError};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("no letter.me profile at {0}; create one with `letterme account create ADDRESS --server URL`")]
+    NoProfile(String),
+    #[error("a profile already exists at {0}; use another --profile directory")]
+    ProfileExists(String),
+    #[error("the profile at {0} is damaged: {1}")]
+    BadProfile(String, String),
+    #[error("wrong passphrase for the profile at {0}")]
+    WrongPassphrase(String),
+    #[error("cannot reach the server at {url}: {reason}; is `letterme serve` running there?")]
+    ServerDown { url: String, reason: String },
+    #[error("the server at {url} answered {status}: {message}")]
+    Api {
+        url: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("no such user: {0}")]
+    UnknownRecipient(Address),
+    #[error("{0} is on another domain; this server serves @{1} and federation is not available yet")]
+    OtherDomain(Address, String),
+    #[error("the message is {size} bytes encrypted; the server accepts at most {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("refusing to encrypt to {0}: its key cannot be verified ({1})")]
+    Unverified(Address, AttestationError),
+    #[error("the server sent a key for {0} that does not match what it registered for us")]
+    BadRegistration(Address),
+    #[error("cannot seal the message: {0}")]
+    Seal(#[from] SealError),
+    #[error("cannot open message: {0}")]
+    Open(#[from] OpenError),
+    #[error("no message with id {0} in the local mailbox (run `letterme list`)")]
+    NoSuchMessage(String),
+    #[error("id prefix {0} matches more than one message; give more digits")]
+    AmbiguousId(String),
+    #[error("a message needs at least one recipient (--to, --cc or --bcc)")]
+    NoRecipients,
+    #[error("local store {path}: {reason}")]
+    LocalStore { path: String, reason: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+impl ClientError {
+    pub(crate) fn store(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        Self::LocalStore {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
+    }
+}

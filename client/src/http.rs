@@ -1,0 +1,212 @@
+//! A typed client for the native server's HTTP/JSON API (`docs/API.md`).
+
+use std::time::Duration;
+
+use letterme_protocol::auth::sign_challenge;
+use letterme_protocol::{Address, Attestation, IdentityPublicKey, KeyBinding, SigningKeypair, b64};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::error::ClientError;
+
+/// `GET /v1/server`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerInfo {
+    pub domain: String,
+    pub domain_key: IdentityPublicKey,
+    pub protocol: u32,
+    pub max_message_size: u64,
+    pub quota: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RegisterResponse {
+    pub attestation: Attestation,
+    pub domain_key: IdentityPublicKey,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KeyLookup {
+    pub address: Address,
+    pub found: bool,
+    pub attestation: Option<Attestation>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListEntry {
+    pub id: String,
+    pub seq: i64,
+    pub sender: String,
+    pub size: u64,
+    pub received: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListResponse {
+    messages: Vec<ListEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SendResponse {
+    pub id: String,
+    pub size: u64,
+}
+
+/// Talks to one server, optionally logged in.
+#[derive(Debug, Clone)]
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("a default HTTP client builds");
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            token: None,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    async fn call(&self, req: RequestBuilder) -> Result<Response, ClientError> {
+        let resp = req.send().await.map_err(|e| ClientError::ServerDown {
+            url: self.base.clone(),
+            reason: describe(&e),
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let code = body["error"]["code"].as_str().unwrap_or("unknown").to_owned();
+        let message = body["error"]["message"]
+            .as_str()
+            .map_or_else(|| status.canonical_reason().unwrap_or("error").to_owned(), ToOwned::to_owned);
+        Err(ClientError::Api {
+            url: self.base.clone(),
+            status: status.as_u16(),
+            code,
+            message,
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
+        let resp = self.call(req).await?;
+        resp.json().await.map_err(|e| ClientError::ServerDown {
+            url: self.base.clone(),
+            reason: format!("unexpected answer: {e}"),
+        })
+    }
+
+    pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
+        self.json(self.req(Method::GET, "/v1/server")).await
+    }
+
+    pub async fn register(&self, binding: &KeyBinding, invite: Option<&str>) -> Result<RegisterResponse, ClientError> {
+        self.json(
+            self.req(Method::POST, "/v1/accounts")
+                .json(&json!({ "binding": binding, "invite": invite })),
+        )
+        .await
+    }
+
+    /// Challenge, sign, token.
+    pub async fn login(&mut self, domain: &str, address: &Address, key: &SigningKeypair) -> Result<(), ClientError> {
+        #[derive(Deserialize)]
+        struct Challenge {
+            challenge: String,
+        }
+        #[derive(Deserialize)]
+        struct Token {
+            token: String,
+        }
+        let c: Challenge = self
+            .json(self.req(Method::POST, "/v1/auth/challenge").json(&json!({ "address": address })))
+            .await?;
+        let challenge: [u8; 32] = b64::decode_array(&c.challenge).ok_or_else(|| ClientError::ServerDown {
+            url: self.base.clone(),
+            reason: "malformed challenge".into(),
+        })?;
+        let sig = sign_challenge(key, domain, address, &challenge);
+        let t: Token = self
+            .json(self.req(Method::POST, "/v1/auth/token").json(&json!({
+                "address": address, "challenge": c.challenge, "signature": sig,
+            })))
+            .await?;
+        self.token = Some(t.token);
+        Ok(())
+    }
+
+    pub async fn lookup(&self, address: &Address) -> Result<KeyLookup, ClientError> {
+        self.json(self.req(Method::GET, &format!("/v1/keys/{address}"))).await
+    }
+
+    pub async fn send(&self, envelope: Vec<u8>) -> Result<SendResponse, ClientError> {
+        self.json(
+            self.req(Method::POST, "/v1/messages")
+                .header(reqwest::header::CONTENT_TYPE, "application/vnd.letterme.envelope")
+                .body(envelope),
+        )
+        .await
+    }
+
+    pub async fn list(&self, after: i64) -> Result<Vec<ListEntry>, ClientError> {
+        let r: ListResponse = self
+            .json(self.req(Method::GET, "/v1/messages").query(&[("after", after)]))
+            .await?;
+        Ok(r.messages)
+    }
+
+    pub async fn fetch(&self, id: &str) -> Result<Vec<u8>, ClientError> {
+        let resp = self.call(self.req(Method::GET, &format!("/v1/messages/{id}"))).await?;
+        resp.bytes().await.map(|b| b.to_vec()).map_err(|e| ClientError::ServerDown {
+            url: self.base.clone(),
+            reason: describe(&e),
+        })
+    }
+
+    pub async fn ack(&self, id: &str) -> Result<(), ClientError> {
+        match self.call(self.req(Method::DELETE, &format!("/v1/messages/{id}"))).await {
+            Ok(_) => Ok(()),
+            // Already gone (acknowledged before a crash): the goal holds.
+            Err(ClientError::Api { status, .. }) if status == StatusCode::NOT_FOUND.as_u16() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_connect() {
+        "connection refused or unreachable".into()
+    } else if e.is_timeout() {
+        "timed out".into()
+    } else {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(inner) = src {
+            s = format!("{s}: {inner}");
+            src = inner.source();
+        }
+        s
+    }
+}

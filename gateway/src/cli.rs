@@ -1,0 +1,126 @@
+//! The command line (DESIGN.md §3).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "letterme",
+    version,
+    about = "End-to-end encrypted, federated mail that runs alongside classic email.",
+    long_about = "End-to-end encrypted, federated mail that runs alongside classic email.\n\n\
+        Server side: `letterme init`, then `letterme serve`.\n\
+        Client side: `letterme account create ADDRESS --server URL`, then `send`, `sync`, `list`, `read`.\n\
+        Try it all at once: `letterme demo`."
+)]
+pub struct Cli {
+    /// Client profile directory (keys, local mailbox).
+    #[arg(long, global = true, env = "LETTERME_PROFILE", value_name = "DIR")]
+    pub profile: Option<PathBuf>,
+    /// DNS servers (HOST:PORT) the client uses for discovery and key verification.
+    #[arg(long, global = true, env = "LETTERME_DNS", value_name = "HOST:PORT", value_delimiter = ',')]
+    pub dns: Vec<SocketAddr>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a server config file and generate the domain key.
+    Init(InitArgs),
+    /// Run the native server (on the embedded default when there is no config file).
+    Serve(ServeArgs),
+    /// Run the whole story on a temporary directory: a server, two users, mail both ways.
+    Demo,
+    /// Manage your account.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Send an end-to-end encrypted message (body from stdin when --body is absent).
+    Send(SendArgs),
+    /// Fetch new mail, store it locally, then acknowledge it so the server deletes it.
+    Sync(JsonFlag),
+    /// List the messages in your local mailbox.
+    List(JsonFlag),
+    /// Show one message (ID or a unique prefix of it, as `list` prints).
+    Read(ReadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The mail domain this server serves, e.g. example.com.
+    #[arg(long)]
+    pub domain: String,
+    /// Where to write the config file.
+    #[arg(long, default_value = "letterme.toml", value_name = "PATH")]
+    pub config: PathBuf,
+    /// Data directory (database, key file).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// The URL clients and peers use to reach this server.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// HTTP listen address.
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// SMTP listen address (inbound adapter).
+    #[arg(long, value_name = "ADDR")]
+    pub smtp_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file; default ./letterme.toml, or the embedded default when that is absent.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Generate keys locally, register ADDRESS with the server and write the profile.
+    Create {
+        /// Your address, e.g. alice@example.com.
+        address: String,
+        /// The server's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+        server: String,
+        /// Invite token, when the server registers by invitation.
+        #[arg(long)]
+        invite: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[arg(long, num_args = 1.., value_name = "ADDR")]
+    pub to: Vec<String>,
+    #[arg(long, num_args = 1.., value_name = "ADDR")]
+    pub cc: Vec<String>,
+    #[arg(long, num_args = 1.., value_name = "ADDR")]
+    pub bcc: Vec<String>,
+    #[arg(long)]
+    pub subject: String,
+    /// Message body; read from stdin when absent.
+    #[arg(long)]
+    pub body: Option<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// Message id (or a unique prefix).
+    pub id: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -75,6 +75,7 @@ pub struct Running {
     pub local_addr: SocketAddr,
     pub domain_key: IdentityPublicKey,
     pub store: Store,
+    state: Arc<api::AppState>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -89,6 +90,11 @@ impl Running {
     /// Waits until the server stops by itself (it does not, short of an I/O error).
     pub async fn wait(self) -> std::io::Result<()> {
         self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    /// Runs the retention purge now (it also runs every [`PURGE_INTERVAL`]).
+    pub async fn purge_now(&self) -> Result<store::PurgeStats, store::StoreError> {
+        purge(&self.state).await
     }
 
     /// A handle that stops the server when sent `true`.
@@ -134,7 +140,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             }
         }
     });
-    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -147,6 +153,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         local_addr,
         domain_key: domain_key.public(),
         store,
+        state,
         shutdown: tx,
         task,
     })

@@ -1,0 +1,224 @@
+//! End-to-end harness: builds and starts the real `letterme` binary, drives it as a user
+//! would (separate processes, real HTTP on loopback, real SQLite files), and offers an
+//! in-process server with an injectable clock for tests that must move time.
+#![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use letterme_server::{Clock, Config};
+
+pub const PASSPHRASE: &str = "test passphrase";
+
+/// Path to the `letterme` binary, built once per test process.
+pub fn letterme_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test> → target/<profile>
+        let dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "letterme", "--bin", "letterme"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building letterme failed");
+        let bin = dir.join("letterme");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `letterme serve` process.
+#[derive(Debug)]
+pub struct ServerProc {
+    pub child: Child,
+    pub url: String,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl ServerProc {
+    /// Writes a config for `domain` under `root` and starts the server.
+    pub fn start(root: &Path, domain: &str, extra_toml: &str) -> Self {
+        let port = free_port();
+        let data_dir = root.join("server-data");
+        let config_path = root.join("letterme.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "domain = \"{domain}\"\ndata_dir = \"{}\"\n{extra_toml}\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+                data_dir.display()
+            ),
+        )
+        .unwrap();
+        Self::spawn(config_path, data_dir)
+    }
+
+    fn spawn(config_path: PathBuf, data_dir: PathBuf) -> Self {
+        std::fs::create_dir_all(&data_dir).unwrap();
+        // The server's log goes into its data directory, so the plaintext scan covers it.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("server.log"))
+            .unwrap();
+        let mut child = Command::new(letterme_bin())
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("LETTERME_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("server did not start: {line:?}; see {}", data_dir.join("server.log").display()))
+            .to_owned();
+        Self {
+            child,
+            url,
+            config_path,
+            data_dir,
+        }
+    }
+
+    /// `kill -9`, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts again on the same config and data.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let next = Self::spawn(self.config_path.clone(), self.data_dir.clone());
+        assert_eq!(next.url, self.url, "the server must come back on the same address");
+        *self = next;
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI as a user with profile `profile`.
+pub fn cli(profile: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    cli_with(profile, args, stdin, PASSPHRASE)
+}
+
+pub fn cli_with(profile: &Path, args: &[&str], stdin: Option<&str>, passphrase: &str) -> Output {
+    let mut child = Command::new(letterme_bin())
+        .args(args)
+        .env("LETTERME_PROFILE", profile)
+        .env("LETTERME_PASSPHRASE", passphrase)
+        .env_remove("LETTERME_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Asserts a user error: non-zero exit, one line on stderr, no panic; returns the line.
+pub fn user_error(out: &Output) -> String {
+    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8(out.stderr.clone()).unwrap();
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "expected one line on stderr, got: {err:?}");
+    assert!(err.starts_with("error: "), "{err:?}");
+    err.trim_end().to_owned()
+}
+
+/// Every byte of every file under `dir`, with its path.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A clock tests can move.
+#[derive(Debug)]
+pub struct FakeClock(AtomicU64);
+
+impl FakeClock {
+    pub fn at_now() -> Arc<Self> {
+        Arc::new(Self(AtomicU64::new(
+            SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs(),
+        )))
+    }
+
+    pub fn advance(&self, d: Duration) {
+        self.0.fetch_add(d.as_secs(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn now_f64(&self) -> f64 {
+        self.now() as f64
+    }
+}
+
+/// A config for an in-process server on a free loopback port.
+pub fn test_config(root: &Path, domain: &str) -> Config {
+    let mut c = Config::for_domain(domain);
+    c.data_dir = root.join("server-data");
+    c.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c
+}

@@ -5,7 +5,9 @@ use letterme_protocol::{Address, AttestationError, OpenError, SealError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    #[error("no letter.me profile at {0}; create one with `letterme account create ADDRESS --server URL`")]
+    #[error(
+        "no letter.me profile at {0}; create one with `letterme account create ADDRESS --server URL`"
+    )]
     NoProfile(String),
     #[error("a profile already exists at {0}; use another --profile directory")]
     ProfileExists(String),
@@ -24,7 +26,9 @@ pub enum ClientError {
     },
     #[error("no such user: {0}")]
     UnknownRecipient(Address),
-    #[error("{0} is on another domain; this server serves @{1} and federation is not available yet")]
+    #[error(
+        "{0} is on another domain; this server serves @{1} and federation is not available yet"
+    )]
     OtherDomain(Address, String),
     #[error("the message is {size} bytes encrypted; the server accepts at most {limit} bytes")]
     TooLarge { size: u64, limit: u64 },

@@ -66,7 +66,7 @@ impl Api {
     pub fn new(base: &str) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            .timeout(Duration::from_mins(2))
             .build()
             .expect("a default HTTP client builds");
         Self {
@@ -98,10 +98,14 @@ impl Api {
         }
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let code = body["error"]["code"].as_str().unwrap_or("unknown").to_owned();
-        let message = body["error"]["message"]
+        let code = body["error"]["code"]
             .as_str()
-            .map_or_else(|| status.canonical_reason().unwrap_or("error").to_owned(), ToOwned::to_owned);
+            .unwrap_or("unknown")
+            .to_owned();
+        let message = body["error"]["message"].as_str().map_or_else(
+            || status.canonical_reason().unwrap_or("error").to_owned(),
+            ToOwned::to_owned,
+        );
         Err(ClientError::Api {
             url: self.base.clone(),
             status: status.as_u16(),
@@ -122,7 +126,11 @@ impl Api {
         self.json(self.req(Method::GET, "/v1/server")).await
     }
 
-    pub async fn register(&self, binding: &KeyBinding, invite: Option<&str>) -> Result<RegisterResponse, ClientError> {
+    pub async fn register(
+        &self,
+        binding: &KeyBinding,
+        invite: Option<&str>,
+    ) -> Result<RegisterResponse, ClientError> {
         self.json(
             self.req(Method::POST, "/v1/accounts")
                 .json(&json!({ "binding": binding, "invite": invite })),
@@ -131,7 +139,12 @@ impl Api {
     }
 
     /// Challenge, sign, token.
-    pub async fn login(&mut self, domain: &str, address: &Address, key: &SigningKeypair) -> Result<(), ClientError> {
+    pub async fn login(
+        &mut self,
+        domain: &str,
+        address: &Address,
+        key: &SigningKeypair,
+    ) -> Result<(), ClientError> {
         #[derive(Deserialize)]
         struct Challenge {
             challenge: String,
@@ -141,12 +154,16 @@ impl Api {
             token: String,
         }
         let c: Challenge = self
-            .json(self.req(Method::POST, "/v1/auth/challenge").json(&json!({ "address": address })))
+            .json(
+                self.req(Method::POST, "/v1/auth/challenge")
+                    .json(&json!({ "address": address })),
+            )
             .await?;
-        let challenge: [u8; 32] = b64::decode_array(&c.challenge).ok_or_else(|| ClientError::ServerDown {
-            url: self.base.clone(),
-            reason: "malformed challenge".into(),
-        })?;
+        let challenge: [u8; 32] =
+            b64::decode_array(&c.challenge).ok_or_else(|| ClientError::ServerDown {
+                url: self.base.clone(),
+                reason: "malformed challenge".into(),
+            })?;
         let sig = sign_challenge(key, domain, address, &challenge);
         let t: Token = self
             .json(self.req(Method::POST, "/v1/auth/token").json(&json!({
@@ -158,13 +175,33 @@ impl Api {
     }
 
     pub async fn lookup(&self, address: &Address) -> Result<KeyLookup, ClientError> {
-        self.json(self.req(Method::GET, &format!("/v1/keys/{address}"))).await
+        let mut url = reqwest::Url::parse(&format!("{}/v1/keys/", self.base)).map_err(|e| {
+            ClientError::ServerDown {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        url.path_segments_mut()
+            .map_err(|()| ClientError::ServerDown {
+                url: self.base.clone(),
+                reason: "not a base URL".into(),
+            })?
+            .pop_if_empty()
+            .push(address.as_str());
+        let mut r = self.http.get(url);
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        self.json(r).await
     }
 
     pub async fn send(&self, envelope: Vec<u8>) -> Result<SendResponse, ClientError> {
         self.json(
             self.req(Method::POST, "/v1/messages")
-                .header(reqwest::header::CONTENT_TYPE, "application/vnd.letterme.envelope")
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/vnd.letterme.envelope",
+                )
                 .body(envelope),
         )
         .await
@@ -172,24 +209,37 @@ impl Api {
 
     pub async fn list(&self, after: i64) -> Result<Vec<ListEntry>, ClientError> {
         let r: ListResponse = self
-            .json(self.req(Method::GET, "/v1/messages").query(&[("after", after)]))
+            .json(
+                self.req(Method::GET, "/v1/messages")
+                    .query(&[("after", after)]),
+            )
             .await?;
         Ok(r.messages)
     }
 
     pub async fn fetch(&self, id: &str) -> Result<Vec<u8>, ClientError> {
-        let resp = self.call(self.req(Method::GET, &format!("/v1/messages/{id}"))).await?;
-        resp.bytes().await.map(|b| b.to_vec()).map_err(|e| ClientError::ServerDown {
-            url: self.base.clone(),
-            reason: describe(&e),
-        })
+        let resp = self
+            .call(self.req(Method::GET, &format!("/v1/messages/{id}")))
+            .await?;
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| ClientError::ServerDown {
+                url: self.base.clone(),
+                reason: describe(&e),
+            })
     }
 
     pub async fn ack(&self, id: &str) -> Result<(), ClientError> {
-        match self.call(self.req(Method::DELETE, &format!("/v1/messages/{id}"))).await {
+        match self
+            .call(self.req(Method::DELETE, &format!("/v1/messages/{id}")))
+            .await
+        {
             Ok(_) => Ok(()),
             // Already gone (acknowledged before a crash): the goal holds.
-            Err(ClientError::Api { status, .. }) if status == StatusCode::NOT_FOUND.as_u16() => Ok(()),
+            Err(ClientError::Api { status, .. }) if status == StatusCode::NOT_FOUND.as_u16() => {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

@@ -13,8 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use letterme_protocol::envelope::{Envelope, seal_message};
 use letterme_protocol::keys::random_bytes;
 use letterme_protocol::{
-    Address, Attestation, EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, KeyBinding, Payload,
-    SigningKeypair,
+    Address, Attestation, EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, KeyBinding,
+    Payload, SigningKeypair,
 };
 use serde::Serialize;
 
@@ -24,7 +24,9 @@ use mailbox::{Mailbox, Stored};
 use profile::{Keys, Profile, ProfileDir, SealedKeys};
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Creates keys locally, registers them, verifies the attestation, writes the profile.
@@ -122,7 +124,11 @@ impl Unlocked {
 
     /// All local messages, oldest first.
     pub fn list(&self) -> Result<Vec<Message>, ClientError> {
-        self.mailbox()?.all()?.iter().map(|m| self.decrypt(m)).collect()
+        self.mailbox()?
+            .all()?
+            .iter()
+            .map(|m| self.decrypt(m))
+            .collect()
     }
 
     pub fn read(&self, id_prefix: &str) -> Result<Message, ClientError> {
@@ -133,8 +139,12 @@ impl Unlocked {
     /// Logs in to the profile's server.
     pub async fn connect(self) -> Result<Online, ClientError> {
         let mut api = Api::new(&self.profile.server);
-        api.login(&self.profile.domain, &self.profile.address, &self.keys.identity)
-            .await?;
+        api.login(
+            &self.profile.domain,
+            &self.profile.address,
+            &self.keys.identity,
+        )
+        .await?;
         Ok(Online { me: self, api })
     }
 }
@@ -214,7 +224,10 @@ impl Online {
             return Err(ClientError::NoRecipients);
         }
         let p = &self.me.profile;
-        if let Some(other) = all.iter().find(|a| !a.domain().eq_ignore_ascii_case(&p.domain)) {
+        if let Some(other) = all
+            .iter()
+            .find(|a| !a.domain().eq_ignore_ascii_case(&p.domain))
+        {
             return Err(ClientError::OtherDomain((*other).clone(), p.domain.clone()));
         }
         let info = self.api.server_info().await?;
@@ -239,9 +252,21 @@ impl Online {
             in_reply_to: draft.in_reply_to.clone(),
             references: draft.references.clone(),
         };
-        let envelopes = seal_message(&self.me.keys.identity, &payload, &draft.bcc, &|a| keys.get(a).copied(), now())?;
-        let encoded: Vec<(String, Vec<u8>)> = envelopes.iter().map(|e| (e.id.to_hex(), e.encode())).collect();
-        if let Some((_, big)) = encoded.iter().find(|(_, b)| b.len() as u64 > info.max_message_size) {
+        let envelopes = seal_message(
+            &self.me.keys.identity,
+            &payload,
+            &draft.bcc,
+            &|a| keys.get(a).copied(),
+            now(),
+        )?;
+        let encoded: Vec<(String, Vec<u8>)> = envelopes
+            .iter()
+            .map(|e| (e.id.to_hex(), e.encode()))
+            .collect();
+        if let Some((_, big)) = encoded
+            .iter()
+            .find(|(_, b)| b.len() as u64 > info.max_message_size)
+        {
             return Err(ClientError::TooLarge {
                 size: big.len() as u64,
                 limit: info.max_message_size,
@@ -260,7 +285,10 @@ impl Online {
     }
 
     /// Fetches new mail, verifies it, commits it locally, then acknowledges it.
-    pub async fn sync(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<SyncReport, ClientError> {
+    pub async fn sync(
+        &self,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<SyncReport, ClientError> {
         let mailbox = self.me.mailbox()?;
         let mut report = SyncReport::default();
         let mut senders: BTreeMap<Address, Result<IdentityPublicKey, String>> = BTreeMap::new();
@@ -329,9 +357,16 @@ impl Online {
             senders.insert(env.sender.clone(), key);
         }
         let signer = senders[&env.sender].clone()?;
-        let seen = |i: &letterme_protocol::EnvelopeId| mailbox.envelope(&i.to_hex()).ok().flatten().is_some();
-        env.open(&self.me.profile.address, &[&self.me.keys.encryption], &signer, &seen)
-            .map_err(|e| e.to_string())?;
+        let seen = |i: &letterme_protocol::EnvelopeId| {
+            mailbox.envelope(&i.to_hex()).ok().flatten().is_some()
+        };
+        env.open(
+            &self.me.profile.address,
+            &[&self.me.keys.encryption],
+            &signer,
+            &seen,
+        )
+        .map_err(|e| e.to_string())?;
         Ok(signer)
     }
 }

@@ -30,9 +30,12 @@ impl Mailbox {
     pub fn open(path: &Path) -> Result<Self, ClientError> {
         let err = |e: rusqlite::Error| ClientError::store(path, e);
         let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS messages (
                  id TEXT PRIMARY KEY, sender TEXT NOT NULL, received INTEGER NOT NULL,
@@ -55,7 +58,9 @@ impl Mailbox {
     /// The stored envelope bytes for `id`, if any.
     pub fn envelope(&self, id: &str) -> Result<Option<Vec<u8>>, ClientError> {
         self.conn
-            .query_row("SELECT envelope FROM messages WHERE id = ?1", [id], |r| r.get(0))
+            .query_row("SELECT envelope FROM messages WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -65,14 +70,28 @@ impl Mailbox {
             .execute(
                 "INSERT INTO messages (id, sender, received, stored_at, envelope, signer_key)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![m.id, m.sender, m.received as i64, now as i64, m.envelope, m.signer_key.as_slice()],
+                params![
+                    m.id,
+                    m.sender,
+                    m.received as i64,
+                    now as i64,
+                    m.envelope,
+                    m.signer_key.as_slice()
+                ],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
 
     /// Keeps a message that failed verification, with the reason, instead of its content.
-    pub fn refuse(&self, id: &str, sender: &str, reason: &str, envelope: &[u8], now: u64) -> Result<(), ClientError> {
+    pub fn refuse(
+        &self,
+        id: &str,
+        sender: &str,
+        reason: &str,
+        envelope: &[u8],
+        now: u64,
+    ) -> Result<(), ClientError> {
         self.conn
             .execute(
                 "INSERT INTO refused (id, sender, reason, envelope, stored_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -107,7 +126,11 @@ impl Mailbox {
         if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(ClientError::NoSuchMessage(prefix));
         }
-        let matches: Vec<Stored> = self.all()?.into_iter().filter(|m| m.id.starts_with(&prefix)).collect();
+        let matches: Vec<Stored> = self
+            .all()?
+            .into_iter()
+            .filter(|m| m.id.starts_with(&prefix))
+            .collect();
         match matches.len() {
             0 => Err(ClientError::NoSuchMessage(prefix)),
             1 => Ok(matches.into_iter().next().expect("one element")),

@@ -8,7 +8,9 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use letterme_protocol::keys::random_bytes;
-use letterme_protocol::{Address, Attestation, EncryptionKeypair, IdentityPublicKey, SigningKeypair, b64};
+use letterme_protocol::{
+    Address, Attestation, EncryptionKeypair, IdentityPublicKey, SigningKeypair, b64,
+};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -28,7 +30,11 @@ pub struct KdfParams {
 impl Default for KdfParams {
     /// OWASP's argon2id minimum: 19 MiB, 2 passes, 1 lane.
     fn default() -> Self {
-        Self { m_kib: 19 * 1024, t: 2, p: 1 }
+        Self {
+            m_kib: 19 * 1024,
+            t: 2,
+            p: 1,
+        }
     }
 }
 
@@ -94,7 +100,13 @@ impl SealedKeys {
         );
         let ciphertext = XChaCha20Poly1305::new_from_slice(&*kek)
             .expect("32-byte key")
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: &plain, aad: KEYSTORE_AAD })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: KEYSTORE_AAD,
+                },
+            )
             .expect("encrypts");
         Self {
             kdf: "argon2id".into(),
@@ -107,14 +119,27 @@ impl SealedKeys {
 
     /// `None` when the passphrase is wrong (or the keystore was altered).
     pub fn open(&self, passphrase: &str) -> Option<Keys> {
-        if self.nonce.len() != 24 || self.kdf != "argon2id" {
+        // Bounded, so a tampered profile cannot demand unbounded memory or time.
+        let p = self.params;
+        if self.nonce.len() != 24
+            || self.kdf != "argon2id"
+            || p.m_kib > 1 << 20
+            || p.t > 16
+            || p.p > 16
+        {
             return None;
         }
         let kek = derive(passphrase, &self.salt, self.params).ok()?;
         let plain = Zeroizing::new(
             XChaCha20Poly1305::new_from_slice(&*kek)
                 .ok()?
-                .decrypt(XNonce::from_slice(&self.nonce), Payload { msg: &self.ciphertext, aad: KEYSTORE_AAD })
+                .decrypt(
+                    XNonce::from_slice(&self.nonce),
+                    Payload {
+                        msg: &self.ciphertext,
+                        aad: KEYSTORE_AAD,
+                    },
+                )
                 .ok()?,
         );
         let k: KeysPlain = serde_json::from_slice(&plain).ok()?;
@@ -151,9 +176,15 @@ impl ProfileDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ClientError::NoProfile(self.0.display().to_string()));
             }
-            Err(e) => return Err(ClientError::Io(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(ClientError::Io(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
         };
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadProfile(path.display().to_string(), e.to_string()))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::BadProfile(path.display().to_string(), e.to_string()))
     }
 
     pub fn unlock(&self, profile: &Profile, passphrase: &str) -> Result<Keys, ClientError> {
@@ -162,14 +193,22 @@ impl ProfileDir {
             .open(passphrase)
             .ok_or_else(|| ClientError::WrongPassphrase(self.0.display().to_string()))?;
         if keys.identity.public() != profile.attestation.identity_key {
-            return Err(ClientError::BadProfile(self.file().display().to_string(), "keys do not match".into()));
+            return Err(ClientError::BadProfile(
+                self.file().display().to_string(),
+                "keys do not match".into(),
+            ));
         }
         Ok(keys)
     }
 
     /// Writes atomically (temp file, fsync, rename) with mode 0600 in a 0700 directory.
     pub fn save(&self, profile: &Profile) -> Result<(), ClientError> {
-        let io = |e: std::io::Error| ClientError::Io(format!("cannot write the profile in {}: {e}", self.0.display()));
+        let io = |e: std::io::Error| {
+            ClientError::Io(format!(
+                "cannot write the profile in {}: {e}",
+                self.0.display()
+            ))
+        };
         create_private_dir(&self.0).map_err(io)?;
         let tmp = self.0.join(".profile.json.tmp");
         let mut opts = std::fs::OpenOptions::new();
@@ -177,7 +216,8 @@ impl ProfileDir {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec_pretty(profile).expect("serializes")).map_err(io)?;
+        f.write_all(&serde_json::to_vec_pretty(profile).expect("serializes"))
+            .map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, self.file()).map_err(io)?;
         if let Ok(d) = std::fs::File::open(&self.0) {

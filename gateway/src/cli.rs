@@ -20,7 +20,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "LETTERME_PROFILE", value_name = "DIR")]
     pub profile: Option<PathBuf>,
     /// DNS servers (HOST:PORT) the client uses for discovery and key verification.
-    #[arg(long, global = true, env = "LETTERME_DNS", value_name = "HOST:PORT", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "LETTERME_DNS",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
     pub dns: Vec<SocketAddr>,
     #[command(subcommand)]
     pub command: Command,

@@ -21,7 +21,10 @@ pub async fn run() -> Result<()> {
     config.http.listen = "127.0.0.1:0".parse()?;
     let server = letterme_server::start(config, Arc::new(SystemClock)).await?;
     let url = format!("http://{}", server.local_addr);
-    println!("1. server for demo.test on {url} (data in {})", tmp.path().display());
+    println!(
+        "1. server for demo.test on {url} (data in {})",
+        tmp.path().display()
+    );
 
     let alice: Address = "alice@demo.test".parse()?;
     let bob: Address = "bob@demo.test".parse()?;
@@ -64,9 +67,15 @@ pub async fn run() -> Result<()> {
             let online = Unlocked::open(dir, PASS)?.connect().await?;
             let r = online.sync(&mut |_, _| {}).await?;
             let me = online.me.profile.address.clone();
-            println!("4. {me} synced {} new message(s); the server deleted them after the ack", r.fetched);
+            println!(
+                "4. {me} synced {} new message(s); the server deleted them after the ack",
+                r.fetched
+            );
             for m in online.me.list()? {
-                println!("   {me} reads: from {} — \"{}\" — {}", m.from, m.subject, m.body);
+                println!(
+                    "   {me} reads: from {} — \"{}\" — {}",
+                    m.from, m.subject, m.body
+                );
             }
             anyhow::Ok(())
         }
@@ -74,11 +83,20 @@ pub async fn run() -> Result<()> {
 
     step(&users[0], &bob, "Hello Bob", "Only you can read this.").await?;
     receive(&users[1]).await?;
-    step(&users[1], &alice, "Re: Hello Bob", "And only you can read this reply.").await?;
+    step(
+        &users[1],
+        &alice,
+        "Re: Hello Bob",
+        "And only you can read this reply.",
+    )
+    .await?;
     receive(&users[0]).await?;
 
     server.shutdown().await?;
-    println!("5. the server only ever stored ciphertext; removing {}", tmp.path().display());
+    println!(
+        "5. the server only ever stored ciphertext; removing {}",
+        tmp.path().display()
+    );
     drop(tmp);
     Ok(())
 }

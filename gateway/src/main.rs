@@ -27,7 +27,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let server_side = matches!(cli.command, Command::Serve(_) | Command::Init(_));
     init_logging(if server_side { "info" } else { "warn" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -57,7 +60,7 @@ fn init_logging(default: &str) {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let profile_dir = || ProfileDir(cli.profile.clone().unwrap_or_else(default_profile));
+    let profile_dir = ProfileDir(cli.profile.clone().unwrap_or_else(default_profile));
     match &cli.command {
         Command::Init(args) => init(args).await,
         Command::Serve(args) => serve(args.config.as_deref()).await,
@@ -67,109 +70,12 @@ async fn run(cli: Cli) -> Result<()> {
             server,
             invite,
             json,
-        }) => {
-            let address = parse_address(address)?;
-            let dir = profile_dir();
-            if dir.exists() {
-                bail!(letterme_client::ClientError::ProfileExists(dir.0.display().to_string()));
-            }
-            let pass = new_passphrase()?;
-            let profile = letterme_client::create_account(&dir, &address, server, &pass, invite.as_deref()).await?;
-            if json.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "address": profile.address,
-                        "server": profile.server,
-                        "profile": dir.0,
-                        "identity_key": profile.attestation.identity_key,
-                        "encryption_key": profile.attestation.encryption_key,
-                        "domain_key": profile.domain_key,
-                    })
-                );
-            } else {
-                println!("created {} on {}", profile.address, profile.server);
-                println!("profile: {}", dir.0.display());
-                println!("identity key: {}", profile.attestation.identity_key.to_base64());
-                println!("domain key (pinned): {}", profile.domain_key.to_base64());
-            }
-            Ok(())
-        }
-        Command::Send(args) => {
-            let me = unlock(profile_dir())?;
-            let draft = Draft {
-                to: parse_addresses(&args.to)?,
-                cc: parse_addresses(&args.cc)?,
-                bcc: parse_addresses(&args.bcc)?,
-                subject: args.subject.clone(),
-                body: match &args.body {
-                    Some(b) => b.clone(),
-                    None => read_stdin_body()?,
-                },
-                ..Draft::default()
-            };
-            let online = me.connect().await?;
-            let report = online.send(&draft).await?;
-            if args.json.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                let to: Vec<String> = report.recipients.iter().map(ToString::to_string).collect();
-                println!("sent {} to {}", report.message_id, to.join(", "));
-            }
-            Ok(())
-        }
-        Command::Sync(json) => {
-            let online = unlock(profile_dir())?.connect().await?;
-            let interactive = std::io::stderr().is_terminal() && !json.json;
-            let mut progress = |done: usize, total: usize| {
-                if interactive && total > 10 {
-                    eprint!("\rsyncing {done}/{total}");
-                }
-            };
-            let report = online.sync(&mut progress).await?;
-            if interactive && report.fetched + report.already_had > 10 {
-                eprintln!();
-            }
-            if json.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{} new message(s)", report.fetched);
-                for (id, reason) in &report.refused {
-                    println!("refused {id}: {reason}");
-                }
-            }
-            if report.refused.is_empty() {
-                Ok(())
-            } else {
-                bail!("{} message(s) failed verification and were set aside", report.refused.len())
-            }
-        }
-        Command::List(json) => {
-            let me = unlock(profile_dir())?;
-            let messages = me.list()?;
-            if json.json {
-                let rows: Vec<_> = messages
-                    .iter()
-                    .map(|m| {
-                        serde_json::json!({
-                            "id": m.id, "from": m.from, "to": m.to, "cc": m.cc, "subject": m.subject,
-                            "date": m.date, "received": m.received, "signature_verified": m.signature_verified,
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string(&rows)?);
-            } else if messages.is_empty() {
-                println!("no messages (run `letterme sync` to fetch new mail)");
-            } else {
-                for m in &messages {
-                    println!("{}  {}  {:<28}  {}", &m.id[..12], date(m.date), m.from, m.subject);
-                }
-            }
-            Ok(())
-        }
+        }) => account_create(profile_dir, address, server, invite.as_deref(), json.json).await,
+        Command::Send(args) => send(profile_dir, args).await,
+        Command::Sync(json) => sync(profile_dir, json.json).await,
+        Command::List(json) => list(profile_dir, json.json),
         Command::Read(args) => {
-            let me = unlock(profile_dir())?;
-            let m = me.read(&args.id)?;
+            let m = unlock(profile_dir)?.read(&args.id)?;
             if args.json.json {
                 println!("{}", serde_json::to_string(&m)?);
             } else {
@@ -180,8 +86,135 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+async fn account_create(
+    dir: ProfileDir,
+    address: &str,
+    server: &str,
+    invite: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let address = parse_address(address)?;
+    if dir.exists() {
+        bail!(letterme_client::ClientError::ProfileExists(
+            dir.0.display().to_string()
+        ));
+    }
+    let pass = new_passphrase()?;
+    let profile = letterme_client::create_account(&dir, &address, server, &pass, invite).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "address": profile.address,
+                "server": profile.server,
+                "profile": dir.0,
+                "identity_key": profile.attestation.identity_key,
+                "encryption_key": profile.attestation.encryption_key,
+                "domain_key": profile.domain_key,
+            })
+        );
+    } else {
+        println!("created {} on {}", profile.address, profile.server);
+        println!("profile: {}", dir.0.display());
+        println!(
+            "identity key: {}",
+            profile.attestation.identity_key.to_base64()
+        );
+        println!("domain key (pinned): {}", profile.domain_key.to_base64());
+    }
+    Ok(())
+}
+
+async fn send(dir: ProfileDir, args: &cli::SendArgs) -> Result<()> {
+    let me = unlock(dir)?;
+    let draft = Draft {
+        to: parse_addresses(&args.to)?,
+        cc: parse_addresses(&args.cc)?,
+        bcc: parse_addresses(&args.bcc)?,
+        subject: args.subject.clone(),
+        body: match &args.body {
+            Some(b) => b.clone(),
+            None => read_stdin_body()?,
+        },
+        ..Draft::default()
+    };
+    let online = me.connect().await?;
+    let report = online.send(&draft).await?;
+    if args.json.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let to: Vec<String> = report.recipients.iter().map(ToString::to_string).collect();
+        println!("sent {} to {}", report.message_id, to.join(", "));
+    }
+    Ok(())
+}
+
+async fn sync(dir: ProfileDir, json: bool) -> Result<()> {
+    let online = unlock(dir)?.connect().await?;
+    let interactive = std::io::stderr().is_terminal() && !json;
+    let mut progress = |done: usize, total: usize| {
+        if interactive && total > 10 {
+            eprint!("\rsyncing {done}/{total}");
+        }
+    };
+    let report = online.sync(&mut progress).await?;
+    if interactive && report.fetched + report.already_had > 10 {
+        eprintln!();
+    }
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{} new message(s)", report.fetched);
+        for (id, reason) in &report.refused {
+            println!("refused {id}: {reason}");
+        }
+    }
+    if report.refused.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "{} message(s) failed verification and were set aside",
+            report.refused.len()
+        )
+    }
+}
+
+fn list(dir: ProfileDir, json: bool) -> Result<()> {
+    let messages = unlock(dir)?.list()?;
+    if json {
+        let rows: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.id, "from": m.from, "to": m.to, "cc": m.cc, "subject": m.subject,
+                    "date": m.date, "received": m.received, "signature_verified": m.signature_verified,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string(&rows)?);
+    } else if messages.is_empty() {
+        println!("no messages (run `letterme sync` to fetch new mail)");
+    } else {
+        for m in &messages {
+            println!(
+                "{}  {}  {:<28}  {}",
+                &m.id[..12],
+                date(m.date),
+                m.from,
+                m.subject
+            );
+        }
+    }
+    Ok(())
+}
+
 fn print_message(m: &Message) {
-    let list = |v: &[Address]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let list = |v: &[Address]| {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!("From: {}", m.from);
     println!("To: {}", list(&m.to));
     if !m.cc.is_empty() {
@@ -199,11 +232,15 @@ fn print_message(m: &Message) {
 }
 
 fn date(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
 }
 
 fn default_profile() -> PathBuf {
-    std::env::var_os("HOME").map_or_else(|| PathBuf::from(".letterme"), |h| PathBuf::from(h).join(".letterme"))
+    std::env::var_os("HOME").map_or_else(
+        || PathBuf::from(".letterme"),
+        |h| PathBuf::from(h).join(".letterme"),
+    )
 }
 
 fn parse_address(s: &str) -> Result<Address> {
@@ -268,12 +305,18 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let config: Config = toml::from_str(&text).map_err(|e| {
-                anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim().replace('\n', " "))
+                anyhow::anyhow!(
+                    "{}: {}",
+                    path.display(),
+                    e.to_string().trim().replace('\n', " ")
+                )
             })?;
             Ok(config)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-            tracing::info!("no letterme.toml here; running on the embedded default (domain localhost)");
+            tracing::info!(
+                "no letterme.toml here; running on the embedded default (domain localhost)"
+            );
             Ok(Config::embedded_default())
         }
         Err(e) => bail!("cannot read the config file {}: {e}", path.display()),
@@ -298,12 +341,11 @@ async fn serve(config: Option<&Path>) -> Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
         };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -316,7 +358,10 @@ async fn shutdown_signal() {
 
 async fn init(args: &cli::InitArgs) -> Result<()> {
     if args.config.exists() {
-        bail!("{} already exists; remove it or pass --config PATH", args.config.display());
+        bail!(
+            "{} already exists; remove it or pass --config PATH",
+            args.config.display()
+        );
     }
     let mut config = Config::for_domain(&args.domain);
     if let Some(d) = &args.data {
@@ -332,8 +377,11 @@ async fn init(args: &cli::InitArgs) -> Result<()> {
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let (_store, key) = letterme_server::open_storage(&config, letterme_client::now()).await?;
     let text = toml::to_string_pretty(&config).context("cannot render the config")?;
-    std::fs::write(&args.config, format!("# letter.me server config (see docs/OPERATIONS.md)\n{text}"))
-        .with_context(|| format!("cannot write {}", args.config.display()))?;
+    std::fs::write(
+        &args.config,
+        format!("# letter.me server config (see docs/OPERATIONS.md)\n{text}"),
+    )
+    .with_context(|| format!("cannot write {}", args.config.display()))?;
     println!("wrote {}", args.config.display());
     println!("data directory: {}", config.data_dir.display());
     println!("domain key: {}", key.public().to_base64());
@@ -346,6 +394,9 @@ async fn init(args: &cli::InitArgs) -> Result<()> {
         config.public_url()
     );
     println!();
-    println!("start the server with: letterme serve --config {}", args.config.display());
+    println!(
+        "start the server with: letterme serve --config {}",
+        args.config.display()
+    );
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -51,7 +51,9 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("domain", &self.config.domain).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("domain", &self.config.domain)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,7 +79,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| ApiError::internal().into_response()))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::internal().into_response()
+        }))
         .with_state(state)
 }
 
@@ -86,7 +90,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
 }
 
 fn json_body<T>(r: Result<Json<T>, JsonRejection>) -> AppResult<T> {
@@ -110,6 +118,10 @@ fn body_error(e: &BytesRejection, limit: u64) -> ApiError {
     }
 }
 
+fn path_param(p: Result<Path<String>, PathRejection>) -> AppResult<Path<String>> {
+    p.map_err(|e| ApiError::bad_request("bad_path", e.body_text()))
+}
+
 fn parse_address(s: &str) -> AppResult<Address> {
     Address::parse(s).map_err(|e| ApiError::bad_request("bad_address", e.to_string()))
 }
@@ -130,19 +142,33 @@ pub struct Authed(pub Session);
 impl FromRequestParts<Arc<AppState>> for Authed {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::unauthorized("missing_token", "log in first: Authorization: Bearer <token>"));
+            return Err(ApiError::unauthorized(
+                "missing_token",
+                "log in first: Authorization: Bearer <token>",
+            ));
         };
         let token = value
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("invalid_token", "expected Authorization: Bearer <token>"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("invalid_token", "expected Authorization: Bearer <token>")
+            })?;
         match state.auth.session(token.trim(), state.clock.now()) {
             Ok(s) => Ok(Self(s)),
-            Err(TokenError::Expired) => Err(ApiError::unauthorized("expired_token", "the token has expired; log in again")),
-            Err(TokenError::Invalid) => Err(ApiError::unauthorized("invalid_token", "unknown token; log in again")),
+            Err(TokenError::Expired) => Err(ApiError::unauthorized(
+                "expired_token",
+                "the token has expired; log in again",
+            )),
+            Err(TokenError::Invalid) => Err(ApiError::unauthorized(
+                "invalid_token",
+                "unknown token; log in again",
+            )),
         }
     }
 }
@@ -150,16 +176,26 @@ impl FromRequestParts<Arc<AppState>> for Authed {
 async fn healthz(State(state): St) -> Response {
     match state.store.ping().await {
         Ok(()) => Json(json!({ "status": "ok" })).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "database unavailable" }))).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "database unavailable" })),
+        )
+            .into_response(),
     }
 }
 
 async fn metrics(State(state): St) -> Response {
     if let Ok(n) = state.store.account_count().await {
-        state.metrics.accounts.set(i64::try_from(n).unwrap_or(i64::MAX));
+        state
+            .metrics
+            .accounts
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -209,27 +245,46 @@ async fn register(
     check_ip(&state, peer)?;
     let req = json_body(body)?;
     let b = &req.binding;
-    if !b.address.domain().eq_ignore_ascii_case(&state.config.domain) {
+    if !b
+        .address
+        .domain()
+        .eq_ignore_ascii_case(&state.config.domain)
+    {
         return Err(ApiError::forbidden(
             "wrong_domain",
-            format!("this server registers addresses @{} only", state.config.domain),
+            format!(
+                "this server registers addresses @{} only",
+                state.config.domain
+            ),
         ));
     }
-    b.verify()
-        .map_err(|_| ApiError::bad_request("bad_signature", "the key binding is not signed by the identity key"))?;
+    b.verify().map_err(|_| {
+        ApiError::bad_request(
+            "bad_signature",
+            "the key binding is not signed by the identity key",
+        )
+    })?;
     let now = state.clock.now();
     if b.created.abs_diff(now) > MAX_CLOCK_SKEW {
-        return Err(ApiError::bad_request("stale", "the key binding's time is more than a day off the server's clock"));
+        return Err(ApiError::bad_request(
+            "stale",
+            "the key binding's time is more than a day off the server's clock",
+        ));
     }
     let invite_hash = match state.config.registration.mode {
         RegistrationMode::Open => None,
         RegistrationMode::Invite => {
-            let token = req
-                .invite
-                .as_deref()
-                .ok_or_else(|| ApiError::forbidden("invite_required", "this server registers by invitation; pass an invite token"))?;
+            let token = req.invite.as_deref().ok_or_else(|| {
+                ApiError::forbidden(
+                    "invite_required",
+                    "this server registers by invitation; pass an invite token",
+                )
+            })?;
             if !state.config.registration.invites.iter().any(|t| t == token) {
-                return Err(ApiError::forbidden("invalid_invite", "this invite token is not valid"));
+                return Err(ApiError::forbidden(
+                    "invalid_invite",
+                    "this invite token is not valid",
+                ));
             }
             Some(Sha256::digest(token.as_bytes()).into())
         }
@@ -304,19 +359,34 @@ async fn token(
     check_ip(&state, peer)?;
     let req = json_body(body)?;
     let address = parse_address(&req.address)?;
-    let challenge: [u8; 32] = b64::decode_array(&req.challenge)
-        .ok_or_else(|| ApiError::bad_request("bad_challenge", "challenge must be base64 of 32 bytes"))?;
+    let challenge: [u8; 32] = b64::decode_array(&req.challenge).ok_or_else(|| {
+        ApiError::bad_request("bad_challenge", "challenge must be base64 of 32 bytes")
+    })?;
     let now = state.clock.now();
     let denied = || {
         state.metrics.error("login_failed");
-        ApiError::unauthorized("login_failed", "the challenge is unknown or expired, or the signature does not verify")
+        ApiError::unauthorized(
+            "login_failed",
+            "the challenge is unknown or expired, or the signature does not verify",
+        )
     };
     if !state.auth.take_challenge(&challenge, &address, now) {
         return Err(denied());
     }
-    let account = state.store.account(address.to_string()).await?.ok_or_else(denied)?;
+    let account = state
+        .store
+        .account(address.to_string())
+        .await?
+        .ok_or_else(denied)?;
     let key = IdentityPublicKey(account.identity_key);
-    verify_challenge(&key, &state.config.domain, &address, &challenge, &req.signature).map_err(|_| denied())?;
+    verify_challenge(
+        &key,
+        &state.config.domain,
+        &address,
+        &challenge,
+        &req.signature,
+    )
+    .map_err(|_| denied())?;
     let (token, expires) = state
         .auth
         .issue(address, key, now)
@@ -333,8 +403,16 @@ pub struct KeyLookup {
     pub attestation: Option<Attestation>,
 }
 
-async fn lookup(State(state): St, Authed(session): Authed, Path(address): Path<String>) -> AppResult<Json<KeyLookup>> {
-    if !state.lookup_limit.allow(&session.address, state.clock.now_f64()) {
+async fn lookup(
+    State(state): St,
+    Authed(session): Authed,
+    address: Result<Path<String>, PathRejection>,
+) -> AppResult<Json<KeyLookup>> {
+    let Path(address) = path_param(address)?;
+    if !state
+        .lookup_limit
+        .allow(&session.address, state.clock.now_f64())
+    {
         state.metrics.error("rate_limited");
         return Err(ApiError::rate_limited());
     }
@@ -390,19 +468,34 @@ async fn send(
     result
 }
 
-async fn accept(state: &AppState, session: &Session, body: &[u8]) -> AppResult<(StatusCode, Json<SendResponse>)> {
-    let env = Envelope::decode(body).map_err(|e| ApiError::bad_request("malformed_envelope", e.to_string()))?;
+async fn accept(
+    state: &AppState,
+    session: &Session,
+    body: &[u8],
+) -> AppResult<(StatusCode, Json<SendResponse>)> {
+    let env = Envelope::decode(body)
+        .map_err(|e| ApiError::bad_request("malformed_envelope", e.to_string()))?;
     if env.signer_kind != SignerKind::User || env.sender != session.address {
-        return Err(ApiError::forbidden("sender_mismatch", "the envelope's sender is not the logged-in user"));
+        return Err(ApiError::forbidden(
+            "sender_mismatch",
+            "the envelope's sender is not the logged-in user",
+        ));
     }
     if env.signer_key != session.identity_key {
-        return Err(ApiError::forbidden("sender_mismatch", "the envelope is not signed by your identity key"));
+        return Err(ApiError::forbidden(
+            "sender_mismatch",
+            "the envelope is not signed by your identity key",
+        ));
     }
-    env.verify_signature()
-        .map_err(|_| ApiError::bad_request("bad_signature", "the envelope signature does not verify"))?;
+    env.verify_signature().map_err(|_| {
+        ApiError::bad_request("bad_signature", "the envelope signature does not verify")
+    })?;
     let now = state.clock.now();
     if env.created.abs_diff(now) > MAX_CLOCK_SKEW {
-        return Err(ApiError::bad_request("stale_envelope", "the envelope's time is more than a day off the server's clock"));
+        return Err(ApiError::bad_request(
+            "stale_envelope",
+            "the envelope's time is more than a day off the server's clock",
+        ));
     }
     let remote: Vec<&Address> = env
         .recipients
@@ -415,7 +508,11 @@ async fn accept(state: &AppState, session: &Session, body: &[u8]) -> AppResult<(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "federation_unavailable",
-            format!("{} not on {}; federation with other domains is not available yet", list.join(", "), state.config.domain),
+            format!(
+                "{} not on {}; federation with other domains is not available yet",
+                list.join(", "),
+                state.config.domain
+            ),
         )
         .with_details(json!({ "recipients": list })));
     }
@@ -471,7 +568,10 @@ async fn list(
 ) -> AppResult<Json<serde_json::Value>> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let limit = q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST);
-    let rows = state.store.list(session.address.to_string(), q.after, limit).await?;
+    let rows = state
+        .store
+        .list(session.address.to_string(), q.after, limit)
+        .await?;
     let messages: Vec<ListEntry> = rows
         .into_iter()
         .map(|p| ListEntry {
@@ -486,11 +586,16 @@ async fn list(
 }
 
 fn parse_id(s: &str) -> AppResult<EnvelopeId> {
-    EnvelopeId::from_hex(s).ok_or_else(|| ApiError::bad_request("bad_id", "a message id is 32 hex digits"))
+    EnvelopeId::from_hex(s)
+        .ok_or_else(|| ApiError::bad_request("bad_id", "a message id is 32 hex digits"))
 }
 
-async fn fetch(State(state): St, Authed(session): Authed, Path(id): Path<String>) -> AppResult<Response> {
-    let id = parse_id(&id)?;
+async fn fetch(
+    State(state): St,
+    Authed(session): Authed,
+    id: Result<Path<String>, PathRejection>,
+) -> AppResult<Response> {
+    let id = parse_id(&path_param(id)?.0)?;
     let (bytes, received) = state
         .store
         .fetch(session.address.to_string(), id.0)
@@ -498,17 +603,30 @@ async fn fetch(State(state): St, Authed(session): Authed, Path(id): Path<String>
         .ok_or_else(|| ApiError::not_found("no such message in your mailbox"))?;
     Ok((
         [
-            (header::CONTENT_TYPE, "application/vnd.letterme.envelope".to_owned()),
-            (header::HeaderName::from_static("x-letterme-received"), received.to_string()),
+            (
+                header::CONTENT_TYPE,
+                "application/vnd.letterme.envelope".to_owned(),
+            ),
+            (
+                header::HeaderName::from_static("x-letterme-received"),
+                received.to_string(),
+            ),
         ],
         bytes,
     )
         .into_response())
 }
 
-async fn ack_one(State(state): St, Authed(session): Authed, Path(id): Path<String>) -> AppResult<StatusCode> {
-    let id = parse_id(&id)?;
-    let n = state.store.ack(session.address.to_string(), vec![id.0]).await?;
+async fn ack_one(
+    State(state): St,
+    Authed(session): Authed,
+    id: Result<Path<String>, PathRejection>,
+) -> AppResult<StatusCode> {
+    let id = parse_id(&path_param(id)?.0)?;
+    let n = state
+        .store
+        .ack(session.address.to_string(), vec![id.0])
+        .await?;
     if n == 0 {
         return Err(ApiError::not_found("no such message in your mailbox"));
     }
@@ -529,9 +647,16 @@ async fn ack_many(
 ) -> AppResult<Json<serde_json::Value>> {
     let req = json_body(body)?;
     if req.ids.len() > MAX_LIST as usize {
-        return Err(ApiError::bad_request("too_many", format!("acknowledge at most {MAX_LIST} ids at once")));
+        return Err(ApiError::bad_request(
+            "too_many",
+            format!("acknowledge at most {MAX_LIST} ids at once"),
+        ));
     }
-    let ids = req.ids.iter().map(|s| parse_id(s).map(|i| i.0)).collect::<AppResult<Vec<_>>>()?;
+    let ids = req
+        .ids
+        .iter()
+        .map(|s| parse_id(s).map(|i| i.0))
+        .collect::<AppResult<Vec<_>>>()?;
     let n = state.store.ack(session.address.to_string(), ids).await?;
     state.metrics.acks.inc_by(n as u64);
     Ok(Json(json!({ "deleted": n })))

@@ -69,7 +69,12 @@ impl Auth {
     }
 
     /// Issues a token; `None` when the table is full of live tokens.
-    pub fn issue(&self, address: Address, identity_key: IdentityPublicKey, now: u64) -> Option<(String, u64)> {
+    pub fn issue(
+        &self,
+        address: Address,
+        identity_key: IdentityPublicKey,
+        now: u64,
+    ) -> Option<(String, u64)> {
         let mut map = self.tokens.lock().ok()?;
         if map.len() >= MAX_TOKENS {
             map.retain(|_, s| s.expires > now);
@@ -103,10 +108,11 @@ impl Auth {
 
 fn hex(b: &[u8]) -> String {
     use std::fmt::Write as _;
-    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 /// Token buckets keyed by `K`: `rate` tokens per second, up to `burst`.
@@ -175,10 +181,15 @@ mod tests {
     fn tokens_expire() {
         let auth = Auth::default();
         let a = Address::parse("a@x.test").unwrap();
-        let (t, exp) = auth.issue(a.clone(), IdentityPublicKey([0; 32]), 100).unwrap();
+        let (t, exp) = auth
+            .issue(a.clone(), IdentityPublicKey([0; 32]), 100)
+            .unwrap();
         assert_eq!(auth.session(&t, 100).unwrap().address, a);
         assert_eq!(auth.session(&t, exp).unwrap_err(), TokenError::Expired);
-        assert_eq!(auth.session("lm1_nope", 100).unwrap_err(), TokenError::Invalid);
+        assert_eq!(
+            auth.session("lm1_nope", 100).unwrap_err(),
+            TokenError::Invalid
+        );
     }
 
     #[test]

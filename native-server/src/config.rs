@@ -15,8 +15,8 @@ pub struct Config {
     pub domain: String,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Where the key-encryption key lives; default `<data_dir>/master.key`. Ignored when
-    /// `LETTERME_SERVER_PASSPHRASE` is set.
+    /// Where the key-encryption key lives; default `<data_dir>/master.key`. Not used when the
+    /// domain key was sealed under `LETTERME_SERVER_PASSPHRASE` (set at first start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
     #[serde(default)]
@@ -46,7 +46,7 @@ impl Config {
 
     pub fn for_domain(domain: &str) -> Self {
         Self {
-            domain: domain.to_owned(),
+            domain: domain.to_ascii_lowercase(),
             data_dir: default_data_dir(),
             key_file: None,
             http: HttpConfig::default(),
@@ -61,7 +61,9 @@ impl Config {
     }
 
     pub fn key_file(&self) -> PathBuf {
-        self.key_file.clone().unwrap_or_else(|| self.data_dir.join("master.key"))
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
     }
 
     pub fn database_path(&self) -> PathBuf {
@@ -76,11 +78,25 @@ impl Config {
             .unwrap_or_else(|| format!("http://{}", self.http.listen))
     }
 
+    /// The config in normal form: the domain lower-cased, as addresses are.
+    #[must_use]
+    pub fn normalized(mut self) -> Self {
+        self.domain = self
+            .domain
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        self
+    }
+
     /// Checks what serde cannot: the domain's syntax, and that plain HTTP only listens on
     /// loopback (DESIGN.md §3).
     pub fn validate(&self) -> Result<(), String> {
         if !letterme_protocol::address::valid_domain(&self.domain) {
-            return Err(format!("domain {:?} is not a valid domain name", self.domain));
+            return Err(format!(
+                "domain {:?} is not a valid domain name",
+                self.domain
+            ));
         }
         if !self.http.listen.ip().is_loopback() && self.http.tls.is_none() {
             return Err(format!(
@@ -289,7 +305,9 @@ impl ByteSize {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 25MB"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size like 25MB"))?;
         let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
             "" | "B" => 1,
             "KB" | "K" => 1000,
@@ -298,7 +316,11 @@ impl ByteSize {
             "KIB" => 1 << 10,
             "MIB" => 1 << 20,
             "GIB" => 1 << 30,
-            _ => return Err(format!("{s:?}: unknown size unit (use B, KB, MB, GB, KiB, MiB or GiB)")),
+            _ => {
+                return Err(format!(
+                    "{s:?}: unknown size unit (use B, KB, MB, GB, KiB, MiB or GiB)"
+                ));
+            }
         };
         n.checked_mul(mult)
             .map(Self)
@@ -316,7 +338,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
         for (unit, m) in [("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1000)] {
-            if n >= m && n % m == 0 {
+            if n >= m && n.is_multiple_of(m) {
                 return write!(f, "{}{unit}", n / m);
             }
         }

@@ -43,7 +43,11 @@ impl ApiError {
     }
 
     pub fn rate_limited() -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down and retry")
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; slow down and retry",
+        )
     }
 
     pub fn internal() -> Self {
@@ -54,6 +58,7 @@ impl ApiError {
         )
     }
 
+    #[must_use]
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
         self
@@ -78,7 +83,11 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::AddressTaken => Self::new(StatusCode::CONFLICT, "address_taken", "this address is already registered"),
+            StoreError::AddressTaken => Self::new(
+                StatusCode::CONFLICT,
+                "address_taken",
+                "this address is already registered",
+            ),
             StoreError::UnknownRecipients(list) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_recipients",
@@ -96,8 +105,14 @@ impl From<StoreError> for ApiError {
                 "replay",
                 "an envelope with this id was already accepted (replay)",
             ),
-            StoreError::InviteUsed => Self::forbidden("invalid_invite", "this invite token was already used"),
-            StoreError::Closed => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down"),
+            StoreError::InviteUsed => {
+                Self::forbidden("invalid_invite", "this invite token was already used")
+            }
+            StoreError::Closed => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            ),
             StoreError::Database(msg) => {
                 tracing::error!(error = %msg, "database error");
                 Self::internal()

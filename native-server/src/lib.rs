@@ -29,7 +29,7 @@ use crate::store::Store;
 /// Version of the API and envelope format this server speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// How often the retention purge runs.
-pub const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+pub const PURGE_INTERVAL: Duration = Duration::from_hours(1);
 
 /// The time source; injected so tests can move it.
 pub trait Clock: Send + Sync + 'static {
@@ -45,11 +45,15 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
     }
 
     fn now_f64(&self) -> f64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
     }
 }
 
@@ -60,13 +64,22 @@ pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot open the database {path}: {source}")]
-    Store { path: String, source: store::StoreError },
+    Store {
+        path: String,
+        source: store::StoreError,
+    },
     #[error(transparent)]
     Secret(#[from] secrets::SecretError),
     #[error("cannot listen on {addr}: {source} (is another server running there?)")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot create the data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running server.
@@ -84,12 +97,16 @@ impl Running {
     /// Stops accepting, finishes in-flight requests, and returns.
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
-        self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     /// Waits until the server stops by itself (it does not, short of an I/O error).
     pub async fn wait(self) -> std::io::Result<()> {
-        self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     /// Runs the retention purge now (it also runs every [`PURGE_INTERVAL`]).
@@ -106,6 +123,7 @@ impl Running {
 /// Opens storage, loads (or on first start generates) the domain key, binds the listener
 /// and serves until shut down.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
+    let config = config.normalized();
     let (store, domain_key) = open_storage(&config, clock.now()).await?;
     let listener = TcpListener::bind(config.http.listen)
         .await
@@ -119,7 +137,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     })?;
     let limits = &config.limits;
     let state = Arc::new(api::AppState {
-        lookup_limit: auth::RateLimiter::new(limits.key_lookups_per_second, limits.key_lookup_burst, 100_000),
+        lookup_limit: auth::RateLimiter::new(
+            limits.key_lookups_per_second,
+            limits.key_lookup_burst,
+            100_000,
+        ),
         ip_limit: auth::RateLimiter::new(20, 200, 100_000),
         domain_key: domain_key.clone(),
         store: store.clone(),
@@ -161,8 +183,17 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
 
 /// Validates the config, creates the data directory, opens the database (applying
 /// migrations) and loads the domain key, generating it on first start.
-pub async fn open_storage(config: &Config, now: u64) -> Result<(Store, SigningKeypair), StartError> {
+pub async fn open_storage(
+    config: &Config,
+    now: u64,
+) -> Result<(Store, SigningKeypair), StartError> {
     config.validate().map_err(StartError::Config)?;
+    if config.domain != config.clone().normalized().domain {
+        return Err(StartError::Config(format!(
+            "domain {:?} must be lower case",
+            config.domain
+        )));
+    }
     create_private_dir(&config.data_dir)?;
     let db_path = config.database_path();
     let store = Store::open(&db_path).map_err(|source| StartError::Store {
@@ -204,7 +235,11 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn load_domain_key(store: &Store, config: &Config, now: u64) -> Result<SigningKeypair, StartError> {
+async fn load_domain_key(
+    store: &Store,
+    config: &Config,
+    now: u64,
+) -> Result<SigningKeypair, StartError> {
     let key_file = config.key_file();
     let store_err = |source| StartError::Store {
         path: config.database_path().display().to_string(),
@@ -213,7 +248,10 @@ async fn load_domain_key(store: &Store, config: &Config, now: u64) -> Result<Sig
     if let Some((public, sealed, kdf)) = store.server_key("domain").await.map_err(store_err)? {
         let kek = Kek::for_existing(&kdf, &key_file)?;
         let seed = kek.open(&sealed)?;
-        let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| secrets::SecretError::Malformed)?;
+        let seed: [u8; 32] = seed
+            .as_slice()
+            .try_into()
+            .map_err(|_| secrets::SecretError::Malformed)?;
         let key = SigningKeypair::from_secret_bytes(&seed);
         if key.public().0.as_slice() != public.as_slice() {
             return Err(secrets::SecretError::Malformed.into());
@@ -224,7 +262,13 @@ async fn load_domain_key(store: &Store, config: &Config, now: u64) -> Result<Sig
     let kek = Kek::for_new_key(&key_file)?;
     let sealed = kek.seal(&*key.secret_bytes());
     store
-        .put_server_key("domain", key.public().0.to_vec(), sealed, kek.kdf.clone(), now)
+        .put_server_key(
+            "domain",
+            key.public().0.to_vec(),
+            sealed,
+            kek.kdf.clone(),
+            now,
+        )
         .await
         .map_err(store_err)?;
     tracing::info!(public = %key.public().to_base64(), "generated the domain key");

@@ -40,11 +40,31 @@ impl Default for Metrics {
             accounts: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("deliveries", "Envelopes accepted and committed", m.deliveries.clone());
-        registry.register("delivered_bytes", "Bytes of envelopes committed", m.delivered_bytes.clone());
-        registry.register("acks", "Deliveries acknowledged by clients and deleted", m.acks.clone());
-        registry.register("purged", "Deliveries deleted by the retention purge", m.purged.clone());
-        registry.register("registrations", "Accounts registered", m.registrations.clone());
+        registry.register(
+            "deliveries",
+            "Envelopes accepted and committed",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "delivered_bytes",
+            "Bytes of envelopes committed",
+            m.delivered_bytes.clone(),
+        );
+        registry.register(
+            "acks",
+            "Deliveries acknowledged by clients and deleted",
+            m.acks.clone(),
+        );
+        registry.register(
+            "purged",
+            "Deliveries deleted by the retention purge",
+            m.purged.clone(),
+        );
+        registry.register(
+            "registrations",
+            "Accounts registered",
+            m.registrations.clone(),
+        );
         registry.register("logins", "Tokens issued", m.logins.clone());
         registry.register("key_lookups", "Key lookups answered", m.key_lookups.clone());
         registry.register("api_errors", "API errors by code", m.errors.clone());
@@ -63,6 +83,10 @@ impl Metrics {
     }
 
     pub fn error(&self, code: &str) {
-        self.errors.get_or_create(&CodeLabel { code: code.to_owned() }).inc();
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.to_owned(),
+            })
+            .inc();
     }
 }

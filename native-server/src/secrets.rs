@@ -24,7 +24,10 @@ const AAD: &[u8] = b"letterme/v1/domain-key-at-rest\0";
 #[non_exhaustive]
 pub enum SecretError {
     #[error("cannot read or create the key file {path}: {source}")]
-    KeyFile { path: String, source: std::io::Error },
+    KeyFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the key file {0} is not 32 bytes; restore the original file")]
     KeyFileCorrupt(String),
     #[error(
@@ -76,7 +79,7 @@ impl Kek {
             });
         }
         Ok(Self {
-            key: load_or_create_key_file(key_file)?,
+            key: load_key_file(key_file)?,
             kdf: kdf.to_owned(),
         })
     }
@@ -87,7 +90,13 @@ impl Kek {
         let mut out = nonce.to_vec();
         out.extend(
             cipher
-                .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret, aad: AAD })
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: secret,
+                        aad: AAD,
+                    },
+                )
                 .expect("encryption of a small secret cannot fail"),
         );
         out
@@ -114,6 +123,21 @@ fn derive(pass: &str, salt: &[u8]) -> Zeroizing<[u8; 32]> {
         .hash_password_into(pass.as_bytes(), salt, &mut *out)
         .expect("argon2 with a valid salt length");
     out
+}
+
+/// The key file of an existing domain key: never created here, since a new random file
+/// could only fail to open the key and would hide the real file's absence.
+fn load_key_file(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretError> {
+    if !path.exists() {
+        return Err(SecretError::KeyFile {
+            path: path.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "missing; restore it from backup (the domain key in the database is sealed with it)",
+            ),
+        });
+    }
+    load_or_create_key_file(path)
 }
 
 fn load_or_create_key_file(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretError> {
@@ -161,7 +185,15 @@ mod tests {
         assert!(!sealed.windows(11).any(|w| w == b"secret seed"));
         let again = Kek::for_existing("keyfile", &path).unwrap();
         assert_eq!(&again.open(&sealed).unwrap()[..], b"secret seed");
-        let other = Kek::for_existing("keyfile", &dir.path().join("other.key")).unwrap();
+        assert!(matches!(
+            Kek::for_existing("keyfile", &dir.path().join("missing.key")),
+            Err(SecretError::KeyFile { .. })
+        ));
+        assert!(
+            !dir.path().join("missing.key").exists(),
+            "a missing key file is not replaced"
+        );
+        let other = Kek::for_new_key(&dir.path().join("other.key")).unwrap();
         assert!(matches!(other.open(&sealed), Err(SecretError::WrongKey)));
     }
 }

@@ -75,7 +75,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,7 +127,8 @@ impl Store {
     /// Opens (creating if needed) the database, applies migrations, starts the writer.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(path)?;
         configure(&conn)?;
@@ -159,8 +162,15 @@ impl Store {
             });
             (failed, done)
         });
-        self.writer.send(job).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| {
+            StoreError::Database(
+                "the write transaction could not begin; nothing was committed".into(),
+            )
+        })?
     }
 
     /// Runs `f` on a read connection on the blocking pool.
@@ -172,17 +182,16 @@ impl Store {
         let readers = self.readers.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let pooled = readers.lock().map(|mut v| v.pop()).unwrap_or(None);
-            let conn = match pooled {
-                Some(c) => c,
-                None => {
-                    let c = Connection::open_with_flags(
-                        &path,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )?;
-                    c.busy_timeout(std::time::Duration::from_secs(10))?;
-                    c
-                }
+            let pooled = readers.lock().ok().and_then(|mut v| v.pop());
+            let conn = if let Some(c) = pooled {
+                c
+            } else {
+                let c = Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(std::time::Duration::from_secs(10))?;
+                c
             };
             let out = f(&conn);
             if let Ok(mut v) = readers.lock()
@@ -196,7 +205,10 @@ impl Store {
         .map_err(|e| StoreError::Database(format!("reader task failed: {e}")))?
     }
 
-    pub async fn server_key(&self, name: &'static str) -> Result<Option<(Vec<u8>, Vec<u8>, String)>, StoreError> {
+    pub async fn server_key(
+        &self,
+        name: &'static str,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>, String)>, StoreError> {
         self.read(move |c| {
             Ok(c.query_row(
                 "SELECT public_key, sealed, kdf FROM server_keys WHERE name = ?1",
@@ -226,7 +238,11 @@ impl Store {
         .await
     }
 
-    pub async fn register(&self, acc: AccountRow, invite_hash: Option<[u8; 32]>) -> Result<(), StoreError> {
+    pub async fn register(
+        &self,
+        acc: AccountRow,
+        invite_hash: Option<[u8; 32]>,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             if let Some(h) = invite_hash {
                 let used = c.execute(
@@ -285,8 +301,10 @@ impl Store {
     }
 
     pub async fn account_count(&self) -> Result<u64, StoreError> {
-        self.read(|c| Ok(c.query_row("SELECT count(*) FROM accounts", [], |r| r.get::<_, i64>(0))? as u64))
-            .await
+        self.read(|c| {
+            Ok(c.query_row("SELECT count(*) FROM accounts", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
     }
 
     /// Stores an envelope for its local recipients, all or nothing.
@@ -294,7 +312,12 @@ impl Store {
         self.write(move |c| deliver_in(c, &d)).await
     }
 
-    pub async fn list(&self, recipient: String, after: i64, limit: u32) -> Result<Vec<Pending>, StoreError> {
+    pub async fn list(
+        &self,
+        recipient: String,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Pending>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT d.seq, d.message_id, m.sender, m.size, d.received
@@ -316,7 +339,11 @@ impl Store {
     }
 
     /// The envelope bytes of a message pending for `recipient`.
-    pub async fn fetch(&self, recipient: String, id: [u8; 16]) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+    pub async fn fetch(
+        &self,
+        recipient: String,
+        id: [u8; 16],
+    ) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
         self.read(move |c| {
             Ok(c.prepare_cached(
                 "SELECT m.envelope, d.received FROM deliveries d JOIN messages m ON m.id = d.message_id
@@ -353,7 +380,10 @@ impl Store {
             for (rcpt, id) in &old {
                 stats.deliveries += remove_delivery(c, rcpt, id)?;
             }
-            stats.seen_ids = c.execute("DELETE FROM seen_envelopes WHERE seen_at < ?1", [seen_cutoff as i64])?;
+            stats.seen_ids = c.execute(
+                "DELETE FROM seen_envelopes WHERE seen_at < ?1",
+                [seen_cutoff as i64],
+            )?;
             Ok(stats)
         })
         .await
@@ -361,7 +391,8 @@ impl Store {
 
     /// Checks the database answers (health check).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
 }
 
@@ -377,7 +408,10 @@ fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreError> {
     {
         let mut usage = c.prepare_cached("SELECT usage_bytes FROM accounts WHERE address = ?1")?;
         for r in &d.recipients {
-            match usage.query_row([r], |row| row.get::<_, i64>(0)).optional()? {
+            match usage
+                .query_row([r], |row| row.get::<_, i64>(0))
+                .optional()?
+            {
                 None => unknown.push(r.clone()),
                 Some(u) if (u as u64).saturating_add(size) > d.quota => {
                     return Err(StoreError::QuotaExceeded(r.clone()));
@@ -400,8 +434,11 @@ fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreError> {
         d.received as i64,
         d.recipients.len() as i64
     ])?;
-    let mut ins = c.prepare_cached("INSERT INTO deliveries (recipient, message_id, received) VALUES (?1, ?2, ?3)")?;
-    let mut bump = c.prepare_cached("UPDATE accounts SET usage_bytes = usage_bytes + ?2 WHERE address = ?1")?;
+    let mut ins = c.prepare_cached(
+        "INSERT INTO deliveries (recipient, message_id, received) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut bump =
+        c.prepare_cached("UPDATE accounts SET usage_bytes = usage_bytes + ?2 WHERE address = ?1")?;
     for r in &d.recipients {
         ins.execute(params![r, d.id.as_slice(), d.received as i64])?;
         bump.execute(params![r, size as i64])?;
@@ -438,12 +475,9 @@ fn writer_loop(conn: &Connection, mut rx: mpsc::Receiver<Job>) {
             }
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let err = StoreError::from(e);
-            for job in batch {
-                // Run nothing; answer every caller with the failure.
-                let (_, done) = job_failed(job, conn);
-                done(Err(err.clone()));
-            }
+            // Run nothing: dropping the jobs answers every caller "not committed".
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            drop(batch);
             continue;
         }
         let mut completions = Vec::with_capacity(batch.len());
@@ -475,14 +509,6 @@ fn writer_loop(conn: &Connection, mut rx: mpsc::Receiver<Job>) {
             done(outcome.clone());
         }
     }
-}
-
-/// Runs a job only to obtain its completion, inside a savepoint that is rolled back.
-fn job_failed(job: Job, conn: &Connection) -> (bool, Completion) {
-    let _ = conn.execute_batch("SAVEPOINT dead");
-    let out = job(conn);
-    let _ = conn.execute_batch("ROLLBACK TO dead; RELEASE dead");
-    out
 }
 
 #[cfg(test)]
@@ -520,16 +546,30 @@ mod tests {
         let store = Store::open(&dir.path().join("t.db")).unwrap();
         store.register(account("b@x.test"), None).await.unwrap();
         store.register(account("c@x.test"), None).await.unwrap();
-        assert_eq!(store.register(account("b@x.test"), None).await, Err(StoreError::AddressTaken));
-
-        store.deliver(delivery(1, &["b@x.test", "c@x.test"], 100)).await.unwrap();
-        assert_eq!(store.deliver(delivery(1, &["b@x.test"], 100)).await, Err(StoreError::Replay));
         assert_eq!(
-            store.deliver(delivery(2, &["b@x.test", "zz@x.test"], 100)).await,
+            store.register(account("b@x.test"), None).await,
+            Err(StoreError::AddressTaken)
+        );
+
+        store
+            .deliver(delivery(1, &["b@x.test", "c@x.test"], 100))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.deliver(delivery(1, &["b@x.test"], 100)).await,
+            Err(StoreError::Replay)
+        );
+        assert_eq!(
+            store
+                .deliver(delivery(2, &["b@x.test", "zz@x.test"], 100))
+                .await,
             Err(StoreError::UnknownRecipients(vec!["zz@x.test".into()]))
         );
         // The failed delivery left nothing behind, not even its replay record.
-        store.deliver(delivery(2, &["b@x.test"], 200)).await.unwrap();
+        store
+            .deliver(delivery(2, &["b@x.test"], 200))
+            .await
+            .unwrap();
         // Quota 250: b holds 200 bytes now.
         assert_eq!(
             store.deliver(delivery(3, &["b@x.test"], 300)).await,
@@ -538,17 +578,52 @@ mod tests {
 
         let b = store.list("b@x.test".into(), 0, 100).await.unwrap();
         assert_eq!(b.iter().map(|p| p.id[0]).collect::<Vec<_>>(), vec![1, 2]);
-        assert_eq!(store.ack("b@x.test".into(), vec![[1; 16]]).await.unwrap(), 1);
+        assert_eq!(
+            store.ack("b@x.test".into(), vec![[1; 16]]).await.unwrap(),
+            1
+        );
         // c has not acked: the shared message stays for c.
-        assert!(store.fetch("c@x.test".into(), [1; 16]).await.unwrap().is_some());
-        assert!(store.fetch("b@x.test".into(), [1; 16]).await.unwrap().is_none());
-        assert_eq!(store.account("b@x.test".into()).await.unwrap().unwrap().usage_bytes, 100);
+        assert!(
+            store
+                .fetch("c@x.test".into(), [1; 16])
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .fetch("b@x.test".into(), [1; 16])
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            store
+                .account("b@x.test".into())
+                .await
+                .unwrap()
+                .unwrap()
+                .usage_bytes,
+            100
+        );
 
         // Retention: only deliveries older than the cutoff go.
         let stats = store.purge(150, 0).await.unwrap();
         assert_eq!(stats.deliveries, 1); // c's copy of message 1 (received at 100)
-        assert!(store.fetch("c@x.test".into(), [1; 16]).await.unwrap().is_none());
-        assert!(store.fetch("b@x.test".into(), [2; 16]).await.unwrap().is_some());
+        assert!(
+            store
+                .fetch("c@x.test".into(), [1; 16])
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .fetch("b@x.test".into(), [2; 16])
+                .await
+                .unwrap()
+                .is_some()
+        );
         let stats = store.purge(0, 1000).await.unwrap();
         assert_eq!(stats.seen_ids, 2);
     }
@@ -581,6 +656,9 @@ mod tests {
             }
         }
         assert_eq!((ok, replays), (180, 20));
-        assert_eq!(store.list("b@x.test".into(), 0, 1000).await.unwrap().len(), 180);
+        assert_eq!(
+            store.list("b@x.test".into(), 0, 1000).await.unwrap().len(),
+            180
+        );
     }
 }

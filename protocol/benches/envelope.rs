@@ -33,7 +33,12 @@ fn bench(c: &mut Criterion) {
         let rcpts: Vec<(Address, _)> = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| (Address::parse(&format!("r{i}@x.test")).expect("valid"), k.public()))
+            .map(|(i, k)| {
+                (
+                    Address::parse(&format!("r{i}@x.test")).expect("valid"),
+                    k.public(),
+                )
+            })
             .collect();
         let p = payload(&sender, rcpts.iter().map(|(a, _)| a.clone()).collect());
         group.bench_with_input(BenchmarkId::new("seal_4KiB", n), &n, |b, _| {
@@ -47,7 +52,8 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("decode_open_4KiB", n), &n, |b, _| {
             b.iter(|| {
                 let env = letterme_protocol::Envelope::decode(black_box(&bytes)).expect("decode");
-                env.open(&me, &[my_key], &signer_pub, &|_| false).expect("open")
+                env.open(&me, &[my_key], &signer_pub, &|_| false)
+                    .expect("open")
             });
         });
     }

@@ -103,7 +103,9 @@ impl Attestation {
         }
         domain_key
             .verify(ATTESTATION_CONTEXT, &self.signed_bytes(), &self.signature)
-            .map_err(|_| AttestationError::BadDomainSignature(self.address.clone(), domain.to_owned()))?;
+            .map_err(|_| {
+                AttestationError::BadDomainSignature(self.address.clone(), domain.to_owned())
+            })?;
         self.binding()
             .verify()
             .map_err(|_| AttestationError::BadBinding(self.address.clone()))
@@ -121,7 +123,11 @@ mod tests {
         let id = SigningKeypair::generate();
         let enc = EncryptionKeypair::generate();
         let binding = KeyBinding::create(&addr, &id, &enc.public(), 100);
-        (addr, domain.clone(), Attestation::issue(&binding, 1, &domain))
+        (
+            addr,
+            domain.clone(),
+            Attestation::issue(&binding, 1, &domain),
+        )
     }
 
     #[test]

@@ -15,8 +15,16 @@ pub fn challenge_bytes(domain: &str, address: &Address, challenge: &[u8; 32]) ->
     w.into_bytes()
 }
 
-pub fn sign_challenge(key: &SigningKeypair, domain: &str, address: &Address, challenge: &[u8; 32]) -> Signature {
-    key.sign(CHALLENGE_CONTEXT, &challenge_bytes(domain, address, challenge))
+pub fn sign_challenge(
+    key: &SigningKeypair,
+    domain: &str,
+    address: &Address,
+    challenge: &[u8; 32],
+) -> Signature {
+    key.sign(
+        CHALLENGE_CONTEXT,
+        &challenge_bytes(domain, address, challenge),
+    )
 }
 
 pub fn verify_challenge(
@@ -26,5 +34,9 @@ pub fn verify_challenge(
     challenge: &[u8; 32],
     sig: &Signature,
 ) -> Result<(), BadSignature> {
-    key.verify(CHALLENGE_CONTEXT, &challenge_bytes(domain, address, challenge), sig)
+    key.verify(
+        CHALLENGE_CONTEXT,
+        &challenge_bytes(domain, address, challenge),
+        sig,
+    )
 }

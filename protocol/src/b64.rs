@@ -39,7 +39,9 @@ pub mod array {
         s.serialize_str(&super::encode(v))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         super::decode_array(&s)
             .ok_or_else(|| serde::de::Error::custom(format!("expected base64 of {N} bytes")))

@@ -216,6 +216,9 @@ mod tests {
     fn huge_declared_length_is_refused_before_allocation() {
         let bytes = [0xff, 0xff, 0xff, 0xff, 1, 2, 3];
         let mut r = Reader::new(&bytes);
-        assert!(matches!(r.bytes32("blob", 1 << 20), Err(DecodeError::TooLong(..))));
+        assert!(matches!(
+            r.bytes32("blob", 1 << 20),
+            Err(DecodeError::TooLong(..))
+        ));
     }
 }

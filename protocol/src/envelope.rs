@@ -19,7 +19,8 @@ use crate::address::Address;
 use crate::b64;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::keys::{
-    EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, Signature, SigningKeypair, random_bytes,
+    EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, Signature, SigningKeypair,
+    random_bytes,
 };
 
 /// Magic and format version at the start of every envelope.
@@ -58,7 +59,7 @@ impl EnvelopeId {
     }
 
     pub fn from_hex(s: &str) -> Option<Self> {
-        if s.len() != 32 || !s.is_ascii() {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut out = [0u8; 16];
@@ -333,11 +334,13 @@ impl Envelope {
             .iter()
             .find(|k| k.public() == entry.encryption_key)
             .ok_or_else(|| OpenError::NoMatchingKey(me.clone()))?;
-        let content_key = Zeroizing::new(key.unseal(&entry.wrapped_key).ok_or(OpenError::KeyUnwrap)?);
+        let content_key =
+            Zeroizing::new(key.unseal(&entry.wrapped_key).ok_or(OpenError::KeyUnwrap)?);
         if content_key.len() != 32 {
             return Err(OpenError::KeyUnwrap);
         }
-        let cipher = XChaCha20Poly1305::new_from_slice(&content_key).map_err(|_| OpenError::KeyUnwrap)?;
+        let cipher =
+            XChaCha20Poly1305::new_from_slice(&content_key).map_err(|_| OpenError::KeyUnwrap)?;
         let aad = self.header_bytes();
         let plaintext = Zeroizing::new(
             cipher
@@ -350,8 +353,8 @@ impl Envelope {
                 )
                 .map_err(|_| OpenError::Decrypt)?,
         );
-        let payload: Payload =
-            serde_json::from_slice(&plaintext).map_err(|e| OpenError::MalformedPayload(e.to_string()))?;
+        let payload: Payload = serde_json::from_slice(&plaintext)
+            .map_err(|e| OpenError::MalformedPayload(e.to_string()))?;
         if payload.from != self.sender {
             return Err(OpenError::SenderMismatch);
         }
@@ -362,8 +365,13 @@ impl Envelope {
     }
 }
 
+/// Addresses on the wire must already be in normal form, so that the signed bytes are the
+/// only encoding of the envelope (no re-spelling survives verification).
 fn parse_address(s: &str, what: &'static str) -> Result<Address, DecodeError> {
-    Address::parse(s).map_err(|_| DecodeError::Invalid(what))
+    match Address::parse(s) {
+        Ok(a) if a.as_str() == s => Ok(a),
+        _ => Err(DecodeError::Invalid(what)),
+    }
 }
 
 /// Seals `payload` into one envelope for `recipients`, signed by `signer`.
@@ -380,7 +388,8 @@ pub fn seal(
     if recipients.len() > MAX_RECIPIENTS {
         return Err(SealError::TooManyRecipients(recipients.len()));
     }
-    let plaintext = Zeroizing::new(serde_json::to_vec(payload).expect("a payload always serializes"));
+    let plaintext =
+        Zeroizing::new(serde_json::to_vec(payload).expect("a payload always serializes"));
     if plaintext.len() + 16 > MAX_CIPHERTEXT {
         return Err(SealError::TooLarge(plaintext.len()));
     }
@@ -431,7 +440,11 @@ pub fn seal_message(
     key_of: &dyn Fn(&Address) -> Option<EncryptionPublicKey>,
     created: u64,
 ) -> Result<Vec<Envelope>, SealError> {
-    let lookup = |a: &Address| key_of(a).map(|k| (a.clone(), k)).ok_or_else(|| SealError::MissingKey(a.clone()));
+    let lookup = |a: &Address| {
+        key_of(a)
+            .map(|k| (a.clone(), k))
+            .ok_or_else(|| SealError::MissingKey(a.clone()))
+    };
     let mut out = Vec::new();
     let visible: Vec<Address> = payload.to.iter().chain(&payload.cc).cloned().collect();
     let mut shared = payload.clone();
@@ -446,7 +459,13 @@ pub fn seal_message(
         }
         let mut own = shared.clone();
         own.bcc = vec![b.clone()];
-        out.push(seal(SignerKind::User, signer, &own, &[lookup(b)?], created)?);
+        out.push(seal(
+            SignerKind::User,
+            signer,
+            &own,
+            &[lookup(b)?],
+            created,
+        )?);
     }
     if out.is_empty() {
         return Err(SealError::NoRecipients);

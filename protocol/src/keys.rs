@@ -55,14 +55,27 @@ macro_rules! public_bytes {
     };
 }
 
-public_bytes!(IdentityPublicKey, 32, "An Ed25519 public key (user identity or domain key).");
-public_bytes!(EncryptionPublicKey, 32, "An X25519 public key that mail is sealed to.");
+public_bytes!(
+    IdentityPublicKey,
+    32,
+    "An Ed25519 public key (user identity or domain key)."
+);
+public_bytes!(
+    EncryptionPublicKey,
+    32,
+    "An X25519 public key that mail is sealed to."
+);
 public_bytes!(Signature, 64, "An Ed25519 signature.");
 
 impl IdentityPublicKey {
     /// Verifies `sig` over `context || message` with RFC 8032 strict verification
     /// (rejects small-order keys and non-canonical `S`).
-    pub fn verify(&self, context: &[u8], message: &[u8], sig: &Signature) -> Result<(), BadSignature> {
+    pub fn verify(
+        &self,
+        context: &[u8],
+        message: &[u8],
+        sig: &Signature,
+    ) -> Result<(), BadSignature> {
         let key = VerifyingKey::from_bytes(&self.0).map_err(|_| BadSignature)?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         let mut buf = Vec::with_capacity(context.len() + message.len());
@@ -105,7 +118,11 @@ impl SigningKeypair {
 
 impl fmt::Debug for SigningKeypair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SigningKeypair(public={}, secret=<redacted>)", self.public().to_base64())
+        write!(
+            f,
+            "SigningKeypair(public={}, secret=<redacted>)",
+            self.public().to_base64()
+        )
     }
 }
 
@@ -148,7 +165,11 @@ impl EncryptionPublicKey {
 
 impl fmt::Debug for EncryptionKeypair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EncryptionKeypair(public={}, secret=<redacted>)", self.public().to_base64())
+        write!(
+            f,
+            "EncryptionKeypair(public={}, secret=<redacted>)",
+            self.public().to_base64()
+        )
     }
 }
 
@@ -200,8 +221,14 @@ impl KeyBinding {
     }
 
     pub fn verify(&self) -> Result<(), BadSignature> {
-        let msg = Self::signed_bytes(&self.address, &self.identity_key, &self.encryption_key, self.created);
-        self.identity_key.verify(KEY_BINDING_CONTEXT, &msg, &self.signature)
+        let msg = Self::signed_bytes(
+            &self.address,
+            &self.identity_key,
+            &self.encryption_key,
+            self.created,
+        );
+        self.identity_key
+            .verify(KEY_BINDING_CONTEXT, &msg, &self.signature)
     }
 }
 

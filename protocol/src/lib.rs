@@ -16,5 +16,6 @@ pub use address::{Address, AddressError};
 pub use attestation::{Attestation, AttestationError};
 pub use envelope::{Envelope, EnvelopeId, OpenError, Payload, SealError, SignerKind};
 pub use keys::{
-    EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, KeyBinding, Signature, SigningKeypair,
+    EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, KeyBinding, Signature,
+    SigningKeypair,
 };

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used)]
 
 use letterme_protocol::envelope::{OpenError, SignerKind, seal, seal_message};
-use letterme_protocol::{Address, EncryptionKeypair, Envelope, EnvelopeId, Payload, SigningKeypair};
+use letterme_protocol::{
+    Address, EncryptionKeypair, Envelope, EnvelopeId, Payload, SigningKeypair,
+};
 use proptest::prelude::*;
 
 struct World {
@@ -47,7 +49,14 @@ fn sealed(w: &World, subject: &str, body: &str) -> Envelope {
         (w.bob.clone(), w.bob_key.public()),
         (w.carol.clone(), w.carol_key.public()),
     ];
-    seal(SignerKind::User, &w.alice_id, &payload(w, subject, body), &rcpts, 1_700_000_000).unwrap()
+    seal(
+        SignerKind::User,
+        &w.alice_id,
+        &payload(w, subject, body),
+        &rcpts,
+        1_700_000_000,
+    )
+    .unwrap()
 }
 
 fn open_as_bob(w: &World, bytes: &[u8]) -> Result<Payload, OpenError> {
@@ -63,7 +72,9 @@ fn both_recipients_open_the_same_payload() {
     assert_eq!(p.subject, "hello");
     assert_eq!(p.body, "body text");
     let decoded = Envelope::decode(&bytes).unwrap();
-    let p2 = decoded.open(&w.carol, &[&w.carol_key], &w.alice_id.public(), &|_| false).unwrap();
+    let p2 = decoded
+        .open(&w.carol, &[&w.carol_key], &w.alice_id.public(), &|_| false)
+        .unwrap();
     assert_eq!(p, p2);
     assert_eq!(decoded, env);
     // The subject is not in the clear anywhere in the envelope.
@@ -107,7 +118,10 @@ fn resigned_envelope_is_refused() {
     // Re-signed by another key but still claiming alice's key: the signature fails.
     let mut forged = env.clone();
     forged.signature = mallory.sign(letterme_protocol::envelope::ENVELOPE_CONTEXT, &[]);
-    assert_eq!(open_as_bob(&w, &forged.encode()), Err(OpenError::BadSignature));
+    assert_eq!(
+        open_as_bob(&w, &forged.encode()),
+        Err(OpenError::BadSignature)
+    );
     // Re-signed consistently with mallory's own key: not the sender's verified key.
     env.signer_key = mallory.public();
     let rcpts = [(w.bob.clone(), w.bob_key.public())];
@@ -141,12 +155,16 @@ fn bcc_recipients_get_their_own_envelopes() {
     assert_eq!(envs.len(), 2);
     let shared = &envs[0];
     assert!(shared.recipients.iter().all(|r| r.address != dave));
-    let shared_payload = shared.open(&w.bob, &[&w.bob_key], &w.alice_id.public(), &|_| false).unwrap();
+    let shared_payload = shared
+        .open(&w.bob, &[&w.bob_key], &w.alice_id.public(), &|_| false)
+        .unwrap();
     assert!(shared_payload.bcc.is_empty());
     let own = &envs[1];
     assert_eq!(own.recipients.len(), 1);
     assert_eq!(own.recipients[0].address, dave);
-    let own_payload = own.open(&dave, &[&dave_key], &w.alice_id.public(), &|_| false).unwrap();
+    let own_payload = own
+        .open(&dave, &[&dave_key], &w.alice_id.public(), &|_| false)
+        .unwrap();
     assert_eq!(own_payload.bcc, vec![dave.clone()]);
     let unknown = Address::parse("eve@x.test").unwrap();
     assert!(seal_message(&w.alice_id, &p, &[unknown], &key_of, 1).is_err());
@@ -163,6 +181,23 @@ fn swapped_recipient_is_refused() {
     let mut env = sealed(&w, "s", "b");
     env.recipients.swap(0, 1);
     assert_eq!(open_as_bob(&w, &env.encode()), Err(OpenError::BadSignature));
+}
+
+#[test]
+fn respelled_addresses_do_not_decode() {
+    // The signature covers one spelling; a re-cased copy must not verify as the same envelope.
+    let w = world();
+    let bytes = sealed(&w, "s", "b").encode();
+    let pos = bytes
+        .windows(10)
+        .position(|win| win == b"bob@x.test")
+        .unwrap();
+    let mut respelled = bytes.clone();
+    respelled[pos] = b'B';
+    assert!(matches!(
+        Envelope::decode(&respelled),
+        Err(OpenError::Malformed(_))
+    ));
 }
 
 proptest! {

@@ -39,7 +39,11 @@ pub fn letterme_bin() -> &'static Path {
 
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A `letterme serve` process.
@@ -85,11 +89,18 @@ impl ServerProc {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let url = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("server did not start: {line:?}; see {}", data_dir.join("server.log").display()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "server did not start: {line:?}; see {}",
+                    data_dir.join("server.log").display()
+                )
+            })
             .to_owned();
         Self {
             child,
@@ -110,7 +121,10 @@ impl ServerProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let next = Self::spawn(self.config_path.clone(), self.data_dir.clone());
-        assert_eq!(next.url, self.url, "the server must come back on the same address");
+        assert_eq!(
+            next.url, self.url,
+            "the server must come back on the same address"
+        );
         *self = next;
     }
 }
@@ -160,10 +174,18 @@ pub fn ok(out: &Output) -> String {
 
 /// Asserts a user error: non-zero exit, one line on stderr, no panic; returns the line.
 pub fn user_error(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let err = String::from_utf8(out.stderr.clone()).unwrap();
     assert!(!err.contains("panicked"), "panic: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "expected one line on stderr, got: {err:?}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "expected one line on stderr, got: {err:?}"
+    );
     assert!(err.starts_with("error: "), "{err:?}");
     err.trim_end().to_owned()
 }
@@ -196,7 +218,10 @@ pub struct FakeClock(AtomicU64);
 impl FakeClock {
     pub fn at_now() -> Arc<Self> {
         Arc::new(Self(AtomicU64::new(
-            SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
         )))
     }
 

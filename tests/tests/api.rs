@@ -43,15 +43,28 @@ impl World {
         letterme_client::create_account(&dir, &addr, &self.url, PASSPHRASE, None)
             .await
             .unwrap();
-        Unlocked::open(dir, PASSPHRASE).unwrap().connect().await.unwrap()
+        Unlocked::open(dir, PASSPHRASE)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 }
 
 async fn error_of(resp: reqwest::Response) -> (StatusCode, String) {
     let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or_else(|e| panic!("{status}: not JSON: {e}"));
-    let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}"));
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    let body: Value = resp
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{status}: not JSON: {e}"));
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.code in {body}"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     (status, code.to_owned())
 }
 
@@ -84,8 +97,10 @@ async fn token(online: &Online, url: &str) -> String {
         .json()
         .await
         .unwrap();
-    let challenge: [u8; 32] = letterme_protocol::b64::decode_array(c["challenge"].as_str().unwrap()).unwrap();
-    let sig = letterme_protocol::auth::sign_challenge(&online.me.keys.identity, "x.test", me, &challenge);
+    let challenge: [u8; 32] =
+        letterme_protocol::b64::decode_array(c["challenge"].as_str().unwrap()).unwrap();
+    let sig =
+        letterme_protocol::auth::sign_challenge(&online.me.keys.identity, "x.test", me, &challenge);
     let t: Value = http
         .post(format!("{url}/v1/auth/token"))
         .json(&serde_json::json!({ "address": me, "challenge": c["challenge"], "signature": sig }))
@@ -124,6 +139,8 @@ async fn bad_input_gets_4xx_json_never_500() {
         (http.post(u("/v1/messages")).bearer_auth(&tok).body(vec![0u8; 200]), StatusCode::BAD_REQUEST, "malformed_envelope"),
         (http.post(u("/v1/messages")).bearer_auth(&tok).body(vec![0u8; 20_000]), StatusCode::PAYLOAD_TOO_LARGE, "message_too_large"),
         (http.get(u("/v1/messages/zz")).bearer_auth(&tok), StatusCode::BAD_REQUEST, "bad_id"),
+        (http.get(u("/v1/messages/+0000000000000000000000000000000")).bearer_auth(&tok), StatusCode::BAD_REQUEST, "bad_id"),
+        (http.get(u("/v1/keys/%FF%FE@x.test")).bearer_auth(&tok), StatusCode::BAD_REQUEST, "bad_path"),
         (http.get(u("/v1/messages/00000000000000000000000000000000")).bearer_auth(&tok), StatusCode::NOT_FOUND, "not_found"),
         (http.get(u("/v1/messages?after=abc")).bearer_auth(&tok), StatusCode::BAD_REQUEST, "bad_query"),
         (http.post(u("/v1/messages/ack")).bearer_auth(&tok).json(&serde_json::json!({"ids": ["nothex"]})), StatusCode::BAD_REQUEST, "bad_id"),
@@ -142,10 +159,14 @@ async fn expired_tokens_are_refused() {
     let w = world(|_| {}).await;
     let alice = w.user("alice").await;
     assert!(alice.api.list(0).await.is_ok());
-    w.clock.advance(Duration::from_secs(letterme_server::auth::TOKEN_TTL + 1));
+    w.clock
+        .advance(Duration::from_secs(letterme_server::auth::TOKEN_TTL + 1));
     let tok = token(&alice, &w.url).await; // a fresh one works
     let err = alice.api.list(0).await.unwrap_err();
-    assert!(matches!(&err, letterme_client::ClientError::Api { status: 401, code, .. } if code == "expired_token"), "{err}");
+    assert!(
+        matches!(&err, letterme_client::ClientError::Api { status: 401, code, .. } if code == "expired_token"),
+        "{err}"
+    );
     let resp = reqwest::Client::new()
         .get(format!("{}/v1/messages", w.url))
         .bearer_auth(tok)
@@ -168,45 +189,110 @@ async fn tampered_forged_and_replayed_envelopes_are_rejected() {
             .body(bytes)
             .send()
     };
-    let (a, b) = (alice.me.profile.address.clone(), bob.me.profile.address.clone());
+    let (a, b) = (
+        alice.me.profile.address.clone(),
+        bob.me.profile.address.clone(),
+    );
     let bob_key = bob.me.keys.encryption.public();
     let now = w.clock.as_ref();
     let now = letterme_server::Clock::now(now);
-    let good = seal(SignerKind::User, &alice.me.keys.identity, &payload(&a, &b, "hi"), &[(b.clone(), bob_key)], now).unwrap();
+    let good = seal(
+        SignerKind::User,
+        &alice.me.keys.identity,
+        &payload(&a, &b, "hi"),
+        &[(b.clone(), bob_key)],
+        now,
+    )
+    .unwrap();
 
     // Tampered ciphertext.
     let mut bytes = good.encode();
     let n = bytes.len();
     bytes[n - 70] ^= 1;
-    assert_eq!(error_of(send(bytes).await.unwrap()).await, (StatusCode::BAD_REQUEST, "bad_signature".into()));
+    assert_eq!(
+        error_of(send(bytes).await.unwrap()).await,
+        (StatusCode::BAD_REQUEST, "bad_signature".into())
+    );
 
     // Forged sender signature: mallory's key, claiming to be alice.
     let mallory = SigningKeypair::generate();
-    let forged = seal(SignerKind::User, &mallory, &payload(&a, &b, "hi"), &[(b.clone(), bob_key)], now).unwrap();
-    assert_eq!(error_of(send(forged.encode()).await.unwrap()).await, (StatusCode::FORBIDDEN, "sender_mismatch".into()));
+    let forged = seal(
+        SignerKind::User,
+        &mallory,
+        &payload(&a, &b, "hi"),
+        &[(b.clone(), bob_key)],
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        error_of(send(forged.encode()).await.unwrap()).await,
+        (StatusCode::FORBIDDEN, "sender_mismatch".into())
+    );
 
     // Claiming another sender.
-    let as_bob = seal(SignerKind::User, &alice.me.keys.identity, &payload(&b, &b, "hi"), &[(b.clone(), bob_key)], now).unwrap();
-    assert_eq!(error_of(send(as_bob.encode()).await.unwrap()).await, (StatusCode::FORBIDDEN, "sender_mismatch".into()));
+    let as_bob = seal(
+        SignerKind::User,
+        &alice.me.keys.identity,
+        &payload(&b, &b, "hi"),
+        &[(b.clone(), bob_key)],
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        error_of(send(as_bob.encode()).await.unwrap()).await,
+        (StatusCode::FORBIDDEN, "sender_mismatch".into())
+    );
 
     // A stale envelope (replay of something old with a fresh id would need a new signature).
-    let stale = seal(SignerKind::User, &alice.me.keys.identity, &payload(&a, &b, "hi"), &[(b.clone(), bob_key)], now - 3 * 86_400).unwrap();
-    assert_eq!(error_of(send(stale.encode()).await.unwrap()).await, (StatusCode::BAD_REQUEST, "stale_envelope".into()));
+    let stale = seal(
+        SignerKind::User,
+        &alice.me.keys.identity,
+        &payload(&a, &b, "hi"),
+        &[(b.clone(), bob_key)],
+        now - 3 * 86_400,
+    )
+    .unwrap();
+    assert_eq!(
+        error_of(send(stale.encode()).await.unwrap()).await,
+        (StatusCode::BAD_REQUEST, "stale_envelope".into())
+    );
 
     // The good one, then its replay.
-    assert_eq!(send(good.encode()).await.unwrap().status(), StatusCode::CREATED);
-    assert_eq!(error_of(send(good.encode()).await.unwrap()).await, (StatusCode::CONFLICT, "replay".into()));
+    assert_eq!(
+        send(good.encode()).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        error_of(send(good.encode()).await.unwrap()).await,
+        (StatusCode::CONFLICT, "replay".into())
+    );
     // Still refused after bob synced and the server deleted it.
     let report = bob.sync(&mut |_, _| {}).await.unwrap();
     assert_eq!(report.fetched, 1);
-    assert_eq!(error_of(send(good.encode()).await.unwrap()).await, (StatusCode::CONFLICT, "replay".into()));
+    assert_eq!(
+        error_of(send(good.encode()).await.unwrap()).await,
+        (StatusCode::CONFLICT, "replay".into())
+    );
     assert_eq!(bob.me.list().unwrap().len(), 1);
 
     // Unknown recipients: refused as a whole, nothing stored.
     let carol = Address::parse("carol@x.test").unwrap();
-    let to_unknown = seal(SignerKind::User, &alice.me.keys.identity, &payload(&a, &carol, "hi"), &[(carol.clone(), bob_key), (b.clone(), bob_key)], now).unwrap();
+    let to_unknown = seal(
+        SignerKind::User,
+        &alice.me.keys.identity,
+        &payload(&a, &carol, "hi"),
+        &[(carol.clone(), bob_key), (b.clone(), bob_key)],
+        now,
+    )
+    .unwrap();
     let resp = send(to_unknown.encode()).await.unwrap();
-    assert_eq!(error_of(resp).await, (StatusCode::UNPROCESSABLE_ENTITY, "unknown_recipients".into()));
+    assert_eq!(
+        error_of(resp).await,
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_recipients".into()
+        )
+    );
     assert!(bob.api.list(0).await.unwrap().is_empty());
 }
 
@@ -217,10 +303,20 @@ async fn a_forged_message_is_refused_at_sync_and_set_aside() {
     let w = world(|_| {}).await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
-    let (a, b) = (alice.me.profile.address.clone(), bob.me.profile.address.clone());
+    let (a, b) = (
+        alice.me.profile.address.clone(),
+        bob.me.profile.address.clone(),
+    );
     let mallory = SigningKeypair::generate();
     let now = letterme_server::Clock::now(w.clock.as_ref());
-    let forged = seal(SignerKind::User, &mallory, &payload(&a, &b, "pay me"), &[(b.clone(), bob.me.keys.encryption.public())], now).unwrap();
+    let forged = seal(
+        SignerKind::User,
+        &mallory,
+        &payload(&a, &b, "pay me"),
+        &[(b.clone(), bob.me.keys.encryption.public())],
+        now,
+    )
+    .unwrap();
     w.server
         .store
         .deliver(letterme_server::store::NewDelivery {
@@ -236,7 +332,13 @@ async fn a_forged_message_is_refused_at_sync_and_set_aside() {
     let report = bob.sync(&mut |_, _| {}).await.unwrap();
     assert_eq!(report.fetched, 0);
     assert_eq!(report.refused.len(), 1);
-    assert!(report.refused[0].1.contains("not alice@x.test's verified key"), "{:?}", report.refused);
+    assert!(
+        report.refused[0]
+            .1
+            .contains("not alice@x.test's verified key"),
+        "{:?}",
+        report.refused
+    );
     assert!(bob.me.list().unwrap().is_empty());
 }
 
@@ -251,7 +353,11 @@ async fn key_lookup_needs_auth_hides_existence_and_is_rate_limited() {
     let _bob = w.user("bob").await;
     let tok = token(&alice, &w.url).await;
     let http = reqwest::Client::new();
-    let get = |who: &str| http.get(format!("{}/v1/keys/{who}", w.url)).bearer_auth(&tok).send();
+    let get = |who: &str| {
+        http.get(format!("{}/v1/keys/{who}", w.url))
+            .bearer_auth(&tok)
+            .send()
+    };
     let known = get("bob@x.test").await.unwrap();
     assert_eq!(known.status(), StatusCode::OK);
     let known: Value = known.json().await.unwrap();
@@ -266,7 +372,10 @@ async fn key_lookup_needs_auth_hides_existence_and_is_rate_limited() {
     assert_eq!(get("bob@x.test").await.unwrap().status(), StatusCode::OK);
     let limited = get("bob@x.test").await.unwrap();
     assert_eq!(limited.headers().get("retry-after").unwrap(), "1");
-    assert_eq!(error_of(limited).await, (StatusCode::TOO_MANY_REQUESTS, "rate_limited".into()));
+    assert_eq!(
+        error_of(limited).await,
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited".into())
+    );
     w.clock.advance(Duration::from_secs(2));
     assert_eq!(get("bob@x.test").await.unwrap().status(), StatusCode::OK);
 }
@@ -285,21 +394,38 @@ async fn quota_and_retention() {
     alice.send(&draft("one")).await.unwrap();
     alice.send(&draft("two")).await.unwrap();
     let err = alice.send(&draft("three")).await.unwrap_err();
-    assert!(matches!(&err, letterme_client::ClientError::Api { status: 422, code, .. } if code == "quota_exceeded"), "{err}");
+    assert!(
+        matches!(&err, letterme_client::ClientError::Api { status: 422, code, .. } if code == "quota_exceeded"),
+        "{err}"
+    );
     assert!(err.to_string().contains("mailbox of bob@x.test is full"));
 
     // Retention: nothing is purged before policy.retention_days (30) have passed.
-    w.clock.advance(Duration::from_secs(29 * 86_400));
+    w.clock.advance(Duration::from_hours(29 * 24));
     assert_eq!(w.server.purge_now().await.unwrap().deliveries, 0);
     // (Tokens expired with the clock; log in again.)
-    let bob = Unlocked::open(bob.me.dir.clone(), PASSPHRASE).unwrap().connect().await.unwrap();
+    let bob = Unlocked::open(bob.me.dir.clone(), PASSPHRASE)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     assert_eq!(bob.api.list(0).await.unwrap().len(), 2);
-    w.clock.advance(Duration::from_secs(2 * 86_400));
+    w.clock.advance(Duration::from_hours(2 * 24));
     assert_eq!(w.server.purge_now().await.unwrap().deliveries, 2);
-    let bob = Unlocked::open(bob.me.dir.clone(), PASSPHRASE).unwrap().connect().await.unwrap();
+    let bob = Unlocked::open(bob.me.dir.clone(), PASSPHRASE)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     assert!(bob.api.list(0).await.unwrap().is_empty());
     // The purge freed the quota.
-    let row = w.server.store.account("bob@x.test".into()).await.unwrap().unwrap();
+    let row = w
+        .server
+        .store
+        .account("bob@x.test".into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.usage_bytes, 0);
 }
 
@@ -317,14 +443,28 @@ async fn registration_is_for_our_domain_and_honours_invites() {
         async move { letterme_client::create_account(&dir, &addr, &url, PASSPHRASE, invite).await }
     };
     let e = create("a", "x.test", None).await.unwrap_err();
-    assert!(matches!(&e, letterme_client::ClientError::Api { status: 403, code, .. } if code == "invite_required"), "{e}");
+    assert!(
+        matches!(&e, letterme_client::ClientError::Api { status: 403, code, .. } if code == "invite_required"),
+        "{e}"
+    );
     let e = create("a", "x.test", Some("wrong")).await.unwrap_err();
-    assert!(matches!(&e, letterme_client::ClientError::Api { status: 403, code, .. } if code == "invalid_invite"), "{e}");
+    assert!(
+        matches!(&e, letterme_client::ClientError::Api { status: 403, code, .. } if code == "invalid_invite"),
+        "{e}"
+    );
     create("a", "x.test", Some("inv-123")).await.unwrap();
     let e = create("b", "x.test", Some("inv-123")).await.unwrap_err();
-    assert!(matches!(&e, letterme_client::ClientError::Api { status: 403, code, .. } if code == "invalid_invite"), "{e}");
-    let e = create("c", "other.test", Some("inv-123")).await.unwrap_err();
-    assert!(matches!(e, letterme_client::ClientError::OtherDomain(..)), "{e}");
+    assert!(
+        matches!(&e, letterme_client::ClientError::Api { status: 403, code, .. } if code == "invalid_invite"),
+        "{e}"
+    );
+    let e = create("c", "other.test", Some("inv-123"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, letterme_client::ClientError::OtherDomain(..)),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -348,7 +488,10 @@ async fn bcc_recipients_are_hidden_from_the_others() {
     let to_bob = &bob.me.list().unwrap()[0];
     assert!(to_bob.bcc.is_empty());
     let raw = bob.me.mailbox().unwrap().all().unwrap()[0].envelope.clone();
-    assert!(!letterme_tests::contains(&raw, b"carol@x.test"), "bob's envelope does not name carol");
+    assert!(
+        !letterme_tests::contains(&raw, b"carol@x.test"),
+        "bob's envelope does not name carol"
+    );
     let to_carol = &carol.me.list().unwrap()[0];
     assert_eq!(to_carol.bcc, vec![carol.me.profile.address.clone()]);
     assert_eq!(to_carol.message_id, to_bob.message_id);
@@ -369,10 +512,27 @@ async fn healthz_and_metrics() {
         .await
         .unwrap();
     let http = reqwest::Client::new();
-    let health: Value = http.get(format!("{}/healthz", w.url)).send().await.unwrap().json().await.unwrap();
+    let health: Value = http
+        .get(format!("{}/healthz", w.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
-    let metrics = http.get(format!("{}/metrics", w.url)).send().await.unwrap().text().await.unwrap();
+    let metrics = http
+        .get(format!("{}/metrics", w.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("letterme_deliveries_total 1"), "{metrics}");
     assert!(metrics.contains("letterme_accounts 2"), "{metrics}");
-    assert!(metrics.contains("letterme_registrations_total 2"), "{metrics}");
+    assert!(
+        metrics.contains("letterme_registrations_total 2"),
+        "{metrics}"
+    );
 }

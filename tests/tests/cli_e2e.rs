@@ -1,9 +1,11 @@
 //! Two users on one server, each a separate `letterme` process, over real HTTP on loopback.
 #![allow(clippy::unwrap_used)]
 
-use letterme_client::profile::ProfileDir;
 use letterme_client::Unlocked;
-use letterme_tests::{PASSPHRASE, ServerProc, cli, cli_with, contains, files_under, ok, user_error};
+use letterme_client::profile::ProfileDir;
+use letterme_tests::{
+    PASSPHRASE, ServerProc, cli, cli_with, contains, files_under, ok, user_error,
+};
 use serde_json::Value;
 
 struct Setup {
@@ -18,8 +20,16 @@ fn setup(extra_toml: &str) -> Setup {
     let server = ServerProc::start(root.path(), "x.test", extra_toml);
     let alice = root.path().join("alice");
     let bob = root.path().join("bob");
-    ok(&cli(&alice, &["account", "create", "alice@x.test", "--server", &server.url], None));
-    ok(&cli(&bob, &["account", "create", "bob@x.test", "--server", &server.url], None));
+    ok(&cli(
+        &alice,
+        &["account", "create", "alice@x.test", "--server", &server.url],
+        None,
+    ));
+    ok(&cli(
+        &bob,
+        &["account", "create", "bob@x.test", "--server", &server.url],
+        None,
+    ));
     Setup {
         _root: root,
         server,
@@ -37,7 +47,19 @@ fn two_users_exchange_mail_and_the_server_never_stores_plaintext() {
     let s = setup("");
     let subject = "CANARY-SUBJECT-7f3a9c";
     let body = "CANARY-BODY-e41b77 the secret plan";
-    ok(&cli(&s.alice, &["send", "--to", "bob@x.test", "--subject", subject, "--body", body], None));
+    ok(&cli(
+        &s.alice,
+        &[
+            "send",
+            "--to",
+            "bob@x.test",
+            "--subject",
+            subject,
+            "--body",
+            body,
+        ],
+        None,
+    ));
     let synced = json(&cli(&s.bob, &["sync", "--json"], None));
     assert_eq!(synced["fetched"], 1);
     let list = json(&cli(&s.bob, &["list", "--json"], None));
@@ -52,25 +74,48 @@ fn two_users_exchange_mail_and_the_server_never_stores_plaintext() {
     // The reply, with the body from stdin.
     let reply_subject = "CANARY-SUBJECT-reply-55d0";
     let reply_body = "CANARY-BODY-reply-90ab\nsecond line\n";
-    ok(&cli(&s.bob, &["send", "--to", "alice@x.test", "--subject", reply_subject], Some(reply_body)));
+    ok(&cli(
+        &s.bob,
+        &["send", "--to", "alice@x.test", "--subject", reply_subject],
+        Some(reply_body),
+    ));
     ok(&cli(&s.alice, &["sync"], None));
     let list = json(&cli(&s.alice, &["list", "--json"], None));
     assert_eq!(list[0]["subject"], reply_subject);
     assert_eq!(list[0]["from"], "bob@x.test");
-    let text = ok(&cli(&s.alice, &["read", list[0]["id"].as_str().unwrap()], None));
+    let text = ok(&cli(
+        &s.alice,
+        &["read", list[0]["id"].as_str().unwrap()],
+        None,
+    ));
     assert!(text.contains(reply_body.trim_end()), "{text}");
     assert!(text.contains("Subject: CANARY-SUBJECT-reply-55d0"));
 
     // Nothing readable under the server's data directory: database, WAL, journal, log.
     let files = files_under(&s.server.data_dir);
-    let names: Vec<String> = files.iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into()).collect();
-    assert!(names.iter().any(|n| n == "letterme.db-wal"), "the WAL is scanned too: {names:?}");
+    let names: Vec<String> = files
+        .iter()
+        .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "letterme.db-wal"),
+        "the WAL is scanned too: {names:?}"
+    );
     assert!(names.iter().any(|n| n == "server.log"));
     // Positive control: the scan does see what the server legitimately stores.
     assert!(files.iter().any(|(_, b)| contains(b, b"bob@x.test")));
-    for canary in ["CANARY-SUBJECT", "CANARY-BODY", "secret plan", "second line"] {
+    for canary in [
+        "CANARY-SUBJECT",
+        "CANARY-BODY",
+        "secret plan",
+        "second line",
+    ] {
         for (path, bytes) in &files {
-            assert!(!contains(bytes, canary.as_bytes()), "{canary} found in {}", path.display());
+            assert!(
+                !contains(bytes, canary.as_bytes()),
+                "{canary} found in {}",
+                path.display()
+            );
         }
     }
 }
@@ -78,16 +123,36 @@ fn two_users_exchange_mail_and_the_server_never_stores_plaintext() {
 #[test]
 fn an_acknowledged_message_survives_kill_9_and_is_deleted_only_after_the_ack() {
     let mut s = setup("");
-    ok(&cli(&s.alice, &["send", "--to", "bob@x.test", "--subject", "durable", "--body", "b1"], None));
+    ok(&cli(
+        &s.alice,
+        &[
+            "send",
+            "--to",
+            "bob@x.test",
+            "--subject",
+            "durable",
+            "--body",
+            "b1",
+        ],
+        None,
+    ));
     // The CLI exited 0, so the server answered 201: kill it at once, without a chance to flush.
     s.server.kill9();
     s.server.restart();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let bob = Unlocked::open(ProfileDir(s.bob.clone()), PASSPHRASE).unwrap().connect().await.unwrap();
+        let bob = Unlocked::open(ProfileDir(s.bob.clone()), PASSPHRASE)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         let pending = bob.api.list(0).await.unwrap();
-        assert_eq!(pending.len(), 1, "the acknowledged message survived kill -9");
+        assert_eq!(
+            pending.len(),
+            1,
+            "the acknowledged message survived kill -9"
+        );
         // Fetching does not delete.
         bob.api.fetch(&pending[0].id).await.unwrap();
         assert_eq!(bob.api.list(0).await.unwrap().len(), 1);
@@ -99,8 +164,16 @@ fn an_acknowledged_message_survives_kill_9_and_is_deleted_only_after_the_ack() {
     let err = user_error(&cli(&s.bob, &["sync"], None));
     assert!(err.contains("local store"), "{err}");
     rt.block_on(async {
-        let bob = Unlocked::open(ProfileDir(s.bob.clone()), PASSPHRASE).unwrap().connect().await.unwrap();
-        assert_eq!(bob.api.list(0).await.unwrap().len(), 1, "not acknowledged, so still on the server");
+        let bob = Unlocked::open(ProfileDir(s.bob.clone()), PASSPHRASE)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(
+            bob.api.list(0).await.unwrap().len(),
+            1,
+            "not acknowledged, so still on the server"
+        );
     });
     std::fs::remove_dir(&store).unwrap();
 
@@ -108,8 +181,15 @@ fn an_acknowledged_message_survives_kill_9_and_is_deleted_only_after_the_ack() {
     let list = json(&cli(&s.bob, &["list", "--json"], None));
     assert_eq!(list[0]["subject"], "durable");
     rt.block_on(async {
-        let bob = Unlocked::open(ProfileDir(s.bob.clone()), PASSPHRASE).unwrap().connect().await.unwrap();
-        assert!(bob.api.list(0).await.unwrap().is_empty(), "deleted after the ack");
+        let bob = Unlocked::open(ProfileDir(s.bob.clone()), PASSPHRASE)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        assert!(
+            bob.api.list(0).await.unwrap().is_empty(),
+            "deleted after the ack"
+        );
     });
 }
 
@@ -119,17 +199,57 @@ fn user_errors_are_one_clear_line() {
     let e = user_error(&cli_with(&s.alice, &["list"], None, "not the passphrase"));
     assert!(e.contains("wrong passphrase"), "{e}");
 
-    let e = user_error(&cli(&s.alice, &["send", "--to", "nobody@x.test", "--subject", "s", "--body", "b"], None));
+    let e = user_error(&cli(
+        &s.alice,
+        &[
+            "send",
+            "--to",
+            "nobody@x.test",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+        ],
+        None,
+    ));
     assert!(e.contains("no such user: nobody@x.test"), "{e}");
 
-    let e = user_error(&cli(&s.alice, &["send", "--to", "carol@other.test", "--subject", "s", "--body", "b"], None));
+    let e = user_error(&cli(
+        &s.alice,
+        &[
+            "send",
+            "--to",
+            "carol@other.test",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+        ],
+        None,
+    ));
     assert!(e.contains("carol@other.test is on another domain"), "{e}");
 
     let big = "x".repeat(100_000);
-    let e = user_error(&cli(&s.alice, &["send", "--to", "bob@x.test", "--subject", "s"], Some(&big)));
+    let e = user_error(&cli(
+        &s.alice,
+        &["send", "--to", "bob@x.test", "--subject", "s"],
+        Some(&big),
+    ));
     assert!(e.contains("the server accepts at most 64000 bytes"), "{e}");
 
-    let e = user_error(&cli(&s.alice, &["send", "--to", "not an address", "--subject", "s", "--body", "b"], None));
+    let e = user_error(&cli(
+        &s.alice,
+        &[
+            "send",
+            "--to",
+            "not an address",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+        ],
+        None,
+    ));
     assert!(e.contains("not an address"), "{e}");
 
     let e = user_error(&cli(&s.alice, &["read", "abcdef"], None));
@@ -138,7 +258,17 @@ fn user_errors_are_one_clear_line() {
     let e = user_error(&cli(&s.root_profile("nobody"), &["list"], None));
     assert!(e.contains("no letter.me profile"), "{e}");
 
-    let e = user_error(&cli(&s.alice, &["account", "create", "alice2@x.test", "--server", &s.server.url], None));
+    let e = user_error(&cli(
+        &s.alice,
+        &[
+            "account",
+            "create",
+            "alice2@x.test",
+            "--server",
+            &s.server.url,
+        ],
+        None,
+    ));
     assert!(e.contains("already exists"), "{e}");
 
     s.server.kill9();
@@ -151,7 +281,19 @@ fn a_server_that_substitutes_a_key_is_refused() {
     let s = setup("");
     // The server's database is edited to hand out a key bob never bound.
     let db = rusqlite_free_edit(&s.server.data_dir.join("letterme.db"));
-    let e = user_error(&cli(&s.alice, &["send", "--to", "bob@x.test", "--subject", "s", "--body", "b"], None));
+    let e = user_error(&cli(
+        &s.alice,
+        &[
+            "send",
+            "--to",
+            "bob@x.test",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+        ],
+        None,
+    ));
     assert!(e.contains("refusing to encrypt to bob@x.test"), "{e}");
     drop(db);
 }
@@ -170,7 +312,10 @@ fn rusqlite_free_edit(db: &std::path::Path) -> std::process::Output {
          c.commit(); print(c.total_changes)",
         db.display()
     );
-    let out = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{out:?}");
     out
 }

@@ -47,7 +47,9 @@ async fn main() -> anyhow::Result<()> {
     config.limits.key_lookup_burst = 1_000_000;
     let server = letterme_server::start(config, Arc::new(SystemClock)).await?;
     let url = format!("http://{}", server.local_addr);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency * 2)
+        .build()?;
 
     let now = letterme_client::now();
     let mut users = Vec::new();
@@ -58,8 +60,16 @@ async fn main() -> anyhow::Result<()> {
             encryption: EncryptionKeypair::generate(),
         };
         let binding = KeyBinding::create(&u.address, &u.identity, &u.encryption.public(), now);
-        let r = http.post(format!("{url}/v1/accounts")).json(&json!({ "binding": binding })).send().await?;
-        anyhow::ensure!(r.status().is_success(), "register failed: {}", r.text().await?);
+        let r = http
+            .post(format!("{url}/v1/accounts"))
+            .json(&json!({ "binding": binding }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "register failed: {}",
+            r.text().await?
+        );
         users.push(u);
     }
 
@@ -69,43 +79,8 @@ async fn main() -> anyhow::Result<()> {
     let mut senders = Vec::new();
     for s in 0..args.concurrency {
         let u = &users[s % users.len()];
-        let c: Value = http
-            .post(format!("{url}/v1/auth/challenge"))
-            .json(&json!({ "address": u.address }))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let challenge: [u8; 32] = b64::decode_array(c["challenge"].as_str().unwrap_or_default())
-            .ok_or_else(|| anyhow::anyhow!("bad challenge"))?;
-        let sig = letterme_protocol::auth::sign_challenge(&u.identity, "bench.test", &u.address, &challenge);
-        let t: Value = http
-            .post(format!("{url}/v1/auth/token"))
-            .json(&json!({ "address": u.address, "challenge": c["challenge"], "signature": sig }))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let token = t["token"].as_str().unwrap_or_default().to_owned();
-        let mut queue = Vec::with_capacity(per_sender);
-        for k in 0..per_sender {
-            let to = &users[(s + k + 1) % users.len()];
-            let payload = Payload {
-                from: u.address.clone(),
-                to: vec![to.address.clone()],
-                cc: vec![],
-                bcc: vec![],
-                subject: format!("bench {s}/{k}"),
-                body: body.clone(),
-                headers: vec![],
-                date: now,
-                message_id: format!("<{s}.{k}@bench.test>"),
-                in_reply_to: None,
-                references: vec![],
-            };
-            let env = seal(SignerKind::User, &u.identity, &payload, &[(to.address.clone(), to.encryption.public())], now)?;
-            queue.push(env.encode());
-        }
+        let token = login(&http, &url, u).await?;
+        let queue = seal_queue(u, &users, s, per_sender, &body, now)?;
         senders.push((token, queue));
     }
     let envelope_size = senders[0].1[0].len();
@@ -149,15 +124,83 @@ async fn main() -> anyhow::Result<()> {
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     let ok = lat.len() - errors;
-    println!("deliveries: {ok} ok, {errors} failed, in {:.2} s", elapsed.as_secs_f64());
-    println!("throughput: {:.0} deliveries/s", ok as f64 / elapsed.as_secs_f64());
+    println!(
+        "deliveries: {ok} ok, {errors} failed, in {:.2} s",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "throughput: {:.0} deliveries/s",
+        ok as f64 / elapsed.as_secs_f64()
+    );
     println!(
         "latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         lat[lat.len() - 1].as_secs_f64() * 1e3
     );
-    println!("envelope size: {envelope_size} bytes; concurrency {}; synchronous=FULL, WAL", args.concurrency);
+    println!(
+        "envelope size: {envelope_size} bytes; concurrency {}; synchronous=FULL, WAL",
+        args.concurrency
+    );
     server.shutdown().await?;
     Ok(())
+}
+
+async fn login(http: &reqwest::Client, url: &str, u: &User) -> anyhow::Result<String> {
+    let c: Value = http
+        .post(format!("{url}/v1/auth/challenge"))
+        .json(&json!({ "address": u.address }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let challenge: [u8; 32] = b64::decode_array(c["challenge"].as_str().unwrap_or_default())
+        .ok_or_else(|| anyhow::anyhow!("bad challenge"))?;
+    let sig =
+        letterme_protocol::auth::sign_challenge(&u.identity, "bench.test", &u.address, &challenge);
+    let t: Value = http
+        .post(format!("{url}/v1/auth/token"))
+        .json(&json!({ "address": u.address, "challenge": c["challenge"], "signature": sig }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(t["token"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Sender `s`'s envelopes, each to the next user round the ring.
+fn seal_queue(
+    u: &User,
+    users: &[User],
+    s: usize,
+    n: usize,
+    body: &str,
+    now: u64,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut queue = Vec::with_capacity(n);
+    for k in 0..n {
+        let to = &users[(s + k + 1) % users.len()];
+        let payload = Payload {
+            from: u.address.clone(),
+            to: vec![to.address.clone()],
+            cc: vec![],
+            bcc: vec![],
+            subject: format!("bench {s}/{k}"),
+            body: body.to_owned(),
+            headers: vec![],
+            date: now,
+            message_id: format!("<{s}.{k}@bench.test>"),
+            in_reply_to: None,
+            references: vec![],
+        };
+        let env = seal(
+            SignerKind::User,
+            &u.identity,
+            &payload,
+            &[(to.address.clone(), to.encryption.public())],
+            now,
+        )?;
+        queue.push(env.encode());
+    }
+    Ok(queue)
 }

@@ -326,8 +326,16 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 async fn serve(config: Option<&Path>) -> Result<()> {
     let config = load_config(config)?;
     let domain = config.domain.clone();
+    let scheme = if config.http.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let running = letterme_server::start(config, Arc::new(SystemClock)).await?;
-    println!("letterme serving {domain} on http://{}", running.local_addr);
+    println!(
+        "letterme serving {domain} on {scheme}://{}",
+        running.local_addr
+    );
     let stop = running.shutdown_handle();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -356,6 +364,18 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// The host part of a URL like `https://host:port/path`.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
 async fn init(args: &cli::InitArgs) -> Result<()> {
     if args.config.exists() {
         bail!(
@@ -374,6 +394,31 @@ async fn init(args: &cli::InitArgs) -> Result<()> {
     if args.smtp_listen.is_some() {
         config.smtp.listen = args.smtp_listen;
     }
+    // A certificate always exists (its fingerprint is published); it is served when the
+    // listener is not loopback or the public URL is https.
+    let tls_dir = config.data_dir.join("tls");
+    let tls = letterme_server::config::TlsConfig {
+        cert: tls_dir.join("cert.pem"),
+        key: tls_dir.join("key.pem"),
+    };
+    if !tls.cert.exists() {
+        let mut names = vec![config.domain.clone()];
+        if let Some(host) = config.http.public_url.as_deref().and_then(url_host) {
+            names.push(host);
+        }
+        names.push(config.http.listen.ip().to_string());
+        names.dedup();
+        letterme_server::tls::generate_self_signed(&names, &tls.cert, &tls.key)?;
+    }
+    let fingerprint = letterme_server::tls::spki_fingerprint(&tls.cert)?;
+    let https = config
+        .http
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"));
+    if https || !config.http.listen.ip().is_loopback() {
+        config.http.tls = Some(tls);
+    }
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let (_store, key) = letterme_server::open_storage(&config, letterme_client::now()).await?;
     let text = toml::to_string_pretty(&config).context("cannot render the config")?;
@@ -385,10 +430,18 @@ async fn init(args: &cli::InitArgs) -> Result<()> {
     println!("wrote {}", args.config.display());
     println!("data directory: {}", config.data_dir.display());
     println!("domain key: {}", key.public().to_base64());
+    println!(
+        "TLS: {} (SPKI SHA-256 {fingerprint})",
+        if config.http.tls.is_some() {
+            "on"
+        } else {
+            "off: plain HTTP on loopback"
+        }
+    );
     println!();
     println!("; DNS records to publish for {}", config.domain);
     println!(
-        "_mailx.{}. 3600 IN TXT \"v=mailx1; k={}; e={}\"",
+        "_mailx.{}. 3600 IN TXT \"v=mailx1; k={}; e={}; fp={fingerprint}\"",
         config.domain,
         key.public().to_base64(),
         config.public_url()

@@ -72,10 +72,14 @@ impl Config {
 
     /// The URL clients use; derived from the listen address when not configured.
     pub fn public_url(&self) -> String {
-        self.http
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.http.listen))
+        self.http.public_url.clone().unwrap_or_else(|| {
+            let scheme = if self.http.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", self.http.listen)
+        })
     }
 
     /// The config in normal form: the domain lower-cased, as addresses are.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod metrics;
 pub mod secrets;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ use crate::store::Store;
 
 /// Version of the API and envelope format this server speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
+/// How long in-flight requests may finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often the retention purge runs.
 pub const PURGE_INTERVAL: Duration = Duration::from_hours(1);
 
@@ -70,6 +73,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Secret(#[from] secrets::SecretError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source} (is another server running there?)")]
     Bind {
         addr: SocketAddr,
@@ -125,16 +130,19 @@ impl Running {
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let config = config.normalized();
     let (store, domain_key) = open_storage(&config, clock.now()).await?;
-    let listener = TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.http.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.http.listen,
+    let tls = match &config.http.tls {
+        Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
+        None => None,
+    };
+    let listen = config.http.listen;
+    let bind_err = move |source| StartError::Bind {
+        addr: listen,
         source,
-    })?;
+    };
+    let listener = std::net::TcpListener::bind(config.http.listen).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    let local_addr = listener.local_addr().map_err(bind_err)?;
+    let has_tls = config.http.tls.is_some();
     let limits = &config.limits;
     let state = Arc::new(api::AppState {
         lookup_limit: auth::RateLimiter::new(
@@ -163,14 +171,32 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         }
     });
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
-    tracing::info!(addr = %local_addr, "native server listening");
+    let task = if let Some(tls) = tls {
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        tokio::spawn(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+            stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
+        });
+        tokio::spawn(
+            axum_server::from_tcp_rustls(
+                listener,
+                axum_server::tls_rustls::RustlsConfig::from_config(tls),
+            )
+            .handle(handle)
+            .serve(app),
+        )
+    } else {
+        let listener = TcpListener::from_std(listener).map_err(bind_err)?;
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+    tracing::info!(addr = %local_addr, tls = has_tls, "native server listening");
     Ok(Running {
         local_addr,
         domain_key: domain_key.public(),

@@ -72,7 +72,8 @@ impl ServerProc {
         Self::spawn(config_path, data_dir)
     }
 
-    fn spawn(config_path: PathBuf, data_dir: PathBuf) -> Self {
+    /// Starts a server on an existing config file.
+    pub fn spawn(config_path: PathBuf, data_dir: PathBuf) -> Self {
         std::fs::create_dir_all(&data_dir).unwrap();
         // The server's log goes into its data directory, so the plaintext scan covers it.
         let log = std::fs::OpenOptions::new()
@@ -94,7 +95,7 @@ impl ServerProc {
             .unwrap();
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| {
                 panic!(
                     "server did not start: {line:?}; see {}",

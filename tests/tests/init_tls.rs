@@ -1,0 +1,113 @@
+//! `letterme init` writes a config, generates the domain key and a certificate, prints the
+//! DNS record; `letterme serve` then speaks TLS with that certificate.
+#![allow(clippy::unwrap_used)]
+
+use letterme_tests::{ServerProc, free_port, letterme_bin, ok, user_error};
+
+fn run(args: &[&str], cwd: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(letterme_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("LETTERME_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn init_then_serve_over_tls() {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
+    let config = root.path().join("letterme.toml");
+    let data = root.path().join("data");
+    let args = [
+        "init",
+        "--domain",
+        "Example.TEST",
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--http-listen",
+        &listen,
+        "--public-url",
+        &url,
+    ];
+    let out = ok(&run(&args, root.path()));
+    assert!(
+        out.contains("_mailx.example.test. 3600 IN TXT \"v=mailx1; k="),
+        "{out}"
+    );
+    assert!(out.contains(&format!("e={url}; fp=")), "{out}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("domain = \"example.test\""), "{text}");
+    assert!(text.contains("[http.tls]"), "{text}");
+    let key = std::fs::read_to_string(data.join("tls/key.pem")).unwrap();
+    assert!(key.contains("PRIVATE KEY"));
+    assert!(!text.contains(&key), "the config holds paths, not the key");
+
+    // Running init again never overwrites.
+    let e = user_error(&run(&args, root.path()));
+    assert!(e.contains("already exists"), "{e}");
+
+    let server = ServerProc::spawn(config, data.clone());
+    assert_eq!(server.url, url);
+    let cert = std::fs::read(data.join("tls/cert.pem")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let https = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&cert).unwrap())
+            .min_tls_version(reqwest::tls::Version::TLS_1_3)
+            .build()
+            .unwrap();
+        let r = https.get(format!("{url}/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let info: serde_json::Value = https
+            .get(format!("{url}/v1/server"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(info["domain"], "example.test");
+        // Without the certificate pinned, the self-signed server is not trusted.
+        assert!(reqwest::get(format!("{url}/healthz")).await.is_err());
+        // Plain HTTP on the TLS port gets no HTTP answer.
+        assert!(
+            reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+                .await
+                .is_err()
+        );
+    });
+}
+
+#[test]
+fn plain_http_off_loopback_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "domain = \"x.test\"\ndata_dir = \"d\"\n[http]\nlisten = \"0.0.0.0:8080\"\n",
+    )
+    .unwrap();
+    let e = user_error(&run(
+        &["serve", "--config", config.to_str().unwrap()],
+        root.path(),
+    ));
+    assert!(e.contains("plain HTTP is allowed only on loopback"), "{e}");
+
+    std::fs::write(&config, "domain = \"x.test\"\nbogus = 1\n").unwrap();
+    let e = user_error(&run(
+        &["serve", "--config", config.to_str().unwrap()],
+        root.path(),
+    ));
+    assert!(e.contains("unknown field `bogus`"), "{e}");
+
+    let e = user_error(&run(&["serve", "--config", "missing.toml"], root.path()));
+    assert!(
+        e.contains("cannot read the config file missing.toml"),
+        "{e}"
+    );
+}

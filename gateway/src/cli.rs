@@ -19,7 +19,8 @@ pub struct Cli {
     /// Client profile directory (keys, local mailbox).
     #[arg(long, global = true, env = "LETTERME_PROFILE", value_name = "DIR")]
     pub profile: Option<PathBuf>,
-    /// DNS servers (HOST:PORT) the client uses for discovery and key verification.
+    /// DNS servers (HOST:PORT) for discovery and key verification. Accepted now; used once
+    /// DNS discovery (federation) exists.
     #[arg(
         long,
         global = true,

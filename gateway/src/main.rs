@@ -324,7 +324,7 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 async fn serve(config: Option<&Path>) -> Result<()> {
-    let config = load_config(config)?;
+    let config = load_config(config)?.normalized();
     let domain = config.domain.clone();
     let scheme = if config.http.tls.is_some() {
         "https"
@@ -336,13 +336,10 @@ async fn serve(config: Option<&Path>) -> Result<()> {
         "letterme serving {domain} on {scheme}://{}",
         running.local_addr
     );
-    let stop = running.shutdown_handle();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = stop.send(true);
-    });
-    running.wait().await.context("the HTTP server failed")?;
+    running
+        .run_until(shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
     Ok(())
 }
 
@@ -401,25 +398,32 @@ async fn init(args: &cli::InitArgs) -> Result<()> {
         cert: tls_dir.join("cert.pem"),
         key: tls_dir.join("key.pem"),
     };
+    let public_url = config.http.public_url.clone();
+    let https = public_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"));
+    let listen_ip = config.http.listen.ip();
+    if !listen_ip.is_loopback()
+        && !https
+        && let Some(u) = &public_url
+    {
+        bail!("--public-url {u} must be https: a server listening on {listen_ip} serves TLS only");
+    }
+    if https || !listen_ip.is_loopback() {
+        config.http.tls = Some(tls.clone());
+    }
+    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     if !tls.cert.exists() {
         let mut names = vec![config.domain.clone()];
-        if let Some(host) = config.http.public_url.as_deref().and_then(url_host) {
-            names.push(host);
+        names.extend(public_url.as_deref().and_then(url_host));
+        if !listen_ip.is_unspecified() {
+            names.push(listen_ip.to_string());
         }
-        names.push(config.http.listen.ip().to_string());
-        names.dedup();
+        let mut seen = std::collections::BTreeSet::new();
+        names.retain(|n| seen.insert(n.clone()));
         letterme_server::tls::generate_self_signed(&names, &tls.cert, &tls.key)?;
     }
     let fingerprint = letterme_server::tls::spki_fingerprint(&tls.cert)?;
-    let https = config
-        .http
-        .public_url
-        .as_deref()
-        .is_some_and(|u| u.starts_with("https://"));
-    if https || !config.http.listen.ip().is_loopback() {
-        config.http.tls = Some(tls);
-    }
-    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let (_store, key) = letterme_server::open_storage(&config, letterme_client::now()).await?;
     let text = toml::to_string_pretty(&config).context("cannot render the config")?;
     std::fs::write(

@@ -113,7 +113,7 @@ impl Config {
             return Err("policy.retention_days must be at least 1".into());
         }
         if self.limits.max_message_size.0 < 1024 {
-            return Err("limits.max_message_size must be at least 1KB".into());
+            return Err("limits.max_message_size must be at least 1024 bytes".into());
         }
         Ok(())
     }
@@ -159,7 +159,10 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default = "default_smtp_listen",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub listen: Option<SocketAddr>,
     #[serde(default = "default_smtp_size")]
     pub max_message_size: ByteSize,
@@ -168,10 +171,15 @@ pub struct SmtpConfig {
 impl Default for SmtpConfig {
     fn default() -> Self {
         Self {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 2525))),
+            listen: default_smtp_listen(),
             max_message_size: default_smtp_size(),
         }
     }
+}
+
+#[allow(clippy::unnecessary_wraps)] // serde's default must have the field's type
+fn default_smtp_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 2525)))
 }
 
 fn default_smtp_size() -> ByteSize {

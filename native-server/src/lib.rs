@@ -99,29 +99,38 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, finishes in-flight requests, and returns.
-    pub async fn shutdown(self) -> std::io::Result<()> {
+    /// Stops accepting, lets in-flight requests finish for up to [`SHUTDOWN_GRACE`], and
+    /// returns. Nothing acknowledged is at risk: acknowledgements follow the commit.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
-        self.task
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        if let Ok(joined) =
+            tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), &mut self.task).await
+        {
+            joined.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        } else {
+            tracing::warn!("requests still running after the shutdown grace period; closing them");
+            self.task.abort();
+            Ok(())
+        }
     }
 
-    /// Waits until the server stops by itself (it does not, short of an I/O error).
-    pub async fn wait(self) -> std::io::Result<()> {
-        self.task
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        tokio::select! {
+            joined = &mut self.task => joined.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            () = signal => {
+                tracing::info!("shutting down");
+                self.shutdown().await
+            }
+        }
     }
 
     /// Runs the retention purge now (it also runs every [`PURGE_INTERVAL`]).
     pub async fn purge_now(&self) -> Result<store::PurgeStats, store::StoreError> {
         purge(&self.state).await
-    }
-
-    /// A handle that stops the server when sent `true`.
-    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
-        self.shutdown.clone()
     }
 }
 

@@ -81,6 +81,19 @@ fn init_then_serve_over_tls() {
                 .is_err()
         );
     });
+
+    // SIGTERM: a graceful stop with exit status 0.
+    let mut server = server;
+    let pid = server.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status}");
 }
 
 #[test]

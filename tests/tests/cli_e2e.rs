@@ -319,3 +319,26 @@ fn rusqlite_free_edit(db: &std::path::Path) -> std::process::Output {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{out:?}");
     out
 }
+
+#[test]
+fn demo_runs_the_whole_story_and_cleans_up() {
+    let out = std::process::Command::new(letterme_tests::letterme_bin())
+        .arg("demo")
+        .env_remove("LETTERME_LOG")
+        .output()
+        .unwrap();
+    let text = ok(&out);
+    assert!(
+        text.contains("bob@demo.test reads: from alice@demo.test — \"Hello Bob\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("alice@demo.test reads: from bob@demo.test — \"Re: Hello Bob\""),
+        "{text}"
+    );
+    let dir = text
+        .lines()
+        .find_map(|l| l.strip_prefix("5. the server only ever stored ciphertext; removing "))
+        .unwrap();
+    assert!(!std::path::Path::new(dir).exists(), "{dir} was removed");
+}

@@ -10,7 +10,7 @@ pub mod profile;
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use letterme_protocol::envelope::{Envelope, seal_message};
+use letterme_protocol::envelope::{Envelope, SignerKind, seal_message};
 use letterme_protocol::keys::random_bytes;
 use letterme_protocol::{
     Address, Attestation, EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, KeyBinding,
@@ -98,6 +98,25 @@ pub struct Message {
     pub references: Vec<String>,
     /// Always true for stored messages: unverifiable ones are refused at sync.
     pub signature_verified: bool,
+    /// `INBOX`, or `Junk` for legacy mail the gateway quarantined.
+    pub folder: String,
+    /// Set when the message arrived from classic email through the inbound gateway.
+    pub legacy: Option<LegacyView>,
+}
+
+/// How a legacy message arrived and what the gateway verified.
+#[derive(Debug, Clone, Serialize)]
+pub struct LegacyView {
+    pub mail_from: String,
+    pub client_ip: String,
+    pub authentication_results: String,
+    pub spf: String,
+    pub dkim: String,
+    pub dmarc: String,
+    pub disposition: String,
+    pub note: String,
+    /// Size of the original message in bytes.
+    pub raw_size: usize,
 }
 
 impl Unlocked {
@@ -150,7 +169,24 @@ impl Unlocked {
 }
 
 fn message(id: &str, received: u64, p: Payload) -> Message {
+    let folder = match &p.legacy {
+        Some(l) if l.disposition == "quarantine" => "Junk",
+        _ => "INBOX",
+    };
+    let legacy = p.legacy.map(|l| LegacyView {
+        raw_size: l.raw.len(),
+        mail_from: l.mail_from,
+        client_ip: l.client_ip,
+        authentication_results: l.authentication_results,
+        spf: l.spf,
+        dkim: l.dkim,
+        dmarc: l.dmarc,
+        disposition: l.disposition,
+        note: l.note,
+    });
     Message {
+        folder: folder.to_owned(),
+        legacy,
         id: id.to_owned(),
         from: p.from,
         to: p.to,
@@ -251,6 +287,7 @@ impl Online {
             message_id: message_id.clone(),
             in_reply_to: draft.in_reply_to.clone(),
             references: draft.references.clone(),
+            legacy: None,
         };
         let envelopes = seal_message(
             &self.me.keys.identity,
@@ -347,6 +384,18 @@ impl Online {
         let env = Envelope::decode(bytes).map_err(|e| e.to_string())?;
         if env.id.to_hex() != id {
             return Err("the envelope id does not match the server's listing".into());
+        }
+        if env.signer_kind == SignerKind::Domain {
+            // Legacy mail sealed by our own domain's inbound gateway.
+            let signer = self.me.profile.domain_key;
+            let seen = |i: &letterme_protocol::EnvelopeId| mailbox.envelope(&i.to_hex()).ok().flatten().is_some();
+            let payload = env
+                .open(&self.me.profile.address, &[&self.me.keys.encryption], &signer, &seen)
+                .map_err(|e| e.to_string())?;
+            if payload.legacy.is_none() {
+                return Err("a domain-signed envelope that is not inbound legacy mail".into());
+            }
+            return Ok(signer);
         }
         if !senders.contains_key(&env.sender) {
             let key = self

@@ -188,6 +188,7 @@ fn list(dir: ProfileDir, json: bool) -> Result<()> {
                 serde_json::json!({
                     "id": m.id, "from": m.from, "to": m.to, "cc": m.cc, "subject": m.subject,
                     "date": m.date, "received": m.received, "signature_verified": m.signature_verified,
+                    "folder": m.folder, "legacy": m.legacy.is_some(),
                 })
             })
             .collect();
@@ -226,7 +227,14 @@ fn print_message(m: &Message) {
     println!("Date: {}", date(m.date));
     println!("Subject: {}", m.subject);
     println!("Message-ID: {}", m.message_id);
-    println!("Signature: verified (sender's attested identity key)");
+    if let Some(l) = &m.legacy {
+        println!("Arrived-From: classic email (MAIL FROM <{}> from {})", l.mail_from, l.client_ip);
+        println!("Authentication-Results: {}", l.authentication_results);
+        println!("Verdict: {} ({})", l.disposition, l.note);
+        println!("Folder: {}", m.folder);
+    } else {
+        println!("Signature: verified (sender's attested identity key)");
+    }
     println!();
     println!("{}", m.body);
 }

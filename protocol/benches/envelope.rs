@@ -20,6 +20,7 @@ fn payload(from: &Address, to: Vec<Address>) -> Payload {
         message_id: "<bench@x.test>".into(),
         in_reply_to: None,
         references: vec![],
+        legacy: None,
     }
 }
 

@@ -133,6 +133,41 @@ pub struct Payload {
     pub in_reply_to: Option<String>,
     #[serde(default)]
     pub references: Vec<String>,
+    /// Present on mail that arrived from classic email through the inbound SMTP adapter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<LegacyMail>,
+}
+
+/// A message received from classic email, sealed by the domain's inbound gateway.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyMail {
+    /// The message exactly as received (RFC 5322), with the gateway's
+    /// Authentication-Results header field prepended.
+    #[serde(with = "b64::bytes")]
+    pub raw: Vec<u8>,
+    /// The SMTP reverse-path (MAIL FROM), empty for a null sender.
+    pub mail_from: String,
+    pub helo: String,
+    pub client_ip: String,
+    /// The Authentication-Results header field value (RFC 8601).
+    pub authentication_results: String,
+    pub spf: String,
+    pub dkim: String,
+    pub dmarc: String,
+    /// `accept` (INBOX) or `quarantine` (Junk).
+    pub disposition: String,
+    /// Why the gateway decided as it did.
+    pub note: String,
+}
+
+impl fmt::Debug for LegacyMail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LegacyMail")
+            .field("raw", &format_args!("<{} bytes>", self.raw.len()))
+            .field("mail_from", &self.mail_from)
+            .field("disposition", &self.disposition)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for Payload {

@@ -41,6 +41,7 @@ fn payload(w: &World, subject: &str, body: &str) -> Payload {
         message_id: "<m1@x.test>".into(),
         in_reply_to: None,
         references: vec![],
+        legacy: None,
     }
 }
 

@@ -81,6 +81,7 @@ fn payload(from: &Address, to: &Address, subject: &str) -> Payload {
         message_id: "<t@x.test>".into(),
         in_reply_to: None,
         references: vec![],
+        legacy: None,
     }
 }
 

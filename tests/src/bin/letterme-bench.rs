@@ -192,6 +192,7 @@ fn seal_queue(
             message_id: format!("<{s}.{k}@bench.test>"),
             in_reply_to: None,
             references: vec![],
+            legacy: None,
         };
         let env = seal(
             SignerKind::User,

@@ -388,9 +388,16 @@ impl Online {
         if env.signer_kind == SignerKind::Domain {
             // Legacy mail sealed by our own domain's inbound gateway.
             let signer = self.me.profile.domain_key;
-            let seen = |i: &letterme_protocol::EnvelopeId| mailbox.envelope(&i.to_hex()).ok().flatten().is_some();
+            let seen = |i: &letterme_protocol::EnvelopeId| {
+                mailbox.envelope(&i.to_hex()).ok().flatten().is_some()
+            };
             let payload = env
-                .open(&self.me.profile.address, &[&self.me.keys.encryption], &signer, &seen)
+                .open(
+                    &self.me.profile.address,
+                    &[&self.me.keys.encryption],
+                    &signer,
+                    &seen,
+                )
                 .map_err(|e| e.to_string())?;
             if payload.legacy.is_none() {
                 return Err("a domain-signed envelope that is not inbound legacy mail".into());

@@ -228,7 +228,10 @@ fn print_message(m: &Message) {
     println!("Subject: {}", m.subject);
     println!("Message-ID: {}", m.message_id);
     if let Some(l) = &m.legacy {
-        println!("Arrived-From: classic email (MAIL FROM <{}> from {})", l.mail_from, l.client_ip);
+        println!(
+            "Arrived-From: classic email (MAIL FROM <{}> from {})",
+            l.mail_from, l.client_ip
+        );
         println!("Authentication-Results: {}", l.authentication_results);
         println!("Verdict: {} ({})", l.disposition, l.note);
         println!("Folder: {}", m.folder);

@@ -1,0 +1,140 @@
+//! Sealing accepted legacy mail: the raw message, with Authentication-Results prepended, is
+//! sealed in memory to every recipient's current encryption key and signed with the domain
+//! key; only the envelope reaches the store. Plaintext never touches disk.
+
+use letterme_protocol::envelope::{LegacyMail, SignerKind, seal};
+use letterme_protocol::{Address, EncryptionPublicKey, Payload, SigningKeypair};
+use letterme_server::store::{NewDelivery, Store, StoreError};
+
+/// An accepted message on its way to the store.
+#[derive(Debug)]
+pub struct Inbound {
+    pub raw: Vec<u8>,
+    pub mail_from: String,
+    pub helo: String,
+    pub client_ip: String,
+    pub recipients: Vec<Address>,
+    pub authentication_results: String,
+    pub spf: String,
+    pub dkim: String,
+    pub dmarc: String,
+    pub quarantine: bool,
+    pub note: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliverError {
+    #[error("mailbox of {0} is full")]
+    Quota(String),
+    #[error("no such user {0}")]
+    UnknownUser(String),
+    #[error("storage failed: {0}")]
+    Store(String),
+    #[error("cannot seal: {0}")]
+    Seal(String),
+}
+
+/// Seals `msg` to its recipients and commits it. Returns once durable.
+pub async fn seal_and_store(
+    store: &Store,
+    domain: &str,
+    domain_key: &SigningKeypair,
+    quota: u64,
+    now: u64,
+    msg: Inbound,
+) -> Result<(), DeliverError> {
+    let mut keys: Vec<(Address, EncryptionPublicKey)> = Vec::with_capacity(msg.recipients.len());
+    for r in &msg.recipients {
+        let row = store
+            .account(r.to_string())
+            .await
+            .map_err(|e| DeliverError::Store(e.to_string()))?
+            .ok_or_else(|| DeliverError::UnknownUser(r.to_string()))?;
+        keys.push((r.clone(), EncryptionPublicKey(row.encryption_key)));
+    }
+    let parsed = mail_parser::MessageParser::default().parse(&msg.raw);
+    let subject = parsed
+        .as_ref()
+        .and_then(|m| m.subject())
+        .unwrap_or_default()
+        .to_owned();
+    let body = parsed
+        .as_ref()
+        .and_then(|m| m.body_text(0))
+        .map(|b| b.into_owned())
+        .unwrap_or_default();
+    let message_id = parsed
+        .as_ref()
+        .and_then(|m| m.message_id())
+        .map(|id| format!("<{id}>"))
+        .unwrap_or_default();
+    let date = parsed
+        .as_ref()
+        .and_then(|m| m.date())
+        .map_or(now, |d| u64::try_from(d.to_timestamp()).unwrap_or(now));
+    // The envelope's sender is the From address when it is a usable one, else the
+    // gateway itself; the sealed raw message keeps the original either way.
+    let gateway = Address::parse(&format!("mailer-daemon@{domain}"))
+        .map_err(|e| DeliverError::Seal(e.to_string()))?;
+    let sender = parsed
+        .as_ref()
+        .and_then(|m| m.from())
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .and_then(|a| Address::parse(a).ok())
+        .unwrap_or(gateway);
+    let mut raw = Vec::with_capacity(msg.authentication_results.len() + msg.raw.len() + 32);
+    raw.extend_from_slice(b"Authentication-Results: ");
+    raw.extend_from_slice(msg.authentication_results.as_bytes());
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(&msg.raw);
+    let payload = Payload {
+        from: sender.clone(),
+        to: msg.recipients.clone(),
+        cc: vec![],
+        bcc: vec![],
+        subject,
+        body,
+        headers: vec![],
+        date,
+        message_id,
+        in_reply_to: None,
+        references: vec![],
+        legacy: Some(LegacyMail {
+            raw,
+            mail_from: msg.mail_from,
+            helo: msg.helo,
+            client_ip: msg.client_ip,
+            authentication_results: msg.authentication_results,
+            spf: msg.spf,
+            dkim: msg.dkim,
+            dmarc: msg.dmarc,
+            disposition: if msg.quarantine {
+                "quarantine"
+            } else {
+                "accept"
+            }
+            .into(),
+            note: msg.note,
+        }),
+    };
+    let env = seal(SignerKind::Domain, domain_key, &payload, &keys, now)
+        .map_err(|e| DeliverError::Seal(e.to_string()))?;
+    drop(payload);
+    store
+        .deliver(NewDelivery {
+            id: env.id.0,
+            sender: sender.to_string(),
+            envelope: env.encode(),
+            recipients: msg.recipients.iter().map(ToString::to_string).collect(),
+            received: now,
+            quota,
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::QuotaExceeded(who) => DeliverError::Quota(who),
+            StoreError::UnknownRecipients(who) => DeliverError::UnknownUser(who.join(", ")),
+            other => DeliverError::Store(other.to_string()),
+        })
+}

@@ -1,0 +1,595 @@
+//! The inbound SMTP protocol core: bytes in, events and replies out, no I/O.
+//!
+//! RFC 5321 command sequencing with ESMTP (RFC 1869), PIPELINING (RFC 2920), SIZE
+//! (RFC 1870), 8BITMIME (RFC 6152), ENHANCEDSTATUSCODES (RFC 2034/3463), SMTPUTF8
+//! (RFC 6531) and STARTTLS (RFC 3207). Command grammar is `smtp-proto`'s; DATA framing and
+//! dot-unstuffing are its `DataReceiver`, which does not end a message on a bare-LF
+//! terminator. This module adds what a public MX needs on top: bounded lines, messages,
+//! recipients and commands, refusal of bare CR/LF, and the transaction state machine.
+
+use std::net::IpAddr;
+
+use letterme_protocol::Address;
+use smtp_proto::request::receiver::DataReceiver;
+use smtp_proto::{MAIL_SMTPUTF8, Request};
+
+/// Named limits of one session.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest command line accepted, CRLF included (RFC 5321 §4.5.3.1.4 says 512;
+    /// extensions make longer lines legitimate).
+    pub max_line: usize,
+    /// Largest message (DATA content, after dot-unstuffing).
+    pub max_message: usize,
+    pub max_recipients: usize,
+    /// Commands per session, all kinds.
+    pub max_commands: usize,
+    /// NOOP, RSET, VRFY, HELP and unknown commands per session.
+    pub max_junk_commands: usize,
+    /// Syntax and sequence errors per session.
+    pub max_errors: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_line: 2048,
+            max_message: 25_000_000,
+            max_recipients: 100,
+            max_commands: 10_000,
+            max_junk_commands: 100,
+            max_errors: 20,
+        }
+    }
+}
+
+/// An SMTP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// RFC 3463 enhanced status code, empty for the greeting and EHLO.
+    pub enhanced: &'static str,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, enhanced: &'static str, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            enhanced,
+            text: text.into(),
+        }
+    }
+
+    /// Wire form; multi-line when `text` has several lines.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let lines: Vec<&str> = self.text.split('\n').collect();
+        let mut out = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            let line = line.trim_end_matches('\r');
+            if self.enhanced.is_empty() {
+                out.extend_from_slice(format!("{}{sep}{line}\r\n", self.code).as_bytes());
+            } else {
+                out.extend_from_slice(
+                    format!("{}{sep}{} {line}\r\n", self.code, self.enhanced).as_bytes(),
+                );
+            }
+        }
+        out
+    }
+
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+}
+
+/// A complete mail transaction, handed to the driver at the end of DATA.
+#[derive(Debug)]
+pub struct Transaction {
+    pub helo: String,
+    /// Reverse-path; empty for the null sender.
+    pub mail_from: String,
+    pub recipients: Vec<Address>,
+    pub data: Vec<u8>,
+    pub smtputf8: bool,
+}
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Event {
+    Reply(Reply),
+    /// Check a local recipient, then call [`Session::recipient_checked`].
+    CheckRecipient(Address),
+    /// Verify and deliver, then call [`Session::message_done`].
+    Message(Transaction),
+    /// Upgrade the connection to TLS (the 220 was already emitted), then call
+    /// [`Session::tls_started`].
+    StartTls,
+    /// Close the connection (after writing any replies).
+    Close,
+}
+
+#[derive(Debug)]
+enum State {
+    Command,
+    /// Discarding the rest of an over-long command line.
+    SkipLine,
+    Data(Box<DataState>),
+    /// Waiting for the driver; input is buffered meanwhile.
+    Waiting,
+    Closed,
+}
+
+struct DataState {
+    rx: DataReceiver,
+    buf: Vec<u8>,
+    too_big: bool,
+}
+
+impl std::fmt::Debug for DataState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the content.
+        f.debug_struct("DataState")
+            .field("len", &self.buf.len())
+            .field("too_big", &self.too_big)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configuration shared by all sessions.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub domain: String,
+    pub limits: Limits,
+    pub tls_available: bool,
+}
+
+/// One SMTP session.
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    pub peer: IpAddr,
+    state: State,
+    pending: Vec<u8>,
+    helo: Option<String>,
+    esmtp: bool,
+    tls: bool,
+    mail_from: Option<String>,
+    smtputf8: bool,
+    recipients: Vec<Address>,
+    commands: usize,
+    junk: usize,
+    errors: usize,
+}
+
+impl Session {
+    pub fn new(cfg: SessionConfig, peer: IpAddr) -> Self {
+        Self {
+            cfg,
+            peer,
+            state: State::Command,
+            pending: Vec::new(),
+            helo: None,
+            esmtp: false,
+            tls: false,
+            mail_from: None,
+            smtputf8: false,
+            recipients: Vec::new(),
+            commands: 0,
+            junk: 0,
+            errors: 0,
+        }
+    }
+
+    pub fn greeting(&self) -> Reply {
+        Reply::new(220, "", format!("{} ESMTP letter.me", self.cfg.hostname))
+    }
+
+    pub fn helo(&self) -> &str {
+        self.helo.as_deref().unwrap_or_default()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Feeds bytes from the peer. Stops after an event the driver must answer; the rest of
+    /// the input stays buffered until [`Session::resume`].
+    pub fn feed(&mut self, input: &[u8]) -> Vec<Event> {
+        self.pending.extend_from_slice(input);
+        self.resume()
+    }
+
+    /// Processes buffered input.
+    pub fn resume(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        loop {
+            match &mut self.state {
+                State::Closed | State::Waiting => break,
+                State::SkipLine => {
+                    if let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
+                        self.pending.drain(..=pos);
+                        self.state = State::Command;
+                    } else {
+                        self.pending.clear();
+                        break;
+                    }
+                }
+                State::Data(d) => {
+                    let mut it = self.pending.iter();
+                    let done = if d.too_big {
+                        let mut scratch = Vec::new();
+                        d.rx.ingest(&mut it, &mut scratch)
+                    } else {
+                        d.rx.ingest(&mut it, &mut d.buf)
+                    };
+                    let consumed = self.pending.len() - it.as_slice().len();
+                    self.pending.drain(..consumed);
+                    if d.buf.len() > self.cfg.limits.max_message {
+                        d.too_big = true;
+                        d.buf = Vec::new();
+                    }
+                    if !done {
+                        break;
+                    }
+                    let State::Data(d) = std::mem::replace(&mut self.state, State::Command) else {
+                        unreachable!("in the data state");
+                    };
+                    if let Some(ev) = self.end_of_data(*d) {
+                        out.push(ev);
+                        break;
+                    }
+                }
+                State::Command => {
+                    let Some(pos) = self.pending.iter().position(|&b| b == b'\n') else {
+                        if self.pending.len() > self.cfg.limits.max_line {
+                            // RFC 5321 §4.5.3.1.4 / §4.3.2: line too long.
+                            self.pending.clear();
+                            self.state = State::SkipLine;
+                            out.push(self.error(Reply::new(500, "5.5.2", "line too long")));
+                        }
+                        break;
+                    };
+                    let line: Vec<u8> = self.pending.drain(..=pos).collect();
+                    if line.len() > self.cfg.limits.max_line {
+                        out.push(self.error(Reply::new(500, "5.5.2", "line too long")));
+                    } else {
+                        self.command(&line, &mut out);
+                    }
+                    if matches!(self.state, State::Waiting | State::Closed) {
+                        break;
+                    }
+                }
+            }
+            if matches!(out.last(), Some(Event::Close)) {
+                self.state = State::Closed;
+                break;
+            }
+        }
+        // Close on too many errors, after the replies that caused them.
+        if self.errors > self.cfg.limits.max_errors && !matches!(self.state, State::Closed) {
+            out.push(Event::Reply(Reply::new(
+                421,
+                "4.7.0",
+                "too many errors; closing",
+            )));
+            out.push(Event::Close);
+            self.state = State::Closed;
+        }
+        out
+    }
+
+    fn error(&mut self, r: Reply) -> Event {
+        self.errors += 1;
+        Event::Reply(r)
+    }
+
+    fn reset(&mut self) {
+        self.mail_from = None;
+        self.smtputf8 = false;
+        self.recipients.clear();
+    }
+
+    fn command(&mut self, line: &[u8], out: &mut Vec<Event>) {
+        self.commands += 1;
+        if self.commands > self.cfg.limits.max_commands {
+            out.push(Event::Reply(Reply::new(
+                421,
+                "4.7.0",
+                "too many commands; closing",
+            )));
+            out.push(Event::Close);
+            return;
+        }
+        let req = match Request::parse(&mut line.iter()) {
+            Ok(r) => r.into_owned(),
+            Err(smtp_proto::Error::UnknownCommand) => {
+                self.junk += 1;
+                out.push(self.error(Reply::new(500, "5.5.1", "command not recognized")));
+                self.check_junk(out);
+                return;
+            }
+            Err(e) => {
+                let r = match e {
+                    smtp_proto::Error::InvalidSenderAddress => {
+                        Reply::new(501, "5.1.7", "bad sender address syntax")
+                    }
+                    smtp_proto::Error::InvalidRecipientAddress => {
+                        Reply::new(501, "5.1.3", "bad recipient address syntax")
+                    }
+                    smtp_proto::Error::UnsupportedParameter { .. } => {
+                        Reply::new(555, "5.5.4", "parameter not supported")
+                    }
+                    smtp_proto::Error::InvalidParameter { .. } => {
+                        Reply::new(501, "5.5.4", "invalid parameter")
+                    }
+                    _ => Reply::new(501, "5.5.2", "syntax error"),
+                };
+                out.push(self.error(r));
+                return;
+            }
+        };
+        match req {
+            Request::Ehlo { host } => {
+                self.reset();
+                self.helo = Some(host.clone());
+                self.esmtp = true;
+                let mut text = format!(
+                    "{} greets {host}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8",
+                    self.cfg.hostname, self.cfg.limits.max_message
+                );
+                if self.cfg.tls_available && !self.tls {
+                    text.push_str("\nSTARTTLS");
+                }
+                out.push(Event::Reply(Reply::new(250, "", text)));
+            }
+            Request::Helo { host } => {
+                self.reset();
+                self.helo = Some(host);
+                self.esmtp = false;
+                out.push(Event::Reply(Reply::new(250, "", self.cfg.hostname.clone())));
+            }
+            Request::Lhlo { .. } => {
+                out.push(self.error(Reply::new(500, "5.5.1", "LHLO is for LMTP")))
+            }
+            Request::StartTls => {
+                if !self.cfg.tls_available || self.tls {
+                    out.push(self.error(Reply::new(502, "5.5.1", "STARTTLS not available")));
+                } else {
+                    out.push(Event::Reply(Reply::new(220, "2.0.0", "ready to start TLS")));
+                    // RFC 3207 §4.2 and CVE-2011-0411: nothing pipelined before the
+                    // handshake may be acted on after it.
+                    self.pending.clear();
+                    self.state = State::Waiting;
+                    out.push(Event::StartTls);
+                }
+            }
+            Request::Mail { from } => {
+                if self.helo.is_none() {
+                    out.push(self.error(Reply::new(503, "5.5.1", "say EHLO first")));
+                } else if self.mail_from.is_some() {
+                    out.push(self.error(Reply::new(503, "5.5.1", "nested MAIL command")));
+                } else if from.size > self.cfg.limits.max_message {
+                    out.push(Event::Reply(Reply::new(
+                        552,
+                        "5.3.4",
+                        format!(
+                            "message size exceeds fixed maximum of {} bytes",
+                            self.cfg.limits.max_message
+                        ),
+                    )));
+                } else if from.flags & MAIL_SMTPUTF8 != 0 && !self.esmtp {
+                    out.push(self.error(Reply::new(503, "5.5.1", "SMTPUTF8 needs EHLO")));
+                } else {
+                    self.smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
+                    self.mail_from = Some(from.address);
+                    out.push(Event::Reply(Reply::new(250, "2.1.0", "sender ok")));
+                }
+            }
+            Request::Rcpt { to } => {
+                if self.mail_from.is_none() {
+                    out.push(self.error(Reply::new(503, "5.5.1", "need MAIL before RCPT")));
+                } else if self.recipients.len() >= self.cfg.limits.max_recipients {
+                    out.push(Event::Reply(Reply::new(
+                        452,
+                        "4.5.3",
+                        "too many recipients",
+                    )));
+                } else {
+                    match Address::parse(&to.address) {
+                        Err(_) => out.push(self.error(Reply::new(
+                            501,
+                            "5.1.3",
+                            "bad recipient address syntax",
+                        ))),
+                        Ok(a) if a.domain() != self.cfg.domain => {
+                            // Never an open relay.
+                            out.push(Event::Reply(Reply::new(
+                                550,
+                                "5.7.1",
+                                format!("relaying to {} denied", a.domain()),
+                            )));
+                        }
+                        Ok(a) if self.recipients.contains(&a) => {
+                            out.push(Event::Reply(Reply::new(
+                                250,
+                                "2.1.5",
+                                "recipient ok (duplicate)",
+                            )));
+                        }
+                        Ok(a) => {
+                            self.state = State::Waiting;
+                            out.push(Event::CheckRecipient(a));
+                        }
+                    }
+                }
+            }
+            Request::Data => {
+                if self.mail_from.is_none() {
+                    out.push(self.error(Reply::new(503, "5.5.1", "need MAIL before DATA")));
+                } else if self.recipients.is_empty() {
+                    out.push(self.error(Reply::new(554, "5.5.1", "no valid recipients")));
+                } else {
+                    let mut rx = DataReceiver::new();
+                    let mut buf = Vec::new();
+                    // Prime the receiver as if after a CRLF, so ".\r\n" at once ends an empty message.
+                    rx.ingest(&mut b"\r\n".iter(), &mut buf);
+                    buf.clear();
+                    self.state = State::Data(Box::new(DataState {
+                        rx,
+                        buf,
+                        too_big: false,
+                    }));
+                    out.push(Event::Reply(Reply::new(
+                        354,
+                        "",
+                        "end data with <CR><LF>.<CR><LF>",
+                    )));
+                }
+            }
+            Request::Bdat { .. } => {
+                out.push(self.error(Reply::new(502, "5.5.1", "CHUNKING not offered")))
+            }
+            Request::Auth { .. } => {
+                out.push(self.error(Reply::new(502, "5.5.1", "AUTH not offered on this port")))
+            }
+            Request::Rset => {
+                self.junk += 1;
+                self.reset();
+                out.push(Event::Reply(Reply::new(250, "2.0.0", "ok")));
+                self.check_junk(out);
+            }
+            Request::Noop { .. } => {
+                self.junk += 1;
+                out.push(Event::Reply(Reply::new(250, "2.0.0", "ok")));
+                self.check_junk(out);
+            }
+            Request::Vrfy { .. } => {
+                self.junk += 1;
+                // RFC 5321 §3.5.3: cannot verify, but will accept and attempt delivery.
+                out.push(Event::Reply(Reply::new(
+                    252,
+                    "2.5.0",
+                    "cannot VRFY user; send mail and it will be delivered if the user exists",
+                )));
+                self.check_junk(out);
+            }
+            Request::Help { .. } => {
+                self.junk += 1;
+                out.push(Event::Reply(Reply::new(214, "2.0.0", "see RFC 5321")));
+                self.check_junk(out);
+            }
+            Request::Quit => {
+                out.push(Event::Reply(Reply::new(221, "2.0.0", "bye")));
+                out.push(Event::Close);
+            }
+            Request::Expn { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. } => {
+                out.push(self.error(Reply::new(502, "5.5.1", "command not implemented")));
+            }
+        }
+    }
+
+    fn check_junk(&mut self, out: &mut Vec<Event>) {
+        if self.junk > self.cfg.limits.max_junk_commands {
+            out.push(Event::Reply(Reply::new(
+                421,
+                "4.7.0",
+                "too many commands without mail; closing",
+            )));
+            out.push(Event::Close);
+        }
+    }
+
+    fn end_of_data(&mut self, d: DataState) -> Option<Event> {
+        let reply = if d.too_big {
+            Some(Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "message exceeds fixed maximum size of {} bytes",
+                    self.cfg.limits.max_message
+                ),
+            ))
+        } else if has_bare_cr_or_lf(&d.buf) {
+            // RFC 5321 §2.3.8: CR and LF only as CRLF. Refused rather than repaired, so a
+            // smuggled end-of-data can never mean one thing here and another downstream.
+            Some(Reply::new(
+                554,
+                "5.6.0",
+                "message has bare CR or LF line endings; refused",
+            ))
+        } else {
+            None
+        };
+        if let Some(r) = reply {
+            self.reset();
+            return Some(Event::Reply(r));
+        }
+        let tx = Transaction {
+            helo: self.helo.clone().unwrap_or_default(),
+            mail_from: self.mail_from.clone().unwrap_or_default(),
+            recipients: std::mem::take(&mut self.recipients),
+            data: d.buf,
+            smtputf8: self.smtputf8,
+        };
+        self.state = State::Waiting;
+        Some(Event::Message(tx))
+    }
+
+    /// The driver's answer to [`Event::CheckRecipient`].
+    pub fn recipient_checked(&mut self, rcpt: Address, result: Result<(), Reply>) -> Reply {
+        self.state = State::Command;
+        match result {
+            Ok(()) => {
+                self.recipients.push(rcpt);
+                Reply::new(250, "2.1.5", "recipient ok")
+            }
+            Err(r) => {
+                if !r.is_positive() {
+                    self.errors += 1;
+                }
+                r
+            }
+        }
+    }
+
+    /// The driver's answer to [`Event::Message`]: the reply for the whole transaction.
+    pub fn message_done(&mut self, reply: Reply) -> Reply {
+        self.state = State::Command;
+        self.reset();
+        reply
+    }
+
+    /// TLS is up: the session starts over (RFC 3207 §4.2).
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.esmtp = false;
+        self.reset();
+        self.pending.clear();
+        self.state = State::Command;
+    }
+}
+
+/// True when a CR is not followed by LF or an LF is not preceded by CR.
+fn has_bare_cr_or_lf(data: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for (i, &b) in data.iter().enumerate() {
+        if b == b'\n' && prev != b'\r' {
+            return true;
+        }
+        if b == b'\r' && data.get(i + 1) != Some(&b'\n') {
+            return true;
+        }
+        prev = b;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests;

@@ -2,4 +2,6 @@
 //! DMARC ([`verify`]), sealing to recipients ([`deliver`]) and the tokio driver ([`server`]).
 
 pub mod deliver;
+pub mod server;
 pub mod session;
+pub mod verify;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod smtp;
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::{Path, PathBuf};
@@ -342,15 +343,19 @@ async fn serve(config: Option<&Path>) -> Result<()> {
     } else {
         "http"
     };
-    let running = letterme_server::start(config, Arc::new(SystemClock)).await?;
-    println!(
-        "letterme serving {domain} on {scheme}://{}",
-        running.local_addr
-    );
-    running
-        .run_until(shutdown_signal())
-        .await
-        .context("the HTTP server failed")?;
+        let running = letterme_server::start(config.clone(), Arc::new(SystemClock)).await?;
+    let (stop_smtp, smtp_stop) = tokio::sync::watch::channel(false);
+    let smtp = match config.smtp.listen {
+        Some(addr) => Some(smtp::start(&config, &running, addr, smtp_stop).await?),
+        None => None,
+    };
+    match smtp {
+        Some(s) => println!("letterme serving {domain} on {scheme}://{}, smtp {s}", running.local_addr),
+        None => println!("letterme serving {domain} on {scheme}://{}", running.local_addr),
+    }
+    let result = running.run_until(shutdown_signal()).await;
+    let _ = stop_smtp.send(true);
+    result.context("the HTTP server failed")?;
     Ok(())
 }
 

@@ -109,6 +109,17 @@ impl Config {
                 self.http.listen
             ));
         }
+        if !matches!(self.policy.dmarc.as_str(), "strict" | "published" | "off") {
+            return Err(format!(
+                "policy.dmarc {:?}: expected strict, published or off",
+                self.policy.dmarc
+            ));
+        }
+        for a in &self.policy.allow {
+            for n in &a.networks {
+                parse_cidr(n).map_err(|e| format!("policy.allow {:?}: {e}", a.name))?;
+            }
+        }
         if self.policy.retention_days == 0 {
             return Err("policy.retention_days must be at least 1".into());
         }
@@ -117,6 +128,22 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Parses `198.51.100.0/24`, `2001:db8::/32` or a bare address.
+pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, ""));
+    let ip: std::net::IpAddr = ip.trim().parse().map_err(|_| format!("{s:?} is not an IP network"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = if len.is_empty() {
+        max
+    } else {
+        len.parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?
+    };
+    Ok((ip, len))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -166,6 +193,27 @@ pub struct SmtpConfig {
     pub listen: Option<SocketAddr>,
     #[serde(default = "default_smtp_size")]
     pub max_message_size: ByteSize,
+    /// Name in the greeting and in Authentication-Results; default: the domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    #[serde(default = "default_max_sessions_per_ip")]
+    pub max_sessions_per_ip: usize,
+}
+
+fn default_max_recipients() -> usize {
+    100
+}
+
+fn default_max_sessions() -> usize {
+    512
+}
+
+fn default_max_sessions_per_ip() -> usize {
+    20
 }
 
 impl Default for SmtpConfig {
@@ -173,6 +221,10 @@ impl Default for SmtpConfig {
         Self {
             listen: default_smtp_listen(),
             max_message_size: default_smtp_size(),
+            hostname: None,
+            max_recipients: default_max_recipients(),
+            max_sessions: default_max_sessions(),
+            max_sessions_per_ip: default_max_sessions_per_ip(),
         }
     }
 }
@@ -186,12 +238,36 @@ fn default_smtp_size() -> ByteSize {
     ByteSize(25 * 1000 * 1000)
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     /// Absent: the system resolver.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nameservers: Vec<SocketAddr>,
+    /// Per-query timeout in milliseconds.
+    #[serde(default = "default_dns_timeout")]
+    pub timeout_ms: u64,
+    /// Retries after the first try.
+    #[serde(default = "default_dns_attempts")]
+    pub attempts: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            timeout_ms: default_dns_timeout(),
+            attempts: default_dns_attempts(),
+        }
+    }
+}
+
+fn default_dns_timeout() -> u64 {
+    3000
+}
+
+fn default_dns_attempts() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,6 +277,22 @@ pub struct PolicyConfig {
     pub dmarc: String,
     #[serde(default = "default_retention")]
     pub retention_days: u32,
+    /// Named exceptions for forwarders and lists that break DKIM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AllowConfig>,
+}
+
+/// `[[policy.allow]]`: mail from these networks, or with a passing SPF for these domains,
+/// is accepted whatever DMARC says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowConfig {
+    pub name: String,
+    /// CIDR networks, e.g. `198.51.100.0/24`.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub spf_domains: Vec<String>,
 }
 
 impl Default for PolicyConfig {
@@ -208,6 +300,7 @@ impl Default for PolicyConfig {
         Self {
             dmarc: default_dmarc(),
             retention_days: default_retention(),
+            allow: Vec::new(),
         }
     }
 }

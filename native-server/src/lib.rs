@@ -35,7 +35,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const PURGE_INTERVAL: Duration = Duration::from_hours(1);
 
 /// The time source; injected so tests can move it.
-pub trait Clock: Send + Sync + 'static {
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Unix seconds.
     fn now(&self) -> u64;
     /// Unix seconds with a fraction, for rate limiting.
@@ -93,6 +93,8 @@ pub struct Running {
     pub local_addr: SocketAddr,
     pub domain_key: IdentityPublicKey,
     pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    signing: SigningKeypair,
     state: Arc<api::AppState>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -126,6 +128,11 @@ impl Running {
                 self.shutdown().await
             }
         }
+    }
+
+    /// The domain's signing key, for in-process adapters that seal as the domain.
+    pub fn domain_signing_key(&self) -> &SigningKeypair {
+        &self.signing
     }
 
     /// Runs the retention purge now (it also runs every [`PURGE_INTERVAL`]).
@@ -210,6 +217,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         local_addr,
         domain_key: domain_key.public(),
         store,
+        clock: clock.clone(),
+        signing: domain_key.clone(),
         state,
         shutdown: tx,
         task,

@@ -3,6 +3,9 @@
 //! in-process server with an injectable clock for tests that must move time.
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
 
+pub mod dkim;
+pub mod dns;
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -51,20 +54,25 @@ pub fn free_port() -> u16 {
 pub struct ServerProc {
     pub child: Child,
     pub url: String,
+    /// The SMTP listener, when the config enables it.
+    pub smtp: Option<SocketAddr>,
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
 }
 
 impl ServerProc {
-    /// Writes a config for `domain` under `root` and starts the server.
+    /// Writes a config for `domain` under `root` and starts the server. `extra_toml` is
+    /// top-level dotted keys, e.g. `limits.quota = "1MB"`.
     pub fn start(root: &Path, domain: &str, extra_toml: &str) -> Self {
         let port = free_port();
+        let smtp = free_port();
         let data_dir = root.join("server-data");
         let config_path = root.join("letterme.toml");
         std::fs::write(
             &config_path,
             format!(
-                "domain = \"{domain}\"\ndata_dir = \"{}\"\n{extra_toml}\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+                "domain = \"{domain}\"\ndata_dir = \"{}\"\nhttp.listen = \"127.0.0.1:{port}\"\n\
+                 smtp.listen = \"127.0.0.1:{smtp}\"\n{extra_toml}\n",
                 data_dir.display()
             ),
         )
@@ -102,10 +110,13 @@ impl ServerProc {
                     data_dir.join("server.log").display()
                 )
             })
+            .trim_end_matches(',')
             .to_owned();
+        let smtp = line.split_once(", smtp ").and_then(|(_, a)| a.trim().parse().ok());
         Self {
             child,
             url,
+            smtp,
             config_path,
             data_dir,
         }

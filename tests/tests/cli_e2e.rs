@@ -195,7 +195,7 @@ fn an_acknowledged_message_survives_kill_9_and_is_deleted_only_after_the_ack() {
 
 #[test]
 fn user_errors_are_one_clear_line() {
-    let mut s = setup("[limits]\nmax_message_size = \"64KB\"\n");
+    let mut s = setup("limits.max_message_size = \"64KB\"");
     let e = user_error(&cli_with(&s.alice, &["list"], None, "not the passphrase"));
     assert!(e.contains("wrong passphrase"), "{e}");
 

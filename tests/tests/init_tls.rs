@@ -18,6 +18,7 @@ fn init_then_serve_over_tls() {
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    let smtp_listen = format!("127.0.0.1:{}", free_port());
     let url = format!("https://127.0.0.1:{port}");
     let config = root.path().join("letterme.toml");
     let data = root.path().join("data");
@@ -33,6 +34,8 @@ fn init_then_serve_over_tls() {
         &listen,
         "--public-url",
         &url,
+        "--smtp-listen",
+        &smtp_listen,
     ];
     let out = ok(&run(&args, root.path()));
     assert!(

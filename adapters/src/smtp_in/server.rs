@@ -80,7 +80,7 @@ pub async fn serve(listener: TcpListener, smtp: Arc<SmtpIn>, mut shutdown: watch
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|s| *s) => return,
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         };
         let smtp = smtp.clone();
         let per_ip = per_ip.clone();

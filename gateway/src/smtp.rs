@@ -1,0 +1,87 @@
+//! Wiring of the inbound SMTP adapter into `letterme serve`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use letterme_adapters::smtp_in::server::{ConnLimits, SmtpIn, serve};
+use letterme_adapters::smtp_in::session::{Limits, SessionConfig};
+use letterme_adapters::smtp_in::verify::{DnsSettings, authenticator};
+use letterme_policy::{AllowEntry, DmarcMode};
+use letterme_server::{Config, Running};
+use tokio::sync::watch;
+
+/// Binds the SMTP listener and serves it until `stop` turns true. Returns the bound address.
+pub async fn start(config: &Config, server: &Running, addr: SocketAddr, stop: watch::Receiver<bool>) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for SMTP on {addr} (is another server running there?)"))?;
+    let local = listener.local_addr()?;
+    let dmarc: DmarcMode = config.policy.dmarc.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let allow = config
+        .policy
+        .allow
+        .iter()
+        .map(|a| {
+            Ok(AllowEntry {
+                name: a.name.clone(),
+                networks: a
+                    .networks
+                    .iter()
+                    .map(|n| letterme_server::config::parse_cidr(n).map_err(|e| anyhow::anyhow!(e)))
+                    .collect::<Result<_>>()?,
+                spf_domains: a.spf_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let auth = authenticator(&DnsSettings {
+        nameservers: config.dns.nameservers.clone(),
+        timeout: Duration::from_millis(config.dns.timeout_ms),
+        attempts: config.dns.attempts,
+    })
+    .map_err(|e| anyhow::anyhow!("cannot set up DNS for SMTP verification: {e}"))?;
+    let tls = tls_acceptor(config)?;
+    let smtp = Arc::new(SmtpIn {
+        session: SessionConfig {
+            hostname: config.smtp.hostname.clone().unwrap_or_else(|| config.domain.clone()),
+            domain: config.domain.clone(),
+            limits: Limits {
+                max_message: usize::try_from(config.smtp.max_message_size.0).unwrap_or(usize::MAX),
+                max_recipients: config.smtp.max_recipients,
+                ..Limits::default()
+            },
+            tls_available: tls.is_some(),
+        },
+        conn: ConnLimits {
+            max_sessions: config.smtp.max_sessions,
+            max_sessions_per_ip: config.smtp.max_sessions_per_ip,
+            ..ConnLimits::default()
+        },
+        store: server.store.clone(),
+        domain_key: server.domain_signing_key().clone(),
+        authenticator: auth,
+        dmarc,
+        allow,
+        quota: config.limits.quota.0,
+        tls,
+        clock: server.clock.clone(),
+    });
+    tokio::spawn(serve(listener, smtp, stop));
+    Ok(local)
+}
+
+/// STARTTLS uses the HTTP listener's certificate, or the one `init` generated.
+fn tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>> {
+    let (cert, key) = match &config.http.tls {
+        Some(t) => (t.cert.clone(), t.key.clone()),
+        None => (config.data_dir.join("tls/cert.pem"), config.data_dir.join("tls/key.pem")),
+    };
+    if !cert.exists() || !key.exists() {
+        return Ok(None);
+    }
+    let base = letterme_server::tls::server_config(&cert, &key)?;
+    let mut tls = (*base).clone();
+    tls.alpn_protocols.clear();
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))))
+}

@@ -343,15 +343,21 @@ async fn serve(config: Option<&Path>) -> Result<()> {
     } else {
         "http"
     };
-        let running = letterme_server::start(config.clone(), Arc::new(SystemClock)).await?;
+    let running = letterme_server::start(config.clone(), Arc::new(SystemClock)).await?;
     let (stop_smtp, smtp_stop) = tokio::sync::watch::channel(false);
     let smtp = match config.smtp.listen {
         Some(addr) => Some(smtp::start(&config, &running, addr, smtp_stop).await?),
         None => None,
     };
     match smtp {
-        Some(s) => println!("letterme serving {domain} on {scheme}://{}, smtp {s}", running.local_addr),
-        None => println!("letterme serving {domain} on {scheme}://{}", running.local_addr),
+        Some(s) => println!(
+            "letterme serving {domain} on {scheme}://{}, smtp {s}",
+            running.local_addr
+        ),
+        None => println!(
+            "letterme serving {domain} on {scheme}://{}",
+            running.local_addr
+        ),
     }
     let result = running.run_until(shutdown_signal()).await;
     let _ = stop_smtp.send(true);

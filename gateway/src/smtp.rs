@@ -13,12 +13,21 @@ use letterme_server::{Config, Running};
 use tokio::sync::watch;
 
 /// Binds the SMTP listener and serves it until `stop` turns true. Returns the bound address.
-pub async fn start(config: &Config, server: &Running, addr: SocketAddr, stop: watch::Receiver<bool>) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for SMTP on {addr} (is another server running there?)"))?;
+pub async fn start(
+    config: &Config,
+    server: &Running,
+    addr: SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for SMTP on {addr} (is another server running there?)")
+    })?;
     let local = listener.local_addr()?;
-    let dmarc: DmarcMode = config.policy.dmarc.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let dmarc: DmarcMode = config
+        .policy
+        .dmarc
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
     let allow = config
         .policy
         .allow
@@ -31,7 +40,11 @@ pub async fn start(config: &Config, server: &Running, addr: SocketAddr, stop: wa
                     .iter()
                     .map(|n| letterme_server::config::parse_cidr(n).map_err(|e| anyhow::anyhow!(e)))
                     .collect::<Result<_>>()?,
-                spf_domains: a.spf_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                spf_domains: a
+                    .spf_domains
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -44,7 +57,11 @@ pub async fn start(config: &Config, server: &Running, addr: SocketAddr, stop: wa
     let tls = tls_acceptor(config)?;
     let smtp = Arc::new(SmtpIn {
         session: SessionConfig {
-            hostname: config.smtp.hostname.clone().unwrap_or_else(|| config.domain.clone()),
+            hostname: config
+                .smtp
+                .hostname
+                .clone()
+                .unwrap_or_else(|| config.domain.clone()),
             domain: config.domain.clone(),
             limits: Limits {
                 max_message: usize::try_from(config.smtp.max_message_size.0).unwrap_or(usize::MAX),
@@ -75,7 +92,10 @@ pub async fn start(config: &Config, server: &Running, addr: SocketAddr, stop: wa
 fn tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>> {
     let (cert, key) = match &config.http.tls {
         Some(t) => (t.cert.clone(), t.key.clone()),
-        None => (config.data_dir.join("tls/cert.pem"), config.data_dir.join("tls/key.pem")),
+        None => (
+            config.data_dir.join("tls/cert.pem"),
+            config.data_dir.join("tls/key.pem"),
+        ),
     };
     if !cert.exists() || !key.exists() {
         return Ok(None);

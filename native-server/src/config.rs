@@ -133,7 +133,10 @@ impl Config {
 /// Parses `198.51.100.0/24`, `2001:db8::/32` or a bare address.
 pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
     let (ip, len) = s.split_once('/').unwrap_or((s, ""));
-    let ip: std::net::IpAddr = ip.trim().parse().map_err(|_| format!("{s:?} is not an IP network"))?;
+    let ip: std::net::IpAddr = ip
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP network"))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len = if len.is_empty() {
         max

@@ -37,7 +37,8 @@ impl DkimKeys {
     }
 
     fn rsa(&self) -> RsaKey<Sha256> {
-        RsaKey::<Sha256>::from_key_der(PrivateKeyDer::from_pem_slice(&self.rsa_pem).expect("pem")).expect("rsa key")
+        RsaKey::<Sha256>::from_key_der(PrivateKeyDer::from_pem_slice(&self.rsa_pem).expect("pem"))
+            .expect("rsa key")
     }
 
     fn ed(&self) -> Ed25519Key {
@@ -49,11 +50,17 @@ impl DkimKeys {
         vec![
             (
                 format!("rsa._domainkey.{}", self.domain),
-                format!("v=DKIM1; k=rsa; p={}", STANDARD.encode(self.rsa().public_key())),
+                format!(
+                    "v=DKIM1; k=rsa; p={}",
+                    STANDARD.encode(self.rsa().public_key())
+                ),
             ),
             (
                 format!("ed._domainkey.{}", self.domain),
-                format!("v=DKIM1; k=ed25519; p={}", STANDARD.encode(self.ed().public_key())),
+                format!(
+                    "v=DKIM1; k=ed25519; p={}",
+                    STANDARD.encode(self.ed().public_key())
+                ),
             ),
         ]
     }

@@ -20,13 +20,21 @@ use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 use tokio::net::{TcpListener, UdpSocket};
 
 pub fn name(s: &str) -> Name {
-    let fqdn = if s.ends_with('.') { s.to_owned() } else { format!("{s}.") };
+    let fqdn = if s.ends_with('.') {
+        s.to_owned()
+    } else {
+        format!("{s}.")
+    };
     Name::from_str(&fqdn).expect("a valid test name")
 }
 
 /// A TXT record, split into character-strings of at most 255 bytes (RFC 1035 §3.3.14).
 pub fn txt(owner: &str, value: &str) -> Record {
-    Record::from_rdata(name(owner), 60, RData::TXT(TXT::from_bytes(value.as_bytes().chunks(255).collect())))
+    Record::from_rdata(
+        name(owner),
+        60,
+        RData::TXT(TXT::from_bytes(value.as_bytes().chunks(255).collect())),
+    )
 }
 
 struct Handler {
@@ -36,7 +44,11 @@ struct Handler {
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response_handle: R) -> ResponseInfo {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
         if self.blackhole.load(Ordering::SeqCst) {
             // Nothing is sent: the client times out.
             drop(response_handle);
@@ -47,7 +59,9 @@ impl RequestHandler for Handler {
                 counts: HeaderCounts::default(),
             });
         }
-        self.catalog.handle_request::<R, T>(request, response_handle).await
+        self.catalog
+            .handle_request::<R, T>(request, response_handle)
+            .await
     }
 }
 
@@ -61,7 +75,9 @@ pub struct TestDns {
 
 impl std::fmt::Debug for TestDns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestDns").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("TestDns")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,8 +94,17 @@ impl TestDns {
             }
         };
         let addr = udp.local_addr()?;
-        let mut zone = InMemoryZoneHandler::empty(Name::root(), ZoneType::Primary, AxfrPolicy::Deny);
-        let soa = SOA::new(name("ns.test"), name("hostmaster.test"), 1, 3600, 600, 86400, 60);
+        let mut zone =
+            InMemoryZoneHandler::empty(Name::root(), ZoneType::Primary, AxfrPolicy::Deny);
+        let soa = SOA::new(
+            name("ns.test"),
+            name("hostmaster.test"),
+            1,
+            3600,
+            600,
+            86400,
+            60,
+        );
         assert!(zone.upsert_mut(Record::from_rdata(Name::root(), 3600, RData::SOA(soa)), 1));
         for r in records {
             assert!(zone.upsert_mut(r, 1), "record rejected");

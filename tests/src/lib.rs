@@ -112,7 +112,9 @@ impl ServerProc {
             })
             .trim_end_matches(',')
             .to_owned();
-        let smtp = line.split_once(", smtp ").and_then(|(_, a)| a.trim().parse().ok());
+        let smtp = line
+            .split_once(", smtp ")
+            .and_then(|(_, a)| a.trim().parse().ok());
         Self {
             child,
             url,

@@ -62,7 +62,7 @@ pub async fn seal_and_store(
     let body = parsed
         .as_ref()
         .and_then(|m| m.body_text(0))
-        .map(|b| b.into_owned())
+        .map(std::borrow::Cow::into_owned)
         .unwrap_or_default();
     let message_id = parsed
         .as_ref()

@@ -99,7 +99,10 @@ pub async fn serve(listener: TcpListener, smtp: Arc<SmtpIn>, mut shutdown: watch
             }
         });
         if !admitted {
-            tokio::spawn(refuse(stream, "too many connections from your address; try again later"));
+            tokio::spawn(refuse(
+                stream,
+                "too many connections from your address; try again later",
+            ));
             continue;
         }
         tokio::spawn(async move {
@@ -129,7 +132,7 @@ async fn refuse(mut stream: TcpStream, why: &str) {
 
 enum Outcome<S> {
     Closed,
-    StartTls(S, Session),
+    StartTls(S, Box<Session>),
 }
 
 async fn session(stream: TcpStream, peer: SocketAddr, smtp: &SmtpIn) -> std::io::Result<()> {
@@ -145,13 +148,15 @@ async fn session(stream: TcpStream, peer: SocketAddr, smtp: &SmtpIn) -> std::io:
     match run(stream, s, smtp).await? {
         Outcome::Closed => Ok(()),
         Outcome::StartTls(stream, next) => {
-            s = next;
+            s = *next;
             let Some(acceptor) = &smtp.tls else {
                 return Ok(());
             };
             let tls = tokio::time::timeout(smtp.conn.command_timeout, acceptor.accept(stream))
                 .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
             s.tls_started();
             match run(tls, s, smtp).await? {
                 Outcome::Closed | Outcome::StartTls(..) => Ok(()),
@@ -161,7 +166,11 @@ async fn session(stream: TcpStream, peer: SocketAddr, smtp: &SmtpIn) -> std::io:
 }
 
 /// Reads, feeds, answers, writes — until the session closes or asks for TLS.
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, mut s: Session, smtp: &SmtpIn) -> std::io::Result<Outcome<S>> {
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    mut s: Session,
+    smtp: &SmtpIn,
+) -> std::io::Result<Outcome<S>> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     loop {
@@ -200,7 +209,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, mut s: Session, s
                     Event::StartTls => {
                         stream.write_all(&out).await?;
                         stream.flush().await?;
-                        return Ok(Outcome::StartTls(stream, s));
+                        return Ok(Outcome::StartTls(stream, Box::new(s)));
                     }
                     Event::Close => {
                         stream.write_all(&out).await?;
@@ -228,20 +237,36 @@ async fn check_recipient(smtp: &SmtpIn, rcpt: &Address) -> Result<(), Reply> {
         Ok(None) => Err(Reply::new(550, "5.1.1", format!("no such user: {rcpt}"))),
         Err(e) => {
             tracing::error!(error = %e, "recipient lookup failed");
-            Err(Reply::new(451, "4.3.0", "temporary failure looking up the recipient"))
+            Err(Reply::new(
+                451,
+                "4.3.0",
+                "temporary failure looking up the recipient",
+            ))
         }
     }
 }
 
 async fn accept_message(smtp: &SmtpIn, s: &Session, tx: super::session::Transaction) -> Reply {
     let ip = s.peer;
-    let verified = verify(&smtp.authenticator, &smtp.session.hostname, &tx.data, ip, &tx.helo, &tx.mail_from).await;
+    let verified = verify(
+        &smtp.authenticator,
+        &smtp.session.hostname,
+        &tx.data,
+        ip,
+        &tx.helo,
+        &tx.mail_from,
+    )
+    .await;
     let decision = decide(smtp.dmarc, &verified.evidence, &smtp.allow);
     let e = &verified.evidence;
     let dkim = if e.dkim.is_empty() {
         "none".to_owned()
     } else {
-        e.dkim.iter().map(|(r, d)| format!("{}({d})", r.as_str())).collect::<Vec<_>>().join(",")
+        e.dkim
+            .iter()
+            .map(|(r, d)| format!("{}({d})", r.as_str()))
+            .collect::<Vec<_>>()
+            .join(",")
     };
     let (quarantine, note) = match decision {
         Decision::Accept { note } => (false, note),
@@ -279,11 +304,19 @@ async fn accept_message(smtp: &SmtpIn, s: &Session, tx: super::session::Transact
             tracing::info!(%ip, mail_from = %tx.mail_from, rcpts, size, quarantine, "smtp message accepted and sealed");
             Reply::new(250, "2.0.0", "message sealed and stored")
         }
-        Err(DeliverError::Quota(who)) => Reply::new(452, "4.2.2", format!("mailbox of {who} is full")),
-        Err(DeliverError::UnknownUser(who)) => Reply::new(550, "5.1.1", format!("no such user: {who}")),
+        Err(DeliverError::Quota(who)) => {
+            Reply::new(452, "4.2.2", format!("mailbox of {who} is full"))
+        }
+        Err(DeliverError::UnknownUser(who)) => {
+            Reply::new(550, "5.1.1", format!("no such user: {who}"))
+        }
         Err(e) => {
             tracing::error!(error = %e, "sealing or storing an inbound message failed");
-            Reply::new(451, "4.3.0", "temporary local failure; nothing was stored, try again later")
+            Reply::new(
+                451,
+                "4.3.0",
+                "temporary local failure; nothing was stored, try again later",
+            )
         }
     }
 }

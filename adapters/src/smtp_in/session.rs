@@ -237,8 +237,10 @@ impl Session {
                     let State::Data(d) = std::mem::replace(&mut self.state, State::Command) else {
                         unreachable!("in the data state");
                     };
-                    if let Some(ev) = self.end_of_data(*d) {
-                        out.push(ev);
+                    let ev = self.end_of_data(*d);
+                    let wait = matches!(ev, Event::Message(_));
+                    out.push(ev);
+                    if wait {
                         break;
                     }
                 }
@@ -352,7 +354,7 @@ impl Session {
                 out.push(Event::Reply(Reply::new(250, "", self.cfg.hostname.clone())));
             }
             Request::Lhlo { .. } => {
-                out.push(self.error(Reply::new(500, "5.5.1", "LHLO is for LMTP")))
+                out.push(self.error(Reply::new(500, "5.5.1", "LHLO is for LMTP")));
             }
             Request::StartTls => {
                 if !self.cfg.tls_available || self.tls {
@@ -450,10 +452,10 @@ impl Session {
                 }
             }
             Request::Bdat { .. } => {
-                out.push(self.error(Reply::new(502, "5.5.1", "CHUNKING not offered")))
+                out.push(self.error(Reply::new(502, "5.5.1", "CHUNKING not offered")));
             }
             Request::Auth { .. } => {
-                out.push(self.error(Reply::new(502, "5.5.1", "AUTH not offered on this port")))
+                out.push(self.error(Reply::new(502, "5.5.1", "AUTH not offered on this port")));
             }
             Request::Rset => {
                 self.junk += 1;
@@ -505,7 +507,7 @@ impl Session {
         }
     }
 
-    fn end_of_data(&mut self, d: DataState) -> Option<Event> {
+    fn end_of_data(&mut self, d: DataState) -> Event {
         let reply = if d.too_big {
             Some(Reply::new(
                 552,
@@ -528,7 +530,7 @@ impl Session {
         };
         if let Some(r) = reply {
             self.reset();
-            return Some(Event::Reply(r));
+            return Event::Reply(r);
         }
         let tx = Transaction {
             helo: self.helo.clone().unwrap_or_default(),
@@ -538,7 +540,7 @@ impl Session {
             smtputf8: self.smtputf8,
         };
         self.state = State::Waiting;
-        Some(Event::Message(tx))
+        Event::Message(tx)
     }
 
     /// The driver's answer to [`Event::CheckRecipient`].

@@ -10,10 +10,14 @@ use letterme_policy::{AuthResult, DmarcPolicy, Evidence};
 use mail_auth::common::headers::HeaderWriter as _;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts, ServerOrderingStrategy,
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+    ServerOrderingStrategy,
 };
 use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator, SpfResult};
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
+    SpfResult,
+};
 
 /// DNS settings for verification.
 #[derive(Debug, Clone)]
@@ -52,7 +56,8 @@ pub fn authenticator(dns: &DnsSettings) -> Result<MessageAuthenticator, String> 
             NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
         })
         .collect();
-    MessageAuthenticator::new(ResolverConfig::from_name_servers(servers), opts).map_err(|e| e.to_string())
+    MessageAuthenticator::new(ResolverConfig::from_name_servers(servers), opts)
+        .map_err(|e| e.to_string())
 }
 
 /// What the verifier found, plus the header to prepend.
@@ -72,9 +77,13 @@ pub async fn verify(
     helo: &str,
     mail_from: &str,
 ) -> Verified {
-    let spf_helo = auth.verify_spf(SpfParameters::verify_ehlo(ip, helo, hostname)).await;
+    let spf_helo = auth
+        .verify_spf(SpfParameters::verify_ehlo(ip, helo, hostname))
+        .await;
     let spf_mail = auth
-        .verify_spf(SpfParameters::verify_mail_from(ip, helo, hostname, mail_from))
+        .verify_spf(SpfParameters::verify_mail_from(
+            ip, helo, hostname, mail_from,
+        ))
         .await;
     let spf_domain = mail_from
         .rsplit_once('@')
@@ -111,7 +120,10 @@ pub async fn verify(
     let dkim_results: Vec<(AuthResult, String)> = dkim
         .iter()
         .map(|o| {
-            let domain = o.signature().map(|s| s.d.to_ascii_lowercase()).unwrap_or_default();
+            let domain = o
+                .signature()
+                .map(|s| s.d.to_ascii_lowercase())
+                .unwrap_or_default();
             (dkim_result(o.result()), domain)
         })
         .collect();
@@ -253,13 +265,22 @@ mod tests {
         assert!(relaxed_aligned("a.example.co.uk", "b.example.co.uk"));
         assert!(!relaxed_aligned("example.co.uk", "other.co.uk"));
         assert!(!relaxed_aligned("sender.test", "evil.test"));
-        assert_eq!(single_from_domain(b"From: A <a@Sender.TEST>\r\n\r\nx").as_deref(), Some("sender.test"));
+        assert_eq!(
+            single_from_domain(b"From: A <a@Sender.TEST>\r\n\r\nx").as_deref(),
+            Some("sender.test")
+        );
         assert_eq!(
             single_from_domain(b"From: \"a@sender.test\" <x@evil.test>\r\n\r\nx").as_deref(),
             Some("evil.test")
         );
-        assert_eq!(single_from_domain(b"From: a@s.test, b@t.test\r\n\r\nx"), None);
-        assert_eq!(single_from_domain(b"From: a@s.test\r\nFrom: b@s.test\r\n\r\nx"), None);
+        assert_eq!(
+            single_from_domain(b"From: a@s.test, b@t.test\r\n\r\nx"),
+            None
+        );
+        assert_eq!(
+            single_from_domain(b"From: a@s.test\r\nFrom: b@s.test\r\n\r\nx"),
+            None
+        );
         assert_eq!(single_from_domain(b"Subject: x\r\n\r\nx"), None);
     }
 }

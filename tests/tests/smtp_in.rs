@@ -1,0 +1,322 @@
+//! Inbound SMTP end to end: python's smtplib as the sending MTA, an in-process DNS server
+//! serving SPF, DKIM and DMARC records, the real `letterme serve`, and the recipient
+//! reading the sealed message with the CLI.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use letterme_tests::dkim::DkimKeys;
+use letterme_tests::dns::{TestDns, txt};
+use letterme_tests::{ServerProc, cli, contains, files_under, ok};
+use serde_json::Value;
+
+struct World {
+    rt: tokio::runtime::Runtime,
+    dns: TestDns,
+    server: ServerProc,
+    root: tempfile::TempDir,
+    bob: PathBuf,
+    carol: PathBuf,
+    sender_keys: DkimKeys,
+    dkimonly_keys: DkimKeys,
+}
+
+fn world(policy: &str) -> World {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sender_keys = DkimKeys::new("sender.test");
+    let dkimonly_keys = DkimKeys::new("dkimonly.test");
+    let mut records = vec![
+        // sender.test: SPF for loopback, p=none, both DKIM keys.
+        txt("sender.test", "v=spf1 ip4:127.0.0.1 -all"),
+        txt("_dmarc.sender.test", "v=DMARC1; p=none"),
+        // spffail.test: SPF that excludes loopback.
+        txt("spffail.test", "v=spf1 -all"),
+        // quarantine.test: p=quarantine, SPF that excludes loopback.
+        txt("quarantine.test", "v=spf1 -all"),
+        txt("_dmarc.quarantine.test", "v=DMARC1; p=quarantine"),
+        // dkimonly.test: DKIM keys, no SPF, no DMARC. nodmarc.test / unaligned.test: nothing.
+    ];
+    for k in [&sender_keys, &dkimonly_keys] {
+        for (owner, value) in k.records() {
+            records.push(txt(&owner, &value));
+        }
+    }
+    let dns = rt.block_on(TestDns::start(records)).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "dns.nameservers = [\"{}\"]\ndns.timeout_ms = 400\ndns.attempts = 0\npolicy.dmarc = \"{policy}\"\nsmtp.max_message_size = \"200KB\"",
+        dns.addr
+    );
+    let server = ServerProc::start(root.path(), "x.test", &extra);
+    let bob = root.path().join("bob");
+    let carol = root.path().join("carol");
+    ok(&cli(
+        &bob,
+        &["account", "create", "bob@x.test", "--server", &server.url],
+        None,
+    ));
+    ok(&cli(
+        &carol,
+        &["account", "create", "carol@x.test", "--server", &server.url],
+        None,
+    ));
+    World {
+        rt,
+        dns,
+        server,
+        root,
+        bob,
+        carol,
+        sender_keys,
+        dkimonly_keys,
+    }
+}
+
+fn message(from: &str, subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: Bob <bob@x.test>\r\nSubject: {subject}\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n\
+         Message-ID: <{}@sender.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n",
+        subject.len() * 7919 + body.len()
+    )
+    .into_bytes()
+}
+
+/// Sends with smtplib; returns the (step, code, text) replies.
+fn send(
+    w: &World,
+    mail_from: &str,
+    rcpts: &[&str],
+    msg: &[u8],
+    smtputf8: bool,
+) -> Vec<(String, u16, String)> {
+    let smtp: SocketAddr = w.server.smtp.unwrap();
+    let path = w.root.path().join(format!("msg-{}.eml", rand_suffix()));
+    std::fs::write(&path, msg).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/smtp_send.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script)
+        .arg(smtp.ip().to_string())
+        .arg(smtp.port().to_string())
+        .arg("client.test")
+        .arg(mail_from)
+        .arg(rcpts.join(","))
+        .arg(&path);
+    if smtputf8 {
+        cmd.arg("smtputf8");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "smtplib failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<(String, u16, String)> = serde_json::from_slice(&out.stdout).unwrap();
+    v
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+fn data_reply(r: &[(String, u16, String)]) -> (u16, String) {
+    let last = r.last().unwrap();
+    assert_eq!(last.0, "data", "no DATA reply: {r:?}");
+    (last.1, last.2.clone())
+}
+
+fn sync_json(profile: &Path) -> Value {
+    serde_json::from_str(&ok(&cli(profile, &["sync", "--json"], None))).unwrap()
+}
+
+#[test]
+fn signed_spf_passing_mail_is_accepted_sealed_and_readable() {
+    let mut w = world("strict");
+    let subject = "CANARY-SUBJ-41c9 quarterly plan";
+    let body = "CANARY-BODY-88ad the numbers are in.";
+    let raw = w
+        .sender_keys
+        .sign(&message("Alice <alice@sender.test>", subject, body));
+    let r = send(
+        &w,
+        "alice@sender.test",
+        &["bob@x.test", "carol@x.test"],
+        &raw,
+        false,
+    );
+    assert_eq!(r[1].1, 250, "{r:?}");
+    let (code, text) = data_reply(&r);
+    assert_eq!(code, 250, "{text}");
+
+    // kill -9 right after the 250: nothing acknowledged is lost.
+    w.server.kill9();
+    w.server.restart();
+
+    for profile in [&w.bob, &w.carol] {
+        assert_eq!(sync_json(profile)["fetched"], 1);
+        let list: Value =
+            serde_json::from_str(&ok(&cli(profile, &["list", "--json"], None))).unwrap();
+        assert_eq!(list[0]["subject"], subject);
+        assert_eq!(list[0]["legacy"], true);
+        assert_eq!(list[0]["folder"], "INBOX");
+        let id = list[0]["id"].as_str().unwrap();
+        let m: Value =
+            serde_json::from_str(&ok(&cli(profile, &["read", id, "--json"], None))).unwrap();
+        assert!(m["body"].as_str().unwrap().contains(body));
+        assert_eq!(m["from"], "alice@sender.test");
+        let ar = m["legacy"]["authentication_results"].as_str().unwrap();
+        assert!(ar.contains("dkim=pass"), "{ar}");
+        assert!(
+            ar.contains("header.s=rsa") && ar.contains("header.s=ed"),
+            "both signatures verified: {ar}"
+        );
+        assert!(ar.contains("spf=pass"), "{ar}");
+        assert!(ar.contains("dmarc=pass"), "{ar}");
+        assert_eq!(m["legacy"]["disposition"], "accept");
+        let text = ok(&cli(profile, &["read", id], None));
+        assert!(text.contains("Arrived-From: classic email"), "{text}");
+    }
+
+    // The canary is nowhere on the server's disk or in its log.
+    let files = files_under(&w.server.data_dir);
+    assert!(
+        files.iter().any(|(_, b)| contains(b, b"bob@x.test")),
+        "positive control"
+    );
+    for canary in ["CANARY-SUBJ", "CANARY-BODY", "quarterly plan"] {
+        for (path, bytes) in &files {
+            assert!(
+                !contains(bytes, canary.as_bytes()),
+                "{canary} in {}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn strict_mode_rejects_unauthenticated_mail_and_stores_nothing() {
+    let w = world("strict");
+    let cases: Vec<(&str, &str, Vec<u8>, bool, &str)> = vec![
+        (
+            "body changed after signing",
+            "alice@dkimonly.test",
+            {
+                let mut m =
+                    w.dkimonly_keys
+                        .sign(&message("alice@dkimonly.test", "s", "original body"));
+                let n = m.len();
+                m[n - 5] = b'X';
+                m
+            },
+            false,
+            "5.7.",
+        ),
+        (
+            "SPF fail, no DKIM",
+            "alice@spffail.test",
+            message("alice@spffail.test", "s", "b"),
+            false,
+            "5.7.23",
+        ),
+        (
+            "DKIM valid for a domain not aligned with From",
+            "alice@unaligned.test",
+            w.dkimonly_keys
+                .sign(&message("alice@unaligned.test", "s", "b")),
+            false,
+            "5.7.22",
+        ),
+        (
+            "no SPF, no DKIM, no DMARC record",
+            "alice@nodmarc.test",
+            message("alice@nodmarc.test", "s", "b"),
+            false,
+            "5.7.26",
+        ),
+        (
+            "display-name look-alike From",
+            "alice@sender.test",
+            message("\"alice@sender.test\" <alice@evil.test>", "s", "b"),
+            false,
+            "5.7.26",
+        ),
+        (
+            "Unicode look-alike From",
+            "alice@sender.test",
+            message("alice@s\u{0435}nder.test", "s", "b"),
+            true,
+            "5.7.26",
+        ),
+    ];
+    for (name, mail_from, raw, utf8, enhanced) in cases {
+        let r = send(&w, mail_from, &["bob@x.test"], &raw, utf8);
+        let (code, text) = data_reply(&r);
+        assert_eq!(code, 550, "{name}: {text}");
+        assert!(text.starts_with(enhanced), "{name}: {text}");
+    }
+    // A properly signed message from the DKIM-only domain passes (the control for case 1).
+    let good = w
+        .dkimonly_keys
+        .sign(&message("alice@dkimonly.test", "s", "original body"));
+    assert_eq!(
+        data_reply(&send(
+            &w,
+            "alice@dkimonly.test",
+            &["bob@x.test"],
+            &good,
+            false
+        ))
+        .0,
+        250
+    );
+    // Only that one was stored.
+    assert_eq!(sync_json(&w.bob)["fetched"], 1);
+}
+
+#[test]
+fn recipients_relay_and_published_quarantine() {
+    let w = world("published");
+    let raw = message("alice@quarantine.test", "junk?", "b");
+    let r = send(
+        &w,
+        "alice@quarantine.test",
+        &["nobody@x.test", "bob@elsewhere.test", "bob@x.test"],
+        &raw,
+        false,
+    );
+    assert_eq!((r[2].1, &r[2].2[..5]), (550, "5.1.1"), "{r:?}");
+    assert_eq!(
+        (r[3].1, &r[3].2[..5]),
+        (550, "5.7.1"),
+        "no open relay: {r:?}"
+    );
+    assert_eq!(r[4].1, 250);
+    assert_eq!(
+        data_reply(&r).0,
+        250,
+        "p=quarantine is delivered to Junk in published mode"
+    );
+    assert_eq!(sync_json(&w.bob)["fetched"], 1);
+    let list: Value = serde_json::from_str(&ok(&cli(&w.bob, &["list", "--json"], None))).unwrap();
+    assert_eq!(list[0]["folder"], "Junk");
+}
+
+#[test]
+fn a_dns_timeout_is_a_tempfail_and_the_retry_succeeds() {
+    let w = world("strict");
+    let raw = w
+        .sender_keys
+        .sign(&message("alice@sender.test", "retry me", "b"));
+    w.dns.set_blackhole(true);
+    let (code, text) = data_reply(&send(&w, "alice@sender.test", &["bob@x.test"], &raw, false));
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("4.7."), "{text}");
+    w.dns.set_blackhole(false);
+    let (code, text) = data_reply(&send(&w, "alice@sender.test", &["bob@x.test"], &raw, false));
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(sync_json(&w.bob)["fetched"], 1);
+    drop(w.rt);
+}

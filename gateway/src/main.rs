@@ -3,7 +3,6 @@
 
 mod cli;
 mod demo;
-mod smtp;
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::{Path, PathBuf};
@@ -346,7 +345,9 @@ async fn serve(config: Option<&Path>) -> Result<()> {
     let running = letterme_server::start(config.clone(), Arc::new(SystemClock)).await?;
     let (stop_smtp, smtp_stop) = tokio::sync::watch::channel(false);
     let smtp = match config.smtp.listen {
-        Some(addr) => Some(smtp::start(&config, &running, addr, smtp_stop).await?),
+        Some(addr) => {
+            Some(letterme_adapters::smtp_in::start(&config, &running, addr, smtp_stop).await?)
+        }
         None => None,
     };
     match smtp {

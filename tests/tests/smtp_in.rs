@@ -23,6 +23,10 @@ struct World {
 }
 
 fn world(policy: &str) -> World {
+    world_with(policy, false)
+}
+
+fn world_with(policy: &str, tls: bool) -> World {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sender_keys = DkimKeys::new("sender.test");
     let dkimonly_keys = DkimKeys::new("dkimonly.test");
@@ -44,6 +48,15 @@ fn world(policy: &str) -> World {
     }
     let dns = rt.block_on(TestDns::start(records)).unwrap();
     let root = tempfile::tempdir().unwrap();
+    if tls {
+        let dir = root.path().join("server-data/tls");
+        letterme_server::tls::generate_self_signed(
+            &["x.test".into(), "127.0.0.1".into()],
+            &dir.join("cert.pem"),
+            &dir.join("key.pem"),
+        )
+        .unwrap();
+    }
     let extra = format!(
         "dns.nameservers = [\"{}\"]\ndns.timeout_ms = 400\ndns.attempts = 0\npolicy.dmarc = \"{policy}\"\nsmtp.max_message_size = \"200KB\"",
         dns.addr
@@ -90,6 +103,17 @@ fn send(
     msg: &[u8],
     smtputf8: bool,
 ) -> Vec<(String, u16, String)> {
+    send_opts(w, mail_from, rcpts, msg, smtputf8, None)
+}
+
+fn send_opts(
+    w: &World,
+    mail_from: &str,
+    rcpts: &[&str],
+    msg: &[u8],
+    smtputf8: bool,
+    starttls_ca: Option<&Path>,
+) -> Vec<(String, u16, String)> {
     let smtp: SocketAddr = w.server.smtp.unwrap();
     let path = w.root.path().join(format!("msg-{}.eml", rand_suffix()));
     std::fs::write(&path, msg).unwrap();
@@ -104,6 +128,9 @@ fn send(
         .arg(&path);
     if smtputf8 {
         cmd.arg("smtputf8");
+    }
+    if let Some(ca) = starttls_ca {
+        cmd.arg(format!("starttls={}", ca.display()));
     }
     let out = cmd.output().unwrap();
     assert!(
@@ -319,4 +346,29 @@ fn a_dns_timeout_is_a_tempfail_and_the_retry_succeeds() {
     assert_eq!(code, 250, "{text}");
     assert_eq!(sync_json(&w.bob)["fetched"], 1);
     drop(w.rt);
+}
+
+#[test]
+fn starttls_with_tls_1_2_or_better() {
+    let w = world_with("strict", true);
+    let raw = w
+        .sender_keys
+        .sign(&message("alice@sender.test", "over tls", "b"));
+    let ca = w.server.data_dir.join("tls/cert.pem");
+    let r = send_opts(
+        &w,
+        "alice@sender.test",
+        &["bob@x.test"],
+        &raw,
+        false,
+        Some(&ca),
+    );
+    assert!(r[0].2.contains("STARTTLS"), "offered: {r:?}");
+    assert_eq!(r[1].1, 220, "{r:?}");
+    assert!(matches!(r[2].2.as_str(), "TLSv1.3" | "TLSv1.2"), "{r:?}");
+    assert!(!r[3].2.contains("STARTTLS"), "not offered twice: {r:?}");
+    assert_eq!(data_reply(&r).0, 250, "{r:?}");
+    assert_eq!(sync_json(&w.bob)["fetched"], 1);
+    let list: Value = serde_json::from_str(&ok(&cli(&w.bob, &["list", "--json"], None))).unwrap();
+    assert_eq!(list[0]["subject"], "over tls");
 }

@@ -5,3 +5,6 @@ pub mod deliver;
 pub mod server;
 pub mod session;
 pub mod verify;
+mod wiring;
+
+pub use wiring::{StartError, start};

@@ -30,13 +30,15 @@ pub struct DnsSettings {
     pub attempts: usize,
 }
 
-/// Builds the authenticator. Its resolver caches nothing, so a record fixed in DNS is
-/// seen on the sender's next retry.
+/// Builds the authenticator. Answers are cached within their TTL (at most 5 minutes);
+/// failures (timeouts, SERVFAIL) are never cached, so a sender's retry asks again.
 pub fn authenticator(dns: &DnsSettings) -> Result<MessageAuthenticator, String> {
     let mut opts = ResolverOpts::default();
     opts.timeout = dns.timeout;
     opts.attempts = dns.attempts;
-    opts.cache_size = 0;
+    opts.cache_size = 4096;
+    opts.positive_max_ttl = Some(Duration::from_mins(5));
+    opts.negative_max_ttl = Some(Duration::from_mins(1));
     opts.use_hosts_file = ResolveHosts::Never;
     opts.num_concurrent_reqs = 1;
     opts.server_ordering_strategy = ServerOrderingStrategy::UserProvidedOrder;

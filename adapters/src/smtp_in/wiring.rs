@@ -1,16 +1,35 @@
-//! Wiring of the inbound SMTP adapter into `letterme serve`.
+//! Wiring the inbound SMTP adapter to a running native server and its config.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
-use letterme_adapters::smtp_in::server::{ConnLimits, SmtpIn, serve};
-use letterme_adapters::smtp_in::session::{Limits, SessionConfig};
-use letterme_adapters::smtp_in::verify::{DnsSettings, authenticator};
 use letterme_policy::{AllowEntry, DmarcMode};
 use letterme_server::{Config, Running};
 use tokio::sync::watch;
+
+use super::server::{ConnLimits, SmtpIn, serve};
+use super::session::{Limits, SessionConfig};
+use super::verify::{DnsSettings, authenticator};
+
+/// Why the SMTP listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("cannot listen for SMTP on {addr}: {source} (is another server running there?)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot set up DNS for SMTP verification: {0}")]
+    Dns(String),
+    #[error(transparent)]
+    Tls(#[from] letterme_server::tls::TlsError),
+}
+
+type Result<T> = std::result::Result<T, StartError>;
 
 /// Binds the SMTP listener and serves it until `stop` turns true. Returns the bound address.
 pub async fn start(
@@ -19,15 +38,13 @@ pub async fn start(
     addr: SocketAddr,
     stop: watch::Receiver<bool>,
 ) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen for SMTP on {addr} (is another server running there?)")
-    })?;
-    let local = listener.local_addr()?;
-    let dmarc: DmarcMode = config
-        .policy
-        .dmarc
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let dmarc: DmarcMode = config.policy.dmarc.parse().map_err(StartError::Config)?;
     let allow = config
         .policy
         .allow
@@ -38,8 +55,8 @@ pub async fn start(
                 networks: a
                     .networks
                     .iter()
-                    .map(|n| letterme_server::config::parse_cidr(n).map_err(|e| anyhow::anyhow!(e)))
-                    .collect::<Result<_>>()?,
+                    .map(|n| letterme_server::config::parse_cidr(n).map_err(StartError::Config))
+                    .collect::<Result<Vec<_>>>()?,
                 spf_domains: a
                     .spf_domains
                     .iter()
@@ -53,7 +70,7 @@ pub async fn start(
         timeout: Duration::from_millis(config.dns.timeout_ms),
         attempts: config.dns.attempts,
     })
-    .map_err(|e| anyhow::anyhow!("cannot set up DNS for SMTP verification: {e}"))?;
+    .map_err(StartError::Dns)?;
     let tls = tls_acceptor(config)?;
     let smtp = Arc::new(SmtpIn {
         session: SessionConfig {

@@ -23,8 +23,11 @@ pub fn letterme_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/<test> → target/<profile>
-        let dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
+        // target/<profile>/deps/<test> (tests) or target/<profile>/<bin> (tools) → target/<profile>
+        let mut dir = exe.parent().unwrap().to_owned();
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir = dir.parent().unwrap().to_owned();
+        }
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
@@ -92,7 +95,10 @@ impl ServerProc {
         let mut child = Command::new(letterme_bin())
             .args(["serve", "--config"])
             .arg(&config_path)
-            .env("LETTERME_LOG", "debug")
+            .env(
+                "LETTERME_LOG",
+                std::env::var("LETTERME_TEST_SERVER_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -197,8 +197,13 @@ fn list(dir: ProfileDir, json: bool) -> Result<()> {
         println!("no messages (run `letterme sync` to fetch new mail)");
     } else {
         for m in &messages {
+            let mark = match (&m.legacy, m.folder.as_str()) {
+                (_, "Junk") => "junk  ",
+                (Some(_), _) => "legacy",
+                (None, _) => "      ",
+            };
             println!(
-                "{}  {}  {:<28}  {}",
+                "{}  {}  {mark}  {:<28}  {}",
                 &m.id[..12],
                 date(m.date),
                 m.from,
@@ -344,7 +349,7 @@ async fn serve(config: Option<&Path>) -> Result<()> {
     };
     let running = letterme_server::start(config.clone(), Arc::new(SystemClock)).await?;
     let (stop_smtp, smtp_stop) = tokio::sync::watch::channel(false);
-    let smtp = match config.smtp.listen {
+    let smtp = match config.smtp.listen.filter(|_| config.smtp.enabled) {
         Some(addr) => {
             Some(letterme_adapters::smtp_in::start(&config, &running, addr, smtp_stop).await?)
         }

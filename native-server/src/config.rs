@@ -120,6 +120,13 @@ impl Config {
                 parse_cidr(n).map_err(|e| format!("policy.allow {:?}: {e}", a.name))?;
             }
         }
+        // Each accepted message is sealed whole into envelopes of bounded size.
+        if self.smtp.max_message_size.0 > 50_000_000 {
+            return Err("smtp.max_message_size may be at most 50MB".into());
+        }
+        if self.smtp.max_recipients == 0 || self.smtp.max_recipients > 1000 {
+            return Err("smtp.max_recipients must be between 1 and 1000".into());
+        }
         if self.policy.retention_days == 0 {
             return Err("policy.retention_days must be at least 1".into());
         }
@@ -189,6 +196,9 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
+    /// Run the inbound SMTP listener.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     #[serde(
         default = "default_smtp_listen",
         skip_serializing_if = "Option::is_none"
@@ -207,6 +217,10 @@ pub struct SmtpConfig {
     pub max_sessions_per_ip: usize,
 }
 
+fn default_true() -> bool {
+    true
+}
+
 fn default_max_recipients() -> usize {
     100
 }
@@ -222,6 +236,7 @@ fn default_max_sessions_per_ip() -> usize {
 impl Default for SmtpConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             listen: default_smtp_listen(),
             max_message_size: default_smtp_size(),
             hostname: None,

@@ -66,7 +66,7 @@ impl Clock for SystemClock {
 pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("cannot open the database {path}: {source}")]
+    #[error("cannot open the database {path}")]
     Store {
         path: String,
         source: store::StoreError,
@@ -75,12 +75,12 @@ pub enum StartError {
     Secret(#[from] secrets::SecretError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("cannot listen on {addr}: {source} (is another server running there?)")]
+    #[error("cannot listen on {addr} (is another server running there?)")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}")]
     DataDir {
         path: String,
         source: std::io::Error,

@@ -23,7 +23,7 @@ const AAD: &[u8] = b"letterme/v1/domain-key-at-rest\0";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SecretError {
-    #[error("cannot read or create the key file {path}: {source}")]
+    #[error("cannot read or create the key file {path}")]
     KeyFile {
         path: String,
         source: std::io::Error,

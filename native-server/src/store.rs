@@ -312,6 +312,12 @@ impl Store {
         self.write(move |c| deliver_in(c, &d)).await
     }
 
+    /// Stores several envelopes in one transaction, all or nothing.
+    pub async fn deliver_all(&self, all: Vec<NewDelivery>) -> Result<(), StoreError> {
+        self.write(move |c| all.iter().try_for_each(|d| deliver_in(c, d)))
+            .await
+    }
+
     pub async fn list(
         &self,
         recipient: String,

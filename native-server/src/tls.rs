@@ -19,7 +19,7 @@ pub enum TlsError {
     Key { path: String, reason: String },
     #[error("the TLS certificate and key do not form a usable pair: {0}")]
     Config(String),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: String,
         source: std::io::Error,

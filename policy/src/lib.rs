@@ -191,7 +191,8 @@ pub fn decide(mode: DmarcMode, e: &Evidence, allow: &[AllowEntry]) -> Decision {
     if temp {
         return Decision::TempFail(Reply {
             code: 451,
-            enhanced: "4.7.5",
+            // RFC 3463 X.4.3: directory (DNS) server failure.
+            enhanced: "4.4.3",
             text: format!(
                 "temporary DNS failure while verifying {from}; try again later ({summary})"
             ),

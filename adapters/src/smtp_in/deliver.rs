@@ -20,6 +20,8 @@ pub struct Inbound {
     pub dmarc: String,
     pub quarantine: bool,
     pub note: String,
+    /// The session ran over TLS.
+    pub tls: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,8 @@ pub enum DeliverError {
     Store(String),
     #[error("cannot seal: {0}")]
     Seal(String),
+    #[error("the message is too large to seal")]
+    TooLarge,
 }
 
 /// Seals `msg` to its recipients and commits it. Returns once durable.
@@ -84,14 +88,24 @@ pub async fn seal_and_store(
         .and_then(|a| a.address())
         .and_then(|a| Address::parse(a).ok())
         .unwrap_or(gateway);
-    let mut raw = Vec::with_capacity(msg.authentication_results.len() + msg.raw.len() + 32);
+    // RFC 5321 §4.4: the receiving server adds a Received trace field.
+    let received = format!(
+        "Received: from {} ([{}])\r\n\tby {domain} with {}; {}\r\n",
+        msg.helo,
+        msg.client_ip,
+        if msg.tls { "ESMTPS" } else { "ESMTP" },
+        mail_parser::DateTime::from_timestamp(i64::try_from(now).unwrap_or(i64::MAX)).to_rfc822()
+    );
+    let mut raw =
+        Vec::with_capacity(received.len() + msg.authentication_results.len() + msg.raw.len() + 32);
+    raw.extend_from_slice(received.as_bytes());
     raw.extend_from_slice(b"Authentication-Results: ");
     raw.extend_from_slice(msg.authentication_results.as_bytes());
     raw.extend_from_slice(b"\r\n");
     raw.extend_from_slice(&msg.raw);
     let payload = Payload {
         from: sender.clone(),
-        to: msg.recipients.clone(),
+        to: vec![],
         cc: vec![],
         bcc: vec![],
         subject,
@@ -119,22 +133,36 @@ pub async fn seal_and_store(
             note: msg.note,
         }),
     };
-    let env = seal(SignerKind::Domain, domain_key, &payload, &keys, now)
-        .map_err(|e| DeliverError::Seal(e.to_string()))?;
-    drop(payload);
-    store
-        .deliver(NewDelivery {
+    // One envelope per recipient: the SMTP envelope does not say who was Bcc, so no local
+    // recipient learns of another (DESIGN.md §5).
+    let mut deliveries = Vec::with_capacity(keys.len());
+    for (address, key) in &keys {
+        let mut own = payload.clone();
+        own.to = vec![address.clone()];
+        let env = seal(
+            SignerKind::Domain,
+            domain_key,
+            &own,
+            &[(address.clone(), *key)],
+            now,
+        )
+        .map_err(|e| match e {
+            letterme_protocol::SealError::TooLarge(_) => DeliverError::TooLarge,
+            other => DeliverError::Seal(other.to_string()),
+        })?;
+        deliveries.push(NewDelivery {
             id: env.id.0,
             sender: sender.to_string(),
             envelope: env.encode(),
-            recipients: msg.recipients.iter().map(ToString::to_string).collect(),
+            recipients: vec![address.to_string()],
             received: now,
             quota,
-        })
-        .await
-        .map_err(|e| match e {
-            StoreError::QuotaExceeded(who) => DeliverError::Quota(who),
-            StoreError::UnknownRecipients(who) => DeliverError::UnknownUser(who.join(", ")),
-            other => DeliverError::Store(other.to_string()),
-        })
+        });
+    }
+    drop(payload);
+    store.deliver_all(deliveries).await.map_err(|e| match e {
+        StoreError::QuotaExceeded(who) => DeliverError::Quota(who),
+        StoreError::UnknownRecipients(who) => DeliverError::UnknownUser(who.join(", ")),
+        other => DeliverError::Store(other.to_string()),
+    })
 }

@@ -88,7 +88,7 @@ pub async fn serve(listener: TcpListener, smtp: Arc<SmtpIn>, mut shutdown: watch
             tokio::spawn(refuse(stream, "too many connections; try again later"));
             continue;
         };
-        let ip = peer.ip();
+        let ip = peer.ip().to_canonical();
         let admitted = per_ip.lock().is_ok_and(|mut m| {
             let n = m.entry(ip).or_insert(0);
             if *n >= smtp.conn.max_sessions_per_ip {
@@ -141,7 +141,7 @@ async fn session(stream: TcpStream, peer: SocketAddr, smtp: &SmtpIn) -> std::io:
             tls_available: smtp.tls.is_some(),
             ..smtp.session.clone()
         },
-        peer.ip(),
+        peer.ip().to_canonical(),
     );
     let mut stream = stream;
     stream.write_all(&s.greeting().to_bytes()).await?;
@@ -174,7 +174,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = vec![0u8; 16 * 1024];
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        let timeout = smtp.conn.command_timeout.max(smtp.conn.data_timeout);
+        let timeout = if s.in_data() {
+            smtp.conn.data_timeout
+        } else {
+            smtp.conn.command_timeout
+        };
         let n = match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
             Err(_) => {
                 stream
@@ -296,6 +300,7 @@ async fn accept_message(smtp: &SmtpIn, s: &Session, tx: super::session::Transact
             dmarc: e.dmarc.as_str().to_owned(),
             quarantine,
             note,
+            tls: s.is_tls(),
         },
     )
     .await;
@@ -310,6 +315,7 @@ async fn accept_message(smtp: &SmtpIn, s: &Session, tx: super::session::Transact
         Err(DeliverError::UnknownUser(who)) => {
             Reply::new(550, "5.1.1", format!("no such user: {who}"))
         }
+        Err(DeliverError::TooLarge) => Reply::new(552, "5.3.4", "message too large to store"),
         Err(e) => {
             tracing::error!(error = %e, "sealing or storing an inbound message failed");
             Reply::new(

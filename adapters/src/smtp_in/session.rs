@@ -11,7 +11,15 @@ use std::net::IpAddr;
 
 use letterme_protocol::Address;
 use smtp_proto::request::receiver::DataReceiver;
-use smtp_proto::{MAIL_SMTPUTF8, Request};
+use smtp_proto::{
+    MAIL_BODY_BINARYMIME, MAIL_CONPERM, MAIL_REQUIRETLS, MAIL_RET_FULL, MAIL_RET_HDRS,
+    MAIL_SMTPUTF8, Request,
+};
+
+/// MAIL FROM flags of extensions this server does not advertise (DSN, BINARYMIME,
+/// REQUIRETLS, CONPERM).
+const UNOFFERED_MAIL_FLAGS: u64 =
+    MAIL_RET_FULL | MAIL_RET_HDRS | MAIL_BODY_BINARYMIME | MAIL_REQUIRETLS | MAIL_CONPERM;
 
 /// Named limits of one session.
 #[derive(Debug, Clone)]
@@ -193,6 +201,11 @@ impl Session {
 
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    /// Receiving message content (the DATA timeout applies).
+    pub fn in_data(&self) -> bool {
+        matches!(self.state, State::Data(_))
     }
 
     /// Feeds bytes from the peer. Stops after an event the driver must answer; the rest of
@@ -381,6 +394,19 @@ impl Session {
                             "message size exceeds fixed maximum of {} bytes",
                             self.cfg.limits.max_message
                         ),
+                    )));
+                } else if from.flags & UNOFFERED_MAIL_FLAGS != 0
+                    || from.env_id.is_some()
+                    || from.auth.is_some()
+                    || from.by != 0
+                    || from.hold_for != 0
+                    || from.hold_until != 0
+                {
+                    // RFC 5321 §4.1.1.11: parameters of extensions we did not advertise.
+                    out.push(self.error(Reply::new(
+                        555,
+                        "5.5.4",
+                        "MAIL parameter not recognized or not implemented",
                     )));
                 } else if from.flags & MAIL_SMTPUTF8 != 0 && !self.esmtp {
                     out.push(self.error(Reply::new(503, "5.5.1", "SMTPUTF8 needs EHLO")));

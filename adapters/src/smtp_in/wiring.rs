@@ -16,7 +16,7 @@ use super::verify::{DnsSettings, authenticator};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    #[error("cannot listen for SMTP on {addr}: {source} (is another server running there?)")]
+    #[error("cannot listen for SMTP on {addr} (is another server running there?)")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,

@@ -376,3 +376,153 @@ fn starttls_with_tls_1_2_or_better() {
     let list: Value = serde_json::from_str(&ok(&cli(&w.bob, &["list", "--json"], None))).unwrap();
     assert_eq!(list[0]["subject"], "over tls");
 }
+
+/// A raw SMTP connection for malformed input no real client would send.
+struct Raw {
+    r: std::io::BufReader<std::net::TcpStream>,
+    w: std::net::TcpStream,
+}
+
+impl Raw {
+    fn connect(addr: SocketAddr) -> Self {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_mins(1)))
+            .unwrap();
+        let mut raw = Self {
+            r: std::io::BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        };
+        assert_eq!(raw.reply().0, 220);
+        raw
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write as _;
+        self.w.write_all(bytes).unwrap();
+    }
+
+    /// One (possibly multi-line) reply; code 0 when the connection closed.
+    fn reply(&mut self) -> (u16, String) {
+        use std::io::BufRead as _;
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            if self.r.read_line(&mut line).unwrap_or(0) == 0 {
+                return (0, text);
+            }
+            text.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return (line[..3].parse().unwrap(), text);
+            }
+        }
+    }
+}
+
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn hostile_input_gets_the_right_reply_with_bounded_memory() {
+    let w = world("off");
+    let addr = w.server.smtp.unwrap();
+    let before = peak_kib(w.server.child.id());
+
+    // A 64 MiB line without CRLF: one 500, and the server's memory does not follow it.
+    let mut c = Raw::connect(addr);
+    let chunk = vec![b'A'; 1 << 20];
+    for _ in 0..64 {
+        c.send(&chunk);
+    }
+    c.send(b"\r\nNOOP\r\n");
+    assert_eq!(c.reply().0, 500);
+    assert_eq!(c.reply().0, 250, "the session goes on after the long line");
+    let after = peak_kib(w.server.child.id());
+    assert!(
+        after - before < 32 * 1024,
+        "peak memory grew {before} -> {after} KiB"
+    );
+
+    // One byte over smtp.max_message_size (200KB): 552 5.3.4.
+    let mut c = Raw::connect(addr);
+    c.send(b"EHLO c.test\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<bob@x.test>\r\nDATA\r\n");
+    for _ in 0..4 {
+        c.reply();
+    }
+    let body = "x".repeat(200_000 - 1);
+    c.send(format!("{body}\r\n.\r\n").as_bytes());
+    let (code, text) = c.reply();
+    assert_eq!(code, 552, "{text}");
+    assert!(text.contains("5.3.4"));
+    c.send(b"MAIL FROM:<a@s.test>\r\nRCPT TO:<bob@x.test>\r\nDATA\r\n");
+    for _ in 0..3 {
+        c.reply();
+    }
+    let body = "x".repeat(200_000 - 2);
+    c.send(format!("{body}\r\n.\r\n").as_bytes());
+    assert_eq!(c.reply().0, 250, "exactly at the limit is accepted");
+
+    // 10,000 pipelined commands: answered until the junk limit, then 421 and close.
+    let mut c = Raw::connect(addr);
+    c.send(&b"NOOP\r\n".repeat(10_000));
+    let mut codes = Vec::new();
+    loop {
+        let (code, _) = c.reply();
+        if code == 0 {
+            break;
+        }
+        codes.push(code);
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 250).count(), 100);
+    assert_eq!(codes.last(), Some(&421));
+
+    // A bare LF in DATA, with a smuggled second message behind "\n.\n": one refusal.
+    let mut c = Raw::connect(addr);
+    c.send(b"EHLO c.test\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<bob@x.test>\r\nDATA\r\n");
+    for _ in 0..4 {
+        c.reply();
+    }
+    c.send(b"Subject: one\r\n\r\nfirst\n.\nMAIL FROM:<evil@s.test>\r\nRCPT TO:<bob@x.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\nQUIT\r\n");
+    let (code, text) = c.reply();
+    assert_eq!(code, 554, "{text}");
+    assert_eq!(
+        c.reply().0,
+        221,
+        "the smuggled commands were message content, not commands"
+    );
+
+    // Dot-stuffing: a line that starts with a dot arrives with one dot.
+    let mut c = Raw::connect(addr);
+    c.send(b"EHLO c.test\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<bob@x.test>\r\nDATA\r\n");
+    for _ in 0..4 {
+        c.reply();
+    }
+    c.send(b"From: a@s.test\r\nSubject: dots\r\n\r\n..leading dot\r\n.\r\n");
+    assert_eq!(c.reply().0, 250);
+
+    assert_eq!(
+        sync_json(&w.bob)["fetched"],
+        2,
+        "the at-limit message and the dotted one"
+    );
+    let list: Value = serde_json::from_str(&ok(&cli(&w.bob, &["list", "--json"], None))).unwrap();
+    let dots = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["subject"] == "dots")
+        .unwrap();
+    let m: Value = serde_json::from_str(&ok(&cli(
+        &w.bob,
+        &["read", dots["id"].as_str().unwrap(), "--json"],
+        None,
+    )))
+    .unwrap();
+    assert!(
+        m["body"].as_str().unwrap().starts_with(".leading dot"),
+        "{}",
+        m["body"]
+    );
+}

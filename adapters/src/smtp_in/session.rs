@@ -321,9 +321,10 @@ impl Session {
         let req = match Request::parse(&mut line.iter()) {
             Ok(r) => r.into_owned(),
             Err(smtp_proto::Error::UnknownCommand) => {
-                self.junk += 1;
+                if self.too_much_junk(out) {
+                    return;
+                }
                 out.push(self.error(Reply::new(500, "5.5.1", "command not recognized")));
-                self.check_junk(out);
                 return;
             }
             Err(e) => {
@@ -346,6 +347,13 @@ impl Session {
                 return;
             }
         };
+        if matches!(
+            req,
+            Request::Noop { .. } | Request::Rset | Request::Vrfy { .. } | Request::Help { .. }
+        ) && self.too_much_junk(out)
+        {
+            return;
+        }
         match req {
             Request::Ehlo { host } => {
                 self.reset();
@@ -484,30 +492,22 @@ impl Session {
                 out.push(self.error(Reply::new(502, "5.5.1", "AUTH not offered on this port")));
             }
             Request::Rset => {
-                self.junk += 1;
                 self.reset();
                 out.push(Event::Reply(Reply::new(250, "2.0.0", "ok")));
-                self.check_junk(out);
             }
             Request::Noop { .. } => {
-                self.junk += 1;
                 out.push(Event::Reply(Reply::new(250, "2.0.0", "ok")));
-                self.check_junk(out);
             }
             Request::Vrfy { .. } => {
-                self.junk += 1;
                 // RFC 5321 §3.5.3: cannot verify, but will accept and attempt delivery.
                 out.push(Event::Reply(Reply::new(
                     252,
                     "2.5.0",
                     "cannot VRFY user; send mail and it will be delivered if the user exists",
                 )));
-                self.check_junk(out);
             }
             Request::Help { .. } => {
-                self.junk += 1;
                 out.push(Event::Reply(Reply::new(214, "2.0.0", "see RFC 5321")));
-                self.check_junk(out);
             }
             Request::Quit => {
                 out.push(Event::Reply(Reply::new(221, "2.0.0", "bye")));
@@ -522,7 +522,9 @@ impl Session {
         }
     }
 
-    fn check_junk(&mut self, out: &mut Vec<Event>) {
+    /// Counts a command that moves no mail; past the limit, closes instead of answering.
+    fn too_much_junk(&mut self, out: &mut Vec<Event>) -> bool {
+        self.junk += 1;
         if self.junk > self.cfg.limits.max_junk_commands {
             out.push(Event::Reply(Reply::new(
                 421,
@@ -530,7 +532,9 @@ impl Session {
                 "too many commands without mail; closing",
             )));
             out.push(Event::Close);
+            return true;
         }
+        false
     }
 
     fn end_of_data(&mut self, d: DataState) -> Event {

@@ -23,10 +23,10 @@ struct World {
 }
 
 fn world(policy: &str) -> World {
-    world_with(policy, false)
+    world_with(policy, false, "")
 }
 
-fn world_with(policy: &str, tls: bool) -> World {
+fn world_with(policy: &str, tls: bool, extra_toml: &str) -> World {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sender_keys = DkimKeys::new("sender.test");
     let dkimonly_keys = DkimKeys::new("dkimonly.test");
@@ -58,7 +58,7 @@ fn world_with(policy: &str, tls: bool) -> World {
         .unwrap();
     }
     let extra = format!(
-        "dns.nameservers = [\"{}\"]\ndns.timeout_ms = 400\ndns.attempts = 0\npolicy.dmarc = \"{policy}\"\nsmtp.max_message_size = \"200KB\"",
+        "dns.nameservers = [\"{}\"]\ndns.timeout_ms = 400\ndns.attempts = 0\npolicy.dmarc = \"{policy}\"\nsmtp.max_message_size = \"200KB\"\n{extra_toml}",
         dns.addr
     );
     let server = ServerProc::start(root.path(), "x.test", &extra);
@@ -354,7 +354,7 @@ fn a_dns_timeout_is_a_tempfail_and_the_retry_succeeds() {
 
 #[test]
 fn starttls_with_tls_1_2_or_better() {
-    let w = world_with("strict", true);
+    let w = world_with("strict", true, "");
     let raw = w
         .sender_keys
         .sign(&message("alice@sender.test", "over tls", "b"));
@@ -524,5 +524,50 @@ fn hostile_input_gets_the_right_reply_with_bounded_memory() {
         m["body"].as_str().unwrap().starts_with(".leading dot"),
         "{}",
         m["body"]
+    );
+}
+
+#[test]
+fn sessions_per_ip_and_allow_listed_forwarders() {
+    // Loopback is a named forwarder here: its unaligned mail is accepted by config, not code.
+    let w = world_with(
+        "strict",
+        false,
+        "smtp.max_sessions_per_ip = 2\npolicy.allow = [{ name = \"test forwarder\", networks = [\"127.0.0.0/8\"] }]",
+    );
+    let addr = w.server.smtp.unwrap();
+    let first = Raw::connect(addr);
+    let second = Raw::connect(addr);
+    let mut third = std::net::TcpStream::connect(addr)
+        .map(|s| Raw {
+            r: std::io::BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        })
+        .unwrap();
+    let (code, text) = third.reply();
+    assert_eq!(code, 421, "{text}");
+    drop((first, second));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let raw = message("alice@nodmarc.test", "forwarded", "b");
+    let (code, text) = data_reply(&send(
+        &w,
+        "alice@nodmarc.test",
+        &["bob@x.test"],
+        &raw,
+        false,
+    ));
+    assert_eq!(code, 250, "{text}");
+    let m: Value = serde_json::from_str(&ok(&cli(&w.bob, &["sync", "--json"], None))).unwrap();
+    assert_eq!(m["fetched"], 1);
+    let list: Value = serde_json::from_str(&ok(&cli(&w.bob, &["list", "--json"], None))).unwrap();
+    let id = list[0]["id"].as_str().unwrap();
+    let m: Value = serde_json::from_str(&ok(&cli(&w.bob, &["read", id, "--json"], None))).unwrap();
+    assert!(
+        m["legacy"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("test forwarder"),
+        "{}",
+        m["legacy"]
     );
 }

@@ -44,7 +44,7 @@ pub struct AppState {
     pub store: Store,
     pub auth: Auth,
     pub clock: Arc<dyn Clock>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub lookup_limit: RateLimiter<Address>,
     pub ip_limit: RateLimiter<IpAddr>,
 }

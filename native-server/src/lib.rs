@@ -130,6 +130,11 @@ impl Running {
         }
     }
 
+    /// The server's metrics, for in-process adapters to report into.
+    pub fn metrics(&self) -> Arc<metrics::Metrics> {
+        self.state.metrics.clone()
+    }
+
     /// The domain's signing key, for in-process adapters that seal as the domain.
     pub fn domain_signing_key(&self) -> &SigningKeypair {
         &self.signing
@@ -171,7 +176,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         store: store.clone(),
         auth: auth::Auth::default(),
         clock: clock.clone(),
-        metrics: metrics::Metrics::default(),
+        metrics: Arc::new(metrics::Metrics::default()),
         config,
     });
     let (tx, mut rx) = watch::channel(false);

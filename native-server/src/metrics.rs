@@ -11,6 +11,11 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -23,6 +28,8 @@ pub struct Metrics {
     pub key_lookups: Counter,
     pub errors: Family<CodeLabel, Counter>,
     pub accounts: Gauge,
+    /// Inbound SMTP messages by outcome: accepted, quarantined, rejected, tempfailed.
+    pub smtp_messages: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -38,6 +45,7 @@ impl Default for Metrics {
             key_lookups: Counter::default(),
             errors: Family::default(),
             accounts: Gauge::default(),
+            smtp_messages: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -69,6 +77,11 @@ impl Default for Metrics {
         registry.register("key_lookups", "Key lookups answered", m.key_lookups.clone());
         registry.register("api_errors", "API errors by code", m.errors.clone());
         registry.register("accounts", "Registered accounts", m.accounts.clone());
+        registry.register(
+            "smtp_messages",
+            "Inbound SMTP messages by outcome",
+            m.smtp_messages.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -80,6 +93,14 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    pub fn smtp(&self, result: &str) {
+        self.smtp_messages
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     pub fn error(&self, code: &str) {

@@ -305,6 +305,22 @@ fn strict_mode_rejects_unauthenticated_mail_and_stores_nothing() {
     );
     // Only that one was stored.
     assert_eq!(sync_json(&w.bob)["fetched"], 1);
+    let metrics =
+        w.rt.block_on(async {
+            reqwest::get(format!("{}/metrics", w.server.url))
+                .await?
+                .text()
+                .await
+        })
+        .unwrap();
+    assert!(
+        metrics.contains("letterme_smtp_messages_total{result=\"rejected\"} 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("letterme_smtp_messages_total{result=\"accepted\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]

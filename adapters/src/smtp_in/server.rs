@@ -55,6 +55,7 @@ pub struct SmtpIn {
     pub quota: u64,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<letterme_server::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for SmtpIn {
@@ -276,6 +277,11 @@ async fn accept_message(smtp: &SmtpIn, s: &Session, tx: super::session::Transact
         Decision::Accept { note } => (false, note),
         Decision::Quarantine { note } => (true, note),
         Decision::Reject(r) | Decision::TempFail(r) => {
+            smtp.metrics.smtp(if r.code >= 500 {
+                "rejected"
+            } else {
+                "tempfailed"
+            });
             tracing::info!(%ip, mail_from = %tx.mail_from, code = r.code, reason = %r.text, "smtp message refused");
             return Reply::new(r.code, r.enhanced, r.text);
         }
@@ -306,6 +312,11 @@ async fn accept_message(smtp: &SmtpIn, s: &Session, tx: super::session::Transact
     .await;
     match result {
         Ok(()) => {
+            smtp.metrics.smtp(if quarantine {
+                "quarantined"
+            } else {
+                "accepted"
+            });
             tracing::info!(%ip, mail_from = %tx.mail_from, rcpts, size, quarantine, "smtp message accepted and sealed");
             Reply::new(250, "2.0.0", "message sealed and stored")
         }

@@ -100,6 +100,7 @@ pub async fn start(
         quota: config.limits.quota.0,
         tls,
         clock: server.clock.clone(),
+        metrics: server.metrics(),
     });
     tokio::spawn(serve(listener, smtp, stop));
     Ok(local)

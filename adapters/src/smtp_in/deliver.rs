@@ -43,6 +43,7 @@ pub enum DeliverError {
 pub async fn seal_and_store(
     store: &Store,
     domain: &str,
+    hostname: &str,
     domain_key: &SigningKeypair,
     quota: u64,
     now: u64,
@@ -102,7 +103,9 @@ pub async fn seal_and_store(
     raw.extend_from_slice(b"Authentication-Results: ");
     raw.extend_from_slice(msg.authentication_results.as_bytes());
     raw.extend_from_slice(b"\r\n");
-    raw.extend_from_slice(&msg.raw);
+    raw.extend_from_slice(&strip_own_authentication_results(
+        &msg.raw, domain, hostname,
+    ));
     let payload = Payload {
         from: sender.clone(),
         to: vec![],
@@ -165,4 +168,67 @@ pub async fn seal_and_store(
         StoreError::UnknownRecipients(who) => DeliverError::UnknownUser(who.join(", ")),
         other => DeliverError::Store(other.to_string()),
     })
+}
+
+/// RFC 8601 §5: Authentication-Results fields that claim our own authserv-id (the hostname
+/// we sign results with, or our domain) came from outside and are forged; they are removed
+/// so only the gateway's own verdict speaks for us.
+pub fn strip_own_authentication_results(raw: &[u8], domain: &str, hostname: &str) -> Vec<u8> {
+    let Some(parsed) = mail_parser::MessageParser::default().parse_headers(raw) else {
+        return raw.to_vec();
+    };
+    let mut cut: Vec<(usize, usize)> = Vec::new();
+    for h in parsed.headers() {
+        if h.name != mail_parser::HeaderName::AuthenticationResults {
+            continue;
+        }
+        let (field, start, end) = (
+            h.offset_field as usize,
+            h.offset_start as usize,
+            h.offset_end as usize,
+        );
+        let Some(value) = raw.get(start..end) else {
+            continue;
+        };
+        let value = String::from_utf8_lossy(value);
+        let id = value.split(';').next().unwrap_or_default().trim();
+        let id = id.split_whitespace().next().unwrap_or_default();
+        if id.eq_ignore_ascii_case(hostname) || id.eq_ignore_ascii_case(domain) {
+            cut.push((field, end));
+        }
+    }
+    if cut.is_empty() {
+        return raw.to_vec();
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut at = 0;
+    for (from, to) in cut {
+        out.extend_from_slice(&raw[at..from]);
+        at = to;
+    }
+    out.extend_from_slice(&raw[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forged_authentication_results_for_our_domain_are_removed() {
+        let raw = b"Authentication-Results: mx.x.test; dkim=pass\r\n\theader.d=bank.test\r\n\
+Authentication-Results: other.example; spf=fail\r\n\
+From: a@s.test\r\nAuthentication-Results: X.TEST;\r\n dmarc=pass\r\nSubject: hi\r\n\r\nbody\r\n";
+        let out = strip_own_authentication_results(raw, "x.test", "mx.x.test");
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "Authentication-Results: other.example; spf=fail\r\nFrom: a@s.test\r\nSubject: hi\r\n\r\nbody\r\n"
+        );
+        let clean = b"From: a@s.test\r\n\r\nbody";
+        assert_eq!(
+            strip_own_authentication_results(clean, "x.test", "mx.x.test"),
+            clean
+        );
+    }
 }

@@ -291,6 +291,7 @@ async fn accept_message(smtp: &SmtpIn, s: &Session, tx: super::session::Transact
     let result = seal_and_store(
         &smtp.store,
         &smtp.session.domain,
+        &smtp.session.hostname,
         &smtp.domain_key,
         smtp.quota,
         smtp.clock.now(),

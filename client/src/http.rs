@@ -207,6 +207,24 @@ impl Api {
         .await
     }
 
+    /// Long poll: like [`Api::list`], but when nothing is pending the server waits up to
+    /// `wait_secs` for new mail before answering.
+    pub async fn list_wait(
+        &self,
+        after: i64,
+        wait_secs: u64,
+    ) -> Result<Vec<ListEntry>, ClientError> {
+        let r: ListResponse = self
+            .json(
+                self.req(Method::GET, "/v1/messages")
+                    .query(&[("after", after)])
+                    .query(&[("wait", wait_secs)])
+                    .timeout(Duration::from_secs(wait_secs + 30)),
+            )
+            .await?;
+        Ok(r.messages)
+    }
+
     pub async fn list(&self, after: i64) -> Result<Vec<ListEntry>, ClientError> {
         let r: ListResponse = self
             .json(

@@ -559,7 +559,14 @@ pub struct ListQuery {
     pub after: i64,
     #[serde(default)]
     pub limit: Option<u32>,
+    /// Long poll: when nothing is pending, wait up to this many seconds (at most
+    /// [`MAX_WAIT`]) for a delivery before answering.
+    #[serde(default)]
+    pub wait: Option<u64>,
 }
+
+/// Longest long-poll wait, in seconds.
+pub const MAX_WAIT: u64 = 60;
 
 /// One entry of `GET /v1/messages`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -578,10 +585,18 @@ async fn list(
 ) -> AppResult<Json<serde_json::Value>> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let limit = q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST);
-    let rows = state
-        .store
-        .list(session.address.to_string(), q.after, limit)
-        .await?;
+    let me = session.address.to_string();
+    let wait = std::time::Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT));
+    let waiter = state.store.waiter(&me);
+    let notified = waiter.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let mut rows = state.store.list(me.clone(), q.after, limit).await?;
+    if rows.is_empty() && !wait.is_zero() {
+        // Woken by a commit to us, or the wait ends; either way, look again.
+        let _ = tokio::time::timeout(wait, notified).await;
+        rows = state.store.list(me, q.after, limit).await?;
+    }
     let messages: Vec<ListEntry> = rows
         .into_iter()
         .map(|p| ListEntry {

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use rusqlite_migration::{M, Migrations};
-use tokio::sync::{mpsc, oneshot};
+use std::collections::HashMap;
+
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Writes committed in one transaction at most.
 pub const MAX_GROUP: usize = 512;
@@ -71,6 +73,8 @@ pub struct Store {
     writer: mpsc::Sender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
+    /// Long-poll waiters per recipient, woken after a delivery to them commits.
+    waiters: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -144,6 +148,7 @@ impl Store {
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_owned(),
+            waiters: Arc::default(),
         })
     }
 
@@ -309,13 +314,42 @@ impl Store {
 
     /// Stores an envelope for its local recipients, all or nothing.
     pub async fn deliver(&self, d: NewDelivery) -> Result<(), StoreError> {
-        self.write(move |c| deliver_in(c, &d)).await
+        let rcpts = d.recipients.clone();
+        self.write(move |c| deliver_in(c, &d)).await?;
+        self.wake(&rcpts);
+        Ok(())
     }
 
     /// Stores several envelopes in one transaction, all or nothing.
     pub async fn deliver_all(&self, all: Vec<NewDelivery>) -> Result<(), StoreError> {
+        let rcpts: Vec<String> = all.iter().flat_map(|d| d.recipients.clone()).collect();
         self.write(move |c| all.iter().try_for_each(|d| deliver_in(c, d)))
-            .await
+            .await?;
+        self.wake(&rcpts);
+        Ok(())
+    }
+
+    /// A handle that is notified when mail for `recipient` commits. Take it *before*
+    /// checking for mail, then await `notified()`, so no delivery slips in between.
+    pub fn waiter(&self, recipient: &str) -> Arc<Notify> {
+        let Ok(mut map) = self.waiters.lock() else {
+            return Arc::new(Notify::new());
+        };
+        // Entries nobody waits on any more are dropped, so the map stays bounded by waiters.
+        map.retain(|_, n| Arc::strong_count(n) > 1);
+        map.entry(recipient.to_owned())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone()
+    }
+
+    fn wake(&self, recipients: &[String]) {
+        if let Ok(map) = self.waiters.lock() {
+            for r in recipients {
+                if let Some(n) = map.get(r) {
+                    n.notify_waiters();
+                }
+            }
+        }
     }
 
     pub async fn list(

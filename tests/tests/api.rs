@@ -537,3 +537,36 @@ async fn healthz_and_metrics() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn long_poll_wakes_on_delivery() {
+    let w = world(|_| {}).await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    // Nothing pending: a plain list answers at once, empty.
+    assert!(bob.api.list(0).await.unwrap().is_empty());
+    let poll = {
+        let api = bob.api.clone();
+        tokio::spawn(async move { api.list_wait(0, 50).await })
+    };
+    // Give the poll time to be waiting on the server before the delivery commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice
+        .send(&Draft {
+            to: vec![bob.me.profile.address.clone()],
+            subject: "wake up".into(),
+            body: "b".into(),
+            ..Draft::default()
+        })
+        .await
+        .unwrap();
+    // Woken by the commit: the poll answers with the message long before its 50 s wait
+    // would have run out (a generous bound, not a latency measurement).
+    let got = tokio::time::timeout(Duration::from_secs(25), poll)
+        .await
+        .expect("the long poll was not woken by the delivery")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].sender, "alice@x.test");
+}

@@ -23,6 +23,9 @@ use http::Api;
 use mailbox::{Mailbox, Stored};
 use profile::{Keys, Profile, ProfileDir, SealedKeys};
 
+/// Seconds one long poll of `watch` waits on the server.
+pub const WATCH_WAIT_SECS: u64 = 50;
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -228,6 +231,8 @@ pub struct SyncReport {
     pub fetched: usize,
     pub already_had: usize,
     pub refused: Vec<(String, String)>,
+    /// Ids of the messages this sync stored.
+    pub new_ids: Vec<String>,
 }
 
 /// A logged-in session.
@@ -321,6 +326,41 @@ impl Online {
         })
     }
 
+    /// Syncs now, then keeps syncing as mail arrives (long poll), calling `on_new` after
+    /// every sync that stored or refused something. Logs in again when the token expires.
+    /// Runs until an error.
+    pub async fn watch(
+        &mut self,
+        on_new: &mut dyn FnMut(&Unlocked, &SyncReport),
+    ) -> Result<(), ClientError> {
+        loop {
+            match self.sync(&mut |_, _| {}).await {
+                Ok(report) => {
+                    if report.fetched > 0 || !report.refused.is_empty() {
+                        on_new(&self.me, &report);
+                    }
+                }
+                Err(ClientError::Api { status: 401, .. }) => {
+                    self.relogin().await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            match self.api.list_wait(0, WATCH_WAIT_SECS).await {
+                Ok(_) => {}
+                Err(ClientError::Api { status: 401, .. }) => self.relogin().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn relogin(&mut self) -> Result<(), ClientError> {
+        let p = &self.me.profile;
+        self.api
+            .login(&p.domain, &p.address, &self.me.keys.identity)
+            .await
+    }
+
     /// Fetches new mail, verifies it, commits it locally, then acknowledges it.
     pub async fn sync(
         &self,
@@ -357,6 +397,7 @@ impl Online {
                                 now(),
                             )?;
                             report.fetched += 1;
+                            report.new_ids.push(entry.id.clone());
                         }
                         Err(reason) => {
                             tracing::warn!(id = %entry.id, sender = %entry.sender, %reason, "refused a message");

@@ -47,7 +47,7 @@ pub enum Command {
     /// Send an end-to-end encrypted message (body from stdin when --body is absent).
     Send(SendArgs),
     /// Fetch new mail, store it locally, then acknowledge it so the server deletes it.
-    Sync(JsonFlag),
+    Sync(SyncArgs),
     /// List the messages in your local mailbox.
     List(JsonFlag),
     /// Show one message (ID or a unique prefix of it, as `list` prints).
@@ -113,6 +113,15 @@ pub struct SendArgs {
     /// Message body; read from stdin when absent.
     #[arg(long)]
     pub body: Option<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Keep running: print each new message as it arrives (long poll), until interrupted.
+    #[arg(long)]
+    pub watch: bool,
     #[command(flatten)]
     pub json: JsonFlag,
 }

@@ -72,7 +72,8 @@ async fn run(cli: Cli) -> Result<()> {
             json,
         }) => account_create(profile_dir, address, server, invite.as_deref(), json.json).await,
         Command::Send(args) => send(profile_dir, args).await,
-        Command::Sync(json) => sync(profile_dir, json.json).await,
+        Command::Sync(args) if args.watch => watch(profile_dir, args.json.json).await,
+        Command::Sync(args) => sync(profile_dir, args.json.json).await,
         Command::List(json) => list(profile_dir, json.json),
         Command::Read(args) => {
             let m = unlock(profile_dir)?.read(&args.id)?;
@@ -176,6 +177,35 @@ async fn sync(dir: ProfileDir, json: bool) -> Result<()> {
             "{} message(s) failed verification and were set aside",
             report.refused.len()
         )
+    }
+}
+
+async fn watch(dir: ProfileDir, json: bool) -> Result<()> {
+    use std::io::Write as _;
+    let mut online = unlock(dir)?.connect().await?;
+    eprintln!("watching for new mail; Ctrl-C to stop");
+    let mut print = |me: &Unlocked, report: &letterme_client::SyncReport| {
+        for id in &report.new_ids {
+            match me.read(id) {
+                Ok(m) if json => println!("{}", serde_json::to_string(&m).unwrap_or_default()),
+                Ok(m) => println!(
+                    "new  {}  {}  {:<28}  {}",
+                    &m.id[..12],
+                    date(m.date),
+                    m.from,
+                    m.subject
+                ),
+                Err(e) => eprintln!("error: {e}"),
+            }
+        }
+        for (id, reason) in &report.refused {
+            eprintln!("refused {id}: {reason}");
+        }
+        let _ = std::io::stdout().flush();
+    };
+    tokio::select! {
+        r = online.watch(&mut print) => Ok(r?),
+        () = shutdown_signal() => Ok(()),
     }
 }
 

@@ -342,3 +342,57 @@ fn demo_runs_the_whole_story_and_cleans_up() {
         .unwrap();
     assert!(!std::path::Path::new(dir).exists(), "{dir} was removed");
 }
+
+#[test]
+fn sync_watch_prints_new_mail_as_it_arrives() {
+    use std::io::BufRead as _;
+    let s = setup("");
+    let mut watch = std::process::Command::new(letterme_tests::letterme_bin())
+        .args(["sync", "--watch"])
+        .env("LETTERME_PROFILE", &s.bob)
+        .env("LETTERME_PASSPHRASE", letterme_tests::PASSPHRASE)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    for subject in ["first while watching", "second while watching"] {
+        ok(&cli(
+            &s.alice,
+            &[
+                "send",
+                "--to",
+                "bob@x.test",
+                "--subject",
+                subject,
+                "--body",
+                "b",
+            ],
+            None,
+        ));
+        // A hang guard, not a latency measurement: the watcher's long poll is 50 s.
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the watcher printed the new mail");
+        assert!(
+            line.starts_with("new  ") && line.contains(subject),
+            "{line}"
+        );
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    // Stored locally, acknowledged on the server.
+    let list = json(&cli(&s.bob, &["list", "--json"], None));
+    assert_eq!(list.as_array().unwrap().len(), 2);
+}

@@ -10,6 +10,7 @@ pub mod profile;
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use letterme_protocol::codec::hex;
 use letterme_protocol::envelope::{Envelope, SignerKind, seal_message};
 use letterme_protocol::keys::random_bytes;
 use letterme_protocol::{
@@ -426,52 +427,35 @@ impl Online {
         if env.id.to_hex() != id {
             return Err("the envelope id does not match the server's listing".into());
         }
-        if env.signer_kind == SignerKind::Domain {
-            // Legacy mail sealed by our own domain's inbound gateway.
-            let signer = self.me.profile.domain_key;
-            let seen = |i: &letterme_protocol::EnvelopeId| {
-                mailbox.envelope(&i.to_hex()).ok().flatten().is_some()
-            };
-            let payload = env
-                .open(
-                    &self.me.profile.address,
-                    &[&self.me.keys.encryption],
-                    &signer,
-                    &seen,
-                )
-                .map_err(|e| e.to_string())?;
-            if payload.legacy.is_none() {
-                return Err("a domain-signed envelope that is not inbound legacy mail".into());
+        // Legacy mail is sealed by our own domain's inbound gateway; native mail by its
+        // sender, whose identity key we verify once per sync.
+        let signer = if env.signer_kind == SignerKind::Domain {
+            self.me.profile.domain_key
+        } else {
+            if !senders.contains_key(&env.sender) {
+                let key = self
+                    .verified_key(&env.sender)
+                    .await
+                    .map(|a| a.identity_key)
+                    .map_err(|e| e.to_string());
+                senders.insert(env.sender.clone(), key);
             }
-            return Ok(signer);
-        }
-        if !senders.contains_key(&env.sender) {
-            let key = self
-                .verified_key(&env.sender)
-                .await
-                .map(|a| a.identity_key)
-                .map_err(|e| e.to_string());
-            senders.insert(env.sender.clone(), key);
-        }
-        let signer = senders[&env.sender].clone()?;
+            senders[&env.sender].clone()?
+        };
         let seen = |i: &letterme_protocol::EnvelopeId| {
             mailbox.envelope(&i.to_hex()).ok().flatten().is_some()
         };
-        env.open(
-            &self.me.profile.address,
-            &[&self.me.keys.encryption],
-            &signer,
-            &seen,
-        )
-        .map_err(|e| e.to_string())?;
+        let payload = env
+            .open(
+                &self.me.profile.address,
+                &[&self.me.keys.encryption],
+                &signer,
+                &seen,
+            )
+            .map_err(|e| e.to_string())?;
+        if env.signer_kind == SignerKind::Domain && payload.legacy.is_none() {
+            return Err("a domain-signed envelope that is not inbound legacy mail".into());
+        }
         Ok(signer)
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    b.iter().fold(String::new(), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
 }

@@ -587,14 +587,19 @@ async fn list(
     let limit = q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST);
     let me = session.address.to_string();
     let wait = std::time::Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT));
-    let waiter = state.store.waiter(&me);
-    let notified = waiter.notified();
+    // Only a long poll registers a waiter: plain listing stays off the waiter map.
+    let waiter = (!wait.is_zero()).then(|| state.store.waiter(&me));
+    let notified = waiter.as_ref().map(|w| w.notified());
     tokio::pin!(notified);
-    notified.as_mut().enable();
+    if let Some(n) = notified.as_mut().as_pin_mut() {
+        n.enable();
+    }
     let mut rows = state.store.list(me.clone(), q.after, limit).await?;
-    if rows.is_empty() && !wait.is_zero() {
+    if rows.is_empty()
+        && let Some(n) = notified.as_mut().as_pin_mut()
+    {
         // Woken by a commit to us, or the wait ends; either way, look again.
-        let _ = tokio::time::timeout(wait, notified).await;
+        let _ = tokio::time::timeout(wait, n).await;
         rows = state.store.list(me, q.after, limit).await?;
     }
     let messages: Vec<ListEntry> = rows

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
 
+use letterme_protocol::codec::hex;
 use letterme_protocol::keys::random_bytes;
 use letterme_protocol::{Address, IdentityPublicKey};
 use sha2::{Digest as _, Sha256};
@@ -104,15 +105,6 @@ impl Auth {
             Some(s) => Ok(s.clone()),
         }
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    b.iter()
-        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
-            let _ = write!(s, "{x:02x}");
-            s
-        })
 }
 
 /// Token buckets keyed by `K`: `rate` tokens per second, up to `burst`.

@@ -26,6 +26,17 @@ pub enum DecodeError {
     Invalid(&'static str),
 }
 
+/// Lower-case hex of `bytes` (ids, tokens, Message-ID local parts).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 /// Appends canonical fields to a buffer.
 #[derive(Debug, Default)]
 pub struct Writer {

@@ -51,11 +51,7 @@ impl EnvelopeId {
 
     /// Lower-case hex, the form used in URLs and the CLI.
     pub fn to_hex(&self) -> String {
-        use std::fmt::Write as _;
-        self.0.iter().fold(String::with_capacity(32), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+        crate::codec::hex(&self.0)
     }
 
     pub fn from_hex(s: &str) -> Option<Self> {
@@ -336,11 +332,6 @@ impl Envelope {
         self.signer_key
             .verify(ENVELOPE_CONTEXT, &self.signed_bytes(), &self.signature)
             .map_err(|_| OpenError::BadSignature)
-    }
-
-    /// Size the server accounts for.
-    pub fn wire_len(&self) -> usize {
-        self.encode().len()
     }
 
     /// Opens the envelope for `me`.

@@ -248,6 +248,18 @@ impl Api {
             })
     }
 
+    /// Acknowledges several messages at once (`POST /v1/messages/ack`, at most 1000 ids).
+    pub async fn ack_many(&self, ids: &[String]) -> Result<(), ClientError> {
+        for chunk in ids.chunks(1000) {
+            self.call(
+                self.req(Method::POST, "/v1/messages/ack")
+                    .json(&serde_json::json!({ "ids": chunk })),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     pub async fn ack(&self, id: &str) -> Result<(), ClientError> {
         match self
             .call(self.req(Method::DELETE, &format!("/v1/messages/{id}")))

@@ -2,12 +2,15 @@
 //! recipient's attested key, seal, upload) and syncing (fetch, verify, store locally, and
 //! only then acknowledge). Shared by the CLI and, later, the local IMAP/SMTP proxy.
 
+pub mod cache;
 pub mod error;
 pub mod http;
 pub mod mailbox;
 pub mod profile;
+pub mod render;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use letterme_protocol::codec::hex;
@@ -19,8 +22,9 @@ use letterme_protocol::{
 };
 use serde::Serialize;
 
+use cache::{Cache, CacheKey, NewMail, Synced};
 pub use error::ClientError;
-use http::Api;
+use http::{Api, ListEntry};
 use mailbox::{Mailbox, Stored};
 use profile::{Keys, Profile, ProfileDir, SealedKeys};
 
@@ -77,12 +81,17 @@ pub async fn create_account(
     Ok(profile)
 }
 
+/// How many envelope downloads a sync keeps in flight.
+const FETCH_CONCURRENCY: usize = 8;
+
 /// An unlocked profile: enough for local reading.
 #[derive(Debug)]
 pub struct Unlocked {
     pub dir: ProfileDir,
     pub profile: Profile,
     pub keys: Keys,
+    /// The decrypted-on-demand local cache the proxy serves.
+    pub cache: Arc<Cache>,
 }
 
 /// A message as the user reads it.
@@ -127,7 +136,49 @@ impl Unlocked {
     pub fn open(dir: ProfileDir, passphrase: &str) -> Result<Self, ClientError> {
         let profile = dir.load()?;
         let keys = dir.unlock(&profile, passphrase)?;
-        Ok(Self { dir, profile, keys })
+        let cache = Arc::new(Cache::open(
+            &dir.store_path(),
+            CacheKey::derive(&keys.identity),
+        )?);
+        Ok(Self {
+            dir,
+            profile,
+            keys,
+            cache,
+        })
+    }
+
+    /// Files messages synced before the cache existed; returns how many.
+    pub fn backfill_cache(&self) -> Result<usize, ClientError> {
+        let pending = self.cache.unrendered()?;
+        for m in &pending {
+            let env = Envelope::decode(&m.envelope)?;
+            let signer = IdentityPublicKey(m.signer_key);
+            let payload = env.open(
+                &self.profile.address,
+                &[&self.keys.encryption],
+                &signer,
+                &|_| false,
+            )?;
+            self.cache
+                .commit_rendered(&m.id, &self.filed(&payload, &signer, m.received))?;
+        }
+        Ok(pending.len())
+    }
+
+    /// The cache entry for a received message: INBOX, or Junk for quarantined legacy mail.
+    fn filed(&self, payload: &Payload, signer: &IdentityPublicKey, received: u64) -> NewMail {
+        let folder = match &payload.legacy {
+            Some(l) if l.disposition == "quarantine" => "Junk",
+            _ => "INBOX",
+        };
+        NewMail {
+            folder: folder.to_owned(),
+            flags: vec![],
+            internal_date: received as i64,
+            raw: render::render(payload, signer, &self.profile.address),
+            message_id: None,
+        }
     }
 
     pub fn mailbox(&self) -> Result<Mailbox, ClientError> {
@@ -217,6 +268,8 @@ pub struct Draft {
     pub body: String,
     pub in_reply_to: Option<String>,
     pub references: Vec<String>,
+    /// Kept when the mail client chose one (threads), generated otherwise.
+    pub message_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -280,7 +333,11 @@ impl Online {
                 keys.insert((*a).clone(), att.encryption_key);
             }
         }
-        let message_id = format!("<{}@{}>", hex(&random_bytes::<16>()), p.domain);
+        let message_id = draft
+            .message_id
+            .as_deref()
+            .and_then(render::clean_msg_id)
+            .unwrap_or_else(|| format!("<{}@{}>", hex(&random_bytes::<16>()), p.domain));
         let payload = Payload {
             from: p.address.clone(),
             to: draft.to.clone(),
@@ -320,6 +377,21 @@ impl Online {
             self.api.send(bytes).await?;
             ids.push(id);
         }
+        // Our own copy, for the Sent mailbox; a client that also APPENDs it finds it there.
+        let sent = Payload {
+            bcc: draft.bcc.clone(),
+            ..payload
+        };
+        self.me.cache.append(&NewMail {
+            folder: "Sent".into(),
+            flags: vec!["\\Seen".into()],
+            internal_date: now() as i64,
+            raw: render::render(&sent, &p.attestation.identity_key, &p.address),
+            message_id: Some(message_id.clone()),
+        }).map_err(|e| match e {
+            cache::MailboxError::Store(e) => e,
+            other => ClientError::Io(other.to_string()),
+        })?;
         Ok(SendReport {
             message_id,
             envelopes: ids,
@@ -362,7 +434,9 @@ impl Online {
             .await
     }
 
-    /// Fetches new mail, verifies it, commits it locally, then acknowledges it.
+    /// Fetches new mail, verifies it, commits it locally, then acknowledges it. Works a
+    /// page (up to 1000 messages) at a time: downloads in parallel, opens on every core,
+    /// commits the page in one transaction, and only then acknowledges the page.
     pub async fn sync(
         &self,
         progress: &mut dyn FnMut(usize, usize),
@@ -371,80 +445,149 @@ impl Online {
         let mut report = SyncReport::default();
         let mut senders: BTreeMap<Address, Result<IdentityPublicKey, String>> = BTreeMap::new();
         let mut after = 0;
+        let mut done = 0;
         loop {
             let page = self.api.list(after).await?;
             if page.is_empty() {
                 break;
             }
-            let total = page.len();
-            for (i, entry) in page.iter().enumerate() {
-                after = after.max(entry.seq);
-                let bytes = self.api.fetch(&entry.id).await?;
+            after = page.iter().map(|e| e.seq).max().unwrap_or(after);
+            let bodies = self.fetch_page(&page).await?;
+            let mut fresh = Vec::new();
+            for (entry, bytes) in page.iter().zip(bodies) {
                 match mailbox.envelope(&entry.id)? {
-                    Some(existing) if existing == bytes => {
-                        // Stored before a crash, never acknowledged: acknowledge now.
-                        report.already_had += 1;
-                    }
-                    _ => match self.verify(&mailbox, &entry.id, &bytes, &mut senders).await {
-                        Ok(signer) => {
-                            mailbox.insert(
-                                &Stored {
-                                    id: entry.id.clone(),
-                                    sender: entry.sender.clone(),
-                                    received: entry.received,
-                                    envelope: bytes,
-                                    signer_key: signer.0,
-                                },
-                                now(),
-                            )?;
-                            report.fetched += 1;
-                            report.new_ids.push(entry.id.clone());
-                        }
-                        Err(reason) => {
-                            tracing::warn!(id = %entry.id, sender = %entry.sender, %reason, "refused a message");
-                            mailbox.refuse(&entry.id, &entry.sender, &reason, &bytes, now())?;
-                            report.refused.push((entry.id.clone(), reason));
-                        }
-                    },
+                    // Stored before a crash, never acknowledged: acknowledge now.
+                    Some(existing) if existing == bytes => report.already_had += 1,
+                    _ => fresh.push((entry, bytes)),
                 }
-                // Only after the local commit above.
-                self.api.ack(&entry.id).await?;
-                progress(i + 1, total);
             }
+            for (_, bytes) in &fresh {
+                if let Ok(env) = Envelope::decode(bytes) {
+                    if env.signer_kind == SignerKind::User && !senders.contains_key(&env.sender) {
+                        let key = self
+                            .verified_key(&env.sender)
+                            .await
+                            .map(|a| a.identity_key)
+                            .map_err(|e| e.to_string());
+                        senders.insert(env.sender.clone(), key);
+                    }
+                }
+            }
+            let opened = self.open_all(&mailbox, &fresh, &senders);
+            let mut accepted = Vec::new();
+            for ((entry, bytes), result) in fresh.into_iter().zip(opened) {
+                match result {
+                    Ok((signer, payload)) => {
+                        accepted.push(Synced {
+                            mail: self.me.filed(&payload, &signer, entry.received),
+                            stored: Stored {
+                                id: entry.id.clone(),
+                                sender: entry.sender.clone(),
+                                received: entry.received,
+                                envelope: bytes,
+                                signer_key: signer.0,
+                            },
+                        });
+                        report.fetched += 1;
+                        report.new_ids.push(entry.id.clone());
+                    }
+                    Err(reason) => {
+                        tracing::warn!(id = %entry.id, sender = %entry.sender, %reason, "refused a message");
+                        mailbox.refuse(&entry.id, &entry.sender, &reason, &bytes, now())?;
+                        report.refused.push((entry.id.clone(), reason));
+                    }
+                }
+            }
+            self.me.cache.commit_synced(&accepted, now())?;
+            // Only after the local commit above.
+            let ids: Vec<String> = page.iter().map(|e| e.id.clone()).collect();
+            self.api.ack_many(&ids).await?;
+            done += page.len();
+            progress(done, done + usize::from(page.len() == 1000));
         }
         Ok(report)
     }
 
-    /// Checks a fetched envelope fully; the error is the reason it is refused.
-    async fn verify(
+    /// Downloads a page of envelopes, several at a time, in listing order.
+    async fn fetch_page(&self, page: &[ListEntry]) -> Result<Vec<Vec<u8>>, ClientError> {
+        let mut out: Vec<Option<Vec<u8>>> = vec![None; page.len()];
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next = 0;
+        loop {
+            while tasks.len() < FETCH_CONCURRENCY && next < page.len() {
+                let api = self.api.clone();
+                let id = page[next].id.clone();
+                let i = next;
+                tasks.spawn(async move { (i, api.fetch(&id).await) });
+                next += 1;
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let (i, bytes) = joined.map_err(|e| ClientError::Io(format!("download task failed: {e}")))?;
+            out[i] = Some(bytes?);
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Verifies and opens envelopes on every core.
+    fn open_all(
         &self,
         mailbox: &Mailbox,
+        items: &[(&ListEntry, Vec<u8>)],
+        senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
+    ) -> Vec<Result<(IdentityPublicKey, Payload), String>> {
+        // Envelope ids already stored, for replay detection; looked up before the threads.
+        let stored: std::collections::BTreeSet<String> = items
+            .iter()
+            .filter_map(|(_, b)| Envelope::decode(b).ok())
+            .map(|e| e.id.to_hex())
+            .filter(|id| mailbox.envelope(id).ok().flatten().is_some())
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let chunk = items.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = items
+                .chunks(chunk)
+                .map(|part| {
+                    let stored = &stored;
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(entry, bytes)| self.verify(&entry.id, bytes, senders, stored))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// Checks a fetched envelope fully; the error is the reason it is refused.
+    fn verify(
+        &self,
         id: &str,
         bytes: &[u8],
-        senders: &mut BTreeMap<Address, Result<IdentityPublicKey, String>>,
-    ) -> Result<IdentityPublicKey, String> {
+        senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
+        stored: &std::collections::BTreeSet<String>,
+    ) -> Result<(IdentityPublicKey, Payload), String> {
         let env = Envelope::decode(bytes).map_err(|e| e.to_string())?;
         if env.id.to_hex() != id {
             return Err("the envelope id does not match the server's listing".into());
         }
         // Legacy mail is sealed by our own domain's inbound gateway; native mail by its
-        // sender, whose identity key we verify once per sync.
+        // sender, whose identity key was verified once for this sync.
         let signer = if env.signer_kind == SignerKind::Domain {
             self.me.profile.domain_key
         } else {
-            if !senders.contains_key(&env.sender) {
-                let key = self
-                    .verified_key(&env.sender)
-                    .await
-                    .map(|a| a.identity_key)
-                    .map_err(|e| e.to_string());
-                senders.insert(env.sender.clone(), key);
-            }
-            senders[&env.sender].clone()?
+            senders
+                .get(&env.sender)
+                .cloned()
+                .unwrap_or_else(|| Err("the sender's key was not looked up".into()))?
         };
-        let seen = |i: &letterme_protocol::EnvelopeId| {
-            mailbox.envelope(&i.to_hex()).ok().flatten().is_some()
-        };
+        let seen = |i: &letterme_protocol::EnvelopeId| stored.contains(&i.to_hex());
         let payload = env
             .open(
                 &self.me.profile.address,
@@ -456,6 +599,6 @@ impl Online {
         if env.signer_kind == SignerKind::Domain && payload.legacy.is_none() {
             return Err("a domain-signed envelope that is not inbound legacy mail".into());
         }
-        Ok(signer)
+        Ok((signer, payload))
     }
 }

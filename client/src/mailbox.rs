@@ -20,6 +20,26 @@ pub struct Stored {
     pub signer_key: [u8; 32],
 }
 
+/// The sealed envelopes and the refused ones.
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY, sender TEXT NOT NULL, received INTEGER NOT NULL,
+    stored_at INTEGER NOT NULL, envelope BLOB NOT NULL, signer_key BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS refused (
+    id TEXT NOT NULL, sender TEXT NOT NULL, reason TEXT NOT NULL,
+    envelope BLOB NOT NULL, stored_at INTEGER NOT NULL);
+";
+
+pub(crate) fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+    Ok(Stored {
+        id: r.get(0)?,
+        sender: r.get(1)?,
+        received: r.get::<_, i64>(2)? as u64,
+        envelope: r.get(3)?,
+        signer_key: r.get(4)?,
+    })
+}
+
 #[derive(Debug)]
 pub struct Mailbox {
     conn: Connection,
@@ -36,15 +56,7 @@ impl Mailbox {
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS messages (
-                 id TEXT PRIMARY KEY, sender TEXT NOT NULL, received INTEGER NOT NULL,
-                 stored_at INTEGER NOT NULL, envelope BLOB NOT NULL, signer_key BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS refused (
-                 id TEXT NOT NULL, sender TEXT NOT NULL, reason TEXT NOT NULL,
-                 envelope BLOB NOT NULL, stored_at INTEGER NOT NULL);",
-        )
-        .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(Self {
             conn,
             path: path.to_owned(),
@@ -107,15 +119,7 @@ impl Mailbox {
             .prepare("SELECT id, sender, received, envelope, signer_key FROM messages ORDER BY received, rowid")
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(Stored {
-                    id: r.get(0)?,
-                    sender: r.get(1)?,
-                    received: r.get::<_, i64>(2)? as u64,
-                    envelope: r.get(3)?,
-                    signer_key: r.get(4)?,
-                })
-            })
+            .query_map([], stored_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }

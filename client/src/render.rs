@@ -1,0 +1,161 @@
+//! Turning an opened envelope into the RFC 5322 message a mail client reads.
+//!
+//! Legacy mail is served byte for byte as the gateway sealed it (with its
+//! Authentication-Results). Native mail becomes a text/plain UTF-8 message built with
+//! lettre, so header encoding (RFC 2047) and transfer encoding are not hand-written here.
+//! Sender-controlled strings are cleaned before they reach a header, so a hostile subject
+//! cannot inject header fields.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use letterme_protocol::{Address, IdentityPublicKey, Payload};
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox as LettreMailbox, Mailboxes};
+
+/// The header field recording the signature check (RFC 6648: no `X-`).
+pub const VERIFIED_HEADER: &str = "Letterme-Signature";
+
+/// The message as served over IMAP.
+pub fn render(payload: &Payload, signer: &IdentityPublicKey, me: &Address) -> Vec<u8> {
+    if let Some(l) = &payload.legacy {
+        return l.raw.clone();
+    }
+    native(payload, signer, me).unwrap_or_else(|| fallback(payload, signer))
+}
+
+fn mailbox(a: &Address) -> Option<LettreMailbox> {
+    a.as_str().parse::<lettre::Address>().ok().map(|a| LettreMailbox::new(None, a))
+}
+
+fn mailboxes(list: &[Address]) -> Option<Mailboxes> {
+    let mut out = Mailboxes::new();
+    for a in list {
+        out.push(mailbox(a)?);
+    }
+    Some(out)
+}
+
+/// One line of printable text: control characters (CR, LF, ...) become spaces.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// A msg-id (RFC 5322 §3.6.4) as sent, or `None` when it is not a plain `<...>` token.
+pub fn clean_msg_id(s: &str) -> Option<String> {
+    let s = s.trim();
+    let ok = s.len() <= 998
+        && s.starts_with('<')
+        && s.ends_with('>')
+        && s.len() > 2
+        && s[1..s.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>');
+    ok.then(|| s.to_owned())
+}
+
+fn verified_value(payload: &Payload, signer: &IdentityPublicKey) -> String {
+    format!(
+        "pass; signer={}; identity-key={}",
+        payload.from,
+        signer.to_base64()
+    )
+}
+
+fn native(payload: &Payload, signer: &IdentityPublicKey, me: &Address) -> Option<Vec<u8>> {
+    let mut b = lettre::Message::builder()
+        .from(mailbox(&payload.from)?)
+        .subject(one_line(&payload.subject))
+        .date(UNIX_EPOCH + Duration::from_secs(payload.date))
+        .message_id(clean_msg_id(&payload.message_id))
+        .header(ContentType::TEXT_PLAIN)
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str(VERIFIED_HEADER),
+            verified_value(payload, signer),
+        ));
+    if !payload.to.is_empty() {
+        b = b.mailbox(lettre::message::header::To::from(mailboxes(&payload.to)?));
+    }
+    if !payload.cc.is_empty() {
+        b = b.mailbox(lettre::message::header::Cc::from(mailboxes(&payload.cc)?));
+    }
+    if let Some(r) = payload.in_reply_to.as_deref().and_then(clean_msg_id) {
+        b = b.in_reply_to(r);
+    }
+    let refs: Vec<String> = payload
+        .references
+        .iter()
+        .filter_map(|r| clean_msg_id(r))
+        .collect();
+    if !refs.is_empty() {
+        b = b.references(refs.join(" "));
+    }
+    let envelope =
+        lettre::address::Envelope::new(Some(payload.from.as_str().parse().ok()?), vec![
+            me.as_str().parse().ok()?,
+        ])
+        .ok()?;
+    let m = b.envelope(envelope).body(payload.body.clone()).ok()?;
+    Some(m.formatted())
+}
+
+/// Never expected (every field is cleaned above), but a message is never dropped for it.
+fn fallback(payload: &Payload, signer: &IdentityPublicKey) -> Vec<u8> {
+    format!(
+        "From: <{}>\r\nSubject: (unrenderable letter.me message)\r\n{VERIFIED_HEADER}: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}",
+        payload.from,
+        verified_value(payload, signer),
+        payload.body.replace('\r', "").replace('\n', "\r\n")
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use letterme_protocol::SigningKeypair;
+
+    fn payload() -> Payload {
+        Payload {
+            from: Address::parse("alice@example.com").unwrap(),
+            to: vec![Address::parse("bob@example.com").unwrap()],
+            cc: vec![Address::parse("carol@example.com").unwrap()],
+            bcc: vec![],
+            subject: "Grüße\r\nBcc: evil@example.org".into(),
+            body: "Hallo Bob,\nwie geht's?\n".into(),
+            headers: vec![],
+            date: 1_700_000_000,
+            message_id: "<m1@example.com>".into(),
+            in_reply_to: Some("<m0@example.com>".into()),
+            references: vec!["<m-1@example.com>".into(), "<m0@example.com>".into()],
+            legacy: None,
+        }
+    }
+
+    #[test]
+    fn native_message_renders_as_rfc5322_with_threading_headers() {
+        let key = SigningKeypair::generate().public();
+        let me = Address::parse("bob@example.com").unwrap();
+        let raw = render(&payload(), &key, &me);
+        let m = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        assert!(m.subject().unwrap().starts_with("Grüße"), "{:?}", m.subject());
+        assert!(m.header("Bcc").is_none(), "header injection through the subject");
+        assert_eq!(m.message_id(), Some("m1@example.com"));
+        assert_eq!(m.in_reply_to().as_text(), Some("m0@example.com"));
+        assert_eq!(m.references().as_text_list().unwrap().len(), 2);
+        assert_eq!(m.cc().unwrap().first().unwrap().address(), Some("carol@example.com"));
+        assert_eq!(m.body_text(0).unwrap().replace("\r\n", "\n"), "Hallo Bob,\nwie geht's?\n");
+        let v = m.header_raw(VERIFIED_HEADER).unwrap();
+        assert!(v.contains("pass; signer=alice@example.com"), "{v}");
+        assert_eq!(m.date().unwrap().to_timestamp(), 1_700_000_000);
+    }
+
+    #[test]
+    fn hostile_message_ids_are_dropped() {
+        assert_eq!(clean_msg_id("<a@b>"), Some("<a@b>".into()));
+        assert_eq!(clean_msg_id("<a@b>\r\nBcc: x"), None);
+        assert_eq!(clean_msg_id("<a b@c>"), None);
+        assert_eq!(clean_msg_id("<>"), None);
+    }
+}

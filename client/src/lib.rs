@@ -212,14 +212,16 @@ impl Unlocked {
 
     /// Logs in to the profile's server.
     pub async fn connect(self) -> Result<Online, ClientError> {
-        let mut api = Api::new(&self.profile.server);
-        api.login(
-            &self.profile.domain,
-            &self.profile.address,
-            &self.keys.identity,
-        )
-        .await?;
-        Ok(Online { me: self, api })
+        Self::connect_shared(Arc::new(self)).await
+    }
+
+    /// Logs in with an unlocked profile that other sessions share (the proxy's sync and
+    /// submission each have their own login).
+    pub async fn connect_shared(me: Arc<Self>) -> Result<Online, ClientError> {
+        let mut api = Api::new(&me.profile.server);
+        api.login(&me.profile.domain, &me.profile.address, &me.keys.identity)
+            .await?;
+        Ok(Online { me, api })
     }
 }
 
@@ -292,7 +294,7 @@ pub struct SyncReport {
 /// A logged-in session.
 #[derive(Debug)]
 pub struct Online {
-    pub me: Unlocked,
+    pub me: Arc<Unlocked>,
     pub api: Api,
 }
 
@@ -404,10 +406,11 @@ impl Online {
     /// Runs until an error.
     pub async fn watch(
         &mut self,
-        on_new: &mut dyn FnMut(&Unlocked, &SyncReport),
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+        on_new: &mut (dyn FnMut(&Unlocked, &SyncReport) + Send),
     ) -> Result<(), ClientError> {
         loop {
-            match self.sync(&mut |_, _| {}).await {
+            match self.sync(progress).await {
                 Ok(report) => {
                     if report.fetched > 0 || !report.refused.is_empty() {
                         on_new(&self.me, &report);
@@ -427,7 +430,7 @@ impl Online {
         }
     }
 
-    async fn relogin(&mut self) -> Result<(), ClientError> {
+    pub async fn relogin(&mut self) -> Result<(), ClientError> {
         let p = &self.me.profile;
         self.api
             .login(&p.domain, &p.address, &self.me.keys.identity)
@@ -439,7 +442,7 @@ impl Online {
     /// commits the page in one transaction, and only then acknowledges the page.
     pub async fn sync(
         &self,
-        progress: &mut dyn FnMut(usize, usize),
+        progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<SyncReport, ClientError> {
         let mailbox = self.me.mailbox()?;
         let mut report = SyncReport::default();

@@ -52,6 +52,30 @@ pub enum Command {
     List(JsonFlag),
     /// Show one message (ID or a unique prefix of it, as `list` prints).
     Read(ReadArgs),
+    /// Serve your mail to a desktop mail client (Thunderbird) over IMAP and SMTP on loopback.
+    ///
+    /// Keeps syncing from the server, decrypts locally, and sends what the client submits
+    /// end-to-end encrypted. `letterme proxy credentials` prints the login to configure.
+    Proxy(ProxyArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ProxyArgs {
+    #[command(subcommand)]
+    pub action: Option<ProxyAction>,
+    /// IMAP listen address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:1143", value_name = "ADDR")]
+    pub imap_listen: SocketAddr,
+    /// SMTP submission listen address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:1025", value_name = "ADDR")]
+    pub smtp_listen: SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProxyAction {
+    /// Print what the mail client needs: addresses, username, password, TLS fingerprint.
+    Credentials(JsonFlag),
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod proxy;
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,10 @@ const MAX_STDIN_BODY: u64 = 64 * 1024 * 1024;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let server_side = matches!(cli.command, Command::Serve(_) | Command::Init(_));
+    let server_side = matches!(
+        cli.command,
+        Command::Serve(_) | Command::Init(_) | Command::Proxy(cli::ProxyArgs { action: None, .. })
+    );
     init_logging(if server_side { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -75,6 +79,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Sync(args) if args.watch => watch(profile_dir, args.json.json).await,
         Command::Sync(args) => sync(profile_dir, args.json.json).await,
         Command::List(json) => list(profile_dir, json.json),
+        Command::Proxy(args) => match &args.action {
+            Some(cli::ProxyAction::Credentials(json)) => proxy::credentials(&profile_dir, json.json),
+            None => proxy::run(profile_dir, args.imap_listen, args.smtp_listen).await,
+        },
         Command::Read(args) => {
             let m = unlock(profile_dir)?.read(&args.id)?;
             if args.json.json {
@@ -203,8 +211,9 @@ async fn watch(dir: ProfileDir, json: bool) -> Result<()> {
         }
         let _ = std::io::stdout().flush();
     };
+    let mut no_progress = |_, _| {};
     tokio::select! {
-        r = online.watch(&mut print) => Ok(r?),
+        r = online.watch(&mut no_progress, &mut print) => Ok(r?),
         () = shutdown_signal() => Ok(()),
     }
 }
@@ -324,7 +333,7 @@ fn new_passphrase() -> Result<String> {
     Ok(p)
 }
 
-fn unlock(dir: ProfileDir) -> Result<Unlocked> {
+pub(crate) fn unlock(dir: ProfileDir) -> Result<Unlocked> {
     let profile = dir.load()?;
     let pass = passphrase(&format!("Passphrase for {}: ", profile.address))?;
     Ok(Unlocked::open(dir, &pass)?)
@@ -401,7 +410,7 @@ async fn serve(config: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let Ok(mut term) =

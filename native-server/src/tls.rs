@@ -72,6 +72,20 @@ pub fn spki_fingerprint(cert_pem: &Path) -> Result<String, TlsError> {
     )))
 }
 
+/// SHA-256 of the whole certificate, as colon-separated hex: what mail clients show when
+/// asked to trust a self-signed certificate.
+pub fn cert_sha256(cert_pem: &Path) -> Result<String, TlsError> {
+    let der = CertificateDer::from_pem_file(cert_pem).map_err(|e| TlsError::Cert {
+        path: cert_pem.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(Sha256::digest(der.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
 /// Writes a new self-signed certificate for `names` (PEM, key mode 0600).
 pub fn generate_self_signed(names: &[String], cert: &Path, key: &Path) -> Result<(), TlsError> {
     let ck = rcgen::generate_simple_self_signed(names.to_vec())

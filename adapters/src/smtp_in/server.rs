@@ -67,9 +67,48 @@ impl std::fmt::Debug for SmtpIn {
     }
 }
 
+/// What the connection driver asks of the service behind it: the inbound MX here, the
+/// proxy's local submission in `crate::submission`.
+pub trait Backend: Send + Sync + 'static {
+    fn session_config(&self) -> &SessionConfig;
+    fn conn_limits(&self) -> &ConnLimits;
+    fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor>;
+    /// `Ok` accepts RCPT TO; the error is the reply.
+    fn check_recipient(
+        &self,
+        s: &Session,
+        rcpt: &Address,
+    ) -> impl Future<Output = Result<(), Reply>> + Send;
+    /// Takes the message; the reply is sent only after it is durably handled.
+    fn accept_message(
+        &self,
+        s: &Session,
+        tx: super::session::Transaction,
+    ) -> impl Future<Output = Reply> + Send;
+}
+
+impl Backend for SmtpIn {
+    fn session_config(&self) -> &SessionConfig {
+        &self.session
+    }
+    fn conn_limits(&self) -> &ConnLimits {
+        &self.conn
+    }
+    fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.tls.as_ref()
+    }
+    async fn check_recipient(&self, _: &Session, rcpt: &Address) -> Result<(), Reply> {
+        check_recipient(self, rcpt).await
+    }
+    async fn accept_message(&self, s: &Session, tx: super::session::Transaction) -> Reply {
+        accept_message(self, s, tx).await
+    }
+}
+
 /// Serves `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, smtp: Arc<SmtpIn>, mut shutdown: watch::Receiver<bool>) {
-    let sessions = Arc::new(Semaphore::new(smtp.conn.max_sessions));
+pub async fn serve<B: Backend>(listener: TcpListener, smtp: Arc<B>, mut shutdown: watch::Receiver<bool>) {
+    let conn = smtp.conn_limits().clone();
+    let sessions = Arc::new(Semaphore::new(conn.max_sessions));
     let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (stream, peer) = tokio::select! {
@@ -92,7 +131,7 @@ pub async fn serve(listener: TcpListener, smtp: Arc<SmtpIn>, mut shutdown: watch
         let ip = peer.ip().to_canonical();
         let admitted = per_ip.lock().is_ok_and(|mut m| {
             let n = m.entry(ip).or_insert(0);
-            if *n >= smtp.conn.max_sessions_per_ip {
+            if *n >= conn.max_sessions_per_ip {
                 false
             } else {
                 *n += 1;
@@ -108,7 +147,7 @@ pub async fn serve(listener: TcpListener, smtp: Arc<SmtpIn>, mut shutdown: watch
         }
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            if let Err(e) = session(stream, peer, &smtp).await {
+            if let Err(e) = session(stream, peer, smtp.as_ref()).await {
                 tracing::debug!(%peer, error = %e, "smtp session ended");
             }
             if let Ok(mut m) = per_ip.lock()
@@ -136,11 +175,11 @@ enum Outcome<S> {
     StartTls(S, Box<Session>),
 }
 
-async fn session(stream: TcpStream, peer: SocketAddr, smtp: &SmtpIn) -> std::io::Result<()> {
+async fn session<B: Backend>(stream: TcpStream, peer: SocketAddr, smtp: &B) -> std::io::Result<()> {
     let mut s = Session::new(
         SessionConfig {
-            tls_available: smtp.tls.is_some(),
-            ..smtp.session.clone()
+            tls_available: smtp.tls().is_some(),
+            ..smtp.session_config().clone()
         },
         peer.ip().to_canonical(),
     );
@@ -150,10 +189,10 @@ async fn session(stream: TcpStream, peer: SocketAddr, smtp: &SmtpIn) -> std::io:
         Outcome::Closed => Ok(()),
         Outcome::StartTls(stream, next) => {
             s = *next;
-            let Some(acceptor) = &smtp.tls else {
+            let Some(acceptor) = smtp.tls() else {
                 return Ok(());
             };
-            let tls = tokio::time::timeout(smtp.conn.command_timeout, acceptor.accept(stream))
+            let tls = tokio::time::timeout(smtp.conn_limits().command_timeout, acceptor.accept(stream))
                 .await
                 .map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
@@ -167,18 +206,18 @@ async fn session(stream: TcpStream, peer: SocketAddr, smtp: &SmtpIn) -> std::io:
 }
 
 /// Reads, feeds, answers, writes — until the session closes or asks for TLS.
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+async fn run<S: AsyncRead + AsyncWrite + Unpin, B: Backend>(
     mut stream: S,
     mut s: Session,
-    smtp: &SmtpIn,
+    smtp: &B,
 ) -> std::io::Result<Outcome<S>> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let timeout = if s.in_data() {
-            smtp.conn.data_timeout
+            smtp.conn_limits().data_timeout
         } else {
-            smtp.conn.command_timeout
+            smtp.conn_limits().command_timeout
         };
         let n = match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
             Err(_) => {
@@ -199,7 +238,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 match ev {
                     Event::Reply(r) => out.extend_from_slice(&r.to_bytes()),
                     Event::CheckRecipient(rcpt) => {
-                        let result = check_recipient(smtp, &rcpt).await;
+                        let result = smtp.check_recipient(&s, &rcpt).await;
                         out.extend_from_slice(&s.recipient_checked(rcpt, result).to_bytes());
                         resumed = true;
                     }
@@ -207,7 +246,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         // The sender may be waiting for replies to pipelined commands.
                         stream.write_all(&out).await?;
                         out.clear();
-                        let reply = accept_message(smtp, &s, tx).await;
+                        let reply = smtp.accept_message(&s, tx).await;
                         out.extend_from_slice(&s.message_done(reply).to_bytes());
                         resumed = true;
                     }

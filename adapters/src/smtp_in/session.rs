@@ -11,8 +11,14 @@ use std::net::IpAddr;
 
 use letterme_protocol::Address;
 use smtp_proto::request::receiver::DataReceiver;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::credentials::Credentials;
 use smtp_proto::{
-    MAIL_BODY_BINARYMIME, MAIL_CONPERM, MAIL_REQUIRETLS, MAIL_RET_FULL, MAIL_RET_HDRS,
+    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_BINARYMIME, MAIL_CONPERM, MAIL_REQUIRETLS, MAIL_RET_FULL, MAIL_RET_HDRS,
     MAIL_SMTPUTF8, Request,
 };
 
@@ -126,7 +132,16 @@ enum State {
     Data(Box<DataState>),
     /// Waiting for the driver; input is buffered meanwhile.
     Waiting,
+    /// Reading an RFC 4954 AUTH response line.
+    Auth(AuthStep),
     Closed,
+}
+
+#[derive(Debug)]
+enum AuthStep {
+    Plain,
+    LoginUser,
+    LoginPass(Vec<u8>),
 }
 
 struct DataState {
@@ -152,6 +167,9 @@ pub struct SessionConfig {
     pub domain: String,
     pub limits: Limits,
     pub tls_available: bool,
+    /// Submission mode (RFC 6409 with RFC 4954 AUTH PLAIN/LOGIN): MAIL needs a login
+    /// with these credentials. `None` for the public MX, which offers no AUTH.
+    pub auth: Option<Arc<Credentials>>,
 }
 
 /// One SMTP session.
@@ -165,6 +183,7 @@ pub struct Session {
     esmtp: bool,
     tls: bool,
     mail_from: Option<String>,
+    authenticated: bool,
     smtputf8: bool,
     recipients: Vec<Address>,
     commands: usize,
@@ -183,6 +202,7 @@ impl Session {
             esmtp: false,
             tls: false,
             mail_from: None,
+            authenticated: false,
             smtputf8: false,
             recipients: Vec::new(),
             commands: 0,
@@ -257,6 +277,21 @@ impl Session {
                         break;
                     }
                 }
+                State::Auth(_) => {
+                    let Some(pos) = self.pending.iter().position(|&b| b == b'\n') else {
+                        if self.pending.len() > self.cfg.limits.max_line {
+                            self.pending.clear();
+                            self.state = State::SkipLine;
+                            out.push(self.error(Reply::new(500, "5.5.6", "authentication exchange line too long")));
+                        }
+                        break;
+                    };
+                    let line: Vec<u8> = self.pending.drain(..=pos).collect();
+                    let State::Auth(step) = std::mem::replace(&mut self.state, State::Command) else {
+                        unreachable!("in the auth state");
+                    };
+                    self.auth_line(step, &line, &mut out);
+                }
                 State::Command => {
                     let Some(pos) = self.pending.iter().position(|&b| b == b'\n') else {
                         if self.pending.len() > self.cfg.limits.max_line {
@@ -294,6 +329,77 @@ impl Session {
             self.state = State::Closed;
         }
         out
+    }
+
+    /// RFC 4954 §4: AUTH, with or without an initial response.
+    fn auth(&mut self, mechanism: u64, initial: &str, out: &mut Vec<Event>) {
+        if self.cfg.auth.is_none() {
+            out.push(self.error(Reply::new(502, "5.5.1", "AUTH not offered on this port")));
+        } else if self.authenticated {
+            out.push(self.error(Reply::new(503, "5.5.1", "already authenticated")));
+        } else if self.mail_from.is_some() {
+            out.push(self.error(Reply::new(503, "5.5.1", "AUTH is not allowed during a mail transaction")));
+        } else if mechanism == AUTH_PLAIN && initial.is_empty() {
+            self.state = State::Auth(AuthStep::Plain);
+            out.push(Event::Reply(Reply::new(334, "", "")));
+        } else if mechanism == AUTH_PLAIN {
+            self.auth_line(AuthStep::Plain, initial.as_bytes(), out);
+        } else if mechanism == AUTH_LOGIN && initial.is_empty() {
+            self.state = State::Auth(AuthStep::LoginUser);
+            out.push(Event::Reply(Reply::new(334, "", B64.encode("Username:"))));
+        } else if mechanism == AUTH_LOGIN {
+            self.auth_line(AuthStep::LoginUser, initial.as_bytes(), out);
+        } else {
+            out.push(self.error(Reply::new(504, "5.5.4", "unsupported mechanism; use PLAIN or LOGIN")));
+        }
+    }
+
+    fn auth_line(&mut self, step: AuthStep, line: &[u8], out: &mut Vec<Event>) {
+        let line = line.trim_ascii();
+        if line == b"*" {
+            out.push(self.error(Reply::new(501, "5.0.0", "authentication cancelled")));
+            return;
+        }
+        // "=" is an empty initial response (RFC 4954 §4).
+        let decoded = if line == b"=" { Ok(Vec::new()) } else { B64.decode(line) };
+        let Ok(decoded) = decoded else {
+            out.push(self.error(Reply::new(501, "5.5.2", "cannot decode the base64 response")));
+            return;
+        };
+        let (user, pass) = match step {
+            AuthStep::LoginUser => {
+                self.state = State::Auth(AuthStep::LoginPass(decoded));
+                out.push(Event::Reply(Reply::new(334, "", B64.encode("Password:"))));
+                return;
+            }
+            AuthStep::LoginPass(user) => (user, decoded),
+            // RFC 4616: [authzid] NUL authcid NUL passwd
+            AuthStep::Plain => {
+                let mut parts = decoded.split(|&b| b == 0);
+                let (Some(authz), Some(user), Some(pass), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    out.push(self.error(Reply::new(501, "5.5.2", "malformed PLAIN response")));
+                    return;
+                };
+                if !authz.is_empty() && authz != user {
+                    out.push(self.error(Reply::new(535, "5.7.8", "authorization identity must be the user")));
+                    return;
+                }
+                (user.to_vec(), pass.to_vec())
+            }
+        };
+        let ok = self.cfg.auth.as_ref().is_some_and(|c| c.check(&user, &pass));
+        if ok {
+            self.authenticated = true;
+            out.push(Event::Reply(Reply::new(235, "2.7.0", "authenticated")));
+        } else {
+            out.push(self.error(Reply::new(
+                535,
+                "5.7.8",
+                "wrong username or password; see `letterme proxy credentials`",
+            )));
+        }
     }
 
     fn error(&mut self, r: Reply) -> Event {
@@ -366,6 +472,9 @@ impl Session {
                 if self.cfg.tls_available && !self.tls {
                     text.push_str("\nSTARTTLS");
                 }
+                if self.cfg.auth.is_some() {
+                    text.push_str("\nAUTH PLAIN LOGIN");
+                }
                 out.push(Event::Reply(Reply::new(250, "", text)));
             }
             Request::Helo { host } => {
@@ -392,6 +501,12 @@ impl Session {
             Request::Mail { from } => {
                 if self.helo.is_none() {
                     out.push(self.error(Reply::new(503, "5.5.1", "say EHLO first")));
+                } else if self.cfg.auth.is_some() && !self.authenticated {
+                    out.push(self.error(Reply::new(
+                        530,
+                        "5.7.0",
+                        "authentication required; see `letterme proxy credentials`",
+                    )));
                 } else if self.mail_from.is_some() {
                     out.push(self.error(Reply::new(503, "5.5.1", "nested MAIL command")));
                 } else if from.size > self.cfg.limits.max_message {
@@ -488,9 +603,10 @@ impl Session {
             Request::Bdat { .. } => {
                 out.push(self.error(Reply::new(502, "5.5.1", "CHUNKING not offered")));
             }
-            Request::Auth { .. } => {
-                out.push(self.error(Reply::new(502, "5.5.1", "AUTH not offered on this port")));
-            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response, out),
             Request::Rset => {
                 self.reset();
                 out.push(Event::Reply(Reply::new(250, "2.0.0", "ok")));

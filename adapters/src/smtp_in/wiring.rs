@@ -86,6 +86,7 @@ pub async fn start(
                 ..Limits::default()
             },
             tls_available: tls.is_some(),
+            auth: None,
         },
         conn: ConnLimits {
             max_sessions: config.smtp.max_sessions,

@@ -12,6 +12,7 @@ fn session(max_message: usize) -> Session {
                 ..Limits::default()
             },
             tls_available: true,
+            auth: None,
         },
         "127.0.0.1".parse().unwrap(),
     )

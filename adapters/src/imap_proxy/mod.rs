@@ -1,0 +1,13 @@
+//! The local IMAP server of `letterme proxy`: serves the decrypted local cache to the
+//! user's mail client on loopback (DESIGN.md §3, §7.5).
+//!
+//! `session` is the protocol core (command in, responses out); `server` the tokio driver;
+//! `mime` and `search` answer FETCH and SEARCH from the RFC 5322 bytes.
+
+pub mod mime;
+pub mod search;
+pub mod server;
+pub mod session;
+
+pub use server::{ImapProxy, serve};
+pub use session::Credentials;

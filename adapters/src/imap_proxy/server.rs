@@ -1,0 +1,325 @@
+//! The tokio driver for the IMAP proxy: accepts loopback connections, feeds bytes to
+//! imap-next's server flow, hands commands to [`Session`], writes the answers, and runs
+//! STARTTLS and IDLE.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap_codec::CommandCodec;
+use imap_codec::decode::Decoder as _;
+use imap_codec::imap_types::IntoStatic as _;
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::{Tag, Text};
+use imap_codec::imap_types::response::{CommandContinuationRequest, Status};
+use imap_next::server::{Error as FlowError, Event, Options, ResponseHandle, Server};
+use imap_next::{Interrupt, Io, State as _};
+use letterme_client::cache::Cache;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::session::{Credentials, FetchJob, ListOptions, Next, Out, Reply, Session};
+
+/// Largest literal accepted (APPEND of one message).
+pub const MAX_LITERAL: u32 = 64 * 1024 * 1024;
+/// Idle connections are closed after this (RFC 3501 §5.4: at least 30 minutes).
+const AUTOLOGOUT: Duration = Duration::from_secs(31 * 60);
+/// Largest command line without literals.
+const MAX_COMMAND: u32 = MAX_LITERAL + 64 * 1024;
+
+/// What every connection shares.
+pub struct ImapProxy {
+    pub cache: Arc<Cache>,
+    pub credentials: Credentials,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ImapProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapProxy")
+            .field("credentials", &self.credentials)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts connections until `stop` turns true.
+pub async fn serve(listener: TcpListener, proxy: Arc<ImapProxy>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let proxy = proxy.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(stream, &proxy).await {
+                            tracing::debug!(%peer, error = %e, "IMAP connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "IMAP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+fn options() -> Options {
+    let mut o = Options::default();
+    o.max_literal_size = MAX_LITERAL;
+    o.max_command_size = MAX_COMMAND;
+    o
+}
+
+enum Outcome<S> {
+    Closed,
+    StartTls(S, Box<Session>),
+}
+
+async fn connection(stream: TcpStream, proxy: &ImapProxy) -> std::io::Result<()> {
+    let session = Session::new(proxy.cache.clone(), proxy.credentials.clone(), proxy.tls.is_some());
+    let server = Server::new(options(), session.greeting());
+    match run(stream, server, session, proxy, false).await? {
+        Outcome::Closed => Ok(()),
+        Outcome::StartTls(stream, mut session) => {
+            let Some(acceptor) = &proxy.tls else { return Ok(()) };
+            let tls = tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+            session.tls_started();
+            // A fresh flow: nothing read before the handshake survives it (RFC 3501 §6.2.1).
+            let server = Server::new(options(), session.greeting());
+            match run(tls, server, *session, proxy, true).await? {
+                Outcome::Closed | Outcome::StartTls(..) => Ok(()),
+            }
+        }
+    }
+}
+
+/// The tag of a line imap-codec could not parse, to answer it with a tagged BAD.
+fn tag_of(bytes: &[u8]) -> Option<Tag<'static>> {
+    let end = bytes.iter().position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
+    Tag::try_from(bytes[..end].to_vec()).ok()
+}
+
+/// RFC 5258 LIST-EXTENDED, which imap-codec 2.0.0-alpha.10 does not parse:
+/// `tag LIST (selection-options) reference pattern [RETURN (return-options)]`.
+/// The options are bare atoms in parentheses; reference and pattern are handed back to
+/// imap-codec as a plain LIST, so no mailbox grammar is parsed here.
+fn list_extended(line: &[u8]) -> Option<(Command<'static>, ListOptions)> {
+    let line = std::str::from_utf8(line).ok()?.trim_end_matches(['\r', '\n']);
+    let (tag, rest) = line.split_once(' ')?;
+    let rest = rest.strip_prefix("LIST ").or_else(|| rest.strip_prefix("list ")).or_else(|| {
+        rest.get(..5).filter(|p| p.eq_ignore_ascii_case("LIST ")).map(|_| &rest[5..])
+    })?;
+    let mut opts = ListOptions::default();
+    let mut rest = rest;
+    if let Some(r) = rest.strip_prefix('(') {
+        let (sel, after) = r.split_once(')')?;
+        for o in sel.split_whitespace() {
+            match o.to_ascii_uppercase().as_str() {
+                "SUBSCRIBED" => {
+                    opts.subscribed_only = true;
+                    opts.return_subscribed = true;
+                }
+                "SPECIAL-USE" => {
+                    opts.special_use_only = true;
+                    opts.return_special_use = true;
+                }
+                "RECURSIVEMATCH" | "REMOTE" => {}
+                _ => return None,
+            }
+        }
+        rest = after.strip_prefix(' ')?;
+    }
+    let upper = rest.to_ascii_uppercase();
+    if let Some(at) = upper.rfind(" RETURN (") {
+        let ret = rest[at + 9..].strip_suffix(')')?;
+        for o in ret.split_whitespace() {
+            match o.to_ascii_uppercase().as_str() {
+                "SUBSCRIBED" => opts.return_subscribed = true,
+                "SPECIAL-USE" => opts.return_special_use = true,
+                "CHILDREN" => {}
+                _ => return None,
+            }
+        }
+        rest = &rest[..at];
+    }
+    let plain = format!("{tag} LIST {rest}\r\n");
+    let (remaining, cmd) = CommandCodec::default().decode(plain.as_bytes()).ok()?;
+    (remaining.is_empty() && matches!(cmd.body, CommandBody::List { .. })).then(|| (cmd.into_static(), opts))
+}
+
+/// Reads, feeds, answers, writes — until the connection closes or asks for TLS.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    mut server: Server,
+    mut s: Session,
+    proxy: &ImapProxy,
+    after_starttls: bool,
+) -> std::io::Result<Outcome<S>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // After STARTTLS the flow's greeting must not be sent (RFC 3501 §6.2.1).
+    let mut suppress_greeting = after_starttls;
+    let mut after_write = Next::Continue;
+    let mut idle_tag: Option<Tag<'static>> = None;
+    let mut changes = proxy.cache.changes();
+    // A FETCH in progress: the rest of it is produced once its last batch has been sent.
+    let mut fetch: Option<(ResponseHandle, FetchJob)> = None;
+    loop {
+        match server.next() {
+            Ok(Event::GreetingSent { .. }) => suppress_greeting = false,
+            Ok(Event::ResponseSent { handle, .. }) => {
+                if fetch.as_ref().is_some_and(|(h, _)| *h == handle) {
+                    let (_, job) = fetch.take().expect("checked");
+                    fetch = enqueue(&mut server, s.fetch_more(job), &mut after_write);
+                }
+            }
+            Ok(Event::CommandReceived { command }) => {
+                fetch = enqueue(&mut server, s.handle(command), &mut after_write);
+            }
+            Ok(Event::CommandAuthenticateReceived { command_authenticate }) => {
+                let _ = server.authenticate_finish(s.authenticate_refused(&command_authenticate.tag));
+            }
+            Ok(Event::AuthenticateDataReceived { .. }) => {
+                let _ = server.authenticate_finish(
+                    Status::bad(None, None, "authentication cancelled").expect("valid text"),
+                );
+            }
+            Ok(Event::IdleCommandReceived { tag }) => {
+                if s.is_authenticated() {
+                    let cont = CommandContinuationRequest::basic(None, Text::try_from("idling").expect("valid"))
+                        .expect("valid");
+                    let _ = server.idle_accept(cont);
+                    for d in s.updates(true) {
+                        server.enqueue_data(d);
+                    }
+                    idle_tag = Some(tag);
+                } else {
+                    let _ = server.idle_reject(Status::bad(Some(tag), None, "log in first").expect("valid"));
+                }
+            }
+            Ok(Event::IdleDoneReceived) => {
+                if let Some(tag) = idle_tag.take() {
+                    server.enqueue_status(Status::ok(Some(tag), None, "IDLE terminated").expect("valid"));
+                }
+            }
+            Err(Interrupt::Io(Io::Output(bytes))) => {
+                if !suppress_greeting {
+                    out.extend_from_slice(&bytes);
+                }
+                if out.len() >= 256 * 1024 {
+                    stream.write_all(&out).await?;
+                    out.clear();
+                }
+            }
+            Err(Interrupt::Io(Io::NeedMoreInput)) => {
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
+                    out.clear();
+                }
+                match after_write {
+                    Next::Continue => {}
+                    Next::Close => {
+                        let _ = stream.shutdown().await;
+                        return Ok(Outcome::Closed);
+                    }
+                    Next::StartTls => return Ok(Outcome::StartTls(stream, Box::new(s))),
+                }
+                let n = if idle_tag.is_some() {
+                    tokio::select! {
+                        r = tokio::time::timeout(AUTOLOGOUT, stream.read(&mut buf)) => r,
+                        _ = changes.changed() => {
+                            for d in s.updates(true) {
+                                server.enqueue_data(d);
+                            }
+                            continue;
+                        }
+                    }
+                } else {
+                    tokio::time::timeout(AUTOLOGOUT, stream.read(&mut buf)).await
+                };
+                let n = match n {
+                    Err(_) => {
+                        stream.write_all(b"* BYE autologout; idle for too long\r\n").await?;
+                        return Ok(Outcome::Closed);
+                    }
+                    Ok(r) => r?,
+                };
+                if n == 0 {
+                    return Ok(Outcome::Closed);
+                }
+                server.enqueue_input(&buf[..n]);
+            }
+            Err(Interrupt::Error(e)) => match e {
+                FlowError::MalformedMessage { discarded_bytes } | FlowError::ExpectedCrlfGotLf { discarded_bytes } => {
+                    let bytes = discarded_bytes.declassify();
+                    if s.is_authenticated() {
+                        if let Some((cmd, opts)) = list_extended(bytes) {
+                            let CommandBody::List { reference, mailbox_wildcard } = &cmd.body else { continue };
+                            let reply = s.list(&cmd.tag, reference, mailbox_wildcard, opts, false);
+                            fetch = enqueue(&mut server, reply, &mut after_write);
+                            continue;
+                        }
+                    }
+                    let status = match tag_of(bytes) {
+                        Some(tag) => Status::bad(Some(tag), None, "syntax error; the command could not be parsed"),
+                        None => Status::bad(None, None, "syntax error; the command could not be parsed"),
+                    }
+                    .expect("valid text");
+                    server.enqueue_status(status);
+                }
+                // imap-next already answered a synchronising literal with BAD.
+                FlowError::LiteralTooLong { discarded_bytes } => {
+                    if let Some(tag) = tag_of(discarded_bytes.declassify()) {
+                        tracing::debug!(tag = tag.inner(), "literal too long");
+                    }
+                }
+                FlowError::CommandTooLong { .. } => {
+                    server.enqueue_status(Status::bye(None, "command too long; closing").expect("valid"));
+                    after_write = Next::Close;
+                }
+            },
+        }
+    }
+}
+
+/// Queues a reply; returns the FETCH to continue once the handle's response is sent.
+fn enqueue(server: &mut Server, reply: Reply, after_write: &mut Next) -> Option<(ResponseHandle, FetchJob)> {
+    *after_write = reply.next;
+    let mut last = None;
+    for o in reply.out {
+        last = Some(match o {
+            Out::Data(d) => server.enqueue_data(d),
+            Out::Status(st) => server.enqueue_status(st),
+        });
+    }
+    match (reply.more, last) {
+        (Some(job), Some(handle)) => Some((handle, job)),
+        (Some(_), None) => {
+            tracing::error!("an empty FETCH batch with more to come");
+            None
+        }
+        (None, _) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thunderbird_list_extended_is_understood() {
+        let (cmd, o) = list_extended(b"97 list (subscribed) \"\" \"*\" return (special-use)\r\n").unwrap();
+        assert_eq!(cmd.tag.inner(), "97");
+        assert!(o.subscribed_only && o.return_subscribed && o.return_special_use);
+        assert!(list_extended(b"1 LIST \"\" \"*\" RETURN (CHILDREN)\r\n").is_some());
+        assert!(list_extended(b"1 LIST (bogus) \"\" \"*\"\r\n").is_none());
+        assert!(list_extended(b"1 FETCH 1 (FLAGS)\r\n").is_none());
+        assert_eq!(tag_of(b"a1 GARBAGE"), Some(Tag::try_from("a1").unwrap()));
+    }
+}

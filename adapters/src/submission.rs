@@ -1,0 +1,193 @@
+//! The proxy's local SMTP submission (RFC 6409): the mail client hands over a message,
+//! and it leaves end-to-end encrypted.
+//!
+//! The protocol core is the inbound adapter's sans-I/O session in submission mode (AUTH
+//! PLAIN/LOGIN required before MAIL); this backend checks each recipient's attested key
+//! and sends through the client library. A recipient without a letter.me key is refused
+//! with a 550 naming them, until outbound delivery to classic email exists. `250` comes
+//! only after the server committed every envelope (DESIGN.md §7.2).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use letterme_client::{ClientError, Draft, Online};
+use letterme_protocol::Address;
+use mail_parser::{Addr, HeaderValue, MessageParser};
+use tokio::sync::Mutex;
+
+use crate::smtp_in::server::{Backend, ConnLimits};
+use crate::smtp_in::session::{Reply, Session, SessionConfig, Transaction};
+
+/// The submission service: one logged-in client, shared by the connections.
+pub struct Submission {
+    pub session: SessionConfig,
+    pub conn: ConnLimits,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub online: Arc<Mutex<Online>>,
+}
+
+impl std::fmt::Debug for Submission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submission")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn refusal(rcpt: &Address, e: &ClientError) -> Reply {
+    match e {
+        ClientError::UnknownRecipient(_) => Reply::new(
+            550,
+            "5.1.1",
+            format!("{rcpt} has no letter.me key; sending to classic email is not available yet"),
+        ),
+        ClientError::OtherDomain(..) => Reply::new(
+            550,
+            "5.1.1",
+            format!("{rcpt} is not a letter.me address this server reaches; sending to classic email or other domains is not available yet"),
+        ),
+        ClientError::Unverified(..) => Reply::new(550, "5.7.1", e.to_string()),
+        ClientError::ServerDown { .. } => {
+            Reply::new(451, "4.4.1", format!("cannot reach the letter.me server: {e}"))
+        }
+        _ => Reply::new(451, "4.3.0", format!("temporary failure: {e}")),
+    }
+}
+
+fn addresses(v: &HeaderValue<'_>) -> Vec<Address> {
+    let list: Vec<&Addr<'_>> = match v {
+        HeaderValue::Address(a) => a.iter().collect(),
+        _ => vec![],
+    };
+    list.iter()
+        .filter_map(|a| a.address.as_deref())
+        .filter_map(|a| Address::parse(a).ok())
+        .collect()
+}
+
+fn msg_id(v: &HeaderValue<'_>) -> Vec<String> {
+    match v {
+        HeaderValue::Text(t) => vec![format!("<{t}>")],
+        HeaderValue::TextList(l) => l.iter().map(|t| format!("<{t}>")).collect(),
+        _ => vec![],
+    }
+}
+
+/// The draft a submitted message becomes: header To/Cc as written (limited to the envelope
+/// recipients), every other envelope recipient as Bcc.
+pub fn draft(tx: &Transaction) -> Result<Draft, Reply> {
+    let m = MessageParser::default()
+        .parse(&tx.data)
+        .ok_or_else(|| Reply::new(554, "5.6.0", "the message could not be parsed"))?;
+    if m.attachment_count() > 0 {
+        return Err(Reply::new(
+            554,
+            "5.6.1",
+            "attachments cannot be sent yet: native letter.me messages carry text only; nothing was sent",
+        ));
+    }
+    let rcpts: BTreeSet<&Address> = tx.recipients.iter().collect();
+    let keep = |v: Vec<Address>| -> Vec<Address> {
+        let mut seen = BTreeSet::new();
+        v.into_iter()
+            .filter(|a| rcpts.contains(a) && seen.insert(a.clone()))
+            .collect()
+    };
+    let to = keep(addresses(m.header("To").unwrap_or(&HeaderValue::Empty)));
+    let cc: Vec<Address> = keep(addresses(m.header("Cc").unwrap_or(&HeaderValue::Empty)))
+        .into_iter()
+        .filter(|a| !to.contains(a))
+        .collect();
+    let bcc: Vec<Address> = tx
+        .recipients
+        .iter()
+        .filter(|a| !to.contains(a) && !cc.contains(a))
+        .cloned()
+        .collect();
+    Ok(Draft {
+        to,
+        cc,
+        bcc,
+        subject: m.subject().unwrap_or_default().to_owned(),
+        body: m.body_text(0).map(|b| b.replace("\r\n", "\n")).unwrap_or_default(),
+        in_reply_to: m.header("In-Reply-To").map(msg_id).and_then(|v| v.into_iter().next()),
+        references: m.header("References").map(msg_id).unwrap_or_default(),
+        message_id: m.message_id().map(|id| format!("<{id}>")),
+    })
+}
+
+impl Backend for Submission {
+    fn session_config(&self) -> &SessionConfig {
+        &self.session
+    }
+
+    fn conn_limits(&self) -> &ConnLimits {
+        &self.conn
+    }
+
+    fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.tls.as_ref()
+    }
+
+    async fn check_recipient(&self, _: &Session, rcpt: &Address) -> Result<(), Reply> {
+        let mut o = self.online.lock().await;
+        let mut r = o.verified_key(rcpt).await;
+        if matches!(r, Err(ClientError::Api { status: 401, .. })) {
+            // The token expired: log in again once.
+            r = match o.relogin().await {
+                Ok(()) => o.verified_key(rcpt).await,
+                Err(e) => Err(e),
+            };
+        }
+        r.map(|_| ()).map_err(|e| refusal(rcpt, &e))
+    }
+
+    async fn accept_message(&self, _: &Session, tx: Transaction) -> Reply {
+        let draft = match draft(&tx) {
+            Ok(d) => d,
+            Err(r) => return r,
+        };
+        let n = tx.recipients.len();
+        let mut o = self.online.lock().await;
+        let mut sent = o.send(&draft).await;
+        if matches!(sent, Err(ClientError::Api { status: 401, .. })) {
+            sent = match o.relogin().await {
+                Ok(()) => o.send(&draft).await,
+                Err(e) => Err(e),
+            };
+        }
+        drop(o);
+        match sent {
+            Ok(report) => {
+                tracing::info!(recipients = n, envelopes = report.envelopes.len(), "submitted message sent");
+                Reply::new(250, "2.0.0", format!("sent end-to-end encrypted to {n} recipient(s); a copy is in Sent"))
+            }
+            Err(ClientError::TooLarge { size, limit }) => Reply::new(
+                552,
+                "5.3.4",
+                format!("the message is {size} bytes encrypted; the server accepts at most {limit}"),
+            ),
+            Err(e) => match tx.recipients.first() {
+                Some(first) if matches!(e, ClientError::UnknownRecipient(_) | ClientError::Unverified(..)) => refusal(first, &e),
+                _ => {
+                    tracing::warn!(error = %e, "sending a submitted message failed");
+                    Reply::new(451, "4.3.0", format!("not sent, try again: {e}"))
+                }
+            },
+        }
+    }
+}
+
+/// The session configuration of the submission port.
+pub fn session_config(hostname: &str, domain: &str, creds: Arc<crate::credentials::Credentials>, max_message: usize) -> SessionConfig {
+    SessionConfig {
+        hostname: hostname.to_owned(),
+        domain: domain.to_owned(),
+        limits: crate::smtp_in::session::Limits {
+            max_message,
+            ..crate::smtp_in::session::Limits::default()
+        },
+        tls_available: false,
+        auth: Some(creds),
+    }
+}

@@ -267,3 +267,104 @@ pub fn test_config(root: &Path, domain: &str) -> Config {
     c.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c
 }
+
+/// A `letterme proxy` process for the profile `profile`, on free loopback ports.
+#[derive(Debug)]
+pub struct ProxyProc {
+    pub child: Child,
+    pub imap: SocketAddr,
+    pub smtp: SocketAddr,
+    pub profile: PathBuf,
+    pub password: String,
+    /// The proxy's stderr, for failure messages.
+    pub log: PathBuf,
+}
+
+impl ProxyProc {
+    pub fn start(profile: &Path) -> Self {
+        Self::start_on(profile, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    pub fn start_on(profile: &Path, imap: &str, smtp: &str) -> Self {
+        let log = profile.with_extension("proxy.log");
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new(letterme_bin())
+            .args(["proxy", "--imap-listen", imap, "--smtp-listen", smtp])
+            .env("LETTERME_PROFILE", profile)
+            .env("LETTERME_PASSPHRASE", PASSPHRASE)
+            .env("LETTERME_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr_after = |key: &str| -> SocketAddr {
+            line.split_once(key)
+                .and_then(|(_, rest)| rest.split([',', ';', ' ']).next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "proxy did not start: {line:?}\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
+                })
+        };
+        let (imap, smtp) = (addr_after("IMAP "), addr_after("SMTP "));
+        let creds: serde_json::Value =
+            serde_json::from_str(&ok(&cli(profile, &["proxy", "credentials", "--json"], None)))
+                .unwrap();
+        Self {
+            child,
+            imap,
+            smtp,
+            profile: profile.to_owned(),
+            password: creds["password"].as_str().unwrap().to_owned(),
+            log,
+        }
+    }
+
+    /// `kill -9`, then start again on the same profile (new ports).
+    pub fn kill9_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Self::start(&self.profile.clone());
+    }
+}
+
+impl Drop for ProxyProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a python3 script (standard library only) with arguments; parses its stdout as JSON.
+pub fn python(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "python printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}

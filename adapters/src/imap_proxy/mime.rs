@@ -405,6 +405,8 @@ fn addresses(value: &[u8]) -> Vec<Address<'static>> {
             masked.push(0);
         }
     }
+    // mail-parser reads a header value up to its line end.
+    masked.extend_from_slice(b"\r\n");
     let HeaderValue::Address(list) = MessageStream::new(&masked).parse_address() else {
         return Vec::new();
     };
@@ -955,5 +957,15 @@ mod tests {
             wire(MessageDataItem::Envelope(envelope(b""))),
             "ENVELOPE (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
         );
+    }
+
+    #[test]
+    fn bare_addr_spec_fields_are_envelope_addresses() {
+        let raw = b"From: alice@x.test\r\nTo: bob@x.test, Carol <carol@x.test>\r\nSubject: s\r\n\r\nb";
+        let e = envelope(raw);
+        assert_eq!(e.from.len(), 1);
+        assert_eq!(e.from[0].mailbox, NString(Some(istring("alice"))));
+        assert_eq!(e.from[0].host, NString(Some(istring("x.test"))));
+        assert_eq!(e.to.len(), 2);
     }
 }

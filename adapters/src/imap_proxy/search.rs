@@ -556,7 +556,7 @@ mod tests {
     fn header_key() {
         assert_eq!(seqs("HEADER Message-ID <x@y>"), [1]);
         assert_eq!(seqs("HEADER message-id \"\""), [1, 2]);
-        assert_eq!(seqs("HEADER X-Absent \"\""), []);
+        assert_eq!(seqs("HEADER X-Absent \"\""), Vec::<u32>::new());
         assert_eq!(seqs("HEADER Content-Type alternative"), [2]);
     }
 
@@ -564,12 +564,12 @@ mod tests {
     fn body_and_text() {
         assert_eq!(seqs("TEXT hello"), [1]);
         assert_eq!(seqs("BODY hello"), [1]);
-        assert_eq!(seqs("BODY world"), []);
+        assert_eq!(seqs("BODY world"), Vec::<u32>::new());
         assert_eq!(seqs("TEXT world"), [1]);
         assert_eq!(seqs("TEXT message-id"), [1, 2]);
         // Quoted-printable is decoded; the encoded form is not body text.
         assert_eq!(seqs("CHARSET UTF-8 BODY {5}\r\nCAF\u{c9}"), [2]);
-        assert_eq!(seqs("BODY =C3=A9"), []);
+        assert_eq!(seqs("BODY =C3=A9"), Vec::<u32>::new());
         assert_eq!(seqs("BODY specials"), [2]);
         // Attached message: its header and body are part of the outer body.
         assert_eq!(seqs("BODY \"inner secret\""), [5]);
@@ -593,7 +593,7 @@ mod tests {
             |levels| (1..levels).fold(SearchKey::All, |key, _| SearchKey::And(Vec1::from(key)));
         let fixtures = fixtures();
         assert_eq!(search(&nest(64), candidates(&fixtures), BOUNDS).len(), 5);
-        assert_eq!(search(&nest(65), candidates(&fixtures), BOUNDS), []);
+        assert_eq!(search(&nest(65), candidates(&fixtures), BOUNDS), Vec::<(u32, u32)>::new());
     }
 
     #[test]

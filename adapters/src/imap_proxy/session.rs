@@ -100,10 +100,6 @@ pub struct Session {
     seen_change: u64,
 }
 
-fn text(s: &str) -> Text<'static> {
-    Text::try_from(s.to_owned()).unwrap_or_else(|_| Text::unvalidated("error".to_owned()))
-}
-
 fn tagged(tag: &Tag<'static>, kind: Kind, code: Option<Code<'static>>, msg: &str) -> Out {
     let tag = Some(tag.clone());
     let status = match kind {
@@ -230,7 +226,8 @@ impl Session {
         if self.tls_available && !self.tls {
             caps.push(Capability::StartTls);
         }
-        if self.is_authenticated() {
+        // Everything is announced before login too: some clients (imaplib) never ask again.
+        {
             caps.extend([
                 Capability::Idle,
                 Capability::UidPlus,
@@ -242,8 +239,6 @@ impl Session {
                 Capability::ListExtended,
                 Capability::try_from("SPECIAL-USE").expect("valid atom"),
             ]);
-        } else {
-            caps.push(Capability::Id);
         }
         Vec1::try_from(caps).expect("not empty")
     }

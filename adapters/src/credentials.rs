@@ -35,7 +35,10 @@ mod tests {
 
     #[test]
     fn credentials_compare_whole_passwords() {
-        let c = Credentials { username: "bob@example.com".into(), password: "s3cret".into() };
+        let c = Credentials {
+            username: "bob@example.com".into(),
+            password: "s3cret".into(),
+        };
         assert!(c.check(b"BOB@example.com", b"s3cret"));
         assert!(!c.check(b"bob@example.com", b"s3cre"));
         assert!(!c.check(b"bob@example.com", b"s3cret!"));

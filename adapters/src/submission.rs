@@ -44,12 +44,16 @@ fn refusal(rcpt: &Address, e: &ClientError) -> Reply {
         ClientError::OtherDomain(..) => Reply::new(
             550,
             "5.1.1",
-            format!("{rcpt} is not a letter.me address this server reaches; sending to classic email or other domains is not available yet"),
+            format!(
+                "{rcpt} is not a letter.me address this server reaches; sending to classic email or other domains is not available yet"
+            ),
         ),
         ClientError::Unverified(..) => Reply::new(550, "5.7.1", e.to_string()),
-        ClientError::ServerDown { .. } => {
-            Reply::new(451, "4.4.1", format!("cannot reach the letter.me server: {e}"))
-        }
+        ClientError::ServerDown { .. } => Reply::new(
+            451,
+            "4.4.1",
+            format!("cannot reach the letter.me server: {e}"),
+        ),
         _ => Reply::new(451, "4.3.0", format!("temporary failure: {e}")),
     }
 }
@@ -109,8 +113,14 @@ pub fn draft(tx: &Transaction) -> Result<Draft, Reply> {
         cc,
         bcc,
         subject: m.subject().unwrap_or_default().to_owned(),
-        body: m.body_text(0).map(|b| b.replace("\r\n", "\n")).unwrap_or_default(),
-        in_reply_to: m.header("In-Reply-To").map(msg_id).and_then(|v| v.into_iter().next()),
+        body: m
+            .body_text(0)
+            .map(|b| b.replace("\r\n", "\n"))
+            .unwrap_or_default(),
+        in_reply_to: m
+            .header("In-Reply-To")
+            .map(msg_id)
+            .and_then(|v| v.into_iter().next()),
         references: m.header("References").map(msg_id).unwrap_or_default(),
         message_id: m.message_id().map(|id| format!("<{id}>")),
     })
@@ -159,16 +169,33 @@ impl Backend for Submission {
         drop(o);
         match sent {
             Ok(report) => {
-                tracing::info!(recipients = n, envelopes = report.envelopes.len(), "submitted message sent");
-                Reply::new(250, "2.0.0", format!("sent end-to-end encrypted to {n} recipient(s); a copy is in Sent"))
+                tracing::info!(
+                    recipients = n,
+                    envelopes = report.envelopes.len(),
+                    "submitted message sent"
+                );
+                Reply::new(
+                    250,
+                    "2.0.0",
+                    format!("sent end-to-end encrypted to {n} recipient(s); a copy is in Sent"),
+                )
             }
             Err(ClientError::TooLarge { size, limit }) => Reply::new(
                 552,
                 "5.3.4",
-                format!("the message is {size} bytes encrypted; the server accepts at most {limit}"),
+                format!(
+                    "the message is {size} bytes encrypted; the server accepts at most {limit}"
+                ),
             ),
             Err(e) => match tx.recipients.first() {
-                Some(first) if matches!(e, ClientError::UnknownRecipient(_) | ClientError::Unverified(..)) => refusal(first, &e),
+                Some(first)
+                    if matches!(
+                        e,
+                        ClientError::UnknownRecipient(_) | ClientError::Unverified(..)
+                    ) =>
+                {
+                    refusal(first, &e)
+                }
                 _ => {
                     tracing::warn!(error = %e, "sending a submitted message failed");
                     Reply::new(451, "4.3.0", format!("not sent, try again: {e}"))
@@ -179,7 +206,12 @@ impl Backend for Submission {
 }
 
 /// The session configuration of the submission port.
-pub fn session_config(hostname: &str, domain: &str, creds: Arc<crate::credentials::Credentials>, max_message: usize) -> SessionConfig {
+pub fn session_config(
+    hostname: &str,
+    domain: &str,
+    creds: Arc<crate::credentials::Credentials>,
+    max_message: usize,
+) -> SessionConfig {
     SessionConfig {
         hostname: hostname.to_owned(),
         domain: domain.to_owned(),

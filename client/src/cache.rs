@@ -89,7 +89,13 @@ impl CacheKey {
         let aad = Self::aad(id);
         let data = self
             .cipher()
-            .encrypt(XNonce::from_slice(&nonce), AeadPayload { msg: plain, aad: &aad })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                AeadPayload {
+                    msg: plain,
+                    aad: &aad,
+                },
+            )
             .expect("encrypts");
         (nonce, data)
     }
@@ -100,7 +106,13 @@ impl CacheKey {
         }
         let aad = Self::aad(id);
         self.cipher()
-            .decrypt(XNonce::from_slice(nonce), AeadPayload { msg: data, aad: &aad })
+            .decrypt(
+                XNonce::from_slice(nonce),
+                AeadPayload {
+                    msg: data,
+                    aad: &aad,
+                },
+            )
             .ok()
     }
 
@@ -243,7 +255,9 @@ impl Cache {
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn err(&self, e: rusqlite::Error) -> ClientError {
@@ -286,7 +300,10 @@ impl Cache {
             return Err(MailboxError::InvalidName(name));
         }
         let c = self.lock();
-        if folder_by_name(&c, &name).map_err(|e| self.err(e))?.is_some() {
+        if folder_by_name(&c, &name)
+            .map_err(|e| self.err(e))?
+            .is_some()
+        {
             return Err(MailboxError::AlreadyExists(name));
         }
         insert_folder(&c, &name, None).map_err(|e| self.err(e))?;
@@ -322,12 +339,18 @@ impl Cache {
             .collect::<Result<_, _>>()
             .map_err(|e| self.err(e))?
         };
-        tx.execute("UPDATE folders SET name = ?2 WHERE id = ?1", params![f.id, to])
-            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE folders SET name = ?2 WHERE id = ?1",
+            params![f.id, to],
+        )
+        .map_err(|e| self.err(e))?;
         for (id, name) in children {
             let renamed = format!("{to}{}", &name[f.name.len()..]);
-            tx.execute("UPDATE folders SET name = ?2 WHERE id = ?1", params![id, renamed])
-                .map_err(|e| self.err(e))?;
+            tx.execute(
+                "UPDATE folders SET name = ?2 WHERE id = ?1",
+                params![id, renamed],
+            )
+            .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         drop(c);
@@ -397,12 +420,17 @@ impl Cache {
         let mut out = Vec::with_capacity(uids.len());
         for &uid in uids {
             let row: Option<(i64, Vec<u8>, Vec<u8>)> = stmt
-                .query_row(params![folder, uid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row(params![folder, uid], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .optional()
                 .map_err(|e| self.err(e))?;
             if let Some((id, nonce, data)) = row {
                 let plain = self.key.open(id, &nonce, &data).ok_or_else(|| {
-                    ClientError::store(&self.path, format!("message {uid} fails its integrity check"))
+                    ClientError::store(
+                        &self.path,
+                        format!("message {uid} fails its integrity check"),
+                    )
                 })?;
                 out.push((uid, plain));
             }
@@ -516,7 +544,10 @@ impl Cache {
             return Ok(());
         }
         let folder = folder_by_name(tx, &mail.folder)?
-            .map_or_else(|| folder_by_name(tx, "INBOX").map(|f| f.map(|f| f.id)), |f| Ok(Some(f.id)))?
+            .map_or_else(
+                || folder_by_name(tx, "INBOX").map(|f| f.map(|f| f.id)),
+                |f| Ok(Some(f.id)),
+            )?
             .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
         self.file(tx, folder, mail).map(|_| ())
     }
@@ -641,7 +672,11 @@ fn folder_by_name(c: &Connection, name: &str) -> rusqlite::Result<Option<Folder>
 /// A new mailbox gets a UIDVALIDITY no earlier mailbox of the same name had.
 fn insert_folder(c: &Connection, name: &str, special: Option<&str>) -> rusqlite::Result<()> {
     let now = crate::now().min(u64::from(u32::MAX - 1)) as i64;
-    let last: i64 = c.query_row("SELECT COALESCE(MAX(uidvalidity), 0) FROM folders", [], |r| r.get(0))?;
+    let last: i64 = c.query_row(
+        "SELECT COALESCE(MAX(uidvalidity), 0) FROM folders",
+        [],
+        |r| r.get(0),
+    )?;
     c.execute(
         "INSERT INTO folders (name, special, subscribed, uidvalidity, uidnext) VALUES (?1, ?2, 1, ?3, 1)",
         params![name, special, now.max(last + 1)],
@@ -650,8 +685,13 @@ fn insert_folder(c: &Connection, name: &str, special: Option<&str>) -> rusqlite:
 }
 
 fn next_uid(tx: &Transaction<'_>, folder: i64) -> rusqlite::Result<u32> {
-    let uid: u32 = tx.query_row("SELECT uidnext FROM folders WHERE id = ?1", [folder], |r| r.get(0))?;
-    tx.execute("UPDATE folders SET uidnext = uidnext + 1 WHERE id = ?1", [folder])?;
+    let uid: u32 = tx.query_row("SELECT uidnext FROM folders WHERE id = ?1", [folder], |r| {
+        r.get(0)
+    })?;
+    tx.execute(
+        "UPDATE folders SET uidnext = uidnext + 1 WHERE id = ?1",
+        [folder],
+    )?;
     Ok(uid)
 }
 
@@ -684,7 +724,11 @@ mod tests {
     use super::*;
 
     fn cache(dir: &tempfile::TempDir) -> Cache {
-        Cache::open(&dir.path().join("mail.db"), CacheKey::derive(&SigningKeypair::generate())).unwrap()
+        Cache::open(
+            &dir.path().join("mail.db"),
+            CacheKey::derive(&SigningKeypair::generate()),
+        )
+        .unwrap()
     }
 
     fn mail(folder: &str, raw: &str, mid: Option<&str>) -> NewMail {
@@ -712,9 +756,16 @@ mod tests {
         let c = Cache::open(&dir.path().join("mail.db"), CacheKey::derive(&key)).unwrap();
         let inbox = c.folder("inbox").unwrap().unwrap();
         assert_eq!(inbox.uidvalidity, validity);
-        assert_eq!(c.contents(inbox.id, &[uid]).unwrap()[0].1, canary.as_bytes());
+        assert_eq!(
+            c.contents(inbox.id, &[uid]).unwrap()[0].1,
+            canary.as_bytes()
+        );
         // A different key cannot read it.
-        let other = Cache::open(&dir.path().join("mail.db"), CacheKey::derive(&SigningKeypair::generate())).unwrap();
+        let other = Cache::open(
+            &dir.path().join("mail.db"),
+            CacheKey::derive(&SigningKeypair::generate()),
+        )
+        .unwrap();
         assert!(other.contents(inbox.id, &[uid]).is_err());
     }
 
@@ -722,15 +773,22 @@ mod tests {
     fn duplicate_message_ids_are_filed_once_and_moves_keep_content() {
         let dir = tempfile::tempdir().unwrap();
         let c = cache(&dir);
-        let (_, a, new_a) = c.append(&mail("Sent", "Subject: x\r\n\r\nx", Some("<1@x>"))).unwrap();
-        let (_, b, new_b) = c.append(&mail("Sent", "Subject: x\r\n\r\nx", Some("<1@x>"))).unwrap();
+        let (_, a, new_a) = c
+            .append(&mail("Sent", "Subject: x\r\n\r\nx", Some("<1@x>")))
+            .unwrap();
+        let (_, b, new_b) = c
+            .append(&mail("Sent", "Subject: x\r\n\r\nx", Some("<1@x>")))
+            .unwrap();
         assert!(new_a && !new_b);
         assert_eq!(a, b);
         let sent = c.folder("Sent").unwrap().unwrap();
         let (_, pairs) = c.copy(sent.id, &[a], "Archive", true).unwrap();
         assert!(c.messages(sent.id).unwrap().is_empty());
         let archive = c.folder("Archive").unwrap().unwrap();
-        assert_eq!(c.contents(archive.id, &[pairs[0].1]).unwrap()[0].1, b"Subject: x\r\n\r\nx");
+        assert_eq!(
+            c.contents(archive.id, &[pairs[0].1]).unwrap()[0].1,
+            b"Subject: x\r\n\r\nx"
+        );
         // UIDs are never reused.
         let (_, again, _) = c.append(&mail("Sent", "y", None)).unwrap();
         assert!(again > a);
@@ -742,13 +800,25 @@ mod tests {
         let c = cache(&dir);
         c.create_folder("Projects").unwrap();
         c.create_folder("Projects/2026").unwrap();
-        assert!(matches!(c.create_folder("Projects"), Err(MailboxError::AlreadyExists(_))));
-        assert!(matches!(c.delete_folder("Sent"), Err(MailboxError::Protected(_))));
-        assert!(matches!(c.create_folder("a*b"), Err(MailboxError::InvalidName(_))));
+        assert!(matches!(
+            c.create_folder("Projects"),
+            Err(MailboxError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            c.delete_folder("Sent"),
+            Err(MailboxError::Protected(_))
+        ));
+        assert!(matches!(
+            c.create_folder("a*b"),
+            Err(MailboxError::InvalidName(_))
+        ));
         c.rename_folder("Projects", "Work").unwrap();
         let names: Vec<String> = c.folders().unwrap().into_iter().map(|f| f.name).collect();
         assert!(names.contains(&"Work/2026".to_owned()), "{names:?}");
         c.delete_folder("Work/2026").unwrap();
-        assert!(matches!(c.delete_folder("Nope"), Err(MailboxError::NoSuchMailbox(_))));
+        assert!(matches!(
+            c.delete_folder("Nope"),
+            Err(MailboxError::NoSuchMailbox(_))
+        ));
     }
 }

@@ -384,16 +384,19 @@ impl Online {
             bcc: draft.bcc.clone(),
             ..payload
         };
-        self.me.cache.append(&NewMail {
-            folder: "Sent".into(),
-            flags: vec!["\\Seen".into()],
-            internal_date: now() as i64,
-            raw: render::render(&sent, &p.attestation.identity_key, &p.address),
-            message_id: Some(message_id.clone()),
-        }).map_err(|e| match e {
-            cache::MailboxError::Store(e) => e,
-            other => ClientError::Io(other.to_string()),
-        })?;
+        self.me
+            .cache
+            .append(&NewMail {
+                folder: "Sent".into(),
+                flags: vec!["\\Seen".into()],
+                internal_date: now() as i64,
+                raw: render::render(&sent, &p.attestation.identity_key, &p.address),
+                message_id: Some(message_id.clone()),
+            })
+            .map_err(|e| match e {
+                cache::MailboxError::Store(e) => e,
+                other => ClientError::Io(other.to_string()),
+            })?;
         Ok(SendReport {
             message_id,
             envelopes: ids,
@@ -527,7 +530,8 @@ impl Online {
             let Some(joined) = tasks.join_next().await else {
                 break;
             };
-            let (i, bytes) = joined.map_err(|e| ClientError::Io(format!("download task failed: {e}")))?;
+            let (i, bytes) =
+                joined.map_err(|e| ClientError::Io(format!("download task failed: {e}")))?;
             out[i] = Some(bytes?);
         }
         Ok(out.into_iter().map(Option::unwrap_or_default).collect())

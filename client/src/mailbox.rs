@@ -118,9 +118,7 @@ impl Mailbox {
             .conn
             .prepare("SELECT id, sender, received, envelope, signer_key FROM messages ORDER BY received, rowid")
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], stored_row)
-            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], stored_row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 

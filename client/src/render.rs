@@ -24,7 +24,10 @@ pub fn render(payload: &Payload, signer: &IdentityPublicKey, me: &Address) -> Ve
 }
 
 fn mailbox(a: &Address) -> Option<LettreMailbox> {
-    a.as_str().parse::<lettre::Address>().ok().map(|a| LettreMailbox::new(None, a))
+    a.as_str()
+        .parse::<lettre::Address>()
+        .ok()
+        .map(|a| LettreMailbox::new(None, a))
 }
 
 fn mailboxes(list: &[Address]) -> Option<Mailboxes> {
@@ -91,11 +94,11 @@ fn native(payload: &Payload, signer: &IdentityPublicKey, me: &Address) -> Option
     if !refs.is_empty() {
         b = b.references(refs.join(" "));
     }
-    let envelope =
-        lettre::address::Envelope::new(Some(payload.from.as_str().parse().ok()?), vec![
-            me.as_str().parse().ok()?,
-        ])
-        .ok()?;
+    let envelope = lettre::address::Envelope::new(
+        Some(payload.from.as_str().parse().ok()?),
+        vec![me.as_str().parse().ok()?],
+    )
+    .ok()?;
     let m = b.envelope(envelope).body(payload.body.clone()).ok()?;
     Some(m.formatted())
 }
@@ -139,13 +142,26 @@ mod tests {
         let me = Address::parse("bob@example.com").unwrap();
         let raw = render(&payload(), &key, &me);
         let m = mail_parser::MessageParser::default().parse(&raw).unwrap();
-        assert!(m.subject().unwrap().starts_with("Grüße"), "{:?}", m.subject());
-        assert!(m.header("Bcc").is_none(), "header injection through the subject");
+        assert!(
+            m.subject().unwrap().starts_with("Grüße"),
+            "{:?}",
+            m.subject()
+        );
+        assert!(
+            m.header("Bcc").is_none(),
+            "header injection through the subject"
+        );
         assert_eq!(m.message_id(), Some("m1@example.com"));
         assert_eq!(m.in_reply_to().as_text(), Some("m0@example.com"));
         assert_eq!(m.references().as_text_list().unwrap().len(), 2);
-        assert_eq!(m.cc().unwrap().first().unwrap().address(), Some("carol@example.com"));
-        assert_eq!(m.body_text(0).unwrap().replace("\r\n", "\n"), "Hallo Bob,\nwie geht's?\n");
+        assert_eq!(
+            m.cc().unwrap().first().unwrap().address(),
+            Some("carol@example.com")
+        );
+        assert_eq!(
+            m.body_text(0).unwrap().replace("\r\n", "\n"),
+            "Hallo Bob,\nwie geht's?\n"
+        );
         let v = m.header_raw(VERIFIED_HEADER).unwrap();
         assert!(v.contains("pass; signer=alice@example.com"), "{v}");
         assert_eq!(m.date().unwrap().to_timestamp(), 1_700_000_000);

@@ -80,7 +80,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Sync(args) => sync(profile_dir, args.json.json).await,
         Command::List(json) => list(profile_dir, json.json),
         Command::Proxy(args) => match &args.action {
-            Some(cli::ProxyAction::Credentials(json)) => proxy::credentials(&profile_dir, json.json),
+            Some(cli::ProxyAction::Credentials(json)) => {
+                proxy::credentials(&profile_dir, json.json)
+            }
             None => proxy::run(profile_dir, args.imap_listen, args.smtp_listen).await,
         },
         Command::Read(args) => {

@@ -79,7 +79,10 @@ fn ensure_state(dir: &ProfileDir) -> Result<ProxyState> {
     create_private_dir(&dir.0).with_context(|| format!("cannot use {}", dir.0.display()))?;
     let state = match std::fs::read(&files.state) {
         Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-            format!("{} is damaged; delete it to get a new proxy password", files.state.display())
+            format!(
+                "{} is damaged; delete it to get a new proxy password",
+                files.state.display()
+            )
         })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let state = ProxyState {
@@ -95,7 +98,11 @@ fn ensure_state(dir: &ProfileDir) -> Result<ProxyState> {
     if !files.cert.exists() {
         let _ = std::fs::remove_file(&files.key);
         letterme_server::tls::generate_self_signed(
-            &["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()],
+            &[
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ],
             &files.cert,
             &files.key,
         )
@@ -117,8 +124,14 @@ pub fn credentials(dir: &ProfileDir, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(&view)?);
     } else {
-        println!("IMAP server:     {} (STARTTLS or none; loopback only)", view.imap);
-        println!("SMTP server:     {} (STARTTLS or none; loopback only)", view.smtp);
+        println!(
+            "IMAP server:     {} (STARTTLS or none; loopback only)",
+            view.imap
+        );
+        println!(
+            "SMTP server:     {} (STARTTLS or none; loopback only)",
+            view.smtp
+        );
         println!("Username:        {}", view.username);
         println!("Password:        {}", view.password);
         println!("TLS certificate: SHA-256 {}", view.tls_fingerprint);
@@ -188,7 +201,11 @@ pub async fn run(dir: ProfileDir, imap: SocketAddr, smtp: SocketAddr) -> Result<
         tls: Some(acceptor),
         online: Arc::new(Mutex::new(submit)),
     });
-    tokio::spawn(imap_proxy::serve(imap_listener, imap_proxy, stopped.clone()));
+    tokio::spawn(imap_proxy::serve(
+        imap_listener,
+        imap_proxy,
+        stopped.clone(),
+    ));
     tokio::spawn(letterme_adapters::smtp_in::server::serve(
         smtp_listener,
         submission,

@@ -318,9 +318,12 @@ impl ProxyProc {
                 })
         };
         let (imap, smtp) = (addr_after("IMAP "), addr_after("SMTP "));
-        let creds: serde_json::Value =
-            serde_json::from_str(&ok(&cli(profile, &["proxy", "credentials", "--json"], None)))
-                .unwrap();
+        let creds: serde_json::Value = serde_json::from_str(&ok(&cli(
+            profile,
+            &["proxy", "credentials", "--json"],
+            None,
+        )))
+        .unwrap();
         Self {
             child,
             imap,
@@ -367,4 +370,57 @@ pub fn python(script: &str, args: &[&str]) -> serde_json::Value {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// Sends `n` native messages from the profile `from` to `to`: sealed in-process with the
+/// client library (the recipient's key looked up and verified once) and uploaded eight at a
+/// time. Message `i` has subject `flood i` and a body of `body_len(i)` bytes.
+pub async fn flood(
+    from: &Path,
+    to: &letterme_protocol::Address,
+    n: usize,
+    body_len: impl Fn(usize) -> usize,
+) {
+    use letterme_protocol::envelope::{SignerKind, seal};
+    let me = letterme_client::Unlocked::open(
+        letterme_client::profile::ProfileDir(from.to_owned()),
+        PASSPHRASE,
+    )
+    .unwrap();
+    let online = me.connect().await.unwrap();
+    let key = online.verified_key(to).await.unwrap().encryption_key;
+    let now = letterme_client::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let payload = letterme_protocol::Payload {
+            from: online.me.profile.address.clone(),
+            to: vec![to.clone()],
+            cc: vec![],
+            bcc: vec![],
+            subject: format!("flood {i}"),
+            body: "y".repeat(body_len(i)),
+            headers: vec![],
+            date: now,
+            message_id: format!("<flood-{i}@{}>", to.domain()),
+            in_reply_to: None,
+            references: vec![],
+            legacy: None,
+        };
+        let env = seal(
+            SignerKind::User,
+            &online.me.keys.identity,
+            &payload,
+            &[(to.clone(), key)],
+            now,
+        )
+        .unwrap();
+        if tasks.len() >= 8 {
+            tasks.join_next().await.unwrap().unwrap();
+        }
+        let api = online.api.clone();
+        tasks.spawn(async move { api.send(env.encode()).await.unwrap() });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
 }

@@ -961,7 +961,8 @@ mod tests {
 
     #[test]
     fn bare_addr_spec_fields_are_envelope_addresses() {
-        let raw = b"From: alice@x.test\r\nTo: bob@x.test, Carol <carol@x.test>\r\nSubject: s\r\n\r\nb";
+        let raw =
+            b"From: alice@x.test\r\nTo: bob@x.test, Carol <carol@x.test>\r\nSubject: s\r\n\r\nb";
         let e = envelope(raw);
         assert_eq!(e.from.len(), 1);
         assert_eq!(e.from[0].mailbox, NString(Some(istring("alice"))));

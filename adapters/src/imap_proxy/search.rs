@@ -593,7 +593,10 @@ mod tests {
             |levels| (1..levels).fold(SearchKey::All, |key, _| SearchKey::And(Vec1::from(key)));
         let fixtures = fixtures();
         assert_eq!(search(&nest(64), candidates(&fixtures), BOUNDS).len(), 5);
-        assert_eq!(search(&nest(65), candidates(&fixtures), BOUNDS), Vec::<(u32, u32)>::new());
+        assert_eq!(
+            search(&nest(65), candidates(&fixtures), BOUNDS),
+            Vec::<(u32, u32)>::new()
+        );
     }
 
     #[test]

@@ -79,15 +79,23 @@ enum Outcome<S> {
 }
 
 async fn connection(stream: TcpStream, proxy: &ImapProxy) -> std::io::Result<()> {
-    let session = Session::new(proxy.cache.clone(), proxy.credentials.clone(), proxy.tls.is_some());
+    let session = Session::new(
+        proxy.cache.clone(),
+        proxy.credentials.clone(),
+        proxy.tls.is_some(),
+    );
     let server = Server::new(options(), session.greeting());
     match run(stream, server, session, proxy, false).await? {
         Outcome::Closed => Ok(()),
         Outcome::StartTls(stream, mut session) => {
-            let Some(acceptor) = &proxy.tls else { return Ok(()) };
+            let Some(acceptor) = &proxy.tls else {
+                return Ok(());
+            };
             let tls = tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream))
                 .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
             session.tls_started();
             // A fresh flow: nothing read before the handshake survives it (RFC 3501 §6.2.1).
             let server = Server::new(options(), session.greeting());
@@ -100,7 +108,9 @@ async fn connection(stream: TcpStream, proxy: &ImapProxy) -> std::io::Result<()>
 
 /// The tag of a line imap-codec could not parse, to answer it with a tagged BAD.
 fn tag_of(bytes: &[u8]) -> Option<Tag<'static>> {
-    let end = bytes.iter().position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
+    let end = bytes
+        .iter()
+        .position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
     Tag::try_from(bytes[..end].to_vec()).ok()
 }
 
@@ -109,11 +119,18 @@ fn tag_of(bytes: &[u8]) -> Option<Tag<'static>> {
 /// The options are bare atoms in parentheses; reference and pattern are handed back to
 /// imap-codec as a plain LIST, so no mailbox grammar is parsed here.
 fn list_extended(line: &[u8]) -> Option<(Command<'static>, ListOptions)> {
-    let line = std::str::from_utf8(line).ok()?.trim_end_matches(['\r', '\n']);
+    let line = std::str::from_utf8(line)
+        .ok()?
+        .trim_end_matches(['\r', '\n']);
     let (tag, rest) = line.split_once(' ')?;
-    let rest = rest.strip_prefix("LIST ").or_else(|| rest.strip_prefix("list ")).or_else(|| {
-        rest.get(..5).filter(|p| p.eq_ignore_ascii_case("LIST ")).map(|_| &rest[5..])
-    })?;
+    let rest = rest
+        .strip_prefix("LIST ")
+        .or_else(|| rest.strip_prefix("list "))
+        .or_else(|| {
+            rest.get(..5)
+                .filter(|p| p.eq_ignore_ascii_case("LIST "))
+                .map(|_| &rest[5..])
+        })?;
     let mut opts = ListOptions::default();
     let mut rest = rest;
     if let Some(r) = rest.strip_prefix('(') {
@@ -149,7 +166,8 @@ fn list_extended(line: &[u8]) -> Option<(Command<'static>, ListOptions)> {
     }
     let plain = format!("{tag} LIST {rest}\r\n");
     let (remaining, cmd) = CommandCodec::default().decode(plain.as_bytes()).ok()?;
-    (remaining.is_empty() && matches!(cmd.body, CommandBody::List { .. })).then(|| (cmd.into_static(), opts))
+    (remaining.is_empty() && matches!(cmd.body, CommandBody::List { .. }))
+        .then(|| (cmd.into_static(), opts))
 }
 
 /// Reads, feeds, answers, writes — until the connection closes or asks for TLS.
@@ -181,8 +199,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Event::CommandReceived { command }) => {
                 fetch = enqueue(&mut server, s.handle(command), &mut after_write);
             }
-            Ok(Event::CommandAuthenticateReceived { command_authenticate }) => {
-                let _ = server.authenticate_finish(s.authenticate_refused(&command_authenticate.tag));
+            Ok(Event::CommandAuthenticateReceived {
+                command_authenticate,
+            }) => {
+                let _ =
+                    server.authenticate_finish(s.authenticate_refused(&command_authenticate.tag));
             }
             Ok(Event::AuthenticateDataReceived { .. }) => {
                 let _ = server.authenticate_finish(
@@ -191,20 +212,26 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Ok(Event::IdleCommandReceived { tag }) => {
                 if s.is_authenticated() {
-                    let cont = CommandContinuationRequest::basic(None, Text::try_from("idling").expect("valid"))
-                        .expect("valid");
+                    let cont = CommandContinuationRequest::basic(
+                        None,
+                        Text::try_from("idling").expect("valid"),
+                    )
+                    .expect("valid");
                     let _ = server.idle_accept(cont);
                     for d in s.updates(true) {
                         server.enqueue_data(d);
                     }
                     idle_tag = Some(tag);
                 } else {
-                    let _ = server.idle_reject(Status::bad(Some(tag), None, "log in first").expect("valid"));
+                    let _ = server
+                        .idle_reject(Status::bad(Some(tag), None, "log in first").expect("valid"));
                 }
             }
             Ok(Event::IdleDoneReceived) => {
                 if let Some(tag) = idle_tag.take() {
-                    server.enqueue_status(Status::ok(Some(tag), None, "IDLE terminated").expect("valid"));
+                    server.enqueue_status(
+                        Status::ok(Some(tag), None, "IDLE terminated").expect("valid"),
+                    );
                 }
             }
             Err(Interrupt::Io(Io::Output(bytes))) => {
@@ -245,7 +272,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 let n = match n {
                     Err(_) => {
-                        stream.write_all(b"* BYE autologout; idle for too long\r\n").await?;
+                        stream
+                            .write_all(b"* BYE autologout; idle for too long\r\n")
+                            .await?;
                         return Ok(Outcome::Closed);
                     }
                     Ok(r) => r?,
@@ -256,19 +285,32 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 server.enqueue_input(&buf[..n]);
             }
             Err(Interrupt::Error(e)) => match e {
-                FlowError::MalformedMessage { discarded_bytes } | FlowError::ExpectedCrlfGotLf { discarded_bytes } => {
+                FlowError::MalformedMessage { discarded_bytes }
+                | FlowError::ExpectedCrlfGotLf { discarded_bytes } => {
                     let bytes = discarded_bytes.declassify();
                     if s.is_authenticated() {
                         if let Some((cmd, opts)) = list_extended(bytes) {
-                            let CommandBody::List { reference, mailbox_wildcard } = &cmd.body else { continue };
+                            let CommandBody::List {
+                                reference,
+                                mailbox_wildcard,
+                            } = &cmd.body
+                            else {
+                                continue;
+                            };
                             let reply = s.list(&cmd.tag, reference, mailbox_wildcard, opts, false);
                             fetch = enqueue(&mut server, reply, &mut after_write);
                             continue;
                         }
                     }
                     let status = match tag_of(bytes) {
-                        Some(tag) => Status::bad(Some(tag), None, "syntax error; the command could not be parsed"),
-                        None => Status::bad(None, None, "syntax error; the command could not be parsed"),
+                        Some(tag) => Status::bad(
+                            Some(tag),
+                            None,
+                            "syntax error; the command could not be parsed",
+                        ),
+                        None => {
+                            Status::bad(None, None, "syntax error; the command could not be parsed")
+                        }
                     }
                     .expect("valid text");
                     server.enqueue_status(status);
@@ -280,7 +322,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 FlowError::CommandTooLong { .. } => {
-                    server.enqueue_status(Status::bye(None, "command too long; closing").expect("valid"));
+                    server.enqueue_status(
+                        Status::bye(None, "command too long; closing").expect("valid"),
+                    );
                     after_write = Next::Close;
                 }
             },
@@ -289,7 +333,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Queues a reply; returns the FETCH to continue once the handle's response is sent.
-fn enqueue(server: &mut Server, reply: Reply, after_write: &mut Next) -> Option<(ResponseHandle, FetchJob)> {
+fn enqueue(
+    server: &mut Server,
+    reply: Reply,
+    after_write: &mut Next,
+) -> Option<(ResponseHandle, FetchJob)> {
     *after_write = reply.next;
     let mut last = None;
     for o in reply.out {
@@ -314,7 +362,8 @@ mod tests {
 
     #[test]
     fn thunderbird_list_extended_is_understood() {
-        let (cmd, o) = list_extended(b"97 list (subscribed) \"\" \"*\" return (special-use)\r\n").unwrap();
+        let (cmd, o) =
+            list_extended(b"97 list (subscribed) \"\" \"*\" return (special-use)\r\n").unwrap();
         assert_eq!(cmd.tag.inner(), "97");
         assert!(o.subscribed_only && o.return_subscribed && o.return_special_use);
         assert!(list_extended(b"1 LIST \"\" \"*\" RETURN (CHILDREN)\r\n").is_some());

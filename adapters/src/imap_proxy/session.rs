@@ -14,13 +14,19 @@ use std::sync::Arc;
 use chrono::{DateTime as ChronoDateTime, FixedOffset, TimeZone as _, Utc};
 use imap_codec::imap_types::IntoStatic;
 use imap_codec::imap_types::command::{Command, CommandBody};
-use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
-use imap_codec::imap_types::core::{AString, Atom, IString, Literal, NString, QuotedChar, Tag, Text, Vec1};
+use imap_codec::imap_types::core::{
+    AString, Atom, IString, Literal, NString, QuotedChar, Tag, Text, Vec1,
+};
 use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::extensions::namespace::Namespace;
 use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet};
-use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section};
-use imap_codec::imap_types::flag::{Flag, FlagFetch, FlagNameAttribute, FlagPerm, StoreResponse, StoreType};
+use imap_codec::imap_types::fetch::{
+    Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
+};
+use imap_codec::imap_types::flag::{
+    Flag, FlagFetch, FlagNameAttribute, FlagPerm, StoreResponse, StoreType,
+};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::response::{Capability, Code, CodeOther, Data, Greeting, Status};
 use imap_codec::imap_types::search::SearchKey;
@@ -141,7 +147,11 @@ fn to_flag(s: &str) -> Option<Flag<'static>> {
 }
 
 fn flag_fetch(flags: &[String]) -> Vec<FlagFetch<'static>> {
-    flags.iter().filter_map(|f| to_flag(f)).map(FlagFetch::Flag).collect()
+    flags
+        .iter()
+        .filter_map(|f| to_flag(f))
+        .map(FlagFetch::Flag)
+        .collect()
 }
 
 fn has(flags: &[String], flag: &str) -> bool {
@@ -288,7 +298,12 @@ impl Session {
             },
             C::StartTLS => {
                 if self.tls || !self.tls_available {
-                    Self::reply(vec![tagged(tag, Kind::Bad, None, "TLS is already active or not offered")])
+                    Self::reply(vec![tagged(
+                        tag,
+                        Kind::Bad,
+                        None,
+                        "TLS is already active or not offered",
+                    )])
                 } else {
                     Reply {
                         out: vec![tagged(tag, Kind::Ok, None, "begin TLS negotiation now")],
@@ -300,14 +315,22 @@ impl Session {
             C::Id { .. } => Self::reply(vec![
                 Out::Data(Data::Id {
                     parameters: Some(vec![
-                        (IString::try_from("name").expect("valid"), NString::try_from("letterme").expect("valid")),
-                        (IString::try_from("version").expect("valid"), NString::try_from(env!("CARGO_PKG_VERSION")).expect("valid")),
+                        (
+                            IString::try_from("name").expect("valid"),
+                            NString::try_from("letterme").expect("valid"),
+                        ),
+                        (
+                            IString::try_from("version").expect("valid"),
+                            NString::try_from(env!("CARGO_PKG_VERSION")).expect("valid"),
+                        ),
                     ]),
                 }),
                 tagged(tag, Kind::Ok, None, "ID completed"),
             ]),
             C::Login { username, password } => self.login(tag, &username, password.declassify()),
-            _ if !self.is_authenticated() => Self::reply(vec![tagged(tag, Kind::Bad, None, "log in first")]),
+            _ if !self.is_authenticated() => {
+                Self::reply(vec![tagged(tag, Kind::Bad, None, "log in first")])
+            }
             body => self.authenticated(tag, body),
         }
     }
@@ -328,7 +351,9 @@ impl Session {
         } else {
             self.failures += 1;
             tracing::warn!(failures = self.failures, "IMAP login failed");
-            let code = Some(Code::Other(CodeOther::unvalidated(&b"AUTHENTICATIONFAILED"[..])));
+            let code = Some(Code::Other(CodeOther::unvalidated(
+                &b"AUTHENTICATIONFAILED"[..],
+            )));
             let mut out = vec![tagged(
                 tag,
                 Kind::No,
@@ -336,7 +361,9 @@ impl Session {
                 "wrong username or password; see `letterme proxy credentials`",
             )];
             if self.failures >= MAX_LOGIN_FAILURES {
-                out.push(Out::Status(Status::bye(None, "too many failed logins").expect("valid")));
+                out.push(Out::Status(
+                    Status::bye(None, "too many failed logins").expect("valid"),
+                ));
                 return Reply {
                     out,
                     next: Next::Close,
@@ -349,8 +376,12 @@ impl Session {
 
     /// Refusal for AUTHENTICATE: only LOGIN is offered (over loopback, optionally TLS).
     pub fn authenticate_refused(&self, tag: &Tag<'static>) -> Status<'static> {
-        Status::no(Some(tag.clone()), None, "use LOGIN with the credentials from `letterme proxy credentials`")
-            .expect("valid")
+        Status::no(
+            Some(tag.clone()),
+            None,
+            "use LOGIN with the credentials from `letterme proxy credentials`",
+        )
+        .expect("valid")
     }
 
     fn authenticated(&mut self, tag: &Tag<'static>, body: CommandBody<'static>) -> Reply {
@@ -361,21 +392,39 @@ impl Session {
             C::Create { mailbox } => self.cache.create_folder(&mailbox_name(&mailbox)),
             C::Delete { mailbox } => {
                 let name = mailbox_name(&mailbox);
+                let r = self.cache.delete_folder(&name);
                 if let State::Selected(s) = &self.state {
-                    if s.folder.name == letterme_client::cache::normalize_name(&name) {
+                    if r.is_ok() && s.folder.name == letterme_client::cache::normalize_name(&name) {
                         self.state = State::Authenticated;
                     }
                 }
-                self.cache.delete_folder(&name)
+                r
             }
-            C::Rename { from, to } => self.cache.rename_folder(&mailbox_name(&from), &mailbox_name(&to)),
+            C::Rename { from, to } => self
+                .cache
+                .rename_folder(&mailbox_name(&from), &mailbox_name(&to)),
             C::Subscribe { mailbox } => self.cache.subscribe(&mailbox_name(&mailbox), true),
             C::Unsubscribe { mailbox } => self.cache.subscribe(&mailbox_name(&mailbox), false),
-            C::List { reference, mailbox_wildcard } => {
-                return self.list(tag, &reference, &mailbox_wildcard, ListOptions::default(), false);
+            C::List {
+                reference,
+                mailbox_wildcard,
+            } => {
+                return self.list(
+                    tag,
+                    &reference,
+                    &mailbox_wildcard,
+                    ListOptions::default(),
+                    false,
+                );
             }
-            C::Lsub { reference, mailbox_wildcard } => {
-                let opts = ListOptions { subscribed_only: true, ..ListOptions::default() };
+            C::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => {
+                let opts = ListOptions {
+                    subscribed_only: true,
+                    ..ListOptions::default()
+                };
                 return self.list(tag, &reference, &mailbox_wildcard, opts, true);
             }
             C::Namespace => {
@@ -395,25 +444,46 @@ impl Session {
             C::Enable { .. } => {
                 // Nothing this server offers needs enabling (RFC 5161 §3.1).
                 return Self::reply(vec![
-                    Out::Data(Data::Enabled { capabilities: vec![] }),
+                    Out::Data(Data::Enabled {
+                        capabilities: vec![],
+                    }),
                     tagged(tag, Kind::Ok, None, "ENABLE completed"),
                 ]);
             }
-            C::Status { mailbox, item_names } => return self.status(tag, &mailbox_name(&mailbox), &item_names),
-            C::Append { mailbox, flags, date, message } => {
-                return self.append(tag, &mailbox_name(&mailbox), &flags, date.as_ref(), match &message {
-                    LiteralOrLiteral8::Literal(l) => l.as_ref(),
-                    LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
-                });
+            C::Status {
+                mailbox,
+                item_names,
+            } => return self.status(tag, &mailbox_name(&mailbox), &item_names),
+            C::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
+                return self.append(
+                    tag,
+                    &mailbox_name(&mailbox),
+                    &flags,
+                    date.as_ref(),
+                    match &message {
+                        LiteralOrLiteral8::Literal(l) => l.as_ref(),
+                        LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
+                    },
+                );
             }
-            C::Login { .. } => return Self::reply(vec![tagged(tag, Kind::Bad, None, "already logged in")]),
+            C::Login { .. } => {
+                return Self::reply(vec![tagged(tag, Kind::Bad, None, "already logged in")]);
+            }
             body if self.is_selected() => return self.selected(tag, body),
             other => {
                 return Self::reply(vec![tagged(
                     tag,
                     Kind::Bad,
                     None,
-                    &format!("{} needs a selected mailbox or is not supported", other.name()),
+                    &format!(
+                        "{} needs a selected mailbox or is not supported",
+                        other.name()
+                    ),
                 )]);
             }
         };
@@ -427,7 +497,14 @@ impl Session {
         self.state = State::Authenticated;
         let folder = match self.cache.folder(name) {
             Ok(Some(f)) => f,
-            Ok(None) => return Self::reply(vec![tagged(tag, Kind::No, None, &format!("no mailbox named {name}"))]),
+            Ok(None) => {
+                return Self::reply(vec![tagged(
+                    tag,
+                    Kind::No,
+                    None,
+                    &format!("no mailbox named {name}"),
+                )]);
+            }
             Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
         };
         let messages = match self.cache.messages(folder.id) {
@@ -439,7 +516,10 @@ impl Session {
         let first_unseen = messages.iter().position(|m| !has(&m.flags, "\\Seen"));
         let mut out = vec![
             Out::Data(Data::Flags(
-                ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"].into_iter().filter_map(to_flag).collect(),
+                ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
+                    .into_iter()
+                    .filter_map(to_flag)
+                    .collect(),
             )),
             untagged_ok(
                 Code::PermanentFlags(
@@ -460,8 +540,21 @@ impl Session {
         if let Some(i) = first_unseen {
             out.push(untagged_ok(Code::Unseen(nz(i as u32 + 1)), "first unseen"));
         }
-        let code = if read_only { Code::ReadOnly } else { Code::ReadWrite };
-        out.push(tagged(tag, Kind::Ok, Some(code), if read_only { "EXAMINE completed" } else { "SELECT completed" }));
+        let code = if read_only {
+            Code::ReadOnly
+        } else {
+            Code::ReadWrite
+        };
+        out.push(tagged(
+            tag,
+            Kind::Ok,
+            Some(code),
+            if read_only {
+                "EXAMINE completed"
+            } else {
+                "SELECT completed"
+            },
+        ));
         self.state = State::Selected(Selected {
             folder,
             read_only,
@@ -508,12 +601,19 @@ impl Session {
             let name = f.name.as_bytes();
             let matches = wildcard(&full, name)
                 || (f.name == "INBOX" && wildcard(&full.to_ascii_uppercase(), name));
-            if !matches || (opts.subscribed_only && !f.subscribed) || (opts.special_use_only && f.special.is_none()) {
+            if !matches
+                || (opts.subscribed_only && !f.subscribed)
+                || (opts.special_use_only && f.special.is_none())
+            {
                 continue;
             }
             let prefix = format!("{}{DELIMITER}", f.name);
             let children = folders.iter().any(|c| c.name.starts_with(&prefix));
-            let mut items: Vec<FlagNameAttribute<'static>> = vec![atom_attr(if children { "\\HasChildren" } else { "\\HasNoChildren" })];
+            let mut items: Vec<FlagNameAttribute<'static>> = vec![atom_attr(if children {
+                "\\HasChildren"
+            } else {
+                "\\HasNoChildren"
+            })];
             if !lsub && (opts.return_special_use || !opts.subscribed_only) {
                 if let Some(s) = &f.special {
                     items.push(atom_attr(s));
@@ -525,45 +625,87 @@ impl Session {
                 }
             }
             let data = if lsub {
-                Data::Lsub { items, delimiter: Some(QuotedChar::try_from(DELIMITER).expect("valid")), mailbox: mailbox_of(&f.name) }
+                Data::Lsub {
+                    items,
+                    delimiter: Some(QuotedChar::try_from(DELIMITER).expect("valid")),
+                    mailbox: mailbox_of(&f.name),
+                }
             } else {
-                Data::List { items, delimiter: Some(QuotedChar::try_from(DELIMITER).expect("valid")), mailbox: mailbox_of(&f.name) }
+                Data::List {
+                    items,
+                    delimiter: Some(QuotedChar::try_from(DELIMITER).expect("valid")),
+                    mailbox: mailbox_of(&f.name),
+                }
             };
             out.push(Out::Data(data));
         }
-        out.push(tagged(tag, Kind::Ok, None, if lsub { "LSUB completed" } else { "LIST completed" }));
+        out.push(tagged(
+            tag,
+            Kind::Ok,
+            None,
+            if lsub {
+                "LSUB completed"
+            } else {
+                "LIST completed"
+            },
+        ));
         Self::reply(out)
     }
 
     fn status(&mut self, tag: &Tag<'static>, name: &str, items: &[StatusDataItemName]) -> Reply {
         let folder = match self.cache.folder(name) {
             Ok(Some(f)) => f,
-            Ok(None) => return Self::reply(vec![tagged(tag, Kind::No, None, &format!("no mailbox named {name}"))]),
+            Ok(None) => {
+                return Self::reply(vec![tagged(
+                    tag,
+                    Kind::No,
+                    None,
+                    &format!("no mailbox named {name}"),
+                )]);
+            }
             Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
         };
         let messages = match self.cache.messages(folder.id) {
             Ok(m) => m,
             Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
         };
-        let count = |flag: &str, want: bool| messages.iter().filter(|m| has(&m.flags, flag) == want).count() as u32;
+        let count = |flag: &str, want: bool| {
+            messages
+                .iter()
+                .filter(|m| has(&m.flags, flag) == want)
+                .count() as u32
+        };
         let data: Vec<StatusDataItem> = items
             .iter()
             .filter_map(|i| match i {
-                StatusDataItemName::Messages => Some(StatusDataItem::Messages(messages.len() as u32)),
+                StatusDataItemName::Messages => {
+                    Some(StatusDataItem::Messages(messages.len() as u32))
+                }
                 StatusDataItemName::Recent => Some(StatusDataItem::Recent(0)),
                 StatusDataItemName::UidNext => Some(StatusDataItem::UidNext(nz(folder.uidnext))),
-                StatusDataItemName::UidValidity => Some(StatusDataItem::UidValidity(nz(folder.uidvalidity))),
+                StatusDataItemName::UidValidity => {
+                    Some(StatusDataItem::UidValidity(nz(folder.uidvalidity)))
+                }
                 StatusDataItemName::Unseen => Some(StatusDataItem::Unseen(count("\\Seen", false))),
-                StatusDataItemName::Deleted => Some(StatusDataItem::Deleted(count("\\Deleted", true))),
+                StatusDataItemName::Deleted => {
+                    Some(StatusDataItem::Deleted(count("\\Deleted", true)))
+                }
                 StatusDataItemName::DeletedStorage => Some(StatusDataItem::DeletedStorage(
-                    messages.iter().filter(|m| has(&m.flags, "\\Deleted")).map(|m| u64::from(m.size)).sum(),
+                    messages
+                        .iter()
+                        .filter(|m| has(&m.flags, "\\Deleted"))
+                        .map(|m| u64::from(m.size))
+                        .sum(),
                 )),
                 #[allow(unreachable_patterns)]
                 _ => None,
             })
             .collect();
         Self::reply(vec![
-            Out::Data(Data::Status { mailbox: mailbox_of(&folder.name), items: Cow::Owned(data) }),
+            Out::Data(Data::Status {
+                mailbox: mailbox_of(&folder.name),
+                items: Cow::Owned(data),
+            }),
             tagged(tag, Kind::Ok, None, "STATUS completed"),
         ])
     }
@@ -579,7 +721,12 @@ impl Session {
         let folder = match self.cache.folder(name) {
             Ok(Some(f)) => f,
             Ok(None) => {
-                return Self::reply(vec![tagged(tag, Kind::No, Some(Code::TryCreate), &format!("no mailbox named {name}"))]);
+                return Self::reply(vec![tagged(
+                    tag,
+                    Kind::No,
+                    Some(Code::TryCreate),
+                    &format!("no mailbox named {name}"),
+                )]);
             }
             Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
         };
@@ -591,7 +738,8 @@ impl Session {
         } else {
             None
         };
-        let internal_date = date.map_or_else(|| letterme_client::now() as i64, |d| d.as_ref().timestamp());
+        let internal_date =
+            date.map_or_else(|| letterme_client::now() as i64, |d| d.as_ref().timestamp());
         let mail = NewMail {
             folder: folder.name.clone(),
             flags: flags.iter().map(ToString::to_string).collect(),
@@ -603,7 +751,10 @@ impl Session {
             Ok((validity, uid, _)) => Self::reply(vec![tagged(
                 tag,
                 Kind::Ok,
-                Some(Code::AppendUid { uid_validity: nz(validity), uid: nz(uid) }),
+                Some(Code::AppendUid {
+                    uid_validity: nz(validity),
+                    uid: nz(uid),
+                }),
                 "APPEND completed",
             )]),
             Err(e) => Self::reply(vec![mailbox_error(tag, &e)]),
@@ -633,11 +784,36 @@ impl Session {
             C::Expunge => self.expunge(tag, None),
             C::ExpungeUid { sequence_set } => self.expunge(tag, Some(&sequence_set)),
             C::Search { criteria, uid, .. } => self.search(tag, criteria.as_ref(), uid),
-            C::Fetch { sequence_set, macro_or_item_names, uid, .. } => self.fetch(tag, &sequence_set, macro_or_item_names, uid),
-            C::Store { sequence_set, kind, response, flags, uid, .. } => self.store(tag, &sequence_set, &kind, &response, &flags, uid),
-            C::Copy { sequence_set, mailbox, uid } => self.copy(tag, &sequence_set, &mailbox_name(&mailbox), uid, false),
-            C::Move { sequence_set, mailbox, uid } => self.copy(tag, &sequence_set, &mailbox_name(&mailbox), uid, true),
-            other => Self::reply(vec![tagged(tag, Kind::Bad, None, &format!("{} is not supported", other.name()))]),
+            C::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } => self.fetch(tag, &sequence_set, macro_or_item_names, uid),
+            C::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } => self.store(tag, &sequence_set, &kind, &response, &flags, uid),
+            C::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(tag, &sequence_set, &mailbox_name(&mailbox), uid, false),
+            C::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(tag, &sequence_set, &mailbox_name(&mailbox), uid, true),
+            other => Self::reply(vec![tagged(
+                tag,
+                Kind::Bad,
+                None,
+                &format!("{} is not supported", other.name()),
+            )]),
         }
     }
 
@@ -673,7 +849,11 @@ impl Session {
     ) -> Reply {
         let mut items = match items {
             MacroOrMessageDataItemNames::Macro(m) => {
-                let mut v = vec![MessageDataItemName::Flags, MessageDataItemName::InternalDate, MessageDataItemName::Rfc822Size];
+                let mut v = vec![
+                    MessageDataItemName::Flags,
+                    MessageDataItemName::InternalDate,
+                    MessageDataItemName::Rfc822Size,
+                ];
                 if matches!(m, Macro::All | Macro::Full) {
                     v.push(MessageDataItemName::Envelope);
                 }
@@ -684,8 +864,18 @@ impl Session {
             }
             MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
         };
-        if items.iter().any(|i| matches!(i, MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. })) {
-            return Self::reply(vec![tagged(tag, Kind::No, None, "BINARY is not supported; use BODY[]")]);
+        if items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
+            )
+        }) {
+            return Self::reply(vec![tagged(
+                tag,
+                Kind::No,
+                None,
+                "BINARY is not supported; use BODY[]",
+            )]);
         }
         if uid && !items.contains(&MessageDataItemName::Uid) {
             items.insert(0, MessageDataItemName::Uid);
@@ -694,7 +884,12 @@ impl Session {
         if todo.is_empty() && !uid {
             return Self::reply(vec![tagged(tag, Kind::Bad, None, "no such message")]);
         }
-        let job = FetchJob { tag: tag.clone(), uid, items, todo: todo.into() };
+        let job = FetchJob {
+            tag: tag.clone(),
+            uid,
+            items,
+            todo: todo.into(),
+        };
         self.fetch_more(job)
     }
 
@@ -704,17 +899,29 @@ impl Session {
         let needs_content = job.items.iter().any(|i| {
             !matches!(
                 i,
-                MessageDataItemName::Flags | MessageDataItemName::Uid | MessageDataItemName::InternalDate | MessageDataItemName::Rfc822Size
+                MessageDataItemName::Flags
+                    | MessageDataItemName::Uid
+                    | MessageDataItemName::InternalDate
+                    | MessageDataItemName::Rfc822Size
             )
         });
         let marks_seen = job.items.iter().any(|i| {
-            matches!(i, MessageDataItemName::BodyExt { peek: false, .. } | MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text)
+            matches!(
+                i,
+                MessageDataItemName::BodyExt { peek: false, .. }
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Text
+            )
         });
         let folder = self.sel().folder.id;
         let read_only = self.sel().read_only;
         let uids: Vec<u32> = batch.iter().map(|b| b.1).collect();
         let metas: std::collections::HashMap<u32, MailMeta> = match self.cache.messages(folder) {
-            Ok(all) => all.into_iter().filter(|m| uids.binary_search(&m.uid).is_ok() || uids.contains(&m.uid)).map(|m| (m.uid, m)).collect(),
+            Ok(all) => all
+                .into_iter()
+                .filter(|m| uids.binary_search(&m.uid).is_ok() || uids.contains(&m.uid))
+                .map(|m| (m.uid, m))
+                .collect(),
             Err(e) => return Self::reply(vec![store_error(&job.tag, &e.to_string())]),
         };
         let contents: std::collections::HashMap<u32, Vec<u8>> = if needs_content {
@@ -728,7 +935,9 @@ impl Session {
         let mut newly_seen = Vec::new();
         let mut out = Vec::with_capacity(batch.len() + 1);
         for (seq, uid) in batch {
-            let Some(meta) = metas.get(&uid) else { continue };
+            let Some(meta) = metas.get(&uid) else {
+                continue;
+            };
             let mut flags = meta.flags.clone();
             if marks_seen && !read_only && !has(&flags, "\\Seen") {
                 flags.push("\\Seen".to_owned());
@@ -740,28 +949,47 @@ impl Session {
                 data.push(match item {
                     MessageDataItemName::Uid => MessageDataItem::Uid(nz(uid)),
                     MessageDataItemName::Flags => MessageDataItem::Flags(flag_fetch(&flags)),
-                    MessageDataItemName::InternalDate => MessageDataItem::InternalDate(imap_date(meta.internal_date)),
+                    MessageDataItemName::InternalDate => {
+                        MessageDataItem::InternalDate(imap_date(meta.internal_date))
+                    }
                     MessageDataItemName::Rfc822Size => MessageDataItem::Rfc822Size(meta.size),
                     MessageDataItemName::Envelope => MessageDataItem::Envelope(mime::envelope(raw)),
-                    MessageDataItemName::BodyStructure => MessageDataItem::BodyStructure(mime::body_structure(raw)),
+                    MessageDataItemName::BodyStructure => {
+                        MessageDataItem::BodyStructure(mime::body_structure(raw))
+                    }
                     MessageDataItemName::Body => MessageDataItem::Body(mime::body(raw)),
                     MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(nstring(raw.to_vec())),
-                    MessageDataItemName::Rfc822Header => MessageDataItem::Rfc822Header(nstring(mime::section(raw, Some(&Section::Header(None))))),
-                    MessageDataItemName::Rfc822Text => MessageDataItem::Rfc822Text(nstring(mime::section(raw, Some(&Section::Text(None))))),
-                    MessageDataItemName::BodyExt { section, partial, .. } => {
+                    MessageDataItemName::Rfc822Header => MessageDataItem::Rfc822Header(nstring(
+                        mime::section(raw, Some(&Section::Header(None))),
+                    )),
+                    MessageDataItemName::Rfc822Text => MessageDataItem::Rfc822Text(nstring(
+                        mime::section(raw, Some(&Section::Text(None))),
+                    )),
+                    MessageDataItemName::BodyExt {
+                        section, partial, ..
+                    } => {
                         let bytes = mime::section(raw, section.as_ref());
                         let part = mime::partial(&bytes, *partial).to_vec();
-                        MessageDataItem::BodyExt { section: section.clone(), origin: partial.map(|p| p.0), data: nstring(part) }
+                        MessageDataItem::BodyExt {
+                            section: section.clone(),
+                            origin: partial.map(|p| p.0),
+                            data: nstring(part),
+                        }
                     }
                     _ => continue,
                 });
             }
             // FLAGS changed by this FETCH are reported in it (RFC 3501 §6.4.5).
-            if newly_seen.last().is_some_and(|n| n.0 == uid) && !job.items.contains(&MessageDataItemName::Flags) {
+            if newly_seen.last().is_some_and(|n| n.0 == uid)
+                && !job.items.contains(&MessageDataItemName::Flags)
+            {
                 data.push(MessageDataItem::Flags(flag_fetch(&flags)));
             }
             if let Ok(items) = Vec1::try_from(data) {
-                out.push(Out::Data(Data::Fetch { seq: nz(seq), items }));
+                out.push(Out::Data(Data::Fetch {
+                    seq: nz(seq),
+                    items,
+                }));
             }
         }
         if !newly_seen.is_empty() {
@@ -775,10 +1003,27 @@ impl Session {
             return self.fetch_more(job);
         }
         if job.todo.is_empty() {
-            out.push(tagged(&job.tag, Kind::Ok, None, if job.uid { "UID FETCH completed" } else { "FETCH completed" }));
-            Reply { out, next: Next::Continue, more: None }
+            out.push(tagged(
+                &job.tag,
+                Kind::Ok,
+                None,
+                if job.uid {
+                    "UID FETCH completed"
+                } else {
+                    "FETCH completed"
+                },
+            ));
+            Reply {
+                out,
+                next: Next::Continue,
+                more: None,
+            }
         } else {
-            Reply { out, next: Next::Continue, more: Some(job) }
+            Reply {
+                out,
+                next: Next::Continue,
+                more: Some(job),
+            }
         }
     }
 
@@ -803,7 +1048,12 @@ impl Session {
         uid: bool,
     ) -> Reply {
         if self.sel().read_only {
-            return Self::reply(vec![tagged(tag, Kind::No, None, "mailbox is read-only (EXAMINE)")]);
+            return Self::reply(vec![tagged(
+                tag,
+                Kind::No,
+                None,
+                "mailbox is read-only (EXAMINE)",
+            )]);
         }
         let targets = self.resolve(set, uid);
         let given: Vec<String> = flags.iter().map(ToString::to_string).collect();
@@ -822,14 +1072,21 @@ impl Session {
                     }
                     v
                 }
-                StoreType::Remove => current.iter().filter(|f| !has(&given, f)).cloned().collect(),
+                StoreType::Remove => current
+                    .iter()
+                    .filter(|f| !has(&given, f))
+                    .cloned()
+                    .collect(),
             };
             if *response == StoreResponse::Answer {
                 let mut items = vec![MessageDataItem::Flags(flag_fetch(&new))];
                 if uid {
                     items.push(MessageDataItem::Uid(nz(u)));
                 }
-                out.push(Out::Data(Data::Fetch { seq: nz(seq), items: Vec1::try_from(items).expect("not empty") }));
+                out.push(Out::Data(Data::Fetch {
+                    seq: nz(seq),
+                    items: Vec1::try_from(items).expect("not empty"),
+                }));
             }
             changes.push((u, new));
         }
@@ -838,25 +1095,60 @@ impl Session {
             return Self::reply(vec![store_error(tag, &e.to_string())]);
         }
         self.note_flags(&changes);
-        out.push(tagged(tag, Kind::Ok, None, if uid { "UID STORE completed" } else { "STORE completed" }));
+        out.push(tagged(
+            tag,
+            Kind::Ok,
+            None,
+            if uid {
+                "UID STORE completed"
+            } else {
+                "STORE completed"
+            },
+        ));
         Self::reply(out)
     }
 
-    fn copy(&mut self, tag: &Tag<'static>, set: &SequenceSet, target: &str, uid: bool, is_move: bool) -> Reply {
+    fn copy(
+        &mut self,
+        tag: &Tag<'static>,
+        set: &SequenceSet,
+        target: &str,
+        uid: bool,
+        is_move: bool,
+    ) -> Reply {
         if is_move && self.sel().read_only {
-            return Self::reply(vec![tagged(tag, Kind::No, None, "mailbox is read-only (EXAMINE)")]);
+            return Self::reply(vec![tagged(
+                tag,
+                Kind::No,
+                None,
+                "mailbox is read-only (EXAMINE)",
+            )]);
         }
         let pairs = self.resolve(set, uid);
         if pairs.is_empty() {
-            let msg = if uid { "no messages matched; nothing to do" } else { "no such message" };
-            return Self::reply(vec![tagged(tag, if uid { Kind::Ok } else { Kind::Bad }, None, msg)]);
+            let msg = if uid {
+                "no messages matched; nothing to do"
+            } else {
+                "no such message"
+            };
+            return Self::reply(vec![tagged(
+                tag,
+                if uid { Kind::Ok } else { Kind::Bad },
+                None,
+                msg,
+            )]);
         }
         let folder = self.sel().folder.id;
         let uids: Vec<u32> = pairs.iter().map(|p| p.1).collect();
         let (validity, copied) = match self.cache.copy(folder, &uids, target, is_move) {
             Ok(r) => r,
             Err(MailboxError::NoSuchMailbox(n)) => {
-                return Self::reply(vec![tagged(tag, Kind::No, Some(Code::TryCreate), &format!("no mailbox named {n}"))]);
+                return Self::reply(vec![tagged(
+                    tag,
+                    Kind::No,
+                    Some(Code::TryCreate),
+                    &format!("no mailbox named {n}"),
+                )]);
             }
             Err(e) => return Self::reply(vec![mailbox_error(tag, &e)]),
         };
@@ -869,9 +1161,27 @@ impl Session {
             }
             let moved: BTreeSet<u32> = copied.iter().map(|p| p.0).collect();
             out.extend(self.forget(&moved).into_iter().map(Out::Data));
-            out.push(tagged(tag, Kind::Ok, None, if uid { "UID MOVE completed" } else { "MOVE completed" }));
+            out.push(tagged(
+                tag,
+                Kind::Ok,
+                None,
+                if uid {
+                    "UID MOVE completed"
+                } else {
+                    "MOVE completed"
+                },
+            ));
         } else {
-            out.push(tagged(tag, Kind::Ok, code, if uid { "UID COPY completed" } else { "COPY completed" }));
+            out.push(tagged(
+                tag,
+                Kind::Ok,
+                code,
+                if uid {
+                    "UID COPY completed"
+                } else {
+                    "COPY completed"
+                },
+            ));
         }
         Self::reply(out)
     }
@@ -901,15 +1211,27 @@ impl Session {
             .map(|m| m.uid)
             .collect();
         let list: Vec<u32> = doomed.iter().copied().collect();
-        self.cache.expunge(folder, &list).map_err(|e| e.to_string())?;
+        self.cache
+            .expunge(folder, &list)
+            .map_err(|e| e.to_string())?;
         Ok(doomed)
     }
 
     fn expunge(&mut self, tag: &Tag<'static>, set: Option<&SequenceSet>) -> Reply {
         if self.sel().read_only {
-            return Self::reply(vec![tagged(tag, Kind::No, None, "mailbox is read-only (EXAMINE)")]);
+            return Self::reply(vec![tagged(
+                tag,
+                Kind::No,
+                None,
+                "mailbox is read-only (EXAMINE)",
+            )]);
         }
-        let only = set.map(|s| self.resolve(s, true).into_iter().map(|p| p.1).collect::<BTreeSet<u32>>());
+        let only = set.map(|s| {
+            self.resolve(s, true)
+                .into_iter()
+                .map(|p| p.1)
+                .collect::<BTreeSet<u32>>()
+        });
         match self.expunge_deleted(only.as_ref()) {
             Ok(gone) => {
                 let mut out: Vec<Out> = self.forget(&gone).into_iter().map(Out::Data).collect();
@@ -928,7 +1250,10 @@ impl Session {
             Ok(m) => m,
             Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
         };
-        let dates: std::collections::HashMap<u32, (i64, u32)> = metas.iter().map(|m| (m.uid, (m.internal_date, m.size))).collect();
+        let dates: std::collections::HashMap<u32, (i64, u32)> = metas
+            .iter()
+            .map(|m| (m.uid, (m.internal_date, m.size)))
+            .collect();
         let contents: std::collections::HashMap<u32, Vec<u8>> = if search::needs_content(criteria) {
             match self.cache.contents(folder, &uids) {
                 Ok(c) => c.into_iter().collect(),
@@ -949,40 +1274,73 @@ impl Session {
                 raw: contents.get(u).map_or(&[][..], Vec::as_slice),
             }
         });
-        let bounds = search::Bounds { max_seq: uids.len() as u32, max_uid: uids.last().copied().unwrap_or(0) };
+        let bounds = search::Bounds {
+            max_seq: uids.len() as u32,
+            max_uid: uids.last().copied().unwrap_or(0),
+        };
         let found = search::search_all(criteria, candidates, bounds);
-        let numbers: Vec<NonZeroU32> = found.iter().map(|&(s, u)| nz(if uid { u } else { s })).collect();
+        let numbers: Vec<NonZeroU32> = found
+            .iter()
+            .map(|&(s, u)| nz(if uid { u } else { s }))
+            .collect();
         Self::reply(vec![
             Out::Data(Data::Search(numbers)),
-            tagged(tag, Kind::Ok, None, if uid { "UID SEARCH completed" } else { "SEARCH completed" }),
+            tagged(
+                tag,
+                Kind::Ok,
+                None,
+                if uid {
+                    "UID SEARCH completed"
+                } else {
+                    "SEARCH completed"
+                },
+            ),
         ])
     }
 
     /// Changes made elsewhere (sync, other sessions) since the client last heard:
     /// EXPUNGE (when allowed), EXISTS, and FETCH FLAGS (RFC 3501 §7.3, §7.4).
     pub fn updates(&mut self, allow_expunge: bool) -> Vec<Data<'static>> {
-        let State::Selected(s) = &self.state else { return vec![] };
+        let State::Selected(s) = &self.state else {
+            return vec![];
+        };
         let now = *self.cache.changes().borrow();
         if now == self.seen_change {
             return vec![];
         }
-        let Ok(current) = self.cache.messages(s.folder.id) else { return vec![] };
+        let Ok(current) = self.cache.messages(s.folder.id) else {
+            return vec![];
+        };
         let mut out = Vec::new();
         if allow_expunge {
             let present: BTreeSet<u32> = current.iter().map(|m| m.uid).collect();
-            let gone: BTreeSet<u32> = s.uids.iter().copied().filter(|u| !present.contains(u)).collect();
+            let gone: BTreeSet<u32> = s
+                .uids
+                .iter()
+                .copied()
+                .filter(|u| !present.contains(u))
+                .collect();
             if !gone.is_empty() {
                 out.extend(self.forget(&gone));
             }
         }
-        let State::Selected(s) = &mut self.state else { return out };
-        let by_uid: std::collections::HashMap<u32, &MailMeta> = current.iter().map(|m| (m.uid, m)).collect();
+        let State::Selected(s) = &mut self.state else {
+            return out;
+        };
+        let by_uid: std::collections::HashMap<u32, &MailMeta> =
+            current.iter().map(|m| (m.uid, m)).collect();
         for (i, u) in s.uids.iter().enumerate() {
             if let Some(m) = by_uid.get(u) {
                 if m.flags != s.flags[i] {
                     s.flags[i].clone_from(&m.flags);
-                    let items = vec![MessageDataItem::Flags(flag_fetch(&m.flags)), MessageDataItem::Uid(nz(*u))];
-                    out.push(Data::Fetch { seq: nz(i as u32 + 1), items: Vec1::try_from(items).expect("not empty") });
+                    let items = vec![
+                        MessageDataItem::Flags(flag_fetch(&m.flags)),
+                        MessageDataItem::Uid(nz(*u)),
+                    ];
+                    out.push(Data::Fetch {
+                        seq: nz(i as u32 + 1),
+                        items: Vec1::try_from(items).expect("not empty"),
+                    });
                 }
             }
         }
@@ -1026,7 +1384,12 @@ fn mailbox_error(tag: &Tag<'static>, e: &MailboxError) -> Out {
 
 fn store_error(tag: &Tag<'static>, e: &str) -> Out {
     tracing::error!(error = %e, "local cache error");
-    tagged(tag, Kind::No, Some(Code::Other(CodeOther::unvalidated(&b"SERVERBUG"[..]))), "local cache error; see the proxy's log")
+    tagged(
+        tag,
+        Kind::No,
+        Some(Code::Other(CodeOther::unvalidated(&b"SERVERBUG"[..]))),
+        "local cache error; see the proxy's log",
+    )
 }
 
 #[cfg(test)]
@@ -1041,5 +1404,4 @@ mod tests {
         assert!(wildcard(b"INBOX", b"INBOX"));
         assert!(!wildcard(b"Sent", b"Sentx"));
     }
-
 }

@@ -106,7 +106,11 @@ impl Backend for SmtpIn {
 }
 
 /// Serves `listener` until `shutdown` turns true.
-pub async fn serve<B: Backend>(listener: TcpListener, smtp: Arc<B>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve<B: Backend>(
+    listener: TcpListener,
+    smtp: Arc<B>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let conn = smtp.conn_limits().clone();
     let sessions = Arc::new(Semaphore::new(conn.max_sessions));
     let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
@@ -192,11 +196,12 @@ async fn session<B: Backend>(stream: TcpStream, peer: SocketAddr, smtp: &B) -> s
             let Some(acceptor) = smtp.tls() else {
                 return Ok(());
             };
-            let tls = tokio::time::timeout(smtp.conn_limits().command_timeout, acceptor.accept(stream))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
-                })??;
+            let tls =
+                tokio::time::timeout(smtp.conn_limits().command_timeout, acceptor.accept(stream))
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??;
             s.tls_started();
             match run(tls, s, smtp).await? {
                 Outcome::Closed | Outcome::StartTls(..) => Ok(()),

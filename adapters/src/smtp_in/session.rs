@@ -18,8 +18,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::credentials::Credentials;
 use smtp_proto::{
-    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_BINARYMIME, MAIL_CONPERM, MAIL_REQUIRETLS, MAIL_RET_FULL, MAIL_RET_HDRS,
-    MAIL_SMTPUTF8, Request,
+    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_BINARYMIME, MAIL_CONPERM, MAIL_REQUIRETLS, MAIL_RET_FULL,
+    MAIL_RET_HDRS, MAIL_SMTPUTF8, Request,
 };
 
 /// MAIL FROM flags of extensions this server does not advertise (DSN, BINARYMIME,
@@ -282,12 +282,17 @@ impl Session {
                         if self.pending.len() > self.cfg.limits.max_line {
                             self.pending.clear();
                             self.state = State::SkipLine;
-                            out.push(self.error(Reply::new(500, "5.5.6", "authentication exchange line too long")));
+                            out.push(self.error(Reply::new(
+                                500,
+                                "5.5.6",
+                                "authentication exchange line too long",
+                            )));
                         }
                         break;
                     };
                     let line: Vec<u8> = self.pending.drain(..=pos).collect();
-                    let State::Auth(step) = std::mem::replace(&mut self.state, State::Command) else {
+                    let State::Auth(step) = std::mem::replace(&mut self.state, State::Command)
+                    else {
                         unreachable!("in the auth state");
                     };
                     self.auth_line(step, &line, &mut out);
@@ -338,7 +343,11 @@ impl Session {
         } else if self.authenticated {
             out.push(self.error(Reply::new(503, "5.5.1", "already authenticated")));
         } else if self.mail_from.is_some() {
-            out.push(self.error(Reply::new(503, "5.5.1", "AUTH is not allowed during a mail transaction")));
+            out.push(self.error(Reply::new(
+                503,
+                "5.5.1",
+                "AUTH is not allowed during a mail transaction",
+            )));
         } else if mechanism == AUTH_PLAIN && initial.is_empty() {
             self.state = State::Auth(AuthStep::Plain);
             out.push(Event::Reply(Reply::new(334, "", "")));
@@ -350,7 +359,11 @@ impl Session {
         } else if mechanism == AUTH_LOGIN {
             self.auth_line(AuthStep::LoginUser, initial.as_bytes(), out);
         } else {
-            out.push(self.error(Reply::new(504, "5.5.4", "unsupported mechanism; use PLAIN or LOGIN")));
+            out.push(self.error(Reply::new(
+                504,
+                "5.5.4",
+                "unsupported mechanism; use PLAIN or LOGIN",
+            )));
         }
     }
 
@@ -361,9 +374,17 @@ impl Session {
             return;
         }
         // "=" is an empty initial response (RFC 4954 §4).
-        let decoded = if line == b"=" { Ok(Vec::new()) } else { B64.decode(line) };
+        let decoded = if line == b"=" {
+            Ok(Vec::new())
+        } else {
+            B64.decode(line)
+        };
         let Ok(decoded) = decoded else {
-            out.push(self.error(Reply::new(501, "5.5.2", "cannot decode the base64 response")));
+            out.push(self.error(Reply::new(
+                501,
+                "5.5.2",
+                "cannot decode the base64 response",
+            )));
             return;
         };
         let (user, pass) = match step {
@@ -383,13 +404,21 @@ impl Session {
                     return;
                 };
                 if !authz.is_empty() && authz != user {
-                    out.push(self.error(Reply::new(535, "5.7.8", "authorization identity must be the user")));
+                    out.push(self.error(Reply::new(
+                        535,
+                        "5.7.8",
+                        "authorization identity must be the user",
+                    )));
                     return;
                 }
                 (user.to_vec(), pass.to_vec())
             }
         };
-        let ok = self.cfg.auth.as_ref().is_some_and(|c| c.check(&user, &pass));
+        let ok = self
+            .cfg
+            .auth
+            .as_ref()
+            .is_some_and(|c| c.check(&user, &pass));
         if ok {
             self.authenticated = true;
             out.push(Event::Reply(Reply::new(235, "2.7.0", "authenticated")));

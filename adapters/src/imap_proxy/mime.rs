@@ -6,6 +6,8 @@
 //! string and section handed to the client is cut from the raw bytes. All functions are total:
 //! malformed input yields a best-effort structure, never a panic.
 
+use std::fmt::Write as _;
+
 use std::{num::NonZeroU32, ops::Range};
 
 use imap_codec::imap_types::{
@@ -354,7 +356,7 @@ fn parameters(content_type: &ContentType<'_>) -> Vec<(IString<'static>, IString<
                 if byte.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&byte) {
                     encoded.push(char::from(byte));
                 } else {
-                    encoded.push_str(&format!("%{byte:02X}"));
+                    let _ = write!(encoded, "%{byte:02X}");
                 }
             }
             (istring(name + "*"), istring(encoded))
@@ -444,6 +446,8 @@ fn addresses(value: &[u8]) -> Vec<Address<'static>> {
     }
 }
 
+// Reason: HeaderName is a small enum the callers build inline.
+#[allow(clippy::needless_pass_by_value)]
 fn field<'f, 'a>(fields: &'f [Header<'a>], name: HeaderName<'_>) -> Option<&'f Header<'a>> {
     fields.iter().find(|h| h.name == name)
 }
@@ -463,6 +467,8 @@ fn value(raw: &[u8], fields: &[Header<'_>], name: HeaderName<'_>) -> Option<Vec<
 }
 
 /// Lines of a body: its line breaks, plus an unterminated last line.
+// Reason: a line count is not worth a dependency (bytecount).
+#[allow(clippy::naive_bytecount)]
 fn lines(body: &[u8]) -> u32 {
     let breaks = body.iter().filter(|&&b| b == b'\n').count();
     let partial = usize::from(body.last().is_some_and(|&b| b != b'\n'));
@@ -532,6 +538,7 @@ mod tests {
         Vec1::try_from(names.collect::<Vec<_>>()).expect("non-empty")
     }
 
+    #[allow(clippy::needless_pass_by_value)]
     fn text(raw: &[u8], section: Section<'_>) -> String {
         String::from_utf8_lossy(&super::section(raw, Some(&section))).into_owned()
     }

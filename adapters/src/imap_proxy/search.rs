@@ -5,6 +5,7 @@
 //! use the [`Candidate`] metadata, so a message is parsed (with mail-parser, at most once) only
 //! when a key actually needs its headers or body text.
 
+use std::fmt::Write as _;
 use std::{borrow::Cow, cell::OnceCell};
 
 use chrono::{DateTime, NaiveDate};
@@ -23,6 +24,7 @@ use mail_parser::{
 const MAX_DEPTH: usize = 64;
 
 /// One message as SEARCH sees it.
+#[derive(Clone, Copy)]
 pub struct Candidate<'a> {
     /// Message sequence number (1-based).
     pub seq: u32,
@@ -38,7 +40,19 @@ pub struct Candidate<'a> {
     pub raw: &'a [u8],
 }
 
+impl std::fmt::Debug for Candidate<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the message itself.
+        f.debug_struct("Candidate")
+            .field("seq", &self.seq)
+            .field("uid", &self.uid)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The mailbox-wide numbers needed to resolve `*` in sequence sets (RFC 3501 §9, `seq-number`).
+#[derive(Debug, Clone, Copy)]
 pub struct Bounds {
     pub max_seq: u32,
     pub max_uid: u32,
@@ -282,7 +296,7 @@ fn body_text(msg: &Message<'_>, out: &mut String) {
             PartType::Message(inner) => {
                 for (name, raw) in fields(inner) {
                     let [_, value] = values(raw);
-                    out.push_str(&format!("{name}: {value}\n"));
+                    let _ = writeln!(out, "{name}: {value}");
                 }
                 body_text(inner, out);
             }
@@ -330,7 +344,7 @@ mod tests {
             size: u32,
             raw: &'static [u8],
         ) -> Fixture {
-            let flags = flags.iter().map(|s| s.to_string()).collect();
+            let flags = flags.iter().map(std::string::ToString::to_string).collect();
             Fixture {
                 flags,
                 recent,

@@ -23,7 +23,7 @@ use super::session::{Credentials, FetchJob, ListOptions, Next, Out, Reply, Sessi
 /// Largest literal accepted (APPEND of one message).
 pub const MAX_LITERAL: u32 = 64 * 1024 * 1024;
 /// Idle connections are closed after this (RFC 3501 §5.4: at least 30 minutes).
-const AUTOLOGOUT: Duration = Duration::from_secs(31 * 60);
+const AUTOLOGOUT: Duration = Duration::from_mins(31);
 /// Largest command line without literals.
 const MAX_COMMAND: u32 = MAX_LITERAL + 64 * 1024;
 
@@ -288,8 +288,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 FlowError::MalformedMessage { discarded_bytes }
                 | FlowError::ExpectedCrlfGotLf { discarded_bytes } => {
                     let bytes = discarded_bytes.declassify();
-                    if s.is_authenticated() {
-                        if let Some((cmd, opts)) = list_extended(bytes) {
+                    if s.is_authenticated()
+                        && let Some((cmd, opts)) = list_extended(bytes) {
                             let CommandBody::List {
                                 reference,
                                 mailbox_wildcard,
@@ -301,7 +301,6 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                             fetch = enqueue(&mut server, reply, &mut after_write);
                             continue;
                         }
-                    }
                     let status = match tag_of(bytes) {
                         Some(tag) => Status::bad(
                             Some(tag),

@@ -15,7 +15,7 @@ use chrono::{DateTime as ChronoDateTime, FixedOffset, TimeZone as _, Utc};
 use imap_codec::imap_types::IntoStatic;
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{
-    AString, Atom, IString, Literal, NString, QuotedChar, Tag, Text, Vec1,
+    AString, Atom, IString, Literal, NString, QuotedChar, Tag, Vec1,
 };
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
@@ -95,6 +95,8 @@ enum State {
 }
 
 /// One IMAP connection's state.
+// Reason: independent facts about one connection, not a state machine in disguise.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
 pub struct Session {
     cache: Arc<Cache>,
@@ -189,6 +191,8 @@ fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
 }
 
 /// The options of a LIST command (RFC 5258 selection and return options).
+// Reason: four independent switches named after the RFC's options.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ListOptions {
     pub subscribed_only: bool,
@@ -393,11 +397,10 @@ impl Session {
             C::Delete { mailbox } => {
                 let name = mailbox_name(&mailbox);
                 let r = self.cache.delete_folder(&name);
-                if let State::Selected(s) = &self.state {
-                    if r.is_ok() && s.folder.name == letterme_client::cache::normalize_name(&name) {
+                if let State::Selected(s) = &self.state
+                    && r.is_ok() && s.folder.name == letterme_client::cache::normalize_name(&name) {
                         self.state = State::Authenticated;
                     }
-                }
                 r
             }
             C::Rename { from, to } => self
@@ -614,16 +617,14 @@ impl Session {
             } else {
                 "\\HasNoChildren"
             })];
-            if !lsub && (opts.return_special_use || !opts.subscribed_only) {
-                if let Some(s) = &f.special {
+            if !lsub && (opts.return_special_use || !opts.subscribed_only)
+                && let Some(s) = &f.special {
                     items.push(atom_attr(s));
                 }
-            }
-            if opts.return_subscribed || (opts.subscribed_only && !lsub) {
-                if f.subscribed {
+            if (opts.return_subscribed || (opts.subscribed_only && !lsub))
+                && f.subscribed {
                     items.push(atom_attr("\\Subscribed"));
                 }
-            }
             let data = if lsub {
                 Data::Lsub {
                     items,
@@ -773,11 +774,10 @@ impl Session {
         match body {
             C::Close | C::Unselect => {
                 let expunge = matches!(body, C::Close) && !self.sel().read_only;
-                if expunge {
-                    if let Err(e) = self.expunge_deleted(None) {
+                if expunge
+                    && let Err(e) = self.expunge_deleted(None) {
                         return Self::reply(vec![store_error(tag, &e)]);
                     }
-                }
                 self.state = State::Authenticated;
                 Self::reply(vec![tagged(tag, Kind::Ok, None, "done")])
             }
@@ -797,7 +797,7 @@ impl Session {
                 flags,
                 uid,
                 ..
-            } => self.store(tag, &sequence_set, &kind, &response, &flags, uid),
+            } => self.store(tag, &sequence_set, kind, response, &flags, uid),
             C::Copy {
                 sequence_set,
                 mailbox,
@@ -1042,8 +1042,8 @@ impl Session {
         &mut self,
         tag: &Tag<'static>,
         set: &SequenceSet,
-        kind: &StoreType,
-        response: &StoreResponse,
+        kind: StoreType,
+        response: StoreResponse,
         flags: &[Flag<'_>],
         uid: bool,
     ) -> Reply {
@@ -1078,7 +1078,7 @@ impl Session {
                     .cloned()
                     .collect(),
             };
-            if *response == StoreResponse::Answer {
+            if response == StoreResponse::Answer {
                 let mut items = vec![MessageDataItem::Flags(flag_fetch(&new))];
                 if uid {
                     items.push(MessageDataItem::Uid(nz(u)));
@@ -1330,8 +1330,8 @@ impl Session {
         let by_uid: std::collections::HashMap<u32, &MailMeta> =
             current.iter().map(|m| (m.uid, m)).collect();
         for (i, u) in s.uids.iter().enumerate() {
-            if let Some(m) = by_uid.get(u) {
-                if m.flags != s.flags[i] {
+            if let Some(m) = by_uid.get(u)
+                && m.flags != s.flags[i] {
                     s.flags[i].clone_from(&m.flags);
                     let items = vec![
                         MessageDataItem::Flags(flag_fetch(&m.flags)),
@@ -1342,7 +1342,6 @@ impl Session {
                         items: Vec1::try_from(items).expect("not empty"),
                     });
                 }
-            }
         }
         let last = s.uids.last().copied().unwrap_or(0);
         let before = s.uids.len();

@@ -469,14 +469,16 @@ impl Online {
             }
             for (_, bytes) in &fresh {
                 if let Ok(env) = Envelope::decode(bytes)
-                    && env.signer_kind == SignerKind::User && !senders.contains_key(&env.sender) {
-                        let key = self
-                            .verified_key(&env.sender)
-                            .await
-                            .map(|a| a.identity_key)
-                            .map_err(|e| e.to_string());
-                        senders.insert(env.sender.clone(), key);
-                    }
+                    && env.signer_kind == SignerKind::User
+                    && !senders.contains_key(&env.sender)
+                {
+                    let key = self
+                        .verified_key(&env.sender)
+                        .await
+                        .map(|a| a.identity_key)
+                        .map_err(|e| e.to_string());
+                    senders.insert(env.sender.clone(), key);
+                }
             }
             let opened = self.open_all(&mailbox, &fresh, &senders);
             let mut accepted = Vec::new();

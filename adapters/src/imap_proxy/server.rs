@@ -289,18 +289,19 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 | FlowError::ExpectedCrlfGotLf { discarded_bytes } => {
                     let bytes = discarded_bytes.declassify();
                     if s.is_authenticated()
-                        && let Some((cmd, opts)) = list_extended(bytes) {
-                            let CommandBody::List {
-                                reference,
-                                mailbox_wildcard,
-                            } = &cmd.body
-                            else {
-                                continue;
-                            };
-                            let reply = s.list(&cmd.tag, reference, mailbox_wildcard, opts, false);
-                            fetch = enqueue(&mut server, reply, &mut after_write);
+                        && let Some((cmd, opts)) = list_extended(bytes)
+                    {
+                        let CommandBody::List {
+                            reference,
+                            mailbox_wildcard,
+                        } = &cmd.body
+                        else {
                             continue;
-                        }
+                        };
+                        let reply = s.list(&cmd.tag, reference, mailbox_wildcard, opts, false);
+                        fetch = enqueue(&mut server, reply, &mut after_write);
+                        continue;
+                    }
                     let status = match tag_of(bytes) {
                         Some(tag) => Status::bad(
                             Some(tag),

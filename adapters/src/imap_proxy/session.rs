@@ -398,9 +398,11 @@ impl Session {
                 let name = mailbox_name(&mailbox);
                 let r = self.cache.delete_folder(&name);
                 if let State::Selected(s) = &self.state
-                    && r.is_ok() && s.folder.name == letterme_client::cache::normalize_name(&name) {
-                        self.state = State::Authenticated;
-                    }
+                    && r.is_ok()
+                    && s.folder.name == letterme_client::cache::normalize_name(&name)
+                {
+                    self.state = State::Authenticated;
+                }
                 r
             }
             C::Rename { from, to } => self
@@ -617,14 +619,15 @@ impl Session {
             } else {
                 "\\HasNoChildren"
             })];
-            if !lsub && (opts.return_special_use || !opts.subscribed_only)
-                && let Some(s) = &f.special {
-                    items.push(atom_attr(s));
-                }
-            if (opts.return_subscribed || (opts.subscribed_only && !lsub))
-                && f.subscribed {
-                    items.push(atom_attr("\\Subscribed"));
-                }
+            if !lsub
+                && (opts.return_special_use || !opts.subscribed_only)
+                && let Some(s) = &f.special
+            {
+                items.push(atom_attr(s));
+            }
+            if (opts.return_subscribed || (opts.subscribed_only && !lsub)) && f.subscribed {
+                items.push(atom_attr("\\Subscribed"));
+            }
             let data = if lsub {
                 Data::Lsub {
                     items,
@@ -774,10 +777,9 @@ impl Session {
         match body {
             C::Close | C::Unselect => {
                 let expunge = matches!(body, C::Close) && !self.sel().read_only;
-                if expunge
-                    && let Err(e) = self.expunge_deleted(None) {
-                        return Self::reply(vec![store_error(tag, &e)]);
-                    }
+                if expunge && let Err(e) = self.expunge_deleted(None) {
+                    return Self::reply(vec![store_error(tag, &e)]);
+                }
                 self.state = State::Authenticated;
                 Self::reply(vec![tagged(tag, Kind::Ok, None, "done")])
             }
@@ -1331,17 +1333,18 @@ impl Session {
             current.iter().map(|m| (m.uid, m)).collect();
         for (i, u) in s.uids.iter().enumerate() {
             if let Some(m) = by_uid.get(u)
-                && m.flags != s.flags[i] {
-                    s.flags[i].clone_from(&m.flags);
-                    let items = vec![
-                        MessageDataItem::Flags(flag_fetch(&m.flags)),
-                        MessageDataItem::Uid(nz(*u)),
-                    ];
-                    out.push(Data::Fetch {
-                        seq: nz(i as u32 + 1),
-                        items: Vec1::try_from(items).expect("not empty"),
-                    });
-                }
+                && m.flags != s.flags[i]
+            {
+                s.flags[i].clone_from(&m.flags);
+                let items = vec![
+                    MessageDataItem::Flags(flag_fetch(&m.flags)),
+                    MessageDataItem::Uid(nz(*u)),
+                ];
+                out.push(Data::Fetch {
+                    seq: nz(i as u32 + 1),
+                    items: Vec1::try_from(items).expect("not empty"),
+                });
+            }
         }
         let last = s.uids.last().copied().unwrap_or(0);
         let before = s.uids.len();

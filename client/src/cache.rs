@@ -408,32 +408,74 @@ impl Cache {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// The decrypted content of the given UIDs (missing ones are skipped), in UID order.
-    pub fn contents(&self, folder: i64, uids: &[u32]) -> Result<Vec<(u32, Vec<u8>)>, ClientError> {
+    /// The metadata of the messages with UIDs in `lo..=hi`, by UID.
+    pub fn messages_between(
+        &self,
+        folder: i64,
+        lo: u32,
+        hi: u32,
+    ) -> Result<Vec<MailMeta>, ClientError> {
         let c = self.lock();
         let mut stmt = c
             .prepare_cached(
-                "SELECT c.id, c.nonce, c.data FROM mail m JOIN contents c ON c.id = m.content
-                 WHERE m.folder = ?1 AND m.uid = ?2",
+                "SELECT uid, flags, internal_date, size FROM mail
+                 WHERE folder = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid",
             )
             .map_err(|e| self.err(e))?;
-        let mut out = Vec::with_capacity(uids.len());
-        for &uid in uids {
-            let row: Option<(i64, Vec<u8>, Vec<u8>)> = stmt
-                .query_row(params![folder, uid], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        let rows = stmt
+            .query_map(params![folder, lo, hi], |r| {
+                Ok(MailMeta {
+                    uid: r.get(0)?,
+                    flags: flags_vec(&r.get::<_, String>(1)?),
+                    internal_date: r.get(2)?,
+                    size: r.get(3)?,
                 })
-                .optional()
-                .map_err(|e| self.err(e))?;
-            if let Some((id, nonce, data)) = row {
-                let plain = self.key.open(id, &nonce, &data).ok_or_else(|| {
-                    ClientError::store(
-                        &self.path,
-                        format!("message {uid} fails its integrity check"),
-                    )
-                })?;
-                out.push((uid, plain));
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The decrypted content of the given UIDs (missing ones are skipped), in UID order.
+    /// One range scan covers the lowest to the highest UID asked for.
+    pub fn contents(&self, folder: i64, uids: &[u32]) -> Result<Vec<(u32, Vec<u8>)>, ClientError> {
+        let (Some(&lo), Some(&hi)) = (uids.iter().min(), uids.iter().max()) else {
+            return Ok(Vec::new());
+        };
+        let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT m.uid, c.id, c.nonce, c.data FROM mail m JOIN contents c ON c.id = m.content
+                 WHERE m.folder = ?1 AND m.uid BETWEEN ?2 AND ?3 ORDER BY m.uid",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query(params![folder, lo, hi])
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(uids.len());
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let uid: u32 = r.get(0).map_err(|e| self.err(e))?;
+            if !wanted.contains(&uid) {
+                continue;
             }
+            let id: i64 = r.get(1).map_err(|e| self.err(e))?;
+            let nonce = r
+                .get_ref(2)
+                .map_err(|e| self.err(e))?
+                .as_blob()
+                .map_err(|e| self.err(e.into()))?;
+            let data = r
+                .get_ref(3)
+                .map_err(|e| self.err(e))?
+                .as_blob()
+                .map_err(|e| self.err(e.into()))?;
+            let plain = self.key.open(id, nonce, data).ok_or_else(|| {
+                ClientError::store(
+                    &self.path,
+                    format!("message {uid} fails its integrity check"),
+                )
+            })?;
+            out.push((uid, plain));
         }
         Ok(out)
     }

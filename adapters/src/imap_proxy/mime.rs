@@ -53,7 +53,19 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
     let Some(section) = section else {
         return raw.to_vec();
     };
-    let root = parse(raw, 0..raw.len(), 0);
+    // The top-level header and text need no MIME tree: what clients fetch for every message
+    // of a mailbox (Thunderbird's header list) stays a header-only parse.
+    let top_level = matches!(
+        section,
+        Section::Header(None)
+            | Section::Text(None)
+            | Section::HeaderFields(None, _)
+            | Section::HeaderFieldsNot(None, _)
+    );
+    let root = top_level
+        .then(|| headers_only(raw))
+        .flatten()
+        .unwrap_or_else(|| parse(raw, 0..raw.len(), 0));
     let slice = |range: &Range<usize>| span(raw, range).to_vec();
     match section {
         Section::Part(part) => find(&root, part).map(|node| slice(&node.body)),
@@ -118,6 +130,25 @@ fn parse(raw: &[u8], range: Range<usize>, depth: usize) -> Node<'_> {
                 kind: Kind::Leaf,
             }
         })
+}
+
+/// The top-level entity from a header-only parse: its header fields, and everything after
+/// the header as its body.
+fn headers_only(raw: &[u8]) -> Option<Node<'_>> {
+    // mail-parser's own header-only parse forgets where the body starts; its stream keeps it.
+    let mut stream = MessageStream::new(raw);
+    let mut fields = Vec::new();
+    if !stream.parse_headers(&MessageParser::default(), &mut fields) || fields.is_empty() {
+        return None;
+    }
+    let body_start = stream.offset().min(raw.len());
+    Some(Node {
+        header: 0..body_start,
+        body: body_start..raw.len(),
+        content_type: content_type(&fields, false),
+        fields,
+        kind: Kind::Leaf,
+    })
 }
 
 /// Builds the entity `parts[id]` of a mail-parser message that starts at `base` in `raw`.
@@ -964,6 +995,32 @@ mod tests {
             wire(MessageDataItem::Envelope(envelope(b""))),
             "ENVELOPE (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
         );
+    }
+
+    #[test]
+    fn top_level_sections_agree_with_the_full_parse() {
+        let raw = b"From: a@b\r\nSubject: folded\r\n subject\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\npreamble\r\n--x\r\nContent-Type: text/plain\r\n\r\nhi\r\n--x--\r\n";
+        let names = Vec1::try_from(vec![AString::try_from("subject").unwrap()]).unwrap();
+        for s in [
+            Section::Header(None),
+            Section::Text(None),
+            Section::HeaderFields(None, names.clone()),
+            Section::HeaderFieldsNot(None, names),
+        ] {
+            let root = parse(raw, 0..raw.len(), 0);
+            let fast = headers_only(raw).unwrap();
+            assert_eq!(root.header, fast.header, "{s:?}");
+            assert_eq!(section(raw, Some(&s)), {
+                let m = &root;
+                match &s {
+                    Section::Header(_) => span(raw, &m.header).to_vec(),
+                    Section::Text(_) => span(raw, &m.body).to_vec(),
+                    Section::HeaderFields(_, n) => header_fields(raw, m, n.as_ref(), true),
+                    Section::HeaderFieldsNot(_, n) => header_fields(raw, m, n.as_ref(), false),
+                    _ => unreachable!(),
+                }
+            });
+        }
     }
 
     #[test]

@@ -918,14 +918,15 @@ impl Session {
         let folder = self.sel().folder.id;
         let read_only = self.sel().read_only;
         let uids: Vec<u32> = batch.iter().map(|b| b.1).collect();
-        let metas: std::collections::HashMap<u32, MailMeta> = match self.cache.messages(folder) {
-            Ok(all) => all
-                .into_iter()
-                .filter(|m| uids.binary_search(&m.uid).is_ok() || uids.contains(&m.uid))
-                .map(|m| (m.uid, m))
-                .collect(),
-            Err(e) => return Self::reply(vec![store_error(&job.tag, &e.to_string())]),
-        };
+        let (lo, hi) = (
+            uids.iter().min().copied().unwrap_or(1),
+            uids.iter().max().copied().unwrap_or(0),
+        );
+        let metas: std::collections::HashMap<u32, MailMeta> =
+            match self.cache.messages_between(folder, lo, hi) {
+                Ok(rows) => rows.into_iter().map(|m| (m.uid, m)).collect(),
+                Err(e) => return Self::reply(vec![store_error(&job.tag, &e.to_string())]),
+            };
         let contents: std::collections::HashMap<u32, Vec<u8>> = if needs_content {
             match self.cache.contents(folder, &uids) {
                 Ok(c) => c.into_iter().collect(),

@@ -749,6 +749,7 @@ impl Session {
         self.tls = true;
         self.helo = None;
         self.esmtp = false;
+        self.authenticated = false;
         self.reset();
         self.pending.clear();
         self.state = State::Command;

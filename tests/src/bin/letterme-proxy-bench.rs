@@ -1,0 +1,186 @@
+//! Load tool: the local proxy with a large mailbox.
+//!
+//! Starts an in-process server, fills bob's account with `--messages` native messages of
+//! 2–8 KiB, then starts `letterme proxy` for bob and measures: the first full sync from the
+//! server into the proxy's encrypted local cache (from process start until IMAP STATUS shows
+//! every message), python imaplib's `UID FETCH 1:* (FLAGS BODY.PEEK[])` and a header-only
+//! fetch of every message, and the proxy's resident memory.
+//! Run: `cargo run --release -p letterme-tests --bin letterme-proxy-bench`.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use letterme_client::profile::ProfileDir;
+use letterme_protocol::Address;
+use letterme_server::{Config, SystemClock};
+use letterme_tests::{PASSPHRASE, ProxyProc, flood, python};
+
+#[derive(Debug, Parser)]
+#[command(about = "The local proxy with a large mailbox: first sync, IMAP fetch times, memory")]
+struct Args {
+    /// Messages in the account.
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// Timed repetitions of each IMAP fetch.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+const FETCH: &str = r#"
+import imaplib, json, sys, time
+host, port, user, password, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+m = imaplib.IMAP4(host, port)
+m.login(user, password)
+m.select("INBOX", readonly=True)
+out = {}
+for name, items in [
+    ("full", "(FLAGS BODY.PEEK[])"),
+    ("headers", "(UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc Bcc Subject Date Message-ID Priority X-Priority References Newsgroups In-Reply-To Content-Type Reply-To Received)])"),
+]:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        typ, dat = m.uid("FETCH", "1:*", items)
+        times.append(time.perf_counter() - t0)
+        count = sum(1 for d in dat if isinstance(d, tuple))
+        size = sum(len(d[1]) for d in dat if isinstance(d, tuple))
+    out[name] = {"seconds": times, "messages": count, "bytes": size}
+m.logout()
+print(json.dumps(out))
+"#;
+
+fn status_messages(proxy: &ProxyProc) -> usize {
+    let Ok(s) = TcpStream::connect(proxy.imap) else {
+        return 0;
+    };
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let mut w = s;
+    let mut line = String::new();
+    let _ = r.read_line(&mut line);
+    let _ = write!(
+        w,
+        "a LOGIN bob@bench.test {}\r\nb STATUS INBOX (MESSAGES)\r\nc LOGOUT\r\n",
+        proxy.password
+    );
+    let mut n = 0;
+    for l in r.lines().map_while(Result::ok) {
+        if let Some(rest) = l.split("(MESSAGES ").nth(1) {
+            n = rest.trim_end_matches(')').parse().unwrap_or(0);
+        }
+        if l.starts_with("c ") {
+            break;
+        }
+    }
+    n
+}
+
+fn kib(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Built before anything is timed.
+    letterme_tests::letterme_bin();
+    let tmp = tempfile::tempdir()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut config = Config::for_domain("bench.test");
+    config.data_dir = tmp.path().join("server");
+    config.http.listen = "127.0.0.1:0".parse()?;
+    config.limits.quota = letterme_server::config::ByteSize(u64::MAX / 2);
+    let server = rt.block_on(letterme_server::start(config, Arc::new(SystemClock)))?;
+    let url = format!("http://{}", server.local_addr);
+    let alice = tmp.path().join("alice");
+    let bob = tmp.path().join("bob");
+    let bob_addr = Address::parse("bob@bench.test")?;
+    rt.block_on(async {
+        for (dir, a) in [(&alice, "alice@bench.test"), (&bob, "bob@bench.test")] {
+            letterme_client::create_account(
+                &ProfileDir(dir.clone()),
+                &Address::parse(a)?,
+                &url,
+                PASSPHRASE,
+                None,
+            )
+            .await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let t = Instant::now();
+    rt.block_on(flood(&alice, &bob_addr, args.messages, |i| {
+        2048 + (i * 7919) % 6145
+    }));
+    eprintln!(
+        "delivered {} messages of 2-8 KiB in {:.1} s",
+        args.messages,
+        t.elapsed().as_secs_f64()
+    );
+
+    let t0 = Instant::now();
+    let proxy = ProxyProc::start(&bob);
+    let started = t0.elapsed();
+    loop {
+        if status_messages(&proxy) >= args.messages {
+            break;
+        }
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_mins(5),
+            "the proxy did not finish its first sync"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let synced = t0.elapsed();
+    println!(
+        "first sync of {} messages: {:.2} s from proxy start (process up and logged in after {:.2} s)",
+        args.messages,
+        synced.as_secs_f64(),
+        started.as_secs_f64()
+    );
+    let port = proxy.imap.port().to_string();
+    let runs = args.runs.to_string();
+    let fetched = python(
+        FETCH,
+        &["127.0.0.1", &port, "bob@bench.test", &proxy.password, &runs],
+    );
+    for name in ["full", "headers"] {
+        let f = &fetched[name];
+        let secs: Vec<f64> = f["seconds"]
+            .as_array()
+            .unwrap_or(&vec![])
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .collect();
+        let best = secs.iter().copied().fold(f64::INFINITY, f64::min);
+        let label = if name == "full" {
+            "UID FETCH 1:* (FLAGS BODY.PEEK[])"
+        } else {
+            "UID FETCH 1:* (headers, Thunderbird's list)"
+        };
+        println!(
+            "{label}: {} messages, {:.1} MiB, best {:.0} ms, runs {:?} ms",
+            f["messages"],
+            f["bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0,
+            best * 1e3,
+            secs.iter().map(|s| (s * 1e3).round()).collect::<Vec<_>>()
+        );
+    }
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap_or_default();
+    println!(
+        "proxy memory with {} messages cached: RSS {:.1} MiB, peak {:.1} MiB",
+        args.messages,
+        kib(&status, "VmRSS:") as f64 / 1024.0,
+        kib(&status, "VmHWM:") as f64 / 1024.0
+    );
+    drop(proxy);
+    rt.block_on(server.shutdown())?;
+    Ok(())
+}

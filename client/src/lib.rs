@@ -260,6 +260,13 @@ fn message(id: &str, received: u64, p: Payload) -> Message {
     }
 }
 
+async fn join_ack(
+    task: tokio::task::JoinHandle<Result<(), ClientError>>,
+) -> Result<(), ClientError> {
+    task.await
+        .map_err(|e| ClientError::Io(format!("acknowledging failed: {e}")))?
+}
+
 /// What the user wants to send.
 #[derive(Debug, Clone, Default)]
 pub struct Draft {
@@ -452,6 +459,7 @@ impl Online {
         let mut senders: BTreeMap<Address, Result<IdentityPublicKey, String>> = BTreeMap::new();
         let mut after = 0;
         let mut done = 0;
+        let mut acking: Option<tokio::task::JoinHandle<Result<(), ClientError>>> = None;
         loop {
             let page = self.api.list(after).await?;
             if page.is_empty() {
@@ -506,11 +514,18 @@ impl Online {
                 }
             }
             self.me.cache.commit_synced(&accepted, now())?;
-            // Only after the local commit above.
+            // Only after the local commit above; it runs while the next page downloads.
             let ids: Vec<String> = page.iter().map(|e| e.id.clone()).collect();
-            self.api.ack_many(&ids).await?;
+            if let Some(previous) = acking.take() {
+                join_ack(previous).await?;
+            }
+            let api = self.api.clone();
+            acking = Some(tokio::spawn(async move { api.ack_many(&ids).await }));
             done += page.len();
             progress(done, done + usize::from(page.len() == 1000));
+        }
+        if let Some(last) = acking {
+            join_ack(last).await?;
         }
         Ok(report)
     }

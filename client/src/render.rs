@@ -72,6 +72,7 @@ fn native(payload: &Payload, signer: &IdentityPublicKey, me: &Address) -> Option
         .subject(one_line(&payload.subject))
         .date(UNIX_EPOCH + Duration::from_secs(payload.date))
         .message_id(clean_msg_id(&payload.message_id))
+        .header(lettre::message::header::MIME_VERSION_1_0)
         .header(ContentType::TEXT_PLAIN)
         .raw_header(HeaderValue::new(
             HeaderName::new_from_ascii_str(VERIFIED_HEADER),
@@ -165,6 +166,7 @@ mod tests {
         let v = m.header_raw(VERIFIED_HEADER).unwrap();
         assert!(v.contains("pass; signer=alice@example.com"), "{v}");
         assert_eq!(m.date().unwrap().to_timestamp(), 1_700_000_000);
+        assert!(m.header("MIME-Version").is_some());
     }
 
     #[test]

@@ -237,9 +237,14 @@ async fn sync_forever(mut online: letterme_client::Online) {
                 tracing::warn!(%id, %reason, "a message failed verification and was set aside");
             }
         };
+        let started = std::time::Instant::now();
         match online.watch(&mut progress, &mut report).await {
             Ok(()) => backoff = Duration::from_secs(1),
             Err(e) => {
+                if started.elapsed() > Duration::from_mins(2) {
+                    // It had been working: start the backoff afresh.
+                    backoff = Duration::from_secs(1);
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "sync failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_mins(1));

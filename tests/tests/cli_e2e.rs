@@ -160,9 +160,13 @@ fn an_acknowledged_message_survives_kill_9_and_is_deleted_only_after_the_ack() {
 
     // A sync that cannot commit locally must not acknowledge: make the local store unopenable.
     let store = s.bob.join("mail.db");
+    let aside = s.bob.join("mail.db.aside");
+    std::fs::rename(&store, &aside).unwrap();
     std::fs::create_dir_all(&store).unwrap();
     let err = user_error(&cli(&s.bob, &["sync"], None));
     assert!(err.contains("local store"), "{err}");
+    std::fs::remove_dir(&store).unwrap();
+    std::fs::rename(&aside, &store).unwrap();
     rt.block_on(async {
         let bob = Unlocked::open(ProfileDir(s.bob.clone()), PASSPHRASE)
             .unwrap()
@@ -175,7 +179,6 @@ fn an_acknowledged_message_survives_kill_9_and_is_deleted_only_after_the_ack() {
             "not acknowledged, so still on the server"
         );
     });
-    std::fs::remove_dir(&store).unwrap();
 
     ok(&cli(&s.bob, &["sync"], None));
     let list = json(&cli(&s.bob, &["list", "--json"], None));

@@ -177,17 +177,33 @@ fn imap_date(unix: i64) -> DateTime {
 }
 
 /// RFC 3501 §6.3.8 wildcard match: `*` matches anything, `%` anything but the delimiter.
+/// Dynamic programming over (pattern, name) prefixes, so no pattern can make it exponential.
 fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|i| wildcard(rest, &name[i..])),
-        Some((b'%', rest)) => (0..=name.len())
-            .take_while(|&i| i == 0 || name[i - 1] != DELIMITER as u8)
-            .any(|i| wildcard(rest, &name[i..])),
-        Some((p, rest)) => name
-            .split_first()
-            .is_some_and(|(n, nrest)| n == p && wildcard(rest, nrest)),
+    // matched[j]: the pattern so far matches name[..j].
+    let mut matched = vec![false; name.len() + 1];
+    matched[0] = true;
+    for &p in pattern {
+        let mut next = vec![false; name.len() + 1];
+        let mut reachable = false;
+        for j in 0..=name.len() {
+            match p {
+                b'*' => {
+                    reachable |= matched[j];
+                    next[j] = reachable;
+                }
+                b'%' => {
+                    if j > 0 && name[j - 1] == DELIMITER as u8 {
+                        reachable = false;
+                    }
+                    reachable |= matched[j];
+                    next[j] = reachable;
+                }
+                c => next[j] = j > 0 && matched[j - 1] && name[j - 1] == c,
+            }
+        }
+        matched = next;
     }
+    matched[name.len()]
 }
 
 /// The options of a LIST command (RFC 5258 selection and return options).
@@ -1406,5 +1422,12 @@ mod tests {
         assert!(wildcard(b"Projects/%", b"Projects/2026"));
         assert!(wildcard(b"INBOX", b"INBOX"));
         assert!(!wildcard(b"Sent", b"Sentx"));
+        assert!(wildcard(b"%/%", b"Projects/2026"));
+        assert!(!wildcard(b"%/%", b"a/b/c"));
+        assert!(wildcard(b"*2026", b"Projects/2026"));
+        assert!(wildcard(b"", b""));
+        // A pattern that is exponential for naive backtracking.
+        let hostile = [b"*".repeat(5000), b"x".to_vec()].concat();
+        assert!(!wildcard(&hostile, &b"a".repeat(200)));
     }
 }

@@ -2,6 +2,7 @@
 //! sealed in memory to every recipient's current encryption key and signed with the domain
 //! key; only the envelope reaches the store. Plaintext never touches disk.
 
+use letterme_client::render::VERIFIED_HEADER;
 use letterme_protocol::envelope::{LegacyMail, SignerKind, seal};
 use letterme_protocol::{Address, EncryptionPublicKey, Payload, SigningKeypair};
 use letterme_server::store::{NewDelivery, Store, StoreError};
@@ -103,9 +104,7 @@ pub async fn seal_and_store(
     raw.extend_from_slice(b"Authentication-Results: ");
     raw.extend_from_slice(msg.authentication_results.as_bytes());
     raw.extend_from_slice(b"\r\n");
-    raw.extend_from_slice(&strip_own_authentication_results(
-        &msg.raw, domain, hostname,
-    ));
+    raw.extend_from_slice(&strip_forged_fields(&msg.raw, domain, hostname));
     let payload = Payload {
         from: sender.clone(),
         to: vec![],
@@ -172,21 +171,26 @@ pub async fn seal_and_store(
 
 /// RFC 8601 §5: Authentication-Results fields that claim our own authserv-id (the hostname
 /// we sign results with, or our domain) came from outside and are forged; they are removed
-/// so only the gateway's own verdict speaks for us.
-pub fn strip_own_authentication_results(raw: &[u8], domain: &str, hostname: &str) -> Vec<u8> {
+/// so only the gateway's own verdict speaks for us. So is any `Letterme-Signature` field:
+/// the proxy adds that one to native mail only, and classic mail must not pose as native.
+pub fn strip_forged_fields(raw: &[u8], domain: &str, hostname: &str) -> Vec<u8> {
     let Some(parsed) = mail_parser::MessageParser::default().parse_headers(raw) else {
         return raw.to_vec();
     };
     let mut cut: Vec<(usize, usize)> = Vec::new();
     for h in parsed.headers() {
-        if h.name != mail_parser::HeaderName::AuthenticationResults {
-            continue;
-        }
         let (field, start, end) = (
             h.offset_field as usize,
             h.offset_start as usize,
             h.offset_end as usize,
         );
+        if h.name.as_str().eq_ignore_ascii_case(VERIFIED_HEADER) {
+            cut.push((field, end));
+            continue;
+        }
+        if h.name != mail_parser::HeaderName::AuthenticationResults {
+            continue;
+        }
         let Some(value) = raw.get(start..end) else {
             continue;
         };
@@ -218,17 +222,14 @@ mod tests {
     fn forged_authentication_results_for_our_domain_are_removed() {
         let raw = b"Authentication-Results: mx.x.test; dkim=pass\r\n\theader.d=bank.test\r\n\
 Authentication-Results: other.example; spf=fail\r\n\
-From: a@s.test\r\nAuthentication-Results: X.TEST;\r\n dmarc=pass\r\nSubject: hi\r\n\r\nbody\r\n";
-        let out = strip_own_authentication_results(raw, "x.test", "mx.x.test");
+From: a@s.test\r\nAuthentication-Results: X.TEST;\r\n dmarc=pass\r\nLetterme-signature: pass;\r\n signer=bank@x.test\r\nSubject: hi\r\n\r\nbody\r\n";
+        let out = strip_forged_fields(raw, "x.test", "mx.x.test");
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
             "Authentication-Results: other.example; spf=fail\r\nFrom: a@s.test\r\nSubject: hi\r\n\r\nbody\r\n"
         );
         let clean = b"From: a@s.test\r\n\r\nbody";
-        assert_eq!(
-            strip_own_authentication_results(clean, "x.test", "mx.x.test"),
-            clean
-        );
+        assert_eq!(strip_forged_fields(clean, "x.test", "mx.x.test"), clean);
     }
 }

@@ -586,8 +586,8 @@ impl Session {
                             "5.1.3",
                             "bad recipient address syntax",
                         ))),
-                        Ok(a) if a.domain() != self.cfg.domain => {
-                            // Never an open relay.
+                        // Never an open relay; submission asks its backend, which names them.
+                        Ok(a) if a.domain() != self.cfg.domain && self.cfg.auth.is_none() => {
                             out.push(Event::Reply(Reply::new(
                                 550,
                                 "5.7.1",

@@ -77,6 +77,86 @@ fn status_messages(proxy: &ProxyProc) -> usize {
     n
 }
 
+/// Time from a sender starting its upload to an IDLE-ing client hearing EXISTS: the server's
+/// commit, the proxy's long poll waking, its sync and cache commit, and the IDLE push.
+async fn push_latency(
+    alice: &std::path::Path,
+    bob: &Address,
+    proxy: &ProxyProc,
+    runs: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    use letterme_protocol::envelope::{SignerKind, seal};
+    let me = letterme_client::Unlocked::open(ProfileDir(alice.to_owned()), PASSPHRASE)?;
+    let online = me.connect().await?;
+    let key = online.verified_key(bob).await?.encryption_key;
+    let s = TcpStream::connect(proxy.imap)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    write!(
+        w,
+        "a LOGIN bob@bench.test {}\r\nb SELECT INBOX\r\n",
+        proxy.password
+    )?;
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        if line.starts_with("b ") {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    for i in 0..runs {
+        write!(w, "i{i} IDLE\r\n")?;
+        line.clear();
+        r.read_line(&mut line)?;
+        anyhow::ensure!(line.starts_with('+'), "IDLE refused: {line}");
+        let now = letterme_client::now();
+        let payload = letterme_protocol::Payload {
+            from: online.me.profile.address.clone(),
+            to: vec![bob.clone()],
+            cc: vec![],
+            bcc: vec![],
+            subject: format!("push {i}"),
+            body: "ping".into(),
+            headers: vec![],
+            date: now,
+            message_id: format!("<push-{i}@bench.test>"),
+            in_reply_to: None,
+            references: vec![],
+            legacy: None,
+        };
+        let env = seal(
+            SignerKind::User,
+            &online.me.keys.identity,
+            &payload,
+            &[(bob.clone(), key)],
+            now,
+        )?;
+        let t0 = Instant::now();
+        online.api.send(env.encode()).await?;
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            if line.contains("EXISTS") {
+                break;
+            }
+        }
+        out.push(t0.elapsed());
+        write!(w, "DONE\r\n")?;
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            if line.starts_with(&format!("i{i} ")) {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn kib(status: &str, key: &str) -> u64 {
     status
         .lines()
@@ -172,6 +252,13 @@ fn main() -> anyhow::Result<()> {
             secs.iter().map(|s| (s * 1e3).round()).collect::<Vec<_>>()
         );
     }
+    let push = rt.block_on(push_latency(&alice, &bob_addr, &proxy, args.runs))?;
+    println!(
+        "new mail to IDLE: upload starts -> `* n EXISTS` at the idling client: {:?} ms",
+        push.iter()
+            .map(|d| (d.as_secs_f64() * 1e4).round() / 10.0)
+            .collect::<Vec<_>>()
+    );
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap_or_default();
     println!(

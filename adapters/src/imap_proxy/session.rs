@@ -317,12 +317,13 @@ impl Session {
                 more: None,
             },
             C::StartTLS => {
-                if self.tls || !self.tls_available {
+                // RFC 3501 §6.2.1: only before login, and once.
+                if self.tls || !self.tls_available || self.is_authenticated() {
                     Self::reply(vec![tagged(
                         tag,
                         Kind::Bad,
                         None,
-                        "TLS is already active or not offered",
+                        "STARTTLS is allowed only once, before login",
                     )])
                 } else {
                     Reply {

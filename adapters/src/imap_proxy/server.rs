@@ -49,6 +49,8 @@ pub async fn serve(listener: TcpListener, proxy: Arc<ImapProxy>, mut stop: watch
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Small unilateral answers (EXISTS during IDLE) must not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
                     let proxy = proxy.clone();
                     tokio::spawn(async move {
                         if let Err(e) = connection(stream, &proxy).await {

@@ -988,7 +988,11 @@ impl Session {
                     MessageDataItemName::BodyExt {
                         section, partial, ..
                     } => {
-                        let bytes = mime::section(raw, section.as_ref());
+                        // BODY[] is the stored message itself: one copy, not two.
+                        let bytes: Cow<'_, [u8]> = match section {
+                            None => Cow::Borrowed(raw),
+                            Some(s) => Cow::Owned(mime::section(raw, Some(s))),
+                        };
                         let part = mime::partial(&bytes, *partial).to_vec();
                         MessageDataItem::BodyExt {
                             section: section.clone(),

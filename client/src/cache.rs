@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use crate::error::ClientError;
-use crate::mailbox::{SCHEMA as MAILBOX_SCHEMA, Stored};
+use crate::mailbox::{Stored, open_db};
 
 const CACHE_AAD: &[u8] = b"letterme/v1/cache\0";
 const KEY_CONTEXT: &[u8] = b"letterme/v1/cache-key\0";
@@ -225,14 +225,7 @@ fn flags_vec(text: &str) -> Vec<String> {
 impl Cache {
     pub fn open(path: &Path, key: CacheKey) -> Result<Self, ClientError> {
         let err = |e: rusqlite::Error| ClientError::store(path, e);
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.execute_batch(MAILBOX_SCHEMA).map_err(err)?;
+        let conn = open_db(path)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         let cache = Self {
             conn: Mutex::new(conn),
@@ -389,23 +382,7 @@ impl Cache {
 
     /// Every message in a folder, by UID.
     pub fn messages(&self, folder: i64) -> Result<Vec<MailMeta>, ClientError> {
-        let c = self.lock();
-        let mut stmt = c
-            .prepare_cached(
-                "SELECT uid, flags, internal_date, size FROM mail WHERE folder = ?1 ORDER BY uid",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([folder], |r| {
-                Ok(MailMeta {
-                    uid: r.get(0)?,
-                    flags: flags_vec(&r.get::<_, String>(1)?),
-                    internal_date: r.get(2)?,
-                    size: r.get(3)?,
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        self.messages_between(folder, 1, u32::MAX)
     }
 
     /// The metadata of the messages with UIDs in `lo..=hi`, by UID.

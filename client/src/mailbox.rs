@@ -21,7 +21,7 @@ pub struct Stored {
 }
 
 /// The sealed envelopes and the refused ones.
-pub(crate) const SCHEMA: &str = "
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, sender TEXT NOT NULL, received INTEGER NOT NULL,
     stored_at INTEGER NOT NULL, envelope BLOB NOT NULL, signer_key BLOB NOT NULL);
@@ -40,6 +40,20 @@ pub(crate) fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
     })
 }
 
+/// Opens `mail.db` durable (WAL, synchronous=FULL) with the envelope tables in place.
+pub(crate) fn open_db(path: &Path) -> Result<Connection, ClientError> {
+    let err = |e: rusqlite::Error| ClientError::store(path, e);
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    conn.execute_batch(SCHEMA).map_err(err)?;
+    Ok(conn)
+}
+
 #[derive(Debug)]
 pub struct Mailbox {
     conn: Connection,
@@ -48,15 +62,7 @@ pub struct Mailbox {
 
 impl Mailbox {
     pub fn open(path: &Path) -> Result<Self, ClientError> {
-        let err = |e: rusqlite::Error| ClientError::store(path, e);
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        let conn = open_db(path)?;
         Ok(Self {
             conn,
             path: path.to_owned(),

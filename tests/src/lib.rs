@@ -372,6 +372,40 @@ pub fn python(script: &str, args: &[&str]) -> serde_json::Value {
     })
 }
 
+/// A native text message from `online`'s user to `to`, sealed to `key` (already verified).
+pub fn sealed_text(
+    online: &letterme_client::Online,
+    to: &letterme_protocol::Address,
+    key: letterme_protocol::EncryptionPublicKey,
+    subject: &str,
+    body: &str,
+    message_id: &str,
+) -> letterme_protocol::Envelope {
+    let now = letterme_client::now();
+    let payload = letterme_protocol::Payload {
+        from: online.me.profile.address.clone(),
+        to: vec![to.clone()],
+        cc: vec![],
+        bcc: vec![],
+        subject: subject.to_owned(),
+        body: body.to_owned(),
+        headers: vec![],
+        date: now,
+        message_id: message_id.to_owned(),
+        in_reply_to: None,
+        references: vec![],
+        legacy: None,
+    };
+    letterme_protocol::envelope::seal(
+        letterme_protocol::envelope::SignerKind::User,
+        &online.me.keys.identity,
+        &payload,
+        &[(to.clone(), key)],
+        now,
+    )
+    .expect("a text message seals")
+}
+
 /// Sends `n` native messages from the profile `from` to `to`: sealed in-process with the
 /// client library (the recipient's key looked up and verified once) and uploaded eight at a
 /// time. Message `i` has subject `flood i` and a body of `body_len(i)` bytes.
@@ -381,7 +415,6 @@ pub async fn flood(
     n: usize,
     body_len: impl Fn(usize) -> usize,
 ) {
-    use letterme_protocol::envelope::{SignerKind, seal};
     let me = letterme_client::Unlocked::open(
         letterme_client::profile::ProfileDir(from.to_owned()),
         PASSPHRASE,
@@ -389,31 +422,16 @@ pub async fn flood(
     .unwrap();
     let online = me.connect().await.unwrap();
     let key = online.verified_key(to).await.unwrap().encryption_key;
-    let now = letterme_client::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
-        let payload = letterme_protocol::Payload {
-            from: online.me.profile.address.clone(),
-            to: vec![to.clone()],
-            cc: vec![],
-            bcc: vec![],
-            subject: format!("flood {i}"),
-            body: "y".repeat(body_len(i)),
-            headers: vec![],
-            date: now,
-            message_id: format!("<flood-{i}@{}>", to.domain()),
-            in_reply_to: None,
-            references: vec![],
-            legacy: None,
-        };
-        let env = seal(
-            SignerKind::User,
-            &online.me.keys.identity,
-            &payload,
-            &[(to.clone(), key)],
-            now,
-        )
-        .unwrap();
+        let env = sealed_text(
+            &online,
+            to,
+            key,
+            &format!("flood {i}"),
+            &"y".repeat(body_len(i)),
+            &format!("<flood-{i}@{}>", to.domain()),
+        );
         if tasks.len() >= 8 {
             tasks.join_next().await.unwrap().unwrap();
         }

@@ -515,23 +515,36 @@ impl Session {
         }
     }
 
-    fn select(&mut self, tag: &Tag<'static>, name: &str, read_only: bool) -> Reply {
-        self.state = State::Authenticated;
+    /// A mailbox and its messages, or the tagged NO that answers the command.
+    fn folder_and_messages(
+        &self,
+        tag: &Tag<'static>,
+        name: &str,
+    ) -> Result<(Folder, Vec<MailMeta>), Out> {
         let folder = match self.cache.folder(name) {
             Ok(Some(f)) => f,
             Ok(None) => {
-                return Self::reply(vec![tagged(
+                return Err(tagged(
                     tag,
                     Kind::No,
                     None,
                     &format!("no mailbox named {name}"),
-                )]);
+                ));
             }
-            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+            Err(e) => return Err(store_error(tag, &e.to_string())),
         };
-        let messages = match self.cache.messages(folder.id) {
-            Ok(m) => m,
-            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+        let messages = self
+            .cache
+            .messages(folder.id)
+            .map_err(|e| store_error(tag, &e.to_string()))?;
+        Ok((folder, messages))
+    }
+
+    fn select(&mut self, tag: &Tag<'static>, name: &str, read_only: bool) -> Reply {
+        self.state = State::Authenticated;
+        let (folder, messages) = match self.folder_and_messages(tag, name) {
+            Ok(found) => found,
+            Err(refusal) => return Self::reply(vec![refusal]),
         };
         self.seen_change = *self.cache.changes().borrow();
         let exists = messages.len() as u32;
@@ -674,21 +687,9 @@ impl Session {
     }
 
     fn status(&mut self, tag: &Tag<'static>, name: &str, items: &[StatusDataItemName]) -> Reply {
-        let folder = match self.cache.folder(name) {
-            Ok(Some(f)) => f,
-            Ok(None) => {
-                return Self::reply(vec![tagged(
-                    tag,
-                    Kind::No,
-                    None,
-                    &format!("no mailbox named {name}"),
-                )]);
-            }
-            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
-        };
-        let messages = match self.cache.messages(folder.id) {
-            Ok(m) => m,
-            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+        let (folder, messages) = match self.folder_and_messages(tag, name) {
+            Ok(found) => found,
+            Err(refusal) => return Self::reply(vec![refusal]),
         };
         let count = |flag: &str, want: bool| {
             messages

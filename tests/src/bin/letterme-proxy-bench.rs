@@ -85,7 +85,6 @@ async fn push_latency(
     proxy: &ProxyProc,
     runs: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    use letterme_protocol::envelope::{SignerKind, seal};
     let me = letterme_client::Unlocked::open(ProfileDir(alice.to_owned()), PASSPHRASE)?;
     let online = me.connect().await?;
     let key = online.verified_key(bob).await?.encryption_key;
@@ -113,28 +112,14 @@ async fn push_latency(
         line.clear();
         r.read_line(&mut line)?;
         anyhow::ensure!(line.starts_with('+'), "IDLE refused: {line}");
-        let now = letterme_client::now();
-        let payload = letterme_protocol::Payload {
-            from: online.me.profile.address.clone(),
-            to: vec![bob.clone()],
-            cc: vec![],
-            bcc: vec![],
-            subject: format!("push {i}"),
-            body: "ping".into(),
-            headers: vec![],
-            date: now,
-            message_id: format!("<push-{i}@bench.test>"),
-            in_reply_to: None,
-            references: vec![],
-            legacy: None,
-        };
-        let env = seal(
-            SignerKind::User,
-            &online.me.keys.identity,
-            &payload,
-            &[(bob.clone(), key)],
-            now,
-        )?;
+        let env = letterme_tests::sealed_text(
+            &online,
+            bob,
+            key,
+            &format!("push {i}"),
+            "ping",
+            &format!("<push-{i}@bench.test>"),
+        );
         let t0 = Instant::now();
         online.api.send(env.encode()).await?;
         loop {

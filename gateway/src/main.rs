@@ -513,11 +513,15 @@ async fn init(args: &cli::InitArgs) -> Result<()> {
     );
     println!();
     println!("; DNS records to publish for {}", config.domain);
+    let record = letterme_protocol::discovery::MailxRecord {
+        domain_key: key.public(),
+        endpoint: config.public_url().trim_end_matches('/').to_owned(),
+        tls_fingerprint: Some(fingerprint),
+    };
     println!(
-        "_mailx.{}. 3600 IN TXT \"v=mailx1; k={}; e={}; fp={fingerprint}\"",
+        "_mailx.{}. 3600 IN TXT \"{}\"",
         config.domain,
-        key.public().to_base64(),
-        config.public_url()
+        record.to_txt()
     );
     println!();
     println!(

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use letterme_protocol::auth::sign_challenge;
 use letterme_protocol::{Address, Attestation, IdentityPublicKey, KeyBinding, SigningKeypair, b64};
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -258,20 +258,6 @@ impl Api {
             .await?;
         }
         Ok(())
-    }
-
-    pub async fn ack(&self, id: &str) -> Result<(), ClientError> {
-        match self
-            .call(self.req(Method::DELETE, &format!("/v1/messages/{id}")))
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Already gone (acknowledged before a crash): the goal holds.
-            Err(ClientError::Api { status, .. }) if status == StatusCode::NOT_FOUND.as_u16() => {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
     }
 }
 

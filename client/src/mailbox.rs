@@ -83,24 +83,6 @@ impl Mailbox {
             .map_err(|e| self.err(e))
     }
 
-    pub fn insert(&self, m: &Stored, now: u64) -> Result<(), ClientError> {
-        self.conn
-            .execute(
-                "INSERT INTO messages (id, sender, received, stored_at, envelope, signer_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    m.id,
-                    m.sender,
-                    m.received as i64,
-                    now as i64,
-                    m.envelope,
-                    m.signer_key.as_slice()
-                ],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
     /// Keeps a message that failed verification, with the reason, instead of its content.
     pub fn refuse(
         &self,

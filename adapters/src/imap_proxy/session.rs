@@ -782,6 +782,16 @@ impl Session {
         }
     }
 
+    /// STORE, MOVE and EXPUNGE under EXAMINE.
+    fn read_only(tag: &Tag<'static>) -> Reply {
+        Self::reply(vec![tagged(
+            tag,
+            Kind::No,
+            None,
+            "mailbox is read-only (EXAMINE)",
+        )])
+    }
+
     fn sel(&mut self) -> &mut Selected {
         match &mut self.state {
             State::Selected(s) => s,
@@ -1072,12 +1082,7 @@ impl Session {
         uid: bool,
     ) -> Reply {
         if self.sel().read_only {
-            return Self::reply(vec![tagged(
-                tag,
-                Kind::No,
-                None,
-                "mailbox is read-only (EXAMINE)",
-            )]);
+            return Self::read_only(tag);
         }
         let targets = self.resolve(set, uid);
         let given: Vec<String> = flags.iter().map(ToString::to_string).collect();
@@ -1141,12 +1146,7 @@ impl Session {
         is_move: bool,
     ) -> Reply {
         if is_move && self.sel().read_only {
-            return Self::reply(vec![tagged(
-                tag,
-                Kind::No,
-                None,
-                "mailbox is read-only (EXAMINE)",
-            )]);
+            return Self::read_only(tag);
         }
         let pairs = self.resolve(set, uid);
         if pairs.is_empty() {
@@ -1243,12 +1243,7 @@ impl Session {
 
     fn expunge(&mut self, tag: &Tag<'static>, set: Option<&SequenceSet>) -> Reply {
         if self.sel().read_only {
-            return Self::reply(vec![tagged(
-                tag,
-                Kind::No,
-                None,
-                "mailbox is read-only (EXAMINE)",
-            )]);
+            return Self::read_only(tag);
         }
         let only = set.map(|s| {
             self.resolve(s, true)

@@ -26,10 +26,12 @@ pub enum ClientError {
     },
     #[error("no such user: {0}")]
     UnknownRecipient(Address),
-    #[error(
-        "{0} is on another domain; this server serves @{1} and federation is not available yet"
-    )]
+    #[error("{0} is not on this server's domain @{1}")]
     OtherDomain(Address, String),
+    #[error("refusing to encrypt to {0}: {1}")]
+    UnverifiedRemote(Address, String),
+    #[error("DNS: {0}")]
+    Dns(String),
     #[error("the message is {size} bytes encrypted; the server accepts at most {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
     #[error("refusing to encrypt to {0}: its key cannot be verified ({1})")]

@@ -248,6 +248,35 @@ impl Api {
             })
     }
 
+    /// The logged-in user's block list.
+    pub async fn blocks(&self) -> Result<Vec<String>, ClientError> {
+        let v: Value = self.json(self.req(Method::GET, "/v1/blocks")).await?;
+        Ok(v["blocks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_str().map(ToOwned::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Blocks (`add`) or unblocks an address or `@domain`; returns the normalized entry
+    /// and whether anything changed.
+    pub async fn set_block(&self, entry: &str, add: bool) -> Result<(String, bool), ClientError> {
+        let method = if add { Method::POST } else { Method::DELETE };
+        let v: Value = self
+            .json(
+                self.req(method, "/v1/blocks")
+                    .json(&json!({ "entry": entry })),
+            )
+            .await?;
+        Ok((
+            v["entry"].as_str().unwrap_or(entry).to_owned(),
+            v["changed"].as_bool().unwrap_or(false),
+        ))
+    }
+
     /// Acknowledges several messages at once (`POST /v1/messages/ack`, at most 1000 ids).
     pub async fn ack_many(&self, ids: &[String]) -> Result<(), ClientError> {
         for chunk in ids.chunks(1000) {

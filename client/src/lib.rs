@@ -3,6 +3,7 @@
 //! only then acknowledge). Shared by the CLI and, later, the local IMAP/SMTP proxy.
 
 pub mod cache;
+pub mod dns;
 pub mod error;
 pub mod http;
 pub mod mailbox;
@@ -27,6 +28,9 @@ pub use error::ClientError;
 use http::{Api, ListEntry};
 use mailbox::{Mailbox, Stored};
 use profile::{Keys, Profile, ProfileDir, SealedKeys};
+
+/// Local part of the address the server's failure notices come from.
+pub const NOTICE_SENDER: &str = "mailer-daemon";
 
 /// Seconds one long poll of `watch` waits on the server.
 pub const WATCH_WAIT_SECS: u64 = 50;
@@ -92,6 +96,9 @@ pub struct Unlocked {
     pub keys: Keys,
     /// The decrypted-on-demand local cache the proxy serves.
     pub cache: Arc<Cache>,
+    /// DNS servers for other domains' keys (empty: the system resolver).
+    pub nameservers: Vec<std::net::SocketAddr>,
+    domain_keys: std::sync::OnceLock<Result<dns::DomainKeys, String>>,
 }
 
 /// A message as the user reads it.
@@ -145,7 +152,24 @@ impl Unlocked {
             profile,
             keys,
             cache,
+            nameservers: Vec::new(),
+            domain_keys: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Uses these DNS servers for other domains' keys.
+    #[must_use]
+    pub fn with_dns(mut self, nameservers: Vec<std::net::SocketAddr>) -> Self {
+        self.nameservers = nameservers;
+        self
+    }
+
+    /// The DNS view of other domains' keys, set up on first use.
+    pub fn domain_keys(&self) -> Result<&dns::DomainKeys, ClientError> {
+        self.domain_keys
+            .get_or_init(|| dns::DomainKeys::new(&self.nameservers).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| ClientError::Dns(e.clone()))
     }
 
     /// Files messages synced before the cache existed; returns how many.
@@ -306,20 +330,37 @@ pub struct Online {
 }
 
 impl Online {
-    /// The attested key of a user on our domain, verified against the pinned domain key.
+    /// The attested key of a user: on our domain verified against the pinned domain key,
+    /// on another domain against that domain's keys in DNS (DESIGN.md §5, §7.4).
     pub async fn verified_key(&self, address: &Address) -> Result<Attestation, ClientError> {
         let p = &self.me.profile;
-        if !address.domain().eq_ignore_ascii_case(&p.domain) {
-            return Err(ClientError::OtherDomain(address.clone(), p.domain.clone()));
-        }
         let found = self.api.lookup(address).await?;
         let att = match found.attestation {
             Some(a) if found.found => a,
             _ => return Err(ClientError::UnknownRecipient(address.clone())),
         };
-        att.verify(address, &p.domain, &p.domain_key)
-            .map_err(|e| ClientError::Unverified(address.clone(), e))?;
-        Ok(att)
+        if address.domain().eq_ignore_ascii_case(&p.domain) {
+            att.verify(address, &p.domain, &p.domain_key)
+                .map_err(|e| ClientError::Unverified(address.clone(), e))?;
+            return Ok(att);
+        }
+        let keys = self
+            .me
+            .domain_keys()?
+            .keys(address.domain())
+            .await
+            .map_err(|e| ClientError::UnverifiedRemote(address.clone(), e.to_string()))?;
+        let mut failure = None;
+        for k in &keys {
+            match att.verify(address, address.domain(), k) {
+                Ok(()) => return Ok(att),
+                Err(e) => failure = Some(e),
+            }
+        }
+        Err(match failure {
+            Some(e) => ClientError::Unverified(address.clone(), e),
+            None => ClientError::UnverifiedRemote(address.clone(), "no domain key in DNS".into()),
+        })
     }
 
     pub async fn send(&self, draft: &Draft) -> Result<SendReport, ClientError> {
@@ -328,12 +369,6 @@ impl Online {
             return Err(ClientError::NoRecipients);
         }
         let p = &self.me.profile;
-        if let Some(other) = all
-            .iter()
-            .find(|a| !a.domain().eq_ignore_ascii_case(&p.domain))
-        {
-            return Err(ClientError::OtherDomain((*other).clone(), p.domain.clone()));
-        }
         let info = self.api.server_info().await?;
         let mut keys: BTreeMap<Address, EncryptionPublicKey> = BTreeMap::new();
         for a in &all {
@@ -619,8 +654,19 @@ impl Online {
                 &seen,
             )
             .map_err(|e| e.to_string())?;
-        if env.signer_kind == SignerKind::Domain && payload.legacy.is_none() {
-            return Err("a domain-signed envelope that is not inbound legacy mail".into());
+        // Our domain signs two things: inbound legacy mail, and failure notices from its
+        // mailer-daemon.
+        if env.signer_kind == SignerKind::Domain
+            && payload.legacy.is_none()
+            && !(env.sender.local_part() == NOTICE_SENDER
+                && env
+                    .sender
+                    .domain()
+                    .eq_ignore_ascii_case(&self.me.profile.domain))
+        {
+            return Err(
+                "a domain-signed envelope that is neither inbound legacy mail nor a notice".into(),
+            );
         }
         Ok((signer, payload))
     }

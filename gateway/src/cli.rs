@@ -19,8 +19,8 @@ pub struct Cli {
     /// Client profile directory (keys, local mailbox).
     #[arg(long, global = true, env = "LETTERME_PROFILE", value_name = "DIR")]
     pub profile: Option<PathBuf>,
-    /// DNS servers (HOST:PORT) for discovery and key verification. Accepted now; used once
-    /// DNS discovery (federation) exists.
+    /// DNS servers (HOST:PORT) the client uses to verify other domains' keys (their
+    /// `_mailx` records). Default: the system resolver.
     #[arg(
         long,
         global = true,
@@ -57,6 +57,42 @@ pub enum Command {
     /// Keeps syncing from the server, decrypts locally, and sends what the client submits
     /// end-to-end encrypted. `letterme proxy credentials` prints the login to configure.
     Proxy(ProxyArgs),
+    /// Print the DNS records this server needs, as zone-file lines.
+    Dns(ConfigArg),
+    /// Show the outbound (federation) queue: what waits for which domain, and why.
+    Queue(QueueArgs),
+    /// Refuse mail from an address or a whole domain (`@example.com`), or list/undo that.
+    Block(BlockArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Config file; default ./letterme.toml.
+    #[arg(long, default_value = "letterme.toml", value_name = "PATH")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct BlockArgs {
+    /// `someone@example.com`, or `@example.com` for every address there.
+    #[arg(required_unless_present = "list")]
+    pub entry: Option<String>,
+    /// Unblock instead.
+    #[arg(long, conflicts_with = "list")]
+    pub remove: bool,
+    /// List what you block.
+    #[arg(long)]
+    pub list: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]

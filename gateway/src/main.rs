@@ -63,7 +63,11 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
+/// The `--dns` servers, for the client's view of other domains' keys.
+static CLIENT_DNS: std::sync::OnceLock<Vec<std::net::SocketAddr>> = std::sync::OnceLock::new();
+
 async fn run(cli: Cli) -> Result<()> {
+    let _ = CLIENT_DNS.set(cli.dns.clone());
     let profile_dir = ProfileDir(cli.profile.clone().unwrap_or_else(default_profile));
     match &cli.command {
         Command::Init(args) => init(args).await,
@@ -85,6 +89,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             None => proxy::run(profile_dir, args.imap_listen, args.smtp_listen).await,
         },
+        Command::Dns(args) => dns(&args.config).await,
+        Command::Queue(args) => queue(&args.config.config, args.json.json).await,
+        Command::Block(args) => block(profile_dir, args).await,
         Command::Read(args) => {
             let m = unlock(profile_dir)?.read(&args.id)?;
             if args.json.json {
@@ -338,7 +345,134 @@ fn new_passphrase() -> Result<String> {
 pub(crate) fn unlock(dir: ProfileDir) -> Result<Unlocked> {
     let profile = dir.load()?;
     let pass = passphrase(&format!("Passphrase for {}: ", profile.address))?;
-    Ok(Unlocked::open(dir, &pass)?)
+    Ok(Unlocked::open(dir, &pass)?.with_dns(CLIENT_DNS.get().cloned().unwrap_or_default()))
+}
+
+/// `letterme dns`: the records to publish, with the real key, endpoint and TLS key.
+async fn dns(config_path: &Path) -> Result<()> {
+    let config = load_config(Some(config_path))?.normalized();
+    let store = letterme_server::store::Store::open(&config.database_path())
+        .with_context(|| format!("cannot open {}", config.database_path().display()))?;
+    let Some((public, _, _)) = store.server_key("domain").await? else {
+        bail!(
+            "no domain key in {} yet; run `letterme init` or start the server once",
+            config.data_dir.display()
+        );
+    };
+    let key = letterme_protocol::IdentityPublicKey(
+        public
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("the stored domain key is damaged"))?,
+    );
+    println!("; DNS records for {} (letterme dns)", config.domain);
+    match config.federation.endpoint() {
+        Some(endpoint) => {
+            let tls = letterme_server::federation_tls(&config);
+            let fp = letterme_server::tls::spki_fingerprint(&tls.cert).with_context(
+                || "the federation certificate is missing; start the server once to create it",
+            )?;
+            let record = letterme_protocol::discovery::MailxRecord {
+                domain_key: key,
+                endpoint,
+                tls_fingerprint: Some(fp),
+            };
+            println!(
+                "; letter.me discovery: domain key, federation endpoint, TLS key (SHA-256 of its SPKI)"
+            );
+            println!(
+                "_mailx.{}. 3600 IN TXT \"{}\"",
+                config.domain,
+                record.to_txt()
+            );
+        }
+        None => {
+            println!(
+                "; federation is off ([federation] listen is not set): no _mailx record to publish"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `letterme queue`: the outbound queue, read from the server's database.
+async fn queue(config_path: &Path, json: bool) -> Result<()> {
+    let config = load_config(Some(config_path))?.normalized();
+    let store = letterme_server::store::Store::open(&config.database_path())
+        .with_context(|| format!("cannot open {}", config.database_path().display()))?;
+    let rows = store.outbound_rows().await?;
+    if json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "destination": r.destination,
+                    "envelope": letterme_protocol::codec::hex(&r.envelope_id),
+                    "sender": r.sender,
+                    "recipients": r.recipients,
+                    "queued_at": r.queued_at,
+                    "attempts": r.attempts,
+                    "next_attempt": r.next_attempt,
+                    "last_error": r.last_error,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("the outbound queue is empty");
+    }
+    for r in &rows {
+        println!(
+            "{} {} -> {} (attempts {}, next {}){}",
+            letterme_protocol::codec::hex(&r.envelope_id),
+            r.sender,
+            r.recipients.join(", "),
+            r.attempts,
+            date(r.next_attempt),
+            r.last_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `letterme block`: the user's own block list, kept by their server.
+async fn block(dir: ProfileDir, args: &cli::BlockArgs) -> Result<()> {
+    let online = unlock(dir)?.connect().await?;
+    if args.list {
+        let list = online.api.blocks().await?;
+        if args.json.json {
+            println!("{}", serde_json::json!({ "blocks": list }));
+        } else if list.is_empty() {
+            println!("you block nobody");
+        } else {
+            for e in list {
+                println!("{e}");
+            }
+        }
+        return Ok(());
+    }
+    let entry = args.entry.as_deref().unwrap_or_default();
+    let (entry, changed) = online.api.set_block(entry, !args.remove).await?;
+    let what = match (args.remove, changed) {
+        (false, true) => "now blocked",
+        (false, false) => "was already blocked",
+        (true, true) => "unblocked",
+        (true, false) => "was not blocked",
+    };
+    if args.json.json {
+        println!(
+            "{}",
+            serde_json::json!({ "entry": entry, "changed": changed })
+        );
+    } else {
+        println!("{entry} {what}");
+    }
+    Ok(())
 }
 
 fn read_stdin_body() -> Result<String> {
@@ -396,13 +530,18 @@ async fn serve(config: Option<&Path>) -> Result<()> {
         }
         None => None,
     };
+    // Harnesses read this line: the URL first, federation next, SMTP last.
+    let federation = running
+        .federation_addr
+        .map(|a| format!(", federation https://{a}"))
+        .unwrap_or_default();
     match smtp {
         Some(s) => println!(
-            "letterme serving {domain} on {scheme}://{}, smtp {s}",
+            "letterme serving {domain} on {scheme}://{}{federation}, smtp {s}",
             running.local_addr
         ),
         None => println!(
-            "letterme serving {domain} on {scheme}://{}",
+            "letterme serving {domain} on {scheme}://{}{federation}",
             running.local_addr
         ),
     }

@@ -47,6 +47,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub lookup_limit: RateLimiter<Address>,
     pub ip_limit: RateLimiter<IpAddr>,
+    /// Set when `[federation] listen` is configured.
+    pub federation: Option<Arc<crate::federation::Federation>>,
+    /// Wakes the outbound queue after mail for another domain is queued.
+    pub outbound_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -75,6 +79,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(send).layer(DefaultBodyLimit::max(max_msg)).get(list),
         )
         .route("/v1/messages/ack", post(ack_many))
+        .route(
+            "/v1/blocks",
+            get(list_blocks).post(add_block).delete(remove_block),
+        )
         .route("/v1/messages/{id}", get(fetch).delete(ack_one))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -428,20 +436,26 @@ async fn lookup(
     }
     let address = parse_address(&address)?;
     state.metrics.key_lookups.inc();
-    let row = if address.domain() == state.config.domain {
-        state.store.account(address.to_string()).await?
-    } else {
-        None
-    };
-    let attestation = row.map(|r| Attestation {
-        address: address.clone(),
-        identity_key: IdentityPublicKey(r.identity_key),
-        encryption_key: letterme_protocol::EncryptionPublicKey(r.encryption_key),
-        created: r.key_created,
-        version: r.key_version,
-        binding_signature: Signature(r.binding_signature),
-        signature: Signature(r.attestation_sig),
-    });
+    if address.domain() != state.config.domain {
+        let Some(fed) = &state.federation else {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "federation_unavailable",
+                format!("{address} is on another domain, and this server does not federate"),
+            ));
+        };
+        let found = fed.lookup(&address).await.map_err(|e| {
+            tracing::info!(%address, error = %e, "remote key lookup failed");
+            ApiError::new(StatusCode::BAD_GATEWAY, "peer_failed", e.to_string())
+        })?;
+        return Ok(Json(KeyLookup {
+            address,
+            found: found.found,
+            attestation: found.attestation,
+        }));
+    }
+    let row = state.store.account(address.to_string()).await?;
+    let attestation = row.map(|r| attestation_of(&address, &r));
     Ok(Json(KeyLookup {
         address,
         found: attestation.is_some(),
@@ -449,11 +463,27 @@ async fn lookup(
     }))
 }
 
+/// The attestation stored for an account.
+pub fn attestation_of(address: &Address, r: &AccountRow) -> Attestation {
+    Attestation {
+        address: address.clone(),
+        identity_key: IdentityPublicKey(r.identity_key),
+        encryption_key: letterme_protocol::EncryptionPublicKey(r.encryption_key),
+        created: r.key_created,
+        version: r.key_version,
+        binding_signature: Signature(r.binding_signature),
+        signature: Signature(r.attestation_sig),
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SendResponse {
     pub id: String,
     pub size: u64,
     pub recipients: Vec<Address>,
+    /// Recipients on other domains: queued for federated delivery.
+    #[serde(default)]
+    pub queued: Vec<String>,
 }
 
 async fn send(
@@ -507,19 +537,25 @@ async fn accept(
             "the envelope's time is more than a day off the server's clock",
         ));
     }
-    let remote: Vec<&Address> = env
-        .recipients
-        .iter()
-        .map(|r| &r.address)
-        .filter(|a| a.domain() != state.config.domain)
-        .collect();
-    if !remote.is_empty() {
-        let list: Vec<String> = remote.iter().map(ToString::to_string).collect();
+    let mut local = Vec::new();
+    let mut remote: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for r in &env.recipients {
+        if r.address.domain() == state.config.domain {
+            local.push(r.address.to_string());
+        } else {
+            remote
+                .entry(r.address.domain().to_owned())
+                .or_default()
+                .push(r.address.to_string());
+        }
+    }
+    if !remote.is_empty() && state.federation.is_none() {
+        let list: Vec<String> = remote.values().flatten().cloned().collect();
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "federation_unavailable",
             format!(
-                "{} not on {}; federation with other domains is not available yet",
+                "{} not on {}, and this server does not federate ([federation] listen is not set)",
                 list.join(", "),
                 state.config.domain
             ),
@@ -527,27 +563,45 @@ async fn accept(
         .with_details(json!({ "recipients": list })));
     }
     let recipients: Vec<Address> = env.recipients.iter().map(|r| r.address.clone()).collect();
+    let queued: Vec<String> = remote.values().flatten().cloned().collect();
     let size = body.len() as u64;
+    let outbound = remote
+        .into_iter()
+        .map(
+            |(destination, recipients)| crate::federation::store::NewOutbound {
+                destination,
+                recipients,
+            },
+        )
+        .collect::<Vec<_>>();
+    let has_remote = !outbound.is_empty();
     state
         .store
-        .deliver(NewDelivery {
-            id: env.id.0,
-            sender: env.sender.to_string(),
-            envelope: body.to_vec(),
-            recipients: recipients.iter().map(ToString::to_string).collect(),
-            received: now,
-            quota: state.config.limits.quota.0,
-        })
+        .accept_outgoing(
+            NewDelivery {
+                id: env.id.0,
+                sender: env.sender.to_string(),
+                envelope: body.to_vec(),
+                recipients: local,
+                received: now,
+                quota: state.config.limits.quota.0,
+            },
+            outbound,
+        )
         .await?;
+    if has_remote {
+        state.outbound_wake.notify_one();
+    }
     state.metrics.deliveries.inc();
     state.metrics.delivered_bytes.inc_by(size);
-    tracing::debug!(id = %env.id, sender = %env.sender, recipients = recipients.len(), size, "delivered");
+    tracing::debug!(id = %env.id, sender = %env.sender, recipients = recipients.len(), queued = queued.len(), size, "accepted");
     Ok((
         StatusCode::CREATED,
         Json(SendResponse {
             id: env.id.to_hex(),
             size,
             recipients,
+            queued,
         }),
     ))
 }
@@ -690,4 +744,72 @@ async fn ack_many(
     let n = state.store.ack(session.address.to_string(), ids).await?;
     state.metrics.acks.inc_by(n as u64);
     Ok(Json(json!({ "deleted": n })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRequest {
+    /// `someone@example.com` or `@example.com`.
+    pub entry: String,
+}
+
+/// Normalizes a block entry: an address, or `@domain` for a whole domain.
+fn block_entry(raw: &str) -> AppResult<String> {
+    let t = raw.trim();
+    if let Some(domain) = t.strip_prefix('@') {
+        let d = domain.trim_end_matches('.').to_ascii_lowercase();
+        if letterme_protocol::address::valid_domain(&d) {
+            return Ok(format!("@{d}"));
+        }
+    } else if let Ok(a) = Address::parse(t) {
+        return Ok(a.to_string());
+    }
+    Err(ApiError::bad_request(
+        "bad_entry",
+        "block an address (someone@example.com) or a domain (@example.com)",
+    ))
+}
+
+async fn list_blocks(
+    State(state): St,
+    Authed(session): Authed,
+) -> AppResult<Json<serde_json::Value>> {
+    let blocks = state.store.blocks(session.address.to_string()).await?;
+    Ok(Json(json!({ "blocks": blocks })))
+}
+
+async fn add_block(
+    State(state): St,
+    Authed(session): Authed,
+    body: Result<Json<BlockRequest>, JsonRejection>,
+) -> AppResult<Json<serde_json::Value>> {
+    let entry = block_entry(&json_body(body)?.entry)?;
+    let added = state
+        .store
+        .set_block(
+            session.address.to_string(),
+            entry.clone(),
+            true,
+            state.clock.now(),
+        )
+        .await?;
+    Ok(Json(json!({ "entry": entry, "changed": added })))
+}
+
+async fn remove_block(
+    State(state): St,
+    Authed(session): Authed,
+    body: Result<Json<BlockRequest>, JsonRejection>,
+) -> AppResult<Json<serde_json::Value>> {
+    let entry = block_entry(&json_body(body)?.entry)?;
+    let removed = state
+        .store
+        .set_block(
+            session.address.to_string(),
+            entry.clone(),
+            false,
+            state.clock.now(),
+        )
+        .await?;
+    Ok(Json(json!({ "entry": entry, "changed": removed })))
 }

@@ -128,6 +128,11 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
 
     /// Takes one token at time `now` (seconds, fractional); false when empty.
     pub fn allow(&self, key: &K, now: f64) -> bool {
+        self.allow_n(key, 1, now)
+    }
+
+    /// Takes `n` tokens at once; false (and none taken) when fewer are left.
+    pub fn allow_n(&self, key: &K, n: u32, now: f64) -> bool {
         let Ok(mut map) = self.buckets.lock() else {
             return false;
         };
@@ -142,8 +147,9 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
         let (tokens, at) = map.entry(key.clone()).or_insert((self.burst, now));
         *tokens = (*tokens + (now - *at).max(0.0) * self.rate).min(self.burst);
         *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        let n = f64::from(n);
+        if *tokens >= n {
+            *tokens -= n;
             true
         } else {
             false

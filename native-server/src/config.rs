@@ -130,6 +130,24 @@ impl Config {
         if self.policy.retention_days == 0 {
             return Err("policy.retention_days must be at least 1".into());
         }
+        let f = &self.federation;
+        if f.retry_first.0 == 0 || f.retry_max < f.retry_first {
+            return Err(
+                "federation.retry_first must be at least 1s and at most federation.retry_max"
+                    .into(),
+            );
+        }
+        if f.batch == 0 || f.batch > letterme_protocol::federation::MAX_BATCH {
+            return Err(format!(
+                "federation.batch must be between 1 and {}",
+                letterme_protocol::federation::MAX_BATCH
+            ));
+        }
+        if let Some(u) = &f.public_url
+            && !u.starts_with("https://")
+        {
+            return Err(format!("federation.public_url {u:?} must be https://"));
+        }
         if self.limits.max_message_size.0 < 1024 {
             return Err("limits.max_message_size must be at least 1024 bytes".into());
         }
@@ -393,11 +411,138 @@ pub struct RegistrationConfig {
     pub invites: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `[federation]`: server-to-server delivery (DESIGN.md §6).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FederationConfig {
+    /// The server-to-server listener: HTTPS, TLS 1.3 only. Absent: federation is off and
+    /// mail to other domains is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The endpoint published as `e=` in `_mailx`; default `https://<listen>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Static peers for private networks: domain → `https://` endpoint (keys still from
+    /// DNS), or a whole `v=mailx1; k=…; e=…; fp=…` record (no DNS needed).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub peers: BTreeMap<String, String>,
+    /// First retry after a temporary failure; doubles each time (with jitter).
+    #[serde(default = "default_retry_first")]
+    pub retry_first: Interval,
+    /// Longest wait between retries.
+    #[serde(default = "default_retry_max")]
+    pub retry_max: Interval,
+    /// After this long undelivered, give up and send the sender a failure notice.
+    #[serde(default = "default_give_up")]
+    pub give_up_after: Interval,
+    /// Administrator's block list: `someone@example.com` or `example.com`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<String>,
+    /// Envelopes per second accepted from one origin domain, and the burst.
+    #[serde(default = "default_origin_rate")]
+    pub origin_rate: u32,
+    #[serde(default = "default_origin_burst")]
+    pub origin_burst: u32,
+    /// Envelopes per delivery request at most.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            public_url: None,
+            peers: BTreeMap::new(),
+            retry_first: default_retry_first(),
+            retry_max: default_retry_max(),
+            give_up_after: default_give_up(),
+            blocked: Vec::new(),
+            origin_rate: default_origin_rate(),
+            origin_burst: default_origin_burst(),
+            batch: default_batch(),
+        }
+    }
+}
+
+impl FederationConfig {
+    /// The endpoint published in DNS.
+    pub fn endpoint(&self) -> Option<String> {
+        self.public_url
+            .clone()
+            .or_else(|| self.listen.map(|l| format!("https://{l}")))
+            .map(|u| u.trim_end_matches('/').to_owned())
+    }
+
+    /// Whether the administrator blocks mail from `sender`.
+    pub fn blocks(&self, sender: &str) -> bool {
+        let domain = sender.rsplit_once('@').map_or(sender, |(_, d)| d);
+        self.blocked.iter().any(|b| {
+            let b = b.trim().trim_start_matches('@');
+            b.eq_ignore_ascii_case(sender) || b.eq_ignore_ascii_case(domain)
+        })
+    }
+}
+
+fn default_retry_first() -> Interval {
+    Interval(60)
+}
+
+fn default_retry_max() -> Interval {
+    Interval(4 * 3600)
+}
+
+fn default_give_up() -> Interval {
+    Interval(5 * 86_400)
+}
+
+fn default_origin_rate() -> u32 {
+    10_000
+}
+
+fn default_origin_burst() -> u32 {
+    50_000
+}
+
+fn default_batch() -> usize {
+    256
+}
+
+/// A duration written as `90s`, `1m`, `4h`, `5d` or `1h 30m` (humantime), in seconds.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Interval(pub u64);
+
+impl fmt::Debug for Interval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Interval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}",
+            humantime::format_duration(std::time::Duration::from_secs(self.0))
+        )
+    }
+}
+
+impl Serialize for Interval {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(|d| Self(d.as_secs()))
+            .map_err(|e| {
+                serde::de::Error::custom(format!("{s:?}: {e} (write e.g. 90s, 1m, 4h, 5d)"))
+            })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

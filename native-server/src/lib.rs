@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod federation;
 pub mod metrics;
 pub mod secrets;
 pub mod store;
@@ -91,6 +92,10 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Running {
     pub local_addr: SocketAddr,
+    /// The server-to-server listener, when federation is on.
+    pub federation_addr: Option<SocketAddr>,
+    /// The outbound queue's worker, when federation is on.
+    pub outbound: Option<Arc<federation::queue::Outbound>>,
     pub domain_key: IdentityPublicKey,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
@@ -140,6 +145,11 @@ impl Running {
         &self.signing
     }
 
+    /// The federation state, when federation is on.
+    pub fn federation(&self) -> Option<&Arc<federation::Federation>> {
+        self.state.federation.as_ref()
+    }
+
     /// Runs the retention purge now (it also runs every [`PURGE_INTERVAL`]).
     pub async fn purge_now(&self) -> Result<store::PurgeStats, store::StoreError> {
         purge(&self.state).await
@@ -164,6 +174,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     listener.set_nonblocking(true).map_err(bind_err)?;
     let local_addr = listener.local_addr().map_err(bind_err)?;
     let has_tls = config.http.tls.is_some();
+    let federation = match config.federation.listen {
+        Some(addr) => Some(federation_setup(&config, &domain_key, clock.clone(), addr)?),
+        None => None,
+    };
+    let outbound_wake = Arc::new(tokio::sync::Notify::new());
     let limits = &config.limits;
     let state = Arc::new(api::AppState {
         lookup_limit: auth::RateLimiter::new(
@@ -177,6 +192,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         auth: auth::Auth::default(),
         clock: clock.clone(),
         metrics: Arc::new(metrics::Metrics::default()),
+        federation: federation.as_ref().map(|(f, _)| f.clone()),
+        outbound_wake: outbound_wake.clone(),
         config,
     });
     let (tx, mut rx) = watch::channel(false);
@@ -217,8 +234,44 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
                 .await
         })
     };
+    let mut federation_addr = None;
+    let mut outbound = None;
+    if let Some((fed, (listener, tls))) = federation {
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: listener.local_addr().unwrap_or(local_addr),
+            source,
+        })?;
+        federation_addr = Some(addr);
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        let mut stop_rx = tx.subscribe();
+        tokio::spawn(async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+            stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
+        });
+        let app = federation::receive::router(state.clone());
+        tokio::spawn(
+            axum_server::from_tcp_rustls(
+                listener,
+                axum_server::tls_rustls::RustlsConfig::from_config(tls),
+            )
+            .handle(handle)
+            .serve(app.into_make_service()),
+        );
+        let queue = Arc::new(federation::queue::Outbound::new(
+            store.clone(),
+            fed.clone(),
+            clock.clone(),
+            outbound_wake.clone(),
+        ));
+        tokio::spawn(queue.clone().run(tx.subscribe()));
+        outbound = Some(queue);
+        tracing::info!(%addr, endpoint = %fed.endpoint, "federation listening (TLS 1.3)");
+    }
     tracing::info!(addr = %local_addr, tls = has_tls, "native server listening");
     Ok(Running {
+        federation_addr,
+        outbound,
         local_addr,
         domain_key: domain_key.public(),
         store,
@@ -265,6 +318,12 @@ pub async fn purge(state: &api::AppState) -> Result<store::PurgeStats, store::St
         .await?;
     if stats.deliveries > 0 {
         tracing::info!(deliveries = stats.deliveries, "retention purge");
+    }
+    if state.federation.is_some() {
+        state
+            .store
+            .purge_federation(now.saturating_sub(seen_keep))
+            .await?;
     }
     state.metrics.purged.inc_by(stats.deliveries as u64);
     Ok(stats)
@@ -322,4 +381,63 @@ async fn load_domain_key(
         .map_err(store_err)?;
     tracing::info!(public = %key.public().to_base64(), "generated the domain key");
     Ok(key)
+}
+
+/// Where the federation listener's certificate lives: `[http.tls]` when configured, else
+/// `<data_dir>/tls/` (written by `letterme init`, or at the first start).
+pub fn federation_tls(config: &Config) -> config::TlsConfig {
+    config.http.tls.clone().unwrap_or_else(|| {
+        let dir = config.data_dir.join("tls");
+        config::TlsConfig {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
+    })
+}
+
+type FederationListener = (std::net::TcpListener, Arc<rustls::ServerConfig>);
+
+/// Loads (or creates) the federation certificate, binds its listener and builds the
+/// federation state with a resolver on the configured nameservers.
+fn federation_setup(
+    config: &Config,
+    domain_key: &SigningKeypair,
+    clock: Arc<dyn Clock>,
+    addr: SocketAddr,
+) -> Result<(Arc<federation::Federation>, FederationListener), StartError> {
+    let tls_paths = federation_tls(config);
+    if !tls_paths.cert.exists() {
+        let mut names = vec![config.domain.clone()];
+        if !addr.ip().is_unspecified() {
+            names.push(addr.ip().to_string());
+        }
+        tls::generate_self_signed(&names, &tls_paths.cert, &tls_paths.key)?;
+    }
+    let fingerprint = tls::spki_fingerprint(&tls_paths.cert)?;
+    let tls = federation::pin::server_config(&tls_paths.cert, &tls_paths.key)?;
+    let resolver = federation::dns::HickoryTxt::new(
+        &config.dns.nameservers,
+        Duration::from_millis(config.dns.timeout_ms),
+        config.dns.attempts,
+    )
+    .map_err(StartError::Config)?;
+    let bind_err = move |source| StartError::Bind { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    let bound = listener.local_addr().map_err(bind_err)?;
+    let endpoint = config.federation.public_url.clone().map_or_else(
+        || format!("https://{bound}"),
+        |u| u.trim_end_matches('/').to_owned(),
+    );
+    let fed = federation::Federation::new(
+        &config.domain,
+        domain_key.clone(),
+        endpoint,
+        Some(fingerprint),
+        config.federation.clone(),
+        Arc::new(resolver),
+        clock,
+    )
+    .map_err(StartError::Config)?;
+    Ok((Arc::new(fed), (listener, tls)))
 }

@@ -50,7 +50,10 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../../migrations/0001_init.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("../../migrations/0001_init.sql")),
+        M::up(include_str!("../../migrations/0002_federation.sql")),
+    ])
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -316,7 +319,7 @@ impl Store {
     pub async fn deliver(&self, d: NewDelivery) -> Result<(), StoreError> {
         let rcpts = d.recipients.clone();
         self.write(move |c| deliver_in(c, &d)).await?;
-        self.wake(&rcpts);
+        self.wake_recipients(&rcpts);
         Ok(())
     }
 
@@ -325,7 +328,7 @@ impl Store {
         let rcpts: Vec<String> = all.iter().flat_map(|d| d.recipients.clone()).collect();
         self.write(move |c| all.iter().try_for_each(|d| deliver_in(c, d)))
             .await?;
-        self.wake(&rcpts);
+        self.wake_recipients(&rcpts);
         Ok(())
     }
 
@@ -342,7 +345,7 @@ impl Store {
             .clone()
     }
 
-    fn wake(&self, recipients: &[String]) {
+    pub(crate) fn wake_recipients(&self, recipients: &[String]) {
         if let Ok(map) = self.waiters.lock() {
             for r in recipients {
                 if let Some(n) = map.get(r) {
@@ -436,7 +439,7 @@ impl Store {
     }
 }
 
-fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreError> {
+pub(crate) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreError> {
     let size = d.envelope.len() as u64;
     let fresh = c
         .prepare_cached("INSERT OR IGNORE INTO seen_envelopes (id, seen_at) VALUES (?1, ?2)")?
@@ -462,6 +465,10 @@ fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreError> {
     }
     if !unknown.is_empty() {
         return Err(StoreError::UnknownRecipients(unknown));
+    }
+    if d.recipients.is_empty() {
+        // Every recipient is on another domain: only the replay record is kept here.
+        return Ok(());
     }
     c.prepare_cached(
         "INSERT INTO messages (id, sender, envelope, size, received, pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

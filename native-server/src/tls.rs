@@ -28,8 +28,21 @@ pub enum TlsError {
     Generate(String),
 }
 
-/// Loads a PEM certificate chain and key into a rustls server config.
+/// Loads a PEM certificate chain and key into a rustls server config (TLS 1.3 and 1.2).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_versions(
+        cert,
+        key,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    )
+}
+
+/// Loads a PEM certificate chain and key, offering only `versions`.
+pub fn server_config_versions(
+    cert: &Path,
+    key: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(Iterator::collect)
         .map_err(|e| TlsError::Cert {
@@ -49,7 +62,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .with_protocol_versions(versions)
     .map_err(|e| TlsError::Config(e.to_string()))?
     .with_no_client_auth()
     .with_single_cert(certs, key)

@@ -11,6 +11,7 @@ pub mod b64;
 pub mod codec;
 pub mod discovery;
 pub mod envelope;
+pub mod federation;
 pub mod keys;
 
 pub use address::{Address, AddressError};

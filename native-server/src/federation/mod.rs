@@ -1,0 +1,561 @@
+//! Federation (DESIGN.md §6): finding other domains' servers through DNS, talking to them
+//! over pinned TLS 1.3 with signed requests and responses, delivering from a durable queue
+//! (`queue`), and receiving from them (`receive`).
+//!
+//! Trust comes from DNS alone: the `_mailx` record names the domain key(s), the endpoint
+//! and the TLS key. The server document must agree with it, every request and response is
+//! signed by a published key, and nothing a peer says about itself overrides DNS.
+
+pub mod dns;
+pub mod pin;
+pub mod queue;
+pub mod receive;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use letterme_protocol::discovery::{DiscoveryError, MailxRecord, ServerDocument};
+use letterme_protocol::federation::{RequestSignature, ResponseSignature, SignatureError};
+use letterme_protocol::{Address, IdentityPublicKey, SigningKeypair, b64};
+use serde::{Deserialize, Serialize};
+
+use crate::Clock;
+use crate::config::FederationConfig;
+use dns::{DnsError, TxtResolver};
+
+/// Longest a discovery answer is cached, whatever its TTL says.
+pub const MAX_CACHE: u64 = 7 * 86_400;
+/// Validity window of the requests this server signs, seconds.
+pub const REQUEST_LIFETIME: u64 = 120;
+/// Lifetime of the server document this server publishes, seconds.
+pub const DOCUMENT_TTL: u64 = 86_400;
+/// Largest response body read from a peer.
+pub const MAX_RESPONSE: usize = 4 * 1024 * 1024;
+/// Nonces remembered at most; beyond, requests are refused (503) until old ones expire.
+pub const MAX_NONCES: usize = 1_000_000;
+/// Local part of the address failure notices come from.
+pub const NOTICE_SENDER: &str = "mailer-daemon";
+/// A peer whose key verification failed is looked up again after this long at the soonest.
+const REFRESH_AFTER: u64 = 30;
+
+/// Why talking to a peer failed. Everything here is temporary for the queue except what a
+/// peer answered about a recipient (that is a `DeliveryStatus`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum FederationError {
+    #[error("federation is not enabled on this server ([federation] listen)")]
+    Disabled,
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    #[error("_mailx.{0} has no usable v=mailx1 record")]
+    NoRecord(String),
+    #[error("_mailx.{domain}: {error}")]
+    Record {
+        domain: String,
+        error: DiscoveryError,
+    },
+    #[error("{domain}'s server document does not match DNS: {error}")]
+    Document {
+        domain: String,
+        error: DiscoveryError,
+    },
+    #[error("cannot reach {domain} at {endpoint}: {reason}")]
+    Unreachable {
+        domain: String,
+        endpoint: String,
+        reason: String,
+    },
+    #[error("{domain} answered {status}: {message}")]
+    Refused {
+        domain: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{domain}'s answer is not signed by its DNS key: {error}")]
+    BadResponse {
+        domain: String,
+        error: SignatureError,
+    },
+    #[error("{domain} sent an unreadable answer: {reason}")]
+    Garbled { domain: String, reason: String },
+}
+
+/// A peer as DNS describes it.
+#[derive(Debug, Clone)]
+pub struct PeerRecords {
+    pub domain: String,
+    /// Every published domain key (more than one while a key rotation overlaps).
+    pub keys: Vec<IdentityPublicKey>,
+    pub endpoint: String,
+    pub fingerprint: Option<String>,
+    /// The record whose key signed the server document, for verification.
+    pub records: Vec<MailxRecord>,
+    pub expires: u64,
+    pub fetched: u64,
+}
+
+/// A discovered, verified peer, with its pinned HTTPS client.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub records: Arc<PeerRecords>,
+    pub http: reqwest::Client,
+}
+
+/// A static `[federation] peers` entry.
+#[derive(Debug, Clone)]
+enum StaticPeer {
+    /// The endpoint only; keys and fingerprint still come from DNS.
+    Endpoint(String),
+    /// A whole `_mailx` record, for private networks without DNS.
+    Record(MailxRecord),
+}
+
+/// Remembers nonces until their request expires.
+#[derive(Debug, Default)]
+struct Nonces {
+    seen: HashMap<[u8; 16], u64>,
+    inserts: u64,
+}
+
+/// The federation side of a server.
+pub struct Federation {
+    pub domain: String,
+    key: SigningKeypair,
+    pub endpoint: String,
+    pub fingerprint: Option<String>,
+    pub config: FederationConfig,
+    resolver: Arc<dyn TxtResolver>,
+    statics: BTreeMap<String, StaticPeer>,
+    records: Mutex<HashMap<String, Arc<PeerRecords>>>,
+    peers: Mutex<HashMap<String, Peer>>,
+    nonces: Mutex<Nonces>,
+    pub origin_limit: crate::auth::RateLimiter<String>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Federation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Federation")
+            .field("domain", &self.domain)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `GET /v1/federation/keys/{address}` and the client's view of a remote lookup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteKeys {
+    pub address: Address,
+    pub found: bool,
+    pub attestation: Option<letterme_protocol::Attestation>,
+}
+
+impl Federation {
+    pub fn new(
+        domain: &str,
+        key: SigningKeypair,
+        endpoint: String,
+        fingerprint: Option<String>,
+        config: FederationConfig,
+        resolver: Arc<dyn TxtResolver>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        let mut statics = BTreeMap::new();
+        for (d, v) in &config.peers {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            let peer = if v.trim_start().starts_with("v=") {
+                StaticPeer::Record(
+                    MailxRecord::parse(v).map_err(|e| format!("federation.peers.{d}: {e}"))?,
+                )
+            } else if v.starts_with("https://") {
+                StaticPeer::Endpoint(v.trim_end_matches('/').to_owned())
+            } else {
+                return Err(format!(
+                    "federation.peers.{d}: expected an https:// URL or a whole v=mailx1 record"
+                ));
+            };
+            statics.insert(d, peer);
+        }
+        let origin_limit =
+            crate::auth::RateLimiter::new(config.origin_rate, config.origin_burst, 100_000);
+        Ok(Self {
+            domain: domain.to_owned(),
+            key,
+            endpoint,
+            fingerprint,
+            config,
+            resolver,
+            statics,
+            records: Mutex::default(),
+            peers: Mutex::default(),
+            nonces: Mutex::default(),
+            origin_limit,
+            clock,
+        })
+    }
+
+    /// The document served at `/.well-known/mailx-server`.
+    pub fn document(&self) -> ServerDocument {
+        ServerDocument::sign(
+            &self.domain,
+            &self.key,
+            &self.endpoint,
+            self.fingerprint.clone(),
+            self.clock.now(),
+            DOCUMENT_TTL,
+        )
+    }
+
+    /// The `_mailx` record this server should be published under.
+    pub fn record(&self) -> MailxRecord {
+        MailxRecord {
+            domain_key: self.key.public(),
+            endpoint: self.endpoint.clone(),
+            tls_fingerprint: self.fingerprint.clone(),
+        }
+    }
+
+    pub(crate) fn signing_key(&self) -> &SigningKeypair {
+        &self.key
+    }
+
+    /// What DNS (or a static entry) says about `domain`, cached within its TTL.
+    pub async fn records(&self, domain: &str) -> Result<Arc<PeerRecords>, FederationError> {
+        self.records_fresh(domain, false).await
+    }
+
+    async fn records_fresh(
+        &self,
+        domain: &str,
+        refresh: bool,
+    ) -> Result<Arc<PeerRecords>, FederationError> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let now = self.clock.now();
+        if let Some(r) = self
+            .records
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&domain).cloned())
+            && now < r.expires
+            && !(refresh && now >= r.fetched + REFRESH_AFTER)
+        {
+            return Ok(r);
+        }
+        let (mut records, ttl) = match self.statics.get(&domain) {
+            Some(StaticPeer::Record(r)) => (vec![r.clone()], 86_400),
+            _ => {
+                let answer = self.resolver.txt(&format!("_mailx.{domain}")).await?;
+                let mut parsed = Vec::new();
+                let mut last_error = None;
+                for txt in &answer.records {
+                    // Other TXT records may share the name; only ours count.
+                    if !txt.trim_start().starts_with("v=") {
+                        continue;
+                    }
+                    match MailxRecord::parse(txt) {
+                        Ok(r) => parsed.push(r),
+                        Err(error) => last_error = Some(error),
+                    }
+                }
+                if parsed.is_empty() {
+                    return Err(match last_error {
+                        Some(error) => FederationError::Record { domain, error },
+                        None => FederationError::NoRecord(domain),
+                    });
+                }
+                (parsed, answer.ttl.as_secs())
+            }
+        };
+        if let Some(StaticPeer::Endpoint(e)) = self.statics.get(&domain) {
+            for r in &mut records {
+                r.endpoint.clone_from(e);
+            }
+        }
+        let first = &records[0];
+        if records
+            .iter()
+            .any(|r| r.endpoint != first.endpoint || r.tls_fingerprint != first.tls_fingerprint)
+        {
+            return Err(FederationError::Record {
+                domain,
+                error: DiscoveryError::Malformed(
+                    "several records name different endpoints or TLS keys".into(),
+                ),
+            });
+        }
+        let peer = Arc::new(PeerRecords {
+            keys: records.iter().map(|r| r.domain_key).collect(),
+            endpoint: first.endpoint.clone(),
+            fingerprint: first.tls_fingerprint.clone(),
+            records,
+            expires: now + ttl.clamp(1, MAX_CACHE),
+            fetched: now,
+            domain: domain.clone(),
+        });
+        if let Ok(mut m) = self.records.lock() {
+            if m.len() > 10_000 {
+                m.retain(|_, r| r.expires > now);
+            }
+            m.insert(domain, peer.clone());
+        }
+        Ok(peer)
+    }
+
+    /// The published keys of `origin`, looked up again (at most every 30 s) when `key` is
+    /// not among them, so a rotation is picked up before the TTL runs out.
+    pub async fn origin_keys(
+        &self,
+        origin: &str,
+        key: &IdentityPublicKey,
+    ) -> Result<Arc<PeerRecords>, FederationError> {
+        let r = self.records(origin).await?;
+        if r.keys.contains(key) {
+            return Ok(r);
+        }
+        self.records_fresh(origin, true).await
+    }
+
+    /// A verified peer: its records, and its server document checked against them over a
+    /// pinned TLS 1.3 connection. Cached as long as the records are.
+    pub async fn peer(&self, domain: &str) -> Result<Peer, FederationError> {
+        let records = self.records(domain).await?;
+        if let Some(p) = self
+            .peers
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&records.domain).cloned())
+            && Arc::ptr_eq(&p.records, &records)
+        {
+            return Ok(p);
+        }
+        let fp = match &records.fingerprint {
+            Some(f) => Some(b64::decode_array(f).ok_or_else(|| FederationError::Record {
+                domain: records.domain.clone(),
+                error: DiscoveryError::Malformed("fp is not base64 of 32 bytes".into()),
+            })?),
+            None => None,
+        };
+        let tls = pin::client_config(fp).map_err(|reason| FederationError::Unreachable {
+            domain: records.domain.clone(),
+            endpoint: records.endpoint.clone(),
+            reason,
+        })?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            .build()
+            .map_err(|e| FederationError::Unreachable {
+                domain: records.domain.clone(),
+                endpoint: records.endpoint.clone(),
+                reason: e.to_string(),
+            })?;
+        let url = format!("{}/.well-known/mailx-server", records.endpoint);
+        let unreachable = |reason: String| FederationError::Unreachable {
+            domain: records.domain.clone(),
+            endpoint: records.endpoint.clone(),
+            reason,
+        };
+        let resp = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| unreachable(describe(&e)))?;
+        if !resp.status().is_success() {
+            return Err(unreachable(format!("{url} answered {}", resp.status())));
+        }
+        let body = read_limited(resp, 64 * 1024).await.map_err(&unreachable)?;
+        let doc: ServerDocument =
+            serde_json::from_slice(&body).map_err(|e| FederationError::Garbled {
+                domain: records.domain.clone(),
+                reason: format!("server document: {e}"),
+            })?;
+        let record = records
+            .records
+            .iter()
+            .find(|r| r.domain_key == doc.domain_key)
+            .ok_or_else(|| FederationError::Document {
+                domain: records.domain.clone(),
+                error: DiscoveryError::Mismatch("domain key"),
+            })?;
+        doc.verify(&records.domain, record, self.clock.now())
+            .map_err(|error| FederationError::Document {
+                domain: records.domain.clone(),
+                error,
+            })?;
+        let peer = Peer {
+            records: records.clone(),
+            http,
+        };
+        if let Ok(mut m) = self.peers.lock() {
+            m.insert(records.domain.clone(), peer.clone());
+        }
+        Ok(peer)
+    }
+
+    /// Drops what is cached about `domain` (after a failure that may mean it changed).
+    pub fn forget(&self, domain: &str) {
+        if let Ok(mut m) = self.peers.lock() {
+            m.remove(domain);
+        }
+    }
+
+    /// Sends a signed request and checks the signed answer. Returns the status and body.
+    pub async fn call(
+        &self,
+        peer: &Peer,
+        method: reqwest::Method,
+        target: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), FederationError> {
+        let domain = &peer.records.domain;
+        let sig = RequestSignature::sign(
+            &self.key,
+            method.as_str(),
+            target,
+            &body,
+            &self.domain,
+            domain,
+            self.clock.now(),
+            REQUEST_LIFETIME,
+        );
+        let mut req = peer
+            .http
+            .request(method, format!("{}{target}", peer.records.endpoint));
+        for (name, value) in sig.headers() {
+            req = req.header(name, value);
+        }
+        if !body.is_empty() {
+            req = req.header("content-type", "application/vnd.letterme.batch");
+        }
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| FederationError::Unreachable {
+                domain: domain.clone(),
+                endpoint: peer.records.endpoint.clone(),
+                reason: describe(&e),
+            })?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = read_limited(resp, MAX_RESPONSE).await.map_err(|reason| {
+            FederationError::Unreachable {
+                domain: domain.clone(),
+                endpoint: peer.records.endpoint.clone(),
+                reason,
+            }
+        })?;
+        let get = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(ToOwned::to_owned)
+        };
+        ResponseSignature::verify_response(
+            status,
+            &bytes,
+            sig.nonce,
+            domain,
+            &peer.records.keys,
+            get,
+        )
+        .map_err(|error| FederationError::BadResponse {
+            domain: domain.clone(),
+            error,
+        })?;
+        if !(200..300).contains(&status) {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(FederationError::Refused {
+                domain: domain.clone(),
+                status,
+                code: v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
+                message: v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("no reason given")
+                    .to_owned(),
+            });
+        }
+        Ok((status, bytes))
+    }
+
+    /// Looks up a remote user's attested keys and checks the attestation against the
+    /// domain's keys in DNS before passing it on.
+    pub async fn lookup(&self, address: &Address) -> Result<RemoteKeys, FederationError> {
+        let peer = self.peer(address.domain()).await?;
+        let target = format!("/v1/federation/keys/{address}");
+        let (_, body) = self
+            .call(&peer, reqwest::Method::GET, &target, Vec::new())
+            .await?;
+        let found: RemoteKeys =
+            serde_json::from_slice(&body).map_err(|e| FederationError::Garbled {
+                domain: peer.records.domain.clone(),
+                reason: e.to_string(),
+            })?;
+        if let Some(att) = &found.attestation {
+            let ok = peer
+                .records
+                .keys
+                .iter()
+                .any(|k| att.verify(address, &peer.records.domain, k).is_ok());
+            if !ok {
+                return Err(FederationError::Garbled {
+                    domain: peer.records.domain.clone(),
+                    reason: format!(
+                        "the attestation for {address} does not verify against the domain key in DNS"
+                    ),
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Remembers `nonce` until `expires`; false when it was already used.
+    pub fn fresh_nonce(&self, nonce: [u8; 16], expires: u64) -> Result<bool, ()> {
+        let now = self.clock.now();
+        let Ok(mut n) = self.nonces.lock() else {
+            return Err(());
+        };
+        n.inserts += 1;
+        if n.inserts.is_multiple_of(4096) || n.seen.len() >= MAX_NONCES {
+            n.seen.retain(|_, e| *e >= now);
+        }
+        if n.seen.len() >= MAX_NONCES {
+            return Err(());
+        }
+        // Kept past its expiry by the skew window, since `verify` tolerates that much.
+        let keep = expires + letterme_protocol::federation::MAX_SKEW;
+        Ok(n.seen.insert(nonce, keep).is_none())
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Reads a response body, refusing more than `limit` bytes.
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(format!("the answer is larger than {limit} bytes"));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
+        if out.len() + chunk.len() > limit {
+            return Err(format!("the answer is larger than {limit} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}

@@ -1,0 +1,433 @@
+//! The outbound queue's worker: claims due rows per destination in batches, delivers each
+//! batch with one signed, idempotent `PUT /v1/federation/transactions/{txid}`, and records
+//! what the peer answered per recipient. Temporary failures come back with exponential
+//! backoff and jitter; permanent ones, and anything still undelivered after
+//! `give_up_after`, become a failure notice in the sender's inbox.
+//!
+//! A batch keeps its transaction id until the peer gives a signed answer for it, so a
+//! crash or a lost answer leads to the very same request again, which the peer answers
+//! from its record instead of storing a second copy.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use letterme_protocol::codec::hex;
+use letterme_protocol::envelope::{SignerKind, seal};
+use letterme_protocol::federation::{DeliveryReport, DeliveryStatus, encode_batch_items};
+use letterme_protocol::{Address, EncryptionPublicKey, Payload};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use super::store::{Claimed, OutboundRow, RowOutcome};
+use super::{Federation, FederationError, NOTICE_SENDER};
+use crate::Clock;
+use crate::store::{NewDelivery, Store, StoreError};
+
+/// Batches in flight to one destination at most.
+pub const PER_DESTINATION: usize = 4;
+
+/// The delay before retry number `attempt` (1 for the first retry): `first` doubling up to
+/// `max`, times `jitter` (a factor near 1, e.g. 0.9–1.1, so retries of many messages spread).
+pub fn retry_delay(first: u64, max: u64, attempt: u32, jitter: f64) -> u64 {
+    let doubled = first.saturating_mul(1u64 << attempt.saturating_sub(1).min(40));
+    let base = doubled.min(max) as f64;
+    (base * jitter).round().max(1.0) as u64
+}
+
+fn jitter() -> f64 {
+    let r: [u8; 2] = letterme_protocol::keys::random_bytes();
+    0.9 + 0.2 * f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX)
+}
+
+/// The worker; one per server.
+pub struct Outbound {
+    store: Store,
+    fed: Arc<Federation>,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Notify>,
+    busy: Mutex<HashSet<[u8; 16]>>,
+    flying: Mutex<HashMap<String, usize>>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").finish_non_exhaustive()
+    }
+}
+
+/// A failure to report to a local sender.
+struct Failure {
+    sender: String,
+    envelope_id: [u8; 16],
+    queued_at: u64,
+    recipients: Vec<(String, String)>,
+}
+
+impl Outbound {
+    pub fn new(
+        store: Store,
+        fed: Arc<Federation>,
+        clock: Arc<dyn Clock>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            fed,
+            clock,
+            wake,
+            busy: Mutex::default(),
+            flying: Mutex::default(),
+        }
+    }
+
+    /// Runs until `stop`: delivers what is due, sleeps until the next row is due or new
+    /// mail is queued.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tasks = JoinSet::new();
+        loop {
+            let sleep = match self.spawn_due(&mut tasks).await {
+                Ok(next) => next.map_or(Duration::from_secs(300), |t| {
+                    Duration::from_secs(t.saturating_sub(self.clock.now()).clamp(1, 300))
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the outbound queue failed");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::select! {
+                () = self.wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = tokio::time::sleep(sleep) => {}
+                _ = stop.changed() => break,
+            }
+        }
+    }
+
+    /// Delivers everything due now and waits for the answers; returns how many batches
+    /// were tried. (The background worker does the same; tests and operators call this.)
+    pub async fn run_due(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let mut tasks = JoinSet::new();
+        let mut n = 0;
+        loop {
+            self.spawn_due(&mut tasks).await?;
+            if tasks.is_empty() {
+                return Ok(n);
+            }
+            while tasks.join_next().await.is_some() {
+                n += 1;
+            }
+        }
+    }
+
+    /// Claims and starts due batches; returns when the next not-yet-due row is due.
+    async fn spawn_due(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<Option<u64>, StoreError> {
+        let now = self.clock.now();
+        let mut next: Option<u64> = None;
+        for (destination, due) in self.store.outbound_destinations().await? {
+            if due > now {
+                next = Some(next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            loop {
+                let flying = self.flying.lock().map_or(PER_DESTINATION, |m| {
+                    m.get(&destination).copied().unwrap_or(0)
+                });
+                if flying >= PER_DESTINATION {
+                    break;
+                }
+                let busy: Vec<[u8; 16]> = self
+                    .busy
+                    .lock()
+                    .map(|b| b.iter().copied().collect())
+                    .unwrap_or_default();
+                let Some(claimed) = self
+                    .store
+                    .claim_outbound(destination.clone(), now, self.fed.config.batch, busy)
+                    .await?
+                else {
+                    break;
+                };
+                if let Ok(mut b) = self.busy.lock() {
+                    b.insert(claimed.txid);
+                }
+                if let Ok(mut m) = self.flying.lock() {
+                    *m.entry(destination.clone()).or_default() += 1;
+                }
+                let me = self.clone();
+                tasks.spawn(async move {
+                    let txid = claimed.txid;
+                    let dest = claimed.destination.clone();
+                    if let Err(e) = me.attempt(claimed).await {
+                        tracing::error!(destination = %dest, error = %e, "recording a delivery attempt failed");
+                    }
+                    if let Ok(mut b) = me.busy.lock() {
+                        b.remove(&txid);
+                    }
+                    if let Ok(mut m) = me.flying.lock()
+                        && let Some(n) = m.get_mut(&dest)
+                    {
+                        *n = n.saturating_sub(1);
+                    }
+                });
+            }
+        }
+        Ok(next)
+    }
+
+    /// Sends one batch and records the outcome.
+    async fn attempt(&self, claimed: Claimed) -> Result<(), StoreError> {
+        let Claimed {
+            destination,
+            txid,
+            rows,
+        } = claimed;
+        let result = self.send(&destination, txid, &rows).await;
+        let now = self.clock.now();
+        let cfg = &self.fed.config;
+        let mut outcomes = Vec::new();
+        let mut failures = Vec::new();
+        let retire;
+        match result {
+            Ok(report) => {
+                retire = true;
+                for (i, row) in rows.iter().enumerate() {
+                    let mut failed = Vec::new();
+                    let mut again = Vec::new();
+                    let statuses = report.results.get(&hex(&row.envelope_id));
+                    let rejected = report.rejected.get(&i.to_string());
+                    for rcpt in &row.recipients {
+                        match (statuses.and_then(|s| s.get(rcpt)), rejected) {
+                            (Some(DeliveryStatus::Accepted), _) => {}
+                            (Some(s), _) if s.is_permanent() => {
+                                failed.push((rcpt.clone(), s.describe().to_owned()));
+                            }
+                            (Some(s), _) => again.push((rcpt.clone(), s.describe().to_owned())),
+                            (None, Some(reason)) => {
+                                failed.push((
+                                    rcpt.clone(),
+                                    format!("{destination} refused the message: {reason}"),
+                                ));
+                            }
+                            (None, None) => again.push((
+                                rcpt.clone(),
+                                format!("{destination} did not answer for this recipient"),
+                            )),
+                        }
+                    }
+                    outcomes.push(self.settle(row, failed, again, now, &mut failures));
+                }
+                tracing::info!(%destination, envelopes = rows.len(), "delivered a batch");
+            }
+            Err(e) => {
+                let permanent = matches!(&e, FederationError::Refused { status, .. } if matches!(status, 400 | 409 | 413));
+                if matches!(
+                    e,
+                    FederationError::Document { .. }
+                        | FederationError::BadResponse { .. }
+                        | FederationError::Record { .. }
+                ) {
+                    self.fed.forget(&destination);
+                }
+                tracing::warn!(%destination, error = %e, envelopes = rows.len(), "delivery attempt failed");
+                retire = permanent;
+                let reason = e.to_string();
+                for row in &rows {
+                    let list: Vec<(String, String)> = row
+                        .recipients
+                        .iter()
+                        .map(|r| (r.clone(), reason.clone()))
+                        .collect();
+                    let (failed, again) = if permanent {
+                        (list, Vec::new())
+                    } else {
+                        (Vec::new(), list)
+                    };
+                    outcomes.push(self.settle(row, failed, again, now, &mut failures));
+                }
+            }
+        }
+        let _ = cfg;
+        let notices = self.notices(failures, now).await?;
+        self.store.finish_outbound(outcomes, notices, retire).await
+    }
+
+    /// Decides a row's fate: done, or retried later for the recipients still worth trying.
+    fn settle(
+        &self,
+        row: &OutboundRow,
+        mut failed: Vec<(String, String)>,
+        again: Vec<(String, String)>,
+        now: u64,
+        failures: &mut Vec<Failure>,
+    ) -> (i64, RowOutcome) {
+        let cfg = &self.fed.config;
+        let expired = now.saturating_sub(row.queued_at) >= cfg.give_up_after.0;
+        let outcome = if again.is_empty() {
+            RowOutcome::Done
+        } else if expired {
+            failed.extend(again.into_iter().map(|(r, why)| {
+                (
+                    r,
+                    format!(
+                        "gave up after {} of trying; last error: {why}",
+                        cfg.give_up_after
+                    ),
+                )
+            }));
+            RowOutcome::Done
+        } else {
+            let delay = retry_delay(
+                cfg.retry_first.0,
+                cfg.retry_max.0,
+                row.attempts + 1,
+                jitter(),
+            );
+            RowOutcome::Retry {
+                error: again[0].1.clone(),
+                recipients: again.into_iter().map(|(r, _)| r).collect(),
+                next_attempt: now + delay,
+            }
+        };
+        if !failed.is_empty() {
+            failures.push(Failure {
+                sender: row.sender.clone(),
+                envelope_id: row.envelope_id,
+                queued_at: row.queued_at,
+                recipients: failed,
+            });
+        }
+        (row.id, outcome)
+    }
+
+    async fn send(
+        &self,
+        destination: &str,
+        txid: [u8; 16],
+        rows: &[OutboundRow],
+    ) -> Result<DeliveryReport, FederationError> {
+        let peer = self.fed.peer(destination).await?;
+        let body = encode_batch_items(
+            rows.iter()
+                .map(|r| (r.recipients.as_slice(), r.envelope.as_slice())),
+        );
+        let target = format!("/v1/federation/transactions/{}", hex(&txid));
+        let (_, answer) = self
+            .fed
+            .call(&peer, reqwest::Method::PUT, &target, body)
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| FederationError::Garbled {
+            domain: destination.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Failure notices, sealed to each sender and signed by the domain key.
+    async fn notices(
+        &self,
+        failures: Vec<Failure>,
+        now: u64,
+    ) -> Result<Vec<NewDelivery>, StoreError> {
+        let mut out = Vec::new();
+        let mut keys: BTreeMap<String, Option<EncryptionPublicKey>> = BTreeMap::new();
+        for f in failures {
+            if !keys.contains_key(&f.sender) {
+                let k = self
+                    .store
+                    .account(f.sender.clone())
+                    .await?
+                    .map(|a| EncryptionPublicKey(a.encryption_key));
+                keys.insert(f.sender.clone(), k);
+            }
+            let (Some(Some(key)), Ok(sender)) = (keys.get(&f.sender), Address::parse(&f.sender))
+            else {
+                tracing::warn!(sender = %f.sender, "no account to send a failure notice to");
+                continue;
+            };
+            match self.notice(&sender, *key, &f, now) {
+                Ok(d) => out.push(d),
+                Err(e) => tracing::error!(error = %e, "cannot seal a failure notice"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn notice(
+        &self,
+        sender: &Address,
+        key: EncryptionPublicKey,
+        f: &Failure,
+        now: u64,
+    ) -> Result<NewDelivery, letterme_protocol::SealError> {
+        let from = Address::parse(&format!("{NOTICE_SENDER}@{}", self.fed.domain))
+            .expect("the server's domain is valid");
+        let mut body = format!(
+            "Your message (envelope {}) queued at {} could not be delivered to:\n\n",
+            hex(&f.envelope_id),
+            f.queued_at
+        );
+        for (r, why) in &f.recipients {
+            body.push_str(&format!("  {r}: {why}\n"));
+        }
+        body.push_str("\nThis notice was written by your server, ");
+        body.push_str(&self.fed.domain);
+        body.push_str(". Nothing more will be tried for these recipients.\n");
+        let names: Vec<&str> = f.recipients.iter().map(|(r, _)| r.as_str()).collect();
+        let payload = Payload {
+            from: from.clone(),
+            to: vec![sender.clone()],
+            cc: vec![],
+            bcc: vec![],
+            subject: format!("Undelivered mail to {}", names.join(", ")),
+            body,
+            headers: vec![("Letterme-Notice".into(), "delivery-failure".into())],
+            date: now,
+            message_id: format!(
+                "<{}@{}>",
+                hex(&letterme_protocol::keys::random_bytes::<16>()),
+                self.fed.domain
+            ),
+            in_reply_to: None,
+            references: vec![],
+            legacy: None,
+        };
+        let env = seal(
+            SignerKind::Domain,
+            self.fed.signing_key(),
+            &payload,
+            &[(sender.clone(), key)],
+            now,
+        )?;
+        Ok(NewDelivery {
+            id: env.id.0,
+            sender: from.to_string(),
+            envelope: env.encode(),
+            recipients: vec![sender.to_string()],
+            received: now,
+            // A notice always lands: it is small and the only news of a loss.
+            quota: u64::MAX,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_double_from_a_minute_up_to_four_hours() {
+        let d: Vec<u64> = (1..=10)
+            .map(|n| retry_delay(60, 4 * 3600, n, 1.0))
+            .collect();
+        assert_eq!(
+            d,
+            vec![60, 120, 240, 480, 960, 1920, 3840, 7680, 14_400, 14_400]
+        );
+        assert_eq!(retry_delay(60, 4 * 3600, 200, 1.0), 14_400);
+        assert_eq!(retry_delay(60, 4 * 3600, 1, 1.1), 66);
+        assert_eq!(retry_delay(60, 4 * 3600, 1, 0.9), 54);
+    }
+}

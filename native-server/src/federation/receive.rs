@@ -1,0 +1,390 @@
+//! The server-to-server listener: the server document, deliveries from peers, and key
+//! lookups by peers. Every request must be signed by a key the origin publishes in DNS;
+//! every answer is signed by this domain's key and bound to the request's nonce.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use letterme_protocol::Address;
+use letterme_protocol::envelope::{Envelope, SignerKind};
+use letterme_protocol::federation::{
+    self, RequestSignature, ResponseSignature, SignatureError, decode_batch_items,
+};
+use serde_json::json;
+
+use super::{Federation, RemoteKeys};
+use crate::api::AppState;
+use crate::store::StoreError;
+
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let max = usize::try_from(state.config.limits.max_message_size.0)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(4)
+        .max(64 * 1024 * 1024);
+    Router::new()
+        .route("/.well-known/mailx-server", get(document))
+        .route(
+            "/v1/federation/transactions/{txid}",
+            put(transaction).layer(DefaultBodyLimit::max(max)),
+        )
+        .route("/v1/federation/keys/{address}", get(keys))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({"error": {"code": "not_found", "message": "no such federation endpoint; see docs/PROTOCOL.md §17"}})),
+            )
+        })
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+fn fed(state: &AppState) -> &Arc<Federation> {
+    state
+        .federation
+        .as_ref()
+        .expect("the federation listener runs only with federation configured")
+}
+
+async fn document(State(state): St) -> Response {
+    axum::Json(fed(&state).document()).into_response()
+}
+
+/// An answer signed by this domain, bound to the request's nonce.
+fn signed(
+    fed: &Federation,
+    status: StatusCode,
+    nonce: [u8; 16],
+    body: &serde_json::Value,
+) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let sig = ResponseSignature::sign(
+        fed.signing_key(),
+        status.as_u16(),
+        nonce,
+        &bytes,
+        &fed.domain,
+        fed.clock.now(),
+    );
+    let mut resp = (status, bytes).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    for (name, value) in sig.headers() {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    resp
+}
+
+fn error(
+    fed: &Federation,
+    status: StatusCode,
+    nonce: [u8; 16],
+    code: &str,
+    message: &str,
+) -> Response {
+    signed(
+        fed,
+        status,
+        nonce,
+        &json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+/// Checks a request's signature, the origin's key in DNS and the nonce; the error is the
+/// signed 401 (or 503) to answer with.
+async fn authenticate(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<RequestSignature, Response> {
+    let fed = fed(state);
+    let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let get = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(ToOwned::to_owned)
+    };
+    let refuse = |nonce: [u8; 16], e: &SignatureError| {
+        state.metrics.error(e.code());
+        tracing::info!(reason = %e, "refused a federation request");
+        error(
+            fed,
+            StatusCode::UNAUTHORIZED,
+            nonce,
+            e.code(),
+            &e.to_string(),
+        )
+    };
+    let sig = RequestSignature::from_headers(method.as_str(), target, get)
+        .map_err(|e| refuse([0; 16], &e))?;
+    sig.verify(&fed.domain, body, fed.clock.now())
+        .map_err(|e| refuse(sig.nonce, &e))?;
+    match fed.origin_keys(&sig.origin, &sig.key).await {
+        Ok(r) if r.keys.contains(&sig.key) => {}
+        Ok(_) => {
+            return Err(refuse(
+                sig.nonce,
+                &SignatureError::UnknownKey(sig.origin.clone()),
+            ));
+        }
+        Err(e) => {
+            tracing::info!(origin = %sig.origin, error = %e, "cannot verify a federation request's origin");
+            state.metrics.error("unknown_origin_key");
+            return Err(error(
+                fed,
+                StatusCode::UNAUTHORIZED,
+                sig.nonce,
+                "unknown_origin_key",
+                &format!("cannot find the keys of {}: {e}", sig.origin),
+            ));
+        }
+    }
+    match fed.fresh_nonce(sig.nonce, sig.expires) {
+        Ok(true) => Ok(sig),
+        Ok(false) => Err(refuse(sig.nonce, &SignatureError::Replayed)),
+        Err(()) => Err(error(
+            fed,
+            StatusCode::SERVICE_UNAVAILABLE,
+            sig.nonce,
+            "busy",
+            "too many requests in flight; retry later",
+        )),
+    }
+}
+
+async fn transaction(
+    State(state): St,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    txid: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let fed = fed(&state).clone();
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(&fed, e.status(), [0; 16], "bad_body", &e.body_text());
+        }
+    };
+    let sig = match authenticate(&state, &method, &uri, &headers, &body).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let nonce = sig.nonce;
+    let Some(txid) = txid
+        .ok()
+        .and_then(|Path(t)| letterme_protocol::EnvelopeId::from_hex(&t))
+    else {
+        return error(
+            &fed,
+            StatusCode::BAD_REQUEST,
+            nonce,
+            "bad_txid",
+            "a transaction id is 32 hex digits",
+        );
+    };
+    let max_env = usize::try_from(state.config.limits.max_message_size.0).unwrap_or(usize::MAX);
+    let items = match decode_batch_items(&body, max_env) {
+        Ok(i) => i,
+        Err(e) => {
+            return error(
+                &fed,
+                StatusCode::BAD_REQUEST,
+                nonce,
+                "malformed_batch",
+                &e.to_string(),
+            );
+        }
+    };
+    if !fed
+        .origin_limit
+        .allow_n(&sig.origin, items.len() as u32, state.clock.now_f64())
+    {
+        state.metrics.error("rate_limited");
+        return error(
+            &fed,
+            StatusCode::TOO_MANY_REQUESTS,
+            nonce,
+            "rate_limited",
+            "too many envelopes from your domain; retry later",
+        );
+    }
+    let mut incoming = Vec::new();
+    let mut rejected = BTreeMap::new();
+    for (i, (recipients, bytes)) in items.iter().enumerate() {
+        match check_envelope(&fed.domain, &sig.origin, recipients, bytes) {
+            Ok(item) => incoming.push(item),
+            Err(reason) => {
+                rejected.insert(i.to_string(), reason);
+            }
+        }
+    }
+    let digest = letterme_protocol::federation::digest(&body);
+    let result = state
+        .store
+        .receive_transaction(
+            sig.origin.clone(),
+            txid.0.to_vec(),
+            digest,
+            incoming,
+            rejected,
+            state.clock.now(),
+            state.config.limits.quota.0,
+            fed.config.clone(),
+        )
+        .await;
+    match result {
+        Ok(Some(report)) => {
+            let accepted = report
+                .results
+                .values()
+                .flat_map(BTreeMap::values)
+                .filter(|s| **s == federation::DeliveryStatus::Accepted)
+                .count();
+            state.metrics.deliveries.inc_by(accepted as u64);
+            tracing::debug!(origin = %sig.origin, envelopes = items.len(), accepted, "federated delivery");
+            signed(
+                &fed,
+                StatusCode::OK,
+                nonce,
+                &serde_json::to_value(&report).unwrap_or_default(),
+            )
+        }
+        Ok(None) => error(
+            &fed,
+            StatusCode::CONFLICT,
+            nonce,
+            "txid_reused",
+            "this transaction id was used before for a different body",
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "storing a federated delivery failed");
+            let (status, code) = match e {
+                StoreError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            };
+            error(&fed, status, nonce, code, "not stored; retry later")
+        }
+    }
+}
+
+/// Checks one envelope of a batch: it decodes, its sender belongs to the origin, it is
+/// signed by its sender, and every listed recipient is ours and named in it.
+fn check_envelope(
+    me: &str,
+    origin: &str,
+    recipients: &[&str],
+    bytes: &[u8],
+) -> Result<super::store::Incoming, String> {
+    let env = Envelope::decode(bytes).map_err(|e| format!("malformed envelope: {e}"))?;
+    if env.signer_kind != SignerKind::User {
+        return Err("only user-signed envelopes are relayed between domains".into());
+    }
+    if !env.sender.domain().eq_ignore_ascii_case(origin) {
+        return Err(format!(
+            "the sender {} is not of the origin domain {origin}",
+            env.sender
+        ));
+    }
+    env.verify_signature()
+        .map_err(|_| "the envelope signature does not verify".to_owned())?;
+    let mut list = Vec::new();
+    for r in recipients {
+        let named = env.recipients.iter().any(|e| e.address.as_str() == *r);
+        let ours = Address::parse(r).is_ok_and(|a| a.domain().eq_ignore_ascii_case(me));
+        if !named || !ours {
+            return Err(format!("{r} is not a recipient of this envelope on {me}"));
+        }
+        list.push((*r).to_owned());
+    }
+    if list.is_empty() {
+        return Err("no recipients".into());
+    }
+    Ok(super::store::Incoming {
+        id: env.id.0,
+        sender: env.sender.to_string(),
+        envelope: bytes.to_vec(),
+        recipients: list,
+    })
+}
+
+async fn keys(
+    State(state): St,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    address: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let fed = fed(&state).clone();
+    let sig = match authenticate(&state, &method, &uri, &headers, &[]).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    if !fed
+        .origin_limit
+        .allow_n(&sig.origin, 1, state.clock.now_f64())
+    {
+        return error(
+            &fed,
+            StatusCode::TOO_MANY_REQUESTS,
+            sig.nonce,
+            "rate_limited",
+            "too many lookups; retry later",
+        );
+    }
+    let Some(address) = address
+        .ok()
+        .and_then(|Path(a)| Address::parse(&a).ok())
+        .filter(|a| a.domain().eq_ignore_ascii_case(&fed.domain))
+    else {
+        return error(
+            &fed,
+            StatusCode::BAD_REQUEST,
+            sig.nonce,
+            "bad_address",
+            "not an address on this domain",
+        );
+    };
+    match state.store.account(address.to_string()).await {
+        Ok(row) => {
+            let attestation = row.map(|r| crate::api::attestation_of(&address, &r));
+            let body = RemoteKeys {
+                address,
+                found: attestation.is_some(),
+                attestation,
+            };
+            signed(
+                &fed,
+                StatusCode::OK,
+                sig.nonce,
+                &serde_json::to_value(&body).unwrap_or_default(),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "key lookup failed");
+            error(
+                &fed,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                sig.nonce,
+                "internal",
+                "retry later",
+            )
+        }
+    }
+}

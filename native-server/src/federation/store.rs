@@ -1,0 +1,427 @@
+//! Federation's tables (migrations/0002): the outbound queue, received transactions and
+//! block lists. Each operation is one group-commit write, so what the API acknowledges and
+//! what a peer is told is on disk first.
+
+use std::collections::{BTreeMap, HashSet};
+
+use letterme_protocol::federation::{DeliveryReport, DeliveryStatus};
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use crate::store::{NewDelivery, Store, StoreError, deliver_in};
+
+/// An envelope to deliver to one destination domain.
+#[derive(Debug, Clone)]
+pub struct NewOutbound {
+    pub destination: String,
+    pub recipients: Vec<String>,
+}
+
+/// A queued delivery, as the worker sees it.
+#[derive(Debug, Clone)]
+pub struct OutboundRow {
+    pub id: i64,
+    pub destination: String,
+    pub envelope_id: [u8; 16],
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub envelope: Vec<u8>,
+    pub queued_at: u64,
+    pub attempts: u32,
+    pub next_attempt: u64,
+    pub last_error: Option<String>,
+}
+
+/// A batch claimed for sending: its transaction id and rows.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub destination: String,
+    pub txid: [u8; 16],
+    pub rows: Vec<OutboundRow>,
+}
+
+/// What to do with one row after an attempt.
+#[derive(Debug, Clone)]
+pub enum RowOutcome {
+    /// Delivered, or failed for good (a notice is delivered alongside): remove.
+    Done,
+    /// Try again at `next_attempt` for these recipients, in a new transaction.
+    Retry {
+        recipients: Vec<String>,
+        next_attempt: u64,
+        error: String,
+    },
+}
+
+/// One envelope of a received batch, checked by the handler.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub id: [u8; 16],
+    pub sender: String,
+    pub envelope: Vec<u8>,
+    pub recipients: Vec<String>,
+}
+
+const ROW_COLUMNS: &str = "id, destination, envelope_id, sender, recipients, envelope, queued_at, \
+                           attempts, next_attempt, last_error";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboundRow> {
+    Ok(OutboundRow {
+        id: r.get(0)?,
+        destination: r.get(1)?,
+        envelope_id: r.get(2)?,
+        sender: r.get(3)?,
+        recipients: r
+            .get::<_, String>(4)?
+            .split('\n')
+            .filter(|s| !s.is_empty())
+            .map(ToOwned::to_owned)
+            .collect(),
+        envelope: r.get(5)?,
+        queued_at: r.get::<_, i64>(6)? as u64,
+        attempts: r.get(7)?,
+        next_attempt: r.get::<_, i64>(8)? as u64,
+        last_error: r.get(9)?,
+    })
+}
+
+impl Store {
+    /// Accepts a user's envelope: delivers to local recipients and queues one row per
+    /// remote domain, in one transaction.
+    pub async fn accept_outgoing(
+        &self,
+        local: NewDelivery,
+        remote: Vec<NewOutbound>,
+    ) -> Result<(), StoreError> {
+        let rcpts = local.recipients.clone();
+        self.write(move |c| {
+            deliver_in(c, &local)?;
+            let mut ins = c.prepare_cached(
+                "INSERT INTO outbound (destination, envelope_id, sender, recipients, envelope, queued_at, next_attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            )?;
+            for r in &remote {
+                ins.execute(params![
+                    r.destination,
+                    local.id.as_slice(),
+                    local.sender,
+                    r.recipients.join("\n"),
+                    local.envelope,
+                    local.received as i64,
+                ])?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.wake_recipients(&rcpts);
+        Ok(())
+    }
+
+    /// Claims up to `max` due rows for `destination` not in `busy`: a batch that was sent
+    /// before and must be resent as it was (same transaction id), or else a new batch.
+    pub async fn claim_outbound(
+        &self,
+        destination: String,
+        now: u64,
+        max: usize,
+        busy: Vec<[u8; 16]>,
+    ) -> Result<Option<Claimed>, StoreError> {
+        self.write(move |c| {
+            let busy: HashSet<[u8; 16]> = busy.into_iter().collect();
+            let pending: Vec<[u8; 16]> = c
+                .prepare_cached(
+                    "SELECT DISTINCT txid FROM outbound
+                      WHERE destination = ?1 AND next_attempt <= ?2 AND txid IS NOT NULL",
+                )?
+                .query_map(params![destination, now as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if let Some(txid) = pending.into_iter().find(|t| !busy.contains(t)) {
+                let rows = c
+                    .prepare_cached(&format!(
+                        "SELECT {ROW_COLUMNS} FROM outbound WHERE txid = ?1 ORDER BY id"
+                    ))?
+                    .query_map([txid.as_slice()], row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                return Ok(Some(Claimed {
+                    destination,
+                    txid,
+                    rows,
+                }));
+            }
+            let rows = c
+                .prepare_cached(&format!(
+                    "SELECT {ROW_COLUMNS} FROM outbound
+                      WHERE destination = ?1 AND next_attempt <= ?2 AND txid IS NULL
+                      ORDER BY id LIMIT ?3"
+                ))?
+                .query_map(params![destination, now as i64, max as i64], row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let txid: [u8; 16] = letterme_protocol::keys::random_bytes();
+            let mut set = c.prepare_cached("UPDATE outbound SET txid = ?2 WHERE id = ?1")?;
+            for r in &rows {
+                set.execute(params![r.id, txid.as_slice()])?;
+            }
+            Ok(Some(Claimed {
+                destination,
+                txid,
+                rows,
+            }))
+        })
+        .await
+    }
+
+    /// Records the outcome of an attempt; `notices` (failure notices to local senders) are
+    /// delivered in the same transaction.
+    pub async fn finish_outbound(
+        &self,
+        outcomes: Vec<(i64, RowOutcome)>,
+        notices: Vec<NewDelivery>,
+        retire_txid: bool,
+    ) -> Result<(), StoreError> {
+        let rcpts: Vec<String> = notices.iter().flat_map(|n| n.recipients.clone()).collect();
+        self.write(move |c| {
+            for (id, outcome) in &outcomes {
+                match outcome {
+                    RowOutcome::Done => {
+                        c.prepare_cached("DELETE FROM outbound WHERE id = ?1")?
+                            .execute([id])?;
+                    }
+                    RowOutcome::Retry {
+                        recipients,
+                        next_attempt,
+                        error,
+                    } => {
+                        // A definitive answer retires the transaction id (the peer keeps
+                        // its answer for it); a failed exchange keeps it for the resend.
+                        let sql = if retire_txid {
+                            "UPDATE outbound SET recipients = ?2, next_attempt = ?3, last_error = ?4,
+                                    attempts = attempts + 1, txid = NULL WHERE id = ?1"
+                        } else {
+                            "UPDATE outbound SET recipients = ?2, next_attempt = ?3, last_error = ?4,
+                                    attempts = attempts + 1 WHERE id = ?1"
+                        };
+                        c.prepare_cached(sql)?.execute(params![
+                            id,
+                            recipients.join("\n"),
+                            *next_attempt as i64,
+                            error
+                        ])?;
+                    }
+                }
+            }
+            for n in &notices {
+                deliver_in(c, n)?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.wake_recipients(&rcpts);
+        Ok(())
+    }
+
+    /// Destinations with queued mail, and the earliest time one is due.
+    pub async fn outbound_destinations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT destination, min(next_attempt) FROM outbound GROUP BY destination",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// The whole queue (for `letterme queue` and tests).
+    pub async fn outbound_rows(&self) -> Result<Vec<OutboundRow>, StoreError> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM outbound ORDER BY id"))?
+                    .query_map([], row)?
+                    .collect::<Result<_, _>>()?,
+            )
+        })
+        .await
+    }
+
+    /// Stores a batch from `origin` under its transaction id, or returns the answer already
+    /// given for it. `None`: the id was used before for a different body.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn receive_transaction(
+        &self,
+        origin: String,
+        txid: Vec<u8>,
+        digest: [u8; 32],
+        items: Vec<Incoming>,
+        rejected: BTreeMap<String, String>,
+        now: u64,
+        quota: u64,
+        admin_blocks: crate::config::FederationConfig,
+    ) -> Result<Option<DeliveryReport>, StoreError> {
+        let (report, woken) = self
+            .write(move |c| {
+                if let Some((d, json)) = c
+                    .prepare_cached(
+                        "SELECT digest, report FROM received_transactions WHERE origin = ?1 AND txid = ?2",
+                    )?
+                    .query_row(params![origin, txid], |r| {
+                        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .optional()?
+                {
+                    if d != digest {
+                        return Ok((None, Vec::new()));
+                    }
+                    let report = serde_json::from_str(&json)
+                        .map_err(|e| StoreError::Database(e.to_string()))?;
+                    return Ok((Some(report), Vec::new()));
+                }
+                let mut report = DeliveryReport {
+                    rejected,
+                    ..DeliveryReport::default()
+                };
+                let mut woken = Vec::new();
+                for item in &items {
+                    let mut statuses = BTreeMap::new();
+                    for rcpt in &item.recipients {
+                        let s = receive_one(c, item, rcpt, now, quota, &admin_blocks)?;
+                        if s == DeliveryStatus::Accepted {
+                            woken.push(rcpt.clone());
+                        }
+                        statuses.insert(rcpt.clone(), s);
+                    }
+                    report
+                        .results
+                        .insert(letterme_protocol::codec::hex(&item.id), statuses);
+                }
+                let json = serde_json::to_string(&report)
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                c.prepare_cached(
+                    "INSERT INTO received_transactions (origin, txid, digest, report, received)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![origin, txid, digest.as_slice(), json, now as i64])?;
+                Ok((Some(report), woken))
+            })
+            .await?;
+        self.wake_recipients(&woken);
+        Ok(report)
+    }
+
+    /// A user's block list.
+    pub async fn blocks(&self, owner: String) -> Result<Vec<String>, StoreError> {
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT entry FROM blocks WHERE owner = ?1 ORDER BY entry")?
+                    .query_map([owner], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?,
+            )
+        })
+        .await
+    }
+
+    /// Adds (`true`) or removes an entry; returns whether anything changed.
+    pub async fn set_block(
+        &self,
+        owner: String,
+        entry: String,
+        add: bool,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let n = if add {
+                c.execute(
+                    "INSERT OR IGNORE INTO blocks (owner, entry, created) VALUES (?1, ?2, ?3)",
+                    params![owner, entry, now as i64],
+                )?
+            } else {
+                c.execute(
+                    "DELETE FROM blocks WHERE owner = ?1 AND entry = ?2",
+                    params![owner, entry],
+                )?
+            };
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// Forgets received transactions and (envelope, recipient) records older than `cutoff`.
+    pub async fn purge_federation(&self, cutoff: u64) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            let a = c.execute(
+                "DELETE FROM received_transactions WHERE received < ?1",
+                [cutoff as i64],
+            )?;
+            let b = c.execute(
+                "DELETE FROM federated_seen WHERE seen_at < ?1",
+                [cutoff as i64],
+            )?;
+            Ok(a + b)
+        })
+        .await
+    }
+}
+
+/// Delivers one envelope to one local recipient, or says why not.
+fn receive_one(
+    c: &Connection,
+    item: &Incoming,
+    rcpt: &str,
+    now: u64,
+    quota: u64,
+    admin: &crate::config::FederationConfig,
+) -> Result<DeliveryStatus, StoreError> {
+    let seen = c
+        .prepare_cached("SELECT 1 FROM federated_seen WHERE envelope_id = ?1 AND recipient = ?2")?
+        .query_row(params![item.id.as_slice(), rcpt], |_| Ok(()))
+        .optional()?;
+    if seen.is_some() {
+        return Ok(DeliveryStatus::Accepted);
+    }
+    let Some(usage) = c
+        .prepare_cached("SELECT usage_bytes FROM accounts WHERE address = ?1")?
+        .query_row([rcpt], |r| r.get::<_, i64>(0))
+        .optional()?
+    else {
+        return Ok(DeliveryStatus::NoSuchUser);
+    };
+    let sender_domain = item
+        .sender
+        .rsplit_once('@')
+        .map_or(String::new(), |(_, d)| format!("@{d}"));
+    let user_blocks = c
+        .prepare_cached("SELECT 1 FROM blocks WHERE owner = ?1 AND entry IN (?2, ?3)")?
+        .query_row(params![rcpt, item.sender, sender_domain], |_| Ok(()))
+        .optional()?;
+    if admin.blocks(&item.sender) || user_blocks.is_some() {
+        return Ok(DeliveryStatus::Blocked);
+    }
+    let size = item.envelope.len() as u64;
+    if (usage as u64).saturating_add(size) > quota {
+        return Ok(DeliveryStatus::QuotaExceeded);
+    }
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO messages (id, sender, envelope, size, received, pending) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+    )?
+    .execute(params![
+        item.id.as_slice(),
+        item.sender,
+        item.envelope,
+        size as i64,
+        now as i64
+    ])?;
+    c.prepare_cached("UPDATE messages SET pending = pending + 1 WHERE id = ?1")?
+        .execute([item.id.as_slice()])?;
+    c.prepare_cached(
+        "INSERT INTO deliveries (recipient, message_id, received) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![rcpt, item.id.as_slice(), now as i64])?;
+    c.prepare_cached("UPDATE accounts SET usage_bytes = usage_bytes + ?2 WHERE address = ?1")?
+        .execute(params![rcpt, size as i64])?;
+    c.prepare_cached(
+        "INSERT INTO federated_seen (envelope_id, recipient, seen_at) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![item.id.as_slice(), rcpt, now as i64])?;
+    Ok(DeliveryStatus::Accepted)
+}

@@ -30,9 +30,14 @@ pub fn name(s: &str) -> Name {
 
 /// A TXT record, split into character-strings of at most 255 bytes (RFC 1035 §3.3.14).
 pub fn txt(owner: &str, value: &str) -> Record {
+    txt_ttl(owner, value, 60)
+}
+
+/// A TXT record with its TTL in seconds.
+pub fn txt_ttl(owner: &str, value: &str, ttl: u32) -> Record {
     Record::from_rdata(
         name(owner),
-        60,
+        ttl,
         RData::TXT(TXT::from_bytes(value.as_bytes().chunks(255).collect())),
     )
 }
@@ -135,11 +140,16 @@ impl TestDns {
 
     /// Replaces the TXT records at `owner`.
     pub async fn set_txt(&self, owner: &str, value: &str) {
+        self.set_txt_ttl(owner, value, 60).await;
+    }
+
+    /// Replaces the TXT records at `owner`, with a TTL in seconds.
+    pub async fn set_txt_ttl(&self, owner: &str, value: &str, ttl: u32) {
         let n = name(owner);
         self.zone
             .records_mut()
             .await
             .remove(&RrKey::new(LowerName::new(&n), RecordType::TXT));
-        assert!(self.zone.upsert(txt(owner, value), 1).await);
+        assert!(self.zone.upsert(txt_ttl(owner, value, ttl), 1).await);
     }
 }

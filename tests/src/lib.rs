@@ -59,6 +59,8 @@ pub struct ServerProc {
     pub url: String,
     /// The SMTP listener, when the config enables it.
     pub smtp: Option<SocketAddr>,
+    /// The federation listener's URL, when the config enables it.
+    pub federation: Option<String>,
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
 }
@@ -121,10 +123,15 @@ impl ServerProc {
         let smtp = line
             .split_once(", smtp ")
             .and_then(|(_, a)| a.trim().parse().ok());
+        let federation = line
+            .split_once(", federation ")
+            .and_then(|(_, rest)| rest.split([',', ' ', '\n']).next())
+            .map(ToOwned::to_owned);
         Self {
             child,
             url,
             smtp,
+            federation,
             config_path,
             data_dir,
         }

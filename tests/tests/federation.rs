@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use letterme_protocol::federation::{RequestSignature, ResponseSignature, encode_batch_items};
 use letterme_protocol::{Address, EncryptionKeypair, SigningKeypair};
+use letterme_server::Clock as _;
 use letterme_tests::dns::TestDns;
 use letterme_tests::{
     FakeClock, PASSPHRASE, ServerProc, cli, contains, files_under, free_port, ok, sealed_text,
@@ -186,13 +187,27 @@ fn alice_and_bob_on_two_domains_exchange_mail_verified_through_dns() {
     let id = got[0]["id"].as_str().unwrap().to_owned();
     let read: Value = serde_json::from_str(&ok(&w.cli(&bob, &["read", &id, "--json"]))).unwrap();
     assert_eq!(read["body"], "canary-body-91c2 across domains");
-    assert_eq!(subjects(&w.sync_until(&carol, 1)), ["Federated canary-subject-7f3a"]);
-    assert_eq!(subjects(&w.sync_until(&anna, 1)), ["Federated canary-subject-7f3a"]);
+    assert_eq!(
+        subjects(&w.sync_until(&carol, 1)),
+        ["Federated canary-subject-7f3a"]
+    );
+    assert_eq!(
+        subjects(&w.sync_until(&anna, 1)),
+        ["Federated canary-subject-7f3a"]
+    );
 
     // And back: bob's client verifies alice's attestation against a.test's key in DNS.
     ok(&w.cli(
         &bob,
-        &["send", "--to", "alice@a.test", "--subject", "Re: canary-subject-7f3a", "--body", "canary-reply-55e0"],
+        &[
+            "send",
+            "--to",
+            "alice@a.test",
+            "--subject",
+            "Re: canary-subject-7f3a",
+            "--body",
+            "canary-reply-55e0",
+        ],
     ));
     let back = w.sync_until(&alice, 1);
     assert_eq!(back[0]["from"], "bob@b.test");
@@ -207,7 +222,11 @@ fn alice_and_bob_on_two_domains_exchange_mail_verified_through_dns() {
     // Neither server wrote a subject or body anywhere: database, WAL, logs.
     for server in [&a, &b, &c] {
         for (path, bytes) in files_under(&server.data_dir) {
-            for canary in ["canary-subject-7f3a", "canary-body-91c2", "canary-reply-55e0"] {
+            for canary in [
+                "canary-subject-7f3a",
+                "canary-body-91c2",
+                "canary-reply-55e0",
+            ] {
                 assert!(
                     !contains(&bytes, canary.as_bytes()),
                     "{canary} in {}",
@@ -248,7 +267,14 @@ fn deliveries_survive_a_receiver_killed_mid_delivery_and_a_sender_killed_with_a_
         let bob_addr = bob_addr.clone();
         w.rt.spawn(async move {
             for i in 0..n {
-                let env = sealed_text(&online, &bob_addr, key, &format!("m{i}"), "x", &format!("<m{i}@a.test>"));
+                let env = sealed_text(
+                    &online,
+                    &bob_addr,
+                    key,
+                    &format!("m{i}"),
+                    "x",
+                    &format!("<m{i}@a.test>"),
+                );
                 online.api.send(env.encode()).await.unwrap();
             }
         })
@@ -279,7 +305,14 @@ fn deliveries_survive_a_receiver_killed_mid_delivery_and_a_sender_killed_with_a_
     b.kill9();
     w.rt.block_on(async {
         for i in 0..5 {
-            let env = sealed_text(&online, &bob_addr, key, &format!("queued {i}"), "q", &format!("<q{i}@a.test>"));
+            let env = sealed_text(
+                &online,
+                &bob_addr,
+                key,
+                &format!("queued {i}"),
+                "q",
+                &format!("<q{i}@a.test>"),
+            );
             online.api.send(env.encode()).await.unwrap();
         }
     });
@@ -291,4 +324,470 @@ fn deliveries_survive_a_receiver_killed_mid_delivery_and_a_sender_killed_with_a_
     let got = w.sync_until(&bob, n + 5);
     let distinct: BTreeSet<String> = subjects(&got).into_iter().collect();
     assert_eq!(distinct.len(), n + 5);
+}
+
+/// A message from `from` (signed by `identity`) to `to`, sealed to a key nobody holds.
+fn envelope_from(identity: &SigningKeypair, from: &str, to: &str, subject: &str) -> Vec<u8> {
+    let now = letterme_client::now();
+    let to = Address::parse(to).unwrap();
+    let payload = letterme_protocol::Payload {
+        from: Address::parse(from).unwrap(),
+        to: vec![to.clone()],
+        cc: vec![],
+        bcc: vec![],
+        subject: subject.to_owned(),
+        body: "b".into(),
+        headers: vec![],
+        date: now,
+        message_id: format!("<{subject}@test>"),
+        in_reply_to: None,
+        references: vec![],
+        legacy: None,
+    };
+    letterme_protocol::envelope::seal(
+        letterme_protocol::envelope::SignerKind::User,
+        identity,
+        &payload,
+        &[(to, EncryptionKeypair::generate().public())],
+        now,
+    )
+    .unwrap()
+    .encode()
+}
+
+#[test]
+fn forged_replayed_misdirected_and_wrong_key_requests_are_refused_and_blocks_hold() {
+    let w = World::new();
+    let b = w.server("b.test", "federation.blocked = [\"spammer@evil.test\"]\n");
+    let b_record =
+        letterme_protocol::discovery::MailxRecord::parse(&w.publish(&b, "b.test")).unwrap();
+    let bob = w.user(&b, "bob@b.test");
+    // evil.test: a domain whose key this test holds, published in DNS.
+    let evil = SigningKeypair::generate();
+    let record = letterme_protocol::discovery::MailxRecord {
+        domain_key: evil.public(),
+        endpoint: "https://127.0.0.1:9".into(),
+        tls_fingerprint: None,
+    };
+    w.rt.block_on(w.dns.set_txt_ttl("_mailx.evil.test", &record.to_txt(), TTL));
+    let base = b.federation.clone().unwrap();
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let mallory = SigningKeypair::generate();
+    let put = |sig: Option<&RequestSignature>, target: &str, body: Vec<u8>| -> (u16, Value) {
+        w.rt.block_on(async {
+            let mut req = http.put(format!("{base}{target}"));
+            if let Some(sig) = sig {
+                for (n, v) in sig.headers() {
+                    req = req.header(n, v);
+                }
+            }
+            let resp = req.body(body.clone()).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.unwrap();
+            // Every answer, refusals included, is signed by b.test's key from DNS.
+            if let Some(sig) = sig {
+                ResponseSignature::verify_response(
+                    status,
+                    &bytes,
+                    sig.nonce,
+                    "b.test",
+                    &[b_record.domain_key],
+                    |n| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .map(ToOwned::to_owned)
+                    },
+                )
+                .unwrap();
+            }
+            (status, serde_json::from_slice(&bytes).unwrap())
+        })
+    };
+    let sign = |key: &SigningKeypair, dest: &str, target: &str, body: &[u8], at: u64| {
+        RequestSignature::sign(key, "PUT", target, body, "evil.test", dest, at, 60)
+    };
+    let now = letterme_client::now();
+    let batch = |to: &str, env: &[u8]| {
+        let rcpts = vec![to.to_owned()];
+        encode_batch_items([(rcpts.as_slice(), env)])
+    };
+    let tx = |n: u8| {
+        format!(
+            "/v1/federation/transactions/{}",
+            letterme_protocol::codec::hex(&[n; 16])
+        )
+    };
+
+    // A correctly signed delivery is accepted...
+    let env = envelope_from(&mallory, "mallory@evil.test", "bob@b.test", "hello");
+    let body = batch("bob@b.test", &env);
+    let good = sign(&evil, "b.test", &tx(1), &body, now);
+    let (status, report) = put(Some(&good), &tx(1), body.clone());
+    assert_eq!(status, 200, "{report}");
+    let id =
+        letterme_protocol::codec::hex(&letterme_protocol::Envelope::decode(&env).unwrap().id.0);
+    assert_eq!(report["results"][&id]["bob@b.test"], "accepted");
+    // ...once: the very same request again is a replay.
+    let (status, err) = put(Some(&good), &tx(1), body.clone());
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (401, Some("replayed"))
+    );
+    // A forged signature.
+    let mut forged = sign(&evil, "b.test", &tx(2), &body, now);
+    forged.signature.0[5] ^= 1;
+    let (status, err) = put(Some(&forged), &tx(2), body.clone());
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (401, Some("bad_signature"))
+    );
+    // A body swapped under a valid signature.
+    let other = batch(
+        "bob@b.test",
+        &envelope_from(&mallory, "mallory@evil.test", "bob@b.test", "swapped"),
+    );
+    let (status, err) = put(
+        Some(&sign(&evil, "b.test", &tx(3), &body, now)),
+        &tx(3),
+        other,
+    );
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (401, Some("digest_mismatch"))
+    );
+    // Meant for another destination.
+    let (status, err) = put(
+        Some(&sign(&evil, "c.test", &tx(4), &body, now)),
+        &tx(4),
+        body.clone(),
+    );
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (401, Some("wrong_destination"))
+    );
+    // Signed by a key evil.test does not publish.
+    let (status, err) = put(
+        Some(&sign(
+            &SigningKeypair::generate(),
+            "b.test",
+            &tx(5),
+            &body,
+            now,
+        )),
+        &tx(5),
+        body.clone(),
+    );
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (401, Some("unknown_origin_key"))
+    );
+    // Expired.
+    let (status, err) = put(
+        Some(&sign(&evil, "b.test", &tx(6), &body, now - 1000)),
+        &tx(6),
+        body.clone(),
+    );
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (401, Some("expired"))
+    );
+    // Not signed at all.
+    let (status, err) = put(None, &tx(7), body.clone());
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (401, Some("malformed_signature"))
+    );
+
+    // Recipient check, the administrator's block list, and the user's own.
+    let send = |n: u8, from: &str, to: &str, subject: &str| -> Value {
+        let env = envelope_from(&mallory, from, to, subject);
+        let id =
+            letterme_protocol::codec::hex(&letterme_protocol::Envelope::decode(&env).unwrap().id.0);
+        let body = batch(to, &env);
+        let (status, report) = put(
+            Some(&sign(&evil, "b.test", &tx(n), &body, now)),
+            &tx(n),
+            body,
+        );
+        assert_eq!(status, 200, "{report}");
+        report["results"][&id][to].clone()
+    };
+    assert_eq!(
+        send(10, "mallory@evil.test", "nobody@b.test", "x"),
+        "no_such_user"
+    );
+    assert_eq!(send(11, "spammer@evil.test", "bob@b.test", "x"), "blocked");
+    let out = ok(&w.cli(&bob, &["block", "@evil.test"]));
+    assert!(out.contains("@evil.test now blocked"), "{out}");
+    assert_eq!(
+        send(12, "mallory@evil.test", "bob@b.test", "again"),
+        "blocked"
+    );
+    let list: Value =
+        serde_json::from_str(&ok(&w.cli(&bob, &["block", "--list", "--json"]))).unwrap();
+    assert_eq!(list["blocks"], serde_json::json!(["@evil.test"]));
+    ok(&w.cli(&bob, &["block", "--remove", "@evil.test"]));
+    assert_eq!(
+        send(13, "mallory@evil.test", "bob@b.test", "after"),
+        "accepted"
+    );
+    // An envelope whose sender is not of the signing origin is refused whole.
+    let env = envelope_from(&mallory, "alice@a.test", "bob@b.test", "spoof");
+    let body = batch("bob@b.test", &env);
+    let (status, report) = put(
+        Some(&sign(&evil, "b.test", &tx(14), &body, now)),
+        &tx(14),
+        body,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        report["rejected"]["0"]
+            .as_str()
+            .unwrap()
+            .contains("not of the origin"),
+        "{report}"
+    );
+    assert_eq!(report["results"], serde_json::json!({}));
+}
+
+#[test]
+fn a_missing_recipient_gets_alice_a_notice_and_a_changed_dns_key_stops_delivery() {
+    let w = World::new();
+    let a = w.server("a.test", "");
+    let b = w.server("b.test", "");
+    let alice = w.user(&a, "alice@a.test");
+    let bob = w.user(&b, "bob@b.test");
+
+    // The client cannot encrypt to a user that does not exist, and says so.
+    let err = user_error(&w.cli(
+        &alice,
+        &[
+            "send",
+            "--to",
+            "nobody@b.test",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+        ],
+    ));
+    assert!(err.contains("no such user: nobody@b.test"), "{err}");
+    // A client that sends anyway (sealed to some key): b.test answers "no such user", and
+    // alice's server puts a signed failure notice in her inbox.
+    let bob_addr = Address::parse("bob@b.test").unwrap();
+    let (online, bob_key) = w.rt.block_on(async {
+        let me = letterme_client::Unlocked::open(
+            letterme_client::profile::ProfileDir(alice.clone()),
+            PASSPHRASE,
+        )
+        .unwrap()
+        .with_dns(vec![w.dns.addr]);
+        let online = me.connect().await.unwrap();
+        let key = online.verified_key(&bob_addr).await.unwrap().encryption_key;
+        (online, key)
+    });
+    let nobody = Address::parse("nobody@b.test").unwrap();
+    let stray = sealed_text(
+        &online,
+        &nobody,
+        EncryptionKeypair::generate().public(),
+        "to nobody",
+        "b",
+        "<n@a.test>",
+    );
+    w.rt.block_on(online.api.send(stray.encode())).unwrap();
+    let got = w.sync_until(&alice, 1);
+    assert_eq!(got[0]["from"], "mailer-daemon@a.test");
+    assert!(
+        got[0]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("nobody@b.test"),
+        "{}",
+        got[0]
+    );
+    let id = got[0]["id"].as_str().unwrap().to_owned();
+    let notice: Value =
+        serde_json::from_str(&ok(&w.cli(&alice, &["read", &id, "--json"]))).unwrap();
+    assert!(
+        notice["body"]
+            .as_str()
+            .unwrap()
+            .contains("nobody@b.test: no such user"),
+        "{notice}"
+    );
+    w.wait_queue_empty(&a);
+
+    // b.test's _mailx record now names another key: a.test refuses to deliver to it.
+    let published = w.publish(&b, "b.test");
+    let mut changed = letterme_protocol::discovery::MailxRecord::parse(&published).unwrap();
+    changed.domain_key = SigningKeypair::generate().public();
+    w.rt.block_on(w.dns.set_txt_ttl("_mailx.b.test", &changed.to_txt(), TTL));
+    std::thread::sleep(Duration::from_millis(2500));
+    let err = user_error(&w.cli(
+        &alice,
+        &[
+            "send",
+            "--to",
+            "bob@b.test",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+        ],
+    ));
+    assert!(err.contains("does not match"), "{err}");
+    // Mail already sealed for bob waits in the queue, with the reason, and is not delivered.
+    let env = sealed_text(&online, &bob_addr, bob_key, "held back", "b", "<h@a.test>");
+    w.rt.block_on(online.api.send(env.encode())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let row = loop {
+        let q = w.queue(&a);
+        if q.len() == 1 && q[0]["attempts"].as_u64() >= Some(2) {
+            break q[0].clone();
+        }
+        assert!(Instant::now() < deadline, "no failed attempt: {q:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        row["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("does not match DNS"),
+        "{row}"
+    );
+    let out = ok(&w.cli(&bob, &["sync"]));
+    assert!(out.starts_with("0 new"), "{out}");
+    // Publishing the right key again lets it through.
+    w.publish(&b, "b.test");
+    w.wait_queue_empty(&a);
+    assert_eq!(subjects(&w.sync_until(&bob, 1)), ["held back"]);
+}
+
+#[test]
+fn a_peer_that_stays_down_is_retried_with_growing_intervals_then_the_sender_is_told() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let clock = FakeClock::at_now();
+    let mut config = letterme_tests::test_config(root.path(), "a.test");
+    config.federation.listen = Some("127.0.0.1:0".parse().unwrap());
+    // b.test, known statically (no DNS), whose endpoint nobody listens on.
+    let dead = letterme_protocol::discovery::MailxRecord {
+        domain_key: SigningKeypair::generate().public(),
+        endpoint: format!("https://127.0.0.1:{}", free_port()),
+        tls_fingerprint: Some(letterme_protocol::b64::encode(&[1; 32])),
+    };
+    config
+        .federation
+        .peers
+        .insert("b.test".into(), dead.to_txt());
+    let running = rt
+        .block_on(letterme_server::start(config, clock.clone()))
+        .unwrap();
+    let url = format!("http://{}", running.local_addr);
+    let profile = root.path().join("alice");
+    rt.block_on(async {
+        letterme_client::create_account(
+            &letterme_client::profile::ProfileDir(profile.clone()),
+            &Address::parse("alice@a.test").unwrap(),
+            &url,
+            PASSPHRASE,
+            None,
+        )
+        .await
+        .unwrap();
+        let online = letterme_client::Unlocked::open(
+            letterme_client::profile::ProfileDir(profile.clone()),
+            PASSPHRASE,
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+        let bob = Address::parse("bob@b.test").unwrap();
+        let env = sealed_text(
+            &online,
+            &bob,
+            EncryptionKeypair::generate().public(),
+            "s",
+            "b",
+            "<x@a.test>",
+        );
+        online.api.send(env.encode()).await.unwrap();
+    });
+    let queue = running.outbound.clone().unwrap();
+    let mut waits = Vec::new();
+    let mut attempts = 0;
+    loop {
+        let rows = rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                queue.run_due().await.unwrap();
+                let rows = running.store.outbound_rows().await.unwrap();
+                // The background worker may have the batch in flight: wait for its result.
+                if rows.first().is_none_or(|r| r.attempts > attempts) {
+                    break rows;
+                }
+                assert!(Instant::now() < deadline, "no attempt recorded");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let Some(row) = rows.first() else { break };
+        attempts = row.attempts;
+        assert!(
+            row.last_error
+                .as_deref()
+                .unwrap()
+                .contains("cannot reach b.test"),
+            "{:?}",
+            row.last_error
+        );
+        let wait = row.next_attempt - clock.now();
+        waits.push(wait);
+        clock.advance(Duration::from_secs(wait));
+    }
+    // About a minute, doubling (±10% jitter), capped at four hours; then given up.
+    assert!((54..=66).contains(&waits[0]), "{waits:?}");
+    for (i, w) in waits.iter().enumerate() {
+        let expected = (60u64 << i.min(20)).min(4 * 3600) as f64;
+        assert!(
+            (*w as f64 - expected).abs() <= expected * 0.1 + 1.0,
+            "retry {i}: {w}s, expected about {expected}s: {waits:?}"
+        );
+    }
+    assert!(waits.windows(2).take(8).all(|p| p[1] > p[0]), "{waits:?}");
+    let total: u64 = waits.iter().sum();
+    assert!(
+        total >= 5 * 86_400 && total < 5 * 86_400 + 4 * 3600 + 3600,
+        "gave up after {total}s"
+    );
+    // The sender learns of it: a notice from her own server, which her client opens.
+    let report = rt.block_on(async {
+        let online = letterme_client::Unlocked::open(
+            letterme_client::profile::ProfileDir(profile.clone()),
+            PASSPHRASE,
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+        online.sync(&mut |_, _| {}).await.unwrap()
+    });
+    assert_eq!(report.fetched, 1, "{report:?}");
+    let me =
+        letterme_client::Unlocked::open(letterme_client::profile::ProfileDir(profile), PASSPHRASE)
+            .unwrap();
+    let m = me.read(&report.new_ids[0]).unwrap();
+    assert_eq!(m.from.as_str(), "mailer-daemon@a.test");
+    assert!(
+        m.body.contains("bob@b.test: gave up after 5days"),
+        "{}",
+        m.body
+    );
+    rt.block_on(running.shutdown()).unwrap();
 }

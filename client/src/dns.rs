@@ -97,7 +97,7 @@ impl DomainKeys {
         }
         let until = lookup
             .valid_until()
-            .min(Instant::now() + Duration::from_secs(7 * 86_400));
+            .min(Instant::now() + Duration::from_hours(7 * 24));
         if let Ok(mut c) = self.cache.lock() {
             c.insert(domain, (keys.clone(), until));
         }

@@ -538,7 +538,7 @@ async fn accept(
         ));
     }
     let mut local = Vec::new();
-    let mut remote: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut remote = std::collections::BTreeMap::<String, Vec<String>>::new();
     for r in &env.recipients {
         if r.address.domain() == state.config.domain {
             local.push(r.address.to_string());

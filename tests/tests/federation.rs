@@ -106,7 +106,7 @@ impl World {
 
     /// Syncs until `n` messages are in the local mailbox (or fails after a while).
     fn sync_until(&self, profile: &Path, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             ok(&self.cli(profile, &["sync"]));
             let list: Vec<Value> =
@@ -119,6 +119,7 @@ impl World {
         }
     }
 
+    #[allow(clippy::unused_self)] // reads like the other steps of a scenario
     fn queue(&self, server: &ServerProc) -> Vec<Value> {
         serde_json::from_str(&ok(&cli(
             Path::new("/nonexistent"),
@@ -763,7 +764,7 @@ fn a_peer_that_stays_down_is_retried_with_growing_intervals_then_the_sender_is_t
     assert!(waits.windows(2).take(8).all(|p| p[1] > p[0]), "{waits:?}");
     let total: u64 = waits.iter().sum();
     assert!(
-        total >= 5 * 86_400 && total < 5 * 86_400 + 4 * 3600 + 3600,
+        (5 * 86_400..5 * 86_400 + 4 * 3600 + 3600).contains(&total),
         "gave up after {total}s"
     );
     // The sender learns of it: a notice from her own server, which her client opens.

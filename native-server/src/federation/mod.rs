@@ -120,6 +120,15 @@ struct Nonces {
     inserts: u64,
 }
 
+/// Whether a request's nonce may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    Fresh,
+    Replayed,
+    /// Too many remembered; refuse for now.
+    Full,
+}
+
 /// The federation side of a server.
 pub struct Federation {
     pub domain: String,
@@ -244,9 +253,10 @@ impl Federation {
         {
             return Ok(r);
         }
-        let (mut records, ttl) = match self.statics.get(&domain) {
-            Some(StaticPeer::Record(r)) => (vec![r.clone()], 86_400),
-            _ => {
+        let (mut records, ttl) = if let Some(StaticPeer::Record(r)) = self.statics.get(&domain) {
+            (vec![r.clone()], 86_400)
+        } else {
+            {
                 let answer = self.resolver.txt(&format!("_mailx.{domain}")).await?;
                 let mut parsed = Vec::new();
                 let mut last_error = None;
@@ -346,7 +356,7 @@ impl Federation {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
+            .timeout(Duration::from_mins(1))
             .pool_max_idle_per_host(32)
             .build()
             .map_err(|e| FederationError::Unreachable {
@@ -514,22 +524,26 @@ impl Federation {
         Ok(found)
     }
 
-    /// Remembers `nonce` until `expires`; false when it was already used.
-    pub fn fresh_nonce(&self, nonce: [u8; 16], expires: u64) -> Result<bool, ()> {
+    /// Remembers `nonce` until `expires`.
+    pub fn check_nonce(&self, nonce: [u8; 16], expires: u64) -> NonceCheck {
         let now = self.clock.now();
         let Ok(mut n) = self.nonces.lock() else {
-            return Err(());
+            return NonceCheck::Full;
         };
         n.inserts += 1;
         if n.inserts.is_multiple_of(4096) || n.seen.len() >= MAX_NONCES {
             n.seen.retain(|_, e| *e >= now);
         }
         if n.seen.len() >= MAX_NONCES {
-            return Err(());
+            return NonceCheck::Full;
         }
         // Kept past its expiry by the skew window, since `verify` tolerates that much.
         let keep = expires + letterme_protocol::federation::MAX_SKEW;
-        Ok(n.seen.insert(nonce, keep).is_none())
+        if n.seen.insert(nonce, keep).is_none() {
+            NonceCheck::Fresh
+        } else {
+            NonceCheck::Replayed
+        }
     }
 }
 

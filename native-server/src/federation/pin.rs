@@ -94,17 +94,16 @@ pub fn client_config(fingerprint: Option<[u8; 32]>) -> Result<rustls::ClientConf
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?;
-    let mut config = match fingerprint {
-        Some(fp) => builder
+    let mut config = if let Some(fp) = fingerprint {
+        builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedKey::new(fp)))
-            .with_no_client_auth(),
-        None => {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+            .with_no_client_auth()
+    } else {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        builder.with_root_certificates(roots).with_no_client_auth()
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)

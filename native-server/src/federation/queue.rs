@@ -9,6 +9,7 @@
 //! from its record instead of storing a second copy.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,7 +88,7 @@ impl Outbound {
         let mut tasks = JoinSet::new();
         loop {
             let sleep = match self.spawn_due(&mut tasks).await {
-                Ok(next) => next.map_or(Duration::from_secs(300), |t| {
+                Ok(next) => next.map_or(Duration::from_mins(5), |t| {
                     Duration::from_secs(t.saturating_sub(self.clock.now()).clamp(1, 300))
                 }),
                 Err(e) => {
@@ -370,7 +371,7 @@ impl Outbound {
             f.queued_at
         );
         for (r, why) in &f.recipients {
-            body.push_str(&format!("  {r}: {why}\n"));
+            let _ = writeln!(body, "  {r}: {why}");
         }
         body.push_str("\nThis notice was written by your server, ");
         body.push_str(&self.fed.domain);

@@ -154,10 +154,10 @@ async fn authenticate(
             ));
         }
     }
-    match fed.fresh_nonce(sig.nonce, sig.expires) {
-        Ok(true) => Ok(sig),
-        Ok(false) => Err(refuse(sig.nonce, &SignatureError::Replayed)),
-        Err(()) => Err(error(
+    match fed.check_nonce(sig.nonce, sig.expires) {
+        super::NonceCheck::Fresh => Ok(sig),
+        super::NonceCheck::Replayed => Err(refuse(sig.nonce, &SignatureError::Replayed)),
+        super::NonceCheck::Full => Err(error(
             fed,
             StatusCode::SERVICE_UNAVAILABLE,
             sig.nonce,

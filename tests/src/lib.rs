@@ -163,6 +163,24 @@ impl Drop for ServerProc {
     }
 }
 
+/// The `_mailx` TXT value that `letterme dns` prints for `server` (serving `domain`).
+pub fn mailx_record(server: &ServerProc, domain: &str) -> String {
+    let out = ok(&cli(
+        Path::new("/nonexistent"),
+        &["dns", "--config", server.config_path.to_str().unwrap()],
+        None,
+    ));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("_mailx.{domain}.")))
+        .unwrap_or_else(|| panic!("no _mailx line in {out}"));
+    line.split_once('"')
+        .unwrap()
+        .1
+        .trim_end_matches('"')
+        .to_owned()
+}
+
 /// Runs the CLI as a user with profile `profile`.
 pub fn cli(profile: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     cli_with(profile, args, stdin, PASSPHRASE)

@@ -65,16 +65,7 @@ impl World {
 
     /// Publishes what `letterme dns` prints for `server`.
     fn publish(&self, server: &ServerProc, domain: &str) -> String {
-        let out = ok(&cli(
-            Path::new("/nonexistent"),
-            &["dns", "--config", server.config_path.to_str().unwrap()],
-            None,
-        ));
-        let line = out
-            .lines()
-            .find(|l| l.starts_with(&format!("_mailx.{domain}.")))
-            .unwrap_or_else(|| panic!("no _mailx line in {out}"));
-        let value = line.split_once('"').unwrap().1.trim_end_matches('"');
+        let value = letterme_tests::mailx_record(server, domain);
         assert!(value.contains("fp="), "{value}");
         assert!(
             value.contains(server.federation.as_deref().unwrap()),

@@ -7,6 +7,8 @@
 //! second (first send to last arrival at b.test) and the latency from each send to the
 //! message being listed at b.test (stored and committed there).
 //! Run: `cargo run --release -p letterme-tests --bin letterme-fed-bench`.
+// A load tool: any failure should stop it, loudly.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -73,9 +73,9 @@ impl World {
         );
         self.rt.block_on(
             self.dns
-                .set_txt_ttl(&format!("_mailx.{domain}"), value, TTL),
+                .set_txt_ttl(&format!("_mailx.{domain}"), &value, TTL),
         );
-        value.to_owned()
+        value
     }
 
     fn user(&self, server: &ServerProc, address: &str) -> PathBuf {

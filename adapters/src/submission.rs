@@ -41,14 +41,15 @@ fn refusal(rcpt: &Address, e: &ClientError) -> Reply {
             "5.1.1",
             format!("{rcpt} has no letter.me key; sending to classic email is not available yet"),
         ),
-        ClientError::OtherDomain(..) => Reply::new(
+        // The user's server does not federate: no retry will change that.
+        ClientError::Api { status: 422, .. } => Reply::new(
             550,
             "5.1.1",
-            format!(
-                "{rcpt} is not a letter.me address this server reaches; sending to classic email or other domains is not available yet"
-            ),
+            format!("{rcpt} is on another domain, and your letter.me server does not federate"),
         ),
-        ClientError::Unverified(..) => Reply::new(550, "5.7.1", e.to_string()),
+        ClientError::Unverified(..) | ClientError::UnverifiedRemote(..) => {
+            Reply::new(550, "5.7.1", e.to_string())
+        }
         ClientError::ServerDown { .. } => Reply::new(
             451,
             "4.4.1",
@@ -191,7 +192,9 @@ impl Backend for Submission {
                 Some(first)
                     if matches!(
                         e,
-                        ClientError::UnknownRecipient(_) | ClientError::Unverified(..)
+                        ClientError::UnknownRecipient(_)
+                            | ClientError::Unverified(..)
+                            | ClientError::UnverifiedRemote(..)
                     ) =>
                 {
                     refusal(first, &e)

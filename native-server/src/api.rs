@@ -444,10 +444,28 @@ async fn lookup(
                 format!("{address} is on another domain, and this server does not federate"),
             ));
         };
-        let found = fed.lookup(&address).await.map_err(|e| {
-            tracing::info!(%address, error = %e, "remote key lookup failed");
-            ApiError::new(StatusCode::BAD_GATEWAY, "peer_failed", e.to_string())
-        })?;
+        let found = match fed.lookup(&address).await {
+            Ok(f) => f,
+            // No `_mailx` record: not a letter.me domain, so no letter.me key.
+            Err(
+                crate::federation::FederationError::NoRecord(_)
+                | crate::federation::FederationError::Dns(
+                    crate::federation::dns::DnsError::NotFound(_),
+                ),
+            ) => crate::federation::RemoteKeys {
+                address: address.clone(),
+                found: false,
+                attestation: None,
+            },
+            Err(e) => {
+                tracing::info!(%address, error = %e, "remote key lookup failed");
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "peer_failed",
+                    e.to_string(),
+                ));
+            }
+        };
         return Ok(Json(KeyLookup {
             address,
             found: found.found,

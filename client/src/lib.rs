@@ -340,9 +340,19 @@ impl Online {
             _ => return Err(ClientError::UnknownRecipient(address.clone())),
         };
         if address.domain().eq_ignore_ascii_case(&p.domain) {
-            att.verify(address, &p.domain, &p.domain_key)
-                .map_err(|e| ClientError::Unverified(address.clone(), e))?;
-            return Ok(att);
+            let Err(pinned) = att.verify(address, &p.domain, &p.domain_key) else {
+                return Ok(att);
+            };
+            // After a rotation of our domain key the new key is published in DNS beside
+            // the pinned one (docs/OPERATIONS.md §7).
+            if let Ok(keys) = self.own_domain_keys().await
+                && keys
+                    .iter()
+                    .any(|k| att.verify(address, &p.domain, k).is_ok())
+            {
+                return Ok(att);
+            }
+            return Err(ClientError::Unverified(address.clone(), pinned));
         }
         let keys = self
             .me
@@ -361,6 +371,19 @@ impl Online {
             Some(e) => ClientError::Unverified(address.clone(), e),
             None => ClientError::UnverifiedRemote(address.clone(), "no domain key in DNS".into()),
         })
+    }
+
+    /// Our domain's keys: the pinned one, and those published in DNS (during and after a
+    /// domain key rotation).
+    async fn own_domain_keys(&self) -> Result<Vec<IdentityPublicKey>, ClientError> {
+        let p = &self.me.profile;
+        let mut keys = vec![p.domain_key];
+        for k in self.me.domain_keys()?.keys(&p.domain).await? {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        Ok(keys)
     }
 
     pub async fn send(&self, draft: &Draft) -> Result<SendReport, ClientError> {
@@ -523,7 +546,22 @@ impl Online {
                     senders.insert(env.sender.clone(), key);
                 }
             }
-            let opened = self.open_all(&mailbox, &fresh, &senders);
+            // Envelopes our domain signed with a key other than the pinned one: accepted
+            // only when DNS publishes that key too (a domain key rotation).
+            let pinned = self.me.profile.domain_key;
+            let rotated = fresh.iter().any(|(_, b)| {
+                Envelope::decode(b)
+                    .is_ok_and(|e| e.signer_kind == SignerKind::Domain && e.signer_key != pinned)
+            });
+            let domain_keys = if rotated {
+                self.own_domain_keys().await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read our domain's keys from DNS");
+                    vec![pinned]
+                })
+            } else {
+                vec![pinned]
+            };
+            let opened = self.open_all(&mailbox, &fresh, &senders, &domain_keys);
             let mut accepted = Vec::new();
             for ((entry, bytes), result) in fresh.into_iter().zip(opened) {
                 match result {
@@ -594,6 +632,7 @@ impl Online {
         mailbox: &Mailbox,
         items: &[(&ListEntry, Vec<u8>)],
         senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
+        domain_keys: &[IdentityPublicKey],
     ) -> Vec<Result<(IdentityPublicKey, Payload), String>> {
         // Envelope ids already stored, for replay detection; looked up before the threads.
         let stored: std::collections::BTreeSet<String> = items
@@ -611,7 +650,9 @@ impl Online {
                     let stored = &stored;
                     scope.spawn(move || {
                         part.iter()
-                            .map(|(entry, bytes)| self.verify(&entry.id, bytes, senders, stored))
+                            .map(|(entry, bytes)| {
+                                self.verify(&entry.id, bytes, senders, domain_keys, stored)
+                            })
                             .collect::<Vec<_>>()
                     })
                 })
@@ -629,6 +670,7 @@ impl Online {
         id: &str,
         bytes: &[u8],
         senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
+        domain_keys: &[IdentityPublicKey],
         stored: &std::collections::BTreeSet<String>,
     ) -> Result<(IdentityPublicKey, Payload), String> {
         let env = Envelope::decode(bytes).map_err(|e| e.to_string())?;
@@ -638,7 +680,12 @@ impl Online {
         // Legacy mail is sealed by our own domain's inbound gateway; native mail by its
         // sender, whose identity key was verified once for this sync.
         let signer = if env.signer_kind == SignerKind::Domain {
-            self.me.profile.domain_key
+            if !domain_keys.contains(&env.signer_key) {
+                return Err(
+                    "signed by a domain key that is neither pinned nor published in DNS".into(),
+                );
+            }
+            env.signer_key
         } else {
             senders
                 .get(&env.sender)

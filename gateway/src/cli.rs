@@ -59,10 +59,23 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Print the DNS records this server needs, as zone-file lines.
     Dns(ConfigArg),
+    /// Rotate the domain key: `next` makes and publishes a new key, `activate` switches to it.
+    #[command(subcommand)]
+    DomainKey(DomainKeyAction),
     /// Show the outbound (federation) queue: what waits for which domain, and why.
     Queue(QueueArgs),
     /// Refuse mail from an address or a whole domain (`@example.com`), or list/undo that.
     Block(BlockArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DomainKeyAction {
+    /// Generate the next domain key; `letterme dns` then prints its record beside the
+    /// current one. Publish both before activating.
+    Next(ConfigArg),
+    /// Switch to the next key (with the server stopped): accounts are attested again with
+    /// it, and the previous key stays published for verification during the overlap.
+    Activate(ConfigArg),
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +147,13 @@ pub struct InitArgs {
     /// SMTP listen address (inbound adapter).
     #[arg(long, value_name = "ADDR")]
     pub smtp_listen: Option<SocketAddr>,
+    /// Server-to-server (federation) listen address, TLS 1.3 only; federation is off without it.
+    #[arg(long, value_name = "ADDR")]
+    pub federation_listen: Option<SocketAddr>,
+    /// The federation endpoint other servers use (published as `e=` in `_mailx`);
+    /// default https://<federation-listen>.
+    #[arg(long, value_name = "URL", requires = "federation_listen")]
+    pub federation_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -90,6 +90,7 @@ async fn run(cli: Cli) -> Result<()> {
             None => proxy::run(profile_dir, args.imap_listen, args.smtp_listen).await,
         },
         Command::Dns(args) => dns(&args.config).await,
+        Command::DomainKey(action) => domain_key(action).await,
         Command::Queue(args) => queue(&args.config.config, args.json.json).await,
         Command::Block(args) => block(profile_dir, args).await,
         Command::Read(args) => {
@@ -348,49 +349,80 @@ pub(crate) fn unlock(dir: ProfileDir) -> Result<Unlocked> {
     Ok(Unlocked::open(dir, &pass)?.with_dns(CLIENT_DNS.get().cloned().unwrap_or_default()))
 }
 
-/// `letterme dns`: the records to publish, with the real key, endpoint and TLS key.
+/// `letterme dns`: the records to publish, with the real key(s), endpoint and TLS key.
 async fn dns(config_path: &Path) -> Result<()> {
     let config = load_config(Some(config_path))?.normalized();
     let store = letterme_server::store::Store::open(&config.database_path())
         .with_context(|| format!("cannot open {}", config.database_path().display()))?;
-    let Some((public, _, _)) = store.server_key("domain").await? else {
+    let keys = letterme_server::domain_keys(&store, letterme_client::now()).await?;
+    if keys.is_empty() {
         bail!(
             "no domain key in {} yet; run `letterme init` or start the server once",
             config.data_dir.display()
         );
-    };
-    let key = letterme_protocol::IdentityPublicKey(
-        public
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("the stored domain key is damaged"))?,
-    );
+    }
     println!("; DNS records for {} (letterme dns)", config.domain);
-    match config.federation.endpoint() {
-        Some(endpoint) => {
-            let tls = letterme_server::federation_tls(&config);
-            let fp = letterme_server::tls::spki_fingerprint(&tls.cert).with_context(
-                || "the federation certificate is missing; start the server once to create it",
-            )?;
-            let record = letterme_protocol::discovery::MailxRecord {
-                domain_key: key,
-                endpoint,
-                tls_fingerprint: Some(fp),
-            };
-            println!(
-                "; letter.me discovery: domain key, federation endpoint, TLS key (SHA-256 of its SPKI)"
-            );
-            println!(
-                "_mailx.{}. 3600 IN TXT \"{}\"",
-                config.domain,
-                record.to_txt()
-            );
+    print_mailx(&config, &keys)
+}
+
+/// The `_mailx` record(s): one per published domain key (the current one, and during a
+/// rotation the next or the previous one), or a note that federation is off.
+fn print_mailx(config: &Config, keys: &[letterme_server::PublishedKey]) -> Result<()> {
+    let Some(endpoint) = config.federation.endpoint() else {
+        println!(
+            "; federation is off ([federation] listen is not set): no _mailx record to publish"
+        );
+        return Ok(());
+    };
+    let tls = letterme_server::federation_tls(config);
+    let fp = letterme_server::tls::spki_fingerprint(&tls.cert)
+        .context("the federation certificate is missing; start the server once to create it")?;
+    println!(
+        "; letter.me discovery: domain key, federation endpoint, TLS key (SHA-256 of its SPKI)"
+    );
+    for k in keys {
+        let record = letterme_protocol::discovery::MailxRecord {
+            domain_key: k.key,
+            endpoint: endpoint.clone(),
+            tls_fingerprint: Some(fp.clone()),
+        };
+        if let Some(note) = &k.note {
+            println!("; {note}");
         }
-        None => {
-            println!(
-                "; federation is off ([federation] listen is not set): no _mailx record to publish"
-            );
-        }
+        println!(
+            "_mailx.{}. 3600 IN TXT \"{}\"",
+            config.domain,
+            record.to_txt()
+        );
+    }
+    Ok(())
+}
+
+/// `letterme domain-key next|activate`.
+async fn domain_key(action: &cli::DomainKeyAction) -> Result<()> {
+    let (config_path, next) = match action {
+        cli::DomainKeyAction::Next(c) => (&c.config, true),
+        cli::DomainKeyAction::Activate(c) => (&c.config, false),
+    };
+    let config = load_config(Some(config_path))?.normalized();
+    let now = letterme_client::now();
+    if next {
+        let key = letterme_server::domain_key_next(&config, now).await?;
+        println!("next domain key: {}", key.to_base64());
+        println!(
+            "publish both records `letterme dns` now prints; after their TTL has passed everywhere, \
+             stop the server and run `letterme domain-key activate`"
+        );
+    } else {
+        let (key, reattested) = letterme_server::domain_key_activate(&config, now).await?;
+        println!(
+            "domain key now {} ({reattested} account(s) attested again)",
+            key.to_base64()
+        );
+        println!(
+            "start the server; keep publishing the previous key's record for {} days (`letterme dns` prints it until then)",
+            letterme_server::KEY_OVERLAP / 86_400
+        );
     }
     Ok(())
 }
@@ -599,6 +631,11 @@ async fn init(args: &cli::InitArgs) -> Result<()> {
     if args.smtp_listen.is_some() {
         config.smtp.listen = args.smtp_listen;
     }
+    config.federation.listen = args.federation_listen;
+    config
+        .federation
+        .public_url
+        .clone_from(&args.federation_url);
     // A certificate always exists (its fingerprint is published); it is served when the
     // listener is not loopback or the public URL is https.
     let tls_dir = config.data_dir.join("tls");
@@ -652,16 +689,13 @@ async fn init(args: &cli::InitArgs) -> Result<()> {
     );
     println!();
     println!("; DNS records to publish for {}", config.domain);
-    let record = letterme_protocol::discovery::MailxRecord {
-        domain_key: key.public(),
-        endpoint: config.public_url().trim_end_matches('/').to_owned(),
-        tls_fingerprint: Some(fingerprint),
-    };
-    println!(
-        "_mailx.{}. 3600 IN TXT \"{}\"",
-        config.domain,
-        record.to_txt()
-    );
+    print_mailx(
+        &config,
+        &[letterme_server::PublishedKey {
+            key: key.public(),
+            note: None,
+        }],
+    )?;
     println!();
     println!(
         "start the server with: letterme serve --config {}",

@@ -32,6 +32,9 @@ use crate::store::Store;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// How long in-flight requests may finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a replaced domain key stays published for verification (seconds).
+pub const KEY_OVERLAP: u64 = 7 * 86_400;
+
 /// How often the retention purge runs.
 pub const PURGE_INTERVAL: Duration = Duration::from_hours(1);
 
@@ -440,4 +443,144 @@ fn federation_setup(
     )
     .map_err(StartError::Config)?;
     Ok((Arc::new(fed), (listener, tls)))
+}
+
+/// A domain key to publish in `_mailx`, with a note on its role during a rotation.
+#[derive(Debug, Clone)]
+pub struct PublishedKey {
+    pub key: IdentityPublicKey,
+    pub note: Option<String>,
+}
+
+/// The domain keys to publish now: the current one; the next one once generated; the
+/// previous one for [`KEY_OVERLAP`] after a switch.
+pub async fn domain_keys(store: &Store, now: u64) -> Result<Vec<PublishedKey>, store::StoreError> {
+    let mut out = Vec::new();
+    let as_key = |b: &[u8]| b.try_into().ok().map(IdentityPublicKey);
+    if let Some((public, _, _, _)) = store.server_key_row("domain").await?
+        && let Some(key) = as_key(&public)
+    {
+        out.push(PublishedKey { key, note: None });
+    }
+    if let Some((public, _, _, _)) = store.server_key_row("domain-next").await?
+        && let Some(key) = as_key(&public)
+    {
+        out.push(PublishedKey {
+            key,
+            note: Some(
+                "next domain key (not in use yet): publish it now, `letterme domain-key activate` after the TTL"
+                    .into(),
+            ),
+        });
+    }
+    if let Some((public, _, _, retired)) = store.server_key_row("domain-previous").await?
+        && now < retired + KEY_OVERLAP
+        && let Some(key) = as_key(&public)
+    {
+        out.push(PublishedKey {
+            key,
+            note: Some(format!(
+                "previous domain key, still valid for verification: keep it published for {} more day(s)",
+                (retired + KEY_OVERLAP - now).div_ceil(86_400)
+            )),
+        });
+    }
+    Ok(out)
+}
+
+/// Generates the next domain key (sealed like the current one) for publication before use.
+pub async fn domain_key_next(config: &Config, now: u64) -> Result<IdentityPublicKey, StartError> {
+    let store = open_store(config)?;
+    let store_err = |source| StartError::Store {
+        path: config.database_path().display().to_string(),
+        source,
+    };
+    let Some((_, _, kdf, _)) = store.server_key_row("domain").await.map_err(store_err)? else {
+        return Err(StartError::Config(
+            "there is no domain key yet; run `letterme init` or start the server once".into(),
+        ));
+    };
+    if let Some((public, _, _, _)) = store
+        .server_key_row("domain-next")
+        .await
+        .map_err(store_err)?
+    {
+        return Err(StartError::Config(format!(
+            "a next domain key ({}) exists already; publish it and run `letterme domain-key activate`",
+            letterme_protocol::b64::encode(&public)
+        )));
+    }
+    let kek = Kek::for_existing(&kdf, &config.key_file())?;
+    let key = SigningKeypair::generate();
+    store
+        .put_server_key(
+            "domain-next",
+            key.public().0.to_vec(),
+            kek.seal(&*key.secret_bytes()),
+            kdf,
+            now,
+        )
+        .await
+        .map_err(store_err)?;
+    tracing::info!(public = %key.public().to_base64(), "generated the next domain key");
+    Ok(key.public())
+}
+
+/// Switches to the next domain key: the current key becomes the previous one (published
+/// for [`KEY_OVERLAP`]), and every account is attested again with the new key, in one
+/// transaction. Run it with the server stopped; the server loads the key at start.
+pub async fn domain_key_activate(
+    config: &Config,
+    now: u64,
+) -> Result<(IdentityPublicKey, usize), StartError> {
+    let store = open_store(config)?;
+    let store_err = |source| StartError::Store {
+        path: config.database_path().display().to_string(),
+        source,
+    };
+    let Some((public, sealed, kdf, _)) = store
+        .server_key_row("domain-next")
+        .await
+        .map_err(store_err)?
+    else {
+        return Err(StartError::Config(
+            "there is no next domain key; run `letterme domain-key next` and publish it first"
+                .into(),
+        ));
+    };
+    let seed = Kek::for_existing(&kdf, &config.key_file())?.open(&sealed)?;
+    let seed: [u8; 32] = seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| secrets::SecretError::Malformed)?;
+    let key = SigningKeypair::from_secret_bytes(&seed);
+    if key.public().0.as_slice() != public.as_slice() {
+        return Err(secrets::SecretError::Malformed.into());
+    }
+    let signer = key.clone();
+    let n = store
+        .write(move |c| {
+            c.execute("DELETE FROM server_keys WHERE name = 'domain-previous'", [])?;
+            c.execute(
+                "UPDATE server_keys SET name = 'domain-previous', created = ?1 WHERE name = 'domain'",
+                [now as i64],
+            )?;
+            c.execute(
+                "UPDATE server_keys SET name = 'domain' WHERE name = 'domain-next'",
+                [],
+            )?;
+            store::reattest_all(c, &signer)
+        })
+        .await
+        .map_err(store_err)?;
+    tracing::info!(public = %key.public().to_base64(), accounts = n, "switched to the next domain key");
+    Ok((key.public(), n))
+}
+
+fn open_store(config: &Config) -> Result<Store, StartError> {
+    let path = config.database_path();
+    Store::open(&path).map_err(|source| StartError::Store {
+        path: path.display().to_string(),
+        source,
+    })
 }

@@ -228,6 +228,22 @@ impl Store {
         .await
     }
 
+    /// A server key's public half, sealed secret, KDF and creation (or retirement) time.
+    pub async fn server_key_row(
+        &self,
+        name: &'static str,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>, String, u64)>, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT public_key, sealed, kdf, created FROM server_keys WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64)),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     pub async fn put_server_key(
         &self,
         name: &'static str,
@@ -556,6 +572,41 @@ fn writer_loop(conn: &Connection, mut rx: mpsc::Receiver<Job>) {
             done(outcome.clone());
         }
     }
+}
+
+/// An account's address and key columns: identity, encryption, created, version, binding.
+type AccountKeys = (String, [u8; 32], [u8; 32], i64, u32, [u8; 64]);
+
+/// Signs every account's attestation again with `key` (a domain key rotation); returns how
+/// many accounts there are.
+pub(crate) fn reattest_all(
+    c: &Connection,
+    key: &letterme_protocol::SigningKeypair,
+) -> Result<usize, StoreError> {
+    let rows: Vec<AccountKeys> = c
+        .prepare(
+            "SELECT address, identity_key, encryption_key, key_created, key_version, binding_signature
+               FROM accounts",
+        )?
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut update = c.prepare("UPDATE accounts SET attestation_sig = ?2 WHERE address = ?1")?;
+    for (address, identity, encryption, created, version, binding) in &rows {
+        let address = letterme_protocol::Address::parse(address)
+            .map_err(|e| StoreError::Database(format!("stored address {address:?}: {e}")))?;
+        let binding = letterme_protocol::KeyBinding {
+            address: address.clone(),
+            identity_key: letterme_protocol::IdentityPublicKey(*identity),
+            encryption_key: letterme_protocol::EncryptionPublicKey(*encryption),
+            created: *created as u64,
+            signature: letterme_protocol::Signature(*binding),
+        };
+        let att = letterme_protocol::Attestation::issue(&binding, *version, key);
+        update.execute(params![address.as_str(), att.signature.0.as_slice()])?;
+    }
+    Ok(rows.len())
 }
 
 #[cfg(test)]

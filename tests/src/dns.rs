@@ -145,11 +145,18 @@ impl TestDns {
 
     /// Replaces the TXT records at `owner`, with a TTL in seconds.
     pub async fn set_txt_ttl(&self, owner: &str, value: &str, ttl: u32) {
+        self.set_txts_ttl(owner, &[value], ttl).await;
+    }
+
+    /// Replaces the TXT records at `owner` with one record per value.
+    pub async fn set_txts_ttl(&self, owner: &str, values: &[&str], ttl: u32) {
         let n = name(owner);
         self.zone
             .records_mut()
             .await
             .remove(&RrKey::new(LowerName::new(&n), RecordType::TXT));
-        assert!(self.zone.upsert(txt_ttl(owner, value, ttl), 1).await);
+        for v in values {
+            assert!(self.zone.upsert(txt_ttl(owner, v, ttl), 1).await);
+        }
     }
 }

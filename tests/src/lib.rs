@@ -165,20 +165,30 @@ impl Drop for ServerProc {
 
 /// The `_mailx` TXT value that `letterme dns` prints for `server` (serving `domain`).
 pub fn mailx_record(server: &ServerProc, domain: &str) -> String {
+    mailx_records(server, domain).remove(0)
+}
+
+/// Every `_mailx` TXT value `letterme dns` prints for `server` (more than one during a
+/// domain key rotation).
+pub fn mailx_records(server: &ServerProc, domain: &str) -> Vec<String> {
     let out = ok(&cli(
         Path::new("/nonexistent"),
         &["dns", "--config", server.config_path.to_str().unwrap()],
         None,
     ));
-    let line = out
+    let values: Vec<String> = out
         .lines()
-        .find(|l| l.starts_with(&format!("_mailx.{domain}.")))
-        .unwrap_or_else(|| panic!("no _mailx line in {out}"));
-    line.split_once('"')
-        .unwrap()
-        .1
-        .trim_end_matches('"')
-        .to_owned()
+        .filter(|l| l.starts_with(&format!("_mailx.{domain}.")))
+        .map(|l| {
+            l.split_once('"')
+                .unwrap()
+                .1
+                .trim_end_matches('"')
+                .to_owned()
+        })
+        .collect();
+    assert!(!values.is_empty(), "no _mailx line in {out}");
+    values
 }
 
 /// Runs the CLI as a user with profile `profile`.

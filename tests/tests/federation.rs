@@ -783,3 +783,124 @@ fn a_peer_that_stays_down_is_retried_with_growing_intervals_then_the_sender_is_t
     );
     rt.block_on(running.shutdown()).unwrap();
 }
+
+#[test]
+fn a_rotated_domain_key_is_published_before_use_and_the_old_one_overlaps() {
+    let w = World::new();
+    let a = w.server("a.test", "");
+    let mut b = w.server("b.test", "");
+    let alice = w.user(&a, "alice@a.test");
+    let bob = w.user(&b, "bob@b.test");
+    let bea = w.user(&b, "bea@b.test");
+    ok(&w.cli(
+        &alice,
+        &[
+            "send",
+            "--to",
+            "bob@b.test",
+            "--subject",
+            "before",
+            "--body",
+            "1",
+        ],
+    ));
+    assert_eq!(subjects(&w.sync_until(&bob, 1)), ["before"]);
+    let old = letterme_tests::mailx_record(&b, "b.test");
+
+    // 1. The next key is made and published beside the current one; nothing uses it yet.
+    let out = ok(&cli(
+        Path::new("/nonexistent"),
+        &[
+            "domain-key",
+            "next",
+            "--config",
+            b.config_path.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert!(out.contains("next domain key: "), "{out}");
+    let both = letterme_tests::mailx_records(&b, "b.test");
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert_eq!(both[0], old, "the current key is still first");
+    let refs: Vec<&str> = both.iter().map(String::as_str).collect();
+    w.rt.block_on(w.dns.set_txts_ttl("_mailx.b.test", &refs, TTL));
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // 2. Switched with the server stopped; accounts are attested again with the new key.
+    b.kill9();
+    let out = ok(&cli(
+        Path::new("/nonexistent"),
+        &[
+            "domain-key",
+            "activate",
+            "--config",
+            b.config_path.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert!(out.contains("2 account(s) attested again"), "{out}");
+    b.restart();
+    // The previous key stays published for the overlap; the new one is now first.
+    let after = letterme_tests::mailx_records(&b, "b.test");
+    assert_eq!(after, vec![both[1].clone(), both[0].clone()]);
+
+    // Mail flows both ways: b.test now signs with the new key, which DNS already had.
+    ok(&w.cli(
+        &alice,
+        &[
+            "send",
+            "--to",
+            "bob@b.test",
+            "--subject",
+            "after",
+            "--body",
+            "2",
+        ],
+    ));
+    assert_eq!(subjects(&w.sync_until(&bob, 2)), ["before", "after"]);
+    ok(&w.cli(
+        &bob,
+        &[
+            "send",
+            "--to",
+            "alice@a.test",
+            "--subject",
+            "from b",
+            "--body",
+            "3",
+        ],
+    ));
+    assert_eq!(subjects(&w.sync_until(&alice, 1)), ["from b"]);
+    // bob's client pinned the old key at registration; bea's new attestation verifies
+    // through the new key published in DNS.
+    ok(&w.cli(
+        &bob,
+        &[
+            "send",
+            "--to",
+            "bea@b.test",
+            "--subject",
+            "local",
+            "--body",
+            "4",
+        ],
+    ));
+    assert_eq!(subjects(&w.sync_until(&bea, 1)), ["local"]);
+
+    // Without the new key in DNS, nobody trusts b.test's new signatures.
+    w.rt.block_on(w.dns.set_txt_ttl("_mailx.b.test", &old, TTL));
+    std::thread::sleep(Duration::from_millis(1500));
+    let err = user_error(&w.cli(
+        &alice,
+        &[
+            "send",
+            "--to",
+            "bob@b.test",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+        ],
+    ));
+    assert!(err.contains("does not match"), "{err}");
+}

@@ -19,6 +19,7 @@ fn init_then_serve_over_tls() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let smtp_listen = format!("127.0.0.1:{}", free_port());
+    let federation = format!("127.0.0.1:{}", free_port());
     let url = format!("https://127.0.0.1:{port}");
     let config = root.path().join("letterme.toml");
     let data = root.path().join("data");
@@ -36,13 +37,24 @@ fn init_then_serve_over_tls() {
         &url,
         "--smtp-listen",
         &smtp_listen,
+        "--federation-listen",
+        &federation,
     ];
     let out = ok(&run(&args, root.path()));
     assert!(
         out.contains("_mailx.example.test. 3600 IN TXT \"v=mailx1; k="),
         "{out}"
     );
-    assert!(out.contains(&format!("e={url}; fp=")), "{out}");
+    // The record names the federation endpoint, and `letterme dns` prints the same one.
+    assert!(
+        out.contains(&format!("e=https://{federation}; fp=")),
+        "{out}"
+    );
+    let record = out
+        .lines()
+        .find(|l| l.starts_with("_mailx."))
+        .unwrap()
+        .to_owned();
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("domain = \"example.test\""), "{text}");
     assert!(text.contains("[http.tls]"), "{text}");
@@ -54,8 +66,17 @@ fn init_then_serve_over_tls() {
     let e = user_error(&run(&args, root.path()));
     assert!(e.contains("already exists"), "{e}");
 
-    let server = ServerProc::spawn(config, data.clone());
+    let server = ServerProc::spawn(config.clone(), data.clone());
     assert_eq!(server.url, url);
+    assert_eq!(
+        server.federation.as_deref(),
+        Some(format!("https://{federation}").as_str())
+    );
+    let dns = ok(&run(
+        &["dns", "--config", config.to_str().unwrap()],
+        root.path(),
+    ));
+    assert!(dns.lines().any(|l| l == record), "{dns}\n{record}");
     let cert = std::fs::read(data.join("tls/cert.pem")).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

@@ -78,6 +78,37 @@ impl World {
         value
     }
 
+    /// A logged-in client session for `profile`, and `peer`'s verified encryption key.
+    fn online(
+        &self,
+        profile: &Path,
+        peer: &Address,
+    ) -> (
+        letterme_client::Online,
+        letterme_protocol::EncryptionPublicKey,
+    ) {
+        self.rt.block_on(async {
+            let me = letterme_client::Unlocked::open(
+                letterme_client::profile::ProfileDir(profile.to_owned()),
+                PASSPHRASE,
+            )
+            .unwrap()
+            .with_dns(vec![self.dns.addr]);
+            let online = me.connect().await.unwrap();
+            let key = online.verified_key(peer).await.unwrap().encryption_key;
+            (online, key)
+        })
+    }
+
+    /// Sending to `to` fails because its domain's server does not match DNS.
+    fn refused_for_a_key_mismatch(&self, profile: &Path, to: &str) {
+        let err = user_error(&self.cli(
+            profile,
+            &["send", "--to", to, "--subject", "s", "--body", "b"],
+        ));
+        assert!(err.contains("does not match"), "{err}");
+    }
+
     fn user(&self, server: &ServerProc, address: &str) -> PathBuf {
         let p = self.root.path().join(format!("profile-{address}"));
         ok(&cli(
@@ -237,22 +268,11 @@ fn deliveries_survive_a_receiver_killed_mid_delivery_and_a_sender_killed_with_a_
     let alice = w.user(&a, "alice@a.test");
     let bob = w.user(&b, "bob@b.test");
     let bob_addr = Address::parse("bob@b.test").unwrap();
-    let dns = vec![w.dns.addr];
 
     // 300 messages, sent while the receiving server is killed once the first are stored.
     let n = 300;
     let b_db = b.data_dir.join("letterme.db");
-    let (online, key) = w.rt.block_on(async {
-        let me = letterme_client::Unlocked::open(
-            letterme_client::profile::ProfileDir(alice.clone()),
-            PASSPHRASE,
-        )
-        .unwrap()
-        .with_dns(dns.clone());
-        let online = me.connect().await.unwrap();
-        let key = online.verified_key(&bob_addr).await.unwrap().encryption_key;
-        (online, key)
-    });
+    let (online, key) = w.online(&alice, &bob_addr);
     let online = std::sync::Arc::new(online);
     let sender = {
         let online = online.clone();
@@ -572,17 +592,7 @@ fn a_missing_recipient_gets_alice_a_notice_and_a_changed_dns_key_stops_delivery(
     // A client that sends anyway (sealed to some key): b.test answers "no such user", and
     // alice's server puts a signed failure notice in her inbox.
     let bob_addr = Address::parse("bob@b.test").unwrap();
-    let (online, bob_key) = w.rt.block_on(async {
-        let me = letterme_client::Unlocked::open(
-            letterme_client::profile::ProfileDir(alice.clone()),
-            PASSPHRASE,
-        )
-        .unwrap()
-        .with_dns(vec![w.dns.addr]);
-        let online = me.connect().await.unwrap();
-        let key = online.verified_key(&bob_addr).await.unwrap().encryption_key;
-        (online, key)
-    });
+    let (online, bob_key) = w.online(&alice, &bob_addr);
     let nobody = Address::parse("nobody@b.test").unwrap();
     let stray = sealed_text(
         &online,
@@ -621,19 +631,7 @@ fn a_missing_recipient_gets_alice_a_notice_and_a_changed_dns_key_stops_delivery(
     changed.domain_key = SigningKeypair::generate().public();
     w.rt.block_on(w.dns.set_txt_ttl("_mailx.b.test", &changed.to_txt(), TTL));
     std::thread::sleep(Duration::from_millis(2500));
-    let err = user_error(&w.cli(
-        &alice,
-        &[
-            "send",
-            "--to",
-            "bob@b.test",
-            "--subject",
-            "s",
-            "--body",
-            "b",
-        ],
-    ));
-    assert!(err.contains("does not match"), "{err}");
+    w.refused_for_a_key_mismatch(&alice, "bob@b.test");
     // Mail already sealed for bob waits in the queue, with the reason, and is not delivered.
     let env = sealed_text(&online, &bob_addr, bob_key, "held back", "b", "<h@a.test>");
     w.rt.block_on(online.api.send(env.encode())).unwrap();
@@ -890,17 +888,5 @@ fn a_rotated_domain_key_is_published_before_use_and_the_old_one_overlaps() {
     // Without the new key in DNS, nobody trusts b.test's new signatures.
     w.rt.block_on(w.dns.set_txt_ttl("_mailx.b.test", &old, TTL));
     std::thread::sleep(Duration::from_millis(1500));
-    let err = user_error(&w.cli(
-        &alice,
-        &[
-            "send",
-            "--to",
-            "bob@b.test",
-            "--subject",
-            "s",
-            "--body",
-            "b",
-        ],
-    ));
-    assert!(err.contains("does not match"), "{err}");
+    w.refused_for_a_key_mismatch(&alice, "bob@b.test");
 }

@@ -9,10 +9,7 @@ use std::time::Duration;
 use letterme_policy::{AuthResult, DmarcPolicy, Evidence};
 use mail_auth::common::headers::HeaderWriter as _;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-    ServerOrderingStrategy,
-};
+use mail_auth::hickory_resolver::config::{ResolveHosts, ResolverOpts, ServerOrderingStrategy};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
@@ -47,19 +44,11 @@ pub fn authenticator(dns: &DnsSettings) -> Result<MessageAuthenticator, String> 
             .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
         return MessageAuthenticator::new(config, opts).map_err(|e| e.to_string());
     }
-    let servers = dns
-        .nameservers
-        .iter()
-        .map(|sa| {
-            let mut udp = ConnectionConfig::udp();
-            udp.port = sa.port();
-            let mut tcp = ConnectionConfig::tcp();
-            tcp.port = sa.port();
-            NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
-        })
-        .collect();
-    MessageAuthenticator::new(ResolverConfig::from_name_servers(servers), opts)
-        .map_err(|e| e.to_string())
+    MessageAuthenticator::new(
+        letterme_server::federation::dns::nameserver_config(&dns.nameservers),
+        opts,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// What the verifier found, plus the header to prepend.

@@ -37,6 +37,22 @@ pub trait TxtResolver: Send + Sync + std::fmt::Debug + 'static {
     async fn txt(&self, name: &str) -> Result<TxtAnswer, DnsError>;
 }
 
+/// A resolver configuration asking exactly these servers, over UDP and TCP (each
+/// `HOST:PORT`, so tests can point at a zone on a loopback port).
+pub fn nameserver_config(nameservers: &[SocketAddr]) -> ResolverConfig {
+    let servers = nameservers
+        .iter()
+        .map(|sa| {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = sa.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = sa.port();
+            NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
+        })
+        .collect();
+    ResolverConfig::from_name_servers(servers)
+}
+
 /// hickory-resolver against the configured nameservers, or the system's.
 #[derive(Debug)]
 pub struct HickoryTxt(TokioResolver);
@@ -58,18 +74,8 @@ impl HickoryTxt {
             TokioResolver::builder(TokioRuntimeProvider::default())
                 .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
         } else {
-            let servers = nameservers
-                .iter()
-                .map(|sa| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = sa.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = sa.port();
-                    NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
-                })
-                .collect();
             TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
+                nameserver_config(nameservers),
                 TokioRuntimeProvider::default(),
             )
         };

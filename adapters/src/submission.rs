@@ -3,11 +3,13 @@
 //!
 //! The protocol core is the inbound adapter's sans-I/O session in submission mode (AUTH
 //! PLAIN/LOGIN required before MAIL); this backend checks each recipient's attested key
-//! and sends through the client library. A recipient without a letter.me key is refused
-//! with a 550 naming them, until outbound delivery to classic email exists. `250` comes
-//! only after the server committed every envelope (DESIGN.md §7.2).
+//! and sends through the client library. An ordinary (non-letter.me) address is accepted
+//! when the user's server sends notices, or relays and the proxy was started with
+//! `--allow-plaintext`; otherwise it is refused with a 550 that says why. `250` comes only
+//! after the server committed every envelope (DESIGN.md §7.2).
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use letterme_client::{ClientError, Draft, Online};
@@ -24,6 +26,8 @@ pub struct Submission {
     pub conn: ConnLimits,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub online: Arc<Mutex<Online>>,
+    /// Copies to ordinary addresses may leave end-to-end encryption (relay mode).
+    pub allow_plaintext: bool,
 }
 
 impl std::fmt::Debug for Submission {
@@ -36,6 +40,21 @@ impl std::fmt::Debug for Submission {
 
 fn refusal(rcpt: &Address, e: &ClientError) -> Reply {
     match e {
+        ClientError::PlaintextRefused(_) => Reply::new(
+            550,
+            "5.7.1",
+            format!(
+                "{rcpt} is not on letter.me: a copy would leave end-to-end encryption; \
+                 start `letterme proxy --allow-plaintext` to allow that"
+            ),
+        ),
+        ClientError::OutboundOff(_) => Reply::new(
+            550,
+            "5.7.1",
+            format!(
+                "{rcpt} is not on letter.me, and your server does not send to ordinary addresses"
+            ),
+        ),
         ClientError::UnknownRecipient(_) => Reply::new(
             550,
             "5.1.1",
@@ -124,6 +143,7 @@ pub fn draft(tx: &Transaction) -> Result<Draft, Reply> {
             .and_then(|v| v.into_iter().next()),
         references: m.header("References").map(msg_id).unwrap_or_default(),
         message_id: m.message_id().map(|id| format!("<{id}>")),
+        allow_plaintext: false,
     })
 }
 
@@ -150,12 +170,28 @@ impl Backend for Submission {
                 Err(e) => Err(e),
             };
         }
-        r.map(|_| ()).map_err(|e| refusal(rcpt, &e))
+        match r {
+            Ok(_) => Ok(()),
+            Err(ClientError::Legacy(_)) => match o.outbound_mode().await.as_deref() {
+                Ok("notice") => Ok(()),
+                Ok("relay") if self.allow_plaintext => Ok(()),
+                Ok("relay") => Err(refusal(
+                    rcpt,
+                    &ClientError::PlaintextRefused(vec![rcpt.clone()]),
+                )),
+                Ok(_) => Err(refusal(rcpt, &ClientError::OutboundOff(vec![rcpt.clone()]))),
+                Err(e) => Err(refusal(rcpt, e)),
+            },
+            Err(e) => Err(refusal(rcpt, &e)),
+        }
     }
 
     async fn accept_message(&self, _: &Session, tx: Transaction) -> Reply {
         let draft = match draft(&tx) {
-            Ok(d) => d,
+            Ok(d) => Draft {
+                allow_plaintext: self.allow_plaintext,
+                ..d
+            },
             Err(r) => return r,
         };
         let n = tx.recipients.len();
@@ -173,13 +209,28 @@ impl Backend for Submission {
                 tracing::info!(
                     recipients = n,
                     envelopes = report.envelopes.len(),
+                    relayed = report.relayed.len(),
+                    noticed = report.noticed.len(),
                     "submitted message sent"
                 );
-                Reply::new(
-                    250,
-                    "2.0.0",
-                    format!("sent end-to-end encrypted to {n} recipient(s); a copy is in Sent"),
-                )
+                let e2e = report.recipients.len();
+                let mut text = format!("sent end-to-end encrypted to {e2e} recipient(s)");
+                if !report.relayed.is_empty() {
+                    let _ = write!(
+                        text,
+                        ", as ordinary (not end-to-end encrypted) email to {}",
+                        report.relayed.len()
+                    );
+                }
+                if !report.noticed.is_empty() {
+                    let _ = write!(
+                        text,
+                        ", a notice only to {} not on letter.me",
+                        report.noticed.len()
+                    );
+                }
+                text.push_str("; a copy is in Sent");
+                Reply::new(250, "2.0.0", text)
             }
             Err(ClientError::TooLarge { size, limit }) => Reply::new(
                 552,
@@ -195,6 +246,8 @@ impl Backend for Submission {
                         ClientError::UnknownRecipient(_)
                             | ClientError::Unverified(..)
                             | ClientError::UnverifiedRemote(..)
+                            | ClientError::PlaintextRefused(_)
+                            | ClientError::OutboundOff(_)
                     ) =>
                 {
                     refusal(first, &e)

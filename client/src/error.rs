@@ -30,6 +30,18 @@ pub enum ClientError {
     OtherDomain(Address, String),
     #[error("refusing to encrypt to {0}: {1}")]
     UnverifiedRemote(Address, String),
+    #[error("{0} is not on letter.me")]
+    Legacy(Address),
+    #[error(
+        "{} not on letter.me, and your server does not send to ordinary addresses ([outbound] mode is off)",
+        list_of(.0)
+    )]
+    OutboundOff(Vec<Address>),
+    #[error(
+        "{} not on letter.me: this copy would leave end-to-end encryption and be readable by your server, theirs and anyone they share it with; send again with --allow-plaintext to allow it",
+        list_of(.0)
+    )]
+    PlaintextRefused(Vec<Address>),
     #[error("DNS: {0}")]
     Dns(String),
     #[error("the message is {size} bytes encrypted; the server accepts at most {limit} bytes")]
@@ -52,6 +64,12 @@ pub enum ClientError {
     LocalStore { path: String, reason: String },
     #[error("{0}")]
     Io(String),
+}
+
+fn list_of(v: &[Address]) -> String {
+    let names: Vec<&str> = v.iter().map(Address::as_str).collect();
+    let verb = if v.len() == 1 { "is" } else { "are" };
+    format!("{} {verb}", names.join(", "))
 }
 
 impl ClientError {

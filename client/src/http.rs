@@ -19,6 +19,13 @@ pub struct ServerInfo {
     pub protocol: u32,
     pub max_message_size: u64,
     pub quota: u64,
+    /// `relay`, `notice` or `off`: what the server does with mail for ordinary addresses.
+    #[serde(default = "off")]
+    pub outbound: String,
+}
+
+fn off() -> String {
+    "off".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +39,17 @@ pub struct KeyLookup {
     pub address: Address,
     pub found: bool,
     pub attestation: Option<Attestation>,
+    /// The domain does not run letter.me: mail to it leaves as ordinary email, if at all.
+    #[serde(default)]
+    pub legacy: bool,
+}
+
+/// `POST /v1/outbound`'s answer.
+#[derive(Debug, Deserialize)]
+pub struct OutboundResponse {
+    pub id: i64,
+    pub mode: String,
+    pub queued: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,6 +223,21 @@ impl Api {
                 .body(envelope),
         )
         .await
+    }
+
+    /// Hands mail for ordinary addresses to the server: the RFC 5322 message in relay mode,
+    /// `None` (recipients only) in notice mode.
+    pub async fn send_outbound(
+        &self,
+        recipients: &[Address],
+        message: Option<&[u8]>,
+    ) -> Result<OutboundResponse, ClientError> {
+        let mut body = json!({ "recipients": recipients });
+        if let Some(m) = message {
+            body["message"] = json!(b64::encode(m));
+        }
+        self.json(self.req(Method::POST, "/v1/outbound").json(&body))
+            .await
     }
 
     /// Long poll: like [`Api::list`], but when nothing is pending the server waits up to

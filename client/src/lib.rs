@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use letterme_protocol::codec::hex;
-use letterme_protocol::envelope::{Envelope, SignerKind, seal_message};
+use letterme_protocol::envelope::{Envelope, SignerKind, seal_message_except};
 use letterme_protocol::keys::random_bytes;
 use letterme_protocol::{
     Address, Attestation, EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, KeyBinding,
@@ -303,6 +303,8 @@ pub struct Draft {
     pub references: Vec<String>,
     /// Kept when the mail client chose one (threads), generated otherwise.
     pub message_id: Option<String>,
+    /// The user agreed that copies to ordinary addresses leave end-to-end encryption.
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -311,6 +313,12 @@ pub struct SendReport {
     /// Envelope ids, one for To+Cc and one per Bcc.
     pub envelopes: Vec<String>,
     pub recipients: Vec<Address>,
+    /// Ordinary addresses the server sends the message to in plaintext (relay mode).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub relayed: Vec<Address>,
+    /// Ordinary addresses that get only a notice (notice mode).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub noticed: Vec<Address>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -337,6 +345,7 @@ impl Online {
         let found = self.api.lookup(address).await?;
         let att = match found.attestation {
             Some(a) if found.found => a,
+            _ if found.legacy => return Err(ClientError::Legacy(address.clone())),
             _ => return Err(ClientError::UnknownRecipient(address.clone())),
         };
         if address.domain().eq_ignore_ascii_case(&p.domain) {
@@ -386,6 +395,11 @@ impl Online {
         Ok(keys)
     }
 
+    /// What the server does with mail for ordinary addresses: `relay`, `notice` or `off`.
+    pub async fn outbound_mode(&self) -> Result<String, ClientError> {
+        Ok(self.api.server_info().await?.outbound)
+    }
+
     pub async fn send(&self, draft: &Draft) -> Result<SendReport, ClientError> {
         let all: Vec<&Address> = draft.to.iter().chain(&draft.cc).chain(&draft.bcc).collect();
         if all.is_empty() {
@@ -394,10 +408,28 @@ impl Online {
         let p = &self.me.profile;
         let info = self.api.server_info().await?;
         let mut keys: BTreeMap<Address, EncryptionPublicKey> = BTreeMap::new();
+        let mut legacy: std::collections::BTreeSet<Address> = std::collections::BTreeSet::new();
         for a in &all {
-            if !keys.contains_key(*a) {
-                let att = self.verified_key(a).await?;
-                keys.insert((*a).clone(), att.encryption_key);
+            if !keys.contains_key(*a) && !legacy.contains(*a) {
+                match self.verified_key(a).await {
+                    Ok(att) => {
+                        keys.insert((*a).clone(), att.encryption_key);
+                    }
+                    Err(ClientError::Legacy(a)) => {
+                        legacy.insert(a);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let legacy_list: Vec<Address> = legacy.iter().cloned().collect();
+        if !legacy.is_empty() {
+            match info.outbound.as_str() {
+                "relay" if !draft.allow_plaintext => {
+                    return Err(ClientError::PlaintextRefused(legacy_list));
+                }
+                "relay" | "notice" => {}
+                _ => return Err(ClientError::OutboundOff(legacy_list)),
             }
         }
         let message_id = draft
@@ -419,11 +451,12 @@ impl Online {
             references: draft.references.clone(),
             legacy: None,
         };
-        let envelopes = seal_message(
+        let envelopes = seal_message_except(
             &self.me.keys.identity,
             &payload,
             &draft.bcc,
             &|a| keys.get(a).copied(),
+            &legacy,
             now(),
         )?;
         let encoded: Vec<(String, Vec<u8>)> = envelopes
@@ -443,6 +476,19 @@ impl Online {
         for (id, bytes) in encoded {
             self.api.send(bytes).await?;
             ids.push(id);
+        }
+        let (mut relayed, mut noticed) = (Vec::new(), Vec::new());
+        if !legacy.is_empty() {
+            if info.outbound == "relay" {
+                let raw = render::outgoing(&payload).ok_or_else(|| {
+                    ClientError::Io("the message cannot be written as ordinary email".into())
+                })?;
+                self.api.send_outbound(&legacy_list, Some(&raw)).await?;
+                relayed = legacy_list;
+            } else {
+                self.api.send_outbound(&legacy_list, None).await?;
+                noticed = legacy_list;
+            }
         }
         // Our own copy, for the Sent mailbox; a client that also APPENDs it finds it there.
         let sent = Payload {
@@ -466,6 +512,8 @@ impl Online {
             message_id,
             envelopes: ids,
             recipients: keys.into_keys().collect(),
+            relayed,
+            noticed,
         })
     }
 

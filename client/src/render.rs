@@ -67,17 +67,33 @@ fn verified_value(payload: &Payload, signer: &IdentityPublicKey) -> String {
 }
 
 fn native(payload: &Payload, signer: &IdentityPublicKey, me: &Address) -> Option<Vec<u8>> {
+    build(payload, Some(signer), me)
+}
+
+/// The copy of a message that leaves as ordinary email (outbound relay): the same headers
+/// and body, without Bcc and without the letter.me signature field.
+pub fn outgoing(payload: &Payload) -> Option<Vec<u8>> {
+    build(payload, None, &payload.from)
+}
+
+fn build(
+    payload: &Payload,
+    signer: Option<&IdentityPublicKey>,
+    envelope_rcpt: &Address,
+) -> Option<Vec<u8>> {
     let mut b = lettre::Message::builder()
         .from(mailbox(&payload.from)?)
         .subject(one_line(&payload.subject))
         .date(UNIX_EPOCH + Duration::from_secs(payload.date))
         .message_id(clean_msg_id(&payload.message_id))
         .header(lettre::message::header::MIME_VERSION_1_0)
-        .header(ContentType::TEXT_PLAIN)
-        .raw_header(HeaderValue::new(
+        .header(ContentType::TEXT_PLAIN);
+    if let Some(signer) = signer {
+        b = b.raw_header(HeaderValue::new(
             HeaderName::new_from_ascii_str(VERIFIED_HEADER),
             verified_value(payload, signer),
         ));
+    }
     if !payload.to.is_empty() {
         b = b.mailbox(lettre::message::header::To::from(mailboxes(&payload.to)?));
     }
@@ -97,7 +113,7 @@ fn native(payload: &Payload, signer: &IdentityPublicKey, me: &Address) -> Option
     }
     let envelope = lettre::address::Envelope::new(
         Some(payload.from.as_str().parse().ok()?),
-        vec![me.as_str().parse().ok()?],
+        vec![envelope_rcpt.as_str().parse().ok()?],
     )
     .ok()?;
     let m = b.envelope(envelope).body(payload.body.clone()).ok()?;

@@ -57,12 +57,16 @@ pub enum Command {
     /// Keeps syncing from the server, decrypts locally, and sends what the client submits
     /// end-to-end encrypted. `letterme proxy credentials` prints the login to configure.
     Proxy(ProxyArgs),
-    /// Print the DNS records this server needs, as zone-file lines.
+    /// Print the DNS records this server needs, as zone-file lines with comments.
     Dns(ConfigArg),
+    /// Look the DNS records up live: each is ok, missing or wrong, with the exact fix.
+    ///
+    /// Exits non-zero while a required record is missing or wrong.
+    Check(QueueArgs),
     /// Rotate the domain key: `next` makes and publishes a new key, `activate` switches to it.
     #[command(subcommand)]
     DomainKey(DomainKeyAction),
-    /// Show the outbound (federation) queue: what waits for which domain, and why.
+    /// Show the outbound queues (federation and SMTP): what waits for which domain, and why.
     Queue(QueueArgs),
     /// Refuse mail from an address or a whole domain (`@example.com`), or list/undo that.
     Block(BlockArgs),
@@ -119,6 +123,10 @@ pub struct ProxyArgs {
     /// SMTP submission listen address (loopback only).
     #[arg(long, default_value = "127.0.0.1:1025", value_name = "ADDR")]
     pub smtp_listen: SocketAddr,
+    /// Let mail to ordinary (non-letter.me) addresses leave as plaintext email when your
+    /// server relays: such a copy is not end-to-end encrypted.
+    #[arg(long)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +169,10 @@ pub struct ServeArgs {
     /// Config file; default ./letterme.toml, or the embedded default when that is absent.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Start even when required DNS records are missing or wrong (production mode checks
+    /// them at start, as `letterme check` does).
+    #[arg(long)]
+    pub skip_dns_check: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +205,10 @@ pub struct SendArgs {
     /// Message body; read from stdin when absent.
     #[arg(long)]
     pub body: Option<String>,
+    /// Allow copies to ordinary (non-letter.me) addresses, which leave end-to-end
+    /// encryption: your server sends them as plaintext email (when it relays).
+    #[arg(long)]
+    pub allow_plaintext: bool,
     #[command(flatten)]
     pub json: JsonFlag,
 }

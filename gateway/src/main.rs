@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser as _;
+use letterme_adapters::records;
 use letterme_client::profile::ProfileDir;
-use letterme_client::{Draft, Message, Unlocked};
+use letterme_client::{ClientError, Draft, Message, Unlocked};
 use letterme_protocol::Address;
 use letterme_server::{Config, SystemClock};
 
@@ -71,7 +72,7 @@ async fn run(cli: Cli) -> Result<()> {
     let profile_dir = ProfileDir(cli.profile.clone().unwrap_or_else(default_profile));
     match &cli.command {
         Command::Init(args) => init(args).await,
-        Command::Serve(args) => serve(args.config.as_deref()).await,
+        Command::Serve(args) => serve(args.config.as_deref(), args.skip_dns_check).await,
         Command::Demo => demo::run().await,
         Command::Account(AccountCommand::Create {
             address,
@@ -87,9 +88,18 @@ async fn run(cli: Cli) -> Result<()> {
             Some(cli::ProxyAction::Credentials(json)) => {
                 proxy::credentials(&profile_dir, json.json)
             }
-            None => proxy::run(profile_dir, args.imap_listen, args.smtp_listen).await,
+            None => {
+                proxy::run(
+                    profile_dir,
+                    args.imap_listen,
+                    args.smtp_listen,
+                    args.allow_plaintext,
+                )
+                .await
+            }
         },
         Command::Dns(args) => dns(&args.config).await,
+        Command::Check(args) => check(&args.config.config, args.json.json).await,
         Command::DomainKey(action) => domain_key(action).await,
         Command::Queue(args) => queue(&args.config.config, args.json.json).await,
         Command::Block(args) => block(profile_dir, args).await,
@@ -155,15 +165,50 @@ async fn send(dir: ProfileDir, args: &cli::SendArgs) -> Result<()> {
             Some(b) => b.clone(),
             None => read_stdin_body()?,
         },
+        allow_plaintext: args.allow_plaintext,
         ..Draft::default()
     };
     let online = me.connect().await?;
-    let report = online.send(&draft).await?;
+    let report = match online.send(&draft).await {
+        Err(ClientError::PlaintextRefused(list)) if ask_plaintext(&list)? => {
+            online
+                .send(&Draft {
+                    allow_plaintext: true,
+                    ..draft
+                })
+                .await?
+        }
+        r => r?,
+    };
     if args.json.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        let to: Vec<String> = report.recipients.iter().map(ToString::to_string).collect();
-        println!("sent {} to {}", report.message_id, to.join(", "));
+        let names = |v: &[Address]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !report.recipients.is_empty() {
+            println!(
+                "sent {} end-to-end encrypted to {}",
+                report.message_id,
+                names(&report.recipients)
+            );
+        }
+        if !report.relayed.is_empty() {
+            println!(
+                "sent {} as ordinary email, NOT end-to-end encrypted, to {}",
+                report.message_id,
+                names(&report.relayed)
+            );
+        }
+        if !report.noticed.is_empty() {
+            println!(
+                "{} not on letter.me: they get a notice that a message waits for them, not its content",
+                names(&report.noticed)
+            );
+        }
     }
     Ok(())
 }
@@ -349,56 +394,116 @@ pub(crate) fn unlock(dir: ProfileDir) -> Result<Unlocked> {
     Ok(Unlocked::open(dir, &pass)?.with_dns(CLIENT_DNS.get().cloned().unwrap_or_default()))
 }
 
-/// `letterme dns`: the records to publish, with the real key(s), endpoint and TLS key.
+/// `letterme dns`: the records to publish, with the real keys, endpoint and TLS key.
 async fn dns(config_path: &Path) -> Result<()> {
     let config = load_config(Some(config_path))?.normalized();
     let store = letterme_server::store::Store::open(&config.database_path())
         .with_context(|| format!("cannot open {}", config.database_path().display()))?;
-    let keys = letterme_server::domain_keys(&store, letterme_client::now()).await?;
+    let inputs = record_inputs(&config, &store).await?;
+    print!(
+        "{}",
+        records::zone(&config, &records::expected(&config, &inputs))
+    );
+    Ok(())
+}
+
+/// `letterme check`: every record resolved live and judged.
+async fn check(config_path: &Path, json: bool) -> Result<()> {
+    let config = load_config(Some(config_path))?.normalized();
+    let store = letterme_server::store::Store::open(&config.database_path())
+        .with_context(|| format!("cannot open {}", config.database_path().display()))?;
+    let (verdicts, dnssec) = check_records(&config, &store).await?;
+    let failing: Vec<String> = verdicts
+        .iter()
+        .filter(|v| v.fails())
+        .map(|v| format!("{} {}", v.rtype, v.name))
+        .collect();
+    if json {
+        let list: Vec<serde_json::Value> = verdicts
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "name": v.name, "type": v.rtype, "status": v.status.as_str(),
+                    "required": v.required, "why": v.why, "found": v.found, "fix": v.fix,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "domain": config.domain, "records": list, "dnssec": dnssec, "ok": failing.is_empty() })
+        );
+    } else {
+        print!("{}", records::report(&verdicts));
+        println!("DNSSEC: {dnssec}");
+    }
+    if failing.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "{} required record(s) missing or wrong: {}",
+            failing.len(),
+            failing.join(", ")
+        )
+    }
+}
+
+/// Resolves the records on the configured nameservers and judges them; also says whether
+/// the answers were DNSSEC-validated.
+async fn check_records(
+    config: &Config,
+    store: &letterme_server::store::Store,
+) -> Result<(Vec<records::Verdict>, String)> {
+    let inputs = record_inputs(config, store).await?;
+    let expected = records::expected(config, &inputs);
+    let dns = letterme_adapters::smtp_out::resolve::HickoryMailDns::new(
+        &config.dns.nameservers,
+        std::time::Duration::from_millis(config.dns.timeout_ms),
+        config.dns.attempts,
+    )
+    .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
+    let verdicts = records::check(&dns, &expected).await;
+    let dnssec = records::dnssec_status(&config.dns.nameservers, &config.domain).await;
+    Ok((verdicts, dnssec))
+}
+
+/// What the records are made of: the DKIM keys (generated on first use) and, with
+/// federation on, one `_mailx` record per published domain key.
+async fn record_inputs(
+    config: &Config,
+    store: &letterme_server::store::Store,
+) -> Result<records::Inputs> {
+    let now = letterme_client::now();
+    let keys = letterme_server::domain_keys(store, now).await?;
     if keys.is_empty() {
         bail!(
             "no domain key in {} yet; run `letterme init` or start the server once",
             config.data_dir.display()
         );
     }
-    println!("; DNS records for {} (letterme dns)", config.domain);
-    print_mailx(&config, &keys)
-}
-
-/// The `_mailx` record(s): one per published domain key (the current one, and during a
-/// rotation the next or the previous one), or a note that federation is off.
-fn print_mailx(config: &Config, keys: &[letterme_server::PublishedKey]) -> Result<()> {
-    let Some(endpoint) = config.federation.endpoint() else {
-        println!(
-            "; federation is off ([federation] listen is not set): no _mailx record to publish"
-        );
-        return Ok(());
-    };
-    let tls = letterme_server::federation_tls(config);
-    let fp = letterme_server::tls::spki_fingerprint(&tls.cert)
-        .context("the federation certificate is missing; start the server once to create it")?;
-    println!(
-        "; letter.me discovery: domain key, federation endpoint, TLS key (SHA-256 of its SPKI)"
-    );
-    for k in keys {
-        let record = letterme_protocol::discovery::MailxRecord {
-            domain_key: k.key,
-            endpoint: endpoint.clone(),
-            tls_fingerprint: Some(fp.clone()),
-        };
-        if let Some(note) = &k.note {
-            println!("; {note}");
+    let mail = letterme_server::load_mail_keys(store, config, now).await?;
+    let mut mailx = Vec::new();
+    if let Some(endpoint) = config.federation.endpoint() {
+        let tls = letterme_server::federation_tls(config);
+        let fp = letterme_server::tls::spki_fingerprint(&tls.cert)
+            .context("the federation certificate is missing; start the server once to create it")?;
+        for k in keys {
+            mailx.push((
+                letterme_protocol::discovery::MailxRecord {
+                    domain_key: k.key,
+                    endpoint: endpoint.clone(),
+                    tls_fingerprint: Some(fp.clone()),
+                },
+                k.note,
+            ));
         }
-        println!(
-            "_mailx.{}. 3600 IN TXT \"{}\"",
-            config.domain,
-            record.to_txt()
-        );
     }
-    Ok(())
+    Ok(records::Inputs {
+        dkim_ed25519: mail.ed25519_public.clone(),
+        dkim_rsa: mail.rsa_public.clone(),
+        mailx,
+    })
 }
 
-/// `letterme domain-key next|activate`.
 async fn domain_key(action: &cli::DomainKeyAction) -> Result<()> {
     let (config_path, next) = match action {
         cli::DomainKeyAction::Next(c) => (&c.config, true),
@@ -433,11 +538,13 @@ async fn queue(config_path: &Path, json: bool) -> Result<()> {
     let store = letterme_server::store::Store::open(&config.database_path())
         .with_context(|| format!("cannot open {}", config.database_path().display()))?;
     let rows = store.outbound_rows().await?;
+    let smtp = store.smtp_rows().await?;
     if json {
-        let list: Vec<serde_json::Value> = rows
+        let mut list: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
                 serde_json::json!({
+                    "via": "federation",
                     "destination": r.destination,
                     "envelope": letterme_protocol::codec::hex(&r.envelope_id),
                     "sender": r.sender,
@@ -449,24 +556,53 @@ async fn queue(config_path: &Path, json: bool) -> Result<()> {
                 })
             })
             .collect();
+        list.extend(smtp.iter().map(|r| {
+            serde_json::json!({
+                "via": "smtp",
+                "kind": if r.kind == letterme_server::outbound::store::Kind::Notice { "notice" } else { "relay" },
+                "destination": r.domain,
+                "message": r.message,
+                "sender": r.sender,
+                "recipients": r.recipients,
+                "size": r.size,
+                "queued_at": r.queued_at,
+                "attempts": r.attempts,
+                "next_attempt": r.next_attempt,
+                "last_error": r.last_error,
+            })
+        }));
         println!("{}", serde_json::Value::Array(list));
         return Ok(());
     }
-    if rows.is_empty() {
-        println!("the outbound queue is empty");
+    if rows.is_empty() && smtp.is_empty() {
+        println!("the outbound queues are empty");
     }
+    let error = |e: &Option<String>| e.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
     for r in &rows {
         println!(
-            "{} {} -> {} (attempts {}, next {}){}",
+            "federation {} {} -> {} (attempts {}, next {}){}",
             letterme_protocol::codec::hex(&r.envelope_id),
             r.sender,
             r.recipients.join(", "),
             r.attempts,
             date(r.next_attempt),
-            r.last_error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
+            error(&r.last_error)
+        );
+    }
+    for r in &smtp {
+        println!(
+            "smtp {} #{} {} -> {} (attempts {}, next {}){}",
+            if r.kind == letterme_server::outbound::store::Kind::Notice {
+                "notice"
+            } else {
+                "relay"
+            },
+            r.message,
+            r.sender,
+            r.recipients.join(", "),
+            r.attempts,
+            date(r.next_attempt),
+            error(&r.last_error)
         );
     }
     Ok(())
@@ -505,6 +641,25 @@ async fn block(dir: ProfileDir, args: &cli::BlockArgs) -> Result<()> {
         println!("{entry} {what}");
     }
     Ok(())
+}
+
+/// Asks on the terminal whether copies to `list` may leave end-to-end encryption; without
+/// a terminal the answer is no (the error then names `--allow-plaintext`).
+fn ask_plaintext(list: &[Address]) -> Result<bool> {
+    use std::io::{BufRead as _, Write as _};
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(false);
+    }
+    let names: Vec<&str> = list.iter().map(Address::as_str).collect();
+    eprint!(
+        "{} not on letter.me. Their copy leaves end-to-end encryption: your server sends it \
+         as ordinary email, readable by the servers on the way. Send it anyway? [y/N] ",
+        names.join(", ")
+    );
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "Yes"))
 }
 
 fn read_stdin_body() -> Result<String> {
@@ -546,15 +701,52 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
     }
 }
 
-async fn serve(config: Option<&Path>) -> Result<()> {
+async fn serve(config: Option<&Path>, skip_dns_check: bool) -> Result<()> {
     let config = load_config(config)?.normalized();
     let domain = config.domain.clone();
+    if config.is_production() && !skip_dns_check {
+        let (store, _) = letterme_server::open_storage(&config, letterme_client::now()).await?;
+        let (verdicts, _) = check_records(&config, &store).await?;
+        drop(store);
+        let failing: Vec<&records::Verdict> = verdicts.iter().filter(|v| v.fails()).collect();
+        if !failing.is_empty() {
+            let owned: Vec<records::Verdict> = failing.into_iter().cloned().collect();
+            eprint!("{}", records::report(&owned));
+            bail!(
+                "refusing to start in production: {} required DNS record(s) missing or wrong (above); \
+                 publish them (`letterme dns` prints them all), or start with --skip-dns-check",
+                owned.len()
+            );
+        }
+        tracing::info!("DNS records checked: all required ones are in place");
+    }
     let scheme = if config.http.tls.is_some() {
         "https"
     } else {
         "http"
     };
     let running = letterme_server::start(config.clone(), Arc::new(SystemClock)).await?;
+    if let Some(keys) = running.mail_keys.clone() {
+        let dns = letterme_adapters::smtp_out::resolve::HickoryMailDns::new(
+            &config.dns.nameservers,
+            std::time::Duration::from_millis(config.dns.timeout_ms),
+            config.dns.attempts,
+        )
+        .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
+        let worker =
+            letterme_adapters::smtp_out::SmtpOut::new(letterme_adapters::smtp_out::Setup {
+                store: running.store.clone(),
+                keys,
+                dns: Arc::new(dns),
+                config: config.clone(),
+                domain_key: running.domain_signing_key().clone(),
+                clock: running.clock.clone(),
+                wake: running.smtp_wake.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("outbound SMTP: {e}"))?;
+        tokio::spawn(Arc::new(worker).run(running.shutdown_signal()));
+        tracing::info!(mode = %config.outbound.mode, "outbound SMTP delivery on");
+    }
     let (stop_smtp, smtp_stop) = tokio::sync::watch::channel(false);
     let smtp = match config.smtp.listen.filter(|_| config.smtp.enabled) {
         Some(addr) => {
@@ -669,7 +861,7 @@ async fn init(args: &cli::InitArgs) -> Result<()> {
         letterme_server::tls::generate_self_signed(&names, &tls.cert, &tls.key)?;
     }
     let fingerprint = letterme_server::tls::spki_fingerprint(&tls.cert)?;
-    let (_store, key) = letterme_server::open_storage(&config, letterme_client::now()).await?;
+    let (store, key) = letterme_server::open_storage(&config, letterme_client::now()).await?;
     let text = toml::to_string_pretty(&config).context("cannot render the config")?;
     std::fs::write(
         &args.config,
@@ -688,14 +880,14 @@ async fn init(args: &cli::InitArgs) -> Result<()> {
         }
     );
     println!();
-    println!("; DNS records to publish for {}", config.domain);
-    print_mailx(
-        &config,
-        &[letterme_server::PublishedKey {
-            key: key.public(),
-            note: None,
-        }],
-    )?;
+    let inputs = record_inputs(&config, &store).await?;
+    println!(
+        "; DNS records to publish (`letterme dns` prints them again, `letterme check` checks them)"
+    );
+    print!(
+        "{}",
+        records::zone(&config, &records::expected(&config, &inputs))
+    );
     println!();
     println!(
         "start the server with: letterme serve --config {}",

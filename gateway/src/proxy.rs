@@ -154,7 +154,12 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     })
 }
 
-pub async fn run(dir: ProfileDir, imap: SocketAddr, smtp: SocketAddr) -> Result<()> {
+pub async fn run(
+    dir: ProfileDir,
+    imap: SocketAddr,
+    smtp: SocketAddr,
+    allow_plaintext: bool,
+) -> Result<()> {
     check_loopback(imap, "--imap-listen")?;
     check_loopback(smtp, "--smtp-listen")?;
     let mut state = ensure_state(&dir)?;
@@ -200,6 +205,7 @@ pub async fn run(dir: ProfileDir, imap: SocketAddr, smtp: SocketAddr) -> Result<
         },
         tls: Some(acceptor),
         online: Arc::new(Mutex::new(submit)),
+        allow_plaintext,
     });
     tokio::spawn(imap_proxy::serve(
         imap_listener,

@@ -51,6 +51,8 @@ pub struct AppState {
     pub federation: Option<Arc<crate::federation::Federation>>,
     /// Wakes the outbound queue after mail for another domain is queued.
     pub outbound_wake: Arc<tokio::sync::Notify>,
+    /// Set when `[outbound] mode` is relay or notice.
+    pub outbound: Option<Arc<crate::outbound::api::OutboundState>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -70,6 +72,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/server", get(server_info))
+        .route("/.well-known/mta-sts.txt", get(mta_sts))
         .route("/v1/accounts", post(register))
         .route("/v1/auth/challenge", post(challenge))
         .route("/v1/auth/token", post(token))
@@ -79,6 +82,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(send).layer(DefaultBodyLimit::max(max_msg)).get(list),
         )
         .route("/v1/messages/ack", post(ack_many))
+        .route(
+            "/v1/outbound",
+            post(crate::outbound::api::submit).layer(DefaultBodyLimit::max(
+                max_msg.saturating_mul(4) / 3 + MAX_JSON_BODY,
+            )),
+        )
         .route(
             "/v1/blocks",
             get(list_blocks).post(add_block).delete(remove_block),
@@ -209,6 +218,15 @@ async fn metrics(State(state): St) -> Response {
         .into_response()
 }
 
+/// `GET /.well-known/mta-sts.txt` (RFC 8461 §3.3), when a policy is configured.
+async fn mta_sts(State(state): St) -> Response {
+    match crate::outbound::mta_sts_policy(&state.config) {
+        Some(p) => ([(header::CONTENT_TYPE, "text/plain")], p).into_response(),
+        None => ApiError::not_found("no MTA-STS policy is configured ([outbound] mta_sts)")
+            .into_response(),
+    }
+}
+
 /// `GET /v1/server`
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ServerInfo {
@@ -218,6 +236,9 @@ pub struct ServerInfo {
     pub max_message_size: u64,
     pub quota: u64,
     pub registration: RegistrationMode,
+    /// What happens to mail for addresses outside letter.me.
+    #[serde(default)]
+    pub outbound: crate::config::OutboundMode,
 }
 
 async fn server_info(State(state): St) -> Json<ServerInfo> {
@@ -228,6 +249,7 @@ async fn server_info(State(state): St) -> Json<ServerInfo> {
         max_message_size: state.config.limits.max_message_size.0,
         quota: state.config.limits.quota.0,
         registration: state.config.registration.mode,
+        outbound: state.config.outbound.mode,
     })
 }
 
@@ -419,6 +441,10 @@ pub struct KeyLookup {
     pub address: Address,
     pub found: bool,
     pub attestation: Option<Attestation>,
+    /// The address's domain does not run letter.me (no `_mailx` record, or this server
+    /// does not federate): mail to it can only leave as ordinary email.
+    #[serde(default)]
+    pub legacy: bool,
 }
 
 async fn lookup(
@@ -438,12 +464,22 @@ async fn lookup(
     state.metrics.key_lookups.inc();
     if address.domain() != state.config.domain {
         let Some(fed) = &state.federation else {
+            if state.outbound.is_some() {
+                // Without federation, every other domain is reached as ordinary email.
+                return Ok(Json(KeyLookup {
+                    address,
+                    found: false,
+                    attestation: None,
+                    legacy: true,
+                }));
+            }
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "federation_unavailable",
                 format!("{address} is on another domain, and this server does not federate"),
             ));
         };
+        let mut legacy = false;
         let found = match fed.lookup(&address).await {
             Ok(f) => f,
             // No `_mailx` record: not a letter.me domain, so no letter.me key.
@@ -452,11 +488,14 @@ async fn lookup(
                 | crate::federation::FederationError::Dns(
                     crate::federation::dns::DnsError::NotFound(_),
                 ),
-            ) => crate::federation::RemoteKeys {
-                address: address.clone(),
-                found: false,
-                attestation: None,
-            },
+            ) => {
+                legacy = true;
+                crate::federation::RemoteKeys {
+                    address: address.clone(),
+                    found: false,
+                    attestation: None,
+                }
+            }
             Err(e) => {
                 tracing::info!(%address, error = %e, "remote key lookup failed");
                 return Err(ApiError::new(
@@ -470,6 +509,7 @@ async fn lookup(
             address,
             found: found.found,
             attestation: found.attestation,
+            legacy,
         }));
     }
     let row = state.store.account(address.to_string()).await?;
@@ -478,6 +518,7 @@ async fn lookup(
         address,
         found: attestation.is_some(),
         attestation,
+        legacy: false,
     }))
 }
 

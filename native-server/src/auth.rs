@@ -118,8 +118,13 @@ pub struct RateLimiter<K> {
 
 impl<K: Eq + Hash + Clone> RateLimiter<K> {
     pub fn new(rate: u32, burst: u32, max_keys: usize) -> Self {
+        Self::with_rate(f64::from(rate.max(1)), burst, max_keys)
+    }
+
+    /// A limiter refilling `rate` tokens per second (fractions allowed: 0.5 is one every 2 s).
+    pub fn with_rate(rate: f64, burst: u32, max_keys: usize) -> Self {
         Self {
-            rate: f64::from(rate.max(1)),
+            rate: rate.max(1e-6),
             burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
             max_keys,

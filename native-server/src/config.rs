@@ -35,6 +35,10 @@ pub struct Config {
     pub federation: FederationConfig,
     #[serde(default)]
     pub outbound: OutboundConfig,
+    /// `production` checks the published DNS records at start and refuses to run while a
+    /// required one is wrong; absent: production when any listener is off loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RunMode>,
 }
 
 impl Config {
@@ -57,7 +61,33 @@ impl Config {
             registration: RegistrationConfig::default(),
             federation: FederationConfig::default(),
             outbound: OutboundConfig::default(),
+            mode: None,
         }
+    }
+
+    /// Production unless configured otherwise or every listener is on loopback.
+    pub fn is_production(&self) -> bool {
+        match self.mode {
+            Some(m) => m == RunMode::Production,
+            None => {
+                !self.http.listen.ip().is_loopback()
+                    || self.smtp.listen.is_some_and(|l| !l.ip().is_loopback())
+                    || self
+                        .federation
+                        .listen
+                        .is_some_and(|l| !l.ip().is_loopback())
+            }
+        }
+    }
+
+    /// The name this server greets with and publishes as MX: `[smtp] hostname`, else the domain.
+    pub fn mail_hostname(&self) -> String {
+        self.smtp
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.domain.clone())
+            .trim_end_matches('.')
+            .to_ascii_lowercase()
     }
 
     pub fn key_file(&self) -> PathBuf {
@@ -147,6 +177,29 @@ impl Config {
             && !u.starts_with("https://")
         {
             return Err(format!("federation.public_url {u:?} must be https://"));
+        }
+        let o = &self.outbound;
+        if o.retry_first.0 == 0 || o.retry_max < o.retry_first {
+            return Err(
+                "outbound.retry_first must be at least 1s and at most outbound.retry_max".into(),
+            );
+        }
+        if o.port == 0 {
+            return Err("outbound.port must not be 0".into());
+        }
+        if let Some(m) = &o.mta_sts
+            && !matches!(m.as_str(), "enforce" | "testing")
+        {
+            return Err(format!(
+                "outbound.mta_sts {m:?}: expected enforce or testing"
+            ));
+        }
+        if let Some(r) = &o.tls_rpt
+            && !(r.starts_with("mailto:") || r.starts_with("https://"))
+        {
+            return Err(format!(
+                "outbound.tls_rpt {r:?}: expected a mailto: or https:// URI"
+            ));
         }
         if self.limits.max_message_size.0 < 1024 {
             return Err("limits.max_message_size must be at least 1024 bytes".into());
@@ -545,23 +598,136 @@ impl<'de> Deserialize<'de> for Interval {
     }
 }
 
+/// What happens to mail for addresses outside letter.me (DESIGN.md §3, §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundMode {
+    /// The user's message, DKIM-signed, over SMTP to the recipient's MX.
+    Relay,
+    /// Only a notice that a message waits in letter.me; never the content.
+    Notice,
+    /// Mail to other domains goes through federation only.
+    #[default]
+    Off,
+}
+
+impl fmt::Display for OutboundMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Relay => "relay",
+            Self::Notice => "notice",
+            Self::Off => "off",
+        })
+    }
+}
+
+/// `[outbound]`: delivery to ordinary (non-letter.me) addresses over SMTP.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
-    #[serde(default = "default_outbound_mode")]
-    pub mode: String,
+    #[serde(default)]
+    pub mode: OutboundMode,
+    /// TCP port of the MX hosts; 25 on the Internet (tests and private relays change it).
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// How long one SMTP exchange may take before it counts as a temporary failure.
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout: Interval,
+    /// Addresses mail leaves from, published in SPF as `ip4:`/`ip6:`; absent: SPF names
+    /// `mx` (mail leaves from the host that receives it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<std::net::IpAddr>,
+    /// PEM certificates trusted, beside the public roots, when TLS is required (MTA-STS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_retry_first")]
+    pub retry_first: Interval,
+    #[serde(default = "default_retry_max")]
+    pub retry_max: Interval,
+    #[serde(default = "default_give_up")]
+    pub give_up_after: Interval,
+    /// Messages (counted per recipient) one user may send per minute, and the burst.
+    #[serde(default = "default_user_per_minute")]
+    pub user_per_minute: u32,
+    #[serde(default = "default_user_burst")]
+    pub user_burst: u32,
+    /// Messages per minute to one destination domain from the whole server, and the burst.
+    #[serde(default = "default_domain_per_minute")]
+    pub domain_per_minute: u32,
+    #[serde(default = "default_domain_burst")]
+    pub domain_burst: u32,
+    /// Recipients one user may reach outside letter.me per UTC day.
+    #[serde(default = "default_daily_cap")]
+    pub daily_cap: u32,
+    /// Where a notice tells the recipient to get an address; default: the public URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signup_url: Option<String>,
+    /// Publish (in `letterme dns`) and serve an MTA-STS policy in this mode: `enforce` or
+    /// `testing`. Absent: none (the records are printed as comments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mta_sts: Option<String>,
+    /// Where TLS reports go (`mailto:` or `https:`), published as TLS-RPT. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_rpt: Option<String>,
 }
 
 impl Default for OutboundConfig {
     fn default() -> Self {
         Self {
-            mode: default_outbound_mode(),
+            mode: OutboundMode::Off,
+            port: default_smtp_port(),
+            timeout: default_smtp_timeout(),
+            ips: Vec::new(),
+            ca_file: None,
+            retry_first: default_retry_first(),
+            retry_max: default_retry_max(),
+            give_up_after: default_give_up(),
+            user_per_minute: default_user_per_minute(),
+            user_burst: default_user_burst(),
+            domain_per_minute: default_domain_per_minute(),
+            domain_burst: default_domain_burst(),
+            daily_cap: default_daily_cap(),
+            signup_url: None,
+            mta_sts: None,
+            tls_rpt: None,
         }
     }
 }
 
-fn default_outbound_mode() -> String {
-    "off".into()
+fn default_smtp_port() -> u16 {
+    25
+}
+
+fn default_smtp_timeout() -> Interval {
+    Interval(120)
+}
+
+fn default_user_per_minute() -> u32 {
+    30
+}
+
+fn default_user_burst() -> u32 {
+    100
+}
+
+fn default_domain_per_minute() -> u32 {
+    600
+}
+
+fn default_domain_burst() -> u32 {
+    1000
+}
+
+fn default_daily_cap() -> u32 {
+    1000
+}
+
+/// Whether the server runs for real (and so checks its DNS before it starts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    Production,
+    Development,
 }
 
 /// A size written as `25MB`, `512KB`, `1GB`, `1MiB` or a plain number of bytes.

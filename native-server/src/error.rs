@@ -108,6 +108,11 @@ impl From<StoreError> for ApiError {
             StoreError::InviteUsed => {
                 Self::forbidden("invalid_invite", "this invite token was already used")
             }
+            e @ StoreError::DailyCap { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "daily_cap",
+                format!("{e}; try again tomorrow (UTC), or ask the administrator"),
+            ),
             StoreError::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

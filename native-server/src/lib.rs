@@ -11,6 +11,8 @@ pub mod config;
 pub mod error;
 pub mod federation;
 pub mod metrics;
+pub mod notice;
+pub mod outbound;
 pub mod secrets;
 pub mod store;
 pub mod tls;
@@ -99,6 +101,10 @@ pub struct Running {
     pub federation_addr: Option<SocketAddr>,
     /// The outbound queue's worker, when federation is on.
     pub outbound: Option<Arc<federation::queue::Outbound>>,
+    /// The DKIM and queue keys, when `[outbound] mode` is not off.
+    pub mail_keys: Option<Arc<outbound::MailKeys>>,
+    /// Notified when mail is queued for SMTP delivery.
+    pub smtp_wake: Arc<tokio::sync::Notify>,
     pub domain_key: IdentityPublicKey,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
@@ -148,6 +154,16 @@ impl Running {
         &self.signing
     }
 
+    /// The server's configuration, as it runs.
+    pub fn config(&self) -> &Config {
+        &self.state.config
+    }
+
+    /// A receiver that turns true when the server shuts down, for in-process workers.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
     /// The federation state, when federation is on.
     pub fn federation(&self) -> Option<&Arc<federation::Federation>> {
         self.state.federation.as_ref()
@@ -182,6 +198,21 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         None => None,
     };
     let outbound_wake = Arc::new(tokio::sync::Notify::new());
+    let smtp_wake = Arc::new(tokio::sync::Notify::new());
+    let mail_keys = if config.outbound.mode == config::OutboundMode::Off {
+        None
+    } else {
+        Some(Arc::new(
+            load_mail_keys(&store, &config, clock.now()).await?,
+        ))
+    };
+    let smtp_state = mail_keys.as_ref().map(|k| {
+        Arc::new(outbound::api::OutboundState::new(
+            &config.outbound,
+            k,
+            smtp_wake.clone(),
+        ))
+    });
     let limits = &config.limits;
     let state = Arc::new(api::AppState {
         lookup_limit: auth::RateLimiter::new(
@@ -197,6 +228,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         metrics: Arc::new(metrics::Metrics::default()),
         federation: federation.as_ref().map(|(f, _)| f.clone()),
         outbound_wake: outbound_wake.clone(),
+        outbound: smtp_state,
         config,
     });
     let (tx, mut rx) = watch::channel(false);
@@ -275,6 +307,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     Ok(Running {
         federation_addr,
         outbound,
+        mail_keys,
+        smtp_wake,
         local_addr,
         domain_key: domain_key.public(),
         store,
@@ -351,39 +385,94 @@ async fn load_domain_key(
     config: &Config,
     now: u64,
 ) -> Result<SigningKeypair, StartError> {
+    let (public, seed) = load_secret(store, config, "domain", now, || {
+        let key = SigningKeypair::generate();
+        tracing::info!(public = %key.public().to_base64(), "generated the domain key");
+        Ok((
+            key.public().0.to_vec(),
+            zeroize::Zeroizing::new(key.secret_bytes().to_vec()),
+        ))
+    })
+    .await?;
+    let seed: [u8; 32] = seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| secrets::SecretError::Malformed)?;
+    let key = SigningKeypair::from_secret_bytes(&seed);
+    if key.public().0.as_slice() != public.as_slice() {
+        return Err(secrets::SecretError::Malformed.into());
+    }
+    Ok(key)
+}
+
+/// Loads the DKIM keys and the queue key, generating each on first use.
+pub async fn load_mail_keys(
+    store: &Store,
+    config: &Config,
+    now: u64,
+) -> Result<outbound::MailKeys, StartError> {
+    let (ed25519_public, ed25519_seed) = load_secret(store, config, "dkim-ed25519", now, || {
+        let key = SigningKeypair::generate();
+        Ok((
+            key.public().0.to_vec(),
+            zeroize::Zeroizing::new(key.secret_bytes().to_vec()),
+        ))
+    })
+    .await?;
+    let (rsa_public, rsa_pkcs8) = load_secret(store, config, "dkim-rsa", now, || {
+        let (private, public) = outbound::generate_rsa().map_err(StartError::Config)?;
+        tracing::info!("generated the RSA DKIM key");
+        Ok((public, private))
+    })
+    .await?;
+    let (_, queue) = load_secret(store, config, "outbound-queue", now, || {
+        Ok((
+            Vec::new(),
+            zeroize::Zeroizing::new(letterme_protocol::keys::random_bytes::<32>().to_vec()),
+        ))
+    })
+    .await?;
+    let queue: [u8; 32] = queue
+        .as_slice()
+        .try_into()
+        .map_err(|_| secrets::SecretError::Malformed)?;
+    Ok(outbound::MailKeys {
+        ed25519_seed,
+        ed25519_public,
+        rsa_pkcs8,
+        rsa_public,
+        queue: outbound::QueueKey::new(queue),
+    })
+}
+
+type Secret = (Vec<u8>, zeroize::Zeroizing<Vec<u8>>);
+
+/// A server secret by name: (public part, secret), opened with the key-encryption key; on
+/// first use generated, sealed and stored.
+async fn load_secret(
+    store: &Store,
+    config: &Config,
+    name: &'static str,
+    now: u64,
+    generate: impl FnOnce() -> Result<Secret, StartError>,
+) -> Result<Secret, StartError> {
     let key_file = config.key_file();
     let store_err = |source| StartError::Store {
         path: config.database_path().display().to_string(),
         source,
     };
-    if let Some((public, sealed, kdf)) = store.server_key("domain").await.map_err(store_err)? {
+    if let Some((public, sealed, kdf)) = store.server_key(name).await.map_err(store_err)? {
         let kek = Kek::for_existing(&kdf, &key_file)?;
-        let seed = kek.open(&sealed)?;
-        let seed: [u8; 32] = seed
-            .as_slice()
-            .try_into()
-            .map_err(|_| secrets::SecretError::Malformed)?;
-        let key = SigningKeypair::from_secret_bytes(&seed);
-        if key.public().0.as_slice() != public.as_slice() {
-            return Err(secrets::SecretError::Malformed.into());
-        }
-        return Ok(key);
+        return Ok((public, kek.open(&sealed)?));
     }
-    let key = SigningKeypair::generate();
+    let (public, secret) = generate()?;
     let kek = Kek::for_new_key(&key_file)?;
-    let sealed = kek.seal(&*key.secret_bytes());
+    let sealed = kek.seal(&secret);
     store
-        .put_server_key(
-            "domain",
-            key.public().0.to_vec(),
-            sealed,
-            kek.kdf.clone(),
-            now,
-        )
+        .put_server_key(name, public.clone(), sealed, kek.kdf.clone(), now)
         .await
         .map_err(store_err)?;
-    tracing::info!(public = %key.public().to_base64(), "generated the domain key");
-    Ok(key)
+    Ok((public, secret))
 }
 
 /// Where the federation listener's certificate lives: `[http.tls]` when configured, else

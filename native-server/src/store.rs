@@ -39,6 +39,8 @@ pub enum StoreError {
     Replay,
     #[error("this invite token was already used")]
     InviteUsed,
+    #[error("{sender} reached the daily limit of {cap} recipients outside letter.me")]
+    DailyCap { sender: String, cap: u32 },
     #[error("the store is shutting down")]
     Closed,
 }
@@ -53,6 +55,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../../migrations/0001_init.sql")),
         M::up(include_str!("../../migrations/0002_federation.sql")),
+        M::up(include_str!("../../migrations/0003_outbound.sql")),
     ])
 }
 

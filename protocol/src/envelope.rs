@@ -466,6 +466,24 @@ pub fn seal_message(
     key_of: &dyn Fn(&Address) -> Option<EncryptionPublicKey>,
     created: u64,
 ) -> Result<Vec<Envelope>, SealError> {
+    let out = seal_message_except(signer, payload, bcc, key_of, &BTreeSet::new(), created)?;
+    if out.is_empty() {
+        return Err(SealError::NoRecipients);
+    }
+    Ok(out)
+}
+
+/// Like [`seal_message`], but the addresses in `outside` (ordinary email, reached another
+/// way) stay in the headers and get no envelope. Returns no envelopes when every
+/// recipient is outside.
+pub fn seal_message_except(
+    signer: &SigningKeypair,
+    payload: &Payload,
+    bcc: &[Address],
+    key_of: &dyn Fn(&Address) -> Option<EncryptionPublicKey>,
+    outside: &BTreeSet<Address>,
+    created: u64,
+) -> Result<Vec<Envelope>, SealError> {
     let lookup = |a: &Address| {
         key_of(a)
             .map(|k| (a.clone(), k))
@@ -475,12 +493,16 @@ pub fn seal_message(
     let visible: Vec<Address> = payload.to.iter().chain(&payload.cc).cloned().collect();
     let mut shared = payload.clone();
     shared.bcc.clear();
-    if !visible.is_empty() {
-        let keys = visible.iter().map(lookup).collect::<Result<Vec<_>, _>>()?;
+    let sealed_to: Vec<&Address> = visible.iter().filter(|a| !outside.contains(*a)).collect();
+    if !sealed_to.is_empty() {
+        let keys = sealed_to
+            .into_iter()
+            .map(lookup)
+            .collect::<Result<Vec<_>, _>>()?;
         out.push(seal(SignerKind::User, signer, &shared, &keys, created)?);
     }
     for b in bcc.iter().collect::<BTreeSet<_>>() {
-        if visible.contains(b) {
+        if visible.contains(b) || outside.contains(b) {
             continue;
         }
         let mut own = shared.clone();
@@ -492,9 +514,6 @@ pub fn seal_message(
             &[lookup(b)?],
             created,
         )?);
-    }
-    if out.is_empty() {
-        return Err(SealError::NoRecipients);
     }
     Ok(out)
 }

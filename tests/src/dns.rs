@@ -160,3 +160,39 @@ impl TestDns {
         }
     }
 }
+
+impl TestDns {
+    /// Serves the records of a zone file text (as `letterme dns` prints it: comments, TXT in
+    /// quoted strings), parsed by hickory's zone parser; each record set replaces the one
+    /// at its owner and type.
+    pub async fn load_zone(&self, text: &str) {
+        let records = parse_zone(text);
+        let mut map = self.zone.records_mut().await;
+        for r in &records {
+            map.remove(&RrKey::new(LowerName::new(&r.name), r.record_type()));
+        }
+        drop(map);
+        for r in records {
+            assert!(self.zone.upsert(r, 1).await, "record rejected");
+        }
+    }
+
+    /// Removes every record of `rtype` at `owner`.
+    pub async fn remove(&self, owner: &str, rtype: RecordType) {
+        self.zone
+            .records_mut()
+            .await
+            .remove(&RrKey::new(LowerName::new(&name(owner)), rtype));
+    }
+}
+
+/// Every record of a zone file text (hickory-proto's RFC 1035 §5 parser).
+pub fn parse_zone(text: &str) -> Vec<Record> {
+    let (_, sets) =
+        hickory_server::proto::serialize::txt::Parser::new(text, None, Some(Name::root()))
+            .parse()
+            .unwrap_or_else(|e| panic!("zone text does not parse: {e}\n{text}"));
+    sets.into_values()
+        .flat_map(|set| set.records_without_rrsigs().cloned().collect::<Vec<_>>())
+        .collect()
+}

@@ -5,6 +5,7 @@
 
 pub mod dkim;
 pub mod dns;
+pub mod sink;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener};

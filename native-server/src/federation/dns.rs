@@ -63,26 +63,36 @@ impl HickoryTxt {
         timeout: Duration,
         attempts: usize,
     ) -> Result<Self, String> {
-        let mut opts = ResolverOpts::default();
-        opts.timeout = timeout;
-        opts.attempts = attempts;
-        opts.use_hosts_file = ResolveHosts::Never;
-        opts.server_ordering_strategy = ServerOrderingStrategy::UserProvidedOrder;
         // Discovery keeps its own cache, bounded by the record's TTL.
-        opts.cache_size = 0;
-        let builder = if nameservers.is_empty() {
-            TokioResolver::builder(TokioRuntimeProvider::default())
-                .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
-        } else {
-            TokioResolver::builder_with_config(
-                nameserver_config(nameservers),
-                TokioRuntimeProvider::default(),
-            )
-        };
-        let mut builder = builder;
-        *builder.options_mut() = opts;
-        builder.build().map(Self).map_err(|e| e.to_string())
+        resolver(nameservers, timeout, attempts, 0).map(Self)
     }
+}
+
+/// A hickory resolver asking `nameservers` (the system's when empty), never the hosts
+/// file, with `cache_size` answers cached.
+pub fn resolver(
+    nameservers: &[SocketAddr],
+    timeout: Duration,
+    attempts: usize,
+    cache_size: u64,
+) -> Result<TokioResolver, String> {
+    let mut opts = ResolverOpts::default();
+    opts.timeout = timeout;
+    opts.attempts = attempts;
+    opts.use_hosts_file = ResolveHosts::Never;
+    opts.server_ordering_strategy = ServerOrderingStrategy::UserProvidedOrder;
+    opts.cache_size = cache_size;
+    let mut builder = if nameservers.is_empty() {
+        TokioResolver::builder(TokioRuntimeProvider::default())
+            .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
+    } else {
+        TokioResolver::builder_with_config(
+            nameserver_config(nameservers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    *builder.options_mut() = opts;
+    builder.build().map_err(|e| e.to_string())
 }
 
 #[async_trait::async_trait]

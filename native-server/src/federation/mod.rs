@@ -36,7 +36,7 @@ pub const MAX_RESPONSE: usize = 4 * 1024 * 1024;
 /// Nonces remembered at most; beyond, requests are refused (503) until old ones expire.
 pub const MAX_NONCES: usize = 1_000_000;
 /// Local part of the address failure notices come from.
-pub const NOTICE_SENDER: &str = "mailer-daemon";
+pub use crate::notice::NOTICE_SENDER;
 /// A peer whose key verification failed is looked up again after this long at the soonest.
 const REFRESH_AFTER: u64 = 30;
 

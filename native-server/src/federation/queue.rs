@@ -8,21 +8,19 @@
 //! crash or a lost answer leads to the very same request again, which the peer answers
 //! from its record instead of storing a second copy.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use letterme_protocol::codec::hex;
-use letterme_protocol::envelope::{SignerKind, seal};
 use letterme_protocol::federation::{DeliveryReport, DeliveryStatus, encode_batch_items};
-use letterme_protocol::{Address, EncryptionPublicKey, Payload};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use super::store::{Claimed, OutboundRow, RowOutcome};
-use super::{Federation, FederationError, NOTICE_SENDER};
+use super::{Federation, FederationError};
 use crate::Clock;
+use crate::notice::Failure;
 use crate::store::{NewDelivery, Store, StoreError};
 
 /// Batches in flight to one destination at most.
@@ -36,7 +34,8 @@ pub fn retry_delay(first: u64, max: u64, attempt: u32, jitter: f64) -> u64 {
     (base * jitter).round().max(1.0) as u64
 }
 
-fn jitter() -> f64 {
+/// A random factor in 0.9–1.1 for [`retry_delay`].
+pub fn jitter() -> f64 {
     let r: [u8; 2] = letterme_protocol::keys::random_bytes();
     0.9 + 0.2 * f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX)
 }
@@ -55,14 +54,6 @@ impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbound").finish_non_exhaustive()
     }
-}
-
-/// A failure to report to a local sender.
-struct Failure {
-    sender: String,
-    envelope_id: [u8; 16],
-    queued_at: u64,
-    recipients: Vec<(String, String)>,
 }
 
 impl Outbound {
@@ -296,7 +287,7 @@ impl Outbound {
         if !failed.is_empty() {
             failures.push(Failure {
                 sender: row.sender.clone(),
-                envelope_id: row.envelope_id,
+                what: format!("message (envelope {})", hex(&row.envelope_id)),
                 queued_at: row.queued_at,
                 recipients: failed,
             });
@@ -332,85 +323,14 @@ impl Outbound {
         failures: Vec<Failure>,
         now: u64,
     ) -> Result<Vec<NewDelivery>, StoreError> {
-        let mut out = Vec::new();
-        let mut keys: BTreeMap<String, Option<EncryptionPublicKey>> = BTreeMap::new();
-        for f in failures {
-            if !keys.contains_key(&f.sender) {
-                let k = self
-                    .store
-                    .account(f.sender.clone())
-                    .await?
-                    .map(|a| EncryptionPublicKey(a.encryption_key));
-                keys.insert(f.sender.clone(), k);
-            }
-            let (Some(Some(key)), Ok(sender)) = (keys.get(&f.sender), Address::parse(&f.sender))
-            else {
-                tracing::warn!(sender = %f.sender, "no account to send a failure notice to");
-                continue;
-            };
-            match self.notice(&sender, *key, &f, now) {
-                Ok(d) => out.push(d),
-                Err(e) => tracing::error!(error = %e, "cannot seal a failure notice"),
-            }
-        }
-        Ok(out)
-    }
-
-    fn notice(
-        &self,
-        sender: &Address,
-        key: EncryptionPublicKey,
-        f: &Failure,
-        now: u64,
-    ) -> Result<NewDelivery, letterme_protocol::SealError> {
-        let from = Address::parse(&format!("{NOTICE_SENDER}@{}", self.fed.domain))
-            .expect("the server's domain is valid");
-        let mut body = format!(
-            "Your message (envelope {}) queued at {} could not be delivered to:\n\n",
-            hex(&f.envelope_id),
-            f.queued_at
-        );
-        for (r, why) in &f.recipients {
-            let _ = writeln!(body, "  {r}: {why}");
-        }
-        body.push_str("\nThis notice was written by your server, ");
-        body.push_str(&self.fed.domain);
-        body.push_str(". Nothing more will be tried for these recipients.\n");
-        let names: Vec<&str> = f.recipients.iter().map(|(r, _)| r.as_str()).collect();
-        let payload = Payload {
-            from: from.clone(),
-            to: vec![sender.clone()],
-            cc: vec![],
-            bcc: vec![],
-            subject: format!("Undelivered mail to {}", names.join(", ")),
-            body,
-            headers: vec![("Letterme-Notice".into(), "delivery-failure".into())],
-            date: now,
-            message_id: format!(
-                "<{}@{}>",
-                hex(&letterme_protocol::keys::random_bytes::<16>()),
-                self.fed.domain
-            ),
-            in_reply_to: None,
-            references: vec![],
-            legacy: None,
-        };
-        let env = seal(
-            SignerKind::Domain,
+        crate::notice::failure_notices(
+            &self.store,
+            &self.fed.domain,
             self.fed.signing_key(),
-            &payload,
-            &[(sender.clone(), key)],
+            failures,
             now,
-        )?;
-        Ok(NewDelivery {
-            id: env.id.0,
-            sender: from.to_string(),
-            envelope: env.encode(),
-            recipients: vec![sender.to_string()],
-            received: now,
-            // A notice always lands: it is small and the only news of a loss.
-            quota: u64::MAX,
-        })
+        )
+        .await
     }
 }
 

@@ -1,0 +1,368 @@
+//! The outbound SMTP adapter (DESIGN.md §1, §3): delivers what users handed over for
+//! ordinary addresses — relayed messages, or notices — to each domain's MX, DKIM-signed
+//! with the domain's Ed25519 and RSA keys.
+//!
+//! The queue lives in the server's database (`letterme_server::outbound`); this worker
+//! takes due rows, groups them by domain, resolves the route once per domain, signs, and
+//! sends over a few connections per domain. Temporary failures come back with
+//! exponential backoff and jitter; a 5xx, or anything still undelivered after
+//! `give_up_after`, becomes a failure notice in the sender's letter.me inbox, committed in
+//! the same transaction that retires the row.
+
+pub mod compose;
+pub mod deliver;
+pub mod resolve;
+pub mod sign;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use letterme_protocol::SigningKeypair;
+use letterme_protocol::codec::hex;
+use letterme_server::Clock;
+use letterme_server::config::OutboundConfig;
+use letterme_server::federation::queue::{jitter, retry_delay};
+use letterme_server::notice::{Failure, failure_notices};
+use letterme_server::outbound::MailKeys;
+use letterme_server::outbound::store::{Kind, SmtpOutcome, SmtpRow};
+use letterme_server::store::{Store, StoreError};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use deliver::{Outgoing, RcptResult, SessionParams};
+use resolve::{MailDns, RouteError};
+
+/// Rows taken per round.
+pub const BATCH: usize = 512;
+/// Connections to one domain at once.
+pub const PER_DOMAIN: usize = 4;
+/// Messages sent over one connection per round.
+pub const PER_CONNECTION: usize = 64;
+
+/// The worker; one per server.
+pub struct SmtpOut {
+    store: Store,
+    signer: Arc<sign::Signer>,
+    dns: Arc<dyn MailDns>,
+    config: OutboundConfig,
+    domain: String,
+    hello: String,
+    signup_url: String,
+    domain_key: SigningKeypair,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Notify>,
+    extra_roots: Vec<Vec<u8>>,
+    queue: letterme_server::outbound::QueueKey,
+    busy: Mutex<HashSet<i64>>,
+}
+
+impl std::fmt::Debug for SmtpOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpOut")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything the worker is built from.
+#[derive(Debug)]
+pub struct Setup {
+    pub store: Store,
+    pub keys: Arc<MailKeys>,
+    pub dns: Arc<dyn MailDns>,
+    pub config: letterme_server::Config,
+    pub domain_key: SigningKeypair,
+    pub clock: Arc<dyn Clock>,
+    pub wake: Arc<Notify>,
+}
+
+impl SmtpOut {
+    pub fn new(s: Setup) -> Result<Self, String> {
+        let signer = sign::Signer::new(&s.config.domain, &s.keys).map_err(|e| e.to_string())?;
+        let extra_roots = match &s.config.outbound.ca_file {
+            Some(p) => vec![
+                std::fs::read(p).map_err(|e| format!("outbound.ca_file {}: {e}", p.display()))?,
+            ],
+            None => Vec::new(),
+        };
+        Ok(Self {
+            store: s.store,
+            signer: Arc::new(signer),
+            dns: s.dns,
+            signup_url: s
+                .config
+                .outbound
+                .signup_url
+                .clone()
+                .unwrap_or_else(|| s.config.public_url()),
+            hello: s.config.mail_hostname(),
+            domain: s.config.domain.clone(),
+            config: s.config.outbound.clone(),
+            domain_key: s.domain_key,
+            clock: s.clock,
+            wake: s.wake,
+            extra_roots,
+            queue: s.keys.queue.clone(),
+            busy: Mutex::default(),
+        })
+    }
+
+    /// Runs until `stop`: delivers what is due, sleeps until the next row is due or new
+    /// mail is queued.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tasks = JoinSet::new();
+        loop {
+            let sleep = match self.spawn_due(&mut tasks).await {
+                Ok(()) => match self.store.next_smtp_due().await {
+                    Ok(Some(t)) => {
+                        Duration::from_secs(t.saturating_sub(self.clock.now()).clamp(1, 300))
+                    }
+                    _ => Duration::from_mins(5),
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the SMTP queue failed");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::select! {
+                () = self.wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = tokio::time::sleep(sleep) => {}
+                _ = stop.changed() => break,
+            }
+        }
+    }
+
+    /// Delivers everything due now and waits for the outcome; returns the rows tried.
+    pub async fn run_due(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let mut tasks = JoinSet::new();
+        let mut n = 0;
+        loop {
+            self.spawn_due(&mut tasks).await?;
+            if tasks.is_empty() {
+                return Ok(n);
+            }
+            while let Some(r) = tasks.join_next().await {
+                n += r.unwrap_or(0);
+            }
+        }
+    }
+
+    /// Takes due rows that no task holds and starts a task per domain and connection.
+    async fn spawn_due(self: &Arc<Self>, tasks: &mut JoinSet<usize>) -> Result<(), StoreError> {
+        let busy: Vec<i64> = self
+            .busy
+            .lock()
+            .map(|b| b.iter().copied().collect())
+            .unwrap_or_default();
+        let rows = self.store.due_smtp(self.clock.now(), BATCH, busy).await?;
+        let mut by_domain: BTreeMap<String, Vec<SmtpRow>> = BTreeMap::new();
+        if let Ok(mut b) = self.busy.lock() {
+            for r in &rows {
+                b.insert(r.id);
+            }
+        }
+        for r in rows {
+            by_domain.entry(r.domain.clone()).or_default().push(r);
+        }
+        for (domain, rows) in by_domain {
+            let per = rows.len().div_ceil(PER_DOMAIN).clamp(1, PER_CONNECTION);
+            let mut rest = rows;
+            while !rest.is_empty() {
+                let chunk: Vec<SmtpRow> = rest.drain(..per.min(rest.len())).collect();
+                let me = self.clone();
+                let domain = domain.clone();
+                tasks.spawn(async move {
+                    let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
+                    let n = chunk.len();
+                    if let Err(e) = me.attempt(&domain, chunk).await {
+                        tracing::error!(%domain, error = %e, "recording an SMTP attempt failed");
+                    }
+                    if let Ok(mut b) = me.busy.lock() {
+                        for id in ids {
+                            b.remove(&id);
+                        }
+                    }
+                    n
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the signed bytes of a row: the opened relay message, or a fresh notice.
+    fn message(&self, row: &SmtpRow) -> Result<Vec<u8>, String> {
+        let now = self.clock.now();
+        let raw: zeroize::Zeroizing<Vec<u8>> = match row.kind {
+            Kind::Relay => {
+                let sealed = row
+                    .sealed
+                    .as_deref()
+                    .ok_or("the queued message is missing")?;
+                self.keys_open(sealed)?
+            }
+            Kind::Notice => zeroize::Zeroizing::new(
+                compose::legacy_notice(
+                    &row.sender,
+                    &row.recipients,
+                    &self.domain,
+                    &self.signup_url,
+                    now,
+                    &format!(
+                        "<{}@{}>",
+                        hex(&letterme_protocol::keys::random_bytes::<16>()),
+                        self.domain
+                    ),
+                )
+                .ok_or("the notice cannot be written for these addresses")?,
+            ),
+        };
+        self.signer.sign(&raw).map_err(|e| e.to_string())
+    }
+
+    fn keys_open(&self, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+        self.queue
+            .open(sealed)
+            .ok_or_else(|| "the queued copy does not decrypt with this server's queue key".into())
+    }
+
+    /// Delivers some rows for one domain and records what happened.
+    async fn attempt(self: &Arc<Self>, domain: &str, rows: Vec<SmtpRow>) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let mut outcomes = Vec::new();
+        let mut failures = Vec::new();
+        let route = resolve::route(self.dns.as_ref(), domain, self.config.port).await;
+        let results: Vec<Vec<(String, RcptResult)>> = match route {
+            Err(e) => {
+                let r = match &e {
+                    RouteError::Permanent(why) => RcptResult::Permanent(why.clone()),
+                    RouteError::Temporary(why) => RcptResult::Temporary(why.clone()),
+                };
+                rows.iter()
+                    .map(|row| {
+                        row.recipients
+                            .iter()
+                            .map(|x| (x.clone(), r.clone()))
+                            .collect()
+                    })
+                    .collect()
+            }
+            Ok(route) => {
+                // Signing is CPU work (RSA-2048): off the async threads.
+                let me = self.clone();
+                let copy = rows.clone();
+                let built: Vec<Result<Vec<u8>, String>> = tokio::task::spawn_blocking(move || {
+                    copy.iter().map(|r| me.message(r)).collect()
+                })
+                .await
+                .unwrap_or_else(|e| vec![Err(format!("signing failed: {e}")); rows.len()]);
+                let me_rows: Vec<(usize, Result<Vec<u8>, String>)> =
+                    built.into_iter().enumerate().collect();
+                let mut sendable = Vec::new();
+                let mut index = Vec::new();
+                let mut results: Vec<Option<Vec<(String, RcptResult)>>> = vec![None; rows.len()];
+                for (i, built) in me_rows {
+                    match built {
+                        Ok(data) => {
+                            index.push(i);
+                            sendable.push(Outgoing {
+                                sender: rows[i].sender.clone(),
+                                recipients: rows[i].recipients.clone(),
+                                data,
+                            });
+                        }
+                        Err(why) => {
+                            results[i] = Some(
+                                rows[i]
+                                    .recipients
+                                    .iter()
+                                    .map(|x| (x.clone(), RcptResult::Permanent(why.clone())))
+                                    .collect(),
+                            );
+                        }
+                    }
+                }
+                let params = SessionParams {
+                    hello: self.hello.clone(),
+                    port: self.config.port,
+                    timeout: Duration::from_secs(self.config.timeout.0),
+                    extra_roots: self.extra_roots.clone(),
+                };
+                let sent = deliver::deliver(&route, &params, &sendable).await;
+                for (i, r) in index.into_iter().zip(sent) {
+                    results[i] = Some(r);
+                }
+                results.into_iter().map(Option::unwrap_or_default).collect()
+            }
+        };
+        for (row, res) in rows.iter().zip(results) {
+            outcomes.push((row.id, self.settle(row, res, now, &mut failures)));
+        }
+        let delivered = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, SmtpOutcome::Done))
+            .count();
+        tracing::info!(%domain, rows = rows.len(), finished = delivered, "SMTP attempt");
+        let notices =
+            failure_notices(&self.store, &self.domain, &self.domain_key, failures, now).await?;
+        self.store.finish_smtp(outcomes, notices).await
+    }
+
+    /// Done, or retried later for the recipients still worth trying.
+    fn settle(
+        &self,
+        row: &SmtpRow,
+        results: Vec<(String, RcptResult)>,
+        now: u64,
+        failures: &mut Vec<Failure>,
+    ) -> SmtpOutcome {
+        let mut failed = Vec::new();
+        let mut again = Vec::new();
+        for (rcpt, r) in results {
+            match r {
+                RcptResult::Accepted => {}
+                RcptResult::Permanent(why) => failed.push((rcpt, why)),
+                RcptResult::Temporary(why) => again.push((rcpt, why)),
+            }
+        }
+        let expired = now.saturating_sub(row.queued_at) >= self.config.give_up_after.0;
+        let outcome = if again.is_empty() {
+            SmtpOutcome::Done
+        } else if expired {
+            let after = self.config.give_up_after;
+            failed.extend(again.into_iter().map(|(r, why)| {
+                (
+                    r,
+                    format!("gave up after {after} of trying; last error: {why}"),
+                )
+            }));
+            SmtpOutcome::Done
+        } else {
+            let delay = retry_delay(
+                self.config.retry_first.0,
+                self.config.retry_max.0,
+                row.attempts + 1,
+                jitter(),
+            );
+            SmtpOutcome::Retry {
+                error: again[0].1.clone(),
+                recipients: again.into_iter().map(|(r, _)| r).collect(),
+                next_attempt: now + delay,
+            }
+        };
+        if !failed.is_empty() {
+            let what = match row.kind {
+                Kind::Relay => format!("message to {} (queued as {})", row.domain, row.message),
+                Kind::Notice => format!("letter.me notice to {}", row.domain),
+            };
+            failures.push(Failure {
+                sender: row.sender.clone(),
+                what,
+                queued_at: row.queued_at,
+                recipients: failed,
+            });
+        }
+        outcome
+    }
+}

@@ -1,0 +1,114 @@
+//! Failure notices: when mail a local user sent cannot be delivered — by federation or by
+//! SMTP — the server tells the sender in their own inbox, sealed to their key and signed
+//! with the domain key like any mail the server writes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use letterme_protocol::codec::hex;
+use letterme_protocol::envelope::{SignerKind, seal};
+use letterme_protocol::{Address, EncryptionPublicKey, Payload, SigningKeypair};
+
+use crate::store::{NewDelivery, Store, StoreError};
+
+/// The local part notices come from.
+pub const NOTICE_SENDER: &str = "mailer-daemon";
+
+/// A failure to report to a local sender.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub sender: String,
+    /// What failed, as the sender knows it: "envelope 3f2a…", "message 17".
+    pub what: String,
+    pub queued_at: u64,
+    /// (recipient, why)
+    pub recipients: Vec<(String, String)>,
+}
+
+/// Seals a notice for each failure whose sender has an account here.
+pub async fn failure_notices(
+    store: &Store,
+    domain: &str,
+    signing: &SigningKeypair,
+    failures: Vec<Failure>,
+    now: u64,
+) -> Result<Vec<NewDelivery>, StoreError> {
+    let mut out = Vec::new();
+    let mut keys: BTreeMap<String, Option<EncryptionPublicKey>> = BTreeMap::new();
+    for f in failures {
+        if !keys.contains_key(&f.sender) {
+            let k = store
+                .account(f.sender.clone())
+                .await?
+                .map(|a| EncryptionPublicKey(a.encryption_key));
+            keys.insert(f.sender.clone(), k);
+        }
+        let (Some(Some(key)), Ok(sender)) = (keys.get(&f.sender), Address::parse(&f.sender)) else {
+            tracing::warn!(sender = %f.sender, "no account to send a failure notice to");
+            continue;
+        };
+        match failure_notice(domain, signing, &sender, *key, &f, now) {
+            Ok(d) => out.push(d),
+            Err(e) => tracing::error!(error = %e, "cannot seal a failure notice"),
+        }
+    }
+    Ok(out)
+}
+
+/// One notice, sealed to `key` and signed by the domain.
+pub fn failure_notice(
+    domain: &str,
+    signing: &SigningKeypair,
+    sender: &Address,
+    key: EncryptionPublicKey,
+    f: &Failure,
+    now: u64,
+) -> Result<NewDelivery, letterme_protocol::SealError> {
+    let from =
+        Address::parse(&format!("{NOTICE_SENDER}@{domain}")).expect("the server's domain is valid");
+    let mut body = format!(
+        "Your {} queued at {} could not be delivered to:\n\n",
+        f.what, f.queued_at
+    );
+    for (r, why) in &f.recipients {
+        let _ = writeln!(body, "  {r}: {why}");
+    }
+    body.push_str("\nThis notice was written by your server, ");
+    body.push_str(domain);
+    body.push_str(". Nothing more will be tried for these recipients.\n");
+    let names: Vec<&str> = f.recipients.iter().map(|(r, _)| r.as_str()).collect();
+    let payload = Payload {
+        from: from.clone(),
+        to: vec![sender.clone()],
+        cc: vec![],
+        bcc: vec![],
+        subject: format!("Undelivered mail to {}", names.join(", ")),
+        body,
+        headers: vec![("Letterme-Notice".into(), "delivery-failure".into())],
+        date: now,
+        message_id: format!(
+            "<{}@{}>",
+            hex(&letterme_protocol::keys::random_bytes::<16>()),
+            domain
+        ),
+        in_reply_to: None,
+        references: vec![],
+        legacy: None,
+    };
+    let env = seal(
+        SignerKind::Domain,
+        signing,
+        &payload,
+        &[(sender.clone(), key)],
+        now,
+    )?;
+    Ok(NewDelivery {
+        id: env.id.0,
+        sender: from.to_string(),
+        envelope: env.encode(),
+        recipients: vec![sender.to_string()],
+        received: now,
+        // A notice always lands: it is small and the only news of a loss.
+        quota: u64::MAX,
+    })
+}

@@ -1,0 +1,252 @@
+//! `POST /v1/outbound`: a logged-in user hands over mail for addresses outside letter.me.
+//!
+//! In relay mode the body carries the RFC 5322 message; the server checks that its From is
+//! the user, applies the rate limits and the daily cap, seals it under the queue key and
+//! answers 202 only after the commit. In notice mode the body carries recipients only: the
+//! server writes the notice itself, so no content ever reaches it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use letterme_protocol::{Address, b64};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::store::{Kind, NewSmtp};
+use super::{MailKeys, QueueKey};
+
+use crate::api::{AppState, Authed};
+use crate::auth::RateLimiter;
+use crate::config::{OutboundConfig, OutboundMode};
+use crate::error::ApiError;
+
+/// What the API needs for outbound mail.
+pub struct OutboundState {
+    pub queue_key: QueueKey,
+    pub user_limit: RateLimiter<String>,
+    pub domain_limit: RateLimiter<String>,
+    /// Wakes the SMTP worker when something is queued.
+    pub wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for OutboundState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundState").finish_non_exhaustive()
+    }
+}
+
+impl OutboundState {
+    pub fn new(config: &OutboundConfig, keys: &MailKeys, wake: Arc<Notify>) -> Self {
+        // Limits are configured per minute; the buckets refill per second.
+        let per_second = |n: u32| n.div_ceil(60).max(1);
+        Self {
+            queue_key: keys.queue.clone(),
+            user_limit: RateLimiter::with_rate(
+                f64::from(config.user_per_minute) / 60.0,
+                config.user_burst.max(per_second(config.user_per_minute)),
+                100_000,
+            ),
+            domain_limit: RateLimiter::with_rate(
+                f64::from(config.domain_per_minute) / 60.0,
+                config
+                    .domain_burst
+                    .max(per_second(config.domain_per_minute)),
+                100_000,
+            ),
+            wake,
+        }
+    }
+}
+
+/// The request body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundRequest {
+    pub recipients: Vec<String>,
+    /// Relay mode: the RFC 5322 message, base64. Absent in notice mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The answer (202).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OutboundResponse {
+    pub id: i64,
+    pub mode: OutboundMode,
+    pub queued: Vec<String>,
+}
+
+pub(crate) async fn submit(
+    State(state): State<Arc<AppState>>,
+    Authed(session): Authed,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<OutboundResponse>), ApiError> {
+    let result = accept(&state, &session.address, body).await;
+    if let Err(e) = &result {
+        state.metrics.error(e.code);
+    }
+    result
+}
+
+async fn accept(
+    state: &AppState,
+    sender: &Address,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<OutboundResponse>), ApiError> {
+    let cfg = &state.config.outbound;
+    let Some(out) = &state.outbound else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "outbound_disabled",
+            format!(
+                "{} does not send to addresses outside letter.me ([outbound] mode = \"off\")",
+                state.config.domain
+            ),
+        ));
+    };
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("the request could not be read: {}", e.body_text()),
+        )
+    })?;
+    let req: OutboundRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
+    if req.recipients.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_recipients",
+            "no recipients given",
+        ));
+    }
+    if req.recipients.len() > state.config.smtp.max_recipients {
+        return Err(ApiError::bad_request(
+            "too_many_recipients",
+            format!(
+                "at most {} recipients per message",
+                state.config.smtp.max_recipients
+            ),
+        ));
+    }
+    let mut destinations: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &req.recipients {
+        let a =
+            Address::parse(r).map_err(|e| ApiError::bad_request("bad_address", e.to_string()))?;
+        if a.domain() == state.config.domain {
+            return Err(ApiError::bad_request(
+                "local_recipient",
+                format!("{a} is on this server; send it end-to-end encrypted instead"),
+            ));
+        }
+        let list = destinations.entry(a.domain().to_owned()).or_default();
+        if !list.contains(&a.to_string()) {
+            list.push(a.to_string());
+        }
+    }
+    let (kind, sealed, size) = match (cfg.mode, &req.message) {
+        (OutboundMode::Relay, Some(m)) => {
+            let raw = b64::decode(m)
+                .map_err(|_| ApiError::bad_request("bad_message", "message is not base64"))?;
+            let limit = state.config.limits.max_message_size.0;
+            if raw.len() as u64 > limit {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "message_too_large",
+                    format!("the message is larger than this server sends ({limit} bytes)"),
+                ));
+            }
+            check_from(&raw, sender)?;
+            let size = raw.len() as u64;
+            let sealed = out.queue_key.seal(&raw);
+            drop(zeroize::Zeroizing::new(raw));
+            (Kind::Relay, Some(sealed), size)
+        }
+        (OutboundMode::Relay, None) => {
+            return Err(ApiError::bad_request(
+                "no_message",
+                "relay mode needs the message (field \"message\", base64 RFC 5322)",
+            ));
+        }
+        (OutboundMode::Notice, None) => (Kind::Notice, None, 0),
+        (OutboundMode::Notice, Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "notice_only",
+                format!(
+                    "{} sends only notices outside letter.me, never content; send without the message",
+                    state.config.domain
+                ),
+            ));
+        }
+        (OutboundMode::Off, _) => unreachable!("no outbound state when the mode is off"),
+    };
+    let n = req.recipients.len() as u32;
+    let now = state.clock.now_f64();
+    if !out.user_limit.allow_n(&sender.to_string(), n, now) {
+        return Err(ApiError::rate_limited().with_details(json!({ "limit": "user" })));
+    }
+    for (domain, list) in &destinations {
+        if !out.domain_limit.allow_n(domain, list.len() as u32, now) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too much mail to {domain} right now; retry later"),
+            )
+            .with_details(json!({ "limit": "domain", "domain": domain })));
+        }
+    }
+    let queued: Vec<String> = destinations.values().flatten().cloned().collect();
+    let id = state
+        .store
+        .queue_smtp(NewSmtp {
+            sender: sender.to_string(),
+            kind,
+            sealed,
+            size,
+            destinations: destinations.into_iter().collect(),
+            now: state.clock.now(),
+            daily_cap: cfg.daily_cap,
+        })
+        .await?;
+    out.wake.notify_one();
+    tracing::info!(%sender, id, recipients = queued.len(), mode = %cfg.mode, "queued for SMTP");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(OutboundResponse {
+            id,
+            mode: cfg.mode,
+            queued,
+        }),
+    ))
+}
+
+/// The message's From must be exactly the logged-in user, so no one sends as someone else
+/// under this domain's DKIM signature (RFC 5322 §3.6.2; DMARC aligns on this header).
+fn check_from(raw: &[u8], sender: &Address) -> Result<(), ApiError> {
+    let bad = |why: String| ApiError::bad_request("bad_message", why);
+    let msg = mail_parser::MessageParser::default()
+        .parse_headers(raw)
+        .ok_or_else(|| bad("the message has no RFC 5322 header".into()))?;
+    let from: Vec<String> = msg
+        .from()
+        .map(|f| {
+            f.iter()
+                .filter_map(|a| a.address().map(str::to_ascii_lowercase))
+                .collect()
+        })
+        .unwrap_or_default();
+    match from.as_slice() {
+        [one] if one == &sender.to_string().to_ascii_lowercase() => Ok(()),
+        [] => Err(bad("the message has no From address".into())),
+        _ => Err(ApiError::forbidden(
+            "from_mismatch",
+            format!("the message's From must be {sender}, the logged-in user"),
+        )),
+    }
+}

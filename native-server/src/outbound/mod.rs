@@ -1,0 +1,145 @@
+//! Mail for addresses outside letter.me (DESIGN.md §3, §4): the durable SMTP queue, the
+//! keys it signs with, and the API that fills it. Delivery itself — MX lookup, SMTP,
+//! DKIM signing — is the `smtp_out` adapter's; this side only stores and hands out work.
+//!
+//! A relayed message is the one copy that leaves end-to-end encryption, and only on the
+//! user's explicit request. Even so, it never rests on disk in plaintext: it is sealed
+//! under the queue key (itself sealed under the key-encryption key, like the domain key)
+//! before the insert, and deleted when delivered or given up.
+
+pub mod api;
+pub mod store;
+
+use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use letterme_protocol::keys::random_bytes;
+use zeroize::Zeroizing;
+
+/// DKIM selector of the Ed25519 key (RFC 8463).
+pub const SELECTOR_ED25519: &str = "ed1";
+/// DKIM selector of the RSA-2048 key (RFC 6376 §3.3.1).
+pub const SELECTOR_RSA: &str = "rsa1";
+/// Bits of the RSA DKIM key.
+pub const RSA_BITS: usize = 2048;
+
+const QUEUE_AAD: &[u8] = b"letterme/v1/outbound-queue\0";
+
+/// The keys outbound mail is signed and queued with.
+pub struct MailKeys {
+    /// Ed25519 seed and raw public key.
+    pub ed25519_seed: Zeroizing<Vec<u8>>,
+    pub ed25519_public: Vec<u8>,
+    /// RSA private key (PKCS#8 DER) and public key (SubjectPublicKeyInfo DER).
+    pub rsa_pkcs8: Zeroizing<Vec<u8>>,
+    pub rsa_public: Vec<u8>,
+    pub queue: QueueKey,
+}
+
+impl std::fmt::Debug for MailKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MailKeys(<redacted>)")
+    }
+}
+
+/// The symmetric key relayed messages are sealed under while they wait in the queue.
+#[derive(Clone)]
+pub struct QueueKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for QueueKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueKey(<redacted>)")
+    }
+}
+
+impl QueueKey {
+    pub fn new(key: [u8; 32]) -> Self {
+        Self(Zeroizing::new(key))
+    }
+
+    /// XChaCha20-Poly1305 under a random nonce: `nonce || ciphertext`.
+    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        let nonce: [u8; 24] = random_bytes();
+        let cipher = XChaCha20Poly1305::new_from_slice(&*self.0).expect("32-byte key");
+        let mut out = nonce.to_vec();
+        out.extend(
+            cipher
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: plain,
+                        aad: QUEUE_AAD,
+                    },
+                )
+                .expect("XChaCha20-Poly1305 encryption does not fail for in-memory data"),
+        );
+        out
+    }
+
+    pub fn open(&self, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        if sealed.len() < 24 + 16 {
+            return None;
+        }
+        let (nonce, ct) = sealed.split_at(24);
+        let cipher = XChaCha20Poly1305::new_from_slice(&*self.0).expect("32-byte key");
+        cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: QUEUE_AAD,
+                },
+            )
+            .ok()
+            .map(Zeroizing::new)
+    }
+}
+
+/// A new RSA DKIM key: (PKCS#8 DER private key, SubjectPublicKeyInfo DER public key).
+/// ring cannot generate RSA keys, so the RustCrypto `rsa` crate does (only this).
+pub fn generate_rsa() -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), String> {
+    use rsa::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, RSA_BITS)
+        .map_err(|e| format!("cannot generate the RSA DKIM key: {e}"))?;
+    let der = private
+        .to_pkcs8_der()
+        .map_err(|e| format!("cannot encode the RSA DKIM key: {e}"))?;
+    let public = rsa::RsaPublicKey::from(&private)
+        .to_public_key_der()
+        .map_err(|e| format!("cannot encode the RSA DKIM public key: {e}"))?;
+    Ok((Zeroizing::new(der.as_bytes().to_vec()), public.into_vec()))
+}
+
+/// The MTA-STS policy this server serves at `/.well-known/mta-sts.txt` (RFC 8461 §3.2),
+/// when `[outbound] mta_sts` is set.
+pub fn mta_sts_policy(config: &crate::Config) -> Option<String> {
+    let mode = config.outbound.mta_sts.as_deref()?;
+    Some(format!(
+        "version: STSv1\r\nmode: {mode}\r\nmx: {}\r\nmax_age: 604800\r\n",
+        config.mail_hostname()
+    ))
+}
+
+/// The UTC day number of `unix` seconds, for the daily cap.
+pub fn utc_day(unix: u64) -> i64 {
+    (unix / 86_400) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_key_round_trips_and_detects_tampering() {
+        let k = QueueKey::new(random_bytes());
+        let sealed = k.seal(b"Subject: secret\r\n\r\nbody");
+        assert!(!sealed.windows(6).any(|w| w == b"secret"));
+        assert_eq!(
+            k.open(&sealed).unwrap().as_slice(),
+            b"Subject: secret\r\n\r\nbody"
+        );
+        let mut bad = sealed.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(k.open(&bad).is_none());
+        assert!(QueueKey::new(random_bytes()).open(&sealed).is_none());
+    }
+}

@@ -1,0 +1,441 @@
+//! Outbound to ordinary addresses, end to end: a `letterme serve` process for a.test in
+//! relay or notice mode, an in-process DNS server on loopback holding exactly what
+//! `letterme dns` printed, and an SMTP sink playing legacy.test's MX. Signatures, SPF and
+//! DMARC are checked with mail-auth against that DNS, as a receiving MTA would.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use letterme_tests::dns::TestDns;
+use letterme_tests::sink::Sink;
+use letterme_tests::{ServerProc, cli, contains, files_under, ok, user_error};
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::hickory_resolver::config::ResolverOpts;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{AuthenticatedMessage, DkimResult, DmarcResult, MessageAuthenticator, SpfResult};
+use serde_json::Value;
+
+const SUBJECT: &str = "Quarterly numbers, confidential";
+const BODY: &str = "The launch code is 4711 and nobody may know.";
+
+/// legacy.test's MX, and the address records of both mail hosts.
+const HOSTS: &str = "legacy.test. 60 IN MX 10 mx.legacy.test.\n\
+                     mx.legacy.test. 60 IN A 127.0.0.1\n\
+                     mx.a.test. 60 IN A 127.0.0.1\n";
+
+struct World {
+    rt: tokio::runtime::Runtime,
+    dns: TestDns,
+    sink: Sink,
+    server: ServerProc,
+    alice: PathBuf,
+    _root: tempfile::TempDir,
+}
+
+impl World {
+    /// a.test in `mode`, its records published as `letterme dns` prints them, and alice.
+    fn new(mode: &str, extra: &str) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dns = rt.block_on(TestDns::start(vec![])).unwrap();
+        rt.block_on(dns.load_zone(HOSTS));
+        let sink = rt.block_on(Sink::start(root.path(), "mx.legacy.test"));
+        let dir = root.path().join("a.test");
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = ServerProc::start(
+            &dir,
+            "a.test",
+            &format!(
+                "smtp.hostname = \"mx.a.test\"\ndns.nameservers = [\"{}\"]\ndns.timeout_ms = 500\n\
+                 outbound.mode = \"{mode}\"\noutbound.port = {}\noutbound.timeout = \"10s\"\n\
+                 outbound.retry_first = \"1s\"\noutbound.retry_max = \"2s\"\n{extra}",
+                dns.addr,
+                sink.addr.port()
+            ),
+        );
+        let world = Self {
+            rt,
+            dns,
+            sink,
+            alice: root.path().join("alice"),
+            server,
+            _root: root,
+        };
+        let zone = world.dns_zone();
+        world.rt.block_on(world.dns.load_zone(&zone));
+        ok(&cli(
+            &world.alice,
+            &[
+                "account",
+                "create",
+                "alice@a.test",
+                "--server",
+                &world.server.url,
+            ],
+            None,
+        ));
+        world
+    }
+
+    fn config(&self) -> &str {
+        self.server.config_path.to_str().unwrap()
+    }
+
+    /// What `letterme dns` prints for a.test.
+    fn dns_zone(&self) -> String {
+        ok(&cli(
+            Path::new("/nonexistent"),
+            &["dns", "--config", self.config()],
+            None,
+        ))
+    }
+
+    fn send(&self, to: &str, extra: &[&str]) -> std::process::Output {
+        let mut args = vec!["send", "--to", to, "--subject", SUBJECT, "--body", BODY];
+        args.extend_from_slice(extra);
+        cli(&self.alice, &args, None)
+    }
+
+    fn queue(&self) -> Vec<Value> {
+        serde_json::from_str(&ok(&cli(
+            Path::new("/nonexistent"),
+            &["queue", "--json", "--config", self.config()],
+            None,
+        )))
+        .unwrap()
+    }
+
+    fn wait_queue_empty(&self) {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        loop {
+            let q = self.queue();
+            if q.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "queue never drained: {q:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Syncs alice until `n` messages are in her mailbox; returns them.
+    fn alice_mail(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        loop {
+            ok(&cli(&self.alice, &["sync"], None));
+            let list: Vec<Value> =
+                serde_json::from_str(&ok(&cli(&self.alice, &["list", "--json"], None))).unwrap();
+            if list.len() >= n || Instant::now() > deadline {
+                assert_eq!(list.len(), n, "alice's mailbox: {list:?}");
+                return list;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn read(&self, id: &str) -> Value {
+        serde_json::from_str(&ok(&cli(&self.alice, &["read", id, "--json"], None))).unwrap()
+    }
+
+    /// No byte of the subject or body anywhere under the server's data directory.
+    fn assert_no_plaintext_on_server(&self) {
+        for (path, bytes) in files_under(&self.server.data_dir) {
+            for secret in [SUBJECT, BODY, "launch code"] {
+                assert!(
+                    !contains(&bytes, secret.as_bytes()),
+                    "{secret:?} in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    fn authenticator(&self) -> MessageAuthenticator {
+        MessageAuthenticator::new(
+            letterme_server::federation::dns::nameserver_config(&[self.dns.addr]),
+            ResolverOpts::default(),
+        )
+        .unwrap()
+    }
+}
+
+#[test]
+fn a_relayed_message_reaches_the_mx_dkim_signed_twice_with_spf_and_dmarc_passing() {
+    let w = World::new("relay", "");
+    // Without consent the copy does not leave end-to-end encryption.
+    let err = user_error(&w.send("carol@legacy.test", &[]));
+    assert!(err.contains("carol@legacy.test"), "{err}");
+    assert!(err.contains("--allow-plaintext"), "{err}");
+    assert!(w.queue().is_empty());
+
+    let out = ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
+    assert!(out.contains("NOT end-to-end encrypted"), "{out}");
+    let got = w.rt.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
+    assert_eq!(got.len(), 1, "the sink got: {got:?}");
+    let m = &got[0];
+    assert_eq!(m.rcpts, vec!["carol@legacy.test".to_owned()]);
+    assert_eq!(m.mail_from, "alice@a.test");
+    assert_eq!(m.helo, "mx.a.test");
+    assert!(m.tls, "STARTTLS was offered, so the session is encrypted");
+    assert!(contains(&m.data, BODY.as_bytes()));
+
+    let auth = w.authenticator();
+    w.rt.block_on(async {
+        let msg = AuthenticatedMessage::parse(&m.data).unwrap();
+        let dkim = auth.verify_dkim(&msg).await;
+        assert_eq!(dkim.len(), 2, "two DKIM signatures");
+        let mut algorithms = Vec::new();
+        for d in &dkim {
+            assert_eq!(d.result(), &DkimResult::Pass, "{d:?}");
+            let sig = d.signature().unwrap();
+            assert_eq!(sig.d, "a.test");
+            algorithms.push(format!("{:?}", sig.a));
+        }
+        algorithms.sort();
+        assert_eq!(algorithms, vec!["Ed25519Sha256", "RsaSha256"]);
+        let spf = auth
+            .verify_spf(SpfParameters::verify_mail_from(
+                m.peer,
+                &m.helo,
+                "mx.legacy.test",
+                &m.mail_from,
+            ))
+            .await;
+        assert_eq!(spf.result(), SpfResult::Pass);
+        let dmarc = auth
+            .verify_dmarc(DmarcParameters::new(&msg, &dkim, "a.test", &spf))
+            .await;
+        assert_eq!(dmarc.dkim_result(), &DmarcResult::Pass, "DKIM aligned");
+        assert_eq!(dmarc.spf_result(), &DmarcResult::Pass, "SPF aligned");
+    });
+    w.wait_queue_empty();
+    w.assert_no_plaintext_on_server();
+}
+
+#[test]
+fn with_the_mx_down_the_message_is_retried_and_delivered_when_it_returns() {
+    let mut w = World::new("relay", "");
+    w.sink.down();
+    ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
+    // Queued durably, sealed: retried while the MX refuses connections.
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let q = w.queue();
+        assert_eq!(q.len(), 1, "{q:?}");
+        if q[0]["attempts"].as_u64().unwrap() >= 2 {
+            assert!(
+                q[0]["last_error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("mx.legacy.test"),
+                "{q:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retries: {q:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    w.assert_no_plaintext_on_server();
+    w.rt.block_on(w.sink.up());
+    let got = w.rt.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
+    assert_eq!(got.len(), 1, "delivered once the MX is back: {got:?}");
+    assert!(contains(&got[0].data, SUBJECT.as_bytes()));
+    w.wait_queue_empty();
+    // Delivered, so no failure notice.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(w.alice_mail(0).is_empty());
+}
+
+#[test]
+fn after_the_give_up_time_the_sender_gets_a_failure_notice() {
+    let mut w = World::new("relay", "outbound.give_up_after = \"3s\"");
+    w.sink.down();
+    ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
+    w.wait_queue_empty();
+    let mail = w.alice_mail(1);
+    assert_eq!(mail[0]["from"], "mailer-daemon@a.test", "{mail:?}");
+    let notice = w.read(mail[0]["id"].as_str().unwrap());
+    let body = notice["body"].as_str().unwrap();
+    assert!(body.contains("carol@legacy.test"), "{body}");
+    assert!(body.contains("gave up after"), "{body}");
+    w.rt.block_on(w.sink.up());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        w.sink.received().is_empty(),
+        "nothing is sent after giving up"
+    );
+}
+
+#[test]
+fn a_5xx_from_the_mx_gives_a_failure_notice_at_once() {
+    let w = World::new("relay", "");
+    w.sink
+        .set_data_reply(Some("550 5.7.1 we do not take mail from strangers"));
+    ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
+    w.wait_queue_empty();
+    let q = w.queue();
+    assert!(q.is_empty());
+    let mail = w.alice_mail(1);
+    let notice = w.read(mail[0]["id"].as_str().unwrap());
+    let body = notice["body"].as_str().unwrap();
+    assert!(body.contains("550"), "{body}");
+    assert!(
+        body.contains("strangers"),
+        "the MX's reason is passed on: {body}"
+    );
+    assert!(w.sink.connections() >= 1);
+    assert!(w.sink.received().is_empty());
+}
+
+#[test]
+fn in_notice_mode_the_mx_gets_a_signed_notice_without_subject_or_body() {
+    let w = World::new("notice", "");
+    // No consent needed: nothing of the message leaves.
+    let out = ok(&w.send("carol@legacy.test", &[]));
+    assert!(out.contains("notice"), "{out}");
+    let got = w.rt.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
+    assert_eq!(got.len(), 1, "{got:?}");
+    let m = &got[0];
+    assert_eq!(m.rcpts, vec!["carol@legacy.test".to_owned()]);
+    for secret in [SUBJECT, BODY, "launch code", "4711", "Quarterly"] {
+        assert!(
+            !contains(&m.data, secret.as_bytes()),
+            "{secret:?} leaked into the notice"
+        );
+    }
+    let text = String::from_utf8_lossy(&m.data);
+    assert!(text.contains("alice@a.test"), "{text}");
+    assert!(text.contains("letter.me"), "{text}");
+    let auth = w.authenticator();
+    w.rt.block_on(async {
+        let msg = AuthenticatedMessage::parse(&m.data).unwrap();
+        let dkim = auth.verify_dkim(&msg).await;
+        assert_eq!(dkim.len(), 2);
+        assert!(
+            dkim.iter().all(|d| d.result() == &DkimResult::Pass),
+            "{dkim:?}"
+        );
+    });
+    w.wait_queue_empty();
+    w.assert_no_plaintext_on_server();
+}
+
+#[test]
+fn check_names_a_wrong_dkim_key_and_a_missing_dmarc_record_and_passes_once_fixed() {
+    let w = World::new("relay", "");
+    let check = || {
+        cli(
+            Path::new("/nonexistent"),
+            &["check", "--config", w.config()],
+            None,
+        )
+    };
+    let good = check();
+    let out = ok(&good);
+    assert!(!out.contains("missing") && !out.contains("wrong"), "{out}");
+    assert!(out.contains("DNSSEC: not validated"), "{out}");
+
+    // Someone else's Ed25519 key at our selector, and no DMARC record.
+    let other = letterme_protocol::SigningKeypair::generate()
+        .public()
+        .to_base64();
+    w.rt.block_on(async {
+        w.dns
+            .set_txt(
+                "ed1._domainkey.a.test",
+                &format!("v=DKIM1; k=ed25519; p={other}"),
+            )
+            .await;
+        w.dns
+            .remove(
+                "_dmarc.a.test",
+                mail_auth::hickory_resolver::proto::rr::RecordType::TXT,
+            )
+            .await;
+    });
+    let bad = check();
+    assert!(!bad.status.success());
+    let report = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        report.contains("wrong    TXT  ed1._domainkey.a.test."),
+        "{report}"
+    );
+    assert!(report.contains("missing  TXT  _dmarc.a.test."), "{report}");
+    assert!(
+        report.contains("fix: add  _dmarc.a.test. 3600 IN TXT \"v=DMARC1; p=reject"),
+        "{report}"
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("ed1._domainkey.a.test") && err.contains("_dmarc.a.test"),
+        "{err}"
+    );
+
+    // Publishing `letterme dns` again fixes both.
+    w.rt.block_on(w.dns.load_zone(&w.dns_zone()));
+    ok(&check());
+}
+
+/// Starts `letterme serve` with `args`; its first stdout line, or its stderr when it exits.
+fn serve(args: &[&str]) -> Result<String, String> {
+    let mut child = std::process::Command::new(letterme_tests::letterme_bin())
+        .arg("serve")
+        .args(args)
+        .env("LETTERME_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    if line.starts_with("letterme serving") {
+        Ok(line)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn serve_in_production_refuses_to_start_while_records_are_wrong_unless_told_to_skip() {
+    let w = World::new("relay", "");
+    // A second server on the same data, in production mode, on other ports.
+    let text = std::fs::read_to_string(&w.server.config_path).unwrap();
+    let (port, smtp) = (letterme_tests::free_port(), letterme_tests::free_port());
+    let mut text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("http.listen") {
+                format!("http.listen = \"127.0.0.1:{port}\"\n")
+            } else if l.starts_with("smtp.listen") {
+                format!("smtp.listen = \"127.0.0.1:{smtp}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    text.insert_str(0, "mode = \"production\"\n");
+    let second = w.server.config_path.with_file_name("production.toml");
+    std::fs::write(&second, text).unwrap();
+    let second = second.to_str().unwrap();
+
+    // Every required record is in place: it starts.
+    serve(&["--config", second]).unwrap();
+
+    w.rt.block_on(w.dns.remove(
+        "_dmarc.a.test",
+        mail_auth::hickory_resolver::proto::rr::RecordType::TXT,
+    ));
+    let err = serve(&["--config", second]).unwrap_err();
+    assert!(err.contains("_dmarc.a.test"), "{err}");
+    assert!(err.contains("--skip-dns-check"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let line = serve(&["--skip-dns-check", "--config", second]).unwrap();
+    assert!(line.starts_with("letterme serving a.test"), "{line:?}");
+}

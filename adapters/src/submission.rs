@@ -55,11 +55,9 @@ fn refusal(rcpt: &Address, e: &ClientError) -> Reply {
                 "{rcpt} is not on letter.me, and your server does not send to ordinary addresses"
             ),
         ),
-        ClientError::UnknownRecipient(_) => Reply::new(
-            550,
-            "5.1.1",
-            format!("{rcpt} has no letter.me key; sending to classic email is not available yet"),
-        ),
+        ClientError::UnknownRecipient(_) => {
+            Reply::new(550, "5.1.1", format!("{rcpt}: no such letter.me user"))
+        }
         // The user's server does not federate: no retry will change that.
         ClientError::Api { status: 422, .. } => Reply::new(
             550,

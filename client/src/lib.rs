@@ -472,11 +472,8 @@ impl Online {
                 limit: info.max_message_size,
             });
         }
-        let mut ids = Vec::new();
-        for (id, bytes) in encoded {
-            self.api.send(bytes).await?;
-            ids.push(id);
-        }
+        // Ordinary addresses first: the server's limits and checks refuse there, and then
+        // nothing at all has been sent.
         let (mut relayed, mut noticed) = (Vec::new(), Vec::new());
         if !legacy.is_empty() {
             if info.outbound == "relay" {
@@ -489,6 +486,11 @@ impl Online {
                 self.api.send_outbound(&legacy_list, None).await?;
                 noticed = legacy_list;
             }
+        }
+        let mut ids = Vec::new();
+        for (id, bytes) in encoded {
+            self.api.send(bytes).await?;
+            ids.push(id);
         }
         // Our own copy, for the Sent mailbox; a client that also APPENDs it finds it there.
         let sent = Payload {

@@ -480,12 +480,11 @@ async fn record_inputs(
             config.data_dir.display()
         );
     }
-    let mail = letterme_server::load_mail_keys(store, config, now).await?;
+    let (dkim_ed25519, dkim_rsa) = letterme_server::mail_public_keys(store, config, now).await?;
     let mut mailx = Vec::new();
     if let Some(endpoint) = config.federation.endpoint() {
-        let tls = letterme_server::federation_tls(config);
-        let fp = letterme_server::tls::spki_fingerprint(&tls.cert)
-            .context("the federation certificate is missing; start the server once to create it")?;
+        let tls = letterme_server::ensure_federation_cert(config)?;
+        let fp = letterme_server::tls::spki_fingerprint(&tls.cert)?;
         for k in keys {
             mailx.push((
                 letterme_protocol::discovery::MailxRecord {
@@ -498,8 +497,8 @@ async fn record_inputs(
         }
     }
     Ok(records::Inputs {
-        dkim_ed25519: mail.ed25519_public.clone(),
-        dkim_rsa: mail.rsa_public.clone(),
+        dkim_ed25519,
+        dkim_rsa,
         mailx,
     })
 }

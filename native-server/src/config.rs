@@ -71,7 +71,8 @@ impl Config {
             Some(m) => m == RunMode::Production,
             None => {
                 !self.http.listen.ip().is_loopback()
-                    || self.smtp.listen.is_some_and(|l| !l.ip().is_loopback())
+                    || (self.smtp.enabled
+                        && self.smtp.listen.is_some_and(|l| !l.ip().is_loopback()))
                     || self
                         .federation
                         .listen

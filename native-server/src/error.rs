@@ -72,7 +72,7 @@ impl IntoResponse for ApiError {
             obj.extend(extra);
         }
         let mut resp = (self.status, Json(json!({ "error": err }))).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
+        if self.code == "rate_limited" {
             resp.headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
         }

@@ -445,6 +445,29 @@ pub async fn load_mail_keys(
     })
 }
 
+/// The DKIM public keys (Ed25519 raw, RSA SubjectPublicKeyInfo), read without the
+/// key-encryption key; generated (which needs it) only when missing.
+pub async fn mail_public_keys(
+    store: &Store,
+    config: &Config,
+    now: u64,
+) -> Result<(Vec<u8>, Vec<u8>), StartError> {
+    let store_err = |source| StartError::Store {
+        path: config.database_path().display().to_string(),
+        source,
+    };
+    let ed = store
+        .server_key_row("dkim-ed25519")
+        .await
+        .map_err(store_err)?;
+    let rsa = store.server_key_row("dkim-rsa").await.map_err(store_err)?;
+    if let (Some(ed), Some(rsa)) = (ed, rsa) {
+        return Ok((ed.0, rsa.0));
+    }
+    let keys = load_mail_keys(store, config, now).await?;
+    Ok((keys.ed25519_public.clone(), keys.rsa_public.clone()))
+}
+
 type Secret = (Vec<u8>, zeroize::Zeroizing<Vec<u8>>);
 
 /// A server secret by name: (public part, secret), opened with the key-encryption key; on
@@ -487,6 +510,22 @@ pub fn federation_tls(config: &Config) -> config::TlsConfig {
     })
 }
 
+/// The federation certificate's files, created (self-signed for the domain and the
+/// listen address) when missing.
+pub fn ensure_federation_cert(config: &Config) -> Result<config::TlsConfig, StartError> {
+    let tls_paths = federation_tls(config);
+    if !tls_paths.cert.exists() {
+        let mut names = vec![config.domain.clone()];
+        if let Some(addr) = config.federation.listen
+            && !addr.ip().is_unspecified()
+        {
+            names.push(addr.ip().to_string());
+        }
+        tls::generate_self_signed(&names, &tls_paths.cert, &tls_paths.key)?;
+    }
+    Ok(tls_paths)
+}
+
 type FederationListener = (std::net::TcpListener, Arc<rustls::ServerConfig>);
 
 /// Loads (or creates) the federation certificate, binds its listener and builds the
@@ -497,14 +536,7 @@ fn federation_setup(
     clock: Arc<dyn Clock>,
     addr: SocketAddr,
 ) -> Result<(Arc<federation::Federation>, FederationListener), StartError> {
-    let tls_paths = federation_tls(config);
-    if !tls_paths.cert.exists() {
-        let mut names = vec![config.domain.clone()];
-        if !addr.ip().is_unspecified() {
-            names.push(addr.ip().to_string());
-        }
-        tls::generate_self_signed(&names, &tls_paths.cert, &tls_paths.key)?;
-    }
+    let tls_paths = ensure_federation_cert(config)?;
     let fingerprint = tls::spki_fingerprint(&tls_paths.cert)?;
     let tls = federation::pin::server_config(&tls_paths.cert, &tls_paths.key)?;
     let resolver = federation::dns::HickoryTxt::new(

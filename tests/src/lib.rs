@@ -322,6 +322,11 @@ impl ProxyProc {
     }
 
     pub fn start_on(profile: &Path, imap: &str, smtp: &str) -> Self {
+        Self::start_with(profile, imap, smtp, &[])
+    }
+
+    /// Like [`ProxyProc::start_on`], with more arguments (e.g. `--allow-plaintext`).
+    pub fn start_with(profile: &Path, imap: &str, smtp: &str, extra: &[&str]) -> Self {
         let log = profile.with_extension("proxy.log");
         let err = std::fs::OpenOptions::new()
             .create(true)
@@ -330,6 +335,7 @@ impl ProxyProc {
             .unwrap();
         let mut child = Command::new(letterme_bin())
             .args(["proxy", "--imap-listen", imap, "--smtp-listen", smtp])
+            .args(extra)
             .env("LETTERME_PROFILE", profile)
             .env("LETTERME_PASSPHRASE", PASSPHRASE)
             .env("LETTERME_LOG", "info")

@@ -128,6 +128,20 @@ impl Sink {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// How many messages arrived so far.
+    pub fn count(&self) -> usize {
+        self.state.lock().unwrap().received.len()
+    }
+
+    /// The messages that arrived after the first `n`.
+    pub fn since(&self, n: usize) -> Vec<Received> {
+        let s = self.state.lock().unwrap();
+        s.received
+            .get(n..)
+            .map(<[Received]>::to_vec)
+            .unwrap_or_default()
+    }
+
     pub fn connections(&self) -> usize {
         self.state.lock().unwrap().connections
     }
@@ -136,9 +150,8 @@ impl Sink {
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let got = self.received();
-            if got.len() >= n || tokio::time::Instant::now() >= deadline {
-                return got;
+            if self.count() >= n || tokio::time::Instant::now() >= deadline {
+                return self.received();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

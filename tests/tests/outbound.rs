@@ -439,3 +439,99 @@ fn serve_in_production_refuses_to_start_while_records_are_wrong_unless_told_to_s
     let line = serve(&["--skip-dns-check", "--config", second]).unwrap();
     assert!(line.starts_with("letterme serving a.test"), "{line:?}");
 }
+
+#[test]
+fn a_stolen_account_cannot_turn_the_server_into_a_spam_cannon() {
+    // Per user: a burst of 2, then one a minute.
+    let w = World::new(
+        "relay",
+        "outbound.user_burst = 2\noutbound.user_per_minute = 1",
+    );
+    ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
+    ok(&w.send("dave@legacy.test", &["--allow-plaintext"]));
+    let err = user_error(&w.send("erin@legacy.test", &["--allow-plaintext"]));
+    assert!(err.contains("429") && err.contains("slow down"), "{err}");
+
+    // Per destination domain, whoever sends.
+    let w = World::new(
+        "relay",
+        "outbound.domain_burst = 1\noutbound.domain_per_minute = 1",
+    );
+    ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
+    let err = user_error(&w.send("dave@legacy.test", &["--allow-plaintext"]));
+    assert!(
+        err.contains("legacy.test"),
+        "the refusal names the domain: {err}"
+    );
+
+    // Per day, counted durably: a restart does not reset it.
+    let mut w = World::new("relay", "outbound.daily_cap = 2");
+    ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
+    w.server.restart();
+    ok(&w.send("dave@legacy.test", &["--allow-plaintext"]));
+    let err = user_error(&w.send("erin@legacy.test", &["--allow-plaintext"]));
+    assert!(err.contains("daily limit of 2"), "{err}");
+    let got = w.rt.block_on(w.sink.wait_for(2, Duration::from_mins(1)));
+    assert_eq!(got.len(), 2, "exactly the two accepted messages went out");
+}
+
+const PROXY_SESSION: &str = include_str!("../fixtures/imap/proxy_session.py");
+
+#[test]
+fn the_proxy_relays_from_smtplib_only_when_started_with_allow_plaintext() {
+    let w = World::new("relay", "");
+    let eml = w.alice.with_extension("eml");
+    std::fs::write(
+        &eml,
+        format!(
+            "From: alice@a.test\r\nTo: Carol <carol@legacy.test>\r\nSubject: {SUBJECT}\r\n\
+             Message-ID: <thunder-1@client.local>\r\nMIME-Version: 1.0\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\r\n{BODY}\r\n"
+        ),
+    )
+    .unwrap();
+    let cert = w.alice.join("proxy-cert.pem");
+    let smtp = |proxy: &letterme_tests::ProxyProc, rcpt: &str, foreign: &str| {
+        letterme_tests::python(
+            PROXY_SESSION,
+            &[
+                "smtp",
+                "127.0.0.1",
+                &proxy.imap.port().to_string(),
+                "alice@a.test",
+                &proxy.password,
+                &proxy.smtp.port().to_string(),
+                rcpt,
+                foreign,
+                eml.to_str().unwrap(),
+                cert.to_str().unwrap(),
+            ],
+        )
+    };
+    // Without the flag: RCPT to an ordinary address is refused, and says how to allow it.
+    let proxy = letterme_tests::ProxyProc::start(&w.alice);
+    let out = smtp(&proxy, "alice@a.test", "carol@legacy.test");
+    assert_eq!(out["foreign"]["carol@legacy.test"][0], 550, "{out}");
+    let why = out["foreign"]["carol@legacy.test"][1].as_str().unwrap();
+    assert!(why.contains("--allow-plaintext"), "{why}");
+    drop(proxy);
+    assert!(w.sink.received().is_empty());
+
+    let proxy = letterme_tests::ProxyProc::start_with(
+        &w.alice,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &["--allow-plaintext"],
+    );
+    let out = smtp(&proxy, "carol@legacy.test", "nobody@a.test");
+    assert_eq!(out["refused"], serde_json::json!({}), "{out}");
+    assert_eq!(out["foreign"]["nobody@a.test"][0], 550, "{out}");
+    let got = w.rt.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].rcpts, vec!["carol@legacy.test".to_owned()]);
+    assert!(contains(&got[0].data, BODY.as_bytes()));
+    assert!(contains(
+        &got[0].data,
+        b"Message-ID: <thunder-1@client.local>"
+    ));
+}

@@ -37,7 +37,7 @@ pub struct SessionParams {
     /// The name in EHLO.
     pub hello: String,
     pub port: u16,
-    /// For the whole session.
+    /// For connecting (with STARTTLS), and for each transaction.
     pub timeout: Duration,
     /// Extra trusted roots (PEM certificates) for required TLS.
     pub extra_roots: Vec<Vec<u8>>,
@@ -82,11 +82,7 @@ pub async fn deliver(
                     continue;
                 }
             };
-            let run = tokio::time::timeout(params.timeout, transactions(&mut conn, msgs)).await;
-            let out = match run {
-                Ok(out) => out,
-                Err(_) => temporary_all(msgs, &format!("{}: the session timed out", host.name)),
-            };
+            let out = transactions(&mut conn, msgs, params.timeout, &host.name).await;
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.quit()).await;
             return out;
         }
@@ -101,15 +97,15 @@ async fn connect(
     params: &SessionParams,
 ) -> Result<AsyncSmtpConnection, String> {
     let hello = ClientId::Domain(params.hello.clone());
-    let mut conn = AsyncSmtpConnection::connect_tokio1(
-        SocketAddr::new(ip, params.port),
-        Some(params.timeout),
-        &hello,
-        None,
-        None,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(SocketAddr::new(ip, params.port))
+        .await
+        .map_err(|e| e.to_string())?;
+    // lettre ends DATA with a second small write; with Nagle on, it waits for the peer's
+    // delayed ACK (some 40 ms) on every message.
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello)
+        .await
+        .map_err(|e| e.to_string())?;
     if conn.can_starttls() {
         let tls = tls_parameters(host, require_tls, params)?;
         conn.starttls(tls, &hello)
@@ -146,9 +142,13 @@ fn tls_parameters(
     b.build_rustls().map_err(|e| e.to_string())
 }
 
+/// One transaction per message; each has `timeout` on its own, so a slow message never
+/// turns the answers already received for earlier ones into retries (and duplicates).
 async fn transactions(
     conn: &mut AsyncSmtpConnection,
     msgs: &[Outgoing],
+    timeout: Duration,
+    host: &str,
 ) -> Vec<Vec<(String, RcptResult)>> {
     let mut out = Vec::with_capacity(msgs.len());
     for (i, m) in msgs.iter().enumerate() {
@@ -156,14 +156,27 @@ async fn transactions(
             out.extend(temporary_all(&msgs[i..], "the connection broke"));
             break;
         }
-        if i > 0 {
-            // RFC 5321 §4.1.1.5: a clean slate for the next transaction.
-            if let Err(e) = conn.command(Rset).await {
-                out.extend(temporary_all(&msgs[i..], &format!("RSET: {e}")));
+        let one = async {
+            if i > 0 {
+                // RFC 5321 §4.1.1.5: a clean slate for the next transaction.
+                conn.command(Rset)
+                    .await
+                    .map_err(|e| format!("{host}: RSET: {e}"))?;
+            }
+            Ok::<_, String>(transaction(conn, m).await)
+        };
+        match tokio::time::timeout(timeout, one).await {
+            Ok(Ok(r)) => out.push(r),
+            Ok(Err(why)) => {
+                out.extend(temporary_all(&msgs[i..], &why));
+                break;
+            }
+            Err(_) => {
+                // The state of this transaction is unknown; the connection is given up.
+                out.extend(temporary_all(&msgs[i..], &format!("{host}: timed out")));
                 break;
             }
         }
-        out.push(transaction(conn, m).await);
     }
     out
 }

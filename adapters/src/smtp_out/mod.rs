@@ -3,8 +3,8 @@
 //! with the domain's Ed25519 and RSA keys.
 //!
 //! The queue lives in the server's database (`letterme_server::outbound`); this worker
-//! takes due rows, groups them by domain, resolves the route once per domain, signs, and
-//! sends over a few connections per domain. Temporary failures come back with
+//! takes due rows, groups them by domain, resolves each domain's route once per round,
+//! signs, and sends over at most [`PER_DOMAIN`] connections per domain at a time. Temporary failures come back with
 //! exponential backoff and jitter; a 5xx, or anything still undelivered after
 //! `give_up_after`, becomes a failure notice in the sender's letter.me inbox, committed in
 //! the same transaction that retires the row.
@@ -14,7 +14,7 @@ pub mod deliver;
 pub mod resolve;
 pub mod sign;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ pub struct SmtpOut {
     extra_roots: Vec<Vec<u8>>,
     queue: letterme_server::outbound::QueueKey,
     busy: Mutex<HashSet<i64>>,
+    /// Connections in flight per domain.
+    flying: Mutex<HashMap<String, usize>>,
 }
 
 impl std::fmt::Debug for SmtpOut {
@@ -105,6 +107,7 @@ impl SmtpOut {
             extra_roots,
             queue: s.keys.queue.clone(),
             busy: Mutex::default(),
+            flying: Mutex::default(),
         })
     }
 
@@ -149,7 +152,8 @@ impl SmtpOut {
         }
     }
 
-    /// Takes due rows that no task holds and starts a task per domain and connection.
+    /// Takes due rows that no task holds and starts a task per domain, with as many
+    /// connections as that domain has left of [`PER_DOMAIN`].
     async fn spawn_due(self: &Arc<Self>, tasks: &mut JoinSet<usize>) -> Result<(), StoreError> {
         let busy: Vec<i64> = self
             .busy
@@ -158,35 +162,47 @@ impl SmtpOut {
             .unwrap_or_default();
         let rows = self.store.due_smtp(self.clock.now(), BATCH, busy).await?;
         let mut by_domain: BTreeMap<String, Vec<SmtpRow>> = BTreeMap::new();
-        if let Ok(mut b) = self.busy.lock() {
-            for r in &rows {
-                b.insert(r.id);
-            }
-        }
         for r in rows {
             by_domain.entry(r.domain.clone()).or_default().push(r);
         }
-        for (domain, rows) in by_domain {
-            let per = rows.len().div_ceil(PER_DOMAIN).clamp(1, PER_CONNECTION);
-            let mut rest = rows;
-            while !rest.is_empty() {
-                let chunk: Vec<SmtpRow> = rest.drain(..per.min(rest.len())).collect();
-                let me = self.clone();
-                let domain = domain.clone();
-                tasks.spawn(async move {
-                    let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
-                    let n = chunk.len();
-                    if let Err(e) = me.attempt(&domain, chunk).await {
-                        tracing::error!(%domain, error = %e, "recording an SMTP attempt failed");
-                    }
-                    if let Ok(mut b) = me.busy.lock() {
-                        for id in ids {
-                            b.remove(&id);
-                        }
-                    }
-                    n
-                });
+        for (domain, mut rows) in by_domain {
+            let free = {
+                let flying = self
+                    .flying
+                    .lock()
+                    .map_or(PER_DOMAIN, |m| m.get(&domain).copied().unwrap_or(0));
+                PER_DOMAIN.saturating_sub(flying)
+            };
+            if free == 0 {
+                continue;
             }
+            let conns = rows.len().div_ceil(PER_CONNECTION).clamp(1, free);
+            rows.truncate(conns * PER_CONNECTION);
+            if let Ok(mut b) = self.busy.lock() {
+                b.extend(rows.iter().map(|r| r.id));
+            }
+            if let Ok(mut m) = self.flying.lock() {
+                *m.entry(domain.clone()).or_default() += conns;
+            }
+            let me = self.clone();
+            tasks.spawn(async move {
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                let n = rows.len();
+                if let Err(e) = me.attempt(&domain, rows, conns).await {
+                    tracing::error!(%domain, error = %e, "recording an SMTP attempt failed");
+                }
+                if let Ok(mut b) = me.busy.lock() {
+                    for id in ids {
+                        b.remove(&id);
+                    }
+                }
+                if let Ok(mut m) = me.flying.lock()
+                    && let Some(f) = m.get_mut(&domain)
+                {
+                    *f = f.saturating_sub(conns);
+                }
+                n
+            });
         }
         Ok(())
     }
@@ -227,86 +243,157 @@ impl SmtpOut {
             .ok_or_else(|| "the queued copy does not decrypt with this server's queue key".into())
     }
 
-    /// Delivers some rows for one domain and records what happened.
-    async fn attempt(self: &Arc<Self>, domain: &str, rows: Vec<SmtpRow>) -> Result<(), StoreError> {
+    /// Delivers rows for one domain over `conns` connections and records what happened.
+    async fn attempt(
+        self: &Arc<Self>,
+        domain: &str,
+        rows: Vec<SmtpRow>,
+        conns: usize,
+    ) -> Result<(), StoreError> {
+        let results: Vec<Vec<(String, RcptResult)>> =
+            match resolve::route(self.dns.as_ref(), domain, self.config.port).await {
+                Err(e) => {
+                    let r = match &e {
+                        RouteError::Permanent(why) => RcptResult::Permanent(why.clone()),
+                        RouteError::Temporary(why) => RcptResult::Temporary(why.clone()),
+                    };
+                    rows.iter()
+                        .map(|row| {
+                            row.recipients
+                                .iter()
+                                .map(|x| (x.clone(), r.clone()))
+                                .collect()
+                        })
+                        .collect()
+                }
+                Ok(route) => {
+                    let route = Arc::new(route);
+                    let per = rows.len().div_ceil(conns.max(1)).max(1);
+                    let mut set = JoinSet::new();
+                    for (i, chunk) in rows.chunks(per).enumerate() {
+                        let me = self.clone();
+                        let route = route.clone();
+                        let chunk = chunk.to_vec();
+                        set.spawn(async move { (i, me.deliver_chunk(&route, chunk).await) });
+                    }
+                    let mut parts = Vec::new();
+                    while let Some(joined) = set.join_next().await {
+                        match joined {
+                            Ok(p) => parts.push(p),
+                            Err(e) => tracing::error!(error = %e, "an SMTP delivery task failed"),
+                        }
+                    }
+                    parts.sort_by_key(|(i, _)| *i);
+                    let mut all: Vec<Vec<(String, RcptResult)>> =
+                        parts.into_iter().flat_map(|(_, r)| r).collect();
+                    // A task that died leaves its rows without results: retry them.
+                    while all.len() < rows.len() {
+                        let row = &rows[all.len()];
+                        all.push(
+                            row.recipients
+                                .iter()
+                                .map(|x| {
+                                    (
+                                        x.clone(),
+                                        RcptResult::Temporary("delivery task failed".into()),
+                                    )
+                                })
+                                .collect(),
+                        );
+                    }
+                    all
+                }
+            };
         let now = self.clock.now();
         let mut outcomes = Vec::new();
         let mut failures = Vec::new();
-        let route = resolve::route(self.dns.as_ref(), domain, self.config.port).await;
-        let results: Vec<Vec<(String, RcptResult)>> = match route {
-            Err(e) => {
-                let r = match &e {
-                    RouteError::Permanent(why) => RcptResult::Permanent(why.clone()),
-                    RouteError::Temporary(why) => RcptResult::Temporary(why.clone()),
-                };
-                rows.iter()
-                    .map(|row| {
-                        row.recipients
-                            .iter()
-                            .map(|x| (x.clone(), r.clone()))
-                            .collect()
-                    })
-                    .collect()
-            }
-            Ok(route) => {
-                // Signing is CPU work (RSA-2048): off the async threads.
-                let me = self.clone();
-                let copy = rows.clone();
-                let built: Vec<Result<Vec<u8>, String>> = tokio::task::spawn_blocking(move || {
-                    copy.iter().map(|r| me.message(r)).collect()
-                })
-                .await
-                .unwrap_or_else(|e| vec![Err(format!("signing failed: {e}")); rows.len()]);
-                let me_rows: Vec<(usize, Result<Vec<u8>, String>)> =
-                    built.into_iter().enumerate().collect();
-                let mut sendable = Vec::new();
-                let mut index = Vec::new();
-                let mut results: Vec<Option<Vec<(String, RcptResult)>>> = vec![None; rows.len()];
-                for (i, built) in me_rows {
-                    match built {
-                        Ok(data) => {
-                            index.push(i);
-                            sendable.push(Outgoing {
-                                sender: rows[i].sender.clone(),
-                                recipients: rows[i].recipients.clone(),
-                                data,
-                            });
-                        }
-                        Err(why) => {
-                            results[i] = Some(
-                                rows[i]
-                                    .recipients
-                                    .iter()
-                                    .map(|x| (x.clone(), RcptResult::Permanent(why.clone())))
-                                    .collect(),
-                            );
-                        }
-                    }
-                }
-                let params = SessionParams {
-                    hello: self.hello.clone(),
-                    port: self.config.port,
-                    timeout: Duration::from_secs(self.config.timeout.0),
-                    extra_roots: self.extra_roots.clone(),
-                };
-                let sent = deliver::deliver(&route, &params, &sendable).await;
-                for (i, r) in index.into_iter().zip(sent) {
-                    results[i] = Some(r);
-                }
-                results.into_iter().map(Option::unwrap_or_default).collect()
-            }
-        };
         for (row, res) in rows.iter().zip(results) {
             outcomes.push((row.id, self.settle(row, res, now, &mut failures)));
         }
-        let delivered = outcomes
+        let finished = outcomes
             .iter()
             .filter(|(_, o)| matches!(o, SmtpOutcome::Done))
             .count();
-        tracing::info!(%domain, rows = rows.len(), finished = delivered, "SMTP attempt");
+        tracing::info!(%domain, rows = rows.len(), finished, "SMTP attempt");
         let notices =
             failure_notices(&self.store, &self.domain, &self.domain_key, failures, now).await?;
         self.store.finish_smtp(outcomes, notices).await
+    }
+
+    /// Signs a chunk's messages (on the blocking pool: RSA-2048 is CPU work) and sends them
+    /// over one connection; one result list per row, in order.
+    async fn deliver_chunk(
+        self: &Arc<Self>,
+        route: &resolve::Route,
+        mut rows: Vec<SmtpRow>,
+    ) -> Vec<Vec<(String, RcptResult)>> {
+        let wanted: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.kind == Kind::Relay)
+            .map(|r| r.message)
+            .collect();
+        match self.store.smtp_sealed(wanted).await {
+            Ok(mut sealed) => {
+                for r in &mut rows {
+                    r.sealed = sealed.remove(&r.message);
+                }
+            }
+            Err(e) => {
+                let why = format!("reading the queue failed: {e}");
+                return rows
+                    .iter()
+                    .map(|r| {
+                        r.recipients
+                            .iter()
+                            .map(|x| (x.clone(), RcptResult::Temporary(why.clone())))
+                            .collect()
+                    })
+                    .collect();
+            }
+        }
+        let me = self.clone();
+        let copy = rows.clone();
+        let built: Vec<Result<Vec<u8>, String>> =
+            tokio::task::spawn_blocking(move || copy.iter().map(|r| me.message(r)).collect())
+                .await
+                .unwrap_or_else(|e| vec![Err(format!("signing failed: {e}")); rows.len()]);
+        let mut sendable = Vec::new();
+        let mut index = Vec::new();
+        let mut results: Vec<Option<Vec<(String, RcptResult)>>> = vec![None; rows.len()];
+        for (i, b) in built.into_iter().enumerate() {
+            match b {
+                Ok(data) => {
+                    index.push(i);
+                    sendable.push(Outgoing {
+                        sender: rows[i].sender.clone(),
+                        recipients: rows[i].recipients.clone(),
+                        data,
+                    });
+                }
+                Err(why) => {
+                    results[i] = Some(
+                        rows[i]
+                            .recipients
+                            .iter()
+                            .map(|x| (x.clone(), RcptResult::Permanent(why.clone())))
+                            .collect(),
+                    );
+                }
+            }
+        }
+        if !sendable.is_empty() {
+            let params = SessionParams {
+                hello: self.hello.clone(),
+                port: self.config.port,
+                timeout: Duration::from_secs(self.config.timeout.0),
+                extra_roots: self.extra_roots.clone(),
+            };
+            let sent = deliver::deliver(route, &params, &sendable).await;
+            for (i, r) in index.into_iter().zip(sent) {
+                results[i] = Some(r);
+            }
+        }
+        results.into_iter().map(Option::unwrap_or_default).collect()
     }
 
     /// Done, or retried later for the recipients still worth trying.

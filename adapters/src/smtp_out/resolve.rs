@@ -244,3 +244,117 @@ pub async fn route(dns: &dyn MailDns, domain: &str, port: u16) -> Result<Route, 
     };
     Ok(Route { hosts, mta_sts })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A zone in a map: name → answers.
+    #[derive(Debug, Default)]
+    struct Zone {
+        mx: HashMap<&'static str, Answer<Vec<(u16, String)>>>,
+        ips: HashMap<&'static str, Answer<Vec<IpAddr>>>,
+        txt: HashMap<&'static str, Answer<Vec<String>>>,
+        tlsa: Vec<&'static str>,
+        failing: Vec<&'static str>,
+    }
+
+    fn fail(name: &str) -> DnsFailure {
+        DnsFailure {
+            name: name.to_owned(),
+            reason: "SERVFAIL".into(),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MailDns for Zone {
+        async fn mx(&self, name: &str) -> Result<Answer<Vec<(u16, String)>>, DnsFailure> {
+            if self.failing.contains(&name) {
+                return Err(fail(name));
+            }
+            Ok(self.mx.get(name).cloned().unwrap_or(Answer::NoRecords))
+        }
+        async fn ips(&self, name: &str) -> Result<Answer<Vec<IpAddr>>, DnsFailure> {
+            if self.failing.contains(&name) {
+                return Err(fail(name));
+            }
+            Ok(self.ips.get(name).cloned().unwrap_or(Answer::NoRecords))
+        }
+        async fn txt(&self, name: &str) -> Result<Answer<Vec<String>>, DnsFailure> {
+            Ok(self.txt.get(name).cloned().unwrap_or(Answer::NoRecords))
+        }
+        async fn has_tlsa(&self, name: &str) -> Result<bool, DnsFailure> {
+            Ok(self.tlsa.contains(&name))
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn mx_hosts_come_in_preference_order_with_their_addresses() {
+        let mut z = Zone::default();
+        z.mx.insert(
+            "example.test",
+            Answer::Found(vec![
+                (20, "b.example.test".into()),
+                (10, "a.example.test".into()),
+            ]),
+        );
+        z.ips
+            .insert("a.example.test", Answer::Found(vec![ip("192.0.2.1")]));
+        z.ips
+            .insert("b.example.test", Answer::Found(vec![ip("192.0.2.2")]));
+        z.tlsa.push("_25._tcp.b.example.test");
+        let r = block_on(route(&z, "example.test", 25)).unwrap();
+        let names: Vec<&str> = r.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["a.example.test", "b.example.test"]);
+        assert!(!r.hosts[0].dane && r.hosts[1].dane);
+        assert!(!r.mta_sts);
+    }
+
+    #[test]
+    fn without_mx_the_domain_itself_is_the_implicit_mx() {
+        let mut z = Zone::default();
+        z.ips
+            .insert("example.test", Answer::Found(vec![ip("192.0.2.7")]));
+        z.txt.insert(
+            "_mta-sts.example.test",
+            Answer::Found(vec!["v=STSv1; id=20261129".into()]),
+        );
+        let r = block_on(route(&z, "example.test", 25)).unwrap();
+        assert_eq!(r.hosts[0].name, "example.test");
+        assert_eq!(r.hosts[0].ips, [ip("192.0.2.7")]);
+        assert!(r.mta_sts, "an MTA-STS record makes TLS required");
+    }
+
+    #[test]
+    fn a_null_mx_or_a_missing_domain_fails_for_good_and_a_dns_failure_only_for_now() {
+        let mut z = Zone::default();
+        z.mx.insert("nomail.test", Answer::Found(vec![(0, String::new())]));
+        z.mx.insert("gone.test", Answer::NoDomain);
+        z.failing.push("flaky.test");
+        let permanent =
+            |d: &'static str| matches!(block_on(route(&z, d, 25)), Err(RouteError::Permanent(_)));
+        assert!(permanent("nomail.test"));
+        assert!(permanent("gone.test"));
+        assert!(
+            permanent("noaddress.test"),
+            "no MX and no address: nowhere to deliver"
+        );
+        assert!(matches!(
+            block_on(route(&z, "flaky.test", 25)),
+            Err(RouteError::Temporary(_))
+        ));
+    }
+}

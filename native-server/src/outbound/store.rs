@@ -75,6 +75,10 @@ pub enum SmtpOutcome {
 const COLUMNS: &str = "q.id, q.message, q.domain, q.recipients, m.sender, m.kind, m.sealed, m.size, \
                        m.queued_at, q.attempts, q.next_attempt, q.last_error";
 
+/// [`COLUMNS`] with NULL for the sealed message.
+const LIGHT: &str = "q.id, q.message, q.domain, q.recipients, m.sender, m.kind, NULL, m.size, \
+                     m.queued_at, q.attempts, q.next_attempt, q.last_error";
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SmtpRow> {
     Ok(SmtpRow {
         id: r.get(0)?,
@@ -149,7 +153,8 @@ impl Store {
         .await
     }
 
-    /// Up to `max` due rows not in `busy`, oldest first.
+    /// Up to `max` due rows not in `busy`, oldest first, without their sealed messages
+    /// (see [`Store::smtp_sealed`]): the worker looks often and sends only some.
     pub async fn due_smtp(
         &self,
         now: u64,
@@ -160,13 +165,33 @@ impl Store {
             let busy: HashSet<i64> = busy.into_iter().collect();
             let mut out = Vec::new();
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM smtp_queue q JOIN smtp_messages m ON m.id = q.message
+                "SELECT {LIGHT} FROM smtp_queue q JOIN smtp_messages m ON m.id = q.message
                   WHERE q.next_attempt <= ?1 ORDER BY q.next_attempt, q.id LIMIT ?2"
             ))?;
             for r in stmt.query_map(params![now as i64, (max + busy.len()) as i64], row)? {
                 let r = r?;
                 if !busy.contains(&r.id) && out.len() < max {
                     out.push(r);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The sealed messages of these message ids.
+    pub async fn smtp_sealed(
+        &self,
+        messages: Vec<i64>,
+    ) -> Result<std::collections::HashMap<i64, Vec<u8>>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT sealed FROM smtp_messages WHERE id = ?1 AND sealed IS NOT NULL",
+            )?;
+            let mut out = std::collections::HashMap::new();
+            for m in messages {
+                if let Some(b) = stmt.query_row([m], |r| r.get::<_, Vec<u8>>(0)).optional()? {
+                    out.insert(m, b);
                 }
             }
             Ok(out)

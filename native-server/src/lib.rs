@@ -394,13 +394,17 @@ async fn load_domain_key(
         ))
     })
     .await?;
+    Ok(keypair_from_seed(&public, &seed)?)
+}
+
+/// The Ed25519 keypair of a stored seed, checked against its stored public key.
+fn keypair_from_seed(public: &[u8], seed: &[u8]) -> Result<SigningKeypair, secrets::SecretError> {
     let seed: [u8; 32] = seed
-        .as_slice()
         .try_into()
         .map_err(|_| secrets::SecretError::Malformed)?;
     let key = SigningKeypair::from_secret_bytes(&seed);
-    if key.public().0.as_slice() != public.as_slice() {
-        return Err(secrets::SecretError::Malformed.into());
+    if key.public().0.as_slice() != public {
+        return Err(secrets::SecretError::Malformed);
     }
     Ok(key)
 }
@@ -670,14 +674,7 @@ pub async fn domain_key_activate(
         ));
     };
     let seed = Kek::for_existing(&kdf, &config.key_file())?.open(&sealed)?;
-    let seed: [u8; 32] = seed
-        .as_slice()
-        .try_into()
-        .map_err(|_| secrets::SecretError::Malformed)?;
-    let key = SigningKeypair::from_secret_bytes(&seed);
-    if key.public().0.as_slice() != public.as_slice() {
-        return Err(secrets::SecretError::Malformed.into());
-    }
+    let key = keypair_from_seed(&public, &seed)?;
     let signer = key.clone();
     let n = store
         .write(move |c| {

@@ -85,34 +85,41 @@ impl Kek {
     }
 
     pub fn seal(&self, secret: &[u8]) -> Vec<u8> {
-        let nonce: [u8; 24] = random_bytes();
-        let cipher = XChaCha20Poly1305::new_from_slice(&*self.key).expect("32-byte key");
-        let mut out = nonce.to_vec();
-        out.extend(
-            cipher
-                .encrypt(
-                    XNonce::from_slice(&nonce),
-                    Payload {
-                        msg: secret,
-                        aad: AAD,
-                    },
-                )
-                .expect("encryption of a small secret cannot fail"),
-        );
-        out
+        seal(&self.key, AAD, secret)
     }
 
     pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SecretError> {
         if sealed.len() < 24 + 16 {
             return Err(SecretError::Malformed);
         }
-        let (nonce, ct) = sealed.split_at(24);
-        let cipher = XChaCha20Poly1305::new_from_slice(&*self.key).expect("32-byte key");
-        cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: AAD })
-            .map(Zeroizing::new)
-            .map_err(|_| SecretError::WrongKey)
+        open(&self.key, AAD, sealed).ok_or(SecretError::WrongKey)
     }
+}
+
+/// XChaCha20-Poly1305 under `key` with a random nonce: `nonce || ciphertext`.
+pub fn seal(key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    let nonce: [u8; 24] = random_bytes();
+    let cipher = XChaCha20Poly1305::new_from_slice(key).expect("32-byte key");
+    let mut out = nonce.to_vec();
+    out.extend(
+        cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
+            .expect("XChaCha20-Poly1305 encryption does not fail for in-memory data"),
+    );
+    out
+}
+
+/// Opens what [`seal`] made; `None` when the key or the data is wrong.
+pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if sealed.len() < 24 + 16 {
+        return None;
+    }
+    let (nonce, ct) = sealed.split_at(24);
+    let cipher = XChaCha20Poly1305::new_from_slice(key).expect("32-byte key");
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .ok()
+        .map(Zeroizing::new)
 }
 
 fn derive(pass: &str, salt: &[u8]) -> Zeroizing<[u8; 32]> {

@@ -458,6 +458,14 @@ impl Store {
     }
 }
 
+/// A list stored one entry per line (recipient lists in the queues).
+pub(crate) fn split_lines(s: &str) -> Vec<String> {
+    s.split('\n')
+        .filter(|l| !l.is_empty())
+        .map(ToOwned::to_owned)
+        .collect()
+}
+
 pub(crate) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreError> {
     let size = d.envelope.len() as u64;
     let fresh = c

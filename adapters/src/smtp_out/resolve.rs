@@ -136,12 +136,7 @@ impl MailDns for HickoryMailDns {
         Ok(map(
             self.lookup(name, RecordType::TXT).await?,
             |r| match r {
-                RData::TXT(t) => Some(
-                    t.txt_data
-                        .iter()
-                        .map(|s| String::from_utf8_lossy(s))
-                        .collect::<String>(),
-                ),
+                RData::TXT(t) => Some(letterme_server::federation::dns::txt_text(t)),
                 _ => None,
             },
         ))

@@ -31,6 +31,15 @@ pub enum DnsError {
     Failed(String, String),
 }
 
+/// A TXT record's character-strings joined into one text (RFC 7208 §3.3, RFC 6376
+/// §3.6.2.2 read them that way).
+pub fn txt_text(t: &hickory_resolver::proto::rr::rdata::TXT) -> String {
+    t.txt_data
+        .iter()
+        .map(|s| String::from_utf8_lossy(s))
+        .collect()
+}
+
 /// Looks up TXT records.
 #[async_trait::async_trait]
 pub trait TxtResolver: Send + Sync + std::fmt::Debug + 'static {
@@ -105,12 +114,7 @@ impl TxtResolver for HickoryTxt {
                     .answers()
                     .iter()
                     .filter_map(|r| match &r.data {
-                        RData::TXT(t) => Some(
-                            t.txt_data
-                                .iter()
-                                .map(|s| String::from_utf8_lossy(s))
-                                .collect::<String>(),
-                        ),
+                        RData::TXT(t) => Some(txt_text(t)),
                         _ => None,
                     })
                     .collect::<Vec<_>>();

@@ -70,12 +70,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboundRow> {
         destination: r.get(1)?,
         envelope_id: r.get(2)?,
         sender: r.get(3)?,
-        recipients: r
-            .get::<_, String>(4)?
-            .split('\n')
-            .filter(|s| !s.is_empty())
-            .map(ToOwned::to_owned)
-            .collect(),
+        recipients: crate::store::split_lines(&r.get::<_, String>(4)?),
         envelope: r.get(5)?,
         queued_at: r.get::<_, i64>(6)? as u64,
         attempts: r.get(7)?,

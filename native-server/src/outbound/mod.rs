@@ -10,9 +10,6 @@
 pub mod api;
 pub mod store;
 
-use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use letterme_protocol::keys::random_bytes;
 use zeroize::Zeroizing;
 
 /// DKIM selector of the Ed25519 key (RFC 8463).
@@ -58,39 +55,11 @@ impl QueueKey {
 
     /// XChaCha20-Poly1305 under a random nonce: `nonce || ciphertext`.
     pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
-        let nonce: [u8; 24] = random_bytes();
-        let cipher = XChaCha20Poly1305::new_from_slice(&*self.0).expect("32-byte key");
-        let mut out = nonce.to_vec();
-        out.extend(
-            cipher
-                .encrypt(
-                    XNonce::from_slice(&nonce),
-                    Payload {
-                        msg: plain,
-                        aad: QUEUE_AAD,
-                    },
-                )
-                .expect("XChaCha20-Poly1305 encryption does not fail for in-memory data"),
-        );
-        out
+        crate::secrets::seal(&self.0, QUEUE_AAD, plain)
     }
 
     pub fn open(&self, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-        if sealed.len() < 24 + 16 {
-            return None;
-        }
-        let (nonce, ct) = sealed.split_at(24);
-        let cipher = XChaCha20Poly1305::new_from_slice(&*self.0).expect("32-byte key");
-        cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: QUEUE_AAD,
-                },
-            )
-            .ok()
-            .map(Zeroizing::new)
+        crate::secrets::open(&self.0, QUEUE_AAD, sealed)
     }
 }
 
@@ -126,6 +95,8 @@ pub fn utc_day(unix: u64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use letterme_protocol::keys::random_bytes;
+
     use super::*;
 
     #[test]

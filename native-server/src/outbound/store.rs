@@ -84,12 +84,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SmtpRow> {
         id: r.get(0)?,
         message: r.get(1)?,
         domain: r.get(2)?,
-        recipients: r
-            .get::<_, String>(3)?
-            .split('\n')
-            .filter(|s| !s.is_empty())
-            .map(ToOwned::to_owned)
-            .collect(),
+        recipients: crate::store::split_lines(&r.get::<_, String>(3)?),
         sender: r.get(4)?,
         kind: if r.get::<_, String>(5)? == "notice" {
             Kind::Notice

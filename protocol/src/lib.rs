@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod envelope;
 pub mod federation;
 pub mod keys;
+pub mod kt;
 
 pub use address::{Address, AddressError};
 pub use attestation::{Attestation, AttestationError};

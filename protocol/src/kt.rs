@@ -1,0 +1,418 @@
+//! Key transparency: the per-domain append-only log of key operations, its signed
+//! checkpoints, and the proofs a client checks (issue 7; DESIGN.md §5, §7.4).
+//!
+//! The tree is RFC 9162 §2.1's — leaf hash `SHA-256(0x00 || entry)`, node hash
+//! `SHA-256(0x01 || left || right)` — as implemented by the `ct-merkle` crate; nothing
+//! here hashes nodes by hand. An entry is the canonical encoding of one key operation
+//! under a label that hides the address (a VRF output, so the log cannot be walked with a
+//! dictionary). A checkpoint is (domain, size, root, time) signed by the domain key.
+//! Verification is total: malformed proofs and wrong sizes are errors, never panics.
+
+use ct_merkle::mem_backed_tree::MemoryBackedTree;
+use ct_merkle::{ConsistencyProof, HashableLeaf, InclusionProof, RootHash};
+use sha2_11::Sha256;
+use thiserror::Error;
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::keys::{IdentityPublicKey, Signature, SigningKeypair};
+
+/// Signature context of a checkpoint.
+pub const CHECKPOINT_CONTEXT: &[u8] = b"letterme/v1/kt-checkpoint\0";
+/// Version byte that starts every entry.
+pub const ENTRY_VERSION: u8 = 1;
+/// Encoded length of an entry.
+pub const ENTRY_LEN: usize = 1 + 1 + 32 + 32 + 32 + 4 + 8;
+/// Longest proof accepted (64 levels of 32-byte hashes; a tree of 2^64 leaves).
+pub const MAX_PROOF: usize = 64 * 32;
+
+/// What an entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyOp {
+    Register = 1,
+    Rotate = 2,
+    Revoke = 3,
+    DeviceAdd = 4,
+    DeviceRemove = 5,
+    /// The domain key changed; the entry's identity key is the new domain key.
+    DomainKey = 6,
+}
+
+impl KeyOp {
+    fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Self::Register,
+            2 => Self::Rotate,
+            3 => Self::Revoke,
+            4 => Self::DeviceAdd,
+            5 => Self::DeviceRemove,
+            6 => Self::DomainKey,
+            _ => return None,
+        })
+    }
+}
+
+/// One key operation in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogEntry {
+    pub op: KeyOp,
+    /// The address's VRF output (or all zeros for domain-key entries).
+    pub label: [u8; 32],
+    pub identity_key: [u8; 32],
+    pub encryption_key: [u8; 32],
+    pub key_version: u32,
+    /// Unix seconds.
+    pub time: u64,
+}
+
+impl LogEntry {
+    /// The canonical bytes: version, op, label, identity key, encryption key, key version
+    /// (u32 BE), time (u64 BE).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(ENTRY_LEN);
+        w.u8(ENTRY_VERSION)
+            .u8(self.op as u8)
+            .raw(&self.label)
+            .raw(&self.identity_key)
+            .raw(&self.encryption_key)
+            .u32(self.key_version)
+            .u64(self.time);
+        w.into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, KtError> {
+        let mut r = Reader::new(bytes);
+        let bad = |e: DecodeError| KtError::Malformed(e.to_string());
+        if r.u8("entry version").map_err(bad)? != ENTRY_VERSION {
+            return Err(KtError::Malformed("unknown entry version".into()));
+        }
+        let op = KeyOp::from_u8(r.u8("op").map_err(bad)?)
+            .ok_or_else(|| KtError::Malformed("unknown key operation".into()))?;
+        let entry = Self {
+            op,
+            label: r.array("label").map_err(bad)?,
+            identity_key: r.array("identity key").map_err(bad)?,
+            encryption_key: r.array("encryption key").map_err(bad)?,
+            key_version: r.u32("key version").map_err(bad)?,
+            time: r.u64("time").map_err(bad)?,
+        };
+        r.finish().map_err(bad)?;
+        Ok(entry)
+    }
+}
+
+impl HashableLeaf for LogEntry {
+    fn hash<H: ct_merkle::digest::Update>(&self, hasher: &mut H) {
+        hasher.update(&self.encode());
+    }
+}
+
+/// A signed statement of the log's state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub domain: String,
+    pub size: u64,
+    #[serde(with = "crate::b64::array")]
+    pub root: [u8; 32],
+    pub time: u64,
+    pub signature: Signature,
+}
+
+impl Checkpoint {
+    /// Canonical bytes the domain key signs.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(96);
+        w.str16(&self.domain)
+            .u64(self.size)
+            .raw(&self.root)
+            .u64(self.time);
+        w.into_bytes()
+    }
+
+    pub fn sign(domain: &str, size: u64, root: [u8; 32], time: u64, key: &SigningKeypair) -> Self {
+        let mut c = Self {
+            domain: domain.to_owned(),
+            size,
+            root,
+            time,
+            signature: Signature([0; 64]),
+        };
+        c.signature = key.sign(CHECKPOINT_CONTEXT, &c.signed_bytes());
+        c
+    }
+
+    pub fn verify(&self, domain_key: &IdentityPublicKey) -> Result<(), KtError> {
+        domain_key
+            .verify(CHECKPOINT_CONTEXT, &self.signed_bytes(), &self.signature)
+            .map_err(|_| KtError::BadCheckpointSignature(self.domain.clone()))
+    }
+
+    fn root_hash(&self) -> RootHash<Sha256> {
+        RootHash::new(self.root.into(), self.size)
+    }
+}
+
+/// Why a log statement is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum KtError {
+    #[error("malformed key-transparency data: {0}")]
+    Malformed(String),
+    #[error("the checkpoint of {0} is not signed by its domain key")]
+    BadCheckpointSignature(String),
+    #[error("the key is not in the log at position {index} of {size}: the inclusion proof fails")]
+    NotIncluded { index: u64, size: u64 },
+    #[error(
+        "the log of {domain} at size {new} does not extend the one seen at size {old}: the server rewrote its history (fork or rollback)"
+    )]
+    Inconsistent { domain: String, old: u64, new: u64 },
+    #[error("the log of {domain} shrank from {old} to {new} entries: the server rolled back")]
+    Rollback { domain: String, old: u64, new: u64 },
+    #[error("the checkpoints are of different domains ({0} and {1})")]
+    OtherDomain(String, String),
+}
+
+/// Checks that `entry` is at `index` in the tree `checkpoint` commits to.
+pub fn verify_inclusion(
+    entry: &LogEntry,
+    index: u64,
+    checkpoint: &Checkpoint,
+    proof: &[u8],
+) -> Result<(), KtError> {
+    let not = KtError::NotIncluded {
+        index,
+        size: checkpoint.size,
+    };
+    if index >= checkpoint.size || proof.len() > MAX_PROOF || !proof.len().is_multiple_of(32) {
+        return Err(not);
+    }
+    let proof =
+        InclusionProof::<Sha256>::try_from_bytes(proof.to_vec()).map_err(|_| not.clone())?;
+    checkpoint
+        .root_hash()
+        .verify_inclusion(entry, index, &proof)
+        .map_err(|_| not)
+}
+
+/// Checks that `new` extends `old` (same domain): a smaller size is a rollback, the same
+/// size with another root or a failing proof a fork.
+pub fn verify_consistency(old: &Checkpoint, new: &Checkpoint, proof: &[u8]) -> Result<(), KtError> {
+    if old.domain != new.domain {
+        return Err(KtError::OtherDomain(old.domain.clone(), new.domain.clone()));
+    }
+    let inconsistent = KtError::Inconsistent {
+        domain: new.domain.clone(),
+        old: old.size,
+        new: new.size,
+    };
+    if new.size < old.size {
+        return Err(KtError::Rollback {
+            domain: new.domain.clone(),
+            old: old.size,
+            new: new.size,
+        });
+    }
+    if old.size == new.size {
+        return if old.root == new.root {
+            Ok(())
+        } else {
+            Err(inconsistent)
+        };
+    }
+    if old.size == 0 {
+        // The empty tree is a prefix of every tree.
+        return Ok(());
+    }
+    if proof.len() > MAX_PROOF || !proof.len().is_multiple_of(32) {
+        return Err(inconsistent);
+    }
+    let proof = ConsistencyProof::<Sha256>::try_from_bytes(proof.to_vec())
+        .map_err(|_| inconsistent.clone())?;
+    new.root_hash()
+        .verify_consistency(&old.root_hash(), &proof)
+        .map_err(|_| inconsistent)
+}
+
+/// The log itself, in memory: what the server appends to and proves from.
+#[derive(Debug, Clone, Default)]
+pub struct Log {
+    tree: MemoryBackedTree<Sha256, LogEntry>,
+}
+
+impl Log {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> u64 {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.len() == 0
+    }
+
+    /// Appends; returns the entry's index.
+    pub fn push(&mut self, entry: LogEntry) -> u64 {
+        self.tree.push(entry);
+        self.len() - 1
+    }
+
+    pub fn root(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.tree.root().as_bytes());
+        out
+    }
+
+    /// A checkpoint of the current state, signed by `key`.
+    pub fn checkpoint(&self, domain: &str, time: u64, key: &SigningKeypair) -> Checkpoint {
+        Checkpoint::sign(domain, self.len(), self.root(), time, key)
+    }
+
+    /// The inclusion proof of entry `index`, or `None` when there is no such entry.
+    pub fn prove_inclusion(&self, index: u64) -> Option<Vec<u8>> {
+        let i = usize::try_from(index).ok()?;
+        (index < self.len()).then(|| self.tree.prove_inclusion(i).as_bytes().to_vec())
+    }
+
+    /// The proof that the current tree extends its first `old_size` entries, or `None`
+    /// when `old_size` is larger than the log.
+    pub fn prove_consistency(&self, old_size: u64) -> Option<Vec<u8>> {
+        let len = self.len();
+        if old_size > len {
+            return None;
+        }
+        if old_size == 0 || old_size == len {
+            return Some(Vec::new());
+        }
+        let additions = usize::try_from(len - old_size).ok()?;
+        Some(self.tree.prove_consistency(additions).as_bytes().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u32) -> LogEntry {
+        let mut label = [0u8; 32];
+        label[..4].copy_from_slice(&i.to_be_bytes());
+        LogEntry {
+            op: if i.is_multiple_of(3) {
+                KeyOp::Rotate
+            } else {
+                KeyOp::Register
+            },
+            label,
+            identity_key: [i as u8; 32],
+            encryption_key: [(i >> 8) as u8; 32],
+            key_version: i,
+            time: 1_700_000_000 + u64::from(i),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_reject_garbage() {
+        let e = entry(7);
+        let b = e.encode();
+        assert_eq!(b.len(), ENTRY_LEN);
+        assert_eq!(LogEntry::decode(&b).unwrap(), e);
+        assert!(LogEntry::decode(&b[..b.len() - 1]).is_err());
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(LogEntry::decode(&longer).is_err());
+        let mut bad_op = b;
+        bad_op[1] = 99;
+        assert!(LogEntry::decode(&bad_op).is_err());
+    }
+
+    #[test]
+    fn the_empty_tree_and_one_leaf_hash_as_rfc_9162_says() {
+        use sha2_11::Digest as _;
+        // RFC 9162 §2.1.1: MTH({}) = SHA-256(), MTH({d0}) = SHA-256(0x00 || d0).
+        assert_eq!(Log::new().root().as_slice(), Sha256::digest([]).as_slice());
+        let mut log = Log::new();
+        log.push(entry(1));
+        let mut leaf = vec![0u8];
+        leaf.extend(entry(1).encode());
+        assert_eq!(log.root().as_slice(), Sha256::digest(&leaf).as_slice());
+        // Two leaves: SHA-256(0x01 || leaf0 || leaf1).
+        log.push(entry(2));
+        let mut l2 = vec![0u8];
+        l2.extend(entry(2).encode());
+        let mut node = vec![1u8];
+        node.extend(Sha256::digest(&leaf));
+        node.extend(Sha256::digest(&l2));
+        assert_eq!(log.root().as_slice(), Sha256::digest(&node).as_slice());
+    }
+
+    #[test]
+    fn every_inclusion_and_consistency_proof_verifies_and_tampering_fails() {
+        let key = SigningKeypair::generate();
+        let mut log = Log::new();
+        let mut checkpoints = vec![log.checkpoint("x.test", 0, &key)];
+        for i in 0..40 {
+            log.push(entry(i));
+            checkpoints.push(log.checkpoint("x.test", u64::from(i), &key));
+        }
+        let head = checkpoints.last().unwrap();
+        head.verify(&key.public()).unwrap();
+        for i in 0..40u32 {
+            let proof = log.prove_inclusion(u64::from(i)).unwrap();
+            verify_inclusion(&entry(i), u64::from(i), head, &proof).unwrap();
+            // The wrong entry, the wrong place, or a bent proof: refused.
+            assert!(verify_inclusion(&entry(i + 1), u64::from(i), head, &proof).is_err());
+            assert!(verify_inclusion(&entry(i), u64::from(i) + 1, head, &proof).is_err());
+            if !proof.is_empty() {
+                let mut bent = proof.clone();
+                bent[0] ^= 1;
+                assert!(verify_inclusion(&entry(i), u64::from(i), head, &bent).is_err());
+            }
+        }
+        assert!(verify_inclusion(&entry(0), 40, head, &[]).is_err());
+        // Consistency between every earlier checkpoint and the head.
+        for old in &checkpoints {
+            let proof = log.prove_consistency(old.size).unwrap();
+            verify_consistency(old, head, &proof).unwrap();
+        }
+        assert!(log.prove_consistency(41).is_none());
+    }
+
+    #[test]
+    fn a_fork_or_a_rollback_is_caught() {
+        let key = SigningKeypair::generate();
+        let (mut a, mut b) = (Log::new(), Log::new());
+        for i in 0..10 {
+            a.push(entry(i));
+            b.push(entry(if i == 6 { 99 } else { i }));
+        }
+        let seen = a.checkpoint("x.test", 1, &key);
+        let fork = b.checkpoint("x.test", 1, &key);
+        // Same size, other root: a fork.
+        assert!(matches!(
+            verify_consistency(&seen, &fork, &[]),
+            Err(KtError::Inconsistent { .. })
+        ));
+        // The forked log grows: its proof from the size we saw does not hold.
+        for i in 10..15 {
+            b.push(entry(i));
+        }
+        let later = b.checkpoint("x.test", 2, &key);
+        let proof = b.prove_consistency(seen.size).unwrap();
+        assert!(matches!(
+            verify_consistency(&seen, &later, &proof),
+            Err(KtError::Inconsistent { .. })
+        ));
+        // Restored from an older backup: smaller than what we saw.
+        let mut old = Log::new();
+        for i in 0..5 {
+            old.push(entry(i));
+        }
+        assert!(matches!(
+            verify_consistency(&seen, &old.checkpoint("x.test", 3, &key), &[]),
+            Err(KtError::Rollback { .. })
+        ));
+        // A checkpoint not signed by the domain key.
+        assert!(seen.verify(&SigningKeypair::generate().public()).is_err());
+    }
+}

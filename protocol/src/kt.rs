@@ -16,6 +16,11 @@ use thiserror::Error;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::keys::{IdentityPublicKey, Signature, SigningKeypair};
 
+/// Prefix of the VRF input for an address's label.
+pub const LABEL_CONTEXT: &[u8] = b"letterme/v1/kt-label\0";
+/// Length of a VRF proof (RFC 9381 §5.5, ristretto255: point, challenge, scalar).
+pub const VRF_PROOF_LEN: usize = 80;
+
 /// Signature context of a checkpoint.
 pub const CHECKPOINT_CONTEXT: &[u8] = b"letterme/v1/kt-checkpoint\0";
 /// Version byte that starts every entry.
@@ -170,6 +175,76 @@ pub enum KtError {
     Rollback { domain: String, old: u64, new: u64 },
     #[error("the checkpoints are of different domains ({0} and {1})")]
     OtherDomain(String, String),
+    #[error("the log label of {0} does not verify against the domain's VRF key")]
+    BadLabel(String),
+}
+
+/// A domain's VRF key (RFC 9381, ECVRF-RISTRETTO255-SHA512, via `vrf-r255`): the label of
+/// an address in the log is its VRF output, which only the domain can compute and anyone
+/// with the public key can check, so the log cannot be searched with a list of addresses.
+#[derive(Clone)]
+pub struct VrfKey(vrf_r255::SecretKey);
+
+impl std::fmt::Debug for VrfKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VrfKey(<redacted>)")
+    }
+}
+
+fn label_input(address: &crate::Address) -> Vec<u8> {
+    let mut v = LABEL_CONTEXT.to_vec();
+    v.extend_from_slice(address.as_str().to_ascii_lowercase().as_bytes());
+    v
+}
+
+impl VrfKey {
+    pub fn generate() -> Self {
+        let mut bytes: [u8; 32] = crate::keys::random_bytes();
+        // Below 2^252 < ℓ, so always a canonical scalar.
+        bytes[31] &= 0x0f;
+        Self::from_bytes(bytes).expect("a scalar below 2^252 is canonical")
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Option<Self> {
+        Option::from(vrf_r255::SecretKey::from_bytes(bytes)).map(Self)
+    }
+
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.0.to_bytes())
+    }
+
+    pub fn public(&self) -> [u8; 32] {
+        vrf_r255::PublicKey::from(self.0).to_bytes()
+    }
+
+    /// The address's label (the first 32 bytes of the VRF output) and the proof of it.
+    pub fn label(&self, address: &crate::Address) -> ([u8; 32], [u8; VRF_PROOF_LEN]) {
+        let input = label_input(address);
+        let proof = self.0.prove(&input);
+        let output = vrf_r255::PublicKey::from(self.0)
+            .verify(&input, &proof)
+            .expect("a proof verifies against its own key");
+        let mut label = [0u8; 32];
+        label.copy_from_slice(&output[..32]);
+        (label, proof.to_bytes())
+    }
+}
+
+/// Checks a label proof for `address` against the domain's VRF public key; returns the label.
+pub fn verify_label(
+    public: &[u8; 32],
+    address: &crate::Address,
+    proof: &[u8],
+) -> Result<[u8; 32], KtError> {
+    let bad = || KtError::BadLabel(address.to_string());
+    let key = vrf_r255::PublicKey::from_bytes(*public).ok_or_else(bad)?;
+    let proof: [u8; VRF_PROOF_LEN] = proof.try_into().map_err(|_| bad())?;
+    let proof = vrf_r255::Proof::from_bytes(proof).ok_or_else(bad)?;
+    let output: Option<[u8; 64]> = key.verify(&label_input(address), &proof).into();
+    let output = output.ok_or_else(bad)?;
+    let mut label = [0u8; 32];
+    label.copy_from_slice(&output[..32]);
+    Ok(label)
 }
 
 /// Checks that `entry` is at `index` in the tree `checkpoint` commits to.
@@ -376,6 +451,22 @@ mod tests {
             verify_consistency(old, head, &proof).unwrap();
         }
         assert!(log.prove_consistency(41).is_none());
+    }
+
+    #[test]
+    fn labels_verify_only_for_their_address_and_key() {
+        let key = VrfKey::generate();
+        let alice = crate::Address::parse("alice@x.test").unwrap();
+        let bob = crate::Address::parse("bob@x.test").unwrap();
+        let (label, proof) = key.label(&alice);
+        assert_eq!(key.label(&alice).0, label, "deterministic");
+        assert_ne!(key.label(&bob).0, label);
+        assert_eq!(verify_label(&key.public(), &alice, &proof).unwrap(), label);
+        assert!(verify_label(&key.public(), &bob, &proof).is_err());
+        assert!(verify_label(&VrfKey::generate().public(), &alice, &proof).is_err());
+        assert!(verify_label(&key.public(), &alice, &proof[..79]).is_err());
+        let again = VrfKey::from_bytes(*key.to_bytes()).unwrap();
+        assert_eq!(again.label(&alice).0, label);
     }
 
     #[test]

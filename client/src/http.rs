@@ -140,6 +140,11 @@ impl Api {
         })
     }
 
+    /// `GET path` (with the login token, when logged in) as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
+        self.json(self.req(Method::GET, path)).await
+    }
+
     pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
         self.json(self.req(Method::GET, "/v1/server")).await
     }

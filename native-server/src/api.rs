@@ -53,6 +53,8 @@ pub struct AppState {
     pub outbound_wake: Arc<tokio::sync::Notify>,
     /// Set when `[outbound] mode` is relay or notice.
     pub outbound: Option<Arc<crate::outbound::api::OutboundState>>,
+    /// The key-transparency log.
+    pub kt: Arc<crate::kt::KtState>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -77,6 +79,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/auth/challenge", post(challenge))
         .route("/v1/auth/token", post(token))
         .route("/v1/keys/{address}", get(lookup))
+        .route("/v1/kt/checkpoint", get(kt_checkpoint))
+        .route("/v1/kt/consistency", get(kt_consistency))
         .route(
             "/v1/messages",
             post(send).layer(DefaultBodyLimit::max(max_msg)).get(list),
@@ -227,6 +231,49 @@ async fn mta_sts(State(state): St) -> Response {
     }
 }
 
+/// `GET /v1/kt/checkpoint`: the log's current signed checkpoint and the VRF key of its
+/// labels.
+async fn kt_checkpoint(State(state): St) -> Json<serde_json::Value> {
+    let cp = state
+        .kt
+        .checkpoint(&state.config.domain, state.clock.now(), &state.domain_key)
+        .await;
+    Json(json!({ "checkpoint": cp, "vrf_key": b64::encode(&state.kt.vrf.public()) }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    pub from: u64,
+}
+
+/// `GET /v1/kt/consistency?from=N`: the current checkpoint and the proof that it extends
+/// the log's first N entries.
+async fn kt_consistency(
+    State(state): St,
+    q: Result<Query<ConsistencyQuery>, QueryRejection>,
+) -> AppResult<Json<serde_json::Value>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Some((cp, proof)) = state
+        .kt
+        .consistency(
+            q.from,
+            &state.config.domain,
+            state.clock.now(),
+            &state.domain_key,
+        )
+        .await
+    else {
+        return Err(ApiError::bad_request(
+            "beyond_log",
+            format!("the log has fewer than {} entries", q.from),
+        ));
+    };
+    Ok(Json(
+        json!({ "checkpoint": cp, "proof": b64::encode(&proof) }),
+    ))
+}
+
 /// `GET /v1/server`
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ServerInfo {
@@ -331,8 +378,9 @@ async fn register(
     };
     let attestation = Attestation::issue(b, 1, &state.domain_key);
     state
-        .store
+        .kt
         .register(
+            &state.store,
             AccountRow {
                 address: b.address.to_string(),
                 identity_key: b.identity_key.0,
@@ -345,6 +393,7 @@ async fn register(
                 usage_bytes: 0,
             },
             invite_hash,
+            &b.address,
         )
         .await?;
     state.metrics.registrations.inc();
@@ -441,6 +490,9 @@ pub struct KeyLookup {
     pub address: Address,
     pub found: bool,
     pub attestation: Option<Attestation>,
+    /// The log entry of this key, with its proofs (addresses of this server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kt: Option<crate::kt::KtProof>,
     /// The address's domain does not run letter.me (no `_mailx` record, or this server
     /// does not federate): mail to it can only leave as ordinary email.
     #[serde(default)]
@@ -470,6 +522,7 @@ async fn lookup(
                     address,
                     found: false,
                     attestation: None,
+                    kt: None,
                     legacy: true,
                 }));
             }
@@ -509,15 +562,31 @@ async fn lookup(
             address,
             found: found.found,
             attestation: found.attestation,
+            kt: None,
             legacy,
         }));
     }
     let row = state.store.account(address.to_string()).await?;
     let attestation = row.map(|r| attestation_of(&address, &r));
+    let kt = if attestation.is_some() {
+        state
+            .kt
+            .proof_for(
+                &state.store,
+                &address,
+                &state.config.domain,
+                state.clock.now(),
+                &state.domain_key,
+            )
+            .await?
+    } else {
+        None
+    };
     Ok(Json(KeyLookup {
         address,
         found: attestation.is_some(),
         attestation,
+        kt,
         legacy: false,
     }))
 }

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod federation;
+pub mod kt;
 pub mod metrics;
 pub mod notice;
 pub mod outbound;
@@ -199,6 +200,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     };
     let outbound_wake = Arc::new(tokio::sync::Notify::new());
     let smtp_wake = Arc::new(tokio::sync::Notify::new());
+    let kt = Arc::new(
+        kt::KtState::load(&store, load_vrf_key(&store, &config, clock.now()).await?)
+            .await
+            .map_err(|source| StartError::Store {
+                path: config.database_path().display().to_string(),
+                source,
+            })?,
+    );
     let mail_keys = if config.outbound.mode == config::OutboundMode::Off {
         None
     } else {
@@ -229,6 +238,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         federation: federation.as_ref().map(|(f, _)| f.clone()),
         outbound_wake: outbound_wake.clone(),
         outbound: smtp_state,
+        kt,
         config,
     });
     let (tx, mut rx) = watch::channel(false);
@@ -407,6 +417,28 @@ fn keypair_from_seed(public: &[u8], seed: &[u8]) -> Result<SigningKeypair, secre
         return Err(secrets::SecretError::Malformed);
     }
     Ok(key)
+}
+
+/// The key of the log's VRF labels, generated on first use.
+async fn load_vrf_key(
+    store: &Store,
+    config: &Config,
+    now: u64,
+) -> Result<letterme_protocol::kt::VrfKey, StartError> {
+    let (_, secret) = load_secret(store, config, "kt-vrf", now, || {
+        let key = letterme_protocol::kt::VrfKey::generate();
+        Ok((
+            key.public().to_vec(),
+            zeroize::Zeroizing::new(key.to_bytes().to_vec()),
+        ))
+    })
+    .await?;
+    let bytes: [u8; 32] = secret
+        .as_slice()
+        .try_into()
+        .map_err(|_| secrets::SecretError::Malformed)?;
+    letterme_protocol::kt::VrfKey::from_bytes(bytes)
+        .ok_or_else(|| secrets::SecretError::Malformed.into())
 }
 
 /// Loads the DKIM keys and the queue key, generating each on first use.

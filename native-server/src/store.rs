@@ -56,6 +56,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/0001_init.sql")),
         M::up(include_str!("../../migrations/0002_federation.sql")),
         M::up(include_str!("../../migrations/0003_outbound.sql")),
+        M::up(include_str!("../../migrations/0004_kt.sql")),
     ])
 }
 
@@ -270,39 +271,86 @@ impl Store {
         acc: AccountRow,
         invite_hash: Option<[u8; 32]>,
     ) -> Result<(), StoreError> {
+        self.write(move |c| register_in(c, &acc, invite_hash)).await
+    }
+
+    /// Registers and appends the key-transparency entry at `kt.0` in one transaction.
+    pub async fn register_logged(
+        &self,
+        acc: AccountRow,
+        invite_hash: Option<[u8; 32]>,
+        kt: (u64, [u8; 32], Vec<u8>),
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
-            if let Some(h) = invite_hash {
-                let used = c.execute(
-                    "INSERT OR IGNORE INTO used_invites (token_hash, address, used_at) VALUES (?1, ?2, ?3)",
-                    params![h.as_slice(), acc.address, acc.registered_at as i64],
-                )?;
-                if used == 0 {
-                    return Err(StoreError::InviteUsed);
-                }
-            }
-            let n = c.execute(
-                "INSERT OR IGNORE INTO accounts (address, identity_key, encryption_key, key_created, key_version,
-                     binding_signature, attestation_sig, registered_at, usage_bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
-                params![
-                    acc.address,
-                    acc.identity_key.as_slice(),
-                    acc.encryption_key.as_slice(),
-                    acc.key_created as i64,
-                    acc.key_version,
-                    acc.binding_signature.as_slice(),
-                    acc.attestation_sig.as_slice(),
-                    acc.registered_at as i64,
-                ],
-            )?;
-            if n == 0 {
-                return Err(StoreError::AddressTaken);
-            }
+            register_in(c, &acc, invite_hash)?;
+            c.prepare_cached("INSERT INTO kt_log (idx, label, entry) VALUES (?1, ?2, ?3)")?
+                .execute(params![kt.0 as i64, kt.1.as_slice(), kt.2])?;
             Ok(())
         })
         .await
     }
 
+    /// Every log entry, in order.
+    pub async fn kt_entries(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT entry FROM kt_log ORDER BY idx")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// The newest entry under `label`: (index, entry).
+    pub async fn kt_latest(&self, label: [u8; 32]) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT idx, entry FROM kt_log WHERE label = ?1 ORDER BY idx DESC LIMIT 1",
+            )?
+            .query_row([label.as_slice()], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })
+            .optional()?)
+        })
+        .await
+    }
+}
+
+fn register_in(
+    c: &Connection,
+    acc: &AccountRow,
+    invite_hash: Option<[u8; 32]>,
+) -> Result<(), StoreError> {
+    if let Some(h) = invite_hash {
+        let used = c.execute(
+            "INSERT OR IGNORE INTO used_invites (token_hash, address, used_at) VALUES (?1, ?2, ?3)",
+            params![h.as_slice(), acc.address, acc.registered_at as i64],
+        )?;
+        if used == 0 {
+            return Err(StoreError::InviteUsed);
+        }
+    }
+    let n = c.execute(
+        "INSERT OR IGNORE INTO accounts (address, identity_key, encryption_key, key_created, key_version,
+             binding_signature, attestation_sig, registered_at, usage_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+        params![
+            acc.address,
+            acc.identity_key.as_slice(),
+            acc.encryption_key.as_slice(),
+            acc.key_created as i64,
+            acc.key_version,
+            acc.binding_signature.as_slice(),
+            acc.attestation_sig.as_slice(),
+            acc.registered_at as i64,
+        ],
+    )?;
+    if n == 0 {
+        return Err(StoreError::AddressTaken);
+    }
+    Ok(())
+}
+
+impl Store {
     pub async fn account(&self, address: String) -> Result<Option<AccountRow>, StoreError> {
         self.read(move |c| {
             Ok(c.prepare_cached(

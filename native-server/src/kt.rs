@@ -1,0 +1,126 @@
+//! The domain's key-transparency log on the server (issue 7): the log in memory for
+//! proofs, every entry in SQLite (`kt_log`) for durability, appended in the same
+//! transaction as the key change it records, and the VRF key that makes the labels.
+
+use letterme_protocol::kt::{Checkpoint, KeyOp, Log, LogEntry, VrfKey};
+use letterme_protocol::{Address, SigningKeypair};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::store::{AccountRow, Store, StoreError};
+
+/// The log and the key of its labels.
+pub struct KtState {
+    pub log: Mutex<Log>,
+    pub vrf: VrfKey,
+}
+
+impl std::fmt::Debug for KtState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KtState").finish_non_exhaustive()
+    }
+}
+
+/// What a lookup carries so the client can check the key against the log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KtProof {
+    /// The entry's position in the log.
+    pub index: u64,
+    /// The entry's canonical bytes, base64.
+    #[serde(with = "letterme_protocol::b64::bytes")]
+    pub entry: Vec<u8>,
+    /// The VRF proof of the entry's label for this address, base64.
+    #[serde(with = "letterme_protocol::b64::bytes")]
+    pub label_proof: Vec<u8>,
+    /// The inclusion proof of `index` in `checkpoint`, base64.
+    #[serde(with = "letterme_protocol::b64::bytes")]
+    pub inclusion: Vec<u8>,
+    pub checkpoint: Checkpoint,
+}
+
+impl KtState {
+    /// Loads the log from the database.
+    pub async fn load(store: &Store, vrf: VrfKey) -> Result<Self, StoreError> {
+        let mut log = Log::new();
+        for bytes in store.kt_entries().await? {
+            let entry = LogEntry::decode(&bytes)
+                .map_err(|e| StoreError::Database(format!("key-transparency log: {e}")))?;
+            log.push(entry);
+        }
+        Ok(Self {
+            log: Mutex::new(log),
+            vrf,
+        })
+    }
+
+    /// Registers `acc` and logs it: the entry is committed with the account, then added
+    /// to the tree. One registration at a time, so tree and table keep the same order.
+    pub async fn register(
+        &self,
+        store: &Store,
+        acc: AccountRow,
+        invite_hash: Option<[u8; 32]>,
+        address: &Address,
+    ) -> Result<(), StoreError> {
+        let (label, _) = self.vrf.label(address);
+        let entry = LogEntry {
+            op: KeyOp::Register,
+            label,
+            identity_key: acc.identity_key,
+            encryption_key: acc.encryption_key,
+            key_version: acc.key_version,
+            time: acc.registered_at,
+        };
+        let mut log = self.log.lock().await;
+        let idx = log.len();
+        store
+            .register_logged(acc, invite_hash, (idx, label, entry.encode()))
+            .await?;
+        log.push(entry);
+        Ok(())
+    }
+
+    /// The current signed checkpoint.
+    pub async fn checkpoint(&self, domain: &str, now: u64, key: &SigningKeypair) -> Checkpoint {
+        self.log.lock().await.checkpoint(domain, now, key)
+    }
+
+    /// The proof material for `address`'s newest entry, if it has one.
+    pub async fn proof_for(
+        &self,
+        store: &Store,
+        address: &Address,
+        domain: &str,
+        now: u64,
+        key: &SigningKeypair,
+    ) -> Result<Option<KtProof>, StoreError> {
+        let (label, label_proof) = self.vrf.label(address);
+        let Some((index, entry)) = store.kt_latest(label).await? else {
+            return Ok(None);
+        };
+        let log = self.log.lock().await;
+        let Some(inclusion) = log.prove_inclusion(index) else {
+            return Ok(None);
+        };
+        Ok(Some(KtProof {
+            index,
+            entry,
+            label_proof: label_proof.to_vec(),
+            inclusion,
+            checkpoint: log.checkpoint(domain, now, key),
+        }))
+    }
+
+    /// The current checkpoint and the proof that it extends the first `from` entries.
+    pub async fn consistency(
+        &self,
+        from: u64,
+        domain: &str,
+        now: u64,
+        key: &SigningKeypair,
+    ) -> Option<(Checkpoint, Vec<u8>)> {
+        let log = self.log.lock().await;
+        let proof = log.prove_consistency(from)?;
+        Some((log.checkpoint(domain, now, key), proof))
+    }
+}

@@ -1,0 +1,147 @@
+//! Key transparency on the server (issue 7, first part): registrations are logged, every
+//! lookup carries a label proof, an inclusion proof and a signed checkpoint that verify,
+//! consistency proofs hold between checkpoints, and the log survives a restart.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use letterme_client::profile::ProfileDir;
+use letterme_client::{Online, Unlocked};
+use letterme_protocol::kt::{
+    Checkpoint, KeyOp, LogEntry, verify_consistency, verify_inclusion, verify_label,
+};
+use letterme_protocol::{Address, b64};
+use letterme_tests::{FakeClock, PASSPHRASE, test_config};
+use serde_json::Value;
+
+async fn user(root: &std::path::Path, url: &str, local: &str) -> Online {
+    let dir = ProfileDir(root.join(local));
+    let addr = Address::parse(&format!("{local}@x.test")).unwrap();
+    letterme_client::create_account(&dir, &addr, url, PASSPHRASE, None)
+        .await
+        .unwrap();
+    Unlocked::open(dir, PASSPHRASE)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn checkpoint(v: &Value) -> Checkpoint {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registrations_grow_the_log_and_every_lookup_proves_its_key() {
+    let root = tempfile::tempdir().unwrap();
+    let config = test_config(root.path(), "x.test");
+    let clock = FakeClock::at_now();
+    let server = letterme_server::start(config.clone(), clock.clone())
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.local_addr);
+    let domain_key = server.domain_key;
+
+    let alice = user(root.path(), &url, "alice").await;
+    let first = alice.api.get_json("/v1/kt/checkpoint").await.unwrap();
+    let first_cp = checkpoint(&first["checkpoint"]);
+    assert_eq!(first_cp.size, 1);
+    first_cp.verify(&domain_key).unwrap();
+    let vrf_key: [u8; 32] = b64::decode_array(first["vrf_key"].as_str().unwrap()).unwrap();
+
+    let mut names = vec!["alice".to_owned()];
+    let mut seen = vec![first_cp.clone()];
+    for i in 0..6 {
+        let n = format!("user{i}");
+        user(root.path(), &url, &n).await;
+        names.push(n);
+        seen.push(checkpoint(
+            &alice.api.get_json("/v1/kt/checkpoint").await.unwrap()["checkpoint"],
+        ));
+    }
+    let head = checkpoint(&alice.api.get_json("/v1/kt/checkpoint").await.unwrap()["checkpoint"]);
+    assert_eq!(head.size, 7, "one entry per registration");
+
+    for n in &names {
+        let address = Address::parse(&format!("{n}@x.test")).unwrap();
+        let found = alice
+            .api
+            .get_json(&format!("/v1/keys/{address}"))
+            .await
+            .unwrap();
+        let kt = &found["kt"];
+        let cp = checkpoint(&kt["checkpoint"]);
+        cp.verify(&domain_key).unwrap();
+        let entry_bytes = b64::decode(kt["entry"].as_str().unwrap()).unwrap();
+        let entry = LogEntry::decode(&entry_bytes).unwrap();
+        let label = verify_label(
+            &vrf_key,
+            &address,
+            &b64::decode(kt["label_proof"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(entry.label, label, "the entry is under {address}'s label");
+        assert_eq!(entry.op, KeyOp::Register);
+        let att = &found["attestation"];
+        assert_eq!(
+            b64::encode(&entry.identity_key),
+            att["identity_key"].as_str().unwrap(),
+            "the logged key is the attested key"
+        );
+        verify_inclusion(
+            &entry,
+            kt["index"].as_u64().unwrap(),
+            &cp,
+            &b64::decode(kt["inclusion"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        // The label hides the address: it is not in the entry.
+        assert!(!letterme_tests::contains(
+            &entry_bytes,
+            address.as_str().as_bytes()
+        ));
+    }
+    // No address is derivable from the log, and an unknown one has no proof.
+    let nobody = alice.api.get_json("/v1/keys/nobody@x.test").await.unwrap();
+    assert!(nobody.get("kt").is_none_or(Value::is_null), "{nobody}");
+
+    // Consistency from every checkpoint seen on the way to the head.
+    for old in &seen {
+        let c = alice
+            .api
+            .get_json(&format!("/v1/kt/consistency?from={}", old.size))
+            .await
+            .unwrap();
+        let now = checkpoint(&c["checkpoint"]);
+        assert_eq!(now.root, head.root);
+        let proof = b64::decode(c["proof"].as_str().unwrap()).unwrap();
+        verify_consistency(old, &now, &proof).unwrap();
+        // The same proof does not make an older root into a different one.
+        let mut forged = old.clone();
+        forged.root[0] ^= 1;
+        if old.size < now.size {
+            assert!(verify_consistency(&forged, &now, &proof).is_err());
+        }
+    }
+    let beyond = alice.api.get_json("/v1/kt/consistency?from=8").await;
+    assert!(beyond.is_err());
+
+    // After a restart the log is the same tree.
+    server.shutdown().await.unwrap();
+    let again = letterme_server::start(
+        config,
+        Arc::clone(&clock) as Arc<dyn letterme_server::Clock>,
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", again.local_addr);
+    let resp: Value = reqwest::get(format!("{url}/v1/kt/checkpoint"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let after = checkpoint(&resp["checkpoint"]);
+    assert_eq!((after.size, after.root), (head.size, head.root));
+    again.shutdown().await.unwrap();
+}

@@ -30,6 +30,8 @@ pub enum ClientError {
     OtherDomain(Address, String),
     #[error("refusing to encrypt to {0}: {1}")]
     UnverifiedRemote(Address, String),
+    #[error("refusing to encrypt to {0}: key transparency check failed: {1}")]
+    Transparency(Address, letterme_protocol::kt::KtError),
     #[error("{0} is not on letter.me")]
     Legacy(Address),
     #[error(

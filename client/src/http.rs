@@ -42,6 +42,9 @@ pub struct KeyLookup {
     /// The domain does not run letter.me: mail to it leaves as ordinary email, if at all.
     #[serde(default)]
     pub legacy: bool,
+    /// Key-transparency proofs (keys of the server's own domain).
+    #[serde(default)]
+    pub kt: Option<crate::kt::KtProof>,
 }
 
 /// `POST /v1/outbound`'s answer.
@@ -197,7 +200,12 @@ impl Api {
         Ok(())
     }
 
-    pub async fn lookup(&self, address: &Address) -> Result<KeyLookup, ClientError> {
+    /// `since`: the size of the last checkpoint accepted for the address's domain.
+    pub async fn lookup(
+        &self,
+        address: &Address,
+        since: Option<u64>,
+    ) -> Result<KeyLookup, ClientError> {
         let mut url = reqwest::Url::parse(&format!("{}/v1/keys/", self.base)).map_err(|e| {
             ClientError::ServerDown {
                 url: self.base.clone(),
@@ -211,6 +219,9 @@ impl Api {
             })?
             .pop_if_empty()
             .push(address.as_str());
+        if let Some(n) = since {
+            url.query_pairs_mut().append_pair("since", &n.to_string());
+        }
         let mut r = self.http.get(url);
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod dns;
 pub mod error;
 pub mod http;
+pub mod kt;
 pub mod mailbox;
 pub mod profile;
 pub mod render;
@@ -342,26 +343,38 @@ impl Online {
     /// on another domain against that domain's keys in DNS (DESIGN.md §5, §7.4).
     pub async fn verified_key(&self, address: &Address) -> Result<Attestation, ClientError> {
         let p = &self.me.profile;
-        let found = self.api.lookup(address).await?;
+        let own = address.domain().eq_ignore_ascii_case(&p.domain);
+        let since = if own {
+            kt::KtFile::load(&self.me.dir.0)
+                .map_err(ClientError::Io)?
+                .domains
+                .get(&p.domain)
+                .map(|s| s.checkpoint.size)
+        } else {
+            None
+        };
+        let found = self.api.lookup(address, since).await?;
         let att = match found.attestation {
             Some(a) if found.found => a,
             _ if found.legacy => return Err(ClientError::Legacy(address.clone())),
             _ => return Err(ClientError::UnknownRecipient(address.clone())),
         };
-        if address.domain().eq_ignore_ascii_case(&p.domain) {
-            let Err(pinned) = att.verify(address, &p.domain, &p.domain_key) else {
-                return Ok(att);
-            };
-            // After a rotation of our domain key the new key is published in DNS beside
-            // the pinned one (docs/OPERATIONS.md §7).
-            if let Ok(keys) = self.own_domain_keys().await
-                && keys
+        if own {
+            let mut keys = vec![p.domain_key];
+            if let Err(pinned) = att.verify(address, &p.domain, &p.domain_key) {
+                // After a rotation of our domain key the new key is published in DNS
+                // beside the pinned one (docs/OPERATIONS.md §7).
+                keys = self.own_domain_keys().await.unwrap_or_default();
+                if !keys
                     .iter()
                     .any(|k| att.verify(address, &p.domain, k).is_ok())
-            {
-                return Ok(att);
+                {
+                    return Err(ClientError::Unverified(address.clone(), pinned));
+                }
             }
-            return Err(ClientError::Unverified(address.clone(), pinned));
+            self.check_transparency(address, &att, found.kt.as_ref(), &keys)
+                .await?;
+            return Ok(att);
         }
         let keys = self
             .me
@@ -380,6 +393,51 @@ impl Online {
             Some(e) => ClientError::Unverified(address.clone(), e),
             None => ClientError::UnverifiedRemote(address.clone(), "no domain key in DNS".into()),
         })
+    }
+
+    /// Checks a key of our own domain against the domain's key-transparency log and
+    /// remembers the checkpoint it was checked against (DESIGN.md §7.4).
+    async fn check_transparency(
+        &self,
+        address: &Address,
+        att: &Attestation,
+        proof: Option<&kt::KtProof>,
+        domain_keys: &[IdentityPublicKey],
+    ) -> Result<(), ClientError> {
+        let refuse = |e| ClientError::Transparency(address.clone(), e);
+        let Some(proof) = proof else {
+            return Err(refuse(letterme_protocol::kt::KtError::Malformed(
+                "the server sent no key-transparency proof".into(),
+            )));
+        };
+        let domain = self.me.profile.domain.clone();
+        let mut file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
+        // The VRF key is pinned at first use, like the domain key at account creation.
+        let vrf_b64 = if let Some(seen) = file.domains.get(&domain) {
+            seen.vrf_key.clone()
+        } else {
+            let v = self.api.get_json("/v1/kt/checkpoint").await?;
+            v["vrf_key"].as_str().unwrap_or_default().to_owned()
+        };
+        let vrf: [u8; 32] = letterme_protocol::b64::decode_array(&vrf_b64).ok_or_else(|| {
+            refuse(letterme_protocol::kt::KtError::Malformed(
+                "no VRF key for the log".into(),
+            ))
+        })?;
+        let last = file.domains.get(&domain).map(|s| s.checkpoint.clone());
+        let accepted =
+            kt::check(address, att, proof, domain_keys, &vrf, last.as_ref()).map_err(refuse)?;
+        if last.as_ref().is_none_or(|l| accepted.size >= l.size) {
+            file.domains.insert(
+                domain,
+                kt::Seen {
+                    vrf_key: vrf_b64,
+                    checkpoint: accepted,
+                },
+            );
+            file.save(&self.me.dir.0).map_err(ClientError::Io)?;
+        }
+        Ok(())
     }
 
     /// Our domain's keys: the pinned one, and those published in DNS (during and after a

@@ -490,8 +490,9 @@ pub struct KeyLookup {
     pub address: Address,
     pub found: bool,
     pub attestation: Option<Attestation>,
-    /// The log entry of this key, with its proofs (addresses of this server).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The log entry of this key, with its proofs (addresses of this server; `null`
+    /// otherwise, so a lookup looks the same whether or not the address exists).
+    #[serde(default)]
     pub kt: Option<crate::kt::KtProof>,
     /// The address's domain does not run letter.me (no `_mailx` record, or this server
     /// does not federate): mail to it can only leave as ordinary email.
@@ -499,12 +500,23 @@ pub struct KeyLookup {
     pub legacy: bool,
 }
 
+/// `GET /v1/keys/{address}?since=N`: `since` is the size of the last checkpoint the
+/// client accepted; the answer then proves the new checkpoint extends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupQuery {
+    #[serde(default)]
+    pub since: Option<u64>,
+}
+
 async fn lookup(
     State(state): St,
     Authed(session): Authed,
     address: Result<Path<String>, PathRejection>,
+    q: Result<Query<LookupQuery>, QueryRejection>,
 ) -> AppResult<Json<KeyLookup>> {
     let Path(address) = path_param(address)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     if !state
         .lookup_limit
         .allow(&session.address, state.clock.now_f64())
@@ -574,6 +586,7 @@ async fn lookup(
             .proof_for(
                 &state.store,
                 &address,
+                q.since,
                 &state.config.domain,
                 state.clock.now(),
                 &state.domain_key,

@@ -36,6 +36,10 @@ pub struct KtProof {
     #[serde(with = "letterme_protocol::b64::bytes")]
     pub inclusion: Vec<u8>,
     pub checkpoint: Checkpoint,
+    /// When the client said which size it saw last: the proof that `checkpoint` extends
+    /// it, base64 (absent when that size is beyond the log: a rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
 }
 
 impl KtState {
@@ -90,6 +94,7 @@ impl KtState {
         &self,
         store: &Store,
         address: &Address,
+        since: Option<u64>,
         domain: &str,
         now: u64,
         key: &SigningKeypair,
@@ -102,12 +107,16 @@ impl KtState {
         let Some(inclusion) = log.prove_inclusion(index) else {
             return Ok(None);
         };
+        let consistency = since
+            .and_then(|s| log.prove_consistency(s))
+            .map(|p| letterme_protocol::b64::encode(&p));
         Ok(Some(KtProof {
             index,
             entry,
             label_proof: label_proof.to_vec(),
             inclusion,
             checkpoint: log.checkpoint(domain, now, key),
+            consistency,
         }))
     }
 

@@ -177,6 +177,8 @@ pub enum KtError {
     OtherDomain(String, String),
     #[error("the log label of {0} does not verify against the domain's VRF key")]
     BadLabel(String),
+    #[error("the key the server gives for {0} is not the one in its key-transparency log")]
+    NotLogged(String),
 }
 
 /// A domain's VRF key (RFC 9381, ECVRF-RISTRETTO255-SHA512, via `vrf-r255`): the label of

@@ -145,3 +145,123 @@ async fn registrations_grow_the_log_and_every_lookup_proves_its_key() {
     assert_eq!((after.size, after.root), (head.size, head.root));
     again.shutdown().await.unwrap();
 }
+
+/// An in-process server for x.test on a fixed port, so it can come back on the same URL.
+async fn serve_on(config: &letterme_server::Config) -> letterme_server::Running {
+    letterme_server::start(config.clone(), FakeClock::at_now())
+        .await
+        .unwrap()
+}
+
+fn fixed_config(root: &std::path::Path) -> letterme_server::Config {
+    let mut config = test_config(root, "x.test");
+    config.http.listen = ([127, 0, 0, 1], letterme_tests::free_port()).into();
+    config
+}
+
+fn draft_to(to: &str) -> letterme_client::Draft {
+    letterme_client::Draft {
+        to: vec![Address::parse(to).unwrap()],
+        subject: "hello".into(),
+        body: "body".into(),
+        ..letterme_client::Draft::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_swapped_in_the_database_without_a_log_entry_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let config = fixed_config(root.path());
+    let server = serve_on(&config).await;
+    let url = format!("http://{}", server.local_addr);
+    let alice = user(root.path(), &url, "alice").await;
+    let _bob = user(root.path(), &url, "bob").await;
+    alice.send(&draft_to("bob@x.test")).await.unwrap();
+
+    // The server (or whoever has its database and domain key) gives bob a key of its own:
+    // a valid attestation, but no log entry.
+    let bob = Address::parse("bob@x.test").unwrap();
+    let mallory = letterme_protocol::SigningKeypair::generate();
+    let enc = letterme_protocol::EncryptionKeypair::generate();
+    let binding = letterme_protocol::KeyBinding::create(
+        &bob,
+        &mallory,
+        &enc.public(),
+        letterme_client::now(),
+    );
+    let att = letterme_protocol::Attestation::issue(&binding, 1, server.domain_signing_key());
+    let db = rusqlite::Connection::open(config.database_path()).unwrap();
+    db.execute(
+        "UPDATE accounts SET identity_key = ?1, encryption_key = ?2, key_created = ?3, \
+         binding_signature = ?4, attestation_sig = ?5 WHERE address = 'bob@x.test'",
+        rusqlite::params![
+            att.identity_key.0.as_slice(),
+            att.encryption_key.0.as_slice(),
+            att.created as i64,
+            att.binding_signature.0.as_slice(),
+            att.signature.0.as_slice()
+        ],
+    )
+    .unwrap();
+    let err = alice
+        .send(&draft_to("bob@x.test"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refusing to encrypt to bob@x.test"), "{err}");
+    assert!(
+        err.contains("not the one in its key-transparency log"),
+        "{err}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_restored_from_an_older_backup_is_caught() {
+    let root = tempfile::tempdir().unwrap();
+    let config = fixed_config(root.path());
+    let server = serve_on(&config).await;
+    let url = format!("http://{}", server.local_addr);
+    let mut alice = user(root.path(), &url, "alice").await;
+    let _bob = user(root.path(), &url, "bob").await;
+    server.shutdown().await.unwrap();
+    // The backup: the database as it is with two accounts.
+    let backup = root.path().join("backup");
+    std::fs::create_dir_all(&backup).unwrap();
+    let db = config.database_path();
+    let name = |p: &std::path::Path| p.file_name().unwrap().to_owned();
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&config.data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| name(p).to_string_lossy().starts_with("letterme.db"))
+        .collect();
+    for f in &files {
+        std::fs::copy(f, backup.join(name(f))).unwrap();
+    }
+
+    let server = serve_on(&config).await;
+    alice.relogin().await.unwrap();
+    let _carol = user(root.path(), &url, "carol").await;
+    // alice sees the log at three entries.
+    alice.send(&draft_to("carol@x.test")).await.unwrap();
+    server.shutdown().await.unwrap();
+
+    // Rolled back: the backup replaces the database.
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    for f in std::fs::read_dir(&backup).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, db.with_file_name(name(&f))).unwrap();
+    }
+    let server = serve_on(&config).await;
+    alice.relogin().await.unwrap();
+    let err = alice
+        .send(&draft_to("bob@x.test"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refusing to encrypt to bob@x.test"), "{err}");
+    assert!(err.contains("rolled back"), "{err}");
+    server.shutdown().await.unwrap();
+}

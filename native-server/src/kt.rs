@@ -43,13 +43,49 @@ pub struct KtProof {
 }
 
 impl KtState {
-    /// Loads the log from the database.
+    /// Loads the log from the database, and logs accounts that have no entry yet (those
+    /// registered before the log existed), oldest first, in one transaction.
     pub async fn load(store: &Store, vrf: VrfKey) -> Result<Self, StoreError> {
         let mut log = Log::new();
         for bytes in store.kt_entries().await? {
             let entry = LogEntry::decode(&bytes)
                 .map_err(|e| StoreError::Database(format!("key-transparency log: {e}")))?;
             log.push(entry);
+        }
+        let known: std::collections::HashSet<[u8; 32]> =
+            store.kt_labels().await?.into_iter().collect();
+        let mut missing = Vec::new();
+        let mut entries = Vec::new();
+        for (address, identity_key, encryption_key, key_version, registered_at) in
+            store.accounts_for_log().await?
+        {
+            let Ok(address) = Address::parse(&address) else {
+                continue;
+            };
+            let (label, _) = vrf.label(&address);
+            if known.contains(&label) {
+                continue;
+            }
+            let entry = LogEntry {
+                op: KeyOp::Register,
+                label,
+                identity_key,
+                encryption_key,
+                key_version,
+                time: registered_at,
+            };
+            missing.push((log.len() + entries.len() as u64, label, entry.encode()));
+            entries.push(entry);
+        }
+        if !missing.is_empty() {
+            tracing::info!(
+                accounts = missing.len(),
+                "logging accounts registered before the key-transparency log"
+            );
+            store.kt_append(missing).await?;
+            for e in entries {
+                log.push(e);
+            }
         }
         Ok(Self {
             log: Mutex::new(log),

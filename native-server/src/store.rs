@@ -300,6 +300,57 @@ impl Store {
         .await
     }
 
+    /// Every label in the log.
+    pub async fn kt_labels(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT label FROM kt_log")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Every account's logged fields — (address, identity key, encryption key, key
+    /// version, registered at) — oldest first.
+    #[allow(clippy::type_complexity)]
+    pub async fn accounts_for_log(
+        &self,
+    ) -> Result<Vec<(String, [u8; 32], [u8; 32], u32, u64)>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT address, identity_key, encryption_key, key_version, registered_at
+                   FROM accounts ORDER BY registered_at, address",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get::<_, i64>(4)? as u64,
+                ))
+            })?
+            .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Appends entries (index, label, entry) in one transaction.
+    pub async fn kt_append(
+        &self,
+        entries: Vec<(u64, [u8; 32], Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let mut ins =
+                c.prepare_cached("INSERT INTO kt_log (idx, label, entry) VALUES (?1, ?2, ?3)")?;
+            for (i, l, e) in &entries {
+                ins.execute(params![*i as i64, l.as_slice(), e])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// The newest entry under `label`: (index, entry).
     pub async fn kt_latest(&self, label: [u8; 32]) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         self.read(move |c| {

@@ -265,3 +265,27 @@ async fn a_server_restored_from_an_older_backup_is_caught() {
     assert!(err.contains("rolled back"), "{err}");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_from_before_the_log_are_logged_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let config = fixed_config(root.path());
+    let server = serve_on(&config).await;
+    let url = format!("http://{}", server.local_addr);
+    let _alice = user(root.path(), &url, "alice").await;
+    let _bob = user(root.path(), &url, "bob").await;
+    server.shutdown().await.unwrap();
+    // A database from before the log: accounts, no entries.
+    rusqlite::Connection::open(config.database_path())
+        .unwrap()
+        .execute("DELETE FROM kt_log", [])
+        .unwrap();
+    let server = serve_on(&config).await;
+    let carol = user(root.path(), &url, "carol").await;
+    // carol's client demands proofs for alice's and bob's keys: they are in the log now.
+    carol.send(&draft_to("alice@x.test")).await.unwrap();
+    carol.send(&draft_to("bob@x.test")).await.unwrap();
+    let cp = checkpoint(&carol.api.get_json("/v1/kt/checkpoint").await.unwrap()["checkpoint"]);
+    assert_eq!(cp.size, 3);
+    server.shutdown().await.unwrap();
+}

@@ -44,7 +44,7 @@ pub struct KeyLookup {
     pub legacy: bool,
     /// Key-transparency proofs (keys of the server's own domain).
     #[serde(default)]
-    pub kt: Option<crate::kt::KtProof>,
+    pub kt: Option<letterme_protocol::kt::KtProof>,
 }
 
 /// `POST /v1/outbound`'s answer.

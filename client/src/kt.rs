@@ -9,25 +9,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use letterme_protocol::kt::{
-    Checkpoint, KtError, LogEntry, verify_consistency, verify_inclusion, verify_label,
+    Checkpoint, KtError, KtProof, LogEntry, verify_consistency, verify_inclusion, verify_label,
 };
 use letterme_protocol::{Address, Attestation, IdentityPublicKey, b64};
 use serde::{Deserialize, Serialize};
-
-/// The proof material of a lookup, as the server sends it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct KtProof {
-    pub index: u64,
-    #[serde(with = "letterme_protocol::b64::bytes")]
-    pub entry: Vec<u8>,
-    #[serde(with = "letterme_protocol::b64::bytes")]
-    pub label_proof: Vec<u8>,
-    #[serde(with = "letterme_protocol::b64::bytes")]
-    pub inclusion: Vec<u8>,
-    pub checkpoint: Checkpoint,
-    #[serde(default)]
-    pub consistency: Option<String>,
-}
 
 /// What the profile remembers of one domain's log.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -344,15 +344,15 @@ impl Online {
     pub async fn verified_key(&self, address: &Address) -> Result<Attestation, ClientError> {
         let p = &self.me.profile;
         let own = address.domain().eq_ignore_ascii_case(&p.domain);
-        let since = if own {
-            kt::KtFile::load(&self.me.dir.0)
-                .map_err(ClientError::Io)?
-                .domains
-                .get(&p.domain)
-                .map(|s| s.checkpoint.size)
+        let kt_file = if own {
+            Some(kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?)
         } else {
             None
         };
+        let since = kt_file
+            .as_ref()
+            .and_then(|f| f.domains.get(&p.domain))
+            .map(|s| s.checkpoint.size);
         let found = self.api.lookup(address, since).await?;
         let att = match found.attestation {
             Some(a) if found.found => a,
@@ -372,8 +372,14 @@ impl Online {
                     return Err(ClientError::Unverified(address.clone(), pinned));
                 }
             }
-            self.check_transparency(address, &att, found.kt.as_ref(), &keys)
-                .await?;
+            self.check_transparency(
+                address,
+                &att,
+                found.kt.as_ref(),
+                &keys,
+                kt_file.unwrap_or_default(),
+            )
+            .await?;
             return Ok(att);
         }
         let keys = self
@@ -401,8 +407,9 @@ impl Online {
         &self,
         address: &Address,
         att: &Attestation,
-        proof: Option<&kt::KtProof>,
+        proof: Option<&letterme_protocol::kt::KtProof>,
         domain_keys: &[IdentityPublicKey],
+        mut file: kt::KtFile,
     ) -> Result<(), ClientError> {
         let refuse = |e| ClientError::Transparency(address.clone(), e);
         let Some(proof) = proof else {
@@ -411,7 +418,6 @@ impl Online {
             )));
         };
         let domain = self.me.profile.domain.clone();
-        let mut file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
         // The VRF key is pinned at first use, like the domain key at account creation.
         let vrf_b64 = if let Some(seen) = file.domains.get(&domain) {
             seen.vrf_key.clone()

@@ -493,7 +493,7 @@ pub struct KeyLookup {
     /// The log entry of this key, with its proofs (addresses of this server; `null`
     /// otherwise, so a lookup looks the same whether or not the address exists).
     #[serde(default)]
-    pub kt: Option<crate::kt::KtProof>,
+    pub kt: Option<letterme_protocol::kt::KtProof>,
     /// The address's domain does not run letter.me (no `_mailx` record, or this server
     /// does not federate): mail to it can only leave as ordinary email.
     #[serde(default)]

@@ -2,9 +2,8 @@
 //! proofs, every entry in SQLite (`kt_log`) for durability, appended in the same
 //! transaction as the key change it records, and the VRF key that makes the labels.
 
-use letterme_protocol::kt::{Checkpoint, KeyOp, Log, LogEntry, VrfKey};
+use letterme_protocol::kt::{Checkpoint, KeyOp, KtProof, Log, LogEntry, VrfKey};
 use letterme_protocol::{Address, SigningKeypair};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::store::{AccountRow, Store, StoreError};
@@ -21,27 +20,6 @@ impl std::fmt::Debug for KtState {
     }
 }
 
-/// What a lookup carries so the client can check the key against the log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KtProof {
-    /// The entry's position in the log.
-    pub index: u64,
-    /// The entry's canonical bytes, base64.
-    #[serde(with = "letterme_protocol::b64::bytes")]
-    pub entry: Vec<u8>,
-    /// The VRF proof of the entry's label for this address, base64.
-    #[serde(with = "letterme_protocol::b64::bytes")]
-    pub label_proof: Vec<u8>,
-    /// The inclusion proof of `index` in `checkpoint`, base64.
-    #[serde(with = "letterme_protocol::b64::bytes")]
-    pub inclusion: Vec<u8>,
-    pub checkpoint: Checkpoint,
-    /// When the client said which size it saw last: the proof that `checkpoint` extends
-    /// it, base64 (absent when that size is beyond the log: a rollback).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consistency: Option<String>,
-}
-
 impl KtState {
     /// Loads the log from the database, and logs accounts that have no entry yet (those
     /// registered before the log existed), oldest first, in one transaction.
@@ -51,6 +29,15 @@ impl KtState {
             let entry = LogEntry::decode(&bytes)
                 .map_err(|e| StoreError::Database(format!("key-transparency log: {e}")))?;
             log.push(entry);
+        }
+        // Every account has a label in the log (the normal case): nothing to add, and no
+        // VRF evaluation per account at each start.
+        let (accounts, labels) = store.kt_coverage().await?;
+        if labels >= accounts {
+            return Ok(Self {
+                log: Mutex::new(log),
+                vrf,
+            });
         }
         let known: std::collections::HashSet<[u8; 32]> =
             store.kt_labels().await?.into_iter().collect();

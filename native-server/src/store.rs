@@ -300,6 +300,18 @@ impl Store {
         .await
     }
 
+    /// (accounts, distinct labels in the log): equal once every account is logged.
+    pub async fn kt_coverage(&self) -> Result<(u64, u64), StoreError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT (SELECT count(*) FROM accounts), (SELECT count(DISTINCT label) FROM kt_log)",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )?)
+        })
+        .await
+    }
+
     /// Every label in the log.
     pub async fn kt_labels(&self) -> Result<Vec<[u8; 32]>, StoreError> {
         self.read(|c| {

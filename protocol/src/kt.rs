@@ -157,6 +157,27 @@ impl Checkpoint {
     }
 }
 
+/// What a lookup carries so the client can check the key against the log.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct KtProof {
+    /// The entry's position in the log.
+    pub index: u64,
+    /// The entry's canonical bytes, base64.
+    #[serde(with = "crate::b64::bytes")]
+    pub entry: Vec<u8>,
+    /// The VRF proof of the entry's label for this address, base64.
+    #[serde(with = "crate::b64::bytes")]
+    pub label_proof: Vec<u8>,
+    /// The inclusion proof of `index` in `checkpoint`, base64.
+    #[serde(with = "crate::b64::bytes")]
+    pub inclusion: Vec<u8>,
+    pub checkpoint: Checkpoint,
+    /// When the client said which size it saw last: the proof that `checkpoint` extends
+    /// it, base64 (absent when that size is beyond the log: a rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
+}
+
 /// Why a log statement is not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]

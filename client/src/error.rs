@@ -32,6 +32,10 @@ pub enum ClientError {
     UnverifiedRemote(Address, String),
     #[error("refusing to encrypt to {0}: key transparency check failed: {1}")]
     Transparency(Address, letterme_protocol::kt::KtError),
+    #[error(
+        "the key-transparency log of your own domain does not verify: {0}; your server may be misbehaving, contact its operator"
+    )]
+    OwnLog(letterme_protocol::kt::KtError),
     #[error("{0} is not on letter.me")]
     Legacy(Address),
     #[error(

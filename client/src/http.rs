@@ -164,6 +164,43 @@ impl Api {
         .await
     }
 
+    /// `POST /v1/keys/rotate` (or `/revoke`): the server attests the new key and logs it.
+    pub async fn change_key(
+        &self,
+        binding: &KeyBinding,
+        revoke: bool,
+    ) -> Result<(Attestation, u64), ClientError> {
+        #[derive(Deserialize)]
+        struct Changed {
+            attestation: Attestation,
+            index: u64,
+        }
+        let path = if revoke {
+            "/v1/keys/revoke"
+        } else {
+            "/v1/keys/rotate"
+        };
+        let r: Changed = self
+            .json(
+                self.req(Method::POST, path)
+                    .json(&json!({ "binding": binding })),
+            )
+            .await?;
+        Ok((r.attestation, r.index))
+    }
+
+    /// `GET /v1/kt/mine`: every log entry under our own label.
+    pub async fn kt_mine(
+        &self,
+        since: Option<u64>,
+    ) -> Result<letterme_protocol::kt::KtHistory, ClientError> {
+        let path = match since {
+            Some(n) => format!("/v1/kt/mine?since={n}"),
+            None => "/v1/kt/mine".to_owned(),
+        };
+        self.json(self.req(Method::GET, &path)).await
+    }
+
     /// Challenge, sign, token.
     pub async fn login(
         &mut self,

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use letterme_protocol::kt::{
-    Checkpoint, KtError, KtProof, LogEntry, verify_consistency, verify_inclusion, verify_label,
+    Checkpoint, KtError, KtHistory, KtProof, LogEntry, verify_consistency, verify_inclusion,
+    verify_label,
 };
 use letterme_protocol::{Address, Attestation, IdentityPublicKey, b64};
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,11 @@ pub struct Seen {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct KtFile {
     pub domains: BTreeMap<String, Seen>,
+    /// Entries under our own label with a key this profile did not make, already reported
+    /// (log indexes); each is reported once, the newest one at every sync while it stays
+    /// the newest.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub reported: std::collections::BTreeSet<u64>,
 }
 
 impl KtFile {
@@ -41,13 +47,59 @@ impl KtFile {
         }
     }
 
-    /// Written to a temporary file and renamed, so a crash leaves the old or the new.
+    /// Written to a temporary file, synced and renamed, so a crash leaves the old or the
+    /// new, and a checkpoint once accepted is not forgotten.
     pub fn save(&self, profile: &std::path::Path) -> Result<(), String> {
+        use std::io::Write as _;
+        let err = |e: std::io::Error| format!("kt.json: {e}");
         let tmp = profile.join("kt.json.tmp");
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        std::fs::write(&tmp, bytes).map_err(|e| format!("kt.json: {e}"))?;
-        std::fs::rename(&tmp, Self::path(profile)).map_err(|e| format!("kt.json: {e}"))
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, Self::path(profile)).map_err(err)?;
+        if let Ok(d) = std::fs::File::open(profile) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     }
+}
+
+/// Checks a checkpoint of `domain`: signed by one of `domain_keys`, and — when this
+/// profile accepted `last` before — proven to extend it by `consistency`.
+pub fn check_checkpoint(
+    domain: &str,
+    cp: &Checkpoint,
+    consistency: Option<&str>,
+    domain_keys: &[IdentityPublicKey],
+    last: Option<&Checkpoint>,
+) -> Result<(), KtError> {
+    if !cp.domain.eq_ignore_ascii_case(domain) {
+        return Err(KtError::OtherDomain(cp.domain.clone(), domain.to_owned()));
+    }
+    if !domain_keys.iter().any(|k| cp.verify(k).is_ok()) {
+        return Err(KtError::BadCheckpointSignature(cp.domain.clone()));
+    }
+    let Some(last) = last else {
+        return Ok(());
+    };
+    let p = match consistency {
+        Some(p) => b64::decode(p).map_err(|e| KtError::Malformed(e.to_string()))?,
+        None if cp.size == last.size => Vec::new(),
+        None if cp.size < last.size => {
+            return Err(KtError::Rollback {
+                domain: cp.domain.clone(),
+                old: last.size,
+                new: cp.size,
+            });
+        }
+        None => {
+            return Err(KtError::Malformed(
+                "no consistency proof from the last checkpoint".into(),
+            ));
+        }
+    };
+    verify_consistency(last, cp, &p)
 }
 
 /// Checks a lookup's proofs for `att` against the domain's `domain_keys`, the pinned VRF
@@ -61,15 +113,13 @@ pub fn check(
     last: Option<&Checkpoint>,
 ) -> Result<Checkpoint, KtError> {
     let cp = &proof.checkpoint;
-    if !cp.domain.eq_ignore_ascii_case(address.domain()) {
-        return Err(KtError::OtherDomain(
-            cp.domain.clone(),
-            address.domain().to_owned(),
-        ));
-    }
-    if !domain_keys.iter().any(|k| cp.verify(k).is_ok()) {
-        return Err(KtError::BadCheckpointSignature(cp.domain.clone()));
-    }
+    check_checkpoint(
+        address.domain(),
+        cp,
+        proof.consistency.as_deref(),
+        domain_keys,
+        last,
+    )?;
     let label = verify_label(vrf_key, address, &proof.label_proof)?;
     let entry = LogEntry::decode(&proof.entry)?;
     if entry.label != label {
@@ -84,23 +134,42 @@ pub fn check(
     {
         return Err(KtError::NotLogged(address.to_string()));
     }
-    if let Some(last) = last {
-        let p = match &proof.consistency {
-            Some(p) => b64::decode(p).map_err(|e| KtError::Malformed(e.to_string()))?,
-            None if cp.size == last.size => Vec::new(),
-            None => {
-                return Err(if cp.size < last.size {
-                    KtError::Rollback {
-                        domain: cp.domain.clone(),
-                        old: last.size,
-                        new: cp.size,
-                    }
-                } else {
-                    KtError::Malformed("no consistency proof from the last checkpoint".into())
-                });
-            }
-        };
-        verify_consistency(last, cp, &p)?;
-    }
     Ok(cp.clone())
+}
+
+/// Checks every entry the log holds under our own label (`GET /v1/kt/mine`): the label
+/// proof, each inclusion, the checkpoint. Returns the checkpoint to remember and the
+/// entries, oldest first, as (index, entry).
+pub fn check_history(
+    address: &Address,
+    history: &KtHistory,
+    domain_keys: &[IdentityPublicKey],
+    vrf_key: &[u8; 32],
+    last: Option<&Checkpoint>,
+) -> Result<(Checkpoint, Vec<(u64, LogEntry)>), KtError> {
+    let cp = &history.checkpoint;
+    check_checkpoint(
+        address.domain(),
+        cp,
+        history.consistency.as_deref(),
+        domain_keys,
+        last,
+    )?;
+    let label = verify_label(vrf_key, address, &history.label_proof)?;
+    let mut out = Vec::with_capacity(history.entries.len());
+    for h in &history.entries {
+        let entry = LogEntry::decode(&h.entry)?;
+        if entry.label != label {
+            return Err(KtError::BadLabel(address.to_string()));
+        }
+        verify_inclusion(&entry, h.index, cp, &h.inclusion)?;
+        if out.last().is_some_and(|(i, _)| *i >= h.index) {
+            return Err(KtError::Malformed("log entries out of order".into()));
+        }
+        out.push((h.index, entry));
+    }
+    if out.is_empty() {
+        return Err(KtError::NotLogged(address.to_string()));
+    }
+    Ok((cp.clone(), out))
 }

@@ -58,10 +58,7 @@ pub async fn create_account(
     if !address.domain().eq_ignore_ascii_case(&info.domain) {
         return Err(ClientError::OtherDomain(address.clone(), info.domain));
     }
-    let keys = Keys {
-        identity: SigningKeypair::generate(),
-        encryption: EncryptionKeypair::generate(),
-    };
+    let keys = Keys::new(SigningKeypair::generate(), EncryptionKeypair::generate());
     let binding = KeyBinding::create(address, &keys.identity, &keys.encryption.public(), now());
     let reg = api.register(&binding, invite).await?;
     if reg.domain_key != info.domain_key
@@ -181,7 +178,7 @@ impl Unlocked {
             let signer = IdentityPublicKey(m.signer_key);
             let payload = env.open(
                 &self.profile.address,
-                &[&self.keys.encryption],
+                &self.keys.all_encryption(),
                 &signer,
                 &|_| false,
             )?;
@@ -214,7 +211,7 @@ impl Unlocked {
         let env = Envelope::decode(&m.envelope)?;
         let payload = env.open(
             &self.profile.address,
-            &[&self.keys.encryption],
+            &self.keys.all_encryption(),
             &IdentityPublicKey(m.signer_key),
             &|_| false,
         )?;
@@ -329,7 +326,33 @@ pub struct SyncReport {
     pub refused: Vec<(String, String)>,
     /// Ids of the messages this sync stored.
     pub new_ids: Vec<String>,
+    /// What the check of our own keys in the key-transparency log found amiss: a key this
+    /// profile did not make, or a log that does not verify. Empty when all is well.
+    pub kt_alerts: Vec<String>,
 }
+
+/// The result of `letterme key rotate` / `letterme key revoke`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyChange {
+    pub address: Address,
+    pub version: u32,
+    pub encryption_key: EncryptionPublicKey,
+    /// The log entry that records the change.
+    pub log_index: u64,
+    pub revoked: bool,
+    /// Mail the server receives until then still opens with the previous key.
+    pub previous_opens_until: u64,
+    /// The change was begun earlier and interrupted; this run finished it.
+    pub resumed: bool,
+}
+
+/// How long a rotated-out key still opens newly received mail, by default: mail in
+/// flight (federation retries give up after 5 days) still opens.
+pub const KEY_OVERLAP: u64 = 7 * 86_400;
+
+/// A pending key older than this, that the server does not have, is made again (its
+/// binding would be refused as stale).
+const PENDING_MAX_AGE: u64 = 3600;
 
 /// A logged-in session.
 #[derive(Debug)]
@@ -418,18 +441,7 @@ impl Online {
             )));
         };
         let domain = self.me.profile.domain.clone();
-        // The VRF key is pinned at first use, like the domain key at account creation.
-        let vrf_b64 = if let Some(seen) = file.domains.get(&domain) {
-            seen.vrf_key.clone()
-        } else {
-            let v = self.api.get_json("/v1/kt/checkpoint").await?;
-            v["vrf_key"].as_str().unwrap_or_default().to_owned()
-        };
-        let vrf: [u8; 32] = letterme_protocol::b64::decode_array(&vrf_b64).ok_or_else(|| {
-            refuse(letterme_protocol::kt::KtError::Malformed(
-                "no VRF key for the log".into(),
-            ))
-        })?;
+        let (vrf_b64, vrf) = self.vrf_key(&file).await?.map_err(refuse)?;
         let last = file.domains.get(&domain).map(|s| s.checkpoint.clone());
         let accepted =
             kt::check(address, att, proof, domain_keys, &vrf, last.as_ref()).map_err(refuse)?;
@@ -444,6 +456,207 @@ impl Online {
             file.save(&self.me.dir.0).map_err(ClientError::Io)?;
         }
         Ok(())
+    }
+
+    /// The VRF key of our domain's log: pinned in `kt.json` at first use, like the domain
+    /// key at account creation.
+    async fn vrf_key(
+        &self,
+        file: &kt::KtFile,
+    ) -> Result<Result<(String, [u8; 32]), letterme_protocol::kt::KtError>, ClientError> {
+        let b64 = if let Some(seen) = file.domains.get(&self.me.profile.domain) {
+            seen.vrf_key.clone()
+        } else {
+            let v = self.api.get_json("/v1/kt/checkpoint").await?;
+            v["vrf_key"].as_str().unwrap_or_default().to_owned()
+        };
+        Ok(match letterme_protocol::b64::decode_array(&b64) {
+            Some(k) => Ok((b64, k)),
+            None => Err(letterme_protocol::kt::KtError::Malformed(
+                "no VRF key for the log".into(),
+            )),
+        })
+    }
+
+    /// Checks every entry the key-transparency log holds for our own address (DESIGN.md
+    /// §7.4, self-monitoring): each must be a key this profile made, and the newest must
+    /// be the one in use. Returns what is amiss, in words for the user; an error when
+    /// the log's proofs do not verify.
+    pub async fn check_own_keys(&self) -> Result<Vec<String>, ClientError> {
+        let p = &self.me.profile;
+        let mut file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
+        let last = file.domains.get(&p.domain).map(|s| s.checkpoint.clone());
+        let history = self.api.kt_mine(last.as_ref().map(|c| c.size)).await?;
+        let mut domain_keys = vec![p.domain_key];
+        if history.checkpoint.verify(&p.domain_key).is_err() {
+            domain_keys = self.own_domain_keys().await.unwrap_or(domain_keys);
+        }
+        let (vrf_b64, vrf) = self.vrf_key(&file).await?.map_err(ClientError::OwnLog)?;
+        let (cp, entries) =
+            kt::check_history(&p.address, &history, &domain_keys, &vrf, last.as_ref())
+                .map_err(ClientError::OwnLog)?;
+        let keys = &self.me.keys;
+        let made = |e: &letterme_protocol::kt::LogEntry| {
+            e.identity_key == keys.identity.public().0
+                && keys.made(&EncryptionPublicKey(e.encryption_key))
+        };
+        let newest = entries.last().map(|(i, _)| *i);
+        let mut alerts = Vec::new();
+        for (index, e) in &entries {
+            let current = Some(*index) == newest;
+            if made(e) || (!current && file.reported.contains(index)) {
+                continue;
+            }
+            alerts.push(format!(
+                "the key-transparency log of {} lists a key for {} that this profile did not \
+                 create (entry {index}, {:?}, key version {}, at Unix time {}){}",
+                p.domain,
+                p.address,
+                e.op,
+                e.key_version,
+                e.time,
+                if current {
+                    ": it is the key senders use for you now, so new mail to you may be \
+                     readable by someone else; contact your server's operator and run \
+                     `letterme key revoke`"
+                } else {
+                    ""
+                }
+            ));
+            file.reported.insert(*index);
+        }
+        if let Some((index, e)) = entries.last() {
+            let in_use = e.encryption_key == keys.encryption.public().0
+                || keys
+                    .pending
+                    .as_ref()
+                    .is_some_and(|k| k.key.public().0 == e.encryption_key);
+            if made(e) && !in_use {
+                alerts.push(format!(
+                    "the newest key the log of {} lists for {} (entry {index}, version {}) is \
+                     one this profile retired: the server hands out an old key of yours",
+                    p.domain, p.address, e.key_version
+                ));
+            }
+        }
+        if last.as_ref().is_none_or(|l| cp.size >= l.size) {
+            file.domains.insert(
+                p.domain.clone(),
+                kt::Seen {
+                    vrf_key: vrf_b64,
+                    checkpoint: cp,
+                },
+            );
+        }
+        file.save(&self.me.dir.0).map_err(ClientError::Io)?;
+        Ok(alerts)
+    }
+
+    /// Replaces our encryption key with a new one, made here: the server attests and logs
+    /// it, senders then encrypt only to it. The previous key stays in the keystore: it
+    /// opens stored mail, and mail received within `overlap` seconds (none after now when
+    /// `revoke`). Safe to repeat after an interruption: the new key is saved before the
+    /// server hears of it, and the same request is sent again.
+    pub async fn change_key(
+        &self,
+        passphrase: &str,
+        revoke: bool,
+        overlap: u64,
+    ) -> Result<KeyChange, ClientError> {
+        let dir = &self.me.dir;
+        let mut profile = dir.load()?;
+        let mut keys = dir.unlock(&profile, passphrase)?;
+        let address = profile.address.clone();
+        let mut resumed = false;
+        let on_server = self.api.lookup(&address, None).await?.attestation;
+        // The server takes only a binding newer than the key it has.
+        let after = on_server
+            .as_ref()
+            .map_or(0, |a| a.created)
+            .max(profile.attestation.created);
+        // An interrupted change: the server may have it already.
+        if let Some(pending) = &keys.pending {
+            let on_server = on_server
+                .as_ref()
+                .is_some_and(|a| a.encryption_key == pending.key.public());
+            if on_server || now().saturating_sub(pending.created) < PENDING_MAX_AGE {
+                resumed = true;
+            } else {
+                keys.pending = None;
+            }
+        }
+        if keys.pending.is_none() {
+            keys.pending = Some(profile::PendingKey {
+                key: EncryptionKeypair::generate(),
+                created: now().max(after + 1),
+                revoke,
+                overlap,
+            });
+            // Saved before the server hears of it, so the key is never lost.
+            profile.keys = SealedKeys::seal(&keys, passphrase);
+            dir.save(&profile)?;
+        }
+        let pending = keys.pending.take().expect("set above");
+        let revoke = pending.revoke || revoke;
+        let binding = KeyBinding::create(
+            &address,
+            &keys.identity,
+            &pending.key.public(),
+            pending.created,
+        );
+        let (att, log_index) = self.api.change_key(&binding, revoke).await?;
+        if att.identity_key != keys.identity.public()
+            || att.encryption_key != pending.key.public()
+            || att.version <= profile.attestation.version
+        {
+            return Err(ClientError::BadRegistration(address));
+        }
+        let domain_keys = self
+            .own_domain_keys()
+            .await
+            .unwrap_or(vec![profile.domain_key]);
+        if !domain_keys
+            .iter()
+            .any(|k| att.verify(&address, &profile.domain, k).is_ok())
+        {
+            return Err(ClientError::BadRegistration(address));
+        }
+        let t = now();
+        let opens_until = if revoke {
+            t
+        } else {
+            t.saturating_add(pending.overlap)
+        };
+        let old = std::mem::replace(&mut keys.encryption, pending.key);
+        keys.retired.insert(
+            0,
+            profile::RetiredKey {
+                key: old,
+                version: profile.attestation.version,
+                retired_at: t,
+                open_until: opens_until,
+                revoked: revoke,
+            },
+        );
+        profile.attestation = att.clone();
+        profile.keys = SealedKeys::seal(&keys, passphrase);
+        dir.save(&profile)?;
+        // The new key as senders will see it: attested, and in the log.
+        let seen = self.verified_key(&address).await?;
+        if seen.encryption_key != att.encryption_key {
+            return Err(ClientError::Io(format!(
+                "the server still hands out the previous key for {address}; run the command again"
+            )));
+        }
+        Ok(KeyChange {
+            address,
+            version: att.version,
+            encryption_key: att.encryption_key,
+            log_index,
+            revoked: revoke,
+            previous_opens_until: opens_until,
+            resumed,
+        })
     }
 
     /// Our domain's keys: the pinned one, and those published in DNS (during and after a
@@ -594,7 +807,10 @@ impl Online {
         loop {
             match self.sync(progress).await {
                 Ok(report) => {
-                    if report.fetched > 0 || !report.refused.is_empty() {
+                    if report.fetched > 0
+                        || !report.refused.is_empty()
+                        || !report.kt_alerts.is_empty()
+                    {
                         on_new(&self.me, &report);
                     }
                 }
@@ -714,6 +930,15 @@ impl Online {
         if let Some(last) = acking {
             join_ack(last).await?;
         }
+        report.kt_alerts = match self.check_own_keys().await {
+            Ok(alerts) => alerts,
+            Err(e) => vec![format!(
+                "cannot check your keys in the key-transparency log: {e}"
+            )],
+        };
+        for a in &report.kt_alerts {
+            tracing::warn!(alert = %a, "key transparency");
+        }
         Ok(report)
     }
 
@@ -765,7 +990,7 @@ impl Online {
                     scope.spawn(move || {
                         part.iter()
                             .map(|(entry, bytes)| {
-                                self.verify(&entry.id, bytes, senders, domain_keys, stored)
+                                self.verify(entry, bytes, senders, domain_keys, stored)
                             })
                             .collect::<Vec<_>>()
                     })
@@ -781,14 +1006,14 @@ impl Online {
     /// Checks a fetched envelope fully; the error is the reason it is refused.
     fn verify(
         &self,
-        id: &str,
+        entry: &ListEntry,
         bytes: &[u8],
         senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
         domain_keys: &[IdentityPublicKey],
         stored: &std::collections::BTreeSet<String>,
     ) -> Result<(IdentityPublicKey, Payload), String> {
         let env = Envelope::decode(bytes).map_err(|e| e.to_string())?;
-        if env.id.to_hex() != id {
+        if env.id.to_hex() != entry.id {
             return Err("the envelope id does not match the server's listing".into());
         }
         // Legacy mail is sealed by our own domain's inbound gateway; native mail by its
@@ -807,14 +1032,29 @@ impl Online {
                 .unwrap_or_else(|| Err("the sender's key was not looked up".into()))?
         };
         let seen = |i: &letterme_protocol::EnvelopeId| stored.contains(&i.to_hex());
+        let keys = &self.me.keys;
+        let me = &self.me.profile.address;
         let payload = env
-            .open(
-                &self.me.profile.address,
-                &[&self.me.keys.encryption],
-                &signer,
-                &seen,
-            )
-            .map_err(|e| e.to_string())?;
+            .open(me, &keys.encryption_at(entry.received), &signer, &seen)
+            .map_err(|e| {
+                // Sealed to a key whose overlap ended before the server received it: say so.
+                let late = keys.retired.iter().find(|r| {
+                    entry.received > r.open_until && env.open(me, &[&r.key], &signer, &seen).is_ok()
+                });
+                match late {
+                    Some(r) => format!(
+                        "sealed to your encryption key version {}, which was {} before this \
+                         arrived; the sender used an outdated key",
+                        r.version,
+                        if r.revoked {
+                            "revoked"
+                        } else {
+                            "retired (overlap ended)"
+                        }
+                    ),
+                    None => e.to_string(),
+                }
+            })?;
         // Our domain signs two things: inbound legacy mail, and failure notices from its
         // mailer-daemon.
         if env.signer_kind == SignerKind::Domain

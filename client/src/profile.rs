@@ -68,12 +68,112 @@ pub struct Profile {
 pub struct Keys {
     pub identity: SigningKeypair,
     pub encryption: EncryptionKeypair,
+    /// Encryption keys this profile had before, newest first: they still open stored mail,
+    /// and mail received until their `open_until`.
+    pub retired: Vec<RetiredKey>,
+    /// A new encryption key sent to the server and not yet confirmed (a rotation that was
+    /// interrupted): it opens mail too, and `letterme key rotate` finishes the change.
+    pub pending: Option<PendingKey>,
+}
+
+impl Keys {
+    pub fn new(identity: SigningKeypair, encryption: EncryptionKeypair) -> Self {
+        Self {
+            identity,
+            encryption,
+            retired: Vec::new(),
+            pending: None,
+        }
+    }
+
+    /// Every encryption key this profile holds: for mail already accepted.
+    pub fn all_encryption(&self) -> Vec<&EncryptionKeypair> {
+        let mut v = vec![&self.encryption];
+        v.extend(self.pending.as_ref().map(|p| &p.key));
+        v.extend(self.retired.iter().map(|r| &r.key));
+        v
+    }
+
+    /// The keys that may open mail the server received at `received`: the current and
+    /// pending ones, and retired ones whose overlap had not ended then.
+    pub fn encryption_at(&self, received: u64) -> Vec<&EncryptionKeypair> {
+        let mut v = vec![&self.encryption];
+        v.extend(self.pending.as_ref().map(|p| &p.key));
+        v.extend(
+            self.retired
+                .iter()
+                .filter(|r| received <= r.open_until)
+                .map(|r| &r.key),
+        );
+        v
+    }
+
+    /// Whether this profile made `key` (current, pending or retired).
+    pub fn made(&self, key: &letterme_protocol::EncryptionPublicKey) -> bool {
+        self.all_encryption().iter().any(|k| k.public() == *key)
+    }
+}
+
+/// An encryption key replaced by a rotation or a revocation.
+#[derive(Debug)]
+pub struct RetiredKey {
+    pub key: EncryptionKeypair,
+    /// Its attestation version.
+    pub version: u32,
+    /// When it was replaced (Unix seconds).
+    pub retired_at: u64,
+    /// Mail the server received after this is not opened with it (the overlap's end; the
+    /// replacement time itself for a revoked key).
+    pub open_until: u64,
+    pub revoked: bool,
+}
+
+/// A new encryption key on its way to the server.
+#[derive(Debug)]
+pub struct PendingKey {
+    pub key: EncryptionKeypair,
+    /// The time in its key binding, so a retry sends the same binding.
+    pub created: u64,
+    pub revoke: bool,
+    /// The overlap the retired key gets, in seconds.
+    pub overlap: u64,
 }
 
 #[derive(Serialize, Deserialize)]
 struct KeysPlain {
     identity: String,
     encryption: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    retired: Vec<RetiredPlain>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<PendingPlain>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RetiredPlain {
+    encryption: String,
+    version: u32,
+    retired_at: u64,
+    open_until: u64,
+    #[serde(default)]
+    revoked: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PendingPlain {
+    encryption: String,
+    created: u64,
+    revoke: bool,
+    overlap: u64,
+}
+
+fn secret(k: &EncryptionKeypair) -> String {
+    b64::encode(&*k.secret_bytes())
+}
+
+fn enc_from(s: &str) -> Option<EncryptionKeypair> {
+    let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(b64::decode_array(s)?);
+    Some(EncryptionKeypair::from_secret_bytes(&bytes))
 }
 
 fn derive(pass: &str, salt: &[u8], p: KdfParams) -> Result<Zeroizing<[u8; 32]>, String> {
@@ -94,7 +194,24 @@ impl SealedKeys {
         let plain = Zeroizing::new(
             serde_json::to_vec(&KeysPlain {
                 identity: b64::encode(&*keys.identity.secret_bytes()),
-                encryption: b64::encode(&*keys.encryption.secret_bytes()),
+                encryption: secret(&keys.encryption),
+                retired: keys
+                    .retired
+                    .iter()
+                    .map(|r| RetiredPlain {
+                        encryption: secret(&r.key),
+                        version: r.version,
+                        retired_at: r.retired_at,
+                        open_until: r.open_until,
+                        revoked: r.revoked,
+                    })
+                    .collect(),
+                pending: keys.pending.as_ref().map(|p| PendingPlain {
+                    encryption: secret(&p.key),
+                    created: p.created,
+                    revoke: p.revoke,
+                    overlap: p.overlap,
+                }),
             })
             .expect("serializes"),
         );
@@ -143,11 +260,34 @@ impl SealedKeys {
                 .ok()?,
         );
         let k: KeysPlain = serde_json::from_slice(&plain).ok()?;
-        let id: [u8; 32] = b64::decode_array(&k.identity)?;
-        let enc: [u8; 32] = b64::decode_array(&k.encryption)?;
+        let id: Zeroizing<[u8; 32]> = Zeroizing::new(b64::decode_array(&k.identity)?);
+        let retired = k
+            .retired
+            .iter()
+            .map(|r| {
+                Some(RetiredKey {
+                    key: enc_from(&r.encryption)?,
+                    version: r.version,
+                    retired_at: r.retired_at,
+                    open_until: r.open_until,
+                    revoked: r.revoked,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let pending = match &k.pending {
+            Some(p) => Some(PendingKey {
+                key: enc_from(&p.encryption)?,
+                created: p.created,
+                revoke: p.revoke,
+                overlap: p.overlap,
+            }),
+            None => None,
+        };
         Some(Keys {
             identity: SigningKeypair::from_secret_bytes(&id),
-            encryption: EncryptionKeypair::from_secret_bytes(&enc),
+            encryption: enc_from(&k.encryption)?,
+            retired,
+            pending,
         })
     }
 }
@@ -192,7 +332,9 @@ impl ProfileDir {
             .keys
             .open(passphrase)
             .ok_or_else(|| ClientError::WrongPassphrase(self.0.display().to_string()))?;
-        if keys.identity.public() != profile.attestation.identity_key {
+        if keys.identity.public() != profile.attestation.identity_key
+            || keys.encryption.public() != profile.attestation.encryption_key
+        {
             return Err(ClientError::BadProfile(
                 self.file().display().to_string(),
                 "keys do not match".into(),
@@ -243,16 +385,27 @@ mod tests {
 
     #[test]
     fn keystore_round_trip_and_wrong_passphrase() {
-        let keys = Keys {
-            identity: SigningKeypair::generate(),
-            encryption: EncryptionKeypair::generate(),
-        };
+        let mut keys = Keys::new(SigningKeypair::generate(), EncryptionKeypair::generate());
+        keys.retired.push(RetiredKey {
+            key: EncryptionKeypair::generate(),
+            version: 1,
+            retired_at: 10,
+            open_until: 20,
+            revoked: false,
+        });
         let sealed = SealedKeys::seal(&keys, "correct horse");
         let json = serde_json::to_string(&sealed).unwrap();
         assert!(!json.contains(&b64::encode(&*keys.identity.secret_bytes())));
         let opened = sealed.open("correct horse").unwrap();
         assert_eq!(opened.identity.public(), keys.identity.public());
         assert_eq!(opened.encryption.public(), keys.encryption.public());
+        assert_eq!(opened.retired.len(), 1);
+        assert_eq!(opened.retired[0].key.public(), keys.retired[0].key.public());
+        assert_eq!(opened.retired[0].open_until, 20);
+        // Retired keys open mail received until their overlap ends, not after.
+        assert_eq!(opened.encryption_at(20).len(), 2);
+        assert_eq!(opened.encryption_at(21).len(), 1);
+        assert!(opened.made(&keys.retired[0].key.public()));
         assert!(sealed.open("wrong").is_none());
     }
 }

@@ -70,6 +70,33 @@ pub enum Command {
     Queue(QueueArgs),
     /// Refuse mail from an address or a whole domain (`@example.com`), or list/undo that.
     Block(BlockArgs),
+    /// Your encryption key: replace it (`rotate`), or replace it and stop trusting the old
+    /// one at once (`revoke`). Both are recorded in your domain's key-transparency log.
+    #[command(subcommand)]
+    Key(KeyAction),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Make a new encryption key and have the server attest and log it. Senders then
+    /// encrypt only to the new key; mail already on its way to the old one still opens
+    /// for the overlap period.
+    Rotate {
+        /// Days the old key still opens newly received mail (mail in flight).
+        #[arg(long, default_value_t = 7, value_name = "DAYS")]
+        overlap_days: u64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// For a key that may be compromised: make a new key as `rotate` does, with no
+    /// overlap — mail that arrives sealed to the old key from now on is refused.
+    Revoke {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -103,6 +103,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::DomainKey(action) => domain_key(action).await,
         Command::Queue(args) => queue(&args.config.config, args.json.json).await,
         Command::Block(args) => block(profile_dir, args).await,
+        Command::Key(action) => key(profile_dir, action).await,
         Command::Read(args) => {
             let m = unlock(profile_dir)?.read(&args.id)?;
             if args.json.json {
@@ -233,6 +234,12 @@ async fn sync(dir: ProfileDir, json: bool) -> Result<()> {
             println!("refused {id}: {reason}");
         }
     }
+    for alert in &report.kt_alerts {
+        eprintln!("WARNING: {alert}");
+    }
+    if !report.kt_alerts.is_empty() {
+        bail!("the key-transparency check of your own address found a problem (see above)")
+    }
     if report.refused.is_empty() {
         Ok(())
     } else {
@@ -263,6 +270,9 @@ async fn watch(dir: ProfileDir, json: bool) -> Result<()> {
         }
         for (id, reason) in &report.refused {
             eprintln!("refused {id}: {reason}");
+        }
+        for alert in &report.kt_alerts {
+            eprintln!("WARNING: {alert}");
         }
         let _ = std::io::stdout().flush();
     };
@@ -389,9 +399,76 @@ fn new_passphrase() -> Result<String> {
 }
 
 pub(crate) fn unlock(dir: ProfileDir) -> Result<Unlocked> {
+    Ok(unlock_keeping_passphrase(dir)?.0)
+}
+
+/// Unlocks, and keeps the passphrase for commands that seal the keystore again.
+fn unlock_keeping_passphrase(dir: ProfileDir) -> Result<(Unlocked, zeroize::Zeroizing<String>)> {
     let profile = dir.load()?;
-    let pass = passphrase(&format!("Passphrase for {}: ", profile.address))?;
-    Ok(Unlocked::open(dir, &pass)?.with_dns(CLIENT_DNS.get().cloned().unwrap_or_default()))
+    let pass = zeroize::Zeroizing::new(passphrase(&format!(
+        "Passphrase for {}: ",
+        profile.address
+    ))?);
+    let me = Unlocked::open(dir, &pass)?.with_dns(CLIENT_DNS.get().cloned().unwrap_or_default());
+    Ok((me, pass))
+}
+
+/// `letterme key rotate` / `letterme key revoke`.
+async fn key(dir: ProfileDir, action: &cli::KeyAction) -> Result<()> {
+    let (revoke, overlap_days, json) = match action {
+        cli::KeyAction::Rotate { overlap_days, json } => (false, *overlap_days, json.json),
+        cli::KeyAction::Revoke { yes, json } => {
+            if !yes && !confirm_revoke()? {
+                bail!("not revoked; pass --yes to revoke without being asked");
+            }
+            (true, 0, json.json)
+        }
+    };
+    if overlap_days > 365 {
+        bail!("--overlap-days is at most 365");
+    }
+    let (me, pass) = unlock_keeping_passphrase(dir)?;
+    let online = me.connect().await?;
+    let change = online
+        .change_key(&pass, revoke, overlap_days * 86_400)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string(&change)?);
+        return Ok(());
+    }
+    if change.resumed {
+        println!("finished the key change that was interrupted");
+    }
+    println!(
+        "{} has a new encryption key (version {}), logged at entry {} of the key-transparency log",
+        change.address, change.version, change.log_index
+    );
+    if change.revoked {
+        println!("the previous key is revoked: mail that arrives sealed to it is refused");
+    } else {
+        println!(
+            "the previous key still opens mail that arrives until {}",
+            date(change.previous_opens_until)
+        );
+    }
+    println!("stored mail stays readable: the previous key stays in your keystore");
+    Ok(())
+}
+
+/// Asks on the terminal before a revocation; without a terminal the answer is no.
+fn confirm_revoke() -> Result<bool> {
+    use std::io::{BufRead as _, Write as _};
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(false);
+    }
+    eprint!(
+        "Revoke your encryption key? Mail that arrives sealed to it from now on will be \
+         refused (ask its senders to send again). [y/N] "
+    );
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
 /// `letterme dns`: the records to publish, with the real keys, endpoint and TLS key.

@@ -81,6 +81,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keys/{address}", get(lookup))
         .route("/v1/kt/checkpoint", get(kt_checkpoint))
         .route("/v1/kt/consistency", get(kt_consistency))
+        .route("/v1/kt/mine", get(kt_mine))
+        .route("/v1/keys/rotate", post(rotate_key))
+        .route("/v1/keys/revoke", post(revoke_key))
         .route(
             "/v1/messages",
             post(send).layer(DefaultBodyLimit::max(max_msg)).get(list),
@@ -272,6 +275,168 @@ async fn kt_consistency(
     Ok(Json(
         json!({ "checkpoint": cp, "proof": b64::encode(&proof) }),
     ))
+}
+
+/// `GET /v1/kt/mine?since=N`: every log entry under the caller's own label, with proofs,
+/// so the client can see each key ever logged for its address.
+async fn kt_mine(
+    State(state): St,
+    Authed(session): Authed,
+    q: Result<Query<LookupQuery>, QueryRejection>,
+) -> AppResult<Json<letterme_protocol::kt::KtHistory>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    Ok(Json(
+        state
+            .kt
+            .history_for(
+                &state.store,
+                &session.address,
+                q.since,
+                &state.config.domain,
+                state.clock.now(),
+                &state.domain_key,
+            )
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyChangeRequest {
+    /// The new encryption key, bound to the (unchanged) identity key.
+    pub binding: KeyBinding,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyChangeResponse {
+    pub attestation: Attestation,
+    /// The log entry that records the change.
+    pub index: u64,
+}
+
+/// `POST /v1/keys/rotate`: a new encryption key replaces the current one; mail sealed to
+/// the old one still opens on the client for the overlap period.
+async fn rotate_key(
+    state: St,
+    authed: Authed,
+    body: Result<Json<KeyChangeRequest>, JsonRejection>,
+) -> AppResult<Json<KeyChangeResponse>> {
+    change_key(state, authed, body, letterme_protocol::kt::KeyOp::Rotate).await
+}
+
+/// `POST /v1/keys/revoke`: as rotate, for a key that must not be trusted any more (no
+/// overlap on the client).
+async fn revoke_key(
+    state: St,
+    authed: Authed,
+    body: Result<Json<KeyChangeRequest>, JsonRejection>,
+) -> AppResult<Json<KeyChangeResponse>> {
+    change_key(state, authed, body, letterme_protocol::kt::KeyOp::Revoke).await
+}
+
+async fn change_key(
+    State(state): St,
+    Authed(session): Authed,
+    body: Result<Json<KeyChangeRequest>, JsonRejection>,
+    op: letterme_protocol::kt::KeyOp,
+) -> AppResult<Json<KeyChangeResponse>> {
+    let b = json_body(body)?.binding;
+    if !state
+        .lookup_limit
+        .allow(&session.address, state.clock.now_f64())
+    {
+        state.metrics.error("rate_limited");
+        return Err(ApiError::rate_limited());
+    }
+    if b.address != session.address {
+        return Err(ApiError::forbidden(
+            "wrong_address",
+            "the key binding is for another address than the logged-in one",
+        ));
+    }
+    if b.identity_key != session.identity_key {
+        return Err(ApiError::forbidden(
+            "identity_changed",
+            "a new encryption key must be bound to your current identity key",
+        ));
+    }
+    b.verify().map_err(|_| {
+        ApiError::bad_request(
+            "bad_signature",
+            "the key binding is not signed by the identity key",
+        )
+    })?;
+    let now = state.clock.now();
+    if b.created.abs_diff(now) > MAX_CLOCK_SKEW {
+        return Err(ApiError::bad_request(
+            "stale",
+            "the key binding's time is more than a day off the server's clock",
+        ));
+    }
+    let current = state
+        .store
+        .account(b.address.to_string())
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such account"))?;
+    if current.encryption_key == b.encryption_key.0 && current.key_created == b.created {
+        // The same request again (the answer was lost): the change is already made.
+        let index = state
+            .kt
+            .proof_for(
+                &state.store,
+                &b.address,
+                None,
+                &state.config.domain,
+                now,
+                &state.domain_key,
+            )
+            .await?
+            .map_or(0, |p| p.index);
+        return Ok(Json(KeyChangeResponse {
+            attestation: attestation_of(&b.address, &current),
+            index,
+        }));
+    }
+    if current.encryption_key == b.encryption_key.0 {
+        return Err(ApiError::bad_request(
+            "same_key",
+            "this is the current encryption key; generate a new one",
+        ));
+    }
+    if b.created <= current.key_created {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale",
+            "the key binding is older than the current key's",
+        ));
+    }
+    let version = current
+        .key_version
+        .checked_add(1)
+        .ok_or_else(|| ApiError::bad_request("too_many_versions", "no key version is left"))?;
+    let attestation = Attestation::issue(&b, version, &state.domain_key);
+    let index = state
+        .kt
+        .change_keys(
+            &state.store,
+            AccountRow {
+                address: b.address.to_string(),
+                identity_key: b.identity_key.0,
+                encryption_key: b.encryption_key.0,
+                key_created: b.created,
+                key_version: version,
+                binding_signature: b.signature.0,
+                attestation_sig: attestation.signature.0,
+                registered_at: current.registered_at,
+                usage_bytes: current.usage_bytes,
+            },
+            op,
+            &b.address,
+            now,
+        )
+        .await?;
+    tracing::info!(address = %b.address, version, ?op, "encryption key changed");
+    Ok(Json(KeyChangeResponse { attestation, index }))
 }
 
 /// `GET /v1/server`

@@ -113,6 +113,10 @@ impl From<StoreError> for ApiError {
                 "daily_cap",
                 format!("{e}; try again tomorrow (UTC), or ask the administrator"),
             ),
+            e @ StoreError::KeyConflict(_) => {
+                Self::new(StatusCode::CONFLICT, "key_conflict", e.to_string())
+            }
+            StoreError::NoAccount(a) => Self::not_found(format!("no account {a}")),
             StoreError::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

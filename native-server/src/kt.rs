@@ -2,11 +2,16 @@
 //! proofs, every entry in SQLite (`kt_log`) for durability, appended in the same
 //! transaction as the key change it records, and the VRF key that makes the labels.
 
-use letterme_protocol::kt::{Checkpoint, KeyOp, KtProof, Log, LogEntry, VrfKey};
+use letterme_protocol::kt::{
+    Checkpoint, KeyOp, KtHistory, KtHistoryEntry, KtProof, Log, LogEntry, VrfKey,
+};
 use letterme_protocol::{Address, SigningKeypair};
 use tokio::sync::Mutex;
 
 use crate::store::{AccountRow, Store, StoreError};
+
+/// Most entries `GET /v1/kt/mine` returns (the newest ones).
+pub const HISTORY_LIMIT: u32 = 1000;
 
 /// The log and the key of its labels.
 pub struct KtState {
@@ -80,8 +85,33 @@ impl KtState {
         })
     }
 
-    /// Registers `acc` and logs it: the entry is committed with the account, then added
-    /// to the tree. One registration at a time, so tree and table keep the same order.
+    /// Commits `entry` with `commit` (which writes it at the index it is given, in the same
+    /// transaction as the change it records), then adds it to the tree. One change at a
+    /// time, so tree and table keep the same order. Returns the entry's index.
+    async fn append<F, Fut>(&self, entry: LogEntry, commit: F) -> Result<u64, StoreError>
+    where
+        F: FnOnce((u64, [u8; 32], Vec<u8>)) -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let mut log = self.log.lock().await;
+        let idx = log.len();
+        commit((idx, entry.label, entry.encode())).await?;
+        log.push(entry);
+        Ok(idx)
+    }
+
+    fn entry_for(&self, op: KeyOp, address: &Address, acc: &AccountRow, time: u64) -> LogEntry {
+        LogEntry {
+            op,
+            label: self.vrf.label(address).0,
+            identity_key: acc.identity_key,
+            encryption_key: acc.encryption_key,
+            key_version: acc.key_version,
+            time,
+        }
+    }
+
+    /// Registers `acc` and logs it.
     pub async fn register(
         &self,
         store: &Store,
@@ -89,22 +119,25 @@ impl KtState {
         invite_hash: Option<[u8; 32]>,
         address: &Address,
     ) -> Result<(), StoreError> {
-        let (label, _) = self.vrf.label(address);
-        let entry = LogEntry {
-            op: KeyOp::Register,
-            label,
-            identity_key: acc.identity_key,
-            encryption_key: acc.encryption_key,
-            key_version: acc.key_version,
-            time: acc.registered_at,
-        };
-        let mut log = self.log.lock().await;
-        let idx = log.len();
-        store
-            .register_logged(acc, invite_hash, (idx, label, entry.encode()))
-            .await?;
-        log.push(entry);
-        Ok(())
+        let entry = self.entry_for(KeyOp::Register, address, &acc, acc.registered_at);
+        self.append(entry, |kt| store.register_logged(acc, invite_hash, kt))
+            .await
+            .map(drop)
+    }
+
+    /// Replaces `address`'s keys with those in `acc` (whose `key_version` is the next one)
+    /// and logs the change as `op` (rotate or revoke). Returns the entry's index.
+    pub async fn change_keys(
+        &self,
+        store: &Store,
+        acc: AccountRow,
+        op: KeyOp,
+        address: &Address,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let entry = self.entry_for(op, address, &acc, now);
+        self.append(entry, |kt| store.change_keys_logged(acc, kt))
+            .await
     }
 
     /// The current signed checkpoint.
@@ -141,6 +174,41 @@ impl KtState {
             checkpoint: log.checkpoint(domain, now, key),
             consistency,
         }))
+    }
+
+    /// Every entry under `address`'s label (the newest [`HISTORY_LIMIT`]), each with its
+    /// inclusion proof in one checkpoint.
+    pub async fn history_for(
+        &self,
+        store: &Store,
+        address: &Address,
+        since: Option<u64>,
+        domain: &str,
+        now: u64,
+        key: &SigningKeypair,
+    ) -> Result<KtHistory, StoreError> {
+        let (label, label_proof) = self.vrf.label(address);
+        let rows = store.kt_under(label, HISTORY_LIMIT).await?;
+        let log = self.log.lock().await;
+        let entries = rows
+            .into_iter()
+            .filter_map(|(index, entry)| {
+                log.prove_inclusion(index).map(|inclusion| KtHistoryEntry {
+                    index,
+                    entry,
+                    inclusion,
+                })
+            })
+            .collect();
+        let consistency = since
+            .and_then(|s| log.prove_consistency(s))
+            .map(|p| letterme_protocol::b64::encode(&p));
+        Ok(KtHistory {
+            label_proof: label_proof.to_vec(),
+            entries,
+            checkpoint: log.checkpoint(domain, now, key),
+            consistency,
+        })
     }
 
     /// The current checkpoint and the proof that it extends the first `from` entries.

@@ -684,8 +684,8 @@ pub async fn domain_key_next(config: &Config, now: u64) -> Result<IdentityPublic
 }
 
 /// Switches to the next domain key: the current key becomes the previous one (published
-/// for [`KEY_OVERLAP`]), and every account is attested again with the new key, in one
-/// transaction. Run it with the server stopped; the server loads the key at start.
+/// for [`KEY_OVERLAP`]), every account is attested again with the new key, and the change
+/// is appended to the key-transparency log, in one transaction. Run it with the server stopped; the server loads the key at start.
 pub async fn domain_key_activate(
     config: &Config,
     now: u64,
@@ -718,6 +718,13 @@ pub async fn domain_key_activate(
             c.execute(
                 "UPDATE server_keys SET name = 'domain' WHERE name = 'domain-next'",
                 [],
+            )?;
+            // The change of domain key is public: it goes into the key-transparency log.
+            let entry = letterme_protocol::kt::LogEntry::domain_key(&signer.public(), now);
+            c.execute(
+                "INSERT INTO kt_log (idx, label, entry)
+                 VALUES ((SELECT count(*) FROM kt_log), ?1, ?2)",
+                rusqlite::params![entry.label.as_slice(), entry.encode()],
             )?;
             store::reattest_all(c, &signer)
         })

@@ -43,6 +43,10 @@ pub enum StoreError {
     DailyCap { sender: String, cap: u32 },
     #[error("the store is shutting down")]
     Closed,
+    #[error("the keys of {0} changed meanwhile; try again")]
+    KeyConflict(String),
+    #[error("no account {0}")]
+    NoAccount(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -290,6 +294,69 @@ impl Store {
         .await
     }
 
+    /// Replaces an account's keys — the new key version, binding and attestation in `acc`
+    /// — and appends the key-transparency entry at `kt.0`, in one transaction. Refused
+    /// when the stored version is not `acc.key_version - 1` (a concurrent change).
+    pub async fn change_keys_logged(
+        &self,
+        acc: AccountRow,
+        kt: (u64, [u8; 32], Vec<u8>),
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let current: Option<u32> = c
+                .prepare_cached("SELECT key_version FROM accounts WHERE address = ?1")?
+                .query_row([&acc.address], |r| r.get(0))
+                .optional()?;
+            match current {
+                None => return Err(StoreError::NoAccount(acc.address.clone())),
+                Some(v) if v.checked_add(1) != Some(acc.key_version) => {
+                    return Err(StoreError::KeyConflict(acc.address.clone()));
+                }
+                Some(_) => {}
+            }
+            c.prepare_cached(
+                "UPDATE accounts SET identity_key = ?2, encryption_key = ?3, key_created = ?4,
+                        key_version = ?5, binding_signature = ?6, attestation_sig = ?7
+                  WHERE address = ?1",
+            )?
+            .execute(params![
+                acc.address,
+                acc.identity_key.as_slice(),
+                acc.encryption_key.as_slice(),
+                acc.key_created as i64,
+                acc.key_version,
+                acc.binding_signature.as_slice(),
+                acc.attestation_sig.as_slice(),
+            ])?;
+            c.prepare_cached("INSERT INTO kt_log (idx, label, entry) VALUES (?1, ?2, ?3)")?
+                .execute(params![kt.0 as i64, kt.1.as_slice(), kt.2])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every entry under `label`, oldest first, at most `limit` (the newest ones):
+    /// (index, entry).
+    pub async fn kt_under(
+        &self,
+        label: [u8; 32],
+        limit: u32,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.read(move |c| {
+            let mut rows: Vec<(u64, Vec<u8>)> = c
+                .prepare_cached(
+                    "SELECT idx, entry FROM kt_log WHERE label = ?1 ORDER BY idx DESC LIMIT ?2",
+                )?
+                .query_map(params![label.as_slice(), limit], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            rows.reverse();
+            Ok(rows)
+        })
+        .await
+    }
+
     /// Every log entry, in order.
     pub async fn kt_entries(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         self.read(|c| {
@@ -300,11 +367,13 @@ impl Store {
         .await
     }
 
-    /// (accounts, distinct labels in the log): equal once every account is logged.
+    /// (accounts, distinct address labels in the log — domain-key entries have none):
+    /// equal once every account is logged.
     pub async fn kt_coverage(&self) -> Result<(u64, u64), StoreError> {
         self.read(|c| {
             Ok(c.query_row(
-                "SELECT (SELECT count(*) FROM accounts), (SELECT count(DISTINCT label) FROM kt_log)",
+                "SELECT (SELECT count(*) FROM accounts),
+                        (SELECT count(DISTINCT label) FROM kt_log WHERE label != zeroblob(32))",
                 [],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
             )?)

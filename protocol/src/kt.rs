@@ -106,6 +106,20 @@ impl LogEntry {
     }
 }
 
+impl LogEntry {
+    /// The entry recording that the domain now signs with `key` (label all zeros).
+    pub fn domain_key(key: &IdentityPublicKey, time: u64) -> Self {
+        Self {
+            op: KeyOp::DomainKey,
+            label: [0; 32],
+            identity_key: key.0,
+            encryption_key: [0; 32],
+            key_version: 0,
+            time,
+        }
+    }
+}
+
 impl HashableLeaf for LogEntry {
     fn hash<H: ct_merkle::digest::Update>(&self, hasher: &mut H) {
         hasher.update(&self.encode());
@@ -174,6 +188,33 @@ pub struct KtProof {
     pub checkpoint: Checkpoint,
     /// When the client said which size it saw last: the proof that `checkpoint` extends
     /// it, base64 (absent when that size is beyond the log: a rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
+}
+
+/// One entry with its inclusion proof, in a [`KtHistory`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct KtHistoryEntry {
+    pub index: u64,
+    /// The entry's canonical bytes, base64.
+    #[serde(with = "crate::b64::bytes")]
+    pub entry: Vec<u8>,
+    /// The inclusion proof of `index` in the history's checkpoint, base64.
+    #[serde(with = "crate::b64::bytes")]
+    pub inclusion: Vec<u8>,
+}
+
+/// Every entry under the caller's own label (`GET /v1/kt/mine`): what a client checks on
+/// every sync, so a key it did not create cannot be logged for it unnoticed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct KtHistory {
+    /// The VRF proof of the caller's label, base64.
+    #[serde(with = "crate::b64::bytes")]
+    pub label_proof: Vec<u8>,
+    /// Oldest first.
+    pub entries: Vec<KtHistoryEntry>,
+    pub checkpoint: Checkpoint,
+    /// As in [`KtProof`]: the proof from the size the client gave as `since`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<String>,
 }

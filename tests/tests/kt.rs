@@ -289,3 +289,198 @@ async fn accounts_from_before_the_log_are_logged_at_start() {
     assert_eq!(cp.size, 3);
     server.shutdown().await.unwrap();
 }
+
+fn reopen(root: &std::path::Path, local: &str) -> Unlocked {
+    Unlocked::open(ProfileDir(root.join(local)), PASSPHRASE).unwrap()
+}
+
+async fn head(online: &Online) -> Checkpoint {
+    checkpoint(&online.api.get_json("/v1/kt/checkpoint").await.unwrap()["checkpoint"])
+}
+
+/// Every checkpoint in `seen` is proven a prefix of the log's head.
+async fn assert_consistent(online: &Online, seen: &[Checkpoint]) {
+    for old in seen {
+        let c = online
+            .api
+            .get_json(&format!("/v1/kt/consistency?from={}", old.size))
+            .await
+            .unwrap();
+        let proof = b64::decode(c["proof"].as_str().unwrap()).unwrap();
+        verify_consistency(old, &checkpoint(&c["checkpoint"]), &proof).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotating_and_revoking_grow_the_log_and_senders_use_only_the_current_key() {
+    let root = tempfile::tempdir().unwrap();
+    let config = test_config(root.path(), "x.test");
+    let clock = FakeClock::at_now();
+    let server = letterme_server::start(config, clock.clone()).await.unwrap();
+    let url = format!("http://{}", server.local_addr);
+    let alice = user(root.path(), &url, "alice").await;
+    let bob = user(root.path(), &url, "bob").await;
+    let bob_addr = Address::parse("bob@x.test").unwrap();
+    let v1 = bob.me.keys.encryption.public();
+    let mut seen = vec![head(&alice).await];
+    assert_eq!(seen[0].size, 2);
+
+    // Mail in flight: sealed to bob's first key, not yet fetched.
+    let mut in_flight = draft_to("bob@x.test");
+    in_flight.subject = "sent before the rotation".into();
+    alice.send(&in_flight).await.unwrap();
+
+    let change = bob
+        .change_key(PASSPHRASE, false, 60)
+        .await
+        .expect("rotation");
+    assert_eq!((change.version, change.log_index), (2, 2));
+    assert!(!change.revoked);
+    let v2 = change.encryption_key;
+    assert_ne!(v1, v2);
+    seen.push(head(&alice).await);
+    assert_eq!(seen[1].size, 3, "the rotation is one more entry");
+    assert_consistent(&alice, &seen).await;
+
+    // alice now gets, verified against the log, only the new key.
+    let att = alice.verified_key(&bob_addr).await.unwrap();
+    assert_eq!((att.encryption_key, att.version), (v2, 2));
+    let found = alice.api.get_json("/v1/keys/bob@x.test").await.unwrap();
+    let entry =
+        LogEntry::decode(&b64::decode(found["kt"]["entry"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!((entry.op, entry.encryption_key), (KeyOp::Rotate, v2.0));
+    let mut after = draft_to("bob@x.test");
+    after.subject = "sent after the rotation".into();
+    alice.send(&after).await.unwrap();
+
+    // bob's client, from the profile on disk: both open, nothing alarming in the log.
+    let bob = reopen(root.path(), "bob").connect().await.unwrap();
+    assert_eq!(bob.me.keys.encryption.public(), v2);
+    let report = bob.sync(&mut |_, _| {}).await.unwrap();
+    assert_eq!((report.fetched, report.refused.len()), (2, 0), "{report:?}");
+    assert!(report.kt_alerts.is_empty(), "{:?}", report.kt_alerts);
+    let subjects: Vec<String> = bob
+        .me
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.subject)
+        .collect();
+    assert!(subjects.contains(&"sent before the rotation".to_owned()));
+    assert!(subjects.contains(&"sent after the rotation".to_owned()));
+    // The message sent after the rotation is sealed to the new key only.
+    let old_key = &bob.me.keys.retired[0].key;
+    let opens_with_old = |subject_needle: &str| {
+        bob.me.mailbox().unwrap().all().unwrap().iter().any(|m| {
+            let env = letterme_protocol::Envelope::decode(&m.envelope).unwrap();
+            env.open(
+                &bob_addr,
+                &[old_key],
+                &letterme_protocol::IdentityPublicKey(m.signer_key),
+                &|_| false,
+            )
+            .is_ok_and(|p| p.subject == subject_needle)
+        })
+    };
+    assert!(opens_with_old("sent before the rotation"));
+    assert!(!opens_with_old("sent after the rotation"));
+
+    // After the overlap, mail sealed to the old key (a sender with a stale key) is refused.
+    clock.advance(std::time::Duration::from_mins(10));
+    let stale = letterme_tests::sealed_text(&alice, &bob_addr, v1, "stale", "old key", "<s@x>");
+    alice.api.send(stale.encode()).await.unwrap();
+    let report = bob.sync(&mut |_, _| {}).await.unwrap();
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(
+        report.refused[0].1.contains("retired (overlap ended)"),
+        "{:?}",
+        report.refused
+    );
+
+    // Revocation: a new key at once, and the revoked one opens nothing that arrives later.
+    let revoked = bob.change_key(PASSPHRASE, true, 0).await.unwrap();
+    assert_eq!((revoked.version, revoked.log_index), (3, 3));
+    seen.push(head(&alice).await);
+    assert_eq!(seen[2].size, 4);
+    assert_consistent(&alice, &seen).await;
+    let att = alice.verified_key(&bob_addr).await.unwrap();
+    assert_eq!(att.encryption_key, revoked.encryption_key);
+    let found = alice.api.get_json("/v1/keys/bob@x.test").await.unwrap();
+    let entry =
+        LogEntry::decode(&b64::decode(found["kt"]["entry"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(entry.op, KeyOp::Revoke);
+    let to_revoked =
+        letterme_tests::sealed_text(&alice, &bob_addr, v2, "late", "revoked key", "<r@x>");
+    alice.api.send(to_revoked.encode()).await.unwrap();
+    let bob = reopen(root.path(), "bob").connect().await.unwrap();
+    let report = bob.sync(&mut |_, _| {}).await.unwrap();
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(
+        report.refused[0].1.contains("revoked"),
+        "{:?}",
+        report.refused
+    );
+    assert!(report.kt_alerts.is_empty(), "{:?}", report.kt_alerts);
+    // Stored mail stays readable with the keys kept in the keystore.
+    assert_eq!(bob.me.list().unwrap().len(), 2);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bob_notices_a_key_for_bob_that_bob_did_not_create() {
+    let root = tempfile::tempdir().unwrap();
+    let config = test_config(root.path(), "x.test");
+    let server = letterme_server::start(config, FakeClock::at_now())
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.local_addr);
+    let alice = user(root.path(), &url, "alice").await;
+    let bob = user(root.path(), &url, "bob").await;
+    let report = bob.sync(&mut |_, _| {}).await.unwrap();
+    assert!(report.kt_alerts.is_empty(), "{:?}", report.kt_alerts);
+
+    // Someone with a copy of bob's keystore (a stolen laptop backup) puts in a key of
+    // their own. To the server and to alice it is a proper rotation: attested, logged.
+    let thief_dir = root.path().join("thief");
+    std::fs::create_dir_all(&thief_dir).unwrap();
+    std::fs::copy(
+        root.path().join("bob").join("profile.json"),
+        thief_dir.join("profile.json"),
+    )
+    .unwrap();
+    let thief = Unlocked::open(ProfileDir(thief_dir), PASSPHRASE)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let planted = thief.change_key(PASSPHRASE, false, 0).await.unwrap();
+    let bob_addr = Address::parse("bob@x.test").unwrap();
+    let att = alice.verified_key(&bob_addr).await.unwrap();
+    assert_eq!(
+        att.encryption_key, planted.encryption_key,
+        "the planted key passes every check alice can make"
+    );
+
+    // bob's own client, on its next sync, sees the entry it did not make.
+    let report = bob.sync(&mut |_, _| {}).await.unwrap();
+    assert_eq!(report.kt_alerts.len(), 1, "{:?}", report.kt_alerts);
+    let alert = &report.kt_alerts[0];
+    assert!(alert.contains("did not create"), "{alert}");
+    assert!(alert.contains("entry 2"), "{alert}");
+    assert!(alert.contains("the key senders use for you now"), "{alert}");
+    // It stays loud while the planted key is the one in use...
+    let again = bob.sync(&mut |_, _| {}).await.unwrap();
+    assert_eq!(again.kt_alerts.len(), 1, "{:?}", again.kt_alerts);
+    // ...and once bob takes his address back with a new key of his own, it is history,
+    // reported once already, and the log is quiet again.
+    let bob = reopen(root.path(), "bob").connect().await.unwrap();
+    bob.change_key(PASSPHRASE, true, 0).await.unwrap();
+    let bob = reopen(root.path(), "bob").connect().await.unwrap();
+    let after = bob.sync(&mut |_, _| {}).await.unwrap();
+    assert!(after.kt_alerts.is_empty(), "{:?}", after.kt_alerts);
+    assert_eq!(
+        alice.verified_key(&bob_addr).await.unwrap().encryption_key,
+        bob.me.keys.encryption.public()
+    );
+    server.shutdown().await.unwrap();
+}

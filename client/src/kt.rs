@@ -2,8 +2,8 @@
 //! about to trust must be the one in the domain's log. The lookup brings the log entry,
 //! the VRF proof of its label, an inclusion proof, a signed checkpoint and — from the last
 //! checkpoint this profile accepted for the domain — a consistency proof; all must verify,
-//! or the client refuses the key. The last accepted checkpoint, and the domain's VRF key
-//! (pinned at first use), are kept in `kt.json` in the profile.
+//! or the client refuses the key. The last accepted checkpoint per domain (with the VRF
+//! key it signs) is kept in `kt.json` in the profile.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,11 +15,10 @@ use letterme_protocol::kt::{
 use letterme_protocol::{Address, Attestation, IdentityPublicKey, b64};
 use serde::{Deserialize, Serialize};
 
-/// What the profile remembers of one domain's log.
+/// What the profile remembers of one domain's log: the last checkpoint it accepted
+/// (which carries the domain's VRF key, signed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Seen {
-    /// The domain's VRF public key, base64 (pinned at first use).
-    pub vrf_key: String,
     pub checkpoint: Checkpoint,
 }
 
@@ -83,6 +82,9 @@ pub fn check_checkpoint(
     let Some(last) = last else {
         return Ok(());
     };
+    if last.vrf_key != cp.vrf_key {
+        return Err(KtError::VrfKeyChanged(cp.domain.clone()));
+    }
     let p = match consistency {
         Some(p) => b64::decode(p).map_err(|e| KtError::Malformed(e.to_string()))?,
         None if cp.size == last.size => Vec::new(),
@@ -103,13 +105,13 @@ pub fn check_checkpoint(
 }
 
 /// Checks a lookup's proofs for `att` against the domain's `domain_keys`, the pinned VRF
-/// key and the last checkpoint seen; returns the checkpoint to remember.
+/// key in the (signed) checkpoint and the last checkpoint seen; returns the checkpoint to
+/// remember.
 pub fn check(
     address: &Address,
     att: &Attestation,
     proof: &KtProof,
     domain_keys: &[IdentityPublicKey],
-    vrf_key: &[u8; 32],
     last: Option<&Checkpoint>,
 ) -> Result<Checkpoint, KtError> {
     let cp = &proof.checkpoint;
@@ -120,7 +122,7 @@ pub fn check(
         domain_keys,
         last,
     )?;
-    let label = verify_label(vrf_key, address, &proof.label_proof)?;
+    let label = verify_label(&cp.vrf_key, address, &proof.label_proof)?;
     let entry = LogEntry::decode(&proof.entry)?;
     if entry.label != label {
         return Err(KtError::BadLabel(address.to_string()));
@@ -144,7 +146,6 @@ pub fn check_history(
     address: &Address,
     history: &KtHistory,
     domain_keys: &[IdentityPublicKey],
-    vrf_key: &[u8; 32],
     last: Option<&Checkpoint>,
 ) -> Result<(Checkpoint, Vec<(u64, LogEntry)>), KtError> {
     let cp = &history.checkpoint;
@@ -155,7 +156,7 @@ pub fn check_history(
         domain_keys,
         last,
     )?;
-    let label = verify_label(vrf_key, address, &history.label_proof)?;
+    let label = verify_label(&cp.vrf_key, address, &history.label_proof)?;
     let mut out = Vec::with_capacity(history.entries.len());
     for h in &history.entries {
         let entry = LogEntry::decode(&h.entry)?;

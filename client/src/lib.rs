@@ -363,18 +363,15 @@ pub struct Online {
 
 impl Online {
     /// The attested key of a user: on our domain verified against the pinned domain key,
-    /// on another domain against that domain's keys in DNS (DESIGN.md §5, §7.4).
+    /// on another domain against that domain's keys in DNS; in both cases also against the
+    /// domain's key-transparency log (DESIGN.md §5, §7.4).
     pub async fn verified_key(&self, address: &Address) -> Result<Attestation, ClientError> {
         let p = &self.me.profile;
         let own = address.domain().eq_ignore_ascii_case(&p.domain);
-        let kt_file = if own {
-            Some(kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?)
-        } else {
-            None
-        };
+        let kt_file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
         let since = kt_file
-            .as_ref()
-            .and_then(|f| f.domains.get(&p.domain))
+            .domains
+            .get(&address.domain().to_ascii_lowercase())
             .map(|s| s.checkpoint.size);
         let found = self.api.lookup(address, since).await?;
         let att = match found.attestation {
@@ -382,7 +379,7 @@ impl Online {
             _ if found.legacy => return Err(ClientError::Legacy(address.clone())),
             _ => return Err(ClientError::UnknownRecipient(address.clone())),
         };
-        if own {
+        let keys = if own {
             let mut keys = vec![p.domain_key];
             if let Err(pinned) = att.verify(address, &p.domain, &p.domain_key) {
                 // After a rotation of our domain key the new key is published in DNS
@@ -395,38 +392,43 @@ impl Online {
                     return Err(ClientError::Unverified(address.clone(), pinned));
                 }
             }
-            self.check_transparency(
-                address,
-                &att,
-                found.kt.as_ref(),
-                &keys,
-                kt_file.unwrap_or_default(),
-            )
-            .await?;
-            return Ok(att);
-        }
-        let keys = self
-            .me
-            .domain_keys()?
-            .keys(address.domain())
-            .await
-            .map_err(|e| ClientError::UnverifiedRemote(address.clone(), e.to_string()))?;
-        let mut failure = None;
-        for k in &keys {
-            match att.verify(address, address.domain(), k) {
-                Ok(()) => return Ok(att),
-                Err(e) => failure = Some(e),
+            keys
+        } else {
+            let keys = self
+                .me
+                .domain_keys()?
+                .keys(address.domain())
+                .await
+                .map_err(|e| ClientError::UnverifiedRemote(address.clone(), e.to_string()))?;
+            let mut failure = None;
+            for k in &keys {
+                match att.verify(address, address.domain(), k) {
+                    Ok(()) => {
+                        failure = None;
+                        break;
+                    }
+                    Err(e) => failure = Some(e),
+                }
             }
-        }
-        Err(match failure {
-            Some(e) => ClientError::Unverified(address.clone(), e),
-            None => ClientError::UnverifiedRemote(address.clone(), "no domain key in DNS".into()),
-        })
+            if keys.is_empty() {
+                return Err(ClientError::UnverifiedRemote(
+                    address.clone(),
+                    "no domain key in DNS".into(),
+                ));
+            }
+            if let Some(e) = failure {
+                return Err(ClientError::Unverified(address.clone(), e));
+            }
+            keys
+        };
+        self.check_transparency(address, &att, found.kt.as_ref(), &keys, kt_file)?;
+        Ok(att)
     }
 
-    /// Checks a key of our own domain against the domain's key-transparency log and
-    /// remembers the checkpoint it was checked against (DESIGN.md §7.4).
-    async fn check_transparency(
+    /// Checks a key against its domain's key-transparency log (the checkpoint signed by
+    /// one of `domain_keys`) and remembers the checkpoint it was checked against
+    /// (DESIGN.md §7.4).
+    fn check_transparency(
         &self,
         address: &Address,
         att: &Attestation,
@@ -440,42 +442,20 @@ impl Online {
                 "the server sent no key-transparency proof".into(),
             )));
         };
-        let domain = self.me.profile.domain.clone();
-        let (vrf_b64, vrf) = self.vrf_key(&file).await?.map_err(refuse)?;
+        let domain = address.domain().to_ascii_lowercase();
         let last = file.domains.get(&domain).map(|s| s.checkpoint.clone());
         let accepted =
-            kt::check(address, att, proof, domain_keys, &vrf, last.as_ref()).map_err(refuse)?;
+            kt::check(address, att, proof, domain_keys, last.as_ref()).map_err(refuse)?;
         if last.as_ref().is_none_or(|l| accepted.size >= l.size) {
             file.domains.insert(
                 domain,
                 kt::Seen {
-                    vrf_key: vrf_b64,
                     checkpoint: accepted,
                 },
             );
             file.save(&self.me.dir.0).map_err(ClientError::Io)?;
         }
         Ok(())
-    }
-
-    /// The VRF key of our domain's log: pinned in `kt.json` at first use, like the domain
-    /// key at account creation.
-    async fn vrf_key(
-        &self,
-        file: &kt::KtFile,
-    ) -> Result<Result<(String, [u8; 32]), letterme_protocol::kt::KtError>, ClientError> {
-        let b64 = if let Some(seen) = file.domains.get(&self.me.profile.domain) {
-            seen.vrf_key.clone()
-        } else {
-            let v = self.api.get_json("/v1/kt/checkpoint").await?;
-            v["vrf_key"].as_str().unwrap_or_default().to_owned()
-        };
-        Ok(match letterme_protocol::b64::decode_array(&b64) {
-            Some(k) => Ok((b64, k)),
-            None => Err(letterme_protocol::kt::KtError::Malformed(
-                "no VRF key for the log".into(),
-            )),
-        })
     }
 
     /// Checks every entry the key-transparency log holds for our own address (DESIGN.md
@@ -485,16 +465,17 @@ impl Online {
     pub async fn check_own_keys(&self) -> Result<Vec<String>, ClientError> {
         let p = &self.me.profile;
         let mut file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
-        let last = file.domains.get(&p.domain).map(|s| s.checkpoint.clone());
+        let last = file
+            .domains
+            .get(&p.domain.to_ascii_lowercase())
+            .map(|s| s.checkpoint.clone());
         let history = self.api.kt_mine(last.as_ref().map(|c| c.size)).await?;
         let mut domain_keys = vec![p.domain_key];
         if history.checkpoint.verify(&p.domain_key).is_err() {
             domain_keys = self.own_domain_keys().await.unwrap_or(domain_keys);
         }
-        let (vrf_b64, vrf) = self.vrf_key(&file).await?.map_err(ClientError::OwnLog)?;
-        let (cp, entries) =
-            kt::check_history(&p.address, &history, &domain_keys, &vrf, last.as_ref())
-                .map_err(ClientError::OwnLog)?;
+        let (cp, entries) = kt::check_history(&p.address, &history, &domain_keys, last.as_ref())
+            .map_err(ClientError::OwnLog)?;
         let keys = &self.me.keys;
         let made = |e: &letterme_protocol::kt::LogEntry| {
             e.identity_key == keys.identity.public().0
@@ -540,13 +521,8 @@ impl Online {
             }
         }
         if last.as_ref().is_none_or(|l| cp.size >= l.size) {
-            file.domains.insert(
-                p.domain.clone(),
-                kt::Seen {
-                    vrf_key: vrf_b64,
-                    checkpoint: cp,
-                },
-            );
+            file.domains
+                .insert(p.domain.to_ascii_lowercase(), kt::Seen { checkpoint: cp });
         }
         file.save(&self.me.dir.0).map_err(ClientError::Io)?;
         Ok(alerts)

@@ -710,7 +710,7 @@ async fn lookup(
             ));
         };
         let mut legacy = false;
-        let found = match fed.lookup(&address).await {
+        let found = match fed.lookup(&address, q.since).await {
             Ok(f) => f,
             // No `_mailx` record: not a letter.me domain, so no letter.me key.
             Err(
@@ -724,6 +724,7 @@ async fn lookup(
                     address: address.clone(),
                     found: false,
                     attestation: None,
+                    kt: None,
                 }
             }
             Err(e) => {
@@ -739,7 +740,7 @@ async fn lookup(
             address,
             found: found.found,
             attestation: found.attestation,
-            kt: None,
+            kt: found.kt,
             legacy,
         }));
     }

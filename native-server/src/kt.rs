@@ -17,6 +17,7 @@ pub const HISTORY_LIMIT: u32 = 1000;
 pub struct KtState {
     pub log: Mutex<Log>,
     pub vrf: VrfKey,
+    vrf_public: [u8; 32],
 }
 
 impl std::fmt::Debug for KtState {
@@ -41,6 +42,7 @@ impl KtState {
         if labels >= accounts {
             return Ok(Self {
                 log: Mutex::new(log),
+                vrf_public: vrf.public(),
                 vrf,
             });
         }
@@ -81,6 +83,7 @@ impl KtState {
         }
         Ok(Self {
             log: Mutex::new(log),
+            vrf_public: vrf.public(),
             vrf,
         })
     }
@@ -142,7 +145,10 @@ impl KtState {
 
     /// The current signed checkpoint.
     pub async fn checkpoint(&self, domain: &str, now: u64, key: &SigningKeypair) -> Checkpoint {
-        self.log.lock().await.checkpoint(domain, now, key)
+        self.log
+            .lock()
+            .await
+            .checkpoint(domain, self.vrf_public, now, key)
     }
 
     /// The proof material for `address`'s newest entry, if it has one.
@@ -171,7 +177,7 @@ impl KtState {
             entry,
             label_proof: label_proof.to_vec(),
             inclusion,
-            checkpoint: log.checkpoint(domain, now, key),
+            checkpoint: log.checkpoint(domain, self.vrf_public, now, key),
             consistency,
         }))
     }
@@ -206,7 +212,7 @@ impl KtState {
         Ok(KtHistory {
             label_proof: label_proof.to_vec(),
             entries,
-            checkpoint: log.checkpoint(domain, now, key),
+            checkpoint: log.checkpoint(domain, self.vrf_public, now, key),
             consistency,
         })
     }
@@ -221,6 +227,6 @@ impl KtState {
     ) -> Option<(Checkpoint, Vec<u8>)> {
         let log = self.log.lock().await;
         let proof = log.prove_consistency(from)?;
-        Some((log.checkpoint(domain, now, key), proof))
+        Some((log.checkpoint(domain, self.vrf_public, now, key), proof))
     }
 }

@@ -33,7 +33,7 @@ fn bench(c: &mut Criterion) {
     }
     let took = started.elapsed();
     let root_started = Instant::now();
-    let head = log.checkpoint("x.test", 1, &key);
+    let head = log.checkpoint("x.test", [7; 32], 1, &key);
     eprintln!(
         "built a log of {N} entries in {:.2} s ({:.0} appends/s); root and checkpoint in {:.1} ms",
         took.as_secs_f64(),
@@ -47,7 +47,7 @@ fn bench(c: &mut Criterion) {
     for i in 0..N / 2 {
         old.push(entry(i));
     }
-    let old_cp = old.checkpoint("x.test", 0, &key);
+    let old_cp = old.checkpoint("x.test", [7; 32], 0, &key);
     let cproof = log.prove_consistency(old_size).expect("smaller");
     eprintln!(
         "inclusion proof: {} bytes; consistency proof {} -> {N}: {} bytes",

@@ -134,26 +134,39 @@ pub struct Checkpoint {
     #[serde(with = "crate::b64::array")]
     pub root: [u8; 32],
     pub time: u64,
+    /// The VRF public key of the log's labels: signed with the rest, so a client learns
+    /// it from the domain key rather than trusting it at first use.
+    #[serde(with = "crate::b64::array")]
+    pub vrf_key: [u8; 32],
     pub signature: Signature,
 }
 
 impl Checkpoint {
     /// Canonical bytes the domain key signs.
     pub fn signed_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(96);
+        let mut w = Writer::with_capacity(128);
         w.str16(&self.domain)
             .u64(self.size)
             .raw(&self.root)
-            .u64(self.time);
+            .u64(self.time)
+            .raw(&self.vrf_key);
         w.into_bytes()
     }
 
-    pub fn sign(domain: &str, size: u64, root: [u8; 32], time: u64, key: &SigningKeypair) -> Self {
+    pub fn sign(
+        domain: &str,
+        size: u64,
+        root: [u8; 32],
+        time: u64,
+        vrf_key: [u8; 32],
+        key: &SigningKeypair,
+    ) -> Self {
         let mut c = Self {
             domain: domain.to_owned(),
             size,
             root,
             time,
+            vrf_key,
             signature: Signature([0; 64]),
         };
         c.signature = key.sign(CHECKPOINT_CONTEXT, &c.signed_bytes());
@@ -241,6 +254,8 @@ pub enum KtError {
     BadLabel(String),
     #[error("the key the server gives for {0} is not the one in its key-transparency log")]
     NotLogged(String),
+    #[error("the log of {0} changed its VRF key: its labels no longer match what was seen")]
+    VrfKeyChanged(String),
 }
 
 /// A domain's VRF key (RFC 9381, ECVRF-RISTRETTO255-SHA512, via `vrf-r255`): the label of
@@ -404,8 +419,14 @@ impl Log {
     }
 
     /// A checkpoint of the current state, signed by `key`.
-    pub fn checkpoint(&self, domain: &str, time: u64, key: &SigningKeypair) -> Checkpoint {
-        Checkpoint::sign(domain, self.len(), self.root(), time, key)
+    pub fn checkpoint(
+        &self,
+        domain: &str,
+        vrf_key: [u8; 32],
+        time: u64,
+        key: &SigningKeypair,
+    ) -> Checkpoint {
+        Checkpoint::sign(domain, self.len(), self.root(), time, vrf_key, key)
     }
 
     /// The inclusion proof of entry `index`, or `None` when there is no such entry.
@@ -489,10 +510,10 @@ mod tests {
     fn every_inclusion_and_consistency_proof_verifies_and_tampering_fails() {
         let key = SigningKeypair::generate();
         let mut log = Log::new();
-        let mut checkpoints = vec![log.checkpoint("x.test", 0, &key)];
+        let mut checkpoints = vec![log.checkpoint("x.test", [7; 32], 0, &key)];
         for i in 0..40 {
             log.push(entry(i));
-            checkpoints.push(log.checkpoint("x.test", u64::from(i), &key));
+            checkpoints.push(log.checkpoint("x.test", [7; 32], u64::from(i), &key));
         }
         let head = checkpoints.last().unwrap();
         head.verify(&key.public()).unwrap();
@@ -541,8 +562,8 @@ mod tests {
             a.push(entry(i));
             b.push(entry(if i == 6 { 99 } else { i }));
         }
-        let seen = a.checkpoint("x.test", 1, &key);
-        let fork = b.checkpoint("x.test", 1, &key);
+        let seen = a.checkpoint("x.test", [7; 32], 1, &key);
+        let fork = b.checkpoint("x.test", [7; 32], 1, &key);
         // Same size, other root: a fork.
         assert!(matches!(
             verify_consistency(&seen, &fork, &[]),
@@ -552,7 +573,7 @@ mod tests {
         for i in 10..15 {
             b.push(entry(i));
         }
-        let later = b.checkpoint("x.test", 2, &key);
+        let later = b.checkpoint("x.test", [7; 32], 2, &key);
         let proof = b.prove_consistency(seen.size).unwrap();
         assert!(matches!(
             verify_consistency(&seen, &later, &proof),
@@ -564,7 +585,7 @@ mod tests {
             old.push(entry(i));
         }
         assert!(matches!(
-            verify_consistency(&seen, &old.checkpoint("x.test", 3, &key), &[]),
+            verify_consistency(&seen, &old.checkpoint("x.test", [7; 32], 3, &key), &[]),
             Err(KtError::Rollback { .. })
         ));
         // A checkpoint not signed by the domain key.

@@ -160,6 +160,9 @@ pub struct RemoteKeys {
     pub address: Address,
     pub found: bool,
     pub attestation: Option<letterme_protocol::Attestation>,
+    /// The key's entry in the domain's key-transparency log, with proofs.
+    #[serde(default)]
+    pub kt: Option<letterme_protocol::kt::KtProof>,
 }
 
 impl Federation {
@@ -495,9 +498,16 @@ impl Federation {
 
     /// Looks up a remote user's attested keys and checks the attestation against the
     /// domain's keys in DNS before passing it on.
-    pub async fn lookup(&self, address: &Address) -> Result<RemoteKeys, FederationError> {
+    pub async fn lookup(
+        &self,
+        address: &Address,
+        since: Option<u64>,
+    ) -> Result<RemoteKeys, FederationError> {
         let peer = self.peer(address.domain()).await?;
-        let target = format!("/v1/federation/keys/{address}");
+        let target = match since {
+            Some(n) => format!("/v1/federation/keys/{address}?since={n}"),
+            None => format!("/v1/federation/keys/{address}"),
+        };
         let (_, body) = self
             .call(&peer, reqwest::Method::GET, &target, Vec::new())
             .await?;

@@ -361,13 +361,35 @@ async fn keys(
             "not an address on this domain",
         );
     };
-    match state.store.account(address.to_string()).await {
-        Ok(row) => {
-            let attestation = row.map(|r| crate::api::attestation_of(&address, &r));
+    let since = uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("since="))
+            .and_then(|n| n.parse::<u64>().ok())
+    });
+    let found = match state.store.account(address.to_string()).await {
+        Ok(Some(row)) => state
+            .kt
+            .proof_for(
+                &state.store,
+                &address,
+                since,
+                &state.config.domain,
+                state.clock.now(),
+                &state.domain_key,
+            )
+            .await
+            .map(|kt| Some((crate::api::attestation_of(&address, &row), kt))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(found) => {
+            let (attestation, kt) = found.map_or((None, None), |(a, k)| (Some(a), k));
             let body = RemoteKeys {
                 address,
                 found: attestation.is_some(),
                 attestation,
+                kt,
             };
             signed(
                 &fed,

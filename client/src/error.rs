@@ -36,6 +36,8 @@ pub enum ClientError {
         "the key-transparency log of your own domain does not verify: {0}; your server may be misbehaving, contact its operator"
     )]
     OwnLog(letterme_protocol::kt::KtError),
+    #[error("the key-transparency log of {0} does not verify: {1}")]
+    Audit(String, String),
     #[error("{0} is not on letter.me")]
     Legacy(Address),
     #[error(

@@ -143,6 +143,11 @@ impl Api {
         })
     }
 
+    /// `POST path` with a JSON body (with the login token, when logged in), as JSON.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.json(self.req(Method::POST, path).json(body)).await
+    }
+
     /// `GET path` (with the login token, when logged in) as JSON.
     pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
         self.json(self.req(Method::GET, path)).await

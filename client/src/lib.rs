@@ -346,6 +346,37 @@ pub struct KeyChange {
     pub resumed: bool,
 }
 
+/// What `letterme kt audit` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    pub domain: String,
+    /// Entries in the log.
+    pub size: u64,
+    /// The head's root hash, hex.
+    pub root: String,
+    /// When the head was signed (Unix seconds).
+    pub signed_at: u64,
+    /// Entries by operation.
+    pub operations: BTreeMap<String, u64>,
+    /// The size of the checkpoint this profile saw before, proven a prefix of the head.
+    pub previously_seen: Option<u64>,
+    /// Our server's verdict as a witness (other domains only): `consistent`.
+    pub witness: Option<String>,
+}
+
+fn check_checkpoint_signature(
+    cp: &letterme_protocol::kt::Checkpoint,
+    keys: &[IdentityPublicKey],
+) -> Result<(), letterme_protocol::kt::KtError> {
+    if keys.iter().any(|k| cp.verify(k).is_ok()) {
+        Ok(())
+    } else {
+        Err(letterme_protocol::kt::KtError::BadCheckpointSignature(
+            cp.domain.clone(),
+        ))
+    }
+}
+
 /// How long a rotated-out key still opens newly received mail, by default: mail in
 /// flight (federation retries give up after 5 days) still opens.
 pub const KEY_OVERLAP: u64 = 7 * 86_400;
@@ -632,6 +663,146 @@ impl Online {
             revoked: revoke,
             previous_opens_until: opens_until,
             resumed,
+        })
+    }
+
+    /// Verifies a domain's whole key-transparency log from the first entry: every entry
+    /// replayed into a tree whose root must be the signed head's, and the checkpoint this
+    /// profile saw before must be a prefix of it. For another domain, the head is then
+    /// handed to our server, which witnesses it against what it saw of that domain.
+    pub async fn audit(&self, domain: &str) -> Result<AuditReport, ClientError> {
+        use letterme_protocol::kt::{Checkpoint, KtError, Log, LogEntry};
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let p = &self.me.profile;
+        let own = domain.eq_ignore_ascii_case(&p.domain);
+        let keys = if own {
+            self.own_domain_keys()
+                .await
+                .unwrap_or_else(|_| vec![p.domain_key])
+        } else {
+            self.me.domain_keys()?.keys(&domain).await?
+        };
+        let bad = |e: KtError| ClientError::Audit(domain.clone(), e.to_string());
+        let mut file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
+        let last = file.domains.get(&domain).map(|s| s.checkpoint.clone());
+        let mut log = Log::new();
+        let mut head: Option<Checkpoint> = None;
+        let mut prefix_checked = None;
+        let mut ops: BTreeMap<String, u64> = BTreeMap::new();
+        loop {
+            let page = self
+                .api
+                .get_json(&format!(
+                    "/v1/kt/entries?domain={domain}&start={}",
+                    log.len()
+                ))
+                .await?;
+            let cp: Checkpoint = serde_json::from_value(page["checkpoint"].clone())
+                .map_err(|e| ClientError::Audit(domain.clone(), format!("checkpoint: {e}")))?;
+            if head.is_none() {
+                // Checked before anything is downloaded against it.
+                check_checkpoint_signature(&cp, &keys).map_err(bad)?;
+                if !cp.domain.eq_ignore_ascii_case(&domain) {
+                    return Err(bad(KtError::OtherDomain(cp.domain.clone(), domain.clone())));
+                }
+            }
+            let head = head.get_or_insert(cp);
+            let entries = page["entries"].as_array().cloned().unwrap_or_default();
+            if entries.is_empty() && log.len() < head.size {
+                return Err(ClientError::Audit(
+                    domain.clone(),
+                    format!("the server stopped at entry {} of {}", log.len(), head.size),
+                ));
+            }
+            for e in entries {
+                if log.len() >= head.size {
+                    break;
+                }
+                let bytes = e
+                    .as_str()
+                    .and_then(|s| letterme_protocol::b64::decode(s).ok())
+                    .ok_or_else(|| ClientError::Audit(domain.clone(), "bad entry".into()))?;
+                let entry = LogEntry::decode(&bytes).map_err(bad)?;
+                *ops.entry(format!("{:?}", entry.op)).or_default() += 1;
+                log.push(entry);
+                if let Some(l) = &last
+                    && log.len() == l.size
+                {
+                    prefix_checked = Some(log.root() == l.root);
+                }
+            }
+            if log.len() >= head.size {
+                break;
+            }
+        }
+        let head = head.expect("set on the first page");
+        if log.root() != head.root {
+            return Err(bad(KtError::Inconsistent {
+                domain: domain.clone(),
+                old: head.size,
+                new: log.len(),
+            }));
+        }
+        if let Some(l) = &last {
+            if l.size == 0 {
+                prefix_checked = Some(true);
+            }
+            match prefix_checked {
+                Some(true) if l.vrf_key == head.vrf_key => {}
+                Some(true) => return Err(bad(KtError::VrfKeyChanged(domain.clone()))),
+                Some(false) => {
+                    return Err(bad(KtError::Inconsistent {
+                        domain: domain.clone(),
+                        old: l.size,
+                        new: head.size,
+                    }));
+                }
+                None => {
+                    return Err(bad(KtError::Rollback {
+                        domain: domain.clone(),
+                        old: l.size,
+                        new: head.size,
+                    }));
+                }
+            }
+        }
+        let witness = if own {
+            None
+        } else {
+            Some(
+                self.api
+                    .post_json("/v1/kt/witness", &serde_json::json!({ "checkpoint": head }))
+                    .await?,
+            )
+        };
+        if let Some(w) = &witness
+            && w["verdict"] == "fork"
+        {
+            return Err(ClientError::Audit(
+                domain.clone(),
+                format!(
+                    "your server holds a checkpoint of {domain} that contradicts this one: {} (a fork)",
+                    w["reason"].as_str().unwrap_or_default()
+                ),
+            ));
+        }
+        if last.as_ref().is_none_or(|l| head.size >= l.size) {
+            file.domains.insert(
+                domain.clone(),
+                kt::Seen {
+                    checkpoint: head.clone(),
+                },
+            );
+            file.save(&self.me.dir.0).map_err(ClientError::Io)?;
+        }
+        Ok(AuditReport {
+            domain,
+            size: head.size,
+            root: letterme_protocol::codec::hex(&head.root),
+            signed_at: head.time,
+            operations: ops,
+            previously_seen: last.map(|l| l.size),
+            witness: witness.map(|w| w["verdict"].as_str().unwrap_or("unknown").to_owned()),
         })
     }
 

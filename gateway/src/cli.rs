@@ -74,6 +74,24 @@ pub enum Command {
     /// one at once (`revoke`). Both are recorded in your domain's key-transparency log.
     #[command(subcommand)]
     Key(KeyAction),
+    /// Key transparency: check a domain's public log of key changes.
+    #[command(subcommand)]
+    Kt(KtAction),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KtAction {
+    /// Verify DOMAIN's whole key-transparency log from its first entry, print its size
+    /// and head, and (for another domain) have your server witness that head.
+    ///
+    /// Exits non-zero when the log does not verify, contradicts what this profile saw
+    /// before, or your server caught the domain showing someone else another log.
+    Audit {
+        /// The domain, e.g. example.com.
+        domain: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]

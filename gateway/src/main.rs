@@ -104,6 +104,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Queue(args) => queue(&args.config.config, args.json.json).await,
         Command::Block(args) => block(profile_dir, args).await,
         Command::Key(action) => key(profile_dir, action).await,
+        Command::Kt(cli::KtAction::Audit { domain, json }) => {
+            kt_audit(profile_dir, domain, json.json).await
+        }
         Command::Read(args) => {
             let m = unlock(profile_dir)?.read(&args.id)?;
             if args.json.json {
@@ -452,6 +455,35 @@ async fn key(dir: ProfileDir, action: &cli::KeyAction) -> Result<()> {
         );
     }
     println!("stored mail stays readable: the previous key stays in your keystore");
+    Ok(())
+}
+
+/// `letterme kt audit DOMAIN`.
+async fn kt_audit(dir: ProfileDir, domain: &str, json: bool) -> Result<()> {
+    let online = unlock(dir)?.connect().await?;
+    let report = online.audit(domain).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("{}: the log verifies from its first entry", report.domain);
+    println!("size: {} entries", report.size);
+    println!("head: {} (signed {})", report.root, date(report.signed_at));
+    let ops: Vec<String> = report
+        .operations
+        .iter()
+        .map(|(op, n)| format!("{op} {n}"))
+        .collect();
+    if !ops.is_empty() {
+        println!("entries: {}", ops.join(", "));
+    }
+    match report.previously_seen {
+        Some(n) => println!("extends the checkpoint this profile saw before (size {n})"),
+        None => println!("first audit from this profile: the head is remembered"),
+    }
+    if let Some(w) = &report.witness {
+        println!("your server as witness: {w}");
+    }
     Ok(())
 }
 

@@ -82,6 +82,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/kt/checkpoint", get(kt_checkpoint))
         .route("/v1/kt/consistency", get(kt_consistency))
         .route("/v1/kt/mine", get(kt_mine))
+        .route("/v1/kt/entries", get(kt_entries))
+        .route("/v1/kt/witness", post(kt_witness))
+        .route("/v1/kt/witnessed/{domain}", get(kt_witnessed))
         .route("/v1/keys/rotate", post(rotate_key))
         .route("/v1/keys/revoke", post(revoke_key))
         .route(
@@ -257,10 +260,10 @@ async fn kt_consistency(
     q: Result<Query<ConsistencyQuery>, QueryRejection>,
 ) -> AppResult<Json<serde_json::Value>> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
-    let Some((cp, proof)) = state
+    let Some((cp, mut proofs)) = state
         .kt
         .consistency(
-            q.from,
+            &[q.from],
             &state.config.domain,
             state.clock.now(),
             &state.domain_key,
@@ -272,6 +275,7 @@ async fn kt_consistency(
             format!("the log has fewer than {} entries", q.from),
         ));
     };
+    let proof = proofs.pop().unwrap_or_default();
     Ok(Json(
         json!({ "checkpoint": cp, "proof": b64::encode(&proof) }),
     ))
@@ -437,6 +441,158 @@ async fn change_key(
         .await?;
     tracing::info!(address = %b.address, version, ?op, "encryption key changed");
     Ok(Json(KeyChangeResponse { attestation, index }))
+}
+
+/// Refuses a domain whose log this server caught forking.
+async fn refuse_forked(state: &AppState, domain: &str) -> AppResult<()> {
+    if let Some(f) = crate::federation::witness::forked(state, domain).await? {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "kt_fork",
+            format!(
+                "the key-transparency log of {domain} forked ({}; source: {}): this server refuses its keys; the evidence is at GET /v1/kt/witnessed/{domain}",
+                f.reason, f.source
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesQuery {
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub start: u64,
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// `GET /v1/kt/entries?domain=D&start=N&limit=M`: a page of a domain's log (this one's, or
+/// another's fetched over federation) with that domain's current checkpoint, for audits.
+async fn kt_entries(
+    State(state): St,
+    Authed(_): Authed,
+    q: Result<Query<EntriesQuery>, QueryRejection>,
+) -> AppResult<Json<serde_json::Value>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let limit = q
+        .limit
+        .unwrap_or(crate::kt::ENTRIES_PAGE)
+        .min(crate::kt::ENTRIES_PAGE);
+    let domain = q.domain.map_or_else(
+        || state.config.domain.clone(),
+        |d| d.trim_end_matches('.').to_ascii_lowercase(),
+    );
+    if domain == state.config.domain {
+        let (cp, entries) = state
+            .kt
+            .entries(
+                &state.store,
+                q.start,
+                limit,
+                &state.config.domain,
+                state.clock.now(),
+                &state.domain_key,
+            )
+            .await?;
+        let entries: Vec<String> = entries.iter().map(|e| b64::encode(e)).collect();
+        return Ok(Json(
+            json!({ "checkpoint": cp, "start": q.start, "entries": entries }),
+        ));
+    }
+    if !letterme_protocol::address::valid_domain(&domain) {
+        return Err(ApiError::bad_request("bad_domain", "not a domain name"));
+    }
+    let fed = state.federation.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "federation_unavailable",
+            "this server does not federate, so it cannot reach other domains' logs",
+        )
+    })?;
+    let peer_failed = |e: crate::federation::FederationError| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "peer_failed", e.to_string())
+    };
+    let peer = fed.peer(&domain).await.map_err(peer_failed)?;
+    let target = format!("/v1/federation/kt/entries?start={}&limit={limit}", q.start);
+    let (_, body) = fed
+        .call(&peer, reqwest::Method::GET, &target, Vec::new())
+        .await
+        .map_err(peer_failed)?;
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "peer_failed", e.to_string()))?;
+    Ok(Json(v))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessRequest {
+    pub checkpoint: letterme_protocol::kt::Checkpoint,
+}
+
+/// `POST /v1/kt/witness`: a user hands in a checkpoint of another domain it was shown;
+/// this server checks it against what it saw of that domain (DESIGN.md §7.4).
+async fn kt_witness(
+    State(state): St,
+    Authed(session): Authed,
+    body: Result<Json<WitnessRequest>, JsonRejection>,
+) -> AppResult<Json<crate::federation::witness::Verdict>> {
+    use crate::federation::witness::{WitnessError, observe};
+    let req = json_body(body)?;
+    if !state
+        .lookup_limit
+        .allow(&session.address, state.clock.now_f64())
+    {
+        return Err(ApiError::rate_limited());
+    }
+    let source = format!("a checkpoint handed in by {}", session.address);
+    match observe(&state, &req.checkpoint, &source).await {
+        Ok(v) => Ok(Json(v)),
+        Err(e @ (WitnessError::OwnDomain | WitnessError::Unsigned(_))) => {
+            Err(ApiError::bad_request("not_witnessed", e.to_string()))
+        }
+        Err(WitnessError::Store(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "peer_failed",
+            e.to_string(),
+        )),
+    }
+}
+
+/// `GET /v1/kt/witnessed/{domain}`: the newest checkpoint of `domain` this server holds,
+/// and the forks it caught (public: all of it is signed by that domain).
+async fn kt_witnessed(
+    State(state): St,
+    domain: Result<Path<String>, PathRejection>,
+) -> AppResult<Json<serde_json::Value>> {
+    let Path(domain) = path_param(domain)?;
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let held: Option<serde_json::Value> = state
+        .store
+        .witnessed(domain.clone())
+        .await?
+        .and_then(|j| serde_json::from_str(&j).ok());
+    let forks: Vec<serde_json::Value> = state
+        .store
+        .forks(domain.clone())
+        .await?
+        .into_iter()
+        .map(|f| {
+            json!({
+                "held": serde_json::from_str::<serde_json::Value>(&f.held).unwrap_or_default(),
+                "other": serde_json::from_str::<serde_json::Value>(&f.other).unwrap_or_default(),
+                "source": f.source,
+                "reason": f.reason,
+                "detected_at": f.detected_at,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "domain": domain, "checkpoint": held, "forks": forks }),
+    ))
 }
 
 /// `GET /v1/server`
@@ -709,6 +865,7 @@ async fn lookup(
                 format!("{address} is on another domain, and this server does not federate"),
             ));
         };
+        refuse_forked(&state, address.domain()).await?;
         let mut legacy = false;
         let found = match fed.lookup(&address, q.since).await {
             Ok(f) => f,
@@ -736,6 +893,22 @@ async fn lookup(
                 ));
             }
         };
+        if let Some(kt) = &found.kt {
+            // We witness the domain's log with every lookup we pass on.
+            match crate::federation::witness::observe(
+                &state,
+                &kt.checkpoint,
+                &format!("a key lookup of {address}"),
+            )
+            .await
+            {
+                Ok(crate::federation::witness::Verdict::Fork { .. }) => {
+                    refuse_forked(&state, address.domain()).await?;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::info!(%address, error = %e, "cannot witness a checkpoint"),
+            }
+        }
         return Ok(Json(KeyLookup {
             address,
             found: found.found,

@@ -12,6 +12,8 @@ use crate::store::{AccountRow, Store, StoreError};
 
 /// Most entries `GET /v1/kt/mine` returns (the newest ones).
 pub const HISTORY_LIMIT: u32 = 1000;
+/// Most entries one page of `GET /v1/kt/entries` returns.
+pub const ENTRIES_PAGE: u64 = 10_000;
 
 /// The log and the key of its labels.
 pub struct KtState {
@@ -217,16 +219,42 @@ impl KtState {
         })
     }
 
-    /// The current checkpoint and the proof that it extends the first `from` entries.
-    pub async fn consistency(
+    /// The current checkpoint and entries `start..start+limit` of the log (fewer at its
+    /// end): what an auditor replays to check the whole log.
+    pub async fn entries(
         &self,
-        from: u64,
+        store: &Store,
+        start: u64,
+        limit: u64,
         domain: &str,
         now: u64,
         key: &SigningKeypair,
-    ) -> Option<(Checkpoint, Vec<u8>)> {
+    ) -> Result<(Checkpoint, Vec<Vec<u8>>), StoreError> {
+        let cp = self.checkpoint(domain, now, key).await;
+        let end = start.saturating_add(limit).min(cp.size);
+        let entries = if start < end {
+            store.kt_range(start, end).await?
+        } else {
+            Vec::new()
+        };
+        Ok((cp, entries))
+    }
+
+    /// The current checkpoint and, for each size in `from`, the proof that it extends the
+    /// log's first that many entries (all against the same checkpoint); `None` when a
+    /// size is beyond the log.
+    pub async fn consistency(
+        &self,
+        from: &[u64],
+        domain: &str,
+        now: u64,
+        key: &SigningKeypair,
+    ) -> Option<(Checkpoint, Vec<Vec<u8>>)> {
         let log = self.log.lock().await;
-        let proof = log.prove_consistency(from)?;
-        Some((log.checkpoint(domain, self.vrf_public, now, key), proof))
+        let proofs = from
+            .iter()
+            .map(|n| log.prove_consistency(*n))
+            .collect::<Option<Vec<_>>>()?;
+        Some((log.checkpoint(domain, self.vrf_public, now, key), proofs))
     }
 }

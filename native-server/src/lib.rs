@@ -208,6 +208,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
                 source,
             })?,
     );
+    if let Some((fed, _)) = &federation {
+        let _ = fed.kt.set(kt.clone());
+    }
     let mail_keys = if config.outbound.mode == config::OutboundMode::Off {
         None
     } else {

@@ -61,6 +61,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/0002_federation.sql")),
         M::up(include_str!("../../migrations/0003_outbound.sql")),
         M::up(include_str!("../../migrations/0004_kt.sql")),
+        M::up(include_str!("../../migrations/0005_kt_witness.sql")),
     ])
 }
 
@@ -94,6 +95,19 @@ impl std::fmt::Debug for Store {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
+}
+
+/// The evidence of a fork in another domain's key-transparency log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ForkRow {
+    pub domain: String,
+    /// The checkpoint held (JSON).
+    pub held: String,
+    /// The one that contradicts it (JSON).
+    pub other: String,
+    pub source: String,
+    pub reason: String,
+    pub detected_at: u64,
 }
 
 /// A registered account's key material.
@@ -353,6 +367,90 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             rows.reverse();
             Ok(rows)
+        })
+        .await
+    }
+
+    /// The newest checkpoint of `domain` this server holds as a witness (JSON).
+    pub async fn witnessed(&self, domain: String) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT checkpoint FROM kt_witness WHERE domain = ?1")?
+                    .query_row([domain], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
+    /// Keeps `checkpoint` (JSON) as the newest one of `domain`.
+    pub async fn set_witnessed(
+        &self,
+        domain: String,
+        checkpoint: String,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO kt_witness (domain, checkpoint, seen_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (domain) DO UPDATE SET checkpoint = ?2, seen_at = ?3",
+            )?
+            .execute(params![domain, checkpoint, now as i64])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records the evidence of a fork.
+    pub async fn add_fork(&self, fork: ForkRow) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO kt_forks (domain, held, other, source, reason, detected_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                fork.domain,
+                fork.held,
+                fork.other,
+                fork.source,
+                fork.reason,
+                fork.detected_at as i64
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The forks caught in `domain`'s log (the newest 100).
+    pub async fn forks(&self, domain: String) -> Result<Vec<ForkRow>, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT domain, held, other, source, reason, detected_at FROM kt_forks
+                  WHERE domain = ?1 ORDER BY id DESC LIMIT 100",
+            )?
+            .query_map([domain], |r| {
+                Ok(ForkRow {
+                    domain: r.get(0)?,
+                    held: r.get(1)?,
+                    other: r.get(2)?,
+                    source: r.get(3)?,
+                    reason: r.get(4)?,
+                    detected_at: r.get::<_, i64>(5)? as u64,
+                })
+            })?
+            .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Entries `start..end` of the log, in order.
+    pub async fn kt_range(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT entry FROM kt_log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+            )?
+            .query_map(params![start as i64, end as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
         })
         .await
     }

@@ -11,6 +11,7 @@ pub mod pin;
 pub mod queue;
 pub mod receive;
 pub mod store;
+pub mod witness;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -143,6 +144,10 @@ pub struct Federation {
     nonces: Mutex<Nonces>,
     pub origin_limit: crate::auth::RateLimiter<String>,
     pub clock: Arc<dyn Clock>,
+    /// This domain's log, whose checkpoint goes with every request (set at start).
+    pub kt: std::sync::OnceLock<Arc<crate::kt::KtState>>,
+    /// Witness observations run one at a time.
+    pub witness_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Federation {
@@ -206,6 +211,8 @@ impl Federation {
             nonces: Mutex::default(),
             origin_limit,
             clock,
+            kt: std::sync::OnceLock::new(),
+            witness_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -444,6 +451,13 @@ impl Federation {
         }
         if !body.is_empty() {
             req = req.header("content-type", "application/vnd.letterme.batch");
+        }
+        // Our log's checkpoint, for the peer to witness.
+        if let Some(kt) = self.kt.get() {
+            let cp = kt
+                .checkpoint(&self.domain, self.clock.now(), &self.key)
+                .await;
+            req = req.header(witness::CHECKPOINT_HEADER, witness::to_header(&cp));
         }
         let resp = req
             .body(body)

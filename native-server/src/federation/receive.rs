@@ -36,6 +36,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(transaction).layer(DefaultBodyLimit::max(max)),
         )
         .route("/v1/federation/keys/{address}", get(keys))
+        .route("/v1/federation/kt/consistency", get(kt_consistency))
+        .route("/v1/federation/kt/entries", get(kt_entries))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -186,6 +188,7 @@ async fn transaction(
         Ok(s) => s,
         Err(resp) => return resp,
     };
+    witness_attached(&state, &headers, &sig.origin);
     let nonce = sig.nonce;
     let Some(txid) = txid
         .ok()
@@ -336,6 +339,7 @@ async fn keys(
         Ok(s) => s,
         Err(resp) => return resp,
     };
+    witness_attached(&state, &headers, &sig.origin);
     if !fed
         .origin_limit
         .allow_n(&sig.origin, 1, state.clock.now_f64())
@@ -361,11 +365,7 @@ async fn keys(
             "not an address on this domain",
         );
     };
-    let since = uri.query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("since="))
-            .and_then(|n| n.parse::<u64>().ok())
-    });
+    let since = query_u64(&uri, "since");
     let found = match state.store.account(address.to_string()).await {
         Ok(Some(row)) => state
             .kt
@@ -400,6 +400,131 @@ async fn keys(
         }
         Err(e) => {
             tracing::error!(error = %e, "key lookup failed");
+            error(
+                &fed,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                sig.nonce,
+                "internal",
+                "retry later",
+            )
+        }
+    }
+}
+
+/// Witnesses the checkpoint a peer attached to its request, in the background: a fork is
+/// recorded and logged; the request itself is answered as usual.
+fn witness_attached(state: &Arc<AppState>, headers: &HeaderMap, origin: &str) {
+    let Some(cp) = super::witness::from_header(headers) else {
+        return;
+    };
+    if !cp.domain.eq_ignore_ascii_case(origin) {
+        return;
+    }
+    let state = state.clone();
+    let source = format!("a request from {origin}");
+    tokio::spawn(async move {
+        if let Err(e) = super::witness::observe(&state, &cp, &source).await {
+            tracing::info!(origin = %cp.domain, error = %e, "cannot witness a peer's checkpoint");
+        }
+    });
+}
+
+/// A query parameter as a number.
+fn query_u64(uri: &Uri, name: &str) -> Option<u64> {
+    uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+/// `GET /v1/federation/kt/consistency?from=A&also=B`: the current checkpoint and the
+/// proofs that it extends the log's first A (and B) entries.
+async fn kt_consistency(
+    State(state): St,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let fed = fed(&state).clone();
+    let sig = match authenticate(&state, &method, &uri, &headers, &[]).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let Some(from) = query_u64(&uri, "from") else {
+        return error(
+            &fed,
+            StatusCode::BAD_REQUEST,
+            sig.nonce,
+            "bad_query",
+            "from=N is required",
+        );
+    };
+    let mut sizes = vec![from];
+    sizes.extend(query_u64(&uri, "also"));
+    match state
+        .kt
+        .consistency(
+            &sizes,
+            &state.config.domain,
+            state.clock.now(),
+            &state.domain_key,
+        )
+        .await
+    {
+        Some((checkpoint, proofs)) => signed(
+            &fed,
+            StatusCode::OK,
+            sig.nonce,
+            &json!({
+                "checkpoint": checkpoint,
+                "proofs": proofs.iter().map(|p| letterme_protocol::b64::encode(p)).collect::<Vec<_>>(),
+            }),
+        ),
+        None => error(
+            &fed,
+            StatusCode::BAD_REQUEST,
+            sig.nonce,
+            "beyond_log",
+            "a size is beyond the log",
+        ),
+    }
+}
+
+/// `GET /v1/federation/kt/entries?start=N&limit=M`: a page of the log, for audits.
+async fn kt_entries(State(state): St, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let fed = fed(&state).clone();
+    let sig = match authenticate(&state, &method, &uri, &headers, &[]).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let start = query_u64(&uri, "start").unwrap_or(0);
+    let limit = query_u64(&uri, "limit")
+        .unwrap_or(crate::kt::ENTRIES_PAGE)
+        .min(crate::kt::ENTRIES_PAGE);
+    match state
+        .kt
+        .entries(
+            &state.store,
+            start,
+            limit,
+            &state.config.domain,
+            state.clock.now(),
+            &state.domain_key,
+        )
+        .await
+    {
+        Ok((checkpoint, entries)) => signed(
+            &fed,
+            StatusCode::OK,
+            sig.nonce,
+            &json!({
+                "checkpoint": checkpoint,
+                "start": start,
+                "entries": entries.iter().map(|e| letterme_protocol::b64::encode(e)).collect::<Vec<_>>(),
+            }),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "reading the log failed");
             error(
                 &fed,
                 StatusCode::INTERNAL_SERVER_ERROR,

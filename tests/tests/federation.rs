@@ -890,3 +890,111 @@ fn a_rotated_domain_key_is_published_before_use_and_the_old_one_overlaps() {
     std::thread::sleep(Duration::from_millis(1500));
     w.refused_for_a_key_mismatch(&alice, "bob@b.test");
 }
+
+/// `GET /v1/kt/witnessed/{domain}` on `server`.
+fn witnessed(w: &World, server: &ServerProc, domain: &str) -> Value {
+    w.rt.block_on(async {
+        reqwest::get(format!("{}/v1/kt/witnessed/{domain}", server.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    })
+}
+
+#[test]
+fn a_log_rewritten_behind_its_peers_back_is_caught_by_the_witness_and_audits() {
+    let w = World::new();
+    let mut x = w.server("x.test", "");
+    let a = w.server("a.test", "");
+    let alice = w.user(&x, "alice@x.test");
+    let bob = w.user(&a, "bob@a.test");
+    let send = |subject: &str| {
+        ok(&w.cli(
+            &alice,
+            &[
+                "send",
+                "--to",
+                "bob@a.test",
+                "--subject",
+                subject,
+                "--body",
+                "b",
+            ],
+        ));
+    };
+    send("one");
+    w.sync_until(&bob, 1);
+    // a.test saw x.test's log through x.test's requests and the lookup of alice's key.
+    let seen = witnessed(&w, &a, "x.test");
+    assert_eq!(seen["checkpoint"]["size"], 1, "{seen}");
+    assert_eq!(seen["forks"].as_array().unwrap().len(), 0, "{seen}");
+
+    // bob audits both logs: his own domain's, and x.test's through his server.
+    let own = ok(&w.cli(&bob, &["kt", "audit", "a.test"]));
+    assert!(own.contains("size: 1 entries"), "{own}");
+    assert!(own.contains("head: "), "{own}");
+    let theirs: Value =
+        serde_json::from_str(&ok(&w.cli(&bob, &["kt", "audit", "x.test", "--json"]))).unwrap();
+    assert_eq!(theirs["size"], 1, "{theirs}");
+    assert_eq!(theirs["witness"], "consistent", "{theirs}");
+
+    // x.test's operator rewrites history: the same size, another entry, so another root.
+    x.kill9();
+    let db = rusqlite::Connection::open(x.data_dir.join("letterme.db")).unwrap();
+    let mut entry: Vec<u8> = db
+        .query_row("SELECT entry FROM kt_log WHERE idx = 0", [], |r| r.get(0))
+        .unwrap();
+    entry[70] ^= 0xff; // inside the encryption key
+    db.execute(
+        "UPDATE kt_log SET entry = ?1 WHERE idx = 0",
+        rusqlite::params![entry],
+    )
+    .unwrap();
+    drop(db);
+    x.restart();
+
+    // x.test's next requests carry a checkpoint of the rewritten log: a.test catches it.
+    send("two");
+    let deadline = Instant::now() + Duration::from_mins(1);
+    let fork = loop {
+        let v = witnessed(&w, &a, "x.test");
+        if let Some(f) = v["forks"].as_array().and_then(|f| f.first()) {
+            break f.clone();
+        }
+        assert!(Instant::now() < deadline, "no fork recorded: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The evidence: two checkpoints of the same size, both signed by x.test, two roots.
+    let held: letterme_protocol::kt::Checkpoint =
+        serde_json::from_value(fork["held"].clone()).unwrap();
+    let other: letterme_protocol::kt::Checkpoint =
+        serde_json::from_value(fork["other"].clone()).unwrap();
+    assert_eq!((held.size, other.size), (1, 1));
+    assert_ne!(held.root, other.root);
+    let x_key = letterme_protocol::discovery::MailxRecord::parse(&letterme_tests::mailx_record(
+        &x, "x.test",
+    ))
+    .unwrap()
+    .domain_key;
+    held.verify(&x_key).unwrap();
+    other.verify(&x_key).unwrap();
+    assert!(
+        fork["reason"].as_str().unwrap().contains("two roots"),
+        "{fork}"
+    );
+
+    // From then on a.test refuses x.test's keys, so bob's client cannot verify alice...
+    let out = w.cli(&bob, &["sync"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("forked"), "{text}");
+    // ...and bob's own audit of x.test fails against what his profile saw before.
+    let err = user_error(&w.cli(&bob, &["kt", "audit", "x.test"]));
+    assert!(err.contains("x.test"), "{err}");
+}

@@ -20,7 +20,17 @@ pub struct KtState {
     pub log: Mutex<Log>,
     pub vrf: VrfKey,
     vrf_public: [u8; 32],
+    /// Labels and their proofs by address: deterministic, and a VRF evaluation is the
+    /// dearest part of a lookup.
+    labels: std::sync::Mutex<std::collections::HashMap<String, Label>>,
+    /// The last checkpoint signed: reused while the log and the second are the same.
+    signed: std::sync::Mutex<Option<Checkpoint>>,
 }
+
+type Label = ([u8; 32], [u8; letterme_protocol::kt::VRF_PROOF_LEN]);
+
+/// Labels remembered at most (about 150 bytes each); beyond, the cache starts over.
+const LABEL_CACHE: usize = 100_000;
 
 impl std::fmt::Debug for KtState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,6 +56,8 @@ impl KtState {
                 log: Mutex::new(log),
                 vrf_public: vrf.public(),
                 vrf,
+                labels: std::sync::Mutex::default(),
+                signed: std::sync::Mutex::default(),
             });
         }
         let known: std::collections::HashSet<[u8; 32]> =
@@ -87,6 +99,8 @@ impl KtState {
             log: Mutex::new(log),
             vrf_public: vrf.public(),
             vrf,
+            labels: std::sync::Mutex::default(),
+            signed: std::sync::Mutex::default(),
         })
     }
 
@@ -108,12 +122,45 @@ impl KtState {
     fn entry_for(&self, op: KeyOp, address: &Address, acc: &AccountRow, time: u64) -> LogEntry {
         LogEntry {
             op,
-            label: self.vrf.label(address).0,
+            label: self.label(address).0,
             identity_key: acc.identity_key,
             encryption_key: acc.encryption_key,
             key_version: acc.key_version,
             time,
         }
+    }
+
+    /// `address`'s label and its proof.
+    fn label(&self, address: &Address) -> Label {
+        let k = address.as_str().to_ascii_lowercase();
+        if let Some(l) = self.labels.lock().ok().and_then(|m| m.get(&k).copied()) {
+            return l;
+        }
+        let l = self.vrf.label(address);
+        if let Ok(mut m) = self.labels.lock() {
+            if m.len() >= LABEL_CACHE {
+                m.clear();
+            }
+            m.insert(k, l);
+        }
+        l
+    }
+
+    /// The checkpoint of `log` now: the one signed last when nothing changed since.
+    fn sign(&self, log: &Log, domain: &str, now: u64, key: &SigningKeypair) -> Checkpoint {
+        if let Some(cp) = self.signed.lock().ok().and_then(|c| c.clone())
+            && cp.size == log.len()
+            && cp.time == now
+            && cp.domain == domain
+            && cp.root == log.root()
+        {
+            return cp;
+        }
+        let cp = log.checkpoint(domain, self.vrf_public, now, key);
+        if let Ok(mut c) = self.signed.lock() {
+            *c = Some(cp.clone());
+        }
+        cp
     }
 
     /// Registers `acc` and logs it.
@@ -147,10 +194,8 @@ impl KtState {
 
     /// The current signed checkpoint.
     pub async fn checkpoint(&self, domain: &str, now: u64, key: &SigningKeypair) -> Checkpoint {
-        self.log
-            .lock()
-            .await
-            .checkpoint(domain, self.vrf_public, now, key)
+        let log = self.log.lock().await;
+        self.sign(&log, domain, now, key)
     }
 
     /// The proof material for `address`'s newest entry, if it has one.
@@ -163,7 +208,7 @@ impl KtState {
         now: u64,
         key: &SigningKeypair,
     ) -> Result<Option<KtProof>, StoreError> {
-        let (label, label_proof) = self.vrf.label(address);
+        let (label, label_proof) = self.label(address);
         let Some((index, entry)) = store.kt_latest(label).await? else {
             return Ok(None);
         };
@@ -179,7 +224,7 @@ impl KtState {
             entry,
             label_proof: label_proof.to_vec(),
             inclusion,
-            checkpoint: log.checkpoint(domain, self.vrf_public, now, key),
+            checkpoint: self.sign(&log, domain, now, key),
             consistency,
         }))
     }
@@ -195,7 +240,7 @@ impl KtState {
         now: u64,
         key: &SigningKeypair,
     ) -> Result<KtHistory, StoreError> {
-        let (label, label_proof) = self.vrf.label(address);
+        let (label, label_proof) = self.label(address);
         let rows = store.kt_under(label, HISTORY_LIMIT).await?;
         let log = self.log.lock().await;
         let entries = rows
@@ -214,7 +259,7 @@ impl KtState {
         Ok(KtHistory {
             label_proof: label_proof.to_vec(),
             entries,
-            checkpoint: log.checkpoint(domain, self.vrf_public, now, key),
+            checkpoint: self.sign(&log, domain, now, key),
             consistency,
         })
     }
@@ -255,6 +300,6 @@ impl KtState {
             .iter()
             .map(|n| log.prove_consistency(*n))
             .collect::<Option<Vec<_>>>()?;
-        Some((log.checkpoint(domain, self.vrf_public, now, key), proofs))
+        Some((self.sign(&log, domain, now, key), proofs))
     }
 }

@@ -85,6 +85,22 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(&head).verify(&key.public()));
     });
     g.finish();
+
+    // The VRF label of an address (made by the server on a lookup it has not cached,
+    // checked by the client on every lookup).
+    let vrf = letterme_protocol::kt::VrfKey::generate();
+    let alice = letterme_protocol::Address::parse("alice@x.test").expect("address");
+    let (_, label_proof) = vrf.label(&alice);
+    let mut v = c.benchmark_group("kt_vrf");
+    v.bench_function("label_prove", |b| {
+        b.iter(|| black_box(vrf.label(black_box(&alice))));
+    });
+    v.bench_function("label_verify", |b| {
+        b.iter(|| {
+            letterme_protocol::kt::verify_label(&vrf.public(), black_box(&alice), &label_proof)
+        });
+    });
+    v.finish();
 }
 
 criterion_group!(benches, bench);

@@ -539,6 +539,30 @@ mod tests {
     }
 
     #[test]
+    fn consistency_proofs_verify_between_any_two_checkpoints() {
+        let key = SigningKeypair::generate();
+        let mut logs = vec![Log::new()];
+        for i in 0..24 {
+            let mut next = logs.last().unwrap().clone();
+            next.push(entry(i));
+            logs.push(next);
+        }
+        for (a, old) in logs.iter().enumerate() {
+            let old_cp = old.checkpoint("x.test", [7; 32], 1, &key);
+            for new in &logs[a..] {
+                let new_cp = new.checkpoint("x.test", [7; 32], 2, &key);
+                let proof = new.prove_consistency(old.len()).unwrap();
+                verify_consistency(&old_cp, &new_cp, &proof).unwrap();
+                if !old.is_empty() && old.len() < new.len() {
+                    let mut other = old_cp.clone();
+                    other.root[5] ^= 1;
+                    assert!(verify_consistency(&other, &new_cp, &proof).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn labels_verify_only_for_their_address_and_key() {
         let key = VrfKey::generate();
         let alice = crate::Address::parse("alice@x.test").unwrap();

@@ -399,3 +399,65 @@ fn sync_watch_prints_new_mail_as_it_arrives() {
     let list = json(&cli(&s.bob, &["list", "--json"], None));
     assert_eq!(list.as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn key_rotate_and_revoke_on_the_command_line() {
+    let s = setup("");
+    ok(&cli(
+        &s.alice,
+        &[
+            "send",
+            "--to",
+            "bob@x.test",
+            "--subject",
+            "before",
+            "--body",
+            "b",
+        ],
+        None,
+    ));
+    let rotated = json(&cli(&s.bob, &["key", "rotate", "--json"], None));
+    assert_eq!(rotated["version"], 2, "{rotated}");
+    assert_eq!(rotated["log_index"], 2, "{rotated}");
+    assert_eq!(rotated["revoked"], false, "{rotated}");
+    // Without a terminal, a revocation needs --yes, and says so.
+    let err = user_error(&cli(&s.bob, &["key", "revoke"], None));
+    assert!(err.contains("--yes"), "{err}");
+    let revoked = json(&cli(&s.bob, &["key", "revoke", "--yes", "--json"], None));
+    assert_eq!(revoked["version"], 3, "{revoked}");
+    assert_eq!(revoked["revoked"], true, "{revoked}");
+    // The message sealed to the first key (received before the change) still opens, mail
+    // after the change goes to the newest key, and the log holds nothing bob did not make.
+    ok(&cli(
+        &s.alice,
+        &[
+            "send",
+            "--to",
+            "bob@x.test",
+            "--subject",
+            "after",
+            "--body",
+            "b",
+        ],
+        None,
+    ));
+    let out = cli(&s.bob, &["sync"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("WARNING"), "{stderr}");
+    let list = json(&cli(&s.bob, &["list", "--json"], None));
+    let subjects: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["before", "after"]);
+    // Auditing the domain's log: registrations and both changes.
+    let audit = json(&cli(&s.bob, &["kt", "audit", "x.test", "--json"], None));
+    assert_eq!(audit["size"], 4, "{audit}");
+    assert_eq!(audit["operations"]["Register"], 2, "{audit}");
+    assert_eq!(audit["operations"]["Rotate"], 1, "{audit}");
+    assert_eq!(audit["operations"]["Revoke"], 1, "{audit}");
+    drop(s.server);
+}

@@ -92,6 +92,16 @@ pub enum KtAction {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Forget the checkpoint this profile remembers for DOMAIN, so the next check starts
+    /// afresh. Only for a log known to have been restored from a backup (its operator says
+    /// so): it also forgets the protection against that domain rewriting its history.
+    Forget {
+        /// The domain, e.g. example.com.
+        domain: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -107,6 +107,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Kt(cli::KtAction::Audit { domain, json }) => {
             kt_audit(profile_dir, domain, json.json).await
         }
+        Command::Kt(cli::KtAction::Forget { domain, yes }) => kt_forget(&profile_dir, domain, *yes),
         Command::Read(args) => {
             let m = unlock(profile_dir)?.read(&args.id)?;
             if args.json.json {
@@ -484,6 +485,38 @@ async fn kt_audit(dir: ProfileDir, domain: &str, json: bool) -> Result<()> {
     if let Some(w) = &report.witness {
         println!("your server as witness: {w}");
     }
+    Ok(())
+}
+
+/// `letterme kt forget DOMAIN`.
+fn kt_forget(dir: &ProfileDir, domain: &str, yes: bool) -> Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let mut file = letterme_client::kt::KtFile::load(&dir.0).map_err(anyhow::Error::msg)?;
+    let Some(seen) = file.domains.get(&domain) else {
+        println!("this profile remembers no checkpoint of {domain}");
+        return Ok(());
+    };
+    if !yes {
+        if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+            bail!("not forgotten; pass --yes to forget without being asked");
+        }
+        eprint!(
+            "Forget the checkpoint of {domain} at size {}? Do this only when its operator \
+             announced a restore from a backup. [y/N] ",
+            seen.checkpoint.size
+        );
+        std::io::stderr().flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            bail!("not forgotten");
+        }
+    }
+    let size = seen.checkpoint.size;
+    file.domains.remove(&domain);
+    file.save(&dir.0).map_err(anyhow::Error::msg)?;
+    println!("forgot the checkpoint of {domain} at size {size}; the next check starts afresh");
     Ok(())
 }
 

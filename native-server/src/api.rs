@@ -473,10 +473,17 @@ pub struct EntriesQuery {
 /// another's fetched over federation) with that domain's current checkpoint, for audits.
 async fn kt_entries(
     State(state): St,
-    Authed(_): Authed,
+    Authed(session): Authed,
     q: Result<Query<EntriesQuery>, QueryRejection>,
 ) -> AppResult<Json<serde_json::Value>> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    if !state
+        .lookup_limit
+        .allow(&session.address, state.clock.now_f64())
+    {
+        state.metrics.error("rate_limited");
+        return Err(ApiError::rate_limited());
+    }
     let limit = q
         .limit
         .unwrap_or(crate::kt::ENTRIES_PAGE)
@@ -550,6 +557,13 @@ async fn kt_witness(
     let source = format!("a checkpoint handed in by {}", session.address);
     match observe(&state, &req.checkpoint, &source).await {
         Ok(v) => Ok(Json(v)),
+        Err(WitnessError::Federation(_, crate::federation::FederationError::Disabled)) => {
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "federation_unavailable",
+                "this server does not federate, so it witnesses no other domain's log",
+            ))
+        }
         Err(e @ (WitnessError::OwnDomain | WitnessError::Unsigned(_))) => {
             Err(ApiError::bad_request("not_witnessed", e.to_string()))
         }

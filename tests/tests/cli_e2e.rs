@@ -459,5 +459,12 @@ fn key_rotate_and_revoke_on_the_command_line() {
     assert_eq!(audit["operations"]["Register"], 2, "{audit}");
     assert_eq!(audit["operations"]["Rotate"], 1, "{audit}");
     assert_eq!(audit["operations"]["Revoke"], 1, "{audit}");
+    // Forgetting the remembered checkpoint (after an announced restore) asks first.
+    let err = user_error(&cli(&s.bob, &["kt", "forget", "x.test"], None));
+    assert!(err.contains("--yes"), "{err}");
+    let out = ok(&cli(&s.bob, &["kt", "forget", "x.test", "--yes"], None));
+    assert!(out.contains("at size 4"), "{out}");
+    let out = ok(&cli(&s.bob, &["kt", "forget", "x.test", "--yes"], None));
+    assert!(out.contains("remembers no checkpoint"), "{out}");
     drop(s.server);
 }

@@ -146,6 +146,18 @@ async fn registrations_grow_the_log_and_every_lookup_proves_its_key() {
     again.shutdown().await.unwrap();
 }
 
+/// Waits (a little) for the last connections of a stopped in-process server to close, so
+/// its files can be replaced: SQLite removes the WAL file when the last one closes.
+async fn wait_closed(db: &std::path::Path) {
+    let wal = std::path::PathBuf::from(format!("{}-wal", db.display()));
+    for _ in 0..50 {
+        if !wal.exists() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// An in-process server for x.test on a fixed port, so it can come back on the same URL.
 async fn serve_on(config: &letterme_server::Config) -> letterme_server::Running {
     letterme_server::start(config.clone(), FakeClock::at_now())
@@ -224,36 +236,24 @@ async fn a_server_restored_from_an_older_backup_is_caught() {
     let url = format!("http://{}", server.local_addr);
     let mut alice = user(root.path(), &url, "alice").await;
     let _bob = user(root.path(), &url, "bob").await;
-    server.shutdown().await.unwrap();
-    // The backup: the database as it is with two accounts.
-    let backup = root.path().join("backup");
-    std::fs::create_dir_all(&backup).unwrap();
+    // The backup: a consistent copy of the database with two accounts, as SQLite makes it.
     let db = config.database_path();
-    let name = |p: &std::path::Path| p.file_name().unwrap().to_owned();
-    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&config.data_dir)
+    let backup = root.path().join("backup.db");
+    rusqlite::Connection::open(&db)
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| name(p).to_string_lossy().starts_with("letterme.db"))
-        .collect();
-    for f in &files {
-        std::fs::copy(f, backup.join(name(f))).unwrap();
-    }
-
-    let server = serve_on(&config).await;
-    alice.relogin().await.unwrap();
+        .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+        .unwrap();
     let _carol = user(root.path(), &url, "carol").await;
     // alice sees the log at three entries.
     alice.send(&draft_to("carol@x.test")).await.unwrap();
     server.shutdown().await.unwrap();
+    wait_closed(&db).await;
 
     // Rolled back: the backup replaces the database.
-    for f in &files {
-        let _ = std::fs::remove_file(f);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
-    for f in std::fs::read_dir(&backup).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, db.with_file_name(name(&f))).unwrap();
-    }
+    std::fs::copy(&backup, &db).unwrap();
     let server = serve_on(&config).await;
     alice.relogin().await.unwrap();
     let err = alice
@@ -263,6 +263,16 @@ async fn a_server_restored_from_an_older_backup_is_caught() {
         .to_string();
     assert!(err.contains("refusing to encrypt to bob@x.test"), "{err}");
     assert!(err.contains("rolled back"), "{err}");
+    // Recovery, once the operator announces the restore (`letterme kt forget x.test`):
+    // the remembered checkpoint goes, and the next check starts afresh.
+    let profile = root.path().join("alice");
+    let mut file = letterme_client::kt::KtFile::load(&profile).unwrap();
+    assert_eq!(file.domains["x.test"].checkpoint.size, 3);
+    file.domains.remove("x.test");
+    file.save(&profile).unwrap();
+    alice.send(&draft_to("bob@x.test")).await.unwrap();
+    let file = letterme_client::kt::KtFile::load(&profile).unwrap();
+    assert_eq!(file.domains["x.test"].checkpoint.size, 2);
     server.shutdown().await.unwrap();
 }
 

@@ -123,7 +123,13 @@ pub async fn observe(
         Err(e) => return Err(e),
     };
     if !records.keys.iter().any(|k| head.verify(k).is_ok()) || head.domain != held.domain {
-        return Err(WitnessError::Unsigned(domain));
+        return Err(WitnessError::Garbled(
+            domain,
+            "its head checkpoint is not signed by its DNS key, or names another domain".into(),
+        ));
+    }
+    if head.vrf_key != held.vrf_key {
+        return fork(&held, &head, "the VRF key of the labels differs".into()).await;
     }
     if let Err(e) = verify_consistency(&held, &head, &proofs[0]) {
         return fork(&held, &head, e.to_string()).await;

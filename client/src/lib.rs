@@ -331,6 +331,14 @@ pub struct SyncReport {
     pub kt_alerts: Vec<String>,
 }
 
+/// Something the check of our own keys in the log found amiss.
+#[derive(Debug, Clone)]
+pub struct KtAlert {
+    pub message: String,
+    /// Not reported before by this profile (each entry is filed in the inbox once).
+    pub first_time: bool,
+}
+
 /// The result of `letterme key rotate` / `letterme key revoke`.
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyChange {
@@ -493,7 +501,7 @@ impl Online {
     /// §7.4, self-monitoring): each must be a key this profile made, and the newest must
     /// be the one in use. Returns what is amiss, in words for the user; an error when
     /// the log's proofs do not verify.
-    pub async fn check_own_keys(&self) -> Result<Vec<String>, ClientError> {
+    pub async fn check_own_keys(&self) -> Result<Vec<KtAlert>, ClientError> {
         let p = &self.me.profile;
         let mut file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
         let last = file
@@ -519,7 +527,8 @@ impl Online {
             if made(e) || (!current && file.reported.contains(index)) {
                 continue;
             }
-            alerts.push(format!(
+            let first_time = !file.reported.contains(index);
+            let message = format!(
                 "the key-transparency log of {} lists a key for {} that this profile did not \
                  create (entry {index}, {:?}, key version {}, at Unix time {}){}",
                 p.domain,
@@ -534,7 +543,11 @@ impl Online {
                 } else {
                     ""
                 }
-            ));
+            );
+            alerts.push(KtAlert {
+                message,
+                first_time,
+            });
             file.reported.insert(*index);
         }
         if let Some((index, e)) = entries.last() {
@@ -544,11 +557,14 @@ impl Online {
                     .as_ref()
                     .is_some_and(|k| k.key.public().0 == e.encryption_key);
             if made(e) && !in_use {
-                alerts.push(format!(
-                    "the newest key the log of {} lists for {} (entry {index}, version {}) is \
-                     one this profile retired: the server hands out an old key of yours",
-                    p.domain, p.address, e.key_version
-                ));
+                alerts.push(KtAlert {
+                    message: format!(
+                        "the newest key the log of {} lists for {} (entry {index}, version {}) \
+                         is one this profile retired: the server hands out an old key of yours",
+                        p.domain, p.address, e.key_version
+                    ),
+                    first_time: file.reported.insert(*index),
+                });
             }
         }
         if last.as_ref().is_none_or(|l| cp.size >= l.size) {
@@ -1077,16 +1093,63 @@ impl Online {
         if let Some(last) = acking {
             join_ack(last).await?;
         }
-        report.kt_alerts = match self.check_own_keys().await {
+        let alerts = match self.check_own_keys().await {
             Ok(alerts) => alerts,
-            Err(e) => vec![format!(
-                "cannot check your keys in the key-transparency log: {e}"
-            )],
+            Err(e) => vec![KtAlert {
+                message: format!("cannot check your keys in the key-transparency log: {e}"),
+                first_time: false,
+            }],
         };
-        for a in &report.kt_alerts {
-            tracing::warn!(alert = %a, "key transparency");
+        for a in &alerts {
+            tracing::warn!(alert = %a.message, "key transparency");
+            if a.first_time {
+                // Where a mail client's user looks: a local message in the inbox.
+                self.file_alert(&a.message)?;
+            }
         }
+        report.kt_alerts = alerts.into_iter().map(|a| a.message).collect();
         Ok(report)
+    }
+
+    /// Files a key-transparency alert in the local INBOX (for IMAP clients). It is written
+    /// here, never sent anywhere.
+    fn file_alert(&self, message: &str) -> Result<(), ClientError> {
+        let me = &self.me.profile.address;
+        let payload = Payload {
+            from: me.clone(),
+            to: vec![me.clone()],
+            cc: vec![],
+            bcc: vec![],
+            subject:
+                "letter.me security alert: the key-transparency log lists a key you did not create"
+                    .into(),
+            body: format!(
+                "This message was written by your letter.me client, on this machine.\n\n\
+                 WARNING: {message}.\n"
+            ),
+            headers: vec![],
+            date: now(),
+            message_id: format!("<{}@{}>", hex(&random_bytes::<16>()), me.domain()),
+            in_reply_to: None,
+            references: vec![],
+            legacy: None,
+        };
+        let raw = render::outgoing(&payload)
+            .ok_or_else(|| ClientError::Io("cannot write the alert message".into()))?;
+        self.me
+            .cache
+            .append(&NewMail {
+                folder: "INBOX".into(),
+                flags: vec!["\\Flagged".into()],
+                internal_date: now() as i64,
+                raw,
+                message_id: None,
+            })
+            .map(drop)
+            .map_err(|e| match e {
+                cache::MailboxError::Store(e) => e,
+                other => ClientError::Io(other.to_string()),
+            })
     }
 
     /// Downloads a page of envelopes, several at a time, in listing order.

@@ -481,6 +481,24 @@ async fn bob_notices_a_key_for_bob_that_bob_did_not_create() {
     // It stays loud while the planted key is the one in use...
     let again = bob.sync(&mut |_, _| {}).await.unwrap();
     assert_eq!(again.kt_alerts.len(), 1, "{:?}", again.kt_alerts);
+    // ...and a mail client (the proxy serves this cache) finds it in the inbox, once.
+    let cache = &bob.me.cache;
+    let inbox = cache.folder("INBOX").unwrap().unwrap();
+    let uids: Vec<u32> = cache
+        .messages(inbox.id)
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    let alerts: Vec<String> = cache
+        .contents(inbox.id, &uids)
+        .unwrap()
+        .into_iter()
+        .map(|(_, raw)| String::from_utf8_lossy(&raw).into_owned())
+        .filter(|raw| raw.contains("security alert"))
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(alerts[0].contains("did not create"), "{}", alerts[0]);
     // ...and once bob takes his address back with a new key of his own, it is history,
     // reported once already, and the log is quiet again.
     let bob = reopen(root.path(), "bob").connect().await.unwrap();

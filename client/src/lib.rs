@@ -372,6 +372,14 @@ pub struct AuditReport {
     pub witness: Option<String>,
 }
 
+/// A local cache failure as a client error.
+fn cache_error(e: cache::MailboxError) -> ClientError {
+    match e {
+        cache::MailboxError::Store(e) => e,
+        other => ClientError::Io(other.to_string()),
+    }
+}
+
 fn check_checkpoint_signature(
     cp: &letterme_protocol::kt::Checkpoint,
     keys: &[IdentityPublicKey],
@@ -946,10 +954,7 @@ impl Online {
                 raw: render::render(&sent, &p.attestation.identity_key, &p.address),
                 message_id: Some(message_id.clone()),
             })
-            .map_err(|e| match e {
-                cache::MailboxError::Store(e) => e,
-                other => ClientError::Io(other.to_string()),
-            })?;
+            .map_err(cache_error)?;
         Ok(SendReport {
             message_id,
             envelopes: ids,
@@ -1146,10 +1151,7 @@ impl Online {
                 message_id: None,
             })
             .map(drop)
-            .map_err(|e| match e {
-                cache::MailboxError::Store(e) => e,
-                other => ClientError::Io(other.to_string()),
-            })
+            .map_err(cache_error)
     }
 
     /// Downloads a page of envelopes, several at a time, in listing order.

@@ -36,6 +36,9 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
 pub const MAX_CLOCK_SKEW: u64 = 24 * 3600;
 /// Largest page of `GET /v1/messages`.
 pub const MAX_LIST: u32 = 1000;
+/// Longest a key lookup of another domain waits for its checkpoint to be witnessed (a
+/// consistency proof fetched from that domain); the client checks the proofs itself.
+pub const WITNESS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Shared state of the API.
 pub struct AppState {
@@ -909,18 +912,19 @@ async fn lookup(
         };
         if let Some(kt) = &found.kt {
             // We witness the domain's log with every lookup we pass on.
-            match crate::federation::witness::observe(
-                &state,
-                &kt.checkpoint,
-                &format!("a key lookup of {address}"),
+            let source = format!("a key lookup of {address}");
+            let observed = tokio::time::timeout(
+                WITNESS_WAIT,
+                crate::federation::witness::observe(&state, &kt.checkpoint, &source),
             )
-            .await
-            {
-                Ok(crate::federation::witness::Verdict::Fork { .. }) => {
+            .await;
+            match observed {
+                Ok(Ok(crate::federation::witness::Verdict::Fork { .. })) => {
                     refuse_forked(&state, address.domain()).await?;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::info!(%address, error = %e, "cannot witness a checkpoint"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::info!(%address, error = %e, "cannot witness a checkpoint"),
+                Err(_) => tracing::info!(%address, "witnessing a checkpoint took too long"),
             }
         }
         return Ok(Json(KeyLookup {

@@ -146,8 +146,8 @@ pub struct Federation {
     pub clock: Arc<dyn Clock>,
     /// This domain's log, whose checkpoint goes with every request (set at start).
     pub kt: std::sync::OnceLock<Arc<crate::kt::KtState>>,
-    /// Witness observations run one at a time.
-    pub witness_lock: tokio::sync::Mutex<()>,
+    /// Witness observations of one domain run one at a time (one lock per domain).
+    pub witness_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Federation {
@@ -212,7 +212,7 @@ impl Federation {
             origin_limit,
             clock,
             kt: std::sync::OnceLock::new(),
-            witness_lock: tokio::sync::Mutex::new(()),
+            witness_locks: Mutex::default(),
         })
     }
 

@@ -6,6 +6,8 @@
 //! contradiction between two checkpoints the domain signed is a fork: the evidence is
 //! kept, logged, and the domain's keys are refused from then on.
 
+use std::sync::Arc;
+
 use letterme_protocol::b64;
 use letterme_protocol::kt::{Checkpoint, verify_consistency};
 use serde::{Deserialize, Serialize};
@@ -81,7 +83,17 @@ pub async fn observe(
     if !records.keys.iter().any(|k| cp.verify(k).is_ok()) {
         return Err(WitnessError::Unsigned(domain));
     }
-    let _one_at_a_time = fed.witness_lock.lock().await;
+    let lock = {
+        let mut locks = fed
+            .witness_locks
+            .lock()
+            .map_err(|_| WitnessError::Garbled(domain.clone(), "lock poisoned".into()))?;
+        if locks.len() > 10_000 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(domain.clone()).or_default().clone()
+    };
+    let _one_at_a_time = lock.lock().await;
     let now = state.clock.now();
     let held: Option<Checkpoint> = state
         .store

@@ -39,11 +39,34 @@ impl KtFile {
     }
 
     pub fn load(profile: &std::path::Path) -> Result<Self, String> {
-        match std::fs::read(Self::path(profile)) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("kt.json: {e}")),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(format!("kt.json: {e}")),
+        let bytes = match std::fs::read(Self::path(profile)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(format!("kt.json: {e}")),
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("kt.json: {e}"))?;
+        let mut file = Self {
+            reported: serde_json::from_value(v["reported"].clone()).unwrap_or_default(),
+            ..Self::default()
+        };
+        if let Some(domains) = v["domains"].as_object() {
+            for (d, seen) in domains {
+                match serde_json::from_value::<Seen>(seen.clone()) {
+                    Ok(s) => {
+                        file.domains.insert(d.clone(), s);
+                    }
+                    // Written before checkpoints carried the VRF key: the next check of
+                    // that domain starts afresh, and says so.
+                    Err(e) => tracing::warn!(
+                        domain = %d,
+                        error = %e,
+                        "kt.json: a checkpoint in an older format is set aside"
+                    ),
+                }
+            }
         }
+        Ok(file)
     }
 
     /// Written to a temporary file, synced and renamed, so a crash leaves the old or the
@@ -173,4 +196,36 @@ pub fn check_history(
         return Err(KtError::NotLogged(address.to_string()));
     }
     Ok((cp.clone(), out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_in_the_older_format_is_set_aside_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = letterme_protocol::SigningKeypair::generate();
+        let good = Checkpoint::sign("a.test", 3, [1; 32], 10, [2; 32], &key);
+        let mut old = serde_json::to_value(&good).unwrap();
+        old.as_object_mut().unwrap().remove("vrf_key");
+        let json = serde_json::json!({
+            "domains": {
+                "a.test": { "checkpoint": good },
+                "b.test": { "vrf_key": "AAAA", "checkpoint": old },
+            },
+            "reported": [4],
+        });
+        std::fs::write(KtFile::path(dir.path()), json.to_string()).unwrap();
+        let file = KtFile::load(dir.path()).unwrap();
+        assert_eq!(file.domains.len(), 1);
+        assert_eq!(file.domains["a.test"].checkpoint, good);
+        assert!(file.reported.contains(&4));
+        // Saved and loaded again: the same.
+        file.save(dir.path()).unwrap();
+        assert_eq!(KtFile::load(dir.path()).unwrap().domains.len(), 1);
+        // Not JSON at all is an error, not a silent reset.
+        std::fs::write(KtFile::path(dir.path()), b"{not json").unwrap();
+        assert!(KtFile::load(dir.path()).is_err());
+    }
 }

@@ -636,9 +636,14 @@ impl Online {
             pending.created,
         );
         let (att, log_index) = self.api.change_key(&binding, revoke).await?;
+        // Newer than what the server had (after a restore from a backup that may be older
+        // than what this profile last saw).
+        let before = on_server
+            .as_ref()
+            .map_or(profile.attestation.version, |a| a.version);
         if att.identity_key != keys.identity.public()
             || att.encryption_key != pending.key.public()
-            || att.version <= profile.attestation.version
+            || (att.version <= before && !resumed)
         {
             return Err(ClientError::BadRegistration(address));
         }
@@ -714,13 +719,18 @@ impl Online {
         let mut prefix_checked = None;
         let mut ops: BTreeMap<String, u64> = BTreeMap::new();
         loop {
-            let page = self
-                .api
-                .get_json(&format!(
-                    "/v1/kt/entries?domain={domain}&start={}",
-                    log.len()
-                ))
-                .await?;
+            let path = format!("/v1/kt/entries?domain={domain}&start={}", log.len());
+            let mut waited = 0;
+            let page = loop {
+                match self.api.get_json(&path).await {
+                    // A long log takes many pages: wait for the rate limit to refill.
+                    Err(ClientError::Api { status: 429, .. }) if waited < 120 => {
+                        waited += 1;
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    other => break other?,
+                }
+            };
             let cp: Checkpoint = serde_json::from_value(page["checkpoint"].clone())
                 .map_err(|e| ClientError::Audit(domain.clone(), format!("checkpoint: {e}")))?;
             if head.is_none() {

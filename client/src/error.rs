@@ -38,6 +38,10 @@ pub enum ClientError {
     OwnLog(letterme_protocol::kt::KtError),
     #[error("the key-transparency log of {0} does not verify: {1}")]
     Audit(String, String),
+    #[error(
+        "the keys of the profile at {0} changed since it was opened (`letterme key rotate` or `revoke`); start again (restart `letterme proxy`)"
+    )]
+    KeysChanged(String),
     #[error("{0} is not on letter.me")]
     Legacy(Address),
     #[error(

@@ -69,17 +69,48 @@ impl KtFile {
         Ok(file)
     }
 
-    /// Written to a temporary file, synced and renamed, so a crash leaves the old or the
-    /// new, and a checkpoint once accepted is not forgotten.
+    /// Saves, merged with what is on disk now (another process of this profile — the
+    /// proxy's sync and submission, a CLI command — may have saved since this was loaded):
+    /// per domain the larger checkpoint, and every entry reported by either.
     pub fn save(&self, profile: &std::path::Path) -> Result<(), String> {
+        let mut merged = self.clone();
+        if let Ok(disk) = Self::load(profile) {
+            for (d, seen) in disk.domains {
+                let keep_mine = merged
+                    .domains
+                    .get(&d)
+                    .is_some_and(|m| m.checkpoint.size >= seen.checkpoint.size);
+                if !keep_mine {
+                    merged.domains.insert(d, seen);
+                }
+            }
+            merged.reported.extend(disk.reported);
+        }
+        merged.replace_on_disk(profile)
+    }
+
+    /// Written to a temporary file of its own, synced and renamed, so a crash leaves the
+    /// old or the new, and a checkpoint once accepted is not forgotten. Replaces what is
+    /// on disk (`letterme kt forget`); [`KtFile::save`] merges.
+    pub fn replace_on_disk(&self, profile: &std::path::Path) -> Result<(), String> {
         use std::io::Write as _;
         let err = |e: std::io::Error| format!("kt.json: {e}");
-        let tmp = profile.join("kt.json.tmp");
+        let tmp = profile.join(format!(
+            ".kt.json.{}.{}.tmp",
+            std::process::id(),
+            letterme_protocol::codec::hex(&letterme_protocol::keys::random_bytes::<8>())
+        ));
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, Self::path(profile)).map_err(err)?;
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, Self::path(profile))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(err)?;
         if let Ok(d) = std::fs::File::open(profile) {
             let _ = d.sync_all();
         }

@@ -1020,6 +1020,15 @@ impl Online {
         &self,
         progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<SyncReport, ClientError> {
+        // A key change since this profile was opened (`letterme key rotate` while a proxy
+        // runs): mail to the new key would not open, so nothing is fetched until restart.
+        if self.me.dir.load()?.attestation.encryption_key
+            != self.me.profile.attestation.encryption_key
+        {
+            return Err(ClientError::KeysChanged(
+                self.me.dir.0.display().to_string(),
+            ));
+        }
         let mailbox = self.me.mailbox()?;
         let mut report = SyncReport::default();
         let mut senders: BTreeMap<Address, Result<IdentityPublicKey, String>> = BTreeMap::new();

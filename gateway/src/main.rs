@@ -515,7 +515,7 @@ fn kt_forget(dir: &ProfileDir, domain: &str, yes: bool) -> Result<()> {
     }
     let size = seen.checkpoint.size;
     file.domains.remove(&domain);
-    file.save(&dir.0).map_err(anyhow::Error::msg)?;
+    file.replace_on_disk(&dir.0).map_err(anyhow::Error::msg)?;
     println!("forgot the checkpoint of {domain} at size {size}; the next check starts afresh");
     Ok(())
 }

@@ -557,8 +557,7 @@ async fn kt_witness(
     {
         return Err(ApiError::rate_limited());
     }
-    let source = format!("a checkpoint handed in by {}", session.address);
-    match observe(&state, &req.checkpoint, &source).await {
+    match observe(&state, &req.checkpoint, "a checkpoint a user handed in").await {
         Ok(v) => Ok(Json(v)),
         Err(WitnessError::Federation(_, crate::federation::FederationError::Disabled)) => {
             Err(ApiError::new(
@@ -912,19 +911,36 @@ async fn lookup(
         };
         if let Some(kt) = &found.kt {
             // We witness the domain's log with every lookup we pass on.
-            let source = format!("a key lookup of {address}");
+            // The domain must prove the checkpoint consistent with what we saw before; a
+            // domain that cannot (or will not) gets its key refused, not passed on.
             let observed = tokio::time::timeout(
                 WITNESS_WAIT,
-                crate::federation::witness::observe(&state, &kt.checkpoint, &source),
+                crate::federation::witness::observe(&state, &kt.checkpoint, "a key lookup"),
             )
             .await;
+            let unchecked = |why: String| {
+                tracing::info!(%address, reason = %why, "cannot witness a checkpoint");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "peer_failed",
+                    format!(
+                        "cannot check the key-transparency log of {} against what this server saw before: {why}",
+                        address.domain()
+                    ),
+                )
+            };
             match observed {
                 Ok(Ok(crate::federation::witness::Verdict::Fork { .. })) => {
                     refuse_forked(&state, address.domain()).await?;
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::info!(%address, error = %e, "cannot witness a checkpoint"),
-                Err(_) => tracing::info!(%address, "witnessing a checkpoint took too long"),
+                Ok(Err(e)) => return Err(unchecked(e.to_string())),
+                Err(_) => {
+                    return Err(unchecked(format!(
+                        "no answer within {} s",
+                        WITNESS_WAIT.as_secs()
+                    )));
+                }
             }
         }
         return Ok(Json(KeyLookup {

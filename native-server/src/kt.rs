@@ -2,6 +2,8 @@
 //! proofs, every entry in SQLite (`kt_log`) for durability, appended in the same
 //! transaction as the key change it records, and the VRF key that makes the labels.
 
+use std::sync::Arc;
+
 use letterme_protocol::kt::{
     Checkpoint, KeyOp, KtHistory, KtHistoryEntry, KtProof, Log, LogEntry, VrfKey,
 };
@@ -106,17 +108,24 @@ impl KtState {
 
     /// Commits `entry` with `commit` (which writes it at the index it is given, in the same
     /// transaction as the change it records), then adds it to the tree. One change at a
-    /// time, so tree and table keep the same order. Returns the entry's index.
-    async fn append<F, Fut>(&self, entry: LogEntry, commit: F) -> Result<u64, StoreError>
+    /// time, so tree and table keep the same order. Runs as its own task, so a request
+    /// that goes away mid-way cannot leave a committed entry out of the tree. Returns the
+    /// entry's index.
+    async fn append<F, Fut>(self: &Arc<Self>, entry: LogEntry, commit: F) -> Result<u64, StoreError>
     where
-        F: FnOnce((u64, [u8; 32], Vec<u8>)) -> Fut,
-        Fut: std::future::Future<Output = Result<(), StoreError>>,
+        F: FnOnce((u64, [u8; 32], Vec<u8>)) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
     {
-        let mut log = self.log.lock().await;
-        let idx = log.len();
-        commit((idx, entry.label, entry.encode())).await?;
-        log.push(entry);
-        Ok(idx)
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut log = me.log.lock().await;
+            let idx = log.len();
+            commit((idx, entry.label, entry.encode())).await?;
+            log.push(entry);
+            Ok(idx)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("key-transparency append: {e}")))?
     }
 
     fn entry_for(&self, op: KeyOp, address: &Address, acc: &AccountRow, time: u64) -> LogEntry {
@@ -165,22 +174,25 @@ impl KtState {
 
     /// Registers `acc` and logs it.
     pub async fn register(
-        &self,
+        self: &Arc<Self>,
         store: &Store,
         acc: AccountRow,
         invite_hash: Option<[u8; 32]>,
         address: &Address,
     ) -> Result<(), StoreError> {
         let entry = self.entry_for(KeyOp::Register, address, &acc, acc.registered_at);
-        self.append(entry, |kt| store.register_logged(acc, invite_hash, kt))
-            .await
-            .map(drop)
+        let store = store.clone();
+        self.append(entry, move |kt| async move {
+            store.register_logged(acc, invite_hash, kt).await
+        })
+        .await
+        .map(drop)
     }
 
     /// Replaces `address`'s keys with those in `acc` (whose `key_version` is the next one)
     /// and logs the change as `op` (rotate or revoke). Returns the entry's index.
     pub async fn change_keys(
-        &self,
+        self: &Arc<Self>,
         store: &Store,
         acc: AccountRow,
         op: KeyOp,
@@ -188,8 +200,11 @@ impl KtState {
         now: u64,
     ) -> Result<u64, StoreError> {
         let entry = self.entry_for(op, address, &acc, now);
-        self.append(entry, |kt| store.change_keys_logged(acc, kt))
-            .await
+        let store = store.clone();
+        self.append(entry, move |kt| async move {
+            store.change_keys_logged(acc, kt).await
+        })
+        .await
     }
 
     /// The current signed checkpoint.

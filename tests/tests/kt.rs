@@ -269,7 +269,7 @@ async fn a_server_restored_from_an_older_backup_is_caught() {
     let mut file = letterme_client::kt::KtFile::load(&profile).unwrap();
     assert_eq!(file.domains["x.test"].checkpoint.size, 3);
     file.domains.remove("x.test");
-    file.save(&profile).unwrap();
+    file.replace_on_disk(&profile).unwrap();
     alice.send(&draft_to("bob@x.test")).await.unwrap();
     let file = letterme_client::kt::KtFile::load(&profile).unwrap();
     assert_eq!(file.domains["x.test"].checkpoint.size, 2);

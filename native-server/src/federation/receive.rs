@@ -188,7 +188,6 @@ async fn transaction(
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    witness_attached(&state, &headers, &sig.origin);
     let nonce = sig.nonce;
     let Some(txid) = txid
         .ok()
@@ -228,6 +227,7 @@ async fn transaction(
             "too many envelopes from your domain; retry later",
         );
     }
+    witness_attached(&state, &headers, &sig.origin);
     let mut incoming = Vec::new();
     let mut rejected = BTreeMap::new();
     for (i, (recipients, bytes)) in items.iter().enumerate() {
@@ -339,7 +339,6 @@ async fn keys(
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    witness_attached(&state, &headers, &sig.origin);
     if !fed
         .origin_limit
         .allow_n(&sig.origin, 1, state.clock.now_f64())
@@ -352,6 +351,7 @@ async fn keys(
             "too many lookups; retry later",
         );
     }
+    witness_attached(&state, &headers, &sig.origin);
     let Some(address) = address
         .ok()
         .and_then(|Path(a)| Address::parse(&a).ok())
@@ -423,6 +423,15 @@ fn witness_attached(state: &Arc<AppState>, headers: &HeaderMap, origin: &str) {
     let state = state.clone();
     let source = format!("a request from {origin}");
     tokio::spawn(async move {
+        // One background observation per domain at a time, and none once a fork is on
+        // record (the evidence is kept; more rows would add nothing).
+        if super::witness::busy(&state, &cp.domain)
+            || super::witness::forked(&state, &cp.domain)
+                .await
+                .is_ok_and(|f| f.is_some())
+        {
+            return;
+        }
         if let Err(e) = super::witness::observe(&state, &cp, &source).await {
             tracing::info!(origin = %cp.domain, error = %e, "cannot witness a peer's checkpoint");
         }

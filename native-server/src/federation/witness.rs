@@ -226,7 +226,17 @@ async fn fetch_consistency(
     Ok((a.checkpoint, proofs))
 }
 
-/// Refuses a domain whose log this server caught forking.
+/// Whether an observation of `domain` is running now.
+pub fn busy(state: &AppState, domain: &str) -> bool {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    state
+        .federation
+        .as_ref()
+        .and_then(|f| f.witness_locks.lock().ok()?.get(&domain).cloned())
+        .is_some_and(|l| l.try_lock().is_err())
+}
+
+/// The newest fork on record for `domain`, if any.
 pub async fn forked(state: &AppState, domain: &str) -> Result<Option<ForkRow>, StoreError> {
     Ok(state
         .store

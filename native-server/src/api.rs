@@ -417,6 +417,22 @@ async fn change_key(
             "the key binding is older than the current key's",
         ));
     }
+    // Each change is a log entry kept forever: a few a day per account.
+    let recent = state
+        .kt
+        .recent_changes(&state.store, &b.address, now.saturating_sub(86_400))
+        .await?;
+    if recent >= u64::from(state.config.limits.key_changes_per_day) {
+        state.metrics.error("too_many_key_changes");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_key_changes",
+            format!(
+                "at most {} key changes in 24 hours; try again later",
+                state.config.limits.key_changes_per_day
+            ),
+        ));
+    }
     let version = current
         .key_version
         .checked_add(1)

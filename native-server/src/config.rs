@@ -418,6 +418,10 @@ pub struct LimitsConfig {
     pub key_lookups_per_second: u32,
     #[serde(default = "default_lookup_burst")]
     pub key_lookup_burst: u32,
+    /// Key changes (rotations and revocations) one account may make in 24 hours: each is
+    /// a log entry kept forever.
+    #[serde(default = "default_key_changes")]
+    pub key_changes_per_day: u32,
 }
 
 impl Default for LimitsConfig {
@@ -427,6 +431,7 @@ impl Default for LimitsConfig {
             quota: default_quota(),
             key_lookups_per_second: default_lookup_rate(),
             key_lookup_burst: default_lookup_burst(),
+            key_changes_per_day: default_key_changes(),
         }
     }
 }
@@ -445,6 +450,10 @@ fn default_lookup_rate() -> u32 {
 
 fn default_lookup_burst() -> u32 {
     100
+}
+
+fn default_key_changes() -> u32 {
+    20
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -189,6 +189,24 @@ impl KtState {
         .map(drop)
     }
 
+    /// How many rotations and revocations of `address` the log holds since `since` (Unix
+    /// seconds, the server's time of each change).
+    pub async fn recent_changes(
+        &self,
+        store: &Store,
+        address: &Address,
+        since: u64,
+    ) -> Result<u64, StoreError> {
+        let (label, _) = self.label(address);
+        Ok(store
+            .kt_under(label, HISTORY_LIMIT)
+            .await?
+            .iter()
+            .filter_map(|(_, e)| LogEntry::decode(e).ok())
+            .filter(|e| matches!(e.op, KeyOp::Rotate | KeyOp::Revoke) && e.time >= since)
+            .count() as u64)
+    }
+
     /// Replaces `address`'s keys with those in `acc` (whose `key_version` is the next one)
     /// and logs the change as `op` (rotate or revoke). Returns the entry's index.
     pub async fn change_keys(

@@ -512,3 +512,34 @@ async fn bob_notices_a_key_for_bob_that_bob_did_not_create() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_changes_are_limited_per_account_and_day() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = test_config(root.path(), "x.test");
+    config.limits.key_changes_per_day = 2;
+    let server = letterme_server::start(config, FakeClock::at_now())
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.local_addr);
+    let _alice = user(root.path(), &url, "alice").await;
+    for _ in 0..2 {
+        reopen(root.path(), "alice")
+            .connect()
+            .await
+            .unwrap()
+            .change_key(PASSPHRASE, false, 0)
+            .await
+            .unwrap();
+    }
+    let alice = reopen(root.path(), "alice").connect().await.unwrap();
+    let err = alice
+        .change_key(PASSPHRASE, false, 0)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at most 2 key changes in 24 hours"), "{err}");
+    // The log grew by the two changes only.
+    assert_eq!(head(&alice).await.size, 3);
+    server.shutdown().await.unwrap();
+}

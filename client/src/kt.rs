@@ -69,6 +69,18 @@ impl KtFile {
         Ok(file)
     }
 
+    /// Remembers `cp` as the checkpoint of `domain` unless a larger one is remembered.
+    pub fn remember(&mut self, domain: &str, cp: Checkpoint) {
+        let domain = domain.to_ascii_lowercase();
+        if self
+            .domains
+            .get(&domain)
+            .is_none_or(|s| cp.size >= s.checkpoint.size)
+        {
+            self.domains.insert(domain, Seen { checkpoint: cp });
+        }
+    }
+
     /// Saves, merged with what is on disk now (another process of this profile — the
     /// proxy's sync and submission, a CLI command — may have saved since this was loaded):
     /// per domain the larger checkpoint, and every entry reported by either.

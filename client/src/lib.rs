@@ -380,19 +380,6 @@ fn cache_error(e: cache::MailboxError) -> ClientError {
     }
 }
 
-fn check_checkpoint_signature(
-    cp: &letterme_protocol::kt::Checkpoint,
-    keys: &[IdentityPublicKey],
-) -> Result<(), letterme_protocol::kt::KtError> {
-    if keys.iter().any(|k| cp.verify(k).is_ok()) {
-        Ok(())
-    } else {
-        Err(letterme_protocol::kt::KtError::BadCheckpointSignature(
-            cp.domain.clone(),
-        ))
-    }
-}
-
 /// How long a rotated-out key still opens newly received mail, by default: mail in
 /// flight (federation retries give up after 5 days) still opens.
 pub const KEY_OVERLAP: u64 = 7 * 86_400;
@@ -493,16 +480,8 @@ impl Online {
         let last = file.domains.get(&domain).map(|s| s.checkpoint.clone());
         let accepted =
             kt::check(address, att, proof, domain_keys, last.as_ref()).map_err(refuse)?;
-        if last.as_ref().is_none_or(|l| accepted.size >= l.size) {
-            file.domains.insert(
-                domain,
-                kt::Seen {
-                    checkpoint: accepted,
-                },
-            );
-            file.save(&self.me.dir.0).map_err(ClientError::Io)?;
-        }
-        Ok(())
+        file.remember(&domain, accepted);
+        file.save(&self.me.dir.0).map_err(ClientError::Io)
     }
 
     /// Checks every entry the key-transparency log holds for our own address (DESIGN.md
@@ -575,10 +554,7 @@ impl Online {
                 });
             }
         }
-        if last.as_ref().is_none_or(|l| cp.size >= l.size) {
-            file.domains
-                .insert(p.domain.to_ascii_lowercase(), kt::Seen { checkpoint: cp });
-        }
+        file.remember(&p.domain, cp);
         file.save(&self.me.dir.0).map_err(ClientError::Io)?;
         Ok(alerts)
     }
@@ -735,10 +711,7 @@ impl Online {
                 .map_err(|e| ClientError::Audit(domain.clone(), format!("checkpoint: {e}")))?;
             if head.is_none() {
                 // Checked before anything is downloaded against it.
-                check_checkpoint_signature(&cp, &keys).map_err(bad)?;
-                if !cp.domain.eq_ignore_ascii_case(&domain) {
-                    return Err(bad(KtError::OtherDomain(cp.domain.clone(), domain.clone())));
-                }
+                kt::check_checkpoint(&domain, &cp, None, &keys, None).map_err(bad)?;
             }
             let head = head.get_or_insert(cp);
             let entries = page["entries"].as_array().cloned().unwrap_or_default();
@@ -820,15 +793,8 @@ impl Online {
                 ),
             ));
         }
-        if last.as_ref().is_none_or(|l| head.size >= l.size) {
-            file.domains.insert(
-                domain.clone(),
-                kt::Seen {
-                    checkpoint: head.clone(),
-                },
-            );
-            file.save(&self.me.dir.0).map_err(ClientError::Io)?;
-        }
+        file.remember(&domain, head.clone());
+        file.save(&self.me.dir.0).map_err(ClientError::Io)?;
         Ok(AuditReport {
             domain,
             size: head.size,

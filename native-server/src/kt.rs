@@ -12,6 +12,14 @@ use tokio::sync::Mutex;
 
 use crate::store::{AccountRow, Store, StoreError};
 
+/// The proof (base64) that `log` extends its first `since` entries, when the client gave
+/// the size it saw last and it is within the log.
+fn consistency_since(log: &Log, since: Option<u64>) -> Option<String> {
+    since
+        .and_then(|s| log.prove_consistency(s))
+        .map(|p| letterme_protocol::b64::encode(&p))
+}
+
 /// Most entries `GET /v1/kt/mine` returns (the newest ones).
 pub const HISTORY_LIMIT: u32 = 1000;
 /// Most entries one page of `GET /v1/kt/entries` returns.
@@ -189,6 +197,18 @@ impl KtState {
         .map(drop)
     }
 
+    /// The index of `address`'s newest log entry, if it has one.
+    pub async fn latest_index(
+        &self,
+        store: &Store,
+        address: &Address,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(store
+            .kt_latest(self.label(address).0)
+            .await?
+            .map(|(i, _)| i))
+    }
+
     /// How many rotations and revocations of `address` the log holds since `since` (Unix
     /// seconds, the server's time of each change).
     pub async fn recent_changes(
@@ -249,9 +269,7 @@ impl KtState {
         let Some(inclusion) = log.prove_inclusion(index) else {
             return Ok(None);
         };
-        let consistency = since
-            .and_then(|s| log.prove_consistency(s))
-            .map(|p| letterme_protocol::b64::encode(&p));
+        let consistency = consistency_since(&log, since);
         Ok(Some(KtProof {
             index,
             entry,
@@ -286,9 +304,7 @@ impl KtState {
                 })
             })
             .collect();
-        let consistency = since
-            .and_then(|s| log.prove_consistency(s))
-            .map(|p| letterme_protocol::b64::encode(&p));
+        let consistency = consistency_since(&log, since);
         Ok(KtHistory {
             label_proof: label_proof.to_vec(),
             entries,

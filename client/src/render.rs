@@ -12,8 +12,7 @@ use letterme_protocol::{Address, IdentityPublicKey, Payload};
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox as LettreMailbox, Mailboxes};
 
-/// The header field recording the signature check (RFC 6648: no `X-`).
-pub const VERIFIED_HEADER: &str = "Letterme-Signature";
+use letterme_protocol::envelope::VERIFIED_HEADER;
 
 /// The message as served over IMAP.
 pub fn render(payload: &Payload, signer: &IdentityPublicKey, me: &Address) -> Vec<u8> {

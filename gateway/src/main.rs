@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser as _;
-use letterme_adapters::records;
 use letterme_client::profile::ProfileDir;
 use letterme_client::{ClientError, Draft, Message, Unlocked};
 use letterme_protocol::Address;
+use letterme_server::records;
 use letterme_server::{Config, SystemClock};
 
 use cli::{AccountCommand, Cli, Command};
@@ -597,7 +597,7 @@ async fn check_records(
 ) -> Result<(Vec<records::Verdict>, String)> {
     let inputs = record_inputs(config, store).await?;
     let expected = records::expected(config, &inputs);
-    let dns = letterme_adapters::smtp_out::resolve::HickoryMailDns::new(
+    let dns = letterme_server::dns::HickoryMailDns::new(
         &config.dns.nameservers,
         std::time::Duration::from_millis(config.dns.timeout_ms),
         config.dns.attempts,
@@ -868,31 +868,28 @@ async fn serve(config: Option<&Path>, skip_dns_check: bool) -> Result<()> {
     };
     let running = letterme_server::start(config.clone(), Arc::new(SystemClock)).await?;
     if let Some(keys) = running.mail_keys.clone() {
-        let dns = letterme_adapters::smtp_out::resolve::HickoryMailDns::new(
+        let dns = letterme_server::dns::HickoryMailDns::new(
             &config.dns.nameservers,
             std::time::Duration::from_millis(config.dns.timeout_ms),
             config.dns.attempts,
         )
         .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
-        let worker =
-            letterme_adapters::smtp_out::SmtpOut::new(letterme_adapters::smtp_out::Setup {
-                store: running.store.clone(),
-                keys,
-                dns: Arc::new(dns),
-                config: config.clone(),
-                domain_key: running.domain_signing_key().clone(),
-                clock: running.clock.clone(),
-                wake: running.smtp_wake.clone(),
-            })
-            .map_err(|e| anyhow::anyhow!("outbound SMTP: {e}"))?;
+        let worker = letterme_smtp_out::SmtpOut::new(letterme_smtp_out::Setup {
+            store: running.store.clone(),
+            keys,
+            dns: Arc::new(dns),
+            config: config.clone(),
+            domain_key: running.domain_signing_key().clone(),
+            clock: running.clock.clone(),
+            wake: running.smtp_wake.clone(),
+        })
+        .map_err(|e| anyhow::anyhow!("outbound SMTP: {e}"))?;
         tokio::spawn(Arc::new(worker).run(running.shutdown_signal()));
         tracing::info!(mode = %config.outbound.mode, "outbound SMTP delivery on");
     }
     let (stop_smtp, smtp_stop) = tokio::sync::watch::channel(false);
     let smtp = match config.smtp.listen.filter(|_| config.smtp.enabled) {
-        Some(addr) => {
-            Some(letterme_adapters::smtp_in::start(&config, &running, addr, smtp_stop).await?)
-        }
+        Some(addr) => Some(letterme_smtp_in::start(&config, &running, addr, smtp_stop).await?),
         None => None,
     };
     // Harnesses read this line: the URL first, federation next, SMTP last.

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use letterme_adapters::credentials::Credentials;
-use letterme_adapters::imap_proxy::{self, ImapProxy};
-use letterme_adapters::smtp_in::server::ConnLimits;
-use letterme_adapters::submission::{self, Submission};
 use letterme_client::Unlocked;
 use letterme_client::profile::{ProfileDir, create_private_dir};
 use letterme_protocol::codec::hex;
 use letterme_protocol::keys::random_bytes;
+use letterme_proxy::credentials::Credentials;
+use letterme_proxy::imap::{self, ImapProxy};
+use letterme_proxy::submission::{self, Submission};
+use letterme_smtp::driver::ConnLimits;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
@@ -186,7 +186,7 @@ pub async fn run(
         password: state.password.clone(),
     };
     let (stop, stopped) = watch::channel(false);
-    let imap_proxy = Arc::new(ImapProxy {
+    let imap_server = Arc::new(ImapProxy {
         cache: me.cache.clone(),
         credentials: creds.clone(),
         tls: Some(acceptor.clone()),
@@ -207,12 +207,8 @@ pub async fn run(
         online: Arc::new(Mutex::new(submit)),
         allow_plaintext,
     });
-    tokio::spawn(imap_proxy::serve(
-        imap_listener,
-        imap_proxy,
-        stopped.clone(),
-    ));
-    tokio::spawn(letterme_adapters::smtp_in::server::serve(
+    tokio::spawn(imap::serve(imap_listener, imap_server, stopped.clone()));
+    tokio::spawn(letterme_smtp::driver::serve(
         smtp_listener,
         submission,
         stopped,

@@ -897,9 +897,7 @@ async fn lookup(
             // No `_mailx` record: not a letter.me domain, so no letter.me key.
             Err(
                 crate::federation::FederationError::NoRecord(_)
-                | crate::federation::FederationError::Dns(
-                    crate::federation::dns::DnsError::NotFound(_),
-                ),
+                | crate::federation::FederationError::Dns(crate::dns::DnsError::NotFound(_)),
             ) => {
                 legacy = true;
                 crate::federation::RemoteKeys {

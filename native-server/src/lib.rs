@@ -8,12 +8,14 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod federation;
 pub mod kt;
 pub mod metrics;
 pub mod notice;
 pub mod outbound;
+pub mod records;
 pub mod secrets;
 pub mod store;
 pub mod tls;
@@ -578,7 +580,7 @@ fn federation_setup(
     let tls_paths = ensure_federation_cert(config)?;
     let fingerprint = tls::spki_fingerprint(&tls_paths.cert)?;
     let tls = federation::pin::server_config(&tls_paths.cert, &tls_paths.key)?;
-    let resolver = federation::dns::HickoryTxt::new(
+    let resolver = dns::HickoryTxt::new(
         &config.dns.nameservers,
         Duration::from_millis(config.dns.timeout_ms),
         config.dns.attempts,

@@ -24,6 +24,11 @@ use crate::keys::{
 };
 
 /// Magic and format version at the start of every envelope.
+/// The header field a client adds to rendered mail recording the signature check (RFC
+/// 6648: no `X-`). The inbound adapter strips any copy arriving from outside, so a sender
+/// cannot forge it.
+pub const VERIFIED_HEADER: &str = "Letterme-Signature";
+
 pub const ENVELOPE_MAGIC: &[u8; 5] = b"LMENV";
 pub const ENVELOPE_VERSION: u8 = 1;
 /// Signature context of an envelope.

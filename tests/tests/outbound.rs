@@ -152,7 +152,7 @@ impl World {
 
     fn authenticator(&self) -> MessageAuthenticator {
         MessageAuthenticator::new(
-            letterme_server::federation::dns::nameserver_config(&[self.dns.addr]),
+            letterme_server::dns::nameserver_config(&[self.dns.addr]),
             ResolverOpts::default(),
         )
         .unwrap()

@@ -6,7 +6,6 @@
 //! and the TLS key. The server document must agree with it, every request and response is
 //! signed by a published key, and nothing a peer says about itself overrides DNS.
 
-pub mod dns;
 pub mod pin;
 pub mod queue;
 pub mod receive;
@@ -24,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Clock;
 use crate::config::FederationConfig;
-use dns::{DnsError, TxtResolver};
+use crate::dns::{DnsError, TxtResolver};
 
 /// Longest a discovery answer is cached, whatever its TTL says.
 pub const MAX_CACHE: u64 = 7 * 86_400;

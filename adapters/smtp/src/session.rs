@@ -1,4 +1,5 @@
-//! The inbound SMTP protocol core: bytes in, events and replies out, no I/O.
+//! The SMTP protocol core shared by the inbound MX and the proxy's submission: bytes in,
+//! events and replies out, no I/O.
 //!
 //! RFC 5321 command sequencing with ESMTP (RFC 1869), PIPELINING (RFC 2920), SIZE
 //! (RFC 1870), 8BITMIME (RFC 6152), ENHANCEDSTATUSCODES (RFC 2034/3463), SMTPUTF8
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use crate::credentials::Credentials;
 use smtp_proto::{
     AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_BINARYMIME, MAIL_CONPERM, MAIL_REQUIRETLS, MAIL_RET_FULL,
     MAIL_RET_HDRS, MAIL_SMTPUTF8, Request,
@@ -26,6 +26,12 @@ use smtp_proto::{
 /// REQUIRETLS, CONPERM).
 const UNOFFERED_MAIL_FLAGS: u64 =
     MAIL_RET_FULL | MAIL_RET_HDRS | MAIL_BODY_BINARYMIME | MAIL_REQUIRETLS | MAIL_CONPERM;
+
+/// Checks a submission login (RFC 4954). The proxy's local credentials implement it.
+pub trait CheckLogin: Send + Sync + std::fmt::Debug {
+    /// Must not leak the password's length or content through timing.
+    fn check(&self, username: &[u8], password: &[u8]) -> bool;
+}
 
 /// Named limits of one session.
 #[derive(Debug, Clone)]
@@ -168,8 +174,8 @@ pub struct SessionConfig {
     pub limits: Limits,
     pub tls_available: bool,
     /// Submission mode (RFC 6409 with RFC 4954 AUTH PLAIN/LOGIN): MAIL needs a login
-    /// with these credentials. `None` for the public MX, which offers no AUTH.
-    pub auth: Option<Arc<Credentials>>,
+    /// these credentials check. `None` for the public MX, which offers no AUTH.
+    pub auth: Option<Arc<dyn CheckLogin>>,
 }
 
 /// One SMTP session.

@@ -31,7 +31,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use deliver::{Outgoing, RcptResult, SessionParams};
-use resolve::{MailDns, RouteError};
+use letterme_server::dns::MailDns;
+use resolve::RouteError;
 
 /// Rows taken per round.
 pub const BATCH: usize = 512;

@@ -2,8 +2,7 @@
 //! sealed in memory to every recipient's current encryption key and signed with the domain
 //! key; only the envelope reaches the store. Plaintext never touches disk.
 
-use letterme_client::render::VERIFIED_HEADER;
-use letterme_protocol::envelope::{LegacyMail, SignerKind, seal};
+use letterme_protocol::envelope::{LegacyMail, SignerKind, VERIFIED_HEADER, seal};
 use letterme_protocol::{Address, EncryptionPublicKey, Payload, SigningKeypair};
 use letterme_server::store::{NewDelivery, Store, StoreError};
 

@@ -11,7 +11,7 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParam
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 
-use super::resolve::Route;
+use crate::resolve::Route;
 
 /// What became of one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]

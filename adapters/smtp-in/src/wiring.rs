@@ -8,9 +8,11 @@ use letterme_policy::{AllowEntry, DmarcMode};
 use letterme_server::{Config, Running};
 use tokio::sync::watch;
 
-use super::server::{ConnLimits, SmtpIn, serve};
-use super::session::{Limits, SessionConfig};
-use super::verify::{DnsSettings, authenticator};
+use letterme_smtp::driver::{ConnLimits, serve};
+use letterme_smtp::session::{Limits, SessionConfig};
+
+use crate::server::SmtpIn;
+use crate::verify::{DnsSettings, authenticator};
 
 /// Why the SMTP listener could not start.
 #[derive(Debug, thiserror::Error)]

@@ -8,12 +8,12 @@
 
 use std::fmt::Write as _;
 
+use crate::Config;
+use crate::config::OutboundMode;
 use letterme_protocol::b64;
 use letterme_protocol::discovery::MailxRecord;
-use letterme_server::Config;
-use letterme_server::config::OutboundMode;
 
-use crate::smtp_out::resolve::{Answer, MailDns};
+use crate::dns::{Answer, MailDns};
 
 /// TTL printed on every record.
 pub const TTL: u32 = 3600;
@@ -152,7 +152,7 @@ pub fn expected(config: &Config, inputs: &Inputs) -> Vec<Rec> {
         Rec {
             name: format!(
                 "{}._domainkey.{d}",
-                letterme_server::outbound::SELECTOR_ED25519
+                crate::outbound::SELECTOR_ED25519
             ),
             values: vec![format!(
                 "v=DKIM1; k=ed25519; p={}",
@@ -167,7 +167,7 @@ pub fn expected(config: &Config, inputs: &Inputs) -> Vec<Rec> {
             comment: "DKIM key, Ed25519 (RFC 8463)".into(),
         },
         Rec {
-            name: format!("{}._domainkey.{d}", letterme_server::outbound::SELECTOR_RSA),
+            name: format!("{}._domainkey.{d}", crate::outbound::SELECTOR_RSA),
             values: vec![format!(
                 "v=DKIM1; k=rsa; p={}",
                 b64::encode(&inputs.dkim_rsa)
@@ -206,7 +206,7 @@ pub fn expected(config: &Config, inputs: &Inputs) -> Vec<Rec> {
             },
         });
     }
-    let policy = letterme_server::outbound::mta_sts_policy(config);
+    let policy = crate::outbound::mta_sts_policy(config);
     let id = policy.as_deref().map_or_else(
         || "YYYYMMDD".to_owned(),
         |p| {

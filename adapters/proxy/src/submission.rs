@@ -1,7 +1,7 @@
 //! The proxy's local SMTP submission (RFC 6409): the mail client hands over a message,
 //! and it leaves end-to-end encrypted.
 //!
-//! The protocol core is the inbound adapter's sans-I/O session in submission mode (AUTH
+//! The protocol core is `letterme-smtp`'s sans-I/O session in submission mode (AUTH
 //! PLAIN/LOGIN required before MAIL); this backend checks each recipient's attested key
 //! and sends through the client library. An ordinary (non-letter.me) address is accepted
 //! when the user's server sends notices, or relays and the proxy was started with
@@ -17,8 +17,8 @@ use letterme_protocol::Address;
 use mail_parser::{Addr, HeaderValue, MessageParser};
 use tokio::sync::Mutex;
 
-use crate::smtp_in::server::{Backend, ConnLimits};
-use crate::smtp_in::session::{Reply, Session, SessionConfig, Transaction};
+use letterme_smtp::driver::{Backend, ConnLimits};
+use letterme_smtp::session::{Limits, Reply, Session, SessionConfig, Transaction};
 
 /// The submission service: one logged-in client, shared by the connections.
 pub struct Submission {
@@ -269,9 +269,9 @@ pub fn session_config(
     SessionConfig {
         hostname: hostname.to_owned(),
         domain: domain.to_owned(),
-        limits: crate::smtp_in::session::Limits {
+        limits: Limits {
             max_message,
-            ..crate::smtp_in::session::Limits::default()
+            ..Limits::default()
         },
         tls_available: false,
         auth: Some(creds),

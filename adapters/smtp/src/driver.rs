@@ -1,25 +1,19 @@
-//! The tokio driver for inbound SMTP: accepts connections within session limits, feeds
-//! bytes to the [`Session`] core, answers its events (recipient checks, verification,
-//! policy, sealing, STARTTLS) and writes replies. `250` only after the sealed envelope is
-//! committed.
+//! The tokio driver shared by every SMTP service: accepts connections within session
+//! limits, feeds bytes to the sans-I/O [`Session`], asks the [`Backend`] (the inbound MX,
+//! the proxy's local submission) about recipients and messages, and writes replies. The
+//! backend's reply to a message is sent only after it has handled the message durably.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use letterme_policy::{AllowEntry, Decision, DmarcMode, decide};
-use letterme_protocol::{Address, SigningKeypair};
-use letterme_server::Clock;
-use letterme_server::store::Store;
-use mail_auth::MessageAuthenticator;
+use letterme_protocol::Address;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use super::deliver::{DeliverError, Inbound, seal_and_store};
-use super::session::{Event, Reply, Session, SessionConfig};
-use super::verify::verify;
+use crate::session::{Event, Reply, Session, SessionConfig, Transaction};
 
 /// Connection-level limits.
 #[derive(Debug, Clone)]
@@ -43,32 +37,8 @@ impl Default for ConnLimits {
     }
 }
 
-/// Everything a session needs.
-pub struct SmtpIn {
-    pub session: SessionConfig,
-    pub conn: ConnLimits,
-    pub store: Store,
-    pub domain_key: SigningKeypair,
-    pub authenticator: MessageAuthenticator,
-    pub dmarc: DmarcMode,
-    pub allow: Vec<AllowEntry>,
-    pub quota: u64,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub clock: Arc<dyn Clock>,
-    pub metrics: Arc<letterme_server::metrics::Metrics>,
-}
-
-impl std::fmt::Debug for SmtpIn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpIn")
-            .field("hostname", &self.session.hostname)
-            .field("dmarc", &self.dmarc)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What the connection driver asks of the service behind it: the inbound MX here, the
-/// proxy's local submission in `crate::submission`.
+/// What the connection driver asks of the service behind it: the inbound MX
+/// (`letterme-smtp-in`) or the proxy's local submission (`letterme-proxy`).
 pub trait Backend: Send + Sync + 'static {
     fn session_config(&self) -> &SessionConfig;
     fn conn_limits(&self) -> &ConnLimits;
@@ -80,29 +50,7 @@ pub trait Backend: Send + Sync + 'static {
         rcpt: &Address,
     ) -> impl Future<Output = Result<(), Reply>> + Send;
     /// Takes the message; the reply is sent only after it is durably handled.
-    fn accept_message(
-        &self,
-        s: &Session,
-        tx: super::session::Transaction,
-    ) -> impl Future<Output = Reply> + Send;
-}
-
-impl Backend for SmtpIn {
-    fn session_config(&self) -> &SessionConfig {
-        &self.session
-    }
-    fn conn_limits(&self) -> &ConnLimits {
-        &self.conn
-    }
-    fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor> {
-        self.tls.as_ref()
-    }
-    async fn check_recipient(&self, _: &Session, rcpt: &Address) -> Result<(), Reply> {
-        check_recipient(self, rcpt).await
-    }
-    async fn accept_message(&self, s: &Session, tx: super::session::Transaction) -> Reply {
-        accept_message(self, s, tx).await
-    }
+    fn accept_message(&self, s: &Session, tx: Transaction) -> impl Future<Output = Reply> + Send;
 }
 
 /// Serves `listener` until `shutdown` turns true.
@@ -276,109 +224,6 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin, B: Backend>(
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();
-        }
-    }
-}
-
-async fn check_recipient(smtp: &SmtpIn, rcpt: &Address) -> Result<(), Reply> {
-    match smtp.store.account(rcpt.to_string()).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(Reply::new(550, "5.1.1", format!("no such user: {rcpt}"))),
-        Err(e) => {
-            tracing::error!(error = %e, "recipient lookup failed");
-            Err(Reply::new(
-                451,
-                "4.3.0",
-                "temporary failure looking up the recipient",
-            ))
-        }
-    }
-}
-
-async fn accept_message(smtp: &SmtpIn, s: &Session, tx: super::session::Transaction) -> Reply {
-    let ip = s.peer;
-    let verified = verify(
-        &smtp.authenticator,
-        &smtp.session.hostname,
-        &tx.data,
-        ip,
-        &tx.helo,
-        &tx.mail_from,
-    )
-    .await;
-    let decision = decide(smtp.dmarc, &verified.evidence, &smtp.allow);
-    let e = &verified.evidence;
-    let dkim = if e.dkim.is_empty() {
-        "none".to_owned()
-    } else {
-        e.dkim
-            .iter()
-            .map(|(r, d)| format!("{}({d})", r.as_str()))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let (quarantine, note) = match decision {
-        Decision::Accept { note } => (false, note),
-        Decision::Quarantine { note } => (true, note),
-        Decision::Reject(r) | Decision::TempFail(r) => {
-            smtp.metrics.smtp(if r.code >= 500 {
-                "rejected"
-            } else {
-                "tempfailed"
-            });
-            tracing::info!(%ip, mail_from = %tx.mail_from, code = r.code, reason = %r.text, "smtp message refused");
-            return Reply::new(r.code, r.enhanced, r.text);
-        }
-    };
-    let size = tx.data.len();
-    let rcpts = tx.recipients.len();
-    let result = seal_and_store(
-        &smtp.store,
-        &smtp.session.domain,
-        &smtp.session.hostname,
-        &smtp.domain_key,
-        smtp.quota,
-        smtp.clock.now(),
-        Inbound {
-            raw: tx.data,
-            mail_from: tx.mail_from.clone(),
-            helo: tx.helo,
-            client_ip: ip.to_string(),
-            recipients: tx.recipients,
-            authentication_results: verified.authentication_results,
-            spf: e.spf_mail_from.as_str().to_owned(),
-            dkim,
-            dmarc: e.dmarc.as_str().to_owned(),
-            quarantine,
-            note,
-            tls: s.is_tls(),
-        },
-    )
-    .await;
-    match result {
-        Ok(()) => {
-            smtp.metrics.smtp(if quarantine {
-                "quarantined"
-            } else {
-                "accepted"
-            });
-            tracing::info!(%ip, mail_from = %tx.mail_from, rcpts, size, quarantine, "smtp message accepted and sealed");
-            Reply::new(250, "2.0.0", "message sealed and stored")
-        }
-        Err(DeliverError::Quota(who)) => {
-            Reply::new(452, "4.2.2", format!("mailbox of {who} is full"))
-        }
-        Err(DeliverError::UnknownUser(who)) => {
-            Reply::new(550, "5.1.1", format!("no such user: {who}"))
-        }
-        Err(DeliverError::TooLarge) => Reply::new(552, "5.3.4", "message too large to store"),
-        Err(e) => {
-            tracing::error!(error = %e, "sealing or storing an inbound message failed");
-            Reply::new(
-                451,
-                "4.3.0",
-                "temporary local failure; nothing was stored, try again later",
-            )
         }
     }
 }

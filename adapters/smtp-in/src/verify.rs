@@ -45,7 +45,7 @@ pub fn authenticator(dns: &DnsSettings) -> Result<MessageAuthenticator, String> 
         return MessageAuthenticator::new(config, opts).map_err(|e| e.to_string());
     }
     MessageAuthenticator::new(
-        letterme_server::federation::dns::nameserver_config(&dns.nameservers),
+        letterme_server::dns::nameserver_config(&dns.nameservers),
         opts,
     )
     .map_err(|e| e.to_string())

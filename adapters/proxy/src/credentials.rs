@@ -1,5 +1,7 @@
 //! The proxy's local credentials, shared by its IMAP and SMTP sides (DESIGN.md §7.5).
 
+use letterme_smtp::session::CheckLogin;
+
 /// The local credentials. `Debug` never shows the password.
 #[derive(Clone)]
 pub struct Credentials {
@@ -26,6 +28,13 @@ impl Credentials {
             diff |= usize::from(b ^ password.get(i).copied().unwrap_or(0));
         }
         user_ok && diff == 0
+    }
+}
+
+/// The submission port's AUTH checks the same login as IMAP's LOGIN.
+impl CheckLogin for Credentials {
+    fn check(&self, username: &[u8], password: &[u8]) -> bool {
+        Credentials::check(self, username, password)
     }
 }
 

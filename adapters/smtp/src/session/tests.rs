@@ -194,6 +194,16 @@ fn starttls_discards_pipelined_input() {
 const USER: &str = "bob@x.test";
 const PASS: &str = "s3cret";
 
+/// The one login these tests accept.
+#[derive(Debug)]
+struct Login;
+
+impl CheckLogin for Login {
+    fn check(&self, username: &[u8], password: &[u8]) -> bool {
+        username.eq_ignore_ascii_case(USER.as_bytes()) && password == PASS.as_bytes()
+    }
+}
+
 fn submission_with(limits: Limits) -> Session {
     Session::new(
         SessionConfig {
@@ -201,10 +211,7 @@ fn submission_with(limits: Limits) -> Session {
             domain: "x.test".into(),
             limits,
             tls_available: true,
-            auth: Some(Arc::new(Credentials {
-                username: USER.into(),
-                password: PASS.into(),
-            })),
+            auth: Some(Arc::new(Login)),
         },
         "127.0.0.1".parse().unwrap(),
     )

@@ -1,0 +1,161 @@
+//! The inbound MX as a [`Backend`] of the shared SMTP driver: recipient checks against the
+//! store, then verification, policy and sealing. `250` only after the sealed envelope is
+//! committed.
+
+use std::sync::Arc;
+
+use letterme_policy::{AllowEntry, Decision, DmarcMode, decide};
+use letterme_protocol::{Address, SigningKeypair};
+use letterme_server::Clock;
+use letterme_server::store::Store;
+use letterme_smtp::driver::{Backend, ConnLimits};
+use letterme_smtp::session::{Reply, Session, SessionConfig, Transaction};
+use mail_auth::MessageAuthenticator;
+
+use crate::deliver::{DeliverError, Inbound, seal_and_store};
+use crate::verify::verify;
+
+/// Everything a session needs.
+pub struct SmtpIn {
+    pub session: SessionConfig,
+    pub conn: ConnLimits,
+    pub store: Store,
+    pub domain_key: SigningKeypair,
+    pub authenticator: MessageAuthenticator,
+    pub dmarc: DmarcMode,
+    pub allow: Vec<AllowEntry>,
+    pub quota: u64,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<letterme_server::metrics::Metrics>,
+}
+
+impl std::fmt::Debug for SmtpIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpIn")
+            .field("hostname", &self.session.hostname)
+            .field("dmarc", &self.dmarc)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend for SmtpIn {
+    fn session_config(&self) -> &SessionConfig {
+        &self.session
+    }
+    fn conn_limits(&self) -> &ConnLimits {
+        &self.conn
+    }
+    fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.tls.as_ref()
+    }
+    async fn check_recipient(&self, _: &Session, rcpt: &Address) -> Result<(), Reply> {
+        check_recipient(self, rcpt).await
+    }
+    async fn accept_message(&self, s: &Session, tx: Transaction) -> Reply {
+        accept_message(self, s, tx).await
+    }
+}
+
+async fn check_recipient(smtp: &SmtpIn, rcpt: &Address) -> Result<(), Reply> {
+    match smtp.store.account(rcpt.to_string()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Reply::new(550, "5.1.1", format!("no such user: {rcpt}"))),
+        Err(e) => {
+            tracing::error!(error = %e, "recipient lookup failed");
+            Err(Reply::new(
+                451,
+                "4.3.0",
+                "temporary failure looking up the recipient",
+            ))
+        }
+    }
+}
+
+async fn accept_message(smtp: &SmtpIn, s: &Session, tx: Transaction) -> Reply {
+    let ip = s.peer;
+    let verified = verify(
+        &smtp.authenticator,
+        &smtp.session.hostname,
+        &tx.data,
+        ip,
+        &tx.helo,
+        &tx.mail_from,
+    )
+    .await;
+    let decision = decide(smtp.dmarc, &verified.evidence, &smtp.allow);
+    let e = &verified.evidence;
+    let dkim = if e.dkim.is_empty() {
+        "none".to_owned()
+    } else {
+        e.dkim
+            .iter()
+            .map(|(r, d)| format!("{}({d})", r.as_str()))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (quarantine, note) = match decision {
+        Decision::Accept { note } => (false, note),
+        Decision::Quarantine { note } => (true, note),
+        Decision::Reject(r) | Decision::TempFail(r) => {
+            smtp.metrics.smtp(if r.code >= 500 {
+                "rejected"
+            } else {
+                "tempfailed"
+            });
+            tracing::info!(%ip, mail_from = %tx.mail_from, code = r.code, reason = %r.text, "smtp message refused");
+            return Reply::new(r.code, r.enhanced, r.text);
+        }
+    };
+    let size = tx.data.len();
+    let rcpts = tx.recipients.len();
+    let result = seal_and_store(
+        &smtp.store,
+        &smtp.session.domain,
+        &smtp.session.hostname,
+        &smtp.domain_key,
+        smtp.quota,
+        smtp.clock.now(),
+        Inbound {
+            raw: tx.data,
+            mail_from: tx.mail_from.clone(),
+            helo: tx.helo,
+            client_ip: ip.to_string(),
+            recipients: tx.recipients,
+            authentication_results: verified.authentication_results,
+            spf: e.spf_mail_from.as_str().to_owned(),
+            dkim,
+            dmarc: e.dmarc.as_str().to_owned(),
+            quarantine,
+            note,
+            tls: s.is_tls(),
+        },
+    )
+    .await;
+    match result {
+        Ok(()) => {
+            smtp.metrics.smtp(if quarantine {
+                "quarantined"
+            } else {
+                "accepted"
+            });
+            tracing::info!(%ip, mail_from = %tx.mail_from, rcpts, size, quarantine, "smtp message accepted and sealed");
+            Reply::new(250, "2.0.0", "message sealed and stored")
+        }
+        Err(DeliverError::Quota(who)) => {
+            Reply::new(452, "4.2.2", format!("mailbox of {who} is full"))
+        }
+        Err(DeliverError::UnknownUser(who)) => {
+            Reply::new(550, "5.1.1", format!("no such user: {who}"))
+        }
+        Err(DeliverError::TooLarge) => Reply::new(552, "5.3.4", "message too large to store"),
+        Err(e) => {
+            tracing::error!(error = %e, "sealing or storing an inbound message failed");
+            Reply::new(
+                451,
+                "4.3.0",
+                "temporary local failure; nothing was stored, try again later",
+            )
+        }
+    }
+}

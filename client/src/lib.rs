@@ -380,9 +380,10 @@ fn cache_error(e: cache::MailboxError) -> ClientError {
     }
 }
 
-/// How long a rotated-out key still opens newly received mail, by default: mail in
-/// flight (federation retries give up after 5 days) still opens.
-pub const KEY_OVERLAP: u64 = 7 * 86_400;
+/// Days a rotated-out key still opens newly received mail, by default (`letterme key
+/// rotate --overlap-days`): mail in flight (federation retries give up after 5 days)
+/// still opens. The user's own key; the server's domain key has `DOMAIN_KEY_OVERLAP`.
+pub const ROTATION_OVERLAP_DAYS: u64 = 7;
 
 /// A pending key older than this, that the server does not have, is made again (its
 /// binding would be refused as stale).

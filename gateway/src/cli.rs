@@ -111,7 +111,7 @@ pub enum KeyAction {
     /// for the overlap period.
     Rotate {
         /// Days the old key still opens newly received mail (mail in flight).
-        #[arg(long, default_value_t = 7, value_name = "DAYS")]
+        #[arg(long, default_value_t = letterme_client::ROTATION_OVERLAP_DAYS, value_name = "DAYS")]
         overlap_days: u64,
         #[command(flatten)]
         json: JsonFlag,

@@ -667,7 +667,7 @@ async fn domain_key(action: &cli::DomainKeyAction) -> Result<()> {
         );
         println!(
             "start the server; keep publishing the previous key's record for {} days (`letterme dns` prints it until then)",
-            letterme_server::KEY_OVERLAP / 86_400
+            letterme_server::DOMAIN_KEY_OVERLAP / 86_400
         );
     }
     Ok(())
@@ -678,7 +678,7 @@ async fn queue(config_path: &Path, json: bool) -> Result<()> {
     let config = load_config(Some(config_path))?.normalized();
     let store = letterme_server::store::Store::open(&config.database_path())
         .with_context(|| format!("cannot open {}", config.database_path().display()))?;
-    let rows = store.outbound_rows().await?;
+    let rows = store.federation_rows().await?;
     let smtp = store.smtp_rows().await?;
     if json {
         let mut list: Vec<serde_json::Value> = rows
@@ -716,7 +716,7 @@ async fn queue(config_path: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     if rows.is_empty() && smtp.is_empty() {
-        println!("the outbound queues are empty");
+        println!("the federation and SMTP queues are empty");
     }
     let error = |e: &Option<String>| e.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
     for r in &rows {

@@ -52,8 +52,8 @@ pub struct AppState {
     pub ip_limit: RateLimiter<IpAddr>,
     /// Set when `[federation] listen` is configured.
     pub federation: Option<Arc<crate::federation::Federation>>,
-    /// Wakes the outbound queue after mail for another domain is queued.
-    pub outbound_wake: Arc<tokio::sync::Notify>,
+    /// Wakes the federation queue after mail for another domain is queued.
+    pub federation_wake: Arc<tokio::sync::Notify>,
     /// Set when `[outbound] mode` is relay or notice.
     pub outbound: Option<Arc<crate::outbound::api::OutboundState>>,
     /// The key-transparency log.
@@ -1089,7 +1089,7 @@ async fn accept(
     let outbound = remote
         .into_iter()
         .map(
-            |(destination, recipients)| crate::federation::store::NewOutbound {
+            |(destination, recipients)| crate::federation::store::NewFederationRow {
                 destination,
                 recipients,
             },
@@ -1111,7 +1111,7 @@ async fn accept(
         )
         .await?;
     if has_remote {
-        state.outbound_wake.notify_one();
+        state.federation_wake.notify_one();
     }
     state.metrics.deliveries.inc();
     state.metrics.delivered_bytes.inc_by(size);

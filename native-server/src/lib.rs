@@ -38,7 +38,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// How long in-flight requests may finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a replaced domain key stays published for verification (seconds).
-pub const KEY_OVERLAP: u64 = 7 * 86_400;
+pub const DOMAIN_KEY_OVERLAP: u64 = 7 * 86_400;
 
 /// How often the retention purge runs.
 pub const PURGE_INTERVAL: Duration = Duration::from_hours(1);
@@ -102,8 +102,8 @@ pub struct Running {
     pub local_addr: SocketAddr,
     /// The server-to-server listener, when federation is on.
     pub federation_addr: Option<SocketAddr>,
-    /// The outbound queue's worker, when federation is on.
-    pub outbound: Option<Arc<federation::queue::Outbound>>,
+    /// The federation queue's worker, when federation is on.
+    pub federation_queue: Option<Arc<federation::queue::FederationQueue>>,
     /// The DKIM and queue keys, when `[outbound] mode` is not off.
     pub mail_keys: Option<Arc<outbound::MailKeys>>,
     /// Notified when mail is queued for SMTP delivery.
@@ -200,7 +200,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         Some(addr) => Some(federation_setup(&config, &domain_key, clock.clone(), addr)?),
         None => None,
     };
-    let outbound_wake = Arc::new(tokio::sync::Notify::new());
+    let federation_wake = Arc::new(tokio::sync::Notify::new());
     let smtp_wake = Arc::new(tokio::sync::Notify::new());
     let kt = Arc::new(
         kt::KtState::load(&store, load_vrf_key(&store, &config, clock.now()).await?)
@@ -241,7 +241,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         clock: clock.clone(),
         metrics: Arc::new(metrics::Metrics::default()),
         federation: federation.as_ref().map(|(f, _)| f.clone()),
-        outbound_wake: outbound_wake.clone(),
+        federation_wake: federation_wake.clone(),
         outbound: smtp_state,
         kt,
         config,
@@ -285,7 +285,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         })
     };
     let mut federation_addr = None;
-    let mut outbound = None;
+    let mut federation_queue = None;
     if let Some((fed, (listener, tls))) = federation {
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: listener.local_addr().unwrap_or(local_addr),
@@ -308,20 +308,20 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             .handle(handle)
             .serve(app.into_make_service()),
         );
-        let queue = Arc::new(federation::queue::Outbound::new(
+        let queue = Arc::new(federation::queue::FederationQueue::new(
             store.clone(),
             fed.clone(),
             clock.clone(),
-            outbound_wake.clone(),
+            federation_wake.clone(),
         ));
         tokio::spawn(queue.clone().run(tx.subscribe()));
-        outbound = Some(queue);
+        federation_queue = Some(queue);
         tracing::info!(%addr, endpoint = %fed.endpoint, "federation listening (TLS 1.3)");
     }
     tracing::info!(addr = %local_addr, tls = has_tls, "native server listening");
     Ok(Running {
         federation_addr,
-        outbound,
+        federation_queue,
         mail_keys,
         smtp_wake,
         local_addr,
@@ -615,7 +615,7 @@ pub struct PublishedKey {
 }
 
 /// The domain keys to publish now: the current one; the next one once generated; the
-/// previous one for [`KEY_OVERLAP`] after a switch.
+/// previous one for [`DOMAIN_KEY_OVERLAP`] after a switch.
 pub async fn domain_keys(store: &Store, now: u64) -> Result<Vec<PublishedKey>, store::StoreError> {
     let mut out = Vec::new();
     let as_key = |b: &[u8]| b.try_into().ok().map(IdentityPublicKey);
@@ -636,14 +636,14 @@ pub async fn domain_keys(store: &Store, now: u64) -> Result<Vec<PublishedKey>, s
         });
     }
     if let Some((public, _, _, retired)) = store.server_key_row("domain-previous").await?
-        && now < retired + KEY_OVERLAP
+        && now < retired + DOMAIN_KEY_OVERLAP
         && let Some(key) = as_key(&public)
     {
         out.push(PublishedKey {
             key,
             note: Some(format!(
                 "previous domain key, still valid for verification: keep it published for {} more day(s)",
-                (retired + KEY_OVERLAP - now).div_ceil(86_400)
+                (retired + DOMAIN_KEY_OVERLAP - now).div_ceil(86_400)
             )),
         });
     }
@@ -689,7 +689,7 @@ pub async fn domain_key_next(config: &Config, now: u64) -> Result<IdentityPublic
 }
 
 /// Switches to the next domain key: the current key becomes the previous one (published
-/// for [`KEY_OVERLAP`]), every account is attested again with the new key, and the change
+/// for [`DOMAIN_KEY_OVERLAP`]), every account is attested again with the new key, and the change
 /// is appended to the key-transparency log, in one transaction. Run it with the server stopped; the server loads the key at start.
 pub async fn domain_key_activate(
     config: &Config,

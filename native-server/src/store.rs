@@ -62,6 +62,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/0003_outbound.sql")),
         M::up(include_str!("../../migrations/0004_kt.sql")),
         M::up(include_str!("../../migrations/0005_kt_witness.sql")),
+        M::up(include_str!("../../migrations/0006_federation_queue.sql")),
     ])
 }
 

@@ -710,7 +710,7 @@ fn a_peer_that_stays_down_is_retried_with_growing_intervals_then_the_sender_is_t
         );
         online.api.send(env.encode()).await.unwrap();
     });
-    let queue = running.outbound.clone().unwrap();
+    let queue = running.federation_queue.clone().unwrap();
     let mut waits = Vec::new();
     let mut tried = Vec::new();
     let mut attempts = 0;
@@ -719,7 +719,7 @@ fn a_peer_that_stays_down_is_retried_with_growing_intervals_then_the_sender_is_t
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 queue.run_due().await.unwrap();
-                let rows = running.store.outbound_rows().await.unwrap();
+                let rows = running.store.federation_rows().await.unwrap();
                 // The background worker may have the batch in flight: wait for its result.
                 if rows.first().is_none_or(|r| r.attempts > attempts) {
                     break rows;

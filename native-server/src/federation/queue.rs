@@ -1,4 +1,4 @@
-//! The outbound queue's worker: claims due rows per destination in batches, delivers each
+//! The federation queue's worker: claims due rows per destination in batches, delivers each
 //! batch with one signed, idempotent `PUT /v1/federation/transactions/{txid}`, and records
 //! what the peer answered per recipient. Temporary failures come back with exponential
 //! backoff and jitter; permanent ones, and anything still undelivered after
@@ -17,7 +17,7 @@ use letterme_protocol::federation::{DeliveryReport, DeliveryStatus, encode_batch
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use super::store::{Claimed, OutboundRow, RowOutcome};
+use super::store::{Claimed, FederationRow, RowOutcome};
 use super::{Federation, FederationError};
 use crate::Clock;
 use crate::notice::Failure;
@@ -41,7 +41,7 @@ pub fn jitter() -> f64 {
 }
 
 /// The worker; one per server.
-pub struct Outbound {
+pub struct FederationQueue {
     store: Store,
     fed: Arc<Federation>,
     clock: Arc<dyn Clock>,
@@ -50,13 +50,13 @@ pub struct Outbound {
     flying: Mutex<HashMap<String, usize>>,
 }
 
-impl std::fmt::Debug for Outbound {
+impl std::fmt::Debug for FederationQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbound").finish_non_exhaustive()
+        f.debug_struct("FederationQueue").finish_non_exhaustive()
     }
 }
 
-impl Outbound {
+impl FederationQueue {
     pub fn new(
         store: Store,
         fed: Arc<Federation>,
@@ -83,7 +83,7 @@ impl Outbound {
                     Duration::from_secs(t.saturating_sub(self.clock.now()).clamp(1, 300))
                 }),
                 Err(e) => {
-                    tracing::error!(error = %e, "reading the outbound queue failed");
+                    tracing::error!(error = %e, "reading the federation queue failed");
                     Duration::from_secs(5)
                 }
             };
@@ -119,7 +119,7 @@ impl Outbound {
     ) -> Result<Option<u64>, StoreError> {
         let now = self.clock.now();
         let mut next: Option<u64> = None;
-        for (destination, due) in self.store.outbound_destinations().await? {
+        for (destination, due) in self.store.federation_destinations().await? {
             if due > now {
                 next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
@@ -138,7 +138,7 @@ impl Outbound {
                     .unwrap_or_default();
                 let Some(claimed) = self
                     .store
-                    .claim_outbound(destination.clone(), now, self.fed.config.batch, busy)
+                    .claim_federation(destination.clone(), now, self.fed.config.batch, busy)
                     .await?
                 else {
                     break;
@@ -244,13 +244,13 @@ impl Outbound {
         }
         let _ = cfg;
         let notices = self.notices(failures, now).await?;
-        self.store.finish_outbound(outcomes, notices, retire).await
+        self.store.finish_federation(outcomes, notices, retire).await
     }
 
     /// Decides a row's fate: done, or retried later for the recipients still worth trying.
     fn settle(
         &self,
-        row: &OutboundRow,
+        row: &FederationRow,
         mut failed: Vec<(String, String)>,
         again: Vec<(String, String)>,
         now: u64,
@@ -299,7 +299,7 @@ impl Outbound {
         &self,
         destination: &str,
         txid: [u8; 16],
-        rows: &[OutboundRow],
+        rows: &[FederationRow],
     ) -> Result<DeliveryReport, FederationError> {
         let peer = self.fed.peer(destination).await?;
         let body = encode_batch_items(

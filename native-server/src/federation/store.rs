@@ -1,4 +1,4 @@
-//! Federation's tables (migrations/0002): the outbound queue, received transactions and
+//! Federation's tables (migrations/0002): the federation queue (`federation_queue`, migrations/0006), received transactions and
 //! block lists. Each operation is one group-commit write, so what the API acknowledges and
 //! what a peer is told is on disk first.
 
@@ -11,14 +11,14 @@ use crate::store::{NewDelivery, Store, StoreError, deliver_in};
 
 /// An envelope to deliver to one destination domain.
 #[derive(Debug, Clone)]
-pub struct NewOutbound {
+pub struct NewFederationRow {
     pub destination: String,
     pub recipients: Vec<String>,
 }
 
 /// A queued delivery, as the worker sees it.
 #[derive(Debug, Clone)]
-pub struct OutboundRow {
+pub struct FederationRow {
     pub id: i64,
     pub destination: String,
     pub envelope_id: [u8; 16],
@@ -36,7 +36,7 @@ pub struct OutboundRow {
 pub struct Claimed {
     pub destination: String,
     pub txid: [u8; 16],
-    pub rows: Vec<OutboundRow>,
+    pub rows: Vec<FederationRow>,
 }
 
 /// What to do with one row after an attempt.
@@ -64,8 +64,8 @@ pub struct Incoming {
 const ROW_COLUMNS: &str = "id, destination, envelope_id, sender, recipients, envelope, queued_at, \
                            attempts, next_attempt, last_error";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboundRow> {
-    Ok(OutboundRow {
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FederationRow> {
+    Ok(FederationRow {
         id: r.get(0)?,
         destination: r.get(1)?,
         envelope_id: r.get(2)?,
@@ -85,13 +85,13 @@ impl Store {
     pub async fn accept_outgoing(
         &self,
         local: NewDelivery,
-        remote: Vec<NewOutbound>,
+        remote: Vec<NewFederationRow>,
     ) -> Result<(), StoreError> {
         let rcpts = local.recipients.clone();
         self.write(move |c| {
             deliver_in(c, &local)?;
             let mut ins = c.prepare_cached(
-                "INSERT INTO outbound (destination, envelope_id, sender, recipients, envelope, queued_at, next_attempt)
+                "INSERT INTO federation_queue (destination, envelope_id, sender, recipients, envelope, queued_at, next_attempt)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
             )?;
             for r in &remote {
@@ -113,7 +113,7 @@ impl Store {
 
     /// Claims up to `max` due rows for `destination` not in `busy`: a batch that was sent
     /// before and must be resent as it was (same transaction id), or else a new batch.
-    pub async fn claim_outbound(
+    pub async fn claim_federation(
         &self,
         destination: String,
         now: u64,
@@ -124,7 +124,7 @@ impl Store {
             let busy: HashSet<[u8; 16]> = busy.into_iter().collect();
             let pending: Vec<[u8; 16]> = c
                 .prepare_cached(
-                    "SELECT DISTINCT txid FROM outbound
+                    "SELECT DISTINCT txid FROM federation_queue
                       WHERE destination = ?1 AND next_attempt <= ?2 AND txid IS NOT NULL",
                 )?
                 .query_map(params![destination, now as i64], |r| r.get(0))?
@@ -132,7 +132,7 @@ impl Store {
             if let Some(txid) = pending.into_iter().find(|t| !busy.contains(t)) {
                 let rows = c
                     .prepare_cached(&format!(
-                        "SELECT {ROW_COLUMNS} FROM outbound WHERE txid = ?1 ORDER BY id"
+                        "SELECT {ROW_COLUMNS} FROM federation_queue WHERE txid = ?1 ORDER BY id"
                     ))?
                     .query_map([txid.as_slice()], row)?
                     .collect::<Result<Vec<_>, _>>()?;
@@ -144,7 +144,7 @@ impl Store {
             }
             let rows = c
                 .prepare_cached(&format!(
-                    "SELECT {ROW_COLUMNS} FROM outbound
+                    "SELECT {ROW_COLUMNS} FROM federation_queue
                       WHERE destination = ?1 AND next_attempt <= ?2 AND txid IS NULL
                       ORDER BY id LIMIT ?3"
                 ))?
@@ -154,7 +154,7 @@ impl Store {
                 return Ok(None);
             }
             let txid: [u8; 16] = letterme_protocol::keys::random_bytes();
-            let mut set = c.prepare_cached("UPDATE outbound SET txid = ?2 WHERE id = ?1")?;
+            let mut set = c.prepare_cached("UPDATE federation_queue SET txid = ?2 WHERE id = ?1")?;
             for r in &rows {
                 set.execute(params![r.id, txid.as_slice()])?;
             }
@@ -169,7 +169,7 @@ impl Store {
 
     /// Records the outcome of an attempt; `notices` (failure notices to local senders) are
     /// delivered in the same transaction.
-    pub async fn finish_outbound(
+    pub async fn finish_federation(
         &self,
         outcomes: Vec<(i64, RowOutcome)>,
         notices: Vec<NewDelivery>,
@@ -180,7 +180,7 @@ impl Store {
             for (id, outcome) in &outcomes {
                 match outcome {
                     RowOutcome::Done => {
-                        c.prepare_cached("DELETE FROM outbound WHERE id = ?1")?
+                        c.prepare_cached("DELETE FROM federation_queue WHERE id = ?1")?
                             .execute([id])?;
                     }
                     RowOutcome::Retry {
@@ -191,10 +191,10 @@ impl Store {
                         // A definitive answer retires the transaction id (the peer keeps
                         // its answer for it); a failed exchange keeps it for the resend.
                         let sql = if retire_txid {
-                            "UPDATE outbound SET recipients = ?2, next_attempt = ?3, last_error = ?4,
+                            "UPDATE federation_queue SET recipients = ?2, next_attempt = ?3, last_error = ?4,
                                     attempts = attempts + 1, txid = NULL WHERE id = ?1"
                         } else {
-                            "UPDATE outbound SET recipients = ?2, next_attempt = ?3, last_error = ?4,
+                            "UPDATE federation_queue SET recipients = ?2, next_attempt = ?3, last_error = ?4,
                                     attempts = attempts + 1 WHERE id = ?1"
                         };
                         c.prepare_cached(sql)?.execute(params![
@@ -217,10 +217,10 @@ impl Store {
     }
 
     /// Destinations with queued mail, and the earliest time one is due.
-    pub async fn outbound_destinations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    pub async fn federation_destinations(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(|c| {
             Ok(c.prepare_cached(
-                "SELECT destination, min(next_attempt) FROM outbound GROUP BY destination",
+                "SELECT destination, min(next_attempt) FROM federation_queue GROUP BY destination",
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
             .collect::<Result<_, _>>()?)
@@ -229,10 +229,10 @@ impl Store {
     }
 
     /// The whole queue (for `letterme queue` and tests).
-    pub async fn outbound_rows(&self) -> Result<Vec<OutboundRow>, StoreError> {
+    pub async fn federation_rows(&self) -> Result<Vec<FederationRow>, StoreError> {
         self.read(|c| {
             Ok(
-                c.prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM outbound ORDER BY id"))?
+                c.prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM federation_queue ORDER BY id"))?
                     .query_map([], row)?
                     .collect::<Result<_, _>>()?,
             )

@@ -700,7 +700,7 @@ async fn queue(config_path: &Path, json: bool) -> Result<()> {
         list.extend(smtp.iter().map(|r| {
             serde_json::json!({
                 "via": "smtp",
-                "kind": if r.kind == letterme_server::outbound::store::Kind::Notice { "notice" } else { "relay" },
+                "kind": if r.kind == letterme_server::store::SmtpKind::Notice { "notice" } else { "relay" },
                 "destination": r.domain,
                 "message": r.message,
                 "sender": r.sender,
@@ -733,7 +733,7 @@ async fn queue(config_path: &Path, json: bool) -> Result<()> {
     for r in &smtp {
         println!(
             "smtp {} #{} {} -> {} (attempts {}, next {}){}",
-            if r.kind == letterme_server::outbound::store::Kind::Notice {
+            if r.kind == letterme_server::store::SmtpKind::Notice {
                 "notice"
             } else {
                 "relay"

@@ -1089,7 +1089,7 @@ async fn accept(
     let outbound = remote
         .into_iter()
         .map(
-            |(destination, recipients)| crate::federation::store::NewFederationRow {
+            |(destination, recipients)| crate::store::NewFederationRow {
                 destination,
                 recipients,
             },

@@ -714,25 +714,7 @@ pub async fn domain_key_activate(
     let key = keypair_from_seed(&public, &seed)?;
     let signer = key.clone();
     let n = store
-        .write(move |c| {
-            c.execute("DELETE FROM server_keys WHERE name = 'domain-previous'", [])?;
-            c.execute(
-                "UPDATE server_keys SET name = 'domain-previous', created = ?1 WHERE name = 'domain'",
-                [now as i64],
-            )?;
-            c.execute(
-                "UPDATE server_keys SET name = 'domain' WHERE name = 'domain-next'",
-                [],
-            )?;
-            // The change of domain key is public: it goes into the key-transparency log.
-            let entry = letterme_protocol::kt::LogEntry::domain_key(&signer.public(), now);
-            c.execute(
-                "INSERT INTO kt_log (idx, label, entry)
-                 VALUES ((SELECT count(*) FROM kt_log), ?1, ?2)",
-                rusqlite::params![entry.label.as_slice(), entry.encode()],
-            )?;
-            store::reattest_all(c, &signer)
-        })
+        .switch_domain_key(signer, now)
         .await
         .map_err(store_err)?;
     tracing::info!(public = %key.public().to_base64(), accounts = n, "switched to the next domain key");

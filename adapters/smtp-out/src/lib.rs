@@ -25,8 +25,7 @@ use letterme_server::config::OutboundConfig;
 use letterme_server::federation::queue::{jitter, retry_delay};
 use letterme_server::notice::{Failure, failure_notices};
 use letterme_server::outbound::MailKeys;
-use letterme_server::outbound::store::{Kind, SmtpOutcome, SmtpRow};
-use letterme_server::store::{Store, StoreError};
+use letterme_server::store::{SmtpKind, SmtpOutcome, SmtpRow, Store, StoreError};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -212,14 +211,14 @@ impl SmtpOut {
     fn message(&self, row: &SmtpRow) -> Result<Vec<u8>, String> {
         let now = self.clock.now();
         let raw: zeroize::Zeroizing<Vec<u8>> = match row.kind {
-            Kind::Relay => {
+            SmtpKind::Relay => {
                 let sealed = row
                     .sealed
                     .as_deref()
                     .ok_or("the queued message is missing")?;
                 self.keys_open(sealed)?
             }
-            Kind::Notice => zeroize::Zeroizing::new(
+            SmtpKind::Notice => zeroize::Zeroizing::new(
                 compose::legacy_notice(
                     &row.sender,
                     &row.recipients,
@@ -330,7 +329,7 @@ impl SmtpOut {
     ) -> Vec<Vec<(String, RcptResult)>> {
         let wanted: Vec<i64> = rows
             .iter()
-            .filter(|r| r.kind == Kind::Relay)
+            .filter(|r| r.kind == SmtpKind::Relay)
             .map(|r| r.message)
             .collect();
         match self.store.smtp_sealed(wanted).await {
@@ -441,8 +440,8 @@ impl SmtpOut {
         };
         if !failed.is_empty() {
             let what = match row.kind {
-                Kind::Relay => format!("message to {} (queued as {})", row.domain, row.message),
-                Kind::Notice => format!("letter.me notice to {}", row.domain),
+                SmtpKind::Relay => format!("message to {} (queued as {})", row.domain, row.message),
+                SmtpKind::Notice => format!("letter.me notice to {}", row.domain),
             };
             failures.push(Failure {
                 sender: row.sender.clone(),

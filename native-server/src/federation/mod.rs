@@ -9,7 +9,6 @@
 pub mod pin;
 pub mod queue;
 pub mod receive;
-pub mod store;
 pub mod witness;
 
 use std::collections::{BTreeMap, HashMap};

@@ -17,11 +17,10 @@ use letterme_protocol::federation::{DeliveryReport, DeliveryStatus, encode_batch
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use super::store::{Claimed, FederationRow, RowOutcome};
 use super::{Federation, FederationError};
 use crate::Clock;
 use crate::notice::Failure;
-use crate::store::{NewDelivery, Store, StoreError};
+use crate::store::{Claimed, FederationRow, NewDelivery, RowOutcome, Store, StoreError};
 
 /// Batches in flight to one destination at most.
 pub const PER_DESTINATION: usize = 4;

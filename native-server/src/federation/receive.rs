@@ -294,7 +294,7 @@ fn check_envelope(
     origin: &str,
     recipients: &[&str],
     bytes: &[u8],
-) -> Result<super::store::Incoming, String> {
+) -> Result<crate::store::Incoming, String> {
     let env = Envelope::decode(bytes).map_err(|e| format!("malformed envelope: {e}"))?;
     if env.signer_kind != SignerKind::User {
         return Err("only user-signed envelopes are relayed between domains".into());
@@ -319,7 +319,7 @@ fn check_envelope(
     if list.is_empty() {
         return Err("no recipients".into());
     }
-    Ok(super::store::Incoming {
+    Ok(crate::store::Incoming {
         id: env.id.0,
         sender: env.sender.to_string(),
         envelope: bytes.to_vec(),

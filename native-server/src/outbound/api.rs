@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use super::store::{Kind, NewSmtp};
+use crate::store::{NewSmtp, SmtpKind};
 use super::{MailKeys, QueueKey};
 
 use crate::api::{AppState, Authed};
@@ -165,7 +165,7 @@ async fn accept(
             let size = raw.len() as u64;
             let sealed = out.queue_key.seal(&raw);
             drop(zeroize::Zeroizing::new(raw));
-            (Kind::Relay, Some(sealed), size)
+            (SmtpKind::Relay, Some(sealed), size)
         }
         (OutboundMode::Relay, None) => {
             return Err(ApiError::bad_request(
@@ -173,7 +173,7 @@ async fn accept(
                 "relay mode needs the message (field \"message\", base64 RFC 5322)",
             ));
         }
-        (OutboundMode::Notice, None) => (Kind::Notice, None, 0),
+        (OutboundMode::Notice, None) => (SmtpKind::Notice, None, 0),
         (OutboundMode::Notice, Some(_)) => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

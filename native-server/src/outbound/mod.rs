@@ -1,6 +1,6 @@
 //! Mail for addresses outside letter.me (DESIGN.md §3, §4): the durable SMTP queue, the
 //! keys it signs with, and the API that fills it. Delivery itself — MX lookup, SMTP,
-//! DKIM signing — is the `smtp_out` adapter's; this side only stores and hands out work.
+//! DKIM signing — is the `letterme-smtp-out` adapter's; this side only stores (in `store::smtp`) and hands out work.
 //!
 //! A relayed message is the one copy that leaves end-to-end encryption, and only on the
 //! user's explicit request. Even so, it never rests on disk in plaintext: it is sealed
@@ -8,7 +8,6 @@
 //! before the insert, and deleted when delivered or given up.
 
 pub mod api;
-pub mod store;
 
 use zeroize::Zeroizing;
 

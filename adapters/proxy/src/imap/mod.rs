@@ -10,4 +10,3 @@ pub mod server;
 pub mod session;
 
 pub use server::{ImapProxy, serve};
-pub use session::Credentials;

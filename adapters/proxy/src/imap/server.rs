@@ -18,7 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::session::{Credentials, FetchJob, ListOptions, Next, Out, Reply, Session};
+use super::session::{FetchJob, ListOptions, Next, Out, Reply, Session};
+use crate::credentials::Credentials;
 
 /// Largest literal accepted (APPEND of one message).
 pub const MAX_LITERAL: u32 = 64 * 1024 * 1024;

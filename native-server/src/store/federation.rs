@@ -1,5 +1,5 @@
-//! Federation's tables (migrations/0002): the federation queue (`federation_queue`, migrations/0006), received transactions and
-//! block lists. Each operation is one group-commit write, so what the API acknowledges and
+//! Federation's tables (migrations/0002, 0006): the federation queue (`federation_queue`),
+//! received transactions (`received_transactions`, `federated_seen`). Each operation is one group-commit write, so what the API acknowledges and
 //! what a peer is told is on disk first.
 
 use std::collections::{BTreeMap, HashSet};
@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use letterme_protocol::federation::{DeliveryReport, DeliveryStatus};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use crate::store::{NewDelivery, Store, StoreError, deliver_in};
+use super::mailbox::deliver_in;
+use super::{NewDelivery, Store, StoreError, split_lines};
 
 /// An envelope to deliver to one destination domain.
 #[derive(Debug, Clone)]
@@ -70,7 +71,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FederationRow> {
         destination: r.get(1)?,
         envelope_id: r.get(2)?,
         sender: r.get(3)?,
-        recipients: crate::store::split_lines(&r.get::<_, String>(4)?),
+        recipients: split_lines(&r.get::<_, String>(4)?),
         envelope: r.get(5)?,
         queued_at: r.get::<_, i64>(6)? as u64,
         attempts: r.get(7)?,
@@ -302,43 +303,6 @@ impl Store {
             .await?;
         self.wake_recipients(&woken);
         Ok(report)
-    }
-
-    /// A user's block list.
-    pub async fn blocks(&self, owner: String) -> Result<Vec<String>, StoreError> {
-        self.read(move |c| {
-            Ok(
-                c.prepare_cached("SELECT entry FROM blocks WHERE owner = ?1 ORDER BY entry")?
-                    .query_map([owner], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?,
-            )
-        })
-        .await
-    }
-
-    /// Adds (`true`) or removes an entry; returns whether anything changed.
-    pub async fn set_block(
-        &self,
-        owner: String,
-        entry: String,
-        add: bool,
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        self.write(move |c| {
-            let n = if add {
-                c.execute(
-                    "INSERT OR IGNORE INTO blocks (owner, entry, created) VALUES (?1, ?2, ?3)",
-                    params![owner, entry, now as i64],
-                )?
-            } else {
-                c.execute(
-                    "DELETE FROM blocks WHERE owner = ?1 AND entry = ?2",
-                    params![owner, entry],
-                )?
-            };
-            Ok(n > 0)
-        })
-        .await
     }
 
     /// Forgets received transactions and (envelope, recipient) records older than `cutoff`.

@@ -7,18 +7,19 @@ use std::collections::HashSet;
 
 use rusqlite::{OptionalExtension as _, params};
 
-use crate::store::{NewDelivery, Store, StoreError, deliver_in};
+use super::mailbox::deliver_in;
+use super::{NewDelivery, Store, StoreError, split_lines};
 
 /// What kind of mail a queued message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum SmtpKind {
     /// The user's RFC 5322 message, sealed under the queue key.
     Relay,
     /// A notice that a message waits in letter.me; no content is stored.
     Notice,
 }
 
-impl Kind {
+impl SmtpKind {
     fn as_str(self) -> &'static str {
         match self {
             Self::Relay => "relay",
@@ -31,7 +32,7 @@ impl Kind {
 #[derive(Debug, Clone)]
 pub struct NewSmtp {
     pub sender: String,
-    pub kind: Kind,
+    pub kind: SmtpKind,
     /// Relay: the sealed message; notice: `None`.
     pub sealed: Option<Vec<u8>>,
     pub size: u64,
@@ -50,7 +51,7 @@ pub struct SmtpRow {
     pub domain: String,
     pub recipients: Vec<String>,
     pub sender: String,
-    pub kind: Kind,
+    pub kind: SmtpKind,
     pub sealed: Option<Vec<u8>>,
     pub size: u64,
     pub queued_at: u64,
@@ -84,12 +85,12 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SmtpRow> {
         id: r.get(0)?,
         message: r.get(1)?,
         domain: r.get(2)?,
-        recipients: crate::store::split_lines(&r.get::<_, String>(3)?),
+        recipients: split_lines(&r.get::<_, String>(3)?),
         sender: r.get(4)?,
         kind: if r.get::<_, String>(5)? == "notice" {
-            Kind::Notice
+            SmtpKind::Notice
         } else {
-            Kind::Relay
+            SmtpKind::Relay
         },
         sealed: r.get(6)?,
         size: r.get::<_, i64>(7)? as u64,

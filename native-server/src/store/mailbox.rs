@@ -1,0 +1,203 @@
+//! Mailboxes (`messages`, `deliveries`, `seen_envelopes`): storing sealed envelopes for
+//! local recipients, listing, fetching, acknowledging and purging them.
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use super::{Store, StoreError};
+
+/// A sealed envelope to store for local recipients.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: [u8; 16],
+    pub sender: String,
+    pub envelope: Vec<u8>,
+    pub recipients: Vec<String>,
+    pub received: u64,
+    pub quota: u64,
+}
+
+/// One pending message in a recipient's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub seq: i64,
+    pub id: [u8; 16],
+    pub sender: String,
+    pub size: u64,
+    pub received: u64,
+}
+
+/// What a purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeStats {
+    pub deliveries: usize,
+    pub seen_ids: usize,
+}
+
+pub(super) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreError> {
+    let size = d.envelope.len() as u64;
+    let fresh = c
+        .prepare_cached("INSERT OR IGNORE INTO seen_envelopes (id, seen_at) VALUES (?1, ?2)")?
+        .execute(params![d.id.as_slice(), d.received as i64])?;
+    if fresh == 0 {
+        return Err(StoreError::Replay);
+    }
+    let mut unknown = Vec::new();
+    {
+        let mut usage = c.prepare_cached("SELECT usage_bytes FROM accounts WHERE address = ?1")?;
+        for r in &d.recipients {
+            match usage
+                .query_row([r], |row| row.get::<_, i64>(0))
+                .optional()?
+            {
+                None => unknown.push(r.clone()),
+                Some(u) if (u as u64).saturating_add(size) > d.quota => {
+                    return Err(StoreError::QuotaExceeded(r.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(StoreError::UnknownRecipients(unknown));
+    }
+    if d.recipients.is_empty() {
+        // Every recipient is on another domain: only the replay record is kept here.
+        return Ok(());
+    }
+    c.prepare_cached(
+        "INSERT INTO messages (id, sender, envelope, size, received, pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        d.id.as_slice(),
+        d.sender,
+        d.envelope,
+        size as i64,
+        d.received as i64,
+        d.recipients.len() as i64
+    ])?;
+    let mut ins = c.prepare_cached(
+        "INSERT INTO deliveries (recipient, message_id, received) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut bump =
+        c.prepare_cached("UPDATE accounts SET usage_bytes = usage_bytes + ?2 WHERE address = ?1")?;
+    for r in &d.recipients {
+        ins.execute(params![r, d.id.as_slice(), d.received as i64])?;
+        bump.execute(params![r, size as i64])?;
+    }
+    Ok(())
+}
+
+pub(super) fn remove_delivery(c: &Connection, recipient: &str, id: &[u8; 16]) -> Result<usize, StoreError> {
+    let n = c
+        .prepare_cached("DELETE FROM deliveries WHERE recipient = ?1 AND message_id = ?2")?
+        .execute(params![recipient, id.as_slice()])?;
+    if n == 0 {
+        return Ok(0);
+    }
+    c.prepare_cached(
+        "UPDATE accounts SET usage_bytes = max(0, usage_bytes - (SELECT size FROM messages WHERE id = ?2))
+          WHERE address = ?1",
+    )?
+    .execute(params![recipient, id.as_slice()])?;
+    c.prepare_cached("UPDATE messages SET pending = pending - 1 WHERE id = ?1")?
+        .execute([id.as_slice()])?;
+    c.prepare_cached("DELETE FROM messages WHERE id = ?1 AND pending <= 0")?
+        .execute([id.as_slice()])?;
+    Ok(n)
+}
+
+impl Store {
+    /// Stores an envelope for its local recipients, all or nothing.
+    pub async fn deliver(&self, d: NewDelivery) -> Result<(), StoreError> {
+        let rcpts = d.recipients.clone();
+        self.write(move |c| deliver_in(c, &d)).await?;
+        self.wake_recipients(&rcpts);
+        Ok(())
+    }
+
+    /// Stores several envelopes in one transaction, all or nothing.
+    pub async fn deliver_all(&self, all: Vec<NewDelivery>) -> Result<(), StoreError> {
+        let rcpts: Vec<String> = all.iter().flat_map(|d| d.recipients.clone()).collect();
+        self.write(move |c| all.iter().try_for_each(|d| deliver_in(c, d)))
+            .await?;
+        self.wake_recipients(&rcpts);
+        Ok(())
+    }
+
+    pub async fn list(
+        &self,
+        recipient: String,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Pending>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT d.seq, d.message_id, m.sender, m.size, d.received
+                   FROM deliveries d JOIN messages m ON m.id = d.message_id
+                  WHERE d.recipient = ?1 AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![recipient, after, limit], |r| {
+                Ok(Pending {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    sender: r.get(2)?,
+                    size: r.get::<_, i64>(3)? as u64,
+                    received: r.get::<_, i64>(4)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The envelope bytes of a message pending for `recipient`.
+    pub async fn fetch(
+        &self,
+        recipient: String,
+        id: [u8; 16],
+    ) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT m.envelope, d.received FROM deliveries d JOIN messages m ON m.id = d.message_id
+                  WHERE d.recipient = ?1 AND d.message_id = ?2",
+            )?
+            .query_row(params![recipient, id.as_slice()], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Deletes acknowledged deliveries; returns how many existed.
+    pub async fn ack(&self, recipient: String, ids: Vec<[u8; 16]>) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            let mut n = 0;
+            for id in &ids {
+                n += remove_delivery(c, &recipient, id)?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Deletes deliveries received before `cutoff` and replay records before `seen_cutoff`.
+    pub async fn purge(&self, cutoff: u64, seen_cutoff: u64) -> Result<PurgeStats, StoreError> {
+        self.write(move |c| {
+            let old: Vec<(String, [u8; 16])> = c
+                .prepare("SELECT recipient, message_id FROM deliveries WHERE received < ?1")?
+                .query_map([cutoff as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut stats = PurgeStats::default();
+            for (rcpt, id) in &old {
+                stats.deliveries += remove_delivery(c, rcpt, id)?;
+            }
+            stats.seen_ids = c.execute(
+                "DELETE FROM seen_envelopes WHERE seen_at < ?1",
+                [seen_cutoff as i64],
+            )?;
+            Ok(stats)
+        })
+        .await
+    }
+}

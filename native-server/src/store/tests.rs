@@ -1,0 +1,150 @@
+//! Store tests: group commit, quotas, replays, purges, key changes.
+
+use super::*;
+
+fn account(addr: &str) -> AccountRow {
+    AccountRow {
+        address: addr.into(),
+        identity_key: [1; 32],
+        encryption_key: [2; 32],
+        key_created: 1,
+        key_version: 1,
+        binding_signature: [3; 64],
+        attestation_sig: [4; 64],
+        registered_at: 1,
+        usage_bytes: 0,
+    }
+}
+
+fn delivery(id: u8, to: &[&str], at: u64) -> NewDelivery {
+    NewDelivery {
+        id: [id; 16],
+        sender: "a@x.test".into(),
+        envelope: vec![id; 100],
+        recipients: to.iter().map(|s| (*s).to_owned()).collect(),
+        received: at,
+        quota: 250,
+    }
+}
+
+#[tokio::test]
+async fn deliver_list_ack_purge_quota_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.register(account("b@x.test"), None).await.unwrap();
+    store.register(account("c@x.test"), None).await.unwrap();
+    assert_eq!(
+        store.register(account("b@x.test"), None).await,
+        Err(StoreError::AddressTaken)
+    );
+
+    store
+        .deliver(delivery(1, &["b@x.test", "c@x.test"], 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.deliver(delivery(1, &["b@x.test"], 100)).await,
+        Err(StoreError::Replay)
+    );
+    assert_eq!(
+        store
+            .deliver(delivery(2, &["b@x.test", "zz@x.test"], 100))
+            .await,
+        Err(StoreError::UnknownRecipients(vec!["zz@x.test".into()]))
+    );
+    // The failed delivery left nothing behind, not even its replay record.
+    store
+        .deliver(delivery(2, &["b@x.test"], 200))
+        .await
+        .unwrap();
+    // Quota 250: b holds 200 bytes now.
+    assert_eq!(
+        store.deliver(delivery(3, &["b@x.test"], 300)).await,
+        Err(StoreError::QuotaExceeded("b@x.test".into()))
+    );
+
+    let b = store.list("b@x.test".into(), 0, 100).await.unwrap();
+    assert_eq!(b.iter().map(|p| p.id[0]).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        store.ack("b@x.test".into(), vec![[1; 16]]).await.unwrap(),
+        1
+    );
+    // c has not acked: the shared message stays for c.
+    assert!(
+        store
+            .fetch("c@x.test".into(), [1; 16])
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .fetch("b@x.test".into(), [1; 16])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .account("b@x.test".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .usage_bytes,
+        100
+    );
+
+    // Retention: only deliveries older than the cutoff go.
+    let stats = store.purge(150, 0).await.unwrap();
+    assert_eq!(stats.deliveries, 1); // c's copy of message 1 (received at 100)
+    assert!(
+        store
+            .fetch("c@x.test".into(), [1; 16])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .fetch("b@x.test".into(), [2; 16])
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let stats = store.purge(0, 1000).await.unwrap();
+    assert_eq!(stats.seen_ids, 2);
+}
+
+#[tokio::test]
+async fn concurrent_writes_commit_in_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.register(account("b@x.test"), None).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200u8 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut d = delivery(i, &["b@x.test"], 1);
+            d.quota = u64::MAX;
+            // Every tenth is a replay of an id that another task writes.
+            if i % 10 == 9 {
+                d.id = [i - 1; 16];
+            }
+            s.deliver(d).await
+        }));
+    }
+    let mut ok = 0;
+    let mut replays = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::Replay) => replays += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok, replays), (180, 20));
+    assert_eq!(
+        store.list("b@x.test".into(), 0, 1000).await.unwrap().len(),
+        180
+    );
+}

@@ -1088,12 +1088,10 @@ async fn accept(
     let size = body.len() as u64;
     let outbound = remote
         .into_iter()
-        .map(
-            |(destination, recipients)| crate::store::NewFederationRow {
-                destination,
-                recipients,
-            },
-        )
+        .map(|(destination, recipients)| crate::store::NewFederationRow {
+            destination,
+            recipients,
+        })
         .collect::<Vec<_>>();
     let has_remote = !outbound.is_empty();
     state

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::store::{NewSmtp, SmtpKind};
 use super::{MailKeys, QueueKey};
+use crate::store::{NewSmtp, SmtpKind};
 
 use crate::api::{AppState, Authed};
 use crate::auth::RateLimiter;

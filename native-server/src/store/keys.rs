@@ -1,11 +1,9 @@
 //! The server's own keys (`server_keys`): the domain key, its next and previous, the DKIM,
 //! queue and VRF keys, each sealed at rest.
 
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{OptionalExtension as _, params};
 
 use super::{Store, StoreError};
-
-
 
 impl Store {
     pub async fn server_key(

@@ -1,7 +1,7 @@
 //! Key transparency (`kt_log`, `kt_witness`, `kt_forks`): the domain's log, and what this
 //! server witnessed of other domains' logs.
 
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{OptionalExtension as _, params};
 
 use super::{Store, StoreError};
 

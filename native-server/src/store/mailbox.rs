@@ -87,7 +87,11 @@ pub(super) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreErr
     Ok(())
 }
 
-pub(super) fn remove_delivery(c: &Connection, recipient: &str, id: &[u8; 16]) -> Result<usize, StoreError> {
+pub(super) fn remove_delivery(
+    c: &Connection,
+    recipient: &str,
+    id: &[u8; 16],
+) -> Result<usize, StoreError> {
     let n = c
         .prepare_cached("DELETE FROM deliveries WHERE recipient = ?1 AND message_id = ?2")?
         .execute(params![recipient, id.as_slice()])?;

@@ -76,12 +76,14 @@ impl From<rusqlite::Error> for StoreError {
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
-        M::up(include_str!("../../migrations/0001_init.sql")),
-        M::up(include_str!("../../migrations/0002_federation.sql")),
-        M::up(include_str!("../../migrations/0003_outbound.sql")),
-        M::up(include_str!("../../migrations/0004_kt.sql")),
-        M::up(include_str!("../../migrations/0005_kt_witness.sql")),
-        M::up(include_str!("../../migrations/0006_federation_queue.sql")),
+        M::up(include_str!("../../../migrations/0001_init.sql")),
+        M::up(include_str!("../../../migrations/0002_federation.sql")),
+        M::up(include_str!("../../../migrations/0003_outbound.sql")),
+        M::up(include_str!("../../../migrations/0004_kt.sql")),
+        M::up(include_str!("../../../migrations/0005_kt_witness.sql")),
+        M::up(include_str!(
+            "../../../migrations/0006_federation_queue.sql"
+        )),
     ])
 }
 

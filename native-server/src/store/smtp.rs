@@ -107,7 +107,7 @@ impl Store {
     pub async fn queue_smtp(&self, m: NewSmtp) -> Result<i64, StoreError> {
         self.write(move |c| {
             let n: u32 = m.destinations.iter().map(|(_, r)| r.len() as u32).sum();
-            let day = super::utc_day(m.now);
+            let day = crate::outbound::utc_day(m.now);
             let used: u32 = c
                 .prepare_cached("SELECT count FROM smtp_usage WHERE sender = ?1 AND day = ?2")?
                 .query_row(params![m.sender, day], |r| r.get(0))

@@ -6,6 +6,7 @@
 pub mod dkim;
 pub mod dns;
 pub mod sink;
+pub mod world;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener};
@@ -33,6 +34,14 @@ pub fn letterme_bin() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "letterme", "--bin", "letterme"]);
+        // Cargo describes the test's own crate to the test process (CARGO_PKG_*,
+        // CARGO_MANIFEST_*, CARGO_CRATE_NAME, CARGO_BIN_EXE_*, ...). None of it is about the
+        // build asked for here; keep only what locates cargo and the target directory.
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(inherited_from_the_test) {
+                cmd.env_remove(key);
+            }
+        }
         if release {
             cmd.arg("--release");
         }
@@ -42,6 +51,23 @@ pub fn letterme_bin() -> &'static Path {
         assert!(bin.exists(), "{} missing after build", bin.display());
         bin
     })
+}
+
+/// Whether `key` is one of the variables cargo sets for the test process it runs (or for
+/// the compilation of the test crate), rather than a setting of the user's.
+fn inherited_from_the_test(key: &str) -> bool {
+    const PREFIXES: [&str; 5] = [
+        "CARGO_PKG_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+        "CARGO_MANIFEST_",
+        "CARGO_PRIMARY_",
+    ];
+    PREFIXES.iter().any(|p| key.starts_with(p))
+        || matches!(
+            key,
+            "CARGO_TARGET_TMPDIR" | "CARGO_RUSTC_CURRENT_DIR" | "OUT_DIR"
+        )
 }
 
 /// A free loopback port (bound, then released).

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use letterme_client::profile::ProfileDir;
 use letterme_protocol::Address;
-use letterme_tests::dns::TestDns;
-use letterme_tests::{PASSPHRASE, ServerProc, cli, free_port, mailx_record, ok, sealed_text};
+use letterme_tests::world::World;
+use letterme_tests::{PASSPHRASE, ServerProc, free_port, mailx_record, sealed_text};
 
 #[derive(Debug, Parser)]
 #[command(about = "Federated deliveries per second and latency, a.test -> b.test on loopback")]
@@ -42,11 +42,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let args = Args::parse();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dns = rt.block_on(TestDns::start(vec![])).unwrap();
-    let root = tempfile::tempdir().unwrap();
+    let world = World::new(vec![]);
+    let (rt, dns) = (&world.rt, &world.dns);
     let start_server = |domain: &str| {
-        let dir = root.path().join(domain);
+        let dir = world.path().join(domain);
         std::fs::create_dir_all(&dir).unwrap();
         let s = ServerProc::start(
             &dir,
@@ -64,17 +63,8 @@ fn main() {
     };
     let a = start_server("a.test");
     let b = start_server("b.test");
-    let account = |server: &ServerProc, address: &str| {
-        let p = root.path().join(address);
-        ok(&cli(
-            &p,
-            &["account", "create", address, "--server", &server.url],
-            None,
-        ));
-        p
-    };
-    let alice = account(&a, "alice@a.test");
-    let bob = account(&b, "bob@b.test");
+    let alice = world.account(&a, "alice@a.test", "alice@a.test");
+    let bob = world.account(&b, "bob@b.test", "bob@b.test");
     let bob_addr = Address::parse("bob@b.test").unwrap();
     let login = |p: &Path| {
         rt.block_on(

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use letterme_client::profile::ProfileDir;
 use letterme_protocol::Address;
-use letterme_tests::dns::TestDns;
 use letterme_tests::sink::Sink;
-use letterme_tests::{PASSPHRASE, ServerProc, cli, ok};
+use letterme_tests::world::World;
+use letterme_tests::{PASSPHRASE, ServerProc};
 
 #[derive(Debug, Parser)]
 #[command(about = "Outbound SMTP messages per second to a local sink, DKIM-signed twice")]
@@ -40,15 +40,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let args = Args::parse();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let dns = rt.block_on(TestDns::start(vec![])).unwrap();
+    let world = World::new(vec![]);
+    let (rt, dns) = (&world.rt, &world.dns);
     rt.block_on(dns.load_zone(
         "legacy.test. 60 IN MX 10 mx.legacy.test.\nmx.legacy.test. 60 IN A 127.0.0.1\n\
          mx.a.test. 60 IN A 127.0.0.1\n",
     ));
-    let sink = rt.block_on(Sink::start(root.path(), "mx.legacy.test"));
-    let dir = root.path().join("a.test");
+    let sink = rt.block_on(Sink::start(world.path(), "mx.legacy.test"));
+    let dir = world.path().join("a.test");
     std::fs::create_dir_all(&dir).unwrap();
     let server = ServerProc::start(
         &dir,
@@ -63,18 +62,8 @@ fn main() {
             sink.addr.port()
         ),
     );
-    let zone = ok(&cli(
-        std::path::Path::new("/nonexistent"),
-        &["dns", "--config", server.config_path.to_str().unwrap()],
-        None,
-    ));
-    rt.block_on(dns.load_zone(&zone));
-    let alice = root.path().join("alice");
-    ok(&cli(
-        &alice,
-        &["account", "create", "alice@a.test", "--server", &server.url],
-        None,
-    ));
+    world.publish_zone(&server);
+    let alice = world.account(&server, "alice", "alice@a.test");
     let online = rt
         .block_on(
             letterme_client::Unlocked::open(ProfileDir(alice.clone()), PASSPHRASE)

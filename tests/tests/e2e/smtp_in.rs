@@ -7,27 +7,27 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use letterme_tests::dkim::DkimKeys;
-use letterme_tests::dns::{TestDns, txt};
+use letterme_tests::dns::txt;
+use letterme_tests::world::World;
 use letterme_tests::{ServerProc, cli, contains, files_under, ok};
 use serde_json::Value;
 
-struct World {
-    rt: tokio::runtime::Runtime,
-    dns: TestDns,
+/// x.test resolving through the test DNS, with bob and carol, and the DKIM keys the
+/// sending domains publish.
+struct Scene {
+    world: World,
     server: ServerProc,
-    root: tempfile::TempDir,
     bob: PathBuf,
     carol: PathBuf,
     sender_keys: DkimKeys,
     dkimonly_keys: DkimKeys,
 }
 
-fn world(policy: &str) -> World {
+fn world(policy: &str) -> Scene {
     world_with(policy, false, "")
 }
 
-fn world_with(policy: &str, tls: bool, extra_toml: &str) -> World {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+fn world_with(policy: &str, tls: bool, extra_toml: &str) -> Scene {
     let sender_keys = DkimKeys::new("sender.test");
     let dkimonly_keys = DkimKeys::new("dkimonly.test");
     let mut records = vec![
@@ -46,10 +46,9 @@ fn world_with(policy: &str, tls: bool, extra_toml: &str) -> World {
             records.push(txt(&owner, &value));
         }
     }
-    let dns = rt.block_on(TestDns::start(records)).unwrap();
-    let root = tempfile::tempdir().unwrap();
+    let world = World::new(records);
     if tls {
-        let dir = root.path().join("server-data/tls");
+        let dir = world.path().join("server-data/tls");
         letterme_server::tls::generate_self_signed(
             &["x.test".into(), "127.0.0.1".into()],
             &dir.join("cert.pem"),
@@ -58,27 +57,15 @@ fn world_with(policy: &str, tls: bool, extra_toml: &str) -> World {
         .unwrap();
     }
     let extra = format!(
-        "dns.nameservers = [\"{}\"]\ndns.timeout_ms = 400\ndns.attempts = 0\npolicy.dmarc = \"{policy}\"\nsmtp.max_message_size = \"200KB\"\n{extra_toml}",
-        dns.addr
+        "{}dns.attempts = 0\npolicy.dmarc = \"{policy}\"\nsmtp.max_message_size = \"200KB\"\n{extra_toml}",
+        world.dns_toml(400)
     );
-    let server = ServerProc::start(root.path(), "x.test", &extra);
-    let bob = root.path().join("bob");
-    let carol = root.path().join("carol");
-    ok(&cli(
-        &bob,
-        &["account", "create", "bob@x.test", "--server", &server.url],
-        None,
-    ));
-    ok(&cli(
-        &carol,
-        &["account", "create", "carol@x.test", "--server", &server.url],
-        None,
-    ));
-    World {
-        rt,
-        dns,
+    let server = ServerProc::start(world.path(), "x.test", &extra);
+    let bob = world.account(&server, "bob", "bob@x.test");
+    let carol = world.account(&server, "carol", "carol@x.test");
+    Scene {
+        world,
         server,
-        root,
         bob,
         carol,
         sender_keys,
@@ -97,7 +84,7 @@ fn message(from: &str, subject: &str, body: &str) -> Vec<u8> {
 
 /// Sends with smtplib; returns the (step, code, text) replies.
 fn send(
-    w: &World,
+    w: &Scene,
     mail_from: &str,
     rcpts: &[&str],
     msg: &[u8],
@@ -107,7 +94,7 @@ fn send(
 }
 
 fn send_opts(
-    w: &World,
+    w: &Scene,
     mail_from: &str,
     rcpts: &[&str],
     msg: &[u8],
@@ -115,7 +102,7 @@ fn send_opts(
     starttls_ca: Option<&Path>,
 ) -> Vec<(String, u16, String)> {
     let smtp: SocketAddr = w.server.smtp.unwrap();
-    let path = w.root.path().join(format!("msg-{}.eml", rand_suffix()));
+    let path = w.world.path().join(format!("msg-{}.eml", rand_suffix()));
     std::fs::write(&path, msg).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/smtp_send.py");
     let mut cmd = std::process::Command::new("python3");
@@ -305,8 +292,9 @@ fn strict_mode_rejects_unauthenticated_mail_and_stores_nothing() {
     );
     // Only that one was stored.
     assert_eq!(sync_json(&w.bob)["fetched"], 1);
-    let metrics =
-        w.rt.block_on(async {
+    let metrics = w
+        .world
+        .block_on(async {
             reqwest::get(format!("{}/metrics", w.server.url))
                 .await?
                 .text()
@@ -357,15 +345,15 @@ fn a_dns_timeout_is_a_tempfail_and_the_retry_succeeds() {
     let raw = w
         .sender_keys
         .sign(&message("alice@sender.test", "retry me", "b"));
-    w.dns.set_blackhole(true);
+    w.world.dns.set_blackhole(true);
     let (code, text) = data_reply(&send(&w, "alice@sender.test", &["bob@x.test"], &raw, false));
     assert_eq!(code, 451, "{text}");
     assert!(text.starts_with("4.4.3"), "{text}");
-    w.dns.set_blackhole(false);
+    w.world.dns.set_blackhole(false);
     let (code, text) = data_reply(&send(&w, "alice@sender.test", &["bob@x.test"], &raw, false));
     assert_eq!(code, 250, "{text}");
     assert_eq!(sync_json(&w.bob)["fetched"], 1);
-    drop(w.rt);
+    drop(w);
 }
 
 #[test]

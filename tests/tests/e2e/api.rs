@@ -2,54 +2,16 @@
 //! rate limits and retention — on an in-process server with a clock the test moves.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use letterme_client::profile::ProfileDir;
 use letterme_client::{Draft, Online, Unlocked};
 use letterme_protocol::envelope::{SignerKind, seal};
 use letterme_protocol::{Address, Payload, SigningKeypair};
-use letterme_server::Config;
-use letterme_tests::{FakeClock, PASSPHRASE, test_config};
+use letterme_tests::PASSPHRASE;
+use letterme_tests::world::InProcess;
 use reqwest::StatusCode;
 use serde_json::Value;
-
-struct World {
-    root: tempfile::TempDir,
-    server: letterme_server::Running,
-    url: String,
-    clock: Arc<FakeClock>,
-}
-
-async fn world(tweak: impl FnOnce(&mut Config)) -> World {
-    let root = tempfile::tempdir().unwrap();
-    let mut config = test_config(root.path(), "x.test");
-    tweak(&mut config);
-    let clock = FakeClock::at_now();
-    let server = letterme_server::start(config, clock.clone()).await.unwrap();
-    let url = format!("http://{}", server.local_addr);
-    World {
-        root,
-        server,
-        url,
-        clock,
-    }
-}
-
-impl World {
-    async fn user(&self, local: &str) -> Online {
-        let dir = ProfileDir(self.root.path().join(local));
-        let addr = Address::parse(&format!("{local}@x.test")).unwrap();
-        letterme_client::create_account(&dir, &addr, &self.url, PASSPHRASE, None)
-            .await
-            .unwrap();
-        Unlocked::open(dir, PASSPHRASE)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-}
 
 async fn error_of(resp: reqwest::Response) -> (StatusCode, String) {
     let status = resp.status();
@@ -116,7 +78,9 @@ async fn token(online: &Online, url: &str) -> String {
 
 #[tokio::test]
 async fn bad_input_gets_4xx_json_never_500() {
-    let w = world(|c| c.limits.max_message_size = letterme_server::config::ByteSize(10_000)).await;
+    let w =
+        InProcess::start(|c| c.limits.max_message_size = letterme_server::config::ByteSize(10_000))
+            .await;
     let alice = w.user("alice").await;
     let tok = token(&alice, &w.url).await;
     let http = reqwest::Client::new();
@@ -157,7 +121,7 @@ async fn bad_input_gets_4xx_json_never_500() {
 
 #[tokio::test]
 async fn expired_tokens_are_refused() {
-    let w = world(|_| {}).await;
+    let w = InProcess::start(|_| {}).await;
     let alice = w.user("alice").await;
     assert!(alice.api.list(0).await.is_ok());
     w.clock
@@ -179,7 +143,7 @@ async fn expired_tokens_are_refused() {
 
 #[tokio::test]
 async fn tampered_forged_and_replayed_envelopes_are_rejected() {
-    let w = world(|_| {}).await;
+    let w = InProcess::start(|_| {}).await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
     let tok = token(&alice, &w.url).await;
@@ -301,7 +265,7 @@ async fn tampered_forged_and_replayed_envelopes_are_rejected() {
 async fn a_forged_message_is_refused_at_sync_and_set_aside() {
     // The server itself is compromised: it stores an envelope "from alice" signed by another
     // key. bob's client checks the sender against alice's attested key and refuses it.
-    let w = world(|_| {}).await;
+    let w = InProcess::start(|_| {}).await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
     let (a, b) = (
@@ -345,7 +309,7 @@ async fn a_forged_message_is_refused_at_sync_and_set_aside() {
 
 #[tokio::test]
 async fn key_lookup_needs_auth_hides_existence_and_is_rate_limited() {
-    let w = world(|c| {
+    let w = InProcess::start(|c| {
         c.limits.key_lookups_per_second = 1;
         c.limits.key_lookup_burst = 3;
     })
@@ -383,7 +347,7 @@ async fn key_lookup_needs_auth_hides_existence_and_is_rate_limited() {
 
 #[tokio::test]
 async fn quota_and_retention() {
-    let w = world(|c| c.limits.quota = letterme_server::config::ByteSize(3500)).await;
+    let w = InProcess::start(|c| c.limits.quota = letterme_server::config::ByteSize(3500)).await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
     let draft = |s: &str| Draft {
@@ -432,7 +396,7 @@ async fn quota_and_retention() {
 
 #[tokio::test]
 async fn registration_is_for_our_domain_and_honours_invites() {
-    let w = world(|c| {
+    let w = InProcess::start(|c| {
         c.registration.mode = letterme_server::config::RegistrationMode::Invite;
         c.registration.invites = vec!["inv-123".into()];
     })
@@ -470,7 +434,7 @@ async fn registration_is_for_our_domain_and_honours_invites() {
 
 #[tokio::test]
 async fn bcc_recipients_are_hidden_from_the_others() {
-    let w = world(|_| {}).await;
+    let w = InProcess::start(|_| {}).await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
     let carol = w.user("carol").await;
@@ -500,7 +464,7 @@ async fn bcc_recipients_are_hidden_from_the_others() {
 
 #[tokio::test]
 async fn healthz_and_metrics() {
-    let w = world(|_| {}).await;
+    let w = InProcess::start(|_| {}).await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
     alice
@@ -540,7 +504,7 @@ async fn healthz_and_metrics() {
 
 #[tokio::test]
 async fn long_poll_wakes_on_delivery() {
-    let w = world(|_| {}).await;
+    let w = InProcess::start(|_| {}).await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
     // Nothing pending: a plain list answers at once, empty.

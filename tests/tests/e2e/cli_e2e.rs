@@ -3,43 +3,30 @@
 
 use letterme_client::Unlocked;
 use letterme_client::profile::ProfileDir;
+use letterme_tests::world::{World, json};
 use letterme_tests::{
     PASSPHRASE, ServerProc, cli, cli_with, contains, files_under, ok, user_error,
 };
-use serde_json::Value;
 
+/// Alice and bob on one x.test server, each a profile of their own.
 struct Setup {
-    _root: tempfile::TempDir,
+    world: World,
     server: ServerProc,
     alice: std::path::PathBuf,
     bob: std::path::PathBuf,
 }
 
 fn setup(extra_toml: &str) -> Setup {
-    let root = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(root.path(), "x.test", extra_toml);
-    let alice = root.path().join("alice");
-    let bob = root.path().join("bob");
-    ok(&cli(
-        &alice,
-        &["account", "create", "alice@x.test", "--server", &server.url],
-        None,
-    ));
-    ok(&cli(
-        &bob,
-        &["account", "create", "bob@x.test", "--server", &server.url],
-        None,
-    ));
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", extra_toml);
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
     Setup {
-        _root: root,
+        world,
         server,
         alice,
         bob,
     }
-}
-
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_str(&ok(out)).unwrap()
 }
 
 #[test]
@@ -303,7 +290,7 @@ fn a_server_that_substitutes_a_key_is_refused() {
 
 impl Setup {
     fn root_profile(&self, name: &str) -> std::path::PathBuf {
-        self.alice.parent().unwrap().join(name)
+        self.world.path().join(name)
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use letterme_protocol::federation::{RequestSignature, ResponseSignature, encode_batch_items};
 use letterme_protocol::{Address, EncryptionKeypair, SigningKeypair};
 use letterme_server::Clock as _;
-use letterme_tests::dns::TestDns;
+use letterme_tests::world::{World, queue, sync_until, wait_queue_empty};
 use letterme_tests::{
     FakeClock, PASSPHRASE, ServerProc, cli, contains, files_under, free_port, ok, sealed_text,
     user_error,
@@ -21,40 +21,39 @@ use serde_json::Value;
 /// TTL of the test `_mailx` records: short, so a changed record is seen quickly.
 const TTL: u32 = 1;
 
-struct World {
-    rt: tokio::runtime::Runtime,
-    dns: TestDns,
-    root: tempfile::TempDir,
+/// The federation steps of a scenario, on the shared world.
+trait Federation {
+    fn server(&self, domain: &str, extra: &str) -> ServerProc;
+    fn publish(&self, server: &ServerProc, domain: &str) -> String;
+    fn online(
+        &self,
+        profile: &Path,
+        peer: &Address,
+    ) -> (
+        letterme_client::Online,
+        letterme_protocol::EncryptionPublicKey,
+    );
+    fn refused_for_a_key_mismatch(&self, profile: &Path, to: &str);
+    fn user(&self, server: &ServerProc, address: &str) -> PathBuf;
+    fn cli(&self, profile: &Path, args: &[&str]) -> std::process::Output;
+    fn sync_until(&self, profile: &Path, n: usize) -> Vec<Value>;
+    fn queue(&self, server: &ServerProc) -> Vec<Value>;
+    fn wait_queue_empty(&self, server: &ServerProc);
 }
 
-impl World {
-    fn new() -> Self {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let dns = rt.block_on(TestDns::start(vec![])).unwrap();
-        Self {
-            rt,
-            dns,
-            root: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn dns_arg(&self) -> String {
-        self.dns.addr.to_string()
-    }
-
+impl Federation for World {
     /// Starts a federating server for `domain` and publishes its `_mailx` record as
     /// `letterme dns` prints it.
     fn server(&self, domain: &str, extra: &str) -> ServerProc {
-        let dir = self.root.path().join(domain);
+        let dir = self.path().join(domain);
         std::fs::create_dir_all(&dir).unwrap();
         let s = ServerProc::start(
             &dir,
             domain,
             &format!(
-                "dns.nameservers = [\"{}\"]\ndns.timeout_ms = 500\n\
-                 federation.listen = \"127.0.0.1:{}\"\nfederation.retry_first = \"1s\"\n\
+                "{}federation.listen = \"127.0.0.1:{}\"\nfederation.retry_first = \"1s\"\n\
                  federation.retry_max = \"2s\"\n{extra}",
-                self.dns.addr,
+                self.dns_toml(500),
                 free_port()
             ),
         );
@@ -110,62 +109,28 @@ impl World {
     }
 
     fn user(&self, server: &ServerProc, address: &str) -> PathBuf {
-        let p = self.root.path().join(format!("profile-{address}"));
-        ok(&cli(
-            &p,
-            &["account", "create", address, "--server", &server.url],
-            None,
-        ));
-        p
+        self.account(server, &format!("profile-{address}"), address)
     }
 
     /// The CLI with this world's DNS server.
     fn cli(&self, profile: &Path, args: &[&str]) -> std::process::Output {
-        let mut all = vec!["--dns", &*Box::leak(self.dns_arg().into_boxed_str())];
+        let dns = self.dns.addr.to_string();
+        let mut all = vec!["--dns", &dns];
         all.extend_from_slice(args);
         cli(profile, &all, None)
     }
 
     /// Syncs until `n` messages are in the local mailbox (or fails after a while).
     fn sync_until(&self, profile: &Path, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_mins(1);
-        loop {
-            ok(&self.cli(profile, &["sync"]));
-            let list: Vec<Value> =
-                serde_json::from_str(&ok(&self.cli(profile, &["list", "--json"]))).unwrap();
-            if list.len() >= n || Instant::now() > deadline {
-                assert_eq!(list.len(), n, "messages in {}", profile.display());
-                return list;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        sync_until(n, |args| Federation::cli(self, profile, args))
     }
 
-    #[allow(clippy::unused_self)] // reads like the other steps of a scenario
     fn queue(&self, server: &ServerProc) -> Vec<Value> {
-        serde_json::from_str(&ok(&cli(
-            Path::new("/nonexistent"),
-            &[
-                "queue",
-                "--json",
-                "--config",
-                server.config_path.to_str().unwrap(),
-            ],
-            None,
-        )))
-        .unwrap()
+        queue(server)
     }
 
     fn wait_queue_empty(&self, server: &ServerProc) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let q = self.queue(server);
-            if q.is_empty() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "queue never drained: {q:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_queue_empty(server, Duration::from_secs(90));
     }
 }
 
@@ -177,7 +142,7 @@ fn subjects(list: &[Value]) -> Vec<String> {
 
 #[test]
 fn alice_and_bob_on_two_domains_exchange_mail_verified_through_dns() {
-    let w = World::new();
+    let w = World::new(vec![]);
     let a = w.server("a.test", "");
     let b = w.server("b.test", "");
     let c = w.server("c.test", "");
@@ -262,7 +227,7 @@ fn alice_and_bob_on_two_domains_exchange_mail_verified_through_dns() {
 
 #[test]
 fn deliveries_survive_a_receiver_killed_mid_delivery_and_a_sender_killed_with_a_queue() {
-    let w = World::new();
+    let w = World::new(vec![]);
     let mut a = w.server("a.test", "");
     let mut b = w.server("b.test", "federation.batch = 16\n");
     let alice = w.user(&a, "alice@a.test");
@@ -369,7 +334,7 @@ fn envelope_from(identity: &SigningKeypair, from: &str, to: &str, subject: &str)
 
 #[test]
 fn forged_replayed_misdirected_and_wrong_key_requests_are_refused_and_blocks_hold() {
-    let w = World::new();
+    let w = World::new(vec![]);
     let b = w.server("b.test", "federation.blocked = [\"spammer@evil.test\"]\n");
     let b_record =
         letterme_protocol::discovery::MailxRecord::parse(&w.publish(&b, "b.test")).unwrap();
@@ -569,7 +534,7 @@ fn forged_replayed_misdirected_and_wrong_key_requests_are_refused_and_blocks_hol
 
 #[test]
 fn a_missing_recipient_gets_alice_a_notice_and_a_changed_dns_key_stops_delivery() {
-    let w = World::new();
+    let w = World::new(vec![]);
     let a = w.server("a.test", "");
     let b = w.server("b.test", "");
     let alice = w.user(&a, "alice@a.test");
@@ -788,7 +753,7 @@ fn a_peer_that_stays_down_is_retried_with_growing_intervals_then_the_sender_is_t
 
 #[test]
 fn a_rotated_domain_key_is_published_before_use_and_the_old_one_overlaps() {
-    let w = World::new();
+    let w = World::new(vec![]);
     let a = w.server("a.test", "");
     let mut b = w.server("b.test", "");
     let alice = w.user(&a, "alice@a.test");
@@ -909,7 +874,7 @@ fn witnessed(w: &World, server: &ServerProc, domain: &str) -> Value {
 
 #[test]
 fn a_log_rewritten_behind_its_peers_back_is_caught_by_the_witness_and_audits() {
-    let w = World::new();
+    let w = World::new(vec![]);
     let mut x = w.server("x.test", "");
     let a = w.server("a.test", "");
     let alice = w.user(&x, "alice@x.test");

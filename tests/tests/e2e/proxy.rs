@@ -4,51 +4,39 @@
 
 use std::path::{Path, PathBuf};
 
-use letterme_tests::dns::{TestDns, txt};
+use letterme_tests::dns::txt;
+use letterme_tests::world::World;
 use letterme_tests::{
     PASSPHRASE, ProxyProc, ServerProc, cli, letterme_bin, ok, python, user_error,
 };
 use serde_json::Value;
 
-const SESSION: &str = include_str!("../fixtures/imap/proxy_session.py");
-const SMTP_SEND: &str = include_str!("../fixtures/smtp_send.py");
+const SESSION: &str = include_str!("../../fixtures/imap/proxy_session.py");
+const SMTP_SEND: &str = include_str!("../../fixtures/smtp_send.py");
 
-struct World {
-    root: tempfile::TempDir,
-    _dns: TestDns,
-    _rt: tokio::runtime::Runtime,
+/// x.test resolving through the test DNS (sender.test: SPF for loopback, DMARC p=none),
+/// with alice and bob.
+struct Scene {
+    world: World,
     server: ServerProc,
     alice: PathBuf,
     bob: PathBuf,
 }
 
-fn world() -> World {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dns = rt
-        .block_on(TestDns::start(vec![
-            txt("sender.test", "v=spf1 ip4:127.0.0.1 -all"),
-            txt("_dmarc.sender.test", "v=DMARC1; p=none"),
-        ]))
-        .unwrap();
-    let root = tempfile::tempdir().unwrap();
+fn world() -> Scene {
+    let world = World::new(vec![
+        txt("sender.test", "v=spf1 ip4:127.0.0.1 -all"),
+        txt("_dmarc.sender.test", "v=DMARC1; p=none"),
+    ]);
     let extra = format!(
-        "dns.nameservers = [\"{}\"]\ndns.timeout_ms = 400\ndns.attempts = 0\npolicy.dmarc = \"published\"\n",
-        dns.addr
+        "{}dns.attempts = 0\npolicy.dmarc = \"published\"\n",
+        world.dns_toml(400)
     );
-    let server = ServerProc::start(root.path(), "x.test", &extra);
-    let alice = root.path().join("alice");
-    let bob = root.path().join("bob");
-    for (p, a) in [(&alice, "alice@x.test"), (&bob, "bob@x.test")] {
-        ok(&cli(
-            p,
-            &["account", "create", a, "--server", &server.url],
-            None,
-        ));
-    }
-    World {
-        root,
-        _dns: dns,
-        _rt: rt,
+    let server = ServerProc::start(world.path(), "x.test", &extra);
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
+    Scene {
+        world,
         server,
         alice,
         bob,
@@ -63,12 +51,12 @@ fn step(proxy: &ProxyProc, user: &str, name: &str, args: &[&str]) -> Value {
 }
 
 /// A legacy message through the inbound SMTP adapter (SPF passes, DMARC p=none).
-fn legacy_mail(w: &World, subject: &str, body: &str) -> Vec<u8> {
+fn legacy_mail(w: &Scene, subject: &str, body: &str) -> Vec<u8> {
     let raw = format!(
         "From: Sam <sam@sender.test>\r\nTo: bob@x.test\r\nSubject: {subject}\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n\
          Message-ID: <legacy-1@sender.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
     );
-    let path = w.root.path().join("legacy.eml");
+    let path = w.world.path().join("legacy.eml");
     std::fs::write(&path, &raw).unwrap();
     let smtp = w.server.smtp.unwrap();
     let replies = python(
@@ -264,7 +252,7 @@ fn thunderbird_style_clients_read_move_flag_and_send_through_the_proxy() {
     let submitted = "From: bob@x.test\r\nTo: Alice <alice@x.test>\r\nSubject: Re: Native hello\r\n\
         Message-ID: <reply-42@client.local>\r\nIn-Reply-To: <thread-1@x.test>\r\nReferences: <thread-0@x.test> <thread-1@x.test>\r\n\
         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSMTP-CANARY reply body\r\n";
-    let eml = w.root.path().join("reply.eml");
+    let eml = w.world.path().join("reply.eml");
     std::fs::write(&eml, submitted).unwrap();
     let cert = w.bob.join("proxy-cert.pem");
     let smtp = step(
@@ -501,7 +489,7 @@ fn a_recorded_thunderbird_first_sync_replays_with_the_expected_responses() {
     let _ = bob;
     let proxy = ProxyProc::start(&w.bob);
     wait_for(&proxy, "bob@x.test", 8);
-    let script = include_str!("../fixtures/imap/thunderbird-first-sync.replay");
+    let script = include_str!("../../fixtures/imap/thunderbird-first-sync.replay");
     let mut conn: Option<Raw> = None;
     let mut pending: Option<(Vec<String>, String, String)> = None;
     let mut cursor = 0;

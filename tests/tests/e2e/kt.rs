@@ -11,21 +11,9 @@ use letterme_protocol::kt::{
     Checkpoint, KeyOp, LogEntry, verify_consistency, verify_inclusion, verify_label,
 };
 use letterme_protocol::{Address, b64};
+use letterme_tests::world::{InProcess, online_user};
 use letterme_tests::{FakeClock, PASSPHRASE, test_config};
 use serde_json::Value;
-
-async fn user(root: &std::path::Path, url: &str, local: &str) -> Online {
-    let dir = ProfileDir(root.join(local));
-    let addr = Address::parse(&format!("{local}@x.test")).unwrap();
-    letterme_client::create_account(&dir, &addr, url, PASSPHRASE, None)
-        .await
-        .unwrap();
-    Unlocked::open(dir, PASSPHRASE)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
 
 fn checkpoint(v: &Value) -> Checkpoint {
     serde_json::from_value(v.clone()).unwrap()
@@ -33,16 +21,16 @@ fn checkpoint(v: &Value) -> Checkpoint {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registrations_grow_the_log_and_every_lookup_proves_its_key() {
-    let root = tempfile::tempdir().unwrap();
-    let config = test_config(root.path(), "x.test");
-    let clock = FakeClock::at_now();
-    let server = letterme_server::start(config.clone(), clock.clone())
-        .await
-        .unwrap();
-    let url = format!("http://{}", server.local_addr);
+    let InProcess {
+        root,
+        config,
+        server,
+        url,
+        clock,
+    } = InProcess::start(|_| {}).await;
     let domain_key = server.domain_key;
 
-    let alice = user(root.path(), &url, "alice").await;
+    let alice = online_user(root.path(), &url, "alice").await;
     let first = alice.api.get_json("/v1/kt/checkpoint").await.unwrap();
     let first_cp = checkpoint(&first["checkpoint"]);
     assert_eq!(first_cp.size, 1);
@@ -53,7 +41,7 @@ async fn registrations_grow_the_log_and_every_lookup_proves_its_key() {
     let mut seen = vec![first_cp.clone()];
     for i in 0..6 {
         let n = format!("user{i}");
-        user(root.path(), &url, &n).await;
+        online_user(root.path(), &url, &n).await;
         names.push(n);
         seen.push(checkpoint(
             &alice.api.get_json("/v1/kt/checkpoint").await.unwrap()["checkpoint"],
@@ -186,8 +174,8 @@ async fn a_key_swapped_in_the_database_without_a_log_entry_is_refused() {
     let config = fixed_config(root.path());
     let server = serve_on(&config).await;
     let url = format!("http://{}", server.local_addr);
-    let alice = user(root.path(), &url, "alice").await;
-    let _bob = user(root.path(), &url, "bob").await;
+    let alice = online_user(root.path(), &url, "alice").await;
+    let _bob = online_user(root.path(), &url, "bob").await;
     alice.send(&draft_to("bob@x.test")).await.unwrap();
 
     // The server (or whoever has its database and domain key) gives bob a key of its own:
@@ -234,8 +222,8 @@ async fn a_server_restored_from_an_older_backup_is_caught() {
     let config = fixed_config(root.path());
     let server = serve_on(&config).await;
     let url = format!("http://{}", server.local_addr);
-    let mut alice = user(root.path(), &url, "alice").await;
-    let _bob = user(root.path(), &url, "bob").await;
+    let mut alice = online_user(root.path(), &url, "alice").await;
+    let _bob = online_user(root.path(), &url, "bob").await;
     // The backup: a consistent copy of the database with two accounts, as SQLite makes it.
     let db = config.database_path();
     let backup = root.path().join("backup.db");
@@ -243,7 +231,7 @@ async fn a_server_restored_from_an_older_backup_is_caught() {
         .unwrap()
         .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
         .unwrap();
-    let _carol = user(root.path(), &url, "carol").await;
+    let _carol = online_user(root.path(), &url, "carol").await;
     // alice sees the log at three entries.
     alice.send(&draft_to("carol@x.test")).await.unwrap();
     server.shutdown().await.unwrap();
@@ -282,8 +270,8 @@ async fn accounts_from_before_the_log_are_logged_at_start() {
     let config = fixed_config(root.path());
     let server = serve_on(&config).await;
     let url = format!("http://{}", server.local_addr);
-    let _alice = user(root.path(), &url, "alice").await;
-    let _bob = user(root.path(), &url, "bob").await;
+    let _alice = online_user(root.path(), &url, "alice").await;
+    let _bob = online_user(root.path(), &url, "bob").await;
     server.shutdown().await.unwrap();
     // A database from before the log: accounts, no entries.
     rusqlite::Connection::open(config.database_path())
@@ -291,7 +279,7 @@ async fn accounts_from_before_the_log_are_logged_at_start() {
         .execute("DELETE FROM kt_log", [])
         .unwrap();
     let server = serve_on(&config).await;
-    let carol = user(root.path(), &url, "carol").await;
+    let carol = online_user(root.path(), &url, "carol").await;
     // carol's client demands proofs for alice's and bob's keys: they are in the log now.
     carol.send(&draft_to("alice@x.test")).await.unwrap();
     carol.send(&draft_to("bob@x.test")).await.unwrap();
@@ -323,13 +311,9 @@ async fn assert_consistent(online: &Online, seen: &[Checkpoint]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotating_and_revoking_grow_the_log_and_senders_use_only_the_current_key() {
-    let root = tempfile::tempdir().unwrap();
-    let config = test_config(root.path(), "x.test");
-    let clock = FakeClock::at_now();
-    let server = letterme_server::start(config, clock.clone()).await.unwrap();
-    let url = format!("http://{}", server.local_addr);
-    let alice = user(root.path(), &url, "alice").await;
-    let bob = user(root.path(), &url, "bob").await;
+    let w = InProcess::start(|_| {}).await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
     let bob_addr = Address::parse("bob@x.test").unwrap();
     let v1 = bob.me.keys.encryption.public();
     let mut seen = vec![head(&alice).await];
@@ -364,7 +348,7 @@ async fn rotating_and_revoking_grow_the_log_and_senders_use_only_the_current_key
     alice.send(&after).await.unwrap();
 
     // bob's client, from the profile on disk: both open, nothing alarming in the log.
-    let bob = reopen(root.path(), "bob").connect().await.unwrap();
+    let bob = reopen(w.root.path(), "bob").connect().await.unwrap();
     assert_eq!(bob.me.keys.encryption.public(), v2);
     let report = bob.sync(&mut |_, _| {}).await.unwrap();
     assert_eq!((report.fetched, report.refused.len()), (2, 0), "{report:?}");
@@ -396,7 +380,7 @@ async fn rotating_and_revoking_grow_the_log_and_senders_use_only_the_current_key
     assert!(!opens_with_old("sent after the rotation"));
 
     // After the overlap, mail sealed to the old key (a sender with a stale key) is refused.
-    clock.advance(std::time::Duration::from_mins(10));
+    w.clock.advance(std::time::Duration::from_mins(10));
     let stale = letterme_tests::sealed_text(&alice, &bob_addr, v1, "stale", "old key", "<s@x>");
     alice.api.send(stale.encode()).await.unwrap();
     let report = bob.sync(&mut |_, _| {}).await.unwrap();
@@ -422,7 +406,7 @@ async fn rotating_and_revoking_grow_the_log_and_senders_use_only_the_current_key
     let to_revoked =
         letterme_tests::sealed_text(&alice, &bob_addr, v2, "late", "revoked key", "<r@x>");
     alice.api.send(to_revoked.encode()).await.unwrap();
-    let bob = reopen(root.path(), "bob").connect().await.unwrap();
+    let bob = reopen(w.root.path(), "bob").connect().await.unwrap();
     let report = bob.sync(&mut |_, _| {}).await.unwrap();
     assert_eq!(report.refused.len(), 1, "{report:?}");
     assert!(
@@ -433,28 +417,23 @@ async fn rotating_and_revoking_grow_the_log_and_senders_use_only_the_current_key
     assert!(report.kt_alerts.is_empty(), "{:?}", report.kt_alerts);
     // Stored mail stays readable with the keys kept in the keystore.
     assert_eq!(bob.me.list().unwrap().len(), 2);
-    server.shutdown().await.unwrap();
+    w.server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bob_notices_a_key_for_bob_that_bob_did_not_create() {
-    let root = tempfile::tempdir().unwrap();
-    let config = test_config(root.path(), "x.test");
-    let server = letterme_server::start(config, FakeClock::at_now())
-        .await
-        .unwrap();
-    let url = format!("http://{}", server.local_addr);
-    let alice = user(root.path(), &url, "alice").await;
-    let bob = user(root.path(), &url, "bob").await;
+    let w = InProcess::start(|_| {}).await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
     let report = bob.sync(&mut |_, _| {}).await.unwrap();
     assert!(report.kt_alerts.is_empty(), "{:?}", report.kt_alerts);
 
     // Someone with a copy of bob's keystore (a stolen laptop backup) puts in a key of
     // their own. To the server and to alice it is a proper rotation: attested, logged.
-    let thief_dir = root.path().join("thief");
+    let thief_dir = w.root.path().join("thief");
     std::fs::create_dir_all(&thief_dir).unwrap();
     std::fs::copy(
-        root.path().join("bob").join("profile.json"),
+        w.root.path().join("bob").join("profile.json"),
         thief_dir.join("profile.json"),
     )
     .unwrap();
@@ -501,30 +480,24 @@ async fn bob_notices_a_key_for_bob_that_bob_did_not_create() {
     assert!(alerts[0].contains("did not create"), "{}", alerts[0]);
     // ...and once bob takes his address back with a new key of his own, it is history,
     // reported once already, and the log is quiet again.
-    let bob = reopen(root.path(), "bob").connect().await.unwrap();
+    let bob = reopen(w.root.path(), "bob").connect().await.unwrap();
     bob.change_key(PASSPHRASE, true, 0).await.unwrap();
-    let bob = reopen(root.path(), "bob").connect().await.unwrap();
+    let bob = reopen(w.root.path(), "bob").connect().await.unwrap();
     let after = bob.sync(&mut |_, _| {}).await.unwrap();
     assert!(after.kt_alerts.is_empty(), "{:?}", after.kt_alerts);
     assert_eq!(
         alice.verified_key(&bob_addr).await.unwrap().encryption_key,
         bob.me.keys.encryption.public()
     );
-    server.shutdown().await.unwrap();
+    w.server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn key_changes_are_limited_per_account_and_day() {
-    let root = tempfile::tempdir().unwrap();
-    let mut config = test_config(root.path(), "x.test");
-    config.limits.key_changes_per_day = 2;
-    let server = letterme_server::start(config, FakeClock::at_now())
-        .await
-        .unwrap();
-    let url = format!("http://{}", server.local_addr);
-    let _alice = user(root.path(), &url, "alice").await;
+    let w = InProcess::start(|c| c.limits.key_changes_per_day = 2).await;
+    let _alice = w.user("alice").await;
     for _ in 0..2 {
-        reopen(root.path(), "alice")
+        reopen(w.root.path(), "alice")
             .connect()
             .await
             .unwrap()
@@ -532,7 +505,7 @@ async fn key_changes_are_limited_per_account_and_day() {
             .await
             .unwrap();
     }
-    let alice = reopen(root.path(), "alice").connect().await.unwrap();
+    let alice = reopen(w.root.path(), "alice").connect().await.unwrap();
     let err = alice
         .change_key(PASSPHRASE, false, 0)
         .await
@@ -541,5 +514,5 @@ async fn key_changes_are_limited_per_account_and_day() {
     assert!(err.contains("at most 2 key changes in 24 hours"), "{err}");
     // The log grew by the two changes only.
     assert_eq!(head(&alice).await.size, 3);
-    server.shutdown().await.unwrap();
+    w.server.shutdown().await.unwrap();
 }

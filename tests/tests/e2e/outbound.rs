@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use letterme_tests::dns::TestDns;
 use letterme_tests::sink::Sink;
+use letterme_tests::world::{World, dns_zone, queue, sync_until, wait_queue_empty};
 use letterme_tests::{ServerProc, cli, contains, files_under, ok, user_error};
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::hickory_resolver::config::ResolverOpts;
@@ -24,58 +24,41 @@ const HOSTS: &str = "legacy.test. 60 IN MX 10 mx.legacy.test.\n\
                      mx.legacy.test. 60 IN A 127.0.0.1\n\
                      mx.a.test. 60 IN A 127.0.0.1\n";
 
-struct World {
-    rt: tokio::runtime::Runtime,
-    dns: TestDns,
+/// a.test sending to legacy.test's MX (the sink), resolving through the test DNS, and alice.
+struct Scene {
+    world: World,
     sink: Sink,
     server: ServerProc,
     alice: PathBuf,
-    _root: tempfile::TempDir,
 }
 
-impl World {
+impl Scene {
     /// a.test in `mode`, its records published as `letterme dns` prints them, and alice.
     fn new(mode: &str, extra: &str) -> Self {
-        let root = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let dns = rt.block_on(TestDns::start(vec![])).unwrap();
-        rt.block_on(dns.load_zone(HOSTS));
-        let sink = rt.block_on(Sink::start(root.path(), "mx.legacy.test"));
-        let dir = root.path().join("a.test");
+        let world = World::new(vec![]);
+        world.block_on(world.dns.load_zone(HOSTS));
+        let sink = world.block_on(Sink::start(world.path(), "mx.legacy.test"));
+        let dir = world.path().join("a.test");
         std::fs::create_dir_all(&dir).unwrap();
         let server = ServerProc::start(
             &dir,
             "a.test",
             &format!(
-                "smtp.hostname = \"mx.a.test\"\ndns.nameservers = [\"{}\"]\ndns.timeout_ms = 500\n\
+                "smtp.hostname = \"mx.a.test\"\n{}\
                  outbound.mode = \"{mode}\"\noutbound.port = {}\noutbound.timeout = \"10s\"\n\
                  outbound.retry_first = \"1s\"\noutbound.retry_max = \"2s\"\n{extra}",
-                dns.addr,
+                world.dns_toml(500),
                 sink.addr.port()
             ),
         );
-        let world = Self {
-            rt,
-            dns,
+        world.publish_zone(&server);
+        let alice = world.account(&server, "alice", "alice@a.test");
+        Self {
+            world,
             sink,
-            alice: root.path().join("alice"),
             server,
-            _root: root,
-        };
-        let zone = world.dns_zone();
-        world.rt.block_on(world.dns.load_zone(&zone));
-        ok(&cli(
-            &world.alice,
-            &[
-                "account",
-                "create",
-                "alice@a.test",
-                "--server",
-                &world.server.url,
-            ],
-            None,
-        ));
-        world
+            alice,
+        }
     }
 
     fn config(&self) -> &str {
@@ -84,11 +67,7 @@ impl World {
 
     /// What `letterme dns` prints for a.test.
     fn dns_zone(&self) -> String {
-        ok(&cli(
-            Path::new("/nonexistent"),
-            &["dns", "--config", self.config()],
-            None,
-        ))
+        dns_zone(&self.server)
     }
 
     fn send(&self, to: &str, extra: &[&str]) -> std::process::Output {
@@ -98,39 +77,16 @@ impl World {
     }
 
     fn queue(&self) -> Vec<Value> {
-        serde_json::from_str(&ok(&cli(
-            Path::new("/nonexistent"),
-            &["queue", "--json", "--config", self.config()],
-            None,
-        )))
-        .unwrap()
+        queue(&self.server)
     }
 
     fn wait_queue_empty(&self) {
-        let deadline = Instant::now() + Duration::from_mins(1);
-        loop {
-            let q = self.queue();
-            if q.is_empty() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "queue never drained: {q:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_queue_empty(&self.server, Duration::from_mins(1));
     }
 
     /// Syncs alice until `n` messages are in her mailbox; returns them.
     fn alice_mail(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_mins(1);
-        loop {
-            ok(&cli(&self.alice, &["sync"], None));
-            let list: Vec<Value> =
-                serde_json::from_str(&ok(&cli(&self.alice, &["list", "--json"], None))).unwrap();
-            if list.len() >= n || Instant::now() > deadline {
-                assert_eq!(list.len(), n, "alice's mailbox: {list:?}");
-                return list;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        sync_until(n, |args| cli(&self.alice, args, None))
     }
 
     fn read(&self, id: &str) -> Value {
@@ -152,7 +108,7 @@ impl World {
 
     fn authenticator(&self) -> MessageAuthenticator {
         MessageAuthenticator::new(
-            letterme_server::dns::nameserver_config(&[self.dns.addr]),
+            letterme_server::dns::nameserver_config(&[self.world.dns.addr]),
             ResolverOpts::default(),
         )
         .unwrap()
@@ -161,7 +117,7 @@ impl World {
 
 #[test]
 fn a_relayed_message_reaches_the_mx_dkim_signed_twice_with_spf_and_dmarc_passing() {
-    let w = World::new("relay", "");
+    let w = Scene::new("relay", "");
     // Without consent the copy does not leave end-to-end encryption.
     let err = user_error(&w.send("carol@legacy.test", &[]));
     assert!(err.contains("carol@legacy.test"), "{err}");
@@ -170,7 +126,7 @@ fn a_relayed_message_reaches_the_mx_dkim_signed_twice_with_spf_and_dmarc_passing
 
     let out = ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
     assert!(out.contains("NOT end-to-end encrypted"), "{out}");
-    let got = w.rt.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
+    let got = w.world.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
     assert_eq!(got.len(), 1, "the sink got: {got:?}");
     let m = &got[0];
     assert_eq!(m.rcpts, vec!["carol@legacy.test".to_owned()]);
@@ -180,7 +136,7 @@ fn a_relayed_message_reaches_the_mx_dkim_signed_twice_with_spf_and_dmarc_passing
     assert!(contains(&m.data, BODY.as_bytes()));
 
     let auth = w.authenticator();
-    w.rt.block_on(async {
+    w.world.block_on(async {
         let msg = AuthenticatedMessage::parse(&m.data).unwrap();
         let dkim = auth.verify_dkim(&msg).await;
         assert_eq!(dkim.len(), 2, "two DKIM signatures");
@@ -214,7 +170,7 @@ fn a_relayed_message_reaches_the_mx_dkim_signed_twice_with_spf_and_dmarc_passing
 
 #[test]
 fn with_the_mx_down_the_message_is_retried_and_delivered_when_it_returns() {
-    let mut w = World::new("relay", "");
+    let mut w = Scene::new("relay", "");
     w.sink.down();
     ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
     // Queued durably, sealed: retried while the MX refuses connections.
@@ -236,8 +192,8 @@ fn with_the_mx_down_the_message_is_retried_and_delivered_when_it_returns() {
         std::thread::sleep(Duration::from_millis(200));
     }
     w.assert_no_plaintext_on_server();
-    w.rt.block_on(w.sink.up());
-    let got = w.rt.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
+    w.world.block_on(w.sink.up());
+    let got = w.world.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
     assert_eq!(got.len(), 1, "delivered once the MX is back: {got:?}");
     assert!(contains(&got[0].data, SUBJECT.as_bytes()));
     w.wait_queue_empty();
@@ -248,7 +204,7 @@ fn with_the_mx_down_the_message_is_retried_and_delivered_when_it_returns() {
 
 #[test]
 fn after_the_give_up_time_the_sender_gets_a_failure_notice() {
-    let mut w = World::new("relay", "outbound.give_up_after = \"3s\"");
+    let mut w = Scene::new("relay", "outbound.give_up_after = \"3s\"");
     w.sink.down();
     ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
     w.wait_queue_empty();
@@ -258,7 +214,7 @@ fn after_the_give_up_time_the_sender_gets_a_failure_notice() {
     let body = notice["body"].as_str().unwrap();
     assert!(body.contains("carol@legacy.test"), "{body}");
     assert!(body.contains("gave up after"), "{body}");
-    w.rt.block_on(w.sink.up());
+    w.world.block_on(w.sink.up());
     std::thread::sleep(Duration::from_secs(1));
     assert!(
         w.sink.received().is_empty(),
@@ -268,7 +224,7 @@ fn after_the_give_up_time_the_sender_gets_a_failure_notice() {
 
 #[test]
 fn a_5xx_from_the_mx_gives_a_failure_notice_at_once() {
-    let w = World::new("relay", "");
+    let w = Scene::new("relay", "");
     w.sink
         .set_data_reply(Some("550 5.7.1 we do not take mail from strangers"));
     ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
@@ -289,11 +245,11 @@ fn a_5xx_from_the_mx_gives_a_failure_notice_at_once() {
 
 #[test]
 fn in_notice_mode_the_mx_gets_a_signed_notice_without_subject_or_body() {
-    let w = World::new("notice", "");
+    let w = Scene::new("notice", "");
     // No consent needed: nothing of the message leaves.
     let out = ok(&w.send("carol@legacy.test", &[]));
     assert!(out.contains("notice"), "{out}");
-    let got = w.rt.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
+    let got = w.world.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
     assert_eq!(got.len(), 1, "{got:?}");
     let m = &got[0];
     assert_eq!(m.rcpts, vec!["carol@legacy.test".to_owned()]);
@@ -307,7 +263,7 @@ fn in_notice_mode_the_mx_gets_a_signed_notice_without_subject_or_body() {
     assert!(text.contains("alice@a.test"), "{text}");
     assert!(text.contains("letter.me"), "{text}");
     let auth = w.authenticator();
-    w.rt.block_on(async {
+    w.world.block_on(async {
         let msg = AuthenticatedMessage::parse(&m.data).unwrap();
         let dkim = auth.verify_dkim(&msg).await;
         assert_eq!(dkim.len(), 2);
@@ -322,7 +278,7 @@ fn in_notice_mode_the_mx_gets_a_signed_notice_without_subject_or_body() {
 
 #[test]
 fn check_names_a_wrong_dkim_key_and_a_missing_dmarc_record_and_passes_once_fixed() {
-    let w = World::new("relay", "");
+    let w = Scene::new("relay", "");
     let check = || {
         cli(
             Path::new("/nonexistent"),
@@ -339,14 +295,16 @@ fn check_names_a_wrong_dkim_key_and_a_missing_dmarc_record_and_passes_once_fixed
     let other = letterme_protocol::SigningKeypair::generate()
         .public()
         .to_base64();
-    w.rt.block_on(async {
-        w.dns
+    w.world.block_on(async {
+        w.world
+            .dns
             .set_txt(
                 "ed1._domainkey.a.test",
                 &format!("v=DKIM1; k=ed25519; p={other}"),
             )
             .await;
-        w.dns
+        w.world
+            .dns
             .remove(
                 "_dmarc.a.test",
                 mail_auth::hickory_resolver::proto::rr::RecordType::TXT,
@@ -372,7 +330,7 @@ fn check_names_a_wrong_dkim_key_and_a_missing_dmarc_record_and_passes_once_fixed
     );
 
     // Publishing `letterme dns` again fixes both.
-    w.rt.block_on(w.dns.load_zone(&w.dns_zone()));
+    w.world.block_on(w.world.dns.load_zone(&w.dns_zone()));
     ok(&check());
 }
 
@@ -403,7 +361,7 @@ fn serve(args: &[&str]) -> Result<String, String> {
 
 #[test]
 fn serve_in_production_refuses_to_start_while_records_are_wrong_unless_told_to_skip() {
-    let w = World::new("relay", "");
+    let w = Scene::new("relay", "");
     // A second server on the same data, in production mode, on other ports.
     let text = std::fs::read_to_string(&w.server.config_path).unwrap();
     let (port, smtp) = (letterme_tests::free_port(), letterme_tests::free_port());
@@ -427,7 +385,7 @@ fn serve_in_production_refuses_to_start_while_records_are_wrong_unless_told_to_s
     // Every required record is in place: it starts.
     serve(&["--config", second]).unwrap();
 
-    w.rt.block_on(w.dns.remove(
+    w.world.block_on(w.world.dns.remove(
         "_dmarc.a.test",
         mail_auth::hickory_resolver::proto::rr::RecordType::TXT,
     ));
@@ -443,7 +401,7 @@ fn serve_in_production_refuses_to_start_while_records_are_wrong_unless_told_to_s
 #[test]
 fn a_stolen_account_cannot_turn_the_server_into_a_spam_cannon() {
     // Per user: a burst of 2, then one a minute.
-    let w = World::new(
+    let w = Scene::new(
         "relay",
         "outbound.user_burst = 2\noutbound.user_per_minute = 1",
     );
@@ -453,7 +411,7 @@ fn a_stolen_account_cannot_turn_the_server_into_a_spam_cannon() {
     assert!(err.contains("429") && err.contains("slow down"), "{err}");
 
     // Per destination domain, whoever sends.
-    let w = World::new(
+    let w = Scene::new(
         "relay",
         "outbound.domain_burst = 1\noutbound.domain_per_minute = 1",
     );
@@ -465,21 +423,21 @@ fn a_stolen_account_cannot_turn_the_server_into_a_spam_cannon() {
     );
 
     // Per day, counted durably: a restart does not reset it.
-    let mut w = World::new("relay", "outbound.daily_cap = 2");
+    let mut w = Scene::new("relay", "outbound.daily_cap = 2");
     ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
     w.server.restart();
     ok(&w.send("dave@legacy.test", &["--allow-plaintext"]));
     let err = user_error(&w.send("erin@legacy.test", &["--allow-plaintext"]));
     assert!(err.contains("daily limit of 2"), "{err}");
-    let got = w.rt.block_on(w.sink.wait_for(2, Duration::from_mins(1)));
+    let got = w.world.block_on(w.sink.wait_for(2, Duration::from_mins(1)));
     assert_eq!(got.len(), 2, "exactly the two accepted messages went out");
 }
 
-const PROXY_SESSION: &str = include_str!("../fixtures/imap/proxy_session.py");
+const PROXY_SESSION: &str = include_str!("../../fixtures/imap/proxy_session.py");
 
 #[test]
 fn the_proxy_relays_from_smtplib_only_when_started_with_allow_plaintext() {
-    let w = World::new("relay", "");
+    let w = Scene::new("relay", "");
     let eml = w.alice.with_extension("eml");
     std::fs::write(
         &eml,
@@ -526,7 +484,7 @@ fn the_proxy_relays_from_smtplib_only_when_started_with_allow_plaintext() {
     let out = smtp(&proxy, "carol@legacy.test", "nobody@a.test");
     assert_eq!(out["refused"], serde_json::json!({}), "{out}");
     assert_eq!(out["foreign"]["nobody@a.test"][0], 550, "{out}");
-    let got = w.rt.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
+    let got = w.world.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].rcpts, vec!["carol@legacy.test".to_owned()]);
     assert!(contains(&got[0].data, BODY.as_bytes()));

@@ -244,7 +244,9 @@ impl FederationQueue {
         }
         let _ = cfg;
         let notices = self.notices(failures, now).await?;
-        self.store.finish_federation(outcomes, notices, retire).await
+        self.store
+            .finish_federation(outcomes, notices, retire)
+            .await
     }
 
     /// Decides a row's fate: done, or retried later for the recipients still worth trying.

@@ -154,7 +154,8 @@ impl Store {
                 return Ok(None);
             }
             let txid: [u8; 16] = letterme_protocol::keys::random_bytes();
-            let mut set = c.prepare_cached("UPDATE federation_queue SET txid = ?2 WHERE id = ?1")?;
+            let mut set =
+                c.prepare_cached("UPDATE federation_queue SET txid = ?2 WHERE id = ?1")?;
             for r in &rows {
                 set.execute(params![r.id, txid.as_slice()])?;
             }
@@ -231,11 +232,11 @@ impl Store {
     /// The whole queue (for `letterme queue` and tests).
     pub async fn federation_rows(&self) -> Result<Vec<FederationRow>, StoreError> {
         self.read(|c| {
-            Ok(
-                c.prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM federation_queue ORDER BY id"))?
-                    .query_map([], row)?
-                    .collect::<Result<_, _>>()?,
-            )
+            Ok(c.prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS} FROM federation_queue ORDER BY id"
+            ))?
+            .query_map([], row)?
+            .collect::<Result<_, _>>()?)
         })
         .await
     }

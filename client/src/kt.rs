@@ -105,28 +105,9 @@ impl KtFile {
     /// old or the new, and a checkpoint once accepted is not forgotten. Replaces what is
     /// on disk (`letterme kt forget`); [`KtFile::save`] merges.
     pub fn replace_on_disk(&self, profile: &std::path::Path) -> Result<(), String> {
-        use std::io::Write as _;
-        let err = |e: std::io::Error| format!("kt.json: {e}");
-        let tmp = profile.join(format!(
-            ".kt.json.{}.{}.tmp",
-            std::process::id(),
-            letterme_protocol::codec::hex(&letterme_protocol::keys::random_bytes::<8>())
-        ));
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, Self::path(profile))
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written.map_err(err)?;
-        if let Ok(d) = std::fs::File::open(profile) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::files::write_private(&Self::path(profile), &bytes)
+            .map_err(|e| format!("kt.json: {e}"))
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod dns;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod kt;
 pub mod mailbox;

@@ -1,8 +1,7 @@
 //! The user's profile directory: public identity, the pinned domain key, and the private
 //! keys sealed under the passphrase with argon2id + XChaCha20-Poly1305.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
@@ -15,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::error::ClientError;
+use crate::files::{create_private_dir, write_private};
 
 pub const PROFILE_FILE: &str = "profile.json";
 const KEYSTORE_AAD: &[u8] = b"letterme/v1/keystore\0";
@@ -352,31 +352,12 @@ impl ProfileDir {
             ))
         };
         create_private_dir(&self.0).map_err(io)?;
-        let tmp = self.0.join(".profile.json.tmp");
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec_pretty(profile).expect("serializes"))
-            .map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, self.file()).map_err(io)?;
-        if let Ok(d) = std::fs::File::open(&self.0) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        write_private(
+            &self.file(),
+            &serde_json::to_vec_pretty(profile).expect("serializes"),
+        )
+        .map_err(io)
     }
-}
-
-pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

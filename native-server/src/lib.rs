@@ -11,6 +11,7 @@ pub mod config;
 pub mod dns;
 pub mod error;
 pub mod federation;
+pub mod init;
 pub mod kt;
 pub mod metrics;
 pub mod notice;
@@ -115,22 +116,51 @@ pub struct Running {
     state: Arc<api::AppState>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// In-process adapters and workers started with [`Running::spawn`].
+    workers: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish for up to [`SHUTDOWN_GRACE`], and
-    /// returns. Nothing acknowledged is at risk: acknowledgements follow the commit.
+    /// Stops accepting, lets in-flight requests and the workers started with
+    /// [`Running::spawn`] finish for up to [`SHUTDOWN_GRACE`], and returns. Nothing
+    /// acknowledged is at risk: acknowledgements follow the commit.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
-        if let Ok(joined) =
-            tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), &mut self.task).await
+        let mut workers = std::mem::take(
+            &mut *self
+                .workers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let all = async {
+            let joined = (&mut self.task).await;
+            while workers.join_next().await.is_some() {}
+            joined
+        };
+        if let Ok(joined) = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), all).await
         {
             joined.unwrap_or_else(|e| Err(std::io::Error::other(e)))
         } else {
             tracing::warn!("requests still running after the shutdown grace period; closing them");
             self.task.abort();
+            workers.abort_all();
             Ok(())
         }
+    }
+
+    /// Runs an in-process adapter or worker (the inbound SMTP listener, outbound
+    /// delivery) under the server's one shutdown: `task` gets [`Running::shutdown_signal`],
+    /// and [`Running::shutdown`] waits for it within the grace period.
+    pub fn spawn<F, Fut>(&self, task: F)
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let fut = task(self.shutdown_signal());
+        self.workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .spawn(fut);
     }
 
     /// Serves until `signal` completes, then shuts down gracefully.
@@ -332,6 +362,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         state,
         shutdown: tx,
         task,
+        workers: std::sync::Mutex::default(),
     })
 }
 

@@ -1,8 +1,162 @@
 //! `letterme proxy`, the user's side: serves the decrypted local cache of the client
 //! library to the user's mail client on loopback — IMAP ([`imap`]) and SMTP submission
 //! ([`submission`], on the shared core of `letterme-smtp`) — behind local
-//! [`credentials`].
+//! [`credentials`], with its password and addresses kept in the profile ([`state`]).
+//! [`Listeners::serve`] wires them and the sync engine together under one stop signal.
 
 pub mod credentials;
 pub mod imap;
+pub mod state;
 pub mod submission;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use letterme_client::{ClientError, Online, SyncReport, Unlocked};
+use letterme_smtp::driver::ConnLimits;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, watch};
+
+use crate::credentials::Credentials;
+use crate::imap::ImapProxy;
+use crate::state::{ProxyError, Side};
+use crate::submission::Submission;
+
+/// Largest message the local submission takes.
+const MAX_SUBMISSION: usize = 64 * 1024 * 1024;
+
+/// The proxy's two bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    imap: TcpListener,
+    smtp: TcpListener,
+}
+
+/// What the proxy serves with. `Debug` never shows the password.
+pub struct Setup {
+    pub me: Arc<Unlocked>,
+    /// The local password (`proxy.json`).
+    pub password: String,
+    pub tls: tokio_rustls::TlsAcceptor,
+    /// Copies to ordinary addresses may leave end-to-end encryption (relay mode).
+    pub allow_plaintext: bool,
+}
+
+impl std::fmt::Debug for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Setup")
+            .field("address", &self.me.profile.address)
+            .field("password", &"<redacted>")
+            .field("allow_plaintext", &self.allow_plaintext)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listeners {
+    /// Binds IMAP, then SMTP submission.
+    pub async fn bind(imap: SocketAddr, smtp: SocketAddr) -> Result<Self, ProxyError> {
+        Ok(Self {
+            imap: bind(imap, Side::Imap).await?,
+            smtp: bind(smtp, Side::Smtp).await?,
+        })
+    }
+
+    /// The bound IMAP and SMTP addresses.
+    pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.imap.local_addr()?, self.smtp.local_addr()?))
+    }
+
+    /// Connects the sync engine and the submission side, then serves IMAP, submission and
+    /// a sync that keeps the cache current, until `stop` turns true.
+    pub async fn serve(self, setup: Setup, stop: watch::Receiver<bool>) -> Result<(), ClientError> {
+        let Setup {
+            me,
+            password,
+            tls,
+            allow_plaintext,
+        } = setup;
+        let sync = Unlocked::connect_shared(me.clone()).await?;
+        let submit = Unlocked::connect_shared(me.clone()).await?;
+        let creds = Credentials {
+            username: me.profile.address.to_string(),
+            password,
+        };
+        let imap_server = Arc::new(ImapProxy {
+            cache: me.cache.clone(),
+            credentials: creds.clone(),
+            tls: Some(tls.clone()),
+        });
+        let submission = Arc::new(Submission {
+            session: submission::session_config(
+                "localhost",
+                &me.profile.domain,
+                Arc::new(creds),
+                MAX_SUBMISSION,
+            ),
+            conn: ConnLimits {
+                max_sessions: 32,
+                max_sessions_per_ip: 32,
+                ..ConnLimits::default()
+            },
+            tls: Some(tls),
+            online: Arc::new(Mutex::new(submit)),
+            allow_plaintext,
+        });
+        tokio::spawn(imap::serve(self.imap, imap_server, stop.clone()));
+        tokio::spawn(letterme_smtp::driver::serve(
+            self.smtp,
+            submission,
+            stop.clone(),
+        ));
+        let mut stop = stop;
+        tokio::spawn(async move {
+            tokio::select! {
+                () = sync_forever(sync) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, side: Side) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { side, addr, source })
+}
+
+/// Keeps the cache in step with the server (long poll); survives the server being away.
+pub async fn sync_forever(mut online: Online) {
+    let mut backoff = Duration::from_secs(1);
+    let mut progress = |done: usize, _: usize| {
+        if done >= 1000 {
+            tracing::info!(messages = done, "first sync in progress");
+            eprintln!("synced {done} messages so far");
+        }
+    };
+    loop {
+        let mut report = |_: &Unlocked, r: &SyncReport| {
+            tracing::info!(new = r.fetched, refused = r.refused.len(), "synced");
+            for (id, reason) in &r.refused {
+                tracing::warn!(%id, %reason, "a message failed verification and was set aside");
+            }
+        };
+        let started = std::time::Instant::now();
+        match online.watch(&mut progress, &mut report).await {
+            Ok(()) => backoff = Duration::from_secs(1),
+            Err(e) => {
+                if started.elapsed() > Duration::from_mins(2) {
+                    // It had been working: start the backoff afresh.
+                    backoff = Duration::from_secs(1);
+                }
+                tracing::warn!(error = %e, retry_in = ?backoff, "sync failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_mins(1));
+                if let Err(e) = online.relogin().await {
+                    tracing::debug!(error = %e, "login failed");
+                }
+            }
+        }
+    }
+}

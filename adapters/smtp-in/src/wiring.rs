@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use letterme_policy::{AllowEntry, DmarcMode};
 use letterme_server::{Config, Running};
-use tokio::sync::watch;
 
 use letterme_smtp::driver::{ConnLimits, serve};
 use letterme_smtp::session::{Limits, SessionConfig};
@@ -33,13 +32,9 @@ pub enum StartError {
 
 type Result<T> = std::result::Result<T, StartError>;
 
-/// Binds the SMTP listener and serves it until `stop` turns true. Returns the bound address.
-pub async fn start(
-    config: &Config,
-    server: &Running,
-    addr: SocketAddr,
-    stop: watch::Receiver<bool>,
-) -> Result<SocketAddr> {
+/// Binds the SMTP listener and serves it under the server's one shutdown
+/// ([`Running::spawn`]). Returns the bound address.
+pub async fn start(config: &Config, server: &Running, addr: SocketAddr) -> Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
@@ -105,7 +100,7 @@ pub async fn start(
         clock: server.clock.clone(),
         metrics: server.metrics(),
     });
-    tokio::spawn(serve(listener, smtp, stop));
+    server.spawn(|stop| serve(listener, smtp, stop));
     Ok(local)
 }
 

@@ -22,6 +22,7 @@ use crate::keys::{
     EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, Signature, SigningKeypair,
     random_bytes,
 };
+use crate::verdict::{AuthResult, Disposition, DkimResults};
 
 /// Magic and format version at the start of every envelope.
 pub const ENVELOPE_MAGIC: &[u8; 5] = b"LMENV";
@@ -147,11 +148,13 @@ pub struct LegacyMail {
     pub client_ip: String,
     /// The Authentication-Results header field value (RFC 8601).
     pub authentication_results: String,
-    pub spf: String,
-    pub dkim: String,
-    pub dmarc: String,
+    /// SPF of the MAIL FROM domain.
+    pub spf: AuthResult,
+    /// Each DKIM signature's result.
+    pub dkim: DkimResults,
+    pub dmarc: AuthResult,
     /// `accept` (INBOX) or `quarantine` (Junk).
-    pub disposition: String,
+    pub disposition: Disposition,
     /// Why the gateway decided as it did.
     pub note: String,
 }

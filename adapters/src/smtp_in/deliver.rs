@@ -4,6 +4,7 @@
 
 use letterme_client::render::VERIFIED_HEADER;
 use letterme_protocol::envelope::{LegacyMail, SignerKind, seal};
+use letterme_protocol::verdict::{AuthResult, Disposition, DkimResults};
 use letterme_protocol::{Address, EncryptionPublicKey, Payload, SigningKeypair};
 use letterme_server::store::{NewDelivery, Store, StoreError};
 
@@ -16,9 +17,9 @@ pub struct Inbound {
     pub client_ip: String,
     pub recipients: Vec<Address>,
     pub authentication_results: String,
-    pub spf: String,
-    pub dkim: String,
-    pub dmarc: String,
+    pub spf: AuthResult,
+    pub dkim: DkimResults,
+    pub dmarc: AuthResult,
     pub quarantine: bool,
     pub note: String,
     /// The session ran over TLS.
@@ -127,11 +128,10 @@ pub async fn seal_and_store(
             dkim: msg.dkim,
             dmarc: msg.dmarc,
             disposition: if msg.quarantine {
-                "quarantine"
+                Disposition::Quarantine
             } else {
-                "accept"
-            }
-            .into(),
+                Disposition::Accept
+            },
             note: msg.note,
         }),
     };

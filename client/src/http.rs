@@ -3,11 +3,14 @@
 use std::time::Duration;
 
 use letterme_protocol::api::kt::{EntriesPage, EntriesQuery, WitnessRequest, WitnessVerdict};
-pub use letterme_protocol::api::{
+use letterme_protocol::api::{
     AckRequest, BlockChange, BlockRequest, BlocksResponse, ChallengeRequest, ChallengeResponse,
-    ErrorBody, ErrorCode, KeyChangeRequest, KeyChangeResponse, KeyLookup, ListEntry, ListQuery,
-    ListResponse, LookupQuery, OutboundMode, OutboundRequest, OutboundResponse, RegisterRequest,
-    RegisterResponse, SendResponse, ServerInfo, TokenRequest, TokenResponse,
+    ErrorBody, ErrorCode, KeyChangeRequest, KeyChangeResponse, ListQuery, ListResponse,
+    LookupQuery, OutboundRequest, RegisterRequest, TokenRequest, TokenResponse,
+};
+/// The answers this client hands to its callers, under the paths they always had.
+pub use letterme_protocol::api::{
+    KeyLookup, ListEntry, OutboundResponse, RegisterResponse, SendResponse, ServerInfo,
 };
 use letterme_protocol::auth::sign_challenge;
 use letterme_protocol::kt::Checkpoint;

@@ -21,7 +21,7 @@ pub enum ClientError {
     Api {
         url: String,
         status: u16,
-        code: String,
+        code: letterme_protocol::api::ErrorCode,
         message: String,
     },
     #[error("no such user: {0}")]

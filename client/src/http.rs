@@ -2,78 +2,25 @@
 
 use std::time::Duration;
 
+use letterme_protocol::api::kt::{EntriesPage, EntriesQuery, WitnessRequest, WitnessVerdict};
+use letterme_protocol::api::{
+    AckRequest, BlockChange, BlockRequest, BlocksResponse, ChallengeRequest, ChallengeResponse,
+    ErrorBody, ErrorCode, KeyChangeRequest, KeyChangeResponse, ListQuery, ListResponse,
+    LookupQuery, OutboundRequest, RegisterRequest, TokenRequest, TokenResponse,
+};
+/// The answers this client hands to its callers, under the paths they always had.
+pub use letterme_protocol::api::{
+    KeyLookup, ListEntry, OutboundResponse, RegisterResponse, SendResponse, ServerInfo,
+};
 use letterme_protocol::auth::sign_challenge;
-use letterme_protocol::{Address, Attestation, IdentityPublicKey, KeyBinding, SigningKeypair, b64};
+use letterme_protocol::kt::Checkpoint;
+use letterme_protocol::{Address, Attestation, KeyBinding, SigningKeypair, b64};
 use reqwest::{Method, RequestBuilder, Response};
-use serde::Deserialize;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::ClientError;
-
-/// `GET /v1/server`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ServerInfo {
-    pub domain: String,
-    pub domain_key: IdentityPublicKey,
-    pub protocol: u32,
-    pub max_message_size: u64,
-    pub quota: u64,
-    /// `relay`, `notice` or `off`: what the server does with mail for ordinary addresses.
-    #[serde(default = "off")]
-    pub outbound: String,
-}
-
-fn off() -> String {
-    "off".into()
-}
-
-#[derive(Debug, Deserialize)]
-pub struct RegisterResponse {
-    pub attestation: Attestation,
-    pub domain_key: IdentityPublicKey,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct KeyLookup {
-    pub address: Address,
-    pub found: bool,
-    pub attestation: Option<Attestation>,
-    /// The domain does not run letter.me: mail to it leaves as ordinary email, if at all.
-    #[serde(default)]
-    pub legacy: bool,
-    /// Key-transparency proofs (keys of the server's own domain).
-    #[serde(default)]
-    pub kt: Option<letterme_protocol::kt::KtProof>,
-}
-
-/// `POST /v1/outbound`'s answer.
-#[derive(Debug, Deserialize)]
-pub struct OutboundResponse {
-    pub id: i64,
-    pub mode: String,
-    pub queued: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ListEntry {
-    pub id: String,
-    pub seq: i64,
-    pub sender: String,
-    pub size: u64,
-    pub received: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct ListResponse {
-    messages: Vec<ListEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct SendResponse {
-    pub id: String,
-    pub size: u64,
-}
 
 /// Talks to one server, optionally logged in.
 #[derive(Debug, Clone)]
@@ -118,15 +65,12 @@ impl Api {
             return Ok(resp);
         }
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let code = body["error"]["code"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_owned();
-        let message = body["error"]["message"].as_str().map_or_else(
-            || status.canonical_reason().unwrap_or("error").to_owned(),
-            ToOwned::to_owned,
-        );
+        let reason = || status.canonical_reason().unwrap_or("error").to_owned();
+        let (code, message) = match resp.json::<ErrorBody>().await {
+            Ok(ErrorBody { error }) if error.message.is_empty() => (error.code, reason()),
+            Ok(ErrorBody { error }) => (error.code, error.message),
+            Err(_) => (ErrorCode::Other("unknown".into()), reason()),
+        };
         Err(ClientError::Api {
             url: self.base.clone(),
             status: status.as_u16(),
@@ -143,14 +87,26 @@ impl Api {
         })
     }
 
-    /// `POST path` with a JSON body (with the login token, when logged in), as JSON.
+    /// `POST path` with a JSON body (with the login token, when logged in), as JSON; for
+    /// tools and tests that look at raw answers.
     pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.json(self.req(Method::POST, path).json(body)).await
     }
 
-    /// `GET path` (with the login token, when logged in) as JSON.
+    /// `GET path` (with the login token, when logged in) as JSON; for tools and tests that
+    /// look at raw answers.
     pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
         self.json(self.req(Method::GET, path)).await
+    }
+
+    /// A typed body sent with `method`, answered with a typed body.
+    async fn send_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.json(self.req(method, path).json(body)).await
     }
 
     pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
@@ -162,11 +118,11 @@ impl Api {
         binding: &KeyBinding,
         invite: Option<&str>,
     ) -> Result<RegisterResponse, ClientError> {
-        self.json(
-            self.req(Method::POST, "/v1/accounts")
-                .json(&json!({ "binding": binding, "invite": invite })),
-        )
-        .await
+        let req = RegisterRequest {
+            binding: binding.clone(),
+            invite: invite.map(ToOwned::to_owned),
+        };
+        self.send_json(Method::POST, "/v1/accounts", &req).await
     }
 
     /// `POST /v1/keys/rotate` (or `/revoke`): the server attests the new key and logs it.
@@ -175,22 +131,15 @@ impl Api {
         binding: &KeyBinding,
         revoke: bool,
     ) -> Result<(Attestation, u64), ClientError> {
-        #[derive(Deserialize)]
-        struct Changed {
-            attestation: Attestation,
-            index: u64,
-        }
         let path = if revoke {
             "/v1/keys/revoke"
         } else {
             "/v1/keys/rotate"
         };
-        let r: Changed = self
-            .json(
-                self.req(Method::POST, path)
-                    .json(&json!({ "binding": binding })),
-            )
-            .await?;
+        let req = KeyChangeRequest {
+            binding: binding.clone(),
+        };
+        let r: KeyChangeResponse = self.send_json(Method::POST, path, &req).await?;
         Ok((r.attestation, r.index))
     }
 
@@ -199,11 +148,30 @@ impl Api {
         &self,
         since: Option<u64>,
     ) -> Result<letterme_protocol::kt::KtHistory, ClientError> {
-        let path = match since {
-            Some(n) => format!("/v1/kt/mine?since={n}"),
-            None => "/v1/kt/mine".to_owned(),
+        self.json(
+            self.req(Method::GET, "/v1/kt/mine")
+                .query(&LookupQuery { since }),
+        )
+        .await
+    }
+
+    /// `GET /v1/kt/entries`: a page of a domain's log from `start`.
+    pub async fn kt_entries(&self, domain: &str, start: u64) -> Result<EntriesPage, ClientError> {
+        let q = EntriesQuery {
+            domain: Some(domain.to_owned()),
+            start,
+            limit: None,
         };
-        self.json(self.req(Method::GET, &path)).await
+        self.json(self.req(Method::GET, "/v1/kt/entries").query(&q))
+            .await
+    }
+
+    /// `POST /v1/kt/witness`: hands our server a checkpoint of another domain to check.
+    pub async fn kt_witness(&self, checkpoint: &Checkpoint) -> Result<WitnessVerdict, ClientError> {
+        let req = WitnessRequest {
+            checkpoint: checkpoint.clone(),
+        };
+        self.send_json(Method::POST, "/v1/kt/witness", &req).await
     }
 
     /// Challenge, sign, token.
@@ -213,18 +181,13 @@ impl Api {
         address: &Address,
         key: &SigningKeypair,
     ) -> Result<(), ClientError> {
-        #[derive(Deserialize)]
-        struct Challenge {
-            challenge: String,
-        }
-        #[derive(Deserialize)]
-        struct Token {
-            token: String,
-        }
-        let c: Challenge = self
-            .json(
-                self.req(Method::POST, "/v1/auth/challenge")
-                    .json(&json!({ "address": address })),
+        let c: ChallengeResponse = self
+            .send_json(
+                Method::POST,
+                "/v1/auth/challenge",
+                &ChallengeRequest {
+                    address: address.to_string(),
+                },
             )
             .await?;
         let challenge: [u8; 32] =
@@ -233,11 +196,12 @@ impl Api {
                 reason: "malformed challenge".into(),
             })?;
         let sig = sign_challenge(key, domain, address, &challenge);
-        let t: Token = self
-            .json(self.req(Method::POST, "/v1/auth/token").json(&json!({
-                "address": address, "challenge": c.challenge, "signature": sig,
-            })))
-            .await?;
+        let req = TokenRequest {
+            address: address.to_string(),
+            challenge: c.challenge,
+            signature: sig,
+        };
+        let t: TokenResponse = self.send_json(Method::POST, "/v1/auth/token", &req).await?;
         self.token = Some(t.token);
         Ok(())
     }
@@ -261,10 +225,7 @@ impl Api {
             })?
             .pop_if_empty()
             .push(address.as_str());
-        if let Some(n) = since {
-            url.query_pairs_mut().append_pair("since", &n.to_string());
-        }
-        let mut r = self.http.get(url);
+        let mut r = self.http.get(url).query(&LookupQuery { since });
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
@@ -290,12 +251,11 @@ impl Api {
         recipients: &[Address],
         message: Option<&[u8]>,
     ) -> Result<OutboundResponse, ClientError> {
-        let mut body = json!({ "recipients": recipients });
-        if let Some(m) = message {
-            body["message"] = json!(b64::encode(m));
-        }
-        self.json(self.req(Method::POST, "/v1/outbound").json(&body))
-            .await
+        let req = OutboundRequest {
+            message: message.map(b64::encode),
+            recipients: recipients.iter().map(ToString::to_string).collect(),
+        };
+        self.send_json(Method::POST, "/v1/outbound", &req).await
     }
 
     /// Long poll: like [`Api::list`], but when nothing is pending the server waits up to
@@ -308,8 +268,11 @@ impl Api {
         let r: ListResponse = self
             .json(
                 self.req(Method::GET, "/v1/messages")
-                    .query(&[("after", after)])
-                    .query(&[("wait", wait_secs)])
+                    .query(&ListQuery {
+                        after,
+                        limit: None,
+                        wait: Some(wait_secs),
+                    })
                     .timeout(Duration::from_secs(wait_secs + 30)),
             )
             .await?;
@@ -318,10 +281,10 @@ impl Api {
 
     pub async fn list(&self, after: i64) -> Result<Vec<ListEntry>, ClientError> {
         let r: ListResponse = self
-            .json(
-                self.req(Method::GET, "/v1/messages")
-                    .query(&[("after", after)]),
-            )
+            .json(self.req(Method::GET, "/v1/messages").query(&ListQuery {
+                after,
+                ..ListQuery::default()
+            }))
             .await?;
         Ok(r.messages)
     }
@@ -341,41 +304,34 @@ impl Api {
 
     /// The logged-in user's block list.
     pub async fn blocks(&self) -> Result<Vec<String>, ClientError> {
-        let v: Value = self.json(self.req(Method::GET, "/v1/blocks")).await?;
-        Ok(v["blocks"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e.as_str().map(ToOwned::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default())
+        let r: BlocksResponse = self.json(self.req(Method::GET, "/v1/blocks")).await?;
+        Ok(r.blocks)
     }
 
     /// Blocks (`add`) or unblocks an address or `@domain`; returns the normalized entry
     /// and whether anything changed.
     pub async fn set_block(&self, entry: &str, add: bool) -> Result<(String, bool), ClientError> {
         let method = if add { Method::POST } else { Method::DELETE };
-        let v: Value = self
-            .json(
-                self.req(method, "/v1/blocks")
-                    .json(&json!({ "entry": entry })),
-            )
-            .await?;
-        Ok((
-            v["entry"].as_str().unwrap_or(entry).to_owned(),
-            v["changed"].as_bool().unwrap_or(false),
-        ))
+        let req = BlockRequest {
+            entry: entry.to_owned(),
+        };
+        let r: BlockChange = self.send_json(method, "/v1/blocks", &req).await?;
+        let normalized = if r.entry.is_empty() {
+            entry.to_owned()
+        } else {
+            r.entry
+        };
+        Ok((normalized, r.changed))
     }
 
     /// Acknowledges several messages at once (`POST /v1/messages/ack`, at most 1000 ids).
     pub async fn ack_many(&self, ids: &[String]) -> Result<(), ClientError> {
         for chunk in ids.chunks(1000) {
-            self.call(
-                self.req(Method::POST, "/v1/messages/ack")
-                    .json(&serde_json::json!({ "ids": chunk })),
-            )
-            .await?;
+            let req = AckRequest {
+                ids: chunk.to_vec(),
+            };
+            self.call(self.req(Method::POST, "/v1/messages/ack").json(&req))
+                .await?;
         }
         Ok(())
     }

@@ -16,9 +16,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use letterme_protocol::api::OutboundMode;
+use letterme_protocol::api::kt::WitnessVerdict;
 use letterme_protocol::codec::hex;
 use letterme_protocol::envelope::{Envelope, SignerKind, seal_message_except};
 use letterme_protocol::keys::random_bytes;
+use letterme_protocol::verdict::{AuthResult, Disposition, DkimResults};
 use letterme_protocol::{
     Address, Attestation, EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, KeyBinding,
     Payload, SigningKeypair,
@@ -129,10 +132,10 @@ pub struct LegacyView {
     pub mail_from: String,
     pub client_ip: String,
     pub authentication_results: String,
-    pub spf: String,
-    pub dkim: String,
-    pub dmarc: String,
-    pub disposition: String,
+    pub spf: AuthResult,
+    pub dkim: DkimResults,
+    pub dmarc: AuthResult,
+    pub disposition: Disposition,
     pub note: String,
     /// Size of the original message in bytes.
     pub raw_size: usize,
@@ -192,7 +195,7 @@ impl Unlocked {
     /// The cache entry for a received message: INBOX, or Junk for quarantined legacy mail.
     fn filed(&self, payload: &Payload, signer: &IdentityPublicKey, received: u64) -> NewMail {
         let folder = match &payload.legacy {
-            Some(l) if l.disposition == "quarantine" => "Junk",
+            Some(l) if l.disposition == Disposition::Quarantine => "Junk",
             _ => "INBOX",
         };
         NewMail {
@@ -250,7 +253,7 @@ impl Unlocked {
 
 fn message(id: &str, received: u64, p: Payload) -> Message {
     let folder = match &p.legacy {
-        Some(l) if l.disposition == "quarantine" => "Junk",
+        Some(l) if l.disposition == Disposition::Quarantine => "Junk",
         _ => "INBOX",
     };
     let legacy = p.legacy.map(|l| LegacyView {
@@ -697,10 +700,9 @@ impl Online {
         let mut prefix_checked = None;
         let mut ops: BTreeMap<String, u64> = BTreeMap::new();
         loop {
-            let path = format!("/v1/kt/entries?domain={domain}&start={}", log.len());
             let mut waited = 0;
             let page = loop {
-                match self.api.get_json(&path).await {
+                match self.api.kt_entries(&domain, log.len()).await {
                     // A long log takes many pages: wait for the rate limit to refill.
                     Err(ClientError::Api { status: 429, .. }) if waited < 120 => {
                         waited += 1;
@@ -709,14 +711,13 @@ impl Online {
                     other => break other?,
                 }
             };
-            let cp: Checkpoint = serde_json::from_value(page["checkpoint"].clone())
-                .map_err(|e| ClientError::Audit(domain.clone(), format!("checkpoint: {e}")))?;
+            let cp = page.checkpoint;
             if head.is_none() {
                 // Checked before anything is downloaded against it.
                 kt::check_checkpoint(&domain, &cp, None, &keys, None).map_err(bad)?;
             }
             let head = head.get_or_insert(cp);
-            let entries = page["entries"].as_array().cloned().unwrap_or_default();
+            let entries = page.entries;
             if entries.is_empty() && log.len() < head.size {
                 return Err(ClientError::Audit(
                     domain.clone(),
@@ -727,10 +728,8 @@ impl Online {
                 if log.len() >= head.size {
                     break;
                 }
-                let bytes = e
-                    .as_str()
-                    .and_then(|s| letterme_protocol::b64::decode(s).ok())
-                    .ok_or_else(|| ClientError::Audit(domain.clone(), "bad entry".into()))?;
+                let bytes = letterme_protocol::b64::decode(&e)
+                    .map_err(|_| ClientError::Audit(domain.clone(), "bad entry".into()))?;
                 let entry = LogEntry::decode(&bytes).map_err(bad)?;
                 *ops.entry(format!("{:?}", entry.op)).or_default() += 1;
                 log.push(entry);
@@ -778,20 +777,13 @@ impl Online {
         let witness = if own {
             None
         } else {
-            Some(
-                self.api
-                    .post_json("/v1/kt/witness", &serde_json::json!({ "checkpoint": head }))
-                    .await?,
-            )
+            Some(self.api.kt_witness(&head).await?)
         };
-        if let Some(w) = &witness
-            && w["verdict"] == "fork"
-        {
+        if let Some(WitnessVerdict::Fork { reason, .. }) = &witness {
             return Err(ClientError::Audit(
                 domain.clone(),
                 format!(
-                    "your server holds a checkpoint of {domain} that contradicts this one: {} (a fork)",
-                    w["reason"].as_str().unwrap_or_default()
+                    "your server holds a checkpoint of {domain} that contradicts this one: {reason} (a fork)"
                 ),
             ));
         }
@@ -804,7 +796,7 @@ impl Online {
             signed_at: head.time,
             operations: ops,
             previously_seen: last.map(|l| l.size),
-            witness: witness.map(|w| w["verdict"].as_str().unwrap_or("unknown").to_owned()),
+            witness: witness.map(|w| w.as_str().to_owned()),
         })
     }
 
@@ -821,8 +813,8 @@ impl Online {
         Ok(keys)
     }
 
-    /// What the server does with mail for ordinary addresses: `relay`, `notice` or `off`.
-    pub async fn outbound_mode(&self) -> Result<String, ClientError> {
+    /// What the server does with mail for ordinary addresses.
+    pub async fn outbound_mode(&self) -> Result<OutboundMode, ClientError> {
         Ok(self.api.server_info().await?.outbound)
     }
 
@@ -850,12 +842,12 @@ impl Online {
         }
         let legacy_list: Vec<Address> = legacy.iter().cloned().collect();
         if !legacy.is_empty() {
-            match info.outbound.as_str() {
-                "relay" if !draft.allow_plaintext => {
+            match info.outbound {
+                OutboundMode::Relay if !draft.allow_plaintext => {
                     return Err(ClientError::PlaintextRefused(legacy_list));
                 }
-                "relay" | "notice" => {}
-                _ => return Err(ClientError::OutboundOff(legacy_list)),
+                OutboundMode::Relay | OutboundMode::Notice => {}
+                OutboundMode::Off => return Err(ClientError::OutboundOff(legacy_list)),
             }
         }
         let message_id = draft
@@ -902,7 +894,7 @@ impl Online {
         // nothing at all has been sent.
         let (mut relayed, mut noticed) = (Vec::new(), Vec::new());
         if !legacy.is_empty() {
-            if info.outbound == "relay" {
+            if info.outbound == OutboundMode::Relay {
                 let raw = render::outgoing(&payload).ok_or_else(|| {
                     ClientError::Io("the message cannot be written as ordinary email".into())
                 })?;

@@ -15,16 +15,24 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use letterme_protocol::api::kt::{
+    CheckpointResponse, ConsistencyQuery, ConsistencyResponse, EntriesPage, EntriesQuery, Fork,
+    WitnessRequest, WitnessVerdict, Witnessed,
+};
+use letterme_protocol::api::{
+    AckRequest, AckResponse, BlockChange, BlockRequest, BlocksResponse, ChallengeRequest,
+    ChallengeResponse, ErrorCode, ErrorLimit, Health, KeyChangeRequest, KeyChangeResponse,
+    KeyLookup, ListEntry, ListQuery, ListResponse, LookupQuery, RegisterRequest, RegisterResponse,
+    RegistrationMode, SendResponse, ServerInfo, TokenRequest, TokenResponse,
+};
 use letterme_protocol::auth::verify_challenge;
 use letterme_protocol::envelope::{Envelope, SignerKind};
 use letterme_protocol::keys::Signature;
-use letterme_protocol::{Address, Attestation, EnvelopeId, IdentityPublicKey, KeyBinding, b64};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use letterme_protocol::{Address, Attestation, EnvelopeId, IdentityPublicKey, b64};
 use sha2::{Digest as _, Sha256};
 
 use crate::auth::{Auth, RateLimiter, Session, TokenError};
-use crate::config::{Config, RegistrationMode};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::store::{AccountRow, NewDelivery, Store};
@@ -122,7 +130,7 @@ async fn not_found() -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "method not allowed on this endpoint",
     )
 }
@@ -131,7 +139,7 @@ fn json_body<T>(r: Result<Json<T>, JsonRejection>) -> AppResult<T> {
     match r {
         Ok(Json(v)) => Ok(v),
         Err(JsonRejection::BytesRejection(b)) => Err(body_error(&b, MAX_JSON_BODY as u64)),
-        Err(e) => Err(ApiError::bad_request("bad_json", e.body_text())),
+        Err(e) => Err(ApiError::bad_request(ErrorCode::BadJson, e.body_text())),
     }
 }
 
@@ -139,28 +147,28 @@ fn body_error(e: &BytesRejection, limit: u64) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("the request body is larger than this server accepts ({limit} bytes)"),
         )
-        .with_details(json!({ "limit": limit }))
+        .with_limit(ErrorLimit::Bytes(limit))
     } else {
-        ApiError::bad_request("bad_body", e.body_text())
+        ApiError::bad_request(ErrorCode::BadBody, e.body_text())
     }
 }
 
 fn path_param(p: Result<Path<String>, PathRejection>) -> AppResult<Path<String>> {
-    p.map_err(|e| ApiError::bad_request("bad_path", e.body_text()))
+    p.map_err(|e| ApiError::bad_request(ErrorCode::BadPath, e.body_text()))
 }
 
 fn parse_address(s: &str) -> AppResult<Address> {
-    Address::parse(s).map_err(|e| ApiError::bad_request("bad_address", e.to_string()))
+    Address::parse(s).map_err(|e| ApiError::bad_request(ErrorCode::BadAddress, e.to_string()))
 }
 
 fn check_ip(state: &AppState, addr: SocketAddr) -> AppResult<()> {
     if state.ip_limit.allow(&addr.ip(), state.clock.now_f64()) {
         Ok(())
     } else {
-        state.metrics.error("rate_limited");
+        state.metrics.error(&ErrorCode::RateLimited);
         Err(ApiError::rate_limited())
     }
 }
@@ -178,7 +186,7 @@ impl FromRequestParts<Arc<AppState>> for Authed {
     ) -> Result<Self, Self::Rejection> {
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
             return Err(ApiError::unauthorized(
-                "missing_token",
+                ErrorCode::MissingToken,
                 "log in first: Authorization: Bearer <token>",
             ));
         };
@@ -187,16 +195,19 @@ impl FromRequestParts<Arc<AppState>> for Authed {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
-                ApiError::unauthorized("invalid_token", "expected Authorization: Bearer <token>")
+                ApiError::unauthorized(
+                    ErrorCode::InvalidToken,
+                    "expected Authorization: Bearer <token>",
+                )
             })?;
         match state.auth.session(token.trim(), state.clock.now()) {
             Ok(s) => Ok(Self(s)),
             Err(TokenError::Expired) => Err(ApiError::unauthorized(
-                "expired_token",
+                ErrorCode::ExpiredToken,
                 "the token has expired; log in again",
             )),
             Err(TokenError::Invalid) => Err(ApiError::unauthorized(
-                "invalid_token",
+                ErrorCode::InvalidToken,
                 "unknown token; log in again",
             )),
         }
@@ -205,10 +216,15 @@ impl FromRequestParts<Arc<AppState>> for Authed {
 
 async fn healthz(State(state): St) -> Response {
     match state.store.ping().await {
-        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+        Ok(()) => Json(Health {
+            status: "ok".into(),
+        })
+        .into_response(),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "database unavailable" })),
+            Json(Health {
+                status: "database unavailable".into(),
+            }),
         )
             .into_response(),
     }
@@ -242,18 +258,15 @@ async fn mta_sts(State(state): St) -> Response {
 
 /// `GET /v1/kt/checkpoint`: the log's current signed checkpoint and the VRF key of its
 /// labels.
-async fn kt_checkpoint(State(state): St) -> Json<serde_json::Value> {
+async fn kt_checkpoint(State(state): St) -> Json<CheckpointResponse> {
     let cp = state
         .kt
         .checkpoint(&state.config.domain, state.clock.now(), &state.domain_key)
         .await;
-    Json(json!({ "checkpoint": cp, "vrf_key": b64::encode(&state.kt.vrf.public()) }))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsistencyQuery {
-    pub from: u64,
+    Json(CheckpointResponse {
+        checkpoint: cp,
+        vrf_key: b64::encode(&state.kt.vrf.public()),
+    })
 }
 
 /// `GET /v1/kt/consistency?from=N`: the current checkpoint and the proof that it extends
@@ -261,8 +274,8 @@ pub struct ConsistencyQuery {
 async fn kt_consistency(
     State(state): St,
     q: Result<Query<ConsistencyQuery>, QueryRejection>,
-) -> AppResult<Json<serde_json::Value>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+) -> AppResult<Json<ConsistencyResponse>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(ErrorCode::BadQuery, e.body_text()))?;
     let Some((cp, mut proofs)) = state
         .kt
         .consistency(
@@ -274,14 +287,15 @@ async fn kt_consistency(
         .await
     else {
         return Err(ApiError::bad_request(
-            "beyond_log",
+            ErrorCode::BeyondLog,
             format!("the log has fewer than {} entries", q.from),
         ));
     };
     let proof = proofs.pop().unwrap_or_default();
-    Ok(Json(
-        json!({ "checkpoint": cp, "proof": b64::encode(&proof) }),
-    ))
+    Ok(Json(ConsistencyResponse {
+        checkpoint: cp,
+        proof: b64::encode(&proof),
+    }))
 }
 
 /// `GET /v1/kt/mine?since=N`: every log entry under the caller's own label, with proofs,
@@ -291,7 +305,7 @@ async fn kt_mine(
     Authed(session): Authed,
     q: Result<Query<LookupQuery>, QueryRejection>,
 ) -> AppResult<Json<letterme_protocol::kt::KtHistory>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(ErrorCode::BadQuery, e.body_text()))?;
     Ok(Json(
         state
             .kt
@@ -305,20 +319,6 @@ async fn kt_mine(
             )
             .await?,
     ))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyChangeRequest {
-    /// The new encryption key, bound to the (unchanged) identity key.
-    pub binding: KeyBinding,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct KeyChangeResponse {
-    pub attestation: Attestation,
-    /// The log entry that records the change.
-    pub index: u64,
 }
 
 /// `POST /v1/keys/rotate`: a new encryption key replaces the current one; mail sealed to
@@ -352,31 +352,31 @@ async fn change_key(
         .lookup_limit
         .allow(&session.address, state.clock.now_f64())
     {
-        state.metrics.error("rate_limited");
+        state.metrics.error(&ErrorCode::RateLimited);
         return Err(ApiError::rate_limited());
     }
     if b.address != session.address {
         return Err(ApiError::forbidden(
-            "wrong_address",
+            ErrorCode::WrongAddress,
             "the key binding is for another address than the logged-in one",
         ));
     }
     if b.identity_key != session.identity_key {
         return Err(ApiError::forbidden(
-            "identity_changed",
+            ErrorCode::IdentityChanged,
             "a new encryption key must be bound to your current identity key",
         ));
     }
     b.verify().map_err(|_| {
         ApiError::bad_request(
-            "bad_signature",
+            ErrorCode::BadSignature,
             "the key binding is not signed by the identity key",
         )
     })?;
     let now = state.clock.now();
     if b.created.abs_diff(now) > MAX_CLOCK_SKEW {
         return Err(ApiError::bad_request(
-            "stale",
+            ErrorCode::Stale,
             "the key binding's time is more than a day off the server's clock",
         ));
     }
@@ -399,14 +399,14 @@ async fn change_key(
     }
     if current.encryption_key == b.encryption_key.0 {
         return Err(ApiError::bad_request(
-            "same_key",
+            ErrorCode::SameKey,
             "this is the current encryption key; generate a new one",
         ));
     }
     if b.created <= current.key_created {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "stale",
+            ErrorCode::Stale,
             "the key binding is older than the current key's",
         ));
     }
@@ -416,20 +416,19 @@ async fn change_key(
         .recent_changes(&state.store, &b.address, now.saturating_sub(86_400))
         .await?;
     if recent >= u64::from(state.config.limits.key_changes_per_day) {
-        state.metrics.error("too_many_key_changes");
+        state.metrics.error(&ErrorCode::TooManyKeyChanges);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "too_many_key_changes",
+            ErrorCode::TooManyKeyChanges,
             format!(
                 "at most {} key changes in 24 hours; try again later",
                 state.config.limits.key_changes_per_day
             ),
         ));
     }
-    let version = current
-        .key_version
-        .checked_add(1)
-        .ok_or_else(|| ApiError::bad_request("too_many_versions", "no key version is left"))?;
+    let version = current.key_version.checked_add(1).ok_or_else(|| {
+        ApiError::bad_request(ErrorCode::TooManyVersions, "no key version is left")
+    })?;
     let attestation = Attestation::issue(&b, version, &state.domain_key);
     let index = state
         .kt
@@ -460,7 +459,7 @@ async fn refuse_forked(state: &AppState, domain: &str) -> AppResult<()> {
     if let Some(f) = crate::federation::witness::forked(state, domain).await? {
         return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
-            "kt_fork",
+            ErrorCode::KtFork,
             format!(
                 "the key-transparency log of {domain} forked ({}; source: {}): this server refuses its keys; the evidence is at GET /v1/kt/witnessed/{domain}",
                 f.reason, f.source
@@ -470,30 +469,19 @@ async fn refuse_forked(state: &AppState, domain: &str) -> AppResult<()> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntriesQuery {
-    #[serde(default)]
-    pub domain: Option<String>,
-    #[serde(default)]
-    pub start: u64,
-    #[serde(default)]
-    pub limit: Option<u64>,
-}
-
 /// `GET /v1/kt/entries?domain=D&start=N&limit=M`: a page of a domain's log (this one's, or
 /// another's fetched over federation) with that domain's current checkpoint, for audits.
 async fn kt_entries(
     State(state): St,
     Authed(session): Authed,
     q: Result<Query<EntriesQuery>, QueryRejection>,
-) -> AppResult<Json<serde_json::Value>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+) -> AppResult<Json<EntriesPage>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(ErrorCode::BadQuery, e.body_text()))?;
     if !state
         .lookup_limit
         .allow(&session.address, state.clock.now_f64())
     {
-        state.metrics.error("rate_limited");
+        state.metrics.error(&ErrorCode::RateLimited);
         return Err(ApiError::rate_limited());
     }
     let limit = q
@@ -517,22 +505,31 @@ async fn kt_entries(
             )
             .await?;
         let entries: Vec<String> = entries.iter().map(|e| b64::encode(e)).collect();
-        return Ok(Json(
-            json!({ "checkpoint": cp, "start": q.start, "entries": entries }),
-        ));
+        return Ok(Json(EntriesPage {
+            checkpoint: cp,
+            entries,
+            start: q.start,
+        }));
     }
     if !letterme_protocol::address::valid_domain(&domain) {
-        return Err(ApiError::bad_request("bad_domain", "not a domain name"));
+        return Err(ApiError::bad_request(
+            ErrorCode::BadDomain,
+            "not a domain name",
+        ));
     }
     let fed = state.federation.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "federation_unavailable",
+            ErrorCode::FederationUnavailable,
             "this server does not federate, so it cannot reach other domains' logs",
         )
     })?;
     let peer_failed = |e: crate::federation::FederationError| {
-        ApiError::new(StatusCode::BAD_GATEWAY, "peer_failed", e.to_string())
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::PeerFailed,
+            e.to_string(),
+        )
     };
     let peer = fed.peer(&domain).await.map_err(peer_failed)?;
     let target = format!("/v1/federation/kt/entries?start={}&limit={limit}", q.start);
@@ -540,15 +537,14 @@ async fn kt_entries(
         .call(&peer, reqwest::Method::GET, &target, Vec::new())
         .await
         .map_err(peer_failed)?;
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "peer_failed", e.to_string()))?;
-    Ok(Json(v))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WitnessRequest {
-    pub checkpoint: letterme_protocol::kt::Checkpoint,
+    let page: EntriesPage = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::PeerFailed,
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(page))
 }
 
 /// `POST /v1/kt/witness`: a user hands in a checkpoint of another domain it was shown;
@@ -557,7 +553,7 @@ async fn kt_witness(
     State(state): St,
     Authed(session): Authed,
     body: Result<Json<WitnessRequest>, JsonRejection>,
-) -> AppResult<Json<crate::federation::witness::Verdict>> {
+) -> AppResult<Json<WitnessVerdict>> {
     use crate::federation::witness::{WitnessError, observe};
     let req = json_body(body)?;
     if !state
@@ -571,17 +567,17 @@ async fn kt_witness(
         Err(WitnessError::Federation(_, crate::federation::FederationError::Disabled)) => {
             Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "federation_unavailable",
+                ErrorCode::FederationUnavailable,
                 "this server does not federate, so it witnesses no other domain's log",
             ))
         }
-        Err(e @ (WitnessError::OwnDomain | WitnessError::Unsigned(_))) => {
-            Err(ApiError::bad_request("not_witnessed", e.to_string()))
-        }
+        Err(e @ (WitnessError::OwnDomain | WitnessError::Unsigned(_))) => Err(
+            ApiError::bad_request(ErrorCode::NotWitnessed, e.to_string()),
+        ),
         Err(WitnessError::Store(e)) => Err(e.into()),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
-            "peer_failed",
+            ErrorCode::PeerFailed,
             e.to_string(),
         )),
     }
@@ -592,46 +588,32 @@ async fn kt_witness(
 async fn kt_witnessed(
     State(state): St,
     domain: Result<Path<String>, PathRejection>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Json<Witnessed>> {
     let Path(domain) = path_param(domain)?;
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let held: Option<serde_json::Value> = state
+    let checkpoint = state
         .store
         .witnessed(domain.clone())
         .await?
         .and_then(|j| serde_json::from_str(&j).ok());
-    let forks: Vec<serde_json::Value> = state
+    let forks = state
         .store
         .forks(domain.clone())
         .await?
         .into_iter()
-        .map(|f| {
-            json!({
-                "held": serde_json::from_str::<serde_json::Value>(&f.held).unwrap_or_default(),
-                "other": serde_json::from_str::<serde_json::Value>(&f.other).unwrap_or_default(),
-                "source": f.source,
-                "reason": f.reason,
-                "detected_at": f.detected_at,
-            })
+        .map(|f| Fork {
+            detected_at: f.detected_at,
+            held: serde_json::from_str(&f.held).ok(),
+            other: serde_json::from_str(&f.other).ok(),
+            reason: f.reason,
+            source: f.source,
         })
         .collect();
-    Ok(Json(
-        json!({ "domain": domain, "checkpoint": held, "forks": forks }),
-    ))
-}
-
-/// `GET /v1/server`
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ServerInfo {
-    pub domain: String,
-    pub domain_key: IdentityPublicKey,
-    pub protocol: u32,
-    pub max_message_size: u64,
-    pub quota: u64,
-    pub registration: RegistrationMode,
-    /// What happens to mail for addresses outside letter.me.
-    #[serde(default)]
-    pub outbound: crate::config::OutboundMode,
+    Ok(Json(Witnessed {
+        checkpoint,
+        domain,
+        forks,
+    }))
 }
 
 async fn server_info(State(state): St) -> Json<ServerInfo> {
@@ -644,20 +626,6 @@ async fn server_info(State(state): St) -> Json<ServerInfo> {
         registration: state.config.registration.mode,
         outbound: state.config.outbound.mode,
     })
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterRequest {
-    pub binding: KeyBinding,
-    #[serde(default)]
-    pub invite: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RegisterResponse {
-    pub attestation: Attestation,
-    pub domain_key: IdentityPublicKey,
 }
 
 async fn register(
@@ -674,7 +642,7 @@ async fn register(
         .eq_ignore_ascii_case(&state.config.domain)
     {
         return Err(ApiError::forbidden(
-            "wrong_domain",
+            ErrorCode::WrongDomain,
             format!(
                 "this server registers addresses @{} only",
                 state.config.domain
@@ -683,14 +651,14 @@ async fn register(
     }
     b.verify().map_err(|_| {
         ApiError::bad_request(
-            "bad_signature",
+            ErrorCode::BadSignature,
             "the key binding is not signed by the identity key",
         )
     })?;
     let now = state.clock.now();
     if b.created.abs_diff(now) > MAX_CLOCK_SKEW {
         return Err(ApiError::bad_request(
-            "stale",
+            ErrorCode::Stale,
             "the key binding's time is more than a day off the server's clock",
         ));
     }
@@ -699,7 +667,7 @@ async fn register(
         RegistrationMode::Invite => {
             let token = req.invite.as_deref().ok_or_else(|| {
                 ApiError::forbidden(
-                    "invite_required",
+                    ErrorCode::InviteRequired,
                     "this server registers by invitation; pass an invite token",
                 )
             })?;
@@ -715,7 +683,7 @@ async fn register(
                 });
             if !valid {
                 return Err(ApiError::forbidden(
-                    "invalid_invite",
+                    ErrorCode::InvalidInvite,
                     "this invite token is not valid",
                 ));
             }
@@ -753,17 +721,11 @@ async fn register(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChallengeRequest {
-    pub address: String,
-}
-
 async fn challenge(
     State(state): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<ChallengeRequest>, JsonRejection>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Json<ChallengeResponse>> {
     check_ip(&state, peer)?;
     let address = parse_address(&json_body(body)?.address)?;
     let now = state.clock.now();
@@ -771,37 +733,32 @@ async fn challenge(
         .auth
         .challenge(&address, now)
         .ok_or_else(ApiError::rate_limited)?;
-    Ok(Json(json!({
-        "challenge": b64::encode(&c),
-        "domain": state.config.domain,
-        "expires": now + crate::auth::CHALLENGE_TTL,
-    })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenRequest {
-    pub address: String,
-    pub challenge: String,
-    pub signature: Signature,
+    Ok(Json(ChallengeResponse {
+        challenge: b64::encode(&c),
+        domain: state.config.domain.clone(),
+        expires: now + crate::auth::CHALLENGE_TTL,
+    }))
 }
 
 async fn token(
     State(state): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<TokenRequest>, JsonRejection>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Json<TokenResponse>> {
     check_ip(&state, peer)?;
     let req = json_body(body)?;
     let address = parse_address(&req.address)?;
     let challenge: [u8; 32] = b64::decode_array(&req.challenge).ok_or_else(|| {
-        ApiError::bad_request("bad_challenge", "challenge must be base64 of 32 bytes")
+        ApiError::bad_request(
+            ErrorCode::BadChallenge,
+            "challenge must be base64 of 32 bytes",
+        )
     })?;
     let now = state.clock.now();
     let denied = || {
-        state.metrics.error("login_failed");
+        state.metrics.error(&ErrorCode::LoginFailed);
         ApiError::unauthorized(
-            "login_failed",
+            ErrorCode::LoginFailed,
             "the challenge is unknown or expired, or the signature does not verify",
         )
     };
@@ -827,32 +784,7 @@ async fn token(
         .issue(address, key, now)
         .ok_or_else(ApiError::rate_limited)?;
     state.metrics.logins.inc();
-    Ok(Json(json!({ "token": token, "expires": expires })))
-}
-
-/// `GET /v1/keys/{address}`: the same shape whether or not the address exists.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct KeyLookup {
-    pub address: Address,
-    pub found: bool,
-    pub attestation: Option<Attestation>,
-    /// The log entry of this key, with its proofs (addresses of this server; `null`
-    /// otherwise, so a lookup looks the same whether or not the address exists).
-    #[serde(default)]
-    pub kt: Option<letterme_protocol::kt::KtProof>,
-    /// The address's domain does not run letter.me (no `_mailx` record, or this server
-    /// does not federate): mail to it can only leave as ordinary email.
-    #[serde(default)]
-    pub legacy: bool,
-}
-
-/// `GET /v1/keys/{address}?since=N`: `since` is the size of the last checkpoint the
-/// client accepted; the answer then proves the new checkpoint extends it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LookupQuery {
-    #[serde(default)]
-    pub since: Option<u64>,
+    Ok(Json(TokenResponse { expires, token }))
 }
 
 async fn lookup(
@@ -862,12 +794,12 @@ async fn lookup(
     q: Result<Query<LookupQuery>, QueryRejection>,
 ) -> AppResult<Json<KeyLookup>> {
     let Path(address) = path_param(address)?;
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(ErrorCode::BadQuery, e.body_text()))?;
     if !state
         .lookup_limit
         .allow(&session.address, state.clock.now_f64())
     {
-        state.metrics.error("rate_limited");
+        state.metrics.error(&ErrorCode::RateLimited);
         return Err(ApiError::rate_limited());
     }
     let address = parse_address(&address)?;
@@ -886,7 +818,7 @@ async fn lookup(
             }
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "federation_unavailable",
+                ErrorCode::FederationUnavailable,
                 format!("{address} is on another domain, and this server does not federate"),
             ));
         };
@@ -911,7 +843,7 @@ async fn lookup(
                 tracing::info!(%address, error = %e, "remote key lookup failed");
                 return Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
-                    "peer_failed",
+                    ErrorCode::PeerFailed,
                     e.to_string(),
                 ));
             }
@@ -929,7 +861,7 @@ async fn lookup(
                 tracing::info!(%address, reason = %why, "cannot witness a checkpoint");
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,
-                    "peer_failed",
+                    ErrorCode::PeerFailed,
                     format!(
                         "cannot check the key-transparency log of {} against what this server saw before: {why}",
                         address.domain()
@@ -937,7 +869,7 @@ async fn lookup(
                 )
             };
             match observed {
-                Ok(Ok(crate::federation::witness::Verdict::Fork { .. })) => {
+                Ok(Ok(WitnessVerdict::Fork { .. })) => {
                     refuse_forked(&state, address.domain()).await?;
                 }
                 Ok(Ok(_)) => {}
@@ -997,16 +929,6 @@ pub fn attestation_of(address: &Address, r: &AccountRow) -> Attestation {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SendResponse {
-    pub id: String,
-    pub size: u64,
-    pub recipients: Vec<Address>,
-    /// Recipients on other domains: queued for federated delivery.
-    #[serde(default)]
-    pub queued: Vec<String>,
-}
-
 async fn send(
     State(state): St,
     Authed(session): Authed,
@@ -1016,15 +938,16 @@ async fn send(
     let body = body.map_err(|e| {
         let mut err = body_error(&e, limit);
         if err.status == StatusCode::PAYLOAD_TOO_LARGE {
-            err.code = "message_too_large";
-            err.message = format!("the message is larger than this server accepts ({limit} bytes)");
+            err.detail.code = ErrorCode::MessageTooLarge;
+            err.detail.message =
+                format!("the message is larger than this server accepts ({limit} bytes)");
         }
-        state.metrics.error(err.code);
+        state.metrics.error(err.code());
         err
     })?;
     let result = accept(&state, &session, &body).await;
     if let Err(e) = &result {
-        state.metrics.error(e.code);
+        state.metrics.error(e.code());
     }
     result
 }
@@ -1035,26 +958,29 @@ async fn accept(
     body: &[u8],
 ) -> AppResult<(StatusCode, Json<SendResponse>)> {
     let env = Envelope::decode(body)
-        .map_err(|e| ApiError::bad_request("malformed_envelope", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::MalformedEnvelope, e.to_string()))?;
     if env.signer_kind != SignerKind::User || env.sender != session.address {
         return Err(ApiError::forbidden(
-            "sender_mismatch",
+            ErrorCode::SenderMismatch,
             "the envelope's sender is not the logged-in user",
         ));
     }
     if env.signer_key != session.identity_key {
         return Err(ApiError::forbidden(
-            "sender_mismatch",
+            ErrorCode::SenderMismatch,
             "the envelope is not signed by your identity key",
         ));
     }
     env.verify_signature().map_err(|_| {
-        ApiError::bad_request("bad_signature", "the envelope signature does not verify")
+        ApiError::bad_request(
+            ErrorCode::BadSignature,
+            "the envelope signature does not verify",
+        )
     })?;
     let now = state.clock.now();
     if env.created.abs_diff(now) > MAX_CLOCK_SKEW {
         return Err(ApiError::bad_request(
-            "stale_envelope",
+            ErrorCode::StaleEnvelope,
             "the envelope's time is more than a day off the server's clock",
         ));
     }
@@ -1074,14 +1000,14 @@ async fn accept(
         let list: Vec<String> = remote.values().flatten().cloned().collect();
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "federation_unavailable",
+            ErrorCode::FederationUnavailable,
             format!(
                 "{} not on {}, and this server does not federate ([federation] listen is not set)",
                 list.join(", "),
                 state.config.domain
             ),
         )
-        .with_details(json!({ "recipients": list })));
+        .with_recipients(list));
     }
     let recipients: Vec<Address> = env.recipients.iter().map(|r| r.address.clone()).collect();
     let queued: Vec<String> = remote.values().flatten().cloned().collect();
@@ -1125,38 +1051,15 @@ async fn accept(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    #[serde(default)]
-    pub after: i64,
-    #[serde(default)]
-    pub limit: Option<u32>,
-    /// Long poll: when nothing is pending, wait up to this many seconds (at most
-    /// [`MAX_WAIT`]) for a delivery before answering.
-    #[serde(default)]
-    pub wait: Option<u64>,
-}
-
 /// Longest long-poll wait, in seconds.
 pub const MAX_WAIT: u64 = 60;
-
-/// One entry of `GET /v1/messages`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ListEntry {
-    pub id: String,
-    pub seq: i64,
-    pub sender: String,
-    pub size: u64,
-    pub received: u64,
-}
 
 async fn list(
     State(state): St,
     Authed(session): Authed,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> AppResult<Json<serde_json::Value>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+) -> AppResult<Json<ListResponse>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(ErrorCode::BadQuery, e.body_text()))?;
     let limit = q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST);
     let me = session.address.to_string();
     let wait = std::time::Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT));
@@ -1185,12 +1088,12 @@ async fn list(
             received: p.received,
         })
         .collect();
-    Ok(Json(json!({ "messages": messages })))
+    Ok(Json(ListResponse { messages }))
 }
 
 fn parse_id(s: &str) -> AppResult<EnvelopeId> {
     EnvelopeId::from_hex(s)
-        .ok_or_else(|| ApiError::bad_request("bad_id", "a message id is 32 hex digits"))
+        .ok_or_else(|| ApiError::bad_request(ErrorCode::BadId, "a message id is 32 hex digits"))
 }
 
 async fn fetch(
@@ -1237,21 +1140,15 @@ async fn ack_one(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AckRequest {
-    pub ids: Vec<String>,
-}
-
 async fn ack_many(
     State(state): St,
     Authed(session): Authed,
     body: Result<Json<AckRequest>, JsonRejection>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Json<AckResponse>> {
     let req = json_body(body)?;
     if req.ids.len() > MAX_LIST as usize {
         return Err(ApiError::bad_request(
-            "too_many",
+            ErrorCode::TooMany,
             format!("acknowledge at most {MAX_LIST} ids at once"),
         ));
     }
@@ -1262,14 +1159,7 @@ async fn ack_many(
         .collect::<AppResult<Vec<_>>>()?;
     let n = state.store.ack(session.address.to_string(), ids).await?;
     state.metrics.acks.inc_by(n as u64);
-    Ok(Json(json!({ "deleted": n })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlockRequest {
-    /// `someone@example.com` or `@example.com`.
-    pub entry: String,
+    Ok(Json(AckResponse { deleted: n as u64 }))
 }
 
 /// Normalizes a block entry: an address, or `@domain` for a whole domain.
@@ -1284,24 +1174,21 @@ fn block_entry(raw: &str) -> AppResult<String> {
         return Ok(a.to_string());
     }
     Err(ApiError::bad_request(
-        "bad_entry",
+        ErrorCode::BadEntry,
         "block an address (someone@example.com) or a domain (@example.com)",
     ))
 }
 
-async fn list_blocks(
-    State(state): St,
-    Authed(session): Authed,
-) -> AppResult<Json<serde_json::Value>> {
+async fn list_blocks(State(state): St, Authed(session): Authed) -> AppResult<Json<BlocksResponse>> {
     let blocks = state.store.blocks(session.address.to_string()).await?;
-    Ok(Json(json!({ "blocks": blocks })))
+    Ok(Json(BlocksResponse { blocks }))
 }
 
 async fn add_block(
     State(state): St,
     Authed(session): Authed,
     body: Result<Json<BlockRequest>, JsonRejection>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Json<BlockChange>> {
     let entry = block_entry(&json_body(body)?.entry)?;
     let added = state
         .store
@@ -1312,14 +1199,17 @@ async fn add_block(
             state.clock.now(),
         )
         .await?;
-    Ok(Json(json!({ "entry": entry, "changed": added })))
+    Ok(Json(BlockChange {
+        changed: added,
+        entry,
+    }))
 }
 
 async fn remove_block(
     State(state): St,
     Authed(session): Authed,
     body: Result<Json<BlockRequest>, JsonRejection>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Json<BlockChange>> {
     let entry = block_entry(&json_body(body)?.entry)?;
     let removed = state
         .store
@@ -1330,5 +1220,8 @@ async fn remove_block(
             state.clock.now(),
         )
         .await?;
-    Ok(Json(json!({ "entry": entry, "changed": removed })))
+    Ok(Json(BlockChange {
+        changed: removed,
+        entry,
+    }))
 }

@@ -8,6 +8,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Wire enums the config sets: `GET /v1/server` shows them.
+pub use letterme_protocol::api::{OutboundMode, RegistrationMode};
+pub use letterme_protocol::verdict::DmarcMode;
+
 /// The whole config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,12 +142,6 @@ impl Config {
                 "http.listen {} is not a loopback address, and plain HTTP is allowed only on loopback; \
                  listen on 127.0.0.1 behind a TLS-terminating proxy, or configure [http.tls]",
                 self.http.listen
-            ));
-        }
-        if !matches!(self.policy.dmarc.as_str(), "strict" | "published" | "off") {
-            return Err(format!(
-                "policy.dmarc {:?}: expected strict, published or off",
-                self.policy.dmarc
             ));
         }
         for a in &self.policy.allow {
@@ -363,8 +361,10 @@ fn default_dns_attempts() -> usize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    #[serde(default = "default_dmarc")]
-    pub dmarc: String,
+    /// Parsed here, so `policy.dmarc "lax": expected strict, published or off` stops the
+    /// start before anything listens.
+    #[serde(default)]
+    pub dmarc: DmarcMode,
     #[serde(default = "default_retention")]
     pub retention_days: u32,
     /// Named exceptions for forwarders and lists that break DKIM.
@@ -388,15 +388,11 @@ pub struct AllowConfig {
 impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
-            dmarc: default_dmarc(),
+            dmarc: DmarcMode::default(),
             retention_days: default_retention(),
             allow: Vec::new(),
         }
     }
-}
-
-fn default_dmarc() -> String {
-    "strict".into()
 }
 
 fn default_retention() -> u32 {
@@ -454,14 +450,6 @@ fn default_lookup_burst() -> u32 {
 
 fn default_key_changes() -> u32 {
     20
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegistrationMode {
-    #[default]
-    Open,
-    Invite,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -605,29 +593,6 @@ impl<'de> Deserialize<'de> for Interval {
             .map_err(|e| {
                 serde::de::Error::custom(format!("{s:?}: {e} (write e.g. 90s, 1m, 4h, 5d)"))
             })
-    }
-}
-
-/// What happens to mail for addresses outside letter.me (DESIGN.md §3, §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutboundMode {
-    /// The user's message, DKIM-signed, over SMTP to the recipient's MX.
-    Relay,
-    /// Only a notice that a message waits in letter.me; never the content.
-    Notice,
-    /// Mail to other domains goes through federation only.
-    #[default]
-    Off,
-}
-
-impl fmt::Display for OutboundMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Relay => "relay",
-            Self::Notice => "notice",
-            Self::Off => "off",
-        })
     }
 }
 

@@ -3,49 +3,45 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use letterme_protocol::api::{ErrorBody, ErrorCode, ErrorDetail, ErrorLimit};
 
 use crate::store::StoreError;
 
-/// An error as the client sees it: `{"error": {"code", "message", ...details}}`.
+/// An error as the client sees it: the status and `{"error": {"code", "message", ...details}}`.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub details: Option<Value>,
+    pub detail: ErrorDetail,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
-            code,
-            message: message.into(),
-            details: None,
+            detail: ErrorDetail::new(code, message),
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unauthorized(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
 
-    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn forbidden(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     pub fn rate_limited() -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            ErrorCode::RateLimited,
             "too many requests; slow down and retry",
         )
     }
@@ -53,26 +49,42 @@ impl ApiError {
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "the server failed to complete the request; it was not stored",
         )
     }
 
+    pub fn code(&self) -> &ErrorCode {
+        &self.detail.code
+    }
+
+    /// The `limit` detail.
     #[must_use]
-    pub fn with_details(mut self, details: Value) -> Self {
-        self.details = Some(details);
+    pub fn with_limit(mut self, limit: ErrorLimit) -> Self {
+        self.detail.limit = Some(limit);
+        self
+    }
+
+    /// The `domain` detail.
+    #[must_use]
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.detail.domain = Some(domain.into());
+        self
+    }
+
+    /// The `recipients` detail.
+    #[must_use]
+    pub fn with_recipients(mut self, recipients: Vec<String>) -> Self {
+        self.detail.recipients = Some(recipients);
         self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut err = json!({ "code": self.code, "message": self.message });
-        if let (Some(Value::Object(extra)), Some(obj)) = (self.details, err.as_object_mut()) {
-            obj.extend(extra);
-        }
-        let mut resp = (self.status, Json(json!({ "error": err }))).into_response();
-        if self.code == "rate_limited" {
+        let rate_limited = self.detail.code == ErrorCode::RateLimited;
+        let mut resp = (self.status, Json(ErrorBody { error: self.detail })).into_response();
+        if rate_limited {
             resp.headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
         }
@@ -85,41 +97,42 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::AddressTaken => Self::new(
                 StatusCode::CONFLICT,
-                "address_taken",
+                ErrorCode::AddressTaken,
                 "this address is already registered",
             ),
             StoreError::UnknownRecipients(list) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_recipients",
+                ErrorCode::UnknownRecipients,
                 format!("no such user: {}", list.join(", ")),
             )
-            .with_details(json!({ "recipients": list })),
+            .with_recipients(list),
             StoreError::QuotaExceeded(who) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "quota_exceeded",
+                ErrorCode::QuotaExceeded,
                 format!("the mailbox of {who} is full"),
             )
-            .with_details(json!({ "recipients": [who] })),
+            .with_recipients(vec![who]),
             StoreError::Replay => Self::new(
                 StatusCode::CONFLICT,
-                "replay",
+                ErrorCode::Replay,
                 "an envelope with this id was already accepted (replay)",
             ),
-            StoreError::InviteUsed => {
-                Self::forbidden("invalid_invite", "this invite token was already used")
-            }
+            StoreError::InviteUsed => Self::forbidden(
+                ErrorCode::InvalidInvite,
+                "this invite token was already used",
+            ),
             e @ StoreError::DailyCap { .. } => Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "daily_cap",
+                ErrorCode::DailyCap,
                 format!("{e}; try again tomorrow (UTC), or ask the administrator"),
             ),
             e @ StoreError::KeyConflict(_) => {
-                Self::new(StatusCode::CONFLICT, "key_conflict", e.to_string())
+                Self::new(StatusCode::CONFLICT, ErrorCode::KeyConflict, e.to_string())
             }
             StoreError::NoAccount(a) => Self::not_found(format!("no account {a}")),
             StoreError::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
+                ErrorCode::ShuttingDown,
                 "the server is shutting down",
             ),
             StoreError::Database(msg) => {

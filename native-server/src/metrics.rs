@@ -103,10 +103,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn error(&self, code: &str) {
+    pub fn error(&self, code: &letterme_protocol::api::ErrorCode) {
         self.errors
             .get_or_create(&CodeLabel {
-                code: code.to_owned(),
+                code: code.as_str().to_owned(),
             })
             .inc();
     }

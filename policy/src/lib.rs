@@ -8,31 +8,7 @@
 
 use std::net::IpAddr;
 
-/// An authentication result, RFC 8601 §2.7 vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthResult {
-    Pass,
-    Fail,
-    SoftFail,
-    Neutral,
-    None,
-    TempError,
-    PermError,
-}
-
-impl AuthResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pass => "pass",
-            Self::Fail => "fail",
-            Self::SoftFail => "softfail",
-            Self::Neutral => "neutral",
-            Self::None => "none",
-            Self::TempError => "temperror",
-            Self::PermError => "permerror",
-        }
-    }
-}
+pub use letterme_protocol::verdict::{AuthResult, DmarcMode};
 
 /// A domain's published DMARC policy (RFC 7489 §6.3 `p=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,32 +37,6 @@ pub struct Evidence {
     pub dmarc_policy: Option<DmarcPolicy>,
     /// DMARC evaluation as the verifier reported it (TempError on DNS failure).
     pub dmarc: AuthResult,
-}
-
-/// `[policy] dmarc`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DmarcMode {
-    /// Accept only when DMARC passes (aligned SPF or aligned DKIM), whatever the domain publishes.
-    #[default]
-    Strict,
-    /// Follow the domain's own `p=`.
-    Published,
-    /// Record results only.
-    Off,
-}
-
-impl std::str::FromStr for DmarcMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "strict" => Ok(Self::Strict),
-            "published" => Ok(Self::Published),
-            "off" => Ok(Self::Off),
-            other => Err(format!(
-                "policy.dmarc {other:?}: expected strict, published or off"
-            )),
-        }
-    }
 }
 
 /// A named exception for forwarders and lists that break DKIM: mail from these client

@@ -22,6 +22,7 @@ use crate::keys::{
     EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, Signature, SigningKeypair,
     random_bytes,
 };
+use crate::verdict::{AuthResult, Disposition, DkimResults};
 
 /// Magic and format version at the start of every envelope.
 /// The header field a client adds to rendered mail recording the signature check (RFC
@@ -152,11 +153,13 @@ pub struct LegacyMail {
     pub client_ip: String,
     /// The Authentication-Results header field value (RFC 8601).
     pub authentication_results: String,
-    pub spf: String,
-    pub dkim: String,
-    pub dmarc: String,
+    /// SPF of the MAIL FROM domain.
+    pub spf: AuthResult,
+    /// Each DKIM signature's result.
+    pub dkim: DkimResults,
+    pub dmarc: AuthResult,
     /// `accept` (INBOX) or `quarantine` (Junk).
-    pub disposition: String,
+    pub disposition: Disposition,
     /// Why the gateway decided as it did.
     pub note: String,
 }

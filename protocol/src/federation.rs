@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
+use crate::api::ErrorCode;
 use crate::b64;
 use crate::codec::{Reader, Writer};
 use crate::keys::{IdentityPublicKey, Signature, SigningKeypair};
@@ -65,15 +66,15 @@ pub enum SignatureError {
 
 impl SignatureError {
     /// The stable code of a 401 answer.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Malformed(_) => "malformed_signature",
-            Self::WrongDestination { .. } => "wrong_destination",
-            Self::Expired => "expired",
-            Self::Replayed => "replayed",
-            Self::UnknownKey(_) => "unknown_origin_key",
-            Self::BadSignature => "bad_signature",
-            Self::DigestMismatch => "digest_mismatch",
+            Self::Malformed(_) => ErrorCode::MalformedSignature,
+            Self::WrongDestination { .. } => ErrorCode::WrongDestination,
+            Self::Expired => ErrorCode::Expired,
+            Self::Replayed => ErrorCode::Replayed,
+            Self::UnknownKey(_) => ErrorCode::UnknownOriginKey,
+            Self::BadSignature => ErrorCode::BadSignature,
+            Self::DigestMismatch => ErrorCode::DigestMismatch,
         }
     }
 }

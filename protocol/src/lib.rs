@@ -5,6 +5,7 @@
 //! fuzzers all share exactly one implementation of what is signed and how.
 
 pub mod address;
+pub mod api;
 pub mod attestation;
 pub mod auth;
 pub mod b64;
@@ -14,6 +15,7 @@ pub mod envelope;
 pub mod federation;
 pub mod keys;
 pub mod kt;
+pub mod verdict;
 
 pub use address::{Address, AddressError};
 pub use attestation::{Attestation, AttestationError};

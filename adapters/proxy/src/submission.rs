@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use letterme_client::{ClientError, Draft, Online};
 use letterme_protocol::Address;
+use letterme_protocol::api::OutboundMode;
 use mail_parser::{Addr, HeaderValue, MessageParser};
 use tokio::sync::Mutex;
 
@@ -170,15 +171,17 @@ impl Backend for Submission {
         }
         match r {
             Ok(_) => Ok(()),
-            Err(ClientError::Legacy(_)) => match o.outbound_mode().await.as_deref() {
-                Ok("notice") => Ok(()),
-                Ok("relay") if self.allow_plaintext => Ok(()),
-                Ok("relay") => Err(refusal(
+            Err(ClientError::Legacy(_)) => match o.outbound_mode().await {
+                Ok(OutboundMode::Notice) => Ok(()),
+                Ok(OutboundMode::Relay) if self.allow_plaintext => Ok(()),
+                Ok(OutboundMode::Relay) => Err(refusal(
                     rcpt,
                     &ClientError::PlaintextRefused(vec![rcpt.clone()]),
                 )),
-                Ok(_) => Err(refusal(rcpt, &ClientError::OutboundOff(vec![rcpt.clone()]))),
-                Err(e) => Err(refusal(rcpt, e)),
+                Ok(OutboundMode::Off) => {
+                    Err(refusal(rcpt, &ClientError::OutboundOff(vec![rcpt.clone()])))
+                }
+                Err(e) => Err(refusal(rcpt, &e)),
             },
             Err(e) => Err(refusal(rcpt, &e)),
         }

@@ -3,6 +3,7 @@
 //! key; only the envelope reaches the store. Plaintext never touches disk.
 
 use letterme_protocol::envelope::{LegacyMail, SignerKind, VERIFIED_HEADER, seal};
+use letterme_protocol::verdict::{AuthResult, Disposition, DkimResults};
 use letterme_protocol::{Address, EncryptionPublicKey, Payload, SigningKeypair};
 use letterme_server::store::{NewDelivery, Store, StoreError};
 
@@ -15,9 +16,9 @@ pub struct Inbound {
     pub client_ip: String,
     pub recipients: Vec<Address>,
     pub authentication_results: String,
-    pub spf: String,
-    pub dkim: String,
-    pub dmarc: String,
+    pub spf: AuthResult,
+    pub dkim: DkimResults,
+    pub dmarc: AuthResult,
     pub quarantine: bool,
     pub note: String,
     /// The session ran over TLS.
@@ -126,11 +127,10 @@ pub async fn seal_and_store(
             dkim: msg.dkim,
             dmarc: msg.dmarc,
             disposition: if msg.quarantine {
-                "quarantine"
+                Disposition::Quarantine
             } else {
-                "accept"
-            }
-            .into(),
+                Disposition::Accept
+            },
             note: msg.note,
         }),
     };

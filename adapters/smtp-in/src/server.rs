@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use letterme_policy::{AllowEntry, Decision, DmarcMode, decide};
+use letterme_protocol::verdict::{DkimResult, DkimResults};
 use letterme_protocol::{Address, SigningKeypair};
 use letterme_server::Clock;
 use letterme_server::store::Store;
@@ -85,15 +86,15 @@ async fn accept_message(smtp: &SmtpIn, s: &Session, tx: Transaction) -> Reply {
     .await;
     let decision = decide(smtp.dmarc, &verified.evidence, &smtp.allow);
     let e = &verified.evidence;
-    let dkim = if e.dkim.is_empty() {
-        "none".to_owned()
-    } else {
+    let dkim = DkimResults(
         e.dkim
             .iter()
-            .map(|(r, d)| format!("{}({d})", r.as_str()))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+            .map(|(result, domain)| DkimResult {
+                result: *result,
+                domain: domain.clone(),
+            })
+            .collect(),
+    );
     let (quarantine, note) = match decision {
         Decision::Accept { note } => (false, note),
         Decision::Quarantine { note } => (true, note),
@@ -123,9 +124,9 @@ async fn accept_message(smtp: &SmtpIn, s: &Session, tx: Transaction) -> Reply {
             client_ip: ip.to_string(),
             recipients: tx.recipients,
             authentication_results: verified.authentication_results,
-            spf: e.spf_mail_from.as_str().to_owned(),
+            spf: e.spf_mail_from,
             dkim,
-            dmarc: e.dmarc.as_str().to_owned(),
+            dmarc: e.dmarc,
             quarantine,
             note,
             tls: s.is_tls(),

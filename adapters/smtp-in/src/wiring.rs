@@ -41,7 +41,7 @@ pub async fn start(config: &Config, server: &Running, addr: SocketAddr) -> Resul
     let local = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
-    let dmarc: DmarcMode = config.policy.dmarc.parse().map_err(StartError::Config)?;
+    let dmarc: DmarcMode = config.policy.dmarc;
     let allow = config
         .policy
         .allow

@@ -70,7 +70,7 @@ pub enum FederationError {
     Refused {
         domain: String,
         status: u16,
-        code: String,
+        code: letterme_protocol::api::ErrorCode,
         message: String,
     },
     #[error("{domain}'s answer is not signed by its DNS key: {error}")]
@@ -494,15 +494,20 @@ impl Federation {
             error,
         })?;
         if !(200..300).contains(&status) {
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let (code, message) =
+                match serde_json::from_slice::<letterme_protocol::api::ErrorBody>(&bytes) {
+                    Ok(b) if !b.error.message.is_empty() => (b.error.code, b.error.message),
+                    Ok(b) => (b.error.code, "no reason given".to_owned()),
+                    Err(_) => (
+                        letterme_protocol::api::ErrorCode::Other("unknown".into()),
+                        "no reason given".to_owned(),
+                    ),
+                };
             return Err(FederationError::Refused {
                 domain: domain.clone(),
                 status,
-                code: v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-                message: v["error"]["message"]
-                    .as_str()
-                    .unwrap_or("no reason given")
-                    .to_owned(),
+                code,
+                message,
             });
         }
         Ok((status, bytes))

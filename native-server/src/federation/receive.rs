@@ -12,11 +12,13 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use letterme_protocol::Address;
+use letterme_protocol::api::kt::{EntriesPage, FederationConsistency};
+use letterme_protocol::api::{ErrorBody, ErrorCode, ErrorDetail};
 use letterme_protocol::envelope::{Envelope, SignerKind};
 use letterme_protocol::federation::{
     self, RequestSignature, ResponseSignature, SignatureError, decode_batch_items,
 };
-use serde_json::json;
+use serde::Serialize;
 
 use super::{Federation, RemoteKeys};
 use crate::api::AppState;
@@ -41,7 +43,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                axum::Json(json!({"error": {"code": "not_found", "message": "no such federation endpoint; see docs/PROTOCOL.md §17"}})),
+                axum::Json(ErrorBody {
+                    error: ErrorDetail::new(
+                        ErrorCode::NotFound,
+                        "no such federation endpoint; see docs/PROTOCOL.md §17",
+                    ),
+                }),
             )
         })
         .layer(DefaultBodyLimit::max(64 * 1024))
@@ -64,7 +71,7 @@ fn signed(
     fed: &Federation,
     status: StatusCode,
     nonce: [u8; 16],
-    body: &serde_json::Value,
+    body: &impl Serialize,
 ) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let sig = ResponseSignature::sign(
@@ -93,14 +100,16 @@ fn error(
     fed: &Federation,
     status: StatusCode,
     nonce: [u8; 16],
-    code: &str,
+    code: ErrorCode,
     message: &str,
 ) -> Response {
     signed(
         fed,
         status,
         nonce,
-        &json!({ "error": { "code": code, "message": message } }),
+        &ErrorBody {
+            error: ErrorDetail::new(code, message),
+        },
     )
 }
 
@@ -122,7 +131,7 @@ async fn authenticate(
             .map(ToOwned::to_owned)
     };
     let refuse = |nonce: [u8; 16], e: &SignatureError| {
-        state.metrics.error(e.code());
+        state.metrics.error(&e.code());
         tracing::info!(reason = %e, "refused a federation request");
         error(
             fed,
@@ -146,12 +155,12 @@ async fn authenticate(
         }
         Err(e) => {
             tracing::info!(origin = %sig.origin, error = %e, "cannot verify a federation request's origin");
-            state.metrics.error("unknown_origin_key");
+            state.metrics.error(&ErrorCode::UnknownOriginKey);
             return Err(error(
                 fed,
                 StatusCode::UNAUTHORIZED,
                 sig.nonce,
-                "unknown_origin_key",
+                ErrorCode::UnknownOriginKey,
                 &format!("cannot find the keys of {}: {e}", sig.origin),
             ));
         }
@@ -163,7 +172,7 @@ async fn authenticate(
             fed,
             StatusCode::SERVICE_UNAVAILABLE,
             sig.nonce,
-            "busy",
+            ErrorCode::Busy,
             "too many requests in flight; retry later",
         )),
     }
@@ -181,7 +190,13 @@ async fn transaction(
     let body = match body {
         Ok(b) => b,
         Err(e) => {
-            return error(&fed, e.status(), [0; 16], "bad_body", &e.body_text());
+            return error(
+                &fed,
+                e.status(),
+                [0; 16],
+                ErrorCode::BadBody,
+                &e.body_text(),
+            );
         }
     };
     let sig = match authenticate(&state, &method, &uri, &headers, &body).await {
@@ -197,7 +212,7 @@ async fn transaction(
             &fed,
             StatusCode::BAD_REQUEST,
             nonce,
-            "bad_txid",
+            ErrorCode::BadTxid,
             "a transaction id is 32 hex digits",
         );
     };
@@ -209,7 +224,7 @@ async fn transaction(
                 &fed,
                 StatusCode::BAD_REQUEST,
                 nonce,
-                "malformed_batch",
+                ErrorCode::MalformedBatch,
                 &e.to_string(),
             );
         }
@@ -218,12 +233,12 @@ async fn transaction(
         .origin_limit
         .allow_n(&sig.origin, items.len() as u32, state.clock.now_f64())
     {
-        state.metrics.error("rate_limited");
+        state.metrics.error(&ErrorCode::RateLimited);
         return error(
             &fed,
             StatusCode::TOO_MANY_REQUESTS,
             nonce,
-            "rate_limited",
+            ErrorCode::RateLimited,
             "too many envelopes from your domain; retry later",
         );
     }
@@ -273,14 +288,14 @@ async fn transaction(
             &fed,
             StatusCode::CONFLICT,
             nonce,
-            "txid_reused",
+            ErrorCode::TxidReused,
             "this transaction id was used before for a different body",
         ),
         Err(e) => {
             tracing::error!(error = %e, "storing a federated delivery failed");
             let (status, code) = match e {
-                StoreError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                StoreError::Closed => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ShuttingDown),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
             };
             error(&fed, status, nonce, code, "not stored; retry later")
         }
@@ -347,7 +362,7 @@ async fn keys(
             &fed,
             StatusCode::TOO_MANY_REQUESTS,
             sig.nonce,
-            "rate_limited",
+            ErrorCode::RateLimited,
             "too many lookups; retry later",
         );
     }
@@ -361,7 +376,7 @@ async fn keys(
             &fed,
             StatusCode::BAD_REQUEST,
             sig.nonce,
-            "bad_address",
+            ErrorCode::BadAddress,
             "not an address on this domain",
         );
     };
@@ -404,7 +419,7 @@ async fn keys(
                 &fed,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 sig.nonce,
-                "internal",
+                ErrorCode::Internal,
                 "retry later",
             )
         }
@@ -464,7 +479,7 @@ async fn kt_consistency(
             &fed,
             StatusCode::BAD_REQUEST,
             sig.nonce,
-            "bad_query",
+            ErrorCode::BadQuery,
             "from=N is required",
         );
     };
@@ -484,16 +499,19 @@ async fn kt_consistency(
             &fed,
             StatusCode::OK,
             sig.nonce,
-            &json!({
-                "checkpoint": checkpoint,
-                "proofs": proofs.iter().map(|p| letterme_protocol::b64::encode(p)).collect::<Vec<_>>(),
-            }),
+            &FederationConsistency {
+                checkpoint,
+                proofs: proofs
+                    .iter()
+                    .map(|p| letterme_protocol::b64::encode(p))
+                    .collect(),
+            },
         ),
         None => error(
             &fed,
             StatusCode::BAD_REQUEST,
             sig.nonce,
-            "beyond_log",
+            ErrorCode::BeyondLog,
             "a size is beyond the log",
         ),
     }
@@ -526,11 +544,14 @@ async fn kt_entries(State(state): St, method: Method, uri: Uri, headers: HeaderM
             &fed,
             StatusCode::OK,
             sig.nonce,
-            &json!({
-                "checkpoint": checkpoint,
-                "start": start,
-                "entries": entries.iter().map(|e| letterme_protocol::b64::encode(e)).collect::<Vec<_>>(),
-            }),
+            &EntriesPage {
+                checkpoint,
+                entries: entries
+                    .iter()
+                    .map(|e| letterme_protocol::b64::encode(e))
+                    .collect(),
+                start,
+            },
         ),
         Err(e) => {
             tracing::error!(error = %e, "reading the log failed");
@@ -538,7 +559,7 @@ async fn kt_entries(State(state): St, method: Method, uri: Uri, headers: HeaderM
                 &fed,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 sig.nonce,
-                "internal",
+                ErrorCode::Internal,
                 "retry later",
             )
         }

@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
+use letterme_protocol::api::ErrorCode;
+use letterme_protocol::api::kt::{FederationConsistency, WitnessVerdict};
 use letterme_protocol::b64;
 use letterme_protocol::kt::{Checkpoint, verify_consistency};
-use serde::{Deserialize, Serialize};
 
 use super::{Federation, FederationError};
 use crate::api::AppState;
@@ -21,20 +22,6 @@ use crate::store::{ForkRow, StoreError};
 pub const CHECKPOINT_HEADER: &str = "letterme-kt-checkpoint";
 /// Largest header value read.
 const MAX_HEADER: usize = 2048;
-
-/// What an observation found.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "verdict", rename_all = "snake_case")]
-pub enum Verdict {
-    /// Consistent with all this server saw; `checkpoint` is the newest it now holds.
-    Consistent { checkpoint: Checkpoint },
-    /// Two checkpoints the domain signed contradict each other.
-    Fork {
-        held: Checkpoint,
-        other: Checkpoint,
-        reason: String,
-    },
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WitnessError {
@@ -69,7 +56,7 @@ pub async fn observe(
     state: &AppState,
     cp: &Checkpoint,
     source: &str,
-) -> Result<Verdict, WitnessError> {
+) -> Result<WitnessVerdict, WitnessError> {
     let domain = cp.domain.trim_end_matches('.').to_ascii_lowercase();
     if domain == state.config.domain {
         return Err(WitnessError::OwnDomain);
@@ -102,7 +89,7 @@ pub async fn observe(
         .and_then(|j| serde_json::from_str(&j).ok());
     let Some(held) = held else {
         state.store.set_witnessed(domain, json(cp), now).await?;
-        return Ok(Verdict::Consistent {
+        return Ok(WitnessVerdict::Consistent {
             checkpoint: cp.clone(),
         });
     };
@@ -114,7 +101,7 @@ pub async fn observe(
     }
     if held.size == cp.size {
         return if held.root == cp.root {
-            Ok(Verdict::Consistent { checkpoint: held })
+            Ok(WitnessVerdict::Consistent { checkpoint: held })
         } else {
             fork(&held, cp, format!("two roots for size {}", cp.size)).await
         };
@@ -122,9 +109,13 @@ pub async fn observe(
     // Ask the domain for one head and a proof from each size to it.
     let (head, proofs) = match fetch_consistency(fed, &domain, &[held.size, cp.size]).await {
         Ok(x) => x,
-        Err(WitnessError::Federation(_, FederationError::Refused { code, .. }))
-            if code == "beyond_log" =>
-        {
+        Err(WitnessError::Federation(
+            _,
+            FederationError::Refused {
+                code: ErrorCode::BeyondLog,
+                ..
+            },
+        )) => {
             return fork(
                 &held,
                 cp,
@@ -150,7 +141,7 @@ pub async fn observe(
         return fork(&head, cp, e.to_string()).await;
     }
     state.store.set_witnessed(domain, json(&head), now).await?;
-    Ok(Verdict::Consistent { checkpoint: head })
+    Ok(WitnessVerdict::Consistent { checkpoint: head })
 }
 
 fn json(cp: &Checkpoint) -> String {
@@ -164,7 +155,7 @@ async fn record_fork(
     other: Checkpoint,
     source: &str,
     reason: String,
-) -> Result<Verdict, WitnessError> {
+) -> Result<WitnessVerdict, WitnessError> {
     tracing::error!(
         domain,
         source,
@@ -173,7 +164,7 @@ async fn record_fork(
         other_size = other.size,
         "key-transparency fork: the domain signed two checkpoints that cannot both hold; its keys are refused"
     );
-    state.metrics.error("kt_fork");
+    state.metrics.error(&ErrorCode::KtFork);
     state
         .store
         .add_fork(ForkRow {
@@ -185,7 +176,7 @@ async fn record_fork(
             detected_at: state.clock.now(),
         })
         .await?;
-    Ok(Verdict::Fork {
+    Ok(WitnessVerdict::Fork {
         held,
         other,
         reason,
@@ -198,11 +189,6 @@ async fn fetch_consistency(
     domain: &str,
     sizes: &[u64; 2],
 ) -> Result<(Checkpoint, Vec<Vec<u8>>), WitnessError> {
-    #[derive(Deserialize)]
-    struct Answer {
-        checkpoint: Checkpoint,
-        proofs: Vec<String>,
-    }
     let fail = |e| WitnessError::Federation(domain.to_owned(), e);
     let peer = fed.peer(domain).await.map_err(fail)?;
     let target = format!(
@@ -214,7 +200,8 @@ async fn fetch_consistency(
         .await
         .map_err(fail)?;
     let garbled = |e: String| WitnessError::Garbled(domain.to_owned(), e);
-    let a: Answer = serde_json::from_slice(&body).map_err(|e| garbled(e.to_string()))?;
+    let a: FederationConsistency =
+        serde_json::from_slice(&body).map_err(|e| garbled(e.to_string()))?;
     let proofs = a
         .proofs
         .iter()

@@ -13,9 +13,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
+use letterme_protocol::api::{
+    ErrorCode, ErrorLimit, LimitBucket, OutboundMode, OutboundRequest, OutboundResponse,
+};
 use letterme_protocol::{Address, b64};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::Notify;
 
 use super::{MailKeys, QueueKey};
@@ -23,7 +24,7 @@ use crate::store::{NewSmtp, SmtpKind};
 
 use crate::api::{AppState, Authed};
 use crate::auth::RateLimiter;
-use crate::config::{OutboundConfig, OutboundMode};
+use crate::config::OutboundConfig;
 use crate::error::ApiError;
 
 /// What the API needs for outbound mail.
@@ -64,24 +65,6 @@ impl OutboundState {
     }
 }
 
-/// The request body.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutboundRequest {
-    pub recipients: Vec<String>,
-    /// Relay mode: the RFC 5322 message, base64. Absent in notice mode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-/// The answer (202).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct OutboundResponse {
-    pub id: i64,
-    pub mode: OutboundMode,
-    pub queued: Vec<String>,
-}
-
 pub(crate) async fn submit(
     State(state): State<Arc<AppState>>,
     Authed(session): Authed,
@@ -89,7 +72,7 @@ pub(crate) async fn submit(
 ) -> Result<(StatusCode, Json<OutboundResponse>), ApiError> {
     let result = accept(&state, &session.address, body).await;
     if let Err(e) = &result {
-        state.metrics.error(e.code);
+        state.metrics.error(e.code());
     }
     result
 }
@@ -103,7 +86,7 @@ async fn accept(
     let Some(out) = &state.outbound else {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "outbound_disabled",
+            ErrorCode::OutboundDisabled,
             format!(
                 "{} does not send to addresses outside letter.me ([outbound] mode = \"off\")",
                 state.config.domain
@@ -113,21 +96,21 @@ async fn accept(
     let body = body.map_err(|e| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "message_too_large",
+            ErrorCode::MessageTooLarge,
             format!("the request could not be read: {}", e.body_text()),
         )
     })?;
     let req: OutboundRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::BadJson, e.to_string()))?;
     if req.recipients.is_empty() {
         return Err(ApiError::bad_request(
-            "no_recipients",
+            ErrorCode::NoRecipients,
             "no recipients given",
         ));
     }
     if req.recipients.len() > state.config.smtp.max_recipients {
         return Err(ApiError::bad_request(
-            "too_many_recipients",
+            ErrorCode::TooManyRecipients,
             format!(
                 "at most {} recipients per message",
                 state.config.smtp.max_recipients
@@ -136,11 +119,11 @@ async fn accept(
     }
     let mut destinations: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in &req.recipients {
-        let a =
-            Address::parse(r).map_err(|e| ApiError::bad_request("bad_address", e.to_string()))?;
+        let a = Address::parse(r)
+            .map_err(|e| ApiError::bad_request(ErrorCode::BadAddress, e.to_string()))?;
         if a.domain() == state.config.domain {
             return Err(ApiError::bad_request(
-                "local_recipient",
+                ErrorCode::LocalRecipient,
                 format!("{a} is on this server; send it end-to-end encrypted instead"),
             ));
         }
@@ -151,13 +134,14 @@ async fn accept(
     }
     let (kind, sealed, size) = match (cfg.mode, &req.message) {
         (OutboundMode::Relay, Some(m)) => {
-            let raw = b64::decode(m)
-                .map_err(|_| ApiError::bad_request("bad_message", "message is not base64"))?;
+            let raw = b64::decode(m).map_err(|_| {
+                ApiError::bad_request(ErrorCode::BadMessage, "message is not base64")
+            })?;
             let limit = state.config.limits.max_message_size.0;
             if raw.len() as u64 > limit {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "message_too_large",
+                    ErrorCode::MessageTooLarge,
                     format!("the message is larger than this server sends ({limit} bytes)"),
                 ));
             }
@@ -169,7 +153,7 @@ async fn accept(
         }
         (OutboundMode::Relay, None) => {
             return Err(ApiError::bad_request(
-                "no_message",
+                ErrorCode::NoMessage,
                 "relay mode needs the message (field \"message\", base64 RFC 5322)",
             ));
         }
@@ -177,7 +161,7 @@ async fn accept(
         (OutboundMode::Notice, Some(_)) => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "notice_only",
+                ErrorCode::NoticeOnly,
                 format!(
                     "{} sends only notices outside letter.me, never content; send without the message",
                     state.config.domain
@@ -189,16 +173,17 @@ async fn accept(
     let n = req.recipients.len() as u32;
     let now = state.clock.now_f64();
     if !out.user_limit.allow_n(&sender.to_string(), n, now) {
-        return Err(ApiError::rate_limited().with_details(json!({ "limit": "user" })));
+        return Err(ApiError::rate_limited().with_limit(ErrorLimit::Bucket(LimitBucket::User)));
     }
     for (domain, list) in &destinations {
         if !out.domain_limit.allow_n(domain, list.len() as u32, now) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 format!("too much mail to {domain} right now; retry later"),
             )
-            .with_details(json!({ "limit": "domain", "domain": domain })));
+            .with_limit(ErrorLimit::Bucket(LimitBucket::Domain))
+            .with_domain(domain.clone()));
         }
     }
     let queued: Vec<String> = destinations.values().flatten().cloned().collect();
@@ -229,7 +214,7 @@ async fn accept(
 /// The message's From must be exactly the logged-in user, so no one sends as someone else
 /// under this domain's DKIM signature (RFC 5322 §3.6.2; DMARC aligns on this header).
 fn check_from(raw: &[u8], sender: &Address) -> Result<(), ApiError> {
-    let bad = |why: String| ApiError::bad_request("bad_message", why);
+    let bad = |why: String| ApiError::bad_request(ErrorCode::BadMessage, why);
     let msg = mail_parser::MessageParser::default()
         .parse_headers(raw)
         .ok_or_else(|| bad("the message has no RFC 5322 header".into()))?;
@@ -245,7 +230,7 @@ fn check_from(raw: &[u8], sender: &Address) -> Result<(), ApiError> {
         [one] if one == &sender.to_string().to_ascii_lowercase() => Ok(()),
         [] => Err(bad("the message has no From address".into())),
         _ => Err(ApiError::forbidden(
-            "from_mismatch",
+            ErrorCode::FromMismatch,
             format!("the message's From must be {sender}, the logged-in user"),
         )),
     }

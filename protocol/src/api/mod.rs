@@ -1,0 +1,318 @@
+//! The client–server API (`docs/API.md`), typed once: the request and answer of every
+//! `/v1/...` route, the federation listener's key-transparency answers, and the error
+//! answer with its codes. The server's handlers and the client both use these types, so
+//! the two sides cannot drift.
+//!
+//! Requests refuse unknown fields (`400 bad_json` / `bad_query`), as the server always
+//! has. Answers tolerate them, and a value this build does not know where an enum is
+//! expected falls back rather than failing, so a client talks to older and newer servers.
+//! Field order is the wire's: where an answer was once built as a JSON map, its fields are
+//! declared in alphabetical order.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::{Address, Attestation, IdentityPublicKey, KeyBinding, Signature};
+
+pub mod error;
+pub mod kt;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail, ErrorLimit, LimitBucket};
+
+/// Reads a value that may be of a kind this build does not know: `None` then, rather than
+/// refusing the whole answer.
+fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).ok())
+}
+
+/// As [`lenient`], with the type's default for an unknown value.
+fn lenient_or_default<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(lenient(d)?.unwrap_or_default())
+}
+
+// ---- server ----------------------------------------------------------------------------
+
+/// What happens to mail for addresses outside letter.me (`[outbound] mode`, DESIGN.md §3, §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundMode {
+    /// The user's message, DKIM-signed, over SMTP to the recipient's MX.
+    Relay,
+    /// Only a notice that a message waits in letter.me; never the content.
+    Notice,
+    /// Mail to other domains goes through federation only.
+    #[default]
+    Off,
+}
+
+impl OutboundMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Relay => "relay",
+            Self::Notice => "notice",
+            Self::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for OutboundMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OutboundMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "relay" => Ok(Self::Relay),
+            "notice" => Ok(Self::Notice),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "outbound mode {other:?}: expected relay, notice or off"
+            )),
+        }
+    }
+}
+
+/// Whether `POST /v1/accounts` needs an invite token (`[registration] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    #[default]
+    Open,
+    Invite,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`, or `database unavailable` (with 503).
+    pub status: String,
+}
+
+/// `GET /v1/server`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub domain: String,
+    pub domain_key: IdentityPublicKey,
+    pub protocol: u32,
+    pub max_message_size: u64,
+    pub quota: u64,
+    #[serde(default, deserialize_with = "lenient_or_default")]
+    pub registration: RegistrationMode,
+    /// What happens to mail for addresses outside letter.me; `off` when absent or unknown.
+    #[serde(default, deserialize_with = "lenient_or_default")]
+    pub outbound: OutboundMode,
+}
+
+// ---- accounts and login ----------------------------------------------------------------
+
+/// `POST /v1/accounts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub binding: KeyBinding,
+    #[serde(default)]
+    pub invite: Option<String>,
+}
+
+/// `POST /v1/accounts`, 201.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub attestation: Attestation,
+    pub domain_key: IdentityPublicKey,
+}
+
+/// `POST /v1/auth/challenge`. The address is parsed by the server, so a bad one is
+/// `bad_address`, not `bad_json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeRequest {
+    pub address: String,
+}
+
+/// `POST /v1/auth/challenge`, 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    /// Base64 of 32 bytes.
+    pub challenge: String,
+    #[serde(default)]
+    pub domain: String,
+    #[serde(default)]
+    pub expires: u64,
+}
+
+/// `POST /v1/auth/token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub address: String,
+    /// The challenge as received (base64 of 32 bytes).
+    pub challenge: String,
+    pub signature: Signature,
+}
+
+/// `POST /v1/auth/token`, 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    #[serde(default)]
+    pub expires: u64,
+    pub token: String,
+}
+
+// ---- keys ------------------------------------------------------------------------------
+
+/// `GET /v1/keys/{address}?since=N` and `GET /v1/kt/mine?since=N`: `since` is the size of
+/// the last checkpoint the client accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+}
+
+/// `GET /v1/keys/{address}`: the same shape whether or not the address exists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyLookup {
+    pub address: Address,
+    pub found: bool,
+    pub attestation: Option<Attestation>,
+    /// The log entry of this key, with its proofs (addresses of this server; `null`
+    /// otherwise, so a lookup looks the same whether or not the address exists).
+    #[serde(default)]
+    pub kt: Option<crate::kt::KtProof>,
+    /// The address's domain does not run letter.me (no `_mailx` record, or this server
+    /// does not federate): mail to it can only leave as ordinary email.
+    #[serde(default)]
+    pub legacy: bool,
+}
+
+/// `POST /v1/keys/rotate` and `POST /v1/keys/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyChangeRequest {
+    /// The new encryption key, bound to the (unchanged) identity key.
+    pub binding: KeyBinding,
+}
+
+/// `POST /v1/keys/rotate` and `/revoke`, 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyChangeResponse {
+    pub attestation: Attestation,
+    /// The log entry that records the change.
+    pub index: u64,
+}
+
+// ---- messages --------------------------------------------------------------------------
+
+/// `POST /v1/messages`, 201 (the request is the envelope's bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendResponse {
+    pub id: String,
+    pub size: u64,
+    #[serde(default)]
+    pub recipients: Vec<Address>,
+    /// Recipients on other domains: queued for federated delivery.
+    #[serde(default)]
+    pub queued: Vec<String>,
+}
+
+/// `GET /v1/messages?after=&limit=&wait=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub after: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Long poll: when nothing is pending, wait up to this many seconds for a delivery
+    /// before answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<u64>,
+}
+
+/// One entry of `GET /v1/messages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEntry {
+    pub id: String,
+    pub seq: i64,
+    pub sender: String,
+    pub size: u64,
+    pub received: u64,
+}
+
+/// `GET /v1/messages`, 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListResponse {
+    pub messages: Vec<ListEntry>,
+}
+
+/// `POST /v1/messages/ack`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    pub ids: Vec<String>,
+}
+
+/// `POST /v1/messages/ack`, 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckResponse {
+    #[serde(default)]
+    pub deleted: u64,
+}
+
+// ---- blocks ----------------------------------------------------------------------------
+
+/// `POST` and `DELETE /v1/blocks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRequest {
+    /// `someone@example.com` or `@example.com`.
+    pub entry: String,
+}
+
+/// `GET /v1/blocks`, 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlocksResponse {
+    #[serde(default)]
+    pub blocks: Vec<String>,
+}
+
+/// `POST` and `DELETE /v1/blocks`, 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockChange {
+    /// Whether the list changed.
+    #[serde(default)]
+    pub changed: bool,
+    /// The entry as normalised by the server.
+    #[serde(default)]
+    pub entry: String,
+}
+
+// ---- outbound --------------------------------------------------------------------------
+
+/// `POST /v1/outbound`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundRequest {
+    /// Relay mode: the RFC 5322 message, base64. Absent in notice mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub recipients: Vec<String>,
+}
+
+/// `POST /v1/outbound`, 202.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundResponse {
+    pub id: i64,
+    #[serde(default, deserialize_with = "lenient_or_default")]
+    pub mode: OutboundMode,
+    pub queued: Vec<String>,
+}

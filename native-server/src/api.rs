@@ -1185,43 +1185,37 @@ async fn list_blocks(State(state): St, Authed(session): Authed) -> AppResult<Jso
 }
 
 async fn add_block(
-    State(state): St,
-    Authed(session): Authed,
+    state: St,
+    session: Authed,
     body: Result<Json<BlockRequest>, JsonRejection>,
 ) -> AppResult<Json<BlockChange>> {
-    let entry = block_entry(&json_body(body)?.entry)?;
-    let added = state
-        .store
-        .set_block(
-            session.address.to_string(),
-            entry.clone(),
-            true,
-            state.clock.now(),
-        )
-        .await?;
-    Ok(Json(BlockChange {
-        changed: added,
-        entry,
-    }))
+    change_block(state, session, body, true).await
 }
 
 async fn remove_block(
+    state: St,
+    session: Authed,
+    body: Result<Json<BlockRequest>, JsonRejection>,
+) -> AppResult<Json<BlockChange>> {
+    change_block(state, session, body, false).await
+}
+
+/// `POST` (`add`) and `DELETE /v1/blocks`: one entry in or out of the user's list.
+async fn change_block(
     State(state): St,
     Authed(session): Authed,
     body: Result<Json<BlockRequest>, JsonRejection>,
+    add: bool,
 ) -> AppResult<Json<BlockChange>> {
     let entry = block_entry(&json_body(body)?.entry)?;
-    let removed = state
+    let changed = state
         .store
         .set_block(
             session.address.to_string(),
             entry.clone(),
-            false,
+            add,
             state.clock.now(),
         )
         .await?;
-    Ok(Json(BlockChange {
-        changed: removed,
-        entry,
-    }))
+    Ok(Json(BlockChange { changed, entry }))
 }

@@ -78,30 +78,41 @@ impl HickoryTxt {
     }
 }
 
-/// A hickory resolver asking `nameservers` (the system's when empty), never the hosts
-/// file, with `cache_size` answers cached.
-pub fn resolver(
-    nameservers: &[SocketAddr],
-    timeout: Duration,
-    attempts: usize,
-    cache_size: u64,
-) -> Result<TokioResolver, String> {
+/// The configured nameservers, or the system's when none are configured.
+pub fn resolver_config(nameservers: &[SocketAddr]) -> Result<ResolverConfig, String> {
+    if nameservers.is_empty() {
+        hickory_resolver::system_conf::read_system_conf()
+            .map(|(config, _)| config)
+            .map_err(|e| format!("cannot read the system resolver configuration: {e}"))
+    } else {
+        Ok(nameserver_config(nameservers))
+    }
+}
+
+/// What every resolver of the server shares: `timeout` and `attempts` from `[dns]`, the
+/// servers asked in the order given, never the hosts file, `cache_size` answers cached.
+pub fn resolver_opts(timeout: Duration, attempts: usize, cache_size: u64) -> ResolverOpts {
     let mut opts = ResolverOpts::default();
     opts.timeout = timeout;
     opts.attempts = attempts;
     opts.use_hosts_file = ResolveHosts::Never;
     opts.server_ordering_strategy = ServerOrderingStrategy::UserProvidedOrder;
     opts.cache_size = cache_size;
-    let mut builder = if nameservers.is_empty() {
-        TokioResolver::builder(TokioRuntimeProvider::default())
-            .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
-    } else {
-        TokioResolver::builder_with_config(
-            nameserver_config(nameservers),
-            TokioRuntimeProvider::default(),
-        )
-    };
-    *builder.options_mut() = opts;
+    opts
+}
+
+/// A hickory resolver on [`resolver_config`] with [`resolver_opts`].
+pub fn resolver(
+    nameservers: &[SocketAddr],
+    timeout: Duration,
+    attempts: usize,
+    cache_size: u64,
+) -> Result<TokioResolver, String> {
+    let mut builder = TokioResolver::builder_with_config(
+        resolver_config(nameservers)?,
+        TokioRuntimeProvider::default(),
+    );
+    *builder.options_mut() = resolver_opts(timeout, attempts, cache_size);
     builder.build().map_err(|e| e.to_string())
 }
 

@@ -526,14 +526,12 @@ pub async fn dnssec_status(nameservers: &[std::net::SocketAddr], domain: &str) -
     use hickory_resolver::proto::rr::{Name, RecordType};
     let server = match nameservers.first() {
         Some(s) => *s,
-        None => match hickory_resolver::system_conf::read_system_conf() {
-            Ok((conf, _)) => match conf.name_servers().first() {
+        None => match crate::dns::resolver_config(&[]) {
+            Ok(conf) => match conf.name_servers().first() {
                 Some(ns) => std::net::SocketAddr::new(ns.ip, 53),
                 None => return "not checked: no nameserver configured".into(),
             },
-            Err(e) => {
-                return format!("not checked: cannot read the system resolver configuration: {e}");
-            }
+            Err(e) => return format!("not checked: {e}"),
         },
     };
     let Ok(name) = Name::from_ascii(format!("{}.", domain.trim_end_matches('.'))) else {

@@ -9,7 +9,6 @@ use std::time::Duration;
 use letterme_policy::{AuthResult, DmarcPolicy, Evidence};
 use mail_auth::common::headers::HeaderWriter as _;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::hickory_resolver::config::{ResolveHosts, ResolverOpts, ServerOrderingStrategy};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
@@ -30,22 +29,12 @@ pub struct DnsSettings {
 /// Builds the authenticator. Answers are cached within their TTL (at most 5 minutes);
 /// failures (timeouts, SERVFAIL) are never cached, so a sender's retry asks again.
 pub fn authenticator(dns: &DnsSettings) -> Result<MessageAuthenticator, String> {
-    let mut opts = ResolverOpts::default();
-    opts.timeout = dns.timeout;
-    opts.attempts = dns.attempts;
-    opts.cache_size = 4096;
+    let mut opts = letterme_server::dns::resolver_opts(dns.timeout, dns.attempts, 4096);
     opts.positive_max_ttl = Some(Duration::from_mins(5));
     opts.negative_max_ttl = Some(Duration::from_mins(1));
-    opts.use_hosts_file = ResolveHosts::Never;
     opts.num_concurrent_reqs = 1;
-    opts.server_ordering_strategy = ServerOrderingStrategy::UserProvidedOrder;
-    if dns.nameservers.is_empty() {
-        let (config, _) = mail_auth::hickory_resolver::system_conf::read_system_conf()
-            .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
-        return MessageAuthenticator::new(config, opts).map_err(|e| e.to_string());
-    }
     MessageAuthenticator::new(
-        letterme_server::dns::nameserver_config(&dns.nameservers),
+        letterme_server::dns::resolver_config(&dns.nameservers)?,
         opts,
     )
     .map_err(|e| e.to_string())

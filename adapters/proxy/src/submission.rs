@@ -19,6 +19,7 @@ use mail_parser::{Addr, HeaderValue, MessageParser};
 use tokio::sync::Mutex;
 
 use letterme_smtp::driver::{Backend, ConnLimits};
+use letterme_smtp::reply;
 use letterme_smtp::session::{Limits, Reply, Session, SessionConfig, Transaction};
 
 /// The submission service: one logged-in client, shared by the connections.
@@ -101,13 +102,9 @@ fn msg_id(v: &HeaderValue<'_>) -> Vec<String> {
 pub fn draft(tx: &Transaction) -> Result<Draft, Reply> {
     let m = MessageParser::default()
         .parse(&tx.data)
-        .ok_or_else(|| Reply::new(554, "5.6.0", "the message could not be parsed"))?;
+        .ok_or(reply::UNPARSABLE_MESSAGE)?;
     if m.attachment_count() > 0 {
-        return Err(Reply::new(
-            554,
-            "5.6.1",
-            "attachments cannot be sent yet: native letter.me messages carry text only; nothing was sent",
-        ));
+        return Err(reply::ATTACHMENTS_UNSUPPORTED);
     }
     let rcpts: BTreeSet<&Address> = tx.recipients.iter().collect();
     let keep = |v: Vec<Address>| -> Vec<Address> {

@@ -10,6 +10,7 @@ use letterme_protocol::{Address, SigningKeypair};
 use letterme_server::Clock;
 use letterme_server::store::Store;
 use letterme_smtp::driver::{Backend, ConnLimits};
+use letterme_smtp::reply;
 use letterme_smtp::session::{Reply, Session, SessionConfig, Transaction};
 use mail_auth::MessageAuthenticator;
 
@@ -64,11 +65,7 @@ async fn check_recipient(smtp: &SmtpIn, rcpt: &Address) -> Result<(), Reply> {
         Ok(None) => Err(Reply::new(550, "5.1.1", format!("no such user: {rcpt}"))),
         Err(e) => {
             tracing::error!(error = %e, "recipient lookup failed");
-            Err(Reply::new(
-                451,
-                "4.3.0",
-                "temporary failure looking up the recipient",
-            ))
+            Err(reply::RECIPIENT_LOOKUP_FAILED)
         }
     }
 }
@@ -141,7 +138,7 @@ async fn accept_message(smtp: &SmtpIn, s: &Session, tx: Transaction) -> Reply {
                 "accepted"
             });
             tracing::info!(%ip, mail_from = %tx.mail_from, rcpts, size, quarantine, "smtp message accepted and sealed");
-            Reply::new(250, "2.0.0", "message sealed and stored")
+            reply::SEALED_AND_STORED
         }
         Err(DeliverError::Quota(who)) => {
             Reply::new(452, "4.2.2", format!("mailbox of {who} is full"))
@@ -149,14 +146,10 @@ async fn accept_message(smtp: &SmtpIn, s: &Session, tx: Transaction) -> Reply {
         Err(DeliverError::UnknownUser(who)) => {
             Reply::new(550, "5.1.1", format!("no such user: {who}"))
         }
-        Err(DeliverError::TooLarge) => Reply::new(552, "5.3.4", "message too large to store"),
+        Err(DeliverError::TooLarge) => reply::MESSAGE_TOO_LARGE_TO_STORE,
         Err(e) => {
             tracing::error!(error = %e, "sealing or storing an inbound message failed");
-            Reply::new(
-                451,
-                "4.3.0",
-                "temporary local failure; nothing was stored, try again later",
-            )
+            reply::LOCAL_FAILURE_NOTHING_STORED
         }
     }
 }

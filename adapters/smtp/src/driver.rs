@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use crate::reply;
 use crate::session::{Event, Reply, Session, SessionConfig, Transaction};
 
 /// Connection-level limits.
@@ -77,7 +78,7 @@ pub async fn serve<B: Backend>(
         let smtp = smtp.clone();
         let per_ip = per_ip.clone();
         let Ok(permit) = sessions.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream, "too many connections; try again later"));
+            tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS));
             continue;
         };
         let ip = peer.ip().to_canonical();
@@ -91,10 +92,7 @@ pub async fn serve<B: Backend>(
             }
         });
         if !admitted {
-            tokio::spawn(refuse(
-                stream,
-                "too many connections from your address; try again later",
-            ));
+            tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS_FROM_YOU));
             continue;
         }
         tokio::spawn(async move {
@@ -115,10 +113,8 @@ pub async fn serve<B: Backend>(
     }
 }
 
-async fn refuse(mut stream: TcpStream, why: &str) {
-    let _ = stream
-        .write_all(&Reply::new(421, "4.7.0", why).to_bytes())
-        .await;
+async fn refuse(mut stream: TcpStream, why: Reply) {
+    let _ = stream.write_all(&why.to_bytes()).await;
     let _ = stream.shutdown().await;
 }
 
@@ -174,9 +170,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin, B: Backend>(
         };
         let n = match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
             Err(_) => {
-                stream
-                    .write_all(&Reply::new(421, "4.4.2", "timeout; closing").to_bytes())
-                    .await?;
+                stream.write_all(&reply::TIMEOUT_CLOSING.to_bytes()).await?;
                 return Ok(Outcome::Closed);
             }
             Ok(r) => r?,

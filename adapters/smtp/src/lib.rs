@@ -4,4 +4,5 @@
 //! Neither knows where a message goes; the backends decide.
 
 pub mod driver;
+pub mod reply;
 pub mod session;

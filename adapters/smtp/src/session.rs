@@ -8,10 +8,13 @@
 //! terminator. This module adds what a public MX needs on top: bounded lines, messages,
 //! recipients and commands, refusal of bare CR/LF, and the transaction state machine.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use letterme_protocol::Address;
 use smtp_proto::request::receiver::DataReceiver;
+
+use crate::reply;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -69,15 +72,24 @@ pub struct Reply {
     pub code: u16,
     /// RFC 3463 enhanced status code, empty for the greeting and EHLO.
     pub enhanced: &'static str,
-    pub text: String,
+    pub text: Cow<'static, str>,
 }
 
 impl Reply {
-    pub fn new(code: u16, enhanced: &'static str, text: impl Into<String>) -> Self {
+    pub fn new(code: u16, enhanced: &'static str, text: impl Into<Cow<'static, str>>) -> Self {
         Self {
             code,
             enhanced,
             text: text.into(),
+        }
+    }
+
+    /// A reply of the catalogue ([`crate::reply`]).
+    pub const fn fixed(code: u16, enhanced: &'static str, text: &'static str) -> Self {
+        Self {
+            code,
+            enhanced,
+            text: Cow::Borrowed(text),
         }
     }
 
@@ -290,11 +302,7 @@ impl Session {
                         if self.pending.len() > self.cfg.limits.max_line {
                             self.pending.clear();
                             self.state = State::SkipLine;
-                            out.push(self.error(Reply::new(
-                                500,
-                                "5.5.6",
-                                "authentication exchange line too long",
-                            )));
+                            out.push(self.error(reply::AUTH_LINE_TOO_LONG));
                         }
                         break;
                     };
@@ -311,13 +319,13 @@ impl Session {
                             // RFC 5321 §4.5.3.1.4 / §4.3.2: line too long.
                             self.pending.clear();
                             self.state = State::SkipLine;
-                            out.push(self.error(Reply::new(500, "5.5.2", "line too long")));
+                            out.push(self.error(reply::LINE_TOO_LONG));
                         }
                         break;
                     };
                     let line: Vec<u8> = self.pending.drain(..=pos).collect();
                     if line.len() > self.cfg.limits.max_line {
-                        out.push(self.error(Reply::new(500, "5.5.2", "line too long")));
+                        out.push(self.error(reply::LINE_TOO_LONG));
                     } else {
                         self.command(&line, &mut out);
                     }
@@ -333,11 +341,7 @@ impl Session {
         }
         // Close on too many errors, after the replies that caused them.
         if self.errors > self.cfg.limits.max_errors && !matches!(self.state, State::Closed) {
-            out.push(Event::Reply(Reply::new(
-                421,
-                "4.7.0",
-                "too many errors; closing",
-            )));
+            out.push(Event::Reply(reply::TOO_MANY_ERRORS_CLOSING));
             out.push(Event::Close);
             self.state = State::Closed;
         }
@@ -347,18 +351,14 @@ impl Session {
     /// RFC 4954 §4: AUTH, with or without an initial response.
     fn auth(&mut self, mechanism: u64, initial: &str, out: &mut Vec<Event>) {
         if self.cfg.auth.is_none() {
-            out.push(self.error(Reply::new(502, "5.5.1", "AUTH not offered on this port")));
+            out.push(self.error(reply::AUTH_NOT_OFFERED_ON_THIS_PORT));
         } else if self.authenticated {
-            out.push(self.error(Reply::new(503, "5.5.1", "already authenticated")));
+            out.push(self.error(reply::ALREADY_AUTHENTICATED));
         } else if self.mail_from.is_some() {
-            out.push(self.error(Reply::new(
-                503,
-                "5.5.1",
-                "AUTH is not allowed during a mail transaction",
-            )));
+            out.push(self.error(reply::AUTH_IN_TRANSACTION));
         } else if mechanism == AUTH_PLAIN && initial.is_empty() {
             self.state = State::Auth(AuthStep::Plain);
-            out.push(Event::Reply(Reply::new(334, "", "")));
+            out.push(Event::Reply(reply::AUTH_CONTINUE));
         } else if mechanism == AUTH_PLAIN {
             self.auth_line(AuthStep::Plain, initial.as_bytes(), out);
         } else if mechanism == AUTH_LOGIN && initial.is_empty() {
@@ -367,18 +367,14 @@ impl Session {
         } else if mechanism == AUTH_LOGIN {
             self.auth_line(AuthStep::LoginUser, initial.as_bytes(), out);
         } else {
-            out.push(self.error(Reply::new(
-                504,
-                "5.5.4",
-                "unsupported mechanism; use PLAIN or LOGIN",
-            )));
+            out.push(self.error(reply::UNSUPPORTED_MECHANISM));
         }
     }
 
     fn auth_line(&mut self, step: AuthStep, line: &[u8], out: &mut Vec<Event>) {
         let line = line.trim_ascii();
         if line == b"*" {
-            out.push(self.error(Reply::new(501, "5.0.0", "authentication cancelled")));
+            out.push(self.error(reply::AUTHENTICATION_CANCELLED));
             return;
         }
         // "=" is an empty initial response (RFC 4954 §4).
@@ -388,11 +384,7 @@ impl Session {
             B64.decode(line)
         };
         let Ok(decoded) = decoded else {
-            out.push(self.error(Reply::new(
-                501,
-                "5.5.2",
-                "cannot decode the base64 response",
-            )));
+            out.push(self.error(reply::BAD_BASE64));
             return;
         };
         let (user, pass) = match step {
@@ -408,15 +400,11 @@ impl Session {
                 let (Some(authz), Some(user), Some(pass), None) =
                     (parts.next(), parts.next(), parts.next(), parts.next())
                 else {
-                    out.push(self.error(Reply::new(501, "5.5.2", "malformed PLAIN response")));
+                    out.push(self.error(reply::MALFORMED_PLAIN_RESPONSE));
                     return;
                 };
                 if !authz.is_empty() && authz != user {
-                    out.push(self.error(Reply::new(
-                        535,
-                        "5.7.8",
-                        "authorization identity must be the user",
-                    )));
+                    out.push(self.error(reply::FOREIGN_AUTHORIZATION_IDENTITY));
                     return;
                 }
                 (user.to_vec(), pass.to_vec())
@@ -429,13 +417,9 @@ impl Session {
             .is_some_and(|c| c.check(&user, &pass));
         if ok {
             self.authenticated = true;
-            out.push(Event::Reply(Reply::new(235, "2.7.0", "authenticated")));
+            out.push(Event::Reply(reply::AUTHENTICATED));
         } else {
-            out.push(self.error(Reply::new(
-                535,
-                "5.7.8",
-                "wrong username or password; see `letterme proxy credentials`",
-            )));
+            out.push(self.error(reply::WRONG_LOGIN));
         }
     }
 
@@ -453,11 +437,7 @@ impl Session {
     fn command(&mut self, line: &[u8], out: &mut Vec<Event>) {
         self.commands += 1;
         if self.commands > self.cfg.limits.max_commands {
-            out.push(Event::Reply(Reply::new(
-                421,
-                "4.7.0",
-                "too many commands; closing",
-            )));
+            out.push(Event::Reply(reply::TOO_MANY_COMMANDS_CLOSING));
             out.push(Event::Close);
             return;
         }
@@ -467,24 +447,20 @@ impl Session {
                 if self.too_much_junk(out) {
                     return;
                 }
-                out.push(self.error(Reply::new(500, "5.5.1", "command not recognized")));
+                out.push(self.error(reply::COMMAND_NOT_RECOGNIZED));
                 return;
             }
             Err(e) => {
                 let r = match e {
-                    smtp_proto::Error::InvalidSenderAddress => {
-                        Reply::new(501, "5.1.7", "bad sender address syntax")
-                    }
+                    smtp_proto::Error::InvalidSenderAddress => reply::BAD_SENDER_ADDRESS_SYNTAX,
                     smtp_proto::Error::InvalidRecipientAddress => {
-                        Reply::new(501, "5.1.3", "bad recipient address syntax")
+                        reply::BAD_RECIPIENT_ADDRESS_SYNTAX
                     }
                     smtp_proto::Error::UnsupportedParameter { .. } => {
-                        Reply::new(555, "5.5.4", "parameter not supported")
+                        reply::PARAMETER_NOT_SUPPORTED
                     }
-                    smtp_proto::Error::InvalidParameter { .. } => {
-                        Reply::new(501, "5.5.4", "invalid parameter")
-                    }
-                    _ => Reply::new(501, "5.5.2", "syntax error"),
+                    smtp_proto::Error::InvalidParameter { .. } => reply::INVALID_PARAMETER,
+                    _ => reply::SYNTAX_ERROR,
                 };
                 out.push(self.error(r));
                 return;
@@ -521,13 +497,13 @@ impl Session {
                 out.push(Event::Reply(Reply::new(250, "", self.cfg.hostname.clone())));
             }
             Request::Lhlo { .. } => {
-                out.push(self.error(Reply::new(500, "5.5.1", "LHLO is for LMTP")));
+                out.push(self.error(reply::LHLO_IS_FOR_LMTP));
             }
             Request::StartTls => {
                 if !self.cfg.tls_available || self.tls {
-                    out.push(self.error(Reply::new(502, "5.5.1", "STARTTLS not available")));
+                    out.push(self.error(reply::STARTTLS_NOT_AVAILABLE));
                 } else {
-                    out.push(Event::Reply(Reply::new(220, "2.0.0", "ready to start TLS")));
+                    out.push(Event::Reply(reply::READY_TO_START_TLS));
                     // RFC 3207 §4.2 and CVE-2011-0411: nothing pipelined before the
                     // handshake may be acted on after it.
                     self.pending.clear();
@@ -537,15 +513,11 @@ impl Session {
             }
             Request::Mail { from } => {
                 if self.helo.is_none() {
-                    out.push(self.error(Reply::new(503, "5.5.1", "say EHLO first")));
+                    out.push(self.error(reply::SAY_EHLO_FIRST));
                 } else if self.cfg.auth.is_some() && !self.authenticated {
-                    out.push(self.error(Reply::new(
-                        530,
-                        "5.7.0",
-                        "authentication required; see `letterme proxy credentials`",
-                    )));
+                    out.push(self.error(reply::AUTHENTICATION_REQUIRED));
                 } else if self.mail_from.is_some() {
-                    out.push(self.error(Reply::new(503, "5.5.1", "nested MAIL command")));
+                    out.push(self.error(reply::NESTED_MAIL_COMMAND));
                 } else if from.size > self.cfg.limits.max_message {
                     out.push(Event::Reply(Reply::new(
                         552,
@@ -563,35 +535,23 @@ impl Session {
                     || from.hold_until != 0
                 {
                     // RFC 5321 §4.1.1.11: parameters of extensions we did not advertise.
-                    out.push(self.error(Reply::new(
-                        555,
-                        "5.5.4",
-                        "MAIL parameter not recognized or not implemented",
-                    )));
+                    out.push(self.error(reply::MAIL_PARAMETER_UNKNOWN));
                 } else if from.flags & MAIL_SMTPUTF8 != 0 && !self.esmtp {
-                    out.push(self.error(Reply::new(503, "5.5.1", "SMTPUTF8 needs EHLO")));
+                    out.push(self.error(reply::SMTPUTF8_NEEDS_EHLO));
                 } else {
                     self.smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
                     self.mail_from = Some(from.address);
-                    out.push(Event::Reply(Reply::new(250, "2.1.0", "sender ok")));
+                    out.push(Event::Reply(reply::SENDER_OK));
                 }
             }
             Request::Rcpt { to } => {
                 if self.mail_from.is_none() {
-                    out.push(self.error(Reply::new(503, "5.5.1", "need MAIL before RCPT")));
+                    out.push(self.error(reply::NEED_MAIL_BEFORE_RCPT));
                 } else if self.recipients.len() >= self.cfg.limits.max_recipients {
-                    out.push(Event::Reply(Reply::new(
-                        452,
-                        "4.5.3",
-                        "too many recipients",
-                    )));
+                    out.push(Event::Reply(reply::TOO_MANY_RECIPIENTS));
                 } else {
                     match Address::parse(&to.address) {
-                        Err(_) => out.push(self.error(Reply::new(
-                            501,
-                            "5.1.3",
-                            "bad recipient address syntax",
-                        ))),
+                        Err(_) => out.push(self.error(reply::BAD_RECIPIENT_ADDRESS_SYNTAX)),
                         // Never an open relay; submission asks its backend, which names them.
                         Ok(a) if a.domain() != self.cfg.domain && self.cfg.auth.is_none() => {
                             out.push(Event::Reply(Reply::new(
@@ -601,11 +561,7 @@ impl Session {
                             )));
                         }
                         Ok(a) if self.recipients.contains(&a) => {
-                            out.push(Event::Reply(Reply::new(
-                                250,
-                                "2.1.5",
-                                "recipient ok (duplicate)",
-                            )));
+                            out.push(Event::Reply(reply::RECIPIENT_OK_DUPLICATE));
                         }
                         Ok(a) => {
                             self.state = State::Waiting;
@@ -616,9 +572,9 @@ impl Session {
             }
             Request::Data => {
                 if self.mail_from.is_none() {
-                    out.push(self.error(Reply::new(503, "5.5.1", "need MAIL before DATA")));
+                    out.push(self.error(reply::NEED_MAIL_BEFORE_DATA));
                 } else if self.recipients.is_empty() {
-                    out.push(self.error(Reply::new(554, "5.5.1", "no valid recipients")));
+                    out.push(self.error(reply::NO_VALID_RECIPIENTS));
                 } else {
                     let mut rx = DataReceiver::new();
                     let mut buf = Vec::new();
@@ -630,15 +586,11 @@ impl Session {
                         buf,
                         too_big: false,
                     }));
-                    out.push(Event::Reply(Reply::new(
-                        354,
-                        "",
-                        "end data with <CR><LF>.<CR><LF>",
-                    )));
+                    out.push(Event::Reply(reply::START_DATA));
                 }
             }
             Request::Bdat { .. } => {
-                out.push(self.error(Reply::new(502, "5.5.1", "CHUNKING not offered")));
+                out.push(self.error(reply::CHUNKING_NOT_OFFERED));
             }
             Request::Auth {
                 mechanism,
@@ -646,31 +598,27 @@ impl Session {
             } => self.auth(mechanism, &initial_response, out),
             Request::Rset => {
                 self.reset();
-                out.push(Event::Reply(Reply::new(250, "2.0.0", "ok")));
+                out.push(Event::Reply(reply::OK));
             }
             Request::Noop { .. } => {
-                out.push(Event::Reply(Reply::new(250, "2.0.0", "ok")));
+                out.push(Event::Reply(reply::OK));
             }
             Request::Vrfy { .. } => {
                 // RFC 5321 §3.5.3: cannot verify, but will accept and attempt delivery.
-                out.push(Event::Reply(Reply::new(
-                    252,
-                    "2.5.0",
-                    "cannot VRFY user; send mail and it will be delivered if the user exists",
-                )));
+                out.push(Event::Reply(reply::VRFY_CANNOT_VERIFY));
             }
             Request::Help { .. } => {
-                out.push(Event::Reply(Reply::new(214, "2.0.0", "see RFC 5321")));
+                out.push(Event::Reply(reply::SEE_RFC_5321));
             }
             Request::Quit => {
-                out.push(Event::Reply(Reply::new(221, "2.0.0", "bye")));
+                out.push(Event::Reply(reply::BYE));
                 out.push(Event::Close);
             }
             Request::Expn { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. } => {
-                out.push(self.error(Reply::new(502, "5.5.1", "command not implemented")));
+                out.push(self.error(reply::COMMAND_NOT_IMPLEMENTED));
             }
         }
     }
@@ -679,11 +627,7 @@ impl Session {
     fn too_much_junk(&mut self, out: &mut Vec<Event>) -> bool {
         self.junk += 1;
         if self.junk > self.cfg.limits.max_junk_commands {
-            out.push(Event::Reply(Reply::new(
-                421,
-                "4.7.0",
-                "too many commands without mail; closing",
-            )));
+            out.push(Event::Reply(reply::TOO_MANY_COMMANDS_WITHOUT_MAIL_CLOSING));
             out.push(Event::Close);
             return true;
         }
@@ -703,11 +647,7 @@ impl Session {
         } else if has_bare_cr_or_lf(&d.buf) {
             // RFC 5321 §2.3.8: CR and LF only as CRLF. Refused rather than repaired, so a
             // smuggled end-of-data can never mean one thing here and another downstream.
-            Some(Reply::new(
-                554,
-                "5.6.0",
-                "message has bare CR or LF line endings; refused",
-            ))
+            Some(reply::BARE_CR_OR_LF)
         } else {
             None
         };
@@ -732,7 +672,7 @@ impl Session {
         match result {
             Ok(()) => {
                 self.recipients.push(rcpt);
-                Reply::new(250, "2.1.5", "recipient ok")
+                reply::RECIPIENT_OK
             }
             Err(r) => {
                 if !r.is_positive() {

@@ -20,6 +20,7 @@ pub mod records;
 pub mod secrets;
 pub mod store;
 pub mod tls;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

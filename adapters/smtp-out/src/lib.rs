@@ -22,10 +22,10 @@ use letterme_protocol::SigningKeypair;
 use letterme_protocol::codec::hex;
 use letterme_server::Clock;
 use letterme_server::config::OutboundConfig;
-use letterme_server::federation::queue::{jitter, retry_delay};
 use letterme_server::notice::{Failure, failure_notices};
 use letterme_server::outbound::MailKeys;
 use letterme_server::store::{SmtpKind, SmtpOutcome, SmtpRow, Store, StoreError};
+use letterme_server::worker::{self, Due, jitter, retry_delay};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -113,48 +113,31 @@ impl SmtpOut {
 
     /// Runs until `stop`: delivers what is due, sleeps until the next row is due or new
     /// mail is queued.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut tasks = JoinSet::new();
-        loop {
-            let sleep = match self.spawn_due(&mut tasks).await {
-                Ok(()) => match self.store.next_smtp_due().await {
-                    Ok(Some(t)) => {
-                        Duration::from_secs(t.saturating_sub(self.clock.now()).clamp(1, 300))
-                    }
-                    _ => Duration::from_mins(5),
-                },
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the SMTP queue failed");
-                    Duration::from_secs(5)
-                }
-            };
-            tokio::select! {
-                () = self.wake.notified() => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                () = tokio::time::sleep(sleep) => {}
-                _ = stop.changed() => break,
-            }
-        }
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        worker::run(
+            &self,
+            &*self.clock,
+            &self.wake,
+            "reading the SMTP queue failed",
+            stop,
+        )
+        .await;
     }
 
     /// Delivers everything due now and waits for the outcome; returns the rows tried.
     pub async fn run_due(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let mut tasks = JoinSet::new();
-        let mut n = 0;
-        loop {
-            self.spawn_due(&mut tasks).await?;
-            if tasks.is_empty() {
-                return Ok(n);
-            }
-            while let Some(r) = tasks.join_next().await {
-                n += r.unwrap_or(0);
-            }
-        }
+        worker::run_due(self).await
     }
+}
 
+impl Due for SmtpOut {
     /// Takes due rows that no task holds and starts a task per domain, with as many
     /// connections as that domain has left of [`PER_DOMAIN`].
-    async fn spawn_due(self: &Arc<Self>, tasks: &mut JoinSet<usize>) -> Result<(), StoreError> {
+    /// Returns when the next row is due; if that cannot be read, as if nothing were queued.
+    async fn spawn_due(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<usize>,
+    ) -> Result<Option<u64>, StoreError> {
         let busy: Vec<i64> = self
             .busy
             .lock()
@@ -204,9 +187,11 @@ impl SmtpOut {
                 n
             });
         }
-        Ok(())
+        Ok(self.store.next_smtp_due().await.ok().flatten())
     }
+}
 
+impl SmtpOut {
     /// Builds the signed bytes of a row: the opened relay message, or a fresh notice.
     fn message(&self, row: &SmtpRow) -> Result<Vec<u8>, String> {
         let now = self.clock.now();

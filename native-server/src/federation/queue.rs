@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use letterme_protocol::codec::hex;
 use letterme_protocol::federation::{DeliveryReport, DeliveryStatus, encode_batch_items};
@@ -21,23 +20,10 @@ use super::{Federation, FederationError};
 use crate::Clock;
 use crate::notice::Failure;
 use crate::store::{Claimed, FederationRow, NewDelivery, RowOutcome, Store, StoreError};
+use crate::worker::{self, Due, jitter, retry_delay};
 
 /// Batches in flight to one destination at most.
 pub const PER_DESTINATION: usize = 4;
-
-/// The delay before retry number `attempt` (1 for the first retry): `first` doubling up to
-/// `max`, times `jitter` (a factor near 1, e.g. 0.9–1.1, so retries of many messages spread).
-pub fn retry_delay(first: u64, max: u64, attempt: u32, jitter: f64) -> u64 {
-    let doubled = first.saturating_mul(1u64 << attempt.saturating_sub(1).min(40));
-    let base = doubled.min(max) as f64;
-    (base * jitter).round().max(1.0) as u64
-}
-
-/// A random factor in 0.9–1.1 for [`retry_delay`].
-pub fn jitter() -> f64 {
-    let r: [u8; 2] = letterme_protocol::keys::random_bytes();
-    0.9 + 0.2 * f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX)
-}
 
 /// The worker; one per server.
 pub struct FederationQueue {
@@ -74,47 +60,29 @@ impl FederationQueue {
 
     /// Runs until `stop`: delivers what is due, sleeps until the next row is due or new
     /// mail is queued.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut tasks = JoinSet::new();
-        loop {
-            let sleep = match self.spawn_due(&mut tasks).await {
-                Ok(next) => next.map_or(Duration::from_mins(5), |t| {
-                    Duration::from_secs(t.saturating_sub(self.clock.now()).clamp(1, 300))
-                }),
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the federation queue failed");
-                    Duration::from_secs(5)
-                }
-            };
-            tokio::select! {
-                () = self.wake.notified() => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                () = tokio::time::sleep(sleep) => {}
-                _ = stop.changed() => break,
-            }
-        }
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        worker::run(
+            &self,
+            &*self.clock,
+            &self.wake,
+            "reading the federation queue failed",
+            stop,
+        )
+        .await;
     }
 
     /// Delivers everything due now and waits for the answers; returns how many batches
     /// were tried. (The background worker does the same; tests and operators call this.)
     pub async fn run_due(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let mut tasks = JoinSet::new();
-        let mut n = 0;
-        loop {
-            self.spawn_due(&mut tasks).await?;
-            if tasks.is_empty() {
-                return Ok(n);
-            }
-            while tasks.join_next().await.is_some() {
-                n += 1;
-            }
-        }
+        worker::run_due(self).await
     }
+}
 
+impl Due for FederationQueue {
     /// Claims and starts due batches; returns when the next not-yet-due row is due.
     async fn spawn_due(
         self: &Arc<Self>,
-        tasks: &mut JoinSet<()>,
+        tasks: &mut JoinSet<usize>,
     ) -> Result<Option<u64>, StoreError> {
         let now = self.clock.now();
         let mut next: Option<u64> = None;
@@ -163,12 +131,15 @@ impl FederationQueue {
                     {
                         *n = n.saturating_sub(1);
                     }
+                    1
                 });
             }
         }
         Ok(next)
     }
+}
 
+impl FederationQueue {
     /// Sends one batch and records the outcome.
     async fn attempt(&self, claimed: Claimed) -> Result<(), StoreError> {
         let Claimed {
@@ -332,24 +303,5 @@ impl FederationQueue {
             now,
         )
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_double_from_a_minute_up_to_four_hours() {
-        let d: Vec<u64> = (1..=10)
-            .map(|n| retry_delay(60, 4 * 3600, n, 1.0))
-            .collect();
-        assert_eq!(
-            d,
-            vec![60, 120, 240, 480, 960, 1920, 3840, 7680, 14_400, 14_400]
-        );
-        assert_eq!(retry_delay(60, 4 * 3600, 200, 1.0), 14_400);
-        assert_eq!(retry_delay(60, 4 * 3600, 1, 1.1), 66);
-        assert_eq!(retry_delay(60, 4 * 3600, 1, 0.9), 54);
     }
 }

@@ -1,0 +1,168 @@
+//! Sending: a draft is checked against each recipient's verified key, sealed once per
+//! envelope (To+Cc, and one per Bcc), and uploaded; ordinary addresses go to the server's
+//! outbound relay or get a notice, as the server's outbound mode says.
+
+use std::collections::BTreeMap;
+
+use letterme_protocol::api::OutboundMode;
+use letterme_protocol::codec::hex;
+use letterme_protocol::envelope::seal_message_except;
+use letterme_protocol::keys::random_bytes;
+use letterme_protocol::{Address, EncryptionPublicKey, Payload};
+use serde::Serialize;
+
+use crate::cache::NewMail;
+use crate::{ClientError, Online, cache_error, now, render};
+
+/// What the user wants to send.
+#[derive(Debug, Clone, Default)]
+pub struct Draft {
+    pub to: Vec<Address>,
+    pub cc: Vec<Address>,
+    pub bcc: Vec<Address>,
+    pub subject: String,
+    pub body: String,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+    /// Kept when the mail client chose one (threads), generated otherwise.
+    pub message_id: Option<String>,
+    /// The user agreed that copies to ordinary addresses leave end-to-end encryption.
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SendReport {
+    pub message_id: String,
+    /// Envelope ids, one for To+Cc and one per Bcc.
+    pub envelopes: Vec<String>,
+    pub recipients: Vec<Address>,
+    /// Ordinary addresses the server sends the message to in plaintext (relay mode).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub relayed: Vec<Address>,
+    /// Ordinary addresses that get only a notice (notice mode).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub noticed: Vec<Address>,
+}
+
+impl Online {
+    /// What the server does with mail for ordinary addresses.
+    pub async fn outbound_mode(&self) -> Result<OutboundMode, ClientError> {
+        Ok(self.api.server_info().await?.outbound)
+    }
+
+    pub async fn send(&self, draft: &Draft) -> Result<SendReport, ClientError> {
+        let all: Vec<&Address> = draft.to.iter().chain(&draft.cc).chain(&draft.bcc).collect();
+        if all.is_empty() {
+            return Err(ClientError::NoRecipients);
+        }
+        let p = &self.me.profile;
+        let info = self.api.server_info().await?;
+        let mut keys: BTreeMap<Address, EncryptionPublicKey> = BTreeMap::new();
+        let mut legacy: std::collections::BTreeSet<Address> = std::collections::BTreeSet::new();
+        for a in &all {
+            if !keys.contains_key(*a) && !legacy.contains(*a) {
+                match self.verified_key(a).await {
+                    Ok(att) => {
+                        keys.insert((*a).clone(), att.encryption_key);
+                    }
+                    Err(ClientError::Legacy(a)) => {
+                        legacy.insert(a);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let legacy_list: Vec<Address> = legacy.iter().cloned().collect();
+        if !legacy.is_empty() {
+            match info.outbound {
+                OutboundMode::Relay if !draft.allow_plaintext => {
+                    return Err(ClientError::PlaintextRefused(legacy_list));
+                }
+                OutboundMode::Relay | OutboundMode::Notice => {}
+                OutboundMode::Off => return Err(ClientError::OutboundOff(legacy_list)),
+            }
+        }
+        let message_id = draft
+            .message_id
+            .as_deref()
+            .and_then(render::clean_msg_id)
+            .unwrap_or_else(|| format!("<{}@{}>", hex(&random_bytes::<16>()), p.domain));
+        let payload = Payload {
+            from: p.address.clone(),
+            to: draft.to.clone(),
+            cc: draft.cc.clone(),
+            bcc: vec![],
+            subject: draft.subject.clone(),
+            body: draft.body.clone(),
+            headers: vec![],
+            date: now(),
+            message_id: message_id.clone(),
+            in_reply_to: draft.in_reply_to.clone(),
+            references: draft.references.clone(),
+            legacy: None,
+        };
+        let envelopes = seal_message_except(
+            &self.me.keys.identity,
+            &payload,
+            &draft.bcc,
+            &|a| keys.get(a).copied(),
+            &legacy,
+            now(),
+        )?;
+        let encoded: Vec<(String, Vec<u8>)> = envelopes
+            .iter()
+            .map(|e| (e.id.to_hex(), e.encode()))
+            .collect();
+        if let Some((_, big)) = encoded
+            .iter()
+            .find(|(_, b)| b.len() as u64 > info.max_message_size)
+        {
+            return Err(ClientError::TooLarge {
+                size: big.len() as u64,
+                limit: info.max_message_size,
+            });
+        }
+        // Ordinary addresses first: the server's limits and checks refuse there, and then
+        // nothing at all has been sent.
+        let (mut relayed, mut noticed) = (Vec::new(), Vec::new());
+        if !legacy.is_empty() {
+            if info.outbound == OutboundMode::Relay {
+                let raw = render::outgoing(&payload).ok_or_else(|| {
+                    ClientError::Io("the message cannot be written as ordinary email".into())
+                })?;
+                self.api.send_outbound(&legacy_list, Some(&raw)).await?;
+                relayed = legacy_list;
+            } else {
+                self.api.send_outbound(&legacy_list, None).await?;
+                noticed = legacy_list;
+            }
+        }
+        let mut ids = Vec::new();
+        for (id, bytes) in encoded {
+            self.api.send(bytes).await?;
+            ids.push(id);
+        }
+        // Our own copy, for the Sent mailbox; a client that also APPENDs it finds it there.
+        let sent = Payload {
+            bcc: draft.bcc.clone(),
+            ..payload
+        };
+        self.me
+            .cache
+            .append(&NewMail {
+                folder: "Sent".into(),
+                flags: vec!["\\Seen".into()],
+                internal_date: now() as i64,
+                raw: render::render(&sent, &p.attestation.identity_key, &p.address),
+                message_id: Some(message_id.clone()),
+            })
+            .map_err(cache_error)?;
+        Ok(SendReport {
+            message_id,
+            envelopes: ids,
+            recipients: keys.into_keys().collect(),
+            relayed,
+            noticed,
+        })
+    }
+}

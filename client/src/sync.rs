@@ -1,0 +1,365 @@
+//! Syncing: fetch new envelopes a page at a time, verify and open them, commit them to
+//! the local store, and only then acknowledge them to the server; `watch` repeats that
+//! on a long poll.
+
+use std::collections::BTreeMap;
+
+use letterme_protocol::codec::hex;
+use letterme_protocol::envelope::{Envelope, SignerKind};
+use letterme_protocol::keys::random_bytes;
+use letterme_protocol::{Address, IdentityPublicKey, Payload};
+use serde::Serialize;
+
+use crate::cache::{NewMail, Synced};
+use crate::http::ListEntry;
+use crate::mailbox::{Mailbox, Stored};
+use crate::{ClientError, KtAlert, NOTICE_SENDER, Online, Unlocked, cache_error, now, render};
+
+/// Seconds one long poll of `watch` waits on the server.
+pub const WATCH_WAIT_SECS: u64 = 50;
+
+/// How many envelope downloads a sync keeps in flight.
+const FETCH_CONCURRENCY: usize = 8;
+
+async fn join_ack(
+    task: tokio::task::JoinHandle<Result<(), ClientError>>,
+) -> Result<(), ClientError> {
+    task.await
+        .map_err(|e| ClientError::Io(format!("acknowledging failed: {e}")))?
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    pub fetched: usize,
+    pub already_had: usize,
+    pub refused: Vec<(String, String)>,
+    /// Ids of the messages this sync stored.
+    pub new_ids: Vec<String>,
+    /// What the check of our own keys in the key-transparency log found amiss: a key this
+    /// profile did not make, or a log that does not verify. Empty when all is well.
+    pub kt_alerts: Vec<String>,
+}
+
+impl Online {
+    /// Syncs now, then keeps syncing as mail arrives (long poll), calling `on_new` after
+    /// every sync that stored or refused something. Logs in again when the token expires.
+    /// Runs until an error.
+    pub async fn watch(
+        &mut self,
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+        on_new: &mut (dyn FnMut(&Unlocked, &SyncReport) + Send),
+    ) -> Result<(), ClientError> {
+        loop {
+            match self.sync(progress).await {
+                Ok(report) => {
+                    if report.fetched > 0
+                        || !report.refused.is_empty()
+                        || !report.kt_alerts.is_empty()
+                    {
+                        on_new(&self.me, &report);
+                    }
+                }
+                Err(ClientError::Api { status: 401, .. }) => {
+                    self.relogin().await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            match self.api.list_wait(0, WATCH_WAIT_SECS).await {
+                Ok(_) => {}
+                Err(ClientError::Api { status: 401, .. }) => self.relogin().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Fetches new mail, verifies it, commits it locally, then acknowledges it. Works a
+    /// page (up to 1000 messages) at a time: downloads in parallel, opens on every core,
+    /// commits the page in one transaction, and only then acknowledges the page.
+    pub async fn sync(
+        &self,
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<SyncReport, ClientError> {
+        // A key change since this profile was opened (`letterme key rotate` while a proxy
+        // runs): mail to the new key would not open, so nothing is fetched until restart.
+        if self.me.dir.load()?.attestation.encryption_key
+            != self.me.profile.attestation.encryption_key
+        {
+            return Err(ClientError::KeysChanged(
+                self.me.dir.0.display().to_string(),
+            ));
+        }
+        let mailbox = self.me.mailbox()?;
+        let mut report = SyncReport::default();
+        let mut senders: BTreeMap<Address, Result<IdentityPublicKey, String>> = BTreeMap::new();
+        let mut after = 0;
+        let mut done = 0;
+        let mut acking: Option<tokio::task::JoinHandle<Result<(), ClientError>>> = None;
+        loop {
+            let page = self.api.list(after).await?;
+            if page.is_empty() {
+                break;
+            }
+            after = page.iter().map(|e| e.seq).max().unwrap_or(after);
+            let bodies = self.fetch_page(&page).await?;
+            let mut fresh = Vec::new();
+            for (entry, bytes) in page.iter().zip(bodies) {
+                match mailbox.envelope(&entry.id)? {
+                    // Stored before a crash, never acknowledged: acknowledge now.
+                    Some(existing) if existing == bytes => report.already_had += 1,
+                    _ => fresh.push((entry, bytes)),
+                }
+            }
+            for (_, bytes) in &fresh {
+                if let Ok(env) = Envelope::decode(bytes)
+                    && env.signer_kind == SignerKind::User
+                    && !senders.contains_key(&env.sender)
+                {
+                    let key = self
+                        .verified_key(&env.sender)
+                        .await
+                        .map(|a| a.identity_key)
+                        .map_err(|e| e.to_string());
+                    senders.insert(env.sender.clone(), key);
+                }
+            }
+            // Envelopes our domain signed with a key other than the pinned one: accepted
+            // only when DNS publishes that key too (a domain key rotation).
+            let pinned = self.me.profile.domain_key;
+            let rotated = fresh.iter().any(|(_, b)| {
+                Envelope::decode(b)
+                    .is_ok_and(|e| e.signer_kind == SignerKind::Domain && e.signer_key != pinned)
+            });
+            let domain_keys = if rotated {
+                self.own_domain_keys().await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read our domain's keys from DNS");
+                    vec![pinned]
+                })
+            } else {
+                vec![pinned]
+            };
+            let opened = self.open_all(&mailbox, &fresh, &senders, &domain_keys);
+            let mut accepted = Vec::new();
+            for ((entry, bytes), result) in fresh.into_iter().zip(opened) {
+                match result {
+                    Ok((signer, payload)) => {
+                        accepted.push(Synced {
+                            mail: self.me.filed(&payload, &signer, entry.received),
+                            stored: Stored {
+                                id: entry.id.clone(),
+                                sender: entry.sender.clone(),
+                                received: entry.received,
+                                envelope: bytes,
+                                signer_key: signer.0,
+                            },
+                        });
+                        report.fetched += 1;
+                        report.new_ids.push(entry.id.clone());
+                    }
+                    Err(reason) => {
+                        tracing::warn!(id = %entry.id, sender = %entry.sender, %reason, "refused a message");
+                        mailbox.refuse(&entry.id, &entry.sender, &reason, &bytes, now())?;
+                        report.refused.push((entry.id.clone(), reason));
+                    }
+                }
+            }
+            self.me.cache.commit_synced(&accepted, now())?;
+            // Only after the local commit above; it runs while the next page downloads.
+            let ids: Vec<String> = page.iter().map(|e| e.id.clone()).collect();
+            if let Some(previous) = acking.take() {
+                join_ack(previous).await?;
+            }
+            let api = self.api.clone();
+            acking = Some(tokio::spawn(async move { api.ack_many(&ids).await }));
+            done += page.len();
+            progress(done, done + usize::from(page.len() == 1000));
+        }
+        if let Some(last) = acking {
+            join_ack(last).await?;
+        }
+        let alerts = match self.check_own_keys().await {
+            Ok(alerts) => alerts,
+            Err(e) => vec![KtAlert {
+                message: format!("cannot check your keys in the key-transparency log: {e}"),
+                first_time: false,
+            }],
+        };
+        for a in &alerts {
+            tracing::warn!(alert = %a.message, "key transparency");
+            if a.first_time {
+                // Where a mail client's user looks: a local message in the inbox.
+                self.file_alert(&a.message)?;
+            }
+        }
+        report.kt_alerts = alerts.into_iter().map(|a| a.message).collect();
+        Ok(report)
+    }
+
+    /// Files a key-transparency alert in the local INBOX (for IMAP clients). It is written
+    /// here, never sent anywhere.
+    fn file_alert(&self, message: &str) -> Result<(), ClientError> {
+        let me = &self.me.profile.address;
+        let payload = Payload {
+            from: me.clone(),
+            to: vec![me.clone()],
+            cc: vec![],
+            bcc: vec![],
+            subject:
+                "letter.me security alert: the key-transparency log lists a key you did not create"
+                    .into(),
+            body: format!(
+                "This message was written by your letter.me client, on this machine.\n\n\
+                 WARNING: {message}.\n"
+            ),
+            headers: vec![],
+            date: now(),
+            message_id: format!("<{}@{}>", hex(&random_bytes::<16>()), me.domain()),
+            in_reply_to: None,
+            references: vec![],
+            legacy: None,
+        };
+        let raw = render::outgoing(&payload)
+            .ok_or_else(|| ClientError::Io("cannot write the alert message".into()))?;
+        self.me
+            .cache
+            .append(&NewMail {
+                folder: "INBOX".into(),
+                flags: vec!["\\Flagged".into()],
+                internal_date: now() as i64,
+                raw,
+                message_id: None,
+            })
+            .map(drop)
+            .map_err(cache_error)
+    }
+
+    /// Downloads a page of envelopes, several at a time, in listing order.
+    async fn fetch_page(&self, page: &[ListEntry]) -> Result<Vec<Vec<u8>>, ClientError> {
+        let mut out: Vec<Option<Vec<u8>>> = vec![None; page.len()];
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next = 0;
+        loop {
+            while tasks.len() < FETCH_CONCURRENCY && next < page.len() {
+                let api = self.api.clone();
+                let id = page[next].id.clone();
+                let i = next;
+                tasks.spawn(async move { (i, api.fetch(&id).await) });
+                next += 1;
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let (i, bytes) =
+                joined.map_err(|e| ClientError::Io(format!("download task failed: {e}")))?;
+            out[i] = Some(bytes?);
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Verifies and opens envelopes on every core.
+    fn open_all(
+        &self,
+        mailbox: &Mailbox,
+        items: &[(&ListEntry, Vec<u8>)],
+        senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
+        domain_keys: &[IdentityPublicKey],
+    ) -> Vec<Result<(IdentityPublicKey, Payload), String>> {
+        // Envelope ids already stored, for replay detection; looked up before the threads.
+        let stored: std::collections::BTreeSet<String> = items
+            .iter()
+            .filter_map(|(_, b)| Envelope::decode(b).ok())
+            .map(|e| e.id.to_hex())
+            .filter(|id| mailbox.envelope(id).ok().flatten().is_some())
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let chunk = items.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = items
+                .chunks(chunk)
+                .map(|part| {
+                    let stored = &stored;
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(entry, bytes)| {
+                                self.verify(entry, bytes, senders, domain_keys, stored)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// Checks a fetched envelope fully; the error is the reason it is refused.
+    fn verify(
+        &self,
+        entry: &ListEntry,
+        bytes: &[u8],
+        senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
+        domain_keys: &[IdentityPublicKey],
+        stored: &std::collections::BTreeSet<String>,
+    ) -> Result<(IdentityPublicKey, Payload), String> {
+        let env = Envelope::decode(bytes).map_err(|e| e.to_string())?;
+        if env.id.to_hex() != entry.id {
+            return Err("the envelope id does not match the server's listing".into());
+        }
+        // Legacy mail is sealed by our own domain's inbound gateway; native mail by its
+        // sender, whose identity key was verified once for this sync.
+        let signer = if env.signer_kind == SignerKind::Domain {
+            if !domain_keys.contains(&env.signer_key) {
+                return Err(
+                    "signed by a domain key that is neither pinned nor published in DNS".into(),
+                );
+            }
+            env.signer_key
+        } else {
+            senders
+                .get(&env.sender)
+                .cloned()
+                .unwrap_or_else(|| Err("the sender's key was not looked up".into()))?
+        };
+        let seen = |i: &letterme_protocol::EnvelopeId| stored.contains(&i.to_hex());
+        let keys = &self.me.keys;
+        let me = &self.me.profile.address;
+        let payload = env
+            .open(me, &keys.encryption_at(entry.received), &signer, &seen)
+            .map_err(|e| {
+                // Sealed to a key whose overlap ended before the server received it: say so.
+                let late = keys.retired.iter().find(|r| {
+                    entry.received > r.open_until && env.open(me, &[&r.key], &signer, &seen).is_ok()
+                });
+                match late {
+                    Some(r) => format!(
+                        "sealed to your encryption key version {}, which was {} before this \
+                         arrived; the sender used an outdated key",
+                        r.version,
+                        if r.revoked {
+                            "revoked"
+                        } else {
+                            "retired (overlap ended)"
+                        }
+                    ),
+                    None => e.to_string(),
+                }
+            })?;
+        // Our domain signs two things: inbound legacy mail, and failure notices from its
+        // mailer-daemon.
+        if env.signer_kind == SignerKind::Domain
+            && payload.legacy.is_none()
+            && !(env.sender.local_part() == NOTICE_SENDER
+                && env
+                    .sender
+                    .domain()
+                    .eq_ignore_ascii_case(&self.me.profile.domain))
+        {
+            return Err(
+                "a domain-signed envelope that is neither inbound legacy mail nor a notice".into(),
+            );
+        }
+        Ok((signer, payload))
+    }
+}

@@ -142,3 +142,27 @@ impl From<StoreError> for ApiError {
         }
     }
 }
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot open the database {path}")]
+    Store { path: String, source: StoreError },
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot listen on {addr} (is another server running there?)")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the data directory {path}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}

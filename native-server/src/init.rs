@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use letterme_protocol::IdentityPublicKey;
 
 use crate::config::{Config, TlsConfig};
+use crate::error::StartError;
 use crate::store::Store;
-use crate::{StartError, tls};
+use crate::tls;
 
 /// What `letterme init` was asked for.
 #[derive(Debug, Clone)]
@@ -149,7 +150,7 @@ pub async fn init(opts: &InitOptions, now: u64) -> Result<Initialized, InitError
         tls::generate_self_signed(&cert_names(&config), &files.cert, &files.key)?;
     }
     let tls_fingerprint = tls::spki_fingerprint(&files.cert)?;
-    let (store, key) = crate::open_storage(&config, now).await?;
+    let (store, key) = crate::serve::open_storage(&config, now).await?;
     let text = toml::to_string_pretty(&config).map_err(InitError::Render)?;
     write_config(
         &opts.config_path,

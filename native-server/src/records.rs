@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use crate::Config;
+use crate::config::Config;
 use crate::config::OutboundMode;
 use letterme_protocol::b64;
 use letterme_protocol::discovery::MailxRecord;

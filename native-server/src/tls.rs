@@ -10,6 +10,8 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest as _, Sha256};
 
+use crate::config::{Config, TlsConfig};
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
@@ -125,6 +127,34 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     let mut f = opts.open(path).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)
+}
+
+/// Where the federation listener's certificate lives: `[http.tls]` when configured, else
+/// `<data_dir>/tls/` (written by `letterme init`, or at the first start).
+pub fn federation_tls(config: &Config) -> TlsConfig {
+    config.http.tls.clone().unwrap_or_else(|| {
+        let dir = config.data_dir.join("tls");
+        TlsConfig {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
+    })
+}
+
+/// The federation certificate's files, created (self-signed for the domain and the
+/// listen address) when missing.
+pub fn ensure_federation_cert(config: &Config) -> Result<TlsConfig, TlsError> {
+    let tls_paths = federation_tls(config);
+    if !tls_paths.cert.exists() {
+        let mut names = vec![config.domain.clone()];
+        if let Some(addr) = config.federation.listen
+            && !addr.ip().is_unspecified()
+        {
+            names.push(addr.ip().to_string());
+        }
+        generate_self_signed(&names, &tls_paths.cert, &tls_paths.key)?;
+    }
+    Ok(tls_paths)
 }
 
 #[cfg(test)]

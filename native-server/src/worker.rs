@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use crate::Clock;
+use crate::clock::Clock;
 use crate::store::StoreError;
 
 /// The sleep when nothing is queued; no sleep between rounds is longer.

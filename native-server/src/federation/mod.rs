@@ -8,7 +8,6 @@
 
 pub mod pin;
 pub mod queue;
-pub mod receive;
 pub mod witness;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,9 +19,10 @@ use letterme_protocol::federation::{RequestSignature, ResponseSignature, Signatu
 use letterme_protocol::{Address, IdentityPublicKey, SigningKeypair, b64};
 use serde::{Deserialize, Serialize};
 
-use crate::Clock;
+use crate::clock::Clock;
 use crate::config::FederationConfig;
 use crate::dns::{DnsError, TxtResolver};
+use crate::kt::KtState;
 
 /// Longest a discovery answer is cached, whatever its TTL says.
 pub const MAX_CACHE: u64 = 7 * 86_400;
@@ -44,8 +44,6 @@ const REFRESH_AFTER: u64 = 30;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum FederationError {
-    #[error("federation is not enabled on this server ([federation] listen)")]
-    Disabled,
     #[error(transparent)]
     Dns(#[from] DnsError),
     #[error("_mailx.{0} has no usable v=mailx1 record")]
@@ -142,8 +140,8 @@ pub struct Federation {
     nonces: Mutex<Nonces>,
     pub origin_limit: crate::auth::RateLimiter<String>,
     pub clock: Arc<dyn Clock>,
-    /// This domain's log, whose checkpoint goes with every request (set at start).
-    pub kt: std::sync::OnceLock<Arc<crate::kt::KtState>>,
+    /// This domain's log, whose checkpoint goes with every request.
+    pub kt: Arc<KtState>,
     /// Witness observations of one domain run one at a time (one lock per domain).
     pub witness_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -169,6 +167,8 @@ pub struct RemoteKeys {
 }
 
 impl Federation {
+    // Reason: the one constructor, called once at start with what `serve` assembled.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         domain: &str,
         key: SigningKeypair,
@@ -177,6 +177,7 @@ impl Federation {
         config: FederationConfig,
         resolver: Arc<dyn TxtResolver>,
         clock: Arc<dyn Clock>,
+        kt: Arc<KtState>,
     ) -> Result<Self, String> {
         let mut statics = BTreeMap::new();
         for (d, v) in &config.peers {
@@ -209,7 +210,7 @@ impl Federation {
             nonces: Mutex::default(),
             origin_limit,
             clock,
-            kt: std::sync::OnceLock::new(),
+            kt,
             witness_locks: Mutex::default(),
         })
     }
@@ -451,12 +452,11 @@ impl Federation {
             req = req.header("content-type", "application/vnd.letterme.batch");
         }
         // Our log's checkpoint, for the peer to witness.
-        if let Some(kt) = self.kt.get() {
-            let cp = kt
-                .checkpoint(&self.domain, self.clock.now(), &self.key)
-                .await;
-            req = req.header(witness::CHECKPOINT_HEADER, witness::to_header(&cp));
-        }
+        let cp = self
+            .kt
+            .checkpoint(&self.domain, self.clock.now(), &self.key)
+            .await;
+        req = req.header(witness::CHECKPOINT_HEADER, witness::to_header(&cp));
         let resp = req
             .body(body)
             .send()

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use super::{Federation, FederationError};
-use crate::Clock;
+use crate::clock::Clock;
 use crate::notice::Failure;
 use crate::store::{Claimed, FederationRow, NewDelivery, RowOutcome, Store, StoreError};
 use crate::worker::{self, Due, jitter, retry_delay};

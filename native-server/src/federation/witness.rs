@@ -14,8 +14,8 @@ use letterme_protocol::b64;
 use letterme_protocol::kt::{Checkpoint, verify_consistency};
 
 use super::{Federation, FederationError};
-use crate::api::AppState;
-use crate::store::{ForkRow, StoreError};
+use crate::metrics::Metrics;
+use crate::store::{ForkRow, Store, StoreError};
 
 /// Header in which a server attaches its own latest checkpoint to federation requests:
 /// base64 of the checkpoint's JSON.
@@ -53,18 +53,16 @@ pub fn to_header(cp: &Checkpoint) -> String {
 
 /// Checks `cp` against what this server holds for its domain, and records the outcome.
 pub async fn observe(
-    state: &AppState,
+    fed: &Federation,
+    store: &Store,
+    metrics: &Metrics,
     cp: &Checkpoint,
     source: &str,
 ) -> Result<WitnessVerdict, WitnessError> {
     let domain = cp.domain.trim_end_matches('.').to_ascii_lowercase();
-    if domain == state.config.domain {
+    if domain == fed.domain {
         return Err(WitnessError::OwnDomain);
     }
-    let fed = state
-        .federation
-        .as_ref()
-        .ok_or_else(|| WitnessError::Federation(domain.clone(), FederationError::Disabled))?;
     let fail = |e| WitnessError::Federation(domain.clone(), e);
     let records = fed.records(&domain).await.map_err(fail)?;
     if !records.keys.iter().any(|k| cp.verify(k).is_ok()) {
@@ -81,20 +79,27 @@ pub async fn observe(
         locks.entry(domain.clone()).or_default().clone()
     };
     let _one_at_a_time = lock.lock().await;
-    let now = state.clock.now();
-    let held: Option<Checkpoint> = state
-        .store
+    let now = fed.clock.now();
+    let held: Option<Checkpoint> = store
         .witnessed(domain.clone())
         .await?
         .and_then(|j| serde_json::from_str(&j).ok());
     let Some(held) = held else {
-        state.store.set_witnessed(domain, json(cp), now).await?;
+        store.set_witnessed(domain, json(cp), now).await?;
         return Ok(WitnessVerdict::Consistent {
             checkpoint: cp.clone(),
         });
     };
     let fork = |held: &Checkpoint, other: &Checkpoint, reason: String| {
-        record_fork(state, &domain, held.clone(), other.clone(), source, reason)
+        let row = ForkRow {
+            domain: domain.clone(),
+            held: json(held),
+            other: json(other),
+            source: source.to_owned(),
+            reason,
+            detected_at: fed.clock.now(),
+        };
+        record_fork(store, metrics, row, held.clone(), other.clone())
     };
     if held.vrf_key != cp.vrf_key {
         return fork(&held, cp, "the VRF key of the labels differs".into()).await;
@@ -140,7 +145,7 @@ pub async fn observe(
     if let Err(e) = verify_consistency(cp, &head, &proofs[1]) {
         return fork(&head, cp, e.to_string()).await;
     }
-    state.store.set_witnessed(domain, json(&head), now).await?;
+    store.set_witnessed(domain, json(&head), now).await?;
     Ok(WitnessVerdict::Consistent { checkpoint: head })
 }
 
@@ -149,33 +154,23 @@ fn json(cp: &Checkpoint) -> String {
 }
 
 async fn record_fork(
-    state: &AppState,
-    domain: &str,
+    store: &Store,
+    metrics: &Metrics,
+    row: ForkRow,
     held: Checkpoint,
     other: Checkpoint,
-    source: &str,
-    reason: String,
 ) -> Result<WitnessVerdict, WitnessError> {
     tracing::error!(
-        domain,
-        source,
-        %reason,
+        domain = %row.domain,
+        source = %row.source,
+        reason = %row.reason,
         held_size = held.size,
         other_size = other.size,
         "key-transparency fork: the domain signed two checkpoints that cannot both hold; its keys are refused"
     );
-    state.metrics.error(&ErrorCode::KtFork);
-    state
-        .store
-        .add_fork(ForkRow {
-            domain: domain.to_owned(),
-            held: json(&held),
-            other: json(&other),
-            source: source.to_owned(),
-            reason: reason.clone(),
-            detected_at: state.clock.now(),
-        })
-        .await?;
+    metrics.error(&ErrorCode::KtFork);
+    let reason = row.reason.clone();
+    store.add_fork(row).await?;
     Ok(WitnessVerdict::Fork {
         held,
         other,
@@ -214,19 +209,18 @@ async fn fetch_consistency(
 }
 
 /// Whether an observation of `domain` is running now.
-pub fn busy(state: &AppState, domain: &str) -> bool {
+pub fn busy(fed: &Federation, domain: &str) -> bool {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    state
-        .federation
-        .as_ref()
-        .and_then(|f| f.witness_locks.lock().ok()?.get(&domain).cloned())
+    fed.witness_locks
+        .lock()
+        .ok()
+        .and_then(|locks| locks.get(&domain).cloned())
         .is_some_and(|l| l.try_lock().is_err())
 }
 
 /// The newest fork on record for `domain`, if any.
-pub async fn forked(state: &AppState, domain: &str) -> Result<Option<ForkRow>, StoreError> {
-    Ok(state
-        .store
+pub async fn forked(store: &Store, domain: &str) -> Result<Option<ForkRow>, StoreError> {
+    Ok(store
         .forks(domain.to_ascii_lowercase())
         .await?
         .into_iter()

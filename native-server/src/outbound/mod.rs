@@ -1,5 +1,5 @@
 //! Mail for addresses outside letter.me (DESIGN.md §3, §4): the durable SMTP queue, the
-//! keys it signs with, and the API that fills it. Delivery itself — MX lookup, SMTP,
+//! keys it signs with, and the state of the API that fills it (`api::outbound`). Delivery itself — MX lookup, SMTP,
 //! DKIM signing — is the `letterme-smtp-out` adapter's; this side only stores (in `store::smtp`) and hands out work.
 //!
 //! A relayed message is the one copy that leaves end-to-end encryption, and only on the
@@ -7,9 +7,13 @@
 //! under the queue key (itself sealed under the key-encryption key, like the domain key)
 //! before the insert, and deleted when delivered or given up.
 
-pub mod api;
+use std::sync::Arc;
 
+use tokio::sync::Notify;
 use zeroize::Zeroizing;
+
+use crate::auth::RateLimiter;
+use crate::config::OutboundConfig;
 
 /// DKIM selector of the Ed25519 key (RFC 8463).
 pub const SELECTOR_ED25519: &str = "ed1";
@@ -79,7 +83,7 @@ pub fn generate_rsa() -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), String> {
 
 /// The MTA-STS policy this server serves at `/.well-known/mta-sts.txt` (RFC 8461 §3.2),
 /// when `[outbound] mta_sts` is set.
-pub fn mta_sts_policy(config: &crate::Config) -> Option<String> {
+pub fn mta_sts_policy(config: &crate::config::Config) -> Option<String> {
     let mode = config.outbound.mta_sts.as_deref()?;
     Some(format!(
         "version: STSv1\r\nmode: {mode}\r\nmx: {}\r\nmax_age: 604800\r\n",
@@ -90,6 +94,44 @@ pub fn mta_sts_policy(config: &crate::Config) -> Option<String> {
 /// The UTC day number of `unix` seconds, for the daily cap.
 pub fn utc_day(unix: u64) -> i64 {
     (unix / 86_400) as i64
+}
+
+/// What the API needs for outbound mail.
+pub struct OutboundState {
+    pub queue_key: QueueKey,
+    pub user_limit: RateLimiter<String>,
+    pub domain_limit: RateLimiter<String>,
+    /// Wakes the SMTP worker when something is queued.
+    pub wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for OutboundState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundState").finish_non_exhaustive()
+    }
+}
+
+impl OutboundState {
+    pub fn new(config: &OutboundConfig, keys: &MailKeys, wake: Arc<Notify>) -> Self {
+        // Limits are configured per minute; the buckets refill per second.
+        let per_second = |n: u32| n.div_ceil(60).max(1);
+        Self {
+            queue_key: keys.queue.clone(),
+            user_limit: RateLimiter::with_rate(
+                f64::from(config.user_per_minute) / 60.0,
+                config.user_burst.max(per_second(config.user_per_minute)),
+                100_000,
+            ),
+            domain_limit: RateLimiter::with_rate(
+                f64::from(config.domain_per_minute) / 60.0,
+                config
+                    .domain_burst
+                    .max(per_second(config.domain_per_minute)),
+                100_000,
+            ),
+            wake,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use letterme_protocol::federation::{DeliveryReport, DeliveryStatus};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::mailbox::deliver_in;
+use super::mailbox::{deliver_in, file, usage};
 use super::{NewDelivery, Store, StoreError, split_lines};
 
 /// An envelope to deliver to one destination domain.
@@ -339,11 +339,7 @@ fn receive_one(
     if seen.is_some() {
         return Ok(DeliveryStatus::Accepted);
     }
-    let Some(usage) = c
-        .prepare_cached("SELECT usage_bytes FROM accounts WHERE address = ?1")?
-        .query_row([rcpt], |r| r.get::<_, i64>(0))
-        .optional()?
-    else {
+    let Some(usage) = usage(c, rcpt)? else {
         return Ok(DeliveryStatus::NoSuchUser);
     };
     let sender_domain = item
@@ -358,27 +354,15 @@ fn receive_one(
         return Ok(DeliveryStatus::Blocked);
     }
     let size = item.envelope.len() as u64;
-    if (usage as u64).saturating_add(size) > quota {
+    if usage.saturating_add(size) > quota {
         return Ok(DeliveryStatus::QuotaExceeded);
     }
-    c.prepare_cached(
-        "INSERT OR IGNORE INTO messages (id, sender, envelope, size, received, pending) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
-    )?
-    .execute(params![
-        item.id.as_slice(),
-        item.sender,
-        item.envelope,
-        size as i64,
-        now as i64
-    ])?;
-    c.prepare_cached("UPDATE messages SET pending = pending + 1 WHERE id = ?1")?
-        .execute([item.id.as_slice()])?;
-    c.prepare_cached(
-        "INSERT INTO deliveries (recipient, message_id, received) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![rcpt, item.id.as_slice(), now as i64])?;
-    c.prepare_cached("UPDATE accounts SET usage_bytes = usage_bytes + ?2 WHERE address = ?1")?
-        .execute(params![rcpt, size as i64])?;
+    let rcpts = [rcpt.to_owned()];
+    if !file(c, &item.id, &item.sender, &item.envelope, now, &rcpts)? {
+        // Another envelope holds this id here: a forged collision, refused for good.
+        tracing::warn!(sender = %item.sender, "a peer reused an envelope id of another message");
+        return Ok(DeliveryStatus::Blocked);
+    }
     c.prepare_cached(
         "INSERT INTO federated_seen (envelope_id, recipient, seen_at) VALUES (?1, ?2, ?3)",
     )?

@@ -33,6 +33,9 @@ pub struct PurgeStats {
     pub seen_ids: usize,
 }
 
+/// Stores an envelope for its local recipients, all or nothing: the API's local
+/// recipients, inbound SMTP and notices (one envelope per recipient there) come this way,
+/// federation per recipient through [`file`] directly.
 pub(super) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreError> {
     let size = d.envelope.len() as u64;
     let fresh = c
@@ -42,19 +45,13 @@ pub(super) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreErr
         return Err(StoreError::Replay);
     }
     let mut unknown = Vec::new();
-    {
-        let mut usage = c.prepare_cached("SELECT usage_bytes FROM accounts WHERE address = ?1")?;
-        for r in &d.recipients {
-            match usage
-                .query_row([r], |row| row.get::<_, i64>(0))
-                .optional()?
-            {
-                None => unknown.push(r.clone()),
-                Some(u) if (u as u64).saturating_add(size) > d.quota => {
-                    return Err(StoreError::QuotaExceeded(r.clone()));
-                }
-                Some(_) => {}
+    for r in &d.recipients {
+        match usage(c, r)? {
+            None => unknown.push(r.clone()),
+            Some(u) if u.saturating_add(size) > d.quota => {
+                return Err(StoreError::QuotaExceeded(r.clone()));
             }
+            Some(_) => {}
         }
     }
     if !unknown.is_empty() {
@@ -64,27 +61,63 @@ pub(super) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreErr
         // Every recipient is on another domain: only the replay record is kept here.
         return Ok(());
     }
-    c.prepare_cached(
-        "INSERT INTO messages (id, sender, envelope, size, received, pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
+    if file(c, &d.id, &d.sender, &d.envelope, d.received, &d.recipients)? {
+        Ok(())
+    } else {
+        Err(StoreError::Replay)
+    }
+}
+
+/// The bytes a recipient's mailbox holds; `None`: no such account.
+pub(super) fn usage(c: &Connection, recipient: &str) -> Result<Option<u64>, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT usage_bytes FROM accounts WHERE address = ?1")?
+            .query_row([recipient], |row| row.get::<_, i64>(0))
+            .optional()?
+            .map(|u| u as u64),
+    )
+}
+
+/// Files a checked envelope in local mailboxes: the message once (or its pending count
+/// raised when it is stored already), a delivery and the usage for each recipient. Every
+/// entrance that delivers locally ends here. `false`: the id is taken by another envelope,
+/// and nothing was filed.
+pub(super) fn file(
+    c: &Connection,
+    id: &[u8; 16],
+    sender: &str,
+    envelope: &[u8],
+    received: u64,
+    recipients: &[String],
+) -> Result<bool, StoreError> {
+    let size = envelope.len() as i64;
+    let stored = c
+        .prepare_cached(
+            "INSERT INTO messages (id, sender, envelope, size, received, pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET pending = pending + excluded.pending
+              WHERE envelope = excluded.envelope",
+        )?
     .execute(params![
-        d.id.as_slice(),
-        d.sender,
-        d.envelope,
-        size as i64,
-        d.received as i64,
-        d.recipients.len() as i64
+        id.as_slice(),
+        sender,
+        envelope,
+        size,
+        received as i64,
+        recipients.len() as i64
     ])?;
+    if stored == 0 {
+        return Ok(false);
+    }
     let mut ins = c.prepare_cached(
         "INSERT INTO deliveries (recipient, message_id, received) VALUES (?1, ?2, ?3)",
     )?;
     let mut bump =
         c.prepare_cached("UPDATE accounts SET usage_bytes = usage_bytes + ?2 WHERE address = ?1")?;
-    for r in &d.recipients {
-        ins.execute(params![r, d.id.as_slice(), d.received as i64])?;
-        bump.execute(params![r, size as i64])?;
+    for r in recipients {
+        ins.execute(params![r, id.as_slice(), received as i64])?;
+        bump.execute(params![r, size])?;
     }
-    Ok(())
+    Ok(true)
 }
 
 pub(super) fn remove_delivery(

@@ -1,5 +1,7 @@
 //! Store tests: group commit, quotas, replays, purges, key changes.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 fn account(addr: &str) -> AccountRow {
@@ -146,5 +148,109 @@ async fn concurrent_writes_commit_in_groups() {
     assert_eq!(
         store.list("b@x.test".into(), 0, 1000).await.unwrap().len(),
         180
+    );
+}
+
+/// Every entrance files mail through one function: an envelope from a peer and one from
+/// the API share its rules (one message row, pending counted per recipient), and an id
+/// already holding another envelope is refused on both paths instead of merged.
+#[tokio::test]
+async fn federation_and_api_file_alike_and_refuse_a_reused_id() {
+    use letterme_protocol::federation::DeliveryStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    for a in ["b@x.test", "c@x.test", "d@x.test"] {
+        store.register(account(a), None).await.unwrap();
+    }
+    let incoming = |envelope: Vec<u8>, to: &str| Incoming {
+        id: [7; 16],
+        sender: "p@peer.test".into(),
+        envelope,
+        recipients: vec![to.into()],
+    };
+    let receive = |txid: u8, item: Incoming| {
+        let store = store.clone();
+        async move {
+            let report = store
+                .receive_transaction(
+                    "peer.test".into(),
+                    vec![txid],
+                    [txid; 32],
+                    vec![item],
+                    BTreeMap::new(),
+                    100,
+                    1_000_000,
+                    crate::config::FederationConfig::default(),
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            report
+                .results
+                .values()
+                .next()
+                .unwrap()
+                .values()
+                .next()
+                .copied()
+                .unwrap()
+        }
+    };
+    // The same envelope for two recipients, in two batches: stored once, pending twice.
+    assert_eq!(
+        receive(1, incoming(vec![1; 50], "b@x.test")).await,
+        DeliveryStatus::Accepted
+    );
+    assert_eq!(
+        receive(2, incoming(vec![1; 50], "c@x.test")).await,
+        DeliveryStatus::Accepted
+    );
+    for who in ["b@x.test", "c@x.test"] {
+        let (bytes, _) = store.fetch(who.into(), [7; 16]).await.unwrap().unwrap();
+        assert_eq!(bytes, vec![1; 50]);
+        assert_eq!(
+            store
+                .account(who.into())
+                .await
+                .unwrap()
+                .unwrap()
+                .usage_bytes,
+            50
+        );
+    }
+    assert_eq!(
+        store.ack("b@x.test".into(), vec![[7; 16]]).await.unwrap(),
+        1
+    );
+    assert!(
+        store
+            .fetch("c@x.test".into(), [7; 16])
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Another envelope under the id still stored: refused from a peer and from the API.
+    assert_eq!(
+        receive(3, incoming(vec![2; 50], "d@x.test")).await,
+        DeliveryStatus::Blocked
+    );
+    let mut api = delivery(7, &["d@x.test"], 100);
+    api.envelope = vec![3; 50];
+    assert_eq!(store.deliver(api).await, Err(StoreError::Replay));
+    assert!(
+        store
+            .fetch("d@x.test".into(), [7; 16])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .account("d@x.test".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .usage_bytes,
+        0
     );
 }

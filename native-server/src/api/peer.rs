@@ -20,8 +20,8 @@ use letterme_protocol::federation::{
 };
 use serde::Serialize;
 
-use super::{Federation, RemoteKeys};
-use crate::api::AppState;
+use crate::federation::{Federation, NonceCheck, RemoteKeys, witness};
+use crate::state::AppState;
 use crate::store::StoreError;
 
 type St = State<Arc<AppState>>;
@@ -166,9 +166,9 @@ async fn authenticate(
         }
     }
     match fed.check_nonce(sig.nonce, sig.expires) {
-        super::NonceCheck::Fresh => Ok(sig),
-        super::NonceCheck::Replayed => Err(refuse(sig.nonce, &SignatureError::Replayed)),
-        super::NonceCheck::Full => Err(error(
+        NonceCheck::Fresh => Ok(sig),
+        NonceCheck::Replayed => Err(refuse(sig.nonce, &SignatureError::Replayed)),
+        NonceCheck::Full => Err(error(
             fed,
             StatusCode::SERVICE_UNAVAILABLE,
             sig.nonce,
@@ -393,7 +393,7 @@ async fn keys(
                 &state.domain_key,
             )
             .await
-            .map(|kt| Some((crate::api::attestation_of(&address, &row), kt))),
+            .map(|kt| Some((super::attestation_of(&address, &row), kt))),
         Ok(None) => Ok(None),
         Err(e) => Err(e),
     };
@@ -429,25 +429,28 @@ async fn keys(
 /// Witnesses the checkpoint a peer attached to its request, in the background: a fork is
 /// recorded and logged; the request itself is answered as usual.
 fn witness_attached(state: &Arc<AppState>, headers: &HeaderMap, origin: &str) {
-    let Some(cp) = super::witness::from_header(headers) else {
+    let Some(cp) = witness::from_header(headers) else {
         return;
     };
     if !cp.domain.eq_ignore_ascii_case(origin) {
         return;
     }
+    let Some(fed) = state.federation.clone() else {
+        return;
+    };
     let state = state.clone();
     let source = format!("a request from {origin}");
     tokio::spawn(async move {
         // One background observation per domain at a time, and none once a fork is on
         // record (the evidence is kept; more rows would add nothing).
-        if super::witness::busy(&state, &cp.domain)
-            || super::witness::forked(&state, &cp.domain)
+        if witness::busy(&fed, &cp.domain)
+            || witness::forked(&state.store, &cp.domain)
                 .await
                 .is_ok_and(|f| f.is_some())
         {
             return;
         }
-        if let Err(e) = super::witness::observe(&state, &cp, &source).await {
+        if let Err(e) = witness::observe(&fed, &state.store, &state.metrics, &cp, &source).await {
             tracing::info!(origin = %cp.domain, error = %e, "cannot witness a peer's checkpoint");
         }
     });

@@ -17,55 +17,14 @@ use letterme_protocol::api::{
     ErrorCode, ErrorLimit, LimitBucket, OutboundMode, OutboundRequest, OutboundResponse,
 };
 use letterme_protocol::{Address, b64};
-use tokio::sync::Notify;
 
-use super::{MailKeys, QueueKey};
 use crate::store::{NewSmtp, SmtpKind};
 
-use crate::api::{AppState, Authed};
-use crate::auth::RateLimiter;
-use crate::config::OutboundConfig;
+use super::Authed;
 use crate::error::ApiError;
+use crate::state::AppState;
 
-/// What the API needs for outbound mail.
-pub struct OutboundState {
-    pub queue_key: QueueKey,
-    pub user_limit: RateLimiter<String>,
-    pub domain_limit: RateLimiter<String>,
-    /// Wakes the SMTP worker when something is queued.
-    pub wake: Arc<Notify>,
-}
-
-impl std::fmt::Debug for OutboundState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutboundState").finish_non_exhaustive()
-    }
-}
-
-impl OutboundState {
-    pub fn new(config: &OutboundConfig, keys: &MailKeys, wake: Arc<Notify>) -> Self {
-        // Limits are configured per minute; the buckets refill per second.
-        let per_second = |n: u32| n.div_ceil(60).max(1);
-        Self {
-            queue_key: keys.queue.clone(),
-            user_limit: RateLimiter::with_rate(
-                f64::from(config.user_per_minute) / 60.0,
-                config.user_burst.max(per_second(config.user_per_minute)),
-                100_000,
-            ),
-            domain_limit: RateLimiter::with_rate(
-                f64::from(config.domain_per_minute) / 60.0,
-                config
-                    .domain_burst
-                    .max(per_second(config.domain_per_minute)),
-                100_000,
-            ),
-            wake,
-        }
-    }
-}
-
-pub(crate) async fn submit(
+pub(super) async fn submit(
     State(state): State<Arc<AppState>>,
     Authed(session): Authed,
     body: Result<Bytes, BytesRejection>,

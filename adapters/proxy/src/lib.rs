@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use letterme_client::{ClientError, Online, SyncReport, Unlocked};
-use letterme_smtp::driver::ConnLimits;
+use letterme_smtp::driver::{BackendConfig, ConnLimits};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 
@@ -88,18 +88,20 @@ impl Listeners {
             tls: Some(tls.clone()),
         });
         let submission = Arc::new(Submission {
-            session: submission::session_config(
-                "localhost",
-                &me.profile.domain,
-                Arc::new(creds),
-                MAX_SUBMISSION,
-            ),
-            conn: ConnLimits {
-                max_sessions: 32,
-                max_sessions_per_ip: 32,
-                ..ConnLimits::default()
+            smtp: BackendConfig {
+                session: submission::session_config(
+                    "localhost",
+                    &me.profile.domain,
+                    Arc::new(creds),
+                    MAX_SUBMISSION,
+                ),
+                conn: ConnLimits {
+                    max_sessions: 32,
+                    max_sessions_per_ip: 32,
+                    ..ConnLimits::default()
+                },
+                tls: Some(tls),
             },
-            tls: Some(tls),
             online: Arc::new(Mutex::new(submit)),
             allow_plaintext,
         });

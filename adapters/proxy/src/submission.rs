@@ -18,15 +18,13 @@ use letterme_protocol::api::OutboundMode;
 use mail_parser::{Addr, HeaderValue, MessageParser};
 use tokio::sync::Mutex;
 
-use letterme_smtp::driver::{Backend, ConnLimits};
+use letterme_smtp::driver::{Backend, BackendConfig};
 use letterme_smtp::reply;
 use letterme_smtp::session::{Limits, Reply, Session, SessionConfig, Transaction};
 
 /// The submission service: one logged-in client, shared by the connections.
 pub struct Submission {
-    pub session: SessionConfig,
-    pub conn: ConnLimits,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub smtp: BackendConfig,
     pub online: Arc<Mutex<Online>>,
     /// Copies to ordinary addresses may leave end-to-end encryption (relay mode).
     pub allow_plaintext: bool,
@@ -35,7 +33,7 @@ pub struct Submission {
 impl std::fmt::Debug for Submission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Submission")
-            .field("tls", &self.tls.is_some())
+            .field("smtp", &self.smtp)
             .finish_non_exhaustive()
     }
 }
@@ -144,16 +142,8 @@ pub fn draft(tx: &Transaction) -> Result<Draft, Reply> {
 }
 
 impl Backend for Submission {
-    fn session_config(&self) -> &SessionConfig {
-        &self.session
-    }
-
-    fn conn_limits(&self) -> &ConnLimits {
-        &self.conn
-    }
-
-    fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor> {
-        self.tls.as_ref()
+    fn config(&self) -> &BackendConfig {
+        &self.smtp
     }
 
     async fn check_recipient(&self, _: &Session, rcpt: &Address) -> Result<(), Reply> {

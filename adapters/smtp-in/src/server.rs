@@ -9,9 +9,9 @@ use letterme_protocol::verdict::{DkimResult, DkimResults};
 use letterme_protocol::{Address, SigningKeypair};
 use letterme_server::Clock;
 use letterme_server::store::Store;
-use letterme_smtp::driver::{Backend, ConnLimits};
+use letterme_smtp::driver::{Backend, BackendConfig};
 use letterme_smtp::reply;
-use letterme_smtp::session::{Reply, Session, SessionConfig, Transaction};
+use letterme_smtp::session::{Reply, Session, Transaction};
 use mail_auth::MessageAuthenticator;
 
 use crate::deliver::{DeliverError, Inbound, seal_and_store};
@@ -19,15 +19,13 @@ use crate::verify::verify;
 
 /// Everything a session needs.
 pub struct SmtpIn {
-    pub session: SessionConfig,
-    pub conn: ConnLimits,
+    pub smtp: BackendConfig,
     pub store: Store,
     pub domain_key: SigningKeypair,
     pub authenticator: MessageAuthenticator,
     pub dmarc: DmarcMode,
     pub allow: Vec<AllowEntry>,
     pub quota: u64,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<letterme_server::metrics::Metrics>,
 }
@@ -35,21 +33,15 @@ pub struct SmtpIn {
 impl std::fmt::Debug for SmtpIn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SmtpIn")
-            .field("hostname", &self.session.hostname)
+            .field("hostname", &self.smtp.session.hostname)
             .field("dmarc", &self.dmarc)
             .finish_non_exhaustive()
     }
 }
 
 impl Backend for SmtpIn {
-    fn session_config(&self) -> &SessionConfig {
-        &self.session
-    }
-    fn conn_limits(&self) -> &ConnLimits {
-        &self.conn
-    }
-    fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor> {
-        self.tls.as_ref()
+    fn config(&self) -> &BackendConfig {
+        &self.smtp
     }
     async fn check_recipient(&self, _: &Session, rcpt: &Address) -> Result<(), Reply> {
         check_recipient(self, rcpt).await
@@ -74,7 +66,7 @@ async fn accept_message(smtp: &SmtpIn, s: &Session, tx: Transaction) -> Reply {
     let ip = s.peer;
     let verified = verify(
         &smtp.authenticator,
-        &smtp.session.hostname,
+        &smtp.smtp.session.hostname,
         &tx.data,
         ip,
         &tx.helo,
@@ -109,8 +101,8 @@ async fn accept_message(smtp: &SmtpIn, s: &Session, tx: Transaction) -> Reply {
     let rcpts = tx.recipients.len();
     let result = seal_and_store(
         &smtp.store,
-        &smtp.session.domain,
-        &smtp.session.hostname,
+        &smtp.smtp.session.domain,
+        &smtp.smtp.session.hostname,
         &smtp.domain_key,
         smtp.quota,
         smtp.clock.now(),

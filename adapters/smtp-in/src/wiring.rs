@@ -7,7 +7,7 @@ use std::time::Duration;
 use letterme_policy::{AllowEntry, DmarcMode};
 use letterme_server::{Config, Running};
 
-use letterme_smtp::driver::{ConnLimits, serve};
+use letterme_smtp::driver::{BackendConfig, ConnLimits, serve};
 use letterme_smtp::session::{Limits, SessionConfig};
 
 use crate::server::SmtpIn;
@@ -70,25 +70,29 @@ pub async fn start(config: &Config, server: &Running, addr: SocketAddr) -> Resul
     .map_err(StartError::Dns)?;
     let tls = tls_acceptor(config)?;
     let smtp = Arc::new(SmtpIn {
-        session: SessionConfig {
-            hostname: config
-                .smtp
-                .hostname
-                .clone()
-                .unwrap_or_else(|| config.domain.clone()),
-            domain: config.domain.clone(),
-            limits: Limits {
-                max_message: usize::try_from(config.smtp.max_message_size.0).unwrap_or(usize::MAX),
-                max_recipients: config.smtp.max_recipients,
-                ..Limits::default()
+        smtp: BackendConfig {
+            session: SessionConfig {
+                hostname: config
+                    .smtp
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| config.domain.clone()),
+                domain: config.domain.clone(),
+                limits: Limits {
+                    max_message: usize::try_from(config.smtp.max_message_size.0)
+                        .unwrap_or(usize::MAX),
+                    max_recipients: config.smtp.max_recipients,
+                    ..Limits::default()
+                },
+                tls_available: tls.is_some(),
+                auth: None,
             },
-            tls_available: tls.is_some(),
-            auth: None,
-        },
-        conn: ConnLimits {
-            max_sessions: config.smtp.max_sessions,
-            max_sessions_per_ip: config.smtp.max_sessions_per_ip,
-            ..ConnLimits::default()
+            conn: ConnLimits {
+                max_sessions: config.smtp.max_sessions,
+                max_sessions_per_ip: config.smtp.max_sessions_per_ip,
+                ..ConnLimits::default()
+            },
+            tls,
         },
         store: server.store.clone(),
         domain_key: server.domain_signing_key().clone(),
@@ -96,7 +100,6 @@ pub async fn start(config: &Config, server: &Running, addr: SocketAddr) -> Resul
         dmarc,
         allow,
         quota: config.limits.quota.0,
-        tls,
         clock: server.clock.clone(),
         metrics: server.metrics(),
     });

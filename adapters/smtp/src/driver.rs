@@ -38,12 +38,29 @@ impl Default for ConnLimits {
     }
 }
 
+/// How a service's listener runs its sessions: what each session is told, the connection
+/// limits, and the certificate STARTTLS offers (none: STARTTLS is not offered).
+#[derive(Clone)]
+pub struct BackendConfig {
+    pub session: SessionConfig,
+    pub conn: ConnLimits,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendConfig")
+            .field("hostname", &self.session.hostname)
+            .field("conn", &self.conn)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the connection driver asks of the service behind it: the inbound MX
 /// (`letterme-smtp-in`) or the proxy's local submission (`letterme-proxy`).
 pub trait Backend: Send + Sync + 'static {
-    fn session_config(&self) -> &SessionConfig;
-    fn conn_limits(&self) -> &ConnLimits;
-    fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor>;
+    fn config(&self) -> &BackendConfig;
     /// `Ok` accepts RCPT TO; the error is the reply.
     fn check_recipient(
         &self,
@@ -60,7 +77,7 @@ pub async fn serve<B: Backend>(
     smtp: Arc<B>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let conn = smtp.conn_limits().clone();
+    let conn = smtp.config().conn.clone();
     let sessions = Arc::new(Semaphore::new(conn.max_sessions));
     let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
@@ -126,8 +143,8 @@ enum Outcome<S> {
 async fn session<B: Backend>(stream: TcpStream, peer: SocketAddr, smtp: &B) -> std::io::Result<()> {
     let mut s = Session::new(
         SessionConfig {
-            tls_available: smtp.tls().is_some(),
-            ..smtp.session_config().clone()
+            tls_available: smtp.config().tls.is_some(),
+            ..smtp.config().session.clone()
         },
         peer.ip().to_canonical(),
     );
@@ -137,11 +154,11 @@ async fn session<B: Backend>(stream: TcpStream, peer: SocketAddr, smtp: &B) -> s
         Outcome::Closed => Ok(()),
         Outcome::StartTls(stream, next) => {
             s = *next;
-            let Some(acceptor) = smtp.tls() else {
+            let Some(acceptor) = &smtp.config().tls else {
                 return Ok(());
             };
             let tls =
-                tokio::time::timeout(smtp.conn_limits().command_timeout, acceptor.accept(stream))
+                tokio::time::timeout(smtp.config().conn.command_timeout, acceptor.accept(stream))
                     .await
                     .map_err(|_| {
                         std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
@@ -164,9 +181,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin, B: Backend>(
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let timeout = if s.in_data() {
-            smtp.conn_limits().data_timeout
+            smtp.config().conn.data_timeout
         } else {
-            smtp.conn_limits().command_timeout
+            smtp.config().conn.command_timeout
         };
         let n = match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
             Err(_) => {

@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use crate::error::ApiError;
 use crate::store::AccountRow;
 
-use super::{AppResult, MAX_CLOCK_SKEW, St, check_ip, json_body, parse_address};
+use super::{AppResult, St, check_binding, check_ip, json_body, parse_address};
 
 pub(super) async fn register(
     State(state): St,
@@ -40,19 +40,7 @@ pub(super) async fn register(
             ),
         ));
     }
-    b.verify().map_err(|_| {
-        ApiError::bad_request(
-            ErrorCode::BadSignature,
-            "the key binding is not signed by the identity key",
-        )
-    })?;
-    let now = state.clock.now();
-    if b.created.abs_diff(now) > MAX_CLOCK_SKEW {
-        return Err(ApiError::bad_request(
-            ErrorCode::Stale,
-            "the key binding's time is more than a day off the server's clock",
-        ));
-    }
+    let now = check_binding(&state, b)?;
     let invite_hash = match state.config.registration.mode {
         RegistrationMode::Open => None,
         RegistrationMode::Invite => {

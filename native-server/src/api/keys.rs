@@ -17,7 +17,8 @@ use crate::state::AppState;
 use crate::store::AccountRow;
 
 use super::{
-    AppResult, Authed, MAX_CLOCK_SKEW, St, WITNESS_WAIT, json_body, parse_address, path_param,
+    AppResult, Authed, St, WITNESS_WAIT, check_binding, check_lookups, json_body, parse_address,
+    path_param,
 };
 
 /// `POST /v1/keys/rotate`: a new encryption key replaces the current one; mail sealed to
@@ -47,13 +48,7 @@ pub(super) async fn change_key(
     op: letterme_protocol::kt::KeyOp,
 ) -> AppResult<Json<KeyChangeResponse>> {
     let b = json_body(body)?.binding;
-    if !state
-        .lookup_limit
-        .allow(&session.address, state.clock.now_f64())
-    {
-        state.metrics.error(&ErrorCode::RateLimited);
-        return Err(ApiError::rate_limited());
-    }
+    check_lookups(&state, &session)?;
     if b.address != session.address {
         return Err(ApiError::forbidden(
             ErrorCode::WrongAddress,
@@ -66,19 +61,7 @@ pub(super) async fn change_key(
             "a new encryption key must be bound to your current identity key",
         ));
     }
-    b.verify().map_err(|_| {
-        ApiError::bad_request(
-            ErrorCode::BadSignature,
-            "the key binding is not signed by the identity key",
-        )
-    })?;
-    let now = state.clock.now();
-    if b.created.abs_diff(now) > MAX_CLOCK_SKEW {
-        return Err(ApiError::bad_request(
-            ErrorCode::Stale,
-            "the key binding's time is more than a day off the server's clock",
-        ));
-    }
+    let now = check_binding(&state, &b)?;
     let current = state
         .store
         .account(b.address.to_string())
@@ -176,13 +159,7 @@ pub(super) async fn lookup(
 ) -> AppResult<Json<KeyLookup>> {
     let Path(address) = path_param(address)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(ErrorCode::BadQuery, e.body_text()))?;
-    if !state
-        .lookup_limit
-        .allow(&session.address, state.clock.now_f64())
-    {
-        state.metrics.error(&ErrorCode::RateLimited);
-        return Err(ApiError::rate_limited());
-    }
+    check_lookups(&state, &session)?;
     let address = parse_address(&address)?;
     state.metrics.key_lookups.inc();
     if address.domain() != state.config.domain {

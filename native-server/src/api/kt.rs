@@ -14,7 +14,7 @@ use letterme_protocol::b64;
 
 use crate::error::ApiError;
 
-use super::{AppResult, Authed, St, json_body, path_param};
+use super::{AppResult, Authed, St, check_lookups, json_body, path_param};
 
 /// `GET /v1/kt/checkpoint`: the log's current signed checkpoint and the VRF key of its
 /// labels.
@@ -89,13 +89,7 @@ pub(super) async fn entries(
     q: Result<Query<EntriesQuery>, QueryRejection>,
 ) -> AppResult<Json<EntriesPage>> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(ErrorCode::BadQuery, e.body_text()))?;
-    if !state
-        .lookup_limit
-        .allow(&session.address, state.clock.now_f64())
-    {
-        state.metrics.error(&ErrorCode::RateLimited);
-        return Err(ApiError::rate_limited());
-    }
+    check_lookups(&state, &session)?;
     let limit = q
         .limit
         .unwrap_or(crate::kt::ENTRIES_PAGE)
@@ -168,12 +162,7 @@ pub(super) async fn witness(
 ) -> AppResult<Json<WitnessVerdict>> {
     use crate::federation::witness::{WitnessError, observe};
     let req = json_body(body)?;
-    if !state
-        .lookup_limit
-        .allow(&session.address, state.clock.now_f64())
-    {
-        return Err(ApiError::rate_limited());
-    }
+    check_lookups(&state, &session)?;
     let Some(fed) = &state.federation else {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

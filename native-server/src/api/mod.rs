@@ -29,8 +29,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use letterme_protocol::Address;
 use letterme_protocol::api::{ErrorCode, ErrorLimit};
+use letterme_protocol::{Address, KeyBinding};
 
 use crate::auth::{Session, TokenError};
 use crate::error::ApiError;
@@ -150,6 +150,38 @@ pub(super) fn check_ip(state: &AppState, addr: SocketAddr) -> AppResult<()> {
         state.metrics.error(&ErrorCode::RateLimited);
         Err(ApiError::rate_limited())
     }
+}
+
+/// Counts a key or log lookup against the caller's `key_lookups_per_second`.
+pub(super) fn check_lookups(state: &AppState, session: &Session) -> AppResult<()> {
+    if state
+        .lookup_limit
+        .allow(&session.address, state.clock.now_f64())
+    {
+        Ok(())
+    } else {
+        state.metrics.error(&ErrorCode::RateLimited);
+        Err(ApiError::rate_limited())
+    }
+}
+
+/// A key binding a user hands in (registration, key change) is signed by its identity key
+/// and made within [`MAX_CLOCK_SKEW`] of the server's clock; returns the server's time.
+pub(super) fn check_binding(state: &AppState, b: &KeyBinding) -> AppResult<u64> {
+    b.verify().map_err(|_| {
+        ApiError::bad_request(
+            ErrorCode::BadSignature,
+            "the key binding is not signed by the identity key",
+        )
+    })?;
+    let now = state.clock.now();
+    if b.created.abs_diff(now) > MAX_CLOCK_SKEW {
+        return Err(ApiError::bad_request(
+            ErrorCode::Stale,
+            "the key binding's time is more than a day off the server's clock",
+        ));
+    }
+    Ok(now)
 }
 
 /// The authenticated caller, from `Authorization: Bearer <token>`.

@@ -6,9 +6,11 @@
 //! acknowledges only what is committed to SQLite.
 //!
 //! Layers, each using only those below it: `serve` starts everything; `api` (the user API
-//! and the federation listener) reads the shared `state`; `federation`, `kt`, `outbound`,
-//! `notice` and `worker` do the work; `store` owns every query; `config`, `clock`,
-//! `error`, `secrets` and `tls` are leaves.
+//! and the federation listener) reads the shared `state`; `federation`, `kt`, `keyring`,
+//! `notice`, `records` and `worker` do the work, on `outbound` (keys and limits), `auth`,
+//! `metrics` and `dns`; `error` gathers the error types; `store` owns every query; `config`,
+//! `clock`, `secrets` and `tls` are at the bottom. `tests::no_import_circle_between_modules`
+//! keeps it so.
 
 pub mod api;
 pub mod auth;

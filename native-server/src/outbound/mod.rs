@@ -91,11 +91,6 @@ pub fn mta_sts_policy(config: &crate::config::Config) -> Option<String> {
     ))
 }
 
-/// The UTC day number of `unix` seconds, for the daily cap.
-pub fn utc_day(unix: u64) -> i64 {
-    (unix / 86_400) as i64
-}
-
 /// What the API needs for outbound mail.
 pub struct OutboundState {
     pub queue_key: QueueKey,

@@ -101,13 +101,18 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SmtpRow> {
     })
 }
 
+/// The UTC day number of `unix` seconds, for the daily cap.
+fn utc_day(unix: u64) -> i64 {
+    (unix / 86_400) as i64
+}
+
 impl Store {
     /// Queues a message: counts it against the sender's daily cap and stores it with one
     /// row per destination domain, in one transaction. Returns the message id.
     pub async fn queue_smtp(&self, m: NewSmtp) -> Result<i64, StoreError> {
         self.write(move |c| {
             let n: u32 = m.destinations.iter().map(|(_, r)| r.len() as u32).sum();
-            let day = crate::outbound::utc_day(m.now);
+            let day = utc_day(m.now);
             let used: u32 = c
                 .prepare_cached("SELECT count FROM smtp_usage WHERE sender = ?1 AND day = ?2")?
                 .query_row(params![m.sender, day], |r| r.get(0))

@@ -105,6 +105,7 @@ async fn accept(
                 ));
             }
             check_from(&raw, sender)?;
+            check_lines(&raw)?;
             let size = raw.len() as u64;
             let sealed = out.queue_key.seal(&raw);
             drop(zeroize::Zeroizing::new(raw));
@@ -192,5 +193,82 @@ fn check_from(raw: &[u8], sender: &Address) -> Result<(), ApiError> {
             ErrorCode::FromMismatch,
             format!("the message's From must be {sender}, the logged-in user"),
         )),
+    }
+}
+
+/// The longest line RFC 5322 §2.1.1 allows, CRLF not counted.
+const MAX_LINE: usize = 998;
+
+/// Refuses what a receiving MTA could read differently from the DKIM signature and from
+/// this server: every line ends in CRLF (no bare CR or LF, which some MTAs take as a line
+/// end and so as the end of DATA: SMTP smuggling), no NUL, no line over 998 octets
+/// (RFC 5322 §2.1.1, §2.3; RFC 5321 §4.5.2). Refused, not repaired (DECISIONS D60).
+fn check_lines(raw: &[u8]) -> Result<(), ApiError> {
+    let bad = |why: String| ApiError::bad_request(ErrorCode::BadMessage, why);
+    let mut line = 1usize;
+    let mut start = 0usize;
+    let mut i = 0usize;
+    while i < raw.len() {
+        match raw[i] {
+            0 => return Err(bad(format!("line {line} contains a NUL byte"))),
+            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
+                if i - start > MAX_LINE {
+                    return Err(bad(format!(
+                        "line {line} is longer than {MAX_LINE} octets (RFC 5322 §2.1.1)"
+                    )));
+                }
+                i += 2;
+                start = i;
+                line += 1;
+                continue;
+            }
+            b'\r' => return Err(bad(format!("line {line} has a CR without LF"))),
+            b'\n' => return Err(bad(format!("line {line} ends in LF without CR"))),
+            _ => {}
+        }
+        i += 1;
+    }
+    if raw.len() - start > MAX_LINE {
+        return Err(bad(format!(
+            "line {line} is longer than {MAX_LINE} octets (RFC 5322 §2.1.1)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smuggling_shapes_and_long_lines_are_refused_and_crlf_mail_passes() {
+        let ok = b"From: a@x.test\r\nSubject: hi\r\n\r\nbody\r\n.dot\r\nlast";
+        assert!(check_lines(ok).is_ok());
+        let long = [b"A".repeat(998), b"\r\n".to_vec(), b"B".repeat(998)].concat();
+        assert!(check_lines(&long).is_ok());
+        for (raw, why) in [
+            (
+                &b"a\r\n\n.\r\nMAIL FROM:<x@y>\r\n"[..],
+                "line 2 ends in LF without CR",
+            ),
+            (b"a\r\nb\r.\r\n", "line 2 has a CR without LF"),
+            (b"a\r\nb\0c\r\n", "line 2 contains a NUL byte"),
+            (
+                &[b"x\r\n".to_vec(), b"A".repeat(999)].concat(),
+                "line 2 is longer than 998",
+            ),
+            (
+                &[b"A".repeat(999), b"\r\n".to_vec()].concat(),
+                "line 1 is longer than 998",
+            ),
+        ] {
+            let err = check_lines(raw).unwrap_err();
+            assert_eq!(err.code(), &ErrorCode::BadMessage);
+            assert!(
+                err.detail.message.starts_with(why),
+                "{}",
+                err.detail.message
+            );
+        }
     }
 }

@@ -433,6 +433,52 @@ fn a_stolen_account_cannot_turn_the_server_into_a_spam_cannon() {
     assert_eq!(got.len(), 2, "exactly the two accepted messages went out");
 }
 
+/// SMTP smuggling through the relay: a body with `\n.\r\n` followed by a second
+/// transaction. Refused at `POST /v1/outbound`; the MX (a sink recording raw bytes) sees
+/// only the legitimate message sent after it.
+#[test]
+fn a_smuggled_second_transaction_in_a_relayed_body_never_reaches_the_mx() {
+    let w = Scene::new("relay", "");
+    let smuggled = b"From: alice@a.test\r\nTo: carol@legacy.test\r\nSubject: hi\r\n\r\n\
+hello\n.\r\nMAIL FROM:<ceo@a.test>\r\nRCPT TO:<carol@legacy.test>\r\nDATA\r\n\
+From: ceo@a.test\r\nSubject: wire the money\r\n\r\nsmuggled\r\n.\r\n";
+    let refused = w.world.block_on(async {
+        let online = letterme_client::Unlocked::open(
+            letterme_client::profile::ProfileDir(w.alice.clone()),
+            letterme_tests::PASSPHRASE,
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+        let carol = letterme_protocol::Address::parse("carol@legacy.test").unwrap();
+        online
+            .api
+            .send_outbound(&[carol], Some(smuggled))
+            .await
+            .unwrap_err()
+    });
+    match refused {
+        letterme_client::ClientError::Api {
+            status, message, ..
+        } => {
+            assert_eq!(status, 400, "{message}");
+            assert!(message.contains("LF without CR"), "{message}");
+        }
+        other => panic!("expected a 400, got {other}"),
+    }
+    ok(&w.send("carol@legacy.test", &["--allow-plaintext"]));
+    let got = w.world.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
+    w.wait_queue_empty();
+    let got_all = w.world.block_on(w.sink.wait_for(2, Duration::from_secs(2)));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got_all.len(), 1, "one transaction reached the MX");
+    for m in &got_all {
+        assert_eq!(m.mail_from, "alice@a.test");
+        assert!(!contains(&m.data, b"smuggled") && !contains(&m.data, b"wire the money"));
+    }
+}
+
 const PROXY_SESSION: &str = include_str!("../../fixtures/imap/proxy_session.py");
 
 #[test]

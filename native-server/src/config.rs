@@ -166,6 +166,12 @@ impl Config {
                     .into(),
             );
         }
+        if f.give_up_after.0 > MAX_GIVE_UP {
+            return Err(format!(
+                "federation.give_up_after may be at most {} days: peers refuse older envelopes",
+                MAX_GIVE_UP / 86_400
+            ));
+        }
         if f.batch == 0 || f.batch > letterme_protocol::federation::MAX_BATCH {
             return Err(format!(
                 "federation.batch must be between 1 and {}",
@@ -542,6 +548,10 @@ fn default_retry_first() -> Interval {
 fn default_retry_max() -> Interval {
     Interval(4 * 3600)
 }
+
+/// The longest `federation.give_up_after`: a receiving server refuses envelopes older than
+/// this and a day (`api::MAX_ENVELOPE_AGE`).
+pub const MAX_GIVE_UP: u64 = 7 * 86_400;
 
 fn default_give_up() -> Interval {
     Interval(5 * 86_400)

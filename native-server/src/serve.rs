@@ -321,8 +321,9 @@ pub async fn open_storage(
 pub async fn purge(state: &AppState) -> Result<store::PurgeStats, store::StoreError> {
     let now = state.clock.now();
     let retention = u64::from(state.config.policy.retention_days) * 86_400;
-    // Replay records must outlive the clock-skew window in which an envelope is accepted.
-    let seen_keep = retention.max(2 * api::MAX_CLOCK_SKEW + 3600);
+    // Replay records must outlive the window in which an envelope is accepted: a day either
+    // way from the API, up to `MAX_ENVELOPE_AGE` old from a peer.
+    let seen_keep = retention.max(api::MAX_ENVELOPE_AGE + api::MAX_CLOCK_SKEW + 3600);
     let stats = state
         .store
         .purge(now.saturating_sub(retention), now.saturating_sub(seen_keep))

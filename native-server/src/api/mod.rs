@@ -42,6 +42,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_JSON_BODY: usize = 64 * 1024;
 /// Envelopes may be this far from the server's clock (seconds).
 pub const MAX_CLOCK_SKEW: u64 = 24 * 3600;
+/// Envelopes from peers may be this old (seconds): the longest a sending server retries
+/// (`federation.give_up_after`, at most [`crate::config::MAX_GIVE_UP`]) and a day of
+/// clock skew.
+pub const MAX_ENVELOPE_AGE: u64 = crate::config::MAX_GIVE_UP + MAX_CLOCK_SKEW;
 /// Largest page of `GET /v1/messages`.
 pub const MAX_LIST: u32 = 1000;
 /// Longest a key lookup of another domain waits for its checkpoint to be witnessed (a

@@ -19,7 +19,9 @@ use letterme_protocol::federation::{
     self, RequestSignature, ResponseSignature, SignatureError, decode_batch_items,
 };
 use serde::Serialize;
+use sha2::{Digest as _, Sha256};
 
+use super::{MAX_CLOCK_SKEW, MAX_ENVELOPE_AGE};
 use crate::federation::{Federation, NonceCheck, RemoteKeys, witness};
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -246,7 +248,13 @@ async fn transaction(
     let mut incoming = Vec::new();
     let mut rejected = BTreeMap::new();
     for (i, (recipients, bytes)) in items.iter().enumerate() {
-        match check_envelope(&fed.domain, &sig.origin, recipients, bytes) {
+        match check_envelope(
+            &fed.domain,
+            &sig.origin,
+            recipients,
+            bytes,
+            state.clock.now(),
+        ) {
             Ok(item) => incoming.push(item),
             Err(reason) => {
                 rejected.insert(i.to_string(), reason);
@@ -303,12 +311,14 @@ async fn transaction(
 }
 
 /// Checks one envelope of a batch: it decodes, its sender belongs to the origin, it is
-/// signed by its sender, and every listed recipient is ours and named in it.
+/// signed by its sender, its time is within [`MAX_ENVELOPE_AGE`] (and no more than
+/// [`MAX_CLOCK_SKEW`] ahead), and every listed recipient is ours and named in it.
 fn check_envelope(
     me: &str,
     origin: &str,
     recipients: &[&str],
     bytes: &[u8],
+    now: u64,
 ) -> Result<crate::store::Incoming, String> {
     let env = Envelope::decode(bytes).map_err(|e| format!("malformed envelope: {e}"))?;
     if env.signer_kind != SignerKind::User {
@@ -322,6 +332,12 @@ fn check_envelope(
     }
     env.verify_signature()
         .map_err(|_| "the envelope signature does not verify".to_owned())?;
+    if env.created > now + MAX_CLOCK_SKEW || env.created + MAX_ENVELOPE_AGE < now {
+        return Err(format!(
+            "the envelope's time is more than a day ahead of this server's clock or more than {} days behind it",
+            MAX_ENVELOPE_AGE / 86_400
+        ));
+    }
     let mut list = Vec::new();
     for r in recipients {
         let named = env.recipients.iter().any(|e| e.address.as_str() == *r);
@@ -336,6 +352,7 @@ fn check_envelope(
     }
     Ok(crate::store::Incoming {
         id: env.id.0,
+        digest: Sha256::digest(bytes).into(),
         sender: env.sender.to_string(),
         envelope: bytes.to_vec(),
         recipients: list,

@@ -57,6 +57,8 @@ pub enum RowOutcome {
 #[derive(Debug, Clone)]
 pub struct Incoming {
     pub id: [u8; 16],
+    /// SHA-256 of `envelope`: with the origin, what identifies the envelope.
+    pub digest: [u8; 32],
     pub sender: String,
     pub envelope: Vec<u8>,
     pub recipients: Vec<String>,
@@ -282,7 +284,7 @@ impl Store {
                 for item in &items {
                     let mut statuses = BTreeMap::new();
                     for rcpt in &item.recipients {
-                        let s = receive_one(c, item, rcpt, now, quota, &admin_blocks)?;
+                        let s = receive_one(c, &origin, item, rcpt, now, quota, &admin_blocks)?;
                         if s == DeliveryStatus::Accepted {
                             woken.push(rcpt.clone());
                         }
@@ -326,18 +328,39 @@ impl Store {
 /// Delivers one envelope to one local recipient, or says why not.
 fn receive_one(
     c: &Connection,
+    origin: &str,
     item: &Incoming,
     rcpt: &str,
     now: u64,
     quota: u64,
     admin: &crate::config::FederationConfig,
 ) -> Result<DeliveryStatus, StoreError> {
-    let seen = c
-        .prepare_cached("SELECT 1 FROM federated_seen WHERE envelope_id = ?1 AND recipient = ?2")?
-        .query_row(params![item.id.as_slice(), rcpt], |_| Ok(()))
-        .optional()?;
-    if seen.is_some() {
+    // The envelope is its origin and its bytes: the same one again (a retried batch) is
+    // accepted again and stored once; any other envelope under a known id — another
+    // domain's, other bytes, or a local user's — is refused, never acknowledged.
+    let known: Vec<(String, String, Vec<u8>)> = c
+        .prepare_cached(
+            "SELECT recipient, origin, digest FROM federated_seen WHERE envelope_id = ?1",
+        )?
+        .query_map([item.id.as_slice()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let same = |o: &str, d: &[u8]| d.is_empty() || (o == origin && d == item.digest.as_slice());
+    if known.iter().any(|(_, o, d)| !same(o, d)) {
+        return Ok(DeliveryStatus::Blocked);
+    }
+    if known.iter().any(|(r, _, _)| r == rcpt) {
         return Ok(DeliveryStatus::Accepted);
+    }
+    if known.is_empty() {
+        let local = c
+            .prepare_cached("SELECT 1 FROM seen_envelopes WHERE id = ?1")?
+            .query_row([item.id.as_slice()], |_| Ok(()))
+            .optional()?;
+        if local.is_some() {
+            return Ok(DeliveryStatus::Blocked);
+        }
     }
     let Some(usage) = usage(c, rcpt)? else {
         return Ok(DeliveryStatus::NoSuchUser);
@@ -364,8 +387,18 @@ fn receive_one(
         return Ok(DeliveryStatus::Blocked);
     }
     c.prepare_cached(
-        "INSERT INTO federated_seen (envelope_id, recipient, seen_at) VALUES (?1, ?2, ?3)",
+        "INSERT INTO federated_seen (envelope_id, recipient, seen_at, origin, digest)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![item.id.as_slice(), rcpt, now as i64])?;
+    .execute(params![
+        item.id.as_slice(),
+        rcpt,
+        now as i64,
+        origin,
+        item.digest.as_slice()
+    ])?;
+    // The id enters the replay set the API checks too.
+    c.prepare_cached("INSERT OR IGNORE INTO seen_envelopes (id, seen_at) VALUES (?1, ?2)")?
+        .execute(params![item.id.as_slice(), now as i64])?;
     Ok(DeliveryStatus::Accepted)
 }

@@ -84,6 +84,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/0006_federation_queue.sql"
         )),
+        M::up(include_str!(
+            "../../../migrations/0007_federated_identity.sql"
+        )),
     ])
 }
 

@@ -164,6 +164,7 @@ async fn federation_and_api_file_alike_and_refuse_a_reused_id() {
     }
     let incoming = |envelope: Vec<u8>, to: &str| Incoming {
         id: [7; 16],
+        digest: [envelope[0]; 32],
         sender: "p@peer.test".into(),
         envelope,
         recipients: vec![to.into()],

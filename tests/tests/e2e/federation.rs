@@ -303,6 +303,131 @@ fn deliveries_survive_a_receiver_killed_mid_delivery_and_a_sender_killed_with_a_
     assert_eq!(distinct.len(), n + 5);
 }
 
+/// Envelope identity is its origin and its bytes (issue 15.7): another domain that learns
+/// an envelope's id cannot displace the message under it, neither for its recipient nor
+/// for another one, while the real sender's retry is still accepted; envelopes too old or
+/// from the future are refused.
+#[test]
+fn another_domains_colliding_envelope_id_cannot_displace_the_real_message() {
+    let w = World::new(vec![]);
+    let b = w.server("b.test", "");
+    w.publish(&b, "b.test");
+    let bob = w.user(&b, "bob@b.test");
+    let carol = w.user(&b, "carol@b.test");
+    let (good, evil) = (SigningKeypair::generate(), SigningKeypair::generate());
+    for (domain, key) in [("good.test", &good), ("evil.test", &evil)] {
+        let record = letterme_protocol::discovery::MailxRecord {
+            domain_key: key.public(),
+            endpoint: "https://127.0.0.1:9".into(),
+            tls_fingerprint: None,
+        };
+        w.rt.block_on(
+            w.dns
+                .set_txt_ttl(&format!("_mailx.{domain}"), &record.to_txt(), TTL),
+        );
+    }
+    let base = b.federation.clone().unwrap();
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let now = letterme_client::now();
+    let mut txid = 0u8;
+    // Delivers `env` to `to` as `origin`; returns the recipient's status, or the reason
+    // the envelope was rejected.
+    let mut deliver = |origin: &str, key: &SigningKeypair, to: &str, env: &[u8]| -> String {
+        txid += 1;
+        let target = format!(
+            "/v1/federation/transactions/{}",
+            letterme_protocol::codec::hex(&[txid; 16])
+        );
+        let rcpts = vec![to.to_owned()];
+        let body = encode_batch_items([(rcpts.as_slice(), env)]);
+        let sig = RequestSignature::sign(key, "PUT", &target, &body, origin, "b.test", now, 60);
+        let report: Value = w.rt.block_on(async {
+            let mut req = http.put(format!("{base}{target}"));
+            for (n, v) in sig.headers() {
+                req = req.header(n, v);
+            }
+            let resp = req.body(body).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json().await.unwrap()
+        });
+        let id =
+            letterme_protocol::codec::hex(&letterme_protocol::Envelope::decode(env).unwrap().id.0);
+        report["results"][&id][to]
+            .as_str()
+            .or_else(|| report["rejected"]["0"].as_str())
+            .unwrap_or_else(|| panic!("{report}"))
+            .to_owned()
+    };
+    let alice = SigningKeypair::generate();
+    let mallory = SigningKeypair::generate();
+    let real = envelope_from(&alice, "alice@good.test", "bob@b.test", "real");
+    // The same id over other bytes, signed by its own sender of evil.test.
+    let forge = |to: &str| {
+        let mut bytes = envelope_from(&mallory, "mallory@evil.test", to, "forged");
+        bytes[6..22].copy_from_slice(&real[6..22]);
+        let n = bytes.len() - 64;
+        let sig = mallory.sign(letterme_protocol::envelope::ENVELOPE_CONTEXT, &bytes[..n]);
+        bytes[n..].copy_from_slice(&sig.0);
+        letterme_protocol::Envelope::decode(&bytes)
+            .unwrap()
+            .verify_signature()
+            .unwrap();
+        bytes
+    };
+    assert_eq!(deliver("good.test", &good, "bob@b.test", &real), "accepted");
+    assert_eq!(
+        deliver("evil.test", &evil, "bob@b.test", &forge("bob@b.test")),
+        "blocked"
+    );
+    assert_eq!(
+        deliver("evil.test", &evil, "carol@b.test", &forge("carol@b.test")),
+        "blocked"
+    );
+    // The real sender retrying the same envelope is answered as before, and stored once.
+    assert_eq!(deliver("good.test", &good, "bob@b.test", &real), "accepted");
+    // What the server holds (the recipients' clients cannot open mail from these
+    // test-held domains, so the API is asked directly).
+    let pending = |profile: &Path| {
+        w.rt.block_on(async {
+            let online = letterme_client::Unlocked::open(
+                letterme_client::profile::ProfileDir(profile.to_owned()),
+                letterme_tests::PASSPHRASE,
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+            let mut out = Vec::new();
+            for m in online.api.list(0).await.unwrap() {
+                out.push((m.sender.clone(), online.api.fetch(&m.id).await.unwrap()));
+            }
+            out
+        })
+    };
+    assert_eq!(
+        pending(&bob),
+        vec![("alice@good.test".to_owned(), real.clone())]
+    );
+    assert!(pending(&carol).is_empty());
+    // `created` is checked on federation too: too old to be a retry, or from the future.
+    for (at, what) in [(now - 9 * 86_400, "old"), (now + 2 * 86_400, "ahead")] {
+        let mut bytes = envelope_from(&alice, "alice@good.test", "bob@b.test", what);
+        bytes[22..30].copy_from_slice(&at.to_be_bytes());
+        let n = bytes.len() - 64;
+        let sig = alice.sign(letterme_protocol::envelope::ENVELOPE_CONTEXT, &bytes[..n]);
+        bytes[n..].copy_from_slice(&sig.0);
+        assert_eq!(
+            letterme_protocol::Envelope::decode(&bytes).unwrap().created,
+            at
+        );
+        let why = deliver("good.test", &good, "bob@b.test", &bytes);
+        assert!(why.contains("time"), "{what}: {why}");
+    }
+}
+
 /// A message from `from` (signed by `identity`) to `to`, sealed to a key nobody holds.
 fn envelope_from(identity: &SigningKeypair, from: &str, to: &str, subject: &str) -> Vec<u8> {
     let now = letterme_client::now();

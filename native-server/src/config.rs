@@ -39,6 +39,8 @@ pub struct Config {
     pub federation: FederationConfig,
     #[serde(default)]
     pub outbound: OutboundConfig,
+    #[serde(default, skip_serializing_if = "NetworkConfig::is_default")]
+    pub network: NetworkConfig,
     /// `production` checks the published DNS records at start and refuses to run while a
     /// required one is wrong; absent: production when any listener is off loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,6 +67,7 @@ impl Config {
             registration: RegistrationConfig::default(),
             federation: FederationConfig::default(),
             outbound: OutboundConfig::default(),
+            network: NetworkConfig::default(),
             mode: None,
         }
     }
@@ -330,6 +333,23 @@ fn default_smtp_listen() -> Option<SocketAddr> {
 
 fn default_smtp_size() -> ByteSize {
     ByteSize(25 * 1000 * 1000)
+}
+
+/// What the server may connect to (`egress`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Let federation and outbound mail connect to loopback, private, link-local and other
+    /// non-public addresses that DNS names: for a lab or tests only. A peer listed in
+    /// `[federation] peers` may be private without it.
+    #[serde(default)]
+    pub allow_private_addresses: bool,
+}
+
+impl NetworkConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod dns;
+pub mod egress;
 pub mod error;
 pub mod federation;
 pub mod init;

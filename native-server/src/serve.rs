@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::config::{self, Config};
+use crate::egress::Egress;
 use crate::error::StartError;
 use crate::keyring::{load_domain_key, load_mail_keys, load_vrf_key};
 use crate::state::AppState;
@@ -375,6 +376,13 @@ fn federation_setup(
         config.dns.attempts,
     )
     .map_err(StartError::Config)?;
+    let mail_dns = dns::HickoryMailDns::new(
+        &config.dns.nameservers,
+        Duration::from_millis(config.dns.timeout_ms),
+        config.dns.attempts,
+    )
+    .map_err(StartError::Config)?;
+    let egress = Egress::new(Arc::new(mail_dns), config.network.allow_private_addresses);
     let bind_err = move |source| StartError::Bind { addr, source };
     let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
@@ -392,6 +400,7 @@ fn federation_setup(
         Arc::new(resolver),
         clock,
         kt,
+        egress,
     )
     .map_err(StartError::Config)?;
     Ok((Arc::new(fed), (listener, tls)))

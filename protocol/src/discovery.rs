@@ -82,10 +82,10 @@ impl MailxRecord {
                     .ok_or_else(|| bad("k= is not a base64 Ed25519 key"))
             })?;
         let endpoint = get("e").ok_or_else(|| bad("no e= (endpoint)"))?;
-        if !endpoint.starts_with("https://") && !endpoint.starts_with("http://")
-            || endpoint.len() > MAX_ENDPOINT
-        {
-            return Err(bad("e= is not an http(s) URL of at most 512 bytes"));
+        // Federation runs over TLS only: a plain http:// endpoint would let anyone on the
+        // path read and change what peers say (and point the server at internal services).
+        if !endpoint.starts_with("https://") || endpoint.len() > MAX_ENDPOINT {
+            return Err(bad("e= is not an https:// URL of at most 512 bytes"));
         }
         let tls_fingerprint = match get("fp") {
             None | Some("") => None,
@@ -236,7 +236,11 @@ mod tests {
                 "not a base64 Ed25519",
             ),
             (format!("v=mailx1; k={k}"), "no e="),
-            (format!("v=mailx1; k={k}; e=ftp://x"), "http(s)"),
+            (format!("v=mailx1; k={k}; e=ftp://x"), "https://"),
+            (
+                format!("v=mailx1; k={k}; e=http://127.0.0.1:80"),
+                "https://",
+            ),
             (format!("v=mailx1; k={k}; e=https://x; fp=nope"), "fp="),
             (format!("v=mailx1; k={k}; k={k}; e=https://x"), "twice"),
             (format!("v=mailx1; k={k}; e=https://x; junk"), "without '='"),

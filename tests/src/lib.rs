@@ -94,17 +94,23 @@ pub struct ServerProc {
 
 impl ServerProc {
     /// Writes a config for `domain` under `root` and starts the server. `extra_toml` is
-    /// top-level dotted keys, e.g. `limits.quota = "1MB"`.
+    /// top-level dotted keys, e.g. `limits.quota = "1MB"`. Every peer and MX of a test is on
+    /// loopback, so private addresses are allowed unless `extra_toml` says otherwise.
     pub fn start(root: &Path, domain: &str, extra_toml: &str) -> Self {
         let port = free_port();
         let smtp = free_port();
         let data_dir = root.join("server-data");
         let config_path = root.join("letterme.toml");
+        let network = if extra_toml.contains("network.allow_private_addresses") {
+            ""
+        } else {
+            "network.allow_private_addresses = true\n"
+        };
         std::fs::write(
             &config_path,
             format!(
                 "domain = \"{domain}\"\ndata_dir = \"{}\"\nhttp.listen = \"127.0.0.1:{port}\"\n\
-                 smtp.listen = \"127.0.0.1:{smtp}\"\n{extra_toml}\n",
+                 smtp.listen = \"127.0.0.1:{smtp}\"\n{network}{extra_toml}\n",
                 data_dir.display()
             ),
         )
@@ -327,6 +333,8 @@ pub fn test_config(root: &Path, domain: &str) -> Config {
     let mut c = Config::for_domain(domain);
     c.data_dir = root.join("server-data");
     c.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    // Every peer and MX of a test is on loopback.
+    c.network.allow_private_addresses = true;
     c
 }
 

@@ -46,6 +46,8 @@ pub struct SmtpOut {
     signer: Arc<sign::Signer>,
     dns: Arc<dyn MailDns>,
     config: OutboundConfig,
+    /// `network.allow_private_addresses`: MX hosts on private addresses are used.
+    allow_private: bool,
     domain: String,
     hello: String,
     signup_url: String,
@@ -57,6 +59,9 @@ pub struct SmtpOut {
     busy: Mutex<HashSet<i64>>,
     /// Connections in flight per domain.
     flying: Mutex<HashMap<String, usize>>,
+    /// Held while claiming: the background loop and `run_due` must not both take a row
+    /// neither has marked busy yet (it would be sent twice).
+    claiming: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for SmtpOut {
@@ -101,6 +106,7 @@ impl SmtpOut {
             hello: s.config.mail_hostname(),
             domain: s.config.domain.clone(),
             config: s.config.outbound.clone(),
+            allow_private: s.config.network.allow_private_addresses,
             domain_key: s.domain_key,
             clock: s.clock,
             wake: s.wake,
@@ -108,6 +114,7 @@ impl SmtpOut {
             queue: s.keys.queue.clone(),
             busy: Mutex::default(),
             flying: Mutex::default(),
+            claiming: tokio::sync::Mutex::default(),
         })
     }
 
@@ -138,6 +145,7 @@ impl Due for SmtpOut {
         self: &Arc<Self>,
         tasks: &mut JoinSet<usize>,
     ) -> Result<Option<u64>, StoreError> {
+        let _one_claimer = self.claiming.lock().await;
         let busy: Vec<i64> = self
             .busy
             .lock()
@@ -235,60 +243,66 @@ impl SmtpOut {
         rows: Vec<SmtpRow>,
         conns: usize,
     ) -> Result<(), StoreError> {
-        let results: Vec<Vec<(String, RcptResult)>> =
-            match resolve::route(self.dns.as_ref(), domain, self.config.port).await {
-                Err(e) => {
-                    let r = match &e {
-                        RouteError::Permanent(why) => RcptResult::Permanent(why.clone()),
-                        RouteError::Temporary(why) => RcptResult::Temporary(why.clone()),
-                    };
-                    rows.iter()
-                        .map(|row| {
-                            row.recipients
-                                .iter()
-                                .map(|x| (x.clone(), r.clone()))
-                                .collect()
-                        })
-                        .collect()
+        let results: Vec<Vec<(String, RcptResult)>> = match resolve::route(
+            self.dns.as_ref(),
+            domain,
+            self.config.port,
+            self.allow_private,
+        )
+        .await
+        {
+            Err(e) => {
+                let r = match &e {
+                    RouteError::Permanent(why) => RcptResult::Permanent(why.clone()),
+                    RouteError::Temporary(why) => RcptResult::Temporary(why.clone()),
+                };
+                rows.iter()
+                    .map(|row| {
+                        row.recipients
+                            .iter()
+                            .map(|x| (x.clone(), r.clone()))
+                            .collect()
+                    })
+                    .collect()
+            }
+            Ok(route) => {
+                let route = Arc::new(route);
+                let per = rows.len().div_ceil(conns.max(1)).max(1);
+                let mut set = JoinSet::new();
+                for (i, chunk) in rows.chunks(per).enumerate() {
+                    let me = self.clone();
+                    let route = route.clone();
+                    let chunk = chunk.to_vec();
+                    set.spawn(async move { (i, me.deliver_chunk(&route, chunk).await) });
                 }
-                Ok(route) => {
-                    let route = Arc::new(route);
-                    let per = rows.len().div_ceil(conns.max(1)).max(1);
-                    let mut set = JoinSet::new();
-                    for (i, chunk) in rows.chunks(per).enumerate() {
-                        let me = self.clone();
-                        let route = route.clone();
-                        let chunk = chunk.to_vec();
-                        set.spawn(async move { (i, me.deliver_chunk(&route, chunk).await) });
+                let mut parts = Vec::new();
+                while let Some(joined) = set.join_next().await {
+                    match joined {
+                        Ok(p) => parts.push(p),
+                        Err(e) => tracing::error!(error = %e, "an SMTP delivery task failed"),
                     }
-                    let mut parts = Vec::new();
-                    while let Some(joined) = set.join_next().await {
-                        match joined {
-                            Ok(p) => parts.push(p),
-                            Err(e) => tracing::error!(error = %e, "an SMTP delivery task failed"),
-                        }
-                    }
-                    parts.sort_by_key(|(i, _)| *i);
-                    let mut all: Vec<Vec<(String, RcptResult)>> =
-                        parts.into_iter().flat_map(|(_, r)| r).collect();
-                    // A task that died leaves its rows without results: retry them.
-                    while all.len() < rows.len() {
-                        let row = &rows[all.len()];
-                        all.push(
-                            row.recipients
-                                .iter()
-                                .map(|x| {
-                                    (
-                                        x.clone(),
-                                        RcptResult::Temporary("delivery task failed".into()),
-                                    )
-                                })
-                                .collect(),
-                        );
-                    }
-                    all
                 }
-            };
+                parts.sort_by_key(|(i, _)| *i);
+                let mut all: Vec<Vec<(String, RcptResult)>> =
+                    parts.into_iter().flat_map(|(_, r)| r).collect();
+                // A task that died leaves its rows without results: retry them.
+                while all.len() < rows.len() {
+                    let row = &rows[all.len()];
+                    all.push(
+                        row.recipients
+                            .iter()
+                            .map(|x| {
+                                (
+                                    x.clone(),
+                                    RcptResult::Temporary("delivery task failed".into()),
+                                )
+                            })
+                            .collect(),
+                    );
+                }
+                all
+            }
+        };
         let now = self.clock.now();
         let mut outcomes = Vec::new();
         let mut failures = Vec::new();

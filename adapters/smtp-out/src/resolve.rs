@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 use letterme_server::dns::{Answer, DnsFailure, MailDns};
+use letterme_server::egress::is_public;
 
 /// One host to try, with its addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +46,14 @@ impl From<DnsFailure> for RouteError {
 /// Hosts tried per domain at most.
 pub const MAX_HOSTS: usize = 10;
 
-/// Resolves where mail for `domain` goes.
-pub async fn route(dns: &dyn MailDns, domain: &str, port: u16) -> Result<Route, RouteError> {
+/// Resolves where mail for `domain` goes. Without `allow_private`, only public addresses
+/// are used (`letterme_server::egress`): a domain's MX is named by strangers.
+pub async fn route(
+    dns: &dyn MailDns,
+    domain: &str,
+    port: u16,
+    allow_private: bool,
+) -> Result<Route, RouteError> {
     let names: Vec<String> = match dns.mx(domain).await? {
         Answer::NoDomain => {
             return Err(RouteError::Permanent(format!(
@@ -70,9 +77,15 @@ pub async fn route(dns: &dyn MailDns, domain: &str, port: u16) -> Result<Route, 
     };
     let mut hosts = Vec::new();
     let mut last_failure = None;
+    let mut private = false;
     for name in names {
         match dns.ips(&name).await {
-            Ok(Answer::Found(ips)) => {
+            Ok(Answer::Found(mut ips)) => {
+                ips.retain(|ip| allow_private || is_public(*ip));
+                if ips.is_empty() {
+                    private = true;
+                    continue;
+                }
                 let dane = dns
                     .has_tlsa(&format!("_{port}._tcp.{name}"))
                     .await
@@ -86,6 +99,9 @@ pub async fn route(dns: &dyn MailDns, domain: &str, port: u16) -> Result<Route, 
     if hosts.is_empty() {
         return Err(match last_failure {
             Some(e) => RouteError::Temporary(e.to_string()),
+            None if private => RouteError::Permanent(format!(
+                "the mail hosts of {domain} are on private addresses, which this server does not connect to (network.allow_private_addresses)"
+            )),
             None => RouteError::Permanent(format!("no mail host of {domain} has an address")),
         });
     }
@@ -169,7 +185,7 @@ mod tests {
         z.ips
             .insert("b.example.test", Answer::Found(vec![ip("192.0.2.2")]));
         z.tlsa.push("_25._tcp.b.example.test");
-        let r = block_on(route(&z, "example.test", 25)).unwrap();
+        let r = block_on(route(&z, "example.test", 25, true)).unwrap();
         let names: Vec<&str> = r.hosts.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["a.example.test", "b.example.test"]);
         assert!(!r.hosts[0].dane && r.hosts[1].dane);
@@ -185,7 +201,7 @@ mod tests {
             "_mta-sts.example.test",
             Answer::Found(vec!["v=STSv1; id=20261129".into()]),
         );
-        let r = block_on(route(&z, "example.test", 25)).unwrap();
+        let r = block_on(route(&z, "example.test", 25, true)).unwrap();
         assert_eq!(r.hosts[0].name, "example.test");
         assert_eq!(r.hosts[0].ips, [ip("192.0.2.7")]);
         assert!(r.mta_sts, "an MTA-STS record makes TLS required");
@@ -197,8 +213,12 @@ mod tests {
         z.mx.insert("nomail.test", Answer::Found(vec![(0, String::new())]));
         z.mx.insert("gone.test", Answer::NoDomain);
         z.failing.push("flaky.test");
-        let permanent =
-            |d: &'static str| matches!(block_on(route(&z, d, 25)), Err(RouteError::Permanent(_)));
+        let permanent = |d: &'static str| {
+            matches!(
+                block_on(route(&z, d, 25, true)),
+                Err(RouteError::Permanent(_))
+            )
+        };
         assert!(permanent("nomail.test"));
         assert!(permanent("gone.test"));
         assert!(
@@ -206,8 +226,44 @@ mod tests {
             "no MX and no address: nowhere to deliver"
         );
         assert!(matches!(
-            block_on(route(&z, "flaky.test", 25)),
+            block_on(route(&z, "flaky.test", 25, true)),
             Err(RouteError::Temporary(_))
         ));
+    }
+
+    /// A domain whose MX names an internal address cannot turn the outbound queue into a
+    /// port scanner of the operator's network: private hosts are skipped, and a domain
+    /// with nothing else fails for good.
+    #[test]
+    fn mx_hosts_on_private_addresses_are_skipped_unless_allowed() {
+        let mut z = Zone::default();
+        z.mx.insert(
+            "mixed.test",
+            Answer::Found(vec![
+                (10, "inside.test".into()),
+                (20, "outside.test".into()),
+            ]),
+        );
+        z.mx.insert(
+            "inside-only.test",
+            Answer::Found(vec![(10, "inside.test".into())]),
+        );
+        z.ips.insert(
+            "inside.test",
+            Answer::Found(vec![ip("127.0.0.1"), ip("10.0.0.5"), ip("fd00::1")]),
+        );
+        z.ips.insert(
+            "outside.test",
+            Answer::Found(vec![ip("169.254.169.254"), ip("93.184.216.34")]),
+        );
+        let r = block_on(route(&z, "mixed.test", 25, false)).unwrap();
+        assert_eq!(r.hosts.len(), 1);
+        assert_eq!(r.hosts[0].ips, [ip("93.184.216.34")]);
+        match block_on(route(&z, "inside-only.test", 25, false)) {
+            Err(RouteError::Permanent(why)) => assert!(why.contains("private"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let lab = block_on(route(&z, "inside-only.test", 25, true)).unwrap();
+        assert_eq!(lab.hosts[0].ips.len(), 3);
     }
 }

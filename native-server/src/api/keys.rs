@@ -18,7 +18,7 @@ use crate::store::AccountRow;
 
 use super::{
     AppResult, Authed, St, WITNESS_WAIT, check_binding, check_lookups, json_body, parse_address,
-    path_param,
+    path_param, peer_failed,
 };
 
 /// `POST /v1/keys/rotate`: a new encryption key replaces the current one; mail sealed to
@@ -197,14 +197,7 @@ pub(super) async fn lookup(
                     kt: None,
                 }
             }
-            Err(e) => {
-                tracing::info!(%address, error = %e, "remote key lookup failed");
-                return Err(ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    ErrorCode::PeerFailed,
-                    e.to_string(),
-                ));
-            }
+            Err(e) => return Err(peer_failed(address.domain(), e.summary(), &e)),
         };
         if let Some(kt) = &found.kt {
             // We witness the domain's log with every lookup we pass on.
@@ -222,14 +215,10 @@ pub(super) async fn lookup(
             )
             .await;
             let unchecked = |why: String| {
-                tracing::info!(%address, reason = %why, "cannot witness a checkpoint");
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    ErrorCode::PeerFailed,
-                    format!(
-                        "cannot check the key-transparency log of {} against what this server saw before: {why}",
-                        address.domain()
-                    ),
+                peer_failed(
+                    address.domain(),
+                    "cannot show its key-transparency log consistent with what this server saw before",
+                    &why,
                 )
             };
             match observed {

@@ -14,7 +14,7 @@ use letterme_protocol::b64;
 
 use crate::error::ApiError;
 
-use super::{AppResult, Authed, St, check_lookups, json_body, path_param};
+use super::{AppResult, Authed, St, check_lookups, json_body, path_param, peer_failed};
 
 /// `GET /v1/kt/checkpoint`: the log's current signed checkpoint and the VRF key of its
 /// labels.
@@ -130,26 +130,15 @@ pub(super) async fn entries(
             "this server does not federate, so it cannot reach other domains' logs",
         )
     })?;
-    let peer_failed = |e: crate::federation::FederationError| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            ErrorCode::PeerFailed,
-            e.to_string(),
-        )
-    };
-    let peer = fed.peer(&domain).await.map_err(peer_failed)?;
+    let failed = |e: crate::federation::FederationError| peer_failed(&domain, e.summary(), &e);
+    let peer = fed.peer(&domain).await.map_err(failed)?;
     let target = format!("/v1/federation/kt/entries?start={}&limit={limit}", q.start);
     let (_, body) = fed
         .call(&peer, reqwest::Method::GET, &target, Vec::new())
         .await
-        .map_err(peer_failed)?;
-    let page: EntriesPage = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            ErrorCode::PeerFailed,
-            e.to_string(),
-        )
-    })?;
+        .map_err(failed)?;
+    let page: EntriesPage = serde_json::from_slice(&body)
+        .map_err(|e| peer_failed(&domain, "sent a page of its log that does not parse", &e))?;
     Ok(Json(page))
 }
 
@@ -177,10 +166,10 @@ pub(super) async fn witness(
             ApiError::bad_request(ErrorCode::NotWitnessed, e.to_string()),
         ),
         Err(WitnessError::Store(e)) => Err(e.into()),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            ErrorCode::PeerFailed,
-            e.to_string(),
+        Err(e) => Err(peer_failed(
+            req.checkpoint.domain.trim_end_matches('.'),
+            "cannot show its key-transparency log consistent with what this server saw before",
+            &e,
         )),
     }
 }

@@ -156,6 +156,18 @@ pub(super) fn check_ip(state: &AppState, addr: SocketAddr) -> AppResult<()> {
     }
 }
 
+/// Another domain's server failed us: the user gets a fixed text naming the domain and
+/// the kind of failure; the detail, which may carry the peer's own words, goes to the log
+/// only (D62).
+pub(super) fn peer_failed(domain: &str, what: &str, detail: &dyn std::fmt::Display) -> ApiError {
+    tracing::info!(domain, error = %detail, "a request to another domain's server failed");
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        ErrorCode::PeerFailed,
+        format!("the letter.me server of {domain} {what}; this server's log has the details"),
+    )
+}
+
 /// Counts a key or log lookup against the caller's `key_lookups_per_second`.
 pub(super) fn check_lookups(state: &AppState, session: &Session) -> AppResult<()> {
     if state

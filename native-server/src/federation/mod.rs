@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Clock;
 use crate::config::FederationConfig;
 use crate::dns::{DnsError, TxtResolver};
+use crate::egress::Egress;
 use crate::kt::KtState;
 
 /// Longest a discovery answer is cached, whatever its TTL says.
@@ -78,6 +79,22 @@ pub enum FederationError {
     },
     #[error("{domain} sent an unreadable answer: {reason}")]
     Garbled { domain: String, reason: String },
+}
+
+impl FederationError {
+    /// What went wrong, in words that hold nothing the peer or its DNS said: for answers
+    /// to users, while the whole error goes to the log (D62).
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Self::Dns(_) => "could not be looked up in DNS",
+            Self::NoRecord(_) | Self::Record { .. } => "publishes no usable _mailx record",
+            Self::Unreachable { .. } => "cannot be reached",
+            Self::Refused { .. } => "refused the request",
+            Self::Document { .. } => "does not match its DNS record",
+            Self::BadResponse { .. } => "answered without a valid signature of its domain key",
+            Self::Garbled { .. } => "sent an answer that does not parse",
+        }
+    }
 }
 
 /// A peer as DNS describes it.
@@ -142,6 +159,8 @@ pub struct Federation {
     pub clock: Arc<dyn Clock>,
     /// This domain's log, whose checkpoint goes with every request.
     pub kt: Arc<KtState>,
+    /// What a peer's endpoint may resolve to (D62).
+    egress: Egress,
     /// Witness observations of one domain run one at a time (one lock per domain).
     pub witness_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -178,6 +197,7 @@ impl Federation {
         resolver: Arc<dyn TxtResolver>,
         clock: Arc<dyn Clock>,
         kt: Arc<KtState>,
+        egress: Egress,
     ) -> Result<Self, String> {
         let mut statics = BTreeMap::new();
         for (d, v) in &config.peers {
@@ -211,6 +231,7 @@ impl Federation {
             origin_limit,
             clock,
             kt,
+            egress,
             witness_locks: Mutex::default(),
         })
     }
@@ -362,8 +383,28 @@ impl Federation {
             endpoint: records.endpoint.clone(),
             reason,
         })?;
+        // A peer the operator listed may be on a private network; one DNS names may not.
+        let egress = if self.statics.contains_key(&records.domain) {
+            self.egress.allowing_private()
+        } else {
+            self.egress.clone()
+        };
+        let unreachable = |reason: String| FederationError::Unreachable {
+            domain: records.domain.clone(),
+            endpoint: records.endpoint.clone(),
+            reason,
+        };
+        let url = reqwest::Url::parse(&records.endpoint).map_err(|e| unreachable(e.to_string()))?;
+        if let Some(ip) = url
+            .host_str()
+            .and_then(|h| h.trim_start_matches('[').trim_end_matches(']').parse().ok())
+        {
+            egress.check(ip).map_err(|e| unreachable(e.to_string()))?;
+        }
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(egress))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_mins(1))
             .pool_max_idle_per_host(32)
@@ -374,11 +415,6 @@ impl Federation {
                 reason: e.to_string(),
             })?;
         let url = format!("{}/.well-known/mailx-server", records.endpoint);
-        let unreachable = |reason: String| FederationError::Unreachable {
-            domain: records.domain.clone(),
-            endpoint: records.endpoint.clone(),
-            reason,
-        };
         let resp = http
             .get(&url)
             .send()

@@ -33,6 +33,9 @@ pub struct FederationQueue {
     wake: Arc<Notify>,
     busy: Mutex<HashSet<[u8; 16]>>,
     flying: Mutex<HashMap<String, usize>>,
+    /// Held while claiming: the background loop and `run_due` must not both claim a batch
+    /// neither has marked busy yet (it would be sent twice).
+    claiming: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for FederationQueue {
@@ -55,6 +58,7 @@ impl FederationQueue {
             wake,
             busy: Mutex::default(),
             flying: Mutex::default(),
+            claiming: tokio::sync::Mutex::default(),
         }
     }
 
@@ -84,6 +88,7 @@ impl Due for FederationQueue {
         self: &Arc<Self>,
         tasks: &mut JoinSet<usize>,
     ) -> Result<Option<u64>, StoreError> {
+        let _one_claimer = self.claiming.lock().await;
         let now = self.clock.now();
         let mut next: Option<u64> = None;
         for (destination, due) in self.store.federation_destinations().await? {

@@ -303,6 +303,146 @@ fn deliveries_survive_a_receiver_killed_mid_delivery_and_a_sender_killed_with_a_
     assert_eq!(distinct.len(), n + 5);
 }
 
+/// Server-side request forgery through discovery (issue 15.1): `_mailx` records that point
+/// the server at an internal service — over plain http, at a loopback or private address,
+/// by a name resolving to loopback, or behind an https peer answering 302 — get nowhere:
+/// the stand-in internal service receives no connection, and no byte of what it would say
+/// reaches the user, who gets a fixed answer naming the domain.
+#[test]
+fn a_mailx_record_cannot_point_the_server_at_internal_services() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const SECRET: &str = "SECRET-OF-THE-INTERNAL-SERVICE";
+    let w = World::new(vec![]);
+    // The internal service: counts connections, answers anything with its secret.
+    let (internal, hits) = w.rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let body = format!("{{\"error\":{{\"code\":\"x\",\"message\":\"{SECRET}\"}}}}");
+                let _ = c
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        (addr, hits)
+    });
+    // An https peer the operator listed (so its loopback address is allowed) that answers
+    // every request with a redirect to the internal service.
+    let tls_dir = w.path().join("redirector");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let (cert, key) = (tls_dir.join("cert.pem"), tls_dir.join("key.pem"));
+    letterme_server::tls::generate_self_signed(&["127.0.0.1".into()], &cert, &key).unwrap();
+    let fp = letterme_server::tls::spki_fingerprint(&cert).unwrap();
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(letterme_server::tls::server_config(&cert, &key).unwrap());
+    let redirector = w.rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((c, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(c).await else { return };
+                    let mut buf = [0u8; 4096];
+                    let _ = tls.read(&mut buf).await;
+                    let _ = tls
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 302 Found\r\nLocation: http://{internal}/steal\r\nContent-Length: 0\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        addr
+    });
+    let key_of = |_: &str| SigningKeypair::generate().public().to_base64();
+    let listed = format!(
+        "v=mailx1; k={}; e=https://{redirector}; fp={fp}",
+        key_of("redirect")
+    );
+    let b = w.server(
+        "b.test",
+        &format!(
+            "network.allow_private_addresses = false\nfederation.peers.\"redirect.test\" = \"{listed}\"\n"
+        ),
+    );
+    let bob = w.user(&b, "bob@b.test");
+    let port = internal.port();
+    w.rt.block_on(w.dns.load_zone(&format!(
+        "inside.named.test. 60 IN A 127.0.0.1\n\
+         _mailx.plain.test. 60 IN TXT \"v=mailx1; k={}; e=http://127.0.0.1:{port}\"\n\
+         _mailx.loopback.test. 60 IN TXT \"v=mailx1; k={}; e=https://127.0.0.1:{port}\"\n\
+         _mailx.private.test. 60 IN TXT \"v=mailx1; k={}; e=https://10.255.255.1:{port}\"\n\
+         _mailx.named.test. 60 IN TXT \"v=mailx1; k={}; e=https://inside.named.test:{port}\"\n",
+        key_of("plain"),
+        key_of("loopback"),
+        key_of("private"),
+        key_of("named")
+    )));
+    let answers: Vec<(String, String)> = w.rt.block_on(async {
+        let online = letterme_client::Unlocked::open(
+            letterme_client::profile::ProfileDir(bob.clone()),
+            letterme_tests::PASSPHRASE,
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        for domain in [
+            "plain.test",
+            "loopback.test",
+            "private.test",
+            "named.test",
+            "redirect.test",
+        ] {
+            let who = Address::parse(&format!("x@{domain}")).unwrap();
+            let answer = match online.api.lookup(&who, None).await {
+                Ok(found) => format!("{found:?}"),
+                Err(e) => e.to_string(),
+            };
+            out.push((domain.to_owned(), answer));
+        }
+        out
+    });
+    for (domain, answer) in &answers {
+        assert!(!answer.contains(SECRET), "{domain}: {answer}");
+        assert!(!answer.contains(&port.to_string()), "{domain}: {answer}");
+    }
+    for (domain, answer) in &answers[1..] {
+        assert!(
+            answer.contains(&format!(
+                "the letter.me server of {domain} cannot be reached"
+            )),
+            "{domain}: {answer}"
+        );
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the internal service was reached: {answers:?}"
+    );
+    // The server's own log has the reasons, for the operator.
+    let log = std::fs::read_to_string(b.data_dir.join("server.log")).unwrap_or_default();
+    assert!(log.contains("not a public address"), "{log}");
+}
+
 /// Envelope identity is its origin and its bytes (issue 15.7): another domain that learns
 /// an envelope's id cannot displace the message under it, neither for its recipient nor
 /// for another one, while the real sender's retry is still accepted; envelopes too old or

@@ -3,9 +3,12 @@
 //! Tokens are short-lived (15 minutes) and held only as SHA-256 hashes, so a memory dump
 //! or a log line never yields a usable token. A restart simply makes clients log in again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
+
+use hmac::{Hmac, Mac as _};
 
 use letterme_protocol::codec::hex;
 use letterme_protocol::keys::random_bytes;
@@ -16,10 +19,12 @@ use sha2::{Digest as _, Sha256};
 pub const CHALLENGE_TTL: u64 = 120;
 /// Seconds a token lives.
 pub const TOKEN_TTL: u64 = 15 * 60;
-/// Outstanding challenges kept at most.
-pub const MAX_CHALLENGES: usize = 100_000;
+/// Answered challenges remembered (until they expire) so none is used twice.
+pub const MAX_SPENT: usize = 100_000;
 /// Live tokens kept at most.
 pub const MAX_TOKENS: usize = 100_000;
+/// Live tokens per account: a new login beyond this ends the account's oldest session.
+pub const MAX_TOKENS_PER_ACCOUNT: usize = 16;
 
 /// Who a token belongs to.
 #[derive(Debug, Clone)]
@@ -35,10 +40,36 @@ pub enum TokenError {
     Expired,
 }
 
-#[derive(Debug, Default)]
+/// Login state. Challenges are stateless — an expiry, a nonce and a MAC under a key drawn
+/// at start — so asking for them, however often and from wherever, fills nothing; only an
+/// answered challenge is remembered, and only after its signature verified (D63).
 pub struct Auth {
-    challenges: Mutex<HashMap<[u8; 32], (Address, u64)>>,
-    tokens: Mutex<HashMap<[u8; 32], Session>>,
+    key: zeroize::Zeroizing<[u8; 32]>,
+    spent: Mutex<HashMap<[u8; 32], u64>>,
+    tokens: Mutex<Tokens>,
+}
+
+#[derive(Default)]
+struct Tokens {
+    by_hash: HashMap<[u8; 32], Session>,
+    /// Each account's token hashes, oldest first.
+    by_account: HashMap<Address, VecDeque<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").finish_non_exhaustive()
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            key: zeroize::Zeroizing::new(random_bytes()),
+            spent: Mutex::default(),
+            tokens: Mutex::default(),
+        }
+    }
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -46,48 +77,99 @@ fn hash(token: &str) -> [u8; 32] {
 }
 
 impl Auth {
-    /// Issues a challenge for `address`, known or not (the answer looks the same).
-    /// `None` when the table is full of live challenges.
-    pub fn challenge(&self, address: &Address, now: u64) -> Option<[u8; 32]> {
-        let mut map = self.challenges.lock().ok()?;
-        if map.len() >= MAX_CHALLENGES {
-            map.retain(|_, (_, exp)| *exp > now);
-            if map.len() >= MAX_CHALLENGES {
-                return None;
-            }
-        }
-        let c = random_bytes();
-        map.insert(c, (address.clone(), now + CHALLENGE_TTL));
-        Some(c)
+    /// The MAC binding a challenge's expiry and nonce to `address`.
+    fn challenge_mac(&self, address: &Address, head: &[u8]) -> [u8; 16] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&*self.key).expect("HMAC takes any key");
+        mac.update(b"letterme/v1/login-challenge\0");
+        mac.update(head);
+        mac.update(address.as_str().as_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
     }
 
-    /// Consumes a challenge: true when it was issued for `address` and is still valid.
-    pub fn take_challenge(&self, challenge: &[u8; 32], address: &Address, now: u64) -> bool {
-        let Ok(mut map) = self.challenges.lock() else {
+    /// A challenge for `address`, known or not (the answer looks the same): its expiry,
+    /// a random nonce and a MAC over both and the address. Nothing is stored.
+    pub fn challenge(&self, address: &Address, now: u64) -> [u8; 32] {
+        let mut c = [0u8; 32];
+        c[..8].copy_from_slice(&(now + CHALLENGE_TTL).to_be_bytes());
+        c[8..16].copy_from_slice(&random_bytes::<8>());
+        let mac = self.challenge_mac(address, &c[..16]);
+        c[16..].copy_from_slice(&mac);
+        c
+    }
+
+    /// Whether `challenge` was issued here for `address` and has not expired.
+    pub fn challenge_valid(&self, challenge: &[u8; 32], address: &Address, now: u64) -> bool {
+        let mut expiry = [0u8; 8];
+        expiry.copy_from_slice(&challenge[..8]);
+        let mac = self.challenge_mac(address, &challenge[..16]);
+        // Constant time: a byte-by-byte comparison would leak the MAC's prefix.
+        let same = mac
+            .iter()
+            .zip(&challenge[16..])
+            .fold(0u8, |d, (a, b)| d | (a ^ b))
+            == 0;
+        same && u64::from_be_bytes(expiry) > now
+    }
+
+    /// Marks an answered challenge used: false when it was used before (or when the table
+    /// is full of unexpired answers, which only verified logins fill).
+    pub fn spend(&self, challenge: &[u8; 32], now: u64) -> bool {
+        let Ok(mut spent) = self.spent.lock() else {
             return false;
         };
-        matches!(map.remove(challenge), Some((a, exp)) if &a == address && exp > now)
+        if spent.len() >= MAX_SPENT {
+            spent.retain(|_, exp| *exp > now);
+            if spent.len() >= MAX_SPENT {
+                return false;
+            }
+        }
+        let mut expiry = [0u8; 8];
+        expiry.copy_from_slice(&challenge[..8]);
+        spent
+            .insert(*challenge, u64::from_be_bytes(expiry))
+            .is_none()
     }
 
-    /// Issues a token; `None` when the table is full of live tokens.
+    /// Issues a token. An account holds at most [`MAX_TOKENS_PER_ACCOUNT`]: its oldest
+    /// goes. `None` when the table is full of live tokens.
     pub fn issue(
         &self,
         address: Address,
         identity_key: IdentityPublicKey,
         now: u64,
     ) -> Option<(String, u64)> {
-        let mut map = self.tokens.lock().ok()?;
-        if map.len() >= MAX_TOKENS {
-            map.retain(|_, s| s.expires > now);
-            if map.len() >= MAX_TOKENS {
+        let mut t = self.tokens.lock().ok()?;
+        let Tokens {
+            by_hash,
+            by_account,
+        } = &mut *t;
+        if by_hash.len() >= MAX_TOKENS {
+            by_hash.retain(|_, s| s.expires > now);
+            by_account.retain(|_, list| {
+                list.retain(|h| by_hash.contains_key(h));
+                !list.is_empty()
+            });
+            if by_hash.len() >= MAX_TOKENS {
                 return None;
             }
         }
         let raw: [u8; 32] = random_bytes();
         let token = format!("lm1_{}", hex(&raw));
         let expires = now + TOKEN_TTL;
-        map.insert(
-            hash(&token),
+        let list = by_account.entry(address.clone()).or_default();
+        list.retain(|h| by_hash.get(h).is_some_and(|s| s.expires > now));
+        while list.len() >= MAX_TOKENS_PER_ACCOUNT {
+            if let Some(old) = list.pop_front() {
+                by_hash.remove(&old);
+            }
+        }
+        let h = hash(&token);
+        list.push_back(h);
+        by_hash.insert(
+            h,
             Session {
                 address,
                 identity_key,
@@ -98,11 +180,26 @@ impl Auth {
     }
 
     pub fn session(&self, token: &str, now: u64) -> Result<Session, TokenError> {
-        let map = self.tokens.lock().map_err(|_| TokenError::Invalid)?;
-        match map.get(&hash(token)) {
+        let t = self.tokens.lock().map_err(|_| TokenError::Invalid)?;
+        match t.by_hash.get(&hash(token)) {
             None => Err(TokenError::Invalid),
             Some(s) if s.expires <= now => Err(TokenError::Expired),
             Some(s) => Ok(s.clone()),
+        }
+    }
+}
+
+/// The rate-limit key of a client address: its /24 (IPv4) or /64 (IPv6) prefix, so one
+/// host with many addresses counts once.
+pub fn prefix(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
         }
     }
 }
@@ -167,17 +264,75 @@ mod tests {
     use super::*;
 
     #[test]
-    fn challenges_are_single_use_and_bound_to_the_address() {
+    fn challenges_are_bound_to_the_address_and_expire_and_answers_are_single_use() {
         let auth = Auth::default();
         let a = Address::parse("a@x.test").unwrap();
         let b = Address::parse("b@x.test").unwrap();
-        let c = auth.challenge(&a, 100).unwrap();
-        assert!(!auth.take_challenge(&c, &b, 100));
-        let c = auth.challenge(&a, 100).unwrap();
-        assert!(auth.take_challenge(&c, &a, 100));
-        assert!(!auth.take_challenge(&c, &a, 100));
-        let c = auth.challenge(&a, 100).unwrap();
-        assert!(!auth.take_challenge(&c, &a, 100 + CHALLENGE_TTL));
+        let c = auth.challenge(&a, 100);
+        assert!(!auth.challenge_valid(&c, &b, 100));
+        assert!(auth.challenge_valid(&c, &a, 100));
+        assert!(!auth.challenge_valid(&c, &a, 100 + CHALLENGE_TTL));
+        let mut forged = c;
+        forged[..8].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert!(
+            !auth.challenge_valid(&forged, &a, 100),
+            "the expiry is under the MAC"
+        );
+        assert!(auth.spend(&c, 100));
+        assert!(
+            !auth.spend(&c, 100),
+            "an answered challenge is not taken twice"
+        );
+        assert!(
+            !Auth::default().challenge_valid(&c, &a, 100),
+            "another start, another key"
+        );
+    }
+
+    /// Login cannot be locked by asking for challenges: any number of them fill nothing,
+    /// and a fresh one still verifies.
+    #[test]
+    fn a_flood_of_challenges_does_not_stop_a_fresh_login() {
+        let auth = Auth::default();
+        let victim = Address::parse("victim@x.test").unwrap();
+        let strangers: Vec<Address> = (0..1000)
+            .map(|i| Address::parse(&format!("u{i}@x.test")).unwrap())
+            .collect();
+        // More than the 100,000 outstanding challenges the old table held.
+        for i in 0..150_000 {
+            let _ = auth.challenge(&strangers[i % 1000], 100);
+        }
+        let c = auth.challenge(&victim, 100);
+        assert!(auth.challenge_valid(&c, &victim, 100) && auth.spend(&c, 100));
+    }
+
+    #[test]
+    fn an_account_keeps_its_newest_tokens_only() {
+        let auth = Auth::default();
+        let a = Address::parse("a@x.test").unwrap();
+        let tokens: Vec<String> = (0..MAX_TOKENS_PER_ACCOUNT + 3)
+            .map(|_| {
+                auth.issue(a.clone(), IdentityPublicKey([0; 32]), 100)
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        for (i, t) in tokens.iter().enumerate() {
+            assert_eq!(auth.session(t, 100).is_ok(), i >= 3, "token {i}");
+        }
+        let b = Address::parse("b@x.test").unwrap();
+        let other = auth.issue(b, IdentityPublicKey([0; 32]), 100).unwrap().0;
+        assert!(auth.session(&other, 100).is_ok());
+    }
+
+    #[test]
+    fn addresses_are_limited_by_prefix() {
+        let p = |s: &str| prefix(s.parse().unwrap());
+        assert_eq!(p("192.0.2.7"), p("192.0.2.200"));
+        assert_ne!(p("192.0.2.7"), p("192.0.3.7"));
+        assert_eq!(p("2001:db8:1:2:aaaa::1"), p("2001:db8:1:2:bbbb::2"));
+        assert_ne!(p("2001:db8:1:2::1"), p("2001:db8:1:3::1"));
+        assert_eq!(p("::ffff:192.0.2.7"), p("192.0.2.9"));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub lookup_limit: RateLimiter<Address>,
+    /// Registration and login, per client prefix (`auth::prefix`).
     pub ip_limit: RateLimiter<IpAddr>,
     /// Set when `[federation] listen` is configured.
     pub federation: Option<Arc<Federation>>,

@@ -108,10 +108,7 @@ pub(super) async fn challenge(
     check_ip(&state, peer)?;
     let address = parse_address(&json_body(body)?.address)?;
     let now = state.clock.now();
-    let c = state
-        .auth
-        .challenge(&address, now)
-        .ok_or_else(ApiError::rate_limited)?;
+    let c = state.auth.challenge(&address, now);
     Ok(Json(ChallengeResponse {
         challenge: b64::encode(&c),
         domain: state.config.domain.clone(),
@@ -141,7 +138,7 @@ pub(super) async fn token(
             "the challenge is unknown or expired, or the signature does not verify",
         )
     };
-    if !state.auth.take_challenge(&challenge, &address, now) {
+    if !state.auth.challenge_valid(&challenge, &address, now) {
         return Err(denied());
     }
     let account = state
@@ -158,6 +155,10 @@ pub(super) async fn token(
         &req.signature,
     )
     .map_err(|_| denied())?;
+    // Spent only now, after the signature verified: strangers cannot use up anything.
+    if !state.auth.spend(&challenge, now) {
+        return Err(denied());
+    }
     let (token, expires) = state
         .auth
         .issue(address, key, now)

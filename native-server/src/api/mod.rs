@@ -148,7 +148,10 @@ pub(super) fn parse_address(s: &str) -> AppResult<Address> {
 }
 
 pub(super) fn check_ip(state: &AppState, addr: SocketAddr) -> AppResult<()> {
-    if state.ip_limit.allow(&addr.ip(), state.clock.now_f64()) {
+    if state
+        .ip_limit
+        .allow(&crate::auth::prefix(addr.ip()), state.clock.now_f64())
+    {
         Ok(())
     } else {
         state.metrics.error(&ErrorCode::RateLimited);

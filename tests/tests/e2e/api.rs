@@ -534,3 +534,50 @@ async fn long_poll_wakes_on_delivery() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].sender, "alice@x.test");
 }
+
+/// Login cannot be locked (issue 15.6): challenges are stateless, so asking for them from
+/// hundreds of source addresses fills nothing; the addresses of one /24 share one budget
+/// (`429` after its burst of 200), those of other prefixes are served, and a fresh login
+/// still gets its token.
+#[tokio::test]
+async fn a_challenge_flood_from_hundreds_of_addresses_does_not_stop_a_fresh_login() {
+    let w = InProcess::start(|_| {}).await;
+    let alice = w.user("alice").await;
+    let url = format!("{}/v1/auth/challenge", w.url);
+    let from = |src: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(src))
+            .build()
+            .unwrap()
+    };
+    let ask = |http: &reqwest::Client| {
+        http.post(&url)
+            .json(&serde_json::json!({ "address": "alice@x.test" }))
+            .send()
+    };
+    // 250 addresses of 127.9.9.0/24, twice each: one prefix, one bucket (the fake clock
+    // does not move, so nothing refills).
+    let mut refused = 0;
+    for i in 1..=250u8 {
+        let http = from([127, 9, 9, i]);
+        for _ in 0..2 {
+            let status = ask(&http).await.unwrap().status();
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                refused += 1;
+            } else {
+                assert_eq!(status, StatusCode::OK);
+            }
+        }
+    }
+    assert_eq!(refused, 500 - 200, "one /24 gets one burst");
+    // 300 more sources, each in a /24 of its own: all served.
+    for i in 0..300u32 {
+        let http = from([127, 10 + (i / 250) as u8, (i % 250) as u8, 1]);
+        for _ in 0..3 {
+            assert_eq!(ask(&http).await.unwrap().status(), StatusCode::OK);
+        }
+    }
+    // The owner still logs in.
+    let fresh = token(&alice, &w.url).await;
+    assert!(fresh.starts_with("lm1_"), "{fresh}");
+}

@@ -190,7 +190,16 @@ impl FederationQueue {
                 tracing::info!(%destination, envelopes = rows.len(), "delivered a batch");
             }
             Err(e) => {
-                let permanent = matches!(&e, FederationError::Refused { status, .. } if matches!(status, 400 | 409 | 413));
+                // Refused for good, or not a letter.me domain at all (no `_mailx` record):
+                // retrying for days would not change the answer.
+                let permanent = matches!(
+                    &e,
+                    FederationError::Refused {
+                        status: 400 | 409 | 413,
+                        ..
+                    } | FederationError::NoRecord(_)
+                        | FederationError::Dns(crate::dns::DnsError::NotFound(_))
+                );
                 if matches!(
                     e,
                     FederationError::Document { .. }

@@ -443,6 +443,47 @@ fn a_mailx_record_cannot_point_the_server_at_internal_services() {
     assert!(log.contains("not a public address"), "{log}");
 }
 
+/// Mail for a domain that publishes no `_mailx` record (issue 15.9) is not a letter.me
+/// domain: the sender hears of it at once, not after five days of retries.
+#[test]
+fn an_envelope_for_a_domain_without_mailx_fails_at_once_with_a_notice() {
+    let w = World::new(vec![]);
+    let a = w.server("a.test", "");
+    let alice = w.user(&a, "alice@a.test");
+    w.rt.block_on(async {
+        let online = letterme_client::Unlocked::open(
+            letterme_client::profile::ProfileDir(alice.clone()),
+            PASSPHRASE,
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+        let bob = Address::parse("bob@plain.test").unwrap();
+        let env = sealed_text(
+            &online,
+            &bob,
+            EncryptionKeypair::generate().public(),
+            "s",
+            "b",
+            "<nomailx@a.test>",
+        );
+        online.api.send(env.encode()).await.unwrap();
+    });
+    w.wait_queue_empty(&a);
+    let list = w.sync_until(&alice, 1);
+    assert_eq!(list[0]["from"], "mailer-daemon@a.test", "{list:?}");
+    let read: Value = serde_json::from_str(&ok(
+        &w.cli(&alice, &["read", list[0]["id"].as_str().unwrap(), "--json"])
+    ))
+    .unwrap();
+    let body = read["body"].as_str().unwrap();
+    assert!(
+        body.contains("bob@plain.test") && body.contains("_mailx"),
+        "{body}"
+    );
+}
+
 /// Envelope identity is its origin and its bytes (issue 15.7): another domain that learns
 /// an envelope's id cannot displace the message under it, neither for its recipient nor
 /// for another one, while the real sender's retry is still accepted; envelopes too old or

@@ -17,6 +17,10 @@ pub enum ClientError {
     WrongPassphrase(String),
     #[error("cannot reach the server at {url}: {reason}; is `letterme serve` running there?")]
     ServerDown { url: String, reason: String },
+    #[error(
+        "refusing to talk to {0} over plain http: tokens and mail would cross the network unencrypted; use its https:// URL (plain http is for loopback only)"
+    )]
+    PlaintextServer(String),
     #[error("the server at {url} answered {status}: {message}")]
     Api {
         url: String,

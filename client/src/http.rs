@@ -28,6 +28,25 @@ pub struct Api {
     base: String,
     http: reqwest::Client,
     token: Option<String>,
+    /// `http://` to a host that is not this machine: every call is refused.
+    plaintext_remote: bool,
+}
+
+/// Whether `base` is plain `http://` to anything but loopback (`localhost`, 127/8, ::1).
+fn plaintext_remote(base: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(base) else {
+        return false;
+    };
+    if url.scheme() != "http" {
+        return false;
+    }
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback());
+    !loopback
 }
 
 impl Api {
@@ -41,6 +60,7 @@ impl Api {
             base: base.trim_end_matches('/').to_owned(),
             http,
             token: None,
+            plaintext_remote: plaintext_remote(base),
         }
     }
 
@@ -57,6 +77,9 @@ impl Api {
     }
 
     async fn call(&self, req: RequestBuilder) -> Result<Response, ClientError> {
+        if self.plaintext_remote {
+            return Err(ClientError::PlaintextServer(self.base.clone()));
+        }
         let resp = req.send().await.map_err(|e| ClientError::ServerDown {
             url: self.base.clone(),
             reason: describe(&e),
@@ -350,5 +373,37 @@ fn describe(e: &reqwest::Error) -> String {
             src = inner.source();
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_for_loopback_only() {
+        for remote in [
+            "http://mail.example.com",
+            "http://192.0.2.1:8080",
+            "http://[2001:db8::1]:8080/",
+        ] {
+            assert!(plaintext_remote(remote), "{remote}");
+            let err = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(Api::new(remote).server_info())
+                .unwrap_err();
+            assert!(matches!(err, ClientError::PlaintextServer(_)), "{err}");
+        }
+        for fine in [
+            "https://mail.example.com",
+            "http://127.0.0.1:8080",
+            "http://127.3.4.5",
+            "http://[::1]:8080",
+            "http://localhost:8080",
+        ] {
+            assert!(!plaintext_remote(fine), "{fine}");
+        }
     }
 }

@@ -48,7 +48,7 @@ pub(crate) async fn load_vrf_key(
     config: &Config,
     now: u64,
 ) -> Result<letterme_protocol::kt::VrfKey, StartError> {
-    let (_, secret) = load_secret(store, config, "kt-vrf", now, || {
+    let (public, secret) = load_secret(store, config, "kt-vrf", now, || {
         let key = letterme_protocol::kt::VrfKey::generate();
         Ok((
             key.public().to_vec(),
@@ -56,12 +56,24 @@ pub(crate) async fn load_vrf_key(
         ))
     })
     .await?;
+    Ok(vrf_from(&public, &secret)?)
+}
+
+/// The VRF key of a stored secret, checked against its stored public key: a swapped or
+/// corrupted row must not silently give the log other labels.
+fn vrf_from(
+    public: &[u8],
+    secret: &[u8],
+) -> Result<letterme_protocol::kt::VrfKey, secrets::SecretError> {
     let bytes: [u8; 32] = secret
-        .as_slice()
         .try_into()
         .map_err(|_| secrets::SecretError::Malformed)?;
-    letterme_protocol::kt::VrfKey::from_bytes(bytes)
-        .ok_or_else(|| secrets::SecretError::Malformed.into())
+    let key =
+        letterme_protocol::kt::VrfKey::from_bytes(bytes).ok_or(secrets::SecretError::Malformed)?;
+    if key.public().as_slice() != public {
+        return Err(secrets::SecretError::Malformed);
+    }
+    Ok(key)
 }
 
 /// Loads the DKIM keys and the queue key, generating each on first use.
@@ -277,4 +289,19 @@ fn open_store(config: &Config) -> Result<Store, StartError> {
         path: path.display().to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vrf_secret_must_match_its_stored_public_key() {
+        let key = letterme_protocol::kt::VrfKey::generate();
+        let other = letterme_protocol::kt::VrfKey::generate();
+        let secret = key.to_bytes();
+        assert!(vrf_from(&key.public(), &*secret).is_ok());
+        assert!(vrf_from(&other.public(), &*secret).is_err());
+        assert!(vrf_from(&key.public(), &secret[..31]).is_err());
+    }
 }

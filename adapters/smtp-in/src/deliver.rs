@@ -90,14 +90,7 @@ pub async fn seal_and_store(
         .and_then(|a| a.address())
         .and_then(|a| Address::parse(a).ok())
         .unwrap_or(gateway);
-    // RFC 5321 §4.4: the receiving server adds a Received trace field.
-    let received = format!(
-        "Received: from {} ([{}])\r\n\tby {domain} with {}; {}\r\n",
-        msg.helo,
-        msg.client_ip,
-        if msg.tls { "ESMTPS" } else { "ESMTP" },
-        mail_parser::DateTime::from_timestamp(i64::try_from(now).unwrap_or(i64::MAX)).to_rfc822()
-    );
+    let received = received_field(&msg.helo, &msg.client_ip, domain, msg.tls, now);
     let mut raw =
         Vec::with_capacity(received.len() + msg.authentication_results.len() + msg.raw.len() + 32);
     raw.extend_from_slice(received.as_bytes());
@@ -168,6 +161,43 @@ pub async fn seal_and_store(
     })
 }
 
+/// The Received trace field (RFC 5321 §4.4). The client's HELO is its own claim: written
+/// as the From-domain only when it is a domain or an address literal; anything else is
+/// `unknown`, the HELO kept in the comment with what could end it replaced, so no client
+/// can forge a hop or a `by` clause into the trace.
+pub fn received_field(helo: &str, client_ip: &str, domain: &str, tls: bool, now: u64) -> String {
+    let literal = helo
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .is_some_and(|h| {
+            h.strip_prefix("IPv6:").map_or_else(
+                || h.parse::<std::net::Ipv4Addr>().is_ok(),
+                |v6| v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            )
+        });
+    let from = if letterme_protocol::address::valid_domain(helo) || literal {
+        format!("{helo} ([{client_ip}])")
+    } else {
+        let quoted: String = helo
+            .chars()
+            .take(64)
+            .map(|c| {
+                if c.is_ascii_graphic() && !matches!(c, '(' | ')' | '\\' | ';') {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        format!("unknown ([{client_ip}] helo={quoted})")
+    };
+    format!(
+        "Received: from {from}\r\n\tby {domain} with {}; {}\r\n",
+        if tls { "ESMTPS" } else { "ESMTP" },
+        mail_parser::DateTime::from_timestamp(i64::try_from(now).unwrap_or(i64::MAX)).to_rfc822()
+    )
+}
+
 /// RFC 8601 §5: Authentication-Results fields that claim our own authserv-id (the hostname
 /// we sign results with, or our domain) came from outside and are forged; they are removed
 /// so only the gateway's own verdict speaks for us. So is any `Letterme-Signature` field:
@@ -194,8 +224,7 @@ pub fn strip_forged_fields(raw: &[u8], domain: &str, hostname: &str) -> Vec<u8> 
             continue;
         };
         let value = String::from_utf8_lossy(value);
-        let id = value.split(';').next().unwrap_or_default().trim();
-        let id = id.split_whitespace().next().unwrap_or_default();
+        let id = authserv_id(&value);
         if id.eq_ignore_ascii_case(hostname) || id.eq_ignore_ascii_case(domain) {
             cut.push((field, end));
         }
@@ -213,9 +242,74 @@ pub fn strip_forged_fields(raw: &[u8], domain: &str, hostname: &str) -> Vec<u8> 
     out
 }
 
+/// The authserv-id of an Authentication-Results value (RFC 8601 §2.2): the first token
+/// after any CFWS — folding whitespace and comments, which may nest and hold quoted pairs.
+fn authserv_id(value: &str) -> &str {
+    let mut rest = value;
+    loop {
+        rest = rest.trim_start();
+        if !rest.starts_with('(') {
+            break;
+        }
+        let mut depth = 0usize;
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
+    }
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == ';' || c == '(')
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hostile_helo_cannot_forge_a_hop_in_the_received_field() {
+        let ok = received_field("mail.sender.test", "192.0.2.1", "x.test", true, 0);
+        assert!(
+            ok.starts_with(
+                "Received: from mail.sender.test ([192.0.2.1])\r\n\tby x.test with ESMTPS; "
+            ),
+            "{ok}"
+        );
+        let lit = received_field("[IPv6:2001:db8::1]", "2001:db8::1", "x.test", false, 0);
+        assert!(
+            lit.starts_with("Received: from [IPv6:2001:db8::1] ([2001:db8::1])"),
+            "{lit}"
+        );
+        let evil = received_field(
+            "a.test) by mx.bank.test (x;",
+            "192.0.2.1",
+            "x.test",
+            false,
+            0,
+        );
+        assert!(
+            evil.starts_with(
+                "Received: from unknown ([192.0.2.1] helo=a.test??by?mx.bank.test??x?)\r\n"
+            ),
+            "{evil}"
+        );
+        assert_eq!(evil.matches("by ").count(), 1, "{evil}");
+    }
 
     #[test]
     fn forged_authentication_results_for_our_domain_are_removed() {
@@ -227,6 +321,13 @@ From: a@s.test\r\nAuthentication-Results: X.TEST;\r\n dmarc=pass\r\nLetterme-sig
         assert_eq!(
             text,
             "Authentication-Results: other.example; spf=fail\r\nFrom: a@s.test\r\nSubject: hi\r\n\r\nbody\r\n"
+        );
+        // RFC 8601 §2.2: comments and folding may come before the authserv-id.
+        let cfws = b"Authentication-Results: (trust me) mx.x.test; dkim=pass\r\n\
+Authentication-Results:\r\n (a (nested \\) one)) X.TEST(c); dmarc=pass\r\nSubject: hi\r\n\r\nb";
+        assert_eq!(
+            String::from_utf8(strip_forged_fields(cfws, "x.test", "mx.x.test")).unwrap(),
+            "Subject: hi\r\n\r\nb"
         );
         let clean = b"From: a@s.test\r\n\r\nbody";
         assert_eq!(strip_forged_fields(clean, "x.test", "mx.x.test"), clean);

@@ -167,7 +167,19 @@ async fn authenticate(
             ));
         }
     }
-    match fed.check_nonce(sig.nonce, sig.expires) {
+    // Every signed request costs its origin a token (a batch one more per envelope, in
+    // `transaction`), before its nonce takes a place in the table.
+    if !fed.origin_limit.allow(&sig.origin, state.clock.now_f64()) {
+        state.metrics.error(&ErrorCode::RateLimited);
+        return Err(error(
+            fed,
+            StatusCode::TOO_MANY_REQUESTS,
+            sig.nonce,
+            ErrorCode::RateLimited,
+            "too many requests from your domain; retry later",
+        ));
+    }
+    match fed.check_nonce(&sig.origin, sig.nonce, sig.expires) {
         NonceCheck::Fresh => Ok(sig),
         NonceCheck::Replayed => Err(refuse(sig.nonce, &SignatureError::Replayed)),
         NonceCheck::Full => Err(error(

@@ -35,6 +35,8 @@ pub const DOCUMENT_TTL: u64 = 86_400;
 pub const MAX_RESPONSE: usize = 4 * 1024 * 1024;
 /// Nonces remembered at most; beyond, requests are refused (503) until old ones expire.
 pub const MAX_NONCES: usize = 1_000_000;
+/// Nonces one origin may hold at once (`503 busy` to that origin beyond).
+pub const MAX_NONCES_PER_ORIGIN: usize = MAX_NONCES / 20;
 /// Local part of the address failure notices come from.
 pub use crate::notice::NOTICE_SENDER;
 /// A peer whose key verification failed is looked up again after this long at the soonest.
@@ -127,11 +129,38 @@ enum StaticPeer {
     Record(MailxRecord),
 }
 
-/// Remembers nonces until their request expires.
+/// Remembers nonces until their request expires, with a quota per origin so that no
+/// domain (which can sign as many requests as it likes) fills the table for the others.
 #[derive(Debug, Default)]
-struct Nonces {
-    seen: HashMap<[u8; 16], u64>,
+pub struct Nonces {
+    seen: HashMap<[u8; 16], (u64, Arc<str>)>,
+    per_origin: HashMap<Arc<str>, usize>,
     inserts: u64,
+}
+
+impl Nonces {
+    /// Records `nonce` of a request from `origin`, kept until `keep`.
+    pub fn check(&mut self, origin: &str, nonce: [u8; 16], keep: u64, now: u64) -> NonceCheck {
+        self.inserts += 1;
+        if self.inserts.is_multiple_of(4096) || self.seen.len() >= MAX_NONCES {
+            self.seen.retain(|_, (e, _)| *e >= now);
+            self.per_origin.clear();
+            for (_, o) in self.seen.values() {
+                *self.per_origin.entry(o.clone()).or_default() += 1;
+            }
+        }
+        if self.seen.contains_key(&nonce) {
+            return NonceCheck::Replayed;
+        }
+        let mine = self.per_origin.get(origin).copied().unwrap_or(0);
+        if self.seen.len() >= MAX_NONCES || mine >= MAX_NONCES_PER_ORIGIN {
+            return NonceCheck::Full;
+        }
+        let origin: Arc<str> = Arc::from(origin);
+        *self.per_origin.entry(origin.clone()).or_default() += 1;
+        self.seen.insert(nonce, (keep, origin));
+        NonceCheck::Fresh
+    }
 }
 
 /// Whether a request's nonce may be used.
@@ -588,25 +617,18 @@ impl Federation {
     }
 
     /// Remembers `nonce` until `expires`.
-    pub fn check_nonce(&self, nonce: [u8; 16], expires: u64) -> NonceCheck {
+    pub fn check_nonce(&self, origin: &str, nonce: [u8; 16], expires: u64) -> NonceCheck {
         let now = self.clock.now();
         let Ok(mut n) = self.nonces.lock() else {
             return NonceCheck::Full;
         };
-        n.inserts += 1;
-        if n.inserts.is_multiple_of(4096) || n.seen.len() >= MAX_NONCES {
-            n.seen.retain(|_, e| *e >= now);
-        }
-        if n.seen.len() >= MAX_NONCES {
-            return NonceCheck::Full;
-        }
         // Kept past its expiry by the skew window, since `verify` tolerates that much.
-        let keep = expires + letterme_protocol::federation::MAX_SKEW;
-        if n.seen.insert(nonce, keep).is_none() {
-            NonceCheck::Fresh
-        } else {
-            NonceCheck::Replayed
-        }
+        n.check(
+            origin,
+            nonce,
+            expires + letterme_protocol::federation::MAX_SKEW,
+            now,
+        )
     }
 }
 
@@ -635,4 +657,48 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One domain signing requests as fast as it likes fills its own quota, not the table:
+    /// another origin is still served, and a replay is still caught.
+    #[test]
+    fn one_origin_cannot_fill_the_nonce_table() {
+        let mut n = Nonces::default();
+        let nonce = |i: u64| {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&i.to_be_bytes());
+            b
+        };
+        for i in 0..MAX_NONCES_PER_ORIGIN as u64 {
+            assert_eq!(n.check("evil.test", nonce(i), 1000, 0), NonceCheck::Fresh);
+        }
+        assert_eq!(
+            n.check("evil.test", nonce(u64::MAX), 1000, 0),
+            NonceCheck::Full
+        );
+        assert_eq!(
+            n.check("good.test", nonce(u64::MAX - 1), 1000, 0),
+            NonceCheck::Fresh
+        );
+        assert_eq!(
+            n.check("good.test", nonce(u64::MAX - 1), 1000, 0),
+            NonceCheck::Replayed
+        );
+        assert_eq!(
+            n.check("evil.test", nonce(3), 1000, 0),
+            NonceCheck::Replayed
+        );
+        // Once its requests have expired, the origin is served again.
+        for i in 0..4096u64 {
+            let _ = n.check("other.test", nonce(1 << 40 | i), 5000, 2000);
+        }
+        assert_eq!(
+            n.check("evil.test", nonce(u64::MAX - 7), 5000, 2000),
+            NonceCheck::Fresh
+        );
+    }
 }

@@ -18,6 +18,9 @@ pub struct ForkRow {
     pub detected_at: u64,
 }
 
+/// Forks kept per domain.
+pub const MAX_FORKS: i64 = 16;
+
 impl Store {
     /// Every entry under `label`, oldest first, at most `limit` (the newest ones):
     /// (index, entry).
@@ -72,8 +75,16 @@ impl Store {
     }
 
     /// Records the evidence of a fork.
-    pub async fn add_fork(&self, fork: ForkRow) -> Result<(), StoreError> {
+    /// Records a fork; returns false when `domain` has [`MAX_FORKS`] already (the evidence
+    /// is kept, more rows would only let the domain grow this table).
+    pub async fn add_fork(&self, fork: ForkRow) -> Result<bool, StoreError> {
         self.write(move |c| {
+            let held: i64 = c
+                .prepare_cached("SELECT count(*) FROM kt_forks WHERE domain = ?1")?
+                .query_row([&fork.domain], |r| r.get(0))?;
+            if held >= MAX_FORKS {
+                return Ok(false);
+            }
             c.prepare_cached(
                 "INSERT INTO kt_forks (domain, held, other, source, reason, detected_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -86,7 +97,7 @@ impl Store {
                 fork.reason,
                 fork.detected_at as i64
             ])?;
-            Ok(())
+            Ok(true)
         })
         .await
     }

@@ -255,3 +255,24 @@ async fn federation_and_api_file_alike_and_refuse_a_reused_id() {
         0
     );
 }
+
+/// A domain that keeps forking its log cannot grow the evidence table without bound.
+#[tokio::test]
+async fn forks_recorded_per_domain_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    let fork = |domain: &str, n: u64| ForkRow {
+        domain: domain.into(),
+        held: "{}".into(),
+        other: "{}".into(),
+        source: "test".into(),
+        reason: format!("fork {n}"),
+        detected_at: n,
+    };
+    for n in 0..20 {
+        let kept = store.add_fork(fork("evil.test", n)).await.unwrap();
+        assert_eq!(kept, n < 16, "fork {n}");
+    }
+    assert!(store.add_fork(fork("other.test", 1)).await.unwrap());
+    assert_eq!(store.forks("evil.test".into()).await.unwrap().len(), 16);
+}

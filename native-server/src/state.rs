@@ -25,7 +25,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub lookup_limit: RateLimiter<Address>,
-    /// Registration and login, per client prefix (`auth::prefix`).
+    /// Registration and login, per client prefix (`letterme_protocol::net::client_prefix`).
     pub ip_limit: RateLimiter<IpAddr>,
     /// Set when `[federation] listen` is configured.
     pub federation: Option<Arc<Federation>>,

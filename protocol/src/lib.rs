@@ -15,6 +15,7 @@ pub mod envelope;
 pub mod federation;
 pub mod keys;
 pub mod kt;
+pub mod net;
 pub mod verdict;
 
 pub use address::{Address, AddressError};

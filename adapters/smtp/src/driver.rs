@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use letterme_protocol::Address;
+use letterme_protocol::net::client_prefix;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -20,6 +21,7 @@ use crate::session::{Event, Reply, Session, SessionConfig, Transaction};
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
     pub max_sessions: usize,
+    /// Per client prefix (IPv4 /24, IPv6 /64: `client_prefix`).
     pub max_sessions_per_ip: usize,
     /// RFC 5321 §4.5.3.2: at least 5 minutes for commands.
     pub command_timeout: Duration,
@@ -98,7 +100,7 @@ pub async fn serve<B: Backend>(
             tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS));
             continue;
         };
-        let ip = peer.ip().to_canonical();
+        let ip = client_prefix(peer.ip());
         let admitted = per_ip.lock().is_ok_and(|mut m| {
             let n = m.entry(ip).or_insert(0);
             if *n >= conn.max_sessions_per_ip {

@@ -30,6 +30,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use letterme_protocol::api::{ErrorCode, ErrorLimit};
+use letterme_protocol::net::client_prefix;
 use letterme_protocol::{Address, KeyBinding};
 
 use crate::auth::{Session, TokenError};
@@ -150,7 +151,7 @@ pub(super) fn parse_address(s: &str) -> AppResult<Address> {
 pub(super) fn check_ip(state: &AppState, addr: SocketAddr) -> AppResult<()> {
     if state
         .ip_limit
-        .allow(&crate::auth::prefix(addr.ip()), state.clock.now_f64())
+        .allow(&client_prefix(addr.ip()), state.clock.now_f64())
     {
         Ok(())
     } else {

@@ -550,6 +550,30 @@ fn sessions_per_ip_and_allow_listed_forwarders() {
         .unwrap();
     let (code, text) = third.reply();
     assert_eq!(code, 421, "{text}");
+    // Counted per /24 (issue 15.3): another address of the same prefix is refused too,
+    // one of another prefix is greeted.
+    let from = |src: [u8; 4]| {
+        let s = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind(std::net::SocketAddr::from((src, 0))).unwrap();
+                sock.connect(addr).await.unwrap()
+            })
+            .into_std()
+            .unwrap();
+        s.set_nonblocking(false).unwrap();
+        Raw {
+            r: std::io::BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    };
+    let (code, text) = from([127, 0, 0, 2]).reply();
+    assert_eq!(code, 421, "same /24: {text}");
+    let (code, text) = from([127, 0, 1, 1]).reply();
+    assert_eq!(code, 220, "another /24: {text}");
     drop((first, second));
     std::thread::sleep(std::time::Duration::from_millis(300));
     let raw = message("alice@nodmarc.test", "forwarded", "b");

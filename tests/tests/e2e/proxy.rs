@@ -632,6 +632,32 @@ fn hostile_imap_input_gets_bad_or_no_never_a_crash() {
     let bye = guess.response().unwrap_or_default();
     assert!(bye.starts_with("* BYE"), "{bye}");
     assert!(guess.response().is_none(), "closed after 3 failures");
+    // Connections are capped (issue 15.9): past the limit a new one gets BYE at once,
+    // and once some close, the proxy serves again.
+    drop((raw, fresh, guess));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..80 {
+        let (conn, greeting) = Raw::connect(proxy.imap);
+        if greeting.starts_with("* BYE") {
+            refused = Some(greeting);
+            break;
+        }
+        assert!(greeting.starts_with("* OK"), "{greeting}");
+        held.push(conn);
+    }
+    assert!(refused.is_some(), "no cap after {} connections", held.len());
+    assert!(
+        (60..=64).contains(&held.len()),
+        "{} served before the cap",
+        held.len()
+    );
+    held.clear();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut again = login(&proxy, "bob@x.test");
+    let (_, done) = again.command("i1 NOOP");
+    assert!(done.starts_with("i1 OK"), "{done}");
 }
 
 #[test]

@@ -23,6 +23,9 @@ use crate::credentials::Credentials;
 
 /// Largest literal accepted (APPEND of one message).
 pub const MAX_LITERAL: u32 = 64 * 1024 * 1024;
+/// Concurrent IMAP connections (Thunderbird opens up to 5 per account); one more is
+/// greeted with BYE and closed, so no local program can exhaust the proxy's descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
 /// Idle connections are closed after this (RFC 3501 §5.4: at least 30 minutes).
 const AUTOLOGOUT: Duration = Duration::from_mins(31);
 /// Largest command line without literals.
@@ -46,10 +49,21 @@ impl std::fmt::Debug for ImapProxy {
 
 /// Accepts connections until `stop` turns true.
 pub async fn serve(listener: TcpListener, proxy: Arc<ImapProxy>, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
+                Ok((mut stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tokio::spawn(async move {
+                            use tokio::io::AsyncWriteExt as _;
+                            let _ = stream
+                                .write_all(b"* BYE too many connections to the proxy; close some and retry\r\n")
+                                .await;
+                            let _ = stream.shutdown().await;
+                        });
+                        continue;
+                    };
                     // Small unilateral answers (EXISTS during IDLE) must not wait for Nagle.
                     let _ = stream.set_nodelay(true);
                     let proxy = proxy.clone();
@@ -57,6 +71,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<ImapProxy>, mut stop: watch
                         if let Err(e) = connection(stream, &proxy).await {
                             tracing::debug!(%peer, error = %e, "IMAP connection ended");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {

@@ -180,6 +180,15 @@ impl InProcess {
     }
 }
 
+/// The profile at `profile`, unlocked with the test passphrase and logged in.
+pub async fn online(profile: &Path) -> Online {
+    Unlocked::open(ProfileDir(profile.to_owned()), PASSPHRASE)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// Registers `local@x.test` at `url` with its profile at `<root>/<local>`, and logs in.
 pub async fn online_user(root: &Path, url: &str, local: &str) -> Online {
     let dir = ProfileDir(root.join(local));

@@ -396,14 +396,7 @@ fn a_mailx_record_cannot_point_the_server_at_internal_services() {
         key_of("named")
     )));
     let answers: Vec<(String, String)> = w.rt.block_on(async {
-        let online = letterme_client::Unlocked::open(
-            letterme_client::profile::ProfileDir(bob.clone()),
-            letterme_tests::PASSPHRASE,
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+        let online = letterme_tests::world::online(&bob).await;
         let mut out = Vec::new();
         for domain in [
             "plain.test",
@@ -451,14 +444,7 @@ fn an_envelope_for_a_domain_without_mailx_fails_at_once_with_a_notice() {
     let a = w.server("a.test", "");
     let alice = w.user(&a, "alice@a.test");
     w.rt.block_on(async {
-        let online = letterme_client::Unlocked::open(
-            letterme_client::profile::ProfileDir(alice.clone()),
-            PASSPHRASE,
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+        let online = letterme_tests::world::online(&alice).await;
         let bob = Address::parse("bob@plain.test").unwrap();
         let env = sealed_text(
             &online,
@@ -573,14 +559,7 @@ fn another_domains_colliding_envelope_id_cannot_displace_the_real_message() {
     // test-held domains, so the API is asked directly).
     let pending = |profile: &Path| {
         w.rt.block_on(async {
-            let online = letterme_client::Unlocked::open(
-                letterme_client::profile::ProfileDir(profile.to_owned()),
-                letterme_tests::PASSPHRASE,
-            )
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+            let online = letterme_tests::world::online(profile).await;
             let mut out = Vec::new();
             for m in online.api.list(0).await.unwrap() {
                 out.push((m.sender.clone(), online.api.fetch(&m.id).await.unwrap()));
@@ -962,14 +941,7 @@ fn a_peer_that_stays_down_is_retried_with_growing_intervals_then_the_sender_is_t
         )
         .await
         .unwrap();
-        let online = letterme_client::Unlocked::open(
-            letterme_client::profile::ProfileDir(profile.clone()),
-            PASSPHRASE,
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+        let online = letterme_tests::world::online(&profile).await;
         let bob = Address::parse("bob@b.test").unwrap();
         let env = sealed_text(
             &online,
@@ -1033,14 +1005,7 @@ fn a_peer_that_stays_down_is_retried_with_growing_intervals_then_the_sender_is_t
     );
     // The sender learns of it: a notice from her own server, which her client opens.
     let report = rt.block_on(async {
-        let online = letterme_client::Unlocked::open(
-            letterme_client::profile::ProfileDir(profile.clone()),
-            PASSPHRASE,
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+        let online = letterme_tests::world::online(&profile).await;
         online.sync(&mut |_, _| {}).await.unwrap()
     });
     assert_eq!(report.fetched, 1, "{report:?}");

@@ -443,14 +443,7 @@ fn a_smuggled_second_transaction_in_a_relayed_body_never_reaches_the_mx() {
 hello\n.\r\nMAIL FROM:<ceo@a.test>\r\nRCPT TO:<carol@legacy.test>\r\nDATA\r\n\
 From: ceo@a.test\r\nSubject: wire the money\r\n\r\nsmuggled\r\n.\r\n";
     let refused = w.world.block_on(async {
-        let online = letterme_client::Unlocked::open(
-            letterme_client::profile::ProfileDir(w.alice.clone()),
-            letterme_tests::PASSPHRASE,
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+        let online = letterme_tests::world::online(&w.alice).await;
         let carol = letterme_protocol::Address::parse("carol@legacy.test").unwrap();
         online
             .api

@@ -55,6 +55,24 @@ pub async fn failure_notices(
     Ok(out)
 }
 
+/// Longest reason a notice repeats, in characters.
+pub const MAX_REASON: usize = 300;
+
+/// A failure reason as a notice shows it: it may carry what a peer or a remote MTA
+/// answered, so control characters (line breaks included) become spaces and it is cut
+/// at [`MAX_REASON`] characters.
+fn one_line(why: &str) -> String {
+    let mut out: String = why
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_REASON)
+        .collect();
+    if why.chars().count() > MAX_REASON {
+        out.push('…');
+    }
+    out.trim().to_owned()
+}
+
 /// One notice, sealed to `key` and signed by the domain.
 pub fn failure_notice(
     domain: &str,
@@ -71,7 +89,7 @@ pub fn failure_notice(
         f.what, f.queued_at
     );
     for (r, why) in &f.recipients {
-        let _ = writeln!(body, "  {r}: {why}");
+        let _ = writeln!(body, "  {r}: {}", one_line(why));
     }
     body.push_str("\nThis notice was written by your server, ");
     body.push_str(domain);
@@ -111,4 +129,21 @@ pub fn failure_notice(
         // A notice always lands: it is small and the only news of a loss.
         quota: u64::MAX,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A remote answer cannot fill a notice or forge lines in it.
+    #[test]
+    fn reasons_are_one_line_of_bounded_length() {
+        assert_eq!(one_line("550 5.1.1 no such user"), "550 5.1.1 no such user");
+        let forged = "refused\n\nYour mail was delivered after all.\r\nClick here";
+        let q = one_line(forged);
+        assert!(!q.contains('\n') && !q.contains('\r'), "{q}");
+        let long = one_line(&"x".repeat(10_000));
+        assert_eq!(long.chars().count(), MAX_REASON + 1, "{long}");
+        assert!(long.ends_with('…'));
+    }
 }

@@ -115,6 +115,18 @@ fn error(
     )
 }
 
+/// The nonce of a request whose signature headers parse, else zeros.
+fn header_nonce(method: &Method, uri: &Uri, headers: &HeaderMap) -> [u8; 16] {
+    let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    RequestSignature::from_headers(method.as_str(), target, |n| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(ToOwned::to_owned)
+    })
+    .map_or([0; 16], |sig| sig.nonce)
+}
+
 /// Checks a request's signature, the origin's key in DNS and the nonce; the error is the
 /// signed 401 (or 503) to answer with.
 async fn authenticate(
@@ -204,10 +216,13 @@ async fn transaction(
     let body = match body {
         Ok(b) => b,
         Err(e) => {
+            // The body could not be read (too large, cut off); the answer still echoes
+            // the request's nonce when its signature headers parse, so the sender can
+            // verify it (issue 15.4).
             return error(
                 &fed,
                 e.status(),
-                [0; 16],
+                header_nonce(&method, &uri, &headers),
                 ErrorCode::BadBody,
                 &e.body_text(),
             );

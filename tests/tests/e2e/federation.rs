@@ -764,6 +764,19 @@ fn forged_replayed_misdirected_and_wrong_key_requests_are_refused_and_blocks_hol
         (status, err["error"]["code"].as_str()),
         (401, Some("malformed_signature"))
     );
+    // A body over the limit, under signature headers that parse: refused before it is read,
+    // and the refusal still echoes the request's nonce (`put` checks the answer's
+    // signature against it) (issue 15.4).
+    let huge = vec![0u8; 100_000_001];
+    let (status, err) = put(
+        Some(&sign(&evil, "b.test", &tx(8), &huge, now)),
+        &tx(8),
+        huge,
+    );
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (413, Some("bad_body"))
+    );
 
     // Recipient check, the administrator's block list, and the user's own.
     let send = |n: u8, from: &str, to: &str, subject: &str| -> Value {

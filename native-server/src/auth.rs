@@ -71,6 +71,13 @@ impl Default for Auth {
     }
 }
 
+/// When a challenge expires: its first 8 bytes (checked under its MAC).
+fn expiry(challenge: &[u8; 32]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&challenge[..8]);
+    u64::from_be_bytes(b)
+}
+
 fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -101,8 +108,6 @@ impl Auth {
 
     /// Whether `challenge` was issued here for `address` and has not expired.
     pub fn challenge_valid(&self, challenge: &[u8; 32], address: &Address, now: u64) -> bool {
-        let mut expiry = [0u8; 8];
-        expiry.copy_from_slice(&challenge[..8]);
         let mac = self.challenge_mac(address, &challenge[..16]);
         // Constant time: a byte-by-byte comparison would leak the MAC's prefix.
         let same = mac
@@ -110,7 +115,7 @@ impl Auth {
             .zip(&challenge[16..])
             .fold(0u8, |d, (a, b)| d | (a ^ b))
             == 0;
-        same && u64::from_be_bytes(expiry) > now
+        same && expiry(challenge) > now
     }
 
     /// Marks an answered challenge used: false when it was used before (or when the table
@@ -125,11 +130,7 @@ impl Auth {
                 return false;
             }
         }
-        let mut expiry = [0u8; 8];
-        expiry.copy_from_slice(&challenge[..8]);
-        spent
-            .insert(*challenge, u64::from_be_bytes(expiry))
-            .is_none()
+        spent.insert(*challenge, expiry(challenge)).is_none()
     }
 
     /// Issues a token. An account holds at most [`MAX_TOKENS_PER_ACCOUNT`]: its oldest

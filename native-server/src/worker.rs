@@ -20,6 +20,10 @@ pub const AFTER_ERROR: Duration = Duration::from_secs(5);
 
 /// A queue worker as the loop sees it.
 pub trait Due: Send + Sync + 'static {
+    /// Held around every [`Due::spawn_due`]: the background loop and [`run_due`] must not
+    /// both claim work that neither has marked busy yet (it would be sent twice).
+    fn claiming(&self) -> &tokio::sync::Mutex<()>;
+
     /// Claims due work that no task holds and starts a task for it; each task returns how
     /// many items it tried. Returns when the next not-yet-due item is due (Unix seconds).
     fn spawn_due(
@@ -38,7 +42,11 @@ pub async fn run<W: Due>(
 ) {
     let mut tasks = JoinSet::new();
     loop {
-        let sleep = match worker.spawn_due(&mut tasks).await {
+        let claimed = {
+            let _one_claimer = worker.claiming().lock().await;
+            worker.spawn_due(&mut tasks).await
+        };
+        let sleep = match claimed {
             Ok(next) => sleep_until(next, clock.now()),
             Err(e) => {
                 tracing::error!(error = %e, "{failed}");
@@ -59,7 +67,10 @@ pub async fn run_due<W: Due>(worker: &Arc<W>) -> Result<usize, StoreError> {
     let mut tasks = JoinSet::new();
     let mut n = 0;
     loop {
-        worker.spawn_due(&mut tasks).await?;
+        {
+            let _one_claimer = worker.claiming().lock().await;
+            worker.spawn_due(&mut tasks).await?;
+        }
         if tasks.is_empty() {
             return Ok(n);
         }

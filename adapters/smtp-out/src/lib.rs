@@ -59,8 +59,7 @@ pub struct SmtpOut {
     busy: Mutex<HashSet<i64>>,
     /// Connections in flight per domain.
     flying: Mutex<HashMap<String, usize>>,
-    /// Held while claiming: the background loop and `run_due` must not both take a row
-    /// neither has marked busy yet (it would be sent twice).
+    /// See [`Due::claiming`].
     claiming: tokio::sync::Mutex<()>,
 }
 
@@ -138,6 +137,10 @@ impl SmtpOut {
 }
 
 impl Due for SmtpOut {
+    fn claiming(&self) -> &tokio::sync::Mutex<()> {
+        &self.claiming
+    }
+
     /// Takes due rows that no task holds and starts a task per domain, with as many
     /// connections as that domain has left of [`PER_DOMAIN`].
     /// Returns when the next row is due; if that cannot be read, as if nothing were queued.
@@ -145,7 +148,6 @@ impl Due for SmtpOut {
         self: &Arc<Self>,
         tasks: &mut JoinSet<usize>,
     ) -> Result<Option<u64>, StoreError> {
-        let _one_claimer = self.claiming.lock().await;
         let busy: Vec<i64> = self
             .busy
             .lock()

@@ -15,9 +15,8 @@ use letterme_protocol::{Attestation, IdentityPublicKey, b64};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::ApiError;
-use crate::store::AccountRow;
 
-use super::{AppResult, St, check_binding, check_ip, json_body, parse_address};
+use super::{AppResult, St, account_row, check_binding, check_ip, json_body, parse_address};
 
 pub(super) async fn register(
     State(state): St,
@@ -74,17 +73,7 @@ pub(super) async fn register(
         .kt
         .register(
             &state.store,
-            AccountRow {
-                address: b.address.to_string(),
-                identity_key: b.identity_key.0,
-                encryption_key: b.encryption_key.0,
-                key_created: b.created,
-                key_version: 1,
-                binding_signature: b.signature.0,
-                attestation_sig: attestation.signature.0,
-                registered_at: now,
-                usage_bytes: 0,
-            },
+            account_row(b, &attestation, now, 0),
             invite_hash,
             &b.address,
         )

@@ -17,8 +17,8 @@ use crate::state::AppState;
 use crate::store::AccountRow;
 
 use super::{
-    AppResult, Authed, St, WITNESS_WAIT, check_binding, check_lookups, json_body, parse_address,
-    path_param, peer_failed,
+    AppResult, Authed, St, UNWITNESSED, WITNESS_WAIT, account_row, check_binding, check_lookups,
+    json_body, parse_address, path_param, peer_failed,
 };
 
 /// `POST /v1/keys/rotate`: a new encryption key replaces the current one; mail sealed to
@@ -116,17 +116,7 @@ pub(super) async fn change_key(
         .kt
         .change_keys(
             &state.store,
-            AccountRow {
-                address: b.address.to_string(),
-                identity_key: b.identity_key.0,
-                encryption_key: b.encryption_key.0,
-                key_created: b.created,
-                key_version: version,
-                binding_signature: b.signature.0,
-                attestation_sig: attestation.signature.0,
-                registered_at: current.registered_at,
-                usage_bytes: current.usage_bytes,
-            },
+            account_row(&b, &attestation, current.registered_at, current.usage_bytes),
             op,
             &b.address,
             now,
@@ -214,13 +204,7 @@ pub(super) async fn lookup(
                 ),
             )
             .await;
-            let unchecked = |why: String| {
-                peer_failed(
-                    address.domain(),
-                    "cannot show its key-transparency log consistent with what this server saw before",
-                    &why,
-                )
-            };
+            let unchecked = |why: String| peer_failed(address.domain(), UNWITNESSED, &why);
             match observed {
                 Ok(Ok(WitnessVerdict::Fork { .. })) => {
                     refuse_forked(&state, address.domain()).await?;

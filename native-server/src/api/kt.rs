@@ -14,7 +14,9 @@ use letterme_protocol::b64;
 
 use crate::error::ApiError;
 
-use super::{AppResult, Authed, St, check_lookups, json_body, path_param, peer_failed};
+use super::{
+    AppResult, Authed, St, UNWITNESSED, check_lookups, json_body, path_param, peer_failed,
+};
 
 /// `GET /v1/kt/checkpoint`: the log's current signed checkpoint and the VRF key of its
 /// labels.
@@ -168,7 +170,7 @@ pub(super) async fn witness(
         Err(WitnessError::Store(e)) => Err(e.into()),
         Err(e) => Err(peer_failed(
             req.checkpoint.domain.trim_end_matches('.'),
-            "cannot show its key-transparency log consistent with what this server saw before",
+            UNWITNESSED,
             &e,
         )),
     }

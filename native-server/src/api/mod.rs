@@ -160,6 +160,30 @@ pub(super) fn check_ip(state: &AppState, addr: SocketAddr) -> AppResult<()> {
     }
 }
 
+/// What [`peer_failed`] says when another domain's log cannot be witnessed.
+pub(super) const UNWITNESSED: &str =
+    "cannot show its key-transparency log consistent with what this server saw before";
+
+/// The account row a verified key binding and its attestation describe.
+pub(super) fn account_row(
+    b: &KeyBinding,
+    attestation: &letterme_protocol::Attestation,
+    registered_at: u64,
+    usage_bytes: u64,
+) -> crate::store::AccountRow {
+    crate::store::AccountRow {
+        address: b.address.to_string(),
+        identity_key: b.identity_key.0,
+        encryption_key: b.encryption_key.0,
+        key_created: b.created,
+        key_version: attestation.version,
+        binding_signature: b.signature.0,
+        attestation_sig: attestation.signature.0,
+        registered_at,
+        usage_bytes,
+    }
+}
+
 /// Another domain's server failed us: the user gets a fixed text naming the domain and
 /// the kind of failure; the detail, which may carry the peer's own words, goes to the log
 /// only (D62).

@@ -115,8 +115,12 @@ fn error(
     )
 }
 
-/// The nonce of a request whose signature headers parse, else zeros.
-fn header_nonce(method: &Method, uri: &Uri, headers: &HeaderMap) -> [u8; 16] {
+/// The signature headers of a request, parsed (not yet verified).
+fn request_signature(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<RequestSignature, SignatureError> {
     let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     RequestSignature::from_headers(method.as_str(), target, |n| {
         headers
@@ -124,7 +128,6 @@ fn header_nonce(method: &Method, uri: &Uri, headers: &HeaderMap) -> [u8; 16] {
             .and_then(|v| v.to_str().ok())
             .map(ToOwned::to_owned)
     })
-    .map_or([0; 16], |sig| sig.nonce)
 }
 
 /// Checks a request's signature, the origin's key in DNS and the nonce; the error is the
@@ -137,13 +140,6 @@ async fn authenticate(
     body: &[u8],
 ) -> Result<RequestSignature, Response> {
     let fed = fed(state);
-    let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let get = |n: &str| {
-        headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(ToOwned::to_owned)
-    };
     let refuse = |nonce: [u8; 16], e: &SignatureError| {
         state.metrics.error(&e.code());
         tracing::info!(reason = %e, "refused a federation request");
@@ -155,8 +151,7 @@ async fn authenticate(
             &e.to_string(),
         )
     };
-    let sig = RequestSignature::from_headers(method.as_str(), target, get)
-        .map_err(|e| refuse([0; 16], &e))?;
+    let sig = request_signature(method, uri, headers).map_err(|e| refuse([0; 16], &e))?;
     sig.verify(&fed.domain, body, fed.clock.now())
         .map_err(|e| refuse(sig.nonce, &e))?;
     match fed.origin_keys(&sig.origin, &sig.key).await {
@@ -222,7 +217,7 @@ async fn transaction(
             return error(
                 &fed,
                 e.status(),
-                header_nonce(&method, &uri, &headers),
+                request_signature(&method, &uri, &headers).map_or([0; 16], |sig| sig.nonce),
                 ErrorCode::BadBody,
                 &e.body_text(),
             );

@@ -33,8 +33,7 @@ pub struct FederationQueue {
     wake: Arc<Notify>,
     busy: Mutex<HashSet<[u8; 16]>>,
     flying: Mutex<HashMap<String, usize>>,
-    /// Held while claiming: the background loop and `run_due` must not both claim a batch
-    /// neither has marked busy yet (it would be sent twice).
+    /// See [`Due::claiming`].
     claiming: tokio::sync::Mutex<()>,
 }
 
@@ -83,12 +82,15 @@ impl FederationQueue {
 }
 
 impl Due for FederationQueue {
+    fn claiming(&self) -> &tokio::sync::Mutex<()> {
+        &self.claiming
+    }
+
     /// Claims and starts due batches; returns when the next not-yet-due row is due.
     async fn spawn_due(
         self: &Arc<Self>,
         tasks: &mut JoinSet<usize>,
     ) -> Result<Option<u64>, StoreError> {
-        let _one_claimer = self.claiming.lock().await;
         let now = self.clock.now();
         let mut next: Option<u64> = None;
         for (destination, due) in self.store.federation_destinations().await? {

@@ -210,8 +210,16 @@ impl RequestSignature {
     }
 
     /// Checks everything but the nonce's freshness (the receiver's memory) and which keys
-    /// the origin publishes (DNS): destination, time window, body digest, signature.
+    /// the origin publishes (DNS): destination, time window, signature, body digest.
     pub fn verify(&self, me: &str, body: &[u8], now: u64) -> Result<(), SignatureError> {
+        self.verify_headers(me, now)?;
+        self.verify_digest(&digest(body))
+    }
+
+    /// What a receiver checks before it reads a body: destination, time window, and the
+    /// signature over the digest the sender claims. The body is then streamed through
+    /// [`digest`] and checked with [`RequestSignature::verify_digest`].
+    pub fn verify_headers(&self, me: &str, now: u64) -> Result<(), SignatureError> {
         if !self.destination.eq_ignore_ascii_case(me) {
             return Err(SignatureError::WrongDestination {
                 expected: me.to_owned(),
@@ -225,12 +233,18 @@ impl RequestSignature {
         {
             return Err(SignatureError::Expired);
         }
-        if digest(body) != self.digest {
-            return Err(SignatureError::DigestMismatch);
-        }
         self.key
             .verify(REQUEST_CONTEXT, &self.signed_bytes(), &self.signature)
             .map_err(|_| SignatureError::BadSignature)
+    }
+
+    /// Checks the digest of the body received against the one signed.
+    pub fn verify_digest(&self, body_digest: &[u8; 32]) -> Result<(), SignatureError> {
+        if *body_digest == self.digest {
+            Ok(())
+        } else {
+            Err(SignatureError::DigestMismatch)
+        }
     }
 }
 

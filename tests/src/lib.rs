@@ -93,6 +93,17 @@ pub struct ServerProc {
 }
 
 impl ServerProc {
+    /// The server process's peak resident memory so far (`VmHWM`), KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server process is running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("/proc/PID/status has VmHWM")
+    }
+
     /// Writes a config for `domain` under `root` and starts the server. `extra_toml` is
     /// top-level dotted keys, e.g. `limits.quota = "1MB"`. Every peer and MX of a test is on
     /// loopback, so private addresses are allowed unless `extra_toml` says otherwise.

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -22,22 +25,25 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::{MAX_CLOCK_SKEW, MAX_ENVELOPE_AGE};
+use crate::federation::budget::{BodyBudget, Reservation, max_batch_bytes};
 use crate::federation::{Federation, NonceCheck, RemoteKeys, witness};
 use crate::state::AppState;
 use crate::store::StoreError;
 
 type St = State<Arc<AppState>>;
 
+/// A peer's body must arrive within this long plus a second per [`MIN_BODY_RATE`] bytes.
+pub const BODY_GRACE: Duration = Duration::from_secs(30);
+/// The slowest rate, in bytes per second, at which a peer may send a body.
+pub const MIN_BODY_RATE: u64 = 256 * 1024;
+
 pub fn router(state: Arc<AppState>) -> Router {
-    let max = usize::try_from(state.config.limits.max_message_size.0)
-        .unwrap_or(usize::MAX)
-        .saturating_mul(4)
-        .max(64 * 1024 * 1024);
+    let budget = BodyBudget::for_message_size(state.config.limits.max_message_size.0);
     Router::new()
         .route("/.well-known/mailx-server", get(document))
         .route(
             "/v1/federation/transactions/{txid}",
-            put(transaction).layer(DefaultBodyLimit::max(max)),
+            put(transaction).layer(Extension(budget)),
         )
         .route("/v1/federation/keys/{address}", get(keys))
         .route("/v1/federation/kt/consistency", get(kt_consistency))
@@ -130,14 +136,15 @@ fn request_signature(
     })
 }
 
-/// Checks a request's signature, the origin's key in DNS and the nonce; the error is the
-/// signed 401 (or 503) to answer with.
+/// Checks a request's signature headers, the origin's key in DNS, the origin's rate and
+/// the nonce, all before any body is read (issue 15.2); the error is the signed 401 (or
+/// 429, 503) to answer with. The body, if any, is then checked against the signed digest
+/// ([`read_body`], [`authenticate_bodiless`]).
 async fn authenticate(
     state: &AppState,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    body: &[u8],
 ) -> Result<RequestSignature, Response> {
     let fed = fed(state);
     let refuse = |nonce: [u8; 16], e: &SignatureError| {
@@ -152,7 +159,7 @@ async fn authenticate(
         )
     };
     let sig = request_signature(method, uri, headers).map_err(|e| refuse([0; 16], &e))?;
-    sig.verify(&fed.domain, body, fed.clock.now())
+    sig.verify_headers(&fed.domain, fed.clock.now())
         .map_err(|e| refuse(sig.nonce, &e))?;
     match fed.origin_keys(&sig.origin, &sig.key).await {
         Ok(r) if r.keys.contains(&sig.key) => {}
@@ -199,35 +206,140 @@ async fn authenticate(
     }
 }
 
+/// [`authenticate`] for a request without a body (the signed digest is of no bytes).
+async fn authenticate_bodiless(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<RequestSignature, Response> {
+    let sig = authenticate(state, method, uri, headers).await?;
+    match sig.verify_digest(&federation::digest(&[])) {
+        Ok(()) => Ok(sig),
+        Err(e) => Err(error(
+            fed(state),
+            StatusCode::UNAUTHORIZED,
+            sig.nonce,
+            e.code(),
+            &e.to_string(),
+        )),
+    }
+}
+
+/// A body read within the budget, with the reservation that holds its bytes.
+struct Received {
+    bytes: Vec<u8>,
+    _held: Reservation,
+}
+
+/// Reads the body of an authenticated request: at most `max` bytes, into a reservation
+/// from `budget`, no slower than [`MIN_BODY_RATE`] after [`BODY_GRACE`], through the
+/// digest the request signed. The error is the status, code and message to answer with.
+async fn read_body(
+    budget: &Arc<BodyBudget>,
+    sig: &RequestSignature,
+    headers: &HeaderMap,
+    body: Body,
+    max: u64,
+) -> Result<Received, (StatusCode, ErrorCode, String)> {
+    use http_body_util::BodyExt as _;
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BadBody,
+            format!("a delivery body is at most {max} bytes"),
+        )
+    };
+    let busy = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Busy,
+            "too many bytes in flight from your domain or in all; retry later".to_owned(),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut held = budget
+        .reserve(&sig.origin, declared.unwrap_or(0))
+        .ok_or_else(busy)?;
+    let deadline = BODY_GRACE + Duration::from_secs(declared.unwrap_or(max) / MIN_BODY_RATE);
+    let mut bytes = Vec::with_capacity(usize::try_from(declared.unwrap_or(0)).unwrap_or(0));
+    let mut hash = Sha256::new();
+    let mut body = body;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadBody,
+                    format!("the body was cut off: {e}"),
+                )
+            })?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            let n = chunk.len() as u64;
+            if bytes.len() as u64 + n > max {
+                return Err(too_large());
+            }
+            if bytes.len() as u64 + n > held.bytes()
+                && !held.grow(bytes.len() as u64 + n - held.bytes())
+            {
+                return Err(busy());
+            }
+            hash.update(&chunk);
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err((
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadBody,
+                format!(
+                    "the body did not arrive within {} seconds",
+                    deadline.as_secs()
+                ),
+            ));
+        }
+    }
+    sig.verify_digest(&hash.finalize().into())
+        .map_err(|e| (StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
+    Ok(Received { bytes, _held: held })
+}
+
 async fn transaction(
     State(state): St,
+    Extension(budget): Extension<Arc<BodyBudget>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     txid: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> Response {
     let fed = fed(&state).clone();
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => {
-            // The body could not be read (too large, cut off); the answer still echoes
-            // the request's nonce when its signature headers parse, so the sender can
-            // verify it (issue 15.4).
-            return error(
-                &fed,
-                e.status(),
-                request_signature(&method, &uri, &headers).map_or([0; 16], |sig| sig.nonce),
-                ErrorCode::BadBody,
-                &e.body_text(),
-            );
-        }
-    };
-    let sig = match authenticate(&state, &method, &uri, &headers, &body).await {
+    let sig = match authenticate(&state, &method, &uri, &headers).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
     let nonce = sig.nonce;
+    let max = max_batch_bytes(state.config.limits.max_message_size.0);
+    // Every answer, a refused body's included, echoes the nonce (issue 15.4).
+    let body = match read_body(&budget, &sig, &headers, body, max).await {
+        Ok(b) => b,
+        Err((status, code, message)) => {
+            state.metrics.error(&code);
+            return error(&fed, status, nonce, code, &message);
+        }
+    };
+    let body = body.bytes.as_slice();
     let Some(txid) = txid
         .ok()
         .and_then(|Path(t)| letterme_protocol::EnvelopeId::from_hex(&t))
@@ -241,7 +353,7 @@ async fn transaction(
         );
     };
     let max_env = usize::try_from(state.config.limits.max_message_size.0).unwrap_or(usize::MAX);
-    let items = match decode_batch_items(&body, max_env) {
+    let items = match decode_batch_items(body, max_env) {
         Ok(i) => i,
         Err(e) => {
             return error(
@@ -283,13 +395,12 @@ async fn transaction(
             }
         }
     }
-    let digest = letterme_protocol::federation::digest(&body);
     let result = state
         .store
         .receive_transaction(
             sig.origin.clone(),
             txid.0.to_vec(),
-            digest,
+            sig.digest,
             incoming,
             rejected,
             state.clock.now(),
@@ -389,7 +500,7 @@ async fn keys(
     address: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
     let fed = fed(&state).clone();
-    let sig = match authenticate(&state, &method, &uri, &headers, &[]).await {
+    let sig = match authenticate_bodiless(&state, &method, &uri, &headers).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -512,7 +623,7 @@ async fn kt_consistency(
     headers: HeaderMap,
 ) -> Response {
     let fed = fed(&state).clone();
-    let sig = match authenticate(&state, &method, &uri, &headers, &[]).await {
+    let sig = match authenticate_bodiless(&state, &method, &uri, &headers).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -562,7 +673,7 @@ async fn kt_consistency(
 /// `GET /v1/federation/kt/entries?start=N&limit=M`: a page of the log, for audits.
 async fn kt_entries(State(state): St, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     let fed = fed(&state).clone();
-    let sig = match authenticate(&state, &method, &uri, &headers, &[]).await {
+    let sig = match authenticate_bodiless(&state, &method, &uri, &headers).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };

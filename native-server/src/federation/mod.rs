@@ -6,6 +6,7 @@
 //! and the TLS key. The server document must agree with it, every request and response is
 //! signed by a published key, and nothing a peer says about itself overrides DNS.
 
+pub mod budget;
 pub mod pin;
 pub mod queue;
 pub mod witness;

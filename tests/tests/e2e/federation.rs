@@ -589,6 +589,56 @@ fn another_domains_colliding_envelope_id_cannot_displace_the_real_message() {
 }
 
 /// A message from `from` (signed by `identity`) to `to`, sealed to a key nobody holds.
+/// One request on a raw TLS connection to `server`'s federation listener, pinned to the
+/// key its record publishes: `head` (request line and fields, each ending CRLF) and the
+/// fields of `sig`, no body. Returns the status, the lower-cased fields and the body.
+async fn raw_request(
+    server: &ServerProc,
+    record: &letterme_protocol::discovery::MailxRecord,
+    head: &str,
+    sig: &RequestSignature,
+) -> (u16, std::collections::HashMap<String, String>, Vec<u8>) {
+    use std::fmt::Write as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fp = letterme_protocol::b64::decode_array(record.tls_fingerprint.as_deref().unwrap());
+    let config = letterme_server::federation::pin::client_config(fp).unwrap();
+    let addr = server
+        .federation
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("https://");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("b.test").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut request = head.to_owned();
+    for (n, v) in sig.headers() {
+        let _ = write!(request, "{n}: {v}\r\n");
+    }
+    request.push_str("\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(answer[..split].to_vec()).unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let fields = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, fields, answer[split + 4..].to_vec())
+}
+
 fn envelope_from(identity: &SigningKeypair, from: &str, to: &str, subject: &str) -> Vec<u8> {
     let now = letterme_client::now();
     let to = Address::parse(to).unwrap();
@@ -767,12 +817,28 @@ fn forged_replayed_misdirected_and_wrong_key_requests_are_refused_and_blocks_hol
     // A body over the limit, under signature headers that parse: refused before it is read,
     // and the refusal still echoes the request's nonce (`put` checks the answer's
     // signature against it) (issue 15.4).
-    let huge = vec![0u8; 100_000_001];
-    let (status, err) = put(
-        Some(&sign(&evil, "b.test", &tx(8), &huge, now)),
-        &tx(8),
-        huge,
-    );
+    // (A client sending the body would see its connection closed before it could read
+    // the answer: this one sends the head alone.)
+    let huge = sign(&evil, "b.test", &tx(8), b"not sent", now);
+    let (status, headers, bytes) = w.rt.block_on(raw_request(
+        &b,
+        &b_record,
+        &format!(
+            "PUT {} HTTP/1.1\r\nHost: b.test\r\nContent-Length: 100000001\r\n",
+            tx(8)
+        ),
+        &huge,
+    ));
+    ResponseSignature::verify_response(
+        status,
+        &bytes,
+        huge.nonce,
+        "b.test",
+        &[b_record.domain_key],
+        |n| headers.get(n).cloned(),
+    )
+    .unwrap();
+    let err: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(
         (status, err["error"]["code"].as_str()),
         (413, Some("bad_body"))
@@ -828,6 +894,108 @@ fn forged_replayed_misdirected_and_wrong_key_requests_are_refused_and_blocks_hol
         "{report}"
     );
     assert_eq!(report["results"], serde_json::json!({}));
+}
+
+/// Issue 15.2: an upload that is not signed by a key its origin publishes is refused on
+/// its headers; none of its body is buffered, however many arrive at once, and a signed
+/// delivery is served meanwhile.
+#[test]
+fn unsigned_uploads_of_tens_of_megabytes_are_refused_before_their_bodies_are_read() {
+    const UPLOADS: usize = 16;
+    const SIZE: usize = 48 << 20;
+    let w = World::new(vec![]);
+    let b = w.server("b.test", "");
+    w.publish(&b, "b.test");
+    let _bob = w.user(&b, "bob@b.test");
+    let evil = SigningKeypair::generate();
+    let record = letterme_protocol::discovery::MailxRecord {
+        domain_key: evil.public(),
+        endpoint: "https://127.0.0.1:9".into(),
+        tls_fingerprint: None,
+    };
+    w.rt.block_on(w.dns.set_txt_ttl("_mailx.evil.test", &record.to_txt(), TTL));
+    let base = b.federation.clone().unwrap();
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let target = |n: u8| {
+        format!(
+            "/v1/federation/transactions/{}",
+            letterme_protocol::codec::hex(&[n; 16])
+        )
+    };
+    let before = b.peak_rss_kib();
+    let big: &'static [u8] = vec![b'x'; SIZE].leak();
+    let answers = w.rt.block_on(async {
+        let mut uploads = tokio::task::JoinSet::new();
+        for n in 0..UPLOADS {
+            // Half carry no signature; half one by a key evil.test does not publish.
+            let mut req = http.put(format!("{base}{}", target(n as u8)));
+            if n % 2 == 1 {
+                let stranger = SigningKeypair::generate();
+                let sig = RequestSignature::sign(
+                    &stranger,
+                    "PUT",
+                    &target(n as u8),
+                    b"claimed",
+                    "evil.test",
+                    "b.test",
+                    letterme_client::now(),
+                    60,
+                );
+                for (name, v) in sig.headers() {
+                    req = req.header(name, v);
+                }
+            }
+            let body = reqwest::Body::from(big);
+            uploads.spawn(async move {
+                match req.body(body).send().await {
+                    Ok(resp) => Some(resp.status().as_u16()),
+                    // The server closes the connection without reading the body: the
+                    // client may see that before the answer.
+                    Err(_) => None,
+                }
+            });
+        }
+        // A legitimate delivery from evil.test meanwhile.
+        let mallory = SigningKeypair::generate();
+        let env = envelope_from(&mallory, "mallory@evil.test", "bob@b.test", "meanwhile");
+        let body = encode_batch_items([(["bob@b.test".to_owned()].as_slice(), env.as_slice())]);
+        let sig = RequestSignature::sign(
+            &evil,
+            "PUT",
+            &target(200),
+            &body,
+            "evil.test",
+            "b.test",
+            letterme_client::now(),
+            60,
+        );
+        let mut req = http.put(format!("{base}{}", target(200)));
+        for (name, v) in sig.headers() {
+            req = req.header(name, v);
+        }
+        let legit = req.body(body).send().await.unwrap().status().as_u16();
+        let mut answers = uploads.join_all().await;
+        answers.push(Some(legit));
+        answers
+    });
+    assert_eq!(answers.last(), Some(&Some(200)), "{answers:?}");
+    for a in &answers[..UPLOADS] {
+        assert!(matches!(a, None | Some(401)), "{answers:?}");
+    }
+    assert!(
+        answers[..UPLOADS].contains(&Some(401)),
+        "no refusal was read at all: {answers:?}"
+    );
+    // The stated bound (docs/OPERATIONS.md §17): an unauthenticated request holds its
+    // headers only. Buffering the bodies would take 16 × 48 MiB.
+    let after = b.peak_rss_kib();
+    assert!(
+        after < before + 64 * 1024,
+        "peak memory grew {before} -> {after} KiB for {UPLOADS} unsigned uploads of {SIZE} bytes"
+    );
 }
 
 #[test]

@@ -422,17 +422,11 @@ impl Raw {
     }
 }
 
-fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn hostile_input_gets_the_right_reply_with_bounded_memory() {
     let w = world("off");
     let addr = w.server.smtp.unwrap();
-    let before = peak_kib(w.server.child.id());
+    let before = w.server.peak_rss_kib();
 
     // A 64 MiB line without CRLF: one 500, and the server's memory does not follow it.
     let mut c = Raw::connect(addr);
@@ -443,7 +437,7 @@ fn hostile_input_gets_the_right_reply_with_bounded_memory() {
     c.send(b"\r\nNOOP\r\n");
     assert_eq!(c.reply().0, 500);
     assert_eq!(c.reply().0, 250, "the session goes on after the long line");
-    let after = peak_kib(w.server.child.id());
+    let after = w.server.peak_rss_kib();
     assert!(
         after - before < 32 * 1024,
         "peak memory grew {before} -> {after} KiB"

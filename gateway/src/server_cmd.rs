@@ -184,6 +184,24 @@ pub async fn queue(config_path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard one: every connection takes one, and
+/// the default soft limit (often 1024) is below what the connection caps allow.
+fn raise_open_files(config: &letterme_server::Config) {
+    // Both HTTP listeners, the inbound SMTP sessions, and room for the database, DNS and
+    // outbound connections.
+    let needed = 2 * config.limits.connections as u64 + config.smtp.max_sessions as u64 + 512;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "the open-files limit is below what the connection caps allow; raise LimitNOFILE \
+             (docs/OPERATIONS.md §17) or lower limits.connections"
+        ),
+        Ok(limit) => tracing::info!(limit, "open files allowed"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+}
+
 /// `letterme serve`: the native server and every adapter the config enables, all under
 /// the server's one shutdown.
 pub async fn serve(config: Option<&Path>, skip_dns_check: bool) -> Result<()> {
@@ -205,6 +223,7 @@ pub async fn serve(config: Option<&Path>, skip_dns_check: bool) -> Result<()> {
         }
         tracing::info!("DNS records checked: all required ones are in place");
     }
+    raise_open_files(&config);
     let scheme = if config.http.tls.is_some() {
         "https"
     } else {

@@ -209,8 +209,30 @@ impl Config {
                 "outbound.tls_rpt {r:?}: expected a mailto: or https:// URI"
             ));
         }
-        if self.limits.max_message_size.0 < 1024 {
+        let l = &self.limits;
+        if l.max_message_size.0 < 1024 {
             return Err("limits.max_message_size must be at least 1024 bytes".into());
+        }
+        if l.connections == 0 || l.connections_per_prefix == 0 {
+            return Err(
+                "limits.connections and limits.connections_per_prefix must be at least 1".into(),
+            );
+        }
+        if l.header_timeout.0 == 0 || l.body_timeout.0 == 0 {
+            return Err("limits.header_timeout and limits.body_timeout must be at least 1s".into());
+        }
+        if l.request_timeout.0 <= letterme_protocol::api::MAX_WAIT {
+            return Err(format!(
+                "limits.request_timeout must be longer than the longest long poll ({}s)",
+                letterme_protocol::api::MAX_WAIT
+            ));
+        }
+        let sm = &self.smtp;
+        if sm.command_timeout.0 == 0
+            || sm.session_timeout < sm.command_timeout
+            || sm.min_data_rate == 0
+        {
+            return Err("smtp.command_timeout must be at least 1s and at most smtp.session_timeout; smtp.min_data_rate at least 1".into());
         }
         Ok(())
     }
@@ -292,8 +314,30 @@ pub struct SmtpConfig {
     pub max_recipients: usize,
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Per client prefix (IPv4 /24, IPv6 /64).
     #[serde(default = "default_max_sessions_per_ip")]
     pub max_sessions_per_ip: usize,
+    /// Longest wait for a command (RFC 5321 §4.5.3.2 asks at least 5 minutes).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: Interval,
+    /// Longest a session may last.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout: Interval,
+    /// Slowest average rate of a message's DATA after `command_timeout`, bytes per second.
+    #[serde(default = "default_min_data_rate")]
+    pub min_data_rate: u64,
+}
+
+fn default_command_timeout() -> Interval {
+    Interval(300)
+}
+
+fn default_session_timeout() -> Interval {
+    Interval(3600)
+}
+
+fn default_min_data_rate() -> u64 {
+    1000
 }
 
 fn default_true() -> bool {
@@ -322,6 +366,9 @@ impl Default for SmtpConfig {
             max_recipients: default_max_recipients(),
             max_sessions: default_max_sessions(),
             max_sessions_per_ip: default_max_sessions_per_ip(),
+            command_timeout: default_command_timeout(),
+            session_timeout: default_session_timeout(),
+            min_data_rate: default_min_data_rate(),
         }
     }
 }
@@ -444,6 +491,43 @@ pub struct LimitsConfig {
     /// a log entry kept forever.
     #[serde(default = "default_key_changes")]
     pub key_changes_per_day: u32,
+    /// Connections the API listener holds at once, and again the federation listener.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Of those, from one client prefix (IPv4 /24, IPv6 /64). Users behind one NAT share
+    /// it: each running proxy keeps about two.
+    #[serde(default = "default_connections_per_prefix")]
+    pub connections_per_prefix: usize,
+    /// Longest wait for a request's header, the TLS handshake, or the next request on an
+    /// idle kept-alive connection.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Interval,
+    /// Longest wait for the next piece of a request body.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Interval,
+    /// Longest a request may take from its header to its answer (long polls included).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Interval,
+}
+
+fn default_connections() -> usize {
+    4096
+}
+
+fn default_connections_per_prefix() -> usize {
+    256
+}
+
+fn default_header_timeout() -> Interval {
+    Interval(30)
+}
+
+fn default_body_timeout() -> Interval {
+    Interval(30)
+}
+
+fn default_request_timeout() -> Interval {
+    Interval(300)
 }
 
 impl Default for LimitsConfig {
@@ -454,6 +538,11 @@ impl Default for LimitsConfig {
             key_lookups_per_second: default_lookup_rate(),
             key_lookup_burst: default_lookup_burst(),
             key_changes_per_day: default_key_changes(),
+            connections: default_connections(),
+            connections_per_prefix: default_connections_per_prefix(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            request_timeout: default_request_timeout(),
         }
     }
 }

@@ -16,6 +16,12 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    pub listener: String,
+    pub reason: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -30,6 +36,8 @@ pub struct Metrics {
     pub accounts: Gauge,
     /// Inbound SMTP messages by outcome: accepted, quarantined, rejected, tempfailed.
     pub smtp_messages: Family<ResultLabel, Counter>,
+    /// Connections closed at accept: the listener's cap (`full`) or the client prefix's.
+    pub connections_refused: Family<RefusedLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -46,6 +54,7 @@ impl Default for Metrics {
             errors: Family::default(),
             accounts: Gauge::default(),
             smtp_messages: Family::default(),
+            connections_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -82,6 +91,11 @@ impl Default for Metrics {
             "Inbound SMTP messages by outcome",
             m.smtp_messages.clone(),
         );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept, by listener and limit",
+            m.connections_refused.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -99,6 +113,15 @@ impl Metrics {
         self.smtp_messages
             .get_or_create(&ResultLabel {
                 result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn connection_refused(&self, listener: &str, reason: &str) {
+        self.connections_refused
+            .get_or_create(&RefusedLabel {
+                listener: listener.to_owned(),
+                reason: reason.to_owned(),
             })
             .inc();
     }

@@ -14,6 +14,7 @@ use crate::config::{self, Config};
 use crate::egress::Egress;
 use crate::error::StartError;
 use crate::keyring::{load_domain_key, load_mail_keys, load_vrf_key};
+use crate::listener::{self, ConnBounds};
 use crate::state::AppState;
 use crate::store::{self, Store};
 use crate::{api, auth, dns, federation, kt, metrics, outbound, tls};
@@ -205,7 +206,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         kt,
         config,
     });
-    let (tx, mut rx) = watch::channel(false);
+    let (tx, _rx) = watch::channel(false);
     let purge_state = state.clone();
     let mut purge_rx = tx.subscribe();
     tokio::spawn(async move {
@@ -217,32 +218,16 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             }
         }
     });
-    let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let task = if let Some(tls) = tls {
-        let handle = axum_server::Handle::new();
-        let stopper = handle.clone();
-        tokio::spawn(async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-            stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
-        });
-        tokio::spawn(
-            axum_server::from_tcp_rustls(
-                listener,
-                axum_server::tls_rustls::RustlsConfig::from_config(tls),
-            )
-            .handle(handle)
-            .serve(app),
-        )
-    } else {
-        let listener = TcpListener::from_std(listener).map_err(bind_err)?;
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                })
-                .await
-        })
-    };
+    let bounds = ConnBounds::from_limits(&state.config.limits);
+    let task = tokio::spawn(listener::serve(
+        "api",
+        TcpListener::from_std(listener).map_err(bind_err)?,
+        tls.map(tokio_rustls::TlsAcceptor::from),
+        api::router(state.clone()),
+        bounds.clone(),
+        state.metrics.clone(),
+        tx.subscribe(),
+    ));
     let mut federation_addr = None;
     let mut federation_queue = None;
     if let Some((fed, (listener, tls))) = federation {
@@ -251,22 +236,15 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             source,
         })?;
         federation_addr = Some(addr);
-        let handle = axum_server::Handle::new();
-        let stopper = handle.clone();
-        let mut stop_rx = tx.subscribe();
-        tokio::spawn(async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-            stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
-        });
-        let app = api::peer::router(state.clone());
-        tokio::spawn(
-            axum_server::from_tcp_rustls(
-                listener,
-                axum_server::tls_rustls::RustlsConfig::from_config(tls),
-            )
-            .handle(handle)
-            .serve(app.into_make_service()),
-        );
+        tokio::spawn(listener::serve(
+            "federation",
+            TcpListener::from_std(listener).map_err(|source| StartError::Bind { addr, source })?,
+            Some(tokio_rustls::TlsAcceptor::from(tls)),
+            api::peer::router(state.clone()),
+            bounds,
+            state.metrics.clone(),
+            tx.subscribe(),
+        ));
         let queue = Arc::new(federation::queue::FederationQueue::new(
             store.clone(),
             fed.clone(),

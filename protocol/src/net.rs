@@ -1,6 +1,8 @@
 //! Network helpers both sides share.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The key under which a client address is counted for limits: its /24 (IPv4) or /64
 /// (IPv6) prefix, so one host or one customer's many addresses count once. IPv4-mapped
@@ -18,9 +20,112 @@ pub fn client_prefix(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The connections a listener holds at once: at most `max` in all and `per_prefix` from
+/// one [`client_prefix`]. Each admitted connection holds an [`Admitted`] ticket and gives
+/// its place back when the ticket drops.
+#[derive(Debug)]
+pub struct Admission {
+    max: usize,
+    per_prefix: usize,
+    open: Mutex<Open>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    /// Only prefixes with open connections: bounded by `max`.
+    by_prefix: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The listener holds `max` connections.
+    Full,
+    /// The client's prefix holds `per_prefix` connections.
+    Prefix,
+}
+
+impl Admission {
+    pub fn new(max: usize, per_prefix: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            per_prefix,
+            open: Mutex::default(),
+        })
+    }
+
+    /// Admits a connection from `ip`, or says which limit it would exceed.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
+        let prefix = client_prefix(ip);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.total >= self.max {
+            return Err(Refused::Full);
+        }
+        let n = open.by_prefix.entry(prefix).or_insert(0);
+        if *n >= self.per_prefix {
+            return Err(Refused::Prefix);
+        }
+        *n += 1;
+        open.total += 1;
+        Ok(Admitted {
+            admission: self.clone(),
+            prefix,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .total
+    }
+}
+
+/// One admitted connection's place.
+#[derive(Debug)]
+pub struct Admitted {
+    admission: Arc<Admission>,
+    prefix: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self
+            .admission
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        open.total -= 1;
+        if let Some(n) = open.by_prefix.get_mut(&self.prefix) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_prefix.remove(&self.prefix);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_are_admitted_within_both_limits_and_give_their_place_back() {
+        let a = Admission::new(3, 2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let one = a.admit(ip("192.0.2.1")).unwrap();
+        let two = a.admit(ip("192.0.2.99")).unwrap();
+        assert_eq!(a.admit(ip("192.0.2.5")).unwrap_err(), Refused::Prefix);
+        let three = a.admit(ip("198.51.100.1")).unwrap();
+        assert_eq!(a.admit(ip("203.0.113.1")).unwrap_err(), Refused::Full);
+        drop(one);
+        let _again = a.admit(ip("192.0.2.5")).unwrap();
+        drop((two, three));
+        assert_eq!(a.open(), 1);
+        assert_eq!(a.open.lock().unwrap().by_prefix.len(), 1);
+    }
 
     #[test]
     fn addresses_count_by_prefix() {

@@ -93,6 +93,18 @@ pub struct ServerProc {
 }
 
 impl ServerProc {
+    /// The server process's soft and hard limits on open files.
+    pub fn open_files_limit(&self) -> (String, String) {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.child.id()))
+            .expect("the server process is running");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("/proc/PID/limits has Max open files");
+        let mut n = line["Max open files".len()..].split_whitespace();
+        (n.next().unwrap().to_owned(), n.next().unwrap().to_owned())
+    }
+
     /// The server process's peak resident memory so far (`VmHWM`), KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -138,7 +150,11 @@ impl ServerProc {
             .append(true)
             .open(data_dir.join("server.log"))
             .unwrap();
-        let mut child = Command::new(letterme_bin())
+        // Under the soft open-files limit many systems start services with (1024), which
+        // the server raises (`ServerProc::open_files_limit`).
+        let mut child = Command::new("sh")
+            .args(["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\""])
+            .arg(letterme_bin())
             .args(["serve", "--config"])
             .arg(&config_path)
             .env(
@@ -528,4 +544,37 @@ pub async fn flood(
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
     }
+}
+
+/// A connection to `to` from the loopback address `from` (say `127.0.1.1`): the server
+/// counts it under that address's prefix, so a test can be two networks at once.
+pub async fn connect_from(from: &str, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Reads (discarding) until the server closes `stream`, and returns what arrived; panics
+/// if it is still open after `within`.
+pub async fn closed_by_server<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+    what: &str,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        // A reset is a close too.
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    assert!(
+        tokio::time::timeout(within, read).await.is_ok(),
+        "{what}: still open after {within:?}"
+    );
+    got
 }

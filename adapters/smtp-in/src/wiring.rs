@@ -90,6 +90,9 @@ pub async fn start(config: &Config, server: &Running, addr: SocketAddr) -> Resul
             conn: ConnLimits {
                 max_sessions: config.smtp.max_sessions,
                 max_sessions_per_ip: config.smtp.max_sessions_per_ip,
+                command_timeout: Duration::from_secs(config.smtp.command_timeout.0),
+                session_timeout: Duration::from_secs(config.smtp.session_timeout.0),
+                min_data_rate: config.smtp.min_data_rate,
                 ..ConnLimits::default()
             },
             tls,

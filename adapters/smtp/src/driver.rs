@@ -3,16 +3,16 @@
 //! the proxy's local submission) about recipients and messages, and writes replies. The
 //! backend's reply to a message is sent only after it has handled the message durably.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use letterme_protocol::Address;
-use letterme_protocol::net::client_prefix;
+use letterme_protocol::net::{Admission, Refused};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::reply;
 use crate::session::{Event, Reply, Session, SessionConfig, Transaction};
@@ -27,6 +27,12 @@ pub struct ConnLimits {
     pub command_timeout: Duration,
     /// RFC 5321 §4.5.3.2.6: 10 minutes between DATA blocks.
     pub data_timeout: Duration,
+    /// Longest a session may last, however busy.
+    pub session_timeout: Duration,
+    /// Slowest average rate of a message's DATA, bytes per second, after
+    /// `command_timeout` (Postfix's `smtpd_min_data_rate`): a message trickled slower is
+    /// cut off with `421 4.4.2`.
+    pub min_data_rate: u64,
 }
 
 impl Default for ConnLimits {
@@ -36,6 +42,8 @@ impl Default for ConnLimits {
             max_sessions_per_ip: 20,
             command_timeout: Duration::from_mins(5),
             data_timeout: Duration::from_mins(10),
+            session_timeout: Duration::from_hours(1),
+            min_data_rate: 1000,
         }
     }
 }
@@ -80,8 +88,7 @@ pub async fn serve<B: Backend>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let conn = smtp.config().conn.clone();
-    let sessions = Arc::new(Semaphore::new(conn.max_sessions));
-    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let admission = Admission::new(conn.max_sessions, conn.max_sessions_per_ip);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -95,39 +102,23 @@ pub async fn serve<B: Backend>(
             () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         };
         let smtp = smtp.clone();
-        let per_ip = per_ip.clone();
-        let Ok(permit) = sessions.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS));
-            continue;
-        };
-        let ip = client_prefix(peer.ip());
-        let admitted = per_ip.lock().is_ok_and(|mut m| {
-            let n = m.entry(ip).or_insert(0);
-            if *n >= conn.max_sessions_per_ip {
-                false
-            } else {
-                *n += 1;
-                true
+        let admitted = match admission.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(Refused::Full) => {
+                tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS));
+                continue;
             }
-        });
-        if !admitted {
-            tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS_FROM_YOU));
-            continue;
-        }
+            Err(Refused::Prefix) => {
+                tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS_FROM_YOU));
+                continue;
+            }
+        };
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             if let Err(e) = session(stream, peer, smtp.as_ref()).await {
                 tracing::debug!(%peer, error = %e, "smtp session ended");
             }
-            if let Ok(mut m) = per_ip.lock()
-                && let Some(n) = m.get_mut(&ip)
-            {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&ip);
-                }
-            }
-            drop(permit);
+            drop(admitted);
         });
     }
 }
@@ -152,7 +143,8 @@ async fn session<B: Backend>(stream: TcpStream, peer: SocketAddr, smtp: &B) -> s
     );
     let mut stream = stream;
     stream.write_all(&s.greeting().to_bytes()).await?;
-    match run(stream, s, smtp).await? {
+    let mut pace = Pace::new(&smtp.config().conn);
+    match run(stream, s, smtp, &mut pace).await? {
         Outcome::Closed => Ok(()),
         Outcome::StartTls(stream, next) => {
             s = *next;
@@ -166,9 +158,51 @@ async fn session<B: Backend>(stream: TcpStream, peer: SocketAddr, smtp: &B) -> s
                         std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
                     })??;
             s.tls_started();
-            match run(tls, s, smtp).await? {
+            match run(tls, s, smtp, &mut pace).await? {
                 Outcome::Closed | Outcome::StartTls(..) => Ok(()),
             }
+        }
+    }
+}
+
+/// The deadlines of one session: its whole length, each read, and a message's DATA at
+/// no less than the minimum rate.
+struct Pace {
+    limits: ConnLimits,
+    session_ends: Instant,
+    /// While in DATA: when it began and the bytes received since.
+    data: Option<(Instant, u64)>,
+}
+
+impl Pace {
+    fn new(limits: &ConnLimits) -> Self {
+        Self {
+            limits: limits.clone(),
+            session_ends: Instant::now() + limits.session_timeout,
+            data: None,
+        }
+    }
+
+    /// When the next read must have returned.
+    fn next_read_by(&mut self, in_data: bool) -> Instant {
+        let now = Instant::now();
+        let l = &self.limits;
+        let mut by = self.session_ends;
+        if in_data {
+            let (began, bytes) = *self.data.get_or_insert((now, 0));
+            let allowed = l.command_timeout
+                + Duration::from_secs_f64(bytes as f64 / l.min_data_rate.max(1) as f64);
+            by = by.min(began + allowed).min(now + l.data_timeout);
+        } else {
+            self.data = None;
+            by = by.min(now + l.command_timeout);
+        }
+        by
+    }
+
+    fn received(&mut self, n: usize) {
+        if let Some((_, bytes)) = &mut self.data {
+            *bytes += n as u64;
         }
     }
 }
@@ -178,18 +212,16 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin, B: Backend>(
     mut stream: S,
     mut s: Session,
     smtp: &B,
+    pace: &mut Pace,
 ) -> std::io::Result<Outcome<S>> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        let timeout = if s.in_data() {
-            smtp.config().conn.data_timeout
-        } else {
-            smtp.config().conn.command_timeout
-        };
-        let n = match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
+        let by = pace.next_read_by(s.in_data());
+        let n = match tokio::time::timeout_at(by, stream.read(&mut buf)).await {
             Err(_) => {
                 stream.write_all(&reply::TIMEOUT_CLOSING.to_bytes()).await?;
+                let _ = stream.shutdown().await;
                 return Ok(Outcome::Closed);
             }
             Ok(r) => r?,
@@ -197,6 +229,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin, B: Backend>(
         if n == 0 {
             return Ok(Outcome::Closed);
         }
+        pace.received(n);
         let mut events = s.feed(&buf[..n]);
         loop {
             let mut resumed = false;

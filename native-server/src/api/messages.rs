@@ -141,8 +141,7 @@ pub(super) async fn accept(
     ))
 }
 
-/// Longest long-poll wait, in seconds.
-pub const MAX_WAIT: u64 = 60;
+pub use letterme_protocol::api::MAX_WAIT;
 
 pub(super) async fn list(
     State(state): St,

@@ -302,7 +302,7 @@ async fn read_body(
         Err(_) => {
             return Err((
                 StatusCode::REQUEST_TIMEOUT,
-                ErrorCode::BadBody,
+                ErrorCode::Timeout,
                 format!(
                     "the body did not arrive within {} seconds",
                     deadline.as_secs()

@@ -438,6 +438,8 @@ impl Federation {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_mins(1))
             .pool_max_idle_per_host(32)
+            // Below the peer's idle limit (`limits.header_timeout`, 30 s by default).
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .map_err(|e| FederationError::Unreachable {
                 domain: records.domain.clone(),

@@ -102,6 +102,8 @@ error_codes! {
     ShuttingDown = "shutting_down",
     Stale = "stale",
     StaleEnvelope = "stale_envelope",
+    /// A request (or its body) took longer than the server allows.
+    Timeout = "timeout",
     TooLarge = "too_large",
     TooMany = "too_many",
     TooManyKeyChanges = "too_many_key_changes",

@@ -224,6 +224,9 @@ pub struct SendResponse {
     pub queued: Vec<String>,
 }
 
+/// Longest long-poll wait a server grants, in seconds (`ListQuery::wait`).
+pub const MAX_WAIT: u64 = 60;
+
 /// `GET /v1/messages?after=&limit=&wait=`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,8 +235,8 @@ pub struct ListQuery {
     pub after: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
-    /// Long poll: when nothing is pending, wait up to this many seconds for a delivery
-    /// before answering.
+    /// Long poll: when nothing is pending, wait up to this many seconds (at most
+    /// [`MAX_WAIT`]) for a delivery before answering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<u64>,
 }

@@ -13,8 +13,8 @@ use letterme_protocol::{Address, EncryptionKeypair, SigningKeypair};
 use letterme_server::Clock as _;
 use letterme_tests::world::{World, queue, sync_until, wait_queue_empty};
 use letterme_tests::{
-    FakeClock, PASSPHRASE, ServerProc, cli, contains, files_under, free_port, ok, sealed_text,
-    user_error,
+    FakeClock, PASSPHRASE, ServerProc, cli, closed_by_server, connect_from, contains, files_under,
+    free_port, ok, sealed_text, user_error,
 };
 use serde_json::Value;
 
@@ -589,6 +589,119 @@ fn another_domains_colliding_envelope_id_cannot_displace_the_real_message() {
 }
 
 /// A message from `from` (signed by `identity`) to `to`, sealed to a key nobody holds.
+/// Issue 15.3: connections that send nothing, half a header, a trickle of body, or sit
+/// idle after a request are closed within the configured times (2 s here), one prefix
+/// cannot take more than its share, and a client on another network is served meanwhile,
+/// on the API listener and on the federation listener alike.
+#[test]
+fn idle_and_half_sent_connections_are_closed_while_another_network_is_served() {
+    use tokio::io::AsyncWriteExt as _;
+    use tokio_rustls::TlsConnector;
+    const PER_PREFIX: usize = 6;
+    let w = World::new(vec![]);
+    let b = w.server(
+        "b.test",
+        &format!(
+            "limits.header_timeout = \"2s\"\nlimits.body_timeout = \"2s\"\n\
+             limits.connections_per_prefix = {PER_PREFIX}\n"
+        ),
+    );
+    // Started under a soft limit of 1024 open files, it raised it to the hard limit.
+    let (soft, hard) = b.open_files_limit();
+    assert_eq!(soft, hard);
+    let record =
+        letterme_protocol::discovery::MailxRecord::parse(&w.publish(&b, "b.test")).unwrap();
+    let fp = letterme_protocol::b64::decode_array(record.tls_fingerprint.as_deref().unwrap());
+    let tls = TlsConnector::from(std::sync::Arc::new(
+        letterme_server::federation::pin::client_config(fp).unwrap(),
+    ));
+    let name = || rustls::pki_types::ServerName::try_from("b.test").unwrap();
+    let api: std::net::SocketAddr = b.url.trim_start_matches("http://").parse().unwrap();
+    let fed: std::net::SocketAddr = b
+        .federation
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let within = Duration::from_secs(8);
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: b.test\r\n\r\n");
+    let post = "POST /v1/accounts HTTP/1.1\r\nHost: b.test\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\n\r\n{\"addr";
+    w.rt.block_on(async {
+        // The API: nothing sent; half a header; a body that stops; idle after an answer.
+        let mut hoard = Vec::new();
+        for what in ["nothing", "half a header", "a stalled body", "kept alive", "nothing", "kept alive"] {
+            let mut c = connect_from("127.0.0.1", api).await;
+            match what {
+                "half a header" => c.write_all(b"GET /healthz HTTP/1.1\r\nHost: b").await.unwrap(),
+                "a stalled body" => c.write_all(post.as_bytes()).await.unwrap(),
+                "kept alive" => c.write_all(get("/healthz").as_bytes()).await.unwrap(),
+                _ => {}
+            }
+            hoard.push((what, c));
+        }
+        assert_eq!(hoard.len(), PER_PREFIX);
+        // The prefix's share is taken: one more is closed at once, with nothing said.
+        let mut extra = connect_from("127.0.0.9", api).await;
+        extra.write_all(get("/healthz").as_bytes()).await.unwrap();
+        let said = closed_by_server(&mut extra, within, "a connection over the prefix's share").await;
+        assert!(said.is_empty(), "{}", String::from_utf8_lossy(&said));
+        // Another network is served meanwhile.
+        let mut other = connect_from("127.0.1.1", api).await;
+        other
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = closed_by_server(&mut other, within, "a finished request").await;
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+        for (what, mut c) in hoard {
+            let said = closed_by_server(&mut c, within, what).await;
+            let said = String::from_utf8_lossy(&said);
+            match what {
+                "kept alive" => assert!(said.starts_with("HTTP/1.1 200"), "{said}"),
+                "a stalled body" => assert!(said.starts_with("HTTP/1.1 4"), "{said}"),
+                _ => {}
+            }
+        }
+
+        // The federation listener: no TLS handshake; a handshake and nothing; half a header.
+        let mut plain = Vec::new();
+        let mut secured = Vec::new();
+        for n in 0..PER_PREFIX {
+            let c = connect_from("127.0.0.1", fed).await;
+            if n < 2 {
+                plain.push(c);
+                continue;
+            }
+            let mut t = tls.connect(name(), c).await.unwrap();
+            if n % 2 == 0 {
+                t.write_all(b"GET /.well-known/mailx-server HTTP/1.1\r\nHost: b.").await.unwrap();
+                t.flush().await.unwrap();
+            }
+            secured.push(t);
+        }
+        let mut extra = connect_from("127.0.0.9", fed).await;
+        closed_by_server(&mut extra, within, "a federation connection over the prefix's share").await;
+        let mut other = tls
+            .connect(name(), connect_from("127.0.1.1", fed).await)
+            .await
+            .unwrap();
+        other
+            .write_all(b"GET /.well-known/mailx-server HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = closed_by_server(&mut other, within, "a finished federation request").await;
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+        for mut c in plain {
+            closed_by_server(&mut c, within, "a connection without a TLS handshake").await;
+        }
+        for mut t in secured {
+            closed_by_server(&mut t, within, "a TLS connection without a whole request").await;
+        }
+    });
+}
+
 /// One request on a raw TLS connection to `server`'s federation listener, pinned to the
 /// key its record publishes: `head` (request line and fields, each ending CRLF) and the
 /// fields of `sig`, no body. Returns the status, the lower-cased fields and the body.

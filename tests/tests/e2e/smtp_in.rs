@@ -5,11 +5,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use letterme_tests::dkim::DkimKeys;
 use letterme_tests::dns::txt;
 use letterme_tests::world::World;
-use letterme_tests::{ServerProc, cli, contains, files_under, ok};
+use letterme_tests::{ServerProc, cli, closed_by_server, connect_from, contains, files_under, ok};
 use serde_json::Value;
 
 /// x.test resolving through the test DNS, with bob and carol, and the DKIM keys the
@@ -390,8 +391,7 @@ struct Raw {
 impl Raw {
     fn connect(addr: SocketAddr) -> Self {
         let s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_mins(1)))
-            .unwrap();
+        s.set_read_timeout(Some(Duration::from_mins(1))).unwrap();
         let mut raw = Self {
             r: std::io::BufReader::new(s.try_clone().unwrap()),
             w: s,
@@ -525,6 +525,83 @@ fn hostile_input_gets_the_right_reply_with_bounded_memory() {
     );
 }
 
+/// Issue 15.3: a session that says nothing after the greeting, one that trickles its
+/// message slower than `smtp.min_data_rate`, and one that stays busy with NOOPs past
+/// `smtp.session_timeout` are each closed with `421 4.4.2`; a client on another network
+/// is served meanwhile.
+#[test]
+fn idle_trickling_and_endless_smtp_sessions_are_closed_while_another_network_is_served() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let w = world_with(
+        "off",
+        false,
+        "smtp.command_timeout = \"2s\"\nsmtp.session_timeout = \"5s\"\nsmtp.min_data_rate = 1000\n",
+    );
+    let addr = w.server.smtp.unwrap();
+    let within = Duration::from_secs(10);
+    w.world.rt.block_on(async {
+        let idle = connect_from("127.0.0.1", addr).await;
+        let (mut slow_r, mut slow_w) = connect_from("127.0.0.1", addr).await.into_split();
+        let (mut busy_r, mut busy_w) = connect_from("127.0.0.1", addr).await.into_split();
+        slow_w
+            .write_all(b"EHLO c.test\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<bob@x.test>\r\nDATA\r\n")
+            .await
+            .unwrap();
+        // Ten bytes a second into DATA; a NOOP a second.
+        let slow = tokio::spawn(async move {
+            while slow_w.write_all(b"12345").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let busy = tokio::spawn(async move {
+            while busy_w.write_all(b"NOOP\r\n").await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        // Another network meanwhile.
+        let mut other = connect_from("127.0.1.1", addr).await;
+        other
+            .write_all(b"EHLO other.test\r\nQUIT\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        other.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with("220 ") && answer.contains("\r\n250") && answer.contains("\r\n221"),
+            "{answer}"
+        );
+        let mut idle = idle;
+        for (what, said) in [
+            (
+                "idle",
+                closed_by_server(&mut idle, within, "an idle session").await,
+            ),
+            (
+                "slow",
+                closed_by_server(&mut slow_r, within, "a trickled DATA").await,
+            ),
+            (
+                "busy",
+                closed_by_server(&mut busy_r, within, "a session of NOOPs").await,
+            ),
+        ] {
+            let said = String::from_utf8_lossy(&said);
+            assert!(
+                said.trim_end().ends_with("421 4.4.2 timeout; closing"),
+                "{what}: {said}"
+            );
+            if what == "slow" {
+                assert!(said.contains("\r\n354 "), "{said}");
+            }
+            if what == "busy" {
+                assert!(said.matches("250 ").count() >= 3, "{said}");
+            }
+        }
+        slow.abort();
+        busy.abort();
+    });
+}
+
 #[test]
 fn sessions_per_ip_and_allow_listed_forwarders() {
     // Loopback is a named forwarder here: its unaligned mail is accepted by config, not code.
@@ -546,16 +623,11 @@ fn sessions_per_ip_and_allow_listed_forwarders() {
     assert_eq!(code, 421, "{text}");
     // Counted per /24 (issue 15.3): another address of the same prefix is refused too,
     // one of another prefix is greeted.
-    let from = |src: [u8; 4]| {
-        let s = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let sock = tokio::net::TcpSocket::new_v4().unwrap();
-                sock.bind(std::net::SocketAddr::from((src, 0))).unwrap();
-                sock.connect(addr).await.unwrap()
-            })
+    let from = |src: &str| {
+        let s = w
+            .world
+            .rt
+            .block_on(connect_from(src, addr))
             .into_std()
             .unwrap();
         s.set_nonblocking(false).unwrap();
@@ -564,9 +636,9 @@ fn sessions_per_ip_and_allow_listed_forwarders() {
             w: s,
         }
     };
-    let (code, text) = from([127, 0, 0, 2]).reply();
+    let (code, text) = from("127.0.0.2").reply();
     assert_eq!(code, 421, "same /24: {text}");
-    let (code, text) = from([127, 0, 1, 1]).reply();
+    let (code, text) = from("127.0.1.1").reply();
     assert_eq!(code, 220, "another /24: {text}");
     drop((first, second));
     std::thread::sleep(std::time::Duration::from_millis(300));

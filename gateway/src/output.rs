@@ -384,6 +384,7 @@ pub fn queue(rows: &[FederationRow], smtp: &[SmtpRow], json: bool) {
                     "envelope": letterme_protocol::codec::hex(&r.envelope_id),
                     "sender": r.sender,
                     "recipients": r.recipients,
+                    "size": r.size,
                     "queued_at": r.queued_at,
                     "attempts": r.attempts,
                     "next_attempt": r.next_attempt,

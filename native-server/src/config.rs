@@ -181,6 +181,9 @@ impl Config {
                 letterme_protocol::federation::MAX_BATCH
             ));
         }
+        if f.batch_bytes.0 < 64 * 1024 || f.batch_bytes.0 > 64 * 1024 * 1024 {
+            return Err("federation.batch_bytes must be between 64KiB and 64MiB".into());
+        }
         if let Some(u) = &f.public_url
             && !u.starts_with("https://")
         {
@@ -210,8 +213,14 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        if l.max_message_size.0 < 1024 {
-            return Err("limits.max_message_size must be at least 1024 bytes".into());
+        // A batch of one such envelope must fit in the 64 MiB every peer accepts.
+        if l.max_message_size.0 < 1024 || l.max_message_size.0 > MAX_NATIVE_MESSAGE {
+            return Err(format!(
+                "limits.max_message_size must be between 1024 bytes and {MAX_NATIVE_MESSAGE} bytes"
+            ));
+        }
+        if l.max_domains_per_send == 0 || l.remote_per_minute == 0 || l.remote_burst == 0 {
+            return Err("limits.max_domains_per_send, remote_per_minute and remote_burst must be at least 1".into());
         }
         if l.connections == 0 || l.connections_per_prefix == 0 {
             return Err(
@@ -491,6 +500,18 @@ pub struct LimitsConfig {
     /// a log entry kept forever.
     #[serde(default = "default_key_changes")]
     pub key_changes_per_day: u32,
+    /// Destination domains one envelope may go to.
+    #[serde(default = "default_max_domains")]
+    pub max_domains_per_send: usize,
+    /// Bytes of one user's mail waiting for other domains (each envelope counted once).
+    #[serde(default = "default_queued_per_user")]
+    pub queued_per_user: ByteSize,
+    /// Deliveries to other domains one user may queue: per minute (one per envelope and
+    /// destination domain) and burst.
+    #[serde(default = "default_remote_per_minute")]
+    pub remote_per_minute: u32,
+    #[serde(default = "default_remote_burst")]
+    pub remote_burst: u32,
     /// Connections the API listener holds at once, and again the federation listener.
     #[serde(default = "default_connections")]
     pub connections: usize,
@@ -508,6 +529,22 @@ pub struct LimitsConfig {
     /// Longest a request may take from its header to its answer (long polls included).
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Interval,
+}
+
+fn default_max_domains() -> usize {
+    100
+}
+
+fn default_queued_per_user() -> ByteSize {
+    ByteSize(500 * 1000 * 1000)
+}
+
+fn default_remote_per_minute() -> u32 {
+    600
+}
+
+fn default_remote_burst() -> u32 {
+    1000
 }
 
 fn default_connections() -> usize {
@@ -538,6 +575,10 @@ impl Default for LimitsConfig {
             key_lookups_per_second: default_lookup_rate(),
             key_lookup_burst: default_lookup_burst(),
             key_changes_per_day: default_key_changes(),
+            max_domains_per_send: default_max_domains(),
+            queued_per_user: default_queued_per_user(),
+            remote_per_minute: default_remote_per_minute(),
+            remote_burst: default_remote_burst(),
             connections: default_connections(),
             connections_per_prefix: default_connections_per_prefix(),
             header_timeout: default_header_timeout(),
@@ -612,6 +653,14 @@ pub struct FederationConfig {
     /// Envelopes per delivery request at most.
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// Bytes per delivery request at most (a single larger envelope goes alone). Every
+    /// server accepts 64 MiB; a peer answering `413` gets smaller batches.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: ByteSize,
+}
+
+fn default_batch_bytes() -> ByteSize {
+    ByteSize(8 * 1024 * 1024)
 }
 
 impl Default for FederationConfig {
@@ -627,6 +676,7 @@ impl Default for FederationConfig {
             origin_rate: default_origin_rate(),
             origin_burst: default_origin_burst(),
             batch: default_batch(),
+            batch_bytes: default_batch_bytes(),
         }
     }
 }
@@ -661,6 +711,9 @@ fn default_retry_max() -> Interval {
 /// The longest `federation.give_up_after`: a receiving server refuses envelopes older than
 /// this and a day (`api::MAX_ENVELOPE_AGE`).
 pub const MAX_GIVE_UP: u64 = 7 * 86_400;
+/// Largest `limits.max_message_size`: an envelope alone, with its batch framing, stays
+/// within the 64 MiB every server accepts as a delivery body.
+pub const MAX_NATIVE_MESSAGE: u64 = 60_000_000;
 
 fn default_give_up() -> Interval {
     Interval(5 * 86_400)

@@ -130,6 +130,11 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, ErrorCode::KeyConflict, e.to_string())
             }
             StoreError::NoAccount(a) => Self::not_found(format!("no account {a}")),
+            e @ StoreError::QueueFull { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::QueueFull,
+                format!("{e}; send again once some of it has been delivered"),
+            ),
             StoreError::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::ShuttingDown,

@@ -195,6 +195,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             100_000,
         ),
         ip_limit: auth::RateLimiter::new(20, 200, 100_000),
+        remote_limit: auth::RateLimiter::with_rate(
+            f64::from(limits.remote_per_minute) / 60.0,
+            limits.remote_burst,
+            100_000,
+        ),
         domain_key: domain_key.clone(),
         store: store.clone(),
         auth: auth::Auth::default(),

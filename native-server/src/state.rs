@@ -27,6 +27,8 @@ pub struct AppState {
     pub lookup_limit: RateLimiter<Address>,
     /// Registration and login, per client prefix (`letterme_protocol::net::client_prefix`).
     pub ip_limit: RateLimiter<IpAddr>,
+    /// Deliveries to other domains queued, per user (`limits.remote_per_minute`).
+    pub remote_limit: RateLimiter<Address>,
     /// Set when `[federation] listen` is configured.
     pub federation: Option<Arc<Federation>>,
     /// Wakes the federation queue after mail for another domain is queued.

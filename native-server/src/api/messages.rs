@@ -99,6 +99,31 @@ pub(super) async fn accept(
         )
         .with_recipients(list));
     }
+    let limits = &state.config.limits;
+    if remote.len() > limits.max_domains_per_send {
+        return Err(ApiError::bad_request(
+            ErrorCode::TooManyDomains,
+            format!(
+                "the envelope goes to {} other domains; at most {} are allowed (limits.max_domains_per_send)",
+                remote.len(),
+                limits.max_domains_per_send
+            ),
+        ));
+    }
+    if !remote.is_empty()
+        && !state
+            .remote_limit
+            .allow_n(&session.address, remote.len() as u32, state.clock.now_f64())
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!(
+                "too much mail for other domains: {} deliveries a minute (one per envelope and domain); try again later",
+                limits.remote_per_minute
+            ),
+        ));
+    }
     let recipients: Vec<Address> = env.recipients.iter().map(|r| r.address.clone()).collect();
     let queued: Vec<String> = remote.values().flatten().cloned().collect();
     let size = body.len() as u64;
@@ -122,6 +147,7 @@ pub(super) async fn accept(
                 quota: state.config.limits.quota.0,
             },
             outbound,
+            limits.queued_per_user.0,
         )
         .await?;
     if has_remote {

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Body;
@@ -25,17 +24,12 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::{MAX_CLOCK_SKEW, MAX_ENVELOPE_AGE};
-use crate::federation::budget::{BodyBudget, Reservation, max_batch_bytes};
+use crate::federation::budget::{BodyBudget, Reservation, body_deadline, max_batch_bytes};
 use crate::federation::{Federation, NonceCheck, RemoteKeys, witness};
 use crate::state::AppState;
 use crate::store::StoreError;
 
 type St = State<Arc<AppState>>;
-
-/// A peer's body must arrive within this long plus a second per [`MIN_BODY_RATE`] bytes.
-pub const BODY_GRACE: Duration = Duration::from_secs(30);
-/// The slowest rate, in bytes per second, at which a peer may send a body.
-pub const MIN_BODY_RATE: u64 = 256 * 1024;
 
 pub fn router(state: Arc<AppState>) -> Router {
     let budget = BodyBudget::for_message_size(state.config.limits.max_message_size.0);
@@ -233,7 +227,7 @@ struct Received {
 }
 
 /// Reads the body of an authenticated request: at most `max` bytes, into a reservation
-/// from `budget`, no slower than [`MIN_BODY_RATE`] after [`BODY_GRACE`], through the
+/// from `budget`, within [`body_deadline`], through the
 /// digest the request signed. The error is the status, code and message to answer with.
 async fn read_body(
     budget: &Arc<BodyBudget>,
@@ -266,7 +260,7 @@ async fn read_body(
     let mut held = budget
         .reserve(&sig.origin, declared.unwrap_or(0))
         .ok_or_else(busy)?;
-    let deadline = BODY_GRACE + Duration::from_secs(declared.unwrap_or(max) / MIN_BODY_RATE);
+    let deadline = body_deadline(declared.unwrap_or(max));
     let mut bytes = Vec::with_capacity(usize::try_from(declared.unwrap_or(0)).unwrap_or(0));
     let mut hash = Sha256::new();
     let mut body = body;
@@ -353,7 +347,9 @@ async fn transaction(
         );
     };
     let max_env = usize::try_from(state.config.limits.max_message_size.0).unwrap_or(usize::MAX);
-    let items = match decode_batch_items(body, max_env) {
+    // An envelope over this server's limit is refused alone, in the report, not the
+    // whole batch (issue 15.4): the sender tells its user about that one.
+    let items = match decode_batch_items(body, body.len()) {
         Ok(i) => i,
         Err(e) => {
             return error(
@@ -382,6 +378,17 @@ async fn transaction(
     let mut incoming = Vec::new();
     let mut rejected = BTreeMap::new();
     for (i, (recipients, bytes)) in items.iter().enumerate() {
+        if bytes.len() > max_env {
+            rejected.insert(
+                i.to_string(),
+                format!(
+                    "the message is {} bytes, more than {} accepts ({max_env} bytes)",
+                    bytes.len(),
+                    fed.domain
+                ),
+            );
+            continue;
+        }
         match check_envelope(
             &fed.domain,
             &sig.origin,

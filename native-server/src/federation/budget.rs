@@ -5,6 +5,17 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// A body must arrive within this long plus a second per [`MIN_BODY_RATE`] bytes.
+pub const BODY_GRACE: Duration = Duration::from_secs(30);
+/// The slowest rate, in bytes per second, at which a peer may send a body.
+pub const MIN_BODY_RATE: u64 = 256 * 1024;
+
+/// How long a body of `bytes` may take, receiving or sending.
+pub fn body_deadline(bytes: u64) -> Duration {
+    BODY_GRACE + Duration::from_secs(bytes / MIN_BODY_RATE)
+}
 
 /// The largest delivery body accepted: four envelopes of the largest size, at least
 /// 64 MiB. One origin may have this much in flight; all origins together twice it.

@@ -525,15 +525,15 @@ impl Federation {
             .checkpoint(&self.domain, self.clock.now(), &self.key)
             .await;
         req = req.header(witness::CHECKPOINT_HEADER, witness::to_header(&cp));
-        let resp = req
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| FederationError::Unreachable {
+        // As long as the peer gives the body, and the answer a minute after.
+        let timeout = budget::body_deadline(body.len() as u64) + Duration::from_mins(1);
+        let resp = req.timeout(timeout).body(body).send().await.map_err(|e| {
+            FederationError::Unreachable {
                 domain: domain.clone(),
                 endpoint: peer.records.endpoint.clone(),
                 reason: describe(&e),
-            })?;
+            }
+        })?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = read_limited(resp, MAX_RESPONSE).await.map_err(|reason| {

@@ -19,11 +19,16 @@ use tokio::task::JoinSet;
 use super::{Federation, FederationError};
 use crate::clock::Clock;
 use crate::notice::Failure;
-use crate::store::{Claimed, FederationRow, NewDelivery, RowOutcome, Store, StoreError};
+use crate::store::{
+    BatchLimit, Claimed, FederationRow, NewDelivery, RowOutcome, Store, StoreError,
+};
 use crate::worker::{self, Due, jitter, retry_delay};
 
 /// Batches in flight to one destination at most.
 pub const PER_DESTINATION: usize = 4;
+/// Batches in flight in all: with `federation.batch_bytes` (at most 64 MiB, and a single
+/// envelope at most `limits.max_message_size`) this bounds the bytes the worker holds.
+pub const IN_FLIGHT: usize = 16;
 
 /// The worker; one per server.
 pub struct FederationQueue {
@@ -33,6 +38,8 @@ pub struct FederationQueue {
     wake: Arc<Notify>,
     busy: Mutex<HashSet<[u8; 16]>>,
     flying: Mutex<HashMap<String, usize>>,
+    /// Destinations that answered `413` to a batch: the smaller byte bound they get now.
+    shrunk: Mutex<HashMap<String, u64>>,
     /// See [`Due::claiming`].
     claiming: tokio::sync::Mutex<()>,
 }
@@ -57,6 +64,7 @@ impl FederationQueue {
             wake,
             busy: Mutex::default(),
             flying: Mutex::default(),
+            shrunk: Mutex::default(),
             claiming: tokio::sync::Mutex::default(),
         }
     }
@@ -99,10 +107,13 @@ impl Due for FederationQueue {
                 continue;
             }
             loop {
-                let flying = self.flying.lock().map_or(PER_DESTINATION, |m| {
-                    m.get(&destination).copied().unwrap_or(0)
-                });
-                if flying >= PER_DESTINATION {
+                let (flying, all) = self
+                    .flying
+                    .lock()
+                    .map_or((PER_DESTINATION, IN_FLIGHT), |m| {
+                        (m.get(&destination).copied().unwrap_or(0), m.values().sum())
+                    });
+                if flying >= PER_DESTINATION || all >= IN_FLIGHT {
                     break;
                 }
                 let busy: Vec<[u8; 16]> = self
@@ -112,7 +123,12 @@ impl Due for FederationQueue {
                     .unwrap_or_default();
                 let Some(claimed) = self
                     .store
-                    .claim_federation(destination.clone(), now, self.fed.config.batch, busy)
+                    .claim_federation(
+                        destination.clone(),
+                        now,
+                        self.batch_limit(&destination),
+                        busy,
+                    )
                     .await?
                 else {
                     break;
@@ -137,6 +153,9 @@ impl Due for FederationQueue {
                         && let Some(n) = m.get_mut(&dest)
                     {
                         *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            m.remove(&dest);
+                        }
                     }
                     1
                 });
@@ -147,6 +166,20 @@ impl Due for FederationQueue {
 }
 
 impl FederationQueue {
+    /// How the next batch for `destination` is cut.
+    fn batch_limit(&self, destination: &str) -> BatchLimit {
+        let cfg = &self.fed.config;
+        let shrunk = self
+            .shrunk
+            .lock()
+            .ok()
+            .and_then(|m| m.get(destination).copied());
+        BatchLimit {
+            rows: cfg.batch,
+            bytes: shrunk.map_or(cfg.batch_bytes.0, |s| s.min(cfg.batch_bytes.0)),
+        }
+    }
+
     /// Sends one batch and records the outcome.
     async fn attempt(&self, claimed: Claimed) -> Result<(), StoreError> {
         let Claimed {
@@ -156,6 +189,25 @@ impl FederationQueue {
         } = claimed;
         let result = self.send(&destination, txid, &rows).await;
         let now = self.clock.now();
+        if rows.len() > 1
+            && let Err(FederationError::Refused { status: 413, .. }) = &result
+        {
+            // Too large for this peer: the same envelopes go again at once in batches of
+            // half the bytes, down to one envelope, which is then refused alone.
+            let bytes: u64 = rows.iter().map(|r| r.size).sum();
+            if let Ok(mut m) = self.shrunk.lock() {
+                if m.len() >= 10_000 {
+                    m.clear();
+                }
+                m.insert(destination.clone(), (bytes / 2).max(1));
+            }
+            tracing::info!(%destination, envelopes = rows.len(), bytes, "batch too large for the peer; splitting");
+            let outcomes = rows.iter().map(|r| (r.id, RowOutcome::Release)).collect();
+            return self
+                .store
+                .finish_federation(outcomes, Vec::new(), true)
+                .await;
+        }
         let cfg = &self.fed.config;
         let mut outcomes = Vec::new();
         let mut failures = Vec::new();

@@ -1,6 +1,8 @@
-//! Federation's tables (migrations/0002, 0006): the federation queue (`federation_queue`),
-//! received transactions (`received_transactions`, `federated_seen`). Each operation is one group-commit write, so what the API acknowledges and
-//! what a peer is told is on disk first.
+//! Federation's tables (migrations/0002, 0006, 0008): the federation queue
+//! (`federation_queue`, one row per envelope and destination, the bytes once in
+//! `federation_envelopes`), received transactions (`received_transactions`,
+//! `federated_seen`). Each operation is one group-commit write, so what the API
+//! acknowledges and what a peer is told is on disk first.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -25,6 +27,10 @@ pub struct FederationRow {
     pub envelope_id: [u8; 16],
     pub sender: String,
     pub recipients: Vec<String>,
+    /// The envelope's row in `federation_envelopes`, and its size.
+    pub body: i64,
+    pub size: u64,
+    /// Read only for a claimed batch ([`Store::claim_federation`]); empty otherwise.
     pub envelope: Vec<u8>,
     pub queued_at: u64,
     pub attempts: u32,
@@ -45,6 +51,9 @@ pub struct Claimed {
 pub enum RowOutcome {
     /// Delivered, or failed for good (a notice is delivered alongside): remove.
     Done,
+    /// Not tried (the batch was too large for the peer): due again at once in a new
+    /// transaction, attempts unchanged.
+    Release,
     /// Try again at `next_attempt` for these recipients, in a new transaction.
     Retry {
         recipients: Vec<String>,
@@ -64,8 +73,9 @@ pub struct Incoming {
     pub recipients: Vec<String>,
 }
 
-const ROW_COLUMNS: &str = "id, destination, envelope_id, sender, recipients, envelope, queued_at, \
-                           attempts, next_attempt, last_error";
+const ROW_COLUMNS: &str = "q.id, q.destination, q.envelope_id, q.sender, q.recipients, q.body, e.size, \
+                           q.queued_at, q.attempts, q.next_attempt, q.last_error \
+                           FROM federation_queue q JOIN federation_envelopes e ON e.id = q.body";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FederationRow> {
     Ok(FederationRow {
@@ -74,27 +84,59 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FederationRow> {
         envelope_id: r.get(2)?,
         sender: r.get(3)?,
         recipients: split_lines(&r.get::<_, String>(4)?),
-        envelope: r.get(5)?,
-        queued_at: r.get::<_, i64>(6)? as u64,
-        attempts: r.get(7)?,
-        next_attempt: r.get::<_, i64>(8)? as u64,
-        last_error: r.get(9)?,
+        body: r.get(5)?,
+        size: r.get::<_, i64>(6)? as u64,
+        envelope: Vec::new(),
+        queued_at: r.get::<_, i64>(7)? as u64,
+        attempts: r.get(8)?,
+        next_attempt: r.get::<_, i64>(9)? as u64,
+        last_error: r.get(10)?,
     })
 }
 
+/// How a claimed batch is cut: at most `rows` envelopes and, beyond the first, `bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimit {
+    pub rows: usize,
+    pub bytes: u64,
+}
+
 impl Store {
-    /// Accepts a user's envelope: delivers to local recipients and queues one row per
-    /// remote domain, in one transaction.
+    /// Accepts a user's envelope: delivers to local recipients and queues it for the
+    /// remote domains — its bytes once, a row per domain — in one transaction, unless the
+    /// sender's queued bytes would pass `queued_limit`.
     pub async fn accept_outgoing(
         &self,
         local: NewDelivery,
         remote: Vec<NewFederationRow>,
+        queued_limit: u64,
     ) -> Result<(), StoreError> {
         let rcpts = local.recipients.clone();
         self.write(move |c| {
             deliver_in(c, &local)?;
+            if remote.is_empty() {
+                return Ok(());
+            }
+            let size = local.envelope.len() as u64;
+            let queued: i64 = c
+                .prepare_cached(
+                    "SELECT coalesce(sum(size), 0) FROM federation_envelopes WHERE sender = ?1",
+                )?
+                .query_row([&local.sender], |r| r.get(0))?;
+            if (queued as u64).saturating_add(size) > queued_limit {
+                return Err(StoreError::QueueFull {
+                    sender: local.sender.clone(),
+                    queued: queued as u64,
+                    limit: queued_limit,
+                });
+            }
+            c.prepare_cached(
+                "INSERT INTO federation_envelopes (sender, size, envelope) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![local.sender, size as i64, local.envelope])?;
+            let body = c.last_insert_rowid();
             let mut ins = c.prepare_cached(
-                "INSERT INTO federation_queue (destination, envelope_id, sender, recipients, envelope, queued_at, next_attempt)
+                "INSERT INTO federation_queue (destination, envelope_id, sender, recipients, body, queued_at, next_attempt)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
             )?;
             for r in &remote {
@@ -103,7 +145,7 @@ impl Store {
                     local.id.as_slice(),
                     local.sender,
                     r.recipients.join("\n"),
-                    local.envelope,
+                    body,
                     local.received as i64,
                 ])?;
             }
@@ -114,13 +156,14 @@ impl Store {
         Ok(())
     }
 
-    /// Claims up to `max` due rows for `destination` not in `busy`: a batch that was sent
-    /// before and must be resent as it was (same transaction id), or else a new batch.
+    /// Claims due rows for `destination` not in `busy`: a batch that was sent before and
+    /// must be resent as it was (same transaction id), or else a new batch within `limit`.
+    /// Only the claimed rows' envelopes are read.
     pub async fn claim_federation(
         &self,
         destination: String,
         now: u64,
-        max: usize,
+        limit: BatchLimit,
         busy: Vec<[u8; 16]>,
     ) -> Result<Option<Claimed>, StoreError> {
         self.write(move |c| {
@@ -133,29 +176,39 @@ impl Store {
                 .query_map(params![destination, now as i64], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             if let Some(txid) = pending.into_iter().find(|t| !busy.contains(t)) {
-                let rows = c
+                let mut rows = c
                     .prepare_cached(&format!(
-                        "SELECT {ROW_COLUMNS} FROM federation_queue WHERE txid = ?1 ORDER BY id"
+                        "SELECT {ROW_COLUMNS} WHERE q.txid = ?1 ORDER BY q.id"
                     ))?
                     .query_map([txid.as_slice()], row)?
                     .collect::<Result<Vec<_>, _>>()?;
+                read_envelopes(c, &mut rows)?;
                 return Ok(Some(Claimed {
                     destination,
                     txid,
                     rows,
                 }));
             }
-            let rows = c
-                .prepare_cached(&format!(
-                    "SELECT {ROW_COLUMNS} FROM federation_queue
-                      WHERE destination = ?1 AND next_attempt <= ?2 AND txid IS NULL
-                      ORDER BY id LIMIT ?3"
-                ))?
-                .query_map(params![destination, now as i64, max as i64], row)?
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut rows = Vec::new();
+            let mut bytes = 0u64;
+            let mut due = c.prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS}
+                  WHERE q.destination = ?1 AND q.next_attempt <= ?2 AND q.txid IS NULL
+                  ORDER BY q.id LIMIT ?3"
+            ))?;
+            for r in due.query_map(params![destination, now as i64, limit.rows as i64], row)? {
+                let r = r?;
+                if !rows.is_empty() && bytes + r.size > limit.bytes {
+                    break;
+                }
+                bytes += r.size;
+                rows.push(r);
+            }
+            drop(due);
             if rows.is_empty() {
                 return Ok(None);
             }
+            read_envelopes(c, &mut rows)?;
             let txid: [u8; 16] = letterme_protocol::keys::random_bytes();
             let mut set =
                 c.prepare_cached("UPDATE federation_queue SET txid = ?2 WHERE id = ?1")?;
@@ -185,6 +238,10 @@ impl Store {
                 match outcome {
                     RowOutcome::Done => {
                         c.prepare_cached("DELETE FROM federation_queue WHERE id = ?1")?
+                            .execute([id])?;
+                    }
+                    RowOutcome::Release => {
+                        c.prepare_cached("UPDATE federation_queue SET txid = NULL WHERE id = ?1")?
                             .execute([id])?;
                     }
                     RowOutcome::Retry {
@@ -232,14 +289,14 @@ impl Store {
         .await
     }
 
-    /// The whole queue (for `letterme queue` and tests).
+    /// The whole queue without the envelopes (for `letterme queue` and tests).
     pub async fn federation_rows(&self) -> Result<Vec<FederationRow>, StoreError> {
         self.read(|c| {
-            Ok(c.prepare_cached(&format!(
-                "SELECT {ROW_COLUMNS} FROM federation_queue ORDER BY id"
-            ))?
-            .query_map([], row)?
-            .collect::<Result<_, _>>()?)
+            Ok(
+                c.prepare_cached(&format!("SELECT {ROW_COLUMNS} ORDER BY q.id"))?
+                    .query_map([], row)?
+                    .collect::<Result<_, _>>()?,
+            )
         })
         .await
     }
@@ -323,6 +380,15 @@ impl Store {
         })
         .await
     }
+}
+
+/// Reads the envelopes of claimed rows.
+fn read_envelopes(c: &Connection, rows: &mut [FederationRow]) -> Result<(), StoreError> {
+    let mut get = c.prepare_cached("SELECT envelope FROM federation_envelopes WHERE id = ?1")?;
+    for r in rows {
+        r.envelope = get.query_row([r.body], |x| x.get(0))?;
+    }
+    Ok(())
 }
 
 /// Delivers one envelope to one local recipient, or says why not.

@@ -28,7 +28,7 @@ use rusqlite_migration::{M, Migrations};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use accounts::AccountRow;
-pub use federation::{Claimed, FederationRow, Incoming, NewFederationRow, RowOutcome};
+pub use federation::{BatchLimit, Claimed, FederationRow, Incoming, NewFederationRow, RowOutcome};
 pub use kt::ForkRow;
 pub use mailbox::{NewDelivery, Pending, PurgeStats};
 pub use smtp::{NewSmtp, SmtpKind, SmtpOutcome, SmtpRow};
@@ -66,6 +66,12 @@ pub enum StoreError {
     KeyConflict(String),
     #[error("no account {0}")]
     NoAccount(String),
+    #[error("{sender} has {queued} bytes waiting for other domains; the limit is {limit}")]
+    QueueFull {
+        sender: String,
+        queued: u64,
+        limit: u64,
+    },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -86,6 +92,9 @@ fn migrations() -> Migrations<'static> {
         )),
         M::up(include_str!(
             "../../../migrations/0007_federated_identity.sql"
+        )),
+        M::up(include_str!(
+            "../../../migrations/0008_federation_envelopes.sql"
         )),
     ])
 }

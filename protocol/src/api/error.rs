@@ -93,6 +93,8 @@ error_codes! {
     OutboundDisabled = "outbound_disabled",
     PeerFailed = "peer_failed",
     QuotaExceeded = "quota_exceeded",
+    /// The sender's mail waiting for other domains is over `limits.queued_per_user`.
+    QueueFull = "queue_full",
     RateLimited = "rate_limited",
     Replay = "replay",
     /// Federation: the request's nonce was already used.
@@ -106,6 +108,8 @@ error_codes! {
     Timeout = "timeout",
     TooLarge = "too_large",
     TooMany = "too_many",
+    /// An envelope for more destination domains than `limits.max_domains_per_send`.
+    TooManyDomains = "too_many_domains",
     TooManyKeyChanges = "too_many_key_changes",
     TooManyRecipients = "too_many_recipients",
     TooManyVersions = "too_many_versions",

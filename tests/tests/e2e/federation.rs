@@ -783,7 +783,10 @@ fn envelope_from(identity: &SigningKeypair, from: &str, to: &str, subject: &str)
 #[test]
 fn forged_replayed_misdirected_and_wrong_key_requests_are_refused_and_blocks_hold() {
     let w = World::new(vec![]);
-    let b = w.server("b.test", "federation.blocked = [\"spammer@evil.test\"]\n");
+    let b = w.server(
+        "b.test",
+        "federation.blocked = [\"spammer@evil.test\"]\nlimits.max_message_size = \"1MB\"\n",
+    );
     let b_record =
         letterme_protocol::discovery::MailxRecord::parse(&w.publish(&b, "b.test")).unwrap();
     let bob = w.user(&b, "bob@b.test");
@@ -957,6 +960,33 @@ fn forged_replayed_misdirected_and_wrong_key_requests_are_refused_and_blocks_hol
         (413, Some("bad_body"))
     );
 
+    // An envelope over b.test's limit is refused alone; the other one of its batch is
+    // delivered (issue 15.4).
+    let small = envelope_from(&mallory, "mallory@evil.test", "bob@b.test", "small");
+    let mut big_payload = envelope_from(&mallory, "mallory@evil.test", "bob@b.test", "big");
+    big_payload.resize(1_000_001, 0);
+    let rcpts = vec!["bob@b.test".to_owned()];
+    let body = encode_batch_items([
+        (rcpts.as_slice(), big_payload.as_slice()),
+        (rcpts.as_slice(), small.as_slice()),
+    ]);
+    let (status, report) = put(
+        Some(&sign(&evil, "b.test", &tx(9), &body, now)),
+        &tx(9),
+        body,
+    );
+    assert_eq!(status, 200, "{report}");
+    assert!(
+        report["rejected"]["0"]
+            .as_str()
+            .unwrap()
+            .contains("more than b.test accepts"),
+        "{report}"
+    );
+    let small_id =
+        letterme_protocol::codec::hex(&letterme_protocol::Envelope::decode(&small).unwrap().id.0);
+    assert_eq!(report["results"][&small_id]["bob@b.test"], "accepted");
+
     // Recipient check, the administrator's block list, and the user's own.
     let send = |n: u8, from: &str, to: &str, subject: &str| -> Value {
         let env = envelope_from(&mallory, from, to, subject);
@@ -1007,6 +1037,94 @@ fn forged_replayed_misdirected_and_wrong_key_requests_are_refused_and_blocks_hol
         "{report}"
     );
     assert_eq!(report["results"], serde_json::json!({}));
+}
+
+/// Issue 15.4: an envelope for fifty domains is stored once, not fifty times; the domains
+/// per send, a user's queued bytes and the rate of deliveries to other domains are capped.
+#[test]
+fn a_send_to_fifty_domains_is_stored_once_and_the_queue_caps_hold() {
+    const MB: usize = 1_000_000;
+    let w = World::new(vec![]);
+    let a = w.server(
+        "a.test",
+        "limits.max_domains_per_send = 50\nlimits.queued_per_user = \"3MB\"\n\
+         limits.remote_burst = 120\nlimits.remote_per_minute = 1\n",
+    );
+    let alice = w.user(&a, "alice@a.test");
+    // Fifty letter.me domains whose server does not answer: their rows stay queued.
+    let down = letterme_protocol::discovery::MailxRecord {
+        domain_key: SigningKeypair::generate().public(),
+        endpoint: "https://127.0.0.1:9".into(),
+        tls_fingerprint: None,
+    };
+    for n in 0..51 {
+        w.rt.block_on(
+            w.dns
+                .set_txt_ttl(&format!("_mailx.d{n}.test"), &down.to_txt(), 300),
+        );
+    }
+    let online = w.rt.block_on(letterme_tests::world::online(&alice));
+    let send = |domains: std::ops::Range<usize>, size: usize| -> Result<(), (u16, String)> {
+        let to: Vec<Address> = domains
+            .map(|n| Address::parse(&format!("u{n}@d{n}.test")).unwrap())
+            .collect();
+        let now = letterme_client::now();
+        let payload = letterme_protocol::Payload {
+            from: Address::parse("alice@a.test").unwrap(),
+            to: to.clone(),
+            cc: vec![],
+            bcc: vec![],
+            subject: "to many".into(),
+            body: "z".repeat(size),
+            headers: vec![],
+            date: now,
+            message_id: format!(
+                "<{}@a.test>",
+                letterme_protocol::codec::hex(&letterme_protocol::keys::random_bytes::<8>())
+            ),
+            in_reply_to: None,
+            references: vec![],
+            legacy: None,
+        };
+        let keys: Vec<_> = to
+            .iter()
+            .map(|t| (t.clone(), EncryptionKeypair::generate().public()))
+            .collect();
+        let env = letterme_protocol::envelope::seal(
+            letterme_protocol::envelope::SignerKind::User,
+            &online.me.keys.identity,
+            &payload,
+            &keys,
+            now,
+        )
+        .unwrap();
+        w.rt.block_on(online.api.send(env.encode()))
+            .map(|_| ())
+            .map_err(|e| match e {
+                letterme_client::ClientError::Api { status, code, .. } => {
+                    (status, code.as_str().to_owned())
+                }
+                other => panic!("{other}"),
+            })
+    };
+    let data_size = || -> usize { files_under(&a.data_dir).iter().map(|(_, b)| b.len()).sum() };
+
+    assert_eq!(send(0..51, 1000), Err((400, "too_many_domains".into())));
+    let before = data_size();
+    send(0..50, MB).unwrap();
+    let grown = data_size() - before;
+    // One copy is about 1 MB (the WAL may hold it twice until a checkpoint); fifty would
+    // be 50 MB.
+    assert!(grown < 4 * MB, "the data directory grew by {grown} bytes");
+    let rows = queue(&a);
+    assert_eq!(rows.len(), 50, "{rows:?}");
+    assert!(rows.iter().all(|r| r["size"].as_u64().unwrap() > MB as u64));
+    // Queued bytes count each envelope once: 2 MB of 3 MB, then no room for 1.5 MB more.
+    send(0..50, MB).unwrap();
+    assert_eq!(send(0..1, 3 * MB / 2), Err((422, "queue_full".into())));
+    // 101 of the 120 deliveries to other domains are used; 30 more are too many.
+    assert_eq!(send(0..30, 1000), Err((429, "rate_limited".into())));
+    assert_eq!(queue(&a).len(), 100);
 }
 
 /// Issue 15.2: an upload that is not signed by a key its origin publishes is refused on

@@ -1,0 +1,27 @@
+-- Issue 15.4: an envelope for several domains is stored once. `federation_queue` keeps one
+-- row per (envelope, destination) with the recipients still to deliver there; the bytes
+-- move to `federation_envelopes`, which a trigger empties when the last row for an
+-- envelope goes. `size` and `sender` let the API cap a user's queued bytes and the worker
+-- cut batches by bytes without reading any envelope.
+CREATE TABLE federation_envelopes (
+    id        INTEGER PRIMARY KEY,
+    sender    TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    envelope  BLOB NOT NULL
+) STRICT;
+CREATE INDEX federation_envelopes_sender ON federation_envelopes (sender);
+
+INSERT INTO federation_envelopes (id, sender, size, envelope)
+    SELECT min(id), sender, length(envelope), envelope FROM federation_queue GROUP BY envelope_id;
+ALTER TABLE federation_queue ADD COLUMN body INTEGER REFERENCES federation_envelopes (id);
+UPDATE federation_queue SET body = (
+    SELECT min(q.id) FROM federation_queue q WHERE q.envelope_id = federation_queue.envelope_id
+);
+ALTER TABLE federation_queue DROP COLUMN envelope;
+CREATE INDEX federation_queue_body ON federation_queue (body);
+
+CREATE TRIGGER federation_envelope_done AFTER DELETE ON federation_queue
+    WHEN NOT EXISTS (SELECT 1 FROM federation_queue WHERE body = OLD.body)
+BEGIN
+    DELETE FROM federation_envelopes WHERE id = OLD.body;
+END;

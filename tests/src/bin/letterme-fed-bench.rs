@@ -52,7 +52,8 @@ fn main() {
             domain,
             &format!(
                 "dns.nameservers = [\"{}\"]\nfederation.listen = \"127.0.0.1:{}\"\n\
-                 limits.quota = \"10GB\"",
+                 limits.quota = \"10GB\"\nlimits.queued_per_user = \"10GB\"\n\
+                 limits.remote_per_minute = 100000000\nlimits.remote_burst = 100000000",
                 dns.addr,
                 free_port()
             ),

@@ -20,6 +20,10 @@ UPDATE federation_queue SET body = (
 ALTER TABLE federation_queue DROP COLUMN envelope;
 CREATE INDEX federation_queue_body ON federation_queue (body);
 
+-- Issue 15.8: the witness keeps at most `MAX_WITNESSED` domains, forgetting the one seen
+-- longest ago first.
+CREATE INDEX kt_witness_by_time ON kt_witness (seen_at);
+
 CREATE TRIGGER federation_envelope_done AFTER DELETE ON federation_queue
     WHEN NOT EXISTS (SELECT 1 FROM federation_queue WHERE body = OLD.body)
 BEGIN

@@ -18,6 +18,7 @@ use std::time::Duration;
 use letterme_protocol::discovery::{DiscoveryError, MailxRecord, ServerDocument};
 use letterme_protocol::federation::{RequestSignature, ResponseSignature, SignatureError};
 use letterme_protocol::{Address, IdentityPublicKey, SigningKeypair, b64};
+use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
@@ -25,6 +26,10 @@ use crate::config::FederationConfig;
 use crate::dns::{DnsError, TxtResolver};
 use crate::egress::Egress;
 use crate::kt::KtState;
+
+fn cap(n: usize) -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN)
+}
 
 /// Longest a discovery answer is cached, whatever its TTL says.
 pub const MAX_CACHE: u64 = 7 * 86_400;
@@ -42,6 +47,14 @@ pub const MAX_NONCES_PER_ORIGIN: usize = MAX_NONCES / 20;
 pub use crate::notice::NOTICE_SENDER;
 /// A peer whose key verification failed is looked up again after this long at the soonest.
 const REFRESH_AFTER: u64 = 30;
+/// A failed `_mailx` lookup is answered from memory for this long (seconds), so requests
+/// naming a domain without a record do not each cost a DNS query.
+pub const NEGATIVE_TTL: u64 = 5;
+/// Domains whose records (and, apart, whose failed lookups) are kept at most; the least
+/// recently used goes first. Any domain can name itself the origin of a request.
+pub const MAX_CACHED_DOMAINS: usize = 10_000;
+/// Verified peers (each with its HTTPS client and connection pool) kept at most.
+pub const MAX_PEERS: usize = 1_000;
 
 /// Why talking to a peer failed. Everything here is temporary for the queue except what a
 /// peer answered about a recipient (that is a `DeliveryStatus`).
@@ -182,8 +195,10 @@ pub struct Federation {
     pub config: FederationConfig,
     resolver: Arc<dyn TxtResolver>,
     statics: BTreeMap<String, StaticPeer>,
-    records: Mutex<HashMap<String, Arc<PeerRecords>>>,
-    peers: Mutex<HashMap<String, Peer>>,
+    records: Mutex<LruCache<String, Arc<PeerRecords>>>,
+    /// Failed lookups, until when they stand.
+    failures: Mutex<LruCache<String, (u64, FederationError)>>,
+    peers: Mutex<LruCache<String, Peer>>,
     nonces: Mutex<Nonces>,
     pub origin_limit: crate::auth::RateLimiter<String>,
     pub clock: Arc<dyn Clock>,
@@ -255,8 +270,9 @@ impl Federation {
             config,
             resolver,
             statics,
-            records: Mutex::default(),
-            peers: Mutex::default(),
+            records: Mutex::new(LruCache::new(cap(MAX_CACHED_DOMAINS))),
+            failures: Mutex::new(LruCache::new(cap(MAX_CACHED_DOMAINS))),
+            peers: Mutex::new(LruCache::new(cap(MAX_PEERS))),
             nonces: Mutex::default(),
             origin_limit,
             clock,
@@ -307,12 +323,47 @@ impl Federation {
             .records
             .lock()
             .ok()
-            .and_then(|m| m.get(&domain).cloned())
+            .and_then(|mut m| m.get(&domain).cloned())
             && now < r.expires
             && !(refresh && now >= r.fetched + REFRESH_AFTER)
         {
             return Ok(r);
         }
+        if let Some((until, e)) = self
+            .failures
+            .lock()
+            .ok()
+            .and_then(|mut m| m.get(&domain).cloned())
+            && now < until
+        {
+            return Err(e);
+        }
+        let found = self.read_records(&domain, now).await;
+        match &found {
+            Ok(peer) => {
+                if let Ok(mut m) = self.records.lock() {
+                    m.put(domain.clone(), peer.clone());
+                }
+                if let Ok(mut m) = self.failures.lock() {
+                    m.pop(&domain);
+                }
+            }
+            Err(e) => {
+                if let Ok(mut m) = self.failures.lock() {
+                    m.put(domain, (now + NEGATIVE_TTL, e.clone()));
+                }
+            }
+        }
+        found
+    }
+
+    /// Reads `domain`'s `_mailx` records (or its static entry).
+    async fn read_records(
+        &self,
+        domain: &str,
+        now: u64,
+    ) -> Result<Arc<PeerRecords>, FederationError> {
+        let domain = domain.to_owned();
         let (mut records, ttl) = if let Some(StaticPeer::Record(r)) = self.statics.get(&domain) {
             (vec![r.clone()], 86_400)
         } else {
@@ -356,22 +407,15 @@ impl Federation {
                 ),
             });
         }
-        let peer = Arc::new(PeerRecords {
+        Ok(Arc::new(PeerRecords {
             keys: records.iter().map(|r| r.domain_key).collect(),
             endpoint: first.endpoint.clone(),
             fingerprint: first.tls_fingerprint.clone(),
             records,
             expires: now + ttl.clamp(1, MAX_CACHE),
             fetched: now,
-            domain: domain.clone(),
-        });
-        if let Ok(mut m) = self.records.lock() {
-            if m.len() > 10_000 {
-                m.retain(|_, r| r.expires > now);
-            }
-            m.insert(domain, peer.clone());
-        }
-        Ok(peer)
+            domain,
+        }))
     }
 
     /// The published keys of `origin`, looked up again (at most every 30 s) when `key` is
@@ -396,7 +440,7 @@ impl Federation {
             .peers
             .lock()
             .ok()
-            .and_then(|m| m.get(&records.domain).cloned())
+            .and_then(|mut m| m.get(&records.domain).cloned())
             && Arc::ptr_eq(&p.records, &records)
         {
             return Ok(p);
@@ -479,7 +523,7 @@ impl Federation {
             http,
         };
         if let Ok(mut m) = self.peers.lock() {
-            m.insert(records.domain.clone(), peer.clone());
+            m.put(records.domain.clone(), peer.clone());
         }
         Ok(peer)
     }
@@ -487,7 +531,7 @@ impl Federation {
     /// Drops what is cached about `domain` (after a failure that may mean it changed).
     pub fn forget(&self, domain: &str) {
         if let Ok(mut m) = self.peers.lock() {
-            m.remove(domain);
+            m.pop(domain);
         }
     }
 
@@ -664,7 +708,116 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
     use super::*;
+
+    /// A zone in memory that counts the questions it is asked.
+    #[derive(Debug, Default)]
+    struct Zone {
+        asked: AtomicUsize,
+        txt: Mutex<HashMap<String, String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl TxtResolver for Zone {
+        async fn txt(&self, name: &str) -> Result<crate::dns::TxtAnswer, DnsError> {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            match self.txt.lock().unwrap().get(name) {
+                Some(v) => Ok(crate::dns::TxtAnswer {
+                    records: vec![v.clone()],
+                    ttl: Duration::from_hours(1),
+                }),
+                None => Err(DnsError::NotFound(name.to_owned())),
+            }
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct Tick(AtomicU64);
+
+    impl Clock for Tick {
+        fn now(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+        fn now_f64(&self) -> f64 {
+            self.now() as f64
+        }
+    }
+
+    async fn federation(zone: Arc<Zone>, clock: Arc<Tick>) -> (Federation, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("t.db")).unwrap();
+        let kt = Arc::new(
+            KtState::load(&store, letterme_protocol::kt::VrfKey::generate())
+                .await
+                .unwrap(),
+        );
+        let mail_dns = crate::dns::HickoryMailDns::new(
+            &["127.0.0.1:9".parse().unwrap()],
+            Duration::from_millis(10),
+            0,
+        )
+        .unwrap();
+        let fed = Federation::new(
+            "me.test",
+            SigningKeypair::generate(),
+            "https://127.0.0.1:9".into(),
+            None,
+            FederationConfig::default(),
+            zone,
+            clock,
+            kt,
+            Egress::new(Arc::new(mail_dns), false),
+        )
+        .unwrap();
+        (fed, dir)
+    }
+
+    /// Issue 15.8: requests naming domains without a record cost one DNS question per
+    /// domain and `NEGATIVE_TTL`, and however many domains there are, the cache of their
+    /// records keeps the most recent `MAX_CACHED_DOMAINS`.
+    #[tokio::test]
+    async fn failed_lookups_are_remembered_briefly_and_the_domain_cache_is_bounded() {
+        let zone = Arc::new(Zone::default());
+        let clock = Arc::new(Tick(AtomicU64::new(1_000)));
+        let (fed, _dir) = federation(zone.clone(), clock.clone()).await;
+        let asked = || zone.asked.load(Ordering::Relaxed);
+        for _ in 0..100 {
+            assert!(matches!(
+                fed.records("nx.test").await,
+                Err(FederationError::Dns(DnsError::NotFound(_)))
+            ));
+        }
+        assert_eq!(asked(), 1);
+        clock.0.fetch_add(NEGATIVE_TTL, Ordering::Relaxed);
+        assert!(fed.records("nx.test").await.is_err());
+        assert_eq!(asked(), 2);
+
+        let record = MailxRecord {
+            domain_key: SigningKeypair::generate().public(),
+            endpoint: "https://127.0.0.1:9".into(),
+            tls_fingerprint: None,
+        }
+        .to_txt();
+        {
+            let mut txt = zone.txt.lock().unwrap();
+            for n in 0..MAX_CACHED_DOMAINS + 10 {
+                txt.insert(format!("_mailx.d{n}.test"), record.clone());
+            }
+        }
+        for n in 0..MAX_CACHED_DOMAINS + 10 {
+            fed.records(&format!("d{n}.test")).await.unwrap();
+        }
+        assert_eq!(fed.records.lock().unwrap().len(), MAX_CACHED_DOMAINS);
+        let before = asked();
+        fed.records(&format!("d{}.test", MAX_CACHED_DOMAINS + 9))
+            .await
+            .unwrap();
+        assert_eq!(asked(), before, "the newest domain is still cached");
+        fed.records("d0.test").await.unwrap();
+        assert_eq!(asked(), before + 1, "the oldest one was let go");
+    }
 
     /// One domain signing requests as fast as it likes fills its own quota, not the table:
     /// another origin is still served, and a replay is still caught.

@@ -20,6 +20,12 @@ pub struct ForkRow {
 
 /// Forks kept per domain.
 pub const MAX_FORKS: i64 = 16;
+/// Forks recorded in all: any domain can sign a fork of its own log, and domains are
+/// cheap.
+pub const MAX_FORKS_IN_ALL: i64 = 10_000;
+/// Other domains whose newest checkpoint is held as a witness; beyond, the one seen
+/// longest ago is forgotten (it is witnessed afresh when it comes back).
+pub const MAX_WITNESSED: i64 = 50_000;
 
 impl Store {
     /// Every entry under `label`, oldest first, at most `limit` (the newest ones):
@@ -69,6 +75,16 @@ impl Store {
                  ON CONFLICT (domain) DO UPDATE SET checkpoint = ?2, seen_at = ?3",
             )?
             .execute(params![domain, checkpoint, now as i64])?;
+            let held: i64 = c
+                .prepare_cached("SELECT count(*) FROM kt_witness")?
+                .query_row([], |r| r.get(0))?;
+            if held > MAX_WITNESSED {
+                c.prepare_cached(
+                    "DELETE FROM kt_witness WHERE domain IN (
+                         SELECT domain FROM kt_witness ORDER BY seen_at LIMIT ?1)",
+                )?
+                .execute([held - MAX_WITNESSED])?;
+            }
             Ok(())
         })
         .await
@@ -82,7 +98,10 @@ impl Store {
             let held: i64 = c
                 .prepare_cached("SELECT count(*) FROM kt_forks WHERE domain = ?1")?
                 .query_row([&fork.domain], |r| r.get(0))?;
-            if held >= MAX_FORKS {
+            let all: i64 = c
+                .prepare_cached("SELECT count(*) FROM kt_forks")?
+                .query_row([], |r| r.get(0))?;
+            if held >= MAX_FORKS || all >= MAX_FORKS_IN_ALL {
                 return Ok(false);
             }
             c.prepare_cached(

@@ -2,6 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use rusqlite::params;
+
+use super::kt::{MAX_FORKS_IN_ALL, MAX_WITNESSED};
 use super::*;
 
 fn account(addr: &str) -> AccountRow {
@@ -275,4 +278,47 @@ async fn forks_recorded_per_domain_are_capped() {
     }
     assert!(store.add_fork(fork("other.test", 1)).await.unwrap());
     assert_eq!(store.forks("evil.test".into()).await.unwrap().len(), 16);
+}
+
+/// Issue 15.8: a witness holds at most `MAX_WITNESSED` domains (forgetting the one seen
+/// longest ago) and at most `MAX_FORKS_IN_ALL` forks, however many domains sign.
+#[tokio::test]
+async fn witness_rows_and_forks_are_bounded_in_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    store
+        .write(|c| {
+            let mut w = c.prepare(
+                "INSERT INTO kt_witness (domain, checkpoint, seen_at) VALUES (?1, '{}', ?2)",
+            )?;
+            for n in 0..MAX_WITNESSED {
+                w.execute(params![format!("d{n}.test"), 100 + n])?;
+            }
+            let mut f = c.prepare(
+                "INSERT INTO kt_forks (domain, held, other, source, reason, detected_at)
+                 VALUES (?1, '', '', '', '', 0)",
+            )?;
+            for n in 0..MAX_FORKS_IN_ALL {
+                f.execute([format!("f{n}.test")])?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    store
+        .set_witnessed("new.test".into(), "{}".into(), 1_000_000)
+        .await
+        .unwrap();
+    assert!(store.witnessed("new.test".into()).await.unwrap().is_some());
+    assert!(store.witnessed("d0.test".into()).await.unwrap().is_none());
+    assert!(store.witnessed("d1.test".into()).await.unwrap().is_some());
+    let fork = ForkRow {
+        domain: "another.test".into(),
+        held: String::new(),
+        other: String::new(),
+        source: String::new(),
+        reason: String::new(),
+        detected_at: 1,
+    };
+    assert!(!store.add_fork(fork).await.unwrap());
 }

@@ -157,11 +157,11 @@ async fn load_secret(
     };
     if let Some((public, sealed, kdf)) = store.server_key(name).await.map_err(store_err)? {
         let kek = Kek::for_existing(&kdf, &key_file)?;
-        return Ok((public, kek.open(&sealed)?));
+        return Ok((public.clone(), kek.open(&sealed, &public)?));
     }
     let (public, secret) = generate()?;
     let kek = Kek::for_new_key(&key_file)?;
-    let sealed = kek.seal(&secret);
+    let sealed = kek.seal(&secret, &public);
     store
         .put_server_key(name, public.clone(), sealed, kek.kdf.clone(), now)
         .await
@@ -240,7 +240,7 @@ pub async fn domain_key_next(config: &Config, now: u64) -> Result<IdentityPublic
         .put_server_key(
             "domain-next",
             key.public().0.to_vec(),
-            kek.seal(&*key.secret_bytes()),
+            kek.seal(&*key.secret_bytes(), &key.public().0),
             kdf,
             now,
         )
@@ -272,7 +272,7 @@ pub async fn domain_key_activate(
                 .into(),
         ));
     };
-    let seed = Kek::for_existing(&kdf, &config.key_file())?.open(&sealed)?;
+    let seed = Kek::for_existing(&kdf, &config.key_file())?.open(&sealed, &public)?;
     let key = keypair_from_seed(&public, &seed)?;
     let signer = key.clone();
     let n = store

@@ -18,7 +18,11 @@ use zeroize::Zeroizing;
 
 /// Env var that, when set, derives the KEK from a passphrase instead of the key file.
 pub const PASSPHRASE_ENV: &str = "LETTERME_SERVER_PASSPHRASE";
-const AAD: &[u8] = b"letterme/v1/domain-key-at-rest\0";
+/// Associated data of a sealed server key: this context and the key's public part, so a
+/// sealed secret opens only in the row it was sealed for (issue 15.9).
+const AAD: &[u8] = b"letterme/v2/server-key-at-rest\0";
+/// What keys sealed before the binding carry; opened, never written.
+const LEGACY_AAD: &[u8] = b"letterme/v1/domain-key-at-rest\0";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -84,16 +88,31 @@ impl Kek {
         })
     }
 
-    pub fn seal(&self, secret: &[u8]) -> Vec<u8> {
-        seal(&self.key, AAD, secret)
+    /// Seals the secret of the key whose public part is `public`.
+    pub fn seal(&self, secret: &[u8], public: &[u8]) -> Vec<u8> {
+        seal(&self.key, &bound(AAD, &[public]), secret)
     }
 
-    pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+    /// Opens what [`Kek::seal`] sealed for `public` (or, from before the binding, for
+    /// any key).
+    pub fn open(&self, sealed: &[u8], public: &[u8]) -> Result<Zeroizing<Vec<u8>>, SecretError> {
         if sealed.len() < 24 + 16 {
             return Err(SecretError::Malformed);
         }
-        open(&self.key, AAD, sealed).ok_or(SecretError::WrongKey)
+        open(&self.key, &bound(AAD, &[public]), sealed)
+            .or_else(|| open(&self.key, LEGACY_AAD, sealed))
+            .ok_or(SecretError::WrongKey)
     }
+}
+
+/// Associated data: `context`, then each part with its length in front.
+pub fn bound(context: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut aad = context.to_vec();
+    for p in parts {
+        aad.extend_from_slice(&(p.len() as u64).to_be_bytes());
+        aad.extend_from_slice(p);
+    }
+    aad
 }
 
 /// XChaCha20-Poly1305 under `key` with a random nonce: `nonce || ciphertext`.
@@ -188,10 +207,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("master.key");
         let kek = Kek::for_new_key(&path).unwrap();
-        let sealed = kek.seal(b"secret seed");
+        let sealed = kek.seal(b"secret seed", b"public A");
         assert!(!sealed.windows(11).any(|w| w == b"secret seed"));
         let again = Kek::for_existing("keyfile", &path).unwrap();
-        assert_eq!(&again.open(&sealed).unwrap()[..], b"secret seed");
+        assert_eq!(
+            &again.open(&sealed, b"public A").unwrap()[..],
+            b"secret seed"
+        );
+        // Moved into another key's row, it does not open (issue 15.9).
+        assert!(matches!(
+            again.open(&sealed, b"public B"),
+            Err(SecretError::WrongKey)
+        ));
+        // Sealed before the binding: still opens.
+        let legacy = seal(&kek.key, LEGACY_AAD, b"old seed");
+        assert_eq!(&again.open(&legacy, b"any").unwrap()[..], b"old seed");
         assert!(matches!(
             Kek::for_existing("keyfile", &dir.path().join("missing.key")),
             Err(SecretError::KeyFile { .. })
@@ -201,6 +231,9 @@ mod tests {
             "a missing key file is not replaced"
         );
         let other = Kek::for_new_key(&dir.path().join("other.key")).unwrap();
-        assert!(matches!(other.open(&sealed), Err(SecretError::WrongKey)));
+        assert!(matches!(
+            other.open(&sealed, b"public A"),
+            Err(SecretError::WrongKey)
+        ));
     }
 }

@@ -211,7 +211,7 @@ impl SmtpOut {
                     .sealed
                     .as_deref()
                     .ok_or("the queued message is missing")?;
-                self.keys_open(sealed)?
+                self.keys_open(row, sealed)?
             }
             SmtpKind::Notice => zeroize::Zeroizing::new(
                 compose::legacy_notice(
@@ -232,9 +232,13 @@ impl SmtpOut {
         self.signer.sign(&raw).map_err(|e| e.to_string())
     }
 
-    fn keys_open(&self, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    fn keys_open(
+        &self,
+        row: &SmtpRow,
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
         self.queue
-            .open(sealed)
+            .open(sealed, &row.sender, row.queued_at, row.size)
             .ok_or_else(|| "the queued copy does not decrypt with this server's queue key".into())
     }
 

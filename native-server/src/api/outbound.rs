@@ -91,6 +91,8 @@ async fn accept(
             list.push(a.to_string());
         }
     }
+    // The queue row's time, which its sealed copy is bound to.
+    let now = state.clock.now();
     let (kind, sealed, size) = match (cfg.mode, &req.message) {
         (OutboundMode::Relay, Some(m)) => {
             let raw = b64::decode(m).map_err(|_| {
@@ -107,7 +109,7 @@ async fn accept(
             check_from(&raw, sender)?;
             check_lines(&raw)?;
             let size = raw.len() as u64;
-            let sealed = out.queue_key.seal(&raw);
+            let sealed = out.queue_key.seal(&raw, &sender.to_string(), now);
             drop(zeroize::Zeroizing::new(raw));
             (SmtpKind::Relay, Some(sealed), size)
         }
@@ -131,12 +133,12 @@ async fn accept(
         (OutboundMode::Off, _) => unreachable!("no outbound state when the mode is off"),
     };
     let n = req.recipients.len() as u32;
-    let now = state.clock.now_f64();
-    if !out.user_limit.allow_n(&sender.to_string(), n, now) {
+    let now_f64 = state.clock.now_f64();
+    if !out.user_limit.allow_n(&sender.to_string(), n, now_f64) {
         return Err(ApiError::rate_limited().with_limit(ErrorLimit::Bucket(LimitBucket::User)));
     }
     for (domain, list) in &destinations {
-        if !out.domain_limit.allow_n(domain, list.len() as u32, now) {
+        if !out.domain_limit.allow_n(domain, list.len() as u32, now_f64) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimited,
@@ -155,7 +157,7 @@ async fn accept(
             sealed,
             size,
             destinations: destinations.into_iter().collect(),
-            now: state.clock.now(),
+            now,
             daily_cap: cfg.daily_cap,
         })
         .await?;

@@ -22,6 +22,8 @@ pub const SELECTOR_RSA: &str = "rsa1";
 /// Bits of the RSA DKIM key.
 pub const RSA_BITS: usize = 2048;
 
+const QUEUE_ROW_AAD: &[u8] = b"letterme/v2/outbound-queue\0";
+/// What rows queued before the binding carry; opened, never written.
 const QUEUE_AAD: &[u8] = b"letterme/v1/outbound-queue\0";
 
 /// The keys outbound mail is signed and queued with.
@@ -56,13 +58,35 @@ impl QueueKey {
         Self(Zeroizing::new(key))
     }
 
-    /// XChaCha20-Poly1305 under a random nonce: `nonce || ciphertext`.
-    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
-        crate::secrets::seal(&self.0, QUEUE_AAD, plain)
+    /// XChaCha20-Poly1305 under a random nonce: `nonce || ciphertext`, bound to the
+    /// queue row's sender, time and size, so it opens in no other row (issue 15.9).
+    pub fn seal(&self, plain: &[u8], sender: &str, queued_at: u64) -> Vec<u8> {
+        let aad = Self::row(sender, queued_at, plain.len() as u64);
+        crate::secrets::seal(&self.0, &aad, plain)
     }
 
-    pub fn open(&self, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-        crate::secrets::open(&self.0, QUEUE_AAD, sealed)
+    /// Opens what [`QueueKey::seal`] sealed for this row (or, queued before the binding,
+    /// for any).
+    pub fn open(
+        &self,
+        sealed: &[u8],
+        sender: &str,
+        queued_at: u64,
+        size: u64,
+    ) -> Option<Zeroizing<Vec<u8>>> {
+        crate::secrets::open(&self.0, &Self::row(sender, queued_at, size), sealed)
+            .or_else(|| crate::secrets::open(&self.0, QUEUE_AAD, sealed))
+    }
+
+    fn row(sender: &str, queued_at: u64, size: u64) -> Vec<u8> {
+        crate::secrets::bound(
+            QUEUE_ROW_AAD,
+            &[
+                sender.as_bytes(),
+                &queued_at.to_be_bytes(),
+                &size.to_be_bytes(),
+            ],
+        )
     }
 }
 
@@ -138,15 +162,21 @@ mod tests {
     #[test]
     fn queue_key_round_trips_and_detects_tampering() {
         let k = QueueKey::new(random_bytes());
-        let sealed = k.seal(b"Subject: secret\r\n\r\nbody");
+        let msg = b"Subject: secret\r\n\r\nbody";
+        let n = msg.len() as u64;
+        let sealed = k.seal(msg, "a@x.test", 100);
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
-        assert_eq!(
-            k.open(&sealed).unwrap().as_slice(),
-            b"Subject: secret\r\n\r\nbody"
-        );
+        assert_eq!(k.open(&sealed, "a@x.test", 100, n).unwrap().as_slice(), msg);
         let mut bad = sealed.clone();
         *bad.last_mut().unwrap() ^= 1;
-        assert!(k.open(&bad).is_none());
-        assert!(QueueKey::new(random_bytes()).open(&sealed).is_none());
+        assert!(k.open(&bad, "a@x.test", 100, n).is_none());
+        assert!(
+            QueueKey::new(random_bytes())
+                .open(&sealed, "a@x.test", 100, n)
+                .is_none()
+        );
+        // Copied into another sender's row, or another message's, it does not open.
+        assert!(k.open(&sealed, "b@x.test", 100, n).is_none());
+        assert!(k.open(&sealed, "a@x.test", 101, n).is_none());
     }
 }

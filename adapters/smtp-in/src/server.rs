@@ -15,7 +15,7 @@ use letterme_smtp::session::{Reply, Session, Transaction};
 use mail_auth::MessageAuthenticator;
 
 use crate::deliver::{DeliverError, Inbound, seal_and_store};
-use crate::verify::verify;
+use crate::verify::{header_defect, verify};
 
 /// Everything a session needs.
 pub struct SmtpIn {
@@ -64,6 +64,11 @@ async fn check_recipient(smtp: &SmtpIn, rcpt: &Address) -> Result<(), Reply> {
 
 async fn accept_message(smtp: &SmtpIn, s: &Session, tx: Transaction) -> Reply {
     let ip = s.peer;
+    if let Some(why) = header_defect(&tx.data) {
+        smtp.metrics.smtp("rejected");
+        tracing::info!(%ip, mail_from = %tx.mail_from, reason = why, "smtp message refused");
+        return Reply::new(550, "5.6.0", format!("message refused: {why}"));
+    }
     let verified = verify(
         &smtp.authenticator,
         &smtp.smtp.session.hostname,

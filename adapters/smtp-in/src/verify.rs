@@ -175,6 +175,80 @@ fn header_value(h: &str) -> String {
         .to_owned()
 }
 
+/// Why a message's header section cannot be trusted to mean one thing, if it cannot
+/// (issue 15.9): a NUL in it; not exactly one From field with exactly one address; an
+/// address that is not a plain `local@domain` (no control characters, a valid domain);
+/// or mail-auth (which checks DKIM and DMARC) and mail-parser (which finds the author
+/// and the Subject the user sees) reading the section differently — other fields, another
+/// end, other From addresses. DMARC is only as good as the From it judged being the From
+/// the reader sees.
+pub fn header_defect(raw: &[u8]) -> Option<&'static str> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    if raw[..end].contains(&0) {
+        return Some("the header section contains a NUL byte");
+    }
+    let Some(parsed) = mail_parser::MessageParser::default().parse_headers(raw) else {
+        return Some("the message has no header section");
+    };
+    let mut froms = parsed
+        .headers()
+        .iter()
+        .filter(|h| h.name == mail_parser::HeaderName::From);
+    let (Some(from), None) = (froms.next(), froms.next()) else {
+        return Some("the message must have exactly one From field");
+    };
+    let address = from.value().as_address().and_then(|list| {
+        let mut all = list.iter();
+        match (all.next(), all.next()) {
+            (Some(one), None) => one.address(),
+            _ => None,
+        }
+    });
+    let Some(address) = address else {
+        return Some("the From field must hold exactly one address");
+    };
+    let plain = address.rsplit_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty() && !address.chars().any(char::is_control) && plain_domain(domain)
+    });
+    if !plain {
+        return Some("the From address is not a valid address");
+    }
+    let Some(auth) = AuthenticatedMessage::parse(raw) else {
+        return Some("the header section does not parse");
+    };
+    let same_from = matches!(auth.from.as_slice(), [f] if f.eq_ignore_ascii_case(address));
+    // Where each says the last field ends (mail-auth's fields are slices of `raw`).
+    let auth_end = auth
+        .headers
+        .last()
+        .map(|(_, v)| v.as_ptr() as usize - raw.as_ptr() as usize + v.len());
+    let parser_end = parsed.headers().last().map(|h| h.offset_end as usize);
+    if !same_from || auth.headers.len() != parsed.headers().len() || auth_end != parser_end {
+        return Some("the header section reads differently to different parsers");
+    }
+    None
+}
+
+/// A domain of LDH labels, where a label may also hold non-ASCII characters (a U-label,
+/// RFC 6531 mail), at most 63 bytes each and 253 in all.
+fn plain_domain(domain: &str) -> bool {
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    !domain.is_empty()
+        && domain.len() <= 253
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+        })
+}
+
 /// The domain of the message's single From address (RFC 5322 §3.6.2 requires one From
 /// field; DMARC needs exactly one author domain, RFC 7489 §6.6.1).
 fn single_from_domain(raw: &[u8]) -> Option<String> {
@@ -262,5 +336,47 @@ mod tests {
             None
         );
         assert_eq!(single_from_domain(b"Subject: x\r\n\r\nx"), None);
+    }
+
+    /// Issue 15.9: a header section that could mean two things to two readers is refused;
+    /// ordinary ones, folded, encoded and with display names, are not.
+    #[test]
+    fn ambiguous_or_malformed_header_sections_are_refused() {
+        for good in [
+            &b"From: a@s.test\r\nSubject: hi\r\n\r\nbody\r\n"[..],
+            b"From: =?utf-8?q?J=C3=B6rg?= <Joerg@Sender.TEST>\r\nTo: b@x.test\r\n\r\nx",
+            "From: J\u{f6}rg <j\u{f6}rg@b\u{fc}cher.test>\r\n\r\nx".as_bytes(),
+            b"Received: from a\r\n\tby b; Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom:\r\n \"Last, First\" <f@s.test>\r\nSubject: folded\r\n  subject\r\n\r\nbody",
+            b"DKIM-Signature: v=1; a=rsa-sha256; d=s.test; s=x;\r\n\th=from; bh=abc=; b=def=\r\nFrom: a@s.test\r\n\r\n",
+        ] {
+            assert_eq!(header_defect(good), None, "{}", String::from_utf8_lossy(good));
+        }
+        for (bad, why) in [
+            (&b"From: a@s.test\r\nSubject: h\0i\r\n\r\nx"[..], "NUL"),
+            (b"From: a@good.test\0@evil.test\r\n\r\nx", "NUL"),
+            (b"Subject: no author\r\n\r\nx", "exactly one From field"),
+            (
+                b"From: a@s.test\r\nFrom: b@evil.test\r\n\r\nx",
+                "exactly one From field",
+            ),
+            (
+                b"From: a@s.test, b@evil.test\r\n\r\nx",
+                "exactly one address",
+            ),
+            (b"From: Undisclosed:;\r\n\r\nx", "exactly one address"),
+            (b"From: a@evil_test!\r\n\r\nx", "not a valid address"),
+            // A line that is no field: one parser skips it, the other ends the section.
+            (
+                b"From: a@s.test\r\nX bad line\r\nSubject: hi\r\n\r\nx",
+                "reads differently",
+            ),
+        ] {
+            let found = header_defect(bad);
+            assert!(
+                found.is_some_and(|f| f.contains(why)),
+                "{}: {found:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

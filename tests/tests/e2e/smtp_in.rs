@@ -269,6 +269,34 @@ fn strict_mode_rejects_unauthenticated_mail_and_stores_nothing() {
             true,
             "5.7.26",
         ),
+        // Issue 15.9: the signed and aligned From DMARC judges is not the one a reader
+        // sees; refused before any check, whatever the signatures say.
+        (
+            "a second From field",
+            "alice@dkimonly.test",
+            {
+                let mut m = w
+                    .dkimonly_keys
+                    .sign(&message("alice@dkimonly.test", "s", "b"));
+                m.splice(0..0, b"From: ceo@bank.test\r\n".iter().copied());
+                m
+            },
+            false,
+            "5.6.0",
+        ),
+        (
+            "a line that is no field hides the rest of the header",
+            "alice@dkimonly.test",
+            {
+                let mut m = w
+                    .dkimonly_keys
+                    .sign(&message("alice@dkimonly.test", "s", "b"));
+                m.splice(0..0, b"X-Hide this\r\n".iter().copied());
+                m
+            },
+            false,
+            "5.6.0",
+        ),
     ];
     for (name, mail_from, raw, utf8, enhanced) in cases {
         let r = send(&w, mail_from, &["bob@x.test"], &raw, utf8);
@@ -303,7 +331,7 @@ fn strict_mode_rejects_unauthenticated_mail_and_stores_nothing() {
         })
         .unwrap();
     assert!(
-        metrics.contains("letterme_smtp_messages_total{result=\"rejected\"} 6"),
+        metrics.contains("letterme_smtp_messages_total{result=\"rejected\"} 8"),
         "{metrics}"
     );
     assert!(
@@ -458,8 +486,9 @@ fn hostile_input_gets_the_right_reply_with_bounded_memory() {
     for _ in 0..3 {
         c.reply();
     }
-    let body = "x".repeat(200_000 - 2);
-    c.send(format!("{body}\r\n.\r\n").as_bytes());
+    let header = "From: a@s.test\r\n\r\n";
+    let body = "x".repeat(200_000 - 2 - header.len());
+    c.send(format!("{header}{body}\r\n.\r\n").as_bytes());
     assert_eq!(c.reply().0, 250, "exactly at the limit is accepted");
 
     // 10,000 pipelined commands: answered until the junk limit, then 421 and close.

@@ -57,6 +57,27 @@ pub async fn failure_notices(
 
 /// Longest reason a notice repeats, in characters.
 pub const MAX_REASON: usize = 300;
+/// Longest part of a reason that another server wrote, in characters.
+pub const MAX_REMOTE: usize = 160;
+
+/// A failure reason whose explanation is this server's (`ours`: fixed text for the kind
+/// of failure) and which repeats what the other server said only as a quotation, cut at
+/// [`MAX_REMOTE`] characters on one line with its quotes escaped, so a peer or MX cannot
+/// pass its words off as the server's.
+pub fn remote_said(ours: &str, said: &str) -> String {
+    let mut quoted: String = said
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_REMOTE)
+        .collect::<String>()
+        .trim()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    if said.chars().count() > MAX_REMOTE {
+        quoted.push('…');
+    }
+    format!("{ours}; the other server said: \"{quoted}\"")
+}
 
 /// A failure reason as a notice shows it: it may carry what a peer or a remote MTA
 /// answered, so control characters (line breaks included) become spaces and it is cut
@@ -134,6 +155,22 @@ pub fn failure_notice(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What another server said is quoted after this server's words, never mixed in.
+    #[test]
+    fn a_remote_answer_is_quoted_and_cut() {
+        let r = remote_said(
+            "b.test refused the message",
+            "ok\" -- Your mail was delivered after all. \"\n",
+        );
+        assert_eq!(
+            r,
+            "b.test refused the message; the other server said: \"ok\\\" -- Your mail was delivered after all. \\\"\""
+        );
+        let long = remote_said("x", &"y".repeat(1000));
+        assert_eq!(long.matches('y').count(), MAX_REMOTE);
+        assert!(long.ends_with("…\""), "{long}");
+    }
 
     /// A remote answer cannot fill a notice or forge lines in it.
     #[test]

@@ -181,11 +181,18 @@ async fn transactions(
     out
 }
 
+/// What the receiving MTA answered, for the queue and a notice: its words only quoted
+/// after ours (`notice::remote_said`).
 fn classify(e: &lettre::transport::smtp::Error) -> RcptResult {
+    let ours = match e.status() {
+        Some(code) => format!("the receiving server answered {code}"),
+        None => "the SMTP exchange failed".to_owned(),
+    };
+    let why = letterme_server::notice::remote_said(&ours, &e.to_string());
     if e.is_permanent() {
-        RcptResult::Permanent(e.to_string())
+        RcptResult::Permanent(why)
     } else {
-        RcptResult::Temporary(e.to_string())
+        RcptResult::Temporary(why)
     }
 }
 

@@ -100,6 +100,23 @@ pub enum FederationError {
 impl FederationError {
     /// What went wrong, in words that hold nothing the peer or its DNS said: for answers
     /// to users, while the whole error goes to the log (D62).
+    /// The reason a failure notice gives: this server's words, with what the peer said
+    /// only quoted (`notice::remote_said`).
+    pub fn notice_text(&self) -> String {
+        match self {
+            Self::Refused {
+                domain,
+                status,
+                code,
+                message,
+            } => crate::notice::remote_said(
+                &format!("{domain} refused the delivery ({status} {code})"),
+                message,
+            ),
+            other => other.to_string(),
+        }
+    }
+
     pub fn summary(&self) -> &'static str {
         match self {
             Self::Dns(_) => "could not be looked up in DNS",

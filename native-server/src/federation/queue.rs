@@ -230,7 +230,10 @@ impl FederationQueue {
                             (None, Some(reason)) => {
                                 failed.push((
                                     rcpt.clone(),
-                                    format!("{destination} refused the message: {reason}"),
+                                    crate::notice::remote_said(
+                                        &format!("{destination} refused the message"),
+                                        reason,
+                                    ),
                                 ));
                             }
                             (None, None) => again.push((
@@ -264,7 +267,7 @@ impl FederationQueue {
                 }
                 tracing::warn!(%destination, error = %e, envelopes = rows.len(), "delivery attempt failed");
                 retire = permanent;
-                let reason = e.to_string();
+                let reason = e.notice_text();
                 for row in &rows {
                     let list: Vec<(String, String)> = row
                         .recipients

@@ -235,6 +235,11 @@ fn a_5xx_from_the_mx_gives_a_failure_notice_at_once() {
     let notice = w.read(mail[0]["id"].as_str().unwrap());
     let body = notice["body"].as_str().unwrap();
     assert!(body.contains("550"), "{body}");
+    // The server's own words, then the MX's only as a quotation (issue 15.9).
+    assert!(
+        body.contains("the receiving server answered 550; the other server said: \""),
+        "{body}"
+    );
     assert!(
         body.contains("strangers"),
         "the MX's reason is passed on: {body}"

@@ -594,6 +594,17 @@ fn hostile_imap_input_gets_bad_or_no_never_a_crash() {
     raw.send(b"c1 LOGIN {4294967295}\r\n");
     let r = raw.response().unwrap();
     assert!(r.starts_with("c1 BAD"), "{r}");
+    // Before login a literal gets a few KiB at most, whatever it announced (issue 15.9).
+    let (mut early, _) = Raw::connect(proxy.imap);
+    early.send(b"z1 LOGIN {1000000}\r\n");
+    let r = early.response().unwrap();
+    assert!(r.starts_with('+'), "{r}");
+    early.send(&[b'a'; 10_000]);
+    let mut rest = String::new();
+    while let Some(l) = early.line() {
+        rest.push_str(&l);
+    }
+    assert!(rest.contains("* BYE too much input before login"), "{rest}");
     // Still serving.
     let (_, done) = raw.command("c2 NOOP");
     assert!(done.starts_with("c2 OK"), "{done}");

@@ -28,6 +28,11 @@ pub const MAX_LITERAL: u32 = 64 * 1024 * 1024;
 pub const MAX_CONNECTIONS: usize = 64;
 /// Idle connections are closed after this (RFC 3501 §5.4: at least 30 minutes).
 const AUTOLOGOUT: Duration = Duration::from_mins(31);
+/// Bytes a client may send before it has logged in: CAPABILITY, ID, STARTTLS and LOGIN
+/// fit many times over; a literal of any size before login ends the connection with BYE,
+/// so a stranger on the machine cannot make the proxy hold more (imap-next takes one
+/// literal limit for the whole connection; issue 15.9).
+pub const MAX_BEFORE_LOGIN: usize = 8 * 1024;
 /// Largest command line without literals.
 const MAX_COMMAND: u32 = MAX_LITERAL + 64 * 1024;
 
@@ -205,6 +210,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut changes = proxy.cache.changes();
     // A FETCH in progress: the rest of it is produced once its last batch has been sent.
     let mut fetch: Option<(ResponseHandle, FetchJob)> = None;
+    let mut before_login = 0usize;
     loop {
         match server.next() {
             Ok(Event::GreetingSent { .. }) => suppress_greeting = false,
@@ -299,6 +305,17 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 if n == 0 {
                     return Ok(Outcome::Closed);
+                }
+                if !s.is_authenticated() {
+                    before_login += n;
+                    if before_login > MAX_BEFORE_LOGIN {
+                        stream.write_all(&out).await?;
+                        stream
+                            .write_all(b"* BYE too much input before login\r\n")
+                            .await?;
+                        let _ = stream.shutdown().await;
+                        return Ok(Outcome::Closed);
+                    }
                 }
                 server.enqueue_input(&buf[..n]);
             }

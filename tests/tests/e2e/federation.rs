@@ -1127,6 +1127,186 @@ fn a_send_to_fifty_domains_is_stored_once_and_the_queue_caps_hold() {
     assert_eq!(queue(&a).len(), 100);
 }
 
+/// A stand-in peer for `big.test` that takes delivery bodies up to `limit` bytes and
+/// answers larger ones with a signed `413`, holding its first answers until released.
+struct SmallPeer {
+    key: SigningKeypair,
+    limit: usize,
+    /// Envelopes per batch received, in order.
+    batches: std::sync::Mutex<Vec<usize>>,
+    /// Envelope ids accepted.
+    accepted: std::sync::Mutex<BTreeSet<String>>,
+    hold: tokio::sync::watch::Receiver<bool>,
+    held: usize,
+}
+
+impl SmallPeer {
+    fn answer(&self, status: u16, nonce: [u8; 16], body: &Value) -> axum::response::Response {
+        let bytes = serde_json::to_vec(body).unwrap();
+        let sig = ResponseSignature::sign(
+            &self.key,
+            status,
+            nonce,
+            &bytes,
+            "big.test",
+            letterme_client::now(),
+        );
+        let mut resp = axum::response::Response::new(axum::body::Body::from(bytes));
+        *resp.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
+        for (n, v) in sig.headers() {
+            resp.headers_mut().insert(n, v.parse().unwrap());
+        }
+        resp
+    }
+
+    async fn deliver(
+        self: std::sync::Arc<Self>,
+        uri: axum::http::Uri,
+        headers: axum::http::HeaderMap,
+        body: axum::body::Bytes,
+    ) -> axum::response::Response {
+        let sig = RequestSignature::from_headers("PUT", uri.path(), |n| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(ToOwned::to_owned)
+        })
+        .unwrap();
+        let items = letterme_protocol::federation::decode_batch_items(&body, body.len()).unwrap();
+        let n = {
+            let mut b = self.batches.lock().unwrap();
+            b.push(items.len());
+            b.len()
+        };
+        if n <= self.held {
+            let _ = self.hold.clone().wait_for(|go| *go).await;
+        }
+        if body.len() > self.limit {
+            let e = serde_json::json!({"error": {"code": "bad_body", "message": "too large"}});
+            return self.answer(413, sig.nonce, &e);
+        }
+        let mut results = serde_json::Map::new();
+        for (rcpts, env) in items {
+            let id = letterme_protocol::codec::hex(
+                &letterme_protocol::Envelope::decode(env).unwrap().id.0,
+            );
+            let statuses: serde_json::Map<String, Value> = rcpts
+                .iter()
+                .map(|r| ((*r).to_owned(), Value::from("accepted")))
+                .collect();
+            self.accepted.lock().unwrap().insert(id.clone());
+            results.insert(id, Value::Object(statuses));
+        }
+        self.answer(200, sig.nonce, &serde_json::json!({ "results": results }))
+    }
+}
+
+/// Issue 15.4: a batch a peer refuses as too large (`413`) is split and delivered in
+/// smaller ones, nothing lost and no notice, instead of failing every envelope in it.
+#[test]
+fn a_batch_too_large_for_the_peer_is_split_and_every_envelope_delivered() {
+    const MB: usize = 1_000_000;
+    let w = World::new(vec![]);
+    let a = w.server("a.test", "");
+    let alice = w.user(&a, "alice@a.test");
+    // big.test: a stand-in on loopback, with its record in DNS.
+    let dir = w.path().join("big.test");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    letterme_server::tls::generate_self_signed(&["big.test".into()], &cert, &key).unwrap();
+    let fp = letterme_server::tls::spki_fingerprint(&cert).unwrap();
+    let tls = letterme_server::federation::pin::server_config(&cert, &key).unwrap();
+    let (release, hold) = tokio::sync::watch::channel(false);
+    let peer = std::sync::Arc::new(SmallPeer {
+        key: SigningKeypair::generate(),
+        limit: 3 * MB / 2,
+        batches: std::sync::Mutex::default(),
+        accepted: std::sync::Mutex::default(),
+        hold,
+        held: letterme_server::federation::queue::PER_DESTINATION,
+    });
+    let listener =
+        w.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    let doc = letterme_protocol::discovery::ServerDocument::sign(
+        "big.test",
+        &peer.key,
+        &endpoint,
+        Some(fp.clone()),
+        letterme_client::now(),
+        3600,
+    );
+    let p = peer.clone();
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/mailx-server",
+            axum::routing::get(move || async move { axum::Json(doc) }),
+        )
+        .route(
+            "/v1/federation/transactions/{txid}",
+            axum::routing::put(move |uri, headers, body| p.clone().deliver(uri, headers, body)),
+        )
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    w.rt.spawn(letterme_server::listener::serve(
+        "big.test",
+        listener,
+        Some(tokio_rustls::TlsAcceptor::from(tls)),
+        app,
+        letterme_server::listener::ConnBounds::from_limits(
+            &letterme_server::config::LimitsConfig::default(),
+        ),
+        std::sync::Arc::new(letterme_server::metrics::Metrics::default()),
+        stopped,
+    ));
+    let record = letterme_protocol::discovery::MailxRecord {
+        domain_key: peer.key.public(),
+        endpoint,
+        tls_fingerprint: Some(fp),
+    };
+    w.rt.block_on(w.dns.set_txt_ttl("_mailx.big.test", &record.to_txt(), 300));
+
+    let online = w.rt.block_on(letterme_tests::world::online(&alice));
+    let to = Address::parse("u@big.test").unwrap();
+    let key = EncryptionKeypair::generate().public();
+    let send = |i: usize| {
+        let env = sealed_text(
+            &online,
+            &to,
+            key,
+            &format!("m{i}"),
+            &"z".repeat(MB),
+            &format!("<m{i}@a.test>"),
+        );
+        w.rt.block_on(online.api.send(env.encode())).unwrap();
+    };
+    // Four single-envelope batches keep big.test busy while three more queue up, which
+    // then go as one batch of 3 MB: over big.test's 1.5 MB.
+    for i in 0..4 {
+        send(i);
+    }
+    let started = Instant::now();
+    while peer.batches.lock().unwrap().len() < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the first batches never came"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 4..7 {
+        send(i);
+    }
+    release.send(true).unwrap();
+    w.wait_queue_empty(&a);
+    let batches = peer.batches.lock().unwrap().clone();
+    assert_eq!(batches[..5], [1, 1, 1, 1, 3], "{batches:?}");
+    assert!(batches[5..].iter().all(|n| *n == 1), "{batches:?}");
+    assert_eq!(peer.accepted.lock().unwrap().len(), 7);
+    // Nothing failed: alice got no notice.
+    let list = w.sync_until(&alice, 0);
+    assert!(list.is_empty(), "{list:?}");
+}
+
 /// Issue 15.2: an upload that is not signed by a key its origin publishes is refused on
 /// its headers; none of its body is buffered, however many arrive at once, and a signed
 /// delivery is served meanwhile.

@@ -195,6 +195,18 @@ mod tests {
         }
     }
 
+    /// Issue 15.9: the config names every key file; only its owner reads it.
+    #[cfg(unix)]
+    #[test]
+    fn the_config_is_written_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("letterme.toml");
+        write_config(&path, "domain = \"example.com\"\n").expect("written");
+        let mode = std::fs::metadata(&path).expect("exists").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+
     #[test]
     fn url_host_takes_the_authority_without_port_or_brackets() {
         assert_eq!(

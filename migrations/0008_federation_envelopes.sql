@@ -14,9 +14,12 @@ CREATE INDEX federation_envelopes_sender ON federation_envelopes (sender);
 INSERT INTO federation_envelopes (id, sender, size, envelope)
     SELECT min(id), sender, length(envelope), envelope FROM federation_queue GROUP BY envelope_id;
 ALTER TABLE federation_queue ADD COLUMN body INTEGER REFERENCES federation_envelopes (id);
+-- Only for the update below, which would otherwise scan the queue once per row.
+CREATE INDEX federation_queue_envelope ON federation_queue (envelope_id, id);
 UPDATE federation_queue SET body = (
     SELECT min(q.id) FROM federation_queue q WHERE q.envelope_id = federation_queue.envelope_id
 );
+DROP INDEX federation_queue_envelope;
 ALTER TABLE federation_queue DROP COLUMN envelope;
 CREATE INDEX federation_queue_body ON federation_queue (body);
 

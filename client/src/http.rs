@@ -54,9 +54,7 @@ impl Api {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_mins(2))
-            // Below the server's idle limit (`limits.header_timeout`, 30 s by default), so
-            // a pooled connection is not reused just as the server closes it.
-            .pool_idle_timeout(Duration::from_secs(20))
+            .pool_idle_timeout(letterme_protocol::net::POOL_IDLE)
             .build()
             .expect("a default HTTP client builds");
         Self {

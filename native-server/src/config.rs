@@ -181,7 +181,9 @@ impl Config {
                 letterme_protocol::federation::MAX_BATCH
             ));
         }
-        if f.batch_bytes.0 < 64 * 1024 || f.batch_bytes.0 > 64 * 1024 * 1024 {
+        if f.batch_bytes.0 < 64 * 1024
+            || f.batch_bytes.0 > letterme_protocol::federation::MIN_ACCEPTED_BODY
+        {
             return Err("federation.batch_bytes must be between 64KiB and 64MiB".into());
         }
         if let Some(u) = &f.public_url
@@ -660,7 +662,7 @@ pub struct FederationConfig {
 }
 
 fn default_batch_bytes() -> ByteSize {
-    ByteSize(8 * 1024 * 1024)
+    ByteSize(8_000_000)
 }
 
 impl Default for FederationConfig {
@@ -711,8 +713,9 @@ fn default_retry_max() -> Interval {
 /// The longest `federation.give_up_after`: a receiving server refuses envelopes older than
 /// this and a day (`api::MAX_ENVELOPE_AGE`).
 pub const MAX_GIVE_UP: u64 = 7 * 86_400;
-/// Largest `limits.max_message_size`: an envelope alone, with its batch framing, stays
-/// within the 64 MiB every server accepts as a delivery body.
+/// Largest `limits.max_message_size`: an envelope alone, with its batch framing (at most
+/// 1000 recipients of 320 bytes), stays within the 64 MiB every server accepts as a
+/// delivery body (`letterme_protocol::federation::MIN_ACCEPTED_BODY`).
 pub const MAX_NATIVE_MESSAGE: u64 = 60_000_000;
 
 fn default_give_up() -> Interval {

@@ -141,6 +141,16 @@ pub async fn mail_public_keys(
 
 type Secret = (Vec<u8>, zeroize::Zeroizing<Vec<u8>>);
 
+/// What a sealed secret is bound to: its public part, or for a secret without one (the
+/// outbound queue key) its row's name, which never changes for such a key.
+fn binding<'a>(name: &'a str, public: &'a [u8]) -> &'a [u8] {
+    if public.is_empty() {
+        name.as_bytes()
+    } else {
+        public
+    }
+}
+
 /// A server secret by name: (public part, secret), opened with the key-encryption key; on
 /// first use generated, sealed and stored.
 async fn load_secret(
@@ -157,11 +167,11 @@ async fn load_secret(
     };
     if let Some((public, sealed, kdf)) = store.server_key(name).await.map_err(store_err)? {
         let kek = Kek::for_existing(&kdf, &key_file)?;
-        return Ok((public.clone(), kek.open(&sealed, &public)?));
+        return Ok((public.clone(), kek.open(&sealed, binding(name, &public))?));
     }
     let (public, secret) = generate()?;
     let kek = Kek::for_new_key(&key_file)?;
-    let sealed = kek.seal(&secret, &public);
+    let sealed = kek.seal(&secret, binding(name, &public));
     store
         .put_server_key(name, public.clone(), sealed, kek.kdf.clone(), now)
         .await

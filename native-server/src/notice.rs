@@ -55,8 +55,9 @@ pub async fn failure_notices(
     Ok(out)
 }
 
-/// Longest reason a notice repeats, in characters.
-pub const MAX_REASON: usize = 300;
+/// Longest reason a notice repeats, in characters: room for this server's words (a
+/// domain name among them) and a whole quotation.
+pub const MAX_REASON: usize = 800;
 /// Longest part of a reason that another server wrote, in characters.
 pub const MAX_REMOTE: usize = 160;
 
@@ -65,33 +66,31 @@ pub const MAX_REMOTE: usize = 160;
 /// [`MAX_REMOTE`] characters on one line with its quotes escaped, so a peer or MX cannot
 /// pass its words off as the server's.
 pub fn remote_said(ours: &str, said: &str) -> String {
-    let mut quoted: String = said
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_REMOTE)
-        .collect::<String>()
-        .trim()
+    let quoted = clean(said, MAX_REMOTE)
         .replace('\\', "\\\\")
         .replace('"', "\\\"");
-    if said.chars().count() > MAX_REMOTE {
-        quoted.push('…');
-    }
     format!("{ours}; the other server said: \"{quoted}\"")
+}
+
+/// `text` on one line (control characters become spaces), cut at `max` characters with
+/// an ellipsis.
+fn clean(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out.trim().to_owned()
 }
 
 /// A failure reason as a notice shows it: it may carry what a peer or a remote MTA
 /// answered, so control characters (line breaks included) become spaces and it is cut
 /// at [`MAX_REASON`] characters.
 fn one_line(why: &str) -> String {
-    let mut out: String = why
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_REASON)
-        .collect();
-    if why.chars().count() > MAX_REASON {
-        out.push('…');
-    }
-    out.trim().to_owned()
+    clean(why, MAX_REASON)
 }
 
 /// One notice, sealed to `key` and signed by the domain.

@@ -235,21 +235,37 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     ));
     let mut federation_addr = None;
     let mut federation_queue = None;
+    // The federation listener runs under the same shutdown as the workers.
+    let mut workers = tokio::task::JoinSet::new();
     if let Some((fed, (listener, tls))) = federation {
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: listener.local_addr().unwrap_or(local_addr),
             source,
         })?;
         federation_addr = Some(addr);
-        tokio::spawn(listener::serve(
+        // A peer's largest body may take its whole allowance, and the answer is signed:
+        // the request deadline leaves room for both.
+        let max_body = federation::budget::max_batch_bytes(state.config.limits.max_message_size.0);
+        let fed_bounds = ConnBounds {
+            request_timeout: bounds
+                .request_timeout
+                .max(federation::budget::body_deadline(max_body) + Duration::from_mins(1)),
+            ..bounds
+        };
+        let serving = listener::serve(
             "federation",
             TcpListener::from_std(listener).map_err(|source| StartError::Bind { addr, source })?,
             Some(tokio_rustls::TlsAcceptor::from(tls)),
             api::peer::router(state.clone()),
-            bounds,
+            fed_bounds,
             state.metrics.clone(),
             tx.subscribe(),
-        ));
+        );
+        workers.spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "the federation listener stopped");
+            }
+        });
         let queue = Arc::new(federation::queue::FederationQueue::new(
             store.clone(),
             fed.clone(),
@@ -274,7 +290,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         state,
         shutdown: tx,
         task,
-        workers: std::sync::Mutex::default(),
+        workers: std::sync::Mutex::new(workers),
     })
 }
 

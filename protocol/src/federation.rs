@@ -353,6 +353,18 @@ impl ResponseSignature {
 
 /// Magic of a delivery batch body.
 pub const BATCH_MAGIC: &[u8; 4] = b"LMTX";
+/// Every server accepts delivery bodies of at least this many bytes (more when its
+/// `limits.max_message_size` is large), so a sender that keeps its batches within it never
+/// needs to know a peer's limit.
+pub const MIN_ACCEPTED_BODY: u64 = 64 * 1024 * 1024;
+/// Bytes of a batch body before its first item: magic and count.
+pub const BATCH_HEADER_LEN: u64 = 6;
+
+/// Bytes one item adds to a batch body (`encode_batch_items`): its recipients' framing
+/// and the envelope with its length.
+pub fn batch_item_len(recipients: &[String], envelope_len: u64) -> u64 {
+    2 + recipients.iter().map(|r| 2 + r.len() as u64).sum::<u64>() + 4 + envelope_len
+}
 
 /// Encodes envelopes (canonical envelope bytes, each with the recipients at the
 /// destination to deliver it to) as one delivery body:

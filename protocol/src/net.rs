@@ -20,6 +20,11 @@ pub fn client_prefix(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// How long an HTTP client keeps an idle pooled connection to a letter.me server: below
+/// the servers' default idle limit (`limits.header_timeout`, 30 s), so a client does not
+/// reuse a connection just as the server closes it.
+pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The connections a listener holds at once: at most `max` in all and `per_prefix` from
 /// one [`client_prefix`]. Each admitted connection holds an [`Admitted`] ticket and gives
 /// its place back when the ticket drops.
@@ -62,11 +67,11 @@ impl Admission {
         if open.total >= self.max {
             return Err(Refused::Full);
         }
-        let n = open.by_prefix.entry(prefix).or_insert(0);
-        if *n >= self.per_prefix {
+        // Looked up before inserting, so a refused prefix leaves no entry behind.
+        if open.by_prefix.get(&prefix).copied().unwrap_or(0) >= self.per_prefix {
             return Err(Refused::Prefix);
         }
-        *n += 1;
+        *open.by_prefix.entry(prefix).or_insert(0) += 1;
         open.total += 1;
         Ok(Admitted {
             admission: self.clone(),

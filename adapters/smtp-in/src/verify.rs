@@ -219,7 +219,9 @@ pub fn header_defect(raw: &[u8]) -> Option<&'static str> {
     let Some(auth) = AuthenticatedMessage::parse(raw) else {
         return Some("the header section does not parse");
     };
-    let same_from = matches!(auth.from.as_slice(), [f] if f.eq_ignore_ascii_case(address));
+    // mail-auth lower-cases addresses (Unicode lower case).
+    let same_from =
+        matches!(auth.from.as_slice(), [f] if f.to_lowercase() == address.to_lowercase());
     // Where each says the last field ends (mail-auth's fields are slices of `raw`).
     let auth_end = auth
         .headers
@@ -346,6 +348,7 @@ mod tests {
             &b"From: a@s.test\r\nSubject: hi\r\n\r\nbody\r\n"[..],
             b"From: =?utf-8?q?J=C3=B6rg?= <Joerg@Sender.TEST>\r\nTo: b@x.test\r\n\r\nx",
             "From: J\u{f6}rg <j\u{f6}rg@b\u{fc}cher.test>\r\n\r\nx".as_bytes(),
+            "From: <J\u{d6}RG@B\u{dc}CHER.test>\r\n\r\nx".as_bytes(),
             b"Received: from a\r\n\tby b; Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom:\r\n \"Last, First\" <f@s.test>\r\nSubject: folded\r\n  subject\r\n\r\nbody",
             b"DKIM-Signature: v=1; a=rsa-sha256; d=s.test; s=x;\r\n\th=from; bh=abc=; b=def=\r\nFrom: a@s.test\r\n\r\n",
         ] {

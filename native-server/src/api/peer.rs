@@ -254,7 +254,16 @@ async fn read_body(
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
+    if let Some(n) = declared.filter(|n| *n > max) {
+        // The request is signed by a peer's published key: its body is read and thrown
+        // away (nothing is kept), so the peer sees the 413 rather than a connection
+        // reset it would retry as it was, and splits the batch. Beyond twice the limit,
+        // or too slowly, the connection is just closed.
+        if n <= max.saturating_mul(2) {
+            let mut body = body;
+            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(body_deadline(n), drain).await;
+        }
         return Err(too_large());
     }
     let mut held = budget
@@ -324,16 +333,6 @@ async fn transaction(
         Err(resp) => return resp,
     };
     let nonce = sig.nonce;
-    let max = max_batch_bytes(state.config.limits.max_message_size.0);
-    // Every answer, a refused body's included, echoes the nonce (issue 15.4).
-    let body = match read_body(&budget, &sig, &headers, body, max).await {
-        Ok(b) => b,
-        Err((status, code, message)) => {
-            state.metrics.error(&code);
-            return error(&fed, status, nonce, code, &message);
-        }
-    };
-    let body = body.bytes.as_slice();
     let Some(txid) = txid
         .ok()
         .and_then(|Path(t)| letterme_protocol::EnvelopeId::from_hex(&t))
@@ -346,6 +345,16 @@ async fn transaction(
             "a transaction id is 32 hex digits",
         );
     };
+    let max = max_batch_bytes(state.config.limits.max_message_size.0);
+    // Every answer, a refused body's included, echoes the nonce (issue 15.4).
+    let body = match read_body(&budget, &sig, &headers, body, max).await {
+        Ok(b) => b,
+        Err((status, code, message)) => {
+            state.metrics.error(&code);
+            return error(&fed, status, nonce, code, &message);
+        }
+    };
+    let body = body.bytes.as_slice();
     let max_env = usize::try_from(state.config.limits.max_message_size.0).unwrap_or(usize::MAX);
     // An envelope over this server's limit is refused alone, in the report, not the
     // whole batch (issue 15.4): the sender tells its user about that one.

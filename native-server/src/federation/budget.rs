@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use letterme_protocol::federation::MIN_ACCEPTED_BODY;
+
 /// A body must arrive within this long plus a second per [`MIN_BODY_RATE`] bytes.
 pub const BODY_GRACE: Duration = Duration::from_secs(30);
 /// The slowest rate, in bytes per second, at which a peer may send a body.
@@ -18,9 +20,10 @@ pub fn body_deadline(bytes: u64) -> Duration {
 }
 
 /// The largest delivery body accepted: four envelopes of the largest size, at least
-/// 64 MiB. One origin may have this much in flight; all origins together twice it.
+/// [`MIN_ACCEPTED_BODY`]. One origin may have this much in flight; all origins together
+/// twice it.
 pub fn max_batch_bytes(max_message_size: u64) -> u64 {
-    max_message_size.saturating_mul(4).max(64 * 1024 * 1024)
+    max_message_size.saturating_mul(4).max(MIN_ACCEPTED_BODY)
 }
 
 /// In-flight body bytes, in all and per origin.

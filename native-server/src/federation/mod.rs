@@ -98,8 +98,6 @@ pub enum FederationError {
 }
 
 impl FederationError {
-    /// What went wrong, in words that hold nothing the peer or its DNS said: for answers
-    /// to users, while the whole error goes to the log (D62).
     /// The reason a failure notice gives: this server's words, with what the peer said
     /// only quoted (`notice::remote_said`).
     pub fn notice_text(&self) -> String {
@@ -113,10 +111,16 @@ impl FederationError {
                 &format!("{domain} refused the delivery ({status} {code})"),
                 message,
             ),
+            Self::Garbled { domain, reason } => crate::notice::remote_said(
+                &format!("{domain} sent an answer that does not parse"),
+                reason,
+            ),
             other => other.to_string(),
         }
     }
 
+    /// What went wrong, in words that hold nothing the peer or its DNS said: for answers
+    /// to users, while the whole error goes to the log (D62).
     pub fn summary(&self) -> &'static str {
         match self {
             Self::Dns(_) => "could not be looked up in DNS",
@@ -499,8 +503,7 @@ impl Federation {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_mins(1))
             .pool_max_idle_per_host(32)
-            // Below the peer's idle limit (`limits.header_timeout`, 30 s by default).
-            .pool_idle_timeout(Duration::from_secs(20))
+            .pool_idle_timeout(letterme_protocol::net::POOL_IDLE)
             .build()
             .map_err(|e| FederationError::Unreachable {
                 domain: records.domain.clone(),

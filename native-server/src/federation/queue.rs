@@ -38,8 +38,9 @@ pub struct FederationQueue {
     wake: Arc<Notify>,
     busy: Mutex<HashSet<[u8; 16]>>,
     flying: Mutex<HashMap<String, usize>>,
-    /// Destinations that answered `413` to a batch: the smaller byte bound they get now.
-    shrunk: Mutex<HashMap<String, u64>>,
+    /// Destinations that answered `413` to a batch: the smaller byte bound they get now
+    /// (as many destinations as verified peers are kept).
+    shrunk: Mutex<lru::LruCache<String, u64>>,
     /// See [`Due::claiming`].
     claiming: tokio::sync::Mutex<()>,
 }
@@ -64,7 +65,10 @@ impl FederationQueue {
             wake,
             busy: Mutex::default(),
             flying: Mutex::default(),
-            shrunk: Mutex::default(),
+            shrunk: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(super::MAX_PEERS)
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             claiming: tokio::sync::Mutex::default(),
         }
     }
@@ -173,7 +177,7 @@ impl FederationQueue {
             .shrunk
             .lock()
             .ok()
-            .and_then(|m| m.get(destination).copied());
+            .and_then(|mut m| m.get(destination).copied());
         BatchLimit {
             rows: cfg.batch,
             bytes: shrunk.map_or(cfg.batch_bytes.0, |s| s.min(cfg.batch_bytes.0)),
@@ -196,10 +200,7 @@ impl FederationQueue {
             // half the bytes, down to one envelope, which is then refused alone.
             let bytes: u64 = rows.iter().map(|r| r.size).sum();
             if let Ok(mut m) = self.shrunk.lock() {
-                if m.len() >= 10_000 {
-                    m.clear();
-                }
-                m.insert(destination.clone(), (bytes / 2).max(1));
+                m.put(destination.clone(), (bytes / 2).max(1));
             }
             tracing::info!(%destination, envelopes = rows.len(), bytes, "batch too large for the peer; splitting");
             let outcomes = rows.iter().map(|r| (r.id, RowOutcome::Release)).collect();

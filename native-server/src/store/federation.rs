@@ -190,7 +190,8 @@ impl Store {
                 }));
             }
             let mut rows = Vec::new();
-            let mut bytes = 0u64;
+            // The body as it will be encoded, framing included.
+            let mut bytes = letterme_protocol::federation::BATCH_HEADER_LEN;
             let mut due = c.prepare_cached(&format!(
                 "SELECT {ROW_COLUMNS}
                   WHERE q.destination = ?1 AND q.next_attempt <= ?2 AND q.txid IS NULL
@@ -198,10 +199,11 @@ impl Store {
             ))?;
             for r in due.query_map(params![destination, now as i64, limit.rows as i64], row)? {
                 let r = r?;
-                if !rows.is_empty() && bytes + r.size > limit.bytes {
+                let item = letterme_protocol::federation::batch_item_len(&r.recipients, r.size);
+                if !rows.is_empty() && bytes + item > limit.bytes {
                     break;
                 }
-                bytes += r.size;
+                bytes += item;
                 rows.push(r);
             }
             drop(due);

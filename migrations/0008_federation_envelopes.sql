@@ -9,7 +9,6 @@ CREATE TABLE federation_envelopes (
     size      INTEGER NOT NULL,
     envelope  BLOB NOT NULL
 ) STRICT;
-CREATE INDEX federation_envelopes_sender ON federation_envelopes (sender);
 
 INSERT INTO federation_envelopes (id, sender, size, envelope)
     SELECT min(id), sender, length(envelope), envelope FROM federation_queue GROUP BY envelope_id;
@@ -26,6 +25,25 @@ CREATE INDEX federation_queue_body ON federation_queue (body);
 -- Issue 15.8: the witness keeps at most `MAX_WITNESSED` domains, forgetting the one seen
 -- longest ago first.
 CREATE INDEX kt_witness_by_time ON kt_witness (seen_at);
+
+-- Each sender's queued bytes, kept by triggers so the API's check is one lookup rather
+-- than a sum over every envelope the sender has queued.
+CREATE TABLE federation_queued (
+    sender TEXT PRIMARY KEY,
+    bytes  INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT INTO federation_queued (sender, bytes)
+    SELECT sender, sum(size) FROM federation_envelopes GROUP BY sender;
+CREATE TRIGGER federation_envelope_counted AFTER INSERT ON federation_envelopes
+BEGIN
+    INSERT OR IGNORE INTO federation_queued (sender, bytes) VALUES (NEW.sender, 0);
+    UPDATE federation_queued SET bytes = bytes + NEW.size WHERE sender = NEW.sender;
+END;
+CREATE TRIGGER federation_envelope_uncounted AFTER DELETE ON federation_envelopes
+BEGIN
+    UPDATE federation_queued SET bytes = bytes - OLD.size WHERE sender = OLD.sender;
+    DELETE FROM federation_queued WHERE sender = OLD.sender AND bytes <= 0;
+END;
 
 CREATE TRIGGER federation_envelope_done AFTER DELETE ON federation_queue
     WHEN NOT EXISTS (SELECT 1 FROM federation_queue WHERE body = OLD.body)

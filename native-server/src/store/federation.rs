@@ -119,10 +119,10 @@ impl Store {
             }
             let size = local.envelope.len() as u64;
             let queued: i64 = c
-                .prepare_cached(
-                    "SELECT coalesce(sum(size), 0) FROM federation_envelopes WHERE sender = ?1",
-                )?
-                .query_row([&local.sender], |r| r.get(0))?;
+                .prepare_cached("SELECT bytes FROM federation_queued WHERE sender = ?1")?
+                .query_row([&local.sender], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
             if (queued as u64).saturating_add(size) > queued_limit {
                 return Err(StoreError::QueueFull {
                     sender: local.sender.clone(),

@@ -322,3 +322,45 @@ async fn witness_rows_and_forks_are_bounded_in_all() {
     };
     assert!(!store.add_fork(fork).await.unwrap());
 }
+
+/// Issue 15.4: an envelope for several domains is counted once against its sender's
+/// queued bytes, and the bytes come back when its last row is done.
+#[tokio::test]
+async fn queued_bytes_count_each_envelope_once_and_return_when_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    let remote = || {
+        ["d1.test", "d2.test", "d3.test"]
+            .iter()
+            .map(|d| NewFederationRow {
+                destination: (*d).to_owned(),
+                recipients: vec![format!("u@{d}")],
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut first = delivery(1, &[], 10);
+    first.envelope = vec![1; 100];
+    store.accept_outgoing(first, remote(), 150).await.unwrap();
+    let mut second = delivery(2, &[], 10);
+    second.envelope = vec![2; 100];
+    assert!(matches!(
+        store.accept_outgoing(second.clone(), remote(), 150).await,
+        Err(StoreError::QueueFull { queued: 100, .. })
+    ));
+    let rows = store.federation_rows().await.unwrap();
+    assert_eq!(rows.len(), 3);
+    let done = rows.iter().map(|r| (r.id, RowOutcome::Done)).collect();
+    store.finish_federation(done, vec![], true).await.unwrap();
+    store.accept_outgoing(second, remote(), 150).await.unwrap();
+    let left: i64 = store
+        .read(|c| {
+            Ok(
+                c.query_row("SELECT count(*) FROM federation_envelopes", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "the delivered envelope's bytes are gone");
+}

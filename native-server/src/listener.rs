@@ -62,7 +62,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let admission = Admission::new(bounds.connections, bounds.per_prefix);
+    let admission = Admission::new(bounds.connections as u64, bounds.per_prefix as u64);
     let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         bounds.body_timeout,
     ));
@@ -86,7 +86,7 @@ pub async fn serve(
             Err(why) => {
                 let reason = match why {
                     Refused::Full => "full",
-                    Refused::Prefix => "prefix",
+                    Refused::Share => "prefix",
                 };
                 metrics.connection_refused(name, reason);
                 tracing::debug!(listener = name, %peer, reason, "connection refused");

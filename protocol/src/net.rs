@@ -1,6 +1,7 @@
 //! Network helpers both sides share.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -25,90 +26,125 @@ pub fn client_prefix(ip: IpAddr) -> IpAddr {
 /// reuse a connection just as the server closes it.
 pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// The connections a listener holds at once: at most `max` in all and `per_prefix` from
-/// one [`client_prefix`]. Each admitted connection holds an [`Admitted`] ticket and gives
-/// its place back when the ticket drops.
+/// Units held at once — connections, bytes — at most `total` in all and `per_key` for one
+/// key (a client prefix, a peer domain), so no one key can take what the others need.
+/// Each taking is a [`Held`] that gives its units back when dropped; a key holding
+/// nothing has no entry, so the map is bounded by what is held.
 #[derive(Debug)]
-pub struct Admission {
-    max: usize,
-    per_prefix: usize,
-    open: Mutex<Open>,
+pub struct Shares<K> {
+    total: u64,
+    per_key: u64,
+    used: Mutex<Used<K>>,
 }
 
-#[derive(Debug, Default)]
-struct Open {
-    total: usize,
-    /// Only prefixes with open connections: bounded by `max`.
-    by_prefix: HashMap<IpAddr, usize>,
+#[derive(Debug)]
+struct Used<K> {
+    total: u64,
+    by_key: HashMap<K, u64>,
 }
 
-/// Why a connection was not admitted.
+/// Which limit a taking would pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// The listener holds `max` connections.
+    /// `total` is held.
     Full,
-    /// The client's prefix holds `per_prefix` connections.
-    Prefix,
+    /// The key holds its `per_key` share.
+    Share,
 }
 
-impl Admission {
-    pub fn new(max: usize, per_prefix: usize) -> Arc<Self> {
+impl<K: Hash + Eq + Clone> Shares<K> {
+    pub fn new(total: u64, per_key: u64) -> Arc<Self> {
         Arc::new(Self {
-            max,
-            per_prefix,
-            open: Mutex::default(),
+            total,
+            per_key,
+            used: Mutex::new(Used {
+                total: 0,
+                by_key: HashMap::new(),
+            }),
         })
     }
 
-    /// Admits a connection from `ip`, or says which limit it would exceed.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
-        let prefix = client_prefix(ip);
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if open.total >= self.max {
-            return Err(Refused::Full);
-        }
-        // Looked up before inserting, so a refused prefix leaves no entry behind.
-        if open.by_prefix.get(&prefix).copied().unwrap_or(0) >= self.per_prefix {
-            return Err(Refused::Prefix);
-        }
-        *open.by_prefix.entry(prefix).or_insert(0) += 1;
-        open.total += 1;
-        Ok(Admitted {
-            admission: self.clone(),
-            prefix,
-        })
+    /// Takes `n` units for `key`, or says which limit that would pass.
+    pub fn take(self: &Arc<Self>, key: K, n: u64) -> Result<Held<K>, Refused> {
+        let mut held = Held {
+            shares: self.clone(),
+            key,
+            n: 0,
+        };
+        held.grow(n)?;
+        Ok(held)
     }
 
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.open
+    /// Units held now, in all.
+    pub fn in_use(&self) -> u64 {
+        self.used
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .total
     }
 }
 
-/// One admitted connection's place.
+/// Units held for one key; given back when dropped.
 #[derive(Debug)]
-pub struct Admitted {
-    admission: Arc<Admission>,
-    prefix: IpAddr,
+pub struct Held<K: Hash + Eq + Clone> {
+    shares: Arc<Shares<K>>,
+    key: K,
+    n: u64,
 }
 
-impl Drop for Admitted {
+impl<K: Hash + Eq + Clone> Held<K> {
+    /// Takes `more` units; on a refusal nothing is taken.
+    pub fn grow(&mut self, more: u64) -> Result<(), Refused> {
+        let s = &self.shares;
+        let mut used = s.used.lock().unwrap_or_else(PoisonError::into_inner);
+        // Looked up before inserting, so a refused key leaves no entry behind.
+        let mine = used.by_key.get(&self.key).copied().unwrap_or(0);
+        if used.total.saturating_add(more) > s.total {
+            return Err(Refused::Full);
+        }
+        if mine.saturating_add(more) > s.per_key {
+            return Err(Refused::Share);
+        }
+        used.total += more;
+        if more > 0 {
+            *used.by_key.entry(self.key.clone()).or_insert(0) += more;
+        }
+        self.n += more;
+        Ok(())
+    }
+
+    /// Units held.
+    pub fn amount(&self) -> u64 {
+        self.n
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for Held<K> {
     fn drop(&mut self) {
-        let mut open = self
-            .admission
-            .open
+        let mut used = self
+            .shares
+            .used
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        open.total -= 1;
-        if let Some(n) = open.by_prefix.get_mut(&self.prefix) {
-            *n -= 1;
+        used.total -= self.n;
+        if let Some(n) = used.by_key.get_mut(&self.key) {
+            *n -= self.n;
             if *n == 0 {
-                open.by_prefix.remove(&self.prefix);
+                used.by_key.remove(&self.key);
             }
         }
+    }
+}
+
+/// A listener's connections, counted per [`client_prefix`].
+pub type Admission = Shares<IpAddr>;
+/// One admitted connection's place.
+pub type Admitted = Held<IpAddr>;
+
+impl Shares<IpAddr> {
+    /// Admits a connection from `ip`, counted under its prefix.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
+        self.take(client_prefix(ip), 1)
     }
 }
 
@@ -122,14 +158,14 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let one = a.admit(ip("192.0.2.1")).unwrap();
         let two = a.admit(ip("192.0.2.99")).unwrap();
-        assert_eq!(a.admit(ip("192.0.2.5")).unwrap_err(), Refused::Prefix);
+        assert_eq!(a.admit(ip("192.0.2.5")).unwrap_err(), Refused::Share);
         let three = a.admit(ip("198.51.100.1")).unwrap();
         assert_eq!(a.admit(ip("203.0.113.1")).unwrap_err(), Refused::Full);
         drop(one);
         let _again = a.admit(ip("192.0.2.5")).unwrap();
         drop((two, three));
-        assert_eq!(a.open(), 1);
-        assert_eq!(a.open.lock().unwrap().by_prefix.len(), 1);
+        assert_eq!(a.in_use(), 1);
+        assert_eq!(a.used.lock().unwrap().by_key.len(), 1);
     }
 
     #[test]
@@ -140,5 +176,20 @@ mod tests {
         assert_eq!(p("2001:db8:1:2:aaaa::1"), p("2001:db8:1:2:bbbb::2"));
         assert_ne!(p("2001:db8:1:2::1"), p("2001:db8:1:3::1"));
         assert_eq!(p("::ffff:192.0.2.7"), p("192.0.2.9"));
+    }
+
+    #[test]
+    fn one_key_cannot_take_the_whole_budget_and_units_come_back() {
+        let b = Shares::new(100, 60);
+        let a1 = b.take("a.test", 50).unwrap();
+        assert!(b.take("a.test", 20).is_err(), "over a.test's share");
+        let mut c = b.take("c.test", 40).unwrap();
+        assert!(c.grow(20).is_err(), "over the whole budget");
+        assert_eq!(b.in_use(), 90);
+        drop(a1);
+        assert!(c.grow(20).is_ok());
+        drop(c);
+        assert_eq!(b.in_use(), 0);
+        assert!(b.used.lock().unwrap().by_key.is_empty());
     }
 }

@@ -88,7 +88,7 @@ pub async fn serve<B: Backend>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let conn = smtp.config().conn.clone();
-    let admission = Admission::new(conn.max_sessions, conn.max_sessions_per_ip);
+    let admission = Admission::new(conn.max_sessions as u64, conn.max_sessions_per_ip as u64);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -108,7 +108,7 @@ pub async fn serve<B: Backend>(
                 tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS));
                 continue;
             }
-            Err(Refused::Prefix) => {
+            Err(Refused::Share) => {
                 tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS_FROM_YOU));
                 continue;
             }

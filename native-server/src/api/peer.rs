@@ -24,7 +24,9 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::{MAX_CLOCK_SKEW, MAX_ENVELOPE_AGE};
-use crate::federation::budget::{BodyBudget, Reservation, body_deadline, max_batch_bytes};
+use crate::federation::budget::{
+    BodyBudget, Reservation, body_budget, body_deadline, max_batch_bytes,
+};
 use crate::federation::{Federation, NonceCheck, RemoteKeys, witness};
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -32,7 +34,7 @@ use crate::store::StoreError;
 type St = State<Arc<AppState>>;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let budget = BodyBudget::for_message_size(state.config.limits.max_message_size.0);
+    let budget = body_budget(state.config.limits.max_message_size.0);
     Router::new()
         .route("/.well-known/mailx-server", get(document))
         .route(
@@ -267,8 +269,8 @@ async fn read_body(
         return Err(too_large());
     }
     let mut held = budget
-        .reserve(&sig.origin, declared.unwrap_or(0))
-        .ok_or_else(busy)?;
+        .take(sig.origin.clone(), declared.unwrap_or(0))
+        .map_err(|_| busy())?;
     let deadline = body_deadline(declared.unwrap_or(max));
     let mut bytes = Vec::with_capacity(usize::try_from(declared.unwrap_or(0)).unwrap_or(0));
     let mut hash = Sha256::new();
@@ -289,8 +291,8 @@ async fn read_body(
             if bytes.len() as u64 + n > max {
                 return Err(too_large());
             }
-            if bytes.len() as u64 + n > held.bytes()
-                && !held.grow(bytes.len() as u64 + n - held.bytes())
+            if bytes.len() as u64 + n > held.amount()
+                && held.grow(bytes.len() as u64 + n - held.amount()).is_err()
             {
                 return Err(busy());
             }

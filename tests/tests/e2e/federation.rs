@@ -25,6 +25,7 @@ const TTL: u32 = 1;
 trait Federation {
     fn server(&self, domain: &str, extra: &str) -> ServerProc;
     fn publish(&self, server: &ServerProc, domain: &str) -> String;
+    fn hand_made_domain(&self, domain: &str) -> SigningKeypair;
     fn online(
         &self,
         profile: &Path,
@@ -110,6 +111,21 @@ impl Federation for World {
 
     fn user(&self, server: &ServerProc, address: &str) -> PathBuf {
         self.account(server, &format!("profile-{address}"), address)
+    }
+    /// A domain whose key the test holds, published in DNS, whose server is nowhere: the
+    /// test signs its requests by hand.
+    fn hand_made_domain(&self, domain: &str) -> SigningKeypair {
+        let key = SigningKeypair::generate();
+        let record = letterme_protocol::discovery::MailxRecord {
+            domain_key: key.public(),
+            endpoint: "https://127.0.0.1:9".into(),
+            tls_fingerprint: None,
+        };
+        self.rt.block_on(
+            self.dns
+                .set_txt_ttl(&format!("_mailx.{domain}"), &record.to_txt(), TTL),
+        );
+        key
     }
 
     /// The CLI with this world's DNS server.
@@ -481,23 +497,12 @@ fn another_domains_colliding_envelope_id_cannot_displace_the_real_message() {
     w.publish(&b, "b.test");
     let bob = w.user(&b, "bob@b.test");
     let carol = w.user(&b, "carol@b.test");
-    let (good, evil) = (SigningKeypair::generate(), SigningKeypair::generate());
-    for (domain, key) in [("good.test", &good), ("evil.test", &evil)] {
-        let record = letterme_protocol::discovery::MailxRecord {
-            domain_key: key.public(),
-            endpoint: "https://127.0.0.1:9".into(),
-            tls_fingerprint: None,
-        };
-        w.rt.block_on(
-            w.dns
-                .set_txt_ttl(&format!("_mailx.{domain}"), &record.to_txt(), TTL),
-        );
-    }
+    let (good, evil) = (
+        w.hand_made_domain("good.test"),
+        w.hand_made_domain("evil.test"),
+    );
     let base = b.federation.clone().unwrap();
-    let http = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
+    let http = any_certificate();
     let now = letterme_client::now();
     let mut txid = 0u8;
     // Delivers `env` to `to` as `origin`; returns the recipient's status, or the reason
@@ -752,6 +757,15 @@ async fn raw_request(
     (status, fields, answer[split + 4..].to_vec())
 }
 
+/// An HTTPS client for hand-made requests to a federation listener, whose self-signed
+/// certificate it does not check (the answers' signatures are what the tests check).
+fn any_certificate() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+}
+
 fn envelope_from(identity: &SigningKeypair, from: &str, to: &str, subject: &str) -> Vec<u8> {
     let now = letterme_client::now();
     let to = Address::parse(to).unwrap();
@@ -790,19 +804,9 @@ fn forged_replayed_misdirected_and_wrong_key_requests_are_refused_and_blocks_hol
     let b_record =
         letterme_protocol::discovery::MailxRecord::parse(&w.publish(&b, "b.test")).unwrap();
     let bob = w.user(&b, "bob@b.test");
-    // evil.test: a domain whose key this test holds, published in DNS.
-    let evil = SigningKeypair::generate();
-    let record = letterme_protocol::discovery::MailxRecord {
-        domain_key: evil.public(),
-        endpoint: "https://127.0.0.1:9".into(),
-        tls_fingerprint: None,
-    };
-    w.rt.block_on(w.dns.set_txt_ttl("_mailx.evil.test", &record.to_txt(), TTL));
+    let evil = w.hand_made_domain("evil.test");
     let base = b.federation.clone().unwrap();
-    let http = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
+    let http = any_certificate();
     let mallory = SigningKeypair::generate();
     let put = |sig: Option<&RequestSignature>, target: &str, body: Vec<u8>| -> (u16, Value) {
         w.rt.block_on(async {
@@ -1329,18 +1333,9 @@ fn unsigned_uploads_of_tens_of_megabytes_are_refused_before_their_bodies_are_rea
     let b = w.server("b.test", "");
     w.publish(&b, "b.test");
     let _bob = w.user(&b, "bob@b.test");
-    let evil = SigningKeypair::generate();
-    let record = letterme_protocol::discovery::MailxRecord {
-        domain_key: evil.public(),
-        endpoint: "https://127.0.0.1:9".into(),
-        tls_fingerprint: None,
-    };
-    w.rt.block_on(w.dns.set_txt_ttl("_mailx.evil.test", &record.to_txt(), TTL));
+    let evil = w.hand_made_domain("evil.test");
     let base = b.federation.clone().unwrap();
-    let http = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
+    let http = any_certificate();
     let target = |n: u8| {
         format!(
             "/v1/federation/transactions/{}",

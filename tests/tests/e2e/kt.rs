@@ -470,10 +470,10 @@ async fn bob_notices_a_key_for_bob_that_bob_did_not_create() {
         .map(|m| m.uid)
         .collect();
     let alerts: Vec<String> = cache
-        .contents(inbox.id, &uids)
+        .fetch(inbox.id, &uids, true)
         .unwrap()
         .into_iter()
-        .map(|(_, raw)| String::from_utf8_lossy(&raw).into_owned())
+        .map(|(_, raw)| String::from_utf8_lossy(&raw.unwrap()).into_owned())
         .filter(|raw| raw.contains("security alert"))
         .collect();
     assert_eq!(alerts.len(), 1, "{alerts:?}");

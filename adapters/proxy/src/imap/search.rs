@@ -36,6 +36,8 @@ pub struct Candidate<'a> {
     pub internal_date: i64,
     /// RFC822.SIZE.
     pub size: u32,
+    /// The message's MODSEQ (RFC 7162 §3.1.5).
+    pub modseq: u64,
     /// The full RFC 5322 message.
     pub raw: &'a [u8],
 }
@@ -148,6 +150,9 @@ impl Eval<'_, '_> {
         match key {
             SearchKey::And(keys) => keys.as_ref().iter().all(|k| self.matches(k)),
             SearchKey::Not(k) => !self.matches(k),
+            // RFC 7162 §3.1.5: MODSEQ at or above the value; no per-flag MODSEQs are kept, so
+            // the entry name and type are answered by the message's own MODSEQ.
+            SearchKey::ModSequence { modseq, .. } => c.modseq >= *modseq,
             SearchKey::Or(a, b) => self.matches(a) || self.matches(b),
             SearchKey::All => true,
             SearchKey::SequenceSet(set) => in_set(set, c.seq, self.bounds.max_seq),
@@ -452,6 +457,7 @@ mod tests {
                     .unwrap()
                     .timestamp(),
                 size: f.size,
+                modseq: 1,
                 raw: f.raw,
             })
     }
@@ -632,6 +638,7 @@ mod tests {
                 recent: false,
                 internal_date: i64::MAX,
                 size: 0,
+                modseq: 1,
                 raw,
             };
             let (keys, _) = parse(

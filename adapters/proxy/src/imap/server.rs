@@ -208,20 +208,18 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut after_write = Next::Continue;
     let mut idle_tag: Option<Tag<'static>> = None;
     let mut changes = proxy.cache.changes();
-    // A FETCH in progress: the rest of it is produced once its last batch has been sent.
-    let mut fetch: Option<(ResponseHandle, FetchJob)> = None;
+    let mut outbox = Outbox::default();
     let mut before_login = 0usize;
     loop {
         match server.next() {
             Ok(Event::GreetingSent { .. }) => suppress_greeting = false,
             Ok(Event::ResponseSent { handle, .. }) => {
-                if fetch.as_ref().is_some_and(|(h, _)| *h == handle) {
-                    let (_, job) = fetch.take().expect("checked");
-                    fetch = enqueue(&mut server, s.fetch_more(job), &mut after_write);
-                }
+                outbox.sent(handle);
+                outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
             }
             Ok(Event::CommandReceived { command }) => {
-                fetch = enqueue(&mut server, s.handle(command), &mut after_write);
+                outbox.push(s.handle(command), &mut after_write);
+                outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
             }
             Ok(Event::CommandAuthenticateReceived {
                 command_authenticate,
@@ -242,9 +240,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     )
                     .expect("valid");
                     let _ = server.idle_accept(cont);
-                    for d in s.updates(true) {
-                        server.enqueue_data(d);
-                    }
+                    outbox.push_updates(&mut s, &mut after_write);
+                    outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
                     idle_tag = Some(tag);
                 } else {
                     let _ = server
@@ -285,9 +282,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     tokio::select! {
                         r = tokio::time::timeout(AUTOLOGOUT, stream.read(&mut buf)) => r,
                         _ = changes.changed() => {
-                            for d in s.updates(true) {
-                                server.enqueue_data(d);
-                            }
+                            outbox.push_updates(&mut s, &mut after_write);
+                            outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
                             continue;
                         }
                     }
@@ -333,8 +329,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         else {
                             continue;
                         };
-                        let reply = s.list(&cmd.tag, reference, mailbox_wildcard, opts, false);
-                        fetch = enqueue(&mut server, reply, &mut after_write);
+                        let reply = s.list(
+                            &cmd.tag,
+                            reference,
+                            std::slice::from_ref(mailbox_wildcard),
+                            &opts,
+                            false,
+                        );
+                        outbox.push(reply, &mut after_write);
+                        outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
                         continue;
                     }
                     let status = match tag_of(bytes) {
@@ -367,27 +370,60 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Queues a reply; returns the FETCH to continue once the handle's response is sent.
-fn enqueue(
-    server: &mut Server,
-    reply: Reply,
-    after_write: &mut Next,
-) -> Option<(ResponseHandle, FetchJob)> {
-    *after_write = reply.next;
-    let mut last = None;
-    for o in reply.out {
-        last = Some(match o {
-            Out::Data(d) => server.enqueue_data(d),
-            Out::Status(st) => server.enqueue_status(st),
-        });
+/// Responses waiting their turn. imap-next encodes and writes what imap-types can express;
+/// an [`Out::Raw`] is written by the driver once everything queued before it has been sent,
+/// and the next batch of a FETCH is produced only then, so memory stays bounded.
+#[derive(Default)]
+struct Outbox {
+    waiting: std::collections::VecDeque<Out>,
+    /// The last response handed to imap-next and not yet sent.
+    last: Option<ResponseHandle>,
+    more: Option<FetchJob>,
+}
+
+impl Outbox {
+    fn push(&mut self, reply: Reply, after_write: &mut Next) {
+        self.waiting.extend(reply.out);
+        self.more = reply.more;
+        *after_write = reply.next;
     }
-    match (reply.more, last) {
-        (Some(job), Some(handle)) => Some((handle, job)),
-        (Some(_), None) => {
-            tracing::error!("an empty FETCH batch with more to come");
-            None
+
+    /// Unilateral updates (IDLE): a deleted mailbox closes the connection.
+    fn push_updates(&mut self, s: &mut Session, after_write: &mut Next) {
+        self.waiting.extend(s.updates(true));
+        if s.is_closing() {
+            *after_write = Next::Close;
         }
-        (None, _) => None,
+    }
+
+    fn sent(&mut self, handle: ResponseHandle) {
+        if self.last == Some(handle) {
+            self.last = None;
+        }
+    }
+
+    /// Hands on what may go now; continues a FETCH once all before it has been sent.
+    fn pump(&mut self, server: &mut Server, out: &mut Vec<u8>, s: &mut Session, next: &mut Next) {
+        loop {
+            while let Some(o) = self.waiting.pop_front() {
+                match o {
+                    Out::Data(d) => self.last = Some(server.enqueue_data(d)),
+                    Out::Status(st) => self.last = Some(server.enqueue_status(st)),
+                    Out::Raw(bytes) if self.last.is_none() => out.extend_from_slice(&bytes),
+                    Out::Raw(bytes) => {
+                        self.waiting.push_front(Out::Raw(bytes));
+                        return;
+                    }
+                }
+            }
+            if self.last.is_some() {
+                return;
+            }
+            let Some(job) = self.more.take() else {
+                return;
+            };
+            self.push(s.fetch_more(job), next);
+        }
     }
 }
 

@@ -55,20 +55,25 @@ use imap_codec::imap_types::sequence::SequenceSet;
 
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 
-use letterme_client::cache::{Cache, DELIMITER, Folder, MailMeta, MailboxError, NewMail};
+use letterme_client::cache::{
+    Cache, DELIMITER, Fetched, FlagOp, Folder, MailMeta, MailboxError, NewMail, has_flag,
+};
 
 use super::{mime, search};
 pub use mailboxes::ListOptions;
 use mailboxes::mailbox_name;
 use wire::{
-    Kind, atom_attr, flag_fetch, has, imap_date, mailbox_error, nstring, nz, store_error, tagged,
-    to_flag, untagged_ok,
+    Kind, atom_attr, expunge_issued, flag_fetch, imap_date, mailbox_error, nstring, nz, nz64,
+    same_flags, store_error, tagged, to_flag, untagged_ok,
 };
 
 use crate::credentials::Credentials;
 
 /// Messages per FETCH batch.
 const FETCH_BATCH: usize = 250;
+
+/// The flags every mailbox has (RFC 3501 §2.3.2); keywords come on top.
+const SYSTEM_FLAGS: [&str; 5] = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
 
 /// Failed logins before the connection is closed.
 const MAX_LOGIN_FAILURES: u32 = 3;
@@ -78,6 +83,9 @@ const MAX_LOGIN_FAILURES: u32 = 3;
 pub enum Out {
     Data(Data<'static>),
     Status(Status<'static>),
+    /// A whole response imap-types cannot express (RFC 5258 CHILDINFO, RFC 4731 ESEARCH),
+    /// encoded here; written in turn after everything before it.
+    Raw(Vec<u8>),
 }
 
 /// What the driver does after writing the responses.
@@ -107,6 +115,10 @@ pub struct FetchJob {
     items: Vec<MessageDataItemName<'static>>,
     /// (sequence number, uid) still to send.
     todo: std::collections::VecDeque<(u32, u32)>,
+    /// Whether a message asked for was expunged by another session meanwhile.
+    expunged: bool,
+    /// Whether any message was sent.
+    sent: bool,
 }
 
 #[derive(Debug)]
@@ -116,6 +128,12 @@ struct Selected {
     /// UIDs by sequence number - 1; what the client currently believes.
     uids: Vec<u32>,
     flags: Vec<Vec<String>>,
+    /// The MODSEQ up to which the client has heard of every change.
+    modseq: u64,
+    /// The messages that are `\Recent` for this session (RFC 3501 §2.3.2).
+    recent: BTreeSet<u32>,
+    /// The keywords announced in FLAGS.
+    keywords: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -136,7 +154,12 @@ pub struct Session {
     tls: bool,
     tls_available: bool,
     failures: u32,
+    /// The cache's change counter when this session last caught up with it.
     seen_change: u64,
+    /// The selected mailbox went away: BYE, then close.
+    closing: bool,
+    /// CONDSTORE is on (RFC 7162 §3.1): FETCH responses carry MODSEQ.
+    condstore: bool,
 }
 
 impl Session {
@@ -149,6 +172,8 @@ impl Session {
             tls_available,
             failures: 0,
             seen_change: 0,
+            closing: false,
+            condstore: false,
         }
     }
 
@@ -169,13 +194,19 @@ impl Session {
         matches!(self.state, State::Selected(_))
     }
 
+    /// The selected mailbox was deleted: the connection ends after the BYE.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
     pub fn is_authenticated(&self) -> bool {
         !matches!(self.state, State::NotAuthenticated)
     }
 
     fn capabilities(&self) -> Vec1<Capability<'static>> {
         let mut caps = vec![Capability::Imap4Rev1, Capability::LiteralPlus];
-        if self.tls_available && !self.tls {
+        // RFC 3501 §6.2.1: STARTTLS only before login.
+        if self.tls_available && !self.tls && !self.is_authenticated() {
             caps.push(Capability::StartTls);
         }
         // Everything is announced before login too: some clients (imaplib) never ask again.
@@ -215,8 +246,11 @@ impl Session {
             let updates = self.updates(allow_expunge);
             if !updates.is_empty() {
                 let last = reply.out.pop();
-                reply.out.extend(updates.into_iter().map(Out::Data));
+                reply.out.extend(updates);
                 reply.out.extend(last);
+            }
+            if self.closing {
+                reply.next = Next::Close;
             }
         }
         reply
@@ -332,7 +366,7 @@ impl Session {
         let r = match body {
             C::Select { mailbox, .. } => return self.select(tag, &mailbox_name(&mailbox), false),
             C::Examine { mailbox, .. } => return self.select(tag, &mailbox_name(&mailbox), true),
-            C::Create { mailbox } => self.cache.create_folder(&mailbox_name(&mailbox)),
+            C::Create { mailbox } => self.cache.create_folder(&mailbox_name(&mailbox), None),
             C::Delete { mailbox } => {
                 let name = mailbox_name(&mailbox);
                 let r = self.cache.delete_folder(&name);
@@ -356,8 +390,8 @@ impl Session {
                 return self.list(
                     tag,
                     &reference,
-                    &mailbox_wildcard,
-                    ListOptions::default(),
+                    &[mailbox_wildcard],
+                    &ListOptions::default(),
                     false,
                 );
             }
@@ -365,11 +399,13 @@ impl Session {
                 reference,
                 mailbox_wildcard,
             } => {
-                let opts = ListOptions {
-                    subscribed_only: true,
-                    ..ListOptions::default()
-                };
-                return self.list(tag, &reference, &mailbox_wildcard, opts, true);
+                return self.list(
+                    tag,
+                    &reference,
+                    &[mailbox_wildcard],
+                    &ListOptions::default(),
+                    true,
+                );
             }
             C::Namespace => {
                 return Self::reply(vec![
@@ -459,8 +495,9 @@ impl Session {
         match body {
             C::Close | C::Unselect => {
                 let expunge = matches!(body, C::Close) && !self.sel().read_only;
-                if expunge && let Err(e) = self.expunge_deleted(None) {
-                    return Self::reply(vec![store_error(tag, &e)]);
+                let folder = self.sel().folder.id;
+                if expunge && let Err(e) = self.cache.expunge_deleted(folder, None) {
+                    return Self::reply(vec![store_error(tag, &e.to_string())]);
                 }
                 self.state = State::Authenticated;
                 Self::reply(vec![tagged(tag, Kind::Ok, None, "done")])

@@ -45,15 +45,25 @@ pub(super) fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
     matched[name.len()]
 }
 
-/// The options of a LIST command (RFC 5258 selection and return options).
-// Reason: four independent switches named after the RFC's options.
+/// The options of a LIST command: RFC 5258 selection and return options, RFC 5819 STATUS.
+// Reason: independent switches named after the RFC's options.
 #[allow(clippy::struct_excessive_bools)]
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct ListOptions {
+    /// The LIST-EXTENDED form was used: a name that is not a mailbox is `\NonExistent`.
+    pub extended: bool,
     pub subscribed_only: bool,
+    pub recursive_match: bool,
+    pub special_use_only: bool,
     pub return_subscribed: bool,
     pub return_special_use: bool,
-    pub special_use_only: bool,
+    /// RFC 5819: a STATUS with these items after each selectable mailbox listed.
+    pub return_status: Vec<StatusDataItemName>,
+}
+
+/// A name and the names above it: `a/b/c` gives `a`, `a/b`.
+fn ancestors(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices(DELIMITER).map(move |(i, _)| &name[..i])
 }
 
 impl Session {
@@ -84,36 +94,42 @@ impl Session {
 
     pub(super) fn select(&mut self, tag: &Tag<'static>, name: &str, read_only: bool) -> Reply {
         self.state = State::Authenticated;
+        // The change counter first: a change after this point is seen by the next command.
+        self.seen_change = *self.cache.changes().borrow();
         let (folder, messages) = match self.folder_and_messages(tag, name) {
             Ok(found) => found,
             Err(refusal) => return Self::reply(vec![refusal]),
         };
-        self.seen_change = *self.cache.changes().borrow();
-        let exists = messages.len() as u32;
-        let first_unseen = messages.iter().position(|m| !has(&m.flags, "\\Seen"));
-        let mut out = vec![
-            Out::Data(Data::Flags(
-                ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
-                    .into_iter()
-                    .filter_map(to_flag)
-                    .collect(),
-            )),
-            untagged_ok(
-                Code::PermanentFlags(
-                    ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
-                        .into_iter()
-                        .filter_map(to_flag)
-                        .map(FlagPerm::Flag)
-                        .chain([FlagPerm::Asterisk])
-                        .collect(),
-                ),
-                "flags permitted",
-            ),
+        let mut selected = Selected {
+            read_only,
+            uids: messages.iter().map(|m| m.uid).collect(),
+            flags: Vec::with_capacity(messages.len()),
+            modseq: folder.highestmodseq,
+            recent: BTreeSet::new(),
+            keywords: Vec::new(),
+            folder,
+        };
+        for m in &messages {
+            selected.learn_keywords(&m.flags);
+        }
+        let first_unseen = messages.iter().position(|m| !has_flag(&m.flags, "\\Seen"));
+        selected.flags = messages.into_iter().map(|m| m.flags).collect();
+        let mut out = selected.flags_responses();
+        let (uidvalidity, uidnext, unclaimed) = (
+            selected.folder.uidvalidity,
+            selected.folder.uidnext,
+            selected.folder.recent_uid,
+        );
+        let exists = selected.uids.len() as u32;
+        let uids = selected.uids.clone();
+        self.state = State::Selected(selected);
+        self.note_recent(&uids, unclaimed);
+        out.extend([
             Out::Data(Data::Exists(exists)),
-            Out::Data(Data::Recent(0)),
-            untagged_ok(Code::UidValidity(nz(folder.uidvalidity)), "UIDs valid"),
-            untagged_ok(Code::UidNext(nz(folder.uidnext)), "predicted next UID"),
-        ];
+            Out::Data(Data::Recent(self.sel().recent.len() as u32)),
+            untagged_ok(Code::UidValidity(nz(uidvalidity)), "UIDs valid"),
+            untagged_ok(Code::UidNext(nz(uidnext)), "predicted next UID"),
+        ]);
         if let Some(i) = first_unseen {
             out.push(untagged_ok(Code::Unseen(nz(i as u32 + 1)), "first unseen"));
         }
@@ -132,99 +148,170 @@ impl Session {
                 "SELECT completed"
             },
         ));
-        self.state = State::Selected(Selected {
-            folder,
-            read_only,
-            uids: messages.iter().map(|m| m.uid).collect(),
-            flags: messages.into_iter().map(|m| m.flags).collect(),
-        });
         Self::reply(out)
     }
 
-    /// LIST and LSUB, and LIST-EXTENDED (RFC 5258) through [`ListOptions`].
+    /// LIST and LSUB (RFC 3501 §6.3.8, §6.3.9), LIST-EXTENDED (RFC 5258) with several
+    /// patterns, and LIST-STATUS (RFC 5819).
+    ///
+    /// A name that is not a mailbox is listed (`\Noselect`, or `\NonExistent` in the
+    /// extended form) when it has a mailbox below it that the pattern does not reach, so a
+    /// `%` at one level shows every level that has children; LSUB does the same for
+    /// subscribed names, and SUBSCRIBED with RECURSIVEMATCH marks such a name with CHILDINFO.
     pub fn list(
         &mut self,
         tag: &Tag<'static>,
         reference: &Mailbox<'_>,
-        pattern: &ListMailbox<'_>,
-        opts: ListOptions,
+        patterns: &[ListMailbox<'_>],
+        opts: &ListOptions,
         lsub: bool,
     ) -> Reply {
-        let pattern: &[u8] = match pattern {
-            ListMailbox::Token(t) => t.as_ref(),
-            ListMailbox::String(s) => s.as_ref(),
-        };
         let reference = match reference {
             Mailbox::Inbox => b"INBOX".to_vec(),
             Mailbox::Other(o) => o.as_ref().to_vec(),
         };
-        let mut out = Vec::new();
-        if pattern.is_empty() && !lsub {
-            // RFC 3501 §6.3.8: the hierarchy delimiter and root.
-            out.push(Out::Data(Data::List {
-                items: vec![FlagNameAttribute::Noselect],
-                delimiter: Some(QuotedChar::try_from(DELIMITER).expect("valid")),
-                mailbox: Mailbox::try_from(String::new()).unwrap_or(Mailbox::Inbox),
-            }));
-            out.push(tagged(tag, Kind::Ok, None, "LIST completed"));
-            return Self::reply(out);
-        }
-        let full: Vec<u8> = [reference.as_slice(), pattern].concat();
-        let folders = match self.cache.folders() {
-            Ok(f) => f,
-            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+        let done = if lsub {
+            "LSUB completed"
+        } else {
+            "LIST completed"
         };
-        for f in &folders {
-            let name = f.name.as_bytes();
-            let matches = wildcard(&full, name)
-                || (f.name == "INBOX" && wildcard(&full.to_ascii_uppercase(), name));
-            if !matches
-                || (opts.subscribed_only && !f.subscribed)
-                || (opts.special_use_only && f.special.is_none())
-            {
+        let patterns: Vec<Vec<u8>> = patterns
+            .iter()
+            .map(|p| {
+                let p: &[u8] = match p {
+                    ListMailbox::Token(t) => t.as_ref(),
+                    ListMailbox::String(s) => s.as_ref(),
+                };
+                [reference.as_slice(), p].concat()
+            })
+            .collect();
+        if !lsub && patterns.len() == 1 && patterns[0] == reference && !opts.extended {
+            // RFC 3501 §6.3.8: an empty pattern asks for the hierarchy delimiter and root.
+            return Self::reply(vec![
+                Out::Data(Data::List {
+                    items: vec![FlagNameAttribute::Noselect],
+                    delimiter: Some(QuotedChar::try_from(DELIMITER).expect("valid")),
+                    mailbox: Mailbox::try_from(String::new()).unwrap_or(Mailbox::Inbox),
+                }),
+                tagged(tag, Kind::Ok, None, done),
+            ]);
+        }
+        let (folders, subscribed) = match (self.cache.folders(), self.cache.subscriptions()) {
+            (Ok(f), Ok(s)) => (f, s),
+            (Err(e), _) | (_, Err(e)) => {
+                return Self::reply(vec![store_error(tag, &e.to_string())]);
+            }
+        };
+        let matches = |name: &str| {
+            patterns.iter().any(|p| {
+                wildcard(p, name.as_bytes())
+                    || (name == "INBOX" && wildcard(&p.to_ascii_uppercase(), name.as_bytes()))
+            })
+        };
+        let existing: std::collections::BTreeMap<&str, &Folder> =
+            folders.iter().map(|f| (f.name.as_str(), f)).collect();
+        // Every name there is: mailboxes, subscriptions, and the levels above them.
+        let mut names: BTreeSet<&str> = existing.keys().copied().collect();
+        names.extend(subscribed.iter().map(String::as_str));
+        for n in names.clone() {
+            names.extend(ancestors(n));
+        }
+        // INBOX first, as clients expect; then by name.
+        let mut order: Vec<&str> = names.into_iter().collect();
+        order.sort_by_key(|n| *n != "INBOX");
+        let mailboxes: Vec<&str> = existing.keys().copied().collect();
+        let subscriptions: Vec<&str> = subscribed.iter().map(String::as_str).collect();
+        let below = |name: &str, set: &[&str]| {
+            let prefix = format!("{name}{DELIMITER}");
+            set.iter().any(|n| n.starts_with(&prefix))
+        };
+        // Below `name`, something in `set` that the patterns do not reach themselves.
+        let hidden_below = |name: &str, set: &[&str]| {
+            let prefix = format!("{name}{DELIMITER}");
+            set.iter().any(|n| n.starts_with(&prefix) && !matches(n))
+        };
+        let nonexistent = if opts.extended {
+            atom_attr("\\NonExistent")
+        } else {
+            FlagNameAttribute::Noselect
+        };
+        let mut out = Vec::new();
+        for name in order {
+            if !matches(name) {
                 continue;
             }
-            let prefix = format!("{}{DELIMITER}", f.name);
-            let children = folders.iter().any(|c| c.name.starts_with(&prefix));
-            let mut items: Vec<FlagNameAttribute<'static>> = vec![atom_attr(if children {
-                "\\HasChildren"
-            } else {
-                "\\HasNoChildren"
-            })];
-            if !lsub
-                && (opts.return_special_use || !opts.subscribed_only)
-                && let Some(s) = &f.special
-            {
-                items.push(atom_attr(s));
-            }
-            if (opts.return_subscribed || (opts.subscribed_only && !lsub)) && f.subscribed {
-                items.push(atom_attr("\\Subscribed"));
-            }
-            let data = if lsub {
-                Data::Lsub {
-                    items,
-                    delimiter: Some(QuotedChar::try_from(DELIMITER).expect("valid")),
-                    mailbox: mailbox_of(&f.name),
-                }
-            } else {
-                Data::List {
-                    items,
-                    delimiter: Some(QuotedChar::try_from(DELIMITER).expect("valid")),
-                    mailbox: mailbox_of(&f.name),
-                }
-            };
-            out.push(Out::Data(data));
-        }
-        out.push(tagged(
-            tag,
-            Kind::Ok,
-            None,
+            let folder = existing.get(name).copied();
+            let is_subscribed = subscribed.contains(name);
+            let mut items: Vec<FlagNameAttribute<'static>> = Vec::new();
+            let mut child_subscribed = false;
             if lsub {
-                "LSUB completed"
+                if !is_subscribed && !hidden_below(name, &subscriptions) {
+                    continue;
+                }
+                if folder.is_none() || !is_subscribed {
+                    items.push(FlagNameAttribute::Noselect);
+                }
             } else {
-                "LIST completed"
-            },
-        ));
+                if opts.subscribed_only && !is_subscribed {
+                    child_subscribed = opts.recursive_match && below(name, &subscriptions);
+                    if !child_subscribed {
+                        continue;
+                    }
+                }
+                if opts.special_use_only && folder.is_none_or(|f| f.special.is_none()) {
+                    continue;
+                }
+                if folder.is_none() {
+                    let placeholder = is_subscribed && opts.subscribed_only
+                        || child_subscribed
+                        || hidden_below(name, &mailboxes);
+                    if !placeholder {
+                        continue;
+                    }
+                    items.push(nonexistent.clone());
+                }
+                items.push(atom_attr(if below(name, &mailboxes) {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                }));
+                if let Some(special) = folder.and_then(|f| f.special.as_deref())
+                    && (opts.return_special_use || !opts.subscribed_only)
+                {
+                    items.push(atom_attr(special));
+                }
+                if is_subscribed && (opts.return_subscribed || opts.subscribed_only) {
+                    items.push(atom_attr("\\Subscribed"));
+                }
+            }
+            let delimiter = Some(QuotedChar::try_from(DELIMITER).expect("valid"));
+            let mailbox = mailbox_of(name);
+            out.push(if lsub {
+                Out::Data(Data::Lsub {
+                    items,
+                    delimiter,
+                    mailbox,
+                })
+            } else if child_subscribed {
+                // RFC 5258 §3.5: CHILDINFO, which imap-types cannot encode yet.
+                Out::Raw(wire::list_childinfo(&items, name))
+            } else {
+                Out::Data(Data::List {
+                    items,
+                    delimiter,
+                    mailbox,
+                })
+            });
+            if let Some(f) = folder
+                && !opts.return_status.is_empty()
+            {
+                match self.status_data(f, &opts.return_status) {
+                    Ok(d) => out.push(Out::Data(d)),
+                    Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+                }
+            }
+        }
+        out.push(tagged(tag, Kind::Ok, None, done));
         Self::reply(out)
     }
 
@@ -234,49 +321,68 @@ impl Session {
         name: &str,
         items: &[StatusDataItemName],
     ) -> Reply {
-        let (folder, messages) = match self.folder_and_messages(tag, name) {
-            Ok(found) => found,
-            Err(refusal) => return Self::reply(vec![refusal]),
+        let folder = match self.cache.folder(name) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return Self::reply(vec![tagged(
+                    tag,
+                    Kind::No,
+                    Some(wire::nonexistent()),
+                    &format!("no mailbox named {name}"),
+                )]);
+            }
+            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
         };
-        let count = |flag: &str, want: bool| {
-            messages
-                .iter()
-                .filter(|m| has(&m.flags, flag) == want)
-                .count() as u32
-        };
+        match self.status_data(&folder, items) {
+            Ok(data) => Self::reply(vec![
+                Out::Data(data),
+                tagged(tag, Kind::Ok, None, "STATUS completed"),
+            ]),
+            Err(e) => Self::reply(vec![store_error(tag, &e.to_string())]),
+        }
+    }
+
+    /// The STATUS response for one mailbox (RFC 3501 §6.3.10, RFC 7162 §3.1.6).
+    pub(super) fn status_data(
+        &self,
+        folder: &Folder,
+        items: &[StatusDataItemName],
+    ) -> Result<Data<'static>, letterme_client::ClientError> {
+        let messages = self.cache.messages(folder.id)?;
+        let count = |want: &dyn Fn(&MailMeta) -> bool| messages.iter().filter(|m| want(m)).count();
         let data: Vec<StatusDataItem> = items
             .iter()
-            .filter_map(|i| match i {
-                StatusDataItemName::Messages => {
-                    Some(StatusDataItem::Messages(messages.len() as u32))
+            .map(|i| match i {
+                StatusDataItemName::Messages => StatusDataItem::Messages(messages.len() as u32),
+                StatusDataItemName::Recent => {
+                    StatusDataItem::Recent(count(&|m| m.uid >= folder.recent_uid) as u32)
                 }
-                StatusDataItemName::Recent => Some(StatusDataItem::Recent(0)),
-                StatusDataItemName::UidNext => Some(StatusDataItem::UidNext(nz(folder.uidnext))),
+                StatusDataItemName::UidNext => StatusDataItem::UidNext(nz(folder.uidnext)),
                 StatusDataItemName::UidValidity => {
-                    Some(StatusDataItem::UidValidity(nz(folder.uidvalidity)))
+                    StatusDataItem::UidValidity(nz(folder.uidvalidity))
                 }
-                StatusDataItemName::Unseen => Some(StatusDataItem::Unseen(count("\\Seen", false))),
+                StatusDataItemName::Unseen => {
+                    StatusDataItem::Unseen(count(&|m| !has_flag(&m.flags, "\\Seen")) as u32)
+                }
                 StatusDataItemName::Deleted => {
-                    Some(StatusDataItem::Deleted(count("\\Deleted", true)))
+                    StatusDataItem::Deleted(count(&|m| has_flag(&m.flags, "\\Deleted")) as u32)
                 }
-                StatusDataItemName::DeletedStorage => Some(StatusDataItem::DeletedStorage(
+                StatusDataItemName::DeletedStorage => StatusDataItem::DeletedStorage(
                     messages
                         .iter()
-                        .filter(|m| has(&m.flags, "\\Deleted"))
+                        .filter(|m| has_flag(&m.flags, "\\Deleted"))
                         .map(|m| u64::from(m.size))
                         .sum(),
-                )),
-                #[allow(unreachable_patterns)]
-                _ => None,
+                ),
+                StatusDataItemName::HighestModSeq => {
+                    StatusDataItem::HighestModSeq(folder.highestmodseq)
+                }
             })
             .collect();
-        Self::reply(vec![
-            Out::Data(Data::Status {
-                mailbox: mailbox_of(&folder.name),
-                items: Cow::Owned(data),
-            }),
-            tagged(tag, Kind::Ok, None, "STATUS completed"),
-        ])
+        Ok(Data::Status {
+            mailbox: mailbox_of(&folder.name),
+            items: Cow::Owned(data),
+        })
     }
 
     pub(super) fn append(

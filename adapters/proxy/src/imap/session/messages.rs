@@ -87,11 +87,16 @@ impl Session {
             uid,
             items,
             todo: todo.into(),
+            expunged: false,
+            sent: false,
         };
         self.fetch_more(job)
     }
 
-    /// The next batch of a FETCH; the tagged OK comes with the last one.
+    /// The next batch of a FETCH; the tagged OK comes with the last one. Metadata and
+    /// content are read together, so a message expunged meanwhile by another session is
+    /// left out (and the tagged answer says so, RFC 5530 EXPUNGEISSUED) rather than served
+    /// empty.
     pub fn fetch_more(&mut self, mut job: FetchJob) -> Reply {
         let batch: Vec<(u32, u32)> = job.todo.drain(..job.todo.len().min(FETCH_BATCH)).collect();
         let needs_content = job.items.iter().any(|i| {
@@ -101,57 +106,81 @@ impl Session {
                     | MessageDataItemName::Uid
                     | MessageDataItemName::InternalDate
                     | MessageDataItemName::Rfc822Size
+                    | MessageDataItemName::ModSeq
             )
         });
-        let marks_seen = job.items.iter().any(|i| {
-            matches!(
-                i,
-                MessageDataItemName::BodyExt { peek: false, .. }
-                    | MessageDataItemName::Rfc822
-                    | MessageDataItemName::Rfc822Text
-            )
-        });
+        let marks_seen = !self.sel().read_only
+            && job.items.iter().any(|i| {
+                matches!(
+                    i,
+                    MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Text
+                )
+            });
         let folder = self.sel().folder.id;
-        let read_only = self.sel().read_only;
         let uids: Vec<u32> = batch.iter().map(|b| b.1).collect();
-        let (lo, hi) = (
-            uids.iter().min().copied().unwrap_or(1),
-            uids.iter().max().copied().unwrap_or(0),
-        );
-        let metas: std::collections::HashMap<u32, MailMeta> =
-            match self.cache.messages_between(folder, lo, hi) {
-                Ok(rows) => rows.into_iter().map(|m| (m.uid, m)).collect(),
+        let mut rows: std::collections::HashMap<u32, Fetched> =
+            match self.cache.fetch(folder, &uids, needs_content) {
+                Ok(rows) => rows.into_iter().map(|r| (r.0.uid, r)).collect(),
                 Err(e) => return Self::reply(vec![store_error(&job.tag, &e.to_string())]),
             };
-        let contents: std::collections::HashMap<u32, Vec<u8>> = if needs_content {
-            match self.cache.contents(folder, &uids) {
-                Ok(c) => c.into_iter().collect(),
-                Err(e) => return Self::reply(vec![store_error(&job.tag, &e.to_string())]),
+        // The implicit \Seen (RFC 3501 §6.4.5), added to the stored flags as they are now.
+        let mut newly_seen = BTreeSet::new();
+        if marks_seen {
+            let unseen: Vec<u32> = rows
+                .values()
+                .filter(|r| !has_flag(&r.0.flags, "\\Seen"))
+                .map(|r| r.0.uid)
+                .collect();
+            if !unseen.is_empty() {
+                let stored = match self.cache.store_flags(
+                    folder,
+                    &unseen,
+                    FlagOp::Add,
+                    &["\\Seen".to_owned()],
+                    None,
+                ) {
+                    Ok(s) => s.stored,
+                    Err(e) => return Self::reply(vec![store_error(&job.tag, &e.to_string())]),
+                };
+                for st in stored {
+                    if let Some(row) = rows.get_mut(&st.uid) {
+                        row.0.flags = st.flags;
+                        row.0.modseq = st.modseq;
+                    }
+                    newly_seen.insert(st.uid);
+                }
             }
-        } else {
-            std::collections::HashMap::new()
-        };
-        let mut newly_seen = Vec::new();
+        }
+        let condstore = self.condstore;
+        let s = self.sel();
         let mut out = Vec::with_capacity(batch.len() + 1);
         for (seq, uid) in batch {
-            let Some(meta) = metas.get(&uid) else {
+            let Some((meta, raw)) = rows.get(&uid) else {
+                job.expunged = true;
                 continue;
             };
-            let mut flags = meta.flags.clone();
-            if marks_seen && !read_only && !has(&flags, "\\Seen") {
-                flags.push("\\Seen".to_owned());
-                newly_seen.push((uid, flags.clone()));
+            if let Ok(i) = s.uids.binary_search(&uid)
+                && newly_seen.contains(&uid)
+            {
+                // The client learns these flags from this FETCH, not from an update.
+                s.flags[i].clone_from(&meta.flags);
             }
-            let raw = contents.get(&uid).map_or(&[][..], Vec::as_slice);
+            let raw = raw.as_deref().unwrap_or_default();
+            let recent = s.recent.contains(&uid);
             let mut data: Vec<MessageDataItem<'static>> = Vec::with_capacity(job.items.len());
             for item in &job.items {
                 data.push(match item {
                     MessageDataItemName::Uid => MessageDataItem::Uid(nz(uid)),
-                    MessageDataItemName::Flags => MessageDataItem::Flags(flag_fetch(&flags)),
+                    MessageDataItemName::Flags => {
+                        MessageDataItem::Flags(flag_fetch(&meta.flags, recent))
+                    }
                     MessageDataItemName::InternalDate => {
                         MessageDataItem::InternalDate(imap_date(meta.internal_date))
                     }
                     MessageDataItemName::Rfc822Size => MessageDataItem::Rfc822Size(meta.size),
+                    MessageDataItemName::ModSeq => MessageDataItem::ModSeq(nz64(meta.modseq)),
                     MessageDataItemName::Envelope => MessageDataItem::Envelope(mime::envelope(raw)),
                     MessageDataItemName::BodyStructure => {
                         MessageDataItem::BodyStructure(mime::body_structure(raw))
@@ -182,63 +211,56 @@ impl Session {
                     _ => continue,
                 });
             }
-            // FLAGS changed by this FETCH are reported in it (RFC 3501 §6.4.5).
-            if newly_seen.last().is_some_and(|n| n.0 == uid)
-                && !job.items.contains(&MessageDataItemName::Flags)
-            {
-                data.push(MessageDataItem::Flags(flag_fetch(&flags)));
+            // FLAGS changed by this FETCH are reported in it (RFC 3501 §6.4.5), and with
+            // CONDSTORE their MODSEQ (RFC 7162 §3.1.4.1).
+            if newly_seen.contains(&uid) {
+                if !job.items.contains(&MessageDataItemName::Flags) {
+                    data.push(MessageDataItem::Flags(flag_fetch(&meta.flags, recent)));
+                }
+                if condstore && !job.items.contains(&MessageDataItemName::ModSeq) {
+                    data.push(MessageDataItem::ModSeq(nz64(meta.modseq)));
+                }
             }
             if let Ok(items) = Vec1::try_from(data) {
+                job.sent = true;
                 out.push(Out::Data(Data::Fetch {
                     seq: nz(seq),
                     items,
                 }));
             }
         }
-        if !newly_seen.is_empty() {
-            if let Err(e) = self.cache.set_flags(folder, &newly_seen) {
-                return Self::reply(vec![store_error(&job.tag, &e.to_string())]);
-            }
-            self.note_flags(&newly_seen);
-        }
         if out.is_empty() && !job.todo.is_empty() {
             // Every message of this batch vanished meanwhile; go on with the next.
             return self.fetch_more(job);
         }
-        if job.todo.is_empty() {
-            out.push(tagged(
-                &job.tag,
-                Kind::Ok,
-                None,
-                if job.uid {
-                    "UID FETCH completed"
-                } else {
-                    "FETCH completed"
-                },
-            ));
-            Reply {
-                out,
-                next: Next::Continue,
-                more: None,
-            }
-        } else {
-            Reply {
+        if !job.todo.is_empty() {
+            return Reply {
                 out,
                 next: Next::Continue,
                 more: Some(job),
-            }
+            };
         }
-    }
-
-    /// Records flag changes this session made, so they are not echoed as updates.
-    pub(super) fn note_flags(&mut self, changes: &[(u32, Vec<String>)]) {
-        let s = self.sel();
-        for (uid, flags) in changes {
-            if let Ok(i) = s.uids.binary_search(uid) {
-                s.flags[i].clone_from(flags);
-            }
-        }
-        self.seen_change = *self.cache.changes().borrow();
+        let done = if job.uid {
+            "UID FETCH completed"
+        } else {
+            "FETCH completed"
+        };
+        out.push(match (job.expunged, job.sent) {
+            (false, _) => tagged(&job.tag, Kind::Ok, None, done),
+            (true, true) => tagged(
+                &job.tag,
+                Kind::Ok,
+                Some(expunge_issued()),
+                "some messages were expunged meanwhile; the others were fetched",
+            ),
+            (true, false) => tagged(
+                &job.tag,
+                Kind::No,
+                Some(expunge_issued()),
+                "the requested messages were expunged meanwhile",
+            ),
+        });
+        Self::reply(out)
     }
 
     pub(super) fn store(
@@ -253,46 +275,56 @@ impl Session {
         if self.sel().read_only {
             return Self::read_only(tag);
         }
+        let op = match kind {
+            StoreType::Replace => FlagOp::Replace,
+            StoreType::Add => FlagOp::Add,
+            StoreType::Remove => FlagOp::Remove,
+        };
         let targets = self.resolve(set, uid);
         let given: Vec<String> = flags.iter().map(ToString::to_string).collect();
-        let mut changes = Vec::new();
-        let mut out = Vec::new();
-        for (seq, u) in targets {
-            let current = self.sel().flags[seq as usize - 1].clone();
-            let new: Vec<String> = match kind {
-                StoreType::Replace => given.clone(),
-                StoreType::Add => {
-                    let mut v = current.clone();
-                    for f in &given {
-                        if !has(&v, f) {
-                            v.push(f.clone());
-                        }
-                    }
-                    v
-                }
-                StoreType::Remove => current
-                    .iter()
-                    .filter(|f| !has(&given, f))
-                    .cloned()
-                    .collect(),
+        let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let folder = self.sel().folder.id;
+        let outcome = match self.cache.store_flags(folder, &uids, op, &given, None) {
+            Ok(o) => o,
+            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+        };
+        let condstore = self.condstore;
+        let s = self.sel();
+        let new_keyword = outcome
+            .stored
+            .iter()
+            .fold(false, |new, st| s.learn_keywords(&st.flags) | new);
+        let mut out = if new_keyword {
+            s.flags_responses()
+        } else {
+            Vec::new()
+        };
+        for st in &outcome.stored {
+            let Ok(i) = s.uids.binary_search(&st.uid) else {
+                continue;
             };
-            if response == StoreResponse::Answer {
-                let mut items = vec![MessageDataItem::Flags(flag_fetch(&new))];
+            // What the client expects from its own view; anything else (another session's
+            // change) it must hear even with .SILENT.
+            let expected = op.apply(&s.flags[i], &given);
+            let surprise = !same_flags(&expected, &st.flags);
+            s.flags[i].clone_from(&st.flags);
+            if response == StoreResponse::Answer || surprise {
+                let mut items = vec![MessageDataItem::Flags(flag_fetch(
+                    &st.flags,
+                    s.recent.contains(&st.uid),
+                ))];
                 if uid {
-                    items.push(MessageDataItem::Uid(nz(u)));
+                    items.push(MessageDataItem::Uid(nz(st.uid)));
+                }
+                if condstore {
+                    items.push(MessageDataItem::ModSeq(nz64(st.modseq)));
                 }
                 out.push(Out::Data(Data::Fetch {
-                    seq: nz(seq),
+                    seq: nz(i as u32 + 1),
                     items: Vec1::try_from(items).expect("not empty"),
                 }));
             }
-            changes.push((u, new));
         }
-        let folder = self.sel().folder.id;
-        if let Err(e) = self.cache.set_flags(folder, &changes) {
-            return Self::reply(vec![store_error(tag, &e.to_string())]);
-        }
-        self.note_flags(&changes);
         out.push(tagged(
             tag,
             Kind::Ok,
@@ -382,35 +414,20 @@ impl Session {
     /// Drops UIDs from the client's view, returning their EXPUNGE responses.
     pub(super) fn forget(&mut self, gone: &BTreeSet<u32>) -> Vec<Data<'static>> {
         let s = self.sel();
-        let mut out = Vec::new();
         // Highest sequence number first, so each number is still valid when sent.
-        for i in (0..s.uids.len()).rev() {
-            if gone.contains(&s.uids[i]) {
-                out.push(Data::Expunge(nz(i as u32 + 1)));
-                s.uids.remove(i);
-                s.flags.remove(i);
-            }
-        }
-        self.seen_change = *self.cache.changes().borrow();
-        out
-    }
-
-    pub(super) fn expunge_deleted(
-        &mut self,
-        only: Option<&BTreeSet<u32>>,
-    ) -> Result<BTreeSet<u32>, String> {
-        let folder = self.sel().folder.id;
-        let current = self.cache.messages(folder).map_err(|e| e.to_string())?;
-        let doomed: BTreeSet<u32> = current
-            .iter()
-            .filter(|m| has(&m.flags, "\\Deleted") && only.is_none_or(|o| o.contains(&m.uid)))
-            .map(|m| m.uid)
+        let out: Vec<Data<'static>> = (0..s.uids.len())
+            .rev()
+            .filter(|&i| gone.contains(&s.uids[i]))
+            .map(|i| Data::Expunge(nz(i as u32 + 1)))
             .collect();
-        let list: Vec<u32> = doomed.iter().copied().collect();
-        self.cache
-            .expunge(folder, &list)
-            .map_err(|e| e.to_string())?;
-        Ok(doomed)
+        if !out.is_empty() {
+            let keep: Vec<bool> = s.uids.iter().map(|u| !gone.contains(u)).collect();
+            let mut k = keep.iter();
+            s.flags.retain(|_| *k.next().expect("same length"));
+            s.uids.retain(|u| !gone.contains(u));
+            s.recent.retain(|u| !gone.contains(u));
+        }
+        out
     }
 
     pub(super) fn expunge(&mut self, tag: &Tag<'static>, set: Option<&SequenceSet>) -> Reply {
@@ -423,13 +440,15 @@ impl Session {
                 .map(|p| p.1)
                 .collect::<BTreeSet<u32>>()
         });
-        match self.expunge_deleted(only.as_ref()) {
+        let folder = self.sel().folder.id;
+        match self.cache.expunge_deleted(folder, only.as_ref()) {
             Ok(gone) => {
+                let gone: BTreeSet<u32> = gone.into_iter().collect();
                 let mut out: Vec<Out> = self.forget(&gone).into_iter().map(Out::Data).collect();
                 out.push(tagged(tag, Kind::Ok, None, "EXPUNGE completed"));
                 Self::reply(out)
             }
-            Err(e) => Self::reply(vec![store_error(tag, &e)]),
+            Err(e) => Self::reply(vec![store_error(tag, &e.to_string())]),
         }
     }
 
@@ -441,34 +460,29 @@ impl Session {
     ) -> Reply {
         let folder = self.sel().folder.id;
         let uids = self.sel().uids.clone();
-        let flags = self.sel().flags.clone();
-        let metas = match self.cache.messages(folder) {
-            Ok(m) => m,
-            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
-        };
-        let dates: std::collections::HashMap<u32, (i64, u32)> = metas
-            .iter()
-            .map(|m| (m.uid, (m.internal_date, m.size)))
-            .collect();
-        let contents: std::collections::HashMap<u32, Vec<u8>> = if search::needs_content(criteria) {
-            match self.cache.contents(folder, &uids) {
-                Ok(c) => c.into_iter().collect(),
+        // Flags, dates and content as they are now; a message expunged meanwhile matches
+        // nothing (it is still numbered until the client hears of it).
+        let rows: std::collections::HashMap<u32, Fetched> =
+            match self
+                .cache
+                .fetch(folder, &uids, search::needs_content(criteria))
+            {
+                Ok(rows) => rows.into_iter().map(|r| (r.0.uid, r)).collect(),
                 Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
-            }
-        } else {
-            std::collections::HashMap::new()
-        };
-        let candidates = uids.iter().zip(&flags).enumerate().map(|(i, (u, f))| {
-            let (date, size) = dates.get(u).copied().unwrap_or((0, 0));
-            search::Candidate {
+            };
+        let recent = &self.sel().recent;
+        let candidates = uids.iter().enumerate().filter_map(|(i, u)| {
+            let (meta, raw) = rows.get(u)?;
+            Some(search::Candidate {
                 seq: i as u32 + 1,
                 uid: *u,
-                flags: f,
-                recent: false,
-                internal_date: date,
-                size,
-                raw: contents.get(u).map_or(&[][..], Vec::as_slice),
-            }
+                flags: &meta.flags,
+                recent: recent.contains(u),
+                internal_date: meta.internal_date,
+                size: meta.size,
+                modseq: meta.modseq,
+                raw: raw.as_deref().unwrap_or_default(),
+            })
         });
         let bounds = search::Bounds {
             max_seq: uids.len() as u32,
@@ -480,7 +494,7 @@ impl Session {
             .map(|&(s, u)| nz(if uid { u } else { s }))
             .collect();
         Self::reply(vec![
-            Out::Data(Data::Search(numbers)),
+            Out::Data(Data::Search(numbers, None)),
             tagged(
                 tag,
                 Kind::Ok,

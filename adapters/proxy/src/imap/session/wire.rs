@@ -38,16 +38,18 @@ pub(super) fn to_flag(s: &str) -> Option<Flag<'static>> {
     Flag::try_from(s).ok().map(IntoStatic::into_static)
 }
 
-pub(super) fn flag_fetch(flags: &[String]) -> Vec<FlagFetch<'static>> {
+/// FLAGS of a message as FETCH answers them, with `\Recent` when it is recent for the session.
+pub(super) fn flag_fetch(flags: &[String], recent: bool) -> Vec<FlagFetch<'static>> {
     flags
         .iter()
         .filter_map(|f| to_flag(f))
         .map(FlagFetch::Flag)
+        .chain(recent.then_some(FlagFetch::Recent))
         .collect()
 }
 
-pub(super) fn has(flags: &[String], flag: &str) -> bool {
-    flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
+pub(super) fn nz64(n: u64) -> std::num::NonZeroU64 {
+    std::num::NonZeroU64::new(n).unwrap_or(std::num::NonZeroU64::MIN)
 }
 
 /// NString holding arbitrary message bytes: a literal (NUL is not allowed in one).
@@ -85,4 +87,40 @@ pub(super) fn store_error(tag: &Tag<'static>, e: &str) -> Out {
         Some(Code::Other(CodeOther::unvalidated(&b"SERVERBUG"[..]))),
         "local cache error; see the proxy's log",
     )
+}
+
+/// RFC 5530 EXPUNGEISSUED: another session expunged a message this command asked for.
+pub(super) fn expunge_issued() -> Code<'static> {
+    Code::Other(CodeOther::unvalidated(&b"EXPUNGEISSUED"[..]))
+}
+
+/// Whether two flag sets are the same set (flags compare without regard to case).
+pub(super) fn same_flags(a: &[String], b: &[String]) -> bool {
+    a.iter().all(|f| has_flag(b, f)) && b.iter().all(|f| has_flag(a, f))
+}
+
+/// RFC 5530 NONEXISTENT: the command names a mailbox that does not exist.
+pub(super) fn nonexistent() -> Code<'static> {
+    Code::Other(CodeOther::unvalidated(&b"NONEXISTENT"[..]))
+}
+
+/// A LIST response with the RFC 5258 CHILDINFO extended item `("SUBSCRIBED")`, which
+/// imap-types cannot express: imap-codec encodes the response, the item is appended.
+pub(super) fn list_childinfo(items: &[FlagNameAttribute<'static>], name: &str) -> Vec<u8> {
+    use imap_codec::ResponseCodec;
+    use imap_codec::encode::Encoder as _;
+    use imap_codec::imap_types::response::Response;
+    let data = Data::List {
+        items: items.to_vec(),
+        delimiter: Some(QuotedChar::try_from(DELIMITER).expect("valid")),
+        mailbox: super::mailboxes::mailbox_of(name),
+    };
+    let mut bytes = ResponseCodec::default()
+        .encode(&Response::Data(data))
+        .dump();
+    if bytes.ends_with(b"\r\n") {
+        bytes.truncate(bytes.len() - 2);
+    }
+    bytes.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n");
+    bytes
 }

@@ -1,0 +1,577 @@
+//! Messages in a mailbox: filing, reading, flags, copies, expunges, and what changed since a
+//! MODSEQ. Each operation is one transaction under the cache's lock, so what two IMAP
+//! sessions do at once is applied one after the other to the stored state.
+
+use std::collections::{BTreeSet, HashSet};
+
+use letterme_protocol::keys::random_bytes;
+use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
+
+use super::{
+    Cache, ClientError, Folder, MailMeta, MailboxError, NewMail, Stored, Synced, flags_text,
+    flags_vec, folder_by_id, folder_by_name, has_flag,
+};
+
+/// How STORE changes flags (RFC 3501 §6.4.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOp {
+    Replace,
+    Add,
+    Remove,
+}
+
+impl FlagOp {
+    /// The flag set after applying `given` to `current`.
+    pub fn apply(self, current: &[String], given: &[String]) -> Vec<String> {
+        match self {
+            Self::Replace => given.to_vec(),
+            Self::Add => {
+                let mut v = current.to_vec();
+                for f in given {
+                    if !has_flag(&v, f) {
+                        v.push(f.clone());
+                    }
+                }
+                v
+            }
+            Self::Remove => current
+                .iter()
+                .filter(|f| !has_flag(given, f))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// One message's flags after a STORE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFlags {
+    pub uid: u32,
+    pub flags: Vec<String>,
+    pub modseq: u64,
+    /// Whether this STORE changed them (an unchanged message keeps its MODSEQ).
+    pub changed: bool,
+}
+
+/// What a STORE did.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOutcome {
+    /// The messages found, in UID order.
+    pub stored: Vec<StoredFlags>,
+    /// UIDs left alone because they changed after the client's UNCHANGEDSINCE (RFC 7162
+    /// §3.1.3).
+    pub modified: Vec<u32>,
+}
+
+/// What changed in a mailbox after a MODSEQ.
+#[derive(Debug, Clone)]
+pub struct Changes {
+    /// The folder as it is now (HIGHESTMODSEQ, the first UID not yet `\Recent`).
+    pub folder: Folder,
+    /// Messages added or with flags changed, by UID.
+    pub changed: Vec<MailMeta>,
+    /// UIDs expunged, ascending.
+    pub vanished: Vec<u32>,
+}
+
+/// A message's metadata, and its content when asked for.
+pub type Fetched = (MailMeta, Option<Vec<u8>>);
+
+const META_COLUMNS: &str = "uid, flags, internal_date, size, modseq";
+
+fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MailMeta> {
+    Ok(MailMeta {
+        uid: r.get(0)?,
+        flags: flags_vec(&r.get::<_, String>(1)?),
+        internal_date: r.get(2)?,
+        size: r.get(3)?,
+        modseq: r.get::<_, i64>(4)? as u64,
+    })
+}
+
+impl Cache {
+    /// Every message in a folder, by UID.
+    pub fn messages(&self, folder: i64) -> Result<Vec<MailMeta>, ClientError> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached(&format!(
+                "SELECT {META_COLUMNS} FROM mail WHERE folder = ?1 ORDER BY uid"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([folder], meta_row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The given UIDs that still exist, by UID, each with its decrypted content when
+    /// `content` is set: metadata and content read together, so a message expunged meanwhile
+    /// is missing from the answer rather than present without its content.
+    pub fn fetch(
+        &self,
+        folder: i64,
+        uids: &[u32],
+        content: bool,
+    ) -> Result<Vec<Fetched>, ClientError> {
+        let (Some(&lo), Some(&hi)) = (uids.iter().min(), uids.iter().max()) else {
+            return Ok(Vec::new());
+        };
+        let wanted: HashSet<u32> = uids.iter().copied().collect();
+        let c = self.lock();
+        let sql = if content {
+            "SELECT m.uid, m.flags, m.internal_date, m.size, m.modseq, c.id, c.nonce, c.data
+             FROM mail m JOIN contents c ON c.id = m.content
+             WHERE m.folder = ?1 AND m.uid BETWEEN ?2 AND ?3 ORDER BY m.uid"
+        } else {
+            "SELECT uid, flags, internal_date, size, modseq FROM mail
+             WHERE folder = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid"
+        };
+        let mut stmt = c.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query(params![folder, lo, hi])
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(wanted.len());
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let meta = meta_row(r).map_err(|e| self.err(e))?;
+            if !wanted.contains(&meta.uid) {
+                continue;
+            }
+            let raw = if content {
+                let id: i64 = r.get(5).map_err(|e| self.err(e))?;
+                let blob = |i| {
+                    r.get_ref(i)
+                        .and_then(|v| v.as_blob().map_err(Into::into))
+                        .map_err(|e| self.err(e))
+                };
+                let plain = self.key.open(id, blob(6)?, blob(7)?).ok_or_else(|| {
+                    ClientError::store(
+                        &self.path,
+                        format!("message {} fails its integrity check", meta.uid),
+                    )
+                })?;
+                Some(plain)
+            } else {
+                None
+            };
+            out.push((meta, raw));
+        }
+        Ok(out)
+    }
+
+    /// Files one message (APPEND, a Sent copy). With a Message-ID already present in the
+    /// folder, nothing is added and the existing UID is returned (`false`).
+    pub fn append(&self, mail: &NewMail) -> Result<(u32, u32, bool), MailboxError> {
+        let mut c = self.lock();
+        let f = self.need_folder(&c, &mail.folder)?;
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        if let Some(mid) = &mail.message_id {
+            let hash = self.key.msgid_hash(mid);
+            let existing: Option<u32> = tx
+                .query_row(
+                    "SELECT uid FROM mail WHERE folder = ?1 AND msgid_hash = ?2",
+                    params![f.id, hash],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.err(e))?;
+            if let Some(uid) = existing {
+                return Ok((f.uidvalidity, uid, false));
+            }
+        }
+        let uid = self.file(&tx, f.id, mail).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        drop(c);
+        self.changed();
+        Ok((f.uidvalidity, uid, true))
+    }
+
+    fn file(&self, tx: &Transaction<'_>, folder: i64, mail: &NewMail) -> rusqlite::Result<u32> {
+        let id = i64::from_be_bytes(random_bytes::<8>()) & i64::MAX;
+        let (nonce, data) = self.key.seal(id, &mail.raw);
+        tx.execute(
+            "INSERT INTO contents (id, nonce, data) VALUES (?1, ?2, ?3)",
+            params![id, nonce.as_slice(), data],
+        )?;
+        let (uid, modseq) = next_uid(tx, folder)?;
+        let hash = mail.message_id.as_deref().map(|m| self.key.msgid_hash(m));
+        tx.execute(
+            "INSERT INTO mail (folder, uid, content, flags, internal_date, size, msgid_hash, modseq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                folder,
+                uid,
+                id,
+                flags_text(&mail.flags),
+                mail.internal_date,
+                mail.raw.len() as i64,
+                hash,
+                modseq as i64
+            ],
+        )?;
+        Ok(uid)
+    }
+
+    /// Commits synced envelopes and their rendered messages in one transaction, so a crash
+    /// leaves either both or neither. Envelopes already stored are skipped.
+    pub fn commit_synced(&self, items: &[Synced], now: u64) -> Result<(), ClientError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.lock();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        for item in items {
+            let s = &item.stored;
+            let inserted = tx
+                .execute(
+                    "INSERT OR IGNORE INTO messages (id, sender, received, stored_at, envelope, signer_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![s.id, s.sender, s.received as i64, now as i64, s.envelope, s.signer_key.as_slice()],
+                )
+                .map_err(|e| self.err(e))?;
+            if inserted == 1 {
+                self.file_rendered(&tx, &s.id, &item.mail)
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        drop(c);
+        self.changed();
+        Ok(())
+    }
+
+    /// Files the rendered form of an envelope already in `messages` (backfill).
+    pub fn commit_rendered(&self, envelope_id: &str, mail: &NewMail) -> Result<(), ClientError> {
+        let mut c = self.lock();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        self.file_rendered(&tx, envelope_id, mail)
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        drop(c);
+        self.changed();
+        Ok(())
+    }
+
+    fn file_rendered(
+        &self,
+        tx: &Transaction<'_>,
+        envelope_id: &str,
+        mail: &NewMail,
+    ) -> rusqlite::Result<()> {
+        if tx.execute(
+            "INSERT OR IGNORE INTO rendered (envelope_id) VALUES (?1)",
+            [envelope_id],
+        )? == 0
+        {
+            return Ok(());
+        }
+        let folder = folder_by_name(tx, &mail.folder)?
+            .map_or_else(
+                || folder_by_name(tx, "INBOX").map(|f| f.map(|f| f.id)),
+                |f| Ok(Some(f.id)),
+            )?
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        self.file(tx, folder, mail).map(|_| ())
+    }
+
+    /// Envelopes synced before the cache existed (or by an older version).
+    pub fn unrendered(&self) -> Result<Vec<Stored>, ClientError> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare(
+                "SELECT id, sender, received, envelope, signer_key FROM messages
+                 WHERE id NOT IN (SELECT envelope_id FROM rendered) ORDER BY received, rowid",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], crate::mailbox::stored_row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// STORE: applies `op` with `flags` to each message's flags as stored now, not to any
+    /// session's copy of them, so changes made at once by two sessions both take effect.
+    /// A message whose MODSEQ is above `unchanged_since` is left alone and listed in
+    /// [`StoreOutcome::modified`] (RFC 7162 §3.1.3).
+    pub fn store_flags(
+        &self,
+        folder: i64,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &[String],
+        unchanged_since: Option<u64>,
+    ) -> Result<StoreOutcome, ClientError> {
+        let mut out = StoreOutcome::default();
+        let mut c = self.lock();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut get = tx
+                .prepare_cached("SELECT flags, modseq FROM mail WHERE folder = ?1 AND uid = ?2")
+                .map_err(|e| self.err(e))?;
+            let mut set = tx
+                .prepare_cached(
+                    "UPDATE mail SET flags = ?3, modseq = ?4 WHERE folder = ?1 AND uid = ?2",
+                )
+                .map_err(|e| self.err(e))?;
+            for &uid in uids {
+                let Some((text, modseq)) = get
+                    .query_row(params![folder, uid], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                    })
+                    .optional()
+                    .map_err(|e| self.err(e))?
+                else {
+                    continue;
+                };
+                if unchanged_since.is_some_and(|u| modseq > u) {
+                    out.modified.push(uid);
+                    continue;
+                }
+                let new = flags_text(&op.apply(&flags_vec(&text), flags));
+                if new == text {
+                    out.stored.push(StoredFlags {
+                        uid,
+                        flags: flags_vec(&text),
+                        modseq,
+                        changed: false,
+                    });
+                    continue;
+                }
+                let modseq = bump(&tx, folder).map_err(|e| self.err(e))?;
+                set.execute(params![folder, uid, new, modseq as i64])
+                    .map_err(|e| self.err(e))?;
+                out.stored.push(StoredFlags {
+                    uid,
+                    flags: flags_vec(&new),
+                    modseq,
+                    changed: true,
+                });
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        drop(c);
+        if out.stored.iter().any(|s| s.changed) {
+            self.changed();
+        }
+        Ok(out)
+    }
+
+    /// COPY (and the first half of MOVE): new UIDs in the target, content shared.
+    /// Returns (target UIDVALIDITY, [(source uid, new uid)]).
+    pub fn copy(
+        &self,
+        from: i64,
+        uids: &[u32],
+        to: &str,
+        remove_source: bool,
+    ) -> Result<(u32, Vec<(u32, u32)>), MailboxError> {
+        let mut c = self.lock();
+        let target = self.need_folder(&c, to)?;
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let mut pairs = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            let row: Option<(i64, String, i64, i64, Option<String>)> = tx
+                .query_row(
+                    "SELECT content, flags, internal_date, size, msgid_hash FROM mail WHERE folder = ?1 AND uid = ?2",
+                    params![from, uid],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()
+                .map_err(|e| self.err(e))?;
+            let Some((content, flags, date, size, hash)) = row else {
+                continue;
+            };
+            let (new, modseq) = next_uid(&tx, target.id).map_err(|e| self.err(e))?;
+            tx.execute(
+                "INSERT INTO mail (folder, uid, content, flags, internal_date, size, msgid_hash, modseq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![target.id, new, content, flags, date, size, hash, modseq as i64],
+            )
+            .map_err(|e| self.err(e))?;
+            pairs.push((uid, new));
+        }
+        if remove_source {
+            let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+            remove(&tx, from, &moved).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        drop(c);
+        self.changed();
+        Ok((target.uidvalidity, pairs))
+    }
+
+    /// Removes messages for good; returns the UIDs that were there.
+    pub fn expunge(&self, folder: i64, uids: &[u32]) -> Result<Vec<u32>, ClientError> {
+        self.expunge_where(folder, |_, _| true, Some(uids))
+    }
+
+    /// EXPUNGE (RFC 3501 §6.4.3, UID EXPUNGE RFC 4315 §2.1): removes the messages flagged
+    /// `\Deleted` at this moment, only those in `only` when given; returns their UIDs.
+    pub fn expunge_deleted(
+        &self,
+        folder: i64,
+        only: Option<&BTreeSet<u32>>,
+    ) -> Result<Vec<u32>, ClientError> {
+        self.expunge_where(
+            folder,
+            |uid, flags| has_flag(flags, "\\Deleted") && only.is_none_or(|o| o.contains(&uid)),
+            None,
+        )
+    }
+
+    fn expunge_where(
+        &self,
+        folder: i64,
+        doomed: impl Fn(u32, &[String]) -> bool,
+        among: Option<&[u32]>,
+    ) -> Result<Vec<u32>, ClientError> {
+        let mut c = self.lock();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let gone: Vec<u32> = {
+            let mut stmt = tx
+                .prepare_cached("SELECT uid, flags FROM mail WHERE folder = ?1 ORDER BY uid")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([folder], |r| {
+                    Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(|e| self.err(e))?;
+            let among: Option<HashSet<u32>> = among.map(|a| a.iter().copied().collect());
+            let mut gone = Vec::new();
+            for row in rows {
+                let (uid, flags) = row.map_err(|e| self.err(e))?;
+                if among.as_ref().is_none_or(|a| a.contains(&uid))
+                    && doomed(uid, &flags_vec(&flags))
+                {
+                    gone.push(uid);
+                }
+            }
+            gone
+        };
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        remove(&tx, folder, &gone).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        drop(c);
+        self.changed();
+        Ok(gone)
+    }
+
+    /// What changed in a folder after `since`: messages added or changed, UIDs expunged.
+    /// `None` when the folder no longer exists.
+    pub fn changes_since(&self, folder: i64, since: u64) -> Result<Option<Changes>, ClientError> {
+        let c = self.lock();
+        let Some(f) = folder_by_id(&c, folder).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        if f.highestmodseq <= since {
+            return Ok(Some(Changes {
+                folder: f,
+                changed: vec![],
+                vanished: vec![],
+            }));
+        }
+        let changed = {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {META_COLUMNS} FROM mail WHERE folder = ?1 AND modseq > ?2 ORDER BY uid"
+                ))
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(params![folder, since as i64], meta_row)
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.err(e))?
+        };
+        let vanished = vanished_since(&c, folder, since).map_err(|e| self.err(e))?;
+        Ok(Some(Changes {
+            folder: f,
+            changed,
+            vanished,
+        }))
+    }
+
+    /// Claims the messages no session has yet seen as `\Recent` (RFC 3501 §2.3.2): returns
+    /// the UID range `lo..hi` that is recent for the caller alone.
+    pub fn claim_recent(&self, folder: i64) -> Result<(u32, u32), ClientError> {
+        let mut c = self.lock();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let range: Option<(u32, u32)> = tx
+            .query_row(
+                "SELECT recent_uid, uidnext FROM folders WHERE id = ?1",
+                [folder],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((lo, hi)) = range else {
+            return Ok((1, 1));
+        };
+        if lo < hi {
+            tx.execute(
+                "UPDATE folders SET recent_uid = ?2 WHERE id = ?1",
+                params![folder, hi],
+            )
+            .map_err(|e| self.err(e))?;
+            tx.commit().map_err(|e| self.err(e))?;
+        }
+        Ok((lo, hi))
+    }
+}
+
+/// The next UID of a folder and the MODSEQ of its arrival.
+fn next_uid(tx: &Transaction<'_>, folder: i64) -> rusqlite::Result<(u32, u64)> {
+    tx.query_row(
+        "UPDATE folders SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1
+         WHERE id = ?1 RETURNING uidnext - 1, highestmodseq",
+        [folder],
+        |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+    )
+}
+
+/// The next MODSEQ of a folder (RFC 7162 §3.1: every change gets a higher one).
+fn bump(tx: &Transaction<'_>, folder: i64) -> rusqlite::Result<u64> {
+    tx.query_row(
+        "UPDATE folders SET highestmodseq = highestmodseq + 1 WHERE id = ?1 RETURNING highestmodseq",
+        [folder],
+        |r| r.get::<_, i64>(0).map(|m| m as u64),
+    )
+}
+
+pub(super) fn uids_in(c: &Connection, folder: i64) -> rusqlite::Result<Vec<u32>> {
+    let mut stmt = c.prepare_cached("SELECT uid FROM mail WHERE folder = ?1")?;
+    stmt.query_map([folder], |r| r.get(0))?.collect()
+}
+
+fn vanished_since(c: &Connection, folder: i64, since: u64) -> rusqlite::Result<Vec<u32>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT uid FROM vanished WHERE folder = ?1 AND modseq > ?2 ORDER BY uid",
+    )?;
+    stmt.query_map(params![folder, since as i64], |r| r.get(0))?
+        .collect()
+}
+
+/// Deletes rows, leaving a tombstone with a new MODSEQ for each, and any content no other
+/// row refers to.
+pub(super) fn remove(tx: &Transaction<'_>, folder: i64, uids: &[u32]) -> rusqlite::Result<()> {
+    let mut get = tx.prepare_cached("SELECT content FROM mail WHERE folder = ?1 AND uid = ?2")?;
+    let mut del = tx.prepare_cached("DELETE FROM mail WHERE folder = ?1 AND uid = ?2")?;
+    let mut gc = tx.prepare_cached(
+        "DELETE FROM contents WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mail WHERE content = ?1)",
+    )?;
+    let mut tomb = tx.prepare_cached(
+        "INSERT OR REPLACE INTO vanished (folder, uid, modseq) VALUES (?1, ?2, ?3)",
+    )?;
+    for &uid in uids {
+        if let Some(content) = get
+            .query_row(params![folder, uid], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            del.execute(params![folder, uid])?;
+            gc.execute([content])?;
+            let modseq = bump(tx, folder)?;
+            tomb.execute(params![folder, uid, modseq as i64])?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The cache's rules on their own: encryption at rest, UIDs and UIDVALIDITY, atomic flag
+//! changes, MODSEQ bookkeeping, `\Recent`, subscriptions, and upgrading an older cache.
+
+use letterme_protocol::SigningKeypair;
+
+use super::*;
+
+fn cache(dir: &tempfile::TempDir) -> Cache {
+    Cache::open(
+        &dir.path().join("mail.db"),
+        CacheKey::derive(&SigningKeypair::generate()),
+    )
+    .unwrap()
+}
+
+fn mail(folder: &str, raw: &str, mid: Option<&str>) -> NewMail {
+    NewMail {
+        folder: folder.into(),
+        flags: vec![],
+        internal_date: 1_700_000_000,
+        raw: raw.as_bytes().to_vec(),
+        message_id: mid.map(str::to_owned),
+    }
+}
+
+#[test]
+fn content_is_encrypted_at_rest_and_uids_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKeypair::generate();
+    let c = Cache::open(&dir.path().join("mail.db"), CacheKey::derive(&key)).unwrap();
+    let canary = "Subject: canary-4711\r\n\r\nsecret body canary-4711\r\n";
+    let (validity, uid, _) = c.append(&mail("INBOX", canary, None)).unwrap();
+    drop(c);
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(f.unwrap().path()).unwrap();
+        assert!(!bytes.windows(11).any(|w| w == b"canary-4711"));
+    }
+    let c = Cache::open(&dir.path().join("mail.db"), CacheKey::derive(&key)).unwrap();
+    let inbox = c.folder("inbox").unwrap().unwrap();
+    assert_eq!(inbox.uidvalidity, validity);
+    assert_eq!(
+        c.fetch(inbox.id, &[uid], true).unwrap()[0].1.as_deref(),
+        Some(canary.as_bytes())
+    );
+    // A different key cannot read it.
+    let other = Cache::open(
+        &dir.path().join("mail.db"),
+        CacheKey::derive(&SigningKeypair::generate()),
+    )
+    .unwrap();
+    assert!(other.fetch(inbox.id, &[uid], true).is_err());
+}
+
+#[test]
+fn duplicate_message_ids_are_filed_once_and_moves_keep_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    let (_, a, new_a) = c
+        .append(&mail("Sent", "Subject: x\r\n\r\nx", Some("<1@x>")))
+        .unwrap();
+    let (_, b, new_b) = c
+        .append(&mail("Sent", "Subject: x\r\n\r\nx", Some("<1@x>")))
+        .unwrap();
+    assert!(new_a && !new_b);
+    assert_eq!(a, b);
+    let sent = c.folder("Sent").unwrap().unwrap();
+    let (_, pairs) = c.copy(sent.id, &[a], "Archive", true).unwrap();
+    assert!(c.messages(sent.id).unwrap().is_empty());
+    let archive = c.folder("Archive").unwrap().unwrap();
+    assert_eq!(
+        c.fetch(archive.id, &[pairs[0].1], true).unwrap()[0]
+            .1
+            .as_deref(),
+        Some(&b"Subject: x\r\n\r\nx"[..])
+    );
+    // UIDs are never reused.
+    let (_, again, _) = c.append(&mail("Sent", "y", None)).unwrap();
+    assert!(again > a);
+}
+
+#[test]
+fn folders_create_rename_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    c.create_folder("Projects", None).unwrap();
+    c.create_folder("Projects/2026", None).unwrap();
+    assert!(matches!(
+        c.create_folder("Projects", None),
+        Err(MailboxError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        c.delete_folder("Sent"),
+        Err(MailboxError::Protected(_))
+    ));
+    assert!(matches!(
+        c.create_folder("a*b", None),
+        Err(MailboxError::InvalidName(_))
+    ));
+    c.rename_folder("Projects", "Work").unwrap();
+    let names: Vec<String> = c.folders().unwrap().into_iter().map(|f| f.name).collect();
+    assert!(names.contains(&"Work/2026".to_owned()), "{names:?}");
+    c.delete_folder("Work/2026").unwrap();
+    assert!(matches!(
+        c.delete_folder("Nope"),
+        Err(MailboxError::NoSuchMailbox(_))
+    ));
+}
+
+#[test]
+fn uidvalidity_is_never_reused_even_within_one_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    let mut seen = BTreeSet::new();
+    for _ in 0..5 {
+        c.create_folder("Again", None).unwrap();
+        let f = c.folder("Again").unwrap().unwrap();
+        assert!(seen.insert(f.uidvalidity), "{} given twice", f.uidvalidity);
+        c.delete_folder("Again").unwrap();
+    }
+    // ...and after the cache is closed and opened again.
+    drop(c);
+    let c = Cache::open(
+        &dir.path().join("mail.db"),
+        CacheKey::derive(&SigningKeypair::generate()),
+    )
+    .unwrap();
+    c.create_folder("Again", None).unwrap();
+    let f = c.folder("Again").unwrap().unwrap();
+    assert!(!seen.contains(&f.uidvalidity));
+}
+
+#[test]
+fn flag_changes_apply_to_the_stored_set_and_stamp_modseqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    let (_, uid, _) = c.append(&mail("INBOX", "a", None)).unwrap();
+    let inbox = c.folder("INBOX").unwrap().unwrap();
+    let before = inbox.highestmodseq;
+    // Two sessions each add their own flag: both stay.
+    let one = c
+        .store_flags(inbox.id, &[uid], FlagOp::Add, &["\\Seen".into()], None)
+        .unwrap();
+    let two = c
+        .store_flags(inbox.id, &[uid], FlagOp::Add, &["\\Flagged".into()], None)
+        .unwrap();
+    assert!(one.stored[0].changed && two.stored[0].changed);
+    assert_eq!(two.stored[0].flags, vec!["\\Flagged", "\\Seen"]);
+    assert!(two.stored[0].modseq > one.stored[0].modseq);
+    // Adding what is there changes nothing and keeps the MODSEQ.
+    let same = c
+        .store_flags(inbox.id, &[uid], FlagOp::Add, &["\\seen".into()], None)
+        .unwrap();
+    assert!(!same.stored[0].changed);
+    assert_eq!(same.stored[0].modseq, two.stored[0].modseq);
+    // UNCHANGEDSINCE below the message's MODSEQ leaves it alone.
+    let refused = c
+        .store_flags(inbox.id, &[uid], FlagOp::Replace, &[], Some(before))
+        .unwrap();
+    assert_eq!(refused.modified, vec![uid]);
+    assert!(refused.stored.is_empty());
+    let changes = c
+        .changes_since(inbox.id, one.stored[0].modseq)
+        .unwrap()
+        .unwrap();
+    assert_eq!(changes.changed.len(), 1);
+    assert_eq!(changes.folder.highestmodseq, two.stored[0].modseq);
+    // An expunge leaves a tombstone a later look finds.
+    c.store_flags(inbox.id, &[uid], FlagOp::Add, &["\\Deleted".into()], None)
+        .unwrap();
+    let mark = c.folder("INBOX").unwrap().unwrap().highestmodseq;
+    assert_eq!(c.expunge_deleted(inbox.id, None).unwrap(), vec![uid]);
+    let changes = c.changes_since(inbox.id, mark).unwrap().unwrap();
+    assert_eq!(changes.vanished, vec![uid]);
+    assert!(changes.changed.is_empty());
+    assert!(c.fetch(inbox.id, &[uid], true).unwrap().is_empty());
+}
+
+#[test]
+fn each_message_is_recent_for_one_claimant_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    let inbox = c.folder("INBOX").unwrap().unwrap();
+    c.append(&mail("INBOX", "a", None)).unwrap();
+    c.append(&mail("INBOX", "b", None)).unwrap();
+    assert_eq!(c.claim_recent(inbox.id).unwrap(), (1, 3));
+    assert_eq!(c.claim_recent(inbox.id).unwrap(), (3, 3));
+    c.append(&mail("INBOX", "c", None)).unwrap();
+    assert_eq!(c.claim_recent(inbox.id).unwrap(), (3, 4));
+}
+
+#[test]
+fn subscriptions_are_names_apart_from_mailboxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    let subs = c.subscriptions().unwrap();
+    for (name, _) in STANDARD_MAILBOXES {
+        assert!(subs.contains(name), "{name} starts subscribed");
+    }
+    c.create_folder("Lists", None).unwrap();
+    assert!(
+        !c.subscriptions().unwrap().contains("Lists"),
+        "CREATE does not subscribe"
+    );
+    c.subscribe("Not/There", true).unwrap();
+    c.subscribe("Never", false).unwrap();
+    c.subscribe("Lists", true).unwrap();
+    c.delete_folder("Lists").unwrap();
+    let subs = c.subscriptions().unwrap();
+    assert!(subs.contains("Not/There") && subs.contains("Lists"));
+}
+
+#[test]
+fn a_cache_from_before_modseqs_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mail.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute_batch(
+            "INSERT INTO folders (name, special, subscribed, uidvalidity, uidnext)
+               VALUES ('INBOX', NULL, 1, 1700000000, 3), ('Old', NULL, 0, 1700000001, 1);
+             INSERT INTO contents (id, nonce, data) VALUES (7, x'00', x'00');
+             INSERT INTO mail (folder, uid, content, flags, internal_date, size)
+               VALUES (1, 2, 7, '\\Seen', 1700000000, 1);",
+        )
+        .unwrap();
+    }
+    let c = Cache::open(&path, CacheKey::derive(&SigningKeypair::generate())).unwrap();
+    let inbox = c.folder("INBOX").unwrap().unwrap();
+    assert_eq!((inbox.uidvalidity, inbox.uidnext), (1_700_000_000, 3));
+    assert_eq!(inbox.recent_uid, 3, "nothing is recent after an upgrade");
+    assert_eq!(c.messages(inbox.id).unwrap()[0].flags, vec!["\\Seen"]);
+    let subs = c.subscriptions().unwrap();
+    assert!(subs.contains("INBOX") && !subs.contains("Old"));
+    c.create_folder("New", None).unwrap();
+    assert!(c.folder("New").unwrap().unwrap().uidvalidity > 1_700_000_001);
+}

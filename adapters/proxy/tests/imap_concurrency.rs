@@ -142,6 +142,11 @@ fn recent_is_seen_by_one_session() {
 }
 
 #[test]
+fn address_edge_cases_in_envelope_and_search() {
+    run("address_edge_cases_in_envelope_and_search");
+}
+
+#[test]
 fn six_connections_at_random_keep_every_view_equal_to_a_fresh_select() {
     let out = Proxy::start().scenario("stress", &["5"]);
     println!("{out}");

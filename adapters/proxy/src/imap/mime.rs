@@ -425,12 +425,28 @@ fn envelope_of(raw: &[u8], fields: &[Header<'_>]) -> Envelope<'static> {
     }
 }
 
+/// Each address of an address field value as `name mailbox@host`, as ENVELOPE reads it
+/// (comments inside the address and any source route left out), for SEARCH.
+pub fn address_texts(value: &[u8]) -> Vec<String> {
+    let text = |s: &NString<'_>| {
+        s.0.as_ref()
+            .map(|s| String::from_utf8_lossy(s.as_ref()).into_owned())
+            .unwrap_or_default()
+    };
+    addresses(value)
+        .iter()
+        .filter(|a| a.host.0.is_some())
+        .map(|a| format!("{} {}@{}", text(&a.name), text(&a.mailbox), text(&a.host)))
+        .collect()
+}
+
 /// An address list as (name adl mailbox host) structures; a group is framed by a start marker
 /// (mailbox = group name, host NIL) and an end marker (all NIL) (RFC 3501 §7.4.2).
 ///
 /// ENVELOPE carries header text undecoded, but mail-parser decodes RFC 2047 words in display
 /// names, so every "=?" is masked as "=\0?" while parsing; `istring` drops the NUL again.
 fn addresses(value: &[u8]) -> Vec<Address<'static>> {
+    let value = without_addr_spec_comments(value);
     let mut masked = Vec::with_capacity(value.len());
     for (i, &byte) in value.iter().enumerate() {
         masked.push(byte);
@@ -444,15 +460,22 @@ fn addresses(value: &[u8]) -> Vec<Address<'static>> {
         return Vec::new();
     };
     let address = |addr: &Addr<'_>| {
-        let spec = addr.address.as_deref().unwrap_or_default();
+        // A comment where an address should be (`undisclosed-recipients: (none);`) is none.
+        let spec = addr.address.as_deref().filter(|a| !a.trim().is_empty())?;
         // Without "@" the host is "" rather than NIL, which would mean a group marker.
-        let (mailbox, host) = spec.rsplit_once('@').unwrap_or((spec, ""));
-        Address {
+        let (local, host) = spec.rsplit_once('@').unwrap_or((spec, ""));
+        // An obsolete source route (RFC 5322 §4.4 obs-route, `<@a,@b:user@host>`) is the
+        // adl (RFC 3501 §7.4.2).
+        let (adl, mailbox) = match local.rsplit_once(':') {
+            Some((route, mailbox)) if route.starts_with('@') => (Some(route), mailbox),
+            _ => (None, local),
+        };
+        Some(Address {
             name: NString(addr.name.as_deref().map(istring)),
-            adl: NString::NIL,
+            adl: NString(adl.map(istring)),
             mailbox: NString(Some(istring(mailbox))),
             host: NString(Some(istring(host))),
-        }
+        })
     };
     let marker = |mailbox| Address {
         name: NString::NIL,
@@ -461,7 +484,7 @@ fn addresses(value: &[u8]) -> Vec<Address<'static>> {
         host: NString::NIL,
     };
     match list {
-        mail_parser::Address::List(list) => list.iter().map(address).collect(),
+        mail_parser::Address::List(list) => list.iter().filter_map(address).collect(),
         mail_parser::Address::Group(groups) => groups
             .iter()
             .flat_map(|group| {
@@ -470,11 +493,84 @@ fn addresses(value: &[u8]) -> Vec<Address<'static>> {
                 let end = name.map(|_| marker(NString::NIL));
                 start
                     .into_iter()
-                    .chain(group.addresses.iter().map(address))
+                    .chain(group.addresses.iter().filter_map(address))
                     .chain(end)
             })
             .collect(),
     }
+}
+
+/// An address header value without the comments (RFC 5322 §3.2.2 CFWS) that sit inside an
+/// address: within `<...>`, or next to the `@` or a `.` of a bare addr-spec, with the
+/// white space around that `@`. mail-parser would otherwise take them for the display name
+/// and lose the address (`user (x) @ host`). A comment elsewhere, such as the trailing
+/// `(Name)` of `user@host (Name)`, stays and is read as the name, as clients expect. Quoted
+/// strings and domain literals are copied as they are.
+fn without_addr_spec_comments(value: &[u8]) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::with_capacity(value.len());
+    let mut angle = 0usize;
+    let mut i = 0;
+    let next_visible = |from: usize| value[from..].iter().find(|b| !b.is_ascii_whitespace());
+    while i < value.len() {
+        match value[i] {
+            b'"' | b'[' => {
+                let close = if value[i] == b'"' { b'"' } else { b']' };
+                let start = i;
+                i += 1;
+                while i < value.len() && value[i] != close {
+                    i += if value[i] == b'\\' { 2 } else { 1 };
+                }
+                i = (i + 1).min(value.len());
+                out.extend_from_slice(&value[start..i]);
+            }
+            b'(' => {
+                let start = i;
+                let mut depth = 0usize;
+                while i < value.len() {
+                    match value[i] {
+                        b'\\' => i += 1,
+                        b'(' => depth += 1,
+                        b')' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                i = (i + 1).min(value.len());
+                let before = out.iter().rev().find(|b| !b.is_ascii_whitespace());
+                let inside = angle > 0
+                    || matches!(before, Some(b'@' | b'.'))
+                    || matches!(next_visible(i), Some(b'@' | b'.'));
+                if !inside {
+                    out.extend_from_slice(&value[start..i]);
+                }
+            }
+            b'@' => {
+                while out.last().is_some_and(u8::is_ascii_whitespace) {
+                    out.pop();
+                }
+                out.push(b'@');
+                i += 1;
+                while value.get(i).is_some_and(u8::is_ascii_whitespace) {
+                    i += 1;
+                }
+            }
+            b => {
+                match b {
+                    b'<' => angle += 1,
+                    b'>' => angle = angle.saturating_sub(1),
+                    _ => {}
+                }
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 // Reason: HeaderName is a small enum the callers build inline.

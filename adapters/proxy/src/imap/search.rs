@@ -222,10 +222,20 @@ impl Eval<'_, '_> {
     /// HEADER). FROM, TO, CC, BCC and SUBJECT search the same field text.
     fn header_contains(&self, name: &str, needle: &AString<'_>) -> bool {
         let needle = lower(needle);
+        let address = ["From", "To", "Cc", "Bcc"]
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(name));
         self.msg().is_some_and(|m| {
             fields(m)
                 .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .any(|(_, raw)| values(raw).iter().any(|v| contains(v, &needle)))
+                .any(|(_, raw)| {
+                    values(raw).iter().any(|v| contains(v, &needle))
+                        // An address as ENVELOPE reads it, comments and route aside.
+                        || (address
+                            && super::mime::address_texts(raw)
+                                .iter()
+                                .any(|v| contains(v, &needle)))
+                })
         })
     }
 

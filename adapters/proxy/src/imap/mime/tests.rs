@@ -504,3 +504,42 @@ fn bare_addr_spec_fields_are_envelope_addresses() {
     assert_eq!(e.from[0].host, NString(Some(istring("x.test"))));
     assert_eq!(e.to.len(), 2);
 }
+
+#[test]
+fn address_edge_cases_follow_rfc3501() {
+    let env = |h: &str| {
+        let raw = crlf(&format!("{h}\nSubject: x\n\nbody\n"));
+        wire(MessageDataItem::Envelope(envelope(&raw)))
+    };
+    // A group whose list is only a comment: its two markers and nothing between.
+    assert!(
+        env("To: undisclosed-recipients: (nobody);")
+            .contains(" ((NIL NIL \"undisclosed-recipients\" NIL)(NIL NIL NIL NIL)) "),
+        "{}",
+        env("To: undisclosed-recipients: (nobody);")
+    );
+    // An obsolete source route is the adl.
+    let routed = env("From: Joe <@a.example,@b.example:joe@example.com>");
+    assert!(
+        routed.contains("((\"Joe\" \"@a.example,@b.example\" \"joe\" \"example.com\"))"),
+        "{routed}"
+    );
+    // Comments inside an addr-spec are no part of it; a trailing one is the name.
+    let commented = env("From: user (comment) @ example.com (Name)");
+    assert!(
+        commented.contains("((\"Name\" NIL \"user\" \"example.com\"))"),
+        "{commented}"
+    );
+    let angled = env("From: \"Name\" <user(c)@(d)example.com>");
+    assert!(
+        angled.contains("((\"Name\" NIL \"user\" \"example.com\"))"),
+        "{angled}"
+    );
+    // Quoted strings keep their parentheses.
+    let quoted = env("From: \"A (not a comment)\" <a@example.com>");
+    assert!(quoted.contains("\"A (not a comment)\""), "{quoted}");
+    assert_eq!(
+        address_texts(b"user (c) @ example.com (Name), <@r.example:x@y.example>"),
+        vec!["Name user@example.com", " x@y.example"]
+    );
+}

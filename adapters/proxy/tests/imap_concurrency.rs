@@ -147,6 +147,11 @@ fn address_edge_cases_in_envelope_and_search() {
 }
 
 #[test]
+fn list_extended_in_full() {
+    run("list_extended_in_full");
+}
+
+#[test]
 fn six_connections_at_random_keep_every_view_equal_to_a_fresh_select() {
     let out = Proxy::start().scenario("stress", &["5"]);
     println!("{out}");

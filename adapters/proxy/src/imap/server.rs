@@ -5,10 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use imap_codec::CommandCodec;
-use imap_codec::decode::Decoder as _;
-use imap_codec::imap_types::IntoStatic as _;
-use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{Tag, Text};
 use imap_codec::imap_types::response::{CommandContinuationRequest, Status};
 use imap_next::server::{Error as FlowError, Event, Options, ResponseHandle, Server};
@@ -18,7 +14,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::session::{FetchJob, ListOptions, Next, Out, Reply, Session};
+use super::extended;
+use super::session::{FetchJob, Next, Out, Reply, Session};
 use crate::credentials::Credentials;
 
 /// Largest literal accepted (APPEND of one message).
@@ -135,62 +132,6 @@ fn tag_of(bytes: &[u8]) -> Option<Tag<'static>> {
         .iter()
         .position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
     Tag::try_from(bytes[..end].to_vec()).ok()
-}
-
-/// RFC 5258 LIST-EXTENDED, which imap-codec 2.0.0-alpha.10 does not parse:
-/// `tag LIST (selection-options) reference pattern [RETURN (return-options)]`.
-/// The options are bare atoms in parentheses; reference and pattern are handed back to
-/// imap-codec as a plain LIST, so no mailbox grammar is parsed here.
-fn list_extended(line: &[u8]) -> Option<(Command<'static>, ListOptions)> {
-    let line = std::str::from_utf8(line)
-        .ok()?
-        .trim_end_matches(['\r', '\n']);
-    let (tag, rest) = line.split_once(' ')?;
-    let rest = rest
-        .strip_prefix("LIST ")
-        .or_else(|| rest.strip_prefix("list "))
-        .or_else(|| {
-            rest.get(..5)
-                .filter(|p| p.eq_ignore_ascii_case("LIST "))
-                .map(|_| &rest[5..])
-        })?;
-    let mut opts = ListOptions::default();
-    let mut rest = rest;
-    if let Some(r) = rest.strip_prefix('(') {
-        let (sel, after) = r.split_once(')')?;
-        for o in sel.split_whitespace() {
-            match o.to_ascii_uppercase().as_str() {
-                "SUBSCRIBED" => {
-                    opts.subscribed_only = true;
-                    opts.return_subscribed = true;
-                }
-                "SPECIAL-USE" => {
-                    opts.special_use_only = true;
-                    opts.return_special_use = true;
-                }
-                "RECURSIVEMATCH" | "REMOTE" => {}
-                _ => return None,
-            }
-        }
-        rest = after.strip_prefix(' ')?;
-    }
-    let upper = rest.to_ascii_uppercase();
-    if let Some(at) = upper.rfind(" RETURN (") {
-        let ret = rest[at + 9..].strip_suffix(')')?;
-        for o in ret.split_whitespace() {
-            match o.to_ascii_uppercase().as_str() {
-                "SUBSCRIBED" => opts.return_subscribed = true,
-                "SPECIAL-USE" => opts.return_special_use = true,
-                "CHILDREN" => {}
-                _ => return None,
-            }
-        }
-        rest = &rest[..at];
-    }
-    let plain = format!("{tag} LIST {rest}\r\n");
-    let (remaining, cmd) = CommandCodec::default().decode(plain.as_bytes()).ok()?;
-    (remaining.is_empty() && matches!(cmd.body, CommandBody::List { .. }))
-        .then(|| (cmd.into_static(), opts))
 }
 
 /// Reads, feeds, answers, writes — until the connection closes or asks for TLS.
@@ -319,36 +260,18 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 FlowError::MalformedMessage { discarded_bytes }
                 | FlowError::ExpectedCrlfGotLf { discarded_bytes } => {
                     let bytes = discarded_bytes.declassify();
-                    if s.is_authenticated()
-                        && let Some((cmd, opts)) = list_extended(bytes)
-                    {
-                        let CommandBody::List {
-                            reference,
-                            mailbox_wildcard,
-                        } = &cmd.body
-                        else {
+                    let status = match extended::parse(bytes) {
+                        Ok(Some(command)) => {
+                            outbox.push(s.handle_extended(command), &mut after_write);
+                            outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
                             continue;
-                        };
-                        let reply = s.list(
-                            &cmd.tag,
-                            reference,
-                            std::slice::from_ref(mailbox_wildcard),
-                            &opts,
-                            false,
-                        );
-                        outbox.push(reply, &mut after_write);
-                        outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
-                        continue;
-                    }
-                    let status = match tag_of(bytes) {
-                        Some(tag) => Status::bad(
-                            Some(tag),
+                        }
+                        Err(refusal) => Status::bad(Some(refusal.tag), None, refusal.text),
+                        Ok(None) => Status::bad(
+                            tag_of(bytes),
                             None,
                             "syntax error; the command could not be parsed",
                         ),
-                        None => {
-                            Status::bad(None, None, "syntax error; the command could not be parsed")
-                        }
                     }
                     .expect("valid text");
                     server.enqueue_status(status);
@@ -432,14 +355,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn thunderbird_list_extended_is_understood() {
-        let (cmd, o) =
-            list_extended(b"97 list (subscribed) \"\" \"*\" return (special-use)\r\n").unwrap();
-        assert_eq!(cmd.tag.inner(), "97");
-        assert!(o.subscribed_only && o.return_subscribed && o.return_special_use);
-        assert!(list_extended(b"1 LIST \"\" \"*\" RETURN (CHILDREN)\r\n").is_some());
-        assert!(list_extended(b"1 LIST (bogus) \"\" \"*\"\r\n").is_none());
-        assert!(list_extended(b"1 FETCH 1 (FLAGS)\r\n").is_none());
+    fn tags_of_unparsed_lines() {
         assert_eq!(tag_of(b"a1 GARBAGE"), Some(Tag::try_from("a1").unwrap()));
     }
 }

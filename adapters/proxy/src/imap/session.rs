@@ -59,6 +59,7 @@ use letterme_client::cache::{
     Cache, DELIMITER, Fetched, FlagOp, Folder, MailMeta, MailboxError, NewMail, has_flag,
 };
 
+use super::extended::Extended;
 use super::{mime, search};
 pub use mailboxes::ListOptions;
 use mailboxes::mailbox_name;
@@ -220,6 +221,7 @@ impl Session {
                 Capability::Namespace,
                 Capability::Enable,
                 Capability::ListExtended,
+                Capability::try_from("LIST-STATUS").expect("valid atom"),
                 Capability::try_from("SPECIAL-USE").expect("valid atom"),
             ]);
         }
@@ -238,7 +240,31 @@ impl Session {
     pub fn handle(&mut self, command: Command<'static>) -> Reply {
         let tag = command.tag.clone();
         let name = command.body.name();
-        let mut reply = self.dispatch(&tag, command.body);
+        let reply = self.dispatch(&tag, command.body);
+        self.with_updates(name, reply)
+    }
+
+    /// Handles a command of an extension imap-codec does not parse ([`Extended`]).
+    pub fn handle_extended(&mut self, command: Extended) -> Reply {
+        match command {
+            Extended::List {
+                tag,
+                reference,
+                patterns,
+                options,
+            } => {
+                let reply = if self.is_authenticated() {
+                    self.list(&tag, &reference, &patterns, &options, false)
+                } else {
+                    Self::reply(vec![tagged(&tag, Kind::Bad, None, "log in first")])
+                };
+                self.with_updates("LIST", reply)
+            }
+        }
+    }
+
+    /// A command's reply followed by the unilateral updates it allows.
+    fn with_updates(&mut self, name: &str, mut reply: Reply) -> Reply {
         // Unilateral updates for the selected mailbox (RFC 3501 §7): never EXPUNGE during
         // FETCH, STORE or SEARCH (§7.4.1).
         let allow_expunge = !matches!(name, "FETCH" | "STORE" | "SEARCH");
@@ -541,7 +567,37 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use imap_codec::decode::Decoder as _;
+
     use super::mailboxes::wildcard;
+    use super::*;
+
+    #[test]
+    fn starttls_is_announced_only_before_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache =
+            Cache::open(
+                &dir.path().join("mail.db"),
+                letterme_client::cache::CacheKey::derive(
+                    &letterme_protocol::SigningKeypair::generate(),
+                ),
+            )
+            .unwrap();
+        let creds = Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let mut s = Session::new(Arc::new(cache), creds, true);
+        assert!(s.capabilities().as_ref().contains(&Capability::StartTls));
+        let login = imap_codec::CommandCodec::default()
+            .decode(b"a LOGIN u p\r\n")
+            .unwrap()
+            .1
+            .into_static();
+        s.handle(login);
+        assert!(s.is_authenticated());
+        assert!(!s.capabilities().as_ref().contains(&Capability::StartTls));
+    }
 
     #[test]
     fn list_wildcards_follow_rfc3501() {

@@ -152,6 +152,16 @@ fn list_extended_in_full() {
 }
 
 #[test]
+fn condstore() {
+    run("condstore");
+}
+
+#[test]
+fn qresync() {
+    run("qresync");
+}
+
+#[test]
 fn six_connections_at_random_keep_every_view_equal_to_a_fresh_select() {
     let out = Proxy::start().scenario("stress", &["5"]);
     println!("{out}");

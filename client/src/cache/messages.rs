@@ -491,6 +491,11 @@ impl Cache {
         }))
     }
 
+    /// The UIDs expunged from a folder after `since` (RFC 7162 VANISHED), ascending.
+    pub fn vanished_since(&self, folder: i64, since: u64) -> Result<Vec<u32>, ClientError> {
+        vanished_since(&self.lock(), folder, since).map_err(|e| self.err(e))
+    }
+
     /// Claims the messages no session has yet seen as `\Recent` (RFC 3501 §2.3.2): returns
     /// the UID range `lo..hi` that is recent for the caller alone.
     pub fn claim_recent(&self, folder: i64) -> Result<(u32, u32), ClientError> {

@@ -94,6 +94,23 @@ pub fn search_all<'a>(
         .collect()
 }
 
+/// Whether any key is MODSEQ (RFC 7162 §3.1.5).
+pub fn uses_modseq(criteria: &[SearchKey<'_>]) -> bool {
+    fn uses(key: &SearchKey<'_>, budget: usize) -> bool {
+        let Some(budget) = budget.checked_sub(1) else {
+            return false;
+        };
+        match key {
+            SearchKey::ModSequence { .. } => true,
+            SearchKey::And(keys) => keys.as_ref().iter().any(|k| uses(k, budget)),
+            SearchKey::Not(k) => uses(k, budget),
+            SearchKey::Or(a, b) => uses(a, budget) || uses(b, budget),
+            _ => false,
+        }
+    }
+    criteria.iter().any(|k| uses(k, MAX_DEPTH))
+}
+
 /// Whether any key needs the message itself (headers, text, Date:), so flag-only and
 /// number-only searches never decrypt content.
 pub fn needs_content(criteria: &[SearchKey<'_>]) -> bool {
@@ -268,7 +285,7 @@ impl Eval<'_, '_> {
 
 /// Membership in a sequence set, `*` being `largest`; a range may be written in either order
 /// (RFC 3501 §9, `seq-range`), so `n:*` with n > largest still matches the largest.
-fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
+pub fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
     let resolve = |s: &SeqOrUid| match s {
         SeqOrUid::Value(v) => v.get(),
         SeqOrUid::Asterisk => largest,

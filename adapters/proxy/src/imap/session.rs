@@ -6,6 +6,7 @@
 //! SPECIAL-USE RFC 6154, ENABLE RFC 5161). Large FETCH results come out in batches so
 //! memory stays bounded whatever the mailbox size.
 
+mod condstore;
 mod mailboxes;
 mod messages;
 mod updates;
@@ -23,7 +24,9 @@ use chrono::{DateTime as ChronoDateTime, FixedOffset, TimeZone as _, Utc};
 
 use imap_codec::imap_types::IntoStatic;
 
-use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::command::{
+    Command, CommandBody, FetchModifier, SelectParameter, StoreModifier,
+};
 
 use imap_codec::imap_types::core::{
     AString, Atom, IString, Literal, NString, QuotedChar, Tag, Vec1,
@@ -120,6 +123,8 @@ pub struct FetchJob {
     expunged: bool,
     /// Whether any message was sent.
     sent: bool,
+    /// CHANGEDSINCE (RFC 7162 §3.1.4.1): only messages with a higher MODSEQ.
+    changed_since: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -161,6 +166,8 @@ pub struct Session {
     closing: bool,
     /// CONDSTORE is on (RFC 7162 §3.1): FETCH responses carry MODSEQ.
     condstore: bool,
+    /// QRESYNC is enabled (RFC 7162 §3.2): VANISHED instead of EXPUNGE.
+    qresync: bool,
 }
 
 impl Session {
@@ -175,6 +182,7 @@ impl Session {
             seen_change: 0,
             closing: false,
             condstore: false,
+            qresync: false,
         }
     }
 
@@ -223,6 +231,8 @@ impl Session {
                 Capability::ListExtended,
                 Capability::try_from("LIST-STATUS").expect("valid atom"),
                 Capability::try_from("SPECIAL-USE").expect("valid atom"),
+                Capability::CondStore,
+                Capability::QResync,
             ]);
         }
         Vec1::try_from(caps).expect("not empty")
@@ -390,8 +400,14 @@ impl Session {
     fn authenticated(&mut self, tag: &Tag<'static>, body: CommandBody<'static>) -> Reply {
         use CommandBody as C;
         let r = match body {
-            C::Select { mailbox, .. } => return self.select(tag, &mailbox_name(&mailbox), false),
-            C::Examine { mailbox, .. } => return self.select(tag, &mailbox_name(&mailbox), true),
+            C::Select {
+                mailbox,
+                parameters,
+            } => return self.select(tag, &mailbox_name(&mailbox), false, &parameters),
+            C::Examine {
+                mailbox,
+                parameters,
+            } => return self.select(tag, &mailbox_name(&mailbox), true, &parameters),
             C::Create { mailbox } => self.cache.create_folder(&mailbox_name(&mailbox), None),
             C::Delete { mailbox } => {
                 let name = mailbox_name(&mailbox);
@@ -447,19 +463,15 @@ impl Session {
                     tagged(tag, Kind::Ok, None, "NAMESPACE completed"),
                 ]);
             }
-            C::Enable { .. } => {
-                // Nothing this server offers needs enabling (RFC 5161 §3.1).
-                return Self::reply(vec![
-                    Out::Data(Data::Enabled {
-                        capabilities: vec![],
-                    }),
-                    tagged(tag, Kind::Ok, None, "ENABLE completed"),
-                ]);
-            }
+            C::Enable { capabilities } => return self.enable(tag, capabilities.as_ref()),
             C::Status {
                 mailbox,
                 item_names,
-            } => return self.status(tag, &mailbox_name(&mailbox), &item_names),
+            } => {
+                // RFC 7162 §3.1: asking for HIGHESTMODSEQ turns CONDSTORE on.
+                self.condstore |= item_names.contains(&StatusDataItemName::HighestModSeq);
+                return self.status(tag, &mailbox_name(&mailbox), &item_names);
+            }
             C::Append {
                 mailbox,
                 flags,
@@ -535,16 +547,29 @@ impl Session {
                 sequence_set,
                 macro_or_item_names,
                 uid,
-                ..
-            } => self.fetch(tag, &sequence_set, macro_or_item_names, uid),
+                modifiers,
+            } => self.fetch(tag, &sequence_set, macro_or_item_names, uid, &modifiers),
             C::Store {
                 sequence_set,
                 kind,
                 response,
                 flags,
                 uid,
-                ..
-            } => self.store(tag, &sequence_set, kind, response, &flags, uid),
+                modifiers,
+            } => {
+                let unchanged_since = modifiers
+                    .iter()
+                    .map(|StoreModifier::UnchangedSince(u)| *u)
+                    .next();
+                self.store(
+                    tag,
+                    &sequence_set,
+                    (kind, response),
+                    &flags,
+                    uid,
+                    unchanged_since,
+                )
+            }
             C::Copy {
                 sequence_set,
                 mailbox,

@@ -92,8 +92,18 @@ impl Session {
         Ok((folder, messages))
     }
 
-    pub(super) fn select(&mut self, tag: &Tag<'static>, name: &str, read_only: bool) -> Reply {
+    pub(super) fn select(
+        &mut self,
+        tag: &Tag<'static>,
+        name: &str,
+        read_only: bool,
+        parameters: &[SelectParameter],
+    ) -> Reply {
         self.state = State::Authenticated;
+        let qresync = match self.select_parameters(tag, parameters) {
+            Ok(q) => q,
+            Err(bad) => return Self::reply(vec![bad]),
+        };
         // The change counter first: a change after this point is seen by the next command.
         self.seen_change = *self.cache.changes().borrow();
         let (folder, messages) = match self.folder_and_messages(tag, name) {
@@ -115,10 +125,11 @@ impl Session {
         let first_unseen = messages.iter().position(|m| !has_flag(&m.flags, "\\Seen"));
         selected.flags = messages.into_iter().map(|m| m.flags).collect();
         let mut out = selected.flags_responses();
-        let (uidvalidity, uidnext, unclaimed) = (
+        let (uidvalidity, uidnext, unclaimed, highest) = (
             selected.folder.uidvalidity,
             selected.folder.uidnext,
             selected.folder.recent_uid,
+            selected.folder.highestmodseq,
         );
         let exists = selected.uids.len() as u32;
         let uids = selected.uids.clone();
@@ -129,9 +140,19 @@ impl Session {
             Out::Data(Data::Recent(self.sel().recent.len() as u32)),
             untagged_ok(Code::UidValidity(nz(uidvalidity)), "UIDs valid"),
             untagged_ok(Code::UidNext(nz(uidnext)), "predicted next UID"),
+            untagged_ok(Code::HighestModSeq(nz64(highest)), "highest MODSEQ"),
         ]);
         if let Some(i) = first_unseen {
             out.push(untagged_ok(Code::Unseen(nz(i as u32 + 1)), "first unseen"));
+        }
+        // RFC 7162 §3.2.5: with the UIDVALIDITY the client knows, what changed since.
+        if let Some((validity, modseq, known)) = qresync
+            && validity == uidvalidity
+        {
+            match self.qresync_since(modseq, known.as_ref()) {
+                Ok(more) => out.extend(more),
+                Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+            }
         }
         let code = if read_only {
             Code::ReadOnly

@@ -44,7 +44,25 @@ impl Session {
         set: &SequenceSet,
         items: MacroOrMessageDataItemNames<'static>,
         uid: bool,
+        modifiers: &[FetchModifier],
     ) -> Reply {
+        let mut changed_since = None;
+        let mut vanished = false;
+        for m in modifiers {
+            match m {
+                FetchModifier::ChangedSince(n) => changed_since = Some(n.get()),
+                FetchModifier::Vanished => vanished = true,
+            }
+        }
+        // RFC 7162 §3.2.6: VANISHED only in a UID FETCH with CHANGEDSINCE, after ENABLE QRESYNC.
+        if vanished && !(uid && changed_since.is_some() && self.qresync) {
+            return Self::reply(vec![tagged(
+                tag,
+                Kind::Bad,
+                None,
+                "VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC enabled",
+            )]);
+        }
         let mut items = match items {
             MacroOrMessageDataItemNames::Macro(m) => {
                 let mut v = vec![
@@ -78,9 +96,36 @@ impl Session {
         if uid && !items.contains(&MessageDataItemName::Uid) {
             items.insert(0, MessageDataItemName::Uid);
         }
+        // RFC 7162 §3.1.4: CHANGEDSINCE implies MODSEQ, and either turns CONDSTORE on.
+        if changed_since.is_some() && !items.contains(&MessageDataItemName::ModSeq) {
+            items.push(MessageDataItemName::ModSeq);
+        }
+        self.condstore |= items.contains(&MessageDataItemName::ModSeq);
         let todo = self.resolve(set, uid);
         if todo.is_empty() && !uid {
             return Self::reply(vec![tagged(tag, Kind::Bad, None, "no such message")]);
+        }
+        let mut first = Vec::new();
+        if let Some(since) = changed_since.filter(|_| vanished) {
+            let (folder, largest) = (
+                self.sel().folder.id,
+                self.sel().folder.uidnext.saturating_sub(1).max(1),
+            );
+            match self.cache.vanished_since(folder, since) {
+                Ok(gone) => {
+                    let gone: Vec<u32> = gone
+                        .into_iter()
+                        .filter(|&u| search::in_set(set, u, largest))
+                        .collect();
+                    if let Some(set) = condstore::number_set(&gone) {
+                        first.push(Out::Data(Data::Vanished {
+                            earlier: true,
+                            known_uids: set,
+                        }));
+                    }
+                }
+                Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+            }
         }
         let job = FetchJob {
             tag: tag.clone(),
@@ -89,8 +134,11 @@ impl Session {
             todo: todo.into(),
             expunged: false,
             sent: false,
+            changed_since,
         };
-        self.fetch_more(job)
+        let mut reply = self.fetch_more(job);
+        reply.out.splice(0..0, first);
+        reply
     }
 
     /// The next batch of a FETCH; the tagged OK comes with the last one. Metadata and
@@ -161,8 +209,11 @@ impl Session {
                 job.expunged = true;
                 continue;
             };
+            if job.changed_since.is_some_and(|since| meta.modseq <= since) {
+                continue;
+            }
             if let Ok(i) = s.uids.binary_search(&uid)
-                && newly_seen.contains(&uid)
+                && (newly_seen.contains(&uid) || job.items.contains(&MessageDataItemName::Flags))
             {
                 // The client learns these flags from this FETCH, not from an update.
                 s.flags[i].clone_from(&meta.flags);
@@ -267,10 +318,10 @@ impl Session {
         &mut self,
         tag: &Tag<'static>,
         set: &SequenceSet,
-        kind: StoreType,
-        response: StoreResponse,
+        (kind, response): (StoreType, StoreResponse),
         flags: &[Flag<'_>],
         uid: bool,
+        unchanged_since: Option<u64>,
     ) -> Reply {
         if self.sel().read_only {
             return Self::read_only(tag);
@@ -284,7 +335,11 @@ impl Session {
         let given: Vec<String> = flags.iter().map(ToString::to_string).collect();
         let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
         let folder = self.sel().folder.id;
-        let outcome = match self.cache.store_flags(folder, &uids, op, &given, None) {
+        self.condstore |= unchanged_since.is_some();
+        let outcome = match self
+            .cache
+            .store_flags(folder, &uids, op, &given, unchanged_since)
+        {
             Ok(o) => o,
             Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
         };
@@ -308,7 +363,8 @@ impl Session {
             let expected = op.apply(&s.flags[i], &given);
             let surprise = !same_flags(&expected, &st.flags);
             s.flags[i].clone_from(&st.flags);
-            if response == StoreResponse::Answer || surprise {
+            // With CONDSTORE the client hears each new MODSEQ, .SILENT or not (RFC 7162 §3.1.3).
+            if response == StoreResponse::Answer || surprise || (condstore && st.changed) {
                 let mut items = vec![MessageDataItem::Flags(flag_fetch(
                     &st.flags,
                     s.recent.contains(&st.uid),
@@ -325,14 +381,25 @@ impl Session {
                 }));
             }
         }
+        // RFC 7162 §3.1.3: the messages left alone, by the numbers the command used.
+        let modified: Vec<u32> = if uid {
+            outcome.modified
+        } else {
+            outcome
+                .modified
+                .iter()
+                .filter_map(|u| s.uids.binary_search(u).ok().map(|i| i as u32 + 1))
+                .collect()
+        };
+        let code = condstore::number_set(&modified).map(Code::Modified);
         out.push(tagged(
             tag,
             Kind::Ok,
-            None,
-            if uid {
-                "UID STORE completed"
-            } else {
-                "STORE completed"
+            code,
+            match (uid, modified.is_empty()) {
+                (_, false) => "conditional STORE failed for some messages",
+                (true, true) => "UID STORE completed",
+                (false, true) => "STORE completed",
             },
         ));
         Self::reply(out)
@@ -413,13 +480,30 @@ impl Session {
 
     /// Drops UIDs from the client's view, returning their EXPUNGE responses.
     pub(super) fn forget(&mut self, gone: &BTreeSet<u32>) -> Vec<Data<'static>> {
+        let qresync = self.qresync;
         let s = self.sel();
         // Highest sequence number first, so each number is still valid when sent.
-        let out: Vec<Data<'static>> = (0..s.uids.len())
+        let mut out: Vec<Data<'static>> = (0..s.uids.len())
             .rev()
             .filter(|&i| gone.contains(&s.uids[i]))
             .map(|i| Data::Expunge(nz(i as u32 + 1)))
             .collect();
+        if qresync {
+            // RFC 7162 §3.2.10: after ENABLE QRESYNC, VANISHED says it by UID instead.
+            let uids: Vec<u32> = s
+                .uids
+                .iter()
+                .copied()
+                .filter(|u| gone.contains(u))
+                .collect();
+            out = condstore::number_set(&uids)
+                .map(|known_uids| Data::Vanished {
+                    earlier: false,
+                    known_uids,
+                })
+                .into_iter()
+                .collect();
+        }
         if !out.is_empty() {
             let keep: Vec<bool> = s.uids.iter().map(|u| !gone.contains(u)).collect();
             let mut k = keep.iter();
@@ -493,8 +577,19 @@ impl Session {
             .iter()
             .map(|&(s, u)| nz(if uid { u } else { s }))
             .collect();
+        // RFC 7162 §3.1.5: a search by MODSEQ answers the highest MODSEQ it found.
+        let modseq = if search::uses_modseq(criteria) {
+            self.condstore = true;
+            found
+                .iter()
+                .filter_map(|(_, u)| rows.get(u).map(|r| r.0.modseq))
+                .max()
+                .map(nz64)
+        } else {
+            None
+        };
         Self::reply(vec![
-            Out::Data(Data::Search(numbers, None)),
+            Out::Data(Data::Search(numbers, modseq)),
             tagged(
                 tag,
                 Kind::Ok,

@@ -3,102 +3,14 @@
 //! Each scenario is in `fixtures/concurrent.py`, which asserts what the RFCs require.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::process::Command;
-use std::sync::Arc;
+mod common;
 
-use letterme_client::cache::{Cache, CacheKey};
-use letterme_protocol::SigningKeypair;
-use letterme_proxy::credentials::Credentials;
-use letterme_proxy::imap::{ImapProxy, serve};
+use common::Proxy;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/concurrent.py");
-const PASSWORD: &str = "local-secret";
-
-/// A proxy IMAP listener over a fresh cache, on its own runtime; stopped on drop.
-struct Proxy {
-    addr: SocketAddr,
-    stop: tokio::sync::watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Arc::new(
-            Cache::open(
-                &dir.path().join("mail.db"),
-                CacheKey::derive(&SigningKeypair::generate()),
-            )
-            .unwrap(),
-        );
-        let proxy = Arc::new(ImapProxy {
-            cache,
-            credentials: Credentials {
-                username: "alice@x.test".into(),
-                password: PASSWORD.into(),
-            },
-            tls: None,
-        });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                serve(listener, proxy, stopped).await;
-            });
-        });
-        Self {
-            addr,
-            stop,
-            thread: Some(thread),
-            _dir: dir,
-        }
-    }
-
-    /// Runs one scenario of the script; fails the test with its output if it fails.
-    fn scenario(&self, name: &str, args: &[&str]) -> String {
-        let out = Command::new("python3")
-            .arg(SCRIPT)
-            .args([
-                name,
-                "127.0.0.1",
-                &self.addr.port().to_string(),
-                "alice@x.test",
-                PASSWORD,
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{name} failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 fn run(name: &str) {
-    Proxy::start().scenario(name, &[]);
+    Proxy::start().python(SCRIPT, name, &[]);
 }
 
 #[test]
@@ -163,6 +75,6 @@ fn qresync() {
 
 #[test]
 fn six_connections_at_random_keep_every_view_equal_to_a_fresh_select() {
-    let out = Proxy::start().scenario("stress", &["5"]);
+    let out = Proxy::start().python(SCRIPT, "stress", &["5"]);
     println!("{out}");
 }

@@ -74,6 +74,11 @@ fn qresync() {
 }
 
 #[test]
+fn authenticate_plain() {
+    run("authenticate_plain");
+}
+
+#[test]
 fn six_connections_at_random_keep_every_view_equal_to_a_fresh_select() {
     let out = Proxy::start().python(SCRIPT, "stress", &["5"]);
     println!("{out}");

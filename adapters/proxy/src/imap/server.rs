@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::core::{Tag, Text};
 use imap_codec::imap_types::response::{CommandContinuationRequest, Status};
 use imap_next::server::{Error as FlowError, Event, Options, ResponseHandle, Server};
@@ -15,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::extended;
-use super::session::{FetchJob, Next, Out, Reply, Session};
+use super::session::{Authenticate, FetchJob, Next, Out, Reply, Session};
 use crate::credentials::Credentials;
 
 /// Largest literal accepted (APPEND of one message).
@@ -151,6 +152,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut changes = proxy.cache.changes();
     let mut outbox = Outbox::default();
     let mut before_login = 0usize;
+    // An AUTHENTICATE waiting for the client's response.
+    let mut authenticating: Option<(Tag<'static>, AuthMechanism<'static>)> = None;
     loop {
         match server.next() {
             Ok(Event::GreetingSent { .. }) => suppress_greeting = false,
@@ -165,13 +168,39 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Event::CommandAuthenticateReceived {
                 command_authenticate,
             }) => {
-                let _ =
-                    server.authenticate_finish(s.authenticate_refused(&command_authenticate.tag));
+                let tag = command_authenticate.tag.clone();
+                let response = command_authenticate
+                    .initial_response
+                    .as_ref()
+                    .map(|r| r.declassify().as_ref());
+                let step = s.authenticate(&tag, &command_authenticate.mechanism, response);
+                authenticating = finish_auth(&mut server, &mut outbox, step, &mut after_write, tag);
+                outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
             }
-            Ok(Event::AuthenticateDataReceived { .. }) => {
-                let _ = server.authenticate_finish(
-                    Status::bad(None, None, "authentication cancelled").expect("valid text"),
-                );
+            Ok(Event::AuthenticateDataReceived { authenticate_data }) => {
+                let step = match (&authenticating, authenticate_data) {
+                    (Some((tag, mechanism)), AuthenticateData::Continue(data)) => {
+                        s.authenticate(tag, mechanism, Some(data.declassify().as_ref()))
+                    }
+                    (tag, _) => Authenticate::Done(Reply {
+                        out: vec![Out::Status(
+                            Status::bad(
+                                tag.as_ref().map(|t| t.0.clone()),
+                                None,
+                                "authentication cancelled",
+                            )
+                            .expect("valid text"),
+                        )],
+                        next: Next::Continue,
+                        more: None,
+                    }),
+                };
+                let tag = authenticating.take().map(|t| t.0);
+                if let Some(tag) = tag {
+                    authenticating =
+                        finish_auth(&mut server, &mut outbox, step, &mut after_write, tag);
+                }
+                outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
             }
             Ok(Event::IdleCommandReceived { tag }) => {
                 if s.is_authenticated() {
@@ -289,6 +318,31 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     after_write = Next::Close;
                 }
             },
+        }
+    }
+}
+
+/// Ends or continues an AUTHENTICATE exchange; returns it while it waits for the client.
+fn finish_auth(
+    server: &mut Server,
+    outbox: &mut Outbox,
+    step: Authenticate,
+    after_write: &mut Next,
+    tag: Tag<'static>,
+) -> Option<(Tag<'static>, AuthMechanism<'static>)> {
+    match step {
+        Authenticate::Continue => {
+            let _ = server.authenticate_continue(CommandContinuationRequest::base64(Vec::new()));
+            Some((tag, AuthMechanism::Plain))
+        }
+        Authenticate::Done(mut reply) => {
+            if matches!(reply.out.first(), Some(Out::Status(_)))
+                && let Out::Status(status) = reply.out.remove(0)
+            {
+                let _ = server.authenticate_finish(status);
+            }
+            outbox.push(reply, after_write);
+            None
         }
     }
 }

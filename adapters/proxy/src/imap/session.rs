@@ -24,6 +24,8 @@ use chrono::{DateTime as ChronoDateTime, FixedOffset, TimeZone as _, Utc};
 
 use imap_codec::imap_types::IntoStatic;
 
+use imap_codec::imap_types::auth::AuthMechanism;
+
 use imap_codec::imap_types::command::{
     Command, CommandBody, FetchModifier, SelectParameter, StoreModifier,
 };
@@ -100,6 +102,15 @@ pub enum Next {
     StartTls,
     /// Write the responses, then close.
     Close,
+}
+
+/// The next step of an AUTHENTICATE exchange.
+#[derive(Debug)]
+pub enum Authenticate {
+    /// Ask for the client's response with an empty continuation.
+    Continue,
+    /// The tagged answer first (it ends the exchange), then anything after it.
+    Done(Reply),
 }
 
 /// The result of one command.
@@ -213,7 +224,12 @@ impl Session {
     }
 
     fn capabilities(&self) -> Vec1<Capability<'static>> {
-        let mut caps = vec![Capability::Imap4Rev1, Capability::LiteralPlus];
+        let mut caps = vec![
+            Capability::Imap4Rev1,
+            Capability::LiteralPlus,
+            Capability::Auth(AuthMechanism::Plain),
+            Capability::SaslIr,
+        ];
         // RFC 3501 §6.2.1: STARTTLS only before login.
         if self.tls_available && !self.tls && !self.is_authenticated() {
             caps.push(Capability::StartTls);
@@ -352,7 +368,13 @@ impl Session {
         if self.is_authenticated() {
             return Self::reply(vec![tagged(tag, Kind::Bad, None, "already logged in")]);
         }
-        if self.creds.check(user.as_ref(), pass.as_ref()) {
+        let ok = self.creds.check(user.as_ref(), pass.as_ref());
+        self.check_login(tag, ok)
+    }
+
+    /// The answer to LOGIN or AUTHENTICATE, given whether the credentials were right.
+    fn check_login(&mut self, tag: &Tag<'static>, ok: bool) -> Reply {
+        if ok {
             self.state = State::Authenticated;
             tracing::info!("IMAP login");
             Self::reply(vec![tagged(
@@ -387,14 +409,48 @@ impl Session {
         }
     }
 
-    /// Refusal for AUTHENTICATE: only LOGIN is offered (over loopback, optionally TLS).
-    pub fn authenticate_refused(&self, tag: &Tag<'static>) -> Status<'static> {
-        Status::no(
-            Some(tag.clone()),
-            None,
-            "use LOGIN with the credentials from `letterme proxy credentials`",
-        )
-        .expect("valid")
+    /// AUTHENTICATE (RFC 3501 §6.2.2) with PLAIN (RFC 4616), the initial response in the
+    /// command (SASL-IR, RFC 4959) or after an empty continuation. `response` is the decoded
+    /// client response, `None` when the client has not sent one yet.
+    pub fn authenticate(
+        &mut self,
+        tag: &Tag<'static>,
+        mechanism: &AuthMechanism<'_>,
+        response: Option<&[u8]>,
+    ) -> Authenticate {
+        if self.is_authenticated() {
+            return Authenticate::Done(Self::reply(vec![tagged(
+                tag,
+                Kind::Bad,
+                None,
+                "already logged in",
+            )]));
+        }
+        if *mechanism != AuthMechanism::Plain {
+            return Authenticate::Done(Self::reply(vec![tagged(
+                tag,
+                Kind::No,
+                None,
+                "only PLAIN is offered, with the credentials from `letterme proxy credentials`",
+            )]));
+        }
+        let Some(response) = response else {
+            return Authenticate::Continue;
+        };
+        // RFC 4616 §2: [authzid] NUL authcid NUL passwd; acting as another user is refused.
+        let mut parts = response.split(|&b| b == 0);
+        let (Some(authzid), Some(user), Some(pass), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Authenticate::Done(Self::reply(vec![tagged(
+                tag,
+                Kind::Bad,
+                None,
+                "malformed PLAIN response",
+            )]));
+        };
+        let as_self = authzid.is_empty() || authzid.eq_ignore_ascii_case(user);
+        Authenticate::Done(self.check_login(tag, as_self && self.creds.check(user, pass)))
     }
 
     fn authenticated(&mut self, tag: &Tag<'static>, body: CommandBody<'static>) -> Reply {

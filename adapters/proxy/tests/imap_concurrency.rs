@@ -79,6 +79,21 @@ fn authenticate_plain() {
 }
 
 #[test]
+fn esearch() {
+    run("esearch");
+}
+
+#[test]
+fn multiappend() {
+    run("multiappend");
+}
+
+#[test]
+fn create_special_use() {
+    run("create_special_use");
+}
+
+#[test]
 fn six_connections_at_random_keep_every_view_equal_to_a_fresh_select() {
     let out = Proxy::start().python(SCRIPT, "stress", &["5"]);
     println!("{out}");

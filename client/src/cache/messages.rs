@@ -161,28 +161,44 @@ impl Cache {
     /// Files one message (APPEND, a Sent copy). With a Message-ID already present in the
     /// folder, nothing is added and the existing UID is returned (`false`).
     pub fn append(&self, mail: &NewMail) -> Result<(u32, u32, bool), MailboxError> {
+        let before = self.folder(&mail.folder)?.map(|f| f.uidnext);
+        let (validity, uids) = self.append_all(std::slice::from_ref(mail))?;
+        let uid = uids.first().copied().unwrap_or_default();
+        Ok((validity, uid, before.is_some_and(|next| uid >= next)))
+    }
+
+    /// Files messages into one folder, all or none (MULTIAPPEND, RFC 3502); each with a
+    /// Message-ID already present in the folder is not added again and its existing UID
+    /// stands in. Returns the folder's UIDVALIDITY and a UID per message.
+    pub fn append_all(&self, mails: &[NewMail]) -> Result<(u32, Vec<u32>), MailboxError> {
+        let Some(first) = mails.first() else {
+            return Err(MailboxError::InvalidName(String::new()));
+        };
         let mut c = self.lock();
-        let f = self.need_folder(&c, &mail.folder)?;
+        let f = self.need_folder(&c, &first.folder)?;
         let tx = c.transaction().map_err(|e| self.err(e))?;
-        if let Some(mid) = &mail.message_id {
-            let hash = self.key.msgid_hash(mid);
-            let existing: Option<u32> = tx
-                .query_row(
-                    "SELECT uid FROM mail WHERE folder = ?1 AND msgid_hash = ?2",
-                    params![f.id, hash],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(|e| self.err(e))?;
-            if let Some(uid) = existing {
-                return Ok((f.uidvalidity, uid, false));
+        let mut uids = Vec::with_capacity(mails.len());
+        for mail in mails {
+            if let Some(mid) = &mail.message_id {
+                let existing: Option<u32> = tx
+                    .query_row(
+                        "SELECT uid FROM mail WHERE folder = ?1 AND msgid_hash = ?2",
+                        params![f.id, self.key.msgid_hash(mid)],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(|e| self.err(e))?;
+                if let Some(uid) = existing {
+                    uids.push(uid);
+                    continue;
+                }
             }
+            uids.push(self.file(&tx, f.id, mail).map_err(|e| self.err(e))?);
         }
-        let uid = self.file(&tx, f.id, mail).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         drop(c);
         self.changed();
-        Ok((f.uidvalidity, uid, true))
+        Ok((f.uidvalidity, uids))
     }
 
     fn file(&self, tx: &Transaction<'_>, folder: i64, mail: &NewMail) -> rusqlite::Result<u32> {

@@ -14,6 +14,8 @@ mod wire;
 
 use std::borrow::Cow;
 
+use std::fmt::Write as _;
+
 use std::collections::BTreeSet;
 
 use std::num::NonZeroU32;
@@ -64,7 +66,7 @@ use letterme_client::cache::{
     Cache, DELIMITER, Fetched, FlagOp, Folder, MailMeta, MailboxError, NewMail, has_flag,
 };
 
-use super::extended::Extended;
+use super::extended::{Appended, Extended, SearchReturn};
 use super::{mime, search};
 pub use mailboxes::ListOptions;
 use mailboxes::mailbox_name;
@@ -246,6 +248,9 @@ impl Session {
                 Capability::Enable,
                 Capability::ListExtended,
                 Capability::try_from("LIST-STATUS").expect("valid atom"),
+                Capability::try_from("ESEARCH").expect("valid atom"),
+                Capability::try_from("MULTIAPPEND").expect("valid atom"),
+                Capability::try_from("CREATE-SPECIAL-USE").expect("valid atom"),
                 Capability::try_from("SPECIAL-USE").expect("valid atom"),
                 Capability::CondStore,
                 Capability::QResync,
@@ -285,6 +290,45 @@ impl Session {
                     Self::reply(vec![tagged(&tag, Kind::Bad, None, "log in first")])
                 };
                 self.with_updates("LIST", reply)
+            }
+            _ if !self.is_authenticated() => {
+                let tag = match &command {
+                    Extended::List { tag, .. }
+                    | Extended::Search { tag, .. }
+                    | Extended::Create { tag, .. }
+                    | Extended::MultiAppend { tag, .. } => tag.clone(),
+                };
+                Self::reply(vec![tagged(&tag, Kind::Bad, None, "log in first")])
+            }
+            Extended::Search {
+                tag,
+                uid,
+                returns,
+                criteria,
+            } => {
+                let reply = if self.is_selected() {
+                    self.esearch(&tag, &criteria, uid, &returns)
+                } else {
+                    Self::reply(vec![tagged(
+                        &tag,
+                        Kind::Bad,
+                        None,
+                        "select a mailbox first",
+                    )])
+                };
+                self.with_updates("SEARCH", reply)
+            }
+            Extended::Create { tag, mailbox, uses } => {
+                let reply = self.create(&tag, &mailbox_name(&mailbox), &uses);
+                self.with_updates("CREATE", reply)
+            }
+            Extended::MultiAppend {
+                tag,
+                mailbox,
+                messages,
+            } => {
+                let reply = self.append(&tag, &mailbox_name(&mailbox), messages);
+                self.with_updates("APPEND", reply)
             }
         }
     }
@@ -464,7 +508,7 @@ impl Session {
                 mailbox,
                 parameters,
             } => return self.select(tag, &mailbox_name(&mailbox), true, &parameters),
-            C::Create { mailbox } => self.cache.create_folder(&mailbox_name(&mailbox), None),
+            C::Create { mailbox } => return self.create(tag, &mailbox_name(&mailbox), &[]),
             C::Delete { mailbox } => {
                 let name = mailbox_name(&mailbox);
                 let r = self.cache.delete_folder(&name);
@@ -534,15 +578,18 @@ impl Session {
                 date,
                 message,
             } => {
+                let message = match message {
+                    LiteralOrLiteral8::Literal(l) => l.into_inner().into_owned(),
+                    LiteralOrLiteral8::Literal8(l) => l.data.into_owned(),
+                };
                 return self.append(
                     tag,
                     &mailbox_name(&mailbox),
-                    &flags,
-                    date.as_ref(),
-                    match &message {
-                        LiteralOrLiteral8::Literal(l) => l.as_ref(),
-                        LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
-                    },
+                    vec![Appended {
+                        flags,
+                        date,
+                        message,
+                    }],
                 );
             }
             C::Login { .. } => {

@@ -406,13 +406,37 @@ impl Session {
         })
     }
 
+    /// CREATE (RFC 3501 §6.3.3), with CREATE-SPECIAL-USE's USE option (RFC 6154 §3): one
+    /// special use per mailbox; any other gets `NO [USE]`.
+    pub(super) fn create(&mut self, tag: &Tag<'static>, name: &str, uses: &[String]) -> Reply {
+        let use_code = || Some(Code::Other(CodeOther::unvalidated(&b"USE"[..])));
+        if uses.len() > 1 {
+            return Self::reply(vec![tagged(
+                tag,
+                Kind::No,
+                use_code(),
+                "a mailbox here has at most one special use",
+            )]);
+        }
+        match self
+            .cache
+            .create_folder(name, uses.first().map(String::as_str))
+        {
+            Ok(()) => Self::reply(vec![tagged(tag, Kind::Ok, None, "CREATE completed")]),
+            Err(e @ MailboxError::UnsupportedUse(_)) => {
+                Self::reply(vec![tagged(tag, Kind::No, use_code(), &e.to_string())])
+            }
+            Err(e) => Self::reply(vec![mailbox_error(tag, &e)]),
+        }
+    }
+
+    /// APPEND (RFC 3501 §6.3.11) of one message or, with MULTIAPPEND (RFC 3502), of several,
+    /// all or none; `APPENDUID` names what was filed (RFC 4315).
     pub(super) fn append(
         &mut self,
         tag: &Tag<'static>,
         name: &str,
-        flags: &[Flag<'_>],
-        date: Option<&DateTime>,
-        message: &[u8],
+        messages: Vec<Appended>,
     ) -> Reply {
         let folder = match self.cache.folder(name) {
             Ok(Some(f)) => f,
@@ -426,33 +450,47 @@ impl Session {
             }
             Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
         };
-        // Only the Sent mailbox deduplicates: the proxy's SMTP already filed a copy there.
-        let message_id = if folder.special.as_deref() == Some("\\Sent") {
-            mail_parser::MessageParser::default()
-                .parse_headers(message)
-                .and_then(|m| m.message_id().map(|id| format!("<{id}>")))
-        } else {
-            None
-        };
-        let internal_date =
-            date.map_or_else(|| letterme_client::now() as i64, |d| d.as_ref().timestamp());
-        let mail = NewMail {
-            folder: folder.name.clone(),
-            flags: flags.iter().map(ToString::to_string).collect(),
-            internal_date,
-            raw: message.to_vec(),
-            message_id,
-        };
-        match self.cache.append(&mail) {
-            Ok((validity, uid, _)) => Self::reply(vec![tagged(
-                tag,
-                Kind::Ok,
-                Some(Code::AppendUid {
-                    uid_validity: nz(validity),
-                    uid: nz(uid),
-                }),
-                "APPEND completed",
-            )]),
+        let mails: Vec<NewMail> = messages
+            .into_iter()
+            .map(|m| {
+                // Only the Sent mailbox deduplicates: the proxy's SMTP already filed a copy.
+                let message_id = if folder.special.as_deref() == Some("\\Sent") {
+                    mail_parser::MessageParser::default()
+                        .parse_headers(&m.message)
+                        .and_then(|p| p.message_id().map(|id| format!("<{id}>")))
+                } else {
+                    None
+                };
+                NewMail {
+                    folder: folder.name.clone(),
+                    flags: m.flags.iter().map(ToString::to_string).collect(),
+                    internal_date: m
+                        .date
+                        .map_or_else(|| letterme_client::now() as i64, |d| d.as_ref().timestamp()),
+                    raw: m.message,
+                    message_id,
+                }
+            })
+            .collect();
+        match self.cache.append_all(&mails) {
+            Ok((validity, uids)) => {
+                let code = match uids.as_slice() {
+                    [uid] => Code::AppendUid {
+                        uid_validity: nz(validity),
+                        uid: nz(*uid),
+                    },
+                    _ => Code::Other(CodeOther::unvalidated(
+                        format!(
+                            "APPENDUID {validity} {}",
+                            condstore::number_set(&uids)
+                                .map(|s| wire::sequence_text(&s))
+                                .unwrap_or_default()
+                        )
+                        .into_bytes(),
+                    )),
+                };
+                Self::reply(vec![tagged(tag, Kind::Ok, Some(code), "APPEND completed")])
+            }
             Err(e) => Self::reply(vec![mailbox_error(tag, &e)]),
         }
     }

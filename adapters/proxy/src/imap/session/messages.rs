@@ -4,6 +4,8 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
+use letterme_client::ClientError;
+
 pub(super) fn copy_uid(validity: u32, pairs: &[(u32, u32)]) -> Option<Code<'static>> {
     let src: Vec<UidElement> = pairs.iter().map(|p| UidElement::Single(nz(p.0))).collect();
     let dst: Vec<UidElement> = pairs.iter().map(|p| UidElement::Single(nz(p.1))).collect();
@@ -12,6 +14,14 @@ pub(super) fn copy_uid(validity: u32, pairs: &[(u32, u32)]) -> Option<Code<'stat
         source: UidSet(Vec1::try_from(src).ok()?),
         destination: UidSet(Vec1::try_from(dst).ok()?),
     })
+}
+
+/// What a search found.
+struct Matches {
+    /// (sequence number, UID) of each match.
+    found: Vec<(u32, u32)>,
+    /// With a MODSEQ key, the highest MODSEQ among them (RFC 7162 §3.1.5).
+    modseq: Option<u64>,
 }
 
 impl Session {
@@ -536,12 +546,8 @@ impl Session {
         }
     }
 
-    pub(super) fn search(
-        &mut self,
-        tag: &Tag<'static>,
-        criteria: &[SearchKey<'_>],
-        uid: bool,
-    ) -> Reply {
+    /// The messages matching `criteria`, or the cache's error.
+    fn matches(&mut self, criteria: &[SearchKey<'_>]) -> Result<Matches, ClientError> {
         let folder = self.sel().folder.id;
         let uids = self.sel().uids.clone();
         // Flags, dates and content as they are now; a message expunged meanwhile matches
@@ -552,7 +558,7 @@ impl Session {
                 .fetch(folder, &uids, search::needs_content(criteria))
             {
                 Ok(rows) => rows.into_iter().map(|r| (r.0.uid, r)).collect(),
-                Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+                Err(e) => return Err(e),
             };
         let recent = &self.sel().recent;
         let candidates = uids.iter().enumerate().filter_map(|(i, u)| {
@@ -573,23 +579,88 @@ impl Session {
             max_uid: uids.last().copied().unwrap_or(0),
         };
         let found = search::search_all(criteria, candidates, bounds);
-        let numbers: Vec<NonZeroU32> = found
-            .iter()
-            .map(|&(s, u)| nz(if uid { u } else { s }))
-            .collect();
-        // RFC 7162 §3.1.5: a search by MODSEQ answers the highest MODSEQ it found.
         let modseq = if search::uses_modseq(criteria) {
             self.condstore = true;
             found
                 .iter()
                 .filter_map(|(_, u)| rows.get(u).map(|r| r.0.modseq))
                 .max()
-                .map(nz64)
         } else {
             None
         };
+        Ok(Matches { found, modseq })
+    }
+
+    pub(super) fn search(
+        &mut self,
+        tag: &Tag<'static>,
+        criteria: &[SearchKey<'_>],
+        uid: bool,
+    ) -> Reply {
+        let Matches { found, modseq } = match self.matches(criteria) {
+            Ok(m) => m,
+            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+        };
+        let numbers: Vec<NonZeroU32> = found
+            .iter()
+            .map(|&(s, u)| nz(if uid { u } else { s }))
+            .collect();
         Self::reply(vec![
-            Out::Data(Data::Search(numbers, modseq)),
+            Out::Data(Data::Search(numbers, modseq.map(nz64))),
+            tagged(
+                tag,
+                Kind::Ok,
+                None,
+                if uid {
+                    "UID SEARCH completed"
+                } else {
+                    "SEARCH completed"
+                },
+            ),
+        ])
+    }
+
+    /// SEARCH RETURN (...) (ESEARCH, RFC 4731): `* ESEARCH (TAG "t") [UID] MIN MAX COUNT ALL`,
+    /// with MODSEQ for a search by MODSEQ (RFC 7162 §3.1.5). imap-types has no ESEARCH
+    /// response, so the line is written here; every part of it is a number or the tag.
+    pub(super) fn esearch(
+        &mut self,
+        tag: &Tag<'static>,
+        criteria: &[SearchKey<'_>],
+        uid: bool,
+        returns: &SearchReturn,
+    ) -> Reply {
+        let Matches { found, modseq } = match self.matches(criteria) {
+            Ok(m) => m,
+            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+        };
+        let numbers: Vec<u32> = found
+            .iter()
+            .map(|&(s, u)| if uid { u } else { s })
+            .collect();
+        // A tag has no quoted-specials (RFC 3501 §9, tag = 1*<any ASTRING-CHAR except "+">).
+        let mut line = format!("* ESEARCH (TAG \"{}\")", tag.inner());
+        if uid {
+            line.push_str(" UID");
+        }
+        if let (true, Some(min)) = (returns.min, numbers.iter().min()) {
+            let _ = write!(line, " MIN {min}");
+        }
+        if let (true, Some(max)) = (returns.max, numbers.iter().max()) {
+            let _ = write!(line, " MAX {max}");
+        }
+        if returns.count {
+            let _ = write!(line, " COUNT {}", numbers.len());
+        }
+        if let (true, Some(set)) = (returns.all, condstore::number_set(&numbers)) {
+            let _ = write!(line, " ALL {}", wire::sequence_text(&set));
+        }
+        if let Some(m) = modseq.filter(|_| !numbers.is_empty()) {
+            let _ = write!(line, " MODSEQ {m}");
+        }
+        line.push_str("\r\n");
+        Self::reply(vec![
+            Out::Raw(line.into_bytes()),
             tagged(
                 tag,
                 Kind::Ok,

@@ -124,3 +124,21 @@ pub(super) fn list_childinfo(items: &[FlagNameAttribute<'static>], name: &str) -
     bytes.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n");
     bytes
 }
+
+/// A sequence set as IMAP writes it (`1:3,5`), for responses built here.
+pub(super) fn sequence_text(set: &SequenceSet) -> String {
+    use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
+    let one = |s: &SeqOrUid| match s {
+        SeqOrUid::Value(v) => v.to_string(),
+        SeqOrUid::Asterisk => "*".to_owned(),
+    };
+    set.0
+        .as_ref()
+        .iter()
+        .map(|s| match s {
+            Sequence::Single(v) => one(v),
+            Sequence::Range(a, b) => format!("{}:{}", one(a), one(b)),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}

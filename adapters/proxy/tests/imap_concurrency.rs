@@ -94,6 +94,11 @@ fn create_special_use() {
 }
 
 #[test]
+fn binary() {
+    run("binary");
+}
+
+#[test]
 fn six_connections_at_random_keep_every_view_equal_to_a_fresh_select() {
     let out = Proxy::start().python(SCRIPT, "stress", &["5"]);
     println!("{out}");

@@ -82,6 +82,40 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// A content transfer encoding BINARY cannot undo (RFC 3516 §4.3, `UNKNOWN-CTE`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownCte;
+
+/// RFC 3516 §4.2 `BINARY[section]`: the part's content with its Content-Transfer-Encoding
+/// removed (base64 and quoted-printable decoded by mail-parser; 7bit, 8bit and binary as
+/// they are). The whole message (`BINARY[]`), a multipart and an encapsulated message are
+/// returned unchanged; a part that does not exist yields no bytes.
+pub fn binary(raw: &[u8], section: &[NonZeroU32]) -> Result<Vec<u8>, UnknownCte> {
+    let Ok(numbers) = Vec1::try_from(section.to_vec()) else {
+        return Ok(raw.to_vec());
+    };
+    let root = parse(raw, 0..raw.len(), 0);
+    let Some(node) = find(&root, &Part(numbers)) else {
+        return Ok(Vec::new());
+    };
+    let body = span(raw, &node.body);
+    if !matches!(node.kind, Kind::Leaf) {
+        return Ok(body.to_vec());
+    }
+    let encoding = value(raw, &node.fields, HeaderName::ContentTransferEncoding)
+        .map(|v| String::from_utf8_lossy(&v).trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match encoding.as_str() {
+        "" | "7bit" | "8bit" | "binary" => Ok(body.to_vec()),
+        "base64" => Ok(mail_parser::decoders::base64::base64_decode(body).unwrap_or_default()),
+        "quoted-printable" => Ok(
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
+                .unwrap_or_default(),
+        ),
+        _ => Err(UnknownCte),
+    }
+}
+
 /// Applies a `<origin.count>` partial (RFC 3501 §6.4.5): an origin past the end gives no bytes,
 /// a count past the end is truncated.
 pub fn partial(bytes: &[u8], partial: Option<(u32, NonZeroU32)>) -> &[u8] {

@@ -125,6 +125,8 @@ pub struct Reply {
 }
 
 /// The rest of a FETCH.
+// Reason: independent facts about one FETCH, not a state machine in disguise.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
 pub struct FetchJob {
     tag: Tag<'static>,
@@ -136,6 +138,8 @@ pub struct FetchJob {
     expunged: bool,
     /// Whether any message was sent.
     sent: bool,
+    /// A BINARY part had an encoding that cannot be undone (RFC 3516 §4.3).
+    unknown_cte: bool,
     /// CHANGEDSINCE (RFC 7162 §3.1.4.1): only messages with a higher MODSEQ.
     changed_since: Option<u64>,
 }
@@ -249,6 +253,7 @@ impl Session {
                 Capability::ListExtended,
                 Capability::try_from("LIST-STATUS").expect("valid atom"),
                 Capability::try_from("ESEARCH").expect("valid atom"),
+                Capability::Binary,
                 Capability::try_from("MULTIAPPEND").expect("valid atom"),
                 Capability::try_from("CREATE-SPECIAL-USE").expect("valid atom"),
                 Capability::try_from("SPECIAL-USE").expect("valid atom"),

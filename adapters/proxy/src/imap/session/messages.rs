@@ -90,19 +90,6 @@ impl Session {
             }
             MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
         };
-        if items.iter().any(|i| {
-            matches!(
-                i,
-                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
-            )
-        }) {
-            return Self::reply(vec![tagged(
-                tag,
-                Kind::No,
-                None,
-                "BINARY is not supported; use BODY[]",
-            )]);
-        }
         if uid && !items.contains(&MessageDataItemName::Uid) {
             items.insert(0, MessageDataItemName::Uid);
         }
@@ -144,6 +131,7 @@ impl Session {
             todo: todo.into(),
             expunged: false,
             sent: false,
+            unknown_cte: false,
             changed_since,
         };
         let mut reply = self.fetch_more(job);
@@ -172,6 +160,7 @@ impl Session {
                 matches!(
                     i,
                     MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Binary { peek: false, .. }
                         | MessageDataItemName::Rfc822
                         | MessageDataItemName::Rfc822Text
                 )
@@ -269,7 +258,28 @@ impl Session {
                             data: nstring(part),
                         }
                     }
-                    _ => continue,
+                    MessageDataItemName::Binary {
+                        section, partial, ..
+                    } => {
+                        let Ok(bytes) = mime::binary(raw, section) else {
+                            job.unknown_cte = true;
+                            continue;
+                        };
+                        MessageDataItem::Binary {
+                            section: section.clone(),
+                            value: wire::nstring8(mime::partial(&bytes, *partial).to_vec()),
+                        }
+                    }
+                    MessageDataItemName::BinarySize { section } => {
+                        let Ok(bytes) = mime::binary(raw, section) else {
+                            job.unknown_cte = true;
+                            continue;
+                        };
+                        MessageDataItem::BinarySize {
+                            section: section.clone(),
+                            size: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                        }
+                    }
                 });
             }
             // FLAGS changed by this FETCH are reported in it (RFC 3501 §6.4.5), and with
@@ -307,6 +317,13 @@ impl Session {
             "FETCH completed"
         };
         out.push(match (job.expunged, job.sent) {
+            // RFC 3516 §4.3: a part whose encoding cannot be undone fails the FETCH.
+            _ if job.unknown_cte => tagged(
+                &job.tag,
+                Kind::No,
+                Some(Code::UnknownCte),
+                "a part has a Content-Transfer-Encoding BINARY cannot decode; use BODY[]",
+            ),
             (false, _) => tagged(&job.tag, Kind::Ok, None, done),
             (true, true) => tagged(
                 &job.tag,

@@ -61,6 +61,21 @@ pub(super) fn nstring(mut bytes: Vec<u8>) -> NString<'static> {
     NString(Some(IString::Literal(Literal::unvalidated(bytes))))
 }
 
+/// NString8 for BINARY content: a literal8 (`~{n}`) when it holds NUL, which a literal
+/// cannot (RFC 3516 §4.2), else a literal.
+pub(super) fn nstring8(bytes: Vec<u8>) -> imap_codec::imap_types::core::NString8<'static> {
+    use imap_codec::imap_types::core::{LiteralMode, NString8};
+    use imap_codec::imap_types::extensions::binary::Literal8;
+    if bytes.contains(&0) {
+        NString8::Literal8(Literal8 {
+            data: bytes.into(),
+            mode: LiteralMode::Sync,
+        })
+    } else {
+        NString8::NString(nstring(bytes))
+    }
+}
+
 pub(super) fn imap_date(unix: i64) -> DateTime {
     let utc = Utc.timestamp_opt(unix, 0).single().unwrap_or_default();
     let fixed: ChronoDateTime<FixedOffset> = utc.fixed_offset();

@@ -99,6 +99,11 @@ fn binary() {
 }
 
 #[test]
+fn sort_and_thread() {
+    run("sort_and_thread");
+}
+
+#[test]
 fn six_connections_at_random_keep_every_view_equal_to_a_fresh_select() {
     let out = Proxy::start().python(SCRIPT, "stress", &["5"]);
     println!("{out}");

@@ -10,5 +10,6 @@ pub mod mime;
 pub mod search;
 pub mod server;
 pub mod session;
+pub mod sort;
 
 pub use server::{ImapProxy, serve};

@@ -67,7 +67,11 @@ use letterme_client::cache::{
 };
 
 use super::extended::{Appended, Extended, SearchReturn};
-use super::{mime, search};
+use imap_codec::imap_types::extensions::sort::{SortAlgorithm, SortCriterion};
+
+use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
+
+use super::{mime, search, sort};
 pub use mailboxes::ListOptions;
 use mailboxes::mailbox_name;
 use wire::{
@@ -254,6 +258,10 @@ impl Session {
                 Capability::try_from("LIST-STATUS").expect("valid atom"),
                 Capability::try_from("ESEARCH").expect("valid atom"),
                 Capability::Binary,
+                Capability::Sort(None),
+                Capability::Sort(Some(SortAlgorithm::Display)),
+                Capability::Thread(ThreadingAlgorithm::OrderedSubject),
+                Capability::Thread(ThreadingAlgorithm::References),
                 Capability::try_from("MULTIAPPEND").expect("valid atom"),
                 Capability::try_from("CREATE-SPECIAL-USE").expect("valid atom"),
                 Capability::try_from("SPECIAL-USE").expect("valid atom"),
@@ -342,7 +350,7 @@ impl Session {
     fn with_updates(&mut self, name: &str, mut reply: Reply) -> Reply {
         // Unilateral updates for the selected mailbox (RFC 3501 §7): never EXPUNGE during
         // FETCH, STORE or SEARCH (§7.4.1).
-        let allow_expunge = !matches!(name, "FETCH" | "STORE" | "SEARCH");
+        let allow_expunge = !matches!(name, "FETCH" | "STORE" | "SEARCH" | "SORT" | "THREAD");
         if reply.more.is_none() && reply.next == Next::Continue {
             let updates = self.updates(allow_expunge);
             if !updates.is_empty() {
@@ -651,6 +659,18 @@ impl Session {
             C::Expunge => self.expunge(tag, None),
             C::ExpungeUid { sequence_set } => self.expunge(tag, Some(&sequence_set)),
             C::Search { criteria, uid, .. } => self.search(tag, criteria.as_ref(), uid),
+            C::Sort {
+                sort_criteria,
+                search_criteria,
+                uid,
+                ..
+            } => self.sort(tag, sort_criteria.as_ref(), search_criteria.as_ref(), uid),
+            C::Thread {
+                algorithm,
+                search_criteria,
+                uid,
+                ..
+            } => self.thread(tag, &algorithm, search_criteria.as_ref(), uid),
             C::Fetch {
                 sequence_set,
                 macro_or_item_names,

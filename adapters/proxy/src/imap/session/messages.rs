@@ -16,13 +16,22 @@ pub(super) fn copy_uid(validity: u32, pairs: &[(u32, u32)]) -> Option<Code<'stat
     })
 }
 
-fn sort_message(m: &(u32, u32, i64, u32, Vec<u8>)) -> sort::Message<'_> {
+/// A message as SORT and THREAD read it, its header section kept.
+struct SortRow {
+    number: u32,
+    seq: u32,
+    internal_date: i64,
+    size: u32,
+    header: Vec<u8>,
+}
+
+fn sort_message(m: &SortRow) -> sort::Message<'_> {
     sort::Message {
-        number: m.0,
-        seq: m.1,
-        internal_date: m.2,
-        size: m.3,
-        raw: &m.4,
+        number: m.number,
+        seq: m.seq,
+        internal_date: m.internal_date,
+        size: m.size,
+        raw: &m.header,
     }
 }
 
@@ -662,7 +671,7 @@ impl Session {
         &mut self,
         criteria: &[SearchKey<'_>],
         uid: bool,
-    ) -> Result<(Vec<(u32, u32, i64, u32, Vec<u8>)>, Option<u64>), ClientError> {
+    ) -> Result<(Vec<SortRow>, Option<u64>), ClientError> {
         let Matches { found, modseq } = self.matches(criteria)?;
         let folder = self.sel().folder.id;
         let mut out = Vec::with_capacity(found.len());
@@ -680,13 +689,13 @@ impl Session {
                 };
                 let raw = raw.as_deref().unwrap_or_default();
                 let end = memchr_header_end(raw);
-                out.push((
-                    if uid { u } else { seq },
+                out.push(SortRow {
+                    number: if uid { u } else { seq },
                     seq,
-                    meta.internal_date,
-                    meta.size,
-                    raw[..end].to_vec(),
-                ));
+                    internal_date: meta.internal_date,
+                    size: meta.size,
+                    header: raw[..end].to_vec(),
+                });
             }
         }
         Ok((out, modseq))

@@ -104,6 +104,16 @@ fn sort_and_thread() {
 }
 
 #[test]
+fn imap4rev2() {
+    run("imap4rev2");
+}
+
+#[test]
+fn searchres() {
+    run("searchres");
+}
+
+#[test]
 fn six_connections_at_random_keep_every_view_equal_to_a_fresh_select() {
     let out = Proxy::start().python(SCRIPT, "stress", &["5"]);
     println!("{out}");

@@ -17,6 +17,7 @@ mod key;
 mod messages;
 #[cfg(test)]
 mod tests;
+pub mod utf7;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -71,11 +72,18 @@ CREATE INDEX IF NOT EXISTS mail_msgid ON mail (folder, msgid_hash);
 CREATE TABLE IF NOT EXISTS rendered (envelope_id TEXT PRIMARY KEY);
 ";
 
+/// One schema step: SQL, or a change SQL cannot express.
+enum Step {
+    Sql(&'static str),
+    Rust(fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>),
+}
+
 /// Schema steps after [`SCHEMA`], by `PRAGMA user_version` (step i takes version i to i+1).
-const MIGRATIONS: [&str; 1] = [
+const MIGRATIONS: [Step; 2] = [
     // 1: MODSEQ per message and mailbox, expunge tombstones, \Recent, subscriptions apart from
     // mailboxes, and a UIDVALIDITY counter that outlives deleted mailboxes.
-    "
+    Step::Sql(
+        "
     ALTER TABLE folders ADD COLUMN highestmodseq INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE folders ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 1;
     UPDATE folders SET recent_uid = uidnext;
@@ -92,7 +100,29 @@ const MIGRATIONS: [&str; 1] = [
     INSERT INTO counters (name, value)
         SELECT 'uidvalidity', COALESCE(MAX(uidvalidity), 0) FROM folders;
     ",
+    ),
+    // 2: names in UTF-8; IMAP4rev1 clients wrote them in modified UTF-7, stored as written.
+    Step::Rust(names_to_utf8),
 ];
+
+/// Decodes each mailbox and subscription name that is modified UTF-7 with an encoded run.
+fn names_to_utf8(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    for table in ["folders", "subscriptions"] {
+        let names: Vec<String> = tx
+            .prepare(&format!("SELECT name FROM {table} WHERE name LIKE '%&%'"))?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for name in names {
+            if let Some(decoded) = utf7::decode(&name).filter(|d| *d != name) {
+                tx.execute(
+                    &format!("UPDATE OR IGNORE {table} SET name = ?2 WHERE name = ?1"),
+                    params![name, decoded],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Why a mailbox operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -387,7 +417,10 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
             continue;
         }
         let tx = conn.transaction()?;
-        tx.execute_batch(step)?;
+        match step {
+            Step::Sql(sql) => tx.execute_batch(sql)?,
+            Step::Rust(run) => run(&tx)?,
+        }
         tx.pragma_update(None, "user_version", i)?;
         tx.commit()?;
     }

@@ -218,7 +218,8 @@ fn a_cache_from_before_modseqs_is_upgraded_in_place() {
         conn.execute_batch(SCHEMA).unwrap();
         conn.execute_batch(
             "INSERT INTO folders (name, special, subscribed, uidvalidity, uidnext)
-               VALUES ('INBOX', NULL, 1, 1700000000, 3), ('Old', NULL, 0, 1700000001, 1);
+               VALUES ('INBOX', NULL, 1, 1700000000, 3), ('Old', NULL, 0, 1700000001, 1),
+                 ('Entw&APw-rfe', NULL, 1, 1700000002, 1), ('Tom &- Jerry', NULL, 0, 1700000003, 1);
              INSERT INTO contents (id, nonce, data) VALUES (7, x'00', x'00');
              INSERT INTO mail (folder, uid, content, flags, internal_date, size)
                VALUES (1, 2, 7, '\\Seen', 1700000000, 1);",
@@ -232,6 +233,10 @@ fn a_cache_from_before_modseqs_is_upgraded_in_place() {
     assert_eq!(c.messages(inbox.id).unwrap()[0].flags, vec!["\\Seen"]);
     let subs = c.subscriptions().unwrap();
     assert!(subs.contains("INBOX") && !subs.contains("Old"));
+    // Names IMAP4rev1 clients wrote in modified UTF-7 are UTF-8 now.
+    assert!(subs.contains("Entwürfe"), "{subs:?}");
+    assert!(c.folder("Entwürfe").unwrap().is_some());
+    assert!(c.folder("Tom & Jerry").unwrap().is_some());
     c.create_folder("New", None).unwrap();
     assert!(c.folder("New").unwrap().unwrap().uidvalidity > 1_700_000_001);
 }

@@ -63,8 +63,8 @@ pub struct Appended {
     pub message: Vec<u8>,
 }
 
-/// The RFC 4731 return options; none given means ALL.
-// Reason: four independent options named after the RFC's.
+/// The RFC 4731 return options, and RFC 5182 SAVE; none given means ALL.
+// Reason: independent options named after the RFCs'.
 #[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SearchReturn {
@@ -72,6 +72,53 @@ pub struct SearchReturn {
     pub max: bool,
     pub all: bool,
     pub count: bool,
+    pub save: bool,
+}
+
+/// Where a command names the saved search result `$` (RFC 5182 §2.1).
+#[derive(Debug)]
+pub struct Dollars {
+    pub tag: Tag<'static>,
+    pub uid: bool,
+    /// In search criteria (SEARCH, SORT, THREAD), not as the command's message set.
+    pub in_criteria: bool,
+    /// The `$` tokens in the line.
+    pub spans: Vec<Range<usize>>,
+}
+
+/// The `$` tokens of a command line, if any (outside quoted strings and literals).
+pub fn dollars(line: &[u8]) -> Option<Dollars> {
+    let tokens = tokens(line)?;
+    let spans: Vec<Range<usize>> = tokens
+        .iter()
+        .filter(|t| matches!(&t.kind, Kind::Word { value, .. } if value == b"$"))
+        .map(|t| t.span.clone())
+        .collect();
+    if spans.is_empty() {
+        return None;
+    }
+    let tag = Tag::try_from(value(tokens.first()?).to_vec())
+        .ok()?
+        .into_static();
+    let uid = is_word(tokens.get(1), b"UID");
+    let name = tokens.get(if uid { 2 } else { 1 });
+    let in_criteria = ["SEARCH", "SORT", "THREAD"]
+        .iter()
+        .any(|n| is_word(name, n.as_bytes()));
+    Some(Dollars {
+        tag,
+        uid,
+        in_criteria,
+        spans,
+    })
+}
+
+/// The tag of a line that could not be parsed, to answer it with a tagged BAD.
+pub fn tag_of(bytes: &[u8]) -> Option<Tag<'static>> {
+    let end = bytes
+        .iter()
+        .position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
+    Tag::try_from(bytes[..end].to_vec()).ok()
 }
 
 /// Why a command was refused: the text of the tagged BAD.
@@ -434,6 +481,7 @@ fn search(tag: &Tag<'static>, uid: bool, line: &[u8], t: &[Token]) -> Result<Ext
             b"MAX" => returns.max = true,
             b"ALL" => returns.all = true,
             b"COUNT" => returns.count = true,
+            b"SAVE" => returns.save = true,
             other => {
                 return Err(format!(
                     "SEARCH: unknown return option {}",

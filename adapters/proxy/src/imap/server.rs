@@ -127,14 +127,6 @@ async fn connection(stream: TcpStream, proxy: &ImapProxy) -> std::io::Result<()>
     }
 }
 
-/// The tag of a line imap-codec could not parse, to answer it with a tagged BAD.
-fn tag_of(bytes: &[u8]) -> Option<Tag<'static>> {
-    let end = bytes
-        .iter()
-        .position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
-    Tag::try_from(bytes[..end].to_vec()).ok()
-}
-
 /// Reads, feeds, answers, writes — until the connection closes or asks for TLS.
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
@@ -288,26 +280,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             Err(Interrupt::Error(e)) => match e {
                 FlowError::MalformedMessage { discarded_bytes }
                 | FlowError::ExpectedCrlfGotLf { discarded_bytes } => {
-                    let bytes = discarded_bytes.declassify();
-                    let status = match extended::parse(bytes) {
-                        Ok(Some(command)) => {
-                            outbox.push(s.handle_extended(command), &mut after_write);
-                            outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
-                            continue;
-                        }
-                        Err(refusal) => Status::bad(Some(refusal.tag), None, refusal.text),
-                        Ok(None) => Status::bad(
-                            tag_of(bytes),
-                            None,
-                            "syntax error; the command could not be parsed",
-                        ),
-                    }
-                    .expect("valid text");
-                    server.enqueue_status(status);
+                    let reply = s.handle_unparsed(discarded_bytes.declassify());
+                    outbox.push(reply, &mut after_write);
+                    outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
                 }
                 // imap-next already answered a synchronising literal with BAD.
                 FlowError::LiteralTooLong { discarded_bytes } => {
-                    if let Some(tag) = tag_of(discarded_bytes.declassify()) {
+                    if let Some(tag) = extended::tag_of(discarded_bytes.declassify()) {
                         tracing::debug!(tag = tag.inner(), "literal too long");
                     }
                 }
@@ -410,6 +389,9 @@ mod tests {
 
     #[test]
     fn tags_of_unparsed_lines() {
-        assert_eq!(tag_of(b"a1 GARBAGE"), Some(Tag::try_from("a1").unwrap()));
+        assert_eq!(
+            extended::tag_of(b"a1 GARBAGE"),
+            Some(Tag::try_from("a1").unwrap())
+        );
     }
 }

@@ -66,14 +66,13 @@ use letterme_client::cache::{
     Cache, DELIMITER, Fetched, FlagOp, Folder, MailMeta, MailboxError, NewMail, has_flag,
 };
 
-use super::extended::{Appended, Extended, SearchReturn};
+use super::extended::{self, Appended, Extended, SearchReturn};
 use imap_codec::imap_types::extensions::sort::{SortAlgorithm, SortCriterion};
 
 use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
 
 use super::{mime, search, sort};
 pub use mailboxes::ListOptions;
-use mailboxes::mailbox_name;
 use wire::{
     Kind, atom_attr, expunge_issued, flag_fetch, imap_date, mailbox_error, nstring, nz, nz64,
     same_flags, store_error, tagged, to_flag, untagged_ok,
@@ -189,6 +188,10 @@ pub struct Session {
     condstore: bool,
     /// QRESYNC is enabled (RFC 7162 §3.2): VANISHED instead of EXPUNGE.
     qresync: bool,
+    /// IMAP4rev2 is enabled (RFC 9051): UTF-8 names, ESEARCH, no `\Recent`.
+    rev2: bool,
+    /// The UIDs a `SEARCH RETURN (SAVE)` kept for `$` (RFC 5182).
+    saved: Vec<u32>,
 }
 
 impl Session {
@@ -204,6 +207,8 @@ impl Session {
             closing: false,
             condstore: false,
             qresync: false,
+            rev2: false,
+            saved: Vec::new(),
         }
     }
 
@@ -236,6 +241,7 @@ impl Session {
     fn capabilities(&self) -> Vec1<Capability<'static>> {
         let mut caps = vec![
             Capability::Imap4Rev1,
+            Capability::try_from("IMAP4rev2").expect("valid atom"),
             Capability::LiteralPlus,
             Capability::Auth(AuthMechanism::Plain),
             Capability::SaslIr,
@@ -257,6 +263,8 @@ impl Session {
                 Capability::ListExtended,
                 Capability::try_from("LIST-STATUS").expect("valid atom"),
                 Capability::try_from("ESEARCH").expect("valid atom"),
+                Capability::try_from("SEARCHRES").expect("valid atom"),
+                Capability::try_from("STATUS=SIZE").expect("valid atom"),
                 Capability::Binary,
                 Capability::Sort(None),
                 Capability::Sort(Some(SortAlgorithm::Display)),
@@ -286,6 +294,78 @@ impl Session {
         let name = command.body.name();
         let reply = self.dispatch(&tag, command.body);
         self.with_updates(name, reply)
+    }
+
+    /// Handles a command imap-codec could not parse: one naming the saved search result `$`
+    /// (RFC 5182) is answered with the result put in its place; an extension command is
+    /// read by [`extended`](super::extended); anything else gets BAD.
+    pub fn handle_unparsed(&mut self, line: &[u8]) -> Reply {
+        let substituted = match extended::dollars(line) {
+            Some(d) if self.is_selected() => {
+                let Some(l) = self.put_saved(line, &d) else {
+                    return Self::reply(vec![tagged(
+                        &d.tag,
+                        Kind::Ok,
+                        None,
+                        "the saved search result is empty; nothing to do",
+                    )]);
+                };
+                Some(l)
+            }
+            _ => None,
+        };
+        let line = substituted.as_deref().unwrap_or(line);
+        if substituted.is_some()
+            && let Ok((rest, command)) =
+                imap_codec::decode::Decoder::decode(&imap_codec::CommandCodec::default(), line)
+            && rest.is_empty()
+        {
+            return self.handle(command.into_static());
+        }
+        match extended::parse(line) {
+            Ok(Some(command)) => self.handle_extended(command),
+            Ok(None) => Self::reply(vec![Out::Status(
+                Status::bad(
+                    extended::tag_of(line),
+                    None,
+                    "syntax error; the command could not be parsed",
+                )
+                .expect("valid text"),
+            )]),
+            Err(refusal) => Self::reply(vec![tagged(&refusal.tag, Kind::Bad, None, &refusal.text)]),
+        }
+    }
+
+    /// The line with each `$` replaced by the saved result: `UID set` in search criteria,
+    /// the UIDs after UID, the sequence numbers otherwise. A command on an empty result does
+    /// nothing and succeeds (RFC 5182 §2.1): `None`.
+    fn put_saved(&self, line: &[u8], d: &extended::Dollars) -> Option<Vec<u8>> {
+        let State::Selected(s) = &self.state else {
+            return None;
+        };
+        let saved = &self.saved;
+        let seqs: Vec<u32> = saved
+            .iter()
+            .filter_map(|u| s.uids.binary_search(u).ok().map(|i| i as u32 + 1))
+            .collect();
+        let set = |numbers: &[u32]| condstore::number_set(numbers).map(|s| wire::sequence_text(&s));
+        // A UID no message has stands for an empty result where a set must be written.
+        let replacement = if d.in_criteria {
+            format!("UID {}", set(saved).unwrap_or_else(|| u32::MAX.to_string()))
+        } else if d.uid {
+            set(saved).unwrap_or_else(|| u32::MAX.to_string())
+        } else {
+            set(&seqs)?
+        };
+        let mut out = Vec::with_capacity(line.len() + replacement.len());
+        let mut at = 0;
+        for span in &d.spans {
+            out.extend_from_slice(&line[at..span.start]);
+            out.extend_from_slice(replacement.as_bytes());
+            at = span.end;
+        }
+        out.extend_from_slice(&line[at..]);
+        Some(out)
     }
 
     /// Handles a command of an extension imap-codec does not parse ([`Extended`]).
@@ -332,7 +412,7 @@ impl Session {
                 self.with_updates("SEARCH", reply)
             }
             Extended::Create { tag, mailbox, uses } => {
-                let reply = self.create(&tag, &mailbox_name(&mailbox), &uses);
+                let reply = self.create(&tag, &self.name_in(&mailbox), &uses);
                 self.with_updates("CREATE", reply)
             }
             Extended::MultiAppend {
@@ -340,7 +420,7 @@ impl Session {
                 mailbox,
                 messages,
             } => {
-                let reply = self.append(&tag, &mailbox_name(&mailbox), messages);
+                let reply = self.append(&tag, &self.name_in(&mailbox), messages);
                 self.with_updates("APPEND", reply)
             }
         }
@@ -516,14 +596,14 @@ impl Session {
             C::Select {
                 mailbox,
                 parameters,
-            } => return self.select(tag, &mailbox_name(&mailbox), false, &parameters),
+            } => return self.select(tag, &self.name_in(&mailbox), false, &parameters),
             C::Examine {
                 mailbox,
                 parameters,
-            } => return self.select(tag, &mailbox_name(&mailbox), true, &parameters),
-            C::Create { mailbox } => return self.create(tag, &mailbox_name(&mailbox), &[]),
+            } => return self.select(tag, &self.name_in(&mailbox), true, &parameters),
+            C::Create { mailbox } => return self.create(tag, &self.name_in(&mailbox), &[]),
             C::Delete { mailbox } => {
-                let name = mailbox_name(&mailbox);
+                let name = self.name_in(&mailbox);
                 let r = self.cache.delete_folder(&name);
                 if let State::Selected(s) = &self.state
                     && r.is_ok()
@@ -535,9 +615,9 @@ impl Session {
             }
             C::Rename { from, to } => self
                 .cache
-                .rename_folder(&mailbox_name(&from), &mailbox_name(&to)),
-            C::Subscribe { mailbox } => self.cache.subscribe(&mailbox_name(&mailbox), true),
-            C::Unsubscribe { mailbox } => self.cache.subscribe(&mailbox_name(&mailbox), false),
+                .rename_folder(&self.name_in(&from), &self.name_in(&to)),
+            C::Subscribe { mailbox } => self.cache.subscribe(&self.name_in(&mailbox), true),
+            C::Unsubscribe { mailbox } => self.cache.subscribe(&self.name_in(&mailbox), false),
             C::List {
                 reference,
                 mailbox_wildcard,
@@ -583,7 +663,7 @@ impl Session {
             } => {
                 // RFC 7162 §3.1: asking for HIGHESTMODSEQ turns CONDSTORE on.
                 self.condstore |= item_names.contains(&StatusDataItemName::HighestModSeq);
-                return self.status(tag, &mailbox_name(&mailbox), &item_names);
+                return self.status(tag, &self.name_in(&mailbox), &item_names);
             }
             C::Append {
                 mailbox,
@@ -597,7 +677,7 @@ impl Session {
                 };
                 return self.append(
                     tag,
-                    &mailbox_name(&mailbox),
+                    &self.name_in(&mailbox),
                     vec![Appended {
                         flags,
                         date,
@@ -648,6 +728,7 @@ impl Session {
         use CommandBody as C;
         match body {
             C::Close | C::Unselect => {
+                self.saved.clear();
                 let expunge = matches!(body, C::Close) && !self.sel().read_only;
                 let folder = self.sel().folder.id;
                 if expunge && let Err(e) = self.cache.expunge_deleted(folder, None) {
@@ -658,6 +739,14 @@ impl Session {
             }
             C::Expunge => self.expunge(tag, None),
             C::ExpungeUid { sequence_set } => self.expunge(tag, Some(&sequence_set)),
+            // RFC 9051 §6.4.4: IMAP4rev2 answers every SEARCH with ESEARCH.
+            C::Search { criteria, uid, .. } if self.rev2 => {
+                let all = SearchReturn {
+                    all: true,
+                    ..SearchReturn::default()
+                };
+                self.esearch(tag, criteria.as_ref(), uid, &all)
+            }
             C::Search { criteria, uid, .. } => self.search(tag, criteria.as_ref(), uid),
             C::Sort {
                 sort_criteria,
@@ -702,12 +791,12 @@ impl Session {
                 sequence_set,
                 mailbox,
                 uid,
-            } => self.copy(tag, &sequence_set, &mailbox_name(&mailbox), uid, false),
+            } => self.copy(tag, &sequence_set, &self.name_in(&mailbox), uid, false),
             C::Move {
                 sequence_set,
                 mailbox,
                 uid,
-            } => self.copy(tag, &sequence_set, &mailbox_name(&mailbox), uid, true),
+            } => self.copy(tag, &sequence_set, &self.name_in(&mailbox), uid, true),
             other => Self::reply(vec![tagged(
                 tag,
                 Kind::Bad,

@@ -1,4 +1,5 @@
-//! CONDSTORE and QRESYNC (RFC 7162): ENABLE, SELECT's QRESYNC parameter, VANISHED.
+//! ENABLE (RFC 5161) of CONDSTORE, QRESYNC (RFC 7162) and IMAP4rev2 (RFC 9051); SELECT's
+//! QRESYNC parameter; VANISHED.
 //!
 //! Every message has a MODSEQ and every expunge a tombstone in the cache (DECISIONS D72), so
 //! a client that knows a mailbox's HIGHESTMODSEQ from an earlier session learns exactly what
@@ -55,6 +56,15 @@ impl Session {
                 {
                     self.qresync = true;
                     self.condstore = true;
+                    enabled.push(c.clone().into_static());
+                }
+                // RFC 9051 §6.3.1: only before a mailbox is selected.
+                CapabilityEnable::Other(_)
+                    if c.to_string().eq_ignore_ascii_case("IMAP4rev2")
+                        && !self.rev2
+                        && !self.is_selected() =>
+                {
+                    self.rev2 = true;
                     enabled.push(c.clone().into_static());
                 }
                 _ => {}

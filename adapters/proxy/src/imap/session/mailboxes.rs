@@ -4,17 +4,6 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-pub(super) fn mailbox_name(m: &Mailbox<'_>) -> String {
-    match m {
-        Mailbox::Inbox => "INBOX".to_owned(),
-        Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
-    }
-}
-
-pub(super) fn mailbox_of(name: &str) -> Mailbox<'static> {
-    Mailbox::try_from(name.to_owned()).unwrap_or(Mailbox::Inbox)
-}
-
 /// RFC 3501 §6.3.8 wildcard match: `*` matches anything, `%` anything but the delimiter.
 /// Dynamic programming over (pattern, name) prefixes, so no pattern can make it exponential.
 pub(super) fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
@@ -67,6 +56,37 @@ fn ancestors(name: &str) -> impl Iterator<Item = &str> {
 }
 
 impl Session {
+    /// A mailbox name as the client wrote it, as the cache stores it (UTF-8): modified
+    /// UTF-7 from an IMAP4rev1 client (RFC 3501 §5.1.3), UTF-8 after ENABLE IMAP4rev2
+    /// (RFC 9051 §5.1). A name that is not valid modified UTF-7 is taken as written.
+    pub(super) fn name_in(&self, m: &Mailbox<'_>) -> String {
+        match m {
+            Mailbox::Inbox => "INBOX".to_owned(),
+            Mailbox::Other(o) => self.text_in(o.as_ref()),
+        }
+    }
+
+    fn text_in(&self, bytes: &[u8]) -> String {
+        let text = String::from_utf8_lossy(bytes);
+        if self.rev2 {
+            return text.into_owned();
+        }
+        letterme_client::cache::utf7::decode(&text).unwrap_or_else(|| text.into_owned())
+    }
+
+    /// A stored name as this client reads it (see [`Session::name_in`]).
+    pub(super) fn name_out(&self, name: &str) -> Mailbox<'static> {
+        Mailbox::try_from(self.name_wire(name)).unwrap_or(Mailbox::Inbox)
+    }
+
+    fn name_wire(&self, name: &str) -> String {
+        if self.rev2 {
+            name.to_owned()
+        } else {
+            letterme_client::cache::utf7::encode(name)
+        }
+    }
+
     /// A mailbox and its messages, or the tagged NO that answers the command.
     pub(super) fn folder_and_messages(
         &self,
@@ -79,7 +99,7 @@ impl Session {
                 return Err(tagged(
                     tag,
                     Kind::No,
-                    None,
+                    Some(wire::nonexistent()),
                     &format!("no mailbox named {name}"),
                 ));
             }
@@ -99,7 +119,10 @@ impl Session {
         read_only: bool,
         parameters: &[SelectParameter],
     ) -> Reply {
+        // RFC 7162 §3.2.11, RFC 9051 §7.1: a mailbox closed by this SELECT is announced.
+        let closed = (self.qresync || self.rev2) && self.is_selected();
         self.state = State::Authenticated;
+        self.saved.clear();
         let qresync = match self.select_parameters(tag, parameters) {
             Ok(q) => q,
             Err(bad) => return Self::reply(vec![bad]),
@@ -124,7 +147,11 @@ impl Session {
         }
         let first_unseen = messages.iter().position(|m| !has_flag(&m.flags, "\\Seen"));
         selected.flags = messages.into_iter().map(|m| m.flags).collect();
-        let mut out = selected.flags_responses();
+        let mut out = Vec::new();
+        if closed {
+            out.push(untagged_ok(Code::Closed, "previous mailbox closed"));
+        }
+        out.extend(selected.flags_responses());
         let (uidvalidity, uidnext, unclaimed, highest) = (
             selected.folder.uidvalidity,
             selected.folder.uidnext,
@@ -135,16 +162,22 @@ impl Session {
         let uids = selected.uids.clone();
         self.state = State::Selected(selected);
         self.note_recent(&uids, unclaimed);
+        out.push(Out::Data(Data::Exists(exists)));
+        if self.rev2 {
+            // RFC 9051 §6.3.2: SELECT lists the mailbox; no RECENT, no UNSEEN.
+            let name = self.sel().folder.name.clone();
+            out.extend(self.list_one(&name));
+        } else {
+            out.push(Out::Data(Data::Recent(self.sel().recent.len() as u32)));
+            if let Some(i) = first_unseen {
+                out.push(untagged_ok(Code::Unseen(nz(i as u32 + 1)), "first unseen"));
+            }
+        }
         out.extend([
-            Out::Data(Data::Exists(exists)),
-            Out::Data(Data::Recent(self.sel().recent.len() as u32)),
             untagged_ok(Code::UidValidity(nz(uidvalidity)), "UIDs valid"),
             untagged_ok(Code::UidNext(nz(uidnext)), "predicted next UID"),
             untagged_ok(Code::HighestModSeq(nz64(highest)), "highest MODSEQ"),
         ]);
-        if let Some(i) = first_unseen {
-            out.push(untagged_ok(Code::Unseen(nz(i as u32 + 1)), "first unseen"));
-        }
         // RFC 7162 §3.2.5: with the UIDVALIDITY the client knows, what changed since.
         if let Some((validity, modseq, known)) = qresync
             && validity == uidvalidity
@@ -170,6 +203,27 @@ impl Session {
             },
         ));
         Self::reply(out)
+    }
+
+    /// The LIST response for one mailbox by its exact name (IMAP4rev2's SELECT sends it).
+    fn list_one(&mut self, name: &str) -> Vec<Out> {
+        let Ok(pattern) = ListMailbox::try_from(self.name_wire(name)) else {
+            return vec![];
+        };
+        let options = ListOptions {
+            extended: true,
+            ..ListOptions::default()
+        };
+        let tag = Tag::try_from("x").expect("valid tag");
+        let mut reply = self.list(
+            &tag,
+            &Mailbox::try_from("").unwrap_or(Mailbox::Inbox),
+            &[pattern],
+            &options,
+            false,
+        );
+        reply.out.pop();
+        reply.out
     }
 
     /// LIST and LSUB (RFC 3501 §6.3.8, §6.3.9), LIST-EXTENDED (RFC 5258) with several
@@ -203,7 +257,8 @@ impl Session {
                     ListMailbox::Token(t) => t.as_ref(),
                     ListMailbox::String(s) => s.as_ref(),
                 };
-                [reference.as_slice(), p].concat()
+                self.text_in(&[reference.as_slice(), p].concat())
+                    .into_bytes()
             })
             .collect();
         if !lsub && patterns.len() == 1 && patterns[0] == reference && !opts.extended {
@@ -251,7 +306,7 @@ impl Session {
             let prefix = format!("{name}{DELIMITER}");
             set.iter().any(|n| n.starts_with(&prefix) && !matches(n))
         };
-        let nonexistent = if opts.extended {
+        let nonexistent = if opts.extended || self.rev2 {
             atom_attr("\\NonExistent")
         } else {
             FlagNameAttribute::Noselect
@@ -306,7 +361,7 @@ impl Session {
                 }
             }
             let delimiter = Some(QuotedChar::try_from(DELIMITER).expect("valid"));
-            let mailbox = mailbox_of(name);
+            let mailbox = self.name_out(name);
             out.push(if lsub {
                 Out::Data(Data::Lsub {
                     items,
@@ -315,7 +370,7 @@ impl Session {
                 })
             } else if child_subscribed {
                 // RFC 5258 §3.5: CHILDINFO, which imap-types cannot encode yet.
-                Out::Raw(wire::list_childinfo(&items, name))
+                Out::Raw(wire::list_childinfo(&items, self.name_out(name)))
             } else {
                 Out::Data(Data::List {
                     items,
@@ -398,10 +453,14 @@ impl Session {
                 StatusDataItemName::HighestModSeq => {
                     StatusDataItem::HighestModSeq(folder.highestmodseq)
                 }
+                // RFC 8438.
+                StatusDataItemName::Size => {
+                    StatusDataItem::Size(messages.iter().map(|m| u64::from(m.size)).sum())
+                }
             })
             .collect();
         Ok(Data::Status {
-            mailbox: mailbox_of(&folder.name),
+            mailbox: self.name_out(&folder.name),
             items: Cow::Owned(data),
         })
     }

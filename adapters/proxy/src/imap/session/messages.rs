@@ -788,6 +788,32 @@ impl Session {
             .iter()
             .map(|&(s, u)| if uid { u } else { s })
             .collect();
+        if returns.save {
+            // RFC 5182 §2.4: with only MIN and/or MAX, only those are saved.
+            let uids: Vec<u32> = found.iter().map(|f| f.1).collect();
+            self.saved = if (returns.min || returns.max) && !(returns.all || returns.count) {
+                let mut kept: Vec<u32> = [
+                    returns.min.then(|| uids.first().copied()).flatten(),
+                    returns.max.then(|| uids.last().copied()).flatten(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                kept.dedup();
+                kept
+            } else {
+                uids
+            };
+            if !(returns.min || returns.max || returns.all || returns.count) {
+                // SAVE alone answers no ESEARCH.
+                return Self::reply(vec![tagged(
+                    tag,
+                    Kind::Ok,
+                    None,
+                    "SEARCH completed, result saved",
+                )]);
+            }
+        }
         // A tag has no quoted-specials (RFC 3501 §9, tag = 1*<any ASTRING-CHAR except "+">).
         let mut line = format!("* ESEARCH (TAG \"{}\")", tag.inner());
         if uid {

@@ -83,9 +83,12 @@ impl Session {
         if s.uids.len() != before {
             let arrived: Vec<u32> = s.uids[before..].to_vec();
             self.note_recent(&arrived, changes.folder.recent_uid);
+            let rev2 = self.rev2;
             let s = self.sel();
             out.push(Out::Data(Data::Exists(s.uids.len() as u32)));
-            out.push(Out::Data(Data::Recent(s.recent.len() as u32)));
+            if !rev2 {
+                out.push(Out::Data(Data::Recent(s.recent.len() as u32)));
+            }
         }
         if allow_expunge || gone.is_empty() {
             self.sel().modseq = changes.folder.highestmodseq;
@@ -97,6 +100,10 @@ impl Session {
     /// Marks which of `arrived` are `\Recent` for this session: those it claims first when
     /// read-write, those no session has claimed yet when read-only (EXAMINE claims nothing).
     pub(super) fn note_recent(&mut self, arrived: &[u32], unclaimed_from: u32) {
+        // IMAP4rev2 has no \Recent (RFC 9051 Appendix E): leave them to IMAP4rev1 sessions.
+        if self.rev2 {
+            return;
+        }
         let (read_only, folder) = (self.sel().read_only, self.sel().folder.id);
         let (lo, hi) = if read_only {
             (unclaimed_from, u32::MAX)

@@ -87,11 +87,20 @@ pub(super) fn atom_attr(s: &str) -> FlagNameAttribute<'static> {
     FlagNameAttribute::from(Atom::try_from(atom.to_owned()).expect("valid attribute"))
 }
 
+/// A refused mailbox operation with its RFC 5530 response code (which IMAP4rev2 uses).
 pub(super) fn mailbox_error(tag: &Tag<'static>, e: &MailboxError) -> Out {
-    match e {
-        MailboxError::Store(inner) => store_error(tag, &inner.to_string()),
-        other => tagged(tag, Kind::No, None, &other.to_string()),
-    }
+    let code: &[u8] = match e {
+        MailboxError::Store(inner) => return store_error(tag, &inner.to_string()),
+        MailboxError::NoSuchMailbox(_) => b"NONEXISTENT",
+        MailboxError::AlreadyExists(_) => b"ALREADYEXISTS",
+        _ => b"CANNOT",
+    };
+    tagged(
+        tag,
+        Kind::No,
+        Some(Code::Other(CodeOther::unvalidated(code))),
+        &e.to_string(),
+    )
 }
 
 pub(super) fn store_error(tag: &Tag<'static>, e: &str) -> Out {
@@ -121,14 +130,17 @@ pub(super) fn nonexistent() -> Code<'static> {
 
 /// A LIST response with the RFC 5258 CHILDINFO extended item `("SUBSCRIBED")`, which
 /// imap-types cannot express: imap-codec encodes the response, the item is appended.
-pub(super) fn list_childinfo(items: &[FlagNameAttribute<'static>], name: &str) -> Vec<u8> {
+pub(super) fn list_childinfo(
+    items: &[FlagNameAttribute<'static>],
+    mailbox: Mailbox<'static>,
+) -> Vec<u8> {
     use imap_codec::ResponseCodec;
     use imap_codec::encode::Encoder as _;
     use imap_codec::imap_types::response::Response;
     let data = Data::List {
         items: items.to_vec(),
         delimiter: Some(QuotedChar::try_from(DELIMITER).expect("valid")),
-        mailbox: super::mailboxes::mailbox_of(name),
+        mailbox,
     };
     let mut bytes = ResponseCodec::default()
         .encode(&Response::Data(data))

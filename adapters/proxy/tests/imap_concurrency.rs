@@ -114,6 +114,11 @@ fn searchres() {
 }
 
 #[test]
+fn a_huge_uid_set_costs_what_the_mailbox_holds() {
+    run("a_huge_uid_set_costs_what_the_mailbox_holds");
+}
+
+#[test]
 fn six_connections_at_random_keep_every_view_equal_to_a_fresh_select() {
     let out = Proxy::start().python(SCRIPT, "stress", &["5"]);
     println!("{out}");

@@ -415,11 +415,6 @@ impl Cache {
         Ok((target.uidvalidity, pairs))
     }
 
-    /// Removes messages for good; returns the UIDs that were there.
-    pub fn expunge(&self, folder: i64, uids: &[u32]) -> Result<Vec<u32>, ClientError> {
-        self.expunge_where(folder, |_, _| true, Some(uids))
-    }
-
     /// EXPUNGE (RFC 3501 §6.4.3, UID EXPUNGE RFC 4315 §2.1): removes the messages flagged
     /// `\Deleted` at this moment, only those in `only` when given; returns their UIDs.
     pub fn expunge_deleted(
@@ -427,19 +422,9 @@ impl Cache {
         folder: i64,
         only: Option<&BTreeSet<u32>>,
     ) -> Result<Vec<u32>, ClientError> {
-        self.expunge_where(
-            folder,
-            |uid, flags| has_flag(flags, "\\Deleted") && only.is_none_or(|o| o.contains(&uid)),
-            None,
-        )
-    }
-
-    fn expunge_where(
-        &self,
-        folder: i64,
-        doomed: impl Fn(u32, &[String]) -> bool,
-        among: Option<&[u32]>,
-    ) -> Result<Vec<u32>, ClientError> {
+        let doomed = |uid: u32, flags: &[String]| {
+            has_flag(flags, "\\Deleted") && only.is_none_or(|o| o.contains(&uid))
+        };
         let mut c = self.lock();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         let gone: Vec<u32> = {
@@ -451,13 +436,10 @@ impl Cache {
                     Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?))
                 })
                 .map_err(|e| self.err(e))?;
-            let among: Option<HashSet<u32>> = among.map(|a| a.iter().copied().collect());
             let mut gone = Vec::new();
             for row in rows {
                 let (uid, flags) = row.map_err(|e| self.err(e))?;
-                if among.as_ref().is_none_or(|a| a.contains(&uid))
-                    && doomed(uid, &flags_vec(&flags))
-                {
+                if doomed(uid, &flags_vec(&flags)) {
                     gone.push(uid);
                 }
             }
@@ -512,9 +494,9 @@ impl Cache {
         vanished_since(&self.lock(), folder, since).map_err(|e| self.err(e))
     }
 
-    /// Claims the messages no session has yet seen as `\Recent` (RFC 3501 §2.3.2): returns
-    /// the UID range `lo..hi` that is recent for the caller alone.
-    pub fn claim_recent(&self, folder: i64) -> Result<(u32, u32), ClientError> {
+    /// Claims the messages below UID `upto` that no session has yet seen as `\Recent`
+    /// (RFC 3501 §2.3.2): returns the UID range `lo..hi` that is recent for the caller alone.
+    pub fn claim_recent(&self, folder: i64, upto: u32) -> Result<(u32, u32), ClientError> {
         let mut c = self.lock();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         let range: Option<(u32, u32)> = tx
@@ -525,9 +507,10 @@ impl Cache {
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        let Some((lo, hi)) = range else {
+        let Some((lo, next)) = range else {
             return Ok((1, 1));
         };
+        let hi = next.min(upto).max(lo);
         if lo < hi {
             tx.execute(
                 "UPDATE folders SET recent_uid = ?2 WHERE id = ?1",

@@ -79,7 +79,7 @@ enum Step {
 }
 
 /// Schema steps after [`SCHEMA`], by `PRAGMA user_version` (step i takes version i to i+1).
-const MIGRATIONS: [Step; 2] = [
+const MIGRATIONS: [Step; 3] = [
     // 1: MODSEQ per message and mailbox, expunge tombstones, \Recent, subscriptions apart from
     // mailboxes, and a UIDVALIDITY counter that outlives deleted mailboxes.
     Step::Sql(
@@ -103,6 +103,21 @@ const MIGRATIONS: [Step; 2] = [
     ),
     // 2: names in UTF-8; IMAP4rev1 clients wrote them in modified UTF-7, stored as written.
     Step::Rust(names_to_utf8),
+    // 3: mailbox ids never reused (a session holding a deleted mailbox's id must not reach
+    // one created after it), and an index for finding a content row's last reference.
+    Step::Sql(
+        "
+    CREATE TABLE folders_v3 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, special TEXT,
+        uidvalidity INTEGER NOT NULL, uidnext INTEGER NOT NULL,
+        highestmodseq INTEGER NOT NULL DEFAULT 1, recent_uid INTEGER NOT NULL DEFAULT 1);
+    INSERT INTO folders_v3 (id, name, special, uidvalidity, uidnext, highestmodseq, recent_uid)
+        SELECT id, name, special, uidvalidity, uidnext, highestmodseq, recent_uid FROM folders;
+    DROP TABLE folders;
+    ALTER TABLE folders_v3 RENAME TO folders;
+    CREATE INDEX mail_content ON mail (content);
+    ",
+    ),
 ];
 
 /// Decodes each mailbox and subscription name that is modified UTF-7 with an encoded run.
@@ -113,7 +128,7 @@ fn names_to_utf8(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for name in names {
-            if let Some(decoded) = utf7::decode(&name).filter(|d| *d != name) {
+            if let Some(decoded) = utf7::decode(&name).filter(|d| *d != name && valid_name(d)) {
                 tx.execute(
                     &format!("UPDATE OR IGNORE {table} SET name = ?2 WHERE name = ?1"),
                     params![name, decoded],
@@ -199,6 +214,11 @@ pub fn normalize_name(name: &str) -> String {
     } else {
         name.to_owned()
     }
+}
+
+/// INBOX, Sent, Drafts, Trash, Junk and Archive cannot be renamed or deleted.
+fn is_standard(name: &str) -> bool {
+    STANDARD_MAILBOXES.iter().any(|(n, _)| *n == name)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -337,19 +357,33 @@ impl Cache {
         }
         let mut c = self.lock();
         let f = self.need_folder(&c, from)?;
-        if STANDARD_MAILBOXES.iter().any(|(n, _)| *n == f.name) {
+        if is_standard(&f.name) {
             return Err(MailboxError::Protected(f.name));
         }
-        if folder_by_name(&c, &to).map_err(|e| self.err(e))?.is_some() {
+        // The new name, and each child's new name, must be free.
+        let prefix = format!("{}{DELIMITER}", f.name);
+        let taken: Option<String> = c
+            .query_row(
+                "SELECT name FROM folders WHERE name = ?3 OR (substr(name, 1, length(?1)) = ?1
+                   AND ?2 || substr(name, length(?1)) IN (SELECT name FROM folders)) LIMIT 1",
+                params![prefix, to, to],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if taken.is_some() {
             return Err(MailboxError::AlreadyExists(to));
         }
         let tx = c.transaction().map_err(|e| self.err(e))?;
-        let prefix = format!("{}{DELIMITER}", f.name);
-        // The mailbox itself and every name under it, in folders and in subscriptions.
-        for table in ["folders", "subscriptions"] {
+        // The mailbox itself and every name under it, in folders and in subscriptions (where
+        // an old subscription to a new name gives way).
+        for (table, verb) in [
+            ("folders", "UPDATE"),
+            ("subscriptions", "UPDATE OR REPLACE"),
+        ] {
             tx.execute(
                 &format!(
-                    "UPDATE {table} SET name = ?3 || substr(name, length(?1) + 1)
+                    "{verb} {table} SET name = ?3 || substr(name, length(?1) + 1)
                      WHERE name = ?1 OR substr(name, 1, length(?2)) = ?2"
                 ),
                 params![f.name, prefix, to],
@@ -366,7 +400,7 @@ impl Cache {
     pub fn delete_folder(&self, name: &str) -> Result<(), MailboxError> {
         let mut c = self.lock();
         let f = self.need_folder(&c, name)?;
-        if STANDARD_MAILBOXES.iter().any(|(n, _)| *n == f.name) {
+        if is_standard(&f.name) {
             return Err(MailboxError::Protected(f.name));
         }
         let tx = c.transaction().map_err(|e| self.err(e))?;

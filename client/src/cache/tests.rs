@@ -182,10 +182,13 @@ fn each_message_is_recent_for_one_claimant_only() {
     let inbox = c.folder("INBOX").unwrap().unwrap();
     c.append(&mail("INBOX", "a", None)).unwrap();
     c.append(&mail("INBOX", "b", None)).unwrap();
-    assert_eq!(c.claim_recent(inbox.id).unwrap(), (1, 3));
-    assert_eq!(c.claim_recent(inbox.id).unwrap(), (3, 3));
+    assert_eq!(c.claim_recent(inbox.id, 3).unwrap(), (1, 3));
+    assert_eq!(c.claim_recent(inbox.id, 3).unwrap(), (3, 3));
     c.append(&mail("INBOX", "c", None)).unwrap();
-    assert_eq!(c.claim_recent(inbox.id).unwrap(), (3, 4));
+    c.append(&mail("INBOX", "d", None)).unwrap();
+    // A claimant that has read only up to UID 3 leaves UID 4 to another.
+    assert_eq!(c.claim_recent(inbox.id, 4).unwrap(), (3, 4));
+    assert_eq!(c.claim_recent(inbox.id, 5).unwrap(), (4, 5));
 }
 
 #[test]
@@ -239,4 +242,38 @@ fn a_cache_from_before_modseqs_is_upgraded_in_place() {
     assert!(c.folder("Tom & Jerry").unwrap().is_some());
     c.create_folder("New", None).unwrap();
     assert!(c.folder("New").unwrap().unwrap().uidvalidity > 1_700_000_001);
+}
+
+#[test]
+fn rename_gives_way_to_old_subscriptions_and_refuses_child_collisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    c.create_folder("X", None).unwrap();
+    c.create_folder("X/a", None).unwrap();
+    c.subscribe("X", true).unwrap();
+    // A subscription kept from a deleted mailbox of the target name does not block it.
+    c.subscribe("Trash/X", true).unwrap();
+    c.rename_folder("X", "Trash/X").unwrap();
+    let subs = c.subscriptions().unwrap();
+    assert!(subs.contains("Trash/X") && !subs.contains("X"), "{subs:?}");
+    // A child whose new name is taken: refused as such, nothing renamed.
+    c.create_folder("Y", None).unwrap();
+    c.create_folder("Y/a", None).unwrap();
+    c.create_folder("Z/a", None).unwrap();
+    assert!(matches!(
+        c.rename_folder("Y", "Z"),
+        Err(MailboxError::AlreadyExists(_))
+    ));
+    assert!(c.folder("Y/a").unwrap().is_some());
+}
+
+#[test]
+fn a_deleted_mailboxs_id_is_never_given_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    c.create_folder("Tmp", None).unwrap();
+    let old = c.folder("Tmp").unwrap().unwrap().id;
+    c.delete_folder("Tmp").unwrap();
+    c.create_folder("Other", None).unwrap();
+    assert_ne!(c.folder("Other").unwrap().unwrap().id, old);
 }

@@ -208,7 +208,7 @@ fn tokens(line: &[u8]) -> Option<Vec<Token>> {
                 if line.get(close + 1..close + 3)? != b"\r\n" {
                     return None;
                 }
-                let data = close + 3..close + 3 + n;
+                let data = close + 3..(close + 3).checked_add(n)?;
                 line.get(data.clone())?;
                 i = data.end;
                 Kind::Literal { data, binary }
@@ -700,5 +700,10 @@ mod tests {
         assert!(parse(b"1 FETCH 1 (FLAGS)\r\n").unwrap().is_none());
         assert!(parse(b"\"unterminated\r\n").unwrap().is_none());
         assert!(parse(b"A LIST \"\" {99999}\r\n").unwrap().is_none());
+        assert!(
+            parse(b"A LIST \"\" {18446744073709551615}\r\nx")
+                .unwrap()
+                .is_none()
+        );
     }
 }

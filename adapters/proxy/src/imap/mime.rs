@@ -82,7 +82,8 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// A content transfer encoding BINARY cannot undo (RFC 3516 §4.3, `UNKNOWN-CTE`).
+/// A part BINARY cannot decode: an unknown Content-Transfer-Encoding (RFC 3516 §4.3,
+/// `UNKNOWN-CTE`), or content that is not valid in the one it names.
 #[derive(Debug, PartialEq, Eq)]
 pub struct UnknownCte;
 
@@ -107,11 +108,11 @@ pub fn binary(raw: &[u8], section: &[NonZeroU32]) -> Result<Vec<u8>, UnknownCte>
         .unwrap_or_default();
     match encoding.as_str() {
         "" | "7bit" | "8bit" | "binary" => Ok(body.to_vec()),
-        "base64" => Ok(mail_parser::decoders::base64::base64_decode(body).unwrap_or_default()),
-        "quoted-printable" => Ok(
-            mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
-                .unwrap_or_default(),
-        ),
+        // Content that does not decode is refused rather than served empty.
+        "base64" => mail_parser::decoders::base64::base64_decode(body).ok_or(UnknownCte),
+        "quoted-printable" => {
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(body).ok_or(UnknownCte)
+        }
         _ => Err(UnknownCte),
     }
 }
@@ -545,7 +546,11 @@ fn without_addr_spec_comments(value: &[u8]) -> Vec<u8> {
     let mut angle = 0usize;
     let mut i = 0;
     let next_visible = |from: usize| value[from..].iter().find(|b| !b.is_ascii_whitespace());
+    // The last non-blank byte written, kept as it goes so a long run of comments and blanks
+    // costs linear time.
+    let mut last_visible: Option<u8> = None;
     while i < value.len() {
+        let written = out.len();
         match value[i] {
             b'"' | b'[' => {
                 let close = if value[i] == b'"' { b'"' } else { b']' };
@@ -575,23 +580,25 @@ fn without_addr_spec_comments(value: &[u8]) -> Vec<u8> {
                     i += 1;
                 }
                 i = (i + 1).min(value.len());
-                let before = out.iter().rev().find(|b| !b.is_ascii_whitespace());
                 let inside = angle > 0
-                    || matches!(before, Some(b'@' | b'.'))
+                    || matches!(last_visible, Some(b'@' | b'.'))
                     || matches!(next_visible(i), Some(b'@' | b'.'));
                 if !inside {
                     out.extend_from_slice(&value[start..i]);
                 }
             }
             b'@' => {
+                // The blanks before it go (below `written`), so this arm keeps its own note.
                 while out.last().is_some_and(u8::is_ascii_whitespace) {
                     out.pop();
                 }
                 out.push(b'@');
+                last_visible = Some(b'@');
                 i += 1;
                 while value.get(i).is_some_and(u8::is_ascii_whitespace) {
                     i += 1;
                 }
+                continue;
             }
             b => {
                 match b {
@@ -602,6 +609,13 @@ fn without_addr_spec_comments(value: &[u8]) -> Vec<u8> {
                 out.push(b);
                 i += 1;
             }
+        }
+        if let Some(&b) = out[written..]
+            .iter()
+            .rev()
+            .find(|b| !b.is_ascii_whitespace())
+        {
+            last_visible = Some(b);
         }
     }
     out

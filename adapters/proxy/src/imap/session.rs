@@ -139,8 +139,8 @@ pub struct FetchJob {
     todo: std::collections::VecDeque<(u32, u32)>,
     /// Whether a message asked for was expunged by another session meanwhile.
     expunged: bool,
-    /// Whether any message was sent.
-    sent: bool,
+    /// Whether any message was answered (sent, or left out as unchanged).
+    answered: bool,
     /// A BINARY part had an encoding that cannot be undone (RFC 3516 §4.3).
     unknown_cte: bool,
     /// CHANGEDSINCE (RFC 7162 §3.1.4.1): only messages with a higher MODSEQ.
@@ -348,7 +348,7 @@ impl Session {
             .iter()
             .filter_map(|u| s.uids.binary_search(u).ok().map(|i| i as u32 + 1))
             .collect();
-        let set = |numbers: &[u32]| condstore::number_set(numbers).map(|s| wire::sequence_text(&s));
+        let set = |numbers: &[u32]| wire::number_set(numbers).map(|s| wire::sequence_text(&s));
         // A UID no message has stands for an empty result where a set must be written.
         let replacement = if d.in_criteria {
             format!("UID {}", set(saved).unwrap_or_else(|| u32::MAX.to_string()))

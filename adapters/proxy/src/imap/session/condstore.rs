@@ -10,31 +10,6 @@
 use super::*;
 
 use imap_codec::imap_types::extensions::enable::CapabilityEnable;
-use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
-
-/// Numbers as a sequence set, consecutive ones as ranges; `None` for none.
-pub(super) fn number_set(numbers: &[u32]) -> Option<SequenceSet> {
-    let mut sorted = numbers.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut runs: Vec<Sequence> = Vec::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let start = sorted[i];
-        while i + 1 < sorted.len() && sorted[i + 1] == sorted[i] + 1 {
-            i += 1;
-        }
-        let end = sorted[i];
-        let value = |n| SeqOrUid::Value(nz(n));
-        runs.push(if start == end {
-            Sequence::Single(value(start))
-        } else {
-            Sequence::Range(value(start), value(end))
-        });
-        i += 1;
-    }
-    SequenceSet::try_from(runs).ok()
-}
 
 impl Session {
     /// ENABLE (RFC 5161): CONDSTORE, and QRESYNC (which implies it); the answer lists what
@@ -98,7 +73,7 @@ impl Session {
             .filter(|&u| known_uids.is_none_or(|k| search::in_set(k, u, largest)))
             .collect();
         let mut out = Vec::new();
-        if let Some(set) = number_set(&vanished) {
+        if let Some(set) = wire::number_set(&vanished) {
             out.push(Out::Data(Data::Vanished {
                 earlier: true,
                 known_uids: set,

@@ -328,9 +328,10 @@ impl Session {
                     items.push(FlagNameAttribute::Noselect);
                 }
             } else {
-                if opts.subscribed_only && !is_subscribed {
+                if opts.subscribed_only {
+                    // RFC 5258 §3.5: CHILDINFO for any listed name with a subscribed child.
                     child_subscribed = opts.recursive_match && below(name, &subscriptions);
-                    if !child_subscribed {
+                    if !is_subscribed && !child_subscribed {
                         continue;
                     }
                 }
@@ -338,7 +339,7 @@ impl Session {
                     continue;
                 }
                 if folder.is_none() {
-                    let placeholder = is_subscribed && opts.subscribed_only
+                    let placeholder = (is_subscribed && opts.subscribed_only)
                         || child_subscribed
                         || hidden_below(name, &mailboxes);
                     if !placeholder {
@@ -539,13 +540,7 @@ impl Session {
                         uid: nz(*uid),
                     },
                     _ => Code::Other(CodeOther::unvalidated(
-                        format!(
-                            "APPENDUID {validity} {}",
-                            condstore::number_set(&uids)
-                                .map(|s| wire::sequence_text(&s))
-                                .unwrap_or_default()
-                        )
-                        .into_bytes(),
+                        format!("APPENDUID {validity} {}", wire::in_order_text(&uids)).into_bytes(),
                     )),
                 };
                 Self::reply(vec![tagged(tag, Kind::Ok, Some(code), "APPEND completed")])

@@ -54,26 +54,22 @@ struct Matches {
 
 impl Session {
     /// Resolves a sequence set against the client's view: (seq, uid) pairs in order.
+    /// The client's view's messages in `set` as (seq, uid), ascending. Membership is decided
+    /// per message, so a set like `1:4294967295` costs what the mailbox holds, not what the
+    /// set spans.
     pub(super) fn resolve(&mut self, set: &SequenceSet, uid: bool) -> Vec<(u32, u32)> {
         let s = self.sel();
-        if s.uids.is_empty() {
-            return vec![];
-        }
-        if uid {
-            let largest = nz(*s.uids.last().expect("not empty"));
-            let wanted: BTreeSet<u32> = set.iter(largest).map(NonZeroU32::get).collect();
-            s.uids
-                .iter()
-                .enumerate()
-                .filter(|(_, u)| wanted.contains(u))
-                .map(|(i, &u)| (i as u32 + 1, u))
-                .collect()
+        let largest = if uid {
+            s.uids.last().copied().unwrap_or(0)
         } else {
-            let largest = nz(s.uids.len() as u32);
-            set.iter(largest)
-                .filter_map(|n| s.uids.get(n.get() as usize - 1).map(|&u| (n.get(), u)))
-                .collect()
-        }
+            s.uids.len() as u32
+        };
+        s.uids
+            .iter()
+            .enumerate()
+            .map(|(i, &u)| (i as u32 + 1, u))
+            .filter(|&(seq, u)| search::in_set(set, if uid { u } else { seq }, largest))
+            .collect()
     }
 
     pub(super) fn fetch(
@@ -142,7 +138,7 @@ impl Session {
                         .into_iter()
                         .filter(|&u| search::in_set(set, u, largest))
                         .collect();
-                    if let Some(set) = condstore::number_set(&gone) {
+                    if let Some(set) = wire::number_set(&gone) {
                         first.push(Out::Data(Data::Vanished {
                             earlier: true,
                             known_uids: set,
@@ -158,7 +154,7 @@ impl Session {
             items,
             todo: todo.into(),
             expunged: false,
-            sent: false,
+            answered: false,
             unknown_cte: false,
             changed_since,
         };
@@ -172,6 +168,54 @@ impl Session {
     /// left out (and the tagged answer says so, RFC 5530 EXPUNGEISSUED) rather than served
     /// empty.
     pub fn fetch_more(&mut self, mut job: FetchJob) -> Reply {
+        // Batches whose messages all vanished, or are unchanged since CHANGEDSINCE, send
+        // nothing; go on until one does, or the end.
+        let mut out = Vec::new();
+        while out.is_empty() && !job.todo.is_empty() {
+            match self.fetch_batch(&mut job) {
+                Ok(o) => out = o,
+                Err(e) => return Self::reply(vec![store_error(&job.tag, &e.to_string())]),
+            }
+        }
+        if !job.todo.is_empty() {
+            return Reply {
+                out,
+                next: Next::Continue,
+                more: Some(job),
+            };
+        }
+        let done = if job.uid {
+            "UID FETCH completed"
+        } else {
+            "FETCH completed"
+        };
+        out.push(match (job.expunged, job.answered) {
+            // RFC 3516 §4.3: a part whose encoding cannot be undone fails the FETCH.
+            _ if job.unknown_cte => tagged(
+                &job.tag,
+                Kind::No,
+                Some(Code::UnknownCte),
+                "a part has a Content-Transfer-Encoding BINARY cannot decode; use BODY[]",
+            ),
+            (false, _) => tagged(&job.tag, Kind::Ok, None, done),
+            (true, true) => tagged(
+                &job.tag,
+                Kind::Ok,
+                Some(expunge_issued()),
+                "some messages were expunged meanwhile; the others were fetched",
+            ),
+            (true, false) => tagged(
+                &job.tag,
+                Kind::No,
+                Some(expunge_issued()),
+                "the requested messages were expunged meanwhile",
+            ),
+        });
+        Self::reply(out)
+    }
+
+    /// The FETCH responses for the next batch of `job`.
+    fn fetch_batch(&mut self, job: &mut FetchJob) -> Result<Vec<Out>, ClientError> {
         let batch: Vec<(u32, u32)> = job.todo.drain(..job.todo.len().min(FETCH_BATCH)).collect();
         let needs_content = job.items.iter().any(|i| {
             !matches!(
@@ -198,8 +242,21 @@ impl Session {
         let mut rows: std::collections::HashMap<u32, Fetched> =
             match self.cache.fetch(folder, &uids, needs_content) {
                 Ok(rows) => rows.into_iter().map(|r| (r.0.uid, r)).collect(),
-                Err(e) => return Self::reply(vec![store_error(&job.tag, &e.to_string())]),
+                Err(e) => return Err(e),
             };
+        // CHANGEDSINCE first (RFC 7162 §3.1.4.1): an unchanged message is answered by
+        // leaving it out, and keeps its flags and MODSEQ.
+        let mut unchanged = BTreeSet::new();
+        if let Some(since) = job.changed_since {
+            rows.retain(|uid, r| {
+                let keep = r.0.modseq > since;
+                if !keep {
+                    unchanged.insert(*uid);
+                }
+                keep
+            });
+            job.answered |= !unchanged.is_empty();
+        }
         // The implicit \Seen (RFC 3501 §6.4.5), added to the stored flags as they are now.
         let mut newly_seen = BTreeSet::new();
         if marks_seen {
@@ -217,7 +274,7 @@ impl Session {
                     None,
                 ) {
                     Ok(s) => s.stored,
-                    Err(e) => return Self::reply(vec![store_error(&job.tag, &e.to_string())]),
+                    Err(e) => return Err(e),
                 };
                 for st in stored {
                     if let Some(row) = rows.get_mut(&st.uid) {
@@ -232,13 +289,13 @@ impl Session {
         let s = self.sel();
         let mut out = Vec::with_capacity(batch.len() + 1);
         for (seq, uid) in batch {
+            if unchanged.contains(&uid) {
+                continue;
+            }
             let Some((meta, raw)) = rows.get(&uid) else {
                 job.expunged = true;
                 continue;
             };
-            if job.changed_since.is_some_and(|since| meta.modseq <= since) {
-                continue;
-            }
             if let Ok(i) = s.uids.binary_search(&uid)
                 && (newly_seen.contains(&uid) || job.items.contains(&MessageDataItemName::Flags))
             {
@@ -321,52 +378,14 @@ impl Session {
                 }
             }
             if let Ok(items) = Vec1::try_from(data) {
-                job.sent = true;
+                job.answered = true;
                 out.push(Out::Data(Data::Fetch {
                     seq: nz(seq),
                     items,
                 }));
             }
         }
-        if out.is_empty() && !job.todo.is_empty() {
-            // Every message of this batch vanished meanwhile; go on with the next.
-            return self.fetch_more(job);
-        }
-        if !job.todo.is_empty() {
-            return Reply {
-                out,
-                next: Next::Continue,
-                more: Some(job),
-            };
-        }
-        let done = if job.uid {
-            "UID FETCH completed"
-        } else {
-            "FETCH completed"
-        };
-        out.push(match (job.expunged, job.sent) {
-            // RFC 3516 §4.3: a part whose encoding cannot be undone fails the FETCH.
-            _ if job.unknown_cte => tagged(
-                &job.tag,
-                Kind::No,
-                Some(Code::UnknownCte),
-                "a part has a Content-Transfer-Encoding BINARY cannot decode; use BODY[]",
-            ),
-            (false, _) => tagged(&job.tag, Kind::Ok, None, done),
-            (true, true) => tagged(
-                &job.tag,
-                Kind::Ok,
-                Some(expunge_issued()),
-                "some messages were expunged meanwhile; the others were fetched",
-            ),
-            (true, false) => tagged(
-                &job.tag,
-                Kind::No,
-                Some(expunge_issued()),
-                "the requested messages were expunged meanwhile",
-            ),
-        });
-        Self::reply(out)
+        Ok(out)
     }
 
     pub(super) fn store(
@@ -446,7 +465,7 @@ impl Session {
                 .filter_map(|u| s.uids.binary_search(u).ok().map(|i| i as u32 + 1))
                 .collect()
         };
-        let code = condstore::number_set(&modified).map(Code::Modified);
+        let code = wire::number_set(&modified).map(Code::Modified);
         out.push(tagged(
             tag,
             Kind::Ok,
@@ -551,7 +570,7 @@ impl Session {
                 .copied()
                 .filter(|u| gone.contains(u))
                 .collect();
-            out = condstore::number_set(&uids)
+            out = wire::number_set(&uids)
                 .map(|known_uids| Data::Vanished {
                     earlier: false,
                     known_uids,
@@ -584,7 +603,14 @@ impl Session {
             Ok(gone) => {
                 let gone: BTreeSet<u32> = gone.into_iter().collect();
                 let mut out: Vec<Out> = self.forget(&gone).into_iter().map(Out::Data).collect();
-                out.push(tagged(tag, Kind::Ok, None, "EXPUNGE completed"));
+                // RFC 7162 §3.2.7: with QRESYNC, the HIGHESTMODSEQ after the expunge.
+                let code = match self.cache.changes_since(folder, u64::MAX) {
+                    Ok(Some(c)) if self.qresync && !gone.is_empty() => {
+                        Some(Code::HighestModSeq(nz64(c.folder.highestmodseq)))
+                    }
+                    _ => None,
+                };
+                out.push(tagged(tag, Kind::Ok, code, "EXPUNGE completed"));
                 Self::reply(out)
             }
             Err(e) => Self::reply(vec![store_error(tag, &e.to_string())]),
@@ -828,7 +854,7 @@ impl Session {
         if returns.count {
             let _ = write!(line, " COUNT {}", numbers.len());
         }
-        if let (true, Some(set)) = (returns.all, condstore::number_set(&numbers)) {
+        if let (true, Some(set)) = (returns.all, wire::number_set(&numbers)) {
             let _ = write!(line, " ALL {}", wire::sequence_text(&set));
         }
         if let Some(m) = modseq.filter(|_| !numbers.is_empty()) {

@@ -108,7 +108,10 @@ impl Session {
         let (lo, hi) = if read_only {
             (unclaimed_from, u32::MAX)
         } else {
-            match self.cache.claim_recent(folder) {
+            // Only up to what this session has read: a message filed since stays for
+            // whoever reads it first.
+            let upto = arrived.iter().max().map_or(0, |u| u.saturating_add(1));
+            match self.cache.claim_recent(folder, upto) {
                 Ok(range) => range,
                 Err(e) => {
                     tracing::error!(error = %e, "local cache error");

@@ -169,3 +169,48 @@ pub(super) fn sequence_text(set: &SequenceSet) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// Numbers as a sequence set, consecutive ones as ranges; `None` for none.
+pub(super) fn number_set(numbers: &[u32]) -> Option<SequenceSet> {
+    use imap_codec::imap_types::sequence::Sequence;
+    let mut sorted = numbers.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<Sequence> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        while i + 1 < sorted.len() && sorted[i + 1] == sorted[i] + 1 {
+            i += 1;
+        }
+        let end = sorted[i];
+        let value = |n| imap_codec::imap_types::sequence::SeqOrUid::Value(nz(n));
+        runs.push(if start == end {
+            Sequence::Single(value(start))
+        } else {
+            Sequence::Range(value(start), value(end))
+        });
+        i += 1;
+    }
+    SequenceSet::try_from(runs).ok()
+}
+
+/// UIDs in the order given, consecutive ascending runs as ranges (`4:6,2`): APPENDUID after
+/// MULTIAPPEND pairs them with the messages in order (RFC 4315 §3).
+pub(super) fn in_order_text(numbers: &[u32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < numbers.len() {
+        let start = numbers[i];
+        while i + 1 < numbers.len() && numbers[i + 1] == numbers[i].wrapping_add(1) {
+            i += 1;
+        }
+        parts.push(if numbers[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}:{}", numbers[i])
+        });
+        i += 1;
+    }
+    parts.join(",")
+}

@@ -96,12 +96,14 @@ impl Online {
         let mut done = 0;
         let mut acking: Option<tokio::task::JoinHandle<Result<(), ClientError>>> = None;
         loop {
+            let started = std::time::Instant::now();
             let page = self.api.list(after).await?;
             if page.is_empty() {
                 break;
             }
             after = page.iter().map(|e| e.seq).max().unwrap_or(after);
             let bodies = self.fetch_page(&page).await?;
+            let downloaded = started.elapsed();
             let mut fresh = Vec::new();
             for (entry, bytes) in page.iter().zip(bodies) {
                 match mailbox.envelope(&entry.id)? {
@@ -138,7 +140,9 @@ impl Online {
             } else {
                 vec![pinned]
             };
+            let opening = std::time::Instant::now();
             let opened = self.open_all(&mailbox, &fresh, &senders, &domain_keys);
+            let opened_in = opening.elapsed();
             let mut accepted = Vec::new();
             for ((entry, bytes), result) in fresh.into_iter().zip(opened) {
                 match result {
@@ -163,7 +167,9 @@ impl Online {
                     }
                 }
             }
+            let committing = std::time::Instant::now();
             self.me.cache.commit_synced(&accepted, now())?;
+            let committed_in = committing.elapsed();
             // Only after the local commit above; it runs while the next page downloads.
             let ids: Vec<String> = page.iter().map(|e| e.id.clone()).collect();
             if let Some(previous) = acking.take() {
@@ -172,6 +178,15 @@ impl Online {
             let api = self.api.clone();
             acking = Some(tokio::spawn(async move { api.ack_many(&ids).await }));
             done += page.len();
+            // Where a sync's time goes (docs/PERFORMANCE.md reads these).
+            tracing::info!(
+                messages = page.len(),
+                download_ms = downloaded.as_millis() as u64,
+                open_ms = opened_in.as_millis() as u64,
+                commit_ms = committed_in.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "synced a page"
+            );
             progress(done, done + usize::from(page.len() == 1000));
         }
         if let Some(last) = acking {

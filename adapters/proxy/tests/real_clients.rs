@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{PASSWORD, Proxy, USER};
-use letterme_client::cache::{FlagOp, NewMail};
+use letterme_client::cache::{Content, FlagOp, NewMail};
 
 /// Files a message through the cache, as the proxy's sync does.
 fn deliver(proxy: &Proxy, folder: &str, subject: &str) {
@@ -68,7 +68,7 @@ fn flags_of(proxy: &Proxy, folder: &str, subject: &str) -> Option<Vec<String>> {
         .collect();
     proxy
         .cache
-        .fetch(f.id, &uids, true)
+        .fetch(f.id, &uids, Content::Whole)
         .unwrap()
         .into_iter()
         .find(|(_, raw)| {
@@ -90,7 +90,7 @@ fn expunge(proxy: &Proxy, folder: &str, subject: &str) {
         .collect();
     let uid = proxy
         .cache
-        .fetch(f.id, &uids, true)
+        .fetch(f.id, &uids, Content::Whole)
         .unwrap()
         .into_iter()
         .find(|(_, raw)| {

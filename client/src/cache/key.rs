@@ -11,6 +11,13 @@ use zeroize::Zeroizing;
 const CACHE_AAD: &[u8] = b"letterme/v1/cache\0";
 const KEY_CONTEXT: &[u8] = b"letterme/v1/cache-key\0";
 
+/// Which ciphertext of a content row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Part {
+    Whole,
+    Head,
+}
+
 /// The content key. `Debug` never shows it.
 pub struct CacheKey(Zeroizing<[u8; 32]>);
 
@@ -33,31 +40,36 @@ impl CacheKey {
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &*self.0).expect("32-byte key"))
     }
 
-    fn aad(id: i64) -> Vec<u8> {
+    /// The associated data of a row's ciphertext: the row id, and which part it is (the
+    /// whole message, or its header section kept apart for header-only reads).
+    fn aad(id: i64, part: Part) -> Vec<u8> {
         let mut aad = CACHE_AAD.to_vec();
         aad.extend_from_slice(&id.to_be_bytes());
+        if part == Part::Head {
+            aad.extend_from_slice(b"\0head");
+        }
         aad
     }
 
-    pub(super) fn seal(&self, id: i64, plain: &[u8]) -> ([u8; NONCE_LEN], Vec<u8>) {
+    pub(super) fn seal(&self, id: i64, part: Part, plain: &[u8]) -> ([u8; NONCE_LEN], Vec<u8>) {
         let nonce: [u8; NONCE_LEN] = random_bytes();
         let mut data = plain.to_vec();
         self.cipher()
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(Self::aad(id)),
+                Aad::from(Self::aad(id, part)),
                 &mut data,
             )
             .expect("encrypts");
         (nonce, data)
     }
 
-    pub(super) fn open(&self, id: i64, nonce: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+    pub(super) fn open(&self, id: i64, part: Part, nonce: &[u8], data: &[u8]) -> Option<Vec<u8>> {
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buf = data.to_vec();
         let len = self
             .cipher()
-            .open_in_place(nonce, Aad::from(Self::aad(id)), &mut buf)
+            .open_in_place(nonce, Aad::from(Self::aad(id, part)), &mut buf)
             .ok()?
             .len();
         buf.truncate(len);

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashSet};
 use letterme_protocol::keys::random_bytes;
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
+use super::key::Part;
 use super::{
     Cache, ClientError, Folder, MailMeta, MailboxError, NewMail, Stored, Synced, flags_text,
     flags_vec, folder_by_id, folder_by_name, has_flag,
@@ -77,6 +78,32 @@ pub struct Changes {
 /// A message's metadata, and its content when asked for.
 pub type Fetched = (MailMeta, Option<Vec<u8>>);
 
+/// How much of each message [`Cache::fetch`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Content {
+    /// Metadata only.
+    None,
+    /// The header section, through the blank line that ends it.
+    Head,
+    /// The whole message.
+    Whole,
+}
+
+/// Where a message's header section ends: after its first empty line (RFC 5322 §2.1), or
+/// the whole message when it has none.
+pub fn header_end(raw: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(i) = raw[at..].iter().position(|&b| b == b'\n') {
+        let line_end = at + i + 1;
+        // An empty line: "\n" or "\r\n" right after the previous line's end.
+        if i == 0 || (i == 1 && raw[at] == b'\r') {
+            return line_end;
+        }
+        at = line_end;
+    }
+    raw.len()
+}
+
 const META_COLUMNS: &str = "uid, flags, internal_date, size, modseq";
 
 fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MailMeta> {
@@ -111,20 +138,30 @@ impl Cache {
         &self,
         folder: i64,
         uids: &[u32],
-        content: bool,
+        content: Content,
     ) -> Result<Vec<Fetched>, ClientError> {
         let (Some(&lo), Some(&hi)) = (uids.iter().min(), uids.iter().max()) else {
             return Ok(Vec::new());
         };
         let wanted: HashSet<u32> = uids.iter().copied().collect();
         let c = self.lock();
-        let sql = if content {
-            "SELECT m.uid, m.flags, m.internal_date, m.size, m.modseq, c.id, c.nonce, c.data
-             FROM mail m JOIN contents c ON c.id = m.content
-             WHERE m.folder = ?1 AND m.uid BETWEEN ?2 AND ?3 ORDER BY m.uid"
-        } else {
-            "SELECT uid, flags, internal_date, size, modseq FROM mail
-             WHERE folder = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid"
+        let sql = match content {
+            Content::Whole => {
+                "SELECT m.uid, m.flags, m.internal_date, m.size, m.modseq, c.id, c.nonce, c.data,
+                        0
+                 FROM mail m JOIN contents c ON c.id = m.content
+                 WHERE m.folder = ?1 AND m.uid BETWEEN ?2 AND ?3 ORDER BY m.uid"
+            }
+            Content::Head => {
+                "SELECT m.uid, m.flags, m.internal_date, m.size, m.modseq, c.id,
+                        COALESCE(c.head_nonce, c.nonce), COALESCE(c.head, c.data), c.head IS NOT NULL
+                 FROM mail m JOIN contents c ON c.id = m.content
+                 WHERE m.folder = ?1 AND m.uid BETWEEN ?2 AND ?3 ORDER BY m.uid"
+            }
+            Content::None => {
+                "SELECT uid, flags, internal_date, size, modseq FROM mail
+                 WHERE folder = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid"
+            }
         };
         let mut stmt = c.prepare_cached(sql).map_err(|e| self.err(e))?;
         let mut rows = stmt
@@ -136,22 +173,27 @@ impl Cache {
             if !wanted.contains(&meta.uid) {
                 continue;
             }
-            let raw = if content {
+            let raw = if content == Content::None {
+                None
+            } else {
                 let id: i64 = r.get(5).map_err(|e| self.err(e))?;
+                let head: bool = r.get(8).map_err(|e| self.err(e))?;
                 let blob = |i| {
                     r.get_ref(i)
                         .and_then(|v| v.as_blob().map_err(Into::into))
                         .map_err(|e| self.err(e))
                 };
-                let plain = self.key.open(id, blob(6)?, blob(7)?).ok_or_else(|| {
+                let part = if head { Part::Head } else { Part::Whole };
+                let mut plain = self.key.open(id, part, blob(6)?, blob(7)?).ok_or_else(|| {
                     ClientError::store(
                         &self.path,
                         format!("message {} fails its integrity check", meta.uid),
                     )
                 })?;
+                if content == Content::Head && !head {
+                    plain.truncate(header_end(&plain));
+                }
                 Some(plain)
-            } else {
-                None
             };
             out.push((meta, raw));
         }
@@ -203,10 +245,13 @@ impl Cache {
 
     fn file(&self, tx: &Transaction<'_>, folder: i64, mail: &NewMail) -> rusqlite::Result<u32> {
         let id = i64::from_be_bytes(random_bytes::<8>()) & i64::MAX;
-        let (nonce, data) = self.key.seal(id, &mail.raw);
+        let (nonce, data) = self.key.seal(id, Part::Whole, &mail.raw);
+        let (head_nonce, head) = self
+            .key
+            .seal(id, Part::Head, &mail.raw[..header_end(&mail.raw)]);
         tx.execute(
-            "INSERT INTO contents (id, nonce, data) VALUES (?1, ?2, ?3)",
-            params![id, nonce.as_slice(), data],
+            "INSERT INTO contents (id, nonce, data, head_nonce, head) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, nonce.as_slice(), data, head_nonce.as_slice(), head],
         )?;
         let (uid, modseq) = next_uid(tx, folder)?;
         let hash = mail.message_id.as_deref().map(|m| self.key.msgid_hash(m));

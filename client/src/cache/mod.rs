@@ -30,7 +30,7 @@ use crate::error::ClientError;
 use crate::mailbox::{Stored, open_db};
 
 pub use key::CacheKey;
-pub use messages::{Changes, Fetched, FlagOp, StoreOutcome, StoredFlags};
+pub use messages::{Changes, Content, Fetched, FlagOp, StoreOutcome, StoredFlags, header_end};
 
 /// The mailboxes every account has, with their RFC 6154 special-use attributes. They start
 /// subscribed; other mailboxes only when the client subscribes them (RFC 3501 §6.3.6).
@@ -79,7 +79,7 @@ enum Step {
 }
 
 /// Schema steps after [`SCHEMA`], by `PRAGMA user_version` (step i takes version i to i+1).
-const MIGRATIONS: [Step; 3] = [
+const MIGRATIONS: [Step; 4] = [
     // 1: MODSEQ per message and mailbox, expunge tombstones, \Recent, subscriptions apart from
     // mailboxes, and a UIDVALIDITY counter that outlives deleted mailboxes.
     Step::Sql(
@@ -116,6 +116,15 @@ const MIGRATIONS: [Step; 3] = [
     DROP TABLE folders;
     ALTER TABLE folders_v3 RENAME TO folders;
     CREATE INDEX mail_content ON mail (content);
+    ",
+    ),
+    // 4: each message's header section sealed apart too, so a header-only FETCH (a mail
+    // client's message list) opens a few hundred bytes, not the message. Older rows have
+    // none and are read whole.
+    Step::Sql(
+        "
+    ALTER TABLE contents ADD COLUMN head_nonce BLOB;
+    ALTER TABLE contents ADD COLUMN head BLOB;
     ",
     ),
 ];

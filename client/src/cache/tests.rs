@@ -39,7 +39,9 @@ fn content_is_encrypted_at_rest_and_uids_survive_reopen() {
     let inbox = c.folder("inbox").unwrap().unwrap();
     assert_eq!(inbox.uidvalidity, validity);
     assert_eq!(
-        c.fetch(inbox.id, &[uid], true).unwrap()[0].1.as_deref(),
+        c.fetch(inbox.id, &[uid], Content::Whole).unwrap()[0]
+            .1
+            .as_deref(),
         Some(canary.as_bytes())
     );
     // A different key cannot read it.
@@ -48,7 +50,7 @@ fn content_is_encrypted_at_rest_and_uids_survive_reopen() {
         CacheKey::derive(&SigningKeypair::generate()),
     )
     .unwrap();
-    assert!(other.fetch(inbox.id, &[uid], true).is_err());
+    assert!(other.fetch(inbox.id, &[uid], Content::Whole).is_err());
 }
 
 #[test]
@@ -68,7 +70,7 @@ fn duplicate_message_ids_are_filed_once_and_moves_keep_content() {
     assert!(c.messages(sent.id).unwrap().is_empty());
     let archive = c.folder("Archive").unwrap().unwrap();
     assert_eq!(
-        c.fetch(archive.id, &[pairs[0].1], true).unwrap()[0]
+        c.fetch(archive.id, &[pairs[0].1], Content::Whole).unwrap()[0]
             .1
             .as_deref(),
         Some(&b"Subject: x\r\n\r\nx"[..])
@@ -172,7 +174,11 @@ fn flag_changes_apply_to_the_stored_set_and_stamp_modseqs() {
     let changes = c.changes_since(inbox.id, mark).unwrap().unwrap();
     assert_eq!(changes.vanished, vec![uid]);
     assert!(changes.changed.is_empty());
-    assert!(c.fetch(inbox.id, &[uid], true).unwrap().is_empty());
+    assert!(
+        c.fetch(inbox.id, &[uid], Content::Whole)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -276,4 +282,40 @@ fn a_deleted_mailboxs_id_is_never_given_again() {
     c.delete_folder("Tmp").unwrap();
     c.create_folder("Other", None).unwrap();
     assert_ne!(c.folder("Other").unwrap().unwrap().id, old);
+}
+
+#[test]
+fn header_sections_are_kept_apart_for_header_only_reads() {
+    assert_eq!(header_end(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"), 14);
+    assert_eq!(header_end(b"A: 1\n\nbody"), 6);
+    assert_eq!(header_end(b"A: 1\r\nno body"), 13);
+    assert_eq!(header_end(b"\r\nbody"), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    let raw = "Subject: head\r\nFrom: a@x.test\r\n\r\nbody canary\r\n";
+    let (_, uid, _) = c.append(&mail("INBOX", raw, None)).unwrap();
+    let inbox = c.folder("INBOX").unwrap().unwrap();
+    let head = c.fetch(inbox.id, &[uid], Content::Head).unwrap();
+    assert_eq!(
+        head[0].1.as_deref(),
+        Some(&b"Subject: head\r\nFrom: a@x.test\r\n\r\n"[..])
+    );
+    // A row from before header sections existed is read whole and cut.
+    c.lock()
+        .execute("UPDATE contents SET head = NULL, head_nonce = NULL", [])
+        .unwrap();
+    let head = c.fetch(inbox.id, &[uid], Content::Head).unwrap();
+    assert_eq!(
+        head[0].1.as_deref(),
+        Some(&b"Subject: head\r\nFrom: a@x.test\r\n\r\n"[..])
+    );
+    // The header ciphertext is bound to its part: put in place of the whole, it fails.
+    let (_, uid, _) = c.append(&mail("INBOX", raw, None)).unwrap();
+    c.lock()
+        .execute(
+            "UPDATE contents SET nonce = head_nonce, data = head WHERE head IS NOT NULL",
+            [],
+        )
+        .unwrap();
+    assert!(c.fetch(inbox.id, &[uid], Content::Whole).is_err());
 }

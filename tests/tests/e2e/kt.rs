@@ -470,7 +470,7 @@ async fn bob_notices_a_key_for_bob_that_bob_did_not_create() {
         .map(|m| m.uid)
         .collect();
     let alerts: Vec<String> = cache
-        .fetch(inbox.id, &uids, true)
+        .fetch(inbox.id, &uids, letterme_client::cache::Content::Whole)
         .unwrap()
         .into_iter()
         .map(|(_, raw)| String::from_utf8_lossy(&raw.unwrap()).into_owned())

@@ -63,7 +63,8 @@ use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 
 use letterme_client::cache::{
-    Cache, DELIMITER, Fetched, FlagOp, Folder, MailMeta, MailboxError, NewMail, has_flag,
+    Cache, Content, DELIMITER, Fetched, FlagOp, Folder, MailMeta, MailboxError, NewMail, has_flag,
+    header_end,
 };
 
 use super::extended::{self, Appended, Extended, SearchReturn};

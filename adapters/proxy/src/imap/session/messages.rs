@@ -35,13 +35,28 @@ fn sort_message(m: &SortRow) -> sort::Message<'_> {
     }
 }
 
-/// Where a message's header section ends (after its blank line), or its length.
-fn memchr_header_end(raw: &[u8]) -> usize {
-    raw.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4)
-        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
-        .unwrap_or(raw.len())
+/// How much of a message a FETCH item needs: nothing, its header section (what a mail
+/// client's message list asks for), or all of it.
+fn content_for(item: &MessageDataItemName<'_>) -> Content {
+    match item {
+        MessageDataItemName::Flags
+        | MessageDataItemName::Uid
+        | MessageDataItemName::InternalDate
+        | MessageDataItemName::Rfc822Size
+        | MessageDataItemName::ModSeq => Content::None,
+        MessageDataItemName::Envelope
+        | MessageDataItemName::Rfc822Header
+        | MessageDataItemName::BodyExt {
+            section:
+                Some(
+                    Section::Header(None)
+                    | Section::HeaderFields(None, _)
+                    | Section::HeaderFieldsNot(None, _),
+                ),
+            ..
+        } => Content::Head,
+        _ => Content::Whole,
+    }
 }
 
 /// What a search found.
@@ -217,16 +232,12 @@ impl Session {
     /// The FETCH responses for the next batch of `job`.
     fn fetch_batch(&mut self, job: &mut FetchJob) -> Result<Vec<Out>, ClientError> {
         let batch: Vec<(u32, u32)> = job.todo.drain(..job.todo.len().min(FETCH_BATCH)).collect();
-        let needs_content = job.items.iter().any(|i| {
-            !matches!(
-                i,
-                MessageDataItemName::Flags
-                    | MessageDataItemName::Uid
-                    | MessageDataItemName::InternalDate
-                    | MessageDataItemName::Rfc822Size
-                    | MessageDataItemName::ModSeq
-            )
-        });
+        let content = job
+            .items
+            .iter()
+            .map(content_for)
+            .max()
+            .unwrap_or(Content::None);
         let marks_seen = !self.sel().read_only
             && job.items.iter().any(|i| {
                 matches!(
@@ -240,7 +251,7 @@ impl Session {
         let folder = self.sel().folder.id;
         let uids: Vec<u32> = batch.iter().map(|b| b.1).collect();
         let mut rows: std::collections::HashMap<u32, Fetched> =
-            match self.cache.fetch(folder, &uids, needs_content) {
+            match self.cache.fetch(folder, &uids, content) {
                 Ok(rows) => rows.into_iter().map(|r| (r.0.uid, r)).collect(),
                 Err(e) => return Err(e),
             };
@@ -623,14 +634,18 @@ impl Session {
         let uids = self.sel().uids.clone();
         // Flags, dates and content as they are now; a message expunged meanwhile matches
         // nothing (it is still numbered until the client hears of it).
-        let rows: std::collections::HashMap<u32, Fetched> =
-            match self
-                .cache
-                .fetch(folder, &uids, search::needs_content(criteria))
-            {
-                Ok(rows) => rows.into_iter().map(|r| (r.0.uid, r)).collect(),
-                Err(e) => return Err(e),
-            };
+        let rows: std::collections::HashMap<u32, Fetched> = match self.cache.fetch(
+            folder,
+            &uids,
+            if search::needs_content(criteria) {
+                Content::Whole
+            } else {
+                Content::None
+            },
+        ) {
+            Ok(rows) => rows.into_iter().map(|r| (r.0.uid, r)).collect(),
+            Err(e) => return Err(e),
+        };
         let recent = &self.sel().recent;
         let candidates = uids.iter().enumerate().filter_map(|(i, u)| {
             let (meta, raw) = rows.get(u)?;
@@ -705,7 +720,7 @@ impl Session {
             let uids: Vec<u32> = chunk.iter().map(|f| f.1).collect();
             let rows: std::collections::HashMap<u32, Fetched> = self
                 .cache
-                .fetch(folder, &uids, true)?
+                .fetch(folder, &uids, Content::Head)?
                 .into_iter()
                 .map(|r| (r.0.uid, r))
                 .collect();
@@ -714,7 +729,7 @@ impl Session {
                     continue;
                 };
                 let raw = raw.as_deref().unwrap_or_default();
-                let end = memchr_header_end(raw);
+                let end = header_end(raw);
                 out.push(SortRow {
                     number: if uid { u } else { seq },
                     seq,

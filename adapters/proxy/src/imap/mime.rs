@@ -24,12 +24,21 @@ use mail_parser::{
     MessagePart, PartType, parsers::MessageStream,
 };
 
+/// mail-parser reading only the MIME header fields (RFC 2045) into values: every string
+/// handed out is cut from the raw bytes, so parsing Received, Date or address fields here
+/// would be work thrown away (a mail client's header list reads every message's header).
+static PARSER: std::sync::LazyLock<MessageParser> = std::sync::LazyLock::new(|| {
+    MessageParser::new()
+        .with_mime_headers()
+        .header_comma_separated(HeaderName::ContentLanguage)
+});
+
 /// Nesting limit for multipart and message/rfc822 entities; deeper ones are opaque leaves.
 const MAX_DEPTH: usize = 32;
 
 /// RFC 3501 §7.4.2 ENVELOPE of a message.
 pub fn envelope(raw: &[u8]) -> Envelope<'static> {
-    let fields = MessageParser::default()
+    let fields = PARSER
         .parse_headers(raw)
         .and_then(|mut message| message.parts.pop())
         .map(|part| part.headers)
@@ -151,7 +160,7 @@ enum Kind<'a> {
 fn parse(raw: &[u8], range: Range<usize>, depth: usize) -> Node<'_> {
     let bytes = span(raw, &range);
     let base = range.start.min(raw.len());
-    let parsed = MessageParser::default().parse(bytes);
+    let parsed = PARSER.parse(bytes);
     parsed
         .and_then(|mut message| node(raw, base, &mut message.parts, 0, false, depth))
         // Not a single header line (e.g. empty input): all header, empty body.
@@ -173,7 +182,7 @@ fn headers_only(raw: &[u8]) -> Option<Node<'_>> {
     // mail-parser's own header-only parse forgets where the body starts; its stream keeps it.
     let mut stream = MessageStream::new(raw);
     let mut fields = Vec::new();
-    if !stream.parse_headers(&MessageParser::default(), &mut fields) || fields.is_empty() {
+    if !stream.parse_headers(&PARSER, &mut fields) || fields.is_empty() {
         return None;
     }
     let body_start = stream.offset().min(raw.len());

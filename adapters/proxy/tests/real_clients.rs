@@ -56,8 +56,8 @@ fn run(program: &str, args: &[&str]) -> String {
     text
 }
 
-/// The flags of the message with `subject` in `folder`, as the proxy holds them.
-fn flags_of(proxy: &Proxy, folder: &str, subject: &str) -> Option<Vec<String>> {
+/// The mailbox id, UID and flags of the message with `subject` in `folder`.
+fn find(proxy: &Proxy, folder: &str, subject: &str) -> Option<(i64, u32, Vec<String>)> {
     let f = proxy.cache.folder(folder).unwrap().unwrap();
     let uids: Vec<u32> = proxy
         .cache
@@ -68,43 +68,29 @@ fn flags_of(proxy: &Proxy, folder: &str, subject: &str) -> Option<Vec<String>> {
         .collect();
     proxy
         .cache
-        .fetch(f.id, &uids, Content::Whole)
+        .fetch(f.id, &uids, Content::Head)
         .unwrap()
         .into_iter()
         .find(|(_, raw)| {
             String::from_utf8_lossy(raw.as_deref().unwrap())
                 .contains(&format!("Subject: {subject}"))
         })
-        .map(|(m, _)| m.flags)
+        .map(|(m, _)| (f.id, m.uid, m.flags))
+}
+
+/// The flags of the message with `subject` in `folder`, as the proxy holds them.
+fn flags_of(proxy: &Proxy, folder: &str, subject: &str) -> Option<Vec<String>> {
+    find(proxy, folder, subject).map(|m| m.2)
 }
 
 /// Expunges the message with `subject` on the proxy, as another client would.
 fn expunge(proxy: &Proxy, folder: &str, subject: &str) {
-    let f = proxy.cache.folder(folder).unwrap().unwrap();
-    let uids: Vec<u32> = proxy
-        .cache
-        .messages(f.id)
-        .unwrap()
-        .iter()
-        .map(|m| m.uid)
-        .collect();
-    let uid = proxy
-        .cache
-        .fetch(f.id, &uids, Content::Whole)
-        .unwrap()
-        .into_iter()
-        .find(|(_, raw)| {
-            String::from_utf8_lossy(raw.as_deref().unwrap())
-                .contains(&format!("Subject: {subject}"))
-        })
-        .unwrap()
-        .0
-        .uid;
+    let (id, uid, _) = find(proxy, folder, subject).unwrap();
     proxy
         .cache
-        .store_flags(f.id, &[uid], FlagOp::Add, &["\\Deleted".into()], None)
+        .store_flags(id, &[uid], FlagOp::Add, &["\\Deleted".into()], None)
         .unwrap();
-    proxy.cache.expunge_deleted(f.id, None).unwrap();
+    proxy.cache.expunge_deleted(id, None).unwrap();
 }
 
 /// Adds a Maildir flag letter to a message file (RFC-less, but every Maildir reader's

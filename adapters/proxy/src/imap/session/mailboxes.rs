@@ -74,9 +74,10 @@ impl Session {
         letterme_client::cache::utf7::decode(&text).unwrap_or_else(|| text.into_owned())
     }
 
-    /// A stored name as this client reads it (see [`Session::name_in`]).
-    pub(super) fn name_out(&self, name: &str) -> Mailbox<'static> {
-        Mailbox::try_from(self.name_wire(name)).unwrap_or(Mailbox::Inbox)
+    /// A stored name as this client reads it (see [`Session::name_in`]); `None` for one
+    /// IMAP cannot carry, which is then left out rather than shown as another mailbox.
+    pub(super) fn name_out(&self, name: &str) -> Option<Mailbox<'static>> {
+        Mailbox::try_from(self.name_wire(name)).ok()
     }
 
     fn name_wire(&self, name: &str) -> String {
@@ -362,7 +363,9 @@ impl Session {
                 }
             }
             let delimiter = Some(QuotedChar::try_from(DELIMITER).expect("valid"));
-            let mailbox = self.name_out(name);
+            let Some(mailbox) = self.name_out(name) else {
+                continue;
+            };
             out.push(if lsub {
                 Out::Data(Data::Lsub {
                     items,
@@ -371,7 +374,7 @@ impl Session {
                 })
             } else if child_subscribed {
                 // RFC 5258 §3.5: CHILDINFO, which imap-types cannot encode yet.
-                Out::Raw(wire::list_childinfo(&items, self.name_out(name)))
+                Out::Raw(wire::list_childinfo(&items, mailbox))
             } else {
                 Out::Data(Data::List {
                     items,
@@ -460,8 +463,14 @@ impl Session {
                 }
             })
             .collect();
+        let mailbox = self.name_out(&folder.name).ok_or_else(|| {
+            letterme_client::ClientError::Io(format!(
+                "the mailbox name {:?} cannot be written in IMAP",
+                folder.name
+            ))
+        })?;
         Ok(Data::Status {
-            mailbox: self.name_out(&folder.name),
+            mailbox,
             items: Cow::Owned(data),
         })
     }

@@ -127,29 +127,40 @@ impl fmt::Debug for SigningKeypair {
 }
 
 /// An X25519 secret key that opens sealed content keys. `Debug` never shows it.
+///
+/// The public key is derived once: opening an envelope compares it with each recipient
+/// entry, and a scalar multiplication per message was a tenth of the sync's work.
 #[derive(Clone)]
-pub struct EncryptionKeypair(crypto_box::SecretKey);
+pub struct EncryptionKeypair {
+    secret: crypto_box::SecretKey,
+    public: EncryptionPublicKey,
+}
 
 impl EncryptionKeypair {
+    fn from_secret(secret: crypto_box::SecretKey) -> Self {
+        let public = EncryptionPublicKey(*secret.public_key().as_bytes());
+        Self { secret, public }
+    }
+
     pub fn generate() -> Self {
-        Self(crypto_box::SecretKey::generate(&mut OsRng))
+        Self::from_secret(crypto_box::SecretKey::generate(&mut OsRng))
     }
 
     pub fn from_secret_bytes(bytes: &[u8; 32]) -> Self {
-        Self(crypto_box::SecretKey::from_bytes(*bytes))
+        Self::from_secret(crypto_box::SecretKey::from_bytes(*bytes))
     }
 
     pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.0.to_bytes())
+        Zeroizing::new(self.secret.to_bytes())
     }
 
     pub fn public(&self) -> EncryptionPublicKey {
-        EncryptionPublicKey(*self.0.public_key().as_bytes())
+        self.public
     }
 
     /// Opens a libsodium sealed box (`crypto_box_seal_open`).
     pub(crate) fn unseal(&self, sealed: &[u8]) -> Option<Vec<u8>> {
-        self.0.unseal(sealed).ok()
+        self.secret.unseal(sealed).ok()
     }
 }
 

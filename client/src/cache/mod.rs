@@ -454,12 +454,14 @@ impl Cache {
 
 /// Brings an older cache up to [`MIGRATIONS`], one transaction per step.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, step) in (1i64..).zip(MIGRATIONS) {
+        // The proxy and a CLI command may open the cache at once: each step takes the write
+        // lock first and looks at the version under it, so it runs once.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if i <= version {
             continue;
         }
-        let tx = conn.transaction()?;
         match step {
             Step::Sql(sql) => tx.execute_batch(sql)?,
             Step::Rust(run) => run(&tx)?,

@@ -49,14 +49,20 @@ pub fn encode(name: &str) -> String {
 pub fn decode(name: &str) -> Option<String> {
     let mut out = String::with_capacity(name.len());
     let mut rest = name;
+    // Right after a shifted run: another may not start here (no null shift, `&...-&...-`).
+    let mut after_run = false;
     while let Some(at) = rest.find('&') {
         let (plain, tail) = rest.split_at(at);
+        if after_run && plain.is_empty() && !tail.starts_with("&-") {
+            return None;
+        }
         if !plain.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             return None;
         }
         out.push_str(plain);
         let end = tail.find('-')?;
         let encoded = &tail[1..end];
+        after_run = !encoded.is_empty();
         if encoded.is_empty() {
             out.push('&');
         } else {
@@ -108,7 +114,14 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_modified_utf7() {
-        for bad in ["&U,BTFw", "&Jjo!-", "caf\u{e9}", "&AGE-", "&A-"] {
+        for bad in [
+            "&U,BTFw",
+            "&Jjo!-",
+            "caf\u{e9}",
+            "&AGE-",
+            "&A-",
+            "&AOQ-&APY-",
+        ] {
             assert_eq!(decode(bad), None, "{bad}");
         }
     }

@@ -80,36 +80,57 @@ pub struct SearchReturn {
 pub struct Dollars {
     pub tag: Tag<'static>,
     pub uid: bool,
-    /// In search criteria (SEARCH, SORT, THREAD), not as the command's message set.
-    pub in_criteria: bool,
-    /// The `$` tokens in the line.
-    pub spans: Vec<Range<usize>>,
+    /// Where the command's name starts (an empty result turns `FETCH $` into `UID FETCH`).
+    pub name_at: usize,
+    /// Each `$` and what it stands in for.
+    pub places: Vec<(Range<usize>, Place)>,
 }
 
-/// The `$` tokens of a command line, if any (outside quoted strings and literals).
+/// What a `$` stands in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The message set of FETCH, STORE, COPY, MOVE or UID EXPUNGE.
+    Set,
+    /// A search key (`sequence-set`): `UID set`.
+    Key,
+    /// The set after a `UID` search key.
+    UidKey,
+}
+
+/// The `$` of a command line where RFC 5182 allows one: the message set of FETCH, STORE,
+/// COPY, MOVE and UID EXPUNGE, and sequence sets in SEARCH, SORT and THREAD criteria. A
+/// quoted `"$"` is a string, not the saved result. `None` when there is no such `$`.
 pub fn dollars(line: &[u8]) -> Option<Dollars> {
     let tokens = tokens(line)?;
-    let spans: Vec<Range<usize>> = tokens
-        .iter()
-        .filter(|t| matches!(&t.kind, Kind::Word { value, .. } if value == b"$"))
-        .map(|t| t.span.clone())
-        .collect();
-    if spans.is_empty() {
-        return None;
-    }
+    let is_dollar = |t: &Token| matches!(&t.kind, Kind::Word { written, .. } if written == b"$");
     let tag = Tag::try_from(value(tokens.first()?).to_vec())
         .ok()?
         .into_static();
     let uid = is_word(tokens.get(1), b"UID");
-    let name = tokens.get(if uid { 2 } else { 1 });
-    let in_criteria = ["SEARCH", "SORT", "THREAD"]
-        .iter()
-        .any(|n| is_word(name, n.as_bytes()));
-    Some(Dollars {
+    let at = if uid { 2 } else { 1 };
+    let name = tokens.get(at)?;
+    let named = |n: &str| is_word(Some(name), n.as_bytes());
+    let mut places = Vec::new();
+    if ["FETCH", "STORE", "COPY", "MOVE"].iter().any(|n| named(n)) || (uid && named("EXPUNGE")) {
+        if let Some(set) = tokens.get(at + 1).filter(|t| is_dollar(t)) {
+            places.push((set.span.clone(), Place::Set));
+        }
+    } else if ["SEARCH", "SORT", "THREAD"].iter().any(|n| named(n)) {
+        for (i, t) in tokens.iter().enumerate().skip(at + 1) {
+            if is_dollar(t) {
+                let after_uid = i > at + 1 && is_word(tokens.get(i - 1), b"UID");
+                places.push((
+                    t.span.clone(),
+                    if after_uid { Place::UidKey } else { Place::Key },
+                ));
+            }
+        }
+    }
+    (!places.is_empty()).then_some(Dollars {
         tag,
         uid,
-        in_criteria,
-        spans,
+        name_at: name.span.start,
+        places,
     })
 }
 

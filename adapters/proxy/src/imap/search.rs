@@ -283,6 +283,46 @@ impl Eval<'_, '_> {
     }
 }
 
+/// A sequence set as sorted, merged ranges, `*` being `largest`: membership in O(log n),
+/// however many ranges a client sends.
+#[derive(Debug)]
+pub struct SetIndex(Vec<(u32, u32)>);
+
+impl SetIndex {
+    pub fn new(set: &SequenceSet, largest: u32) -> Self {
+        let resolve = |s: &SeqOrUid| match s {
+            SeqOrUid::Value(v) => v.get(),
+            SeqOrUid::Asterisk => largest,
+        };
+        let mut ranges: Vec<(u32, u32)> = set
+            .0
+            .as_ref()
+            .iter()
+            .map(|seq| match seq {
+                Sequence::Single(s) => (resolve(s), resolve(s)),
+                Sequence::Range(a, b) => {
+                    let (a, b) = (resolve(a), resolve(b));
+                    (a.min(b), a.max(b))
+                }
+            })
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        Self(merged)
+    }
+
+    pub fn contains(&self, n: u32) -> bool {
+        let i = self.0.partition_point(|r| r.1 < n);
+        self.0.get(i).is_some_and(|r| r.0 <= n)
+    }
+}
+
 /// Membership in a sequence set, `*` being `largest`; a range may be written in either order
 /// (RFC 3501 §9, `seq-range`), so `n:*` with n > largest still matches the largest.
 pub fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {

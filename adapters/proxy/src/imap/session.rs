@@ -302,17 +302,7 @@ impl Session {
     /// read by [`extended`](super::extended); anything else gets BAD.
     pub fn handle_unparsed(&mut self, line: &[u8]) -> Reply {
         let substituted = match extended::dollars(line) {
-            Some(d) if self.is_selected() => {
-                let Some(l) = self.put_saved(line, &d) else {
-                    return Self::reply(vec![tagged(
-                        &d.tag,
-                        Kind::Ok,
-                        None,
-                        "the saved search result is empty; nothing to do",
-                    )]);
-                };
-                Some(l)
-            }
+            Some(d) if self.is_selected() => Some(self.put_saved(line, &d)),
             _ => None,
         };
         let line = substituted.as_deref().unwrap_or(line);
@@ -337,12 +327,13 @@ impl Session {
         }
     }
 
-    /// The line with each `$` replaced by the saved result: `UID set` in search criteria,
-    /// the UIDs after UID, the sequence numbers otherwise. A command on an empty result does
-    /// nothing and succeeds (RFC 5182 §2.1): `None`.
-    fn put_saved(&self, line: &[u8], d: &extended::Dollars) -> Option<Vec<u8>> {
+    /// The line with each `$` replaced by the saved result (RFC 5182 §2.1): UIDs after UID
+    /// and in search keys (`UID set`), sequence numbers otherwise. An empty result is a UID
+    /// no message has, and turns a sequence-number command into its UID form, so the command
+    /// is still checked and answered as usual and acts on nothing.
+    fn put_saved(&self, line: &[u8], d: &extended::Dollars) -> Vec<u8> {
         let State::Selected(s) = &self.state else {
-            return None;
+            return line.to_vec();
         };
         let saved = &self.saved;
         let seqs: Vec<u32> = saved
@@ -350,23 +341,32 @@ impl Session {
             .filter_map(|u| s.uids.binary_search(u).ok().map(|i| i as u32 + 1))
             .collect();
         let set = |numbers: &[u32]| wire::number_set(numbers).map(|s| wire::sequence_text(&s));
-        // A UID no message has stands for an empty result where a set must be written.
-        let replacement = if d.in_criteria {
-            format!("UID {}", set(saved).unwrap_or_else(|| u32::MAX.to_string()))
-        } else if d.uid {
-            set(saved).unwrap_or_else(|| u32::MAX.to_string())
-        } else {
-            set(&seqs)?
-        };
-        let mut out = Vec::with_capacity(line.len() + replacement.len());
+        let nothing = u32::MAX.to_string();
+        let as_uids = !d.uid && seqs.is_empty();
+        let mut out = Vec::with_capacity(line.len() + 16);
         let mut at = 0;
-        for span in &d.spans {
+        if as_uids && d.places.iter().any(|p| p.1 == extended::Place::Set) {
+            out.extend_from_slice(&line[..d.name_at]);
+            out.extend_from_slice(b"UID ");
+            at = d.name_at;
+        }
+        for (span, place) in &d.places {
+            let replacement = match place {
+                extended::Place::Key => {
+                    format!("UID {}", set(saved).unwrap_or_else(|| nothing.clone()))
+                }
+                extended::Place::UidKey => set(saved).unwrap_or_else(|| nothing.clone()),
+                extended::Place::Set if d.uid || as_uids => {
+                    set(saved).unwrap_or_else(|| nothing.clone())
+                }
+                extended::Place::Set => set(&seqs).unwrap_or_else(|| nothing.clone()),
+            };
             out.extend_from_slice(&line[at..span.start]);
             out.extend_from_slice(replacement.as_bytes());
             at = span.end;
         }
         out.extend_from_slice(&line[at..]);
-        Some(out)
+        out
     }
 
     /// Handles a command of an extension imap-codec does not parse ([`Extended`]).
@@ -413,7 +413,7 @@ impl Session {
                 self.with_updates("SEARCH", reply)
             }
             Extended::Create { tag, mailbox, uses } => {
-                let reply = self.create(&tag, &self.name_in(&mailbox), &uses);
+                let reply = self.create(&tag, &mailbox, &uses);
                 self.with_updates("CREATE", reply)
             }
             Extended::MultiAppend {
@@ -602,7 +602,7 @@ impl Session {
                 mailbox,
                 parameters,
             } => return self.select(tag, &self.name_in(&mailbox), true, &parameters),
-            C::Create { mailbox } => return self.create(tag, &self.name_in(&mailbox), &[]),
+            C::Create { mailbox } => return self.create(tag, &mailbox, &[]),
             C::Delete { mailbox } => {
                 let name = self.name_in(&mailbox);
                 let r = self.cache.delete_folder(&name);
@@ -613,6 +613,9 @@ impl Session {
                     self.state = State::Authenticated;
                 }
                 r
+            }
+            C::Rename { to, .. } if let Some(refusal) = self.refuse_name(tag, &to) => {
+                return refusal;
             }
             C::Rename { from, to } => self
                 .cache
@@ -814,6 +817,38 @@ mod tests {
 
     use super::mailboxes::wildcard;
     use super::*;
+
+    #[test]
+    fn every_command_gets_its_tagged_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache =
+            Cache::open(
+                &dir.path().join("mail.db"),
+                letterme_client::cache::CacheKey::derive(
+                    &letterme_protocol::SigningKeypair::generate(),
+                ),
+            )
+            .unwrap();
+        let creds = Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let mut s = Session::new(Arc::new(cache), creds, true);
+        for line in [&b"a LOGIN u p\r\n"[..], b"b CREATE R&D\r\n"] {
+            let cmd = imap_codec::CommandCodec::default()
+                .decode(line)
+                .unwrap()
+                .1
+                .into_static();
+            let r = s.handle(cmd);
+            // Every command gets its tagged answer.
+            assert!(
+                matches!(r.out.last(), Some(Out::Status(Status::Tagged(_)))),
+                "{:?}",
+                r.out
+            );
+        }
+    }
 
     #[test]
     fn starttls_is_announced_only_before_login() {

@@ -66,6 +66,25 @@ impl Session {
         }
     }
 
+    /// A new mailbox name (CREATE, RENAME's target) as the client wrote it, refused when an
+    /// IMAP4rev1 client wrote `&` that is not modified UTF-7 (as Dovecot refuses it): it
+    /// would be listed back as another name.
+    pub(super) fn refuse_name(&self, tag: &Tag<'static>, mailbox: &Mailbox<'_>) -> Option<Reply> {
+        let Mailbox::Other(o) = mailbox else {
+            return None;
+        };
+        let wire = String::from_utf8_lossy(o.as_ref());
+        (!self.rev2 && wire.contains('&') && letterme_client::cache::utf7::decode(&wire).is_none())
+            .then(|| {
+                Self::reply(vec![tagged(
+                    tag,
+                    Kind::No,
+                    Some(Code::Other(CodeOther::unvalidated(&b"CANNOT"[..]))),
+                    "the name is not valid modified UTF-7 (RFC 3501 section 5.1.3); write & as &-",
+                )])
+            })
+    }
+
     fn text_in(&self, bytes: &[u8]) -> String {
         let text = String::from_utf8_lossy(bytes);
         if self.rev2 {
@@ -124,15 +143,21 @@ impl Session {
         let closed = (self.qresync || self.rev2) && self.is_selected();
         self.state = State::Authenticated;
         self.saved.clear();
+        // The previous mailbox is closed whether or not this SELECT succeeds.
+        let closing = || {
+            closed
+                .then(|| untagged_ok(Code::Closed, "previous mailbox closed"))
+                .into_iter()
+        };
         let qresync = match self.select_parameters(tag, parameters) {
             Ok(q) => q,
-            Err(bad) => return Self::reply(vec![bad]),
+            Err(bad) => return Self::reply(closing().chain([bad]).collect()),
         };
         // The change counter first: a change after this point is seen by the next command.
         self.seen_change = *self.cache.changes().borrow();
         let (folder, messages) = match self.folder_and_messages(tag, name) {
             Ok(found) => found,
-            Err(refusal) => return Self::reply(vec![refusal]),
+            Err(refusal) => return Self::reply(closing().chain([refusal]).collect()),
         };
         let mut selected = Selected {
             read_only,
@@ -148,10 +173,7 @@ impl Session {
         }
         let first_unseen = messages.iter().position(|m| !has_flag(&m.flags, "\\Seen"));
         selected.flags = messages.into_iter().map(|m| m.flags).collect();
-        let mut out = Vec::new();
-        if closed {
-            out.push(untagged_ok(Code::Closed, "previous mailbox closed"));
-        }
+        let mut out: Vec<Out> = closing().collect();
         out.extend(selected.flags_responses());
         let (uidvalidity, uidnext, unclaimed, highest) = (
             selected.folder.uidvalidity,
@@ -251,6 +273,12 @@ impl Session {
         } else {
             "LIST completed"
         };
+        // RFC 3501 §6.3.8: an empty pattern asks for the hierarchy delimiter and root.
+        let delimiter_query = patterns.len() == 1
+            && match &patterns[0] {
+                ListMailbox::Token(t) => t.as_ref().is_empty(),
+                ListMailbox::String(s) => s.as_ref().is_empty(),
+            };
         let patterns: Vec<Vec<u8>> = patterns
             .iter()
             .map(|p| {
@@ -262,8 +290,7 @@ impl Session {
                     .into_bytes()
             })
             .collect();
-        if !lsub && patterns.len() == 1 && patterns[0] == reference && !opts.extended {
-            // RFC 3501 §6.3.8: an empty pattern asks for the hierarchy delimiter and root.
+        if !lsub && delimiter_query && !opts.extended {
             return Self::reply(vec![
                 Out::Data(Data::List {
                     items: vec![FlagNameAttribute::Noselect],
@@ -477,7 +504,16 @@ impl Session {
 
     /// CREATE (RFC 3501 §6.3.3), with CREATE-SPECIAL-USE's USE option (RFC 6154 §3): one
     /// special use per mailbox; any other gets `NO [USE]`.
-    pub(super) fn create(&mut self, tag: &Tag<'static>, name: &str, uses: &[String]) -> Reply {
+    pub(super) fn create(
+        &mut self,
+        tag: &Tag<'static>,
+        mailbox: &Mailbox<'_>,
+        uses: &[String],
+    ) -> Reply {
+        if let Some(refusal) = self.refuse_name(tag, mailbox) {
+            return refusal;
+        }
+        let name = &self.name_in(mailbox);
         let use_code = || Some(Code::Other(CodeOther::unvalidated(&b"USE"[..])));
         if uses.len() > 1 {
             return Self::reply(vec![tagged(

@@ -79,11 +79,12 @@ impl Session {
         } else {
             s.uids.len() as u32
         };
+        let index = search::SetIndex::new(set, largest);
         s.uids
             .iter()
             .enumerate()
             .map(|(i, &u)| (i as u32 + 1, u))
-            .filter(|&(seq, u)| search::in_set(set, if uid { u } else { seq }, largest))
+            .filter(|&(seq, u)| index.contains(if uid { u } else { seq }))
             .collect()
     }
 
@@ -821,6 +822,10 @@ impl Session {
         uid: bool,
         returns: &SearchReturn,
     ) -> Reply {
+        // RFC 5182 §2.1: a SAVE that fails leaves the result empty.
+        if returns.save {
+            self.saved.clear();
+        }
         let Matches { found, modseq } = match self.matches(criteria) {
             Ok(m) => m,
             Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),

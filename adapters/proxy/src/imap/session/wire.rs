@@ -10,13 +10,19 @@ pub(super) fn tagged(
     code: Option<Code<'static>>,
     msg: &str,
 ) -> Out {
-    let tag = Some(tag.clone());
-    let status = match kind {
-        Kind::Ok => Status::ok(tag, code, msg.to_owned()),
-        Kind::No => Status::no(tag, code, msg.to_owned()),
-        Kind::Bad => Status::bad(tag, code, msg.to_owned()),
+    let build = |code, msg: &str| {
+        let tag = Some(tag.clone());
+        match kind {
+            Kind::Ok => Status::ok(tag, code, msg.to_owned()),
+            Kind::No => Status::no(tag, code, msg.to_owned()),
+            Kind::Bad => Status::bad(tag, code, msg.to_owned()),
+        }
     };
-    Out::Status(status.unwrap_or_else(|_| Status::bad(None, None, "error").expect("valid text")))
+    // Text that is not valid IMAP text (8-bit, CR, LF) is replaced, never the tag lost: a
+    // client waits for its tagged answer.
+    Out::Status(build(code, msg).unwrap_or_else(|_| {
+        build(None, "(the reason cannot be written in IMAP text)").expect("valid text")
+    }))
 }
 
 pub(super) fn untagged_ok(code: Code<'static>, msg: &str) -> Out {

@@ -119,8 +119,15 @@ pub fn binary(raw: &[u8], section: &[NonZeroU32]) -> Result<Vec<u8>, UnknownCte>
         "" | "7bit" | "8bit" | "binary" => Ok(body.to_vec()),
         // Content that does not decode is refused rather than served empty.
         "base64" => mail_parser::decoders::base64::base64_decode(body).ok_or(UnknownCte),
+        // Leniently, as mail-parser decodes bodies: a stray `=` not followed by two hex
+        // digits is kept as written (RFC 2045 §6.7, note 1), which real mail often has.
         "quoted-printable" => {
-            mail_parser::decoders::quoted_printable::quoted_printable_decode(body).ok_or(UnknownCte)
+            let (end, decoded) = MessageStream::new(body).decode_quoted_printable_mime(b"");
+            if end == usize::MAX {
+                Err(UnknownCte)
+            } else {
+                Ok(decoded.into_owned())
+            }
         }
         _ => Err(UnknownCte),
     }

@@ -75,8 +75,8 @@ use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
 use super::{mime, search, sort};
 pub use mailboxes::ListOptions;
 use wire::{
-    Kind, atom_attr, expunge_issued, flag_fetch, imap_date, mailbox_error, nstring, nz, nz64,
-    same_flags, store_error, tagged, to_flag, untagged_ok,
+    Kind, atom_attr, completed, expunge_issued, flag_fetch, imap_date, mailbox_error, nstring, nz,
+    nz64, same_flags, store_error, tagged, to_flag, untagged_ok,
 };
 
 use crate::credentials::Credentials;
@@ -818,8 +818,8 @@ mod tests {
     use super::mailboxes::wildcard;
     use super::*;
 
-    #[test]
-    fn every_command_gets_its_tagged_answer() {
+    /// A session over a fresh cache, offering STARTTLS, with the login `u` / `p`.
+    fn session() -> (tempfile::TempDir, Session) {
         let dir = tempfile::tempdir().unwrap();
         let cache =
             Cache::open(
@@ -833,7 +833,12 @@ mod tests {
             username: "u".into(),
             password: "p".into(),
         };
-        let mut s = Session::new(Arc::new(cache), creds, true);
+        (dir, Session::new(Arc::new(cache), creds, true))
+    }
+
+    #[test]
+    fn every_command_gets_its_tagged_answer() {
+        let (_dir, mut s) = session();
         for line in [&b"a LOGIN u p\r\n"[..], b"b CREATE R&D\r\n"] {
             let cmd = imap_codec::CommandCodec::default()
                 .decode(line)
@@ -852,20 +857,7 @@ mod tests {
 
     #[test]
     fn starttls_is_announced_only_before_login() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache =
-            Cache::open(
-                &dir.path().join("mail.db"),
-                letterme_client::cache::CacheKey::derive(
-                    &letterme_protocol::SigningKeypair::generate(),
-                ),
-            )
-            .unwrap();
-        let creds = Credentials {
-            username: "u".into(),
-            password: "p".into(),
-        };
-        let mut s = Session::new(Arc::new(cache), creds, true);
+        let (_dir, mut s) = session();
         assert!(s.capabilities().as_ref().contains(&Capability::StartTls));
         let login = imap_codec::CommandCodec::default()
             .decode(b"a LOGIN u p\r\n")

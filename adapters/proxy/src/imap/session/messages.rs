@@ -200,11 +200,6 @@ impl Session {
                 more: Some(job),
             };
         }
-        let done = if job.uid {
-            "UID FETCH completed"
-        } else {
-            "FETCH completed"
-        };
         out.push(match (job.expunged, job.answered) {
             // RFC 3516 §4.3: a part whose encoding cannot be undone fails the FETCH.
             _ if job.unknown_cte => tagged(
@@ -213,7 +208,7 @@ impl Session {
                 Some(Code::UnknownCte),
                 "a part has a Content-Transfer-Encoding BINARY cannot decode; use BODY[]",
             ),
-            (false, _) => tagged(&job.tag, Kind::Ok, None, done),
+            (false, _) => completed(&job.tag, job.uid, "FETCH"),
             (true, true) => tagged(
                 &job.tag,
                 Kind::Ok,
@@ -539,16 +534,7 @@ impl Session {
             }
             let moved: BTreeSet<u32> = copied.iter().map(|p| p.0).collect();
             out.extend(self.forget(&moved).into_iter().map(Out::Data));
-            out.push(tagged(
-                tag,
-                Kind::Ok,
-                None,
-                if uid {
-                    "UID MOVE completed"
-                } else {
-                    "MOVE completed"
-                },
-            ));
+            out.push(completed(tag, uid, "MOVE"));
         } else {
             out.push(tagged(
                 tag,
@@ -694,16 +680,7 @@ impl Session {
             .collect();
         Self::reply(vec![
             Out::Data(Data::Search(numbers, modseq.map(nz64))),
-            tagged(
-                tag,
-                Kind::Ok,
-                None,
-                if uid {
-                    "UID SEARCH completed"
-                } else {
-                    "SEARCH completed"
-                },
-            ),
+            completed(tag, uid, "SEARCH"),
         ])
     }
 
@@ -762,16 +739,7 @@ impl Session {
             .collect();
         Self::reply(vec![
             Out::Data(Data::Sort(numbers, modseq.map(nz64))),
-            tagged(
-                tag,
-                Kind::Ok,
-                None,
-                if uid {
-                    "UID SORT completed"
-                } else {
-                    "SORT completed"
-                },
-            ),
+            completed(tag, uid, "SORT"),
         ])
     }
 
@@ -799,16 +767,7 @@ impl Session {
         let threads = sort::thread(algorithm, &messages).unwrap_or_default();
         Self::reply(vec![
             Out::Data(Data::Thread(threads)),
-            tagged(
-                tag,
-                Kind::Ok,
-                None,
-                if uid {
-                    "UID THREAD completed"
-                } else {
-                    "THREAD completed"
-                },
-            ),
+            completed(tag, uid, "THREAD"),
         ])
     }
 
@@ -883,16 +842,7 @@ impl Session {
         line.push_str("\r\n");
         Self::reply(vec![
             Out::Raw(line.into_bytes()),
-            tagged(
-                tag,
-                Kind::Ok,
-                None,
-                if uid {
-                    "UID SEARCH completed"
-                } else {
-                    "SEARCH completed"
-                },
-            ),
+            completed(tag, uid, "SEARCH"),
         ])
     }
 }

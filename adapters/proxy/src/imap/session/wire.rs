@@ -25,6 +25,16 @@ pub(super) fn tagged(
     }))
 }
 
+/// The tagged OK of a command that has a UID form: `UID FETCH completed`, `FETCH completed`.
+pub(super) fn completed(tag: &Tag<'static>, uid: bool, name: &str) -> Out {
+    let text = if uid {
+        format!("UID {name} completed")
+    } else {
+        format!("{name} completed")
+    };
+    tagged(tag, Kind::Ok, None, &text)
+}
+
 pub(super) fn untagged_ok(code: Code<'static>, msg: &str) -> Out {
     Out::Status(Status::ok(None, Some(code), msg.to_owned()).expect("valid text"))
 }

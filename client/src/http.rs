@@ -5,12 +5,13 @@ use std::time::Duration;
 use letterme_protocol::api::kt::{EntriesPage, EntriesQuery, WitnessRequest, WitnessVerdict};
 use letterme_protocol::api::{
     AckRequest, BlockChange, BlockRequest, BlocksResponse, ChallengeRequest, ChallengeResponse,
-    ErrorBody, ErrorCode, KeyChangeRequest, KeyChangeResponse, ListQuery, ListResponse,
-    LookupQuery, OutboundRequest, RegisterRequest, TokenRequest, TokenResponse,
+    ErrorBody, ErrorCode, FetchRequest, KeyChangeRequest, KeyChangeResponse, ListQuery,
+    ListResponse, LookupQuery, OutboundRequest, RegisterRequest, TokenRequest, TokenResponse,
 };
 /// The answers this client hands to its callers, under the paths they always had.
 pub use letterme_protocol::api::{
-    KeyLookup, ListEntry, OutboundResponse, RegisterResponse, SendResponse, ServerInfo,
+    FetchedEnvelope, KeyLookup, ListEntry, OutboundResponse, RegisterResponse, SendResponse,
+    ServerInfo,
 };
 use letterme_protocol::auth::sign_challenge;
 use letterme_protocol::kt::Checkpoint;
@@ -324,6 +325,27 @@ impl Api {
                 url: self.base.clone(),
                 reason: describe(&e),
             })
+    }
+
+    /// Downloads several envelopes in one request (`POST /v1/messages/fetch`): a record
+    /// for each id, in order, up to the server's byte budget; ask again for the ids left
+    /// out at the end.
+    pub async fn fetch_many(&self, ids: &[String]) -> Result<Vec<FetchedEnvelope>, ClientError> {
+        let req = FetchRequest { ids: ids.to_vec() };
+        let resp = self
+            .call(self.req(Method::POST, "/v1/messages/fetch").json(&req))
+            .await?;
+        let unexpected = |reason: String| ClientError::ServerDown {
+            url: self.base.clone(),
+            reason: format!("unexpected answer: {reason}"),
+        };
+        let body = resp.bytes().await.map_err(|e| unexpected(describe(&e)))?;
+        let records = FetchedEnvelope::decode_all(&body, body.len())
+            .map_err(|e| unexpected(e.to_string()))?;
+        if records.len() > ids.len() {
+            return Err(unexpected("more envelopes than were asked for".into()));
+        }
+        Ok(records)
     }
 
     /// The logged-in user's block list.

@@ -76,10 +76,8 @@ impl Mailbox {
     /// The stored envelope bytes for `id`, if any.
     pub fn envelope(&self, id: &str) -> Result<Option<Vec<u8>>, ClientError> {
         self.conn
-            .query_row("SELECT envelope FROM messages WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()
+            .prepare_cached("SELECT envelope FROM messages WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
             .map_err(|e| self.err(e))
     }
 

@@ -2,7 +2,7 @@
 //! the local store, and only then acknowledge them to the server; `watch` repeats that
 //! on a long poll.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use letterme_protocol::codec::hex;
 use letterme_protocol::envelope::{Envelope, SignerKind};
@@ -11,15 +11,64 @@ use letterme_protocol::{Address, IdentityPublicKey, Payload};
 use serde::Serialize;
 
 use crate::cache::{NewMail, Synced};
-use crate::http::ListEntry;
-use crate::mailbox::{Mailbox, Stored};
+use crate::http::{Api, ListEntry};
+use crate::mailbox::Stored;
 use crate::{ClientError, KtAlert, NOTICE_SENDER, Online, Unlocked, cache_error, now, render};
 
 /// Seconds one long poll of `watch` waits on the server.
 pub const WATCH_WAIT_SECS: u64 = 50;
 
-/// How many envelope downloads a sync keeps in flight.
-const FETCH_CONCURRENCY: usize = 8;
+/// How many download requests a sync keeps in flight.
+const FETCH_CONCURRENCY: usize = 4;
+
+/// Envelope bytes (by the listed sizes) a sync asks for in one request: a page goes as
+/// several requests, in flight together.
+const FETCH_BATCH_BYTES: u64 = 1 << 20;
+
+/// A page's local commit, running on a blocking thread; what it took.
+type Committing = tokio::task::JoinHandle<Result<std::time::Duration, ClientError>>;
+
+/// One batch download; a record per id up to the server's byte budget (`None` when no
+/// longer pending). Falls back to one request per envelope against a server that has no
+/// `POST /v1/messages/fetch` (older servers answer it 404 or 405).
+async fn fetch_batch(api: &Api, ids: &[String]) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+    match api.fetch_many(ids).await {
+        Ok(records) => {
+            if records.is_empty() && !ids.is_empty() {
+                return Err(ClientError::Io(
+                    "the server answered a download with no envelope".into(),
+                ));
+            }
+            records
+                .into_iter()
+                .zip(ids)
+                .map(|(record, id)| {
+                    if hex(&record.id) == id.to_ascii_lowercase() {
+                        Ok(record.envelope)
+                    } else {
+                        Err(ClientError::Io(format!(
+                            "the server answered a download of {id} with another envelope"
+                        )))
+                    }
+                })
+                .collect()
+        }
+        Err(ClientError::Api {
+            status: 404 | 405, ..
+        }) => {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(match api.fetch(id).await {
+                    Ok(bytes) => Some(bytes),
+                    Err(ClientError::Api { status: 404, .. }) => None,
+                    Err(e) => return Err(e),
+                });
+            }
+            Ok(out)
+        }
+        Err(e) => Err(e),
+    }
+}
 
 async fn join_ack(
     task: tokio::task::JoinHandle<Result<(), ClientError>>,
@@ -74,8 +123,9 @@ impl Online {
     }
 
     /// Fetches new mail, verifies it, commits it locally, then acknowledges it. Works a
-    /// page (up to 1000 messages) at a time: downloads in parallel, opens on every core,
-    /// commits the page in one transaction, and only then acknowledges the page.
+    /// page (up to 1000 messages) at a time, in a pipeline: while one page commits on a
+    /// blocking thread, the next downloads (a few batch requests in flight) and opens on
+    /// every core; a page is acknowledged only once its commit returned.
     pub async fn sync(
         &self,
         progress: &mut (dyn FnMut(usize, usize) + Send),
@@ -94,6 +144,8 @@ impl Online {
         let mut senders: BTreeMap<Address, Result<IdentityPublicKey, String>> = BTreeMap::new();
         let mut after = 0;
         let mut done = 0;
+        // The page committing now: its ids (to acknowledge once committed) and the commit.
+        let mut committing: Option<(Vec<String>, Committing)> = None;
         let mut acking: Option<tokio::task::JoinHandle<Result<(), ClientError>>> = None;
         loop {
             let started = std::time::Instant::now();
@@ -104,13 +156,25 @@ impl Online {
             after = page.iter().map(|e| e.seq).max().unwrap_or(after);
             let bodies = self.fetch_page(&page).await?;
             let downloaded = started.elapsed();
+            // Envelope ids this sync must not open again: stored before with other bytes
+            // (a replay), or in the page committing now.
+            let mut replayed = BTreeSet::new();
             let mut fresh = Vec::new();
-            for (entry, bytes) in page.iter().zip(bodies) {
+            for (entry, body) in page.iter().zip(bodies) {
+                // Acknowledged elsewhere meanwhile: nothing to store.
+                let Some(bytes) = body else { continue };
                 match mailbox.envelope(&entry.id)? {
                     // Stored before a crash, never acknowledged: acknowledge now.
                     Some(existing) if existing == bytes => report.already_had += 1,
-                    _ => fresh.push((entry, bytes)),
+                    Some(_) => {
+                        replayed.insert(entry.id.clone());
+                        fresh.push((entry, bytes));
+                    }
+                    None => fresh.push((entry, bytes)),
                 }
+            }
+            if let Some((ids, _)) = &committing {
+                replayed.extend(ids.iter().cloned());
             }
             for (_, bytes) in &fresh {
                 if let Ok(env) = Envelope::decode(bytes)
@@ -141,14 +205,14 @@ impl Online {
                 vec![pinned]
             };
             let opening = std::time::Instant::now();
-            let opened = self.open_all(&mailbox, &fresh, &senders, &domain_keys);
+            let opened = self.open_all(&fresh, &senders, &domain_keys, &replayed);
             let opened_in = opening.elapsed();
             let mut accepted = Vec::new();
             for ((entry, bytes), result) in fresh.into_iter().zip(opened) {
                 match result {
-                    Ok((signer, payload)) => {
+                    Ok((signer, mail)) => {
                         accepted.push(Synced {
-                            mail: self.me.filed(&payload, &signer, entry.received),
+                            mail,
                             stored: Stored {
                                 id: entry.id.clone(),
                                 sender: entry.sender.clone(),
@@ -167,27 +231,35 @@ impl Online {
                     }
                 }
             }
-            let committing = std::time::Instant::now();
-            self.me.cache.commit_synced(&accepted, now())?;
-            let committed_in = committing.elapsed();
-            // Only after the local commit above; it runs while the next page downloads.
-            let ids: Vec<String> = page.iter().map(|e| e.id.clone()).collect();
-            if let Some(previous) = acking.take() {
-                join_ack(previous).await?;
+            // The previous page is acknowledged once its commit returned; this one's commit
+            // then starts, and runs while the next page downloads and opens.
+            if let Some((ids, commit)) = committing.take() {
+                self.committed(ids, commit, &mut acking).await?;
             }
-            let api = self.api.clone();
-            acking = Some(tokio::spawn(async move { api.ack_many(&ids).await }));
-            done += page.len();
+            let cache = self.me.cache.clone();
+            let ids: Vec<String> = page.iter().map(|e| e.id.clone()).collect();
+            let messages = page.len();
+            committing = Some((
+                ids,
+                tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    cache.commit_synced(&accepted, now())?;
+                    Ok(started.elapsed())
+                }),
+            ));
+            done += messages;
             // Where a sync's time goes (docs/PERFORMANCE.md reads these).
             tracing::info!(
-                messages = page.len(),
+                messages,
                 download_ms = downloaded.as_millis() as u64,
                 open_ms = opened_in.as_millis() as u64,
-                commit_ms = committed_in.as_millis() as u64,
                 total_ms = started.elapsed().as_millis() as u64,
                 "synced a page"
             );
-            progress(done, done + usize::from(page.len() == 1000));
+            progress(done, done + usize::from(messages == 1000));
+        }
+        if let Some((ids, commit)) = committing.take() {
+            self.committed(ids, commit, &mut acking).await?;
         }
         if let Some(last) = acking {
             join_ack(last).await?;
@@ -248,55 +320,99 @@ impl Online {
             .map_err(cache_error)
     }
 
-    /// Downloads a page of envelopes, several at a time, in listing order.
-    async fn fetch_page(&self, page: &[ListEntry]) -> Result<Vec<Vec<u8>>, ClientError> {
+    /// Waits for a page's commit, logs what it took, then acknowledges the page in the
+    /// background (after the acknowledgement of the page before).
+    async fn committed(
+        &self,
+        ids: Vec<String>,
+        commit: Committing,
+        acking: &mut Option<tokio::task::JoinHandle<Result<(), ClientError>>>,
+    ) -> Result<(), ClientError> {
+        let took = commit
+            .await
+            .map_err(|e| ClientError::Io(format!("the local commit failed: {e}")))??;
+        tracing::info!(
+            messages = ids.len(),
+            commit_ms = took.as_millis() as u64,
+            "committed a page"
+        );
+        if let Some(previous) = acking.take() {
+            join_ack(previous).await?;
+        }
+        let api = self.api.clone();
+        *acking = Some(tokio::spawn(async move { api.ack_many(&ids).await }));
+        Ok(())
+    }
+
+    /// Downloads a page of envelopes in listing order, in batches of about
+    /// [`FETCH_BATCH_BYTES`] (by the listed sizes), several in flight. `None` for an
+    /// envelope no longer pending. Against a server without `POST /v1/messages/fetch`, one
+    /// request per envelope.
+    async fn fetch_page(&self, page: &[ListEntry]) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+        let mut batches = Vec::new();
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, entry) in page.iter().enumerate() {
+            if i > start && bytes + entry.size > FETCH_BATCH_BYTES {
+                batches.push(start..i);
+                start = i;
+                bytes = 0;
+            }
+            bytes += entry.size;
+        }
+        if start < page.len() {
+            batches.push(start..page.len());
+        }
         let mut out: Vec<Option<Vec<u8>>> = vec![None; page.len()];
         let mut tasks = tokio::task::JoinSet::new();
-        let mut next = 0;
         loop {
-            while tasks.len() < FETCH_CONCURRENCY && next < page.len() {
+            while tasks.len() < FETCH_CONCURRENCY
+                && let Some(range) = batches.pop()
+            {
                 let api = self.api.clone();
-                let id = page[next].id.clone();
-                let i = next;
-                tasks.spawn(async move { (i, api.fetch(&id).await) });
-                next += 1;
+                let ids: Vec<String> = page[range.clone()].iter().map(|e| e.id.clone()).collect();
+                tasks.spawn(async move { (range, fetch_batch(&api, &ids).await) });
             }
             let Some(joined) = tasks.join_next().await else {
                 break;
             };
-            let (i, bytes) =
+            let (range, got) =
                 joined.map_err(|e| ClientError::Io(format!("download task failed: {e}")))?;
-            out[i] = Some(bytes?);
+            let got = got?;
+            let answered = got.len();
+            for (slot, envelope) in out[range.clone()].iter_mut().zip(got) {
+                *slot = envelope;
+            }
+            // The server's byte budget ended the answer early: ask for the rest.
+            if answered < range.len() {
+                batches.push(range.start + answered..range.end);
+            }
         }
-        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+        Ok(out)
     }
 
-    /// Verifies and opens envelopes on every core.
+    /// Verifies, opens and renders envelopes on every core. `replayed`: ids that must not
+    /// be opened again.
     fn open_all(
         &self,
-        mailbox: &Mailbox,
         items: &[(&ListEntry, Vec<u8>)],
         senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
         domain_keys: &[IdentityPublicKey],
-    ) -> Vec<Result<(IdentityPublicKey, Payload), String>> {
-        // Envelope ids already stored, for replay detection; looked up before the threads.
-        let stored: std::collections::BTreeSet<String> = items
-            .iter()
-            .filter_map(|(_, b)| Envelope::decode(b).ok())
-            .map(|e| e.id.to_hex())
-            .filter(|id| mailbox.envelope(id).ok().flatten().is_some())
-            .collect();
+        replayed: &BTreeSet<String>,
+    ) -> Vec<Result<(IdentityPublicKey, NewMail), String>> {
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let chunk = items.len().div_ceil(threads).max(1);
         std::thread::scope(|scope| {
             let handles: Vec<_> = items
                 .chunks(chunk)
                 .map(|part| {
-                    let stored = &stored;
                     scope.spawn(move || {
                         part.iter()
                             .map(|(entry, bytes)| {
-                                self.verify(entry, bytes, senders, domain_keys, stored)
+                                let (signer, payload) =
+                                    self.verify(entry, bytes, senders, domain_keys, replayed)?;
+                                let mail = self.me.filed(&payload, &signer, entry.received);
+                                Ok((signer, mail))
                             })
                             .collect::<Vec<_>>()
                     })
@@ -316,7 +432,7 @@ impl Online {
         bytes: &[u8],
         senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
         domain_keys: &[IdentityPublicKey],
-        stored: &std::collections::BTreeSet<String>,
+        replayed: &BTreeSet<String>,
     ) -> Result<(IdentityPublicKey, Payload), String> {
         let env = Envelope::decode(bytes).map_err(|e| e.to_string())?;
         if env.id.to_hex() != entry.id {
@@ -337,7 +453,7 @@ impl Online {
                 .cloned()
                 .unwrap_or_else(|| Err("the sender's key was not looked up".into()))?
         };
-        let seen = |i: &letterme_protocol::EnvelopeId| stored.contains(&i.to_hex());
+        let seen = |i: &letterme_protocol::EnvelopeId| replayed.contains(&i.to_hex());
         let keys = &self.me.keys;
         let me = &self.me.profile.address;
         let payload = env

@@ -58,6 +58,7 @@ fn requests_round_trip_and_refuse_unknown_fields() {
         r#"{"binding":{"address":"alice@a.test","identity_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","encryption_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","created":1767225600,"signature":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="}}"#,
     );
     request::<AckRequest>(r#"{"ids":["3f0c9a1e5b7d2c4f8e6a0b1d3c5e7f90"]}"#);
+    request::<FetchRequest>(r#"{"ids":["3f0c9a1e5b7d2c4f8e6a0b1d3c5e7f90"]}"#);
     request::<BlockRequest>(r#"{"entry":"@example.net"}"#);
     request::<OutboundRequest>(r#"{"message":"RnJvbTogYQ==","recipients":["carol@example.net"]}"#);
     request::<OutboundRequest>(r#"{"recipients":["carol@example.net"]}"#);
@@ -212,4 +213,48 @@ fn answers_from_other_versions_still_parse() {
     let v: kt::WitnessVerdict = serde_json::from_str(r#"{"verdict":"pondering"}"#).unwrap();
     assert_eq!(v, kt::WitnessVerdict::Unknown);
     assert_eq!(v.as_str(), "unknown");
+}
+
+/// The binary answer of `POST /v1/messages/fetch`, byte for byte as docs/API.md gives it.
+#[test]
+fn fetched_envelopes_have_one_binary_form() {
+    let records = vec![
+        FetchedEnvelope {
+            id: [0xab; 16],
+            received: 1_767_225_600,
+            envelope: Some(b"LMEV".to_vec()),
+        },
+        FetchedEnvelope {
+            id: [0xcd; 16],
+            received: 0,
+            envelope: None,
+        },
+    ];
+    let mut w = letterme_protocol::codec::Writer::new();
+    for r in &records {
+        r.encode_into(&mut w);
+    }
+    let bytes = w.into_bytes();
+    let mut expected = vec![0xab; 16];
+    expected.extend(1_767_225_600u64.to_be_bytes());
+    expected.extend([1, 0, 0, 0, 4]);
+    expected.extend(b"LMEV");
+    expected.extend([0xcd; 16]);
+    expected.extend([0; 8]);
+    expected.push(0);
+    assert_eq!(bytes, expected);
+    assert_eq!(FetchedEnvelope::decode_all(&bytes, 4).unwrap(), records);
+    // Cut anywhere, too long, or with a bad presence byte: refused, never half read.
+    for cut in 1..bytes.len() {
+        if cut != 33 {
+            assert!(
+                FetchedEnvelope::decode_all(&bytes[..cut], 4).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+    assert!(FetchedEnvelope::decode_all(&bytes, 3).is_err());
+    let mut bad = bytes.clone();
+    bad[24] = 2;
+    assert!(FetchedEnvelope::decode_all(&bad, 4).is_err());
 }

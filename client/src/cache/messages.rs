@@ -249,16 +249,23 @@ impl Cache {
         let (head_nonce, head) = self
             .key
             .seal(id, Part::Head, &mail.raw[..header_end(&mail.raw)]);
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO contents (id, nonce, data, head_nonce, head) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, nonce.as_slice(), data, head_nonce.as_slice(), head],
-        )?;
+        )?
+        .execute(params![
+            id,
+            nonce.as_slice(),
+            data,
+            head_nonce.as_slice(),
+            head
+        ])?;
         let (uid, modseq) = next_uid(tx, folder)?;
         let hash = mail.message_id.as_deref().map(|m| self.key.msgid_hash(m));
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO mail (folder, uid, content, flags, internal_date, size, msgid_hash, modseq)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
+        )?
+        .execute(params![
                 folder,
                 uid,
                 id,
@@ -283,11 +290,13 @@ impl Cache {
         for item in items {
             let s = &item.stored;
             let inserted = tx
-                .execute(
+                .prepare_cached(
                     "INSERT OR IGNORE INTO messages (id, sender, received, stored_at, envelope, signer_key)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![s.id, s.sender, s.received as i64, now as i64, s.envelope, s.signer_key.as_slice()],
                 )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![s.id, s.sender, s.received as i64, now as i64, s.envelope, s.signer_key.as_slice()])
+                })
                 .map_err(|e| self.err(e))?;
             if inserted == 1 {
                 self.file_rendered(&tx, &s.id, &item.mail)
@@ -318,10 +327,10 @@ impl Cache {
         envelope_id: &str,
         mail: &NewMail,
     ) -> rusqlite::Result<()> {
-        if tx.execute(
-            "INSERT OR IGNORE INTO rendered (envelope_id) VALUES (?1)",
-            [envelope_id],
-        )? == 0
+        if tx
+            .prepare_cached("INSERT OR IGNORE INTO rendered (envelope_id) VALUES (?1)")?
+            .execute([envelope_id])?
+            == 0
         {
             return Ok(());
         }
@@ -570,12 +579,11 @@ impl Cache {
 
 /// The next UID of a folder and the MODSEQ of its arrival.
 fn next_uid(tx: &Transaction<'_>, folder: i64) -> rusqlite::Result<(u32, u64)> {
-    tx.query_row(
+    tx.prepare_cached(
         "UPDATE folders SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1
          WHERE id = ?1 RETURNING uidnext - 1, highestmodseq",
-        [folder],
-        |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
-    )
+    )?
+    .query_row([folder], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
 }
 
 /// The next MODSEQ of a folder (RFC 7162 §3.1: every change gets a higher one).

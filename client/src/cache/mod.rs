@@ -269,6 +269,8 @@ impl Cache {
         let mut conn = open_db(path)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&mut conn).map_err(err)?;
+        // Every statement the cache runs stays prepared (rusqlite keeps 16 by default).
+        conn.set_prepared_statement_cache_capacity(128);
         let cache = Self {
             conn: Mutex::new(conn),
             key,
@@ -487,11 +489,10 @@ fn folder_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Folder> {
 }
 
 fn folder_by_name(c: &Connection, name: &str) -> rusqlite::Result<Option<Folder>> {
-    c.query_row(
-        &format!("SELECT {FOLDER_COLUMNS} FROM folders WHERE name = ?1"),
-        [name],
-        folder_row,
-    )
+    c.prepare_cached(&format!(
+        "SELECT {FOLDER_COLUMNS} FROM folders WHERE name = ?1"
+    ))?
+    .query_row([name], folder_row)
     .optional()
 }
 

@@ -1,4 +1,5 @@
-//! Messages: `POST /v1/messages` (send), `GET` (list, long poll), fetch and acknowledge.
+//! Messages: `POST /v1/messages` (send), `GET` (list, long poll), fetch (one or a page)
+//! and acknowledge.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -7,8 +8,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use letterme_protocol::api::{
-    AckRequest, AckResponse, ErrorCode, ListEntry, ListQuery, ListResponse, SendResponse,
+    AckRequest, AckResponse, ENVELOPES_TYPE, ErrorCode, FETCH_BYTES, FetchRequest, ListEntry,
+    ListQuery, ListResponse, SendResponse,
 };
+use letterme_protocol::codec::Writer;
 use letterme_protocol::envelope::{Envelope, SignerKind};
 use letterme_protocol::{Address, EnvelopeId};
 
@@ -236,6 +239,35 @@ pub(super) async fn fetch(
         bytes,
     )
         .into_response())
+}
+
+/// `POST /v1/messages/fetch`: a page of envelopes in one answer.
+pub(super) async fn fetch_many(
+    State(state): St,
+    Authed(session): Authed,
+    body: Result<Json<FetchRequest>, JsonRejection>,
+) -> AppResult<Response> {
+    let req = json_body(body)?;
+    if req.ids.len() > MAX_LIST as usize {
+        return Err(ApiError::bad_request(
+            ErrorCode::TooMany,
+            format!("fetch at most {MAX_LIST} ids at once"),
+        ));
+    }
+    let ids = req
+        .ids
+        .iter()
+        .map(|s| parse_id(s).map(|i| i.0))
+        .collect::<AppResult<Vec<_>>>()?;
+    let found = state
+        .store
+        .fetch_many(session.address.to_string(), ids, FETCH_BYTES)
+        .await?;
+    let mut w = Writer::new();
+    for record in &found {
+        record.encode_into(&mut w);
+    }
+    Ok(([(header::CONTENT_TYPE, ENVELOPES_TYPE)], w.into_bytes()).into_response())
 }
 
 pub(super) async fn ack_one(

@@ -82,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .get(messages::list),
         )
         .route("/v1/messages/ack", post(messages::ack_many))
+        .route("/v1/messages/fetch", post(messages::fetch_many))
         .route(
             "/v1/outbound",
             post(outbound::submit).layer(DefaultBodyLimit::max(

@@ -1,6 +1,7 @@
 //! Mailboxes (`messages`, `deliveries`, `seen_envelopes`): storing sealed envelopes for
 //! local recipients, listing, fetching, acknowledging and purging them.
 
+use letterme_protocol::api::FetchedEnvelope;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{Store, StoreError};
@@ -202,6 +203,48 @@ impl Store {
                 Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
             })
             .optional()?)
+        })
+        .await
+    }
+
+    /// Several pending envelopes of `recipient` with the time each was received, in the
+    /// order asked (no envelope for an id not pending), read in one transaction. Stops after
+    /// `budget` bytes of envelopes, always after the first: the ids past the end of the
+    /// answer were left out.
+    pub async fn fetch_many(
+        &self,
+        recipient: String,
+        ids: Vec<[u8; 16]>,
+        budget: usize,
+    ) -> Result<Vec<FetchedEnvelope>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT m.envelope, d.received FROM deliveries d JOIN messages m ON m.id = d.message_id
+                  WHERE d.recipient = ?1 AND d.message_id = ?2",
+            )?;
+            let tx = c.unchecked_transaction()?;
+            let mut out = Vec::with_capacity(ids.len());
+            let mut bytes = 0;
+            for id in ids {
+                if !out.is_empty() && bytes >= budget {
+                    break;
+                }
+                let (envelope, received) = stmt
+                    .query_row(params![recipient, id.as_slice()], |r| {
+                        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? as u64))
+                    })
+                    .optional()?
+                    .map_or((None, 0), |(e, r)| (Some(e), r));
+                bytes += envelope.as_ref().map_or(0, Vec::len);
+                out.push(FetchedEnvelope {
+                    id,
+                    received,
+                    envelope,
+                });
+            }
+            drop(stmt);
+            tx.finish()?;
+            Ok(out)
         })
         .await
     }

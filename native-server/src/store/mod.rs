@@ -96,6 +96,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/0008_federation_envelopes.sql"
         )),
+        M::up(include_str!(
+            "../../../migrations/0009_deliveries_by_message.sql"
+        )),
     ])
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use letterme_protocol::api::FetchedEnvelope;
 use rusqlite::params;
 
 use super::kt::{MAX_FORKS_IN_ALL, MAX_WITNESSED};
@@ -363,4 +364,91 @@ async fn queued_bytes_count_each_envelope_once_and_return_when_delivered() {
         .await
         .unwrap();
     assert_eq!(left, 1, "the delivered envelope's bytes are gone");
+}
+
+/// Every foreign key has an index led by its column: SQLite checks a child table on each
+/// delete from the parent, and without one that check reads the whole child table.
+#[test]
+fn every_foreign_key_is_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    drop(Store::open(&path).unwrap());
+    let c = Connection::open(&path).unwrap();
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut unindexed = Vec::new();
+    for table in &tables {
+        let keys: Vec<String> = c
+            .prepare("SELECT \"from\" FROM pragma_foreign_key_list(?1)")
+            .unwrap()
+            .query_map([table], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for column in keys {
+            let led: bool = c
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1) AS l
+                       JOIN pragma_index_info(l.name) AS i ON i.seqno = 0
+                      WHERE i.name = ?2)",
+                    params![table, column],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            if !led {
+                unindexed.push(format!("{table}.{column}"));
+            }
+        }
+    }
+    assert!(
+        unindexed.is_empty(),
+        "foreign keys without an index: {unindexed:?}"
+    );
+}
+
+/// A batch fetch answers in the order asked, `None` for what is not the caller's, and
+/// stops once its byte budget is spent, never before the first record.
+#[tokio::test]
+async fn fetch_many_keeps_order_and_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.register(account("b@x.test"), None).await.unwrap();
+    store.register(account("c@x.test"), None).await.unwrap();
+    for (id, to, at) in [
+        (1, "b@x.test", 10),
+        (2, "c@x.test", 11),
+        (3, "b@x.test", 12),
+    ] {
+        store.deliver(delivery(id, &[to], at)).await.unwrap();
+    }
+    let asked = vec![[3; 16], [2; 16], [9; 16], [1; 16]];
+    let got = store
+        .fetch_many("b@x.test".into(), asked.clone(), usize::MAX)
+        .await
+        .unwrap();
+    let record = |id: u8, found: Option<u64>| FetchedEnvelope {
+        id: [id; 16],
+        received: found.unwrap_or(0),
+        envelope: found.map(|_| vec![id; 100]),
+    };
+    let expect = vec![
+        record(3, Some(12)),
+        record(2, None),
+        record(9, None),
+        record(1, Some(10)),
+    ];
+    assert_eq!(got, expect);
+    // 100 bytes each: a budget of 150 ends the answer after the second envelope found.
+    let got = store
+        .fetch_many("b@x.test".into(), vec![[3; 16], [1; 16], [3; 16]], 150)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    let got = store.fetch_many("b@x.test".into(), asked, 0).await.unwrap();
+    assert_eq!(got, expect[..1]);
 }

@@ -271,6 +271,65 @@ pub struct AckResponse {
     pub deleted: u64,
 }
 
+/// `POST /v1/messages/fetch`: up to a listing page of envelope ids, downloaded in one
+/// answer of [`ENVELOPES_TYPE`] (see [`FetchedEnvelope`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchRequest {
+    pub ids: Vec<String>,
+}
+
+/// Envelope bytes after which the server ends a `POST /v1/messages/fetch` answer (it
+/// always carries at least one record); the ids left out are asked for again.
+pub const FETCH_BYTES: usize = 4 << 20;
+
+/// Content type of a `POST /v1/messages/fetch` answer.
+pub const ENVELOPES_TYPE: &str = "application/vnd.letterme.envelopes";
+
+/// One record of a `POST /v1/messages/fetch` answer, in the order asked: the id (16
+/// bytes), the time the server received the envelope (u64, Unix seconds), then 1 and the
+/// envelope (u32 length and bytes), or 0 when the id is not pending for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedEnvelope {
+    pub id: [u8; 16],
+    pub received: u64,
+    pub envelope: Option<Vec<u8>>,
+}
+
+impl FetchedEnvelope {
+    pub fn encode_into(&self, w: &mut crate::codec::Writer) {
+        w.raw(&self.id).u64(self.received);
+        match &self.envelope {
+            Some(bytes) => w.u8(1).bytes32(bytes),
+            None => w.u8(0),
+        };
+    }
+
+    /// Reads a whole answer; each envelope is at most `max_envelope` bytes.
+    pub fn decode_all(
+        input: &[u8],
+        max_envelope: usize,
+    ) -> Result<Vec<Self>, crate::codec::DecodeError> {
+        let mut r = crate::codec::Reader::new(input);
+        let mut out = Vec::new();
+        while r.remaining() > 0 {
+            let id = r.array("envelope id")?;
+            let received = r.u64("received")?;
+            let envelope = match r.u8("presence")? {
+                0 => None,
+                1 => Some(r.bytes32("envelope", max_envelope)?.to_vec()),
+                _ => return Err(crate::codec::DecodeError::Invalid("presence")),
+            };
+            out.push(Self {
+                id,
+                received,
+                envelope,
+            });
+        }
+        Ok(out)
+    }
+}
+
 // ---- blocks ----------------------------------------------------------------------------
 
 /// `POST` and `DELETE /v1/blocks`.

@@ -209,13 +209,14 @@ fn main() -> anyhow::Result<()> {
         synced.as_secs_f64(),
         started.as_secs_f64()
     );
-    // Where the time went, page by page (the proxy logs each page it syncs).
+    // Where the time went, page by page (the proxy logs each page it opens and commits).
     let log = std::fs::read_to_string(bob.with_extension("proxy.log")).unwrap_or_default();
-    for line in log.lines().filter(|l| l.contains("synced a page")) {
-        println!(
-            "  {}",
-            line.split("synced a page").nth(1).unwrap_or(line).trim()
-        );
+    for line in log.lines() {
+        for what in ["synced a page", "committed a page"] {
+            if let Some(rest) = line.split(what).nth(1) {
+                println!("  {what}: {}", rest.trim());
+            }
+        }
     }
     let port = proxy.imap.port().to_string();
     let runs = args.runs.to_string();

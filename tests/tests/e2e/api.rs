@@ -109,6 +109,10 @@ async fn bad_input_gets_4xx_json_never_500() {
         (http.get(u("/v1/messages/00000000000000000000000000000000")).bearer_auth(&tok), StatusCode::NOT_FOUND, "not_found"),
         (http.get(u("/v1/messages?after=abc")).bearer_auth(&tok), StatusCode::BAD_REQUEST, "bad_query"),
         (http.post(u("/v1/messages/ack")).bearer_auth(&tok).json(&serde_json::json!({"ids": ["nothex"]})), StatusCode::BAD_REQUEST, "bad_id"),
+        (http.post(u("/v1/messages/fetch")).json(&serde_json::json!({"ids": []})), StatusCode::UNAUTHORIZED, "missing_token"),
+        (http.post(u("/v1/messages/fetch")).bearer_auth(&tok).json(&serde_json::json!({"ids": ["nothex"]})), StatusCode::BAD_REQUEST, "bad_id"),
+        (http.post(u("/v1/messages/fetch")).bearer_auth(&tok).json(&serde_json::json!({"ids": vec!["00000000000000000000000000000000"; 1001]})), StatusCode::BAD_REQUEST, "too_many"),
+        (http.post(u("/v1/messages/fetch")).bearer_auth(&tok).json(&serde_json::json!({"ids": [], "more": 1})), StatusCode::BAD_REQUEST, "bad_json"),
     ];
     for (i, (req, status, code)) in cases.into_iter().enumerate() {
         let (got_status, got_code) = error_of(req.send().await.unwrap()).await;
@@ -500,6 +504,50 @@ async fn healthz_and_metrics() {
         metrics.contains("letterme_registrations_total 2"),
         "{metrics}"
     );
+}
+
+/// `POST /v1/messages/fetch` answers a page in one binary body: the same bytes as the
+/// single-envelope GET, in the order asked, and a record saying "not pending" for an id
+/// that is not the caller's.
+#[tokio::test]
+async fn a_page_downloads_in_one_request() {
+    let w = InProcess::start(|_| {}).await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let carol = w.user("carol").await;
+    for (to, subject) in [(&bob, "one"), (&carol, "for carol"), (&bob, "two")] {
+        alice
+            .send(&Draft {
+                to: vec![to.me.profile.address.clone()],
+                subject: subject.into(),
+                body: "b".into(),
+                ..Draft::default()
+            })
+            .await
+            .unwrap();
+    }
+    let listed = bob.api.list(0).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let carols = carol.api.list(0).await.unwrap()[0].id.clone();
+    let ids = vec![listed[1].id.clone(), carols, listed[0].id.to_uppercase()];
+    let got = bob.api.fetch_many(&ids).await.unwrap();
+    assert_eq!(got.len(), 3);
+    for (record, entry) in [(&got[0], &listed[1]), (&got[2], &listed[0])] {
+        assert_eq!(letterme_protocol::codec::hex(&record.id), entry.id);
+        assert_eq!(record.received, entry.received);
+        assert_eq!(
+            record.envelope.as_deref(),
+            Some(bob.api.fetch(&entry.id).await.unwrap().as_slice())
+        );
+    }
+    assert_eq!(
+        got[1].envelope, None,
+        "another user's envelope is not served"
+    );
+    // And a sync through it stores both.
+    let report = bob.sync(&mut |_, _| {}).await.unwrap();
+    assert_eq!(report.fetched, 2);
+    assert!(bob.api.list(0).await.unwrap().is_empty());
 }
 
 #[tokio::test]

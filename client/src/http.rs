@@ -305,10 +305,20 @@ impl Api {
     }
 
     pub async fn list(&self, after: i64) -> Result<Vec<ListEntry>, ClientError> {
+        self.list_up_to(after, None).await
+    }
+
+    /// A page of at most `limit` entries (the server's page size when `None`).
+    pub async fn list_up_to(
+        &self,
+        after: i64,
+        limit: Option<u32>,
+    ) -> Result<Vec<ListEntry>, ClientError> {
         let r: ListResponse = self
             .json(self.req(Method::GET, "/v1/messages").query(&ListQuery {
                 after,
-                ..ListQuery::default()
+                limit,
+                wait: None,
             }))
             .await?;
         Ok(r.messages)

@@ -18,6 +18,14 @@ use crate::{ClientError, KtAlert, NOTICE_SENDER, Online, Unlocked, cache_error, 
 /// Seconds one long poll of `watch` waits on the server.
 pub const WATCH_WAIT_SECS: u64 = 50;
 
+/// Messages a sync takes per page: one page commits while the next downloads and opens,
+/// so two are in memory at once.
+const SYNC_PAGE: u32 = 500;
+
+/// Envelope bytes (by the listed sizes) a sync takes per page, whatever the count: at
+/// least one envelope, however large.
+const SYNC_PAGE_BYTES: u64 = 4 << 20;
+
 /// How many download requests a sync keeps in flight.
 const FETCH_CONCURRENCY: usize = 4;
 
@@ -27,6 +35,20 @@ const FETCH_BATCH_BYTES: u64 = 1 << 20;
 
 /// A page's local commit, running on a blocking thread; what it took.
 type Committing = tokio::task::JoinHandle<Result<std::time::Duration, ClientError>>;
+
+/// How many of `entries`, from the first, fit in `budget` bytes by their listed sizes
+/// (at least one).
+fn within_bytes(entries: &[ListEntry], budget: u64) -> usize {
+    let mut total = 0;
+    entries
+        .iter()
+        .take_while(|e| {
+            total += e.size;
+            total <= budget
+        })
+        .count()
+        .max(1)
+}
 
 /// One batch download; a record per id up to the server's byte budget (`None` when no
 /// longer pending). Falls back to one request per envelope against a server that has no
@@ -149,10 +171,12 @@ impl Online {
         let mut acking: Option<tokio::task::JoinHandle<Result<(), ClientError>>> = None;
         loop {
             let started = std::time::Instant::now();
-            let page = self.api.list(after).await?;
+            let mut page = self.api.list_up_to(after, Some(SYNC_PAGE)).await?;
             if page.is_empty() {
                 break;
             }
+            let listed = page.len();
+            page.truncate(within_bytes(&page, SYNC_PAGE_BYTES));
             after = page.iter().map(|e| e.seq).max().unwrap_or(after);
             let bodies = self.fetch_page(&page).await?;
             let downloaded = started.elapsed();
@@ -256,7 +280,10 @@ impl Online {
                 total_ms = started.elapsed().as_millis() as u64,
                 "synced a page"
             );
-            progress(done, done + usize::from(messages == 1000));
+            progress(
+                done,
+                done + usize::from(messages < listed || listed == SYNC_PAGE as usize),
+            );
         }
         if let Some((ids, commit)) = committing.take() {
             self.committed(ids, commit, &mut acking).await?;
@@ -351,17 +378,10 @@ impl Online {
     async fn fetch_page(&self, page: &[ListEntry]) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
         let mut batches = Vec::new();
         let mut start = 0;
-        let mut bytes = 0;
-        for (i, entry) in page.iter().enumerate() {
-            if i > start && bytes + entry.size > FETCH_BATCH_BYTES {
-                batches.push(start..i);
-                start = i;
-                bytes = 0;
-            }
-            bytes += entry.size;
-        }
-        if start < page.len() {
-            batches.push(start..page.len());
+        while start < page.len() {
+            let end = start + within_bytes(&page[start..], FETCH_BATCH_BYTES);
+            batches.push(start..end);
+            start = end;
         }
         let mut out: Vec<Option<Vec<u8>>> = vec![None; page.len()];
         let mut tasks = tokio::task::JoinSet::new();
@@ -492,5 +512,33 @@ impl Online {
             );
         }
         Ok((signer, payload))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(sizes: &[u64]) -> Vec<ListEntry> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| ListEntry {
+                id: format!("{i:032x}"),
+                seq: i as i64 + 1,
+                sender: "a@x.test".into(),
+                size,
+                received: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_and_batches_are_cut_by_listed_bytes() {
+        assert_eq!(within_bytes(&listed(&[10, 20, 30, 40]), 60), 3);
+        assert_eq!(within_bytes(&listed(&[10, 20, 30, 40]), 59), 2);
+        assert_eq!(within_bytes(&listed(&[10, 20]), 1000), 2);
+        // One envelope larger than the budget still makes a page of its own.
+        assert_eq!(within_bytes(&listed(&[500, 1]), 100), 1);
     }
 }

@@ -550,6 +550,48 @@ async fn a_page_downloads_in_one_request() {
     assert!(bob.api.list(0).await.unwrap().is_empty());
 }
 
+/// A sync cuts its pages by bytes as well as by count, so large messages come a few per
+/// page (two pages in memory at once, never a whole listing): five messages of 1.5 MB make
+/// several pages, every one stored, then acknowledged.
+#[tokio::test]
+async fn a_sync_of_large_messages_goes_in_several_pages() {
+    let w = InProcess::start(|_| {}).await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    for i in 0..5 {
+        alice
+            .send(&Draft {
+                to: vec![bob.me.profile.address.clone()],
+                subject: format!("large {i}"),
+                body: format!("{i}").repeat(1_500_000),
+                ..Draft::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut calls = Vec::new();
+    let report = bob
+        .sync(&mut |done, total| calls.push((done, total)))
+        .await
+        .unwrap();
+    assert_eq!(report.fetched, 5, "{:?}", report.refused);
+    assert!(calls.len() >= 2, "one page for 7.5 MB: {calls:?}");
+    assert_eq!(calls.last().map(|c| c.0), Some(5));
+    assert!(bob.api.list(0).await.unwrap().is_empty());
+    let mut subjects: Vec<String> = bob
+        .me
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.subject)
+        .collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        ["large 0", "large 1", "large 2", "large 3", "large 4"]
+    );
+}
+
 #[tokio::test]
 async fn long_poll_wakes_on_delivery() {
     let w = InProcess::start(|_| {}).await;

@@ -9,6 +9,7 @@ pub mod files;
 pub mod http;
 pub mod kt;
 pub mod mailbox;
+pub mod mime;
 pub mod profile;
 pub mod render;
 

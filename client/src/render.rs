@@ -1,18 +1,22 @@
 //! Turning an opened envelope into the RFC 5322 message a mail client reads.
 //!
 //! Legacy mail is served byte for byte as the gateway sealed it (with its
-//! Authentication-Results). Native mail becomes a text/plain UTF-8 message built with
-//! lettre, so header encoding (RFC 2047) and transfer encoding are not hand-written here.
+//! Authentication-Results). Native mail gets its header fields from lettre, so header
+//! encoding (RFC 2047) and transfer encoding are not hand-written here; its body is the
+//! MIME entity the sender's mail client wrote (payload version 2, [`crate::mime`]), or a
+//! text/plain UTF-8 body (version 1).
 //! Sender-controlled strings are cleaned before they reach a header, so a hostile subject
 //! cannot inject header fields.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use letterme_protocol::{Address, IdentityPublicKey, Payload};
-use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox as LettreMailbox, Mailboxes};
 
 use letterme_protocol::envelope::VERIFIED_HEADER;
+
+use crate::mime;
 
 /// The message as served over IMAP.
 pub fn render(payload: &Payload, signer: &IdentityPublicKey, me: &Address) -> Vec<u8> {
@@ -85,8 +89,7 @@ fn build(
         .subject(one_line(&payload.subject))
         .date(UNIX_EPOCH + Duration::from_secs(payload.date))
         .message_id(clean_msg_id(&payload.message_id))
-        .header(lettre::message::header::MIME_VERSION_1_0)
-        .header(ContentType::TEXT_PLAIN);
+        .header(lettre::message::header::MIME_VERSION_1_0);
     if let Some(signer) = signer {
         b = b.raw_header(HeaderValue::new(
             HeaderName::new_from_ascii_str(VERIFIED_HEADER),
@@ -115,8 +118,25 @@ fn build(
         vec![envelope_rcpt.as_str().parse().ok()?],
     )
     .ok()?;
-    let m = b.envelope(envelope).body(payload.body.clone()).ok()?;
-    Some(m.formatted())
+    let b = b.envelope(envelope);
+    let Some(entity) = &payload.mime else {
+        let m = b
+            .header(ContentType::TEXT_PLAIN)
+            .body(payload.body.clone())
+            .ok()?;
+        return Some(m.formatted());
+    };
+    // Payload version 2: letter.me's own fields above, then the entity's `Content-*` fields
+    // and its body as the sender's mail client wrote them.
+    let mut headers = b.body(Vec::new()).ok()?.headers().clone();
+    headers.remove::<ContentType>();
+    headers.remove::<ContentTransferEncoding>();
+    let (fields, body) = mime::split_entity(entity);
+    let mut out = headers.to_string().into_bytes();
+    out.extend_from_slice(&fields);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    Some(out)
 }
 
 /// Never expected (every field is cleaned above), but a message is never dropped for it.
@@ -149,6 +169,7 @@ mod tests {
             in_reply_to: Some("<m0@example.com>".into()),
             references: vec!["<m-1@example.com>".into(), "<m0@example.com>".into()],
             legacy: None,
+            mime: None,
         }
     }
 
@@ -182,6 +203,37 @@ mod tests {
         assert!(v.contains("pass; signer=alice@example.com"), "{v}");
         assert_eq!(m.date().unwrap().to_timestamp(), 1_700_000_000);
         assert!(m.header("MIME-Version").is_some());
+    }
+
+    /// Payload version 2: letter.me's own header fields, then the entity byte for byte; a
+    /// From or Subject inside the entity is not served.
+    #[test]
+    fn a_mime_payload_renders_its_entity_under_the_verified_fields() {
+        let key = SigningKeypair::generate().public();
+        let me = Address::parse("bob@example.com").unwrap();
+        let body = "--b\r\nContent-Type: text/html\r\n\r\n<p>Hallo</p>\r\n--b--\r\n";
+        let entity = format!(
+            "From: ceo@example.com\r\nSubject: forged\r\n\
+             Content-Type: multipart/alternative; boundary=\"b\"\r\n\r\n{body}"
+        );
+        let p = Payload {
+            mime: Some(entity.into_bytes()),
+            ..payload()
+        };
+        let raw = render(&p, &key, &me);
+        let m = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        assert_eq!(
+            m.from().unwrap().first().unwrap().address(),
+            Some("alice@example.com")
+        );
+        assert!(m.subject().unwrap().starts_with("Grüße"));
+        assert_eq!(m.header_values("From").count(), 1);
+        assert_eq!(m.header_values("Subject").count(), 1);
+        assert_eq!(m.header_values("Content-Type").count(), 1);
+        assert!(m.header("Content-Transfer-Encoding").is_none());
+        assert_eq!(m.body_html(0).unwrap(), "<p>Hallo</p>");
+        assert!(raw.ends_with(body.as_bytes()));
+        assert!(m.header_raw(VERIFIED_HEADER).is_some());
     }
 
     #[test]

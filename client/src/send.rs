@@ -28,6 +28,9 @@ pub struct Draft {
     pub message_id: Option<String>,
     /// The user agreed that copies to ordinary addresses leave end-to-end encryption.
     pub allow_plaintext: bool,
+    /// The MIME entity (text, HTML, inline parts, attachments; [`crate::mime`]); `body`
+    /// then holds its text for readers that show text only.
+    pub mime: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,6 +103,7 @@ impl Online {
             in_reply_to: draft.in_reply_to.clone(),
             references: draft.references.clone(),
             legacy: None,
+            mime: draft.mime.clone(),
         };
         let envelopes = seal_message_except(
             &self.me.keys.identity,

@@ -331,6 +331,7 @@ impl Online {
             in_reply_to: None,
             references: vec![],
             legacy: None,
+            mime: None,
         };
         let raw = render::outgoing(&payload)
             .ok_or_else(|| ClientError::Io("cannot write the alert message".into()))?;

@@ -132,6 +132,7 @@ pub fn failure_notice(
         in_reply_to: None,
         references: vec![],
         legacy: None,
+        mime: None,
     };
     let env = seal(
         SignerKind::Domain,

@@ -21,6 +21,7 @@ fn payload(from: &Address, to: Vec<Address>) -> Payload {
         in_reply_to: None,
         references: vec![],
         legacy: None,
+        mime: None,
     }
 }
 

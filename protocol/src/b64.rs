@@ -47,3 +47,22 @@ pub mod array {
             .ok_or_else(|| serde::de::Error::custom(format!("expected base64 of {N} bytes")))
     }
 }
+
+/// `#[serde(with = "b64::optional")]` for `Option<Vec<u8>>` fields (absent or `null`: `None`).
+pub mod optional {
+    use super::{Deserialize, Deserializer, Serializer};
+
+    #[allow(clippy::ref_option, reason = "the signature serde's `with` calls")]
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_str(&super::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?
+            .map(|s| super::decode(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}

@@ -138,6 +138,16 @@ pub struct Payload {
     /// Present on mail that arrived from classic email through the inbound SMTP adapter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy: Option<LegacyMail>,
+    /// Payload version 2: the message's MIME entity as the sender's mail client wrote it —
+    /// the `Content-*` header fields of its top level, an empty line, and its body (RFC
+    /// 2045) — text, HTML, inline parts and attachments. Rendered in place of `body`,
+    /// which then holds its text for readers that show text only. Absent in version 1.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::b64::optional"
+    )]
+    pub mime: Option<Vec<u8>>,
 }
 
 /// A message received from classic email, sealed by the domain's inbound gateway.
@@ -183,6 +193,10 @@ impl fmt::Debug for Payload {
             .field("cc", &self.cc)
             .field("subject", &"<redacted>")
             .field("body", &format_args!("<{} bytes>", self.body.len()))
+            .field(
+                "mime",
+                &format_args!("<{} bytes>", self.mime.as_ref().map_or(0, Vec::len)),
+            )
             .field("date", &self.date)
             .finish_non_exhaustive()
     }

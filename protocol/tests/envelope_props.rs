@@ -42,6 +42,7 @@ fn payload(w: &World, subject: &str, body: &str) -> Payload {
         in_reply_to: None,
         references: vec![],
         legacy: None,
+        mime: None,
     }
 }
 

@@ -498,6 +498,7 @@ pub fn sealed_text(
         in_reply_to: None,
         references: vec![],
         legacy: None,
+        mime: None,
     };
     letterme_protocol::envelope::seal(
         letterme_protocol::envelope::SignerKind::User,

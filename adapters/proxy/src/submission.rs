@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use letterme_client::{ClientError, Draft, Online};
+use letterme_client::{ClientError, Draft, Online, mime};
 use letterme_protocol::Address;
 use letterme_protocol::api::OutboundMode;
 use mail_parser::{Addr, HeaderValue, MessageParser};
@@ -96,14 +96,12 @@ fn msg_id(v: &HeaderValue<'_>) -> Vec<String> {
 }
 
 /// The draft a submitted message becomes: header To/Cc as written (limited to the envelope
-/// recipients), every other envelope recipient as Bcc.
+/// recipients), every other envelope recipient as Bcc, and the message's MIME entity —
+/// text, HTML, inline parts and attachments — byte for byte.
 pub fn draft(tx: &Transaction) -> Result<Draft, Reply> {
     let m = MessageParser::default()
         .parse(&tx.data)
         .ok_or(reply::UNPARSABLE_MESSAGE)?;
-    if m.attachment_count() > 0 {
-        return Err(reply::ATTACHMENTS_UNSUPPORTED);
-    }
     let rcpts: BTreeSet<&Address> = tx.recipients.iter().collect();
     let keep = |v: Vec<Address>| -> Vec<Address> {
         let mut seen = BTreeSet::new();
@@ -131,6 +129,8 @@ pub fn draft(tx: &Transaction) -> Result<Draft, Reply> {
             .body_text(0)
             .map(|b| b.replace("\r\n", "\n"))
             .unwrap_or_default(),
+        // Everything the mail client wrote below its header fields travels as it is.
+        mime: Some(mime::entity_of(&tx.data)),
         in_reply_to: m
             .header("In-Reply-To")
             .map(msg_id)

@@ -110,6 +110,7 @@ pub async fn seal_and_store(
         message_id,
         in_reply_to: None,
         references: vec![],
+        mime: None,
         legacy: Some(LegacyMail {
             raw,
             mail_from: msg.mail_from,

@@ -95,11 +95,6 @@ pub const BARE_CR_OR_LF: Reply = Reply::fixed(
     "message has bare CR or LF line endings; refused",
 );
 pub const UNPARSABLE_MESSAGE: Reply = Reply::fixed(554, "5.6.0", "the message could not be parsed");
-pub const ATTACHMENTS_UNSUPPORTED: Reply = Reply::fixed(
-    554,
-    "5.6.1",
-    "attachments cannot be sent yet: native letter.me messages carry text only; nothing was sent",
-);
 pub const MAIL_PARAMETER_UNKNOWN: Reply = Reply::fixed(
     555,
     "5.5.4",

@@ -193,6 +193,7 @@ fn seal_queue(
             in_reply_to: None,
             references: vec![],
             legacy: None,
+            mime: None,
         };
         let env = seal(
             SignerKind::User,

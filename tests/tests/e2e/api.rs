@@ -44,6 +44,7 @@ fn payload(from: &Address, to: &Address, subject: &str) -> Payload {
         in_reply_to: None,
         references: vec![],
         legacy: None,
+        mime: None,
     }
 }
 

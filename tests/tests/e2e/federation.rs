@@ -782,6 +782,7 @@ fn envelope_from(identity: &SigningKeypair, from: &str, to: &str, subject: &str)
         in_reply_to: None,
         references: vec![],
         legacy: None,
+        mime: None,
     };
     letterme_protocol::envelope::seal(
         letterme_protocol::envelope::SignerKind::User,
@@ -1100,6 +1101,7 @@ fn a_send_to_fifty_domains_is_stored_once_and_the_queue_caps_hold() {
             in_reply_to: None,
             references: vec![],
             legacy: None,
+            mime: None,
         };
         let keys: Vec<_> = to
             .iter()

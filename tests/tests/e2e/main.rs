@@ -8,6 +8,7 @@ mod cli_e2e;
 mod federation;
 mod init_tls;
 mod kt;
+mod mime;
 mod outbound;
 mod proxy;
 mod smtp_in;

@@ -1,0 +1,182 @@
+//! The MIME entity a native message carries (payload version 2, docs/PROTOCOL.md).
+//!
+//! A submitted message is split in two. The fields letter.me carries itself, inside the
+//! signed payload, stay as they were: From (the verified sender), To, Cc, Subject, Date,
+//! Message-ID and threading. The rest — the top-level `Content-*` fields and the body,
+//! text, HTML, inline parts and attachments — travels byte for byte as the entity
+//! (RFC 2045 §3). When a message is rendered only the entity's `Content-*` fields are
+//! taken from it, each checked to be one well-formed field, so an entity cannot bring a
+//! From, a Subject or a verification field of its own. The splitting is mail-parser's;
+//! nothing here reads MIME grammar beyond field names.
+
+use mail_parser::{MessageParser, MimeHeaders as _, PartType};
+
+use crate::cache::header_end;
+
+/// An attachment of a message, as `letterme read` and `list` show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attachment {
+    /// Its file name as the sender gave it (RFC 2231 / RFC 2047 decoded); empty when none.
+    pub name: String,
+    pub content_type: String,
+    /// Decoded size in bytes.
+    pub size: usize,
+}
+
+/// The top-level `Content-*` fields of `raw` as written, each ending in CRLF, and where its
+/// body starts. Fields that are not one well-formed field (a bare CR or LF, a continuation
+/// line that does not start with white space) are left out.
+fn content_fields(raw: &[u8]) -> (Vec<u8>, usize) {
+    let Some(part) = MessageParser::new()
+        .parse_headers(raw)
+        .and_then(|mut m| m.parts.pop())
+    else {
+        return (Vec::new(), header_end(raw));
+    };
+    let mut out = Vec::new();
+    for h in &part.headers {
+        let is_content = h
+            .name
+            .as_str()
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("content-"));
+        let Some(field) = raw.get(h.offset_field as usize..h.offset_end as usize) else {
+            continue;
+        };
+        let field = field
+            .strip_suffix(b"\r\n")
+            .or_else(|| field.strip_suffix(b"\n"))
+            .unwrap_or(field);
+        if is_content && one_field(field) {
+            out.extend_from_slice(field);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    (out, header_end(raw))
+}
+
+/// One header field (RFC 5322 §2.2): every line break is CRLF followed by white space.
+fn one_field(field: &[u8]) -> bool {
+    field.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => field.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && field[i - 1] == b'\r' && matches!(field.get(i + 1), Some(b' ' | b'\t')),
+        0 => false,
+        _ => true,
+    })
+}
+
+/// The MIME entity of a whole message (what a mail client submits): its top-level
+/// `Content-*` fields, an empty line, and its body, byte for byte.
+pub fn entity_of(message: &[u8]) -> Vec<u8> {
+    let (mut out, body) = content_fields(message);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&message[body..]);
+    out
+}
+
+/// An entity split for rendering: its checked `Content-*` fields (each ending in CRLF) and
+/// its body.
+pub fn split_entity(entity: &[u8]) -> (Vec<u8>, &[u8]) {
+    let (fields, body) = content_fields(entity);
+    (fields, &entity[body..])
+}
+
+/// The text a reader that shows text only gets of an entity: its first text part, or the
+/// text of its first HTML part.
+pub fn text_of(entity: &[u8]) -> String {
+    MessageParser::default()
+        .parse(entity)
+        .and_then(|m| m.body_text(0).map(|t| t.replace("\r\n", "\n")))
+        .unwrap_or_default()
+}
+
+/// The attachments of a whole message, in order, with their decoded bytes.
+pub fn attachments(message: &[u8]) -> Vec<(Attachment, Vec<u8>)> {
+    let Some(m) = MessageParser::default().parse(message) else {
+        return Vec::new();
+    };
+    m.attachments()
+        .map(|part| {
+            let content_type = part.content_type().map_or_else(
+                || "application/octet-stream".to_owned(),
+                |ct| match ct.subtype() {
+                    Some(sub) => format!("{}/{sub}", ct.ctype()),
+                    None => ct.ctype().to_owned(),
+                },
+            );
+            let bytes = match &part.body {
+                PartType::Message(inner) => inner.raw_message().to_vec(),
+                _ => part.contents().to_vec(),
+            };
+            let name = part
+                .attachment_name()
+                .or_else(|| match &part.body {
+                    PartType::Message(inner) => inner.subject(),
+                    _ => None,
+                })
+                .unwrap_or_default()
+                .to_owned();
+            (
+                Attachment {
+                    name,
+                    content_type,
+                    size: bytes.len(),
+                },
+                bytes,
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUBMITTED: &[u8] = b"From: Alice <alice@x.test>\r\nTo: bob@x.test\r\nSubject: hi\r\n\
+        MIME-Version: 1.0\r\nContent-Type: multipart/mixed;\r\n boundary=\"b1\"\r\n\
+        X-Mailer: test\r\n\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHallo\r\n\
+        --b1\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b1--\r\n";
+
+    #[test]
+    fn the_entity_keeps_content_fields_and_body_only() {
+        let entity = entity_of(SUBMITTED);
+        let text = String::from_utf8(entity.clone()).unwrap();
+        assert!(
+            text.starts_with("Content-Type: multipart/mixed;\r\n boundary=\"b1\"\r\n\r\n--b1\r\n"),
+            "{text}"
+        );
+        for gone in ["From:", "Subject:", "X-Mailer", "MIME-Version"] {
+            assert!(
+                !text.starts_with(gone) && !text.contains(&format!("\r\n{gone}")),
+                "{gone}"
+            );
+        }
+        let body_at = SUBMITTED.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(entity.ends_with(&SUBMITTED[body_at..]));
+        assert_eq!(text_of(&entity), "Hallo");
+        let found = attachments(SUBMITTED);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0.name, "r.pdf");
+        assert_eq!(found[0].0.content_type, "application/pdf");
+        assert_eq!(found[0].1, b"%PDF-");
+    }
+
+    #[test]
+    fn an_entity_cannot_bring_fields_of_its_own() {
+        // Hand-made (a hostile sender's own client): a From, a verification field, a
+        // Content-Type whose value smuggles a bare CR, and a bare LF before a Subject.
+        let entity = b"From: ceo@x.test\r\nX-Letterme-Verified: pass\r\n\
+            Content-Type: text/plain\rFrom: evil@x.test\r\nContent-ID: <a>\nSubject: injected\r\n\
+            Content-Description: ok\r\n\r\nbody";
+        let (fields, body) = split_entity(entity);
+        assert_eq!(
+            String::from_utf8(fields).unwrap(),
+            "Content-ID: <a>\r\nContent-Description: ok\r\n"
+        );
+        assert_eq!(body, b"body");
+        assert!(one_field(b"Content-Type: a;\r\n b"));
+        assert!(!one_field(b"Content-Type: a;\r\nFrom: b"));
+        assert!(!one_field(b"Content-Type: a\rb"));
+    }
+}

@@ -122,6 +122,8 @@ pub struct Message {
     pub folder: String,
     /// Set when the message arrived from classic email through the inbound gateway.
     pub legacy: Option<LegacyView>,
+    /// Its attachments (names, types, decoded sizes), in order.
+    pub attachments: Vec<mime::Attachment>,
 }
 
 /// How a legacy message arrived and what the gateway verified.
@@ -209,15 +211,19 @@ impl Unlocked {
         Mailbox::open(&self.dir.store_path())
     }
 
-    fn decrypt(&self, m: &Stored) -> Result<Message, ClientError> {
+    /// Opens a stored envelope (verified at sync) again.
+    fn open_stored(&self, m: &Stored) -> Result<Payload, ClientError> {
         let env = Envelope::decode(&m.envelope)?;
-        let payload = env.open(
+        Ok(env.open(
             &self.profile.address,
             &self.keys.all_encryption(),
             &IdentityPublicKey(m.signer_key),
             &|_| false,
-        )?;
-        Ok(message(&m.id, m.received, payload))
+        )?)
+    }
+
+    fn decrypt(&self, m: &Stored) -> Result<Message, ClientError> {
+        Ok(message(&m.id, m.received, self.open_stored(m)?))
     }
 
     /// All local messages, oldest first.
@@ -232,6 +238,15 @@ impl Unlocked {
     pub fn read(&self, id_prefix: &str) -> Result<Message, ClientError> {
         let m = self.mailbox()?.find(id_prefix)?;
         self.decrypt(&m)
+    }
+
+    /// The attachments of a stored message with their decoded bytes, in order.
+    pub fn attachments(
+        &self,
+        id_prefix: &str,
+    ) -> Result<Vec<(mime::Attachment, Vec<u8>)>, ClientError> {
+        let payload = self.open_stored(&self.mailbox()?.find(id_prefix)?)?;
+        Ok(mime::attachments(mime_of(&payload).unwrap_or_default()))
     }
 
     /// Logs in to the profile's server.
@@ -249,7 +264,21 @@ impl Unlocked {
     }
 }
 
+/// The MIME a payload carries: the entity of a version 2 native message, or the whole of
+/// a legacy one.
+fn mime_of(p: &Payload) -> Option<&[u8]> {
+    p.mime
+        .as_deref()
+        .or_else(|| p.legacy.as_ref().map(|l| l.raw.as_slice()))
+}
+
 fn message(id: &str, received: u64, p: Payload) -> Message {
+    let attachments = mime_of(&p)
+        .map(mime::attachments)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
     let folder = match &p.legacy {
         Some(l) if l.disposition == Disposition::Quarantine => "Junk",
         _ => "INBOX",
@@ -281,6 +310,7 @@ fn message(id: &str, received: u64, p: Payload) -> Message {
         in_reply_to: p.in_reply_to,
         references: p.references,
         signature_verified: true,
+        attachments,
     }
 }
 

@@ -81,6 +81,41 @@ pub fn split_entity(entity: &[u8]) -> (Vec<u8>, &[u8]) {
     (fields, &entity[body..])
 }
 
+/// A file to attach: its name as the recipient sees it, and its bytes.
+#[derive(Debug, Clone)]
+pub struct AttachedFile {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The entity `letterme send` writes (lettre formats it): the text, with the HTML as its
+/// alternative, and the files attached, each typed by its extension. `None` for text alone,
+/// which travels as payload version 1.
+pub fn compose(text: &str, html: Option<&str>, files: &[AttachedFile]) -> Option<Vec<u8>> {
+    use lettre::message::header::ContentType;
+    use lettre::message::{Attachment as LettreAttachment, MultiPart, SinglePart};
+    if html.is_none() && files.is_empty() {
+        return None;
+    }
+    let alternative =
+        html.map(|html| MultiPart::alternative_plain_html(text.to_owned(), html.to_owned()));
+    if files.is_empty() {
+        return alternative.map(|a| a.formatted());
+    }
+    let mut mixed = match alternative {
+        Some(a) => MultiPart::mixed().multipart(a),
+        None => MultiPart::mixed().singlepart(SinglePart::plain(text.to_owned())),
+    };
+    for f in files {
+        let guessed = mime_guess::from_path(&f.name).first_or_octet_stream();
+        let content_type = ContentType::parse(guessed.as_ref())
+            .unwrap_or_else(|_| ContentType::parse("application/octet-stream").expect("valid"));
+        mixed = mixed
+            .singlepart(LettreAttachment::new(f.name.clone()).body(f.bytes.clone(), content_type));
+    }
+    Some(mixed.formatted())
+}
+
 /// The text a reader that shows text only gets of an entity: its first text part, or the
 /// text of its first HTML part.
 pub fn text_of(entity: &[u8]) -> String {
@@ -160,6 +195,34 @@ mod tests {
         assert_eq!(found[0].0.name, "r.pdf");
         assert_eq!(found[0].0.content_type, "application/pdf");
         assert_eq!(found[0].1, b"%PDF-");
+    }
+
+    #[test]
+    fn composed_mail_carries_html_and_named_files() {
+        assert_eq!(compose("just text", None, &[]), None);
+        let files = [
+            AttachedFile {
+                name: "Grüße – Übersicht.pdf".into(),
+                bytes: b"%PDF-1.7 \x00\xff binary".to_vec(),
+            },
+            AttachedFile {
+                name: "notes".into(),
+                bytes: b"plain".to_vec(),
+            },
+        ];
+        let entity = compose("Hallo", Some("<p>Hallo</p>"), &files).unwrap();
+        let m = MessageParser::default().parse(&entity).unwrap();
+        assert_eq!(m.body_text(0).unwrap(), "Hallo");
+        assert_eq!(m.body_html(0).unwrap(), "<p>Hallo</p>");
+        let found = attachments(&entity);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].0.name, "Grüße – Übersicht.pdf");
+        assert_eq!(found[0].0.content_type, "application/pdf");
+        assert_eq!(found[0].1, files[0].bytes);
+        assert_eq!(found[1].0.content_type, "application/octet-stream");
+        assert_eq!(found[1].1, b"plain");
+        // The file name travels encoded (RFC 2231 or RFC 2047), never as raw UTF-8.
+        assert!(entity.is_ascii());
     }
 
     #[test]

@@ -260,6 +260,13 @@ pub struct SendArgs {
     /// Message body; read from stdin when absent.
     #[arg(long)]
     pub body: Option<String>,
+    /// An HTML version of the message, from this file (UTF-8); the body stays as its
+    /// plain-text alternative.
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
+    /// Attach this file, under its own file name (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub attach: Vec<PathBuf>,
     /// Allow copies to ordinary (non-letter.me) addresses, which leave end-to-end
     /// encryption: your server sends them as plaintext email (when it relays).
     #[arg(long)]
@@ -281,6 +288,10 @@ pub struct SyncArgs {
 pub struct ReadArgs {
     /// Message id (or a unique prefix).
     pub id: String,
+    /// Write each attachment into this directory (created if needed), under its own file
+    /// name; an existing file is never overwritten.
+    #[arg(long, value_name = "DIR")]
+    pub save_attachments: Option<PathBuf>,
     #[command(flatten)]
     pub json: JsonFlag,
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use letterme_client::profile::ProfileDir;
-use letterme_client::{ClientError, Draft, Unlocked};
+use letterme_client::{ClientError, Draft, Unlocked, mime};
 use letterme_protocol::Address;
 
 use crate::cli;
@@ -47,16 +47,31 @@ pub async fn account_create(
 }
 
 pub async fn send(dir: ProfileDir, args: &cli::SendArgs) -> Result<()> {
+    let html = args
+        .html
+        .as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the HTML file {}", p.display()))
+        })
+        .transpose()?;
+    let files = args
+        .attach
+        .iter()
+        .map(|p| attached_file(p))
+        .collect::<Result<Vec<_>>>()?;
     let me = unlock(dir)?;
+    let body = match &args.body {
+        Some(b) => b.clone(),
+        None => read_stdin_body()?,
+    };
     let draft = Draft {
         to: parse_addresses(&args.to)?,
         cc: parse_addresses(&args.cc)?,
         bcc: parse_addresses(&args.bcc)?,
         subject: args.subject.clone(),
-        body: match &args.body {
-            Some(b) => b.clone(),
-            None => read_stdin_body()?,
-        },
+        mime: mime::compose(&body, html.as_deref(), &files),
+        body,
         allow_plaintext: args.allow_plaintext,
         ..Draft::default()
     };
@@ -118,7 +133,70 @@ pub fn list(dir: ProfileDir, json: bool) -> Result<()> {
 }
 
 pub fn read(dir: ProfileDir, args: &cli::ReadArgs) -> Result<()> {
-    output::message(&unlock(dir)?.read(&args.id)?, args.json.json)
+    let me = unlock(dir)?;
+    output::message(&me.read(&args.id)?, args.json.json)?;
+    if let Some(dir) = &args.save_attachments {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+        for (i, (attachment, bytes)) in me.attachments(&args.id)?.into_iter().enumerate() {
+            let path = save_attachment(dir, &attachment.name, i + 1, &bytes)?;
+            eprintln!("saved {} ({} bytes)", path.display(), bytes.len());
+        }
+    }
+    Ok(())
+}
+
+/// A file for `send --attach`, named by its own file name.
+fn attached_file(path: &std::path::Path) -> Result<mime::AttachedFile> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("{} is not a file", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the attachment {}", path.display()))?;
+    Ok(mime::AttachedFile { name, bytes })
+}
+
+/// Writes an attachment into `dir` under its own name made safe (its last path component,
+/// no control characters, never `.`/`..`; `attachment-N` when nothing is left), adding
+/// ` (2)`, ` (3)`... rather than overwriting a file that exists.
+fn save_attachment(dir: &std::path::Path, name: &str, n: usize, bytes: &[u8]) -> Result<PathBuf> {
+    use std::io::Write as _;
+    let last = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let clean: String = last.chars().filter(|c| !c.is_control()).collect();
+    let clean = clean.trim().trim_start_matches('.').to_owned();
+    let clean = if clean.is_empty() {
+        format!("attachment-{n}")
+    } else {
+        clean
+    };
+    let (stem, ext) = match clean.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
+        _ => (clean.clone(), String::new()),
+    };
+    for copy in 1..1000 {
+        let file = if copy == 1 {
+            clean.clone()
+        } else {
+            format!("{stem} ({copy}){ext}")
+        };
+        let path = dir.join(file);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                f.write_all(bytes)
+                    .and_then(|()| f.sync_all())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+        }
+    }
+    bail!("{} holds too many files named {clean}", dir.display())
 }
 
 fn parse_address(s: &str) -> Result<Address> {
@@ -290,4 +368,31 @@ fn read_stdin_body() -> Result<String> {
         bail!("the body on stdin is larger than {MAX_STDIN_BODY} bytes");
     }
     String::from_utf8(buf).map_err(|_| anyhow::anyhow!("the body on stdin is not valid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender chooses the attachment's name: it cannot climb out of the directory, hide
+    /// as a dot file, carry control characters, or replace a file already there.
+    #[test]
+    fn a_hostile_attachment_name_stays_in_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let names = [
+            ("../../etc/passwd", "passwd"),
+            ("..\\..\\boot.ini", "boot.ini"),
+            ("..", "attachment-3"),
+            (".bashrc", "bashrc"),
+            ("a\r\nb\u{7}.txt", "ab.txt"),
+            ("", "attachment-6"),
+            ("passwd", "passwd (2)"),
+        ];
+        for (i, (name, expect)) in names.iter().enumerate() {
+            let path = save_attachment(d, name, i + 1, b"x").unwrap();
+            assert_eq!(path, d.join(expect), "{name:?}");
+        }
+        assert_eq!(std::fs::read_dir(d).unwrap().count(), names.len());
+    }
 }

@@ -133,6 +133,7 @@ pub fn message_list(messages: &[Message], json: bool) -> Result<()> {
                     "id": m.id, "from": m.from, "to": m.to, "cc": m.cc, "subject": m.subject,
                     "date": m.date, "received": m.received, "signature_verified": m.signature_verified,
                     "folder": m.folder, "legacy": m.legacy.is_some(),
+                    "attachments": m.attachments,
                 })
             })
             .collect();
@@ -146,8 +147,12 @@ pub fn message_list(messages: &[Message], json: bool) -> Result<()> {
                 (Some(_), _) => "legacy",
                 (None, _) => "      ",
             };
+            let files = match m.attachments.len() {
+                0 => String::new(),
+                n => format!("  [{n} attachment{}]", if n == 1 { "" } else { "s" }),
+            };
             println!(
-                "{}  {}  {mark}  {:<28}  {}",
+                "{}  {}  {mark}  {:<28}  {}{files}",
                 &m.id[..12],
                 date(m.date),
                 m.from,
@@ -193,6 +198,18 @@ fn print_message(m: &Message) {
     }
     println!();
     println!("{}", m.body);
+    if !m.attachments.is_empty() {
+        println!();
+        println!("Attachments:");
+        for (i, a) in m.attachments.iter().enumerate() {
+            let name = if a.name.is_empty() {
+                "(no name)"
+            } else {
+                &a.name
+            };
+            println!("  {}. {name}  {}  {} bytes", i + 1, a.content_type, a.size);
+        }
+    }
 }
 
 /// `letterme key rotate|revoke`.

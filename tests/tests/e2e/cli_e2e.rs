@@ -455,3 +455,106 @@ fn key_rotate_and_revoke_on_the_command_line() {
     assert!(out.contains("remembers no checkpoint"), "{out}");
     drop(s.server);
 }
+
+/// `send --html --attach` on one side, `list --json` and `read --save-attachments` on the
+/// other: every file comes back with its name and its bytes, a second save never
+/// overwrites the first, and the server keeps none of it readable.
+#[test]
+fn attachments_and_html_travel_end_to_end_through_the_cli() {
+    let s = setup("");
+    let files = s.world.path().join("out-box");
+    std::fs::create_dir_all(&files).unwrap();
+    let pdf: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .chain(b"CANARY-FILE-0b5e".iter().copied())
+        .collect();
+    let pdf_path = files.join("Quartalszahlen.pdf");
+    std::fs::write(&pdf_path, &pdf).unwrap();
+    let named = files.join("Grüße – Übersicht.txt");
+    std::fs::write(&named, "CANARY-NAMED-2c71 zweite Datei\n").unwrap();
+    let html = files.join("body.html");
+    std::fs::write(&html, "<p>CANARY-HTML-8d04 <b>fett</b></p>").unwrap();
+    ok(&cli(
+        &s.alice,
+        &[
+            "send",
+            "--to",
+            "bob@x.test",
+            "--subject",
+            "with files",
+            "--body",
+            "see the files",
+            "--html",
+            html.to_str().unwrap(),
+            "--attach",
+            pdf_path.to_str().unwrap(),
+            "--attach",
+            named.to_str().unwrap(),
+        ],
+        None,
+    ));
+    let stored = files_under(&s.server.data_dir);
+    for canary in [
+        "CANARY-FILE-0b5e",
+        "CANARY-NAMED-2c71",
+        "CANARY-HTML-8d04",
+        "Quartalszahlen",
+    ] {
+        assert!(
+            !stored.iter().any(|(_, b)| contains(b, canary.as_bytes())),
+            "{canary} on the server's disk"
+        );
+    }
+    assert_eq!(json(&cli(&s.bob, &["sync", "--json"], None))["fetched"], 1);
+    let list = json(&cli(&s.bob, &["list", "--json"], None));
+    let attachments = list[0]["attachments"].as_array().unwrap();
+    assert_eq!(attachments.len(), 2, "{list}");
+    assert_eq!(attachments[0]["name"], "Quartalszahlen.pdf");
+    assert_eq!(attachments[0]["content_type"], "application/pdf");
+    assert_eq!(attachments[0]["size"], pdf.len());
+    assert_eq!(attachments[1]["name"], "Grüße – Übersicht.txt");
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let read = json(&cli(&s.bob, &["read", &id, "--json"], None));
+    assert_eq!(read["body"], "see the files");
+    let text = ok(&cli(&s.bob, &["read", &id], None));
+    assert!(
+        text.contains("Attachments:") && text.contains("Quartalszahlen.pdf"),
+        "{text}"
+    );
+    let saved = s.world.path().join("saved");
+    for _ in 0..2 {
+        ok(&cli(
+            &s.bob,
+            &["read", &id, "--save-attachments", saved.to_str().unwrap()],
+            None,
+        ));
+    }
+    assert_eq!(
+        std::fs::read(saved.join("Quartalszahlen.pdf")).unwrap(),
+        pdf
+    );
+    assert_eq!(
+        std::fs::read(saved.join("Quartalszahlen (2).pdf")).unwrap(),
+        pdf
+    );
+    assert_eq!(
+        std::fs::read_to_string(saved.join("Grüße – Übersicht.txt")).unwrap(),
+        "CANARY-NAMED-2c71 zweite Datei\n"
+    );
+    let missing = user_error(&cli(
+        &s.alice,
+        &[
+            "send",
+            "--to",
+            "bob@x.test",
+            "--subject",
+            "x",
+            "--body",
+            "y",
+            "--attach",
+            "/nonexistent/file.pdf",
+        ],
+        None,
+    ));
+    assert!(missing.contains("/nonexistent/file.pdf"), "{missing}");
+}

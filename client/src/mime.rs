@@ -92,8 +92,8 @@ pub struct AttachedFile {
 /// alternative, and the files attached, each typed by its extension. `None` for text alone,
 /// which travels as payload version 1.
 pub fn compose(text: &str, html: Option<&str>, files: &[AttachedFile]) -> Option<Vec<u8>> {
-    use lettre::message::header::ContentType;
-    use lettre::message::{Attachment as LettreAttachment, MultiPart, SinglePart};
+    use lettre::message::header::{ContentTransferEncoding, ContentType};
+    use lettre::message::{Attachment as LettreAttachment, Body, MultiPart, SinglePart};
     if html.is_none() && files.is_empty() {
         return None;
     }
@@ -110,8 +110,11 @@ pub fn compose(text: &str, html: Option<&str>, files: &[AttachedFile]) -> Option
         let guessed = mime_guess::from_path(&f.name).first_or_octet_stream();
         let content_type = ContentType::parse(guessed.as_ref())
             .unwrap_or_else(|_| ContentType::parse("application/octet-stream").expect("valid"));
-        mixed = mixed
-            .singlepart(LettreAttachment::new(f.name.clone()).body(f.bytes.clone(), content_type));
+        // Always base64: a file is bytes, and lettre would send ASCII text with bare LF
+        // line ends (or a NUL) as 7bit, which no SMTP hop may carry (RFC 5321 §2.3.8).
+        let body = Body::new_with_encoding(f.bytes.clone(), ContentTransferEncoding::Base64)
+            .expect("base64 carries any bytes");
+        mixed = mixed.singlepart(LettreAttachment::new(f.name.clone()).body(body, content_type));
     }
     Some(mixed.formatted())
 }
@@ -207,7 +210,7 @@ mod tests {
             },
             AttachedFile {
                 name: "notes".into(),
-                bytes: b"plain".to_vec(),
+                bytes: b"plain\nlines\n".to_vec(),
             },
         ];
         let entity = compose("Hallo", Some("<p>Hallo</p>"), &files).unwrap();
@@ -220,7 +223,9 @@ mod tests {
         assert_eq!(found[0].0.content_type, "application/pdf");
         assert_eq!(found[0].1, files[0].bytes);
         assert_eq!(found[1].0.content_type, "application/octet-stream");
-        assert_eq!(found[1].1, b"plain");
+        assert_eq!(found[1].1, b"plain\nlines\n");
+        // Every bare LF of the file is inside base64: the entity's line ends are CRLF.
+        assert!(!entity.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'));
         // The file name travels encoded (RFC 2231 or RFC 2047), never as raw UTF-8.
         assert!(entity.is_ascii());
     }

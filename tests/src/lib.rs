@@ -5,6 +5,7 @@
 
 pub mod dkim;
 pub mod dns;
+pub mod multipart;
 pub mod sink;
 pub mod world;
 

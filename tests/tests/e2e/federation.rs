@@ -1,7 +1,7 @@
 //! Federation end to end: two (or three) `letterme serve` processes for different
 //! domains, discovering each other through an in-process DNS server on loopback, with
-//! users on the CLI. Plus the signature checks against hand-made requests, and the retry
-//! schedule under an injected clock.
+//! users on the CLI; text mail and whole MIME (HTML, attachments) alike. Plus the signature
+//! checks against hand-made requests, and the retry schedule under an injected clock.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use letterme_protocol::federation::{RequestSignature, ResponseSignature, encode_batch_items};
 use letterme_protocol::{Address, EncryptionKeypair, SigningKeypair};
 use letterme_server::Clock as _;
+use letterme_tests::multipart::{self, Multipart};
 use letterme_tests::world::{World, queue, sync_until, wait_queue_empty};
 use letterme_tests::{
     FakeClock, PASSPHRASE, ServerProc, cli, closed_by_server, connect_from, contains, files_under,
@@ -239,6 +240,68 @@ fn alice_and_bob_on_two_domains_exchange_mail_verified_through_dns() {
             }
         }
     }
+}
+
+/// Whole MIME across domains: alice@a.test sends text with an HTML alternative, a 200 KB
+/// binary file and a file with a non-ASCII name to bob@b.test. What bob's mail client is
+/// served has every part with its bytes and name, and neither server, which both held the
+/// message, kept any of it readable.
+#[test]
+fn html_and_attachments_cross_domains_byte_identical_and_unreadable_to_both_servers() {
+    const TEXT: &str = "The measurements are attached.";
+    let w = World::new(vec![]);
+    let a = w.server("a.test", "");
+    let b = w.server("b.test", "");
+    let alice = w.user(&a, "alice@a.test");
+    let bob = w.user(&b, "bob@b.test");
+    let mail = Multipart::write(&w.path().join("files"));
+    let files = mail.args();
+    let mut args = vec![
+        "send",
+        "--to",
+        "bob@b.test",
+        "--subject",
+        "Messdaten",
+        "--body",
+        TEXT,
+    ];
+    args.extend(files.iter().map(String::as_str));
+    ok(&w.cli(&alice, &args));
+
+    let got = w.sync_until(&bob, 1);
+    assert_eq!(got[0]["from"], "alice@a.test");
+    assert_eq!(got[0]["signature_verified"], true);
+    let served = served_inbox(&bob);
+    assert_eq!(served.len(), 1, "one message in bob's INBOX");
+    mail.assert_carried_by(&served[0], "alice@a.test", TEXT, "bob's INBOX");
+
+    w.wait_queue_empty(&a);
+    multipart::assert_unreadable_under(&a.data_dir, "alice@a.test");
+    multipart::assert_unreadable_under(&b.data_dir, "bob@b.test");
+}
+
+/// The messages in `profile`'s INBOX, by UID, as its mail client is served them (the
+/// proxy serves this cache; `sync` fills it).
+fn served_inbox(profile: &Path) -> Vec<Vec<u8>> {
+    let me = letterme_client::Unlocked::open(
+        letterme_client::profile::ProfileDir(profile.to_owned()),
+        PASSPHRASE,
+    )
+    .unwrap();
+    let inbox = me.cache.folder("INBOX").unwrap().unwrap();
+    let uids: Vec<u32> = me
+        .cache
+        .messages(inbox.id)
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    me.cache
+        .fetch(inbox.id, &uids, letterme_client::cache::Content::Whole)
+        .unwrap()
+        .into_iter()
+        .map(|(_, raw)| raw.unwrap())
+        .collect()
 }
 
 #[test]

@@ -1,12 +1,15 @@
 //! Outbound to ordinary addresses, end to end: a `letterme serve` process for a.test in
 //! relay or notice mode, an in-process DNS server on loopback holding exactly what
 //! `letterme dns` printed, and an SMTP sink playing legacy.test's MX. Signatures, SPF and
-//! DMARC are checked with mail-auth against that DNS, as a receiving MTA would.
+//! DMARC are checked with mail-auth against that DNS, as a receiving MTA would; a relayed
+//! multipart message is read back part for part by python's email package, as the
+//! recipient's mail client would.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use letterme_tests::multipart::{self, Multipart};
 use letterme_tests::sink::Sink;
 use letterme_tests::world::{World, dns_zone, queue, sync_until, wait_queue_empty};
 use letterme_tests::{ServerProc, cli, contains, files_under, ok, user_error};
@@ -113,6 +116,20 @@ impl Scene {
         )
         .unwrap()
     }
+
+    /// `data` carries a.test's two DKIM signatures, and both verify against its DNS.
+    fn assert_dkim_passes(&self, data: &[u8]) {
+        let auth = self.authenticator();
+        self.world.block_on(async {
+            let msg = AuthenticatedMessage::parse(data).unwrap();
+            let dkim = auth.verify_dkim(&msg).await;
+            assert_eq!(dkim.len(), 2, "two DKIM signatures");
+            for d in &dkim {
+                assert_eq!(d.result(), &DkimResult::Pass, "{d:?}");
+                assert_eq!(d.signature().unwrap().d, "a.test");
+            }
+        });
+    }
 }
 
 #[test]
@@ -166,6 +183,30 @@ fn a_relayed_message_reaches_the_mx_dkim_signed_twice_with_spf_and_dmarc_passing
     });
     w.wait_queue_empty();
     w.assert_no_plaintext_on_server();
+}
+
+/// Whole MIME to an ordinary address: text with an HTML alternative, a 200 KB binary file
+/// and a file with a non-ASCII name reach the MX from alice, under a.test's valid DKIM
+/// signatures, every part with its bytes and name; the server, which queued the message,
+/// kept none of it readable.
+#[test]
+fn a_relayed_multipart_message_reaches_the_mx_part_for_part_under_valid_dkim() {
+    let w = Scene::new("relay", "");
+    let mail = Multipart::write(&w.world.path().join("files"));
+    let files = mail.args();
+    let mut extra = vec!["--allow-plaintext"];
+    extra.extend(files.iter().map(String::as_str));
+    ok(&w.send("carol@legacy.test", &extra));
+    let got = w.world.block_on(w.sink.wait_for(1, Duration::from_mins(1)));
+    assert_eq!(got.len(), 1, "messages at the sink");
+    let m = &got[0];
+    assert_eq!(m.rcpts, vec!["carol@legacy.test".to_owned()]);
+    assert_eq!(m.mail_from, "alice@a.test");
+    w.assert_dkim_passes(&m.data);
+    mail.assert_carried_by(&m.data, "alice@a.test", BODY, "the relayed copy");
+    w.wait_queue_empty();
+    w.assert_no_plaintext_on_server();
+    multipart::assert_unreadable_under(&w.server.data_dir, "alice@a.test");
 }
 
 #[test]
@@ -267,16 +308,7 @@ fn in_notice_mode_the_mx_gets_a_signed_notice_without_subject_or_body() {
     let text = String::from_utf8_lossy(&m.data);
     assert!(text.contains("alice@a.test"), "{text}");
     assert!(text.contains("letter.me"), "{text}");
-    let auth = w.authenticator();
-    w.world.block_on(async {
-        let msg = AuthenticatedMessage::parse(&m.data).unwrap();
-        let dkim = auth.verify_dkim(&msg).await;
-        assert_eq!(dkim.len(), 2);
-        assert!(
-            dkim.iter().all(|d| d.result() == &DkimResult::Pass),
-            "{dkim:?}"
-        );
-    });
+    w.assert_dkim_passes(&m.data);
     w.wait_queue_empty();
     w.assert_no_plaintext_on_server();
 }

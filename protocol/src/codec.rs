@@ -37,6 +37,19 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// Exactly `2 × N` ASCII hex digits, either case, as bytes; nothing else (no sign, prefix,
+/// separator or whitespace).
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 /// Appends canonical fields to a buffer.
 #[derive(Debug, Default)]
 pub struct Writer {

@@ -61,14 +61,7 @@ impl EnvelopeId {
     }
 
     pub fn from_hex(s: &str) -> Option<Self> {
-        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(Self(out))
+        crate::codec::unhex(s).map(Self)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod api;
 pub mod attestation;
 pub mod auth;
 pub mod b64;
+pub mod blob;
 pub mod codec;
 pub mod discovery;
 pub mod envelope;

@@ -1,0 +1,341 @@
+//! Large attachments as blobs (issue 17.2, docs/PROTOCOL.md §20): a file encrypted once
+//! under a random key of its own, uploaded and stored apart from the envelopes that refer
+//! to it, so a 50 MB attachment to five people is one 50 MB blob, not five.
+//!
+//! The encryption is the STREAM construction (Hoang, Reyhanitabar, Rogaway and Vizár,
+//! "Online Authenticated-Encryption and its Nonce-Reuse Misuse-Resistance", 2015) as the
+//! `aead` crate implements it: XChaCha20-Poly1305 over chunks of [`CHUNK`] bytes, each
+//! nonce a random 19-byte prefix, a 32-bit big-endian chunk counter and a last-chunk flag.
+//! Each chunk is authenticated on its own (a reader can use the first megabyte before the
+//! last has arrived), and chunks cannot be reordered, repeated, dropped or cut off at the
+//! end. The blob's id is the SHA-256 of its sealed bytes: the server checks an upload
+//! against it without being able to read it, and a payload names the blob by it.
+
+use std::fmt;
+
+use chacha20poly1305::XChaCha20Poly1305;
+use chacha20poly1305::aead::KeyInit as _;
+use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+use zeroize::Zeroize as _;
+
+use crate::b64;
+use crate::keys::random_bytes;
+
+/// Plaintext bytes in every chunk but the last.
+pub const CHUNK: usize = 1 << 20;
+/// A sealed chunk: the plaintext and its 16-byte tag.
+pub const SEALED_CHUNK: usize = CHUNK + TAG;
+/// Poly1305 tag length.
+const TAG: usize = 16;
+/// The random part of each chunk's nonce (24 bytes less the counter and the flag).
+const NONCE_PREFIX: usize = 19;
+
+/// A blob's id: the SHA-256 of its sealed bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlobId(pub [u8; 32]);
+
+impl BlobId {
+    pub fn to_hex(&self) -> String {
+        crate::codec::hex(&self.0)
+    }
+
+    /// Exactly 64 hex digits, either case.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        crate::codec::unhex(s).map(Self)
+    }
+}
+
+impl fmt::Debug for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobId({})", self.to_hex())
+    }
+}
+
+/// How many chunks a blob of `size` plaintext bytes has: every one but the last full, and
+/// at least one (an empty file is one empty chunk).
+pub fn chunks(size: u64) -> u64 {
+    size.div_ceil(CHUNK as u64).max(1)
+}
+
+/// The sealed size of a blob of `size` plaintext bytes.
+pub fn sealed_size(size: u64) -> u64 {
+    size + chunks(size) * TAG as u64
+}
+
+/// What a payload carries to name and open a blob. Inside the encryption only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// SHA-256 of the sealed bytes, 64 hex digits.
+    pub id: String,
+    /// The blob's key.
+    #[serde(with = "b64::array")]
+    pub key: [u8; 32],
+    /// The random prefix of every chunk's nonce.
+    #[serde(with = "b64::array")]
+    pub nonce: [u8; NONCE_PREFIX],
+    /// Plaintext size in bytes.
+    pub size: u64,
+}
+
+impl fmt::Debug for BlobRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobRef")
+            .field("id", &self.id)
+            .field("key", &"<redacted>")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for BlobRef {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+/// Why a blob did not open.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    #[error("the blob reference is malformed")]
+    BadReference,
+    #[error("chunk {0} of the blob does not authenticate: it was changed or is not this blob's")]
+    Chunk(u64),
+    #[error("the blob has {got} bytes where its reference says {expected}")]
+    Size { expected: u64, got: u64 },
+    #[error("the blob's bytes do not hash to its id")]
+    Hash,
+}
+
+/// Encrypts a file chunk by chunk; the caller feeds [`CHUNK`]-byte pieces and ends with
+/// the rest (0 to [`CHUNK`] bytes).
+pub struct Sealer {
+    stream: EncryptorBE32<XChaCha20Poly1305>,
+    key: [u8; 32],
+    nonce: [u8; NONCE_PREFIX],
+    hash: Sha256,
+    size: u64,
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Sealer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sealer {
+    /// A fresh random key and nonce prefix.
+    pub fn new() -> Self {
+        let key = random_bytes::<32>();
+        let nonce = random_bytes::<NONCE_PREFIX>();
+        let cipher = XChaCha20Poly1305::new(&key.into());
+        Self {
+            stream: EncryptorBE32::from_aead(cipher, nonce.as_slice().into()),
+            key,
+            nonce,
+            hash: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    /// Seals a chunk that is not the last; it must be exactly [`CHUNK`] bytes.
+    pub fn seal_chunk(&mut self, chunk: &[u8]) -> Vec<u8> {
+        assert_eq!(
+            chunk.len(),
+            CHUNK,
+            "every chunk but the last is CHUNK bytes"
+        );
+        let sealed = self
+            .stream
+            .encrypt_next(chunk)
+            .expect("XChaCha20-Poly1305 seals any chunk");
+        self.hash.update(&sealed);
+        self.size += chunk.len() as u64;
+        sealed
+    }
+
+    /// Seals the last chunk (at most [`CHUNK`] bytes) and returns it with the reference.
+    pub fn finish(mut self, last: &[u8]) -> (Vec<u8>, BlobRef) {
+        assert!(last.len() <= CHUNK, "a chunk is at most CHUNK bytes");
+        let sealed = self
+            .stream
+            .encrypt_last(last)
+            .expect("XChaCha20-Poly1305 seals any chunk");
+        self.hash.update(&sealed);
+        let id = BlobId(self.hash.finalize().into());
+        let reference = BlobRef {
+            id: id.to_hex(),
+            key: self.key,
+            nonce: self.nonce,
+            size: self.size + last.len() as u64,
+        };
+        self.key.zeroize();
+        (sealed, reference)
+    }
+}
+
+/// Decrypts a blob chunk by chunk, in order; [`Opener::finish`] checks the last chunk, the
+/// size and the id.
+pub struct Opener {
+    stream: DecryptorBE32<XChaCha20Poly1305>,
+    id: BlobId,
+    size: u64,
+    chunks: u64,
+    next: u64,
+    hash: Sha256,
+}
+
+impl fmt::Debug for Opener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opener")
+            .field("id", &self.id)
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Opener {
+    pub fn new(reference: &BlobRef) -> Result<Self, BlobError> {
+        let id = BlobId::from_hex(&reference.id).ok_or(BlobError::BadReference)?;
+        let cipher = XChaCha20Poly1305::new(&reference.key.into());
+        Ok(Self {
+            stream: DecryptorBE32::from_aead(cipher, reference.nonce.as_slice().into()),
+            id,
+            size: reference.size,
+            chunks: chunks(reference.size),
+            next: 0,
+            hash: Sha256::new(),
+        })
+    }
+
+    /// How many sealed chunks the blob has; the last is [`Opener::finish`]'s.
+    pub fn chunks(&self) -> u64 {
+        self.chunks
+    }
+
+    /// Opens the next chunk, which is not the last.
+    pub fn open_chunk(&mut self, sealed: &[u8]) -> Result<Vec<u8>, BlobError> {
+        let at = self.next;
+        if at + 1 >= self.chunks || sealed.len() != SEALED_CHUNK {
+            return Err(BlobError::Chunk(at));
+        }
+        self.hash.update(sealed);
+        let plain = self
+            .stream
+            .decrypt_next(sealed)
+            .map_err(|_| BlobError::Chunk(at))?;
+        self.next += 1;
+        Ok(plain)
+    }
+
+    /// Opens the last chunk; checks that the blob had the size and id its reference says.
+    pub fn finish(mut self, sealed: &[u8]) -> Result<Vec<u8>, BlobError> {
+        let at = self.next;
+        if at + 1 != self.chunks {
+            return Err(BlobError::Size {
+                expected: self.size,
+                got: at * CHUNK as u64,
+            });
+        }
+        self.hash.update(sealed);
+        let plain = self
+            .stream
+            .decrypt_last(sealed)
+            .map_err(|_| BlobError::Chunk(at))?;
+        let got = at * CHUNK as u64 + plain.len() as u64;
+        if got != self.size {
+            return Err(BlobError::Size {
+                expected: self.size,
+                got,
+            });
+        }
+        if BlobId(self.hash.finalize().into()) != self.id {
+            return Err(BlobError::Hash);
+        }
+        Ok(plain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seal(data: &[u8]) -> (Vec<Vec<u8>>, BlobRef) {
+        let mut s = Sealer::new();
+        let mut sealed = Vec::new();
+        let full = chunks(data.len() as u64) as usize - 1;
+        for chunk in data.chunks(CHUNK).take(full) {
+            sealed.push(s.seal_chunk(chunk));
+        }
+        let (last, r) = s.finish(&data[full * CHUNK..]);
+        sealed.push(last);
+        (sealed, r)
+    }
+
+    fn open(sealed: &[Vec<u8>], r: &BlobRef) -> Result<Vec<u8>, BlobError> {
+        let mut o = Opener::new(r)?;
+        let mut out = Vec::new();
+        let (last, rest) = sealed.split_last().unwrap();
+        for c in rest {
+            out.extend(o.open_chunk(c)?);
+        }
+        out.extend(o.finish(last)?);
+        Ok(out)
+    }
+
+    #[test]
+    fn blobs_round_trip_at_every_chunk_boundary() {
+        for size in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 5] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let (sealed, r) = seal(&data);
+            assert_eq!(sealed.len() as u64, chunks(size as u64), "{size}");
+            let total: usize = sealed.iter().map(Vec::len).sum();
+            assert_eq!(total as u64, sealed_size(size as u64));
+            let mut h = Sha256::new();
+            for c in &sealed {
+                h.update(c);
+            }
+            assert_eq!(r.id, BlobId(h.finalize().into()).to_hex());
+            assert_eq!(r.size, size as u64);
+            assert_eq!(open(&sealed, &r).unwrap(), data, "{size}");
+        }
+    }
+
+    #[test]
+    fn a_changed_reordered_or_cut_blob_does_not_open() {
+        let data: Vec<u8> = (0..3 * CHUNK).map(|i| (i % 253) as u8).collect();
+        let (sealed, r) = seal(&data);
+        let mut flipped = sealed.clone();
+        flipped[1][100] ^= 1;
+        assert_eq!(open(&flipped, &r), Err(BlobError::Chunk(1)));
+        let swapped = vec![sealed[1].clone(), sealed[0].clone(), sealed[2].clone()];
+        assert_eq!(open(&swapped, &r), Err(BlobError::Chunk(0)));
+        // The first two chunks alone, the second posing as the last.
+        let cut = sealed[..2].to_vec();
+        assert!(open(&cut, &r).is_err());
+        let other = seal(&data).1;
+        assert!(open(&sealed, &other).is_err(), "another key");
+        let mut wrong_id = r.clone();
+        wrong_id.id = BlobId([0; 32]).to_hex();
+        assert_eq!(open(&sealed, &wrong_id), Err(BlobError::Hash));
+        let mut wrong_size = r.clone();
+        wrong_size.size -= 1;
+        assert!(open(&sealed, &wrong_size).is_err());
+        assert!(BlobId::from_hex("zz").is_none());
+        assert_eq!(
+            BlobId::from_hex(&r.id.to_uppercase()).unwrap().to_hex(),
+            r.id
+        );
+    }
+}

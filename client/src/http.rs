@@ -4,14 +4,15 @@ use std::time::Duration;
 
 use letterme_protocol::api::kt::{EntriesPage, EntriesQuery, WitnessRequest, WitnessVerdict};
 use letterme_protocol::api::{
-    AckRequest, BlockChange, BlockRequest, BlocksResponse, ChallengeRequest, ChallengeResponse,
-    ErrorBody, ErrorCode, FetchRequest, KeyChangeRequest, KeyChangeResponse, ListQuery,
-    ListResponse, LookupQuery, OutboundRequest, RegisterRequest, TokenRequest, TokenResponse,
+    AckRequest, BlobBegin, BlockChange, BlockRequest, BlocksResponse, ChallengeRequest,
+    ChallengeResponse, ErrorBody, ErrorCode, FetchRequest, KeyChangeRequest, KeyChangeResponse,
+    ListQuery, ListResponse, LookupQuery, OutboundRequest, RegisterRequest, TokenRequest,
+    TokenResponse,
 };
 /// The answers this client hands to its callers, under the paths they always had.
 pub use letterme_protocol::api::{
-    FetchedEnvelope, KeyLookup, ListEntry, OutboundResponse, RegisterResponse, SendResponse,
-    ServerInfo,
+    BlobState, FetchedEnvelope, KeyLookup, ListEntry, OutboundResponse, RegisterResponse,
+    SendResponse, ServerInfo,
 };
 use letterme_protocol::auth::sign_challenge;
 use letterme_protocol::kt::Checkpoint;
@@ -356,6 +357,56 @@ impl Api {
             return Err(unexpected("more envelopes than were asked for".into()));
         }
         Ok(records)
+    }
+
+    /// Begins (or resumes) the upload of a blob (`POST /v1/blobs`): where it stands.
+    pub async fn blob_begin(
+        &self,
+        id: &str,
+        sealed_size: u64,
+        manifest: &[u8],
+    ) -> Result<BlobState, ClientError> {
+        let req = BlobBegin {
+            id: id.to_owned(),
+            size: sealed_size,
+            manifest: manifest.to_vec(),
+        };
+        self.send_json(Method::POST, "/v1/blobs", &req).await
+    }
+
+    /// Uploads sealed chunk `n` of a blob (`PUT /v1/blobs/{id}/{n}`).
+    pub async fn blob_put(
+        &self,
+        id: &str,
+        n: u64,
+        chunk: Vec<u8>,
+    ) -> Result<BlobState, ClientError> {
+        self.json(
+            self.req(Method::PUT, &format!("/v1/blobs/{id}/{n}"))
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(chunk),
+        )
+        .await
+    }
+
+    /// Where the upload of one of this user's blobs stands (`GET /v1/blobs/{id}`).
+    pub async fn blob_status(&self, id: &str) -> Result<BlobState, ClientError> {
+        self.json(self.req(Method::GET, &format!("/v1/blobs/{id}")))
+            .await
+    }
+
+    /// Sealed chunk `n` of a blob (`GET /v1/blobs/{id}/{n}`).
+    pub async fn blob_chunk(&self, id: &str, n: u64) -> Result<Vec<u8>, ClientError> {
+        let resp = self
+            .call(self.req(Method::GET, &format!("/v1/blobs/{id}/{n}")))
+            .await?;
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| ClientError::ServerDown {
+                url: self.base.clone(),
+                reason: describe(&e),
+            })
     }
 
     /// The logged-in user's block list.

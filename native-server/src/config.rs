@@ -493,6 +493,13 @@ pub struct LimitsConfig {
     /// Per-user storage of undelivered (not yet synced) mail.
     #[serde(default = "default_quota")]
     pub quota: ByteSize,
+    /// Largest attachment uploaded as a blob (sealed bytes, PROTOCOL.md §19a).
+    #[serde(default = "default_max_attachment")]
+    pub max_attachment_size: ByteSize,
+    /// Bytes of blobs one user may hold on the server that no delivered message refers to
+    /// yet (uploads in progress, or done and not sent).
+    #[serde(default = "default_blob_bytes_per_user")]
+    pub blob_bytes_per_user: ByteSize,
     /// Key lookups per user: sustained rate per second and burst.
     #[serde(default = "default_lookup_rate")]
     pub key_lookups_per_second: u32,
@@ -574,6 +581,8 @@ impl Default for LimitsConfig {
         Self {
             max_message_size: default_native_size(),
             quota: default_quota(),
+            max_attachment_size: default_max_attachment(),
+            blob_bytes_per_user: default_blob_bytes_per_user(),
             key_lookups_per_second: default_lookup_rate(),
             key_lookup_burst: default_lookup_burst(),
             key_changes_per_day: default_key_changes(),
@@ -595,6 +604,14 @@ fn default_native_size() -> ByteSize {
 }
 
 fn default_quota() -> ByteSize {
+    ByteSize(1000 * 1000 * 1000)
+}
+
+fn default_max_attachment() -> ByteSize {
+    ByteSize(500 * 1000 * 1000)
+}
+
+fn default_blob_bytes_per_user() -> ByteSize {
     ByteSize(1000 * 1000 * 1000)
 }
 

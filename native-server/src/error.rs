@@ -135,6 +135,20 @@ impl From<StoreError> for ApiError {
                 ErrorCode::QueueFull,
                 format!("{e}; send again once some of it has been delivered"),
             ),
+            StoreError::BadBlob(why) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::BadBlob, why)
+            }
+            StoreError::ChunkMismatch(why) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::ChunkMismatch,
+                why,
+            ),
+            e @ StoreError::BlobLimit { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::BlobLimit,
+                format!("{e}; an upload no message refers to is deleted a day after it began"),
+            ),
+            StoreError::NoBlob => Self::not_found("no such blob"),
             StoreError::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::ShuttingDown,

@@ -337,6 +337,13 @@ pub async fn purge(state: &AppState) -> Result<store::PurgeStats, store::StoreEr
             .purge_federation(now.saturating_sub(seen_keep))
             .await?;
     }
+    let blobs = state
+        .store
+        .purge_blobs(now.saturating_sub(store::BLOB_UPLOAD_KEEP))
+        .await?;
+    if blobs > 0 {
+        tracing::info!(blobs, "purged blobs no message refers to");
+    }
     state.metrics.purged.inc_by(stats.deliveries as u64);
     Ok(stats)
 }

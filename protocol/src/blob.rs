@@ -8,8 +8,10 @@
 //! nonce a random 19-byte prefix, a 32-bit big-endian chunk counter and a last-chunk flag.
 //! Each chunk is authenticated on its own (a reader can use the first megabyte before the
 //! last has arrived), and chunks cannot be reordered, repeated, dropped or cut off at the
-//! end. The blob's id is the SHA-256 of its sealed bytes: the server checks an upload
-//! against it without being able to read it, and a payload names the blob by it.
+//! end. The blob's id is the SHA-256 of its manifest, the SHA-256 of each sealed chunk in
+//! order: the server checks every chunk of an upload against the manifest as it arrives
+//! (a flipped bit is refused at once, and a broken upload resumes at the first missing
+//! chunk) without being able to read any, and a payload names the blob by its id.
 
 use std::fmt;
 
@@ -33,7 +35,7 @@ const TAG: usize = 16;
 /// The random part of each chunk's nonce (24 bytes less the counter and the flag).
 const NONCE_PREFIX: usize = 19;
 
-/// A blob's id: the SHA-256 of its sealed bytes.
+/// A blob's id: the SHA-256 of its manifest.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BlobId(pub [u8; 32]);
 
@@ -65,10 +67,30 @@ pub fn sealed_size(size: u64) -> u64 {
     size + chunks(size) * TAG as u64
 }
 
+/// The SHA-256 of each sealed chunk, in order: what the server checks chunks against.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Manifest(pub Vec<[u8; 32]>);
+
+impl Manifest {
+    /// The blob's id.
+    pub fn id(&self) -> BlobId {
+        let mut h = Sha256::new();
+        for c in &self.0 {
+            h.update(c);
+        }
+        BlobId(h.finalize().into())
+    }
+
+    /// The hash a sealed chunk is checked against.
+    pub fn chunk_hash(sealed: &[u8]) -> [u8; 32] {
+        Sha256::digest(sealed).into()
+    }
+}
+
 /// What a payload carries to name and open a blob. Inside the encryption only.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRef {
-    /// SHA-256 of the sealed bytes, 64 hex digits.
+    /// The blob's id (SHA-256 of its manifest), 64 hex digits.
     pub id: String,
     /// The blob's key.
     #[serde(with = "b64::array")]
@@ -106,7 +128,7 @@ pub enum BlobError {
     Chunk(u64),
     #[error("the blob has {got} bytes where its reference says {expected}")]
     Size { expected: u64, got: u64 },
-    #[error("the blob's bytes do not hash to its id")]
+    #[error("the blob's chunks do not hash to its id")]
     Hash,
 }
 
@@ -116,7 +138,7 @@ pub struct Sealer {
     stream: EncryptorBE32<XChaCha20Poly1305>,
     key: [u8; 32],
     nonce: [u8; NONCE_PREFIX],
-    hash: Sha256,
+    manifest: Manifest,
     size: u64,
 }
 
@@ -144,7 +166,7 @@ impl Sealer {
             stream: EncryptorBE32::from_aead(cipher, nonce.as_slice().into()),
             key,
             nonce,
-            hash: Sha256::new(),
+            manifest: Manifest::default(),
             size: 0,
         }
     }
@@ -160,28 +182,28 @@ impl Sealer {
             .stream
             .encrypt_next(chunk)
             .expect("XChaCha20-Poly1305 seals any chunk");
-        self.hash.update(&sealed);
+        self.manifest.0.push(Manifest::chunk_hash(&sealed));
         self.size += chunk.len() as u64;
         sealed
     }
 
-    /// Seals the last chunk (at most [`CHUNK`] bytes) and returns it with the reference.
-    pub fn finish(mut self, last: &[u8]) -> (Vec<u8>, BlobRef) {
+    /// Seals the last chunk (at most [`CHUNK`] bytes); returns it, the reference a payload
+    /// carries, and the manifest the upload declares.
+    pub fn finish(mut self, last: &[u8]) -> (Vec<u8>, BlobRef, Manifest) {
         assert!(last.len() <= CHUNK, "a chunk is at most CHUNK bytes");
         let sealed = self
             .stream
             .encrypt_last(last)
             .expect("XChaCha20-Poly1305 seals any chunk");
-        self.hash.update(&sealed);
-        let id = BlobId(self.hash.finalize().into());
+        self.manifest.0.push(Manifest::chunk_hash(&sealed));
         let reference = BlobRef {
-            id: id.to_hex(),
+            id: self.manifest.id().to_hex(),
             key: self.key,
             nonce: self.nonce,
             size: self.size + last.len() as u64,
         };
         self.key.zeroize();
-        (sealed, reference)
+        (sealed, reference, std::mem::take(&mut self.manifest))
     }
 }
 
@@ -193,7 +215,7 @@ pub struct Opener {
     size: u64,
     chunks: u64,
     next: u64,
-    hash: Sha256,
+    manifest: Manifest,
 }
 
 impl fmt::Debug for Opener {
@@ -215,7 +237,7 @@ impl Opener {
             size: reference.size,
             chunks: chunks(reference.size),
             next: 0,
-            hash: Sha256::new(),
+            manifest: Manifest::default(),
         })
     }
 
@@ -230,7 +252,7 @@ impl Opener {
         if at + 1 >= self.chunks || sealed.len() != SEALED_CHUNK {
             return Err(BlobError::Chunk(at));
         }
-        self.hash.update(sealed);
+        self.manifest.0.push(Manifest::chunk_hash(sealed));
         let plain = self
             .stream
             .decrypt_next(sealed)
@@ -248,7 +270,7 @@ impl Opener {
                 got: at * CHUNK as u64,
             });
         }
-        self.hash.update(sealed);
+        self.manifest.0.push(Manifest::chunk_hash(sealed));
         let plain = self
             .stream
             .decrypt_last(sealed)
@@ -260,7 +282,7 @@ impl Opener {
                 got,
             });
         }
-        if BlobId(self.hash.finalize().into()) != self.id {
+        if self.manifest.id() != self.id {
             return Err(BlobError::Hash);
         }
         Ok(plain)
@@ -278,8 +300,16 @@ mod tests {
         for chunk in data.chunks(CHUNK).take(full) {
             sealed.push(s.seal_chunk(chunk));
         }
-        let (last, r) = s.finish(&data[full * CHUNK..]);
+        let (last, r, manifest) = s.finish(&data[full * CHUNK..]);
         sealed.push(last);
+        assert_eq!(
+            manifest.0,
+            sealed
+                .iter()
+                .map(|c| Manifest::chunk_hash(c))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(manifest.id().to_hex(), r.id);
         (sealed, r)
     }
 
@@ -302,11 +332,6 @@ mod tests {
             assert_eq!(sealed.len() as u64, chunks(size as u64), "{size}");
             let total: usize = sealed.iter().map(Vec::len).sum();
             assert_eq!(total as u64, sealed_size(size as u64));
-            let mut h = Sha256::new();
-            for c in &sealed {
-                h.update(c);
-            }
-            assert_eq!(r.id, BlobId(h.finalize().into()).to_hex());
             assert_eq!(r.size, size as u64);
             assert_eq!(open(&sealed, &r).unwrap(), data, "{size}");
         }

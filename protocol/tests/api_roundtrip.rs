@@ -59,6 +59,9 @@ fn requests_round_trip_and_refuse_unknown_fields() {
     );
     request::<AckRequest>(r#"{"ids":["3f0c9a1e5b7d2c4f8e6a0b1d3c5e7f90"]}"#);
     request::<FetchRequest>(r#"{"ids":["3f0c9a1e5b7d2c4f8e6a0b1d3c5e7f90"]}"#);
+    request::<BlobBegin>(
+        r#"{"id":"3f0c9a1e5b7d2c4f8e6a0b1d3c5e7f903f0c9a1e5b7d2c4f8e6a0b1d3c5e7f90","size":1048592,"manifest":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}"#,
+    );
     request::<BlockRequest>(r#"{"entry":"@example.net"}"#);
     request::<OutboundRequest>(r#"{"message":"RnJvbTogYQ==","recipients":["carol@example.net"]}"#);
     request::<OutboundRequest>(r#"{"recipients":["carol@example.net"]}"#);
@@ -81,14 +84,17 @@ fn queries_round_trip_and_refuse_unknown_parameters() {
 #[test]
 fn answers_round_trip_and_tolerate_unknown_fields() {
     answer::<Health>(r#"{"status":"ok"}"#);
-    answer::<ServerInfo>(
-        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"registration":"open","outbound":"off"}"#,
+    answer::<BlobState>(
+        r#"{"id":"3f0c9a1e5b7d2c4f8e6a0b1d3c5e7f903f0c9a1e5b7d2c4f8e6a0b1d3c5e7f90","size":1048592,"chunks":1,"stored":[0],"manifest":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}"#,
     );
     answer::<ServerInfo>(
-        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"registration":"invite","outbound":"relay"}"#,
+        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"max_attachment_size":500000000,"registration":"open","outbound":"off"}"#,
     );
     answer::<ServerInfo>(
-        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"registration":"open","outbound":"notice"}"#,
+        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"max_attachment_size":500000000,"registration":"invite","outbound":"relay"}"#,
+    );
+    answer::<ServerInfo>(
+        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"max_attachment_size":500000000,"registration":"open","outbound":"notice"}"#,
     );
     answer::<RegisterResponse>(
         r#"{"attestation":{"address":"alice@a.test","identity_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","encryption_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","created":1767225600,"version":1,"binding_signature":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==","signature":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="},"domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}"#,

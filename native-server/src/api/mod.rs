@@ -8,6 +8,7 @@
 //! routes (`docs/PROTOCOL.md` §17) are in [`peer`].
 
 mod accounts;
+mod blobs;
 mod blocks;
 mod keys;
 mod kt;
@@ -84,6 +85,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/messages/ack", post(messages::ack_many))
         .route("/v1/messages/fetch", post(messages::fetch_many))
         .route(
+            "/v1/blobs",
+            post(blobs::begin).layer(DefaultBodyLimit::max(blob_begin_limit(&state))),
+        )
+        .route("/v1/blobs/{id}", get(blobs::status))
+        .route(
+            "/v1/blobs/{id}/{n}",
+            get(blobs::get_chunk)
+                .put(blobs::put_chunk)
+                .layer(DefaultBodyLimit::max(letterme_protocol::blob::SEALED_CHUNK)),
+        )
+        .route(
             "/v1/outbound",
             post(outbound::submit).layer(DefaultBodyLimit::max(
                 max_msg.saturating_mul(4) / 3 + MAX_JSON_BODY,
@@ -106,6 +118,21 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError::internal().into_response()
         }))
         .with_state(state)
+}
+
+/// Room for `POST /v1/blobs` with the manifest of the largest blob the server takes
+/// (32 bytes a chunk, as base64).
+fn blob_begin_limit(state: &AppState) -> usize {
+    let chunks = state
+        .config
+        .limits
+        .max_attachment_size
+        .0
+        .div_ceil(letterme_protocol::blob::SEALED_CHUNK as u64);
+    usize::try_from(chunks * 32 * 4 / 3)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1024)
+        .max(MAX_JSON_BODY)
 }
 
 async fn not_found() -> ApiError {

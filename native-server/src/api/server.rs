@@ -59,6 +59,7 @@ pub(super) async fn server_info(State(state): St) -> Json<ServerInfo> {
         protocol: PROTOCOL_VERSION,
         max_message_size: state.config.limits.max_message_size.0,
         quota: state.config.limits.quota.0,
+        max_attachment_size: state.config.limits.max_attachment_size.0,
         registration: state.config.registration.mode,
         outbound: state.config.outbound.mode,
     })

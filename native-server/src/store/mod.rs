@@ -12,6 +12,7 @@
 //! of connections, which WAL lets run beside the writer.
 
 mod accounts;
+mod blobs;
 mod blocks;
 mod federation;
 mod keys;
@@ -28,6 +29,7 @@ use rusqlite_migration::{M, Migrations};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use accounts::AccountRow;
+pub use blobs::{BLOB_UPLOAD_KEEP, BlobStatus, NewBlob};
 pub use federation::{BatchLimit, Claimed, FederationRow, Incoming, NewFederationRow, RowOutcome};
 pub use kt::ForkRow;
 pub use mailbox::{NewDelivery, Pending, PurgeStats};
@@ -72,6 +74,22 @@ pub enum StoreError {
         queued: u64,
         limit: u64,
     },
+    /// An upload that does not add up: a manifest that does not hash to the id or does not
+    /// fit the size, a size over the limit.
+    #[error("{0}")]
+    BadBlob(String),
+    /// A chunk that is not the one the manifest names (its size or its hash).
+    #[error("{0}")]
+    ChunkMismatch(String),
+    #[error("{owner} has {used} bytes of blobs no message refers to yet; the limit is {limit}")]
+    BlobLimit {
+        owner: String,
+        used: u64,
+        limit: u64,
+    },
+    /// No such blob, or not one the caller may see.
+    #[error("no such blob")]
+    NoBlob,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -99,6 +117,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/0009_deliveries_by_message.sql"
         )),
+        M::up(include_str!("../../../migrations/0010_blobs.sql")),
     ])
 }
 

@@ -452,3 +452,128 @@ async fn fetch_many_keeps_order_and_budget() {
     let got = store.fetch_many("b@x.test".into(), asked, 0).await.unwrap();
     assert_eq!(got, expect[..1]);
 }
+
+/// Blob uploads: a manifest that does not add up and an owner over the limit are refused
+/// before anything is stored; chunks arrive in any order, once each, and only their
+/// owner's; the purge takes uploads past their keep.
+#[tokio::test]
+async fn blob_uploads_are_checked_and_bounded() {
+    use letterme_protocol::blob::{Manifest, SEALED_CHUNK};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    let chunks: Vec<Vec<u8>> = vec![vec![1; SEALED_CHUNK], vec![2; 100]];
+    let manifest = Manifest(chunks.iter().map(|c| Manifest::chunk_hash(c)).collect());
+    let blob = NewBlob {
+        id: manifest.id(),
+        owner: "a@x.test".into(),
+        size: (SEALED_CHUNK + 100) as u64,
+        manifest: manifest.clone(),
+        created: 10,
+        max_size: 10 * SEALED_CHUNK as u64,
+        per_owner: 3 * SEALED_CHUNK as u64,
+    };
+    let bad =
+        |b: NewBlob| async { matches!(store.blob_begin(b).await, Err(StoreError::BadBlob(_))) };
+    assert!(
+        bad(NewBlob {
+            size: 99,
+            ..blob.clone()
+        })
+        .await,
+        "too few chunks for the size"
+    );
+    assert!(
+        bad(NewBlob {
+            size: SEALED_CHUNK as u64 + 8,
+            ..blob.clone()
+        })
+        .await,
+        "a last chunk shorter than a tag"
+    );
+    assert!(
+        bad(NewBlob {
+            max_size: 1000,
+            ..blob.clone()
+        })
+        .await,
+        "over the size limit"
+    );
+    assert!(
+        bad(NewBlob {
+            id: letterme_protocol::blob::BlobId([0; 32]),
+            ..blob.clone()
+        })
+        .await
+    );
+    assert!(store.blob_status(blob.id).await.unwrap().is_none());
+
+    assert!(
+        store
+            .blob_begin(blob.clone())
+            .await
+            .unwrap()
+            .stored
+            .is_empty()
+    );
+    let s = store
+        .blob_put("a@x.test".into(), blob.id, 1, chunks[1].clone())
+        .await
+        .unwrap();
+    assert_eq!((s.stored.clone(), s.complete()), (vec![1], false));
+    assert!(matches!(
+        store
+            .blob_put("b@x.test".into(), blob.id, 0, chunks[0].clone())
+            .await,
+        Err(StoreError::NoBlob)
+    ));
+    assert!(matches!(
+        store
+            .blob_put("a@x.test".into(), blob.id, 0, chunks[1].clone())
+            .await,
+        Err(StoreError::ChunkMismatch(_))
+    ));
+    assert!(matches!(
+        store
+            .blob_put("a@x.test".into(), blob.id, 2, chunks[1].clone())
+            .await,
+        Err(StoreError::ChunkMismatch(_))
+    ));
+    for _ in 0..2 {
+        let s = store
+            .blob_put("a@x.test".into(), blob.id, 0, chunks[0].clone())
+            .await
+            .unwrap();
+        assert_eq!((s.stored.clone(), s.complete()), (vec![0, 1], true));
+    }
+    assert_eq!(
+        store.blob_chunk(blob.id, 1).await.unwrap(),
+        Some(chunks[1].clone())
+    );
+    // Resuming is asking again: the same state, from the same owner only.
+    assert_eq!(store.blob_begin(blob.clone()).await.unwrap().stored, [0, 1]);
+    assert!(matches!(
+        store
+            .blob_begin(NewBlob {
+                owner: "b@x.test".into(),
+                ..blob.clone()
+            })
+            .await,
+        Err(StoreError::NoBlob)
+    ));
+    // Another upload of 2 chunks' worth would pass the owner's 3-chunk limit.
+    let other: Vec<[u8; 32]> = vec![[7; 32], [8; 32]];
+    let second = NewBlob {
+        id: Manifest(other.clone()).id(),
+        size: 2 * SEALED_CHUNK as u64,
+        manifest: Manifest(other),
+        ..blob.clone()
+    };
+    assert!(matches!(
+        store.blob_begin(second).await,
+        Err(StoreError::BlobLimit { .. })
+    ));
+    assert_eq!(store.purge_blobs(10).await.unwrap(), 0);
+    assert_eq!(store.purge_blobs(11).await.unwrap(), 1);
+    assert!(store.blob_status(blob.id).await.unwrap().is_none());
+    assert_eq!(store.blob_chunk(blob.id, 1).await.unwrap(), None);
+}

@@ -44,6 +44,8 @@ macro_rules! error_codes {
 error_codes! {
     AddressTaken = "address_taken",
     BadAddress = "bad_address",
+    /// A blob upload that does not add up (manifest, id, size).
+    BadBlob = "bad_blob",
     BadBody = "bad_body",
     BadChallenge = "bad_challenge",
     BadDomain = "bad_domain",
@@ -58,8 +60,12 @@ error_codes! {
     BadTxid = "bad_txid",
     /// Federation: a consistency proof was asked from a size beyond the log.
     BeyondLog = "beyond_log",
+    /// The user's blobs that no message refers to yet are over `limits.blob_bytes_per_user`.
+    BlobLimit = "blob_limit",
     /// Federation: the receiver is busy with this origin; retry.
     Busy = "busy",
+    /// A blob chunk whose size or hash is not the one its manifest names.
+    ChunkMismatch = "chunk_mismatch",
     DailyCap = "daily_cap",
     /// Federation: the digest of the body does not match `Content-Digest`.
     DigestMismatch = "digest_mismatch",

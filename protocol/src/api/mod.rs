@@ -105,6 +105,10 @@ pub struct ServerInfo {
     pub protocol: u32,
     pub max_message_size: u64,
     pub quota: u64,
+    /// Largest attachment the server takes as a blob (sealed bytes); 0 from a server that
+    /// takes none.
+    #[serde(default)]
+    pub max_attachment_size: u64,
     #[serde(default, deserialize_with = "lenient_or_default")]
     pub registration: RegistrationMode,
     /// What happens to mail for addresses outside letter.me; `off` when absent or unknown.
@@ -328,6 +332,37 @@ impl FetchedEnvelope {
         }
         Ok(out)
     }
+}
+
+// ---- blobs -----------------------------------------------------------------------------
+
+/// `POST /v1/blobs`: begin (or resume) the upload of a blob (PROTOCOL.md §19a).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobBegin {
+    /// The blob's id, 64 hex digits.
+    pub id: String,
+    /// Sealed bytes.
+    pub size: u64,
+    /// Each sealed chunk's SHA-256, concatenated.
+    #[serde(with = "crate::b64::bytes")]
+    pub manifest: Vec<u8>,
+}
+
+/// `POST /v1/blobs`, `PUT /v1/blobs/{id}/{n}` and `GET /v1/blobs/{id}`, 200/201: where an
+/// upload stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobState {
+    pub id: String,
+    /// Sealed bytes.
+    pub size: u64,
+    pub chunks: u64,
+    /// The chunks the server holds, in order; all of them: the blob is complete.
+    #[serde(default)]
+    pub stored: Vec<u64>,
+    /// Each sealed chunk's SHA-256, concatenated (a reader checks chunks against it).
+    #[serde(with = "crate::b64::bytes")]
+    pub manifest: Vec<u8>,
 }
 
 // ---- blocks ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use letterme_client::profile::ProfileDir;
-use letterme_client::{Draft, Online, Unlocked};
+use letterme_client::{ClientError, Draft, Online, Unlocked};
 use letterme_protocol::envelope::{SignerKind, seal};
 use letterme_protocol::{Address, Payload, SigningKeypair};
 use letterme_tests::PASSPHRASE;
@@ -671,4 +671,114 @@ async fn a_challenge_flood_from_hundreds_of_addresses_does_not_stop_a_fresh_logi
     // The owner still logs in.
     let fresh = token(&alice, &w.url).await;
     assert!(fresh.starts_with("lm1_"), "{fresh}");
+}
+
+/// A blob (PROTOCOL.md §19a) uploads in chunks, each checked against the manifest the
+/// upload declared: an upload cut off resumes with only the missing chunks, a chunk with a
+/// flipped bit and an upload over the limit are refused with their own errors, and what
+/// comes back opens to the file. Only its uploader sees it.
+#[tokio::test]
+async fn a_blob_uploads_in_checked_chunks_and_resumes() {
+    use letterme_protocol::blob::{CHUNK, Opener, Sealer};
+    let w = InProcess::start(|c| {
+        c.limits.max_attachment_size = letterme_server::config::ByteSize(4 * 1024 * 1024);
+    })
+    .await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    assert_eq!(
+        alice.api.server_info().await.unwrap().max_attachment_size,
+        4 * 1024 * 1024
+    );
+    let file: Vec<u8> = (0..CHUNK * 5 / 2).map(|i| (i * 31 % 255) as u8).collect();
+    let mut sealer = Sealer::new();
+    let mut sealed = vec![
+        sealer.seal_chunk(&file[..CHUNK]),
+        sealer.seal_chunk(&file[CHUNK..2 * CHUNK]),
+    ];
+    let (last, reference, manifest) = sealer.finish(&file[2 * CHUNK..]);
+    sealed.push(last);
+    let size: u64 = sealed.iter().map(|c| c.len() as u64).sum();
+    let hashes = manifest.0.concat();
+    let id = reference.id.clone();
+
+    let begun = alice.api.blob_begin(&id, size, &hashes).await.unwrap();
+    assert_eq!((begun.chunks, begun.stored.len()), (3, 0));
+    alice.api.blob_put(&id, 2, sealed[2].clone()).await.unwrap();
+    // The connection breaks; the client asks where the upload stands, and sends the rest.
+    let resumed = alice.api.blob_begin(&id, size, &hashes).await.unwrap();
+    assert_eq!(resumed.stored, [2]);
+    let mut flipped = sealed[0].clone();
+    flipped[12_345] ^= 0x10;
+    let refused = alice
+        .api
+        .blob_put(&id, 0, flipped)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("does not match the blob's manifest"),
+        "{refused}"
+    );
+    let short = alice
+        .api
+        .blob_put(&id, 1, sealed[1][..100].to_vec())
+        .await
+        .unwrap_err();
+    assert!(short.to_string().contains("chunk 1 is"), "{short}");
+    for n in [0, 1] {
+        alice
+            .api
+            .blob_put(&id, n, sealed[n as usize].clone())
+            .await
+            .unwrap();
+    }
+    assert_eq!(alice.api.blob_status(&id).await.unwrap().stored, [0, 1, 2]);
+
+    let mut opener = Opener::new(&reference).unwrap();
+    let mut back = Vec::new();
+    for n in 0..2 {
+        back.extend(
+            opener
+                .open_chunk(&alice.api.blob_chunk(&id, n).await.unwrap())
+                .unwrap(),
+        );
+    }
+    back.extend(
+        opener
+            .finish(&alice.api.blob_chunk(&id, 2).await.unwrap())
+            .unwrap(),
+    );
+    assert_eq!(back, file);
+
+    // Not bob's: he neither sees it nor can add to it.
+    for r in [
+        bob.api.blob_status(&id).await.map(drop),
+        bob.api.blob_chunk(&id, 0).await.map(drop),
+        bob.api.blob_put(&id, 0, sealed[0].clone()).await.map(drop),
+        bob.api.blob_begin(&id, size, &hashes).await.map(drop),
+    ] {
+        assert!(
+            matches!(r, Err(ClientError::Api { status: 404, .. })),
+            "{r:?}"
+        );
+    }
+    // A manifest that is not the id's, and a blob over the server's limit.
+    let mut wrong = hashes.clone();
+    wrong[0] ^= 1;
+    let e = alice
+        .api
+        .blob_begin(&id, size, &wrong)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not hash to the blob's id"), "{e}");
+    let big = 5 * letterme_protocol::blob::SEALED_CHUNK as u64;
+    let e = alice
+        .api
+        .blob_begin(&id, big, &hashes)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("accepts at most 4194304"), "{e}");
 }

@@ -1,0 +1,136 @@
+//! Blobs (`/v1/blobs`, PROTOCOL.md §19a): uploading a large attachment, sealed by its
+//! sender, in chunks that the store checks against the upload's manifest, and reading
+//! where an upload stands (to resume it) or a chunk back.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use letterme_protocol::api::{BlobBegin, BlobState, ErrorCode};
+use letterme_protocol::blob::{BlobId, Manifest, SEALED_CHUNK};
+
+use crate::error::ApiError;
+use crate::store::{BlobStatus, NewBlob};
+
+use super::{AppResult, Authed, St, body_error, json_body, path_param};
+
+fn parse_blob_id(s: &str) -> AppResult<BlobId> {
+    BlobId::from_hex(s)
+        .ok_or_else(|| ApiError::bad_request(ErrorCode::BadId, "a blob id is 64 hex digits"))
+}
+
+fn state_of(id: BlobId, s: BlobStatus) -> BlobState {
+    BlobState {
+        id: id.to_hex(),
+        size: s.size,
+        chunks: s.manifest.0.len() as u64,
+        stored: s.stored,
+        manifest: s.manifest.0.concat(),
+    }
+}
+
+/// `POST /v1/blobs`: begins an upload, or answers where the same upload stands (201 for a
+/// new one, 200 for one begun before).
+pub(super) async fn begin(
+    State(state): St,
+    Authed(session): Authed,
+    body: Result<Json<BlobBegin>, JsonRejection>,
+) -> AppResult<Response> {
+    let req = json_body(body)?;
+    let id = parse_blob_id(&req.id)?;
+    if req.manifest.len() % 32 != 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::BadBlob,
+            "a manifest is 32 bytes per chunk",
+        ));
+    }
+    let manifest = Manifest(
+        req.manifest
+            .chunks_exact(32)
+            .map(|h| h.try_into().expect("32-byte chunks"))
+            .collect(),
+    );
+    let before = state.store.blob_status(id).await?.is_some();
+    let s = state
+        .store
+        .blob_begin(NewBlob {
+            id,
+            owner: session.address.to_string(),
+            size: req.size,
+            manifest,
+            created: state.clock.now(),
+            max_size: state.config.limits.max_attachment_size.0,
+            per_owner: state.config.limits.blob_bytes_per_user.0,
+        })
+        .await?;
+    let status = if before {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(state_of(id, s))).into_response())
+}
+
+/// `GET /v1/blobs/{id}`: where the caller's upload stands.
+pub(super) async fn status(
+    State(state): St,
+    Authed(session): Authed,
+    id: Result<Path<String>, PathRejection>,
+) -> AppResult<Json<BlobState>> {
+    let id = parse_blob_id(&path_param(id)?.0)?;
+    let s = state
+        .store
+        .blob_status(id)
+        .await?
+        .filter(|s| s.owner == session.address.as_str())
+        .ok_or(crate::store::StoreError::NoBlob)?;
+    Ok(Json(state_of(id, s)))
+}
+
+fn chunk_path(p: Result<Path<(String, String)>, PathRejection>) -> AppResult<(BlobId, u64)> {
+    let Path((id, n)) = p.map_err(|e| ApiError::bad_request(ErrorCode::BadPath, e.body_text()))?;
+    let n = n.parse().map_err(|_| {
+        ApiError::bad_request(ErrorCode::BadPath, "a chunk number is a decimal integer")
+    })?;
+    Ok((parse_blob_id(&id)?, n))
+}
+
+/// `PUT /v1/blobs/{id}/{n}`: one sealed chunk, checked against the manifest.
+pub(super) async fn put_chunk(
+    State(state): St,
+    Authed(session): Authed,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> AppResult<Json<BlobState>> {
+    let (id, n) = chunk_path(path)?;
+    let data = body.map_err(|e| body_error(&e, SEALED_CHUNK as u64))?;
+    let s = state
+        .store
+        .blob_put(session.address.to_string(), id, n, data.to_vec())
+        .await?;
+    Ok(Json(state_of(id, s)))
+}
+
+/// `GET /v1/blobs/{id}/{n}`: a stored chunk of the caller's blob.
+pub(super) async fn get_chunk(
+    State(state): St,
+    Authed(session): Authed,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> AppResult<Response> {
+    let (id, n) = chunk_path(path)?;
+    let owned = state
+        .store
+        .blob_status(id)
+        .await?
+        .is_some_and(|s| s.owner == session.address.as_str());
+    let data = if owned {
+        state.store.blob_chunk(id, n).await?
+    } else {
+        None
+    }
+    .ok_or_else(|| ApiError::not_found("no such chunk"))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}

@@ -1,0 +1,231 @@
+//! Blobs (`blobs`, `blob_chunks`): large attachments sealed by their sender (PROTOCOL.md
+//! §19a), uploaded chunk by chunk. An upload declares its manifest first; each chunk is
+//! checked against its hash there as it arrives, so a changed chunk is refused at once and a
+//! broken upload resumes with the chunks still missing. The server never reads a blob.
+
+use letterme_protocol::blob::{BlobId, Manifest, SEALED_CHUNK};
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use super::{Store, StoreError};
+
+/// How long (seconds) an uploaded blob is kept while no message refers to it.
+pub const BLOB_UPLOAD_KEEP: u64 = 86_400;
+
+/// An upload to begin (or to resume, when the same blob was begun before).
+#[derive(Debug, Clone)]
+pub struct NewBlob {
+    pub id: BlobId,
+    pub owner: String,
+    /// Sealed bytes.
+    pub size: u64,
+    pub manifest: Manifest,
+    pub created: u64,
+    /// Largest sealed blob accepted.
+    pub max_size: u64,
+    /// Most bytes of blobs one owner may hold that no message refers to yet.
+    pub per_owner: u64,
+}
+
+/// Where an upload stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobStatus {
+    pub owner: String,
+    /// Sealed bytes.
+    pub size: u64,
+    pub manifest: Manifest,
+    /// The chunks stored, in order.
+    pub stored: Vec<u64>,
+}
+
+impl BlobStatus {
+    pub fn complete(&self) -> bool {
+        self.stored.len() == self.manifest.0.len()
+    }
+}
+
+/// How many sealed chunks a blob of `size` sealed bytes has, and the size of chunk `n`.
+fn chunk_len(size: u64, chunks: u64, n: u64) -> u64 {
+    if n + 1 < chunks {
+        SEALED_CHUNK as u64
+    } else {
+        size - (chunks - 1) * SEALED_CHUNK as u64
+    }
+}
+
+/// Checks that a declared upload adds up: a manifest of one hash per chunk that hashes to
+/// the id, a last chunk of at least a tag, a size within the limit.
+fn check(b: &NewBlob) -> Result<(), StoreError> {
+    if b.size > b.max_size {
+        return Err(StoreError::BadBlob(format!(
+            "the blob is {} bytes sealed; the server accepts at most {}",
+            b.size, b.max_size
+        )));
+    }
+    let chunks = b.size.div_ceil(SEALED_CHUNK as u64).max(1);
+    if b.manifest.0.len() as u64 != chunks || chunk_len(b.size, chunks, chunks - 1) < 16 {
+        return Err(StoreError::BadBlob(format!(
+            "a blob of {} sealed bytes has {chunks} chunks; the manifest lists {}",
+            b.size,
+            b.manifest.0.len()
+        )));
+    }
+    if b.manifest.id() != b.id {
+        return Err(StoreError::BadBlob(
+            "the manifest does not hash to the blob's id".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn status(c: &Connection, id: &BlobId) -> Result<Option<BlobStatus>, StoreError> {
+    let Some((owner, size, manifest)) = c
+        .prepare_cached("SELECT owner, size, manifest FROM blobs WHERE id = ?1")?
+        .query_row([id.0.as_slice()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let stored = c
+        .prepare_cached("SELECT n FROM blob_chunks WHERE blob = ?1 ORDER BY n")?
+        .query_map([id.0.as_slice()], |r| r.get::<_, i64>(0).map(|n| n as u64))?
+        .collect::<Result<_, _>>()?;
+    let manifest = Manifest(
+        manifest
+            .chunks_exact(32)
+            .map(|h| h.try_into().expect("32-byte chunks"))
+            .collect(),
+    );
+    Ok(Some(BlobStatus {
+        owner,
+        size,
+        manifest,
+        stored,
+    }))
+}
+
+impl Store {
+    /// Begins an upload, or answers where the one begun before stands (a resumed upload):
+    /// the same id is the same manifest, so only the owner matters then.
+    pub async fn blob_begin(&self, b: NewBlob) -> Result<BlobStatus, StoreError> {
+        check(&b)?;
+        self.write(move |c| {
+            if let Some(s) = status(c, &b.id)? {
+                return if s.owner == b.owner {
+                    Ok(s)
+                } else {
+                    Err(StoreError::NoBlob)
+                };
+            }
+            let used: i64 = c
+                .prepare_cached("SELECT coalesce(sum(size), 0) FROM blobs WHERE owner = ?1")?
+                .query_row([&b.owner], |r| r.get(0))?;
+            let used = used as u64;
+            if used.saturating_add(b.size) > b.per_owner {
+                return Err(StoreError::BlobLimit {
+                    owner: b.owner.clone(),
+                    used,
+                    limit: b.per_owner,
+                });
+            }
+            let manifest: Vec<u8> = b.manifest.0.concat();
+            c.prepare_cached(
+                "INSERT INTO blobs (id, owner, size, manifest, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                b.id.0.as_slice(),
+                b.owner,
+                b.size as i64,
+                manifest,
+                b.created as i64
+            ])?;
+            Ok(BlobStatus {
+                owner: b.owner,
+                size: b.size,
+                manifest: b.manifest,
+                stored: Vec::new(),
+            })
+        })
+        .await
+    }
+
+    /// Where an upload stands; `None` when there is no such blob.
+    pub async fn blob_status(&self, id: BlobId) -> Result<Option<BlobStatus>, StoreError> {
+        self.read(move |c| status(c, &id)).await
+    }
+
+    /// Stores chunk `n` of an upload of `owner`'s after checking it against the manifest
+    /// (again: a repeated chunk is the same bytes); returns the upload's state after it.
+    pub async fn blob_put(
+        &self,
+        owner: String,
+        id: BlobId,
+        n: u64,
+        data: Vec<u8>,
+    ) -> Result<BlobStatus, StoreError> {
+        // The hash is taken before the writer is asked: a megabyte of SHA-256 is not the
+        // single writer's work.
+        let hash = Manifest::chunk_hash(&data);
+        self.write(move |c| {
+            let mut s = status(c, &id)?
+                .filter(|s| s.owner == owner)
+                .ok_or(StoreError::NoBlob)?;
+            let chunks = s.manifest.0.len() as u64;
+            let Some(expected) = s.manifest.0.get(usize::try_from(n).unwrap_or(usize::MAX)) else {
+                return Err(StoreError::ChunkMismatch(format!(
+                    "the blob has chunks 0 to {}; there is no chunk {n}",
+                    chunks - 1
+                )));
+            };
+            let len = chunk_len(s.size, chunks, n);
+            if data.len() as u64 != len {
+                return Err(StoreError::ChunkMismatch(format!(
+                    "chunk {n} is {len} bytes; this one has {}",
+                    data.len()
+                )));
+            }
+            if *expected != hash {
+                return Err(StoreError::ChunkMismatch(format!(
+                    "chunk {n} does not match the blob's manifest: it was changed on the way, \
+                     or belongs to another blob"
+                )));
+            }
+            if s.stored.binary_search(&n).is_err() {
+                c.prepare_cached("INSERT INTO blob_chunks (blob, n, data) VALUES (?1, ?2, ?3)")?
+                    .execute(params![id.0.as_slice(), n as i64, data])?;
+                let at = s.stored.partition_point(|&m| m < n);
+                s.stored.insert(at, n);
+            }
+            Ok(s)
+        })
+        .await
+    }
+
+    /// Deletes the blobs uploaded before `cutoff` (their chunks with them); returns how
+    /// many. No message refers to a blob yet (the rest of issue 17.2), so every upload is
+    /// kept [`BLOB_UPLOAD_KEEP`] seconds.
+    pub async fn purge_blobs(&self, cutoff: u64) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            Ok(c.prepare_cached("DELETE FROM blobs WHERE created < ?1")?
+                .execute([cutoff as i64])?)
+        })
+        .await
+    }
+
+    /// Chunk `n` of a blob.
+    pub async fn blob_chunk(&self, id: BlobId, n: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT data FROM blob_chunks WHERE blob = ?1 AND n = ?2")?
+                    .query_row(params![id.0.as_slice(), n as i64], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await
+    }
+}

@@ -15,6 +15,7 @@ pub use letterme_protocol::api::{
     SendResponse, ServerInfo,
 };
 use letterme_protocol::auth::sign_challenge;
+use letterme_protocol::codec::hex;
 use letterme_protocol::kt::Checkpoint;
 use letterme_protocol::{Address, Attestation, KeyBinding, SigningKeypair, b64};
 use reqwest::{Method, RequestBuilder, Response};
@@ -339,8 +340,8 @@ impl Api {
     }
 
     /// Downloads several envelopes in one request (`POST /v1/messages/fetch`): a record
-    /// for each id, in order, up to the server's byte budget; ask again for the ids left
-    /// out at the end.
+    /// for each id, in order (checked), at least one, up to the server's byte budget; ask
+    /// again for the ids left out at the end.
     pub async fn fetch_many(&self, ids: &[String]) -> Result<Vec<FetchedEnvelope>, ClientError> {
         let req = FetchRequest { ids: ids.to_vec() };
         let resp = self
@@ -353,8 +354,19 @@ impl Api {
         let body = resp.bytes().await.map_err(|e| unexpected(describe(&e)))?;
         let records = FetchedEnvelope::decode_all(&body, body.len())
             .map_err(|e| unexpected(e.to_string()))?;
-        if records.len() > ids.len() {
-            return Err(unexpected("more envelopes than were asked for".into()));
+        if records.len() > ids.len() || (records.is_empty() && !ids.is_empty()) {
+            return Err(unexpected(format!(
+                "{} records for {} ids",
+                records.len(),
+                ids.len()
+            )));
+        }
+        if let Some((_, id)) = records
+            .iter()
+            .zip(ids)
+            .find(|(r, id)| hex(&r.id) != id.to_ascii_lowercase())
+        {
+            return Err(unexpected(format!("another envelope in the place of {id}")));
         }
         Ok(records)
     }

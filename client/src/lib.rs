@@ -273,12 +273,7 @@ fn mime_of(p: &Payload) -> Option<&[u8]> {
 }
 
 fn message(id: &str, received: u64, p: Payload) -> Message {
-    let attachments = mime_of(&p)
-        .map(mime::attachments)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(a, _)| a)
-        .collect();
+    let attachments = mime_of(&p).map(mime::attachment_list).unwrap_or_default();
     let folder = match &p.legacy {
         Some(l) if l.disposition == Disposition::Quarantine => "Junk",
         _ => "INBOX",

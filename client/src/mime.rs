@@ -55,14 +55,21 @@ fn content_fields(raw: &[u8]) -> (Vec<u8>, usize) {
     (out, header_end(raw))
 }
 
-/// One header field (RFC 5322 §2.2): every line break is CRLF followed by white space.
+/// One header field (RFC 5322 §2.2): every line break is CRLF followed by white space and
+/// then something else (a line of white space alone ends a header for some readers), no
+/// NUL.
 fn one_field(field: &[u8]) -> bool {
-    field.iter().enumerate().all(|(i, &b)| match b {
+    let well_broken = field.iter().enumerate().all(|(i, &b)| match b {
         b'\r' => field.get(i + 1) == Some(&b'\n'),
         b'\n' => i > 0 && field[i - 1] == b'\r' && matches!(field.get(i + 1), Some(b' ' | b'\t')),
         0 => false,
         _ => true,
-    })
+    });
+    well_broken
+        && field
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .all(|line| line.iter().any(|b| !b" \t\r".contains(b)))
 }
 
 /// The MIME entity of a whole message (what a mail client submits): its top-level
@@ -119,8 +126,8 @@ pub fn compose(text: &str, html: Option<&str>, files: &[AttachedFile]) -> Option
     Some(mixed.formatted())
 }
 
-/// The text a reader that shows text only gets of an entity: its first text part, or the
-/// text of its first HTML part.
+/// The text a reader that shows text only gets of a message or an entity: its first text
+/// part, or the text of its first HTML part.
 pub fn text_of(entity: &[u8]) -> String {
     MessageParser::default()
         .parse(entity)
@@ -130,40 +137,52 @@ pub fn text_of(entity: &[u8]) -> String {
 
 /// The attachments of a whole message, in order, with their decoded bytes.
 pub fn attachments(message: &[u8]) -> Vec<(Attachment, Vec<u8>)> {
+    let mut out = Vec::new();
+    each_attachment(message, |a, bytes| out.push((a, bytes.to_vec())));
+    out
+}
+
+/// The attachments of a whole message, in order: names, types and sizes only.
+pub fn attachment_list(message: &[u8]) -> Vec<Attachment> {
+    let mut out = Vec::new();
+    each_attachment(message, |a, _| out.push(a));
+    out
+}
+
+fn each_attachment(message: &[u8], mut found: impl FnMut(Attachment, &[u8])) {
     let Some(m) = MessageParser::default().parse(message) else {
-        return Vec::new();
+        return;
     };
-    m.attachments()
-        .map(|part| {
-            let content_type = part.content_type().map_or_else(
-                || "application/octet-stream".to_owned(),
-                |ct| match ct.subtype() {
-                    Some(sub) => format!("{}/{sub}", ct.ctype()),
-                    None => ct.ctype().to_owned(),
-                },
-            );
-            let bytes = match &part.body {
-                PartType::Message(inner) => inner.raw_message().to_vec(),
-                _ => part.contents().to_vec(),
-            };
-            let name = part
-                .attachment_name()
-                .or_else(|| match &part.body {
-                    PartType::Message(inner) => inner.subject(),
-                    _ => None,
-                })
-                .unwrap_or_default()
-                .to_owned();
-            (
-                Attachment {
-                    name,
-                    content_type,
-                    size: bytes.len(),
-                },
-                bytes,
-            )
-        })
-        .collect()
+    for part in m.attachments() {
+        let content_type = part.content_type().map_or_else(
+            || "application/octet-stream".to_owned(),
+            |ct| match ct.subtype() {
+                Some(sub) => format!("{}/{sub}", ct.ctype()),
+                None => ct.ctype().to_owned(),
+            },
+        );
+        let bytes = match &part.body {
+            PartType::Message(inner) => inner.raw_message(),
+            _ => part.contents(),
+        };
+        let name = part
+            .attachment_name()
+            .or_else(|| match &part.body {
+                PartType::Message(inner) => inner.subject(),
+                _ => None,
+            })
+            .unwrap_or_default()
+            .to_owned();
+        let size = bytes.len();
+        found(
+            Attachment {
+                name,
+                content_type,
+                size,
+            },
+            bytes,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -246,5 +265,9 @@ mod tests {
         assert!(one_field(b"Content-Type: a;\r\n b"));
         assert!(!one_field(b"Content-Type: a;\r\nFrom: b"));
         assert!(!one_field(b"Content-Type: a\rb"));
+        assert!(
+            !one_field(b"Content-Type: a;\r\n \r\n b"),
+            "a blank continuation"
+        );
     }
 }

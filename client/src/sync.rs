@@ -33,8 +33,20 @@ const FETCH_CONCURRENCY: usize = 4;
 /// several requests, in flight together.
 const FETCH_BATCH_BYTES: u64 = 1 << 20;
 
-/// A page's local commit, running on a blocking thread; what it took.
-type Committing = tokio::task::JoinHandle<Result<std::time::Duration, ClientError>>;
+/// A page whose local commit runs on a blocking thread.
+struct Committing {
+    /// Every id of the page: acknowledged once the commit returned.
+    ids: Vec<String>,
+    /// The SHA-256 of each envelope being stored, by id (not in the store yet).
+    storing: BTreeMap<String, [u8; 32]>,
+    /// The commit; what it took.
+    commit: tokio::task::JoinHandle<Result<std::time::Duration, ClientError>>,
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
 
 /// How many of `entries`, from the first, fit in `budget` bytes by their listed sizes
 /// (at least one).
@@ -43,7 +55,7 @@ fn within_bytes(entries: &[ListEntry], budget: u64) -> usize {
     entries
         .iter()
         .take_while(|e| {
-            total += e.size;
+            total = e.size.saturating_add(total);
             total <= budget
         })
         .count()
@@ -55,26 +67,7 @@ fn within_bytes(entries: &[ListEntry], budget: u64) -> usize {
 /// `POST /v1/messages/fetch` (older servers answer it 404 or 405).
 async fn fetch_batch(api: &Api, ids: &[String]) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
     match api.fetch_many(ids).await {
-        Ok(records) => {
-            if records.is_empty() && !ids.is_empty() {
-                return Err(ClientError::Io(
-                    "the server answered a download with no envelope".into(),
-                ));
-            }
-            records
-                .into_iter()
-                .zip(ids)
-                .map(|(record, id)| {
-                    if hex(&record.id) == id.to_ascii_lowercase() {
-                        Ok(record.envelope)
-                    } else {
-                        Err(ClientError::Io(format!(
-                            "the server answered a download of {id} with another envelope"
-                        )))
-                    }
-                })
-                .collect()
-        }
+        Ok(records) => Ok(records.into_iter().map(|r| r.envelope).collect()),
         Err(ClientError::Api {
             status: 404 | 405, ..
         }) => {
@@ -145,9 +138,10 @@ impl Online {
     }
 
     /// Fetches new mail, verifies it, commits it locally, then acknowledges it. Works a
-    /// page (up to 1000 messages) at a time, in a pipeline: while one page commits on a
-    /// blocking thread, the next downloads (a few batch requests in flight) and opens on
-    /// every core; a page is acknowledged only once its commit returned.
+    /// page ([`SYNC_PAGE`] messages or [`SYNC_PAGE_BYTES`]) at a time, in a pipeline: while
+    /// one page commits on a blocking thread, the next downloads (a few batch requests in
+    /// flight) and opens on every core; a page is acknowledged only once its commit
+    /// returned (DECISIONS D19).
     pub async fn sync(
         &self,
         progress: &mut (dyn FnMut(usize, usize) + Send),
@@ -166,8 +160,7 @@ impl Online {
         let mut senders: BTreeMap<Address, Result<IdentityPublicKey, String>> = BTreeMap::new();
         let mut after = 0;
         let mut done = 0;
-        // The page committing now: its ids (to acknowledge once committed) and the commit.
-        let mut committing: Option<(Vec<String>, Committing)> = None;
+        let mut committing: Option<Committing> = None;
         let mut acking: Option<tokio::task::JoinHandle<Result<(), ClientError>>> = None;
         loop {
             let started = std::time::Instant::now();
@@ -180,8 +173,8 @@ impl Online {
             after = page.iter().map(|e| e.seq).max().unwrap_or(after);
             let bodies = self.fetch_page(&page).await?;
             let downloaded = started.elapsed();
-            // Envelope ids this sync must not open again: stored before with other bytes
-            // (a replay), or in the page committing now.
+            // Envelope ids stored before (or in the page committing now) with other bytes:
+            // a replay, refused when opened.
             let mut replayed = BTreeSet::new();
             let mut fresh = Vec::new();
             for (entry, body) in page.iter().zip(bodies) {
@@ -197,8 +190,20 @@ impl Online {
                     None => fresh.push((entry, bytes)),
                 }
             }
-            if let Some((ids, _)) = &committing {
-                replayed.extend(ids.iter().cloned());
+            // The page committing now is not in the store yet: an id of it listed again is
+            // taken as stored.
+            if let Some(page) = &committing {
+                fresh.retain(|(entry, bytes)| match page.storing.get(&entry.id) {
+                    Some(same) if *same == digest(bytes) => {
+                        report.already_had += 1;
+                        false
+                    }
+                    Some(_) => {
+                        replayed.insert(entry.id.clone());
+                        true
+                    }
+                    None => true,
+                });
             }
             for (_, bytes) in &fresh {
                 if let Ok(env) = Envelope::decode(bytes)
@@ -257,20 +262,23 @@ impl Online {
             }
             // The previous page is acknowledged once its commit returned; this one's commit
             // then starts, and runs while the next page downloads and opens.
-            if let Some((ids, commit)) = committing.take() {
-                self.committed(ids, commit, &mut acking).await?;
+            if let Some(previous) = committing.take() {
+                self.ack_after_commit(previous, &mut acking).await?;
             }
             let cache = self.me.cache.clone();
-            let ids: Vec<String> = page.iter().map(|e| e.id.clone()).collect();
             let messages = page.len();
-            committing = Some((
-                ids,
-                tokio::task::spawn_blocking(move || {
+            committing = Some(Committing {
+                ids: page.iter().map(|e| e.id.clone()).collect(),
+                storing: accepted
+                    .iter()
+                    .map(|a| (a.stored.id.clone(), digest(&a.stored.envelope)))
+                    .collect(),
+                commit: tokio::task::spawn_blocking(move || {
                     let started = std::time::Instant::now();
                     cache.commit_synced(&accepted, now())?;
                     Ok(started.elapsed())
                 }),
-            ));
+            });
             done += messages;
             // Where a sync's time goes (docs/PERFORMANCE.md reads these).
             tracing::info!(
@@ -285,8 +293,8 @@ impl Online {
                 done + usize::from(messages < listed || listed == SYNC_PAGE as usize),
             );
         }
-        if let Some((ids, commit)) = committing.take() {
-            self.committed(ids, commit, &mut acking).await?;
+        if let Some(last) = committing.take() {
+            self.ack_after_commit(last, &mut acking).await?;
         }
         if let Some(last) = acking {
             join_ack(last).await?;
@@ -350,17 +358,17 @@ impl Online {
 
     /// Waits for a page's commit, logs what it took, then acknowledges the page in the
     /// background (after the acknowledgement of the page before).
-    async fn committed(
+    async fn ack_after_commit(
         &self,
-        ids: Vec<String>,
-        commit: Committing,
+        page: Committing,
         acking: &mut Option<tokio::task::JoinHandle<Result<(), ClientError>>>,
     ) -> Result<(), ClientError> {
-        let took = commit
+        let took = page
+            .commit
             .await
             .map_err(|e| ClientError::Io(format!("the local commit failed: {e}")))??;
         tracing::info!(
-            messages = ids.len(),
+            messages = page.ids.len(),
             commit_ms = took.as_millis() as u64,
             "committed a page"
         );
@@ -368,6 +376,7 @@ impl Online {
             join_ack(previous).await?;
         }
         let api = self.api.clone();
+        let ids = page.ids;
         *acking = Some(tokio::spawn(async move { api.ack_many(&ids).await }));
         Ok(())
     }

@@ -157,19 +157,51 @@ fn attached_file(path: &std::path::Path) -> Result<mime::AttachedFile> {
     Ok(mime::AttachedFile { name, bytes })
 }
 
-/// Writes an attachment into `dir` under its own name made safe (its last path component,
-/// no control characters, never `.`/`..`; `attachment-N` when nothing is left), adding
-/// ` (2)`, ` (3)`... rather than overwriting a file that exists.
+/// The name an attachment is saved under: the sender's, made safe. Its last path
+/// component; no control or invisible formatting characters (a right-to-left override
+/// would make `invoice\u{202e}fdp.exe` show as `invoiceexe.pdf`), no `:` (a drive or a
+/// stream on some systems), no leading dot; at most 200 bytes, its extension kept;
+/// `attachment-N` when nothing is left.
+fn safe_file_name(name: &str, n: usize) -> String {
+    let invisible = |c: char| {
+        matches!(c, '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}')
+    };
+    let last = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let clean: String = last
+        .chars()
+        .filter(|&c| !c.is_control() && !invisible(c) && c != ':')
+        .collect();
+    let mut clean = clean.trim().trim_start_matches('.').to_owned();
+    if clean.len() > 200 {
+        let ext = clean
+            .rsplit_once('.')
+            .map(|(_, e)| format!(".{e}"))
+            .filter(|e| e.len() <= 20)
+            .unwrap_or_default();
+        let mut cut = 200 - ext.len();
+        while !clean.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        clean = format!("{}{ext}", &clean[..cut]);
+    }
+    let one_name = {
+        let mut parts = std::path::Path::new(&clean).components();
+        matches!(parts.next(), Some(std::path::Component::Normal(_))) && parts.next().is_none()
+    };
+    if one_name {
+        clean
+    } else {
+        format!("attachment-{n}")
+    }
+}
+
+/// Writes an attachment into `dir` under [`safe_file_name`], adding ` (2)`, ` (3)`...
+/// rather than overwriting a file that exists.
 fn save_attachment(dir: &std::path::Path, name: &str, n: usize, bytes: &[u8]) -> Result<PathBuf> {
     use std::io::Write as _;
-    let last = name.rsplit(['/', '\\']).next().unwrap_or_default();
-    let clean: String = last.chars().filter(|c| !c.is_control()).collect();
-    let clean = clean.trim().trim_start_matches('.').to_owned();
-    let clean = if clean.is_empty() {
-        format!("attachment-{n}")
-    } else {
-        clean
-    };
+    let clean = safe_file_name(name, n);
     let (stem, ext) = match clean.rsplit_once('.') {
         Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
         _ => (clean.clone(), String::new()),
@@ -388,11 +420,18 @@ mod tests {
             ("a\r\nb\u{7}.txt", "ab.txt"),
             ("", "attachment-6"),
             ("passwd", "passwd (2)"),
+            ("invoice\u{202e}fdp.exe", "invoicefdp.exe"),
+            ("C:evil.txt", "Cevil.txt"),
         ];
         for (i, (name, expect)) in names.iter().enumerate() {
             let path = save_attachment(d, name, i + 1, b"x").unwrap();
             assert_eq!(path, d.join(expect), "{name:?}");
         }
         assert_eq!(std::fs::read_dir(d).unwrap().count(), names.len());
+        // A name longer than a file system takes is cut, keeping its extension.
+        let long = format!("{}.pdf", "ü".repeat(300));
+        let saved = save_attachment(d, &long, 9, b"x").unwrap();
+        let file = saved.file_name().unwrap().to_str().unwrap();
+        assert!(file.len() <= 200 && file.ends_with("ü.pdf"), "{file}");
     }
 }

@@ -1,4 +1,4 @@
-//! Large attachments as blobs (issue 17.2, docs/PROTOCOL.md §20): a file encrypted once
+//! Large attachments as blobs (issue 17.2, docs/PROTOCOL.md §19a): a file encrypted once
 //! under a random key of its own, uploaded and stored apart from the envelopes that refer
 //! to it, so a 50 MB attachment to five people is one 50 MB blob, not five.
 //!
@@ -67,11 +67,45 @@ pub fn sealed_size(size: u64) -> u64 {
     size + chunks(size) * TAG as u64
 }
 
+/// What the server sees of a blob of `sealed` bytes: its sealed chunks, each
+/// [`SEALED_CHUNK`] bytes but the last, which holds the rest. `None` when no blob has that
+/// size (under one tag, or a last chunk shorter than a tag).
+pub fn sealed_chunks(sealed: u64) -> Option<u64> {
+    let n = sealed.div_ceil(SEALED_CHUNK as u64).max(1);
+    (sealed_chunk_len(sealed, n, n - 1) >= TAG as u64).then_some(n)
+}
+
+/// The length of sealed chunk `i` of a blob of `sealed` bytes in `n` chunks.
+pub fn sealed_chunk_len(sealed: u64, n: u64, i: u64) -> u64 {
+    if i + 1 < n {
+        SEALED_CHUNK as u64
+    } else {
+        sealed.saturating_sub((n - 1) * SEALED_CHUNK as u64)
+    }
+}
+
 /// The SHA-256 of each sealed chunk, in order: what the server checks chunks against.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Manifest(pub Vec<[u8; 32]>);
 
 impl Manifest {
+    /// From its wire form, 32 bytes a chunk; `None` for any other length.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        bytes.len().is_multiple_of(32).then(|| {
+            Self(
+                bytes
+                    .chunks_exact(32)
+                    .map(|h| h.try_into().expect("32-byte chunks"))
+                    .collect(),
+            )
+        })
+    }
+
+    /// Its wire form: the hashes concatenated.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.concat()
+    }
+
     /// The blob's id.
     pub fn id(&self) -> BlobId {
         let mut h = Sha256::new();
@@ -332,6 +366,12 @@ mod tests {
             assert_eq!(sealed.len() as u64, chunks(size as u64), "{size}");
             let total: usize = sealed.iter().map(Vec::len).sum();
             assert_eq!(total as u64, sealed_size(size as u64));
+            // What the server computes from the sealed size alone agrees, chunk by chunk.
+            let n = sealed_chunks(total as u64).unwrap();
+            assert_eq!(n, sealed.len() as u64);
+            for (i, c) in sealed.iter().enumerate() {
+                assert_eq!(sealed_chunk_len(total as u64, n, i as u64), c.len() as u64);
+            }
             assert_eq!(r.size, size as u64);
             assert_eq!(open(&sealed, &r).unwrap(), data, "{size}");
         }
@@ -358,6 +398,16 @@ mod tests {
         wrong_size.size -= 1;
         assert!(open(&sealed, &wrong_size).is_err());
         assert!(BlobId::from_hex("zz").is_none());
+        assert_eq!(sealed_chunks(15), None, "under one tag");
+        assert_eq!(
+            sealed_chunks(SEALED_CHUNK as u64 + 15),
+            None,
+            "a last chunk under a tag"
+        );
+        assert_eq!(sealed_chunks(SEALED_CHUNK as u64 + 16), Some(2));
+        assert_eq!(Manifest::from_bytes(&[0; 33]), None);
+        let m = Manifest(vec![[1; 32], [2; 32]]);
+        assert_eq!(Manifest::from_bytes(&m.to_bytes()), Some(m));
         assert_eq!(
             BlobId::from_hex(&r.id.to_uppercase()).unwrap().to_hex(),
             r.id

@@ -125,10 +125,7 @@ pub fn draft(tx: &Transaction) -> Result<Draft, Reply> {
         cc,
         bcc,
         subject: m.subject().unwrap_or_default().to_owned(),
-        body: m
-            .body_text(0)
-            .map(|b| b.replace("\r\n", "\n"))
-            .unwrap_or_default(),
+        body: mime::text_of(&tx.data),
         // Everything the mail client wrote below its header fields travels as it is.
         mime: Some(mime::entity_of(&tx.data)),
         in_reply_to: m

@@ -27,7 +27,7 @@ fn state_of(id: BlobId, s: BlobStatus) -> BlobState {
         size: s.size,
         chunks: s.manifest.0.len() as u64,
         stored: s.stored,
-        manifest: s.manifest.0.concat(),
+        manifest: s.manifest.to_bytes(),
     }
 }
 
@@ -40,19 +40,13 @@ pub(super) async fn begin(
 ) -> AppResult<Response> {
     let req = json_body(body)?;
     let id = parse_blob_id(&req.id)?;
-    if req.manifest.len() % 32 != 0 {
-        return Err(ApiError::new(
+    let manifest = Manifest::from_bytes(&req.manifest).ok_or_else(|| {
+        ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::BadBlob,
             "a manifest is 32 bytes per chunk",
-        ));
-    }
-    let manifest = Manifest(
-        req.manifest
-            .chunks_exact(32)
-            .map(|h| h.try_into().expect("32-byte chunks"))
-            .collect(),
-    );
+        )
+    })?;
     let before = state.store.blob_status(id).await?.is_some();
     let s = state
         .store

@@ -123,12 +123,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Room for `POST /v1/blobs` with the manifest of the largest blob the server takes
 /// (32 bytes a chunk, as base64).
 fn blob_begin_limit(state: &AppState) -> usize {
-    let chunks = state
-        .config
-        .limits
-        .max_attachment_size
-        .0
-        .div_ceil(letterme_protocol::blob::SEALED_CHUNK as u64);
+    let chunks = letterme_protocol::blob::sealed_chunks(state.config.limits.max_attachment_size.0)
+        .unwrap_or(1);
     usize::try_from(chunks * 32 * 4 / 3)
         .unwrap_or(usize::MAX)
         .saturating_add(1024)

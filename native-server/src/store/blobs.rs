@@ -3,13 +3,17 @@
 //! checked against its hash there as it arrives, so a changed chunk is refused at once and a
 //! broken upload resumes with the chunks still missing. The server never reads a blob.
 
-use letterme_protocol::blob::{BlobId, Manifest, SEALED_CHUNK};
+use letterme_protocol::blob::{BlobId, Manifest, sealed_chunk_len, sealed_chunks};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{Store, StoreError};
 
 /// How long (seconds) an uploaded blob is kept while no message refers to it.
 pub const BLOB_UPLOAD_KEEP: u64 = 86_400;
+
+/// Most blobs one owner may hold at once, whatever their size: each is rows and index
+/// entries, and a stranger with an account must not fill the database with tiny ones.
+pub const MAX_BLOBS_PER_OWNER: u64 = 1000;
 
 /// An upload to begin (or to resume, when the same blob was begun before).
 #[derive(Debug, Clone)]
@@ -43,15 +47,6 @@ impl BlobStatus {
     }
 }
 
-/// How many sealed chunks a blob of `size` sealed bytes has, and the size of chunk `n`.
-fn chunk_len(size: u64, chunks: u64, n: u64) -> u64 {
-    if n + 1 < chunks {
-        SEALED_CHUNK as u64
-    } else {
-        size - (chunks - 1) * SEALED_CHUNK as u64
-    }
-}
-
 /// Checks that a declared upload adds up: a manifest of one hash per chunk that hashes to
 /// the id, a last chunk of at least a tag, a size within the limit.
 fn check(b: &NewBlob) -> Result<(), StoreError> {
@@ -61,8 +56,13 @@ fn check(b: &NewBlob) -> Result<(), StoreError> {
             b.size, b.max_size
         )));
     }
-    let chunks = b.size.div_ceil(SEALED_CHUNK as u64).max(1);
-    if b.manifest.0.len() as u64 != chunks || chunk_len(b.size, chunks, chunks - 1) < 16 {
+    let Some(chunks) = sealed_chunks(b.size) else {
+        return Err(StoreError::BadBlob(format!(
+            "no blob is {} bytes sealed: every chunk carries a 16-byte tag",
+            b.size
+        )));
+    };
+    if b.manifest.0.len() as u64 != chunks {
         return Err(StoreError::BadBlob(format!(
             "a blob of {} sealed bytes has {chunks} chunks; the manifest lists {}",
             b.size,
@@ -95,12 +95,9 @@ fn status(c: &Connection, id: &BlobId) -> Result<Option<BlobStatus>, StoreError>
         .prepare_cached("SELECT n FROM blob_chunks WHERE blob = ?1 ORDER BY n")?
         .query_map([id.0.as_slice()], |r| r.get::<_, i64>(0).map(|n| n as u64))?
         .collect::<Result<_, _>>()?;
-    let manifest = Manifest(
-        manifest
-            .chunks_exact(32)
-            .map(|h| h.try_into().expect("32-byte chunks"))
-            .collect(),
-    );
+    let manifest = Manifest::from_bytes(&manifest).ok_or_else(|| {
+        StoreError::Database("a stored blob manifest is not 32 bytes a chunk".into())
+    })?;
     Ok(Some(BlobStatus {
         owner,
         size,
@@ -122,18 +119,21 @@ impl Store {
                     Err(StoreError::NoBlob)
                 };
             }
-            let used: i64 = c
-                .prepare_cached("SELECT coalesce(sum(size), 0) FROM blobs WHERE owner = ?1")?
-                .query_row([&b.owner], |r| r.get(0))?;
+            // Bounded work: an owner holds at most MAX_BLOBS_PER_OWNER rows.
+            let (count, used): (i64, i64) = c
+                .prepare_cached(
+                    "SELECT count(*), coalesce(sum(size), 0) FROM blobs WHERE owner = ?1",
+                )?
+                .query_row([&b.owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
             let used = used as u64;
-            if used.saturating_add(b.size) > b.per_owner {
+            if count as u64 >= MAX_BLOBS_PER_OWNER || used.saturating_add(b.size) > b.per_owner {
                 return Err(StoreError::BlobLimit {
                     owner: b.owner.clone(),
                     used,
                     limit: b.per_owner,
                 });
             }
-            let manifest: Vec<u8> = b.manifest.0.concat();
+            let manifest = b.manifest.to_bytes();
             c.prepare_cached(
                 "INSERT INTO blobs (id, owner, size, manifest, created) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
@@ -182,7 +182,7 @@ impl Store {
                     chunks - 1
                 )));
             };
-            let len = chunk_len(s.size, chunks, n);
+            let len = sealed_chunk_len(s.size, chunks, n);
             if data.len() as u64 != len {
                 return Err(StoreError::ChunkMismatch(format!(
                     "chunk {n} is {len} bytes; this one has {}",
@@ -208,13 +208,25 @@ impl Store {
 
     /// Deletes the blobs uploaded before `cutoff` (their chunks with them); returns how
     /// many. No message refers to a blob yet (the rest of issue 17.2), so every upload is
-    /// kept [`BLOB_UPLOAD_KEEP`] seconds.
+    /// kept [`BLOB_UPLOAD_KEEP`] seconds. A few blobs per write transaction, so the
+    /// overwriting of deleted pages (`secure_delete`) never holds deliveries up for long.
     pub async fn purge_blobs(&self, cutoff: u64) -> Result<usize, StoreError> {
-        self.write(move |c| {
-            Ok(c.prepare_cached("DELETE FROM blobs WHERE created < ?1")?
-                .execute([cutoff as i64])?)
-        })
-        .await
+        let mut total = 0;
+        loop {
+            let n = self
+                .write(move |c| {
+                    Ok(c.prepare_cached(
+                        "DELETE FROM blobs WHERE id IN
+                           (SELECT id FROM blobs WHERE created < ?1 LIMIT 4)",
+                    )?
+                    .execute([cutoff as i64])?)
+                })
+                .await?;
+            total += n;
+            if n == 0 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Chunk `n` of a blob.

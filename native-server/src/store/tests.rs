@@ -577,3 +577,47 @@ async fn blob_uploads_are_checked_and_bounded() {
     assert!(store.blob_status(blob.id).await.unwrap().is_none());
     assert_eq!(store.blob_chunk(blob.id, 1).await.unwrap(), None);
 }
+
+/// However small, an owner's blobs are at most `MAX_BLOBS_PER_OWNER`: a stranger with an
+/// account cannot fill the database with rows (each 16-byte blob is rows and index entries).
+#[tokio::test]
+async fn an_owner_cannot_hold_more_than_the_blob_count_limit() {
+    use letterme_protocol::blob::Manifest;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    let tiny = |i: u64| {
+        let manifest = Manifest(vec![Manifest::chunk_hash(&i.to_be_bytes())]);
+        NewBlob {
+            id: manifest.id(),
+            owner: "a@x.test".into(),
+            size: 16,
+            manifest,
+            created: 1,
+            max_size: 1 << 30,
+            per_owner: 1 << 30,
+        }
+    };
+    let tasks: Vec<_> = (0..MAX_BLOBS_PER_OWNER)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.blob_begin(tiny(i)).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert!(matches!(
+        store.blob_begin(tiny(MAX_BLOBS_PER_OWNER)).await,
+        Err(StoreError::BlobLimit { .. })
+    ));
+    // Another owner is not held back by it.
+    let other = NewBlob {
+        owner: "b@x.test".into(),
+        ..tiny(MAX_BLOBS_PER_OWNER)
+    };
+    store.blob_begin(other).await.unwrap();
+    assert_eq!(
+        store.purge_blobs(2).await.unwrap(),
+        MAX_BLOBS_PER_OWNER as usize + 1
+    );
+}

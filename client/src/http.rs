@@ -327,9 +327,12 @@ impl Api {
     }
 
     pub async fn fetch(&self, id: &str) -> Result<Vec<u8>, ClientError> {
-        let resp = self
-            .call(self.req(Method::GET, &format!("/v1/messages/{id}")))
-            .await?;
+        self.get_bytes(&format!("/v1/messages/{id}")).await
+    }
+
+    /// The body of a `GET` that answers bytes, not JSON.
+    async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let resp = self.call(self.req(Method::GET, path)).await?;
         resp.bytes()
             .await
             .map(|b| b.to_vec())
@@ -409,16 +412,7 @@ impl Api {
 
     /// Sealed chunk `n` of a blob (`GET /v1/blobs/{id}/{n}`).
     pub async fn blob_chunk(&self, id: &str, n: u64) -> Result<Vec<u8>, ClientError> {
-        let resp = self
-            .call(self.req(Method::GET, &format!("/v1/blobs/{id}/{n}")))
-            .await?;
-        resp.bytes()
-            .await
-            .map(|b| b.to_vec())
-            .map_err(|e| ClientError::ServerDown {
-                url: self.base.clone(),
-                reason: describe(&e),
-            })
+        self.get_bytes(&format!("/v1/blobs/{id}/{n}")).await
     }
 
     /// The logged-in user's block list.

@@ -209,6 +209,18 @@ pub(super) async fn list(
     Ok(Json(ListResponse { messages }))
 }
 
+/// The ids of a `fetch` or `acknowledge` request: at most a page ([`MAX_LIST`]), each
+/// one an envelope id.
+fn page_of_ids(ids: &[String], what: &str) -> AppResult<Vec<[u8; 16]>> {
+    if ids.len() > MAX_LIST as usize {
+        return Err(ApiError::bad_request(
+            ErrorCode::TooMany,
+            format!("{what} at most {MAX_LIST} ids at once"),
+        ));
+    }
+    ids.iter().map(|s| parse_id(s).map(|i| i.0)).collect()
+}
+
 pub(super) fn parse_id(s: &str) -> AppResult<EnvelopeId> {
     EnvelopeId::from_hex(s)
         .ok_or_else(|| ApiError::bad_request(ErrorCode::BadId, "a message id is 32 hex digits"))
@@ -247,18 +259,7 @@ pub(super) async fn fetch_many(
     Authed(session): Authed,
     body: Result<Json<FetchRequest>, JsonRejection>,
 ) -> AppResult<Response> {
-    let req = json_body(body)?;
-    if req.ids.len() > MAX_LIST as usize {
-        return Err(ApiError::bad_request(
-            ErrorCode::TooMany,
-            format!("fetch at most {MAX_LIST} ids at once"),
-        ));
-    }
-    let ids = req
-        .ids
-        .iter()
-        .map(|s| parse_id(s).map(|i| i.0))
-        .collect::<AppResult<Vec<_>>>()?;
+    let ids = page_of_ids(&json_body(body)?.ids, "fetch")?;
     let found = state
         .store
         .fetch_many(session.address.to_string(), ids, FETCH_BYTES)
@@ -292,18 +293,7 @@ pub(super) async fn ack_many(
     Authed(session): Authed,
     body: Result<Json<AckRequest>, JsonRejection>,
 ) -> AppResult<Json<AckResponse>> {
-    let req = json_body(body)?;
-    if req.ids.len() > MAX_LIST as usize {
-        return Err(ApiError::bad_request(
-            ErrorCode::TooMany,
-            format!("acknowledge at most {MAX_LIST} ids at once"),
-        ));
-    }
-    let ids = req
-        .ids
-        .iter()
-        .map(|s| parse_id(s).map(|i| i.0))
-        .collect::<AppResult<Vec<_>>>()?;
+    let ids = page_of_ids(&json_body(body)?.ids, "acknowledge")?;
     let n = state.store.ack(session.address.to_string(), ids).await?;
     state.metrics.acks.inc_by(n as u64);
     Ok(Json(AckResponse { deleted: n as u64 }))

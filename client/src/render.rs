@@ -170,6 +170,7 @@ mod tests {
             references: vec!["<m-1@example.com>".into(), "<m0@example.com>".into()],
             legacy: None,
             mime: None,
+            blobs: vec![],
         }
     }
 
@@ -218,6 +219,7 @@ mod tests {
         );
         let p = Payload {
             mime: Some(entity.into_bytes()),
+            blobs: vec![],
             ..payload()
         };
         let raw = render(&p, &key, &me);

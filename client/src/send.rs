@@ -104,6 +104,7 @@ impl Online {
             references: draft.references.clone(),
             legacy: None,
             mime: draft.mime.clone(),
+            blobs: vec![],
         };
         let envelopes = seal_message_except(
             &self.me.keys.identity,

@@ -340,6 +340,7 @@ impl Online {
             references: vec![],
             legacy: None,
             mime: None,
+            blobs: vec![],
         };
         let raw = render::outgoing(&payload)
             .ok_or_else(|| ClientError::Io("cannot write the alert message".into()))?;

@@ -133,6 +133,7 @@ pub fn failure_notice(
         references: vec![],
         legacy: None,
         mime: None,
+        blobs: vec![],
     };
     let env = seal(
         SignerKind::Domain,

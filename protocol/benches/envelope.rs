@@ -22,6 +22,7 @@ fn payload(from: &Address, to: Vec<Address>) -> Payload {
         references: vec![],
         legacy: None,
         mime: None,
+        blobs: vec![],
     }
 }
 

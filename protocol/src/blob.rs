@@ -33,7 +33,7 @@ pub const SEALED_CHUNK: usize = CHUNK + TAG;
 /// Poly1305 tag length.
 const TAG: usize = 16;
 /// The random part of each chunk's nonce (24 bytes less the counter and the flag).
-const NONCE_PREFIX: usize = 19;
+pub const NONCE_PREFIX: usize = 19;
 
 /// A blob's id: the SHA-256 of its manifest.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::address::Address;
 use crate::b64;
+use crate::blob::{BlobId, BlobRef};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::keys::{
     EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, Signature, SigningKeypair,
@@ -31,7 +32,12 @@ use crate::verdict::{AuthResult, Disposition, DkimResults};
 pub const VERIFIED_HEADER: &str = "Letterme-Signature";
 
 pub const ENVELOPE_MAGIC: &[u8; 5] = b"LMENV";
+/// The version of an envelope that names no blob.
 pub const ENVELOPE_VERSION: u8 = 1;
+/// The version of an envelope whose header names the blobs its payload refers to.
+pub const ENVELOPE_VERSION_BLOBS: u8 = 2;
+/// Blobs one envelope may name.
+pub const MAX_BLOBS: usize = 100;
 /// Signature context of an envelope.
 pub const ENVELOPE_CONTEXT: &[u8] = b"letterme/v1/envelope\0";
 /// Recipients in one envelope.
@@ -141,6 +147,10 @@ pub struct Payload {
         with = "crate::b64::optional"
     )]
     pub mime: Option<Vec<u8>>,
+    /// Large attachments sealed apart (PROTOCOL.md §19a): each blob's id, key and size. The
+    /// envelope's header names the same ids, in this order, for the server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<BlobRef>,
 }
 
 /// A message received from classic email, sealed by the domain's inbound gateway.
@@ -190,6 +200,7 @@ impl fmt::Debug for Payload {
                 "mime",
                 &format_args!("<{} bytes>", self.mime.as_ref().map_or(0, Vec::len)),
             )
+            .field("blobs", &self.blobs.len())
             .field("date", &self.date)
             .finish_non_exhaustive()
     }
@@ -205,6 +216,9 @@ pub struct Envelope {
     pub sender: Address,
     pub signer_key: IdentityPublicKey,
     pub recipients: Vec<RecipientEntry>,
+    /// The blobs the payload refers to (version 2), so that the server keeps them while
+    /// the envelope is pending and lets its recipients read them. Empty: version 1.
+    pub blobs: Vec<BlobId>,
     pub nonce: [u8; 24],
     pub ciphertext: Vec<u8>,
     pub signature: Signature,
@@ -222,6 +236,8 @@ pub enum SealError {
     TooLarge(usize),
     #[error("no verified encryption key for {0}")]
     MissingKey(Address),
+    #[error("the payload's blob references are not valid: {0}")]
+    BadBlobs(String),
 }
 
 /// Every way opening an envelope can fail.
@@ -248,6 +264,8 @@ pub enum OpenError {
     MalformedPayload(String),
     #[error("the payload names a sender other than the envelope's")]
     SenderMismatch,
+    #[error("the payload's blobs are not the ones the envelope names")]
+    BlobMismatch,
     #[error("envelope {0} was already received (replay)")]
     Replayed(EnvelopeId),
 }
@@ -255,9 +273,15 @@ pub enum OpenError {
 impl Envelope {
     /// Canonical header bytes: the AEAD associated data.
     fn header_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(128 + self.recipients.len() * 160);
+        let mut w =
+            Writer::with_capacity(128 + self.recipients.len() * 160 + self.blobs.len() * 32);
+        let version = if self.blobs.is_empty() {
+            ENVELOPE_VERSION
+        } else {
+            ENVELOPE_VERSION_BLOBS
+        };
         w.raw(ENVELOPE_MAGIC)
-            .u8(ENVELOPE_VERSION)
+            .u8(version)
             .raw(&self.id.0)
             .u64(self.created)
             .u8(self.signer_kind as u8)
@@ -268,6 +292,12 @@ impl Envelope {
             w.str16(r.address.as_str())
                 .raw(r.encryption_key.as_bytes())
                 .bytes16(&r.wrapped_key);
+        }
+        if !self.blobs.is_empty() {
+            w.u16(self.blobs.len() as u16);
+            for b in &self.blobs {
+                w.raw(&b.0);
+            }
         }
         w.into_bytes()
     }
@@ -293,7 +323,7 @@ impl Envelope {
         let mut r = Reader::new(bytes);
         r.expect(ENVELOPE_MAGIC, "envelope")?;
         let version = r.u8("version")?;
-        if version != ENVELOPE_VERSION {
+        if version != ENVELOPE_VERSION && version != ENVELOPE_VERSION_BLOBS {
             return Err(OpenError::UnsupportedVersion(version));
         }
         let id = EnvelopeId(r.array("id")?);
@@ -324,6 +354,22 @@ impl Envelope {
                 wrapped_key: wrapped.to_vec(),
             });
         }
+        let mut blobs = Vec::new();
+        if version == ENVELOPE_VERSION_BLOBS {
+            // Version 2 names at least one blob, each once: one encoding per envelope.
+            let count = usize::from(r.u16("blob count")?);
+            if count == 0 || count > MAX_BLOBS {
+                return Err(DecodeError::Invalid("blob count").into());
+            }
+            let mut seen = BTreeSet::new();
+            for _ in 0..count {
+                let id = BlobId(r.array("blob id")?);
+                if !seen.insert(id) {
+                    return Err(DecodeError::Invalid("duplicate blob").into());
+                }
+                blobs.push(id);
+            }
+        }
         let nonce = r.array("nonce")?;
         let ciphertext = r.bytes32("ciphertext", MAX_CIPHERTEXT)?.to_vec();
         let signature = Signature(r.array::<SIGNATURE_LEN>("signature")?);
@@ -335,6 +381,7 @@ impl Envelope {
             sender,
             signer_key,
             recipients,
+            blobs,
             nonce,
             ciphertext,
             signature,
@@ -399,6 +446,9 @@ impl Envelope {
         if payload.from != self.sender {
             return Err(OpenError::SenderMismatch);
         }
+        if blob_ids(&payload.blobs).ok().as_ref() != Some(&self.blobs) {
+            return Err(OpenError::BlobMismatch);
+        }
         if seen(&self.id) {
             return Err(OpenError::Replayed(self.id));
         }
@@ -415,12 +465,55 @@ fn parse_address(s: &str, what: &'static str) -> Result<Address, DecodeError> {
     }
 }
 
-/// Seals `payload` into one envelope for `recipients`, signed by `signer`.
+/// The ids of a payload's blobs, in order: what its envelope's header names.
+fn blob_ids(refs: &[BlobRef]) -> Result<Vec<BlobId>, SealError> {
+    if refs.len() > MAX_BLOBS {
+        return Err(SealError::BadBlobs(format!(
+            "{} blobs; an envelope names at most {MAX_BLOBS}",
+            refs.len()
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    refs.iter()
+        .map(|r| {
+            let id = BlobId::from_hex(&r.id)
+                .ok_or_else(|| SealError::BadBlobs(format!("{:?} is not a blob id", r.id)))?;
+            if seen.insert(id) {
+                Ok(id)
+            } else {
+                Err(SealError::BadBlobs(format!("blob {} is named twice", r.id)))
+            }
+        })
+        .collect()
+}
+
+/// Seals `payload` into one envelope for `recipients`, signed by `signer`. The header
+/// names the payload's blobs.
 pub fn seal(
     signer_kind: SignerKind,
     signer: &SigningKeypair,
     payload: &Payload,
     recipients: &[(Address, EncryptionPublicKey)],
+    created: u64,
+) -> Result<Envelope, SealError> {
+    seal_naming(
+        signer_kind,
+        signer,
+        payload,
+        recipients,
+        blob_ids(&payload.blobs)?,
+        created,
+    )
+}
+
+/// [`seal`] with the header's blob list given (tests give one that differs from the
+/// payload's).
+fn seal_naming(
+    signer_kind: SignerKind,
+    signer: &SigningKeypair,
+    payload: &Payload,
+    recipients: &[(Address, EncryptionPublicKey)],
+    blobs: Vec<BlobId>,
     created: u64,
 ) -> Result<Envelope, SealError> {
     if recipients.is_empty() {
@@ -452,6 +545,7 @@ pub fn seal(
         sender: payload.from.clone(),
         signer_key: signer.public(),
         recipients: entries,
+        blobs,
         nonce: random_bytes(),
         ciphertext: Vec::new(),
         signature: Signature([0; 64]),
@@ -531,4 +625,68 @@ pub fn seal_message_except(
         )?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(n: u8) -> BlobRef {
+        BlobRef {
+            id: BlobId([n; 32]).to_hex(),
+            key: [n; 32],
+            nonce: [n; crate::blob::NONCE_PREFIX],
+            size: 100,
+        }
+    }
+
+    fn payload(blobs: Vec<BlobRef>) -> Payload {
+        let a = Address::parse("a@x.test").unwrap();
+        Payload {
+            from: a.clone(),
+            to: vec![a],
+            cc: vec![],
+            bcc: vec![],
+            subject: "s".into(),
+            body: "b".into(),
+            headers: vec![],
+            date: 1,
+            message_id: "<m@x.test>".into(),
+            in_reply_to: None,
+            references: vec![],
+            legacy: None,
+            mime: None,
+            blobs,
+        }
+    }
+
+    /// A header whose blob list is not the payload's (a sender's client gone wrong, or a
+    /// server pointing recipients at other blobs) does not open, even when the sender
+    /// signed and encrypted it so.
+    #[test]
+    fn a_header_naming_other_blobs_than_the_payload_does_not_open() {
+        let signer = SigningKeypair::generate();
+        let key = EncryptionKeypair::generate();
+        let p = payload(vec![blob(1)]);
+        let me = p.from.clone();
+        let rcpts = [(me.clone(), key.public())];
+        let honest = seal(SignerKind::User, &signer, &p, &rcpts, 1).unwrap();
+        assert!(
+            honest
+                .open(&me, &[&key], &signer.public(), &|_| false)
+                .is_ok()
+        );
+        for named in [
+            vec![BlobId([2; 32])],
+            vec![BlobId([1; 32]), BlobId([2; 32])],
+            vec![],
+        ] {
+            let env = seal_naming(SignerKind::User, &signer, &p, &rcpts, named, 1).unwrap();
+            let env = Envelope::decode(&env.encode()).unwrap();
+            assert_eq!(
+                env.open(&me, &[&key], &signer.public(), &|_| false),
+                Err(OpenError::BlobMismatch)
+            );
+        }
+    }
 }

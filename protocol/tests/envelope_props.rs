@@ -43,6 +43,7 @@ fn payload(w: &World, subject: &str, body: &str) -> Payload {
         references: vec![],
         legacy: None,
         mime: None,
+        blobs: vec![],
     }
 }
 
@@ -238,4 +239,82 @@ proptest! {
         prefixed.extend_from_slice(&data);
         let _ = Envelope::decode(&prefixed);
     }
+}
+
+fn blob_ref(n: u8) -> letterme_protocol::blob::BlobRef {
+    letterme_protocol::blob::BlobRef {
+        id: letterme_protocol::blob::BlobId([n; 32]).to_hex(),
+        key: [n; 32],
+        nonce: [n; letterme_protocol::blob::NONCE_PREFIX],
+        size: 1 << 20,
+    }
+}
+
+/// A payload without blobs keeps envelope version 1 (what older servers and clients
+/// read); one with blobs is version 2 and its header names them, in order, under the
+/// signature: the server can neither add nor drop nor swap one.
+#[test]
+fn blobs_are_named_in_a_version_2_header_under_the_signature() {
+    use letterme_protocol::blob::BlobId;
+    let w = world();
+    let rcpts = [(w.bob.clone(), w.bob_key.public())];
+    let plain = sealed(&w, "s", "b");
+    assert_eq!(plain.encode()[5], 1);
+    assert!(plain.blobs.is_empty());
+
+    let mut p = payload(&w, "s", "b");
+    p.blobs = vec![blob_ref(7), blob_ref(3)];
+    let env = seal(SignerKind::User, &w.alice_id, &p, &rcpts, 1).unwrap();
+    let bytes = env.encode();
+    assert_eq!(bytes[5], 2);
+    let decoded = Envelope::decode(&bytes).unwrap();
+    assert_eq!(decoded.blobs, vec![BlobId([7; 32]), BlobId([3; 32])]);
+    let opened = decoded
+        .open(&w.bob, &[&w.bob_key], &w.alice_id.public(), &|_| false)
+        .unwrap();
+    assert_eq!(opened.blobs, p.blobs);
+
+    for change in [
+        vec![BlobId([7; 32])],
+        vec![BlobId([3; 32]), BlobId([7; 32])],
+        vec![BlobId([7; 32]), BlobId([4; 32])],
+    ] {
+        let mut t = decoded.clone();
+        t.blobs = change;
+        let t = Envelope::decode(&t.encode()).unwrap();
+        assert_eq!(
+            t.open(&w.bob, &[&w.bob_key], &w.alice_id.public(), &|_| false),
+            Err(OpenError::BadSignature)
+        );
+    }
+}
+
+/// One encoding per envelope: a version 2 header with no blob, or one blob twice, does
+/// not decode; a payload naming a blob twice or a malformed id does not seal.
+#[test]
+fn blob_lists_have_one_encoding() {
+    let w = world();
+    let rcpts = [(w.bob.clone(), w.bob_key.public())];
+    let mut p = payload(&w, "s", "b");
+    p.blobs = vec![blob_ref(7)];
+    let env = seal(SignerKind::User, &w.alice_id, &p, &rcpts, 1).unwrap();
+    let bytes = env.encode();
+    // The blob count sits right before the one id and the nonce.
+    let id_at = bytes.windows(32).position(|x| x == [7; 32]).unwrap();
+    let mut zero = bytes[..id_at - 2].to_vec();
+    zero.extend_from_slice(&[0, 0]);
+    zero.extend_from_slice(&bytes[id_at + 32..]);
+    assert!(Envelope::decode(&zero).is_err());
+    let mut twice = bytes[..id_at - 2].to_vec();
+    twice.extend_from_slice(&[0, 2]);
+    twice.extend_from_slice(&[7; 32]);
+    twice.extend_from_slice(&bytes[id_at..]);
+    assert!(Envelope::decode(&twice).is_err());
+
+    p.blobs = vec![blob_ref(7), blob_ref(7)];
+    assert!(seal(SignerKind::User, &w.alice_id, &p, &rcpts, 1).is_err());
+    let mut bad = blob_ref(1);
+    bad.id = "not hex".into();
+    p.blobs = vec![bad];
+    assert!(seal(SignerKind::User, &w.alice_id, &p, &rcpts, 1).is_err());
 }

@@ -500,6 +500,7 @@ pub fn sealed_text(
         references: vec![],
         legacy: None,
         mime: None,
+        blobs: vec![],
     };
     letterme_protocol::envelope::seal(
         letterme_protocol::envelope::SignerKind::User,

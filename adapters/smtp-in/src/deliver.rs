@@ -111,6 +111,7 @@ pub async fn seal_and_store(
         in_reply_to: None,
         references: vec![],
         mime: None,
+        blobs: vec![],
         legacy: Some(LegacyMail {
             raw,
             mail_from: msg.mail_from,

@@ -194,6 +194,7 @@ fn seal_queue(
             references: vec![],
             legacy: None,
             mime: None,
+            blobs: vec![],
         };
         let env = seal(
             SignerKind::User,

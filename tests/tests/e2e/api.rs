@@ -45,6 +45,7 @@ fn payload(from: &Address, to: &Address, subject: &str) -> Payload {
         references: vec![],
         legacy: None,
         mime: None,
+        blobs: vec![],
     }
 }
 

@@ -846,6 +846,7 @@ fn envelope_from(identity: &SigningKeypair, from: &str, to: &str, subject: &str)
         references: vec![],
         legacy: None,
         mime: None,
+        blobs: vec![],
     };
     letterme_protocol::envelope::seal(
         letterme_protocol::envelope::SignerKind::User,
@@ -1165,6 +1166,7 @@ fn a_send_to_fifty_domains_is_stored_once_and_the_queue_caps_hold() {
             references: vec![],
             legacy: None,
             mime: None,
+            blobs: vec![],
         };
         let keys: Vec<_> = to
             .iter()

@@ -146,6 +146,7 @@ pub fn failure_notice(
         id: env.id.0,
         sender: from.to_string(),
         envelope: env.encode(),
+        blobs: vec![],
         recipients: vec![sender.to_string()],
         received: now,
         // A notice always lands: it is small and the only news of a loss.

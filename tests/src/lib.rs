@@ -485,6 +485,19 @@ pub fn sealed_text(
     body: &str,
     message_id: &str,
 ) -> letterme_protocol::Envelope {
+    sealed_with_blobs(online, to, key, subject, body, message_id, vec![])
+}
+
+/// [`sealed_text`] whose payload refers to `blobs` (and whose header names them).
+pub fn sealed_with_blobs(
+    online: &letterme_client::Online,
+    to: &letterme_protocol::Address,
+    key: letterme_protocol::EncryptionPublicKey,
+    subject: &str,
+    body: &str,
+    message_id: &str,
+    blobs: Vec<letterme_protocol::blob::BlobRef>,
+) -> letterme_protocol::Envelope {
     let now = letterme_client::now();
     let payload = letterme_protocol::Payload {
         from: online.me.profile.address.clone(),
@@ -500,7 +513,7 @@ pub fn sealed_text(
         references: vec![],
         legacy: None,
         mime: None,
-        blobs: vec![],
+        blobs,
     };
     letterme_protocol::envelope::seal(
         letterme_protocol::envelope::SignerKind::User,

@@ -150,6 +150,7 @@ pub async fn seal_and_store(
             id: env.id.0,
             sender: sender.to_string(),
             envelope: env.encode(),
+            blobs: vec![],
             recipients: vec![address.to_string()],
             received: now,
             quota,

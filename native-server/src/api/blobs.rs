@@ -68,7 +68,8 @@ pub(super) async fn begin(
     Ok((status, Json(state_of(id, s))).into_response())
 }
 
-/// `GET /v1/blobs/{id}`: where the caller's upload stands.
+/// `GET /v1/blobs/{id}`: where the caller's upload stands, or the blob a pending message
+/// to the caller names.
 pub(super) async fn status(
     State(state): St,
     Authed(session): Authed,
@@ -77,9 +78,8 @@ pub(super) async fn status(
     let id = parse_blob_id(&path_param(id)?.0)?;
     let s = state
         .store
-        .blob_status(id)
+        .readable_blob(id, session.address.to_string())
         .await?
-        .filter(|s| s.owner == session.address.as_str())
         .ok_or(crate::store::StoreError::NoBlob)?;
     Ok(Json(state_of(id, s)))
 }
@@ -108,19 +108,20 @@ pub(super) async fn put_chunk(
     Ok(Json(state_of(id, s)))
 }
 
-/// `GET /v1/blobs/{id}/{n}`: a stored chunk of the caller's blob.
+/// `GET /v1/blobs/{id}/{n}`: a stored chunk of the caller's blob, or of a blob a pending
+/// message to the caller names.
 pub(super) async fn get_chunk(
     State(state): St,
     Authed(session): Authed,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> AppResult<Response> {
     let (id, n) = chunk_path(path)?;
-    let owned = state
+    let readable = state
         .store
-        .blob_status(id)
+        .readable_blob(id, session.address.to_string())
         .await?
-        .is_some_and(|s| s.owner == session.address.as_str());
-    let data = if owned {
+        .is_some();
+    let data = if readable {
         state.store.blob_chunk(id, n).await?
     } else {
         None

@@ -102,6 +102,20 @@ pub(super) async fn accept(
         )
         .with_recipients(list));
     }
+    if !env.blobs.is_empty() && !remote.is_empty() {
+        let list: Vec<String> = remote.values().flatten().cloned().collect();
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::BadBlob,
+            format!(
+                "{} not on {}: attachments sent as blobs do not cross domains yet; send them \
+                 inside the message (below limits.max_message_size) instead",
+                list.join(", "),
+                state.config.domain
+            ),
+        )
+        .with_recipients(list));
+    }
     let limits = &state.config.limits;
     if remote.len() > limits.max_domains_per_send {
         return Err(ApiError::bad_request(
@@ -145,6 +159,7 @@ pub(super) async fn accept(
                 id: env.id.0,
                 sender: env.sender.to_string(),
                 envelope: body.to_vec(),
+                blobs: env.blobs.clone(),
                 recipients: local,
                 received: now,
                 quota: state.config.limits.quota.0,

@@ -506,6 +506,7 @@ fn check_envelope(
         digest: Sha256::digest(bytes).into(),
         sender: env.sender.to_string(),
         envelope: bytes.to_vec(),
+        blobs: env.blobs.clone(),
         recipients: list,
     })
 }

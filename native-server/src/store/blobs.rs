@@ -1,12 +1,21 @@
-//! Blobs (`blobs`, `blob_chunks`): large attachments sealed by their sender (PROTOCOL.md
-//! §19a), uploaded chunk by chunk. An upload declares its manifest first; each chunk is
-//! checked against its hash there as it arrives, so a changed chunk is refused at once and a
-//! broken upload resumes with the chunks still missing. The server never reads a blob.
+//! Blobs (`blobs`, `blob_chunks`, `envelope_blobs`): large attachments sealed by their
+//! sender (PROTOCOL.md §19a), uploaded chunk by chunk. An upload declares its manifest
+//! first; each chunk is checked against its hash there as it arrives, so a changed chunk is
+//! refused at once and a broken upload resumes with the chunks still missing. An envelope
+//! whose header names a blob keeps it, once however many recipients, until the last of
+//! them acknowledged it (or retention removed it) and no other domain still waits for it;
+//! the purge then deletes it. The server never reads a blob.
 
 use letterme_protocol::blob::{BlobId, Manifest, sealed_chunk_len, sealed_chunks};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{Store, StoreError};
+
+/// Where a blob is in its life (`blobs.state`).
+const UPLOADED: i64 = 0;
+const NAMED: i64 = 1;
+/// Every envelope that named it is gone (set by a trigger, migration 0011).
+const RELEASED: i64 = 2;
 
 /// How long (seconds) an uploaded blob is kept while no message refers to it.
 pub const BLOB_UPLOAD_KEEP: u64 = 86_400;
@@ -77,6 +86,63 @@ fn check(b: &NewBlob) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The sealed bytes of the blobs an envelope of `sender` names, each of which must be
+/// uploaded in full, here, by that sender: what each local recipient's usage carries while
+/// the envelope is pending.
+pub(super) fn named_bytes(
+    c: &Connection,
+    sender: &str,
+    blobs: &[BlobId],
+) -> Result<u64, StoreError> {
+    let mut total = 0u64;
+    for id in blobs {
+        let s = status(c, id)?
+            .filter(|s| s.owner == sender)
+            .ok_or_else(|| {
+                StoreError::BadBlob(format!(
+                    "the envelope names blob {}, which {sender} has not uploaded here",
+                    id.to_hex()
+                ))
+            })?;
+        if !s.complete() {
+            return Err(StoreError::BadBlob(format!(
+                "blob {} is not uploaded in full ({} of {} chunks)",
+                id.to_hex(),
+                s.stored.len(),
+                s.manifest.0.len()
+            )));
+        }
+        total = total.saturating_add(s.size);
+    }
+    Ok(total)
+}
+
+/// Records that envelope `envelope` (stored or queued in the same transaction) names
+/// `blobs`, which keeps them until it is gone. Again for the same envelope: no change.
+pub(super) fn link_blobs(
+    c: &Connection,
+    envelope: &[u8; 16],
+    blobs: &[BlobId],
+) -> Result<(), StoreError> {
+    for id in blobs {
+        c.prepare_cached(
+            "INSERT OR IGNORE INTO envelope_blobs (envelope_id, blob) VALUES (?1, ?2)",
+        )?
+        .execute(params![envelope.as_slice(), id.0.as_slice()])?;
+        c.prepare_cached("UPDATE blobs SET state = ?2 WHERE id = ?1")?
+            .execute(params![id.0.as_slice(), NAMED])?;
+    }
+    Ok(())
+}
+
+/// Whether a blob waits for the purge, every envelope that named it gone.
+pub(super) fn any_released(c: &Connection) -> Result<bool, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT EXISTS (SELECT 1 FROM blobs WHERE state = ?1)")?
+            .query_row([RELEASED], |r| r.get(0))?,
+    )
+}
+
 fn status(c: &Connection, id: &BlobId) -> Result<Option<BlobStatus>, StoreError> {
     let Some((owner, size, manifest)) = c
         .prepare_cached("SELECT owner, size, manifest FROM blobs WHERE id = ?1")?
@@ -122,9 +188,9 @@ impl Store {
             // Bounded work: an owner holds at most MAX_BLOBS_PER_OWNER rows.
             let (count, used): (i64, i64) = c
                 .prepare_cached(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM blobs WHERE owner = ?1",
+                    "SELECT count(*), coalesce(sum(size), 0) FROM blobs WHERE owner = ?1 AND state = ?2",
                 )?
-                .query_row([&b.owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                .query_row(params![b.owner, UPLOADED], |r| Ok((r.get(0)?, r.get(1)?)))?;
             let used = used as u64;
             if count as u64 >= MAX_BLOBS_PER_OWNER || used.saturating_add(b.size) > b.per_owner {
                 return Err(StoreError::BlobLimit {
@@ -157,6 +223,32 @@ impl Store {
     /// Where an upload stands; `None` when there is no such blob.
     pub async fn blob_status(&self, id: BlobId) -> Result<Option<BlobStatus>, StoreError> {
         self.read(move |c| status(c, &id)).await
+    }
+
+    /// The blob, when `reader` may read it: its uploader, or a local recipient of a
+    /// pending envelope that names it. `None` otherwise, as for no blob at all.
+    pub async fn readable_blob(
+        &self,
+        id: BlobId,
+        reader: String,
+    ) -> Result<Option<BlobStatus>, StoreError> {
+        self.read(move |c| {
+            let Some(s) = status(c, &id)? else {
+                return Ok(None);
+            };
+            if s.owner == reader {
+                return Ok(Some(s));
+            }
+            let recipient = c
+                .prepare_cached(
+                    "SELECT 1 FROM envelope_blobs e JOIN deliveries d ON d.message_id = e.envelope_id
+                     WHERE e.blob = ?1 AND d.recipient = ?2 LIMIT 1",
+                )?
+                .query_row(params![id.0.as_slice(), reader], |_| Ok(()))
+                .optional()?;
+            Ok(recipient.map(|()| s))
+        })
+        .await
     }
 
     /// Stores chunk `n` of an upload of `owner`'s after checking it against the manifest
@@ -206,10 +298,10 @@ impl Store {
         .await
     }
 
-    /// Deletes the blobs uploaded before `cutoff` (their chunks with them); returns how
-    /// many. No message refers to a blob yet (the rest of issue 17.2), so every upload is
-    /// kept [`BLOB_UPLOAD_KEEP`] seconds. A few blobs per write transaction, so the
-    /// overwriting of deleted pages (`secure_delete`) never holds deliveries up for long.
+    /// Deletes the released blobs and those uploaded before `cutoff` that no envelope
+    /// named (their chunks with them); returns how many. A few blobs per write
+    /// transaction, so the overwriting of deleted pages (`secure_delete`) never holds
+    /// deliveries up for long.
     pub async fn purge_blobs(&self, cutoff: u64) -> Result<usize, StoreError> {
         let mut total = 0;
         loop {
@@ -217,9 +309,12 @@ impl Store {
                 .write(move |c| {
                     Ok(c.prepare_cached(
                         "DELETE FROM blobs WHERE id IN
-                           (SELECT id FROM blobs WHERE created < ?1 LIMIT 4)",
+                           (SELECT id FROM blobs WHERE state = ?2
+                            UNION ALL
+                            SELECT id FROM blobs WHERE state = ?3 AND created < ?1
+                            LIMIT 4)",
                     )?
-                    .execute([cutoff as i64])?)
+                    .execute(params![cutoff as i64, RELEASED, UPLOADED])?)
                 })
                 .await?;
             total += n;

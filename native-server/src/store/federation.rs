@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use letterme_protocol::federation::{DeliveryReport, DeliveryStatus};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::mailbox::{deliver_in, file, usage};
+use super::blobs::{link_blobs, named_bytes};
+use super::mailbox::{Filed, deliver_in, file, usage};
 use super::{NewDelivery, Store, StoreError, split_lines};
 
 /// An envelope to deliver to one destination domain.
@@ -70,6 +71,8 @@ pub struct Incoming {
     pub digest: [u8; 32],
     pub sender: String,
     pub envelope: Vec<u8>,
+    /// The blobs the envelope's header names.
+    pub blobs: Vec<letterme_protocol::blob::BlobId>,
     pub recipients: Vec<String>,
 }
 
@@ -444,16 +447,33 @@ fn receive_one(
     if admin.blocks(&item.sender) || user_blocks.is_some() {
         return Ok(DeliveryStatus::Blocked);
     }
-    let size = item.envelope.len() as u64;
+    // The blobs an envelope names come from its origin before it (each uploaded by its
+    // sender); one that did not is refused for good.
+    let blob_bytes = match named_bytes(c, &item.sender, &item.blobs) {
+        Err(StoreError::BadBlob(why)) => {
+            tracing::warn!(sender = %item.sender, %why, "a peer's envelope names a blob it did not bring");
+            return Ok(DeliveryStatus::Blocked);
+        }
+        other => other?,
+    };
+    let size = (item.envelope.len() as u64).saturating_add(blob_bytes);
     if usage.saturating_add(size) > quota {
         return Ok(DeliveryStatus::QuotaExceeded);
     }
     let rcpts = [rcpt.to_owned()];
-    if !file(c, &item.id, &item.sender, &item.envelope, now, &rcpts)? {
+    let filed = Filed {
+        id: &item.id,
+        sender: &item.sender,
+        envelope: &item.envelope,
+        blob_bytes,
+        received: now,
+    };
+    if !file(c, &filed, &rcpts)? {
         // Another envelope holds this id here: a forged collision, refused for good.
         tracing::warn!(sender = %item.sender, "a peer reused an envelope id of another message");
         return Ok(DeliveryStatus::Blocked);
     }
+    link_blobs(c, &item.id, &item.blobs)?;
     c.prepare_cached(
         "INSERT INTO federated_seen (envelope_id, recipient, seen_at, origin, digest)
          VALUES (?1, ?2, ?3, ?4, ?5)",

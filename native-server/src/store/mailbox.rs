@@ -2,8 +2,10 @@
 //! local recipients, listing, fetching, acknowledging and purging them.
 
 use letterme_protocol::api::FetchedEnvelope;
+use letterme_protocol::blob::BlobId;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+use super::blobs::{any_released, link_blobs, named_bytes};
 use super::{Store, StoreError};
 
 /// A sealed envelope to store for local recipients.
@@ -12,6 +14,8 @@ pub struct NewDelivery {
     pub id: [u8; 16],
     pub sender: String,
     pub envelope: Vec<u8>,
+    /// The blobs the envelope's header names.
+    pub blobs: Vec<BlobId>,
     pub recipients: Vec<String>,
     pub received: u64,
     pub quota: u64,
@@ -38,13 +42,14 @@ pub struct PurgeStats {
 /// recipients, inbound SMTP and notices (one envelope per recipient there) come this way,
 /// federation per recipient through [`file`] directly.
 pub(super) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreError> {
-    let size = d.envelope.len() as u64;
     let fresh = c
         .prepare_cached("INSERT OR IGNORE INTO seen_envelopes (id, seen_at) VALUES (?1, ?2)")?
         .execute(params![d.id.as_slice(), d.received as i64])?;
     if fresh == 0 {
         return Err(StoreError::Replay);
     }
+    let blob_bytes = named_bytes(c, &d.sender, &d.blobs)?;
+    let size = (d.envelope.len() as u64).saturating_add(blob_bytes);
     let mut unknown = Vec::new();
     for r in &d.recipients {
         match usage(c, r)? {
@@ -58,11 +63,20 @@ pub(super) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreErr
     if !unknown.is_empty() {
         return Err(StoreError::UnknownRecipients(unknown));
     }
+    // Kept for the local recipients, or for the other domains it is queued to.
+    link_blobs(c, &d.id, &d.blobs)?;
     if d.recipients.is_empty() {
         // Every recipient is on another domain: only the replay record is kept here.
         return Ok(());
     }
-    if file(c, &d.id, &d.sender, &d.envelope, d.received, &d.recipients)? {
+    let stored = Filed {
+        id: &d.id,
+        sender: &d.sender,
+        envelope: &d.envelope,
+        blob_bytes,
+        received: d.received,
+    };
+    if file(c, &stored, &d.recipients)? {
         Ok(())
     } else {
         Err(StoreError::Replay)
@@ -79,33 +93,42 @@ pub(super) fn usage(c: &Connection, recipient: &str) -> Result<Option<u64>, Stor
     )
 }
 
+/// A checked envelope to file.
+pub(super) struct Filed<'a> {
+    pub id: &'a [u8; 16],
+    pub sender: &'a str,
+    pub envelope: &'a [u8],
+    /// The sealed bytes of the blobs it names (already linked by `name_blobs`).
+    pub blob_bytes: u64,
+    pub received: u64,
+}
+
 /// Files a checked envelope in local mailboxes: the message once (or its pending count
-/// raised when it is stored already), a delivery and the usage for each recipient. Every
-/// entrance that delivers locally ends here. `false`: the id is taken by another envelope,
-/// and nothing was filed.
+/// raised when it is stored already), a delivery and the usage (envelope and blobs) for
+/// each recipient. Every entrance that delivers locally ends here. `false`: the id is
+/// taken by another envelope, and nothing was filed.
 pub(super) fn file(
     c: &Connection,
-    id: &[u8; 16],
-    sender: &str,
-    envelope: &[u8],
-    received: u64,
+    m: &Filed<'_>,
     recipients: &[String],
 ) -> Result<bool, StoreError> {
-    let size = envelope.len() as i64;
+    let size = m.envelope.len() as i64;
     let stored = c
         .prepare_cached(
-            "INSERT INTO messages (id, sender, envelope, size, received, pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO messages (id, sender, envelope, size, received, pending, blob_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (id) DO UPDATE SET pending = pending + excluded.pending
               WHERE envelope = excluded.envelope",
         )?
-    .execute(params![
-        id.as_slice(),
-        sender,
-        envelope,
-        size,
-        received as i64,
-        recipients.len() as i64
-    ])?;
+        .execute(params![
+            m.id.as_slice(),
+            m.sender,
+            m.envelope,
+            size,
+            m.received as i64,
+            recipients.len() as i64,
+            m.blob_bytes as i64
+        ])?;
     if stored == 0 {
         return Ok(false);
     }
@@ -114,9 +137,10 @@ pub(super) fn file(
     )?;
     let mut bump =
         c.prepare_cached("UPDATE accounts SET usage_bytes = usage_bytes + ?2 WHERE address = ?1")?;
+    let usage = size.saturating_add(m.blob_bytes as i64);
     for r in recipients {
-        ins.execute(params![r, id.as_slice(), received as i64])?;
-        bump.execute(params![r, size])?;
+        ins.execute(params![r, m.id.as_slice(), m.received as i64])?;
+        bump.execute(params![r, usage])?;
     }
     Ok(true)
 }
@@ -133,7 +157,7 @@ pub(super) fn remove_delivery(
         return Ok(0);
     }
     c.prepare_cached(
-        "UPDATE accounts SET usage_bytes = max(0, usage_bytes - (SELECT size FROM messages WHERE id = ?2))
+        "UPDATE accounts SET usage_bytes = max(0, usage_bytes - (SELECT size + blob_bytes FROM messages WHERE id = ?2))
           WHERE address = ?1",
     )?
     .execute(params![recipient, id.as_slice()])?;
@@ -249,16 +273,28 @@ impl Store {
         .await
     }
 
-    /// Deletes acknowledged deliveries; returns how many existed.
+    /// Deletes acknowledged deliveries; returns how many existed. Blobs whose last
+    /// envelope this removed are deleted right after, in the background.
     pub async fn ack(&self, recipient: String, ids: Vec<[u8; 16]>) -> Result<usize, StoreError> {
-        self.write(move |c| {
-            let mut n = 0;
-            for id in &ids {
-                n += remove_delivery(c, &recipient, id)?;
-            }
-            Ok(n)
-        })
-        .await
+        let (n, released) = self
+            .write(move |c| {
+                let mut n = 0;
+                for id in &ids {
+                    n += remove_delivery(c, &recipient, id)?;
+                }
+                Ok((n, any_released(c)?))
+            })
+            .await?;
+        if released {
+            let store = self.clone();
+            tokio::spawn(async move {
+                // Time 0: released blobs only, not uploads waiting to be named.
+                if let Err(e) = store.purge_blobs(0).await {
+                    tracing::warn!(error = %e, "deleting released blobs failed; the purge retries");
+                }
+            });
+        }
+        Ok(n)
     }
 
     /// Deletes deliveries received before `cutoff` and replay records before `seen_cutoff`.

@@ -118,6 +118,7 @@ fn migrations() -> Migrations<'static> {
             "../../../migrations/0009_deliveries_by_message.sql"
         )),
         M::up(include_str!("../../../migrations/0010_blobs.sql")),
+        M::up(include_str!("../../../migrations/0011_envelope_blobs.sql")),
     ])
 }
 

@@ -27,6 +27,7 @@ fn delivery(id: u8, to: &[&str], at: u64) -> NewDelivery {
         id: [id; 16],
         sender: "a@x.test".into(),
         envelope: vec![id; 100],
+        blobs: vec![],
         recipients: to.iter().map(|s| (*s).to_owned()).collect(),
         received: at,
         quota: 250,
@@ -171,6 +172,7 @@ async fn federation_and_api_file_alike_and_refuse_a_reused_id() {
         digest: [envelope[0]; 32],
         sender: "p@peer.test".into(),
         envelope,
+        blobs: vec![],
         recipients: vec![to.into()],
     };
     let receive = |txid: u8, item: Incoming| {
@@ -620,4 +622,264 @@ async fn an_owner_cannot_hold_more_than_the_blob_count_limit() {
         store.purge_blobs(2).await.unwrap(),
         MAX_BLOBS_PER_OWNER as usize + 1
     );
+}
+
+/// Uploads a one-chunk blob of `len` sealed bytes for `owner`.
+async fn uploaded(
+    store: &Store,
+    owner: &str,
+    fill: u8,
+    len: usize,
+) -> letterme_protocol::blob::BlobId {
+    use letterme_protocol::blob::Manifest;
+    let data = vec![fill; len];
+    let manifest = Manifest(vec![Manifest::chunk_hash(&data)]);
+    let id = manifest.id();
+    store
+        .blob_begin(NewBlob {
+            id,
+            owner: owner.into(),
+            size: len as u64,
+            manifest,
+            created: 1,
+            max_size: 1 << 30,
+            per_owner: 1 << 30,
+        })
+        .await
+        .unwrap();
+    store.blob_put(owner.into(), id, 0, data).await.unwrap();
+    id
+}
+
+async fn usage_of(store: &Store, who: &str) -> u64 {
+    store
+        .account(who.into())
+        .await
+        .unwrap()
+        .unwrap()
+        .usage_bytes
+}
+
+/// Waits for the background deletion that follows the last acknowledgement.
+async fn gone(store: &Store, id: letterme_protocol::blob::BlobId) -> bool {
+    for _ in 0..200 {
+        if store.blob_status(id).await.unwrap().is_none() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A blob named by an envelope to several recipients is stored once, counted in each
+/// recipient's usage, readable by them (and its uploader) only while the message is
+/// pending for them, and deleted once the last of them acknowledged it.
+#[tokio::test]
+async fn a_named_blob_is_kept_once_counted_per_recipient_and_deleted_after_the_last_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    for a in ["a@x.test", "b@x.test", "c@x.test", "d@x.test"] {
+        store.register(account(a), None).await.unwrap();
+    }
+    let blob = uploaded(&store, "a@x.test", 1, 1000).await;
+    let to_b_and_c = NewDelivery {
+        blobs: vec![blob],
+        quota: 10_000,
+        ..delivery(1, &["b@x.test", "c@x.test"], 5)
+    };
+    // The blob counts against the quota: 100 + 1000 bytes do not fit in 1000.
+    assert!(matches!(
+        store
+            .deliver(NewDelivery {
+                quota: 1000,
+                ..to_b_and_c.clone()
+            })
+            .await,
+        Err(StoreError::QuotaExceeded(_))
+    ));
+    assert!(
+        store
+            .readable_blob(blob, "b@x.test".into())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store.deliver(to_b_and_c).await.unwrap();
+    for who in ["b@x.test", "c@x.test"] {
+        assert_eq!(usage_of(&store, who).await, 1100);
+        assert!(
+            store
+                .readable_blob(blob, who.into())
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    assert!(
+        store
+            .readable_blob(blob, "a@x.test".into())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .readable_blob(blob, "d@x.test".into())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Stored once.
+    let rows = store
+        .read(|c| {
+            Ok(c.query_row("SELECT count(*) FROM blob_chunks", [], |r| {
+                r.get::<_, i64>(0)
+            })?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+
+    store.ack("b@x.test".into(), vec![[1; 16]]).await.unwrap();
+    assert_eq!(usage_of(&store, "b@x.test").await, 0);
+    assert!(
+        store
+            .readable_blob(blob, "b@x.test".into())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .readable_blob(blob, "c@x.test".into())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // A purge now leaves it: c has not acknowledged.
+    assert_eq!(store.purge_blobs(u64::MAX).await.unwrap(), 0);
+    store.ack("c@x.test".into(), vec![[1; 16]]).await.unwrap();
+    assert!(
+        gone(&store, blob).await,
+        "the blob outlived its last recipient"
+    );
+    assert_eq!(store.blob_chunk(blob, 0).await.unwrap(), None);
+}
+
+/// An envelope may name only blobs its sender uploaded here in full; otherwise nothing
+/// is delivered (and the envelope id is not used up).
+#[tokio::test]
+async fn an_envelope_naming_a_missing_foreign_or_partial_blob_is_refused_whole() {
+    use letterme_protocol::blob::{BlobId, Manifest};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.register(account("b@x.test"), None).await.unwrap();
+    let foreign = uploaded(&store, "z@x.test", 2, 500).await;
+    let manifest = Manifest(vec![[9; 32], [8; 32]]);
+    let partial = manifest.id();
+    store
+        .blob_begin(NewBlob {
+            id: partial,
+            owner: "a@x.test".into(),
+            size: 2 * letterme_protocol::blob::SEALED_CHUNK as u64,
+            manifest,
+            created: 1,
+            max_size: 1 << 30,
+            per_owner: 1 << 30,
+        })
+        .await
+        .unwrap();
+    for named in [BlobId([5; 32]), foreign, partial] {
+        let d = NewDelivery {
+            blobs: vec![named],
+            quota: 1 << 20,
+            ..delivery(3, &["b@x.test"], 5)
+        };
+        assert!(matches!(
+            store.deliver(d).await,
+            Err(StoreError::BadBlob(_))
+        ));
+    }
+    assert!(
+        store
+            .list("b@x.test".into(), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Named by nothing, the foreign blob is still its uploader's to be purged by age.
+    assert!(store.blob_status(foreign).await.unwrap().is_some());
+    store
+        .deliver(NewDelivery {
+            quota: 1 << 20,
+            ..delivery(3, &["b@x.test"], 5)
+        })
+        .await
+        .unwrap();
+}
+
+/// A blob no longer counts against its uploader's limit once a message names it; it
+/// stays while the envelope waits for another domain, and goes with the last of both; the
+/// retention purge releases it like an acknowledgement.
+#[tokio::test]
+async fn a_blob_waits_for_the_federation_queue_and_the_retention_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.register(account("b@x.test"), None).await.unwrap();
+    let blob = uploaded(&store, "a@x.test", 3, 800).await;
+    store
+        .accept_outgoing(
+            NewDelivery {
+                blobs: vec![blob],
+                quota: 1 << 20,
+                ..delivery(4, &["b@x.test"], 5)
+            },
+            vec![NewFederationRow {
+                destination: "peer.test".into(),
+                recipients: vec!["p@peer.test".into()],
+            }],
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    // Named: the uploader may begin another of the same size under a limit of 1,000.
+    let other = letterme_protocol::blob::Manifest(vec![[1; 32]]);
+    store
+        .blob_begin(NewBlob {
+            id: other.id(),
+            owner: "a@x.test".into(),
+            size: 800,
+            manifest: other,
+            created: 1,
+            max_size: 1 << 30,
+            per_owner: 1000,
+        })
+        .await
+        .unwrap();
+    store.ack("b@x.test".into(), vec![[4; 16]]).await.unwrap();
+    assert_eq!(store.purge_blobs(0).await.unwrap(), 0);
+    assert!(store.blob_status(blob).await.unwrap().is_some());
+    let rows = store.federation_rows().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    store
+        .finish_federation(vec![(rows[0].id, RowOutcome::Done)], vec![], true)
+        .await
+        .unwrap();
+    assert_eq!(store.purge_blobs(0).await.unwrap(), 1);
+    assert!(store.blob_status(blob).await.unwrap().is_none());
+
+    // Retention: a message nobody acknowledged goes after `cutoff`, and its blob with it.
+    let kept = uploaded(&store, "a@x.test", 4, 900).await;
+    store
+        .deliver(NewDelivery {
+            blobs: vec![kept],
+            quota: 1 << 20,
+            ..delivery(5, &["b@x.test"], 5)
+        })
+        .await
+        .unwrap();
+    store.purge(6, 0).await.unwrap();
+    assert_eq!(store.purge_blobs(0).await.unwrap(), 1);
+    assert!(store.blob_status(kept).await.unwrap().is_none());
+    assert_eq!(usage_of(&store, "b@x.test").await, 0);
 }

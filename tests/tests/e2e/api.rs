@@ -294,6 +294,7 @@ async fn a_forged_message_is_refused_at_sync_and_set_aside() {
             id: forged.id.0,
             sender: a.to_string(),
             envelope: forged.encode(),
+            blobs: vec![],
             recipients: vec![b.to_string()],
             received: now,
             quota: u64::MAX,
@@ -782,4 +783,61 @@ async fn a_blob_uploads_in_checked_chunks_and_resumes() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("accepts at most 4194304"), "{e}");
+
+    // Named by a message to bob, the blob is his to read while the message is pending for
+    // him — not carol's — and goes once he has acknowledged it.
+    let carol = w.user("carol").await;
+    let bob_addr = bob.me.profile.address.clone();
+    let key = alice.verified_key(&bob_addr).await.unwrap().encryption_key;
+    let env = letterme_tests::sealed_with_blobs(
+        &alice,
+        &bob_addr,
+        key,
+        "the file",
+        "attached",
+        "<blob-1@x.test>",
+        vec![reference.clone()],
+    );
+    assert_eq!(env.encode()[5], 2);
+    alice.api.send(env.encode()).await.unwrap();
+    assert_eq!(bob.api.blob_status(&id).await.unwrap().stored, [0, 1, 2]);
+    assert_eq!(
+        bob.api.blob_chunk(&id, 1).await.unwrap(),
+        alice.api.blob_chunk(&id, 1).await.unwrap()
+    );
+    assert!(matches!(
+        carol.api.blob_chunk(&id, 0).await,
+        Err(ClientError::Api { status: 404, .. })
+    ));
+    let report = bob.sync(&mut |_, _| {}).await.unwrap();
+    assert_eq!(report.fetched, 1);
+    let mut left = true;
+    for _ in 0..200 {
+        left = alice.api.blob_status(&id).await.is_ok();
+        if !left {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!left, "the blob outlived the message's acknowledgement");
+    assert!(matches!(
+        bob.api.blob_chunk(&id, 0).await,
+        Err(ClientError::Api { status: 404, .. })
+    ));
+    // An envelope naming a blob that is not uploaded is refused whole.
+    let missing = letterme_protocol::blob::BlobRef {
+        id: letterme_protocol::blob::BlobId([3; 32]).to_hex(),
+        ..reference
+    };
+    let env = letterme_tests::sealed_with_blobs(
+        &alice,
+        &bob_addr,
+        key,
+        "the file",
+        "attached",
+        "<blob-2@x.test>",
+        vec![missing],
+    );
+    let e = alice.api.send(env.encode()).await.unwrap_err().to_string();
+    assert!(e.contains("has not uploaded here"), "{e}");
 }

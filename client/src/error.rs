@@ -80,6 +80,10 @@ pub enum ClientError {
     LocalStore { path: String, reason: String },
     #[error("{0}")]
     Io(String),
+    #[error("an attachment is {size} bytes encrypted; the server accepts at most {limit} bytes")]
+    AttachmentTooLarge { size: u64, limit: u64 },
+    #[error("attachment blob: {0}")]
+    Blob(#[from] letterme_protocol::blob::BlobError),
 }
 
 fn list_of(v: &[Address]) -> String {

@@ -2,6 +2,7 @@
 //! recipient's attested key, seal, upload) and syncing (fetch, verify, store locally, and
 //! only then acknowledge). Shared by the CLI and, later, the local IMAP/SMTP proxy.
 
+mod blobs;
 pub mod cache;
 pub mod dns;
 pub mod error;
@@ -178,14 +179,8 @@ impl Unlocked {
     pub fn backfill_cache(&self) -> Result<usize, ClientError> {
         let pending = self.cache.unrendered()?;
         for m in &pending {
-            let env = Envelope::decode(&m.envelope)?;
+            let payload = self.open_stored(m)?;
             let signer = IdentityPublicKey(m.signer_key);
-            let payload = env.open(
-                &self.profile.address,
-                &self.keys.all_encryption(),
-                &signer,
-                &|_| false,
-            )?;
             self.cache
                 .commit_rendered(&m.id, &self.filed(&payload, &signer, m.received))?;
         }
@@ -211,15 +206,16 @@ impl Unlocked {
         Mailbox::open(&self.dir.store_path())
     }
 
-    /// Opens a stored envelope (verified at sync) again.
+    /// Opens a stored envelope (verified at sync) again, its blobs' bodies put back.
     fn open_stored(&self, m: &Stored) -> Result<Payload, ClientError> {
         let env = Envelope::decode(&m.envelope)?;
-        Ok(env.open(
+        let payload = env.open(
             &self.profile.address,
             &self.keys.all_encryption(),
             &IdentityPublicKey(m.signer_key),
             &|_| false,
-        )?)
+        )?;
+        self.with_blob_bodies(payload)
     }
 
     fn decrypt(&self, m: &Stored) -> Result<Message, ClientError> {

@@ -25,6 +25,8 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, sender TEXT NOT NULL, received INTEGER NOT NULL,
     stored_at INTEGER NOT NULL, envelope BLOB NOT NULL, signer_key BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS blob_chunks (
+    blob TEXT NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (blob, n));
 CREATE TABLE IF NOT EXISTS refused (
     id TEXT NOT NULL, sender TEXT NOT NULL, reason TEXT NOT NULL,
     envelope BLOB NOT NULL, stored_at INTEGER NOT NULL);
@@ -105,6 +107,18 @@ impl Mailbox {
             .prepare("SELECT id, sender, received, envelope, signer_key FROM messages ORDER BY received, rowid")
             .map_err(|e| self.err(e))?;
         let rows = stmt.query_map([], stored_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The sealed chunks of blob `id` kept for a stored message, in order; empty when none.
+    pub fn blob_chunks(&self, id: &str) -> Result<Vec<Vec<u8>>, ClientError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT data FROM blob_chunks WHERE blob = ?1 ORDER BY n")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([id], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 

@@ -126,6 +126,95 @@ pub fn compose(text: &str, html: Option<&str>, files: &[AttachedFile]) -> Option
     Some(mixed.formatted())
 }
 
+/// The field that stands for a part's body sent as blob `N` of the payload (PROTOCOL.md
+/// §19a): `Letterme-Blob: N`, first in the part's header, the body left empty.
+pub const BLOB_FIELD: &str = "Letterme-Blob";
+
+/// Parts whose body (as written, transfer-encoded) is larger than this travel as blobs.
+pub const BLOB_THRESHOLD: usize = 1 << 20;
+
+/// Takes the body of every part larger than `threshold` out of `entity`: the entity with
+/// a [`BLOB_FIELD`] in each such part's place, and the bodies, in order, as byte ranges of
+/// `entity`. [`attach`] puts them back byte for byte. Parts are mail-parser's.
+pub fn detach(entity: &[u8], threshold: usize) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
+    let Some(m) = MessageParser::default().parse(entity) else {
+        return (entity.to_vec(), Vec::new());
+    };
+    let mut bodies: Vec<(usize, std::ops::Range<usize>)> = m
+        .parts
+        .iter()
+        .filter(|p| !matches!(p.body, PartType::Multipart(_)))
+        .map(|p| {
+            (
+                p.offset_header as usize,
+                p.offset_body as usize..p.offset_end as usize,
+            )
+        })
+        .filter(|(_, body)| body.len() > threshold && body.end <= entity.len())
+        .collect();
+    bodies.sort_by_key(|(_, body)| body.start);
+    let mut out = Vec::with_capacity(entity.len());
+    let mut at = 0;
+    for (i, (header, body)) in bodies.iter().enumerate() {
+        out.extend_from_slice(&entity[at..*header]);
+        out.extend_from_slice(format!("{BLOB_FIELD}: {i}\r\n").as_bytes());
+        out.extend_from_slice(&entity[*header..body.start]);
+        at = body.end;
+    }
+    out.extend_from_slice(&entity[at..]);
+    (out, bodies.into_iter().map(|(_, body)| body).collect())
+}
+
+/// Puts blob bodies back into an entity [`detach`] wrote: each part whose header begins
+/// with a [`BLOB_FIELD`] naming a body in `bodies` loses that field and gets the body. A
+/// field naming no body (not downloaded, or made up) is left as it is.
+pub fn attach(entity: &[u8], bodies: &[Option<Vec<u8>>]) -> Vec<u8> {
+    let Some(m) = MessageParser::default().parse(entity) else {
+        return entity.to_vec();
+    };
+    // (field start, field end, body start, body index), in order.
+    let mut edits = Vec::new();
+    for p in &m.parts {
+        if matches!(p.body, PartType::Multipart(_)) {
+            continue;
+        }
+        let Some(h) = p.headers.first() else { continue };
+        if !h.name.as_str().eq_ignore_ascii_case(BLOB_FIELD) {
+            continue;
+        }
+        let Some(n) = h
+            .value
+            .as_text()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if bodies.get(n).is_some_and(Option::is_some) && p.offset_body as usize <= entity.len() {
+            edits.push((
+                h.offset_field as usize,
+                h.offset_end as usize,
+                p.offset_body as usize,
+                n,
+            ));
+        }
+    }
+    edits.sort_unstable();
+    let mut out =
+        Vec::with_capacity(entity.len() + bodies.iter().flatten().map(Vec::len).sum::<usize>());
+    let mut at = 0;
+    for (field, field_end, body, n) in edits {
+        if field < at || field_end > body {
+            continue;
+        }
+        out.extend_from_slice(&entity[at..field]);
+        out.extend_from_slice(&entity[field_end..body]);
+        out.extend_from_slice(bodies[n].as_deref().unwrap_or_default());
+        at = body;
+    }
+    out.extend_from_slice(&entity[at..]);
+    out
+}
+
 /// The text a reader that shows text only gets of a message or an entity: its first text
 /// part, or the text of its first HTML part.
 pub fn text_of(entity: &[u8]) -> String {
@@ -247,6 +336,53 @@ mod tests {
         assert!(!entity.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'));
         // The file name travels encoded (RFC 2231 or RFC 2047), never as raw UTF-8.
         assert!(entity.is_ascii());
+    }
+
+    /// Large parts come out and go back byte for byte: attachments, an inline image, a
+    /// forwarded message, a single-part entity; small parts stay.
+    #[test]
+    fn large_bodies_detach_and_attach_byte_for_byte() {
+        let big = |c: char| {
+            let line = format!("{}\r\n", c.to_string().repeat(76));
+            line.repeat(20)
+        };
+        let files = [
+            AttachedFile {
+                name: "große Datei.bin".into(),
+                bytes: (0..3000u32).map(|i| (i * 7 % 251) as u8).collect(),
+            },
+            AttachedFile {
+                name: "small.txt".into(),
+                bytes: b"tiny".to_vec(),
+            },
+        ];
+        let composed = compose("Hallo", Some("<p>Hallo</p>"), &files).unwrap();
+        let related = format!(
+            "Content-Type: multipart/related; boundary=\"r\"\r\n\r\n--r\r\n\
+             Content-Type: text/html\r\n\r\n<img src=\"cid:i\">\r\n--r\r\n\
+             Content-Type: image/png\r\nContent-ID: <i>\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\
+             --r\r\nContent-Type: message/rfc822\r\n\r\nFrom: a@x.test\r\nSubject: fwd\r\n\r\n{}\
+             \r\n--r--\r\n",
+            big('A'),
+            big('B')
+        );
+        let single = format!("Content-Type: text/plain\r\n\r\n{}", big('C'));
+        for entity in [composed, related.into_bytes(), single.into_bytes()] {
+            let (detached, bodies) = detach(&entity, 1000);
+            assert!(!bodies.is_empty());
+            assert!(detached.len() + 900 < entity.len());
+            let parts: Vec<Option<Vec<u8>>> = bodies
+                .iter()
+                .map(|r| Some(entity[r.clone()].to_vec()))
+                .collect();
+            assert!(parts.iter().flatten().all(|b| b.len() > 1000));
+            assert_eq!(attach(&detached, &parts), entity);
+            // Nothing to attach: the placeholders stay, the rest is intact.
+            assert_eq!(attach(&detached, &[]), detached);
+            assert_eq!(attach(&detached, &vec![None; parts.len()]), detached);
+            // Below every threshold: nothing moves.
+            assert_eq!(detach(&entity, usize::MAX), (entity.clone(), vec![]));
+        }
     }
 
     #[test]

@@ -106,9 +106,19 @@ impl Online {
             mime: draft.mime.clone(),
             blobs: vec![],
         };
+        // Large parts go as blobs when every letter.me recipient is on this domain (blobs do
+        // not cross domains yet); otherwise inside the envelope, up to its size limit.
+        let local_only = keys
+            .keys()
+            .all(|a| a.domain().eq_ignore_ascii_case(&p.domain));
+        let sealed = if local_only && !keys.is_empty() {
+            self.with_parts_as_blobs(&payload).await?
+        } else {
+            payload.clone()
+        };
         let envelopes = seal_message_except(
             &self.me.keys.identity,
-            &payload,
+            &sealed,
             &draft.bcc,
             &|a| keys.get(a).copied(),
             &legacy,

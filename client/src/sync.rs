@@ -13,7 +13,9 @@ use serde::Serialize;
 use crate::cache::{NewMail, Synced};
 use crate::http::{Api, ListEntry};
 use crate::mailbox::Stored;
-use crate::{ClientError, KtAlert, NOTICE_SENDER, Online, Unlocked, cache_error, now, render};
+use crate::{
+    ClientError, KtAlert, NOTICE_SENDER, Online, Unlocked, cache_error, mime, now, render,
+};
 
 /// Seconds one long poll of `watch` waits on the server.
 pub const WATCH_WAIT_SECS: u64 = 50;
@@ -32,6 +34,13 @@ const FETCH_CONCURRENCY: usize = 4;
 /// Envelope bytes (by the listed sizes) a sync asks for in one request: a page goes as
 /// several requests, in flight together.
 const FETCH_BATCH_BYTES: u64 = 1 << 20;
+
+/// An envelope verified and opened on a worker thread.
+enum Opened {
+    Rendered(NewMail),
+    /// Names blobs: rendered once they are downloaded.
+    WithBlobs(Box<Payload>),
+}
 
 /// A page whose local commit runs on a blocking thread.
 struct Committing {
@@ -238,8 +247,16 @@ impl Online {
             let opened_in = opening.elapsed();
             let mut accepted = Vec::new();
             for ((entry, bytes), result) in fresh.into_iter().zip(opened) {
+                let result = match result {
+                    Ok((signer, Opened::Rendered(mail))) => Ok((signer, mail, Vec::new())),
+                    Ok((signer, Opened::WithBlobs(payload))) => self
+                        .fetch_blobs(*payload, &signer, entry.received)
+                        .await?
+                        .map(|(mail, blobs)| (signer, mail, blobs)),
+                    Err(reason) => Err(reason),
+                };
                 match result {
-                    Ok((signer, mail)) => {
+                    Ok((signer, mail, blobs)) => {
                         accepted.push(Synced {
                             mail,
                             stored: Stored {
@@ -249,6 +266,7 @@ impl Online {
                                 envelope: bytes,
                                 signer_key: signer.0,
                             },
+                            blobs,
                         });
                         report.fetched += 1;
                         report.new_ids.push(entry.id.clone());
@@ -422,15 +440,50 @@ impl Online {
         Ok(out)
     }
 
-    /// Verifies, opens and renders envelopes on every core. `replayed`: ids that must not
-    /// be opened again.
+    /// Downloads and checks the blobs a message names, then renders it whole: the mail
+    /// and each blob's sealed chunks, to keep. `Ok(Err(reason))`: a blob that is not the
+    /// one the message names, or that the server does not have — the message is refused,
+    /// never shown without it.
+    async fn fetch_blobs(
+        &self,
+        payload: Payload,
+        signer: &IdentityPublicKey,
+        received: u64,
+    ) -> Result<Result<(NewMail, Vec<(String, Vec<Vec<u8>>)>), String>, ClientError> {
+        let mut kept = Vec::with_capacity(payload.blobs.len());
+        let mut bodies = Vec::with_capacity(payload.blobs.len());
+        for r in &payload.blobs {
+            match self.download_blob(r).await {
+                Ok((sealed, bytes)) => {
+                    kept.push((r.id.clone(), sealed));
+                    bodies.push(Some(bytes));
+                }
+                Err(ClientError::Blob(e)) => {
+                    return Ok(Err(format!("attachment blob {}: {e}", r.id)));
+                }
+                Err(ClientError::Api { status: 404, .. }) => {
+                    return Ok(Err(format!(
+                        "attachment blob {} is not on the server",
+                        r.id
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mime = payload.mime.as_deref().map(|m| mime::attach(m, &bodies));
+        let whole = Payload { mime, ..payload };
+        Ok(Ok((self.me.filed(&whole, signer, received), kept)))
+    }
+
+    /// Verifies, opens and renders envelopes on every core; a message that names blobs is
+    /// rendered once they are downloaded. `replayed`: ids that must not be opened again.
     fn open_all(
         &self,
         items: &[(&ListEntry, Vec<u8>)],
         senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
         domain_keys: &[IdentityPublicKey],
         replayed: &BTreeSet<String>,
-    ) -> Vec<Result<(IdentityPublicKey, NewMail), String>> {
+    ) -> Vec<Result<(IdentityPublicKey, Opened), String>> {
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let chunk = items.len().div_ceil(threads).max(1);
         std::thread::scope(|scope| {
@@ -442,8 +495,11 @@ impl Online {
                             .map(|(entry, bytes)| {
                                 let (signer, payload) =
                                     self.verify(entry, bytes, senders, domain_keys, replayed)?;
+                                if !payload.blobs.is_empty() {
+                                    return Ok((signer, Opened::WithBlobs(Box::new(payload))));
+                                }
                                 let mail = self.me.filed(&payload, &signer, entry.received);
-                                Ok((signer, mail))
+                                Ok((signer, Opened::Rendered(mail)))
                             })
                             .collect::<Vec<_>>()
                     })

@@ -302,6 +302,15 @@ impl Cache {
                 self.file_rendered(&tx, &s.id, &item.mail)
                     .map_err(|e| self.err(e))?;
             }
+            for (blob, chunks) in &item.blobs {
+                for (n, data) in chunks.iter().enumerate() {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO blob_chunks (blob, n, data) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut stmt| stmt.execute(params![blob, n as i64, data]))
+                    .map_err(|e| self.err(e))?;
+                }
+            }
         }
         tx.commit().map_err(|e| self.err(e))?;
         drop(c);

@@ -205,6 +205,9 @@ pub struct NewMail {
 pub struct Synced {
     pub stored: Stored,
     pub mail: NewMail,
+    /// The sealed chunks of each blob the message names, by blob id (kept sealed: the
+    /// key is in the envelope).
+    pub blobs: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 /// The cache. Cheap to share behind an `Arc`; one connection, serialised by a mutex.

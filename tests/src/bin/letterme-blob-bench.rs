@@ -1,0 +1,145 @@
+//! Load tool: one large attachment between two letter.me users of one server.
+//!
+//! Starts `letterme serve` with two accounts, writes a file of `--mib` MiB of random bytes,
+//! sends it with `letterme send --attach` (compose, seal, upload as a blob), receives it
+//! with `letterme sync` (download, open, store) and saves it with `letterme read
+//! --save-attachments`, then checks the saved file is the sent one. Reports MB/s each way
+//! (the file's bytes over the command's wall time), the peak RSS of each command (from
+//! `/usr/bin/time`) and of the server, and what the server held.
+//! Run: `cargo run --release -p letterme-tests --bin letterme-blob-bench`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use clap::Parser;
+use letterme_tests::world::World;
+use letterme_tests::{PASSPHRASE, ServerProc, letterme_bin};
+
+#[derive(Debug, Parser)]
+#[command(about = "One large attachment: send and receive throughput, peak memory")]
+struct Args {
+    /// Size of the attached file in MiB.
+    #[arg(long, default_value_t = 50)]
+    mib: usize,
+}
+
+/// Runs `letterme ARGS` for `profile` under `/usr/bin/time`: stdout, wall seconds, peak
+/// RSS in MiB.
+fn timed(profile: &Path, args: &[&str]) -> anyhow::Result<(String, f64, f64)> {
+    let t = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "peak-rss-kib %M"])
+        .arg(letterme_bin())
+        .args(args)
+        .env("LETTERME_PROFILE", profile)
+        .env("LETTERME_PASSPHRASE", PASSPHRASE)
+        .env_remove("LETTERME_LOG")
+        .output()?;
+    let secs = t.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        out.status.success(),
+        "letterme {} failed: {stderr}",
+        args.join(" ")
+    );
+    let kib: f64 = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("peak-rss-kib "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        secs,
+        kib / 1024.0,
+    ))
+}
+
+fn server_peak_mib(server: &ServerProc) -> f64 {
+    std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    letterme_bin();
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", "");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
+    let size = args.mib << 20;
+    let file = world.path().join("big.bin");
+    let mut bytes = vec![0u8; size];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in &mut bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(&file, &bytes)?;
+    let mb = size as f64 / 1e6;
+    println!("attachment: {} MiB ({mb:.1} MB) of random bytes", args.mib);
+
+    let (_, secs, rss) = timed(
+        &alice,
+        &[
+            "send",
+            "--to",
+            "bob@x.test",
+            "--subject",
+            "big",
+            "--body",
+            "attached",
+            "--attach",
+            file.to_str().unwrap_or_default(),
+        ],
+    )?;
+    println!(
+        "send (compose, seal, upload): {secs:.2} s, {:.1} MB/s, peak RSS {rss:.1} MiB",
+        mb / secs
+    );
+    let db = rusqlite::Connection::open_with_flags(
+        server.data_dir.join("letterme.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let held: i64 = db.query_row(
+        "SELECT coalesce(sum(length(data)), 0) FROM blob_chunks",
+        [],
+        |r| r.get(0),
+    )?;
+    println!(
+        "server holds {:.1} MB of blob chunks ({:.2}× the file)",
+        held as f64 / 1e6,
+        held as f64 / size as f64
+    );
+
+    let (_, secs, rss) = timed(&bob, &["sync"])?;
+    println!(
+        "receive (download, open, store): {secs:.2} s, {:.1} MB/s, peak RSS {rss:.1} MiB",
+        mb / secs
+    );
+    let (list, _, _) = timed(&bob, &["list", "--json"])?;
+    let listed: serde_json::Value = serde_json::from_str(&list)?;
+    let id = listed[0]["id"].as_str().unwrap_or_default().to_owned();
+    let saved = world.path().join("saved");
+    let (_, secs, rss) = timed(
+        &bob,
+        &["read", &id, "--save-attachments", saved.to_str().unwrap_or_default()],
+    )?;
+    println!(
+        "save (open, write): {secs:.2} s, {:.1} MB/s, peak RSS {rss:.1} MiB",
+        mb / secs
+    );
+    let back = std::fs::read(saved.join("big.bin"))?;
+    anyhow::ensure!(back == bytes, "the saved file differs from the sent one");
+    println!("saved file identical; server peak RSS {:.1} MiB", server_peak_mib(&server));
+    Ok(())
+}

@@ -132,7 +132,12 @@ fn main() -> anyhow::Result<()> {
     let saved = world.path().join("saved");
     let (_, secs, rss) = timed(
         &bob,
-        &["read", &id, "--save-attachments", saved.to_str().unwrap_or_default()],
+        &[
+            "read",
+            &id,
+            "--save-attachments",
+            saved.to_str().unwrap_or_default(),
+        ],
     )?;
     println!(
         "save (open, write): {secs:.2} s, {:.1} MB/s, peak RSS {rss:.1} MiB",
@@ -140,6 +145,9 @@ fn main() -> anyhow::Result<()> {
     );
     let back = std::fs::read(saved.join("big.bin"))?;
     anyhow::ensure!(back == bytes, "the saved file differs from the sent one");
-    println!("saved file identical; server peak RSS {:.1} MiB", server_peak_mib(&server));
+    println!(
+        "saved file identical; server peak RSS {:.1} MiB",
+        server_peak_mib(&server)
+    );
     Ok(())
 }

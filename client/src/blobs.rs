@@ -6,10 +6,29 @@
 use letterme_protocol::Payload;
 use letterme_protocol::blob::{BlobRef, CHUNK, Manifest, Opener, Sealer, chunks};
 
+use crate::http::Api;
 use crate::{ClientError, Online, Unlocked, mime};
 
-/// Attempts at an upload's missing chunks before giving up.
-const UPLOAD_ATTEMPTS: usize = 3;
+/// Attempts at an upload's missing chunks before giving up (waiting 1, 2, 4 and 8 s
+/// between them).
+const UPLOAD_ATTEMPTS: usize = 5;
+
+/// Asks the server where the upload of a blob stands and sends the chunks it lacks.
+async fn upload_missing(
+    api: &Api,
+    id: &str,
+    size: u64,
+    manifest: &[u8],
+    sealed: &[Vec<u8>],
+) -> Result<(), ClientError> {
+    let state = api.blob_begin(id, size, manifest).await?;
+    for (n, chunk) in sealed.iter().enumerate() {
+        if !state.stored.contains(&(n as u64)) {
+            api.blob_put(id, n as u64, chunk.clone()).await?;
+        }
+    }
+    Ok(())
+}
 
 /// Seals `bytes` as one blob: its sealed chunks, in order, its reference and manifest.
 pub(crate) fn seal(bytes: &[u8]) -> (Vec<Vec<u8>>, BlobRef, Manifest) {
@@ -46,41 +65,35 @@ pub(crate) fn open(sealed: &[Vec<u8>], reference: &BlobRef) -> Result<Vec<u8>, C
 }
 
 impl Online {
-    /// Seals `bytes` and uploads it as a blob; resumes (asking the server which chunks it
-    /// holds) when the connection breaks. The reference goes into the payload.
+    /// Seals `bytes` and uploads it as a blob. When the connection breaks (the server
+    /// restarting included) it waits, logs in again and resumes with the chunks the server
+    /// does not hold. The reference goes into the payload.
     pub(crate) async fn upload_blob(&self, bytes: &[u8]) -> Result<BlobRef, ClientError> {
         let (sealed, reference, manifest) = seal(bytes);
         let size: u64 = sealed.iter().map(|c| c.len() as u64).sum();
         let manifest = manifest.to_bytes();
+        let mut api = self.api.clone();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let state = self.api.blob_begin(&reference.id, size, &manifest).await?;
-            let mut broken = None;
-            for (n, chunk) in sealed.iter().enumerate() {
-                if state.stored.contains(&(n as u64)) {
-                    continue;
-                }
-                match self
-                    .api
-                    .blob_put(&reference.id, n as u64, chunk.clone())
-                    .await
-                {
-                    Ok(_) => {}
-                    // The server refused the chunk: sending it again changes nothing.
-                    Err(e @ ClientError::Api { .. }) => return Err(e),
-                    Err(e) => {
-                        broken = Some(e);
-                        break;
-                    }
-                }
+            let broken = match upload_missing(&api, &reference.id, size, &manifest, &sealed).await {
+                Ok(()) => return Ok(reference),
+                // The server refused: sending the same again changes nothing.
+                Err(e @ ClientError::Api { .. }) => return Err(e),
+                Err(e) => e,
+            };
+            if attempt >= UPLOAD_ATTEMPTS {
+                return Err(broken);
             }
-            match broken {
-                None => return Ok(reference),
-                Some(e) if attempt >= UPLOAD_ATTEMPTS => return Err(e),
-                Some(e) => {
-                    tracing::warn!(error = %e, blob = %reference.id, "blob upload broke off; resuming");
-                }
+            let wait = std::time::Duration::from_millis(500 << attempt);
+            tracing::warn!(error = %broken, blob = %reference.id, ?wait, "blob upload broke off; resuming");
+            tokio::time::sleep(wait).await;
+            let p = &self.me.profile;
+            if let Err(e) = api
+                .login(&p.domain, &p.address, &self.me.keys.identity)
+                .await
+            {
+                tracing::warn!(error = %e, "logging in again failed");
             }
         }
     }

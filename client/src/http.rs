@@ -25,12 +25,13 @@ use serde_json::Value;
 
 use crate::error::ClientError;
 
-/// Talks to one server, optionally logged in.
+/// Talks to one server, optionally logged in. Clones share the login: logging in again
+/// on one (after the server restarted, say) serves them all.
 #[derive(Debug, Clone)]
 pub struct Api {
     base: String,
     http: reqwest::Client,
-    token: Option<String>,
+    token: std::sync::Arc<std::sync::RwLock<Option<String>>>,
     /// `http://` to a host that is not this machine: every call is refused.
     plaintext_remote: bool,
 }
@@ -63,7 +64,7 @@ impl Api {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             http,
-            token: None,
+            token: std::sync::Arc::default(),
             plaintext_remote: plaintext_remote(base),
         }
     }
@@ -73,11 +74,18 @@ impl Api {
     }
 
     fn req(&self, method: Method, path: &str) -> RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            r = r.bearer_auth(t);
+        self.with_token(self.http.request(method, format!("{}{path}", self.base)))
+    }
+
+    fn with_token(&self, r: RequestBuilder) -> RequestBuilder {
+        match &*self
+            .token
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some(t) => r.bearer_auth(t),
+            None => r,
         }
-        r
     }
 
     async fn call(&self, req: RequestBuilder) -> Result<Response, ClientError> {
@@ -229,7 +237,10 @@ impl Api {
             signature: sig,
         };
         let t: TokenResponse = self.send_json(Method::POST, "/v1/auth/token", &req).await?;
-        self.token = Some(t.token);
+        *self
+            .token
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(t.token);
         Ok(())
     }
 
@@ -252,10 +263,7 @@ impl Api {
             })?
             .pop_if_empty()
             .push(address.as_str());
-        let mut r = self.http.get(url).query(&LookupQuery { since });
-        if let Some(t) = &self.token {
-            r = r.bearer_auth(t);
-        }
+        let r = self.with_token(self.http.get(url).query(&LookupQuery { since }));
         self.json(r).await
     }
 

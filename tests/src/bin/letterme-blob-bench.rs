@@ -22,6 +22,9 @@ struct Args {
     /// Size of the attached file in MiB.
     #[arg(long, default_value_t = 50)]
     mib: usize,
+    /// Recipients of the message (bob, then bob2, bob3...); the first one's receive is timed.
+    #[arg(long, default_value_t = 1)]
+    recipients: usize,
 }
 
 /// Runs `letterme ARGS` for `profile` under `/usr/bin/time`: stdout, wall seconds, peak
@@ -74,6 +77,16 @@ fn main() -> anyhow::Result<()> {
     let server = ServerProc::start(world.path(), "x.test", "");
     let alice = world.account(&server, "alice", "alice@x.test");
     let bob = world.account(&server, "bob", "bob@x.test");
+    let to: Vec<String> = (1..=args.recipients.max(1))
+        .map(|i| {
+            if i == 1 {
+                "bob@x.test".to_owned()
+            } else {
+                world.account(&server, &format!("bob{i}"), &format!("bob{i}@x.test"));
+                format!("bob{i}@x.test")
+            }
+        })
+        .collect();
     let size = args.mib << 20;
     let file = world.path().join("big.bin");
     let mut bytes = vec![0u8; size];
@@ -88,20 +101,10 @@ fn main() -> anyhow::Result<()> {
     let mb = size as f64 / 1e6;
     println!("attachment: {} MiB ({mb:.1} MB) of random bytes", args.mib);
 
-    let (_, secs, rss) = timed(
-        &alice,
-        &[
-            "send",
-            "--to",
-            "bob@x.test",
-            "--subject",
-            "big",
-            "--body",
-            "attached",
-            "--attach",
-            file.to_str().unwrap_or_default(),
-        ],
-    )?;
+    let mut send = vec!["send", "--subject", "big", "--body", "attached", "--to"];
+    send.extend(to.iter().map(String::as_str));
+    send.extend(["--attach", file.to_str().unwrap_or_default()]);
+    let (_, secs, rss) = timed(&alice, &send)?;
     println!(
         "send (compose, seal, upload): {secs:.2} s, {:.1} MB/s, peak RSS {rss:.1} MiB",
         mb / secs
@@ -116,8 +119,9 @@ fn main() -> anyhow::Result<()> {
         |r| r.get(0),
     )?;
     println!(
-        "server holds {:.1} MB of blob chunks ({:.2}× the file)",
+        "server holds {:.1} MB of blob chunks for {} recipient(s) ({:.2}× the file)",
         held as f64 / 1e6,
+        to.len(),
         held as f64 / size as f64
     );
 

@@ -4,6 +4,7 @@
 //! `cargo test -p letterme-tests --test e2e federation::NAME`.
 
 mod api;
+mod blobs;
 mod cli_e2e;
 mod federation;
 mod init_tls;

@@ -1,0 +1,201 @@
+//! Large attachments as blobs through the CLI (PROTOCOL.md §19a): stored once for several
+//! recipients, counted in each one's quota, never readable on the server, carried through
+//! kill -9 of the server during the upload and of the recipient during the download, and
+//! deleted once every recipient has acknowledged them.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use letterme_tests::world::{World, json};
+use letterme_tests::{PASSPHRASE, ServerProc, cli, contains, files_under, letterme_bin, ok};
+
+/// A file of `len` bytes that does not compress, with `canary` in its middle.
+fn file(dir: &Path, name: &str, len: usize, canary: &str) -> Vec<u8> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    bytes[len / 2..len / 2 + canary.len()].copy_from_slice(canary.as_bytes());
+    std::fs::write(dir.join(name), &bytes).unwrap();
+    bytes
+}
+
+/// (blobs, chunk bytes) the server's database holds.
+fn blob_store(server: &ServerProc) -> (i64, i64) {
+    let db = rusqlite::Connection::open_with_flags(
+        server.data_dir.join("letterme.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let one = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    (
+        one("SELECT count(*) FROM blobs"),
+        one("SELECT coalesce(sum(length(data)), 0) FROM blob_chunks"),
+    )
+}
+
+/// Waits until the server holds no blob (deleted after the last acknowledgement).
+fn blobs_gone(server: &ServerProc) -> bool {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if blob_store(server).0 == 0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn synced(profile: &Path) -> serde_json::Value {
+    json(&cli(profile, &["sync", "--json"], None))
+}
+
+/// The attachment `bob` saves from the only message in his mailbox.
+fn saved(profile: &Path, dir: &Path) -> Vec<u8> {
+    let list = json(&cli(profile, &["list", "--json"], None));
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    ok(&cli(
+        profile,
+        &["read", &id, "--save-attachments", dir.to_str().unwrap()],
+        None,
+    ));
+    std::fs::read(dir.join("big.bin")).unwrap()
+}
+
+#[test]
+fn one_blob_for_five_recipients_counted_for_each_and_gone_after_the_last_ack() {
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", "");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let names = ["b1", "b2", "b3", "b4", "b5"];
+    let readers: Vec<_> = names
+        .iter()
+        .map(|n| world.account(&server, n, &format!("{n}@x.test")))
+        .collect();
+    let canary = "CANARY-BLOB-BYTES-2f9e";
+    let bytes = file(world.path(), "big.bin", 3 << 20, canary);
+    let mut args = vec!["send", "--subject", "five", "--body", "see attached"];
+    let to: Vec<String> = names.iter().map(|n| format!("{n}@x.test")).collect();
+    args.push("--to");
+    args.extend(to.iter().map(String::as_str));
+    let path = world.path().join("big.bin");
+    args.extend(["--attach", path.to_str().unwrap()]);
+    ok(&cli(&alice, &args, None));
+
+    // One copy: 3 MiB as base64 (4 MiB and a bit, sealed), not five.
+    let (blobs, held) = blob_store(&server);
+    assert_eq!(blobs, 1);
+    assert!(
+        (4 << 20..5 << 20).contains(&held),
+        "{held} bytes of chunks for one 3 MiB file to five recipients"
+    );
+    for (path, stored) in files_under(&server.data_dir) {
+        assert!(
+            !contains(&stored, canary.as_bytes()),
+            "{canary} readable in {}",
+            path.display()
+        );
+    }
+    for (i, reader) in readers.iter().enumerate() {
+        assert_eq!(synced(reader)["fetched"], 1);
+        let out = world.path().join(format!("saved-{i}"));
+        assert_eq!(
+            saved(reader, &out),
+            bytes,
+            "{} saved another file",
+            names[i]
+        );
+        let left = blob_store(&server).0;
+        if i + 1 < readers.len() {
+            assert_eq!(left, 1, "deleted before the last recipient acknowledged");
+        }
+    }
+    assert!(blobs_gone(&server), "the blob outlived its last recipient");
+}
+
+#[test]
+fn a_blob_survives_kill_9_of_the_server_during_upload_and_of_the_reader_during_download() {
+    let world = World::new(vec![]);
+    let mut server = ServerProc::start(world.path(), "x.test", "");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
+    // 24 MiB: 32 chunks of base64, enough to kill the server between two of them.
+    let bytes = file(world.path(), "big.bin", 24 << 20, "CANARY-KILL-77aa");
+    let path = world.path().join("big.bin");
+    let mut send = Command::new(letterme_bin())
+        .args([
+            "send",
+            "--to",
+            "bob@x.test",
+            "--subject",
+            "kill",
+            "--body",
+            "x",
+            "--attach",
+            path.to_str().unwrap(),
+        ])
+        .env("LETTERME_PROFILE", &alice)
+        .env("LETTERME_PASSPHRASE", PASSPHRASE)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_mins(2);
+    loop {
+        assert!(Instant::now() < until, "the upload never began");
+        assert!(
+            send.try_wait().unwrap().is_none(),
+            "the upload ended before the server could be killed"
+        );
+        if blob_store(&server).1 > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    server.kill9();
+    let before = blob_store(&server).1;
+    server.restart();
+    // The same `letterme send` resumes against the restarted server and completes.
+    let out = send.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "send did not survive the restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(before > 0);
+    assert_eq!(blob_store(&server).0, 1);
+
+    // kill -9 of bob's sync at some point of its download: either it had committed (the
+    // whole message is there) or nothing of the message is.
+    let mut sync = Command::new(letterme_bin())
+        .args(["sync"])
+        .env("LETTERME_PROFILE", &bob)
+        .env("LETTERME_PASSPHRASE", PASSPHRASE)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = sync.kill();
+    let _ = sync.wait();
+    let listed = json(&cli(&bob, &["list", "--json"], None));
+    let listed = listed.as_array().unwrap();
+    assert!(listed.len() <= 1);
+    if let Some(m) = listed.first() {
+        assert_eq!(
+            m["attachments"][0]["size"],
+            bytes.len(),
+            "a half message: {m}"
+        );
+    }
+    synced(&bob);
+    assert_eq!(saved(&bob, &world.path().join("saved")), bytes);
+    assert!(blobs_gone(&server), "the blob outlived the acknowledgement");
+}

@@ -13,36 +13,56 @@ use crate::{ClientError, Online, Unlocked, mime};
 /// between them).
 const UPLOAD_ATTEMPTS: usize = 5;
 
-/// Asks the server where the upload of a blob stands and sends the chunks it lacks.
-async fn upload_missing(
-    api: &Api,
-    id: &str,
-    size: u64,
-    manifest: &[u8],
-    sealed: &[Vec<u8>],
-) -> Result<(), ClientError> {
-    let state = api.blob_begin(id, size, manifest).await?;
-    for (n, chunk) in sealed.iter().enumerate() {
-        if !state.stored.contains(&(n as u64)) {
-            api.blob_put(id, n as u64, chunk.clone()).await?;
-        }
-    }
-    Ok(())
+/// `bytes` cut as a blob is: every chunk but the last full, the last holding the rest (0
+/// to [`CHUNK`] bytes).
+fn split(bytes: &[u8]) -> (std::slice::Chunks<'_, u8>, &[u8]) {
+    let full = bytes.len().saturating_sub(1) / CHUNK;
+    (bytes[..full * CHUNK].chunks(CHUNK), &bytes[full * CHUNK..])
 }
 
-/// Seals `bytes` as one blob: its sealed chunks, in order, its reference and manifest.
-pub(crate) fn seal(bytes: &[u8]) -> (Vec<Vec<u8>>, BlobRef, Manifest) {
-    let mut sealer = Sealer::new();
-    // Every chunk but the last is full; the last holds the rest (0 to CHUNK bytes).
-    let full = bytes.len().saturating_sub(1) / CHUNK;
-    let mut out: Vec<Vec<u8>> = bytes
-        .chunks(CHUNK)
-        .take(full)
-        .map(|c| sealer.seal_chunk(c))
-        .collect();
-    let (last, reference, manifest) = sealer.finish(&bytes[full * CHUNK..]);
-    out.push(last);
-    (out, reference, manifest)
+/// Seals `bytes` under `sealer`, giving each sealed chunk with its number to `each` as it
+/// is made; returns the reference and the manifest.
+fn seal_each(
+    bytes: &[u8],
+    mut sealer: Sealer,
+    mut each: impl FnMut(u64, Vec<u8>),
+) -> (BlobRef, Manifest) {
+    let (full, last) = split(bytes);
+    let mut n = 0;
+    for c in full {
+        each(n, sealer.seal_chunk(c));
+        n += 1;
+    }
+    let (sealed, reference, manifest) = sealer.finish(last);
+    each(n, sealed);
+    (reference, manifest)
+}
+
+/// Asks the server where the upload of blob `reference` stands and sends the chunks it
+/// lacks, sealing them again one at a time.
+async fn upload_missing(
+    api: &Api,
+    reference: &BlobRef,
+    manifest: &[u8],
+    bytes: &[u8],
+) -> Result<(), ClientError> {
+    let size = letterme_protocol::blob::sealed_size(bytes.len() as u64);
+    let state = api.blob_begin(&reference.id, size, manifest).await?;
+    let mut sealer = Sealer::again(reference);
+    let (full, last) = split(bytes);
+    let mut n = 0;
+    for c in full {
+        let sealed = sealer.seal_chunk(c);
+        if !state.stored.contains(&n) {
+            api.blob_put(&reference.id, n, sealed).await?;
+        }
+        n += 1;
+    }
+    let (sealed, _, _) = sealer.finish(last);
+    if !state.stored.contains(&n) {
+        api.blob_put(&reference.id, n, sealed).await?;
+    }
+    Ok(())
 }
 
 /// Opens a blob's sealed chunks against its reference: every chunk authenticates, in
@@ -69,15 +89,18 @@ impl Online {
     /// restarting included) it waits, logs in again and resumes with the chunks the server
     /// does not hold. The reference goes into the payload.
     pub(crate) async fn upload_blob(&self, bytes: &[u8]) -> Result<BlobRef, ClientError> {
-        let (sealed, reference, manifest) = seal(bytes);
-        let size: u64 = sealed.iter().map(|c| c.len() as u64).sum();
+        // The manifest first (the upload declares it); the chunks are sealed again as
+        // they go, so no more than one is held.
+        let (reference, manifest) = seal_each(bytes, Sealer::new(), |_, _| {});
         let manifest = manifest.to_bytes();
         let mut api = self.api.clone();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let broken = match upload_missing(&api, &reference.id, size, &manifest, &sealed).await {
+            let broken = match upload_missing(&api, &reference, &manifest, bytes).await {
                 Ok(()) => return Ok(reference),
+                // A restarted server forgot the login (401): log in again and resume.
+                Err(e @ ClientError::Api { status: 401, .. }) => e,
                 // The server refused: sending the same again changes nothing.
                 Err(e @ ClientError::Api { .. }) => return Err(e),
                 Err(e) => e,
@@ -112,19 +135,19 @@ impl Online {
         Ok((sealed, bytes))
     }
 
-    /// The payload to seal for `payload`: its parts larger than
-    /// [`mime::BLOB_THRESHOLD`] uploaded as blobs, in the entity's place a field naming
-    /// each. Unchanged when nothing is that large.
+    /// The payload to seal for `payload` when it has parts larger than
+    /// [`mime::BLOB_THRESHOLD`]: those uploaded as blobs, in the entity's place a field
+    /// naming each. `None` when nothing is that large.
     pub(crate) async fn with_parts_as_blobs(
         &self,
         payload: &Payload,
-    ) -> Result<Payload, ClientError> {
+    ) -> Result<Option<Payload>, ClientError> {
         let Some(entity) = &payload.mime else {
-            return Ok(payload.clone());
+            return Ok(None);
         };
         let (detached, bodies) = mime::detach(entity, mime::BLOB_THRESHOLD);
         if bodies.is_empty() {
-            return Ok(payload.clone());
+            return Ok(None);
         }
         let limit = self.api.server_info().await?.max_attachment_size;
         let mut refs = Vec::with_capacity(bodies.len());
@@ -139,11 +162,23 @@ impl Online {
             }
             refs.push(self.upload_blob(part).await?);
         }
-        Ok(Payload {
+        Ok(Some(Payload {
+            from: payload.from.clone(),
+            to: payload.to.clone(),
+            cc: payload.cc.clone(),
+            bcc: payload.bcc.clone(),
+            subject: payload.subject.clone(),
+            body: payload.body.clone(),
+            headers: payload.headers.clone(),
+            date: payload.date,
+            message_id: payload.message_id.clone(),
+            in_reply_to: payload.in_reply_to.clone(),
+            references: payload.references.clone(),
+            legacy: payload.legacy.clone(),
+            // Not the whole entity again: it is the large part of the payload.
             mime: Some(detached),
             blobs: refs,
-            ..payload.clone()
-        })
+        }))
     }
 }
 
@@ -167,7 +202,8 @@ impl Unlocked {
                 Some(open(&sealed, r)?)
             });
         }
-        let mime = mime::attach(entity, &bodies);
+        // Checked at sync: each blob has one place.
+        let (mime, _) = mime::attach(entity, &bodies);
         Ok(Payload {
             mime: Some(mime),
             ..payload
@@ -183,7 +219,18 @@ mod tests {
     fn sealed_blobs_open_and_changed_ones_do_not() {
         for len in [0, 1, CHUNK, CHUNK + 1, 2 * CHUNK + 5] {
             let bytes: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
-            let (sealed, r, manifest) = seal(&bytes);
+            let mut sealed = Vec::new();
+            let (r, manifest) = seal_each(&bytes, Sealer::new(), |n, c| {
+                assert_eq!(n, sealed.len() as u64);
+                sealed.push(c);
+            });
+            // Sealed again under the same reference: the same chunks.
+            let mut again = Vec::new();
+            let (r2, m2) = seal_each(&bytes, Sealer::again(&r), |_, c| again.push(c));
+            assert_eq!(
+                (again.clone(), r2.id.clone(), m2.0.clone()),
+                (sealed.clone(), r.id.clone(), manifest.0.clone())
+            );
             assert_eq!(sealed.len() as u64, chunks(len as u64));
             assert_eq!(manifest.id().to_hex(), r.id);
             assert_eq!(open(&sealed, &r).unwrap(), bytes);

@@ -97,8 +97,9 @@ pub struct AttachedFile {
 
 /// The entity `letterme send` writes (lettre formats it): the text, with the HTML as its
 /// alternative, and the files attached, each typed by its extension. `None` for text alone,
-/// which travels as payload version 1.
-pub fn compose(text: &str, html: Option<&str>, files: &[AttachedFile]) -> Option<Vec<u8>> {
+/// which travels as payload version 1. The files are taken, not copied: each is large
+/// enough as it is.
+pub fn compose(text: &str, html: Option<&str>, files: Vec<AttachedFile>) -> Option<Vec<u8>> {
     use lettre::message::header::{ContentTransferEncoding, ContentType};
     use lettre::message::{Attachment as LettreAttachment, Body, MultiPart, SinglePart};
     if html.is_none() && files.is_empty() {
@@ -119,9 +120,9 @@ pub fn compose(text: &str, html: Option<&str>, files: &[AttachedFile]) -> Option
             .unwrap_or_else(|_| ContentType::parse("application/octet-stream").expect("valid"));
         // Always base64: a file is bytes, and lettre would send ASCII text with bare LF
         // line ends (or a NUL) as 7bit, which no SMTP hop may carry (RFC 5321 §2.3.8).
-        let body = Body::new_with_encoding(f.bytes.clone(), ContentTransferEncoding::Base64)
+        let body = Body::new_with_encoding(f.bytes, ContentTransferEncoding::Base64)
             .expect("base64 carries any bytes");
-        mixed = mixed.singlepart(LettreAttachment::new(f.name.clone()).body(body, content_type));
+        mixed = mixed.singlepart(LettreAttachment::new(f.name).body(body, content_type));
     }
     Some(mixed.formatted())
 }
@@ -155,6 +156,18 @@ pub fn detach(entity: &[u8], threshold: usize) -> (Vec<u8>, Vec<std::ops::Range<
     bodies.sort_by_key(|(_, body)| body.start);
     let mut out = Vec::with_capacity(entity.len());
     let mut at = 0;
+    // Parts in order, none inside another (as mail-parser finds leaves); one that is not
+    // stays where it is.
+    bodies.retain({
+        let mut end = 0;
+        move |(header, body)| {
+            let fits = end <= *header && *header <= body.start;
+            if fits {
+                end = body.end;
+            }
+            fits
+        }
+    });
     for (i, (header, body)) in bodies.iter().enumerate() {
         out.extend_from_slice(&entity[at..*header]);
         out.extend_from_slice(format!("{BLOB_FIELD}: {i}\r\n").as_bytes());
@@ -166,14 +179,17 @@ pub fn detach(entity: &[u8], threshold: usize) -> (Vec<u8>, Vec<std::ops::Range<
 }
 
 /// Puts blob bodies back into an entity [`detach`] wrote: each part whose header begins
-/// with a [`BLOB_FIELD`] naming a body in `bodies` loses that field and gets the body. A
-/// field naming no body (not downloaded, or made up) is left as it is.
-pub fn attach(entity: &[u8], bodies: &[Option<Vec<u8>>]) -> Vec<u8> {
+/// with a [`BLOB_FIELD`] naming a body in `bodies` loses that field and gets the body, each
+/// body once (at the first part naming it). A field naming no body (not downloaded, made
+/// up, or naming one again) is left as it is. The flag: every body placed exactly once and
+/// no field left — what a well-formed message gives; anything else a sender made up.
+pub fn attach(entity: &[u8], bodies: &[Option<Vec<u8>>]) -> (Vec<u8>, bool) {
     let Some(m) = MessageParser::default().parse(entity) else {
-        return entity.to_vec();
+        return (entity.to_vec(), bodies.is_empty());
     };
     // (field start, field end, body start, body index), in order.
     let mut edits = Vec::new();
+    let mut fields = 0;
     for p in &m.parts {
         if matches!(p.body, PartType::Multipart(_)) {
             continue;
@@ -182,6 +198,7 @@ pub fn attach(entity: &[u8], bodies: &[Option<Vec<u8>>]) -> Vec<u8> {
         if !h.name.as_str().eq_ignore_ascii_case(BLOB_FIELD) {
             continue;
         }
+        fields += 1;
         let Some(n) = h
             .value
             .as_text()
@@ -199,20 +216,23 @@ pub fn attach(entity: &[u8], bodies: &[Option<Vec<u8>>]) -> Vec<u8> {
         }
     }
     edits.sort_unstable();
+    let mut placed = vec![false; bodies.len()];
     let mut out =
         Vec::with_capacity(entity.len() + bodies.iter().flatten().map(Vec::len).sum::<usize>());
     let mut at = 0;
     for (field, field_end, body, n) in edits {
-        if field < at || field_end > body {
+        if field < at || field_end > body || placed[n] {
             continue;
         }
+        placed[n] = true;
         out.extend_from_slice(&entity[at..field]);
         out.extend_from_slice(&entity[field_end..body]);
         out.extend_from_slice(bodies[n].as_deref().unwrap_or_default());
         at = body;
     }
     out.extend_from_slice(&entity[at..]);
-    out
+    let exact = placed.iter().all(|&p| p) && fields == bodies.len();
+    (out, exact)
 }
 
 /// The text a reader that shows text only gets of a message or an entity: its first text
@@ -310,7 +330,7 @@ mod tests {
 
     #[test]
     fn composed_mail_carries_html_and_named_files() {
-        assert_eq!(compose("just text", None, &[]), None);
+        assert_eq!(compose("just text", None, vec![]), None);
         let files = [
             AttachedFile {
                 name: "Grüße – Übersicht.pdf".into(),
@@ -321,7 +341,7 @@ mod tests {
                 bytes: b"plain\nlines\n".to_vec(),
             },
         ];
-        let entity = compose("Hallo", Some("<p>Hallo</p>"), &files).unwrap();
+        let entity = compose("Hallo", Some("<p>Hallo</p>"), files.to_vec()).unwrap();
         let m = MessageParser::default().parse(&entity).unwrap();
         assert_eq!(m.body_text(0).unwrap(), "Hallo");
         assert_eq!(m.body_html(0).unwrap(), "<p>Hallo</p>");
@@ -356,7 +376,7 @@ mod tests {
                 bytes: b"tiny".to_vec(),
             },
         ];
-        let composed = compose("Hallo", Some("<p>Hallo</p>"), &files).unwrap();
+        let composed = compose("Hallo", Some("<p>Hallo</p>"), files.to_vec()).unwrap();
         let related = format!(
             "Content-Type: multipart/related; boundary=\"r\"\r\n\r\n--r\r\n\
              Content-Type: text/html\r\n\r\n<img src=\"cid:i\">\r\n--r\r\n\
@@ -376,13 +396,46 @@ mod tests {
                 .map(|r| Some(entity[r.clone()].to_vec()))
                 .collect();
             assert!(parts.iter().flatten().all(|b| b.len() > 1000));
-            assert_eq!(attach(&detached, &parts), entity);
+            assert_eq!(attach(&detached, &parts), (entity.clone(), true));
             // Nothing to attach: the placeholders stay, the rest is intact.
-            assert_eq!(attach(&detached, &[]), detached);
-            assert_eq!(attach(&detached, &vec![None; parts.len()]), detached);
+            assert_eq!(attach(&detached, &[]), (detached.clone(), false));
+            assert_eq!(
+                attach(&detached, &vec![None; parts.len()]),
+                (detached.clone(), false)
+            );
             // Below every threshold: nothing moves.
             assert_eq!(detach(&entity, usize::MAX), (entity.clone(), vec![]));
         }
+    }
+
+    /// A sender's made-up entity cannot have one blob put in twice (a 500 MB blob named by
+    /// a million parts), nor leave a blob out, nor name one that is not there: each body
+    /// goes in once, and the flag says the message is not what a client writes.
+    #[test]
+    fn a_made_up_entity_cannot_repeat_or_skip_a_blob() {
+        let part = |n: &str| format!("--b\r\n{BLOB_FIELD}: {n}\r\nContent-Type: a/b\r\n\r\n\r\n");
+        let entity = |parts: &[&str]| {
+            let mut e = "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n".to_owned();
+            for p in parts {
+                e.push_str(&part(p));
+            }
+            e.push_str("--b--\r\n");
+            e.into_bytes()
+        };
+        let body = vec![Some(b"BODY".to_vec())];
+        let twice = entity(&["0", "0", "0"]);
+        let (out, exact) = attach(&twice, &body);
+        assert!(!exact);
+        assert_eq!(out.windows(4).filter(|w| w == b"BODY").count(), 1);
+        for (parts, bodies) in [
+            (vec!["0"], vec![Some(b"A".to_vec()), Some(b"B".to_vec())]),
+            (vec!["0", "1"], body.clone()),
+            (vec!["x"], body.clone()),
+            (vec![], body.clone()),
+        ] {
+            assert!(!attach(&entity(&parts), &bodies).1, "{parts:?}");
+        }
+        assert!(attach(&entity(&["0"]), &body).1);
     }
 
     #[test]

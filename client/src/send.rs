@@ -111,14 +111,14 @@ impl Online {
         let local_only = keys
             .keys()
             .all(|a| a.domain().eq_ignore_ascii_case(&p.domain));
-        let sealed = if local_only && !keys.is_empty() {
+        let as_blobs = if local_only && !keys.is_empty() {
             self.with_parts_as_blobs(&payload).await?
         } else {
-            payload.clone()
+            None
         };
         let envelopes = seal_message_except(
             &self.me.keys.identity,
-            &sealed,
+            as_blobs.as_ref().unwrap_or(&payload),
             &draft.bcc,
             &|a| keys.get(a).copied(),
             &legacy,

@@ -442,8 +442,8 @@ impl Online {
 
     /// Downloads and checks the blobs a message names, then renders it whole: the mail
     /// and each blob's sealed chunks, to keep. `Ok(Err(reason))`: a blob that is not the
-    /// one the message names, or that the server does not have — the message is refused,
-    /// never shown without it.
+    /// one the message names, that the server does not have, or that the entity does not
+    /// place exactly once — the message is refused, never shown without it.
     async fn fetch_blobs(
         &self,
         payload: Payload,
@@ -470,7 +470,22 @@ impl Online {
                 Err(e) => return Err(e),
             }
         }
-        let mime = payload.mime.as_deref().map(|m| mime::attach(m, &bodies));
+        // Each blob has exactly one place in the entity: a sender's made-up entity could
+        // otherwise repeat a blob without end, or hide one.
+        let (mime, exact) = match payload.mime.as_deref() {
+            Some(m) => {
+                let (entity, exact) = mime::attach(m, &bodies);
+                (Some(entity), exact)
+            }
+            None => (None, false),
+        };
+        if !exact {
+            return Ok(Err(
+                "the message does not place each of its attachment blobs exactly once".into(),
+            ));
+        }
+        // Each body is in the entity now; not held twice while it renders.
+        drop(bodies);
         let whole = Payload { mime, ..payload };
         Ok(Ok((self.me.filed(&whole, signer, received), kept)))
     }

@@ -70,7 +70,7 @@ pub async fn send(dir: ProfileDir, args: &cli::SendArgs) -> Result<()> {
         cc: parse_addresses(&args.cc)?,
         bcc: parse_addresses(&args.bcc)?,
         subject: args.subject.clone(),
-        mime: mime::compose(&body, html.as_deref(), &files),
+        mime: mime::compose(&body, html.as_deref(), files),
         body,
         allow_plaintext: args.allow_plaintext,
         ..Draft::default()

@@ -193,8 +193,17 @@ impl Default for Sealer {
 impl Sealer {
     /// A fresh random key and nonce prefix.
     pub fn new() -> Self {
-        let key = random_bytes::<32>();
-        let nonce = random_bytes::<NONCE_PREFIX>();
+        Self::with(random_bytes::<32>(), random_bytes::<NONCE_PREFIX>())
+    }
+
+    /// The key and nonce prefix of a blob sealed before: fed the same bytes, it seals the
+    /// same chunks again, byte for byte. How a sender uploads a blob whose manifest it
+    /// declared without keeping every sealed chunk in memory.
+    pub fn again(reference: &BlobRef) -> Self {
+        Self::with(reference.key, reference.nonce)
+    }
+
+    fn with(key: [u8; 32], nonce: [u8; NONCE_PREFIX]) -> Self {
         let cipher = XChaCha20Poly1305::new(&key.into());
         Self {
             stream: EncryptorBE32::from_aead(cipher, nonce.as_slice().into()),

@@ -488,7 +488,8 @@ pub fn sealed_text(
     sealed_with_blobs(online, to, key, subject, body, message_id, vec![])
 }
 
-/// [`sealed_text`] whose payload refers to `blobs` (and whose header names them).
+/// [`sealed_text`] whose payload refers to `blobs` (and whose header names them), each
+/// placed as an attachment of a `multipart/mixed` entity, as a client writes it.
 pub fn sealed_with_blobs(
     online: &letterme_client::Online,
     to: &letterme_protocol::Address,
@@ -499,6 +500,19 @@ pub fn sealed_with_blobs(
     blobs: Vec<letterme_protocol::blob::BlobRef>,
 ) -> letterme_protocol::Envelope {
     let now = letterme_client::now();
+    let mime = (!blobs.is_empty()).then(|| {
+        let mut e = format!("Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n{body}\r\n");
+        for i in 0..blobs.len() {
+            let _ = std::fmt::Write::write_fmt(
+                &mut e,
+                format_args!("--b\r\n{}: {i}\r\nContent-Type: application/octet-stream\r\n\
+                 Content-Disposition: attachment; filename=\"file{i}\"\r\n\r\n\r\n",
+                letterme_client::mime::BLOB_FIELD),
+            );
+        }
+        e.push_str("--b--\r\n");
+        e.into_bytes()
+    });
     let payload = letterme_protocol::Payload {
         from: online.me.profile.address.clone(),
         to: vec![to.clone()],
@@ -512,7 +526,7 @@ pub fn sealed_with_blobs(
         in_reply_to: None,
         references: vec![],
         legacy: None,
-        mime: None,
+        mime,
         blobs,
     };
     letterme_protocol::envelope::seal(

@@ -1,6 +1,7 @@
 //! Blobs (`/v1/blobs`, PROTOCOL.md §19a): uploading a large attachment, sealed by its
 //! sender, in chunks that the store checks against the upload's manifest, and reading
-//! where an upload stands (to resume it) or a chunk back.
+//! where an upload stands (to resume it) or a chunk back — the uploader, and the
+//! recipients of a pending message that names the blob.
 
 use axum::Json;
 use axum::body::Bytes;

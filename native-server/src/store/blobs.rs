@@ -20,8 +20,9 @@ const RELEASED: i64 = 2;
 /// How long (seconds) an uploaded blob is kept while no message refers to it.
 pub const BLOB_UPLOAD_KEEP: u64 = 86_400;
 
-/// Most blobs one owner may hold at once, whatever their size: each is rows and index
-/// entries, and a stranger with an account must not fill the database with tiny ones.
+/// Most blobs one owner may hold at once, uploaded or named by a pending message, whatever
+/// their size: each is rows and index entries, and a stranger with an account must not
+/// fill the database with tiny ones (naming them in messages to themselves included).
 pub const MAX_BLOBS_PER_OWNER: u64 = 1000;
 
 /// An upload to begin (or to resume, when the same blob was begun before).
@@ -188,7 +189,8 @@ impl Store {
             // Bounded work: an owner holds at most MAX_BLOBS_PER_OWNER rows.
             let (count, used): (i64, i64) = c
                 .prepare_cached(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM blobs WHERE owner = ?1 AND state = ?2",
+                    "SELECT count(*), coalesce(sum(CASE WHEN state = ?2 THEN size ELSE 0 END), 0)
+                     FROM blobs WHERE owner = ?1",
                 )?
                 .query_row(params![b.owner, UPLOADED], |r| Ok((r.get(0)?, r.get(1)?)))?;
             let used = used as u64;

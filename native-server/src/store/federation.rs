@@ -447,8 +447,9 @@ fn receive_one(
     if admin.blocks(&item.sender) || user_blocks.is_some() {
         return Ok(DeliveryStatus::Blocked);
     }
-    // The blobs an envelope names come from its origin before it (each uploaded by its
-    // sender); one that did not is refused for good.
+    // Peers cannot bring blobs yet (issue 17.2: federation carrying them is not built), so
+    // an envelope naming one is refused for good unless the blob is here already, its
+    // sender's.
     let blob_bytes = match named_bytes(c, &item.sender, &item.blobs) {
         Err(StoreError::BadBlob(why)) => {
             tracing::warn!(sender = %item.sender, %why, "a peer's envelope names a blob it did not bring");

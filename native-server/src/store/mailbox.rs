@@ -98,7 +98,7 @@ pub(super) struct Filed<'a> {
     pub id: &'a [u8; 16],
     pub sender: &'a str,
     pub envelope: &'a [u8],
-    /// The sealed bytes of the blobs it names (already linked by `name_blobs`).
+    /// The sealed bytes of the blobs it names (checked by `named_bytes`).
     pub blob_bytes: u64,
     pub received: u64,
 }

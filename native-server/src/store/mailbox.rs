@@ -27,6 +27,7 @@ pub struct Pending {
     pub seq: i64,
     pub id: [u8; 16],
     pub sender: String,
+    /// Envelope bytes and the sealed bytes of the blobs it names.
     pub size: u64,
     pub received: u64,
 }
@@ -194,7 +195,7 @@ impl Store {
     ) -> Result<Vec<Pending>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT d.seq, d.message_id, m.sender, m.size, d.received
+                "SELECT d.seq, d.message_id, m.sender, m.size + m.blob_bytes, d.received
                    FROM deliveries d JOIN messages m ON m.id = d.message_id
                   WHERE d.recipient = ?1 AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
             )?;

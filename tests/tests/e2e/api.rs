@@ -799,7 +799,10 @@ async fn a_blob_uploads_in_checked_chunks_and_resumes() {
         vec![reference.clone()],
     );
     assert_eq!(env.encode()[5], 2);
+    let envelope_len = env.encode().len() as u64;
     alice.api.send(env.encode()).await.unwrap();
+    // Listed at what fetching it all costs: the envelope and the blob.
+    assert_eq!(bob.api.list(0).await.unwrap()[0].size, envelope_len + size);
     assert_eq!(bob.api.blob_status(&id).await.unwrap().stored, [0, 1, 2]);
     assert_eq!(
         bob.api.blob_chunk(&id, 1).await.unwrap(),
@@ -840,4 +843,58 @@ async fn a_blob_uploads_in_checked_chunks_and_resumes() {
     );
     let e = alice.api.send(env.encode()).await.unwrap_err().to_string();
     assert!(e.contains("has not uploaded here"), "{e}");
+}
+
+/// A sender's own client can write any entity: one that puts a blob in twice (a large blob
+/// repeated without end would exhaust the reader) or leaves one out is refused at sync,
+/// never shown, and acknowledged so that it does not come back.
+#[tokio::test]
+async fn a_message_that_repeats_or_hides_a_blob_is_refused() {
+    use letterme_protocol::blob::Sealer;
+    let w = InProcess::start(|_| {}).await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let bob_addr = bob.me.profile.address.clone();
+    let key = alice.verified_key(&bob_addr).await.unwrap().encryption_key;
+    for placements in [vec!["0", "0"], vec![]] {
+        let (last, reference, manifest) = Sealer::new().finish(b"the blob's body");
+        alice
+            .api
+            .blob_begin(&reference.id, last.len() as u64, &manifest.0.concat())
+            .await
+            .unwrap();
+        alice.api.blob_put(&reference.id, 0, last).await.unwrap();
+        let mut entity = "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n".to_owned();
+        for n in &placements {
+            entity += "--b\r\n";
+            entity += letterme_client::mime::BLOB_FIELD;
+            entity += ": ";
+            entity += n;
+            entity += "\r\nContent-Type: a/b\r\n\r\n\r\n";
+        }
+        entity.push_str("--b--\r\n");
+        let p = Payload {
+            mime: Some(entity.into_bytes()),
+            blobs: vec![reference],
+            ..payload(&alice.me.profile.address, &bob_addr, "made up")
+        };
+        let env = seal(
+            SignerKind::User,
+            &alice.me.keys.identity,
+            &p,
+            &[(bob_addr.clone(), key)],
+            letterme_client::now(),
+        )
+        .unwrap();
+        alice.api.send(env.encode()).await.unwrap();
+        let report = bob.sync(&mut |_, _| {}).await.unwrap();
+        assert_eq!(report.fetched, 0, "{placements:?}");
+        assert_eq!(report.refused.len(), 1, "{placements:?}");
+        assert!(
+            report.refused[0].1.contains("exactly once"),
+            "{:?}",
+            report.refused
+        );
+        assert!(bob.api.list(0).await.unwrap().is_empty());
+    }
 }

@@ -111,25 +111,38 @@ impl Online {
             let wait = std::time::Duration::from_millis(500 << attempt);
             tracing::warn!(error = %broken, blob = %reference.id, ?wait, "blob upload broke off; resuming");
             tokio::time::sleep(wait).await;
-            let p = &self.me.profile;
-            if let Err(e) = api
-                .login(&p.domain, &p.address, &self.me.keys.identity)
-                .await
-            {
+            if let Err(e) = self.login_again(&mut api).await {
                 tracing::warn!(error = %e, "logging in again failed");
             }
         }
     }
 
+    /// Logs in again on `api` (a clone of ours: the new token serves every clone).
+    async fn login_again(&self, api: &mut Api) -> Result<(), ClientError> {
+        let p = &self.me.profile;
+        api.login(&p.domain, &p.address, &self.me.keys.identity)
+            .await
+    }
+
     /// Downloads a blob's sealed chunks and checks them against `reference`: the chunks
-    /// (kept sealed in the local store) and the bytes.
+    /// (kept sealed in the local store) and the bytes. A login that expires on the way (a
+    /// large blob on a slow line outlasts a token) is renewed, and the download goes on
+    /// at the chunk it had reached.
     pub(crate) async fn download_blob(
         &self,
         reference: &BlobRef,
     ) -> Result<(Vec<Vec<u8>>, Vec<u8>), ClientError> {
+        let mut api = self.api.clone();
         let mut sealed = Vec::new();
         for n in 0..chunks(reference.size) {
-            sealed.push(self.api.blob_chunk(&reference.id, n).await?);
+            let chunk = match api.blob_chunk(&reference.id, n).await {
+                Err(ClientError::Api { status: 401, .. }) => {
+                    self.login_again(&mut api).await?;
+                    api.blob_chunk(&reference.id, n).await?
+                }
+                other => other?,
+            };
+            sealed.push(chunk);
         }
         let bytes = open(&sealed, reference)?;
         Ok((sealed, bytes))

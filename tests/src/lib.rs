@@ -204,6 +204,35 @@ impl ServerProc {
         self.child.wait().unwrap();
     }
 
+    /// What the server's database holds of blobs and pending mail, read beside the
+    /// running server.
+    pub fn stored_blobs(&self) -> StoredBlobs {
+        let db = rusqlite::Connection::open_with_flags(
+            self.data_dir.join("letterme.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let one = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64;
+        StoredBlobs {
+            blobs: one("SELECT count(*) FROM blobs"),
+            chunk_bytes: one("SELECT coalesce(sum(length(data)), 0) FROM blob_chunks"),
+            envelope_bytes: one("SELECT coalesce(sum(length(envelope)), 0) FROM messages"),
+        }
+    }
+
+    /// Waits (up to 10 s) until the server holds no blob — the deletion that follows the
+    /// last acknowledgement; whether it came.
+    pub fn blobs_gone(&self) -> bool {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < until {
+            if self.stored_blobs().blobs == 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Starts again on the same config and data.
     pub fn restart(&mut self) {
         let _ = self.child.kill();
@@ -215,6 +244,16 @@ impl ServerProc {
         );
         *self = next;
     }
+}
+
+/// What [`ServerProc::stored_blobs`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredBlobs {
+    pub blobs: u64,
+    /// Sealed chunk bytes, every blob.
+    pub chunk_bytes: u64,
+    /// Bytes of the envelopes pending for local recipients.
+    pub envelope_bytes: u64,
 }
 
 impl Drop for ServerProc {

@@ -651,6 +651,14 @@ async fn uploaded(
     id
 }
 
+async fn readable(store: &Store, blob: letterme_protocol::blob::BlobId, who: &str) -> bool {
+    store
+        .readable_blob(blob, who.into())
+        .await
+        .unwrap()
+        .is_some()
+}
+
 async fn usage_of(store: &Store, who: &str) -> u64 {
     store
         .account(who.into())
@@ -697,38 +705,14 @@ async fn a_named_blob_is_kept_once_counted_per_recipient_and_deleted_after_the_l
             .await,
         Err(StoreError::QuotaExceeded(_))
     ));
-    assert!(
-        store
-            .readable_blob(blob, "b@x.test".into())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!readable(&store, blob, "b@x.test").await);
     store.deliver(to_b_and_c).await.unwrap();
     for who in ["b@x.test", "c@x.test"] {
         assert_eq!(usage_of(&store, who).await, 1100);
-        assert!(
-            store
-                .readable_blob(blob, who.into())
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(readable(&store, blob, who).await);
     }
-    assert!(
-        store
-            .readable_blob(blob, "a@x.test".into())
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        store
-            .readable_blob(blob, "d@x.test".into())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(readable(&store, blob, "a@x.test").await);
+    assert!(!readable(&store, blob, "d@x.test").await);
     // Stored once.
     let rows = store
         .read(|c| {
@@ -742,20 +726,8 @@ async fn a_named_blob_is_kept_once_counted_per_recipient_and_deleted_after_the_l
 
     store.ack("b@x.test".into(), vec![[1; 16]]).await.unwrap();
     assert_eq!(usage_of(&store, "b@x.test").await, 0);
-    assert!(
-        store
-            .readable_blob(blob, "b@x.test".into())
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        store
-            .readable_blob(blob, "c@x.test".into())
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(!readable(&store, blob, "b@x.test").await);
+    assert!(readable(&store, blob, "c@x.test").await);
     // A purge now leaves it: c has not acknowledged.
     assert_eq!(store.purge_blobs(u64::MAX).await.unwrap(), 0);
     store.ack("c@x.test".into(), vec![[1; 16]]).await.unwrap();

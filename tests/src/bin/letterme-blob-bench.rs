@@ -109,15 +109,7 @@ fn main() -> anyhow::Result<()> {
         "send (compose, seal, upload): {secs:.2} s, {:.1} MB/s, peak RSS {rss:.1} MiB",
         mb / secs
     );
-    let db = rusqlite::Connection::open_with_flags(
-        server.data_dir.join("letterme.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    let held: i64 = db.query_row(
-        "SELECT coalesce(sum(length(data)), 0) FROM blob_chunks",
-        [],
-        |r| r.get(0),
-    )?;
+    let held = server.stored_blobs().chunk_bytes;
     println!(
         "server holds {:.1} MB of blob chunks for {} recipient(s) ({:.2}× the file)",
         held as f64 / 1e6,

@@ -27,32 +27,6 @@ fn file(dir: &Path, name: &str, len: usize, canary: &str) -> Vec<u8> {
     bytes
 }
 
-/// (blobs, chunk bytes) the server's database holds.
-fn blob_store(server: &ServerProc) -> (i64, i64) {
-    let db = rusqlite::Connection::open_with_flags(
-        server.data_dir.join("letterme.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let one = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
-    (
-        one("SELECT count(*) FROM blobs"),
-        one("SELECT coalesce(sum(length(data)), 0) FROM blob_chunks"),
-    )
-}
-
-/// Waits until the server holds no blob (deleted after the last acknowledgement).
-fn blobs_gone(server: &ServerProc) -> bool {
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until {
-        if blob_store(server).0 == 0 {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 fn synced(profile: &Path) -> serde_json::Value {
     json(&cli(profile, &["sync", "--json"], None))
 }
@@ -90,11 +64,11 @@ fn one_blob_for_five_recipients_counted_for_each_and_gone_after_the_last_ack() {
     ok(&cli(&alice, &args, None));
 
     // One copy: 3 MiB as base64 (4 MiB and a bit, sealed), not five.
-    let (blobs, held) = blob_store(&server);
-    assert_eq!(blobs, 1);
+    let held = server.stored_blobs();
+    assert_eq!(held.blobs, 1);
     assert!(
-        (4 << 20..5 << 20).contains(&held),
-        "{held} bytes of chunks for one 3 MiB file to five recipients"
+        (4 << 20..5 << 20).contains(&held.chunk_bytes),
+        "{held:?} for one 3 MiB file to five recipients"
     );
     for (path, stored) in files_under(&server.data_dir) {
         assert!(
@@ -112,12 +86,15 @@ fn one_blob_for_five_recipients_counted_for_each_and_gone_after_the_last_ack() {
             "{} saved another file",
             names[i]
         );
-        let left = blob_store(&server).0;
         if i + 1 < readers.len() {
-            assert_eq!(left, 1, "deleted before the last recipient acknowledged");
+            assert_eq!(
+                server.stored_blobs().blobs,
+                1,
+                "deleted before the last recipient acknowledged"
+            );
         }
     }
-    assert!(blobs_gone(&server), "the blob outlived its last recipient");
+    assert!(server.blobs_gone(), "the blob outlived its last recipient");
 }
 
 #[test]
@@ -154,13 +131,13 @@ fn a_blob_survives_kill_9_of_the_server_during_upload_and_of_the_reader_during_d
             send.try_wait().unwrap().is_none(),
             "the upload ended before the server could be killed"
         );
-        if blob_store(&server).1 > 0 {
+        if server.stored_blobs().chunk_bytes > 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
     server.kill9();
-    let before = blob_store(&server).1;
+    let before = server.stored_blobs().chunk_bytes;
     server.restart();
     // The same `letterme send` resumes against the restarted server and completes.
     let out = send.wait_with_output().unwrap();
@@ -170,7 +147,7 @@ fn a_blob_survives_kill_9_of_the_server_during_upload_and_of_the_reader_during_d
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(before > 0);
-    assert_eq!(blob_store(&server).0, 1);
+    assert_eq!(server.stored_blobs().blobs, 1);
 
     // kill -9 of bob's sync at some point of its download: either it had committed (the
     // whole message is there) or nothing of the message is.
@@ -197,5 +174,5 @@ fn a_blob_survives_kill_9_of_the_server_during_upload_and_of_the_reader_during_d
     }
     synced(&bob);
     assert_eq!(saved(&bob, &world.path().join("saved")), bytes);
-    assert!(blobs_gone(&server), "the blob outlived the acknowledgement");
+    assert!(server.blobs_gone(), "the blob outlived the acknowledgement");
 }

@@ -103,24 +103,19 @@ fn a_multipart_message_with_html_inline_image_and_attachments_arrives_byte_ident
     // The message is on the server now, sealed, and bob has not fetched it yet: the PDF
     // as one blob of its base64 body, beside an envelope that holds the rest.
     assert_no_plaintext_on_server(&server, "at rest");
-    let (blobs, blob_bytes, envelope_bytes) = blob_store(&server);
-    assert_eq!(blobs, 1);
-    assert!(blob_bytes > 2 * 1024 * 1024, "{blob_bytes}");
-    assert!(envelope_bytes < 512 * 1024, "{envelope_bytes}");
+    let held = server.stored_blobs();
+    assert_eq!(held.blobs, 1);
+    assert!(held.chunk_bytes > 2 * 1024 * 1024, "{held:?}");
+    assert!(held.envelope_bytes < 512 * 1024, "{held:?}");
 
     let bob_proxy = ProxyProc::start(&bob);
     let inbox = fetch(&bob_proxy, "bob@x.test", "INBOX");
     assert_arrived_intact("bob's INBOX", &inbox, &sent);
     // Acknowledged by its only recipient, the blob is deleted.
-    let mut left = blob_store(&server).0;
-    for _ in 0..100 {
-        if left == 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        left = blob_store(&server).0;
-    }
-    assert_eq!(left, 0, "the blob outlived the message's acknowledgement");
+    assert!(
+        server.blobs_gone(),
+        "the blob outlived the message's acknowledgement"
+    );
     let sent_copy = fetch(&alice_proxy, "alice@x.test", "Sent");
     assert_arrived_intact("alice's Sent", &sent_copy, &sent);
 
@@ -227,22 +222,6 @@ fn assert_arrived_intact(what: &str, got: &Value, sent: &Value) {
         serde_json::json!(CANARIES),
         "{what}: every canary reached the reader"
     );
-}
-
-/// The server's blobs (count, sealed chunk bytes) and pending envelope bytes, read from
-/// its database.
-fn blob_store(server: &ServerProc) -> (i64, i64, i64) {
-    let db = rusqlite::Connection::open_with_flags(
-        server.data_dir.join("letterme.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let one = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
-    (
-        one("SELECT count(*) FROM blobs"),
-        one("SELECT coalesce(sum(length(data)), 0) FROM blob_chunks"),
-        one("SELECT coalesce(sum(length(envelope)), 0) FROM messages"),
-    )
 }
 
 /// No canary under the server's data directory: database, WAL, log, anything.

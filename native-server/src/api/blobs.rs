@@ -117,16 +117,10 @@ pub(super) async fn get_chunk(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> AppResult<Response> {
     let (id, n) = chunk_path(path)?;
-    let readable = state
+    let data = state
         .store
-        .readable_blob(id, session.address.to_string())
+        .blob_chunk(id, n, session.address.to_string())
         .await?
-        .is_some();
-    let data = if readable {
-        state.store.blob_chunk(id, n).await?
-    } else {
-        None
-    }
-    .ok_or_else(|| ApiError::not_found("no such chunk"))?;
+        .ok_or_else(|| ApiError::not_found("no such chunk"))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }

@@ -144,6 +144,27 @@ pub(super) fn any_released(c: &Connection) -> Result<bool, StoreError> {
     )
 }
 
+/// Whether `reader` may read blob `id`: its uploader, or a local recipient of a pending
+/// envelope that names it.
+fn may_read(c: &Connection, id: &BlobId, reader: &str) -> Result<bool, StoreError> {
+    let owner: Option<String> = c
+        .prepare_cached("SELECT owner FROM blobs WHERE id = ?1")?
+        .query_row([id.0.as_slice()], |r| r.get(0))
+        .optional()?;
+    match owner {
+        None => Ok(false),
+        Some(o) if o == reader => Ok(true),
+        Some(_) => Ok(c
+            .prepare_cached(
+                "SELECT 1 FROM envelope_blobs e JOIN deliveries d ON d.message_id = e.envelope_id
+                 WHERE e.blob = ?1 AND d.recipient = ?2 LIMIT 1",
+            )?
+            .query_row(params![id.0.as_slice(), reader], |_| Ok(()))
+            .optional()?
+            .is_some()),
+    }
+}
+
 fn status(c: &Connection, id: &BlobId) -> Result<Option<BlobStatus>, StoreError> {
     let Some((owner, size, manifest)) = c
         .prepare_cached("SELECT owner, size, manifest FROM blobs WHERE id = ?1")?
@@ -235,20 +256,11 @@ impl Store {
         reader: String,
     ) -> Result<Option<BlobStatus>, StoreError> {
         self.read(move |c| {
-            let Some(s) = status(c, &id)? else {
-                return Ok(None);
-            };
-            if s.owner == reader {
-                return Ok(Some(s));
+            if may_read(c, &id, &reader)? {
+                status(c, &id)
+            } else {
+                Ok(None)
             }
-            let recipient = c
-                .prepare_cached(
-                    "SELECT 1 FROM envelope_blobs e JOIN deliveries d ON d.message_id = e.envelope_id
-                     WHERE e.blob = ?1 AND d.recipient = ?2 LIMIT 1",
-                )?
-                .query_row(params![id.0.as_slice(), reader], |_| Ok(()))
-                .optional()?;
-            Ok(recipient.map(|()| s))
         })
         .await
     }
@@ -326,9 +338,18 @@ impl Store {
         }
     }
 
-    /// Chunk `n` of a blob.
-    pub async fn blob_chunk(&self, id: BlobId, n: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Chunk `n` of a blob, when `reader` may read it (as [`Store::readable_blob`]): one
+    /// read, without the blob's list of chunks, since a download asks once per chunk.
+    pub async fn blob_chunk(
+        &self,
+        id: BlobId,
+        n: u64,
+        reader: String,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(move |c| {
+            if !may_read(c, &id, &reader)? {
+                return Ok(None);
+            }
             Ok(
                 c.prepare_cached("SELECT data FROM blob_chunks WHERE blob = ?1 AND n = ?2")?
                     .query_row(params![id.0.as_slice(), n as i64], |r| r.get(0))

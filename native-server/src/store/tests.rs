@@ -548,7 +548,10 @@ async fn blob_uploads_are_checked_and_bounded() {
         assert_eq!((s.stored.clone(), s.complete()), (vec![0, 1], true));
     }
     assert_eq!(
-        store.blob_chunk(blob.id, 1).await.unwrap(),
+        store
+            .blob_chunk(blob.id, 1, "a@x.test".into())
+            .await
+            .unwrap(),
         Some(chunks[1].clone())
     );
     // Resuming is asking again: the same state, from the same owner only.
@@ -577,7 +580,13 @@ async fn blob_uploads_are_checked_and_bounded() {
     assert_eq!(store.purge_blobs(10).await.unwrap(), 0);
     assert_eq!(store.purge_blobs(11).await.unwrap(), 1);
     assert!(store.blob_status(blob.id).await.unwrap().is_none());
-    assert_eq!(store.blob_chunk(blob.id, 1).await.unwrap(), None);
+    assert_eq!(
+        store
+            .blob_chunk(blob.id, 1, "a@x.test".into())
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 /// However small, an owner's blobs are at most `MAX_BLOBS_PER_OWNER`: a stranger with an
@@ -735,7 +744,10 @@ async fn a_named_blob_is_kept_once_counted_per_recipient_and_deleted_after_the_l
         gone(&store, blob).await,
         "the blob outlived its last recipient"
     );
-    assert_eq!(store.blob_chunk(blob, 0).await.unwrap(), None);
+    assert_eq!(
+        store.blob_chunk(blob, 0, "a@x.test".into()).await.unwrap(),
+        None
+    );
 }
 
 /// An envelope may name only blobs its sender uploaded here in full; otherwise nothing

@@ -163,6 +163,10 @@ impl Online {
             return Ok(None);
         }
         let limit = self.api.server_info().await?.max_attachment_size;
+        if limit == 0 {
+            // A server from before blobs: the parts stay in the envelope.
+            return Ok(None);
+        }
         let mut refs = Vec::with_capacity(bodies.len());
         for body in bodies {
             let part = &entity[body];

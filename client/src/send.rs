@@ -106,15 +106,12 @@ impl Online {
             mime: draft.mime.clone(),
             blobs: vec![],
         };
-        // Large parts go as blobs when every letter.me recipient is on this domain (blobs do
-        // not cross domains yet); otherwise inside the envelope, up to its size limit.
-        let local_only = keys
-            .keys()
-            .all(|a| a.domain().eq_ignore_ascii_case(&p.domain));
-        let as_blobs = if local_only && !keys.is_empty() {
-            self.with_parts_as_blobs(&payload).await?
-        } else {
+        // Large parts go as blobs (a server that takes none keeps them in the envelope, up
+        // to its size limit); other domains' servers get them from ours (PROTOCOL.md §17.5a).
+        let as_blobs = if keys.is_empty() {
             None
+        } else {
+            self.with_parts_as_blobs(&payload).await?
         };
         let envelopes = seal_message_except(
             &self.me.keys.identity,

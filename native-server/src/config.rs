@@ -676,6 +676,14 @@ pub struct FederationConfig {
     /// server accepts 64 MiB; a peer answering `413` gets smaller batches.
     #[serde(default = "default_batch_bytes")]
     pub batch_bytes: ByteSize,
+    /// Bytes of blobs one peer domain may have brought that no envelope named yet (its
+    /// transfers in progress); each blob at most `limits.max_attachment_size`.
+    #[serde(default = "default_blob_bytes_per_peer")]
+    pub blob_bytes_per_peer: ByteSize,
+}
+
+fn default_blob_bytes_per_peer() -> ByteSize {
+    ByteSize(2_000_000_000)
 }
 
 fn default_batch_bytes() -> ByteSize {
@@ -696,6 +704,7 @@ impl Default for FederationConfig {
             origin_burst: default_origin_burst(),
             batch: default_batch(),
             batch_bytes: default_batch_bytes(),
+            blob_bytes_per_peer: default_blob_bytes_per_peer(),
         }
     }
 }

@@ -456,6 +456,24 @@ pub struct DeliveryReport {
     pub rejected: BTreeMap<String, String>,
 }
 
+/// Content type of a delivery body (`PUT /v1/federation/transactions/{txid}`).
+pub const BATCH_CONTENT_TYPE: &str = "application/vnd.letterme.batch";
+
+/// `PUT /v1/federation/blobs/{id}`: a blob the origin brings before the envelope that
+/// names it (PROTOCOL.md §17.5a). The answer is [`crate::api::BlobState`], as for a local
+/// upload; its chunks then go as `PUT /v1/federation/blobs/{id}/{n}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobOffer {
+    /// The envelope's sender, an address of the origin domain.
+    pub owner: String,
+    /// Sealed bytes.
+    pub size: u64,
+    /// Each sealed chunk's SHA-256, concatenated.
+    #[serde(with = "crate::b64::bytes")]
+    pub manifest: Vec<u8>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

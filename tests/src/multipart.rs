@@ -71,8 +71,8 @@ impl Multipart {
         );
         // Deterministic pseudo-random bytes (xorshift64): NUL, CR, LF and bytes over 127
         // all occur, so only a byte-exact transfer encoding carries them. 1.5 MiB: over
-        // the size at which a part goes as a blob on one domain, so the message shows that
-        // it still crosses domains (inside the envelope) and leaves by relay whole.
+        // the size at which a part goes as a blob, so the message shows that it crosses
+        // domains as a blob and still leaves by relay whole.
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut data: Vec<u8> = (0..1536 * 1024)
             .map(|_| {

@@ -13,16 +13,17 @@ use letterme_protocol::api::{BlobBegin, BlobState, ErrorCode};
 use letterme_protocol::blob::{BlobId, Manifest, SEALED_CHUNK};
 
 use crate::error::ApiError;
-use crate::store::{BlobStatus, NewBlob};
+use crate::state::AppState;
+use crate::store::{BlobStatus, NewBlob, Uploader};
 
 use super::{AppResult, Authed, St, body_error, json_body, path_param};
 
-fn parse_blob_id(s: &str) -> AppResult<BlobId> {
+pub(super) fn parse_blob_id(s: &str) -> AppResult<BlobId> {
     BlobId::from_hex(s)
         .ok_or_else(|| ApiError::bad_request(ErrorCode::BadId, "a blob id is 64 hex digits"))
 }
 
-fn state_of(id: BlobId, s: BlobStatus) -> BlobState {
+pub(super) fn state_of(id: BlobId, s: BlobStatus) -> BlobState {
     BlobState {
         id: id.to_hex(),
         size: s.size,
@@ -41,7 +42,29 @@ pub(super) async fn begin(
 ) -> AppResult<Response> {
     let req = json_body(body)?;
     let id = parse_blob_id(&req.id)?;
-    let manifest = Manifest::from_bytes(&req.manifest).ok_or_else(|| {
+    let (status, s) = begin_in(
+        &state,
+        id,
+        session.address.to_string(),
+        None,
+        req.size,
+        &req.manifest,
+    )
+    .await?;
+    Ok((status, Json(s)).into_response())
+}
+
+/// Begins (or resumes) an upload of `owner`'s, or of a blob `origin` brings for its sender
+/// `owner`: `201` for a new one, `200` for one begun before.
+pub(super) async fn begin_in(
+    state: &AppState,
+    id: BlobId,
+    owner: String,
+    origin: Option<String>,
+    size: u64,
+    manifest: &[u8],
+) -> AppResult<(StatusCode, BlobState)> {
+    let manifest = Manifest::from_bytes(manifest).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::BadBlob,
@@ -53,12 +76,14 @@ pub(super) async fn begin(
         .store
         .blob_begin(NewBlob {
             id,
-            owner: session.address.to_string(),
-            size: req.size,
+            owner,
+            origin,
+            size,
             manifest,
             created: state.clock.now(),
             max_size: state.config.limits.max_attachment_size.0,
             per_owner: state.config.limits.blob_bytes_per_user.0,
+            per_origin: state.config.federation.blob_bytes_per_peer.0,
         })
         .await?;
     let status = if before {
@@ -66,7 +91,17 @@ pub(super) async fn begin(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(state_of(id, s))).into_response())
+    Ok((status, state_of(id, s)))
+}
+
+/// Room for a body that begins an upload, with the manifest of the largest blob the server
+/// takes (32 bytes a chunk, as base64).
+pub(super) fn begin_limit(max_attachment_size: u64) -> usize {
+    let chunks = letterme_protocol::blob::sealed_chunks(max_attachment_size).unwrap_or(1);
+    usize::try_from(chunks * 32 * 4 / 3)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1024)
+        .max(super::MAX_JSON_BODY)
 }
 
 /// `GET /v1/blobs/{id}`: where the caller's upload stands, or the blob a pending message
@@ -85,7 +120,9 @@ pub(super) async fn status(
     Ok(Json(state_of(id, s)))
 }
 
-fn chunk_path(p: Result<Path<(String, String)>, PathRejection>) -> AppResult<(BlobId, u64)> {
+pub(super) fn chunk_path(
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> AppResult<(BlobId, u64)> {
     let Path((id, n)) = p.map_err(|e| ApiError::bad_request(ErrorCode::BadPath, e.body_text()))?;
     let n = n.parse().map_err(|_| {
         ApiError::bad_request(ErrorCode::BadPath, "a chunk number is a decimal integer")
@@ -104,7 +141,12 @@ pub(super) async fn put_chunk(
     let data = body.map_err(|e| body_error(&e, SEALED_CHUNK as u64))?;
     let s = state
         .store
-        .blob_put(session.address.to_string(), id, n, data.to_vec())
+        .blob_put(
+            Uploader::User(session.address.to_string()),
+            id,
+            n,
+            data.to_vec(),
+        )
         .await?;
     Ok(Json(state_of(id, s)))
 }

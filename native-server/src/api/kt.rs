@@ -136,7 +136,7 @@ pub(super) async fn entries(
     let peer = fed.peer(&domain).await.map_err(failed)?;
     let target = format!("/v1/federation/kt/entries?start={}&limit={limit}", q.start);
     let (_, body) = fed
-        .call(&peer, reqwest::Method::GET, &target, Vec::new())
+        .call(&peer, reqwest::Method::GET, &target, Vec::new(), "")
         .await
         .map_err(failed)?;
     let page: EntriesPage = serde_json::from_slice(&body)

@@ -102,20 +102,6 @@ pub(super) async fn accept(
         )
         .with_recipients(list));
     }
-    if !env.blobs.is_empty() && !remote.is_empty() {
-        let list: Vec<String> = remote.values().flatten().cloned().collect();
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::BadBlob,
-            format!(
-                "{} not on {}: attachments sent as blobs do not cross domains yet; send them \
-                 inside the message (below limits.max_message_size) instead",
-                list.join(", "),
-                state.config.domain
-            ),
-        )
-        .with_recipients(list));
-    }
     let limits = &state.config.limits;
     if remote.len() > limits.max_domains_per_send {
         return Err(ApiError::bad_request(

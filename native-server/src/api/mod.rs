@@ -86,7 +86,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/messages/fetch", post(messages::fetch_many))
         .route(
             "/v1/blobs",
-            post(blobs::begin).layer(DefaultBodyLimit::max(blob_begin_limit(&state))),
+            post(blobs::begin).layer(DefaultBodyLimit::max(blobs::begin_limit(
+                state.config.limits.max_attachment_size.0,
+            ))),
         )
         .route("/v1/blobs/{id}", get(blobs::status))
         .route(
@@ -118,17 +120,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError::internal().into_response()
         }))
         .with_state(state)
-}
-
-/// Room for `POST /v1/blobs` with the manifest of the largest blob the server takes
-/// (32 bytes a chunk, as base64).
-fn blob_begin_limit(state: &AppState) -> usize {
-    let chunks = letterme_protocol::blob::sealed_chunks(state.config.limits.max_attachment_size.0)
-        .unwrap_or(1);
-    usize::try_from(chunks * 32 * 4 / 3)
-        .unwrap_or(usize::MAX)
-        .saturating_add(1024)
-        .max(MAX_JSON_BODY)
 }
 
 async fn not_found() -> ApiError {

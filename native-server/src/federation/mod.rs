@@ -95,6 +95,11 @@ pub enum FederationError {
     },
     #[error("{domain} sent an unreadable answer: {reason}")]
     Garbled { domain: String, reason: String },
+    /// A blob the envelope names is no longer on this server, so it cannot go to the peer.
+    #[error(
+        "blob {id}, an attachment of the message, is no longer on this server to bring to {domain}"
+    )]
+    BlobGone { id: String, domain: String },
 }
 
 impl FederationError {
@@ -130,6 +135,7 @@ impl FederationError {
             Self::Document { .. } => "does not match its DNS record",
             Self::BadResponse { .. } => "answered without a valid signature of its domain key",
             Self::Garbled { .. } => "sent an answer that does not parse",
+            Self::BlobGone { .. } => "cannot be brought an attachment this server no longer has",
         }
     }
 }
@@ -555,13 +561,15 @@ impl Federation {
         }
     }
 
-    /// Sends a signed request and checks the signed answer. Returns the status and body.
+    /// Sends a signed request (a body, if any, of `content_type`) and checks the signed
+    /// answer. Returns the status and body.
     pub async fn call(
         &self,
         peer: &Peer,
         method: reqwest::Method,
         target: &str,
         body: Vec<u8>,
+        content_type: &'static str,
     ) -> Result<(u16, Vec<u8>), FederationError> {
         let domain = &peer.records.domain;
         let sig = RequestSignature::sign(
@@ -581,7 +589,7 @@ impl Federation {
             req = req.header(name, value);
         }
         if !body.is_empty() {
-            req = req.header("content-type", "application/vnd.letterme.batch");
+            req = req.header("content-type", content_type);
         }
         // Our log's checkpoint, for the peer to witness.
         let cp = self
@@ -658,7 +666,7 @@ impl Federation {
             None => format!("/v1/federation/keys/{address}"),
         };
         let (_, body) = self
-            .call(&peer, reqwest::Method::GET, &target, Vec::new())
+            .call(&peer, reqwest::Method::GET, &target, Vec::new(), "")
             .await?;
         let found: RemoteKeys =
             serde_json::from_slice(&body).map_err(|e| FederationError::Garbled {

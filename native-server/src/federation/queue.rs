@@ -7,12 +7,21 @@
 //! A batch keeps its transaction id until the peer gives a signed answer for it, so a
 //! crash or a lost answer leads to the very same request again, which the peer answers
 //! from its record instead of storing a second copy.
+//!
+//! An envelope that names blobs goes alone, its blobs first: each offered to the peer,
+//! which answers with the chunks it holds, and only the missing chunks sent, one at a
+//! time. So a blob crosses to a domain once, however many recipients, envelopes (Bcc) or
+//! retries, and a broken transfer resumes where it stopped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use letterme_protocol::api::BlobState;
+use letterme_protocol::blob::BlobId;
 use letterme_protocol::codec::hex;
-use letterme_protocol::federation::{DeliveryReport, DeliveryStatus, encode_batch_items};
+use letterme_protocol::federation::{
+    BlobOffer, DeliveryReport, DeliveryStatus, encode_batch_items,
+};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -23,6 +32,9 @@ use crate::store::{
     BatchLimit, Claimed, FederationRow, NewDelivery, RowOutcome, Store, StoreError,
 };
 use crate::worker::{self, Due, jitter, retry_delay};
+
+const JSON: &str = "application/json";
+const OCTETS: &str = "application/octet-stream";
 
 /// Batches in flight to one destination at most.
 pub const PER_DESTINATION: usize = 4;
@@ -191,7 +203,10 @@ impl FederationQueue {
             txid,
             rows,
         } = claimed;
-        let result = self.send(&destination, txid, &rows).await;
+        let result = match self.push_blobs(&destination, &rows).await? {
+            Ok(()) => self.send(&destination, txid, &rows).await,
+            Err(e) => Err(e),
+        };
         let now = self.clock.now();
         if rows.len() > 1
             && let Err(FederationError::Refused { status: 413, .. }) = &result
@@ -253,9 +268,10 @@ impl FederationQueue {
                 let permanent = matches!(
                     &e,
                     FederationError::Refused {
-                        status: 400 | 409 | 413,
+                        status: 400 | 403 | 404 | 409 | 413 | 422,
                         ..
                     } | FederationError::NoRecord(_)
+                        | FederationError::BlobGone { .. }
                         | FederationError::Dns(crate::dns::DnsError::NotFound(_))
                 );
                 if matches!(
@@ -339,6 +355,87 @@ impl FederationQueue {
         (row.id, outcome)
     }
 
+    /// Brings the peer every blob the rows' envelopes name that it does not hold in full
+    /// yet, one chunk in memory at a time. The outer error is this server's store.
+    async fn push_blobs(
+        &self,
+        destination: &str,
+        rows: &[FederationRow],
+    ) -> Result<Result<(), FederationError>, StoreError> {
+        for row in rows {
+            for id in &row.blobs {
+                if let Err(e) = self.push_blob(destination, &row.sender, *id).await? {
+                    return Ok(Err(e));
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    async fn push_blob(
+        &self,
+        destination: &str,
+        owner: &str,
+        id: BlobId,
+    ) -> Result<Result<(), FederationError>, StoreError> {
+        let gone = || FederationError::BlobGone {
+            id: id.to_hex(),
+            domain: destination.to_owned(),
+        };
+        let Some(blob) = self.store.readable_blob(id, owner.to_owned()).await? else {
+            return Ok(Err(gone()));
+        };
+        let peer = match self.fed.peer(destination).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let target = format!("/v1/federation/blobs/{}", id.to_hex());
+        let offer = BlobOffer {
+            owner: owner.to_owned(),
+            size: blob.size,
+            manifest: blob.manifest.to_bytes(),
+        };
+        let body = serde_json::to_vec(&offer).unwrap_or_default();
+        let there: BlobState = match self
+            .fed
+            .call(&peer, reqwest::Method::PUT, &target, body, JSON)
+            .await
+            .and_then(|(_, answer)| {
+                serde_json::from_slice(&answer).map_err(|e| FederationError::Garbled {
+                    domain: destination.to_owned(),
+                    reason: e.to_string(),
+                })
+            }) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut sent = 0usize;
+        for n in 0..blob.manifest.0.len() as u64 {
+            if there.stored.binary_search(&n).is_ok() {
+                continue;
+            }
+            let Some(chunk) = self.store.blob_chunk(id, n, owner.to_owned()).await? else {
+                return Ok(Err(gone()));
+            };
+            let put = self
+                .fed
+                .call(
+                    &peer,
+                    reqwest::Method::PUT,
+                    &format!("{target}/{n}"),
+                    chunk,
+                    OCTETS,
+                )
+                .await;
+            if let Err(e) = put {
+                return Ok(Err(e));
+            }
+            sent += 1;
+        }
+        tracing::debug!(%destination, blob = %id.to_hex(), chunks = sent, "blob brought to the peer");
+        Ok(Ok(()))
+    }
+
     async fn send(
         &self,
         destination: &str,
@@ -353,7 +450,13 @@ impl FederationQueue {
         let target = format!("/v1/federation/transactions/{}", hex(&txid));
         let (_, answer) = self
             .fed
-            .call(&peer, reqwest::Method::PUT, &target, body)
+            .call(
+                &peer,
+                reqwest::Method::PUT,
+                &target,
+                body,
+                letterme_protocol::federation::BATCH_CONTENT_TYPE,
+            )
             .await?;
         serde_json::from_slice(&answer).map_err(|e| FederationError::Garbled {
             domain: destination.to_owned(),

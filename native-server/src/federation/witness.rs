@@ -191,7 +191,7 @@ async fn fetch_consistency(
         sizes[0], sizes[1]
     );
     let (_, body) = fed
-        .call(&peer, reqwest::Method::GET, &target, Vec::new())
+        .call(&peer, reqwest::Method::GET, &target, Vec::new(), "")
         .await
         .map_err(fail)?;
     let garbled = |e: String| WitnessError::Garbled(domain.to_owned(), e);

@@ -4,7 +4,9 @@
 //! refused at once and a broken upload resumes with the chunks still missing. An envelope
 //! whose header names a blob keeps it, once however many recipients, until the last of
 //! them acknowledged it (or retention removed it) and no other domain still waits for it;
-//! the purge then deletes it. The server never reads a blob.
+//! the purge then deletes it. Another domain brings the blobs of its senders' envelopes
+//! the same way, before the envelope (`origin`, migration 0012), within a per-peer bound.
+//! The server never reads a blob.
 
 use letterme_protocol::blob::{BlobId, Manifest, sealed_chunk_len, sealed_chunks};
 use rusqlite::{Connection, OptionalExtension as _, params};
@@ -25,11 +27,34 @@ pub const BLOB_UPLOAD_KEEP: u64 = 86_400;
 /// fill the database with tiny ones (naming them in messages to themselves included).
 pub const MAX_BLOBS_PER_OWNER: u64 = 1000;
 
+/// Most blobs one peer domain may have brought that no envelope named yet.
+pub const MAX_BLOBS_PER_PEER: u64 = 10_000;
+
+/// Who adds a blob's chunks: the local user who uploads it, or the peer domain that
+/// brings it for one of its senders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uploader {
+    User(String),
+    Peer(String),
+}
+
+impl Uploader {
+    fn holds(&self, s: &BlobStatus) -> bool {
+        match self {
+            Self::User(a) => s.origin.is_none() && s.owner == *a,
+            Self::Peer(d) => s.origin.as_deref() == Some(d.as_str()),
+        }
+    }
+}
+
 /// An upload to begin (or to resume, when the same blob was begun before).
 #[derive(Debug, Clone)]
 pub struct NewBlob {
     pub id: BlobId,
+    /// The local user who uploads it, or the remote sender whose domain brings it.
     pub owner: String,
+    /// The peer domain that brings it; `None` for a local upload.
+    pub origin: Option<String>,
     /// Sealed bytes.
     pub size: u64,
     pub manifest: Manifest,
@@ -38,12 +63,16 @@ pub struct NewBlob {
     pub max_size: u64,
     /// Most bytes of blobs one owner may hold that no message refers to yet.
     pub per_owner: u64,
+    /// Most bytes of blobs one peer may have brought that no envelope named yet.
+    pub per_origin: u64,
 }
 
 /// Where an upload stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobStatus {
     pub owner: String,
+    /// The peer domain that brought it; `None` for a local upload.
+    pub origin: Option<String>,
     /// Sealed bytes.
     pub size: u64,
     pub manifest: Manifest,
@@ -166,13 +195,14 @@ fn may_read(c: &Connection, id: &BlobId, reader: &str) -> Result<bool, StoreErro
 }
 
 fn status(c: &Connection, id: &BlobId) -> Result<Option<BlobStatus>, StoreError> {
-    let Some((owner, size, manifest)) = c
-        .prepare_cached("SELECT owner, size, manifest FROM blobs WHERE id = ?1")?
+    let Some((owner, origin, size, manifest)) = c
+        .prepare_cached("SELECT owner, origin, size, manifest FROM blobs WHERE id = ?1")?
         .query_row([id.0.as_slice()], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, Vec<u8>>(3)?,
             ))
         })
         .optional()?
@@ -188,6 +218,7 @@ fn status(c: &Connection, id: &BlobId) -> Result<Option<BlobStatus>, StoreError>
     })?;
     Ok(Some(BlobStatus {
         owner,
+        origin,
         size,
         manifest,
         stored,
@@ -196,16 +227,45 @@ fn status(c: &Connection, id: &BlobId) -> Result<Option<BlobStatus>, StoreError>
 
 impl Store {
     /// Begins an upload, or answers where the one begun before stands (a resumed upload):
-    /// the same id is the same manifest, so only the owner matters then.
+    /// the same id is the same manifest, so only who uploads it matters then. A blob
+    /// released but not yet purged is kept again, for a new envelope to name (a Bcc copy,
+    /// or one more domain).
     pub async fn blob_begin(&self, b: NewBlob) -> Result<BlobStatus, StoreError> {
         check(&b)?;
         self.write(move |c| {
             if let Some(s) = status(c, &b.id)? {
-                return if s.owner == b.owner {
-                    Ok(s)
-                } else {
-                    Err(StoreError::NoBlob)
-                };
+                let same = s.owner == b.owner && s.origin == b.origin;
+                if !same {
+                    return Err(StoreError::NoBlob);
+                }
+                c.prepare_cached(
+                    "UPDATE blobs SET state = ?2, created = ?3 WHERE id = ?1 AND state = ?4",
+                )?
+                .execute(params![
+                    b.id.0.as_slice(),
+                    UPLOADED,
+                    b.created as i64,
+                    RELEASED
+                ])?;
+                return Ok(s);
+            }
+            if let Some(origin) = &b.origin {
+                // Bounded work: the partial index holds a peer's blobs by state.
+                let (count, used): (i64, i64) = c
+                    .prepare_cached(
+                        "SELECT count(*), coalesce(sum(size), 0) FROM blobs
+                          WHERE origin = ?1 AND state = ?2",
+                    )?
+                    .query_row(params![origin, UPLOADED], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let used = used as u64;
+                if count as u64 >= MAX_BLOBS_PER_PEER || used.saturating_add(b.size) > b.per_origin
+                {
+                    return Err(StoreError::BlobLimit {
+                        owner: origin.clone(),
+                        used,
+                        limit: b.per_origin,
+                    });
+                }
             }
             // Bounded work: an owner holds at most MAX_BLOBS_PER_OWNER rows.
             let (count, used): (i64, i64) = c
@@ -224,17 +284,20 @@ impl Store {
             }
             let manifest = b.manifest.to_bytes();
             c.prepare_cached(
-                "INSERT INTO blobs (id, owner, size, manifest, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO blobs (id, owner, origin, size, manifest, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
                 b.id.0.as_slice(),
                 b.owner,
+                b.origin,
                 b.size as i64,
                 manifest,
                 b.created as i64
             ])?;
             Ok(BlobStatus {
                 owner: b.owner,
+                origin: b.origin,
                 size: b.size,
                 manifest: b.manifest,
                 stored: Vec::new(),
@@ -265,11 +328,12 @@ impl Store {
         .await
     }
 
-    /// Stores chunk `n` of an upload of `owner`'s after checking it against the manifest
-    /// (again: a repeated chunk is the same bytes); returns the upload's state after it.
+    /// Stores chunk `n` of an upload of `uploader`'s after checking it against the
+    /// manifest (again: a repeated chunk is the same bytes); returns the upload's state
+    /// after it.
     pub async fn blob_put(
         &self,
-        owner: String,
+        uploader: Uploader,
         id: BlobId,
         n: u64,
         data: Vec<u8>,
@@ -279,7 +343,7 @@ impl Store {
         let hash = Manifest::chunk_hash(&data);
         self.write(move |c| {
             let mut s = status(c, &id)?
-                .filter(|s| s.owner == owner)
+                .filter(|s| uploader.holds(s))
                 .ok_or(StoreError::NoBlob)?;
             let chunks = s.manifest.0.len() as u64;
             let Some(expected) = s.manifest.0.get(usize::try_from(n).unwrap_or(usize::MAX)) else {
@@ -310,6 +374,22 @@ impl Store {
             Ok(s)
         })
         .await
+    }
+
+    /// Deletes the released blobs in the background, when `released` says there are some
+    /// (an acknowledgement or a finished delivery to another domain let their last
+    /// envelope go).
+    pub(super) fn purge_released_later(&self, released: bool) {
+        if !released {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            // Time 0: released blobs only, not uploads waiting to be named.
+            if let Err(e) = store.purge_blobs(0).await {
+                tracing::warn!(error = %e, "deleting released blobs failed; the purge retries");
+            }
+        });
     }
 
     /// Deletes the released blobs and those uploaded before `cutoff` that no envelope

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashSet};
 use letterme_protocol::federation::{DeliveryReport, DeliveryStatus};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::blobs::{link_blobs, named_bytes};
+use letterme_protocol::blob::BlobId;
+
+use super::blobs::{any_released, link_blobs, named_bytes};
 use super::mailbox::{Filed, deliver_in, file, usage};
 use super::{NewDelivery, Store, StoreError, split_lines};
 
@@ -28,11 +30,15 @@ pub struct FederationRow {
     pub envelope_id: [u8; 16],
     pub sender: String,
     pub recipients: Vec<String>,
-    /// The envelope's row in `federation_envelopes`, and its size.
+    /// The envelope's row in `federation_envelopes`, its size, and the sealed bytes of
+    /// the blobs it names.
     pub body: i64,
     pub size: u64,
+    pub blob_bytes: u64,
     /// Read only for a claimed batch ([`Store::claim_federation`]); empty otherwise.
     pub envelope: Vec<u8>,
+    /// The blobs the envelope names, which go to the peer before it; read as `envelope`.
+    pub blobs: Vec<BlobId>,
     pub queued_at: u64,
     pub attempts: u32,
     pub next_attempt: u64,
@@ -72,12 +78,12 @@ pub struct Incoming {
     pub sender: String,
     pub envelope: Vec<u8>,
     /// The blobs the envelope's header names.
-    pub blobs: Vec<letterme_protocol::blob::BlobId>,
+    pub blobs: Vec<BlobId>,
     pub recipients: Vec<String>,
 }
 
 const ROW_COLUMNS: &str = "q.id, q.destination, q.envelope_id, q.sender, q.recipients, q.body, e.size, \
-                           q.queued_at, q.attempts, q.next_attempt, q.last_error \
+                           q.queued_at, q.attempts, q.next_attempt, q.last_error, e.blob_bytes \
                            FROM federation_queue q JOIN federation_envelopes e ON e.id = q.body";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FederationRow> {
@@ -89,7 +95,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FederationRow> {
         recipients: split_lines(&r.get::<_, String>(4)?),
         body: r.get(5)?,
         size: r.get::<_, i64>(6)? as u64,
+        blob_bytes: r.get::<_, i64>(11)? as u64,
         envelope: Vec::new(),
+        blobs: Vec::new(),
         queued_at: r.get::<_, i64>(7)? as u64,
         attempts: r.get(8)?,
         next_attempt: r.get::<_, i64>(9)? as u64,
@@ -107,7 +115,7 @@ pub struct BatchLimit {
 impl Store {
     /// Accepts a user's envelope: delivers to local recipients and queues it for the
     /// remote domains — its bytes once, a row per domain — in one transaction, unless the
-    /// sender's queued bytes would pass `queued_limit`.
+    /// sender's queued bytes (envelopes and the blobs they name) would pass `queued_limit`.
     pub async fn accept_outgoing(
         &self,
         local: NewDelivery,
@@ -121,12 +129,17 @@ impl Store {
                 return Ok(());
             }
             let size = local.envelope.len() as u64;
+            let blob_bytes = named_bytes(c, &local.sender, &local.blobs)?;
             let queued: i64 = c
                 .prepare_cached("SELECT bytes FROM federation_queued WHERE sender = ?1")?
                 .query_row([&local.sender], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
-            if (queued as u64).saturating_add(size) > queued_limit {
+            if (queued as u64)
+                .saturating_add(size)
+                .saturating_add(blob_bytes)
+                > queued_limit
+            {
                 return Err(StoreError::QueueFull {
                     sender: local.sender.clone(),
                     queued: queued as u64,
@@ -134,9 +147,15 @@ impl Store {
                 });
             }
             c.prepare_cached(
-                "INSERT INTO federation_envelopes (sender, size, envelope) VALUES (?1, ?2, ?3)",
+                "INSERT INTO federation_envelopes (sender, size, envelope, blob_bytes)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![local.sender, size as i64, local.envelope])?;
+            .execute(params![
+                local.sender,
+                size as i64,
+                local.envelope,
+                blob_bytes as i64
+            ])?;
             let body = c.last_insert_rowid();
             let mut ins = c.prepare_cached(
                 "INSERT INTO federation_queue (destination, envelope_id, sender, recipients, body, queued_at, next_attempt)
@@ -161,7 +180,8 @@ impl Store {
 
     /// Claims due rows for `destination` not in `busy`: a batch that was sent before and
     /// must be resent as it was (same transaction id), or else a new batch within `limit`.
-    /// Only the claimed rows' envelopes are read.
+    /// An envelope that names blobs goes alone, so that a blob the peer refuses fails
+    /// that envelope only. Only the claimed rows' envelopes are read.
     pub async fn claim_federation(
         &self,
         destination: String,
@@ -203,11 +223,15 @@ impl Store {
             for r in due.query_map(params![destination, now as i64, limit.rows as i64], row)? {
                 let r = r?;
                 let item = letterme_protocol::federation::batch_item_len(&r.recipients, r.size);
-                if !rows.is_empty() && bytes + item > limit.bytes {
+                let alone = r.blob_bytes > 0;
+                if !rows.is_empty() && (alone || bytes + item > limit.bytes) {
                     break;
                 }
                 bytes += item;
                 rows.push(r);
+                if alone {
+                    break;
+                }
             }
             drop(due);
             if rows.is_empty() {
@@ -230,7 +254,8 @@ impl Store {
     }
 
     /// Records the outcome of an attempt; `notices` (failure notices to local senders) are
-    /// delivered in the same transaction.
+    /// delivered in the same transaction. Blobs no envelope waits for any more are then
+    /// deleted in the background.
     pub async fn finish_federation(
         &self,
         outcomes: Vec<(i64, RowOutcome)>,
@@ -238,7 +263,7 @@ impl Store {
         retire_txid: bool,
     ) -> Result<(), StoreError> {
         let rcpts: Vec<String> = notices.iter().flat_map(|n| n.recipients.clone()).collect();
-        self.write(move |c| {
+        let released = self.write(move |c| {
             for (id, outcome) in &outcomes {
                 match outcome {
                     RowOutcome::Done => {
@@ -275,10 +300,11 @@ impl Store {
             for n in &notices {
                 deliver_in(c, n)?;
             }
-            Ok(())
+            any_released(c)
         })
         .await?;
         self.wake_recipients(&rcpts);
+        self.purge_released_later(released);
         Ok(())
     }
 
@@ -387,11 +413,17 @@ impl Store {
     }
 }
 
-/// Reads the envelopes of claimed rows.
+/// Reads the envelopes of claimed rows, and the blobs they name.
 fn read_envelopes(c: &Connection, rows: &mut [FederationRow]) -> Result<(), StoreError> {
     let mut get = c.prepare_cached("SELECT envelope FROM federation_envelopes WHERE id = ?1")?;
+    let mut blobs = c.prepare_cached("SELECT blob FROM envelope_blobs WHERE envelope_id = ?1")?;
     for r in rows {
         r.envelope = get.query_row([r.body], |x| x.get(0))?;
+        if r.blob_bytes > 0 {
+            r.blobs = blobs
+                .query_map([r.envelope_id.as_slice()], |x| x.get(0).map(BlobId))?
+                .collect::<Result<_, _>>()?;
+        }
     }
     Ok(())
 }
@@ -447,9 +479,8 @@ fn receive_one(
     if admin.blocks(&item.sender) || user_blocks.is_some() {
         return Ok(DeliveryStatus::Blocked);
     }
-    // Peers cannot bring blobs yet (issue 17.2: federation carrying them is not built), so
-    // an envelope naming one is refused for good unless the blob is here already, its
-    // sender's.
+    // The peer brings an envelope's blobs before it (`PUT /v1/federation/blobs`), owned
+    // by the envelope's sender: one it did not bring in full is refused for good.
     let blob_bytes = match named_bytes(c, &item.sender, &item.blobs) {
         Err(StoreError::BadBlob(why)) => {
             tracing::warn!(sender = %item.sender, %why, "a peer's envelope names a blob it did not bring");

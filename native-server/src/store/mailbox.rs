@@ -286,15 +286,7 @@ impl Store {
                 Ok((n, any_released(c)?))
             })
             .await?;
-        if released {
-            let store = self.clone();
-            tokio::spawn(async move {
-                // Time 0: released blobs only, not uploads waiting to be named.
-                if let Err(e) = store.purge_blobs(0).await {
-                    tracing::warn!(error = %e, "deleting released blobs failed; the purge retries");
-                }
-            });
-        }
+        self.purge_released_later(released);
         Ok(n)
     }
 

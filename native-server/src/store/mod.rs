@@ -29,7 +29,9 @@ use rusqlite_migration::{M, Migrations};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use accounts::AccountRow;
-pub use blobs::{BLOB_UPLOAD_KEEP, BlobStatus, MAX_BLOBS_PER_OWNER, NewBlob};
+pub use blobs::{
+    BLOB_UPLOAD_KEEP, BlobStatus, MAX_BLOBS_PER_OWNER, MAX_BLOBS_PER_PEER, NewBlob, Uploader,
+};
 pub use federation::{BatchLimit, Claimed, FederationRow, Incoming, NewFederationRow, RowOutcome};
 pub use kt::ForkRow;
 pub use mailbox::{NewDelivery, Pending, PurgeStats};
@@ -119,6 +121,7 @@ fn migrations() -> Migrations<'static> {
         )),
         M::up(include_str!("../../../migrations/0010_blobs.sql")),
         M::up(include_str!("../../../migrations/0011_envelope_blobs.sql")),
+        M::up(include_str!("../../../migrations/0012_federated_blobs.sql")),
     ])
 }
 

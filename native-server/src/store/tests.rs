@@ -468,11 +468,13 @@ async fn blob_uploads_are_checked_and_bounded() {
     let blob = NewBlob {
         id: manifest.id(),
         owner: "a@x.test".into(),
+        origin: None,
         size: (SEALED_CHUNK + 100) as u64,
         manifest: manifest.clone(),
         created: 10,
         max_size: 10 * SEALED_CHUNK as u64,
         per_owner: 3 * SEALED_CHUNK as u64,
+        per_origin: 0,
     };
     let bad =
         |b: NewBlob| async { matches!(store.blob_begin(b).await, Err(StoreError::BadBlob(_))) };
@@ -518,31 +520,56 @@ async fn blob_uploads_are_checked_and_bounded() {
             .is_empty()
     );
     let s = store
-        .blob_put("a@x.test".into(), blob.id, 1, chunks[1].clone())
+        .blob_put(
+            Uploader::User("a@x.test".into()),
+            blob.id,
+            1,
+            chunks[1].clone(),
+        )
         .await
         .unwrap();
     assert_eq!((s.stored.clone(), s.complete()), (vec![1], false));
     assert!(matches!(
         store
-            .blob_put("b@x.test".into(), blob.id, 0, chunks[0].clone())
+            .blob_put(
+                Uploader::User("b@x.test".into()),
+                blob.id,
+                0,
+                chunks[0].clone()
+            )
             .await,
         Err(StoreError::NoBlob)
     ));
     assert!(matches!(
         store
-            .blob_put("a@x.test".into(), blob.id, 0, chunks[1].clone())
+            .blob_put(
+                Uploader::User("a@x.test".into()),
+                blob.id,
+                0,
+                chunks[1].clone()
+            )
             .await,
         Err(StoreError::ChunkMismatch(_))
     ));
     assert!(matches!(
         store
-            .blob_put("a@x.test".into(), blob.id, 2, chunks[1].clone())
+            .blob_put(
+                Uploader::User("a@x.test".into()),
+                blob.id,
+                2,
+                chunks[1].clone()
+            )
             .await,
         Err(StoreError::ChunkMismatch(_))
     ));
     for _ in 0..2 {
         let s = store
-            .blob_put("a@x.test".into(), blob.id, 0, chunks[0].clone())
+            .blob_put(
+                Uploader::User("a@x.test".into()),
+                blob.id,
+                0,
+                chunks[0].clone(),
+            )
             .await
             .unwrap();
         assert_eq!((s.stored.clone(), s.complete()), (vec![0, 1], true));
@@ -601,11 +628,13 @@ async fn an_owner_cannot_hold_more_than_the_blob_count_limit() {
         NewBlob {
             id: manifest.id(),
             owner: "a@x.test".into(),
+            origin: None,
             size: 16,
             manifest,
             created: 1,
             max_size: 1 << 30,
             per_owner: 1 << 30,
+            per_origin: 0,
         }
     };
     let tasks: Vec<_> = (0..MAX_BLOBS_PER_OWNER)
@@ -640,24 +669,44 @@ async fn uploaded(
     fill: u8,
     len: usize,
 ) -> letterme_protocol::blob::BlobId {
+    upload(store, &Uploader::User(owner.into()), owner, fill, len, 0)
+        .await
+        .unwrap()
+}
+
+/// Begins and completes a one-chunk blob of `len` sealed bytes owned by `owner`, as
+/// `uploader` (a peer under a bound of `per_origin` bytes).
+async fn upload(
+    store: &Store,
+    uploader: &Uploader,
+    owner: &str,
+    fill: u8,
+    len: usize,
+    per_origin: u64,
+) -> Result<letterme_protocol::blob::BlobId, StoreError> {
     use letterme_protocol::blob::Manifest;
     let data = vec![fill; len];
     let manifest = Manifest(vec![Manifest::chunk_hash(&data)]);
     let id = manifest.id();
+    let origin = match uploader {
+        Uploader::User(_) => None,
+        Uploader::Peer(d) => Some(d.clone()),
+    };
     store
         .blob_begin(NewBlob {
             id,
             owner: owner.into(),
+            origin,
             size: len as u64,
             manifest,
             created: 1,
             max_size: 1 << 30,
             per_owner: 1 << 30,
+            per_origin,
         })
-        .await
-        .unwrap();
-    store.blob_put(owner.into(), id, 0, data).await.unwrap();
-    id
+        .await?;
+    store.blob_put(uploader.clone(), id, 0, data).await?;
+    Ok(id)
 }
 
 async fn readable(store: &Store, blob: letterme_protocol::blob::BlobId, who: &str) -> bool {
@@ -765,11 +814,13 @@ async fn an_envelope_naming_a_missing_foreign_or_partial_blob_is_refused_whole()
         .blob_begin(NewBlob {
             id: partial,
             owner: "a@x.test".into(),
+            origin: None,
             size: 2 * letterme_protocol::blob::SEALED_CHUNK as u64,
             manifest,
             created: 1,
             max_size: 1 << 30,
             per_owner: 1 << 30,
+            per_origin: 0,
         })
         .await
         .unwrap();
@@ -832,11 +883,13 @@ async fn a_blob_waits_for_the_federation_queue_and_the_retention_purge() {
         .blob_begin(NewBlob {
             id: other.id(),
             owner: "a@x.test".into(),
+            origin: None,
             size: 800,
             manifest: other,
             created: 1,
             max_size: 1 << 30,
             per_owner: 1000,
+            per_origin: 0,
         })
         .await
         .unwrap();
@@ -849,7 +902,9 @@ async fn a_blob_waits_for_the_federation_queue_and_the_retention_purge() {
         .finish_federation(vec![(rows[0].id, RowOutcome::Done)], vec![], true)
         .await
         .unwrap();
-    assert_eq!(store.purge_blobs(0).await.unwrap(), 1);
+    // The last domain done released it: a purge (this one, or the one the finish began in
+    // the background) deletes it.
+    store.purge_blobs(0).await.unwrap();
     assert!(store.blob_status(blob).await.unwrap().is_none());
 
     // Retention: a message nobody acknowledged goes after `cutoff`, and its blob with it.
@@ -866,4 +921,178 @@ async fn a_blob_waits_for_the_federation_queue_and_the_retention_purge() {
     assert_eq!(store.purge_blobs(0).await.unwrap(), 1);
     assert!(store.blob_status(kept).await.unwrap().is_none());
     assert_eq!(usage_of(&store, "b@x.test").await, 0);
+}
+
+/// A peer brings blobs for its own senders only: nobody else (another peer, a local user)
+/// may add to them, what it brought that no envelope names yet is bounded per peer, and
+/// its envelope that names one is delivered once the blob is here in full, after which the
+/// blob no longer counts against the peer.
+#[tokio::test]
+async fn a_peer_brings_blobs_for_its_senders_within_its_bound() {
+    use letterme_protocol::federation::DeliveryStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.register(account("b@x.test"), None).await.unwrap();
+    let peer = Uploader::Peer("peer.test".into());
+    let blob = upload(&store, &peer, "p@peer.test", 1, 600, 1000)
+        .await
+        .unwrap();
+    // Over the peer's bound of 1,000 unnamed bytes, whoever its sender.
+    assert!(matches!(
+        upload(&store, &peer, "q@peer.test", 2, 500, 1000).await,
+        Err(StoreError::BlobLimit { .. })
+    ));
+    // Only the peer that began it adds chunks; nobody else may even see it as theirs.
+    for other in [
+        Uploader::Peer("other.test".into()),
+        Uploader::User("p@peer.test".into()),
+    ] {
+        assert!(matches!(
+            store.blob_put(other, blob, 0, vec![1; 600]).await,
+            Err(StoreError::NoBlob)
+        ));
+    }
+    let again = NewBlob {
+        id: blob,
+        owner: "p@peer.test".into(),
+        origin: Some("other.test".into()),
+        size: 600,
+        manifest: store.blob_status(blob).await.unwrap().unwrap().manifest,
+        created: 1,
+        max_size: 1 << 30,
+        per_owner: 1 << 30,
+        per_origin: 1 << 30,
+    };
+    assert!(matches!(
+        store.blob_begin(again).await,
+        Err(StoreError::NoBlob)
+    ));
+    let item = Incoming {
+        id: [9; 16],
+        digest: [9; 32],
+        sender: "p@peer.test".into(),
+        envelope: vec![9; 100],
+        blobs: vec![blob],
+        recipients: vec!["b@x.test".into()],
+    };
+    let report = store
+        .receive_transaction(
+            "peer.test".into(),
+            vec![1],
+            [1; 32],
+            vec![item],
+            BTreeMap::new(),
+            100,
+            1_000_000,
+            crate::config::FederationConfig::default(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        report.results[&letterme_protocol::codec::hex(&[9; 16])]["b@x.test"],
+        DeliveryStatus::Accepted
+    );
+    assert!(readable(&store, blob, "b@x.test").await);
+    assert_eq!(usage_of(&store, "b@x.test").await, 700);
+    // Named now: the peer has room for the next one.
+    upload(&store, &peer, "q@peer.test", 2, 500, 1000)
+        .await
+        .unwrap();
+}
+
+/// An envelope that names blobs leaves alone, with its blob ids, and its blobs count in
+/// its sender's queued bytes; a blob released but not yet purged is kept again when its
+/// uploader begins it anew (a Bcc copy, another domain).
+#[tokio::test]
+async fn a_queued_envelope_with_blobs_goes_alone_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    let blob = uploaded(&store, "a@x.test", 3, 5000).await;
+    let remote = || {
+        vec![NewFederationRow {
+            destination: "peer.test".into(),
+            recipients: vec!["p@peer.test".into()],
+        }]
+    };
+    for id in [1u8, 2] {
+        store
+            .accept_outgoing(delivery(id, &[], 5), remote(), 1 << 20)
+            .await
+            .unwrap();
+    }
+    let with_blob = |id: u8| NewDelivery {
+        blobs: vec![blob],
+        ..delivery(id, &[], 5)
+    };
+    // 5,000 blob bytes do not fit in 5,250 with 200 queued already.
+    assert!(matches!(
+        store.accept_outgoing(with_blob(3), remote(), 5250).await,
+        Err(StoreError::QueueFull { .. })
+    ));
+    store
+        .accept_outgoing(with_blob(3), remote(), 1 << 20)
+        .await
+        .unwrap();
+    store
+        .accept_outgoing(delivery(4, &[], 5), remote(), 1 << 20)
+        .await
+        .unwrap();
+    let limit = BatchLimit {
+        rows: 100,
+        bytes: 1 << 20,
+    };
+    let mut batches = Vec::new();
+    let mut busy = Vec::new();
+    while let Some(c) = store
+        .claim_federation("peer.test".into(), 10, limit, busy.clone())
+        .await
+        .unwrap()
+    {
+        busy.push(c.txid);
+        batches.push(
+            c.rows
+                .iter()
+                .map(|r| (r.envelope_id[0], r.blobs.clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(
+        batches,
+        [
+            vec![(1, vec![]), (2, vec![])],
+            vec![(3, vec![blob])],
+            vec![(4, vec![])]
+        ]
+    );
+    // Released (here by the retention purge, which starts no purge of blobs of its own)
+    // and begun again before the purge of blobs: it stays.
+    store.register(account("b@x.test"), None).await.unwrap();
+    let kept = uploaded(&store, "a@x.test", 4, 900).await;
+    store
+        .deliver(NewDelivery {
+            blobs: vec![kept],
+            quota: 1 << 20,
+            ..delivery(5, &["b@x.test"], 5)
+        })
+        .await
+        .unwrap();
+    store.purge(6, 0).await.unwrap();
+    let s = store.blob_status(kept).await.unwrap().unwrap();
+    store
+        .blob_begin(NewBlob {
+            id: kept,
+            owner: "a@x.test".into(),
+            origin: None,
+            size: s.size,
+            manifest: s.manifest,
+            created: 20,
+            max_size: 1 << 30,
+            per_owner: 1 << 30,
+            per_origin: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.purge_blobs(0).await.unwrap(), 0);
+    assert!(store.blob_status(kept).await.unwrap().is_some());
 }

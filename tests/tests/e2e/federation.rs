@@ -242,10 +242,11 @@ fn alice_and_bob_on_two_domains_exchange_mail_verified_through_dns() {
     }
 }
 
-/// Whole MIME across domains: alice@a.test sends text with an HTML alternative, a 200 KB
-/// binary file and a file with a non-ASCII name to bob@b.test. What bob's mail client is
-/// served has every part with its bytes and name, and neither server, which both held the
-/// message, kept any of it readable.
+/// Whole MIME across domains: alice@a.test sends text with an HTML alternative, a 1.5 MiB
+/// binary file (a blob) and a file with a non-ASCII name to bob and carol at b.test. b.test
+/// gets the blob from a.test once for both; what each mail client is served has every
+/// part with its bytes and name; neither server, which both held the message, kept any
+/// of it readable, and neither keeps the blob once it is delivered and acknowledged.
 #[test]
 fn html_and_attachments_cross_domains_byte_identical_and_unreadable_to_both_servers() {
     const TEXT: &str = "The measurements are attached.";
@@ -254,12 +255,15 @@ fn html_and_attachments_cross_domains_byte_identical_and_unreadable_to_both_serv
     let b = w.server("b.test", "");
     let alice = w.user(&a, "alice@a.test");
     let bob = w.user(&b, "bob@b.test");
+    let carol = w.user(&b, "carol@b.test");
     let mail = Multipart::write(&w.path().join("files"));
     let files = mail.args();
     let mut args = vec![
         "send",
         "--to",
         "bob@b.test",
+        "--to",
+        "carol@b.test",
         "--subject",
         "Messdaten",
         "--body",
@@ -268,14 +272,31 @@ fn html_and_attachments_cross_domains_byte_identical_and_unreadable_to_both_serv
     args.extend(files.iter().map(String::as_str));
     ok(&w.cli(&alice, &args));
 
-    let got = w.sync_until(&bob, 1);
-    assert_eq!(got[0]["from"], "alice@a.test");
-    assert_eq!(got[0]["signature_verified"], true);
-    let served = served_inbox(&bob);
-    assert_eq!(served.len(), 1, "one message in bob's INBOX");
-    mail.assert_carried_by(&served[0], "alice@a.test", TEXT, "bob's INBOX");
-
     w.wait_queue_empty(&a);
+    assert!(a.blobs_gone(), "a.test kept the blob after delivering it");
+    // One sealed copy of the 1.5 MiB file (as base64) for two recipients, outside the
+    // envelopes.
+    let held = b.stored_blobs();
+    assert_eq!(held.blobs, 1, "{held:?}");
+    assert!(
+        held.chunk_bytes > 1536 * 1024 && held.chunk_bytes < 2 * 1536 * 1024,
+        "{held:?}"
+    );
+    assert!(held.envelope_bytes < 200 * 1024, "{held:?}");
+    multipart::assert_unreadable_under(&b.data_dir, "bob@b.test");
+
+    for (who, profile) in [("bob", &bob), ("carol", &carol)] {
+        let got = w.sync_until(profile, 1);
+        assert_eq!(got[0]["from"], "alice@a.test");
+        assert_eq!(got[0]["signature_verified"], true);
+        let served = served_inbox(profile);
+        assert_eq!(served.len(), 1, "one message in {who}'s INBOX");
+        mail.assert_carried_by(&served[0], "alice@a.test", TEXT, &format!("{who}'s INBOX"));
+    }
+    assert!(
+        b.blobs_gone(),
+        "b.test kept the blob after both acknowledged"
+    );
     multipart::assert_unreadable_under(&a.data_dir, "alice@a.test");
     multipart::assert_unreadable_under(&b.data_dir, "bob@b.test");
 }

@@ -31,15 +31,26 @@ use crate::federation::{Federation, NonceCheck, RemoteKeys, witness};
 use crate::state::AppState;
 use crate::store::StoreError;
 
+mod blobs;
+
 type St = State<Arc<AppState>>;
 
 pub fn router(state: Arc<AppState>) -> Router {
+    // One budget for the bodies of deliveries and blobs alike.
     let budget = body_budget(state.config.limits.max_message_size.0);
     Router::new()
         .route("/.well-known/mailx-server", get(document))
         .route(
             "/v1/federation/transactions/{txid}",
-            put(transaction).layer(Extension(budget)),
+            put(transaction).layer(Extension(budget.clone())),
+        )
+        .route(
+            "/v1/federation/blobs/{id}",
+            put(blobs::offer).layer(Extension(budget.clone())),
+        )
+        .route(
+            "/v1/federation/blobs/{id}/{n}",
+            put(blobs::chunk).layer(Extension(budget)),
         )
         .route("/v1/federation/keys/{address}", get(keys))
         .route("/v1/federation/kt/consistency", get(kt_consistency))

@@ -851,6 +851,17 @@ fn any_certificate() -> reqwest::Client {
 }
 
 fn envelope_from(identity: &SigningKeypair, from: &str, to: &str, subject: &str) -> Vec<u8> {
+    envelope_naming(identity, from, to, subject, vec![])
+}
+
+/// [`envelope_from`] whose payload refers to `blobs` (and whose header names them).
+fn envelope_naming(
+    identity: &SigningKeypair,
+    from: &str,
+    to: &str,
+    subject: &str,
+    blobs: Vec<letterme_protocol::blob::BlobRef>,
+) -> Vec<u8> {
     let now = letterme_client::now();
     let to = Address::parse(to).unwrap();
     let payload = letterme_protocol::Payload {
@@ -867,7 +878,7 @@ fn envelope_from(identity: &SigningKeypair, from: &str, to: &str, subject: &str)
         references: vec![],
         legacy: None,
         mime: None,
-        blobs: vec![],
+        blobs,
     };
     letterme_protocol::envelope::seal(
         letterme_protocol::envelope::SignerKind::User,
@@ -878,6 +889,139 @@ fn envelope_from(identity: &SigningKeypair, from: &str, to: &str, subject: &str)
     )
     .unwrap()
     .encode()
+}
+
+/// What a peer may do with blobs (PROTOCOL.md §17.5a): bring them for its own senders
+/// only, each chunk checked against the manifest it offered, within the bound one peer
+/// may hold before an envelope names them; an envelope naming a blob the peer has not
+/// brought in full is refused for its recipient, and is taken once the blob is complete.
+#[test]
+fn a_peer_brings_blobs_only_for_its_senders_checked_by_chunk_and_bounded() {
+    use letterme_protocol::blob::{Manifest, Sealer};
+    use letterme_protocol::federation::BlobOffer;
+    let w = World::new(vec![]);
+    let b = w.server("b.test", "federation.blob_bytes_per_peer = \"3000\"\n");
+    w.publish(&b, "b.test");
+    let _bob = w.user(&b, "bob@b.test");
+    let evil = w.hand_made_domain("evil.test");
+    let mallory = SigningKeypair::generate();
+    let base = b.federation.clone().unwrap();
+    let http = any_certificate();
+    let put = |target: &str, body: Vec<u8>| -> (u16, Value) {
+        let sig = RequestSignature::sign(
+            &evil,
+            "PUT",
+            target,
+            &body,
+            "evil.test",
+            "b.test",
+            letterme_client::now(),
+            60,
+        );
+        w.rt.block_on(async {
+            let mut req = http.put(format!("{base}{target}"));
+            for (n, v) in sig.headers() {
+                req = req.header(n, v);
+            }
+            let resp = req.body(body).send().await.unwrap();
+            (resp.status().as_u16(), resp.json().await.unwrap())
+        })
+    };
+    let offer = |owner: &str, sealed: &[u8], manifest: &Manifest| {
+        serde_json::to_vec(&BlobOffer {
+            owner: owner.into(),
+            size: sealed.len() as u64,
+            manifest: manifest.to_bytes(),
+        })
+        .unwrap()
+    };
+    let code = |(status, v): (u16, Value)| (status, v["error"]["code"].as_str().map(str::to_owned));
+    let (sealed, reference, manifest) = Sealer::new().finish(&[7; 2000]);
+    let blob = format!("/v1/federation/blobs/{}", reference.id);
+
+    // Not for another domain's user.
+    assert_eq!(
+        code(put(&blob, offer("bob@b.test", &sealed, &manifest))),
+        (403, Some("sender_mismatch".into()))
+    );
+    let (status, state) = put(&blob, offer("mallory@evil.test", &sealed, &manifest));
+    assert_eq!(
+        (status, &state["stored"]),
+        (201, &serde_json::json!([])),
+        "{state}"
+    );
+    let mut flipped = sealed.clone();
+    flipped[10] ^= 1;
+    assert_eq!(
+        code(put(&format!("{blob}/0"), flipped)),
+        (422, Some("chunk_mismatch".into()))
+    );
+
+    // An envelope naming it before it is complete is refused for its recipient.
+    let deliver = |txid: u8, env: &[u8]| -> Value {
+        let rcpts = vec!["bob@b.test".to_owned()];
+        let body = encode_batch_items([(rcpts.as_slice(), env)]);
+        let target = format!(
+            "/v1/federation/transactions/{}",
+            letterme_protocol::codec::hex(&[txid; 16])
+        );
+        let (status, report) = put(&target, body);
+        assert_eq!(status, 200, "{report}");
+        let id = letterme_protocol::Envelope::decode(env)
+            .unwrap()
+            .id
+            .to_hex();
+        report["results"][&id]["bob@b.test"].clone()
+    };
+    let early = envelope_naming(
+        &mallory,
+        "mallory@evil.test",
+        "bob@b.test",
+        "early",
+        vec![reference.clone()],
+    );
+    assert_eq!(deliver(1, &early), "blocked");
+
+    let (status, state) = put(&format!("{blob}/0"), sealed.clone());
+    assert_eq!(
+        (status, &state["stored"]),
+        (200, &serde_json::json!([0])),
+        "{state}"
+    );
+    // Offered again (a retry, a Bcc copy): nothing more to send.
+    let (status, state) = put(&blob, offer("mallory@evil.test", &sealed, &manifest));
+    assert_eq!(
+        (status, &state["stored"]),
+        (200, &serde_json::json!([0])),
+        "{state}"
+    );
+
+    // 2,000 bytes wait unnamed; 2,000 more would pass the peer's 3,000.
+    let (second, next, next_manifest) = Sealer::new().finish(&[8; 2000]);
+    let other = format!("/v1/federation/blobs/{}", next.id);
+    assert_eq!(
+        code(put(
+            &other,
+            offer("mallory@evil.test", &second, &next_manifest)
+        )),
+        (422, Some("blob_limit".into()))
+    );
+
+    let env = envelope_naming(
+        &mallory,
+        "mallory@evil.test",
+        "bob@b.test",
+        "with a blob",
+        vec![reference],
+    );
+    assert_eq!(deliver(2, &env), "accepted");
+    let held = b.stored_blobs();
+    assert_eq!((held.blobs, held.chunk_bytes), (1, sealed.len() as u64));
+    // Named by a delivered envelope, it no longer counts against the peer.
+    assert_eq!(
+        put(&other, offer("mallory@evil.test", &second, &next_manifest)).0,
+        201
+    );
 }
 
 #[test]

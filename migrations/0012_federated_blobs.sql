@@ -1,4 +1,4 @@
--- Issue 17.2: blobs cross domains (PROTOCOL.md §17.6). A blob another domain brought for
+-- Issue 17.2: blobs cross domains (PROTOCOL.md §17.5a). A blob another domain brought for
 -- an envelope of its sender's is kept like a local upload, under that sender as owner;
 -- `origin` names the domain that brought it (NULL: uploaded here by a local user), so
 -- what one peer can make this server hold before any envelope names it is bounded per

@@ -4,8 +4,9 @@
 //! them is committed and acknowledged — after the acknowledgement the server deletes them.
 
 use letterme_protocol::Payload;
-use letterme_protocol::blob::{BlobRef, CHUNK, Manifest, Opener, Sealer, chunks};
+use letterme_protocol::blob::{BlobRef, CHUNK, Manifest, Opener, Sealer};
 
+use crate::cache::Cache;
 use crate::http::Api;
 use crate::{ClientError, Online, Unlocked, mime};
 
@@ -39,30 +40,36 @@ fn seal_each(
 }
 
 /// Asks the server where the upload of blob `reference` stands and sends the chunks it
-/// lacks, sealing them again one at a time.
+/// lacks, sealing them again one at a time; each chunk is kept in `cache` too (our Sent
+/// copy reads the blob there).
 async fn upload_missing(
     api: &Api,
+    cache: &Cache,
     reference: &BlobRef,
     manifest: &[u8],
     bytes: &[u8],
 ) -> Result<(), ClientError> {
     let size = letterme_protocol::blob::sealed_size(bytes.len() as u64);
     let state = api.blob_begin(&reference.id, size, manifest).await?;
+    let held = cache.held_chunks(&reference.id)?;
     let mut sealer = Sealer::again(reference);
     let (full, last) = split(bytes);
     let mut n = 0;
-    for c in full {
-        let sealed = sealer.seal_chunk(c);
+    let each = async |n: u64, sealed: Vec<u8>| -> Result<(), ClientError> {
+        if !held.contains(&n) {
+            cache.keep_chunk(&reference.id, n, &sealed)?;
+        }
         if !state.stored.contains(&n) {
             api.blob_put(&reference.id, n, sealed).await?;
         }
+        Ok(())
+    };
+    for c in full {
+        each(n, sealer.seal_chunk(c)).await?;
         n += 1;
     }
     let (sealed, _, _) = sealer.finish(last);
-    if !state.stored.contains(&n) {
-        api.blob_put(&reference.id, n, sealed).await?;
-    }
-    Ok(())
+    each(n, sealed).await
 }
 
 /// Opens a blob's sealed chunks against its reference: every chunk authenticates, in
@@ -97,14 +104,15 @@ impl Online {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let broken = match upload_missing(&api, &reference, &manifest, bytes).await {
-                Ok(()) => return Ok(reference),
-                // A restarted server forgot the login (401): log in again and resume.
-                Err(e @ ClientError::Api { status: 401, .. }) => e,
-                // The server refused: sending the same again changes nothing.
-                Err(e @ ClientError::Api { .. }) => return Err(e),
-                Err(e) => e,
-            };
+            let broken =
+                match upload_missing(&api, &self.me.cache, &reference, &manifest, bytes).await {
+                    Ok(()) => return Ok(reference),
+                    // A restarted server forgot the login (401): log in again and resume.
+                    Err(e @ ClientError::Api { status: 401, .. }) => e,
+                    // The server refused: sending the same again changes nothing.
+                    Err(e @ ClientError::Api { .. }) => return Err(e),
+                    Err(e) => e,
+                };
             if attempt >= UPLOAD_ATTEMPTS {
                 return Err(broken);
             }
@@ -124,28 +132,62 @@ impl Online {
             .await
     }
 
-    /// Downloads a blob's sealed chunks and checks them against `reference`: the chunks
-    /// (kept sealed in the local store) and the bytes. A login that expires on the way (a
-    /// large blob on a slow line outlasts a token) is renewed, and the download goes on
-    /// at the chunk it had reached.
-    pub(crate) async fn download_blob(
+    /// Downloads the chunks of blob `reference` the local store lacks, one at a time,
+    /// each checked against the reference before it is kept (sealed, as it came), and the
+    /// kept ones checked again in order: at the end the whole is the blob the reference
+    /// names. A download broken off resumes after the chunks kept; a login that expires on
+    /// the way (a large blob on a slow line outlasts a token) is renewed.
+    pub(crate) async fn keep_blob(&self, reference: &BlobRef) -> Result<(), ClientError> {
+        let held = self.me.cache.held_chunks(&reference.id)?;
+        let mut api = self.api.clone();
+        let mut opener = Opener::new(reference)?;
+        let last = opener.chunks().saturating_sub(1);
+        for n in 0..last {
+            let chunk = self
+                .chunk(&mut api, reference, held.contains(&n), n)
+                .await?;
+            opener.open_chunk(&chunk)?;
+            self.keep(reference, &held, n, &chunk)?;
+        }
+        let chunk = self
+            .chunk(&mut api, reference, held.contains(&last), last)
+            .await?;
+        opener.finish(&chunk)?;
+        self.keep(reference, &held, last, &chunk)
+    }
+
+    /// Chunk `n` of a blob: the kept one, or downloaded.
+    async fn chunk(
+        &self,
+        api: &mut Api,
+        reference: &BlobRef,
+        kept: bool,
+        n: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        if kept && let Some(c) = self.me.cache.blob_chunk(&reference.id, n)? {
+            return Ok(c);
+        }
+        match api.blob_chunk(&reference.id, n).await {
+            Err(ClientError::Api { status: 401, .. }) => {
+                self.login_again(api).await?;
+                api.blob_chunk(&reference.id, n).await
+            }
+            other => other,
+        }
+    }
+
+    /// Keeps a checked chunk that is not kept yet.
+    fn keep(
         &self,
         reference: &BlobRef,
-    ) -> Result<(Vec<Vec<u8>>, Vec<u8>), ClientError> {
-        let mut api = self.api.clone();
-        let mut sealed = Vec::new();
-        for n in 0..chunks(reference.size) {
-            let chunk = match api.blob_chunk(&reference.id, n).await {
-                Err(ClientError::Api { status: 401, .. }) => {
-                    self.login_again(&mut api).await?;
-                    api.blob_chunk(&reference.id, n).await?
-                }
-                other => other?,
-            };
-            sealed.push(chunk);
+        held: &std::collections::BTreeSet<u64>,
+        n: u64,
+        chunk: &[u8],
+    ) -> Result<(), ClientError> {
+        if held.contains(&n) {
+            return Ok(());
         }
-        let bytes = open(&sealed, reference)?;
-        Ok((sealed, bytes))
+        self.me.cache.keep_chunk(&reference.id, n, chunk)
     }
 
     /// The payload to seal for `payload` when it has parts larger than
@@ -231,6 +273,7 @@ impl Unlocked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use letterme_protocol::blob::chunks;
 
     #[test]
     fn sealed_blobs_open_and_changed_ones_do_not() {

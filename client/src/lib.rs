@@ -189,17 +189,44 @@ impl Unlocked {
 
     /// The cache entry for a received message: INBOX, or Junk for quarantined legacy mail.
     fn filed(&self, payload: &Payload, signer: &IdentityPublicKey, received: u64) -> NewMail {
-        let folder = match &payload.legacy {
-            Some(l) if l.disposition == Disposition::Quarantine => "Junk",
-            _ => "INBOX",
-        };
-        NewMail {
-            folder: folder.to_owned(),
-            flags: vec![],
-            internal_date: received as i64,
-            raw: render::render(payload, signer, &self.profile.address),
-            message_id: None,
+        let raw = render::render(payload, signer, &self.profile.address);
+        filed_as(payload, raw, Vec::new(), received)
+    }
+
+    /// A message of our own (the Sent copy) as filed: when it names blobs, its place for
+    /// each (their chunks are kept by the upload), or failing that the whole message.
+    fn own_copy(&self, payload: Payload) -> Result<(Vec<u8>, Vec<cache::Piece>), ClientError> {
+        let me = &self.profile.address;
+        let signer = &self.profile.attestation.identity_key;
+        if let Some(entity) = payload
+            .mime
+            .as_deref()
+            .filter(|_| !payload.blobs.is_empty())
+        {
+            let (skeleton, places, exact) = mime::placements(entity, payload.blobs.len());
+            let rest = Payload {
+                mime: Some(skeleton),
+                ..payload.clone()
+            };
+            if exact && let Some(r) = render::render_pieces(&rest, &places, signer, me) {
+                return Ok(r);
+            }
         }
+        let whole = self.with_blob_bodies(payload)?;
+        Ok((render::render(&whole, signer, me), Vec::new()))
+    }
+
+    /// [`Unlocked::filed`] for a payload whose entity has its blob bodies taken out
+    /// (`places`, from [`mime::placements`]): the blobs are kept apart, in the local store.
+    fn filed_in_pieces(
+        &self,
+        payload: &Payload,
+        places: &[(usize, usize)],
+        signer: &IdentityPublicKey,
+        received: u64,
+    ) -> Option<NewMail> {
+        let (raw, pieces) = render::render_pieces(payload, places, signer, &self.profile.address)?;
+        Some(filed_as(payload, raw, pieces, received))
     }
 
     pub fn mailbox(&self) -> Result<Mailbox, ClientError> {
@@ -326,5 +353,21 @@ impl Online {
         self.api
             .login(&p.domain, &p.address, &self.me.keys.identity)
             .await
+    }
+}
+
+/// Where a received message is filed: INBOX, or Junk for quarantined legacy mail.
+fn filed_as(payload: &Payload, raw: Vec<u8>, pieces: Vec<cache::Piece>, received: u64) -> NewMail {
+    let folder = match &payload.legacy {
+        Some(l) if l.disposition == Disposition::Quarantine => "Junk",
+        _ => "INBOX",
+    };
+    NewMail {
+        folder: folder.to_owned(),
+        flags: vec![],
+        internal_date: received as i64,
+        raw,
+        message_id: None,
+        pieces,
     }
 }

@@ -178,16 +178,14 @@ pub fn detach(entity: &[u8], threshold: usize) -> (Vec<u8>, Vec<std::ops::Range<
     (out, bodies.into_iter().map(|(_, body)| body).collect())
 }
 
-/// Puts blob bodies back into an entity [`detach`] wrote: each part whose header begins
-/// with a [`BLOB_FIELD`] naming a body in `bodies` loses that field and gets the body, each
-/// body once (at the first part naming it). A field naming no body (not downloaded, made
-/// up, or naming one again) is left as it is. The flag: every body placed exactly once and
-/// no field left — what a well-formed message gives; anything else a sender made up.
-pub fn attach(entity: &[u8], bodies: &[Option<Vec<u8>>]) -> (Vec<u8>, bool) {
+/// Where an entity [`detach`] wrote names blob bodies: each part whose header begins with
+/// a [`BLOB_FIELD`] naming a body `n` for which `available(n)`, as (field start, field end,
+/// body start, n), in order, each body once (at the first part naming it); and how many
+/// such fields there are in all.
+fn blob_fields(entity: &[u8], available: impl Fn(usize) -> bool) -> (Vec<[usize; 4]>, usize) {
     let Some(m) = MessageParser::default().parse(entity) else {
-        return (entity.to_vec(), bodies.is_empty());
+        return (Vec::new(), 0);
     };
-    // (field start, field end, body start, body index), in order.
     let mut edits = Vec::new();
     let mut fields = 0;
     for p in &m.parts {
@@ -206,33 +204,73 @@ pub fn attach(entity: &[u8], bodies: &[Option<Vec<u8>>]) -> (Vec<u8>, bool) {
         else {
             continue;
         };
-        if bodies.get(n).is_some_and(Option::is_some) && p.offset_body as usize <= entity.len() {
-            edits.push((
+        if available(n) && p.offset_body as usize <= entity.len() {
+            edits.push([
                 h.offset_field as usize,
                 h.offset_end as usize,
                 p.offset_body as usize,
                 n,
-            ));
+            ]);
         }
     }
     edits.sort_unstable();
-    let mut placed = vec![false; bodies.len()];
-    let mut out =
-        Vec::with_capacity(entity.len() + bodies.iter().flatten().map(Vec::len).sum::<usize>());
+    let mut placed = std::collections::BTreeSet::new();
     let mut at = 0;
-    for (field, field_end, body, n) in edits {
-        if field < at || field_end > body || placed[n] {
-            continue;
+    edits.retain(|&[field, field_end, body, n]| {
+        let keep = field >= at && field_end <= body && placed.insert(n);
+        if keep {
+            at = body;
         }
-        placed[n] = true;
-        out.extend_from_slice(&entity[at..field]);
-        out.extend_from_slice(&entity[field_end..body]);
+        keep
+    });
+    (edits, fields)
+}
+
+/// Puts blob bodies back into an entity [`detach`] wrote: each part whose header begins
+/// with a [`BLOB_FIELD`] naming a body in `bodies` loses that field and gets the body, each
+/// body once (at the first part naming it). A field naming no body (not downloaded, made
+/// up, or naming one again) is left as it is. The flag: every body placed exactly once and
+/// no field left — what a well-formed message gives; anything else a sender made up.
+pub fn attach(entity: &[u8], bodies: &[Option<Vec<u8>>]) -> (Vec<u8>, bool) {
+    let (skeleton, places, exact) = place(entity, |n| bodies.get(n).is_some_and(Option::is_some));
+    let exact = exact && places.len() == bodies.len();
+    let mut out =
+        Vec::with_capacity(skeleton.len() + bodies.iter().flatten().map(Vec::len).sum::<usize>());
+    let mut at = 0;
+    for (body, n) in places {
+        out.extend_from_slice(&skeleton[at..body]);
         out.extend_from_slice(bodies[n].as_deref().unwrap_or_default());
         at = body;
     }
-    out.extend_from_slice(&entity[at..]);
-    let exact = placed.iter().all(|&p| p) && fields == bodies.len();
+    out.extend_from_slice(&skeleton[at..]);
     (out, exact)
+}
+
+/// Where blobs `0..count` go in an entity [`detach`] wrote, without their bodies: the
+/// entity with each placed [`BLOB_FIELD`] taken out, and for each blob the offset in it
+/// where its body belongs, in order. The flag as [`attach`]'s: every blob placed exactly
+/// once and no field left.
+pub fn placements(entity: &[u8], count: usize) -> (Vec<u8>, Vec<(usize, usize)>, bool) {
+    let (skeleton, places, exact) = place(entity, |n| n < count);
+    let exact = exact && places.len() == count;
+    (skeleton, places, exact)
+}
+
+/// The entity without the placed fields, the (offset, blob) places in it, and whether
+/// every field was placed.
+fn place(entity: &[u8], available: impl Fn(usize) -> bool) -> (Vec<u8>, Vec<(usize, usize)>, bool) {
+    let (edits, fields) = blob_fields(entity, available);
+    let mut out = Vec::with_capacity(entity.len());
+    let mut places = Vec::with_capacity(edits.len());
+    let mut at = 0;
+    for &[field, field_end, body, n] in &edits {
+        out.extend_from_slice(&entity[at..field]);
+        out.extend_from_slice(&entity[field_end..body]);
+        places.push((out.len(), n));
+        at = body;
+    }
+    out.extend_from_slice(&entity[at..]);
+    (out, places, fields == edits.len())
 }
 
 /// The text a reader that shows text only gets of a message or an entity: its first text

@@ -16,6 +16,7 @@ use lettre::message::{Mailbox as LettreMailbox, Mailboxes};
 
 use letterme_protocol::envelope::VERIFIED_HEADER;
 
+use crate::cache::Piece;
 use crate::mime;
 
 /// The message as served over IMAP.
@@ -71,6 +72,40 @@ fn verified_value(payload: &Payload, signer: &IdentityPublicKey) -> String {
 
 fn native(payload: &Payload, signer: &IdentityPublicKey, me: &Address) -> Option<Vec<u8>> {
     build(payload, Some(signer), me)
+}
+
+/// [`render`] for a payload whose entity has its blob bodies taken out (`places`, from
+/// [`mime::placements`]: where blob *n* goes in the entity): the message without them, and
+/// where each blob's bytes go in it. `None` when the message would not carry the entity's
+/// body as it is (legacy mail, a payload that cannot be rendered), which no blob places.
+pub fn render_pieces(
+    payload: &Payload,
+    places: &[(usize, usize)],
+    signer: &IdentityPublicKey,
+    me: &Address,
+) -> Option<(Vec<u8>, Vec<Piece>)> {
+    let entity = payload
+        .mime
+        .as_deref()
+        .filter(|_| payload.legacy.is_none())?;
+    let raw = native(payload, signer, me)?;
+    let (_, body) = mime::split_entity(entity);
+    if !raw.ends_with(body) {
+        return None;
+    }
+    // The entity's body ends the message: an offset in it moves by the difference.
+    let body_at = entity.len() - body.len();
+    let shift = raw.len() - body.len();
+    let pieces = places
+        .iter()
+        .map(|&(at, n)| {
+            Some(Piece {
+                at: at.checked_sub(body_at)? + shift,
+                blob: payload.blobs.get(n)?.clone(),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((raw, pieces))
 }
 
 /// The copy of a message that leaves as ordinary email (outbound relay): the same headers

@@ -155,18 +155,21 @@ impl Online {
             ids.push(id);
         }
         // Our own copy, for the Sent mailbox; a client that also APPENDs it finds it there.
+        // Its blobs stay the chunks the upload kept, not a second copy of their bytes.
         let sent = Payload {
             bcc: draft.bcc.clone(),
-            ..payload
+            ..as_blobs.unwrap_or(payload)
         };
+        let (raw, pieces) = self.me.own_copy(sent)?;
         self.me
             .cache
             .append(&NewMail {
                 folder: "Sent".into(),
                 flags: vec!["\\Seen".into()],
                 internal_date: now() as i64,
-                raw: render::render(&sent, &p.attestation.identity_key, &p.address),
+                raw,
                 message_id: Some(message_id.clone()),
+                pieces,
             })
             .map_err(cache_error)?;
         Ok(SendReport {

@@ -248,15 +248,15 @@ impl Online {
             let mut accepted = Vec::new();
             for ((entry, bytes), result) in fresh.into_iter().zip(opened) {
                 let result = match result {
-                    Ok((signer, Opened::Rendered(mail))) => Ok((signer, mail, Vec::new())),
+                    Ok((signer, Opened::Rendered(mail))) => Ok((signer, mail)),
                     Ok((signer, Opened::WithBlobs(payload))) => self
                         .fetch_blobs(*payload, &signer, entry.received)
                         .await?
-                        .map(|(mail, blobs)| (signer, mail, blobs)),
+                        .map(|mail| (signer, mail)),
                     Err(reason) => Err(reason),
                 };
                 match result {
-                    Ok((signer, mail, blobs)) => {
+                    Ok((signer, mail)) => {
                         accepted.push(Synced {
                             mail,
                             stored: Stored {
@@ -266,7 +266,6 @@ impl Online {
                                 envelope: bytes,
                                 signer_key: signer.0,
                             },
-                            blobs,
                         });
                         report.fetched += 1;
                         report.new_ids.push(entry.id.clone());
@@ -370,6 +369,7 @@ impl Online {
                 internal_date: now() as i64,
                 raw,
                 message_id: None,
+                pieces: vec![],
             })
             .map(drop)
             .map_err(cache_error)
@@ -440,24 +440,39 @@ impl Online {
         Ok(out)
     }
 
-    /// Downloads and checks the blobs a message names, then renders it whole: the mail
-    /// and each blob's sealed chunks, to keep. `Ok(Err(reason))`: a blob that is not the
-    /// one the message names, that the server does not have, or that the entity does not
-    /// place exactly once — the message is refused, never shown without it.
+    /// Renders a message that names blobs without their bytes, and downloads, checks and
+    /// keeps the blobs (sealed, in the local store) that the message is then read with.
+    /// `Ok(Err(reason))`: the entity does not place each blob exactly once, or a blob is
+    /// not the one the message names or not on the server — the message is refused, never
+    /// shown without it.
     async fn fetch_blobs(
         &self,
         payload: Payload,
         signer: &IdentityPublicKey,
         received: u64,
-    ) -> Result<Result<(NewMail, Vec<(String, Vec<Vec<u8>>)>), String>, ClientError> {
-        let mut kept = Vec::with_capacity(payload.blobs.len());
-        let mut bodies = Vec::with_capacity(payload.blobs.len());
-        for r in &payload.blobs {
-            match self.download_blob(r).await {
-                Ok((sealed, bytes)) => {
-                    kept.push((r.id.clone(), sealed));
-                    bodies.push(Some(bytes));
-                }
+    ) -> Result<Result<NewMail, String>, ClientError> {
+        // Each blob has exactly one place in the entity: a sender's made-up entity could
+        // otherwise repeat a blob without end, or hide one.
+        let Some((skeleton, places)) = payload.mime.as_deref().and_then(|m| {
+            let (skeleton, places, exact) = mime::placements(m, payload.blobs.len());
+            exact.then_some((skeleton, places))
+        }) else {
+            return Ok(Err(
+                "the message does not place each of its attachment blobs exactly once".into(),
+            ));
+        };
+        let rest = Payload {
+            mime: Some(skeleton),
+            ..payload
+        };
+        let Some(mail) = self.me.filed_in_pieces(&rest, &places, signer, received) else {
+            return Ok(Err(
+                "the message's attachment blobs have no place in it as rendered".into(),
+            ));
+        };
+        for r in &rest.blobs {
+            match self.keep_blob(r).await {
+                Ok(()) => {}
                 Err(ClientError::Blob(e)) => {
                     return Ok(Err(format!("attachment blob {}: {e}", r.id)));
                 }
@@ -470,24 +485,7 @@ impl Online {
                 Err(e) => return Err(e),
             }
         }
-        // Each blob has exactly one place in the entity: a sender's made-up entity could
-        // otherwise repeat a blob without end, or hide one.
-        let (mime, exact) = match payload.mime.as_deref() {
-            Some(m) => {
-                let (entity, exact) = mime::attach(m, &bodies);
-                (Some(entity), exact)
-            }
-            None => (None, false),
-        };
-        if !exact {
-            return Ok(Err(
-                "the message does not place each of its attachment blobs exactly once".into(),
-            ));
-        }
-        // Each body is in the entity now; not held twice while it renders.
-        drop(bodies);
-        let whole = Payload { mime, ..payload };
-        Ok(Ok((self.me.filed(&whole, signer, received), kept)))
+        Ok(Ok(mail))
     }
 
     /// Verifies, opens and renders envelopes on every core; a message that names blobs is

@@ -26,6 +26,7 @@ fn deliver(proxy: &Proxy, folder: &str, subject: &str) {
             internal_date: 1_796_000_000,
             raw: raw.into_bytes(),
             message_id: None,
+            pieces: vec![],
         })
         .unwrap();
 }

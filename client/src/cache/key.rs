@@ -16,6 +16,8 @@ const KEY_CONTEXT: &[u8] = b"letterme/v1/cache-key\0";
 pub(super) enum Part {
     Whole,
     Head,
+    /// Where blobs go in the message (their places and keys).
+    Pieces,
 }
 
 /// The content key. `Debug` never shows it.
@@ -45,8 +47,10 @@ impl CacheKey {
     fn aad(id: i64, part: Part) -> Vec<u8> {
         let mut aad = CACHE_AAD.to_vec();
         aad.extend_from_slice(&id.to_be_bytes());
-        if part == Part::Head {
-            aad.extend_from_slice(b"\0head");
+        match part {
+            Part::Whole => {}
+            Part::Head => aad.extend_from_slice(b"\0head"),
+            Part::Pieces => aad.extend_from_slice(b"\0pieces"),
         }
         aad
     }

@@ -7,9 +7,11 @@ use std::collections::{BTreeSet, HashSet};
 use letterme_protocol::keys::random_bytes;
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
+use letterme_protocol::blob::Opener;
+
 use super::key::Part;
 use super::{
-    Cache, ClientError, Folder, MailMeta, MailboxError, NewMail, Stored, Synced, flags_text,
+    Cache, ClientError, Folder, MailMeta, MailboxError, NewMail, Piece, Stored, Synced, flags_text,
     flags_vec, folder_by_id, folder_by_name, has_flag,
 };
 
@@ -148,7 +150,7 @@ impl Cache {
         let sql = match content {
             Content::Whole => {
                 "SELECT m.uid, m.flags, m.internal_date, m.size, m.modseq, c.id, c.nonce, c.data,
-                        0
+                        0, c.pieces_nonce, c.pieces
                  FROM mail m JOIN contents c ON c.id = m.content
                  WHERE m.folder = ?1 AND m.uid BETWEEN ?2 AND ?3 ORDER BY m.uid"
             }
@@ -193,11 +195,110 @@ impl Cache {
                 if content == Content::Head && !head {
                     plain.truncate(header_end(&plain));
                 }
+                if content == Content::Whole
+                    && let (Some(nonce), Some(sealed)) = (
+                        r.get_ref(9)
+                            .ok()
+                            .and_then(|v| v.as_blob_or_null().ok().flatten()),
+                        r.get_ref(10)
+                            .ok()
+                            .and_then(|v| v.as_blob_or_null().ok().flatten()),
+                    )
+                {
+                    plain = self.assemble(&c, id, meta.uid, &plain, nonce, sealed)?;
+                }
                 Some(plain)
             };
             out.push((meta, raw));
         }
         Ok(out)
+    }
+
+    /// A message whose blobs are kept apart, whole: `rest` with each piece's bytes opened
+    /// from the blob's sealed chunks and put in its place, one chunk read at a time.
+    fn assemble(
+        &self,
+        c: &Connection,
+        id: i64,
+        uid: u32,
+        rest: &[u8],
+        nonce: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        let broken = |what: &str| ClientError::store(&self.path, format!("message {uid}: {what}"));
+        let pieces: Vec<Piece> = self
+            .key
+            .open(id, Part::Pieces, nonce, sealed)
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or_else(|| broken("its attachments' places fail their integrity check"))?;
+        let total = pieces
+            .iter()
+            .map(|p| usize::try_from(p.blob.size).unwrap_or(usize::MAX))
+            .fold(rest.len(), usize::saturating_add);
+        let mut out = Vec::with_capacity(total.min(1 << 31));
+        let mut chunk = c
+            .prepare_cached("SELECT data FROM blob_chunks WHERE blob = ?1 AND n = ?2")
+            .map_err(|e| self.err(e))?;
+        let mut at = 0;
+        for p in &pieces {
+            let Some(before) = rest.get(at..p.at) else {
+                return Err(broken("its attachments' places are out of order"));
+            };
+            out.extend_from_slice(before);
+            let mut read = |n: u64| -> Result<Vec<u8>, ClientError> {
+                chunk
+                    .query_row(params![p.blob.id, n as i64], |r| r.get(0))
+                    .optional()
+                    .map_err(|e| self.err(e))?
+                    .ok_or_else(|| broken(&format!("attachment blob {} is missing", p.blob.id)))
+            };
+            let opened = |r: Result<Vec<u8>, letterme_protocol::blob::BlobError>| {
+                r.map_err(|e| broken(&format!("attachment blob {}: {e}", p.blob.id)))
+            };
+            let mut opener = Opener::new(&p.blob)
+                .map_err(|e| broken(&format!("attachment blob {}: {e}", p.blob.id)))?;
+            let last = opener.chunks().saturating_sub(1);
+            for n in 0..last {
+                out.extend(opened(opener.open_chunk(&read(n)?))?);
+            }
+            out.extend(opened(opener.finish(&read(last)?))?);
+            at = p.at;
+        }
+        out.extend_from_slice(&rest[at..]);
+        Ok(out)
+    }
+
+    /// Which chunks of blob `id` are kept.
+    pub fn held_chunks(&self, blob: &str) -> Result<BTreeSet<u64>, ClientError> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached("SELECT n FROM blob_chunks WHERE blob = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([blob], |r| r.get::<_, i64>(0).map(|n| n as u64))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Sealed chunk `n` of blob `id`, if kept.
+    pub fn blob_chunk(&self, blob: &str, n: u64) -> Result<Option<Vec<u8>>, ClientError> {
+        let c = self.lock();
+        c.prepare_cached("SELECT data FROM blob_chunks WHERE blob = ?1 AND n = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![blob, n as i64], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// Keeps sealed chunk `n` of blob `id` (durably: a download broken after it resumes
+    /// past it). Chunks are immutable: the same one again changes nothing.
+    pub fn keep_chunk(&self, blob: &str, n: u64, data: &[u8]) -> Result<(), ClientError> {
+        let c = self.lock();
+        c.prepare_cached("INSERT OR IGNORE INTO blob_chunks (blob, n, data) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![blob, n as i64, data]))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     /// Files one message (APPEND, a Sent copy). With a Message-ID already present in the
@@ -249,15 +350,25 @@ impl Cache {
         let (head_nonce, head) = self
             .key
             .seal(id, Part::Head, &mail.raw[..header_end(&mail.raw)]);
+        let (pieces_nonce, pieces) = if mail.pieces.is_empty() {
+            (None, None)
+        } else {
+            let json = serde_json::to_vec(&mail.pieces).unwrap_or_default();
+            let (n, p) = self.key.seal(id, Part::Pieces, &json);
+            (Some(n.to_vec()), Some(p))
+        };
         tx.prepare_cached(
-            "INSERT INTO contents (id, nonce, data, head_nonce, head) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO contents (id, nonce, data, head_nonce, head, pieces_nonce, pieces)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![
             id,
             nonce.as_slice(),
             data,
             head_nonce.as_slice(),
-            head
+            head,
+            pieces_nonce,
+            pieces
         ])?;
         let (uid, modseq) = next_uid(tx, folder)?;
         let hash = mail.message_id.as_deref().map(|m| self.key.msgid_hash(m));
@@ -271,7 +382,7 @@ impl Cache {
                 id,
                 flags_text(&mail.flags),
                 mail.internal_date,
-                mail.raw.len() as i64,
+                mail.size() as i64,
                 hash,
                 modseq as i64
             ],
@@ -301,15 +412,6 @@ impl Cache {
             if inserted == 1 {
                 self.file_rendered(&tx, &s.id, &item.mail)
                     .map_err(|e| self.err(e))?;
-            }
-            for (blob, chunks) in &item.blobs {
-                for (n, data) in chunks.iter().enumerate() {
-                    tx.prepare_cached(
-                        "INSERT OR IGNORE INTO blob_chunks (blob, n, data) VALUES (?1, ?2, ?3)",
-                    )
-                    .and_then(|mut stmt| stmt.execute(params![blob, n as i64, data]))
-                    .map_err(|e| self.err(e))?;
-                }
             }
         }
         tx.commit().map_err(|e| self.err(e))?;

@@ -79,7 +79,7 @@ enum Step {
 }
 
 /// Schema steps after [`SCHEMA`], by `PRAGMA user_version` (step i takes version i to i+1).
-const MIGRATIONS: [Step; 4] = [
+const MIGRATIONS: [Step; 5] = [
     // 1: MODSEQ per message and mailbox, expunge tombstones, \Recent, subscriptions apart from
     // mailboxes, and a UIDVALIDITY counter that outlives deleted mailboxes.
     Step::Sql(
@@ -125,6 +125,14 @@ const MIGRATIONS: [Step; 4] = [
         "
     ALTER TABLE contents ADD COLUMN head_nonce BLOB;
     ALTER TABLE contents ADD COLUMN head BLOB;
+    ",
+    ),
+    // 5: a message with large attachments keeps them once, as the blobs' sealed chunks
+    // (`blob_chunks`), and only where they go (sealed apart) beside the rest of it.
+    Step::Sql(
+        "
+    ALTER TABLE contents ADD COLUMN pieces_nonce BLOB;
+    ALTER TABLE contents ADD COLUMN pieces BLOB;
     ",
     ),
 ];
@@ -196,18 +204,34 @@ pub struct NewMail {
     pub folder: String,
     pub flags: Vec<String>,
     pub internal_date: i64,
+    /// The message, or with `pieces` the message without their bytes.
     pub raw: Vec<u8>,
     pub message_id: Option<String>,
+    /// Blobs whose bytes belong in `raw`, in order: kept once, sealed as they came, in
+    /// `blob_chunks`, and put in place as the message is read.
+    pub pieces: Vec<Piece>,
 }
 
-/// A synced envelope and the message it renders to, committed together.
+impl NewMail {
+    /// The message's size as served: `raw` and its pieces.
+    pub fn size(&self) -> u64 {
+        self.raw.len() as u64 + self.pieces.iter().map(|p| p.blob.size).sum::<u64>()
+    }
+}
+
+/// A blob's bytes in a message: they go at byte `at` of the stored rest of it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Piece {
+    pub at: usize,
+    pub blob: letterme_protocol::blob::BlobRef,
+}
+
+/// A synced envelope and the message it renders to, committed together (the chunks of
+/// the blobs it names are kept before, as they are downloaded).
 #[derive(Debug, Clone)]
 pub struct Synced {
     pub stored: Stored,
     pub mail: NewMail,
-    /// The sealed chunks of each blob the message names, by blob id (kept sealed: the
-    /// key is in the envelope).
-    pub blobs: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 /// The cache. Cheap to share behind an `Arc`; one connection, serialised by a mutex.

@@ -20,6 +20,7 @@ fn mail(folder: &str, raw: &str, mid: Option<&str>) -> NewMail {
         internal_date: 1_700_000_000,
         raw: raw.as_bytes().to_vec(),
         message_id: mid.map(str::to_owned),
+        pieces: vec![],
     }
 }
 
@@ -318,4 +319,59 @@ fn header_sections_are_kept_apart_for_header_only_reads() {
         )
         .unwrap();
     assert!(c.fetch(inbox.id, &[uid], Content::Whole).is_err());
+}
+
+/// A message whose large parts are blobs is kept once: the rest of it, and each blob's
+/// sealed chunks as they came. Read whole it is the message again, its size counts the
+/// blobs, and a copy shares them; a missing or changed chunk fails the read rather than
+/// serve the message without it.
+#[test]
+fn a_message_kept_in_pieces_reads_whole_and_never_short() {
+    use letterme_protocol::blob::{CHUNK, Sealer};
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    let blob: Vec<u8> = (0..CHUNK + 100).map(|i| (i % 251) as u8).collect();
+    let mut sealer = Sealer::new();
+    let first = sealer.seal_chunk(&blob[..CHUNK]);
+    let (last, reference, _) = sealer.finish(&blob[CHUNK..]);
+    let rest = b"Subject: pieces\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nHALF--b--\r\n";
+    let at = rest.iter().position(|&b| b == b'H').unwrap() + 2;
+    let mut m = mail("INBOX", std::str::from_utf8(rest).unwrap(), None);
+    m.pieces = vec![Piece {
+        at,
+        blob: reference.clone(),
+    }];
+    let mut whole = rest[..at].to_vec();
+    whole.extend_from_slice(&blob);
+    whole.extend_from_slice(&rest[at..]);
+    c.keep_chunk(&reference.id, 0, &first).unwrap();
+    let (_, uid, _) = c.append(&m).unwrap();
+    let inbox = c.folder("INBOX").unwrap().unwrap();
+    let read = |uid| c.fetch(inbox.id, &[uid], Content::Whole);
+    // One chunk still missing: no message rather than a short one.
+    assert!(read(uid).is_err());
+    c.keep_chunk(&reference.id, 1, &last).unwrap();
+    let got = read(uid).unwrap();
+    assert_eq!(got[0].1.as_deref(), Some(whole.as_slice()));
+    assert_eq!(got[0].0.size as usize, whole.len());
+    assert_eq!(
+        c.held_chunks(&reference.id)
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
+    // The header alone needs no blob.
+    let head = c.fetch(inbox.id, &[uid], Content::Head).unwrap();
+    assert_eq!(head[0].1.as_deref(), Some(&rest[..header_end(rest)]));
+    // A chunk changed on disk fails the read.
+    {
+        let db = c.lock();
+        db.execute(
+            "UPDATE blob_chunks SET data = ?2 WHERE blob = ?1 AND n = 1",
+            params![reference.id, vec![0u8; last.len()]],
+        )
+        .unwrap();
+    }
+    assert!(read(uid).is_err());
 }

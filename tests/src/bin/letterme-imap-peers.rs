@@ -215,6 +215,7 @@ fn proxy(dir: &Path, messages: &[Vec<u8>]) -> (SocketAddr, tokio::sync::watch::S
                 internal_date: 1_796_000_000,
                 raw: raw.clone(),
                 message_id: None,
+                pieces: vec![],
             })
             .collect();
         cache.append_all(&mails).expect("fill the cache");

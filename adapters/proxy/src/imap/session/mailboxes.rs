@@ -574,6 +574,7 @@ impl Session {
                         .map_or_else(|| letterme_client::now() as i64, |d| d.as_ref().timestamp()),
                     raw: m.message,
                     message_id,
+                    pieces: vec![],
                 }
             })
             .collect();

@@ -190,16 +190,14 @@ impl Online {
         self.me.cache.keep_chunk(&reference.id, n, chunk)
     }
 
-    /// The payload to seal for `payload` when it has parts larger than
-    /// [`mime::BLOB_THRESHOLD`]: those uploaded as blobs, in the entity's place a field
-    /// naming each. `None` when nothing is that large.
+    /// The payload to seal for `payload` with `entity` when the entity has parts larger
+    /// than [`mime::BLOB_THRESHOLD`]: those uploaded as blobs, in the entity's place a
+    /// field naming each. `None` when nothing is that large.
     pub(crate) async fn with_parts_as_blobs(
         &self,
         payload: &Payload,
+        entity: &[u8],
     ) -> Result<Option<Payload>, ClientError> {
-        let Some(entity) = &payload.mime else {
-            return Ok(None);
-        };
         let (detached, bodies) = mime::detach(entity, mime::BLOB_THRESHOLD);
         if bodies.is_empty() {
             return Ok(None);

@@ -90,7 +90,7 @@ impl Online {
             .as_deref()
             .and_then(render::clean_msg_id)
             .unwrap_or_else(|| format!("<{}@{}>", hex(&random_bytes::<16>()), p.domain));
-        let payload = Payload {
+        let mut payload = Payload {
             from: p.address.clone(),
             to: draft.to.clone(),
             cc: draft.cc.clone(),
@@ -103,16 +103,20 @@ impl Online {
             in_reply_to: draft.in_reply_to.clone(),
             references: draft.references.clone(),
             legacy: None,
-            mime: draft.mime.clone(),
+            mime: None,
             blobs: vec![],
         };
         // Large parts go as blobs (a server that takes none keeps them in the envelope, up
         // to its size limit); other domains' servers get them from ours (PROTOCOL.md §17.5a).
-        let as_blobs = if keys.is_empty() {
-            None
-        } else {
-            self.with_parts_as_blobs(&payload).await?
+        let as_blobs = match &draft.mime {
+            Some(entity) if !keys.is_empty() => self.with_parts_as_blobs(&payload, entity).await?,
+            _ => None,
         };
+        // The whole entity again only where it is sent whole: sealed without blobs, or
+        // relayed to ordinary addresses.
+        if as_blobs.is_none() || !legacy.is_empty() {
+            payload.mime.clone_from(&draft.mime);
+        }
         let envelopes = seal_message_except(
             &self.me.keys.identity,
             as_blobs.as_ref().unwrap_or(&payload),

@@ -3,9 +3,11 @@
 //! Starts `letterme serve` with two accounts, writes a file of `--mib` MiB of random bytes,
 //! sends it with `letterme send --attach` (compose, seal, upload as a blob), receives it
 //! with `letterme sync` (download, open, store) and saves it with `letterme read
-//! --save-attachments`, then checks the saved file is the sent one. Reports MB/s each way
-//! (the file's bytes over the command's wall time), the peak RSS of each command (from
-//! `/usr/bin/time`) and of the server, and what the server held.
+//! --save-attachments`, then checks the saved file is the sent one; then bob's `letterme
+//! proxy` serves the message to python's imaplib (`BODY.PEEK[]`), which checks the file in
+//! it. Reports MB/s each way (the file's bytes over the command's wall time), the peak RSS
+//! of each command (from `/usr/bin/time`), of the server and of the proxy, and what the
+//! server held.
 //! Run: `cargo run --release -p letterme-tests --bin letterme-blob-bench`.
 
 use std::path::Path;
@@ -14,7 +16,35 @@ use std::time::Instant;
 
 use clap::Parser;
 use letterme_tests::world::World;
-use letterme_tests::{PASSPHRASE, ServerProc, letterme_bin};
+use letterme_tests::{PASSPHRASE, ProxyProc, ServerProc, letterme_bin, python};
+
+/// Fetches INBOX message 1 whole, times it, and gives the SHA-256 of its first attachment.
+const FETCH: &str = r#"
+import email, hashlib, imaplib, json, sys, time
+m = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]))
+m.login(sys.argv[3], sys.argv[4])
+m.select("INBOX", readonly=True)
+t0 = time.perf_counter()
+typ, dat = m.fetch("1", "(BODY.PEEK[])")
+secs = time.perf_counter() - t0
+raw = dat[0][1]
+msg = email.message_from_bytes(raw)
+part = next(p for p in msg.walk() if p.get_filename())
+m.logout()
+print(json.dumps({"seconds": secs, "bytes": len(raw),
+                  "sha256": hashlib.sha256(part.get_payload(decode=True)).hexdigest()}))
+"#;
+
+fn peak_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
 
 #[derive(Debug, Parser)]
 #[command(about = "One large attachment: send and receive throughput, peak memory")]
@@ -60,14 +90,7 @@ fn timed(profile: &Path, args: &[&str]) -> anyhow::Result<(String, f64, f64)> {
 }
 
 fn server_peak_mib(server: &ServerProc) -> f64 {
-    std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    peak_mib(server.child.id())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -144,6 +167,25 @@ fn main() -> anyhow::Result<()> {
     println!(
         "saved file identical; server peak RSS {:.1} MiB",
         server_peak_mib(&server)
+    );
+
+    let proxy = ProxyProc::start(&bob);
+    let port = proxy.imap.port().to_string();
+    let got = python(FETCH, &["127.0.0.1", &port, "bob@x.test", &proxy.password]);
+    let want = {
+        use sha2::Digest as _;
+        letterme_protocol::codec::hex(&sha2::Sha256::digest(&bytes))
+    };
+    anyhow::ensure!(
+        got["sha256"].as_str() == Some(want.as_str()),
+        "the proxy served another file: {got}"
+    );
+    let secs = got["seconds"].as_f64().unwrap_or(0.0);
+    println!(
+        "proxy serves it (imaplib BODY.PEEK[], {:.1} MB): {secs:.2} s, {:.1} MB/s, proxy peak RSS {:.1} MiB",
+        got["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+        mb / secs,
+        peak_mib(proxy.child.id())
     );
     Ok(())
 }

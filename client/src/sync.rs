@@ -38,7 +38,7 @@ const FETCH_BATCH_BYTES: u64 = 1 << 20;
 /// An envelope verified and opened on a worker thread.
 enum Opened {
     Rendered(NewMail),
-    /// Names blobs: rendered once they are downloaded.
+    /// Names blobs: rendered without their bytes, then they are downloaded and kept.
     WithBlobs(Box<Payload>),
 }
 
@@ -489,7 +489,7 @@ impl Online {
     }
 
     /// Verifies, opens and renders envelopes on every core; a message that names blobs is
-    /// rendered once they are downloaded. `replayed`: ids that must not be opened again.
+    /// rendered (without their bytes) when they are downloaded. `replayed`: ids that must not be opened again.
     fn open_all(
         &self,
         items: &[(&ListEntry, Vec<u8>)],

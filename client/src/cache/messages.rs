@@ -195,17 +195,28 @@ impl Cache {
                 if content == Content::Head && !head {
                     plain.truncate(header_end(&plain));
                 }
-                if content == Content::Whole
-                    && let (Some(nonce), Some(sealed)) = (
-                        r.get_ref(9)
-                            .ok()
-                            .and_then(|v| v.as_blob_or_null().ok().flatten()),
-                        r.get_ref(10)
-                            .ok()
-                            .and_then(|v| v.as_blob_or_null().ok().flatten()),
-                    )
-                {
-                    plain = self.assemble(&c, id, meta.uid, &plain, nonce, sealed)?;
+                if content == Content::Whole {
+                    let maybe = |i| {
+                        r.get_ref(i)
+                            .and_then(|v| v.as_blob_or_null().map_err(Into::into))
+                            .map_err(|e| self.err(e))
+                    };
+                    match (maybe(9)?, maybe(10)?) {
+                        (None, None) => {}
+                        (Some(nonce), Some(sealed)) => {
+                            plain = self.assemble(&c, id, meta.uid, &plain, nonce, sealed)?;
+                        }
+                        // Never written so: a row changed on disk is not served short.
+                        _ => {
+                            return Err(ClientError::store(
+                                &self.path,
+                                format!(
+                                    "message {}: its attachments' places are damaged",
+                                    meta.uid
+                                ),
+                            ));
+                        }
+                    }
                 }
                 Some(plain)
             };

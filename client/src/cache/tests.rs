@@ -364,6 +364,11 @@ fn a_message_kept_in_pieces_reads_whole_and_never_short() {
     // The header alone needs no blob.
     let head = c.fetch(inbox.id, &[uid], Content::Head).unwrap();
     assert_eq!(head[0].1.as_deref(), Some(&rest[..header_end(rest)]));
+    // A copy reads the same blob.
+    let (_, pairs) = c.copy(inbox.id, &[uid], "Archive", false).unwrap();
+    let archive = c.folder("Archive").unwrap().unwrap();
+    let copied = c.fetch(archive.id, &[pairs[0].1], Content::Whole).unwrap();
+    assert_eq!(copied[0].1.as_deref(), Some(whole.as_slice()));
     // A chunk changed on disk fails the read.
     {
         let db = c.lock();

@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use letterme_protocol::api::BlobState;
+use letterme_protocol::api::{BlobState, ErrorCode};
 use letterme_protocol::blob::BlobId;
 use letterme_protocol::codec::hex;
 use letterme_protocol::federation::{
@@ -264,16 +264,18 @@ impl FederationQueue {
             }
             Err(e) => {
                 // Refused for good, or not a letter.me domain at all (no `_mailx` record):
-                // retrying for days would not change the answer.
-                let permanent = matches!(
-                    &e,
-                    FederationError::Refused {
-                        status: 400 | 403 | 404 | 409 | 413 | 422,
-                        ..
-                    } | FederationError::NoRecord(_)
-                        | FederationError::BlobGone { .. }
-                        | FederationError::Dns(crate::dns::DnsError::NotFound(_))
-                );
+                // retrying for days would not change the answer. A peer's bound on blobs
+                // in transfer clears as its transfers are named, so that one is retried.
+                let permanent = match &e {
+                    FederationError::Refused { code, .. } if *code == ErrorCode::BlobLimit => false,
+                    FederationError::Refused { status, .. } => {
+                        matches!(status, 400 | 403 | 404 | 409 | 413 | 422)
+                    }
+                    FederationError::NoRecord(_)
+                    | FederationError::BlobGone { .. }
+                    | FederationError::Dns(crate::dns::DnsError::NotFound(_)) => true,
+                    _ => false,
+                };
                 if matches!(
                     e,
                     FederationError::Document { .. }

@@ -116,6 +116,44 @@ fn check(b: &NewBlob) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Checks that `b` fits its uploader's limits (and its peer's, for a blob a peer brings):
+/// the bytes it adds to what waits unnamed, and the count of blobs.
+fn within_limits(c: &Connection, b: &NewBlob) -> Result<(), StoreError> {
+    if let Some(origin) = &b.origin {
+        // Bounded work: the partial index holds a peer's blobs by state.
+        let (count, used): (i64, i64) = c
+            .prepare_cached(
+                "SELECT count(*), coalesce(sum(size), 0) FROM blobs
+                  WHERE origin = ?1 AND state = ?2",
+            )?
+            .query_row(params![origin, UPLOADED], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let used = used as u64;
+        if count as u64 >= MAX_BLOBS_PER_PEER || used.saturating_add(b.size) > b.per_origin {
+            return Err(StoreError::BlobLimit {
+                owner: origin.clone(),
+                used,
+                limit: b.per_origin,
+            });
+        }
+    }
+    // Bounded work: an owner holds at most MAX_BLOBS_PER_OWNER rows.
+    let (count, used): (i64, i64) = c
+        .prepare_cached(
+            "SELECT count(*), coalesce(sum(CASE WHEN state = ?2 THEN size ELSE 0 END), 0)
+             FROM blobs WHERE owner = ?1",
+        )?
+        .query_row(params![b.owner, UPLOADED], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let used = used as u64;
+    if count as u64 >= MAX_BLOBS_PER_OWNER || used.saturating_add(b.size) > b.per_owner {
+        return Err(StoreError::BlobLimit {
+            owner: b.owner.clone(),
+            used,
+            limit: b.per_owner,
+        });
+    }
+    Ok(())
+}
+
 /// The sealed bytes of the blobs an envelope of `sender` names, each of which must be
 /// uploaded in full, here, by that sender: what each local recipient's usage carries while
 /// the envelope is pending.
@@ -159,7 +197,7 @@ pub(super) fn link_blobs(
             "INSERT OR IGNORE INTO envelope_blobs (envelope_id, blob) VALUES (?1, ?2)",
         )?
         .execute(params![envelope.as_slice(), id.0.as_slice()])?;
-        c.prepare_cached("UPDATE blobs SET state = ?2 WHERE id = ?1")?
+        c.prepare_cached("UPDATE blobs SET state = ?2, reoffered = 0 WHERE id = ?1")?
             .execute(params![id.0.as_slice(), NAMED])?;
     }
     Ok(())
@@ -227,9 +265,11 @@ fn status(c: &Connection, id: &BlobId) -> Result<Option<BlobStatus>, StoreError>
 
 impl Store {
     /// Begins an upload, or answers where the one begun before stands (a resumed upload):
-    /// the same id is the same manifest, so only who uploads it matters then. A blob
-    /// released but not yet purged is kept again, for a new envelope to name (a Bcc copy,
-    /// or one more domain).
+    /// the same id is the same manifest, so only who uploads it matters then. Begun again,
+    /// a blob is kept a day from now as an upload, for a new envelope to name (a Bcc copy,
+    /// one more domain, a retried delivery): at once when it was released and not purged
+    /// yet (within the limits, as a new upload), or once the envelopes that name it now
+    /// are gone.
     pub async fn blob_begin(&self, b: NewBlob) -> Result<BlobStatus, StoreError> {
         check(&b)?;
         self.write(move |c| {
@@ -238,50 +278,27 @@ impl Store {
                 if !same {
                     return Err(StoreError::NoBlob);
                 }
+                let state: i64 = c
+                    .prepare_cached("SELECT state FROM blobs WHERE id = ?1")?
+                    .query_row([b.id.0.as_slice()], |r| r.get(0))?;
+                if state == RELEASED {
+                    within_limits(c, &b)?;
+                }
                 c.prepare_cached(
-                    "UPDATE blobs SET state = ?2, created = ?3 WHERE id = ?1 AND state = ?4",
+                    "UPDATE blobs SET created = ?2, reoffered = (state = ?5),
+                            state = CASE state WHEN ?3 THEN ?4 ELSE state END
+                      WHERE id = ?1",
                 )?
                 .execute(params![
                     b.id.0.as_slice(),
-                    UPLOADED,
                     b.created as i64,
-                    RELEASED
+                    RELEASED,
+                    UPLOADED,
+                    NAMED
                 ])?;
                 return Ok(s);
             }
-            if let Some(origin) = &b.origin {
-                // Bounded work: the partial index holds a peer's blobs by state.
-                let (count, used): (i64, i64) = c
-                    .prepare_cached(
-                        "SELECT count(*), coalesce(sum(size), 0) FROM blobs
-                          WHERE origin = ?1 AND state = ?2",
-                    )?
-                    .query_row(params![origin, UPLOADED], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                let used = used as u64;
-                if count as u64 >= MAX_BLOBS_PER_PEER || used.saturating_add(b.size) > b.per_origin
-                {
-                    return Err(StoreError::BlobLimit {
-                        owner: origin.clone(),
-                        used,
-                        limit: b.per_origin,
-                    });
-                }
-            }
-            // Bounded work: an owner holds at most MAX_BLOBS_PER_OWNER rows.
-            let (count, used): (i64, i64) = c
-                .prepare_cached(
-                    "SELECT count(*), coalesce(sum(CASE WHEN state = ?2 THEN size ELSE 0 END), 0)
-                     FROM blobs WHERE owner = ?1",
-                )?
-                .query_row(params![b.owner, UPLOADED], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let used = used as u64;
-            if count as u64 >= MAX_BLOBS_PER_OWNER || used.saturating_add(b.size) > b.per_owner {
-                return Err(StoreError::BlobLimit {
-                    owner: b.owner.clone(),
-                    used,
-                    limit: b.per_owner,
-                });
-            }
+            within_limits(c, &b)?;
             let manifest = b.manifest.to_bytes();
             c.prepare_cached(
                 "INSERT INTO blobs (id, owner, origin, size, manifest, created)

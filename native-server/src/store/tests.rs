@@ -1096,3 +1096,69 @@ async fn a_queued_envelope_with_blobs_goes_alone_and_counts_them() {
     assert_eq!(store.purge_blobs(0).await.unwrap(), 0);
     assert!(store.blob_status(kept).await.unwrap().is_some());
 }
+
+/// A blob begun again while an envelope names it (the sender's next envelope is on its
+/// way) is kept as an upload when that envelope goes, not released; a released blob begun
+/// again comes back only within its uploader's limits.
+#[tokio::test]
+async fn a_blob_begun_again_outlives_its_envelope_within_the_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.register(account("b@x.test"), None).await.unwrap();
+    let begin_again = |id, per_owner| {
+        let store = store.clone();
+        async move {
+            let s = store.blob_status(id).await.unwrap().unwrap();
+            store
+                .blob_begin(NewBlob {
+                    id,
+                    owner: "a@x.test".into(),
+                    origin: None,
+                    size: s.size,
+                    manifest: s.manifest,
+                    created: 30,
+                    max_size: 1 << 30,
+                    per_owner,
+                    per_origin: 0,
+                })
+                .await
+        }
+    };
+    let blob = uploaded(&store, "a@x.test", 6, 700).await;
+    store
+        .deliver(NewDelivery {
+            blobs: vec![blob],
+            quota: 1 << 20,
+            ..delivery(6, &["b@x.test"], 5)
+        })
+        .await
+        .unwrap();
+    begin_again(blob, 1 << 30).await.unwrap();
+    // The retention purge lets the envelope go (and starts no purge of its own).
+    store.purge(6, 0).await.unwrap();
+    assert_eq!(store.purge_blobs(0).await.unwrap(), 0);
+    assert!(store.blob_status(blob).await.unwrap().is_some());
+    // Kept as an upload begun at 30: the purge of uploads older than 30 takes another one
+    // (begun at 1), not this.
+    uploaded(&store, "a@x.test", 7, 400).await;
+    assert_eq!(store.purge_blobs(30).await.unwrap(), 1);
+    assert!(store.blob_status(blob).await.unwrap().is_some());
+
+    // Released and not purged yet: begun again only within the limit.
+    store
+        .deliver(NewDelivery {
+            blobs: vec![blob],
+            quota: 1 << 20,
+            ..delivery(7, &["b@x.test"], 5)
+        })
+        .await
+        .unwrap();
+    store.purge(6, 0).await.unwrap();
+    assert!(matches!(
+        begin_again(blob, 500).await,
+        Err(StoreError::BlobLimit { .. })
+    ));
+    begin_again(blob, 1 << 30).await.unwrap();
+    assert_eq!(store.purge_blobs(0).await.unwrap(), 0);
+    assert!(store.blob_status(blob).await.unwrap().is_some());
+}

@@ -254,7 +254,7 @@ async fn read_body(
         (
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::BadBody,
-            format!("a delivery body is at most {max} bytes"),
+            format!("this request's body is at most {max} bytes"),
         )
     };
     let busy = || {

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub smtp_messages: Family<ResultLabel, Counter>,
     /// Connections closed at accept: the listener's cap (`full`) or the client prefix's.
     pub connections_refused: Family<RefusedLabel, Counter>,
+    /// Blob chunks sent to other domains (each chunk a peer lacked, once).
+    pub blob_chunks_sent: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +57,7 @@ impl Default for Metrics {
             accounts: Gauge::default(),
             smtp_messages: Family::default(),
             connections_refused: Family::default(),
+            blob_chunks_sent: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -95,6 +98,11 @@ impl Default for Metrics {
             "connections_refused",
             "Connections closed at accept, by listener and limit",
             m.connections_refused.clone(),
+        );
+        registry.register(
+            "federation_blob_chunks_sent",
+            "Blob chunks sent to other domains",
+            m.blob_chunks_sent.clone(),
         );
         Self { registry, ..m }
     }

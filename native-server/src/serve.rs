@@ -271,6 +271,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             fed.clone(),
             clock.clone(),
             federation_wake.clone(),
+            state.metrics.blob_chunks_sent.clone(),
         ));
         tokio::spawn(queue.clone().run(tx.subscribe()));
         federation_queue = Some(queue);

@@ -36,6 +36,9 @@ use crate::worker::{self, Due, jitter, retry_delay};
 const JSON: &str = "application/json";
 const OCTETS: &str = "application/octet-stream";
 
+/// Lanes for sending blobs (see `FederationQueue::blob_lanes`).
+const BLOB_LANES: usize = 16;
+
 /// Batches in flight to one destination at most.
 pub const PER_DESTINATION: usize = 4;
 /// Batches in flight in all: with `federation.batch_bytes` (at most 64 MiB, and a single
@@ -55,6 +58,12 @@ pub struct FederationQueue {
     shrunk: Mutex<lru::LruCache<String, u64>>,
     /// See [`Due::claiming`].
     claiming: tokio::sync::Mutex<()>,
+    /// Counts the blob chunks sent (the server's metrics).
+    chunks_sent: prometheus_client::metrics::counter::Counter,
+    /// Blobs go to one destination one envelope at a time (destinations hashed onto these
+    /// lanes), so two envelopes naming one blob — a message's Bcc copies — never send its
+    /// chunks twice at once: the second's offer finds them there.
+    blob_lanes: [tokio::sync::Mutex<()>; BLOB_LANES],
 }
 
 impl std::fmt::Debug for FederationQueue {
@@ -69,6 +78,7 @@ impl FederationQueue {
         fed: Arc<Federation>,
         clock: Arc<dyn Clock>,
         wake: Arc<Notify>,
+        chunks_sent: prometheus_client::metrics::counter::Counter,
     ) -> Self {
         Self {
             store,
@@ -82,6 +92,8 @@ impl FederationQueue {
                     .unwrap_or(std::num::NonZeroUsize::MIN),
             )),
             claiming: tokio::sync::Mutex::default(),
+            chunks_sent,
+            blob_lanes: std::array::from_fn(|_| tokio::sync::Mutex::default()),
         }
     }
 
@@ -364,6 +376,15 @@ impl FederationQueue {
         destination: &str,
         rows: &[FederationRow],
     ) -> Result<Result<(), FederationError>, StoreError> {
+        if rows.iter().all(|r| r.blobs.is_empty()) {
+            return Ok(Ok(()));
+        }
+        let lane = {
+            use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+            let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(destination);
+            usize::try_from(h % BLOB_LANES as u64).unwrap_or(0)
+        };
+        let _lane = self.blob_lanes[lane].lock().await;
         for row in rows {
             for id in &row.blobs {
                 if let Err(e) = self.push_blob(destination, &row.sender, *id).await? {
@@ -432,6 +453,7 @@ impl FederationQueue {
             if let Err(e) = put {
                 return Ok(Err(e));
             }
+            self.chunks_sent.inc();
             sent += 1;
         }
         tracing::debug!(%destination, blob = %id.to_hex(), chunks = sent, "blob brought to the peer");

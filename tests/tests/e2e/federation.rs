@@ -243,10 +243,11 @@ fn alice_and_bob_on_two_domains_exchange_mail_verified_through_dns() {
 }
 
 /// Whole MIME across domains: alice@a.test sends text with an HTML alternative, a 1.5 MiB
-/// binary file (a blob) and a file with a non-ASCII name to bob and carol at b.test. b.test
-/// gets the blob from a.test once for both; what each mail client is served has every
-/// part with its bytes and name; neither server, which both held the message, kept any
-/// of it readable, and neither keeps the blob once it is delivered and acknowledged.
+/// binary file (a blob) and a file with a non-ASCII name to bob and carol at b.test, and
+/// Bcc to dave there (a second envelope naming the same blob). b.test gets the blob from
+/// a.test once for all three, each chunk sent once; what each mail client is served has
+/// every part with its bytes and name; neither server, which both held the message, kept
+/// any of it readable, and neither keeps the blob once it is delivered and acknowledged.
 #[test]
 fn html_and_attachments_cross_domains_byte_identical_and_unreadable_to_both_servers() {
     const TEXT: &str = "The measurements are attached.";
@@ -256,6 +257,7 @@ fn html_and_attachments_cross_domains_byte_identical_and_unreadable_to_both_serv
     let alice = w.user(&a, "alice@a.test");
     let bob = w.user(&b, "bob@b.test");
     let carol = w.user(&b, "carol@b.test");
+    let dave = w.user(&b, "dave@b.test");
     let mail = Multipart::write(&w.path().join("files"));
     let files = mail.args();
     let mut args = vec![
@@ -264,6 +266,8 @@ fn html_and_attachments_cross_domains_byte_identical_and_unreadable_to_both_serv
         "bob@b.test",
         "--to",
         "carol@b.test",
+        "--bcc",
+        "dave@b.test",
         "--subject",
         "Messdaten",
         "--body",
@@ -274,8 +278,8 @@ fn html_and_attachments_cross_domains_byte_identical_and_unreadable_to_both_serv
 
     w.wait_queue_empty(&a);
     assert!(a.blobs_gone(), "a.test kept the blob after delivering it");
-    // One sealed copy of the 1.5 MiB file (as base64) for two recipients, outside the
-    // envelopes.
+    // One sealed copy of the 1.5 MiB file (as base64) for three recipients in two
+    // envelopes, outside the envelopes, each of its chunks sent once.
     let held = b.stored_blobs();
     assert_eq!(held.blobs, 1, "{held:?}");
     assert!(
@@ -283,9 +287,24 @@ fn html_and_attachments_cross_domains_byte_identical_and_unreadable_to_both_serv
         "{held:?}"
     );
     assert!(held.envelope_bytes < 200 * 1024, "{held:?}");
+    let chunks = letterme_protocol::blob::sealed_chunks(held.chunk_bytes).unwrap();
+    let metrics = w.rt.block_on(async {
+        reqwest::get(format!("{}/metrics", a.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(
+        metrics.contains(&format!(
+            "letterme_federation_blob_chunks_sent_total {chunks}\n"
+        )),
+        "{metrics}"
+    );
     multipart::assert_unreadable_under(&b.data_dir, "bob@b.test");
 
-    for (who, profile) in [("bob", &bob), ("carol", &carol)] {
+    for (who, profile) in [("bob", &bob), ("carol", &carol), ("dave", &dave)] {
         let got = w.sync_until(profile, 1);
         assert_eq!(got[0]["from"], "alice@a.test");
         assert_eq!(got[0]["signature_verified"], true);
@@ -295,7 +314,7 @@ fn html_and_attachments_cross_domains_byte_identical_and_unreadable_to_both_serv
     }
     assert!(
         b.blobs_gone(),
-        "b.test kept the blob after both acknowledged"
+        "b.test kept the blob after all acknowledged"
     );
     multipart::assert_unreadable_under(&a.data_dir, "alice@a.test");
     multipart::assert_unreadable_under(&b.data_dir, "bob@b.test");

@@ -22,8 +22,37 @@ const NAME_CANARY: &str = "CANARY-NAME-b41f";
 /// Inside the binary file's bytes.
 const BYTES_CANARY: &str = "CANARY-BYTES-9c2d";
 
+/// Where [`BYTES_CANARY`] is in the binary file.
+const BYTES_AT: usize = 100_000;
+
 /// Every canary of the message: none may be readable where a server keeps anything.
 const CANARIES: [&str; 3] = [HTML_CANARY, NAME_CANARY, BYTES_CANARY];
+
+/// The binary file: 1.5 MiB of deterministic pseudo-random bytes (xorshift64), with
+/// [`BYTES_CANARY`] at [`BYTES_AT`].
+fn binary_file() -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut data: Vec<u8> = (0..1536 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 56) as u8
+        })
+        .collect();
+    data[BYTES_AT..BYTES_AT + BYTES_CANARY.len()].copy_from_slice(BYTES_CANARY.as_bytes());
+    data
+}
+
+/// The canary's bytes as they travel in the message: base64, as written in the part (76
+/// characters a line; 24 of them from a 3-byte boundary inside the canary, within one
+/// line), so a copy of the part's body as written is caught too.
+fn encoded_bytes_canary() -> String {
+    let start = BYTES_AT.next_multiple_of(3);
+    let chars = start / 3 * 4;
+    assert!(chars % 76 + 24 <= 76, "the window crosses a line break");
+    STANDARD.encode(&binary_file()[start..start + 18])
+}
 
 /// The message's HTML and files, written where `letterme send` reads them.
 #[derive(Debug)]
@@ -73,16 +102,7 @@ impl Multipart {
         // all occur, so only a byte-exact transfer encoding carries them. 1.5 MiB: over
         // the size at which a part goes as a blob, so the message shows that it crosses
         // domains as a blob and still leaves by relay whole.
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut data: Vec<u8> = (0..1536 * 1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 56) as u8
-            })
-            .collect();
-        data[100_000..100_000 + BYTES_CANARY.len()].copy_from_slice(BYTES_CANARY.as_bytes());
+        let data = binary_file();
         let files = vec![
             Attached {
                 name: "measurements.bin".to_owned(),
@@ -128,6 +148,10 @@ impl Multipart {
     pub fn assert_carried_by(&self, raw: &[u8], from: &str, text: &str, what: &str) {
         let eml = self.dir.join("received.eml");
         std::fs::write(&eml, raw).unwrap();
+        assert!(
+            contains(raw, encoded_bytes_canary().as_bytes()),
+            "{what}: the file's canary as base64 is not in the message (the scan for it would see nothing)"
+        );
         let got = python(PARTS, &[eml.to_str().unwrap()]);
         assert_eq!(got["from"], serde_json::json!([from]), "{what}");
         assert_eq!(got["type"], "multipart/mixed", "{what}");
@@ -185,7 +209,8 @@ pub fn assert_unreadable_under(dir: &Path, stored: &str) {
         "the scan of {} finds {stored}",
         dir.display()
     );
-    for canary in CANARIES {
+    let encoded = encoded_bytes_canary();
+    for canary in CANARIES.iter().copied().chain([encoded.as_str()]) {
         for (path, bytes) in &files {
             assert!(
                 !contains(bytes, canary.as_bytes()),

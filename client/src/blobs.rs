@@ -132,6 +132,21 @@ impl Online {
             .await
     }
 
+    /// After a send that failed: gives up its uploads on the server (which keeps any a
+    /// posted envelope names) and, for those, the chunks kept for the Sent copy.
+    pub(crate) async fn discard_blobs(&self, refs: &[BlobRef]) {
+        for r in refs {
+            match self.api.blob_discard(&r.id).await {
+                Ok(()) => {
+                    if let Err(e) = self.me.cache.discard_chunks(&r.id) {
+                        tracing::warn!(error = %e, blob = %r.id, "cannot delete the chunks kept for a failed send");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, blob = %r.id, "the server keeps the blob"),
+            }
+        }
+    }
+
     /// Downloads the chunks of blob `reference` the local store lacks, one at a time,
     /// each checked against the reference before it is kept (sealed, as it came), and the
     /// kept ones checked again in order: at the end the whole is the blob the reference

@@ -418,6 +418,13 @@ impl Api {
             .await
     }
 
+    /// Gives up an upload no message names (`DELETE /v1/blobs/{id}`).
+    pub async fn blob_discard(&self, id: &str) -> Result<(), ClientError> {
+        self.call(self.req(Method::DELETE, &format!("/v1/blobs/{id}")))
+            .await
+            .map(drop)
+    }
+
     /// Sealed chunk `n` of a blob (`GET /v1/blobs/{id}/{n}`).
     pub async fn blob_chunk(&self, id: &str, n: u64) -> Result<Vec<u8>, ClientError> {
         self.get_bytes(&format!("/v1/blobs/{id}/{n}")).await

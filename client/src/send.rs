@@ -117,47 +117,62 @@ impl Online {
         if as_blobs.is_none() || !legacy.is_empty() {
             payload.mime.clone_from(&draft.mime);
         }
-        let envelopes = seal_message_except(
-            &self.me.keys.identity,
-            as_blobs.as_ref().unwrap_or(&payload),
-            &draft.bcc,
-            &|a| keys.get(a).copied(),
-            &legacy,
-            now(),
-        )?;
-        let encoded: Vec<(String, Vec<u8>)> = envelopes
-            .iter()
-            .map(|e| (e.id.to_hex(), e.encode()))
-            .collect();
-        if let Some((_, big)) = encoded
-            .iter()
-            .find(|(_, b)| b.len() as u64 > info.max_message_size)
-        {
-            return Err(ClientError::TooLarge {
-                size: big.len() as u64,
-                limit: info.max_message_size,
-            });
-        }
-        // Ordinary addresses first: the server's limits and checks refuse there, and then
-        // nothing at all has been sent.
-        let (mut relayed, mut noticed) = (Vec::new(), Vec::new());
-        if !legacy.is_empty() {
-            if info.outbound == OutboundMode::Relay {
-                let raw = render::outgoing(&payload).ok_or_else(|| {
-                    ClientError::Io("the message cannot be written as ordinary email".into())
-                })?;
-                self.api.send_outbound(&legacy_list, Some(&raw)).await?;
-                relayed = legacy_list;
-            } else {
-                self.api.send_outbound(&legacy_list, None).await?;
-                noticed = legacy_list;
+        // A send that fails after its uploads gives them up (the server keeps any that a
+        // posted envelope names), so they do not count against the limits for a day.
+        let posted = async {
+            let envelopes = seal_message_except(
+                &self.me.keys.identity,
+                as_blobs.as_ref().unwrap_or(&payload),
+                &draft.bcc,
+                &|a| keys.get(a).copied(),
+                &legacy,
+                now(),
+            )?;
+            let encoded: Vec<(String, Vec<u8>)> = envelopes
+                .iter()
+                .map(|e| (e.id.to_hex(), e.encode()))
+                .collect();
+            if let Some((_, big)) = encoded
+                .iter()
+                .find(|(_, b)| b.len() as u64 > info.max_message_size)
+            {
+                return Err(ClientError::TooLarge {
+                    size: big.len() as u64,
+                    limit: info.max_message_size,
+                });
             }
+            // Ordinary addresses first: the server's limits and checks refuse there, and then
+            // nothing at all has been sent.
+            let (mut relayed, mut noticed) = (Vec::new(), Vec::new());
+            if !legacy.is_empty() {
+                if info.outbound == OutboundMode::Relay {
+                    let raw = render::outgoing(&payload).ok_or_else(|| {
+                        ClientError::Io("the message cannot be written as ordinary email".into())
+                    })?;
+                    self.api.send_outbound(&legacy_list, Some(&raw)).await?;
+                    relayed = legacy_list;
+                } else {
+                    self.api.send_outbound(&legacy_list, None).await?;
+                    noticed = legacy_list;
+                }
+            }
+            let mut ids = Vec::new();
+            for (id, bytes) in encoded {
+                self.api.send(bytes).await?;
+                ids.push(id);
+            }
+            Ok::<_, ClientError>((relayed, noticed, ids))
         }
-        let mut ids = Vec::new();
-        for (id, bytes) in encoded {
-            self.api.send(bytes).await?;
-            ids.push(id);
-        }
+        .await;
+        let (relayed, noticed, ids) = match posted {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(p) = &as_blobs {
+                    self.discard_blobs(&p.blobs).await;
+                }
+                return Err(e);
+            }
+        };
         // Our own copy, for the Sent mailbox; a client that also APPENDs it finds it there.
         // Its blobs stay the chunks the upload kept, not a second copy of their bytes.
         let sent = Payload {

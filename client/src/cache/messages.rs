@@ -302,6 +302,15 @@ impl Cache {
             .map_err(|e| self.err(e))
     }
 
+    /// Deletes every kept chunk of blob `id`.
+    pub fn discard_chunks(&self, blob: &str) -> Result<(), ClientError> {
+        let c = self.lock();
+        c.prepare_cached("DELETE FROM blob_chunks WHERE blob = ?1")
+            .and_then(|mut s| s.execute([blob]))
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     /// Keeps sealed chunk `n` of blob `id` (durably: a download broken after it resumes
     /// past it). Chunks are immutable: the same one again changes nothing.
     pub fn keep_chunk(&self, blob: &str, n: u64, data: &[u8]) -> Result<(), ClientError> {

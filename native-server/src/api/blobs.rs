@@ -120,6 +120,28 @@ pub(super) async fn status(
     Ok(Json(state_of(id, s)))
 }
 
+/// `DELETE /v1/blobs/{id}`: gives up an upload of the caller's that no message names (a
+/// send that failed after its uploads), so it stops counting against the caller's limits
+/// at once; `204`. A blob a message names stays until its recipients are done with it.
+pub(super) async fn discard(
+    State(state): St,
+    Authed(session): Authed,
+    id: Result<Path<String>, PathRejection>,
+) -> AppResult<StatusCode> {
+    let id = parse_blob_id(&path_param(id)?.0)?;
+    if state
+        .store
+        .blob_discard(id, session.address.to_string())
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "no upload of yours by that id that no message names",
+        ))
+    }
+}
+
 pub(super) fn chunk_path(
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> AppResult<(BlobId, u64)> {

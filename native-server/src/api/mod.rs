@@ -90,7 +90,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 state.config.limits.max_attachment_size.0,
             ))),
         )
-        .route("/v1/blobs/{id}", get(blobs::status))
+        .route("/v1/blobs/{id}", get(blobs::status).delete(blobs::discard))
         .route(
             "/v1/blobs/{id}/{n}",
             get(blobs::get_chunk)

@@ -393,6 +393,18 @@ impl Store {
         .await
     }
 
+    /// Deletes `owner`'s upload `id` if no envelope names it; whether there was one.
+    pub async fn blob_discard(&self, id: BlobId, owner: String) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "DELETE FROM blobs WHERE id = ?1 AND owner = ?2 AND origin IS NULL AND state = ?3",
+            )?
+            .execute(params![id.0.as_slice(), owner, UPLOADED])?
+                == 1)
+        })
+        .await
+    }
+
     /// Deletes the released blobs in the background, when `released` says there are some
     /// (an acknowledgement or a finished delivery to another domain let their last
     /// envelope go).

@@ -176,3 +176,38 @@ fn a_blob_survives_kill_9_of_the_server_during_upload_and_of_the_reader_during_d
     assert_eq!(saved(&bob, &world.path().join("saved")), bytes);
     assert!(server.blobs_gone(), "the blob outlived the acknowledgement");
 }
+
+/// A send refused after its upload (the recipient's mailbox cannot take it) gives the
+/// upload up: the server holds nothing of it and the sender's limit is free at once, not
+/// a day later; nor does the sender keep its chunks.
+#[test]
+fn a_send_refused_after_its_upload_leaves_no_blob_behind() {
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", "limits.quota = \"2MB\"\n");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    world.account(&server, "bob", "bob@x.test");
+    file(world.path(), "big.bin", 3 << 20, "CANARY-REFUSED-4c1a");
+    let path = world.path().join("big.bin");
+    let args = [
+        "send",
+        "--to",
+        "bob@x.test",
+        "--subject",
+        "too big for bob",
+        "--body",
+        "attached",
+        "--attach",
+        path.to_str().unwrap(),
+    ];
+    let out = cli(&alice, &args, None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("full"), "{err}");
+    let held = server.stored_blobs();
+    assert_eq!((held.blobs, held.chunk_bytes), (0, 0), "{held:?}");
+    let kept: i64 = rusqlite::Connection::open(alice.join("mail.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM blob_chunks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 0);
+}

@@ -31,7 +31,7 @@ pub const CHUNK: usize = 1 << 20;
 /// A sealed chunk: the plaintext and its 16-byte tag.
 pub const SEALED_CHUNK: usize = CHUNK + TAG;
 /// Poly1305 tag length.
-const TAG: usize = 16;
+pub const TAG: usize = 16;
 /// The random part of each chunk's nonce (24 bytes less the counter and the flag).
 pub const NONCE_PREFIX: usize = 19;
 

@@ -8,7 +8,9 @@
 //! the same way, before the envelope (`origin`, migration 0012), within a per-peer bound.
 //! The server never reads a blob.
 
-use letterme_protocol::blob::{BlobId, Manifest, sealed_chunk_len, sealed_chunks};
+use letterme_protocol::blob::{
+    BlobId, Manifest, SEALED_CHUNK, TAG, sealed_chunk_len, sealed_chunks,
+};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{Store, StoreError};
@@ -29,23 +31,6 @@ pub const MAX_BLOBS_PER_OWNER: u64 = 1000;
 
 /// Most blobs one peer domain may have brought that no envelope named yet.
 pub const MAX_BLOBS_PER_PEER: u64 = 10_000;
-
-/// Who adds a blob's chunks: the local user who uploads it, or the peer domain that
-/// brings it for one of its senders.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Uploader {
-    User(String),
-    Peer(String),
-}
-
-impl Uploader {
-    fn holds(&self, s: &BlobStatus) -> bool {
-        match self {
-            Self::User(a) => s.origin.is_none() && s.owner == *a,
-            Self::Peer(d) => s.origin.as_deref() == Some(d.as_str()),
-        }
-    }
-}
 
 /// An upload to begin (or to resume, when the same blob was begun before).
 #[derive(Debug, Clone)]
@@ -154,9 +139,9 @@ fn within_limits(c: &Connection, b: &NewBlob) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The sealed bytes of the blobs an envelope of `sender` names, each of which must be
-/// uploaded in full, here, by that sender: what each local recipient's usage carries while
-/// the envelope is pending.
+/// The sealed bytes of the blobs an envelope of `sender` names, each of which must be here
+/// in full — whoever uploaded or brought it, since each chunk was checked against the id:
+/// what each local recipient's usage carries while the envelope is pending.
 pub(super) fn named_bytes(
     c: &Connection,
     sender: &str,
@@ -164,14 +149,12 @@ pub(super) fn named_bytes(
 ) -> Result<u64, StoreError> {
     let mut total = 0u64;
     for id in blobs {
-        let s = status(c, id)?
-            .filter(|s| s.owner == sender)
-            .ok_or_else(|| {
-                StoreError::BadBlob(format!(
-                    "the envelope names blob {}, which {sender} has not uploaded here",
-                    id.to_hex()
-                ))
-            })?;
+        let s = status(c, id)?.ok_or_else(|| {
+            StoreError::BadBlob(format!(
+                "the envelope of {sender} names blob {}, which is not here",
+                id.to_hex()
+            ))
+        })?;
         if !s.complete() {
             return Err(StoreError::BadBlob(format!(
                 "blob {} is not uploaded in full ({} of {} chunks)",
@@ -264,8 +247,9 @@ fn status(c: &Connection, id: &BlobId) -> Result<Option<BlobStatus>, StoreError>
 }
 
 impl Store {
-    /// Begins an upload, or answers where the one begun before stands (a resumed upload):
-    /// the same id is the same manifest, so only who uploads it matters then. Begun again,
+    /// Begins an upload, or answers where the one begun before stands (a resumed upload,
+    /// or the same blob from someone else: the same id is the same manifest and chunks,
+    /// which whoever has them may add; its owner stays the one who began it). Begun again,
     /// a blob is kept a day from now as an upload, for a new envelope to name (a Bcc copy,
     /// one more domain, a retried delivery): at once when it was released and not purged
     /// yet (within the limits, as a new upload), or once the envelopes that name it now
@@ -274,18 +258,19 @@ impl Store {
         check(&b)?;
         self.write(move |c| {
             if let Some(s) = status(c, &b.id)? {
-                let same = s.owner == b.owner && s.origin == b.origin;
-                if !same {
-                    return Err(StoreError::NoBlob);
-                }
                 let state: i64 = c
                     .prepare_cached("SELECT state FROM blobs WHERE id = ?1")?
                     .query_row([b.id.0.as_slice()], |r| r.get(0))?;
-                if state == RELEASED {
+                // A released blob, which nobody needed any more, is kept again for whoever
+                // begins it, against their limits; otherwise it stays its owner's.
+                let revived = state == RELEASED;
+                if revived {
                     within_limits(c, &b)?;
                 }
                 c.prepare_cached(
                     "UPDATE blobs SET created = ?2, reoffered = (state = ?5),
+                            owner = CASE state WHEN ?3 THEN ?6 ELSE owner END,
+                            origin = CASE state WHEN ?3 THEN ?7 ELSE origin END,
                             state = CASE state WHEN ?3 THEN ?4 ELSE state END
                       WHERE id = ?1",
                 )?
@@ -294,9 +279,19 @@ impl Store {
                     b.created as i64,
                     RELEASED,
                     UPLOADED,
-                    NAMED
+                    NAMED,
+                    b.owner,
+                    b.origin
                 ])?;
-                return Ok(s);
+                return Ok(if revived {
+                    BlobStatus {
+                        owner: b.owner,
+                        origin: b.origin,
+                        ..s
+                    }
+                } else {
+                    s
+                });
             }
             within_limits(c, &b)?;
             let manifest = b.manifest.to_bytes();
@@ -350,7 +345,6 @@ impl Store {
     /// after it.
     pub async fn blob_put(
         &self,
-        uploader: Uploader,
         id: BlobId,
         n: u64,
         data: Vec<u8>,
@@ -359,9 +353,7 @@ impl Store {
         // single writer's work.
         let hash = Manifest::chunk_hash(&data);
         self.write(move |c| {
-            let mut s = status(c, &id)?
-                .filter(|s| uploader.holds(s))
-                .ok_or(StoreError::NoBlob)?;
+            let mut s = status(c, &id)?.ok_or(StoreError::NoBlob)?;
             let chunks = s.manifest.0.len() as u64;
             let Some(expected) = s.manifest.0.get(usize::try_from(n).unwrap_or(usize::MAX)) else {
                 return Err(StoreError::ChunkMismatch(format!(
@@ -369,11 +361,19 @@ impl Store {
                     chunks - 1
                 )));
             };
-            let len = sealed_chunk_len(s.size, chunks, n);
-            if data.len() as u64 != len {
+            // Every chunk but the last is whole; the last is what the manifest says, so its
+            // length, not the size declared at the beginning, sets the blob's size.
+            let last = n + 1 == chunks;
+            let len = data.len() as u64;
+            let whole = sealed_chunk_len(s.size, chunks, n);
+            let fits = if last {
+                (TAG as u64..=SEALED_CHUNK as u64).contains(&len)
+            } else {
+                len == whole
+            };
+            if !fits {
                 return Err(StoreError::ChunkMismatch(format!(
-                    "chunk {n} is {len} bytes; this one has {}",
-                    data.len()
+                    "chunk {n} is {whole} bytes; this one has {len}"
                 )));
             }
             if *expected != hash {
@@ -387,6 +387,11 @@ impl Store {
                     .execute(params![id.0.as_slice(), n as i64, data])?;
                 let at = s.stored.partition_point(|&m| m < n);
                 s.stored.insert(at, n);
+                if last && len != whole {
+                    s.size = (chunks - 1) * SEALED_CHUNK as u64 + len;
+                    c.prepare_cached("UPDATE blobs SET size = ?2 WHERE id = ?1")?
+                        .execute(params![id.0.as_slice(), s.size as i64])?;
+                }
             }
             Ok(s)
         })

@@ -29,9 +29,7 @@ use rusqlite_migration::{M, Migrations};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use accounts::AccountRow;
-pub use blobs::{
-    BLOB_UPLOAD_KEEP, BlobStatus, MAX_BLOBS_PER_OWNER, MAX_BLOBS_PER_PEER, NewBlob, Uploader,
-};
+pub use blobs::{BLOB_UPLOAD_KEEP, BlobStatus, MAX_BLOBS_PER_OWNER, MAX_BLOBS_PER_PEER, NewBlob};
 pub use federation::{BatchLimit, Claimed, FederationRow, Incoming, NewFederationRow, RowOutcome};
 pub use kt::ForkRow;
 pub use mailbox::{NewDelivery, Pending, PurgeStats};

@@ -456,8 +456,9 @@ async fn fetch_many_keeps_order_and_budget() {
 }
 
 /// Blob uploads: a manifest that does not add up and an owner over the limit are refused
-/// before anything is stored; chunks arrive in any order, once each, and only their
-/// owner's; the purge takes uploads past their keep.
+/// before anything is stored; chunks arrive in any order, once each, each checked against
+/// the manifest (whoever sends it: the same id is the same bytes); the last chunk's length
+/// sets the size; the purge takes uploads past their keep.
 #[tokio::test]
 async fn blob_uploads_are_checked_and_bounded() {
     use letterme_protocol::blob::{Manifest, SEALED_CHUNK};
@@ -465,11 +466,12 @@ async fn blob_uploads_are_checked_and_bounded() {
     let store = Store::open(&dir.path().join("t.db")).unwrap();
     let chunks: Vec<Vec<u8>> = vec![vec![1; SEALED_CHUNK], vec![2; 100]];
     let manifest = Manifest(chunks.iter().map(|c| Manifest::chunk_hash(c)).collect());
+    // Declared 50 bytes short: two chunks all the same, which the real last one corrects.
     let blob = NewBlob {
         id: manifest.id(),
         owner: "a@x.test".into(),
         origin: None,
-        size: (SEALED_CHUNK + 100) as u64,
+        size: (SEALED_CHUNK + 50) as u64,
         manifest: manifest.clone(),
         created: 10,
         max_size: 10 * SEALED_CHUNK as u64,
@@ -519,59 +521,21 @@ async fn blob_uploads_are_checked_and_bounded() {
             .stored
             .is_empty()
     );
-    let s = store
-        .blob_put(
-            Uploader::User("a@x.test".into()),
-            blob.id,
-            1,
-            chunks[1].clone(),
-        )
-        .await
-        .unwrap();
-    assert_eq!((s.stored.clone(), s.complete()), (vec![1], false));
+    let s = store.blob_put(blob.id, 1, chunks[1].clone()).await.unwrap();
+    assert_eq!(
+        (s.stored.clone(), s.complete(), s.size),
+        (vec![1], false, (SEALED_CHUNK + 100) as u64)
+    );
     assert!(matches!(
-        store
-            .blob_put(
-                Uploader::User("b@x.test".into()),
-                blob.id,
-                0,
-                chunks[0].clone()
-            )
-            .await,
-        Err(StoreError::NoBlob)
-    ));
-    assert!(matches!(
-        store
-            .blob_put(
-                Uploader::User("a@x.test".into()),
-                blob.id,
-                0,
-                chunks[1].clone()
-            )
-            .await,
+        store.blob_put(blob.id, 0, chunks[1].clone()).await,
         Err(StoreError::ChunkMismatch(_))
     ));
     assert!(matches!(
-        store
-            .blob_put(
-                Uploader::User("a@x.test".into()),
-                blob.id,
-                2,
-                chunks[1].clone()
-            )
-            .await,
+        store.blob_put(blob.id, 2, chunks[1].clone()).await,
         Err(StoreError::ChunkMismatch(_))
     ));
     for _ in 0..2 {
-        let s = store
-            .blob_put(
-                Uploader::User("a@x.test".into()),
-                blob.id,
-                0,
-                chunks[0].clone(),
-            )
-            .await
-            .unwrap();
+        let s = store.blob_put(blob.id, 0, chunks[0].clone()).await.unwrap();
         assert_eq!((s.stored.clone(), s.complete()), (vec![0, 1], true));
     }
     assert_eq!(
@@ -581,17 +545,17 @@ async fn blob_uploads_are_checked_and_bounded() {
             .unwrap(),
         Some(chunks[1].clone())
     );
-    // Resuming is asking again: the same state, from the same owner only.
+    // Resuming is asking again: the same state, for anyone (the same id is the same
+    // bytes); it stays the owner's who began it.
     assert_eq!(store.blob_begin(blob.clone()).await.unwrap().stored, [0, 1]);
-    assert!(matches!(
-        store
-            .blob_begin(NewBlob {
-                owner: "b@x.test".into(),
-                ..blob.clone()
-            })
-            .await,
-        Err(StoreError::NoBlob)
-    ));
+    let s = store
+        .blob_begin(NewBlob {
+            owner: "b@x.test".into(),
+            ..blob.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!((s.stored, s.owner.as_str()), (vec![0, 1], "a@x.test"));
     // Another upload of 2 chunks' worth would pass the owner's 3-chunk limit.
     let other: Vec<[u8; 32]> = vec![[7; 32], [8; 32]];
     let second = NewBlob {
@@ -669,16 +633,14 @@ async fn uploaded(
     fill: u8,
     len: usize,
 ) -> letterme_protocol::blob::BlobId {
-    upload(store, &Uploader::User(owner.into()), owner, fill, len, 0)
-        .await
-        .unwrap()
+    upload(store, None, owner, fill, len, 0).await.unwrap()
 }
 
-/// Begins and completes a one-chunk blob of `len` sealed bytes owned by `owner`, as
-/// `uploader` (a peer under a bound of `per_origin` bytes).
+/// Begins and completes a one-chunk blob of `len` sealed bytes owned by `owner`, brought
+/// by peer `origin` (under a bound of `per_origin` bytes) or uploaded here.
 async fn upload(
     store: &Store,
-    uploader: &Uploader,
+    origin: Option<&str>,
     owner: &str,
     fill: u8,
     len: usize,
@@ -688,15 +650,11 @@ async fn upload(
     let data = vec![fill; len];
     let manifest = Manifest(vec![Manifest::chunk_hash(&data)]);
     let id = manifest.id();
-    let origin = match uploader {
-        Uploader::User(_) => None,
-        Uploader::Peer(d) => Some(d.clone()),
-    };
     store
         .blob_begin(NewBlob {
             id,
             owner: owner.into(),
-            origin,
+            origin: origin.map(str::to_owned),
             size: len as u64,
             manifest,
             created: 1,
@@ -705,7 +663,7 @@ async fn upload(
             per_origin,
         })
         .await?;
-    store.blob_put(uploader.clone(), id, 0, data).await?;
+    store.blob_put(id, 0, data).await?;
     Ok(id)
 }
 
@@ -799,10 +757,11 @@ async fn a_named_blob_is_kept_once_counted_per_recipient_and_deleted_after_the_l
     );
 }
 
-/// An envelope may name only blobs its sender uploaded here in full; otherwise nothing
-/// is delivered (and the envelope id is not used up).
+/// An envelope may name only blobs that are here in full; otherwise nothing is delivered
+/// (and the envelope id is not used up). Who uploaded a complete blob does not matter: its
+/// chunks are the ones its id names (a recipient forwarding it needs no second copy).
 #[tokio::test]
-async fn an_envelope_naming_a_missing_foreign_or_partial_blob_is_refused_whole() {
+async fn an_envelope_naming_a_missing_or_partial_blob_is_refused_whole() {
     use letterme_protocol::blob::{BlobId, Manifest};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("t.db")).unwrap();
@@ -824,7 +783,7 @@ async fn an_envelope_naming_a_missing_foreign_or_partial_blob_is_refused_whole()
         })
         .await
         .unwrap();
-    for named in [BlobId([5; 32]), foreign, partial] {
+    for named in [BlobId([5; 32]), partial] {
         let d = NewDelivery {
             blobs: vec![named],
             quota: 1 << 20,
@@ -842,15 +801,15 @@ async fn an_envelope_naming_a_missing_foreign_or_partial_blob_is_refused_whole()
             .unwrap()
             .is_empty()
     );
-    // Named by nothing, the foreign blob is still its uploader's to be purged by age.
-    assert!(store.blob_status(foreign).await.unwrap().is_some());
     store
         .deliver(NewDelivery {
+            blobs: vec![foreign],
             quota: 1 << 20,
             ..delivery(3, &["b@x.test"], 5)
         })
         .await
         .unwrap();
+    assert!(readable(&store, foreign, "b@x.test").await);
 }
 
 /// A blob no longer counts against its uploader's limit once a message names it; it
@@ -923,49 +882,25 @@ async fn a_blob_waits_for_the_federation_queue_and_the_retention_purge() {
     assert_eq!(usage_of(&store, "b@x.test").await, 0);
 }
 
-/// A peer brings blobs for its own senders only: nobody else (another peer, a local user)
-/// may add to them, what it brought that no envelope names yet is bounded per peer, and
-/// its envelope that names one is delivered once the blob is here in full, after which the
-/// blob no longer counts against the peer.
+/// What a peer brought that no envelope names yet is bounded per peer; its envelope that
+/// names a blob is delivered once the blob is here in full, after which the blob no longer
+/// counts against the peer. A blob another domain brought first (one that shares a
+/// recipient, say) is the same bytes: offered again it answers where it stands, and
+/// serves the second domain's envelope too, so being first buys nothing.
 #[tokio::test]
 async fn a_peer_brings_blobs_for_its_senders_within_its_bound() {
     use letterme_protocol::federation::DeliveryStatus;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("t.db")).unwrap();
     store.register(account("b@x.test"), None).await.unwrap();
-    let peer = Uploader::Peer("peer.test".into());
-    let blob = upload(&store, &peer, "p@peer.test", 1, 600, 1000)
+    let peer = Some("peer.test");
+    let blob = upload(&store, peer, "p@peer.test", 1, 600, 1000)
         .await
         .unwrap();
     // Over the peer's bound of 1,000 unnamed bytes, whoever its sender.
     assert!(matches!(
-        upload(&store, &peer, "q@peer.test", 2, 500, 1000).await,
+        upload(&store, peer, "q@peer.test", 2, 500, 1000).await,
         Err(StoreError::BlobLimit { .. })
-    ));
-    // Only the peer that began it adds chunks; nobody else may even see it as theirs.
-    for other in [
-        Uploader::Peer("other.test".into()),
-        Uploader::User("p@peer.test".into()),
-    ] {
-        assert!(matches!(
-            store.blob_put(other, blob, 0, vec![1; 600]).await,
-            Err(StoreError::NoBlob)
-        ));
-    }
-    let again = NewBlob {
-        id: blob,
-        owner: "p@peer.test".into(),
-        origin: Some("other.test".into()),
-        size: 600,
-        manifest: store.blob_status(blob).await.unwrap().unwrap().manifest,
-        created: 1,
-        max_size: 1 << 30,
-        per_owner: 1 << 30,
-        per_origin: 1 << 30,
-    };
-    assert!(matches!(
-        store.blob_begin(again).await,
-        Err(StoreError::NoBlob)
     ));
     let item = Incoming {
         id: [9; 16],
@@ -996,9 +931,55 @@ async fn a_peer_brings_blobs_for_its_senders_within_its_bound() {
     assert!(readable(&store, blob, "b@x.test").await);
     assert_eq!(usage_of(&store, "b@x.test").await, 700);
     // Named now: the peer has room for the next one.
-    upload(&store, &peer, "q@peer.test", 2, 500, 1000)
+    upload(&store, peer, "q@peer.test", 2, 500, 1000)
         .await
         .unwrap();
+    // The same blob from another domain: where it stands.
+    let s = store
+        .blob_begin(NewBlob {
+            id: blob,
+            owner: "o@other.test".into(),
+            origin: Some("other.test".into()),
+            size: 600,
+            manifest: store.blob_status(blob).await.unwrap().unwrap().manifest,
+            created: 1,
+            max_size: 1 << 30,
+            per_owner: 1 << 30,
+            per_origin: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.stored, s.owner.as_str(), s.origin.as_deref()),
+        (vec![0], "p@peer.test", Some("peer.test"))
+    );
+    // The other domain's envelope naming the same blob is delivered as well.
+    let theirs = Incoming {
+        id: [8; 16],
+        digest: [8; 32],
+        sender: "o@other.test".into(),
+        envelope: vec![8; 100],
+        blobs: vec![blob],
+        recipients: vec!["b@x.test".into()],
+    };
+    let report = store
+        .receive_transaction(
+            "other.test".into(),
+            vec![2],
+            [2; 32],
+            vec![theirs],
+            BTreeMap::new(),
+            100,
+            1_000_000,
+            crate::config::FederationConfig::default(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        report.results[&letterme_protocol::codec::hex(&[8; 16])]["b@x.test"],
+        DeliveryStatus::Accepted
+    );
 }
 
 /// An envelope that names blobs leaves alone, with its blob ids, and its blobs count in

@@ -753,18 +753,33 @@ async fn a_blob_uploads_in_checked_chunks_and_resumes() {
     );
     assert_eq!(back, file);
 
-    // Not bob's: he neither sees it nor can add to it.
+    // Not bob's: he can neither see nor read it. Holding its chunks, he may offer them (the
+    // same id is the same bytes, checked against the manifest): that changes nothing.
     for r in [
         bob.api.blob_status(&id).await.map(drop),
         bob.api.blob_chunk(&id, 0).await.map(drop),
-        bob.api.blob_put(&id, 0, sealed[0].clone()).await.map(drop),
-        bob.api.blob_begin(&id, size, &hashes).await.map(drop),
     ] {
         assert!(
             matches!(r, Err(ClientError::Api { status: 404, .. })),
             "{r:?}"
         );
     }
+    assert_eq!(
+        bob.api
+            .blob_put(&id, 0, sealed[0].clone())
+            .await
+            .unwrap()
+            .stored,
+        [0, 1, 2]
+    );
+    assert_eq!(
+        bob.api.blob_begin(&id, size, &hashes).await.unwrap().stored,
+        [0, 1, 2]
+    );
+    assert!(
+        bob.api.blob_status(&id).await.is_err(),
+        "still not bob's to read"
+    );
     // A manifest that is not the id's, and a blob over the server's limit.
     let mut wrong = hashes.clone();
     wrong[0] ^= 1;
@@ -842,7 +857,7 @@ async fn a_blob_uploads_in_checked_chunks_and_resumes() {
         vec![missing],
     );
     let e = alice.api.send(env.encode()).await.unwrap_err().to_string();
-    assert!(e.contains("has not uploaded here"), "{e}");
+    assert!(e.contains("which is not here"), "{e}");
 }
 
 /// A sender's own client can write any entity: one that puts a blob in twice (a large blob

@@ -1,9 +1,12 @@
 //! Blobs another domain brings (PROTOCOL.md §17.5a): before an envelope that names blobs,
 //! its origin offers each blob (`PUT /v1/federation/blobs/{id}`), learns which chunks are
 //! here, and sends the missing ones (`PUT /v1/federation/blobs/{id}/{n}`), each checked
-//! against the manifest as a local upload's is. A blob is owned by the envelope's sender,
-//! an address of the origin, and only that origin may add to it; what one origin can make
-//! this server hold before an envelope names it is bounded (`federation.blob_bytes_per_peer`).
+//! against the manifest as a local upload's is. A blob a peer brings first is owned by the
+//! envelope's sender, an address of the origin, and counts against that origin's bound on
+//! what it can make this server hold before an envelope names it
+//! (`federation.blob_bytes_per_peer`). A blob already here (brought by another domain that
+//! shares a recipient, or uploaded by a local user) is the same bytes: the offer answers
+//! where it stands, and anyone holding its chunks may complete it.
 
 use std::sync::Arc;
 
@@ -22,7 +25,6 @@ use super::{St, authenticate, fed, read_body, signed};
 use crate::api::blobs::{begin_in, begin_limit, chunk_path, parse_blob_id, state_of};
 use crate::error::ApiError;
 use crate::federation::budget::BodyBudget;
-use crate::store::Uploader;
 
 /// An error answer, signed and bound to the request's nonce like every other.
 fn refuse(state: &crate::state::AppState, nonce: [u8; 16], e: ApiError) -> Response {
@@ -48,7 +50,8 @@ pub(super) async fn offer(
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    let origin = sig.origin.to_ascii_lowercase();
+    // Lower case already (`RequestSignature::from_headers`).
+    let origin = sig.origin.clone();
     let answer = async {
         let id = parse_blob_id(
             &id.map_err(|e| ApiError::bad_request(ErrorCode::BadPath, e.body_text()))?
@@ -100,7 +103,6 @@ pub(super) async fn chunk(
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    let origin = sig.origin.to_ascii_lowercase();
     let answer = async {
         let (id, n) = chunk_path(path)?;
         // The reservation holds the chunk's bytes until it is stored.
@@ -108,10 +110,7 @@ pub(super) async fn chunk(
             read_body(&budget, &sig, &headers, body, SEALED_CHUNK as u64)
                 .await
                 .map_err(body_refused)?;
-        let s = state
-            .store
-            .blob_put(Uploader::Peer(origin), id, n, bytes)
-            .await?;
+        let s = state.store.blob_put(id, n, bytes).await?;
         Ok::<_, ApiError>(state_of(id, s))
     }
     .await;

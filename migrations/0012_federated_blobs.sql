@@ -2,21 +2,9 @@
 -- an envelope of its sender's is kept like a local upload, under that sender as owner;
 -- `origin` names the domain that brought it (NULL: uploaded here by a local user), so
 -- what one peer can make this server hold before any envelope names it is bounded per
--- peer, and only that peer may add its chunks.
+-- peer.
 ALTER TABLE blobs ADD COLUMN origin TEXT;
 CREATE INDEX blobs_by_origin ON blobs (origin, state) WHERE origin IS NOT NULL;
-
--- A blob begun again while envelopes name it (another envelope of its sender's is on its
--- way: a Bcc copy, a retried delivery) is kept as an upload when the last of them goes,
--- rather than released, so that envelope still finds it.
-ALTER TABLE blobs ADD COLUMN reoffered INTEGER NOT NULL DEFAULT 0;
-DROP TRIGGER blob_released;
-CREATE TRIGGER blob_released AFTER DELETE ON envelope_blobs
-    WHEN NOT EXISTS (SELECT 1 FROM envelope_blobs WHERE blob = OLD.blob)
-BEGIN
-    UPDATE blobs SET state = CASE reoffered WHEN 1 THEN 0 ELSE 2 END, reoffered = 0
-     WHERE id = OLD.blob;
-END;
 
 -- A queued envelope's blob bytes count in its sender's queued bytes, beside its size.
 ALTER TABLE federation_envelopes ADD COLUMN blob_bytes INTEGER NOT NULL DEFAULT 0;

@@ -110,10 +110,14 @@ impl Online {
                     // A restarted server forgot the login (401): log in again and resume.
                     Err(e @ ClientError::Api { status: 401, .. }) => e,
                     // The server refused: sending the same again changes nothing.
-                    Err(e @ ClientError::Api { .. }) => return Err(e),
+                    Err(e @ ClientError::Api { .. }) => {
+                        self.discard_blobs(std::slice::from_ref(&reference)).await;
+                        return Err(e);
+                    }
                     Err(e) => e,
                 };
             if attempt >= UPLOAD_ATTEMPTS {
+                self.discard_blobs(std::slice::from_ref(&reference)).await;
                 return Err(broken);
             }
             let wait = std::time::Duration::from_millis(500 << attempt);
@@ -136,13 +140,12 @@ impl Online {
     /// posted envelope names) and, for those, the chunks kept for the Sent copy.
     pub(crate) async fn discard_blobs(&self, refs: &[BlobRef]) {
         for r in refs {
-            match self.api.blob_discard(&r.id).await {
-                Ok(()) => {
-                    if let Err(e) = self.me.cache.discard_chunks(&r.id) {
-                        tracing::warn!(error = %e, blob = %r.id, "cannot delete the chunks kept for a failed send");
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, blob = %r.id, "the server keeps the blob"),
+            if let Err(e) = self.api.blob_discard(&r.id).await {
+                tracing::debug!(error = %e, blob = %r.id, "the server keeps the blob");
+            }
+            // No Sent copy is filed for a send that failed: nothing here reads them.
+            if let Err(e) = self.me.cache.discard_chunks(&r.id) {
+                tracing::warn!(error = %e, blob = %r.id, "cannot delete the chunks kept for a failed send");
             }
         }
     }
@@ -222,17 +225,25 @@ impl Online {
             // A server from before blobs: the parts stay in the envelope.
             return Ok(None);
         }
-        let mut refs = Vec::with_capacity(bodies.len());
-        for body in bodies {
-            let part = &entity[body];
-            let sealed = letterme_protocol::blob::sealed_size(part.len() as u64);
+        // Every size first: nothing is uploaded for a message that cannot go.
+        for body in &bodies {
+            let sealed = letterme_protocol::blob::sealed_size(body.len() as u64);
             if sealed > limit {
                 return Err(ClientError::AttachmentTooLarge {
                     size: sealed,
                     limit,
                 });
             }
-            refs.push(self.upload_blob(part).await?);
+        }
+        let mut refs = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            match self.upload_blob(&entity[body]).await {
+                Ok(r) => refs.push(r),
+                Err(e) => {
+                    self.discard_blobs(&refs).await;
+                    return Err(e);
+                }
+            }
         }
         Ok(Some(Payload {
             from: payload.from.clone(),

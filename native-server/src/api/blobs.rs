@@ -176,7 +176,7 @@ pub(super) async fn get_chunk(
     let (id, n) = chunk_path(path)?;
     let data = state
         .store
-        .blob_chunk(id, n, session.address.to_string())
+        .blob_chunk(id, n, Some(session.address.to_string()))
         .await?
         .ok_or_else(|| ApiError::not_found("no such chunk"))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())

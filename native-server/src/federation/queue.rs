@@ -36,9 +36,6 @@ use crate::worker::{self, Due, jitter, retry_delay};
 const JSON: &str = "application/json";
 const OCTETS: &str = "application/octet-stream";
 
-/// Lanes for sending blobs (see `FederationQueue::blob_lanes`).
-const BLOB_LANES: usize = 16;
-
 /// Batches in flight to one destination at most.
 pub const PER_DESTINATION: usize = 4;
 /// Batches in flight in all: with `federation.batch_bytes` (at most 64 MiB, and a single
@@ -60,10 +57,11 @@ pub struct FederationQueue {
     claiming: tokio::sync::Mutex<()>,
     /// Counts the blob chunks sent (the server's metrics).
     chunks_sent: prometheus_client::metrics::counter::Counter,
-    /// Blobs go to one destination one envelope at a time (destinations hashed onto these
-    /// lanes), so two envelopes naming one blob — a message's Bcc copies — never send its
-    /// chunks twice at once: the second's offer finds them there.
-    blob_lanes: [tokio::sync::Mutex<()>; BLOB_LANES],
+    /// Blobs go to one destination one envelope at a time (a lane per destination while
+    /// any envelope with blobs is on its way there), so two envelopes naming one blob — a
+    /// message's Bcc copies — never send its chunks twice at once: the second's offer
+    /// finds them there. A slow destination holds up only its own.
+    blob_lanes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for FederationQueue {
@@ -93,7 +91,7 @@ impl FederationQueue {
             )),
             claiming: tokio::sync::Mutex::default(),
             chunks_sent,
-            blob_lanes: std::array::from_fn(|_| tokio::sync::Mutex::default()),
+            blob_lanes: Mutex::default(),
         }
     }
 
@@ -379,33 +377,48 @@ impl FederationQueue {
         if rows.iter().all(|r| r.blobs.is_empty()) {
             return Ok(Ok(()));
         }
-        let lane = {
-            use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
-            let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(destination);
-            usize::try_from(h % BLOB_LANES as u64).unwrap_or(0)
-        };
-        let _lane = self.blob_lanes[lane].lock().await;
-        for row in rows {
+        let lane = self
+            .blob_lanes
+            .lock()
+            .map(|mut m| m.entry(destination.to_owned()).or_default().clone())
+            .unwrap_or_default();
+        let held = lane.lock().await;
+        let mut result = Ok(Ok(()));
+        'rows: for row in rows {
             for id in &row.blobs {
-                if let Err(e) = self.push_blob(destination, &row.sender, *id).await? {
-                    return Ok(Err(e));
+                match self.push_blob(destination, &row.sender, *id).await {
+                    Ok(Ok(())) => {}
+                    other => {
+                        result = other;
+                        break 'rows;
+                    }
                 }
             }
         }
-        Ok(Ok(()))
+        drop(held);
+        // The last one out removes the lane (the map's reference and ours are all).
+        if let Ok(mut m) = self.blob_lanes.lock()
+            && Arc::strong_count(&lane) == 2
+        {
+            m.remove(destination);
+        }
+        result
     }
 
+    /// Brings blob `id` of an envelope of `sender`'s to `destination` (see
+    /// [`FederationQueue::push_blobs`]).
     async fn push_blob(
         &self,
         destination: &str,
-        owner: &str,
+        sender: &str,
         id: BlobId,
     ) -> Result<Result<(), FederationError>, StoreError> {
         let gone = || FederationError::BlobGone {
             id: id.to_hex(),
             domain: destination.to_owned(),
         };
-        let Some(blob) = self.store.readable_blob(id, owner.to_owned()).await? else {
+        // The envelope's blob, whoever uploaded it (an envelope may name any blob here).
+        let Some(blob) = self.store.blob_status(id).await? else {
             return Ok(Err(gone()));
         };
         let peer = match self.fed.peer(destination).await {
@@ -414,7 +427,7 @@ impl FederationQueue {
         };
         let target = format!("/v1/federation/blobs/{}", id.to_hex());
         let offer = BlobOffer {
-            owner: owner.to_owned(),
+            owner: sender.to_owned(),
             size: blob.size,
             manifest: blob.manifest.to_bytes(),
         };
@@ -437,7 +450,7 @@ impl FederationQueue {
             if there.stored.binary_search(&n).is_ok() {
                 continue;
             }
-            let Some(chunk) = self.store.blob_chunk(id, n, owner.to_owned()).await? else {
+            let Some(chunk) = self.store.blob_chunk(id, n, None).await? else {
                 return Ok(Err(gone()));
             };
             let put = self

@@ -104,6 +104,17 @@ fn check(b: &NewBlob) -> Result<(), StoreError> {
 /// Checks that `b` fits its uploader's limits (and its peer's, for a blob a peer brings):
 /// the bytes it adds to what waits unnamed, and the count of blobs.
 fn within_limits(c: &Connection, b: &NewBlob) -> Result<(), StoreError> {
+    let charge = b.size;
+    let allowance = b
+        .origin
+        .as_ref()
+        .map_or(b.per_owner, |_| b.per_owner.min(b.per_origin));
+    if charge > allowance {
+        return Err(StoreError::BadBlob(format!(
+            "a blob of up to {charge} sealed bytes is more than this server holds for one \
+             uploader ({allowance})"
+        )));
+    }
     if let Some(origin) = &b.origin {
         // Bounded work: the partial index holds a peer's blobs by state.
         let (count, used): (i64, i64) = c
@@ -113,7 +124,7 @@ fn within_limits(c: &Connection, b: &NewBlob) -> Result<(), StoreError> {
             )?
             .query_row(params![origin, UPLOADED], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let used = used as u64;
-        if count as u64 >= MAX_BLOBS_PER_PEER || used.saturating_add(b.size) > b.per_origin {
+        if count as u64 >= MAX_BLOBS_PER_PEER || used.saturating_add(charge) > b.per_origin {
             return Err(StoreError::BlobLimit {
                 owner: origin.clone(),
                 used,
@@ -129,7 +140,7 @@ fn within_limits(c: &Connection, b: &NewBlob) -> Result<(), StoreError> {
         )?
         .query_row(params![b.owner, UPLOADED], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let used = used as u64;
-    if count as u64 >= MAX_BLOBS_PER_OWNER || used.saturating_add(b.size) > b.per_owner {
+    if count as u64 >= MAX_BLOBS_PER_OWNER || used.saturating_add(charge) > b.per_owner {
         return Err(StoreError::BlobLimit {
             owner: b.owner.clone(),
             used,
@@ -180,6 +191,7 @@ pub(super) fn link_blobs(
             "INSERT OR IGNORE INTO envelope_blobs (envelope_id, blob) VALUES (?1, ?2)",
         )?
         .execute(params![envelope.as_slice(), id.0.as_slice()])?;
+        // Named: an offer that kept it for this envelope is answered.
         c.prepare_cached("UPDATE blobs SET state = ?2, reoffered = 0 WHERE id = ?1")?
             .execute(params![id.0.as_slice(), NAMED])?;
     }
@@ -249,11 +261,11 @@ fn status(c: &Connection, id: &BlobId) -> Result<Option<BlobStatus>, StoreError>
 impl Store {
     /// Begins an upload, or answers where the one begun before stands (a resumed upload,
     /// or the same blob from someone else: the same id is the same manifest and chunks,
-    /// which whoever has them may add; its owner stays the one who began it). Begun again,
-    /// a blob is kept a day from now as an upload, for a new envelope to name (a Bcc copy,
-    /// one more domain, a retried delivery): at once when it was released and not purged
-    /// yet (within the limits, as a new upload), or once the envelopes that name it now
-    /// are gone.
+    /// which whoever has them may add; its owner stays the one who began it). Begun again
+    /// by its holder, a blob is kept a day from now as an upload, for a new envelope to
+    /// name (a Bcc copy, one more domain, a retried delivery), and once the envelopes that
+    /// name it now are gone; a released one not yet purged is kept again for whoever begins
+    /// it, within their limits.
     pub async fn blob_begin(&self, b: NewBlob) -> Result<BlobStatus, StoreError> {
         check(&b)?;
         self.write(move |c| {
@@ -261,37 +273,54 @@ impl Store {
                 let state: i64 = c
                     .prepare_cached("SELECT state FROM blobs WHERE id = ?1")?
                     .query_row([b.id.0.as_slice()], |r| r.get(0))?;
-                // A released blob, which nobody needed any more, is kept again for whoever
-                // begins it, against their limits; otherwise it stays its owner's.
-                let revived = state == RELEASED;
-                if revived {
+                if state == RELEASED {
+                    // Nobody needs it any more: kept again for whoever begins it, against
+                    // their limits, as a new upload.
                     within_limits(c, &b)?;
-                }
-                c.prepare_cached(
-                    "UPDATE blobs SET created = ?2, reoffered = (state = ?5),
-                            owner = CASE state WHEN ?3 THEN ?6 ELSE owner END,
-                            origin = CASE state WHEN ?3 THEN ?7 ELSE origin END,
-                            state = CASE state WHEN ?3 THEN ?4 ELSE state END
-                      WHERE id = ?1",
-                )?
-                .execute(params![
-                    b.id.0.as_slice(),
-                    b.created as i64,
-                    RELEASED,
-                    UPLOADED,
-                    NAMED,
-                    b.owner,
-                    b.origin
-                ])?;
-                return Ok(if revived {
-                    BlobStatus {
+                    c.prepare_cached(
+                        "UPDATE blobs SET state = ?2, created = ?3, owner = ?4, origin = ?5,
+                                reoffered = 0, shared = 0
+                          WHERE id = ?1",
+                    )?
+                    .execute(params![
+                        b.id.0.as_slice(),
+                        UPLOADED,
+                        b.created as i64,
+                        b.owner,
+                        b.origin
+                    ])?;
+                    return Ok(BlobStatus {
                         owner: b.owner,
                         origin: b.origin,
                         ..s
-                    }
+                    });
+                }
+                if s.owner == b.owner && s.origin == b.origin {
+                    // Its holder again: kept a day from now, and past the envelopes that
+                    // name it now.
+                    c.prepare_cached(
+                        "UPDATE blobs SET created = ?2, reoffered = (state = ?3) WHERE id = ?1",
+                    )?
+                    .execute(params![
+                        b.id.0.as_slice(),
+                        b.created as i64,
+                        NAMED
+                    ])?;
                 } else {
-                    s
-                });
+                    // Someone else relies on it now: its owner may not give it up. It stays
+                    // the owner's, on the owner's terms (nobody else keeps it alive).
+                    c.prepare_cached("UPDATE blobs SET shared = 1 WHERE id = ?1")?
+                        .execute([b.id.0.as_slice()])?;
+                }
+                // Not complete yet, declared smaller than this: the larger size holds (the
+                // same chunks either way), so a short declaration cannot refuse the real
+                // last chunk.
+                if !s.complete() && b.size > s.size && b.size <= b.max_size {
+                    c.prepare_cached("UPDATE blobs SET size = ?2 WHERE id = ?1")?
+                        .execute(params![b.id.0.as_slice(), b.size as i64])?;
+                    return Ok(BlobStatus { size: b.size, ..s });
+                }
+                return Ok(s);
             }
             within_limits(c, &b)?;
             let manifest = b.manifest.to_bytes();
@@ -340,9 +369,9 @@ impl Store {
         .await
     }
 
-    /// Stores chunk `n` of an upload of `uploader`'s after checking it against the
-    /// manifest (again: a repeated chunk is the same bytes); returns the upload's state
-    /// after it.
+    /// Stores chunk `n` of a blob after checking it against the manifest (again: a
+    /// repeated chunk is the same bytes; whoever sends it, for the same reason); a last
+    /// chunk shorter than declared sets the size. Returns the upload's state after it.
     pub async fn blob_put(
         &self,
         id: BlobId,
@@ -362,12 +391,13 @@ impl Store {
                 )));
             };
             // Every chunk but the last is whole; the last is what the manifest says, so its
-            // length, not the size declared at the beginning, sets the blob's size.
+            // length sets the blob's size, never above the size declared (the largest of
+            // those declared: `Store::blob_begin`), which the limits were checked against.
             let last = n + 1 == chunks;
             let len = data.len() as u64;
             let whole = sealed_chunk_len(s.size, chunks, n);
             let fits = if last {
-                (TAG as u64..=SEALED_CHUNK as u64).contains(&len)
+                (TAG as u64..=whole).contains(&len)
             } else {
                 len == whole
             };
@@ -398,11 +428,13 @@ impl Store {
         .await
     }
 
-    /// Deletes `owner`'s upload `id` if no envelope names it; whether there was one.
+    /// Deletes `owner`'s upload `id` if no envelope names it and nobody else began it too;
+    /// whether there was one.
     pub async fn blob_discard(&self, id: BlobId, owner: String) -> Result<bool, StoreError> {
         self.write(move |c| {
             Ok(c.prepare_cached(
-                "DELETE FROM blobs WHERE id = ?1 AND owner = ?2 AND origin IS NULL AND state = ?3",
+                "DELETE FROM blobs
+                  WHERE id = ?1 AND owner = ?2 AND origin IS NULL AND state = ?3 AND shared = 0",
             )?
             .execute(params![id.0.as_slice(), owner, UPLOADED])?
                 == 1)
@@ -452,16 +484,19 @@ impl Store {
         }
     }
 
-    /// Chunk `n` of a blob, when `reader` may read it (as [`Store::readable_blob`]): one
-    /// read, without the blob's list of chunks, since a download asks once per chunk.
+    /// Chunk `n` of a blob, when `reader` may read it (as [`Store::readable_blob`]; `None`:
+    /// the server itself, bringing a queued envelope's blobs to another domain): one read,
+    /// without the blob's list of chunks, since a download asks once per chunk.
     pub async fn blob_chunk(
         &self,
         id: BlobId,
         n: u64,
-        reader: String,
+        reader: Option<String>,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(move |c| {
-            if !may_read(c, &id, &reader)? {
+            if let Some(reader) = &reader
+                && !may_read(c, &id, reader)?
+            {
                 return Ok(None);
             }
             Ok(

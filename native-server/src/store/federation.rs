@@ -479,11 +479,11 @@ fn receive_one(
     if admin.blocks(&item.sender) || user_blocks.is_some() {
         return Ok(DeliveryStatus::Blocked);
     }
-    // The peer brings an envelope's blobs before it (`PUT /v1/federation/blobs`), owned
-    // by the envelope's sender: one it did not bring in full is refused for good.
+    // The peer brings an envelope's blobs before it (`PUT /v1/federation/blobs`): one
+    // that is not here in full is refused for good.
     let blob_bytes = match named_bytes(c, &item.sender, &item.blobs) {
         Err(StoreError::BadBlob(why)) => {
-            tracing::warn!(sender = %item.sender, %why, "a peer's envelope names a blob it did not bring");
+            tracing::warn!(sender = %item.sender, %why, "a peer's envelope names a blob that is not here");
             return Ok(DeliveryStatus::Blocked);
         }
         other => other?,

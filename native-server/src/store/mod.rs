@@ -120,6 +120,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0010_blobs.sql")),
         M::up(include_str!("../../../migrations/0011_envelope_blobs.sql")),
         M::up(include_str!("../../../migrations/0012_federated_blobs.sql")),
+        M::up(include_str!("../../../migrations/0013_blob_offers.sql")),
     ])
 }
 

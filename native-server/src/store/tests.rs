@@ -466,12 +466,12 @@ async fn blob_uploads_are_checked_and_bounded() {
     let store = Store::open(&dir.path().join("t.db")).unwrap();
     let chunks: Vec<Vec<u8>> = vec![vec![1; SEALED_CHUNK], vec![2; 100]];
     let manifest = Manifest(chunks.iter().map(|c| Manifest::chunk_hash(c)).collect());
-    // Declared 50 bytes short: two chunks all the same, which the real last one corrects.
+    // Declared 50 bytes long: two chunks all the same, which the real last one corrects.
     let blob = NewBlob {
         id: manifest.id(),
         owner: "a@x.test".into(),
         origin: None,
-        size: (SEALED_CHUNK + 50) as u64,
+        size: (SEALED_CHUNK + 150) as u64,
         manifest: manifest.clone(),
         created: 10,
         max_size: 10 * SEALED_CHUNK as u64,
@@ -540,7 +540,7 @@ async fn blob_uploads_are_checked_and_bounded() {
     }
     assert_eq!(
         store
-            .blob_chunk(blob.id, 1, "a@x.test".into())
+            .blob_chunk(blob.id, 1, Some("a@x.test".into()))
             .await
             .unwrap(),
         Some(chunks[1].clone())
@@ -573,7 +573,7 @@ async fn blob_uploads_are_checked_and_bounded() {
     assert!(store.blob_status(blob.id).await.unwrap().is_none());
     assert_eq!(
         store
-            .blob_chunk(blob.id, 1, "a@x.test".into())
+            .blob_chunk(blob.id, 1, Some("a@x.test".into()))
             .await
             .unwrap(),
         None
@@ -752,7 +752,10 @@ async fn a_named_blob_is_kept_once_counted_per_recipient_and_deleted_after_the_l
         "the blob outlived its last recipient"
     );
     assert_eq!(
-        store.blob_chunk(blob, 0, "a@x.test".into()).await.unwrap(),
+        store
+            .blob_chunk(blob, 0, Some("a@x.test".into()))
+            .await
+            .unwrap(),
         None
     );
 }
@@ -1135,11 +1138,68 @@ async fn a_blob_begun_again_outlives_its_envelope_within_the_limits() {
         .await
         .unwrap();
     store.purge(6, 0).await.unwrap();
+    uploaded(&store, "a@x.test", 8, 400).await;
     assert!(matches!(
-        begin_again(blob, 500).await,
+        begin_again(blob, 1000).await,
         Err(StoreError::BlobLimit { .. })
     ));
     begin_again(blob, 1 << 30).await.unwrap();
     assert_eq!(store.purge_blobs(0).await.unwrap(), 0);
     assert!(store.blob_status(blob).await.unwrap().is_some());
+}
+
+/// A blob declared shorter than it is (by someone who began its id first, say) cannot
+/// refuse the real last chunk once someone declares the real size; a last chunk longer
+/// than any declaration is refused, so a blob never grows past what its limits were
+/// checked against.
+#[tokio::test]
+async fn a_short_declaration_cannot_refuse_the_real_blob() {
+    use letterme_protocol::blob::{Manifest, SEALED_CHUNK};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    let chunks: Vec<Vec<u8>> = vec![vec![3; SEALED_CHUNK], vec![4; 900]];
+    let manifest = Manifest(chunks.iter().map(|c| Manifest::chunk_hash(c)).collect());
+    let begin = |owner: &str, size: usize| NewBlob {
+        id: manifest.id(),
+        owner: owner.into(),
+        origin: None,
+        size: size as u64,
+        manifest: manifest.clone(),
+        created: 1,
+        max_size: 1 << 30,
+        per_owner: 1 << 30,
+        per_origin: 0,
+    };
+    store
+        .blob_begin(begin("z@x.test", SEALED_CHUNK + 20))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.blob_put(manifest.id(), 1, chunks[1].clone()).await,
+        Err(StoreError::ChunkMismatch(_))
+    ));
+    let s = store
+        .blob_begin(begin("a@x.test", SEALED_CHUNK + 900))
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.size, s.owner.as_str()),
+        ((SEALED_CHUNK + 900) as u64, "z@x.test")
+    );
+    store
+        .blob_put(manifest.id(), 1, chunks[1].clone())
+        .await
+        .unwrap();
+    let s = store
+        .blob_put(manifest.id(), 0, chunks[0].clone())
+        .await
+        .unwrap();
+    assert!(s.complete());
+    // Begun by someone else, the owner may no longer give it up.
+    assert!(
+        !store
+            .blob_discard(manifest.id(), "z@x.test".into())
+            .await
+            .unwrap()
+    );
 }

@@ -1203,3 +1203,38 @@ async fn a_short_declaration_cannot_refuse_the_real_blob() {
             .unwrap()
     );
 }
+
+/// Giving up an upload (`DELETE /v1/blobs/{id}`) takes only the caller's own, while no
+/// envelope names it: never another user's, a named one, or one a peer brought.
+#[tokio::test]
+async fn only_an_unnamed_upload_of_ones_own_is_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.register(account("b@x.test"), None).await.unwrap();
+    let mine = uploaded(&store, "a@x.test", 1, 300).await;
+    assert!(!store.blob_discard(mine, "b@x.test".into()).await.unwrap());
+    assert!(store.blob_discard(mine, "a@x.test".into()).await.unwrap());
+    assert!(store.blob_status(mine).await.unwrap().is_none());
+
+    let named = uploaded(&store, "a@x.test", 2, 300).await;
+    store
+        .deliver(NewDelivery {
+            blobs: vec![named],
+            quota: 1 << 20,
+            ..delivery(1, &["b@x.test"], 5)
+        })
+        .await
+        .unwrap();
+    assert!(!store.blob_discard(named, "a@x.test".into()).await.unwrap());
+    assert!(readable(&store, named, "b@x.test").await);
+
+    let brought = upload(&store, Some("peer.test"), "p@peer.test", 3, 300, 1 << 20)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .blob_discard(brought, "p@peer.test".into())
+            .await
+            .unwrap()
+    );
+}

@@ -198,35 +198,25 @@ impl Unlocked {
     fn own_copy(&self, payload: Payload) -> Result<(Vec<u8>, Vec<cache::Piece>), ClientError> {
         let me = &self.profile.address;
         let signer = &self.profile.attestation.identity_key;
-        if let Some(entity) = payload
-            .mime
-            .as_deref()
-            .filter(|_| !payload.blobs.is_empty())
+        if !payload.blobs.is_empty()
+            && let Ok(r) = render::render_pieces(&payload, signer, me)
         {
-            let (skeleton, places, exact) = mime::placements(entity, payload.blobs.len());
-            let rest = Payload {
-                mime: Some(skeleton),
-                ..payload.clone()
-            };
-            if exact && let Some(r) = render::render_pieces(&rest, &places, signer, me) {
-                return Ok(r);
-            }
+            return Ok(r);
         }
         let whole = self.with_blob_bodies(payload)?;
         Ok((render::render(&whole, signer, me), Vec::new()))
     }
 
-    /// [`Unlocked::filed`] for a payload whose entity has its blob bodies taken out
-    /// (`places`, from [`mime::placements`]): the blobs are kept apart, in the local store.
+    /// [`Unlocked::filed`] for a payload that names blobs: the blobs are kept apart, in
+    /// the local store.
     fn filed_in_pieces(
         &self,
         payload: &Payload,
-        places: &[(usize, usize)],
         signer: &IdentityPublicKey,
         received: u64,
-    ) -> Option<NewMail> {
-        let (raw, pieces) = render::render_pieces(payload, places, signer, &self.profile.address)?;
-        Some(filed_as(payload, raw, pieces, received))
+    ) -> Result<NewMail, render::Unplaced> {
+        let (raw, pieces) = render::render_pieces(payload, signer, &self.profile.address)?;
+        Ok(filed_as(payload, raw, pieces, received))
     }
 
     pub fn mailbox(&self) -> Result<Mailbox, ClientError> {

@@ -74,24 +74,43 @@ fn native(payload: &Payload, signer: &IdentityPublicKey, me: &Address) -> Option
     build(payload, Some(signer), me)
 }
 
-/// [`render`] for a payload whose entity has its blob bodies taken out (`places`, from
-/// [`mime::placements`]: where blob *n* goes in the entity): the message without them, and
-/// where each blob's bytes go in it. `None` when the message would not carry the entity's
-/// body as it is (legacy mail, a payload that cannot be rendered), which no blob places.
+/// Why a payload that names blobs cannot be filed without their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unplaced {
+    /// Its entity does not name each blob exactly once ([`mime::placements`]): never what
+    /// a client writes, and a repeated blob could multiply a large one without end.
+    #[error("the message does not place each of its attachment blobs exactly once")]
+    NotExactlyOnce,
+    /// The message as rendered would not carry the entity's body as it is (legacy mail, a
+    /// payload that cannot be rendered), so no blob has a place in it.
+    #[error("the message's attachment blobs have no place in it as rendered")]
+    NoPlace,
+}
+
+/// [`render`] for a payload whose entity names blobs (the entity [`mime::detach`] wrote):
+/// the message without their bytes, and where each blob's bytes go in it.
 pub fn render_pieces(
     payload: &Payload,
-    places: &[(usize, usize)],
     signer: &IdentityPublicKey,
     me: &Address,
-) -> Option<(Vec<u8>, Vec<Piece>)> {
-    let entity = payload
-        .mime
-        .as_deref()
-        .filter(|_| payload.legacy.is_none())?;
-    let raw = native(payload, signer, me)?;
+) -> Result<(Vec<u8>, Vec<Piece>), Unplaced> {
+    let detached = payload.mime.as_deref().ok_or(Unplaced::NotExactlyOnce)?;
+    let (entity, places, exact) = mime::placements(detached, payload.blobs.len());
+    if !exact {
+        return Err(Unplaced::NotExactlyOnce);
+    }
+    if payload.legacy.is_some() {
+        return Err(Unplaced::NoPlace);
+    }
+    let rest = Payload {
+        mime: Some(entity),
+        ..payload.clone()
+    };
+    let entity = rest.mime.as_deref().unwrap_or_default();
+    let raw = native(&rest, signer, me).ok_or(Unplaced::NoPlace)?;
     let (_, body) = mime::split_entity(entity);
     if !raw.ends_with(body) {
-        return None;
+        return Err(Unplaced::NoPlace);
     }
     // The entity's body ends the message: an offset in it moves by the difference.
     let body_at = entity.len() - body.len();
@@ -104,8 +123,9 @@ pub fn render_pieces(
                 blob: payload.blobs.get(n)?.clone(),
             })
         })
-        .collect::<Option<Vec<_>>>()?;
-    Some((raw, pieces))
+        .collect::<Option<Vec<_>>>()
+        .ok_or(Unplaced::NoPlace)?;
+    Ok((raw, pieces))
 }
 
 /// The copy of a message that leaves as ordinary email (outbound relay): the same headers

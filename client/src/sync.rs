@@ -13,9 +13,7 @@ use serde::Serialize;
 use crate::cache::{NewMail, Synced};
 use crate::http::{Api, ListEntry};
 use crate::mailbox::Stored;
-use crate::{
-    ClientError, KtAlert, NOTICE_SENDER, Online, Unlocked, cache_error, mime, now, render,
-};
+use crate::{ClientError, KtAlert, NOTICE_SENDER, Online, Unlocked, cache_error, now, render};
 
 /// Seconds one long poll of `watch` waits on the server.
 pub const WATCH_WAIT_SECS: u64 = 50;
@@ -451,26 +449,12 @@ impl Online {
         signer: &IdentityPublicKey,
         received: u64,
     ) -> Result<Result<NewMail, String>, ClientError> {
-        // Each blob has exactly one place in the entity: a sender's made-up entity could
-        // otherwise repeat a blob without end, or hide one.
-        let Some((skeleton, places)) = payload.mime.as_deref().and_then(|m| {
-            let (skeleton, places, exact) = mime::placements(m, payload.blobs.len());
-            exact.then_some((skeleton, places))
-        }) else {
-            return Ok(Err(
-                "the message does not place each of its attachment blobs exactly once".into(),
-            ));
+        // Placed before anything is downloaded: each blob exactly once in the entity.
+        let mail = match self.me.filed_in_pieces(&payload, signer, received) {
+            Ok(m) => m,
+            Err(why) => return Ok(Err(why.to_string())),
         };
-        let rest = Payload {
-            mime: Some(skeleton),
-            ..payload
-        };
-        let Some(mail) = self.me.filed_in_pieces(&rest, &places, signer, received) else {
-            return Ok(Err(
-                "the message's attachment blobs have no place in it as rendered".into(),
-            ));
-        };
-        for r in &rest.blobs {
+        for r in &payload.blobs {
             match self.keep_blob(r).await {
                 Ok(()) => {}
                 Err(ClientError::Blob(e)) => {

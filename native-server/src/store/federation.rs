@@ -124,12 +124,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let rcpts = local.recipients.clone();
         self.write(move |c| {
-            deliver_in(c, &local)?;
+            let blob_bytes = deliver_in(c, &local)?;
             if remote.is_empty() {
                 return Ok(());
             }
             let size = local.envelope.len() as u64;
-            let blob_bytes = named_bytes(c, &local.sender, &local.blobs)?;
             let queued: i64 = c
                 .prepare_cached("SELECT bytes FROM federation_queued WHERE sender = ?1")?
                 .query_row([&local.sender], |r| r.get(0))

@@ -41,8 +41,9 @@ pub struct PurgeStats {
 
 /// Stores an envelope for its local recipients, all or nothing: the API's local
 /// recipients, inbound SMTP and notices (one envelope per recipient there) come this way,
-/// federation per recipient through [`file`] directly.
-pub(super) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreError> {
+/// federation per recipient through [`file`] directly. Returns the sealed bytes of the
+/// blobs it names.
+pub(super) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<u64, StoreError> {
     let fresh = c
         .prepare_cached("INSERT OR IGNORE INTO seen_envelopes (id, seen_at) VALUES (?1, ?2)")?
         .execute(params![d.id.as_slice(), d.received as i64])?;
@@ -68,7 +69,7 @@ pub(super) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreErr
     link_blobs(c, &d.id, &d.blobs)?;
     if d.recipients.is_empty() {
         // Every recipient is on another domain: only the replay record is kept here.
-        return Ok(());
+        return Ok(blob_bytes);
     }
     let stored = Filed {
         id: &d.id,
@@ -78,7 +79,7 @@ pub(super) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<(), StoreErr
         received: d.received,
     };
     if file(c, &stored, &d.recipients)? {
-        Ok(())
+        Ok(blob_bytes)
     } else {
         Err(StoreError::Replay)
     }
@@ -173,7 +174,7 @@ impl Store {
     /// Stores an envelope for its local recipients, all or nothing.
     pub async fn deliver(&self, d: NewDelivery) -> Result<(), StoreError> {
         let rcpts = d.recipients.clone();
-        self.write(move |c| deliver_in(c, &d)).await?;
+        self.write(move |c| deliver_in(c, &d).map(drop)).await?;
         self.wake_recipients(&rcpts);
         Ok(())
     }
@@ -181,7 +182,7 @@ impl Store {
     /// Stores several envelopes in one transaction, all or nothing.
     pub async fn deliver_all(&self, all: Vec<NewDelivery>) -> Result<(), StoreError> {
         let rcpts: Vec<String> = all.iter().flat_map(|d| d.recipients.clone()).collect();
-        self.write(move |c| all.iter().try_for_each(|d| deliver_in(c, d)))
+        self.write(move |c| all.iter().try_for_each(|d| deliver_in(c, d).map(drop)))
             .await?;
         self.wake_recipients(&rcpts);
         Ok(())

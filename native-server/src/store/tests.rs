@@ -913,22 +913,8 @@ async fn a_peer_brings_blobs_for_its_senders_within_its_bound() {
         blobs: vec![blob],
         recipients: vec!["b@x.test".into()],
     };
-    let report = store
-        .receive_transaction(
-            "peer.test".into(),
-            vec![1],
-            [1; 32],
-            vec![item],
-            BTreeMap::new(),
-            100,
-            1_000_000,
-            crate::config::FederationConfig::default(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
     assert_eq!(
-        report.results[&letterme_protocol::codec::hex(&[9; 16])]["b@x.test"],
+        received(&store, "peer.test", 1, item).await,
         DeliveryStatus::Accepted
     );
     assert!(readable(&store, blob, "b@x.test").await);
@@ -965,22 +951,8 @@ async fn a_peer_brings_blobs_for_its_senders_within_its_bound() {
         blobs: vec![blob],
         recipients: vec!["b@x.test".into()],
     };
-    let report = store
-        .receive_transaction(
-            "other.test".into(),
-            vec![2],
-            [2; 32],
-            vec![theirs],
-            BTreeMap::new(),
-            100,
-            1_000_000,
-            crate::config::FederationConfig::default(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
     assert_eq!(
-        report.results[&letterme_protocol::codec::hex(&[8; 16])]["b@x.test"],
+        received(&store, "other.test", 2, theirs).await,
         DeliveryStatus::Accepted
     );
 }
@@ -1237,4 +1209,29 @@ async fn only_an_unnamed_upload_of_ones_own_is_given_up() {
             .await
             .unwrap()
     );
+}
+
+/// What `origin`'s transaction `txid` of one envelope got for `b@x.test`.
+async fn received(
+    store: &Store,
+    origin: &str,
+    txid: u8,
+    item: Incoming,
+) -> letterme_protocol::federation::DeliveryStatus {
+    let id = letterme_protocol::codec::hex(&item.id);
+    let report = store
+        .receive_transaction(
+            origin.into(),
+            vec![txid],
+            [txid; 32],
+            vec![item],
+            BTreeMap::new(),
+            100,
+            1_000_000,
+            crate::config::FederationConfig::default(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    report.results[&id]["b@x.test"]
 }

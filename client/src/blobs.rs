@@ -10,6 +10,17 @@ use crate::cache::Cache;
 use crate::http::Api;
 use crate::{ClientError, Online, Unlocked, mime};
 
+/// What [`Online::download_awaited`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Downloaded {
+    /// The message waited for nothing (any more).
+    Nothing,
+    /// Its blobs are kept: it is served whole.
+    Kept,
+    /// A blob could not be had: the message was withdrawn, for this reason.
+    Refused(String),
+}
+
 /// Attempts at an upload's missing chunks before giving up (waiting 1, 2, 4 and 8 s
 /// between them).
 const UPLOAD_ATTEMPTS: usize = 5;
@@ -206,6 +217,60 @@ impl Online {
             return Ok(());
         }
         self.me.cache.keep_chunk(&reference.id, n, chunk)
+    }
+
+    /// Downloads the blobs a message filed before them waits for ([`Cache::awaited`]),
+    /// then lets its envelope be acknowledged, and acknowledges it. A blob that cannot be
+    /// had (damaged, or no longer on the server) withdraws the message from every mailbox
+    /// and sets it aside as refused, as a sync that downloads with the message would have.
+    /// Errors are what may pass (the network, the server away).
+    pub async fn download_awaited(&self, content: i64) -> Result<Downloaded, ClientError> {
+        let cache = &self.me.cache;
+        let Some(crate::cache::Awaited {
+            envelope_id,
+            pieces,
+        }) = cache.awaited(content)?
+        else {
+            return Ok(Downloaded::Nothing);
+        };
+        let mut refused = None;
+        for p in pieces.iter().flatten() {
+            match self.keep_blob(&p.blob).await {
+                Ok(()) => {}
+                Err(ClientError::Blob(e)) => {
+                    refused = Some(format!("attachment blob {}: {e}", p.blob.id));
+                    break;
+                }
+                Err(ClientError::Api { status: 404, .. }) => {
+                    refused = Some(format!(
+                        "attachment blob {} is not on the server",
+                        p.blob.id
+                    ));
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let outcome = match refused {
+            None => {
+                cache.downloaded(content)?;
+                Downloaded::Kept
+            }
+            Some(reason) => {
+                let mailbox = self.me.mailbox()?;
+                if let Some(m) = mailbox.stored(&envelope_id)? {
+                    tracing::warn!(id = %envelope_id, sender = %m.sender, %reason, "refused a message");
+                    mailbox.refuse(&envelope_id, &m.sender, &reason, &m.envelope, crate::now())?;
+                }
+                cache.withdraw(content)?;
+                Downloaded::Refused(reason)
+            }
+        };
+        // The next sync acknowledges it if this does not get through.
+        if let Err(e) = self.api.ack_many(std::slice::from_ref(&envelope_id)).await {
+            tracing::warn!(error = %e, id = %envelope_id, "acknowledging failed; the next sync will");
+        }
+        Ok(outcome)
     }
 
     /// The payload to seal for `payload` with `entity` when the entity has parts larger

@@ -29,6 +29,7 @@ use letterme_protocol::{
 };
 use serde::Serialize;
 
+pub use blobs::Downloaded;
 use cache::{Cache, CacheKey, NewMail};
 pub use error::ClientError;
 use http::Api;
@@ -273,7 +274,11 @@ impl Unlocked {
         let mut api = Api::new(&me.profile.server);
         api.login(&me.profile.domain, &me.profile.address, &me.keys.identity)
             .await?;
-        Ok(Online { me, api })
+        Ok(Online {
+            me,
+            api,
+            attachments: AttachmentDownload::default(),
+        })
     }
 }
 
@@ -335,6 +340,20 @@ fn cache_error(e: cache::MailboxError) -> ClientError {
 pub struct Online {
     pub me: Arc<Unlocked>,
     pub api: Api,
+    /// When a synced message's blobs are downloaded.
+    pub attachments: AttachmentDownload,
+}
+
+/// When a synced message's blobs (its large attachments) are downloaded (DECISIONS D76).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttachmentDownload {
+    /// With the message: it is filed once they are kept (the CLI's `sync`).
+    #[default]
+    WithMessage,
+    /// After the message is filed, in the background (the proxy's default).
+    Background,
+    /// When a mail client asks for their bytes.
+    OnDemand,
 }
 
 impl Online {

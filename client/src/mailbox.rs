@@ -101,6 +101,16 @@ impl Mailbox {
             .map_err(|e| self.err(e))
     }
 
+    /// The stored envelope `id`, if any.
+    pub fn stored(&self, id: &str) -> Result<Option<Stored>, ClientError> {
+        self.conn
+            .prepare_cached(
+                "SELECT id, sender, received, envelope, signer_key FROM messages WHERE id = ?1",
+            )
+            .and_then(|mut s| s.query_row([id], stored_row).optional())
+            .map_err(|e| self.err(e))
+    }
+
     pub fn all(&self) -> Result<Vec<Stored>, ClientError> {
         let mut stmt = self
             .conn

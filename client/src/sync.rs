@@ -13,7 +13,10 @@ use serde::Serialize;
 use crate::cache::{NewMail, Synced};
 use crate::http::{Api, ListEntry};
 use crate::mailbox::Stored;
-use crate::{ClientError, KtAlert, NOTICE_SENDER, Online, Unlocked, cache_error, now, render};
+use crate::{
+    AttachmentDownload, ClientError, KtAlert, NOTICE_SENDER, Online, Unlocked, cache_error, now,
+    render,
+};
 
 /// Seconds one long poll of `watch` waits on the server.
 pub const WATCH_WAIT_SECS: u64 = 50;
@@ -42,7 +45,8 @@ enum Opened {
 
 /// A page whose local commit runs on a blocking thread.
 struct Committing {
-    /// Every id of the page: acknowledged once the commit returned.
+    /// The page's ids to acknowledge once the commit returned: all but those filed before
+    /// their blobs are kept.
     ids: Vec<String>,
     /// The SHA-256 of each envelope being stored, by id (not in the store yet).
     storing: BTreeMap<String, [u8; 32]>,
@@ -163,6 +167,9 @@ impl Online {
             ));
         }
         let mailbox = self.me.mailbox()?;
+        // Filed before, their blobs not downloaded yet: neither fetched again nor
+        // acknowledged (the download acknowledges them).
+        let waiting = self.me.cache.awaiting_envelopes()?;
         let mut report = SyncReport::default();
         let mut senders: BTreeMap<Address, Result<IdentityPublicKey, String>> = BTreeMap::new();
         let mut after = 0;
@@ -178,6 +185,7 @@ impl Online {
             let listed = page.len();
             page.truncate(within_bytes(&page, SYNC_PAGE_BYTES));
             after = page.iter().map(|e| e.seq).max().unwrap_or(after);
+            page.retain(|e| !waiting.contains(&e.id));
             let bodies = self.fetch_page(&page).await?;
             let downloaded = started.elapsed();
             // Envelope ids stored before (or in the page committing now) with other bytes:
@@ -244,17 +252,24 @@ impl Online {
             let opened = self.open_all(&fresh, &senders, &domain_keys, &replayed);
             let opened_in = opening.elapsed();
             let mut accepted = Vec::new();
+            let later = self.attachments != AttachmentDownload::WithMessage;
             for ((entry, bytes), result) in fresh.into_iter().zip(opened) {
                 let result = match result {
-                    Ok((signer, Opened::Rendered(mail))) => Ok((signer, mail)),
+                    Ok((signer, Opened::Rendered(mail))) => Ok((signer, mail, false)),
+                    // Filed now, its blobs downloaded later (DECISIONS D76); placed first.
+                    Ok((signer, Opened::WithBlobs(payload))) if later => self
+                        .me
+                        .filed_in_pieces(&payload, &signer, entry.received)
+                        .map(|mail| (signer, mail, true))
+                        .map_err(|why| why.to_string()),
                     Ok((signer, Opened::WithBlobs(payload))) => self
                         .fetch_blobs(*payload, &signer, entry.received)
                         .await?
-                        .map(|mail| (signer, mail)),
+                        .map(|mail| (signer, mail, false)),
                     Err(reason) => Err(reason),
                 };
                 match result {
-                    Ok((signer, mail)) => {
+                    Ok((signer, mail, awaiting)) => {
                         accepted.push(Synced {
                             mail,
                             stored: Stored {
@@ -264,6 +279,7 @@ impl Online {
                                 envelope: bytes,
                                 signer_key: signer.0,
                             },
+                            awaiting,
                         });
                         report.fetched += 1;
                         report.new_ids.push(entry.id.clone());
@@ -282,8 +298,18 @@ impl Online {
             }
             let cache = self.me.cache.clone();
             let messages = page.len();
+            let filed_awaiting: BTreeSet<&str> = accepted
+                .iter()
+                .filter(|a| a.awaiting)
+                .map(|a| a.stored.id.as_str())
+                .collect();
+            let ids = page
+                .iter()
+                .filter(|e| !filed_awaiting.contains(e.id.as_str()))
+                .map(|e| e.id.clone())
+                .collect();
             committing = Some(Committing {
-                ids: page.iter().map(|e| e.id.clone()).collect(),
+                ids,
                 storing: accepted
                     .iter()
                     .map(|a| (a.stored.id.clone(), digest(&a.stored.envelope)))

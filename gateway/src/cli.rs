@@ -182,6 +182,32 @@ pub struct ProxyArgs {
     /// server relays: such a copy is not end-to-end encrypted.
     #[arg(long)]
     pub allow_plaintext: bool,
+    /// When large attachments (sent as separate blobs) are downloaded. The message itself
+    /// appears at once with `background` and `on-demand`; the server keeps it until its
+    /// attachments are downloaded.
+    #[arg(long, value_enum, default_value_t = Attachments::Background, value_name = "WHEN")]
+    pub attachments: Attachments,
+}
+
+/// `letterme proxy --attachments`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attachments {
+    /// Right after the message appears.
+    Background,
+    /// When the mail client opens the attachment (or fetches the whole message).
+    OnDemand,
+    /// Before the message appears, with it.
+    WithMessage,
+}
+
+impl From<Attachments> for letterme_client::AttachmentDownload {
+    fn from(a: Attachments) -> Self {
+        match a {
+            Attachments::Background => Self::Background,
+            Attachments::OnDemand => Self::OnDemand,
+            Attachments::WithMessage => Self::WithMessage,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -106,6 +106,7 @@ async fn run(cli: Cli) -> Result<()> {
                     args.imap_listen,
                     args.smtp_listen,
                     args.allow_plaintext,
+                    args.attachments.into(),
                 )
                 .await
             }

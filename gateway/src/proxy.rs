@@ -40,6 +40,7 @@ pub async fn run(
     imap: SocketAddr,
     smtp: SocketAddr,
     allow_plaintext: bool,
+    attachments: letterme_client::AttachmentDownload,
 ) -> Result<()> {
     state::check_loopback(imap, Side::Imap)?;
     state::check_loopback(smtp, Side::Smtp)?;
@@ -63,6 +64,7 @@ pub async fn run(
         password: state.password.clone(),
         tls,
         allow_plaintext,
+        attachments,
     };
     listeners.serve(setup, stopped).await?;
     output::proxy_listening(&me.profile.address, state.imap, state.smtp);

@@ -5,6 +5,7 @@
 //! [`Listeners::serve`] wires them and the sync engine together under one stop signal.
 
 pub mod credentials;
+pub mod downloads;
 pub mod imap;
 pub mod state;
 pub mod submission;
@@ -13,12 +14,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use letterme_client::{ClientError, Online, SyncReport, Unlocked};
+use letterme_client::{AttachmentDownload, ClientError, Online, SyncReport, Unlocked};
 use letterme_smtp::driver::{BackendConfig, ConnLimits};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 
 use crate::credentials::Credentials;
+use crate::downloads::Downloads;
 use crate::imap::ImapProxy;
 use crate::state::{ProxyError, Side};
 use crate::submission::Submission;
@@ -41,6 +43,8 @@ pub struct Setup {
     pub tls: tokio_rustls::TlsAcceptor,
     /// Copies to ordinary addresses may leave end-to-end encryption (relay mode).
     pub allow_plaintext: bool,
+    /// When a synced message's large attachments are downloaded.
+    pub attachments: AttachmentDownload,
 }
 
 impl std::fmt::Debug for Setup {
@@ -49,6 +53,7 @@ impl std::fmt::Debug for Setup {
             .field("address", &self.me.profile.address)
             .field("password", &"<redacted>")
             .field("allow_plaintext", &self.allow_plaintext)
+            .field("attachments", &self.attachments)
             .finish_non_exhaustive()
     }
 }
@@ -75,9 +80,12 @@ impl Listeners {
             password,
             tls,
             allow_plaintext,
+            attachments,
         } = setup;
-        let sync = Unlocked::connect_shared(me.clone()).await?;
+        let mut sync = Unlocked::connect_shared(me.clone()).await?;
+        sync.attachments = attachments;
         let submit = Unlocked::connect_shared(me.clone()).await?;
+        let downloads = Arc::new(Downloads::new(Unlocked::connect_shared(me.clone()).await?));
         let creds = Credentials {
             username: me.profile.address.to_string(),
             password,
@@ -86,6 +94,7 @@ impl Listeners {
             cache: me.cache.clone(),
             credentials: creds.clone(),
             tls: Some(tls.clone()),
+            downloads: Some(downloads.clone()),
         });
         let submission = Arc::new(Submission {
             smtp: BackendConfig {
@@ -111,6 +120,17 @@ impl Listeners {
             submission,
             stop.clone(),
         ));
+        // Messages a session asks for are downloaded on demand whatever the setting; a
+        // change of setting leaves none waiting for good.
+        if attachments != AttachmentDownload::OnDemand {
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = downloads.in_background() => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            });
+        }
         let mut stop = stop;
         tokio::spawn(async move {
             tokio::select! {

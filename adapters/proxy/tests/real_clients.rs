@@ -72,11 +72,11 @@ fn find(proxy: &Proxy, folder: &str, subject: &str) -> Option<(i64, u32, Vec<Str
         .fetch(f.id, &uids, Content::Head)
         .unwrap()
         .into_iter()
-        .find(|(_, raw)| {
+        .find(|(_, raw, _)| {
             String::from_utf8_lossy(raw.as_deref().unwrap())
                 .contains(&format!("Subject: {subject}"))
         })
-        .map(|(m, _)| (f.id, m.uid, m.flags))
+        .map(|(m, _, _)| (f.id, m.uid, m.flags))
 }
 
 /// The flags of the message with `subject` in `folder`, as the proxy holds them.

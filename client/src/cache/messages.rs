@@ -77,8 +77,35 @@ pub struct Changes {
     pub vanished: Vec<u32>,
 }
 
-/// A message's metadata, and its content when asked for.
-pub type Fetched = (MailMeta, Option<Vec<u8>>);
+/// A message's metadata, its content when asked for, and when that content is whole but
+/// its pieces' blobs are not downloaded yet, where they go.
+pub type Fetched = (MailMeta, Option<Vec<u8>>, Option<Awaiting>);
+
+/// A message served before its blobs were downloaded: their places in the content are
+/// filled with lines of `A` of their sizes, so its structure and every other part are
+/// served as they will be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Awaiting {
+    /// The message's content, by which its download is asked for.
+    pub content: i64,
+    /// The filled places, in order.
+    pub holes: Vec<std::ops::Range<usize>>,
+}
+
+/// What a message filed before its blobs waits for.
+#[derive(Debug, Clone)]
+pub struct Awaited {
+    /// The envelope to acknowledge once they are kept.
+    pub envelope_id: String,
+    /// The pieces whose blobs are to be downloaded; `None` when every copy of the message
+    /// was expunged meanwhile (nothing to download).
+    pub pieces: Option<Vec<Piece>>,
+}
+
+/// The line a blob's place is filled with until it is downloaded: the length of a
+/// base64 line (RFC 2045 §6.8), and never a boundary (those begin with `--`).
+const FILLER_LINE: &[u8; 78] =
+    b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n";
 
 /// How much of each message [`Cache::fetch`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -150,7 +177,8 @@ impl Cache {
         let sql = match content {
             Content::Whole => {
                 "SELECT m.uid, m.flags, m.internal_date, m.size, m.modseq, c.id, c.nonce, c.data,
-                        0, c.pieces_nonce, c.pieces
+                        0, c.pieces_nonce, c.pieces,
+                        EXISTS (SELECT 1 FROM awaiting a WHERE a.content = c.id)
                  FROM mail m JOIN contents c ON c.id = m.content
                  WHERE m.folder = ?1 AND m.uid BETWEEN ?2 AND ?3 ORDER BY m.uid"
             }
@@ -175,6 +203,7 @@ impl Cache {
             if !wanted.contains(&meta.uid) {
                 continue;
             }
+            let mut awaiting = None;
             let raw = if content == Content::None {
                 None
             } else {
@@ -204,7 +233,14 @@ impl Cache {
                     match (maybe(9)?, maybe(10)?) {
                         (None, None) => {}
                         (Some(nonce), Some(sealed)) => {
-                            plain = self.assemble(&c, id, meta.uid, &plain, nonce, sealed)?;
+                            let pieces = self.pieces(id, meta.uid, &plain, nonce, sealed)?;
+                            if r.get(11).map_err(|e| self.err(e))? {
+                                let (filled, holes) = fill(&plain, &pieces);
+                                plain = filled;
+                                awaiting = Some(Awaiting { content: id, holes });
+                            } else {
+                                plain = self.assemble(&c, meta.uid, &plain, &pieces)?;
+                            }
                         }
                         // Never written so: a row changed on disk is not served short.
                         _ => {
@@ -220,9 +256,36 @@ impl Cache {
                 }
                 Some(plain)
             };
-            out.push((meta, raw));
+            out.push((meta, raw, awaiting));
         }
         Ok(out)
+    }
+
+    /// The blobs whose bytes belong in content `id` (sealed with it) at their places in
+    /// `rest`, in order.
+    fn pieces(
+        &self,
+        id: i64,
+        uid: u32,
+        rest: &[u8],
+        nonce: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<Piece>, ClientError> {
+        let broken = |what: &str| ClientError::store(&self.path, format!("message {uid}: {what}"));
+        let pieces: Vec<Piece> = self
+            .key
+            .open(id, Part::Pieces, nonce, sealed)
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or_else(|| broken("its attachments' places fail their integrity check"))?;
+        // Never written otherwise: a row changed on disk is not served cut wrong.
+        let mut at = 0;
+        for p in &pieces {
+            if p.at < at || p.at > rest.len() {
+                return Err(broken("its attachments' places are out of order"));
+            }
+            at = p.at;
+        }
+        Ok(pieces)
     }
 
     /// A message whose blobs are kept apart, whole: `rest` with each piece's bytes opened
@@ -230,32 +293,15 @@ impl Cache {
     fn assemble(
         &self,
         c: &Connection,
-        id: i64,
         uid: u32,
         rest: &[u8],
-        nonce: &[u8],
-        sealed: &[u8],
+        pieces: &[Piece],
     ) -> Result<Vec<u8>, ClientError> {
         let broken = |what: &str| ClientError::store(&self.path, format!("message {uid}: {what}"));
-        let pieces: Vec<Piece> = self
-            .key
-            .open(id, Part::Pieces, nonce, sealed)
-            .and_then(|p| serde_json::from_slice(&p).ok())
-            .ok_or_else(|| broken("its attachments' places fail their integrity check"))?;
-        let total = pieces
-            .iter()
-            .map(|p| usize::try_from(p.blob.size).unwrap_or(usize::MAX))
-            .fold(rest.len(), usize::saturating_add);
-        let mut out = Vec::with_capacity(total.min(1 << 31));
         let mut chunk = c
             .prepare_cached("SELECT data FROM blob_chunks WHERE blob = ?1 AND n = ?2")
             .map_err(|e| self.err(e))?;
-        let mut at = 0;
-        for p in &pieces {
-            let Some(before) = rest.get(at..p.at) else {
-                return Err(broken("its attachments' places are out of order"));
-            };
-            out.extend_from_slice(before);
+        let (whole, _) = place(rest, pieces, |p, out| {
             let mut read = |n: u64| -> Result<Vec<u8>, ClientError> {
                 chunk
                     .query_row(params![p.blob.id, n as i64], |r| r.get(0))
@@ -273,10 +319,9 @@ impl Cache {
                 out.extend(opened(opener.open_chunk(&read(n)?))?);
             }
             out.extend(opened(opener.finish(&read(last)?))?);
-            at = p.at;
-        }
-        out.extend_from_slice(&rest[at..]);
-        Ok(out)
+            Ok::<(), ClientError>(())
+        })?;
+        Ok(whole)
     }
 
     /// Which chunks of blob `id` are kept.
@@ -356,7 +401,7 @@ impl Cache {
                     continue;
                 }
             }
-            uids.push(self.file(&tx, f.id, mail).map_err(|e| self.err(e))?);
+            uids.push(self.file(&tx, f.id, mail).map_err(|e| self.err(e))?.0);
         }
         tx.commit().map_err(|e| self.err(e))?;
         drop(c);
@@ -364,7 +409,13 @@ impl Cache {
         Ok((f.uidvalidity, uids))
     }
 
-    fn file(&self, tx: &Transaction<'_>, folder: i64, mail: &NewMail) -> rusqlite::Result<u32> {
+    /// Files `mail` in `folder`: its UID and its content's id.
+    fn file(
+        &self,
+        tx: &Transaction<'_>,
+        folder: i64,
+        mail: &NewMail,
+    ) -> rusqlite::Result<(u32, i64)> {
         let id = i64::from_be_bytes(random_bytes::<8>()) & i64::MAX;
         let (nonce, data) = self.key.seal(id, Part::Whole, &mail.raw);
         let (head_nonce, head) = self
@@ -407,7 +458,7 @@ impl Cache {
                 modseq as i64
             ],
         )?;
-        Ok(uid)
+        Ok((uid, id))
     }
 
     /// Commits synced envelopes and their rendered messages in one transaction, so a crash
@@ -429,8 +480,14 @@ impl Cache {
                     stmt.execute(params![s.id, s.sender, s.received as i64, now as i64, s.envelope, s.signer_key.as_slice()])
                 })
                 .map_err(|e| self.err(e))?;
-            if inserted == 1 {
-                self.file_rendered(&tx, &s.id, &item.mail)
+            if inserted == 1
+                && let Some(content) = self
+                    .file_rendered(&tx, &s.id, &item.mail)
+                    .map_err(|e| self.err(e))?
+                && item.awaiting
+            {
+                tx.prepare_cached("INSERT INTO awaiting (envelope_id, content) VALUES (?1, ?2)")
+                    .and_then(|mut stmt| stmt.execute(params![s.id, content]))
                     .map_err(|e| self.err(e))?;
             }
         }
@@ -452,18 +509,19 @@ impl Cache {
         Ok(())
     }
 
+    /// Files the rendering of an envelope not filed before; its content's id.
     fn file_rendered(
         &self,
         tx: &Transaction<'_>,
         envelope_id: &str,
         mail: &NewMail,
-    ) -> rusqlite::Result<()> {
+    ) -> rusqlite::Result<Option<i64>> {
         if tx
             .prepare_cached("INSERT OR IGNORE INTO rendered (envelope_id) VALUES (?1)")?
             .execute([envelope_id])?
             == 0
         {
-            return Ok(());
+            return Ok(None);
         }
         let folder = folder_by_name(tx, &mail.folder)?
             .map_or_else(
@@ -471,7 +529,108 @@ impl Cache {
                 |f| Ok(Some(f.id)),
             )?
             .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-        self.file(tx, folder, mail).map(|_| ())
+        self.file(tx, folder, mail)
+            .map(|(_, content)| Some(content))
+    }
+
+    /// The contents filed before their blobs were downloaded, oldest first.
+    pub fn awaiting(&self) -> Result<Vec<i64>, ClientError> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached("SELECT content FROM awaiting ORDER BY rowid")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The ids of the envelopes whose blobs are not downloaded yet: not to be acknowledged.
+    pub fn awaiting_envelopes(&self) -> Result<BTreeSet<String>, ClientError> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached("SELECT envelope_id FROM awaiting")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// What content `content` waits for; `None` when it waits for nothing (downloaded
+    /// meanwhile).
+    pub fn awaited(&self, content: i64) -> Result<Option<Awaited>, ClientError> {
+        let c = self.lock();
+        let Some(envelope_id) = c
+            .prepare_cached("SELECT envelope_id FROM awaiting WHERE content = ?1")
+            .and_then(|mut s| s.query_row([content], |r| r.get::<_, String>(0)).optional())
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(None);
+        };
+        let row = c
+            .prepare_cached(
+                "SELECT nonce, data, pieces_nonce, pieces FROM contents
+                 WHERE id = ?1 AND pieces IS NOT NULL",
+            )
+            .and_then(|mut s| {
+                s.query_row([content], |r| {
+                    Ok([r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?, r.get(3)?])
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let Some([nonce, data, pieces_nonce, pieces]) = row else {
+            return Ok(Some(Awaited {
+                envelope_id,
+                pieces: None,
+            }));
+        };
+        let rest = self
+            .key
+            .open(content, Part::Whole, &nonce, &data)
+            .ok_or_else(|| {
+                ClientError::store(
+                    &self.path,
+                    "a message waiting for its attachments fails its integrity check",
+                )
+            })?;
+        let pieces = self.pieces(content, 0, &rest, &pieces_nonce, &pieces)?;
+        Ok(Some(Awaited {
+            envelope_id,
+            pieces: Some(pieces),
+        }))
+    }
+
+    /// Content `content` has its blobs: served whole from now on, and its envelope may be
+    /// acknowledged.
+    pub fn downloaded(&self, content: i64) -> Result<(), ClientError> {
+        self.lock()
+            .prepare_cached("DELETE FROM awaiting WHERE content = ?1")
+            .and_then(|mut s| s.execute([content]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Takes a message whose blobs could not be had out of every mailbox (each session
+    /// hears an EXPUNGE), and out of the waiting ones.
+    pub fn withdraw(&self, content: i64) -> Result<(), ClientError> {
+        let mut c = self.lock();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let copies: Vec<(i64, u32)> = {
+            let mut stmt = tx
+                .prepare_cached("SELECT folder, uid FROM mail WHERE content = ?1")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([content], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        for (folder, uid) in copies {
+            remove(&tx, folder, &[uid]).map_err(|e| self.err(e))?;
+        }
+        tx.execute("DELETE FROM awaiting WHERE content = ?1", [content])
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        drop(c);
+        self.changed();
+        Ok(())
     }
 
     /// Envelopes synced before the cache existed (or by an older version).
@@ -705,6 +864,43 @@ impl Cache {
             tx.commit().map_err(|e| self.err(e))?;
         }
         Ok((lo, hi))
+    }
+}
+
+/// `rest` with each piece's bytes, as `each` writes them, at its place (pieces in order,
+/// as [`Cache::pieces`] checks); and where each piece's bytes went.
+fn place<E>(
+    rest: &[u8],
+    pieces: &[Piece],
+    mut each: impl FnMut(&Piece, &mut Vec<u8>) -> Result<(), E>,
+) -> Result<(Vec<u8>, Vec<std::ops::Range<usize>>), E> {
+    let total = pieces
+        .iter()
+        .map(|p| usize::try_from(p.blob.size).unwrap_or(usize::MAX))
+        .fold(rest.len(), usize::saturating_add);
+    let mut out = Vec::with_capacity(total.min(1 << 31));
+    let mut places = Vec::with_capacity(pieces.len());
+    let mut at = 0;
+    for p in pieces {
+        out.extend_from_slice(&rest[at..p.at]);
+        let start = out.len();
+        each(p, &mut out)?;
+        places.push(start..out.len());
+        at = p.at;
+    }
+    out.extend_from_slice(&rest[at..]);
+    Ok((out, places))
+}
+
+/// `rest` with each piece's place filled with [`FILLER_LINE`]s, cut to its size.
+fn fill(rest: &[u8], pieces: &[Piece]) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
+    let filled = place(rest, pieces, |p, out| {
+        let size = usize::try_from(p.blob.size).unwrap_or(usize::MAX);
+        out.extend(FILLER_LINE.iter().copied().cycle().take(size));
+        Ok::<(), std::convert::Infallible>(())
+    });
+    match filled {
+        Ok(f) => f,
     }
 }
 

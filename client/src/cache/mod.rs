@@ -30,7 +30,9 @@ use crate::error::ClientError;
 use crate::mailbox::{Stored, open_db};
 
 pub use key::CacheKey;
-pub use messages::{Changes, Content, Fetched, FlagOp, StoreOutcome, StoredFlags, header_end};
+pub use messages::{
+    Awaited, Awaiting, Changes, Content, Fetched, FlagOp, StoreOutcome, StoredFlags, header_end,
+};
 
 /// The mailboxes every account has, with their RFC 6154 special-use attributes. They start
 /// subscribed; other mailboxes only when the client subscribes them (RFC 3501 §6.3.6).
@@ -79,7 +81,7 @@ enum Step {
 }
 
 /// Schema steps after [`SCHEMA`], by `PRAGMA user_version` (step i takes version i to i+1).
-const MIGRATIONS: [Step; 5] = [
+const MIGRATIONS: [Step; 6] = [
     // 1: MODSEQ per message and mailbox, expunge tombstones, \Recent, subscriptions apart from
     // mailboxes, and a UIDVALIDITY counter that outlives deleted mailboxes.
     Step::Sql(
@@ -133,6 +135,14 @@ const MIGRATIONS: [Step; 5] = [
         "
     ALTER TABLE contents ADD COLUMN pieces_nonce BLOB;
     ALTER TABLE contents ADD COLUMN pieces BLOB;
+    ",
+    ),
+    // 6: a message filed before its blobs are downloaded (the proxy downloads them later,
+    // DECISIONS D76): its envelope is not acknowledged until they are kept.
+    Step::Sql(
+        "
+    CREATE TABLE awaiting (envelope_id TEXT PRIMARY KEY, content INTEGER NOT NULL);
+    CREATE INDEX awaiting_content ON awaiting (content);
     ",
     ),
 ];
@@ -227,11 +237,14 @@ pub struct Piece {
 }
 
 /// A synced envelope and the message it renders to, committed together (the chunks of
-/// the blobs it names are kept before, as they are downloaded).
+/// the blobs it names are kept before, as they are downloaded, or, when `awaiting`, later).
 #[derive(Debug, Clone)]
 pub struct Synced {
     pub stored: Stored,
     pub mail: NewMail,
+    /// Filed before its pieces' blobs are kept: served with their places filled until they
+    /// are, and not to be acknowledged before.
+    pub awaiting: bool,
 }
 
 /// The cache. Cheap to share behind an `Arc`; one connection, serialised by a mutex.

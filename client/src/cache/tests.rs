@@ -380,3 +380,117 @@ fn a_message_kept_in_pieces_reads_whole_and_never_short() {
     }
     assert!(read(uid).is_err());
 }
+
+/// A message filed before its blob is downloaded (synced `awaiting`): its envelope is
+/// listed as not to be acknowledged; read whole, the blob's place is filled with lines of
+/// its size (so everything else is where it will be) and the places are given; once the
+/// chunks are kept and it is `downloaded`, it reads whole for real. One whose blob cannot
+/// be had is withdrawn from every mailbox, each copy leaving a tombstone.
+#[test]
+fn a_message_awaiting_its_blob_reads_filled_then_whole_or_is_withdrawn() {
+    use letterme_protocol::blob::{CHUNK, Sealer};
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    let blob: Vec<u8> = (0..CHUNK + 100).map(|i| b"QUJD"[i % 4]).collect();
+    let mut sealer = Sealer::new();
+    let first = sealer.seal_chunk(&blob[..CHUNK]);
+    let (last, reference, _) = sealer.finish(&blob[CHUNK..]);
+    let rest = b"Subject: later\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n\r\n--b--\r\n";
+    let at = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let at = rest[at + 4..]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap()
+        + at
+        + 8;
+    let synced = |id: &str, awaiting: bool| {
+        let mut m = mail("INBOX", std::str::from_utf8(rest).unwrap(), None);
+        m.pieces = vec![Piece {
+            at,
+            blob: reference.clone(),
+        }];
+        Synced {
+            stored: Stored {
+                id: id.into(),
+                sender: "alice@x.test".into(),
+                received: 1,
+                envelope: id.as_bytes().to_vec(),
+                signer_key: [0; 32],
+            },
+            mail: m,
+            awaiting,
+        }
+    };
+    c.commit_synced(&[synced("e1", true), synced("e2", false)], 1)
+        .unwrap();
+    assert_eq!(
+        c.awaiting_envelopes()
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["e1"]
+    );
+    let [content] = c.awaiting().unwrap()[..] else {
+        panic!("one message awaits")
+    };
+    let awaited = c.awaited(content).unwrap().unwrap();
+    assert_eq!(awaited.envelope_id, "e1");
+    assert_eq!(awaited.pieces.unwrap()[0].blob, reference);
+
+    let inbox = c.folder("INBOX").unwrap().unwrap();
+    let (filled, holes) = {
+        let got = c.fetch(inbox.id, &[1], Content::Whole).unwrap();
+        let (meta, raw, awaiting) = got.into_iter().next().unwrap();
+        let awaiting = awaiting.expect("served filled");
+        assert_eq!(awaiting.content, content);
+        assert_eq!(meta.size as usize, raw.as_ref().unwrap().len());
+        (raw.unwrap(), awaiting.holes)
+    };
+    assert_eq!(
+        holes,
+        vec![std::ops::Range {
+            start: at,
+            end: at + blob.len()
+        }]
+    );
+    assert_eq!(&filled[..at], &rest[..at]);
+    assert_eq!(&filled[at + blob.len()..], &rest[at..]);
+    assert!(
+        filled[at..at + blob.len()]
+            .iter()
+            .all(|b| b"A\r\n".contains(b))
+    );
+    assert!(filled[at..at + 80].ends_with(b"AA\r\nAA"));
+    // The one synced with its blob (never kept here) is not served filled: no short read.
+    assert!(c.fetch(inbox.id, &[2], Content::Whole).is_err());
+
+    c.keep_chunk(&reference.id, 0, &first).unwrap();
+    c.keep_chunk(&reference.id, 1, &last).unwrap();
+    c.downloaded(content).unwrap();
+    assert!(c.awaiting_envelopes().unwrap().is_empty());
+    assert!(c.awaited(content).unwrap().is_none());
+    let got = c.fetch(inbox.id, &[1], Content::Whole).unwrap();
+    assert_eq!(got[0].2, None);
+    let mut whole = rest[..at].to_vec();
+    whole.extend_from_slice(&blob);
+    whole.extend_from_slice(&rest[at..]);
+    assert_eq!(got[0].1.as_deref(), Some(whole.as_slice()));
+
+    // Withdrawn: every copy goes, each with a tombstone.
+    c.commit_synced(&[synced("e3", true)], 1).unwrap();
+    let [later] = c.awaiting().unwrap()[..] else {
+        panic!("one message awaits")
+    };
+    let (_, pairs) = c.copy(inbox.id, &[3], "Archive", false).unwrap();
+    let archive = c.folder("Archive").unwrap().unwrap();
+    c.withdraw(later).unwrap();
+    assert!(c.awaiting().unwrap().is_empty());
+    assert!(c.fetch(inbox.id, &[3], Content::None).unwrap().is_empty());
+    assert!(
+        c.fetch(archive.id, &[pairs[0].1], Content::None)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(c.vanished_since(inbox.id, 0).unwrap(), [3]);
+    assert_eq!(c.vanished_since(archive.id, 0).unwrap(), [pairs[0].1]);
+}

@@ -227,6 +227,7 @@ fn proxy(dir: &Path, messages: &[Vec<u8>]) -> (SocketAddr, tokio::sync::watch::S
             password: PASSWORD.into(),
         },
         tls: None,
+        downloads: None,
     });
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");

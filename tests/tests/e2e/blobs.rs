@@ -177,6 +177,57 @@ fn a_blob_survives_kill_9_of_the_server_during_upload_and_of_the_reader_during_d
     assert!(server.blobs_gone(), "the blob outlived the acknowledgement");
 }
 
+/// kill -9 of bob's proxy while it downloads an attachment in the background: the message
+/// it already showed stays, nothing is acknowledged before the blob is all here, and the
+/// proxy started again finishes the download after the chunks it kept; then the server
+/// deletes the blob, and the attachment bob saves is the one sent.
+#[test]
+fn a_proxy_killed_while_downloading_an_attachment_finishes_it_after_a_restart() {
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", "");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
+    let bytes = file(world.path(), "big.bin", 24 << 20, "CANARY-PROXY-KILL-31d7");
+    let path = world.path().join("big.bin");
+    let args = [
+        "send",
+        "--to",
+        "bob@x.test",
+        "--subject",
+        "kill the proxy",
+        "--body",
+        "x",
+        "--attach",
+        path.to_str().unwrap(),
+    ];
+    ok(&cli(&alice, &args, None));
+    let chunks = |profile: &Path| -> i64 {
+        rusqlite::Connection::open(profile.join("mail.db"))
+            .and_then(|db| db.query_row("SELECT count(*) FROM blob_chunks", [], |r| r.get(0)))
+            .unwrap_or(0)
+    };
+    let mut proxy = letterme_tests::ProxyProc::start(&bob);
+    let until = Instant::now() + Duration::from_mins(2);
+    while chunks(&bob) == 0 {
+        assert!(Instant::now() < until, "the download never began");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    proxy.kill9_and_restart();
+    let kept = chunks(&bob);
+    // 24 MiB as base64 is 32 chunks: it had begun and, unless it finished in the moment
+    // between, not ended; either way the message was filed.
+    assert!(kept > 0);
+    let until = Instant::now() + Duration::from_mins(2);
+    while !server.blobs_gone() {
+        assert!(
+            Instant::now() < until,
+            "the restarted proxy did not finish the download ({kept} chunks kept before)"
+        );
+    }
+    drop(proxy);
+    assert_eq!(saved(&bob, &world.path().join("saved")), bytes);
+}
+
 /// A send refused after its upload (the recipient's mailbox cannot take it) gives the
 /// upload up: the server holds nothing of it and the sender's limit is free at once, not
 /// a day later; nor does the sender keep its chunks.

@@ -340,7 +340,7 @@ fn served_inbox(profile: &Path) -> Vec<Vec<u8>> {
         .fetch(inbox.id, &uids, letterme_client::cache::Content::Whole)
         .unwrap()
         .into_iter()
-        .map(|(_, raw)| raw.unwrap())
+        .map(|(_, raw, _)| raw.unwrap())
         .collect()
 }
 

@@ -473,7 +473,7 @@ async fn bob_notices_a_key_for_bob_that_bob_did_not_create() {
         .fetch(inbox.id, &uids, letterme_client::cache::Content::Whole)
         .unwrap()
         .into_iter()
-        .map(|(_, raw)| String::from_utf8_lossy(&raw.unwrap()).into_owned())
+        .map(|(_, raw, _)| String::from_utf8_lossy(&raw.unwrap()).into_owned())
         .filter(|raw| raw.contains("security alert"))
         .collect();
     assert_eq!(alerts.len(), 1, "{alerts:?}");

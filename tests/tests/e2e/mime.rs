@@ -40,7 +40,100 @@ fn a_multipart_message_with_html_inline_image_and_attachments_arrives_byte_ident
     let alice = world.account(&server, "alice", "alice@x.test");
     let bob = world.account(&server, "bob", "bob@x.test");
     let alice_proxy = ProxyProc::start(&alice);
+    let sent = submitted(&world, &alice_proxy);
 
+    // The message is on the server now, sealed, and bob has not fetched it yet: the PDF
+    // as one blob of its base64 body, beside an envelope that holds the rest.
+    assert_no_plaintext_on_server(&server, "at rest");
+    let held = server.stored_blobs();
+    assert_eq!(held.blobs, 1);
+    assert!(held.chunk_bytes > 2 * 1024 * 1024, "{held:?}");
+    assert!(held.envelope_bytes < 512 * 1024, "{held:?}");
+
+    // Bob's proxy downloads the PDF in the background (its default) once the message is
+    // filed, and acknowledges it: the server deletes the blob before any client asked.
+    let bob_proxy = ProxyProc::start(&bob);
+    assert!(
+        server.blobs_gone(),
+        "the blob was neither downloaded in the background nor deleted"
+    );
+    let inbox = fetch(&bob_proxy, "bob@x.test", "INBOX");
+    assert_arrived_intact("bob's INBOX", &inbox, &sent);
+    let sent_copy = fetch(&alice_proxy, "alice@x.test", "Sent");
+    assert_arrived_intact("alice's Sent", &sent_copy, &sent);
+
+    assert_no_plaintext_on_server(&server, "after delivery");
+    // Nor in either user's profile (the proxies' caches are sealed) or proxy log.
+    for (dir, log) in [(&alice, &alice_proxy.log), (&bob, &bob_proxy.log)] {
+        let mut files = files_under(dir);
+        files.push((log.clone(), std::fs::read(log).unwrap()));
+        assert_none_readable(&files, &dir.display().to_string());
+    }
+}
+
+/// With `--attachments on-demand`, bob's mail client sees the message — its structure,
+/// size, header and text — while the PDF is still only on the server; the proxy downloads
+/// it when the client first reads into it, serves every part intact, and only then
+/// acknowledges the message, so the server deletes the blob.
+#[test]
+fn a_large_attachment_is_downloaded_when_the_mail_client_reads_it() {
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", "");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
+    let alice_proxy = ProxyProc::start(&alice);
+    let sent = submitted(&world, &alice_proxy);
+    let bob_proxy = ProxyProc::start_with(
+        &bob,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &["--attachments", "on-demand"],
+    );
+    let port = bob_proxy.imap.port().to_string();
+    let first = python(
+        MIME,
+        &[
+            "first-look",
+            "127.0.0.1",
+            &port,
+            "bob@x.test",
+            &bob_proxy.password,
+            "INBOX",
+            SUBJECT,
+        ],
+    );
+    assert_eq!(first["subject"], SUBJECT);
+    assert!(
+        first["text"].as_str().unwrap().contains("CANARY-TEXT-7f3a"),
+        "{first}"
+    );
+    // Nothing of the PDF was downloaded for that: the server still holds it, bob's
+    // store holds no chunk of it, and the message waits to be acknowledged.
+    assert_eq!(server.stored_blobs().blobs, 1);
+    let store = rusqlite::Connection::open(bob.join("mail.db")).unwrap();
+    let count = |table: &str| -> i64 {
+        store
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!((count("blob_chunks"), count("awaiting")), (0, 1));
+
+    // Reading it downloads it; what was shown before is what is shown now.
+    let inbox = fetch(&bob_proxy, "bob@x.test", "INBOX");
+    assert_arrived_intact("bob's INBOX, on demand", &inbox, &sent);
+    assert_eq!(inbox["bodystructure"], first["bodystructure"]);
+    assert_eq!(inbox["rfc822_size"], first["rfc822_size"]);
+    assert!(count("blob_chunks") > 0);
+    assert_eq!(count("awaiting"), 0);
+    assert!(
+        server.blobs_gone(),
+        "the blob outlived the message's acknowledgement"
+    );
+}
+
+/// Alice's mail client submits the message through her proxy; what it sent, checked to
+/// be the message the FETCH checks rely on.
+fn submitted(world: &World, alice_proxy: &ProxyProc) -> Value {
     let sent = python(
         MIME,
         &[
@@ -99,33 +192,7 @@ fn a_multipart_message_with_html_inline_image_and_attachments_arrives_byte_ident
     for canary in ["CANARY-TEXT-7f3a", "CANARY-HTML-91bc", "Quartalsbericht"] {
         assert!(contains(&submitted, canary.as_bytes()), "{canary} not sent");
     }
-
-    // The message is on the server now, sealed, and bob has not fetched it yet: the PDF
-    // as one blob of its base64 body, beside an envelope that holds the rest.
-    assert_no_plaintext_on_server(&server, "at rest");
-    let held = server.stored_blobs();
-    assert_eq!(held.blobs, 1);
-    assert!(held.chunk_bytes > 2 * 1024 * 1024, "{held:?}");
-    assert!(held.envelope_bytes < 512 * 1024, "{held:?}");
-
-    let bob_proxy = ProxyProc::start(&bob);
-    let inbox = fetch(&bob_proxy, "bob@x.test", "INBOX");
-    assert_arrived_intact("bob's INBOX", &inbox, &sent);
-    // Acknowledged by its only recipient, the blob is deleted.
-    assert!(
-        server.blobs_gone(),
-        "the blob outlived the message's acknowledgement"
-    );
-    let sent_copy = fetch(&alice_proxy, "alice@x.test", "Sent");
-    assert_arrived_intact("alice's Sent", &sent_copy, &sent);
-
-    assert_no_plaintext_on_server(&server, "after delivery");
-    // Nor in either user's profile (the proxies' caches are sealed) or proxy log.
-    for (dir, log) in [(&alice, &alice_proxy.log), (&bob, &bob_proxy.log)] {
-        let mut files = files_under(dir);
-        files.push((log.clone(), std::fs::read(log).unwrap()));
-        assert_none_readable(&files, &dir.display().to_string());
-    }
+    sent
 }
 
 /// The message with [`SUBJECT`] in `user`'s `folder`, read through `proxy`'s IMAP and

@@ -17,7 +17,7 @@ use imap_codec::imap_types::{
     },
     core::{AString, IString, NString, Quoted, Vec1},
     envelope::{Address, Envelope},
-    fetch::{Part, Section},
+    fetch::{MessageDataItemName, Part, Section},
 };
 use mail_parser::{
     Addr, Attribute, ContentType, Encoding, Header, HeaderName, HeaderValue, MessageParser,
@@ -75,20 +75,99 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
         .then(|| headers_only(raw))
         .flatten()
         .unwrap_or_else(|| parse(raw, 0..raw.len(), 0));
-    let slice = |range: &Range<usize>| span(raw, range).to_vec();
     match section {
-        Section::Part(part) => find(&root, part).map(|node| slice(&node.body)),
-        Section::Mime(part) => find(&root, part).map(|node| slice(&node.header)),
-        Section::Header(part) => message(&root, part.as_ref()).map(|m| slice(&m.header)),
-        Section::Text(part) => message(&root, part.as_ref()).map(|m| slice(&m.body)),
         Section::HeaderFields(part, names) => {
             message(&root, part.as_ref()).map(|m| header_fields(raw, m, names.as_ref(), true))
         }
         Section::HeaderFieldsNot(part, names) => {
             message(&root, part.as_ref()).map(|m| header_fields(raw, m, names.as_ref(), false))
         }
+        _ => section_range(&root, section).map(|range| span(raw, &range).to_vec()),
     }
     .unwrap_or_default()
+}
+
+/// Where a section's bytes are in the message whose tree is `root` (the fields of
+/// HEADER.FIELDS are picked from its header); `None` when it does not exist.
+fn section_range(root: &Node<'_>, section: &Section<'_>) -> Option<Range<usize>> {
+    match section {
+        Section::Part(part) => find(root, part).map(|node| node.body.clone()),
+        Section::Mime(part) => find(root, part).map(|node| node.header.clone()),
+        Section::Header(part)
+        | Section::HeaderFields(part, _)
+        | Section::HeaderFieldsNot(part, _) => {
+            message(root, part.as_ref()).map(|m| m.header.clone())
+        }
+        Section::Text(part) => message(root, part.as_ref()).map(|m| m.body.clone()),
+    }
+}
+
+/// Whether answering `item` from `raw` needs bytes of `holes`: the places of blobs not
+/// downloaded yet, filled so that everything else is where it will be. BODY and
+/// BODYSTRUCTURE read none of a leaf's bytes, only its size, except the line count of a
+/// text part and the structure of an encapsulated message.
+pub fn reads_holes(raw: &[u8], item: &MessageDataItemName<'_>, holes: &[Range<usize>]) -> bool {
+    if holes.is_empty() {
+        return false;
+    }
+    let overlaps = |r: &Range<usize>| holes.iter().any(|h| h.start < r.end && r.start < h.end);
+    let whole = 0..raw.len();
+    let root = || parse(raw, whole.clone(), 0);
+    match item {
+        MessageDataItemName::Flags
+        | MessageDataItemName::Uid
+        | MessageDataItemName::InternalDate
+        | MessageDataItemName::Rfc822Size
+        | MessageDataItemName::ModSeq => false,
+        MessageDataItemName::Envelope | MessageDataItemName::Rfc822Header => {
+            headers_only(raw).is_none_or(|top| overlaps(&top.header))
+        }
+        MessageDataItemName::Body | MessageDataItemName::BodyStructure => {
+            structure_reads(&root(), &overlaps)
+        }
+        MessageDataItemName::Rfc822 => overlaps(&whole),
+        MessageDataItemName::Rfc822Text => overlaps(&root().body),
+        MessageDataItemName::BodyExt {
+            section, partial, ..
+        } => {
+            let range = match section {
+                None => Some(whole.clone()),
+                Some(s) => section_range(&root(), s),
+            };
+            // A section not found may exist once the holes are filled in.
+            range.is_none_or(|r| {
+                let Some((origin, count)) = *partial else {
+                    return overlaps(&r);
+                };
+                let start = r.start.saturating_add(origin as usize).min(r.end);
+                let end = start.saturating_add(count.get() as usize).min(r.end);
+                overlaps(&(start..end))
+            })
+        }
+        // Decoded bytes: their offsets are not the raw ones, so the whole part counts.
+        MessageDataItemName::Binary { section, .. }
+        | MessageDataItemName::BinarySize { section } => match Vec1::try_from(section.clone()) {
+            Err(_) => overlaps(&whole),
+            Ok(numbers) => find(&root(), &Part(numbers)).is_none_or(|node| overlaps(&node.body)),
+        },
+    }
+}
+
+/// Whether the structure of `node` depends on bytes `overlaps` says are missing.
+fn structure_reads(node: &Node<'_>, overlaps: &impl Fn(&Range<usize>) -> bool) -> bool {
+    if overlaps(&node.header) {
+        return true;
+    }
+    match &node.kind {
+        Kind::Multipart(children) => children
+            .as_ref()
+            .iter()
+            .any(|c| structure_reads(c, overlaps)),
+        Kind::Message(_) => overlaps(&node.body),
+        Kind::Leaf => {
+            matches!(node.content_type.c_type.as_ref(), "text" | "message") && overlaps(&node.body)
+        }
+    }
 }
 
 /// A part BINARY cannot decode: an unknown Content-Transfer-Encoding (RFC 3516 §4.3,

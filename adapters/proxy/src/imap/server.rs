@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use super::extended;
 use super::session::{Authenticate, FetchJob, Next, Out, Reply, Session};
 use crate::credentials::Credentials;
+use crate::downloads::Downloads;
 
 /// Largest literal accepted (APPEND of one message).
 pub const MAX_LITERAL: u32 = 64 * 1024 * 1024;
@@ -39,6 +40,8 @@ pub struct ImapProxy {
     pub cache: Arc<Cache>,
     pub credentials: Credentials,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Downloads the attachments a FETCH needs that are not downloaded yet.
+    pub downloads: Option<Arc<Downloads>>,
 }
 
 impl std::fmt::Debug for ImapProxy {
@@ -174,7 +177,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     (Some((tag, mechanism)), AuthenticateData::Continue(data)) => {
                         s.authenticate(tag, mechanism, Some(data.declassify().as_ref()))
                     }
-                    (tag, _) => Authenticate::Done(Reply {
+                    (tag, _) => Authenticate::Done(Box::new(Reply {
                         out: vec![Out::Status(
                             Status::bad(
                                 tag.as_ref().map(|t| t.0.clone()),
@@ -185,7 +188,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         )],
                         next: Next::Continue,
                         more: None,
-                    }),
+                    })),
                 };
                 let tag = authenticating.take().map(|t| t.0);
                 if let Some(tag) = tag {
@@ -239,6 +242,19 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         return Ok(Outcome::Closed);
                     }
                     Next::StartTls => return Ok(Outcome::StartTls(stream, Box::new(s))),
+                }
+                // A FETCH waits for a message's attachments: the client waits for its
+                // answer meanwhile.
+                if let Some(content) = outbox.more.as_ref().and_then(FetchJob::wants) {
+                    let failed = match &proxy.downloads {
+                        None => Some("this proxy does not download attachments".to_owned()),
+                        Some(d) => d.download(content).await.err().map(|e| e.to_string()),
+                    };
+                    if let Some(job) = &mut outbox.more {
+                        job.downloaded(failed);
+                    }
+                    outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
+                    continue;
                 }
                 let n = if idle_tag.is_some() {
                     tokio::select! {
@@ -314,7 +330,8 @@ fn finish_auth(
             let _ = server.authenticate_continue(CommandContinuationRequest::base64(Vec::new()));
             Some((tag, AuthMechanism::Plain))
         }
-        Authenticate::Done(mut reply) => {
+        Authenticate::Done(reply) => {
+            let mut reply = *reply;
             if matches!(reply.out.first(), Some(Out::Status(_)))
                 && let Out::Status(status) = reply.out.remove(0)
             {
@@ -375,7 +392,7 @@ impl Outbox {
             if self.last.is_some() {
                 return;
             }
-            let Some(job) = self.more.take() else {
+            let Some(job) = self.more.take_if(|job| job.wants().is_none()) else {
                 return;
             };
             self.push(s.fetch_more(job), next);

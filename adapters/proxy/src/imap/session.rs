@@ -116,7 +116,7 @@ pub enum Authenticate {
     /// Ask for the client's response with an empty continuation.
     Continue,
     /// The tagged answer first (it ends the exchange), then anything after it.
-    Done(Reply),
+    Done(Box<Reply>),
 }
 
 /// The result of one command.
@@ -146,6 +146,30 @@ pub struct FetchJob {
     unknown_cte: bool,
     /// CHANGEDSINCE (RFC 7162 §3.1.4.1): only messages with a higher MODSEQ.
     changed_since: Option<u64>,
+    /// The message (UID, content) whose blobs must be downloaded before the FETCH goes on.
+    wants: Option<(u32, i64)>,
+    /// Messages whose download was tried for this FETCH.
+    tried: BTreeSet<u32>,
+    /// Why a message's blobs could not be downloaded: it was left out.
+    unavailable: Option<String>,
+}
+
+impl FetchJob {
+    /// The content whose blobs the FETCH waits for.
+    pub fn wants(&self) -> Option<i64> {
+        self.wants.map(|(_, content)| content)
+    }
+
+    /// The download it waited for ended: the FETCH goes on; a message whose download
+    /// failed is left out, and the FETCH answers NO with the reason (RFC 5530 UNAVAILABLE).
+    pub fn downloaded(&mut self, failed: Option<String>) {
+        if let Some((uid, _)) = self.wants.take() {
+            self.tried.insert(uid);
+            if failed.is_some() {
+                self.unavailable = failed;
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -557,20 +581,20 @@ impl Session {
         response: Option<&[u8]>,
     ) -> Authenticate {
         if self.is_authenticated() {
-            return Authenticate::Done(Self::reply(vec![tagged(
+            return Authenticate::Done(Box::new(Self::reply(vec![tagged(
                 tag,
                 Kind::Bad,
                 None,
                 "already logged in",
-            )]));
+            )])));
         }
         if *mechanism != AuthMechanism::Plain {
-            return Authenticate::Done(Self::reply(vec![tagged(
+            return Authenticate::Done(Box::new(Self::reply(vec![tagged(
                 tag,
                 Kind::No,
                 None,
                 "only PLAIN is offered, with the credentials from `letterme proxy credentials`",
-            )]));
+            )])));
         }
         let Some(response) = response else {
             return Authenticate::Continue;
@@ -580,15 +604,17 @@ impl Session {
         let (Some(authzid), Some(user), Some(pass), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Authenticate::Done(Self::reply(vec![tagged(
+            return Authenticate::Done(Box::new(Self::reply(vec![tagged(
                 tag,
                 Kind::Bad,
                 None,
                 "malformed PLAIN response",
-            )]));
+            )])));
         };
         let as_self = authzid.is_empty() || authzid.eq_ignore_ascii_case(user);
-        Authenticate::Done(self.check_login(tag, as_self && self.creds.check(user, pass)))
+        Authenticate::Done(Box::new(
+            self.check_login(tag, as_self && self.creds.check(user, pass)),
+        ))
     }
 
     fn authenticated(&mut self, tag: &Tag<'static>, body: CommandBody<'static>) -> Reply {

@@ -40,6 +40,7 @@ impl Proxy {
                 password: PASSWORD.into(),
             },
             tls: None,
+            downloads: None,
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();

@@ -543,3 +543,96 @@ fn address_edge_cases_follow_rfc3501() {
         vec!["Name user@example.com", " x@y.example"]
     );
 }
+
+/// What a FETCH can answer before a message's blobs are downloaded: everything whose
+/// bytes lie outside their places (the holes), and the structure of a message whose holes
+/// are in opaque parts; never a section, partial or decoded part that reaches into one,
+/// nor the line count of a text part or the structure of a message that is one.
+#[test]
+fn items_that_read_a_missing_blob_are_told_apart() {
+    let raw = crlf(
+        "From: a@x.test\nSubject: holes\nContent-Type: multipart/mixed; boundary=b\n\n\
+         --b\nContent-Type: text/plain\n\nsee attached\n\
+         --b\nContent-Type: application/pdf\nContent-Transfer-Encoding: base64\n\nAAAAAAAA\nAAAA\n\
+         --b\nContent-Type: text/plain\nContent-Transfer-Encoding: base64\n\nAAAA\n\
+         --b--\n",
+    );
+    let find = |needle: &[u8], after: usize| {
+        after
+            + raw[after..]
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap()
+    };
+    let pdf_at = find(b"AAAAAAAA", 0);
+    let pdf = pdf_at..pdf_at + "AAAAAAAA\r\nAAAA".len();
+    let text_at = find(b"AAAA\r\n--b--", pdf.end);
+    let text = text_at..text_at + 4;
+    let body = |section: Option<Section<'static>>, partial| MessageDataItemName::BodyExt {
+        section,
+        partial,
+        peek: true,
+    };
+    let reads =
+        |item: &MessageDataItemName<'_>, holes: &[Range<usize>]| reads_holes(&raw, item, holes);
+    let pdf_only = std::slice::from_ref(&pdf);
+    for (item, expected) in [
+        (MessageDataItemName::Rfc822Size, false),
+        (MessageDataItemName::Envelope, false),
+        (MessageDataItemName::Rfc822Header, false),
+        (MessageDataItemName::BodyStructure, false),
+        (MessageDataItemName::Body, false),
+        (body(Some(Section::Header(None)), None), false),
+        (body(Some(Section::Part(part(&[1]))), None), false),
+        (body(Some(Section::Mime(part(&[2]))), None), false),
+        (body(Some(Section::Part(part(&[3]))), None), false),
+        (body(None, Some((0, NonZeroU32::new(40).unwrap()))), false),
+        (
+            MessageDataItemName::Binary {
+                section: vec![NonZeroU32::MIN],
+                partial: None,
+                peek: true,
+            },
+            false,
+        ),
+        (body(Some(Section::Part(part(&[2]))), None), true),
+        (
+            body(
+                Some(Section::Part(part(&[2]))),
+                Some((4, NonZeroU32::new(2).unwrap())),
+            ),
+            true,
+        ),
+        (body(None, None), true),
+        (body(Some(Section::Text(None)), None), true),
+        (MessageDataItemName::Rfc822, true),
+        (MessageDataItemName::Rfc822Text, true),
+        (
+            MessageDataItemName::BinarySize {
+                section: vec![NonZeroU32::new(2).unwrap()],
+            },
+            true,
+        ),
+        // A part that does not exist may once the holes are filled in.
+        (body(Some(Section::Part(part(&[7]))), None), true),
+    ] {
+        assert_eq!(reads(&item, pdf_only), expected, "{item:?}");
+    }
+    // A partial that ends before the hole does not reach it.
+    let before = u32::try_from(pdf.start - 1).unwrap();
+    assert!(!reads(
+        &body(None, Some((0, NonZeroU32::new(before).unwrap()))),
+        pdf_only
+    ));
+    assert!(reads(
+        &body(None, Some((before, NonZeroU32::new(2).unwrap()))),
+        pdf_only
+    ));
+    // A text part's line count is in BODYSTRUCTURE: not before it is there.
+    let both = [pdf.clone(), text];
+    assert!(reads(&MessageDataItemName::BodyStructure, &both));
+    assert!(reads(&MessageDataItemName::Body, &both));
+    assert!(!reads(&body(Some(Section::Part(part(&[1]))), None), &both));
+    // Nothing missing: nothing to wait for.
+    assert!(!reads(&body(None, None), &[]));
+}

@@ -173,6 +173,9 @@ impl Session {
             answered: false,
             unknown_cte: false,
             changed_since,
+            wants: None,
+            tried: BTreeSet::new(),
+            unavailable: None,
         };
         let mut reply = self.fetch_more(job);
         reply.out.splice(0..0, first);
@@ -187,7 +190,7 @@ impl Session {
         // Batches whose messages all vanished, or are unchanged since CHANGEDSINCE, send
         // nothing; go on until one does, or the end.
         let mut out = Vec::new();
-        while out.is_empty() && !job.todo.is_empty() {
+        while out.is_empty() && !job.todo.is_empty() && job.wants.is_none() {
             match self.fetch_batch(&mut job) {
                 Ok(o) => out = o,
                 Err(e) => return Self::reply(vec![store_error(&job.tag, &e.to_string())]),
@@ -201,6 +204,12 @@ impl Session {
             };
         }
         out.push(match (job.expunged, job.answered) {
+            _ if let Some(why) = &job.unavailable => tagged(
+                &job.tag,
+                Kind::No,
+                Some(Code::Other(CodeOther::unvalidated(&b"UNAVAILABLE"[..]))),
+                &format!("an attachment could not be downloaded ({why}); try again later"),
+            ),
             // RFC 3516 §4.3: a part whose encoding cannot be undone fails the FETCH.
             _ if job.unknown_cte => tagged(
                 &job.tag,
@@ -227,7 +236,8 @@ impl Session {
 
     /// The FETCH responses for the next batch of `job`.
     fn fetch_batch(&mut self, job: &mut FetchJob) -> Result<Vec<Out>, ClientError> {
-        let batch: Vec<(u32, u32)> = job.todo.drain(..job.todo.len().min(FETCH_BATCH)).collect();
+        let mut batch: Vec<(u32, u32)> =
+            job.todo.drain(..job.todo.len().min(FETCH_BATCH)).collect();
         let content = job
             .items
             .iter()
@@ -251,6 +261,35 @@ impl Session {
                 Ok(rows) => rows.into_iter().map(|r| (r.0.uid, r)).collect(),
                 Err(e) => return Err(e),
             };
+        // A message this FETCH reads blobs of that are not downloaded yet ends the batch
+        // before it; the FETCH goes on once they are (its download tried once).
+        let needs_download = |uid: &u32| {
+            let (_, raw, awaiting) = rows.get(uid)?;
+            let (raw, a) = (raw.as_deref()?, awaiting.as_ref()?);
+            job.items
+                .iter()
+                .any(|i| mime::reads_holes(raw, i, &a.holes))
+                .then_some(a.content)
+        };
+        if let Some((cut, content)) = batch
+            .iter()
+            .enumerate()
+            .find_map(|(i, (_, uid))| needs_download(uid).map(|c| (i, c)))
+        {
+            let uid = batch[cut].1;
+            if job.tried.contains(&uid) {
+                // Tried, and still not there: left out, as one that failed.
+                rows.remove(&uid);
+                job.unavailable
+                    .get_or_insert_with(|| "its download did not complete".into());
+            } else {
+                for b in batch.drain(cut..).rev() {
+                    rows.remove(&b.1);
+                    job.todo.push_front(b);
+                }
+                job.wants = Some((uid, content));
+            }
+        }
         // CHANGEDSINCE first (RFC 7162 §3.1.4.1): an unchanged message is answered by
         // leaving it out, and keeps its flags and MODSEQ.
         let mut unchanged = BTreeSet::new();
@@ -299,8 +338,10 @@ impl Session {
             if unchanged.contains(&uid) {
                 continue;
             }
-            let Some((meta, raw)) = rows.get(&uid) else {
-                job.expunged = true;
+            let Some((meta, raw, _)) = rows.get(&uid) else {
+                if !job.tried.contains(&uid) {
+                    job.expunged = true;
+                }
                 continue;
             };
             if let Ok(i) = s.uids.binary_search(&uid)
@@ -635,7 +676,7 @@ impl Session {
         };
         let recent = &self.sel().recent;
         let candidates = uids.iter().enumerate().filter_map(|(i, u)| {
-            let (meta, raw) = rows.get(u)?;
+            let (meta, raw, _) = rows.get(u)?;
             Some(search::Candidate {
                 seq: i as u32 + 1,
                 uid: *u,
@@ -703,7 +744,7 @@ impl Session {
                 .map(|r| (r.0.uid, r))
                 .collect();
             for &(seq, u) in chunk {
-                let Some((meta, raw)) = rows.get(&u) else {
+                let Some((meta, raw, _)) = rows.get(&u) else {
                     continue;
                 };
                 let raw = raw.as_deref().unwrap_or_default();

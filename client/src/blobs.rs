@@ -17,9 +17,16 @@ pub enum Downloaded {
     Nothing,
     /// Its blobs are kept: it is served whole.
     Kept,
-    /// A blob could not be had: the message was withdrawn, for this reason.
-    Refused(String),
+    /// A blob could not be had: the message (envelope `envelope`) was withdrawn.
+    Refused { envelope: String, reason: String },
 }
+
+/// Chunk transfers of one blob in flight at once (uploads and downloads): the network,
+/// the server's group commit and our sealing or checking overlap.
+const CHUNKS_AHEAD: usize = 4;
+
+/// Chunks kept in one local commit (each commit waits for the disk).
+const CHUNKS_PER_COMMIT: usize = 8;
 
 /// Attempts at an upload's missing chunks before giving up (waiting 1, 2, 4 and 8 s
 /// between them).
@@ -51,8 +58,8 @@ fn seal_each(
 }
 
 /// Asks the server where the upload of blob `reference` stands and sends the chunks it
-/// lacks, sealing them again one at a time; each chunk is kept in `cache` too (our Sent
-/// copy reads the blob there).
+/// lacks, sealing them again one at a time, [`CHUNKS_AHEAD`] in flight; each chunk is kept
+/// in `cache` too (our Sent copy reads the blob there), [`CHUNKS_PER_COMMIT`] at a time.
 async fn upload_missing(
     api: &Api,
     cache: &Cache,
@@ -63,24 +70,64 @@ async fn upload_missing(
     let size = letterme_protocol::blob::sealed_size(bytes.len() as u64);
     let state = api.blob_begin(&reference.id, size, manifest).await?;
     let held = cache.held_chunks(&reference.id)?;
-    let mut sealer = Sealer::again(reference);
+    let mut sealer = Some(Sealer::again(reference));
     let (full, last) = split(bytes);
-    let mut n = 0;
-    let each = async |n: u64, sealed: Vec<u8>| -> Result<(), ClientError> {
-        if !held.contains(&n) {
-            cache.keep_chunk(&reference.id, n, &sealed)?;
-        }
+    let mut puts = tokio::task::JoinSet::new();
+    let mut fresh = Vec::new();
+    let count = full.len() as u64 + 1;
+    let mut full = full;
+    for n in 0..count {
+        // Every chunk but the last, then the last, which ends the sealer.
+        let sealed = match (full.next(), sealer.as_mut()) {
+            (Some(c), Some(s)) => s.seal_chunk(c),
+            (None, _) => match sealer.take() {
+                Some(s) => s.finish(last).0,
+                None => break,
+            },
+            (Some(_), None) => break,
+        };
         if !state.stored.contains(&n) {
-            api.blob_put(&reference.id, n, sealed).await?;
+            while puts.len() >= CHUNKS_AHEAD {
+                joined(puts.join_next().await)?;
+            }
+            let (api, id, chunk) = (api.clone(), reference.id.clone(), sealed.clone());
+            puts.spawn(async move { api.blob_put(&id, n, chunk).await.map(drop) });
         }
-        Ok(())
-    };
-    for c in full {
-        each(n, sealer.seal_chunk(c)).await?;
-        n += 1;
+        if !held.contains(&n) {
+            fresh.push((n, sealed));
+        }
+        if fresh.len() >= CHUNKS_PER_COMMIT || n + 1 == count {
+            cache.keep_chunks(&reference.id, &fresh)?;
+            fresh.clear();
+        }
     }
-    let (sealed, _, _) = sealer.finish(last);
-    each(n, sealed).await
+    while let Some(done) = puts.join_next().await {
+        joined(Some(done))?;
+    }
+    Ok(())
+}
+
+/// The outcome of a chunk's transfer task.
+fn joined<T>(
+    done: Option<Result<Result<T, ClientError>, tokio::task::JoinError>>,
+) -> Result<Option<T>, ClientError> {
+    done.map(|r| r.map_err(|e| ClientError::Io(format!("a chunk transfer failed: {e}")))?)
+        .transpose()
+}
+
+/// Chunk downloads started ahead of the one being checked, in order; aborted when the
+/// download ends early.
+struct Ahead(std::collections::VecDeque<(u64, ChunkTask)>);
+
+/// A chunk's download.
+type ChunkTask = tokio::task::JoinHandle<Result<Vec<u8>, ClientError>>;
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        for (_, task) in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Opens a blob's sealed chunks against its reference: every chunk authenticates, in
@@ -161,62 +208,92 @@ impl Online {
         }
     }
 
-    /// Downloads the chunks of blob `reference` the local store lacks, one at a time,
-    /// each checked against the reference before it is kept (sealed, as it came), and the
-    /// kept ones checked again in order: at the end the whole is the blob the reference
-    /// names. A download broken off resumes after the chunks kept; a login that expires on
-    /// the way (a large blob on a slow line outlasts a token) is renewed.
+    /// Downloads the chunks of blob `reference` the local store lacks, [`CHUNKS_AHEAD`]
+    /// in flight, each checked against the reference in order before it is kept (sealed,
+    /// as it came, [`CHUNKS_PER_COMMIT`] at a time), and the kept ones checked again: at
+    /// the end the whole is the blob the reference names. A download broken off resumes
+    /// after the chunks kept; a login that expires on the way (a large blob on a slow line
+    /// outlasts a token) is renewed.
     pub(crate) async fn keep_blob(&self, reference: &BlobRef) -> Result<(), ClientError> {
-        let held = self.me.cache.held_chunks(&reference.id)?;
+        let cache = &self.me.cache;
+        let held = cache.held_chunks(&reference.id)?;
         let mut api = self.api.clone();
-        let mut opener = Opener::new(reference)?;
-        let last = opener.chunks().saturating_sub(1);
-        for n in 0..last {
-            let chunk = self
-                .chunk(&mut api, reference, held.contains(&n), n)
-                .await?;
-            opener.open_chunk(&chunk)?;
-            self.keep(reference, &held, n, &chunk)?;
-        }
-        let chunk = self
-            .chunk(&mut api, reference, held.contains(&last), last)
-            .await?;
-        opener.finish(&chunk)?;
-        self.keep(reference, &held, last, &chunk)
-    }
-
-    /// Chunk `n` of a blob: the kept one, or downloaded.
-    async fn chunk(
-        &self,
-        api: &mut Api,
-        reference: &BlobRef,
-        kept: bool,
-        n: u64,
-    ) -> Result<Vec<u8>, ClientError> {
-        if kept && let Some(c) = self.me.cache.blob_chunk(&reference.id, n)? {
-            return Ok(c);
-        }
-        match api.blob_chunk(&reference.id, n).await {
-            Err(ClientError::Api { status: 401, .. }) => {
-                self.login_again(api).await?;
-                api.blob_chunk(&reference.id, n).await
+        let mut opener = Some(Opener::new(reference)?);
+        let count = opener.as_ref().map_or(1, Opener::chunks);
+        let mut ahead = Ahead(std::collections::VecDeque::new());
+        let mut next = 0;
+        let mut fresh = Vec::new();
+        for n in 0..count {
+            while ahead.0.len() < CHUNKS_AHEAD && next < count {
+                if !held.contains(&next) {
+                    let (api, id, m) = (api.clone(), reference.id.clone(), next);
+                    let task = tokio::spawn(async move { api.blob_chunk(&id, m).await });
+                    ahead.0.push_back((m, task));
+                }
+                next += 1;
             }
-            other => other,
+            let kept = if held.contains(&n) {
+                cache.blob_chunk(&reference.id, n)?
+            } else {
+                None
+            };
+            let chunk = if let Some(c) = kept {
+                c
+            } else {
+                let started = ahead.0.front().is_some_and(|(m, _)| *m == n);
+                let got = match ahead.0.pop_front().filter(|_| started) {
+                    Some((_, task)) => task
+                        .await
+                        .map_err(|e| ClientError::Io(format!("a chunk transfer failed: {e}")))?,
+                    // Listed as kept, gone meanwhile: downloaded now.
+                    None => api.blob_chunk(&reference.id, n).await,
+                };
+                match got {
+                    Err(ClientError::Api { status: 401, .. }) => {
+                        self.login_again(&mut api).await?;
+                        api.blob_chunk(&reference.id, n).await?
+                    }
+                    other => other?,
+                }
+            };
+            // Every chunk but the last, then the last, which ends the opener.
+            match opener.as_mut() {
+                Some(o) if n + 1 < count => {
+                    o.open_chunk(&chunk)?;
+                }
+                _ => {
+                    if let Some(o) = opener.take() {
+                        o.finish(&chunk)?;
+                    }
+                }
+            }
+            if !held.contains(&n) {
+                fresh.push((n, chunk));
+            }
+            if fresh.len() >= CHUNKS_PER_COMMIT || n + 1 == count {
+                cache.keep_chunks(&reference.id, &fresh)?;
+                fresh.clear();
+            }
         }
+        Ok(())
     }
 
-    /// Keeps a checked chunk that is not kept yet.
-    fn keep(
+    /// [`Online::keep_blob`]; `Ok(Err(reason))` when the blob cannot be had for good (a
+    /// chunk that does not open, a blob the server does not have): the message naming it
+    /// is refused. Errors are what may pass.
+    pub(crate) async fn keep_or_refuse(
         &self,
         reference: &BlobRef,
-        held: &std::collections::BTreeSet<u64>,
-        n: u64,
-        chunk: &[u8],
-    ) -> Result<(), ClientError> {
-        if held.contains(&n) {
-            return Ok(());
+    ) -> Result<Result<(), String>, ClientError> {
+        match self.keep_blob(reference).await {
+            Ok(()) => Ok(Ok(())),
+            Err(ClientError::Blob(e)) => Ok(Err(format!("attachment blob {}: {e}", reference.id))),
+            Err(ClientError::Api { status: 404, .. }) => Ok(Err(format!(
+                "attachment blob {} is not on the server",
+                reference.id
+            ))),
+            Err(e) => Err(e),
         }
-        self.me.cache.keep_chunk(&reference.id, n, chunk)
     }
 
     /// Downloads the blobs a message filed before them waits for ([`Cache::awaited`]),
@@ -235,20 +312,9 @@ impl Online {
         };
         let mut refused = None;
         for p in pieces.iter().flatten() {
-            match self.keep_blob(&p.blob).await {
-                Ok(()) => {}
-                Err(ClientError::Blob(e)) => {
-                    refused = Some(format!("attachment blob {}: {e}", p.blob.id));
-                    break;
-                }
-                Err(ClientError::Api { status: 404, .. }) => {
-                    refused = Some(format!(
-                        "attachment blob {} is not on the server",
-                        p.blob.id
-                    ));
-                    break;
-                }
-                Err(e) => return Err(e),
+            if let Err(reason) = self.keep_or_refuse(&p.blob).await? {
+                refused = Some(reason);
+                break;
             }
         }
         let outcome = match refused {
@@ -263,7 +329,10 @@ impl Online {
                     mailbox.refuse(&envelope_id, &m.sender, &reason, &m.envelope, crate::now())?;
                 }
                 cache.withdraw(content)?;
-                Downloaded::Refused(reason)
+                Downloaded::Refused {
+                    envelope: envelope_id.clone(),
+                    reason,
+                }
             }
         };
         // The next sync acknowledges it if this does not get through.
@@ -332,7 +401,8 @@ impl Online {
 
 impl Unlocked {
     /// `payload` with the bodies of its blobs back in its entity, from the sealed chunks
-    /// the local store keeps. A blob the store does not hold stays a placeholder field.
+    /// the local store keeps. A blob the store does not hold whole (not downloaded yet,
+    /// D76) stays a placeholder field.
     pub(crate) fn with_blob_bodies(&self, payload: Payload) -> Result<Payload, ClientError> {
         if payload.blobs.is_empty() {
             return Ok(payload);
@@ -344,11 +414,13 @@ impl Unlocked {
         let mut bodies = Vec::with_capacity(payload.blobs.len());
         for r in &payload.blobs {
             let sealed = mailbox.blob_chunks(&r.id)?;
-            bodies.push(if sealed.is_empty() {
-                None
-            } else {
-                Some(open(&sealed, r)?)
-            });
+            bodies.push(
+                if sealed.len() as u64 == letterme_protocol::blob::chunks(r.size) {
+                    Some(open(&sealed, r)?)
+                } else {
+                    None
+                },
+            );
         }
         // Checked at sync: each blob has one place.
         let (mime, _) = mime::attach(entity, &bodies);

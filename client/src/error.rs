@@ -84,6 +84,11 @@ pub enum ClientError {
     AttachmentTooLarge { size: u64, limit: u64 },
     #[error("attachment blob: {0}")]
     Blob(#[from] letterme_protocol::blob::BlobError),
+    #[error(
+        "attachment blob {0} is not downloaded yet: `letterme proxy` downloads it (open the \
+         message in your mail client), or stop the proxy and run `letterme sync`"
+    )]
+    NotDownloaded(String),
 }
 
 fn list_of(v: &[Address]) -> String {

@@ -259,7 +259,16 @@ impl Unlocked {
         &self,
         id_prefix: &str,
     ) -> Result<Vec<(mime::Attachment, Vec<u8>)>, ClientError> {
-        let payload = self.open_stored(&self.mailbox()?.find(id_prefix)?)?;
+        let stored = self.mailbox()?.find(id_prefix)?;
+        let payload = self.open_stored(&stored)?;
+        // Not downloaded yet (the proxy downloads later, D76): nothing is saved short.
+        if let Some(r) = payload.blobs.iter().find(|r| {
+            self.cache.held_chunks(&r.id).map_or(true, |held| {
+                held.len() as u64 != letterme_protocol::blob::chunks(r.size)
+            })
+        }) {
+            return Err(ClientError::NotDownloaded(r.id.clone()));
+        }
         Ok(mime::attachments(mime_of(&payload).unwrap_or_default()))
     }
 

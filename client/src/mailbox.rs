@@ -94,7 +94,8 @@ impl Mailbox {
     ) -> Result<(), ClientError> {
         self.conn
             .execute(
-                "INSERT INTO refused (id, sender, reason, envelope, stored_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO refused (id, sender, reason, envelope, stored_at)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM refused WHERE id = ?1)",
                 params![id, sender, reason, envelope, now as i64],
             )
             .map(|_| ())

@@ -185,6 +185,7 @@ impl Online {
             let listed = page.len();
             page.truncate(within_bytes(&page, SYNC_PAGE_BYTES));
             after = page.iter().map(|e| e.seq).max().unwrap_or(after);
+            let taken = page.len();
             page.retain(|e| !waiting.contains(&e.id));
             let bodies = self.fetch_page(&page).await?;
             let downloaded = started.elapsed();
@@ -253,15 +254,15 @@ impl Online {
             let opened_in = opening.elapsed();
             let mut accepted = Vec::new();
             let later = self.attachments != AttachmentDownload::WithMessage;
+            let mut blob_limit = None;
             for ((entry, bytes), result) in fresh.into_iter().zip(opened) {
                 let result = match result {
                     Ok((signer, Opened::Rendered(mail))) => Ok((signer, mail, false)),
-                    // Filed now, its blobs downloaded later (DECISIONS D76); placed first.
+                    // Filed now, its blobs downloaded later (DECISIONS D76).
                     Ok((signer, Opened::WithBlobs(payload))) if later => self
-                        .me
-                        .filed_in_pieces(&payload, &signer, entry.received)
-                        .map(|mail| (signer, mail, true))
-                        .map_err(|why| why.to_string()),
+                        .filed_for_later(&payload, &signer, entry.received, &mut blob_limit)
+                        .await?
+                        .map(|mail| (signer, mail, true)),
                     Ok((signer, Opened::WithBlobs(payload))) => self
                         .fetch_blobs(*payload, &signer, entry.received)
                         .await?
@@ -331,7 +332,7 @@ impl Online {
             );
             progress(
                 done,
-                done + usize::from(messages < listed || listed == SYNC_PAGE as usize),
+                done + usize::from(taken < listed || listed == SYNC_PAGE as usize),
             );
         }
         if let Some(last) = committing.take() {
@@ -339,6 +340,17 @@ impl Online {
         }
         if let Some(last) = acking {
             join_ack(last).await?;
+        }
+        // What a proxy filed to download later and has not (it was stopped, or downloads
+        // on demand): downloading with the message, this sync does.
+        if self.attachments == AttachmentDownload::WithMessage {
+            for content in self.me.cache.awaiting()? {
+                if let crate::Downloaded::Refused { envelope, reason } =
+                    self.download_awaited(content).await?
+                {
+                    report.refused.push((envelope, reason));
+                }
+            }
         }
         let alerts = match self.check_own_keys().await {
             Ok(alerts) => alerts,
@@ -418,8 +430,12 @@ impl Online {
         if let Some(previous) = acking.take() {
             join_ack(previous).await?;
         }
+        // Filed meanwhile by another process (the proxy beside a CLI sync) to download its
+        // blobs later: not acknowledged before it has (D76).
+        let waiting = self.me.cache.awaiting_envelopes()?;
+        let mut ids = page.ids;
+        ids.retain(|id| !waiting.contains(id));
         let api = self.api.clone();
-        let ids = page.ids;
         *acking = Some(tokio::spawn(async move { api.ack_many(&ids).await }));
         Ok(())
     }
@@ -481,21 +497,38 @@ impl Online {
             Err(why) => return Ok(Err(why.to_string())),
         };
         for r in &payload.blobs {
-            match self.keep_blob(r).await {
-                Ok(()) => {}
-                Err(ClientError::Blob(e)) => {
-                    return Ok(Err(format!("attachment blob {}: {e}", r.id)));
-                }
-                Err(ClientError::Api { status: 404, .. }) => {
-                    return Ok(Err(format!(
-                        "attachment blob {} is not on the server",
-                        r.id
-                    )));
-                }
-                Err(e) => return Err(e),
+            if let Err(reason) = self.keep_or_refuse(r).await? {
+                return Ok(Err(reason));
             }
         }
         Ok(Ok(mail))
+    }
+
+    /// [`Unlocked::filed_in_pieces`] for a message whose blobs are downloaded later (D76).
+    /// `Ok(Err(reason))`: it cannot be placed, or it says a blob is larger than the server
+    /// takes (`limit`, asked once) — the size is the sender's word until the download
+    /// checks it, and its place is filled with as many bytes meanwhile.
+    async fn filed_for_later(
+        &self,
+        payload: &Payload,
+        signer: &IdentityPublicKey,
+        received: u64,
+        limit: &mut Option<u64>,
+    ) -> Result<Result<NewMail, String>, ClientError> {
+        let max = match *limit {
+            Some(max) => max,
+            None => *limit.insert(self.api.server_info().await?.max_attachment_size),
+        };
+        if let Some(r) = payload.blobs.iter().find(|r| r.size > max) {
+            return Ok(Err(format!(
+                "attachment blob {} is said to be {} bytes, more than the server takes ({max})",
+                r.id, r.size
+            )));
+        }
+        Ok(self
+            .me
+            .filed_in_pieces(payload, signer, received)
+            .map_err(|why| why.to_string()))
     }
 
     /// Verifies, opens and renders envelopes on every core; a message that names blobs is

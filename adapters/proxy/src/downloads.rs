@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use letterme_client::{ClientError, Downloaded, Online};
 
-/// Downloads one message's blobs at a time per message: a second asker (another IMAP
-/// session, the background) waits for the first and finds them kept.
+/// Downloads the blobs of messages filed before them. A message is downloaded once at a
+/// time: a second asker (another IMAP session, the background) waits for the first and
+/// finds them kept.
 pub struct Downloads {
     online: Online,
     busy: std::sync::Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
@@ -54,8 +55,8 @@ impl Downloads {
         }
         match &result {
             Ok(Downloaded::Kept) => tracing::info!(content, "downloaded a message's attachments"),
-            Ok(Downloaded::Refused(reason)) => {
-                tracing::warn!(content, %reason, "a message's attachment could not be had; the message was set aside");
+            Ok(Downloaded::Refused { envelope, reason }) => {
+                tracing::warn!(id = %envelope, %reason, "a message's attachment could not be had; the message was set aside");
             }
             Ok(Downloaded::Nothing) => {}
             Err(e) => tracing::warn!(content, error = %e, "downloading attachments failed"),
@@ -64,7 +65,7 @@ impl Downloads {
     }
 
     /// Downloads the blobs of every message filed before them, oldest first, as they are
-    /// filed; when the server cannot be reached, again after a growing pause.
+    /// filed; those that failed (the server away, say) again after a growing pause.
     pub async fn in_background(self: Arc<Self>) {
         let cache = self.online.me.cache.clone();
         let mut changes = cache.changes();
@@ -77,10 +78,8 @@ impl Downloads {
             });
             let mut failed = false;
             for content in waiting {
-                if self.download(content).await.is_err() {
-                    failed = true;
-                    break;
-                }
+                // One that fails holds up none after it.
+                failed |= self.download(content).await.is_err();
             }
             if failed {
                 tokio::time::sleep(backoff).await;

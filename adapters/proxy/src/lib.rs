@@ -120,9 +120,9 @@ impl Listeners {
             submission,
             stop.clone(),
         ));
-        // Messages a session asks for are downloaded on demand whatever the setting; a
-        // change of setting leaves none waiting for good.
-        if attachments != AttachmentDownload::OnDemand {
+        // Messages a session asks for are downloaded on demand whatever the setting; with
+        // `with-message` the sync downloads what an earlier run left waiting.
+        if attachments == AttachmentDownload::Background {
             let mut stop = stop.clone();
             tokio::spawn(async move {
                 tokio::select! {

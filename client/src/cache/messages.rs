@@ -359,11 +359,29 @@ impl Cache {
     /// Keeps sealed chunk `n` of blob `id` (durably: a download broken after it resumes
     /// past it). Chunks are immutable: the same one again changes nothing.
     pub fn keep_chunk(&self, blob: &str, n: u64, data: &[u8]) -> Result<(), ClientError> {
-        let c = self.lock();
-        c.prepare_cached("INSERT OR IGNORE INTO blob_chunks (blob, n, data) VALUES (?1, ?2, ?3)")
-            .and_then(|mut s| s.execute(params![blob, n as i64, data]))
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.keep_chunks(blob, &[(n, data.to_vec())])
+    }
+
+    /// [`Cache::keep_chunk`] for several chunks, in one commit.
+    pub fn keep_chunks(&self, blob: &str, chunks: &[(u64, Vec<u8>)]) -> Result<(), ClientError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.lock();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO blob_chunks (blob, n, data) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(|e| self.err(e))?;
+            for (n, data) in chunks {
+                insert
+                    .execute(params![blob, *n as i64, data])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Files one message (APPEND, a Sent copy). With a Message-ID already present in the
@@ -943,6 +961,11 @@ pub(super) fn remove(tx: &Transaction<'_>, folder: i64, uids: &[u32]) -> rusqlit
     let mut gc = tx.prepare_cached(
         "DELETE FROM contents WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mail WHERE content = ?1)",
     )?;
+    // A message expunged before its blobs were downloaded needs them no more: the next
+    // sync acknowledges it.
+    let mut unawait = tx.prepare_cached(
+        "DELETE FROM awaiting WHERE content = ?1 AND NOT EXISTS (SELECT 1 FROM contents WHERE id = ?1)",
+    )?;
     let mut tomb = tx.prepare_cached(
         "INSERT OR REPLACE INTO vanished (folder, uid, modseq) VALUES (?1, ?2, ?3)",
     )?;
@@ -953,6 +976,7 @@ pub(super) fn remove(tx: &Transaction<'_>, folder: i64, uids: &[u32]) -> rusqlit
         {
             del.execute(params![folder, uid])?;
             gc.execute([content])?;
+            unawait.execute([content])?;
             let modseq = bump(tx, folder)?;
             tomb.execute(params![folder, uid, modseq as i64])?;
         }

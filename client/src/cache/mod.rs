@@ -225,7 +225,9 @@ pub struct NewMail {
 impl NewMail {
     /// The message's size as served: `raw` and its pieces.
     pub fn size(&self) -> u64 {
-        self.raw.len() as u64 + self.pieces.iter().map(|p| p.blob.size).sum::<u64>()
+        self.pieces
+            .iter()
+            .fold(self.raw.len() as u64, |n, p| n.saturating_add(p.blob.size))
     }
 }
 

@@ -493,4 +493,12 @@ fn a_message_awaiting_its_blob_reads_filled_then_whole_or_is_withdrawn() {
     );
     assert_eq!(c.vanished_since(inbox.id, 0).unwrap(), [3]);
     assert_eq!(c.vanished_since(archive.id, 0).unwrap(), [pairs[0].1]);
+
+    // Expunged before its download: it waits for nothing, and may be acknowledged.
+    c.commit_synced(&[synced("e4", true)], 1).unwrap();
+    assert_eq!(c.awaiting().unwrap().len(), 1);
+    c.store_flags(inbox.id, &[4], FlagOp::Add, &["\\Deleted".into()], None)
+        .unwrap();
+    assert_eq!(c.expunge_deleted(inbox.id, None).unwrap(), [4]);
+    assert!(c.awaiting_envelopes().unwrap().is_empty());
 }

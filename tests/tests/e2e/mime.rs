@@ -8,7 +8,8 @@
 
 use std::path::PathBuf;
 
-use letterme_tests::world::World;
+use letterme_tests::cli;
+use letterme_tests::world::{World, json};
 use letterme_tests::{ProxyProc, ServerProc, contains, files_under, python};
 use serde_json::Value;
 
@@ -117,6 +118,18 @@ fn a_large_attachment_is_downloaded_when_the_mail_client_reads_it() {
             .unwrap()
     };
     assert_eq!((count("blob_chunks"), count("awaiting")), (0, 1));
+    // The CLI lists it meanwhile, and will not save an attachment it does not have.
+    let listed = json(&cli(&bob, &["list", "--json"], None));
+    let id = listed[0]["id"].as_str().unwrap();
+    let out = world.path().join("early");
+    let save = cli(
+        &bob,
+        &["read", id, "--save-attachments", out.to_str().unwrap()],
+        None,
+    );
+    assert!(!save.status.success());
+    let err = String::from_utf8_lossy(&save.stderr);
+    assert!(err.contains("not downloaded yet"), "{err}");
 
     // Reading it downloads it; what was shown before is what is shown now.
     let inbox = fetch(&bob_proxy, "bob@x.test", "INBOX");

@@ -150,6 +150,8 @@ pub struct FetchJob {
     wants: Option<(u32, i64)>,
     /// Messages whose download was tried for this FETCH.
     tried: BTreeSet<u32>,
+    /// Messages left out because their download failed.
+    left_out: BTreeSet<u32>,
     /// Why a message's blobs could not be downloaded: it was left out.
     unavailable: Option<String>,
 }

@@ -175,6 +175,7 @@ impl Session {
             changed_since,
             wants: None,
             tried: BTreeSet::new(),
+            left_out: BTreeSet::new(),
             unavailable: None,
         };
         let mut reply = self.fetch_more(job);
@@ -261,35 +262,6 @@ impl Session {
                 Ok(rows) => rows.into_iter().map(|r| (r.0.uid, r)).collect(),
                 Err(e) => return Err(e),
             };
-        // A message this FETCH reads blobs of that are not downloaded yet ends the batch
-        // before it; the FETCH goes on once they are (its download tried once).
-        let needs_download = |uid: &u32| {
-            let (_, raw, awaiting) = rows.get(uid)?;
-            let (raw, a) = (raw.as_deref()?, awaiting.as_ref()?);
-            job.items
-                .iter()
-                .any(|i| mime::reads_holes(raw, i, &a.holes))
-                .then_some(a.content)
-        };
-        if let Some((cut, content)) = batch
-            .iter()
-            .enumerate()
-            .find_map(|(i, (_, uid))| needs_download(uid).map(|c| (i, c)))
-        {
-            let uid = batch[cut].1;
-            if job.tried.contains(&uid) {
-                // Tried, and still not there: left out, as one that failed.
-                rows.remove(&uid);
-                job.unavailable
-                    .get_or_insert_with(|| "its download did not complete".into());
-            } else {
-                for b in batch.drain(cut..).rev() {
-                    rows.remove(&b.1);
-                    job.todo.push_front(b);
-                }
-                job.wants = Some((uid, content));
-            }
-        }
         // CHANGEDSINCE first (RFC 7162 §3.1.4.1): an unchanged message is answered by
         // leaving it out, and keeps its flags and MODSEQ.
         let mut unchanged = BTreeSet::new();
@@ -302,6 +274,39 @@ impl Session {
                 keep
             });
             job.answered |= !unchanged.is_empty();
+        }
+        // A message this FETCH reads blobs of that are not downloaded yet: one whose
+        // download was tried is left out (it failed); at the first other one the batch
+        // ends, and the FETCH goes on once its download is done.
+        let needs_download = |r: &Fetched| {
+            let (_, raw, awaiting) = r;
+            let (raw, a) = (raw.as_deref()?, awaiting.as_ref()?);
+            job.items
+                .iter()
+                .any(|i| mime::reads_holes(raw, i, &a.holes))
+                .then_some(a.content)
+        };
+        let mut cut = None;
+        for (i, &(_, uid)) in batch.iter().enumerate() {
+            let Some(content) = rows.get(&uid).and_then(needs_download) else {
+                continue;
+            };
+            if job.tried.contains(&uid) {
+                rows.remove(&uid);
+                job.left_out.insert(uid);
+                job.unavailable
+                    .get_or_insert_with(|| "its download did not complete".into());
+            } else {
+                cut = Some((i, uid, content));
+                break;
+            }
+        }
+        if let Some((i, uid, content)) = cut {
+            for b in batch.drain(i..).rev() {
+                rows.remove(&b.1);
+                job.todo.push_front(b);
+            }
+            job.wants = Some((uid, content));
         }
         // The implicit \Seen (RFC 3501 §6.4.5), added to the stored flags as they are now.
         let mut newly_seen = BTreeSet::new();
@@ -339,7 +344,8 @@ impl Session {
                 continue;
             }
             let Some((meta, raw, _)) = rows.get(&uid) else {
-                if !job.tried.contains(&uid) {
+                // Gone meanwhile: expunged, or withdrawn as its attachment could not be had.
+                if !job.left_out.contains(&uid) {
                     job.expunged = true;
                 }
                 continue;

@@ -1,0 +1,108 @@
+//! Messages filed before their large attachments are downloaded (DECISIONS D76), served
+//! by a proxy that cannot download them: what needs no attachment byte is answered from
+//! the filled message, and a FETCH that reads into an attachment never gets the filler —
+//! each such message is left out and the FETCH says why.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpStream;
+
+use common::{PASSWORD, Proxy, USER};
+use letterme_client::cache::{Piece, Synced};
+use letterme_client::mailbox::Stored;
+use letterme_protocol::blob::Sealer;
+
+/// Two messages, each with a PDF whose body is a blob not downloaded.
+fn file_two_awaiting(proxy: &Proxy) {
+    let (_, reference, _) = Sealer::new().finish(&[b'Q'; 3000]);
+    let rest = b"From: bob@x.test\r\nSubject: later\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n\r\n--b--\r\n";
+    let at = rest.windows(6).rposition(|w| w == b"\r\n\r\n\r\n").unwrap() + 4;
+    let synced = |id: &str| Synced {
+        stored: Stored {
+            id: id.into(),
+            sender: "bob@x.test".into(),
+            received: 1,
+            envelope: id.as_bytes().to_vec(),
+            signer_key: [0; 32],
+        },
+        mail: letterme_client::cache::NewMail {
+            folder: "INBOX".into(),
+            flags: vec![],
+            internal_date: 1_700_000_000,
+            raw: rest.to_vec(),
+            message_id: None,
+            pieces: vec![Piece {
+                at,
+                blob: reference.clone(),
+            }],
+        },
+        awaiting: true,
+    };
+    proxy
+        .cache
+        .commit_synced(&[synced("e1"), synced("e2")], 1)
+        .unwrap();
+}
+
+/// Sends `command` tagged `t` and returns every line up to and including the tagged one.
+fn exchange(
+    r: &mut BufReader<TcpStream>,
+    w: &mut TcpStream,
+    tag: &str,
+    command: &str,
+) -> Vec<String> {
+    write!(w, "{tag} {command}\r\n").unwrap();
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "closed: {lines:?}");
+        let done = line.starts_with(&format!("{tag} "));
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+#[test]
+fn a_fetch_never_serves_a_missing_attachment_as_filler() {
+    let proxy = Proxy::start();
+    file_two_awaiting(&proxy);
+    let stream = TcpStream::connect(proxy.addr).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).unwrap();
+    exchange(&mut r, &mut w, "a", &format!("LOGIN {USER} {PASSWORD}"));
+    exchange(&mut r, &mut w, "b", "SELECT INBOX");
+
+    // The structure, size and text part need no byte of the PDF.
+    let seen = exchange(
+        &mut r,
+        &mut w,
+        "c",
+        "UID FETCH 1:2 (RFC822.SIZE BODYSTRUCTURE BODY.PEEK[1])",
+    )
+    .concat();
+    assert!(seen.contains("c OK"), "{seen}");
+    assert_eq!(seen.matches("\"APPLICATION\" \"PDF\"").count(), 2, "{seen}");
+    assert_eq!(seen.matches("see attached").count(), 2, "{seen}");
+
+    // Both read into it: neither is served, the FETCH says it could not download them.
+    for items in [
+        "BODY.PEEK[]",
+        "BODY.PEEK[2]",
+        "BINARY.PEEK[2]",
+        "RFC822.TEXT",
+    ] {
+        let seen = exchange(&mut r, &mut w, "d", &format!("UID FETCH 1:2 ({items})")).concat();
+        assert!(seen.contains("d NO [UNAVAILABLE]"), "{items}: {seen}");
+        assert!(!seen.contains("AAAA"), "{items}: filler served: {seen}");
+        assert!(!seen.contains(" FETCH "), "{items}: {seen}");
+    }
+    // Nor did anything mark them \Seen.
+    let seen = exchange(&mut r, &mut w, "e", "UID FETCH 1:2 (FLAGS)").concat();
+    assert!(!seen.contains("\\Seen"), "{seen}");
+}

@@ -139,7 +139,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     after_starttls: bool,
 ) -> std::io::Result<Outcome<S>> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut out = Unsent::default();
     // After STARTTLS the flow's greeting must not be sent (RFC 3501 §6.2.1).
     let mut suppress_greeting = after_starttls;
     let mut after_write = Next::Continue;
@@ -222,18 +222,16 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(Interrupt::Io(Io::Output(bytes))) => {
                 if !suppress_greeting {
-                    out.extend_from_slice(&bytes);
+                    out.push(bytes);
                 }
-                if out.len() >= 256 * 1024 {
-                    stream.write_all(&out).await?;
-                    out.clear();
+                if out.len >= 256 * 1024 {
+                    out.write_to(&mut stream).await?;
                 }
             }
             Err(Interrupt::Io(Io::NeedMoreInput)) => {
-                if !out.is_empty() {
-                    stream.write_all(&out).await?;
+                if out.len > 0 {
+                    out.write_to(&mut stream).await?;
                     stream.flush().await?;
-                    out.clear();
                 }
                 match after_write {
                     Next::Continue => {}
@@ -283,7 +281,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 if !s.is_authenticated() {
                     before_login += n;
                     if before_login > MAX_BEFORE_LOGIN {
-                        stream.write_all(&out).await?;
+                        out.write_to(&mut stream).await?;
                         stream
                             .write_all(b"* BYE too much input before login\r\n")
                             .await?;
@@ -343,6 +341,35 @@ fn finish_auth(
     }
 }
 
+/// Bytes to write, in order: small ones gathered into one buffer, a large one (a message
+/// body as a literal) kept as it came rather than copied.
+#[derive(Default)]
+struct Unsent {
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl Unsent {
+    /// What imap-next or the session produced, after what is there.
+    fn push(&mut self, bytes: Vec<u8>) {
+        self.len += bytes.len();
+        match self.bufs.last_mut() {
+            Some(last) if bytes.len() < 64 * 1024 && last.len() < 256 * 1024 => {
+                last.extend_from_slice(&bytes);
+            }
+            _ => self.bufs.push(bytes),
+        }
+    }
+
+    async fn write_to(&mut self, stream: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
+        for b in self.bufs.drain(..) {
+            stream.write_all(&b).await?;
+        }
+        self.len = 0;
+        Ok(())
+    }
+}
+
 /// Responses waiting their turn. imap-next encodes and writes what imap-types can express;
 /// an [`Out::Raw`] is written by the driver once everything queued before it has been sent,
 /// and the next batch of a FETCH is produced only then, so memory stays bounded.
@@ -376,13 +403,13 @@ impl Outbox {
     }
 
     /// Hands on what may go now; continues a FETCH once all before it has been sent.
-    fn pump(&mut self, server: &mut Server, out: &mut Vec<u8>, s: &mut Session, next: &mut Next) {
+    fn pump(&mut self, server: &mut Server, out: &mut Unsent, s: &mut Session, next: &mut Next) {
         loop {
             while let Some(o) = self.waiting.pop_front() {
                 match o {
                     Out::Data(d) => self.last = Some(server.enqueue_data(d)),
                     Out::Status(st) => self.last = Some(server.enqueue_status(st)),
-                    Out::Raw(bytes) if self.last.is_none() => out.extend_from_slice(&bytes),
+                    Out::Raw(bytes) if self.last.is_none() => out.push(bytes),
                     Out::Raw(bytes) => {
                         self.waiting.push_front(Out::Raw(bytes));
                         return;

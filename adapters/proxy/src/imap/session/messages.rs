@@ -59,6 +59,55 @@ fn content_for(item: &MessageDataItemName<'_>) -> Content {
     }
 }
 
+/// A message at least this large has its body item's literal written as it is
+/// ([`wire::fetch_with_literal`]), not copied into imap-next's encoding.
+const LARGE_LITERAL: usize = 1 << 20;
+
+/// Whether a FETCH item is a literal cut from the message (BINARY excepted: its literal8
+/// is decoded, and rarely the whole message).
+fn literal_item(item: &MessageDataItemName<'_>) -> bool {
+    matches!(
+        item,
+        MessageDataItemName::BodyExt { .. }
+            | MessageDataItemName::Rfc822
+            | MessageDataItemName::Rfc822Text
+    )
+}
+
+/// A [`literal_item`] with its literal left empty, and the literal's bytes, cut from
+/// `raw` (which is the literal itself for the whole message: no copy).
+fn with_literal(
+    item: &MessageDataItemName<'static>,
+    raw: Vec<u8>,
+) -> (MessageDataItem<'static>, Vec<u8>) {
+    let empty = || NString(Some(IString::Literal(Literal::unvalidated(Vec::new()))));
+    match item {
+        MessageDataItemName::BodyExt {
+            section, partial, ..
+        } => {
+            let bytes = match section {
+                None => raw,
+                Some(s) => mime::section(&raw, Some(s)),
+            };
+            let bytes = match partial {
+                None => bytes,
+                Some(p) => mime::partial(&bytes, Some(*p)).to_vec(),
+            };
+            let item = MessageDataItem::BodyExt {
+                section: section.clone(),
+                origin: partial.map(|p| p.0),
+                data: empty(),
+            };
+            (item, bytes)
+        }
+        MessageDataItemName::Rfc822Text => (
+            MessageDataItem::Rfc822Text(empty()),
+            mime::section(&raw, Some(&Section::Text(None))),
+        ),
+        _ => (MessageDataItem::Rfc822(empty()), raw),
+    }
+}
+
 /// What a search found.
 struct Matches {
     /// (sequence number, UID) of each match.
@@ -343,7 +392,7 @@ impl Session {
             if unchanged.contains(&uid) {
                 continue;
             }
-            let Some((meta, raw, _)) = rows.get(&uid) else {
+            let Some((meta, whole, _)) = rows.remove(&uid) else {
                 // Gone meanwhile: expunged, or withdrawn as its attachment could not be had.
                 if !job.left_out.contains(&uid) {
                     job.expunged = true;
@@ -356,10 +405,16 @@ impl Session {
                 // The client learns these flags from this FETCH, not from an update.
                 s.flags[i].clone_from(&meta.flags);
             }
-            let raw = raw.as_deref().unwrap_or_default();
+            let raw = whole.as_deref().unwrap_or_default();
             let recent = s.recent.contains(&uid);
             let mut data: Vec<MessageDataItem<'static>> = Vec::with_capacity(job.items.len());
+            // Of a large message, one body item goes last, its literal written as it is.
+            let mut large = None;
             for item in &job.items {
+                if large.is_none() && raw.len() >= LARGE_LITERAL && literal_item(item) {
+                    large = Some(item);
+                    continue;
+                }
                 data.push(match item {
                     MessageDataItemName::Uid => MessageDataItem::Uid(nz(uid)),
                     MessageDataItemName::Flags => {
@@ -431,7 +486,14 @@ impl Session {
                     data.push(MessageDataItem::ModSeq(nz64(meta.modseq)));
                 }
             }
-            if let Ok(items) = Vec1::try_from(data) {
+            if let Some(item) = large {
+                let (empty, literal) = with_literal(item, whole.unwrap_or_default());
+                data.push(empty);
+                if let Ok(items) = Vec1::try_from(data) {
+                    job.answered = true;
+                    out.extend(wire::fetch_with_literal(nz(seq), items, literal));
+                }
+            } else if let Ok(items) = Vec1::try_from(data) {
                 job.answered = true;
                 out.push(Out::Data(Data::Fetch {
                     seq: nz(seq),

@@ -168,6 +168,56 @@ pub(super) fn list_childinfo(
     bytes
 }
 
+/// A FETCH response whose last item holds a large literal, as [`Out::Raw`] pieces: the
+/// literal's bytes are written as they are instead of copied into imap-next's encoding
+/// (one copy of a 50 MB attachment in memory, not three). imap-codec encodes the response
+/// with that literal empty (`{0}`); its length goes in that place and its bytes after it
+/// (RFC 3501 §4.3). `items` ends with that item, its literal empty.
+pub(super) fn fetch_with_literal(
+    seq: NonZeroU32,
+    items: Vec1<MessageDataItem<'static>>,
+    mut literal: Vec<u8>,
+) -> Vec<Out> {
+    use imap_codec::ResponseCodec;
+    use imap_codec::encode::Encoder as _;
+    use imap_codec::imap_types::response::Response;
+    // A literal is any bytes but NUL (RFC 3501 §9, CHAR8), as `nstring` makes it.
+    if literal.contains(&0) {
+        literal.retain(|&b| b != 0);
+    }
+    // The other items are small (the literal is empty): encoded from a copy, kept for
+    // the fallback.
+    let encoded = ResponseCodec::default()
+        .encode(&Response::Data(Data::Fetch {
+            seq,
+            items: items.clone(),
+        }))
+        .dump();
+    if let Some(head) = encoded.strip_suffix(b"{0}\r\n)\r\n") {
+        let mut first = head.to_vec();
+        first.extend_from_slice(format!("{{{}}}\r\n", literal.len()).as_bytes());
+        return vec![
+            Out::Raw(first),
+            Out::Raw(literal),
+            Out::Raw(b")\r\n".to_vec()),
+        ];
+    }
+    // Never encoded otherwise; if it were, the literal goes through imap-next after all.
+    let mut all = items.into_inner();
+    if let Some(last) = all.last_mut() {
+        let full = nstring(literal);
+        match last {
+            MessageDataItem::BodyExt { data, .. }
+            | MessageDataItem::Rfc822(data)
+            | MessageDataItem::Rfc822Text(data) => *data = full,
+            _ => {}
+        }
+    }
+    Vec1::try_from(all)
+        .map(|items| vec![Out::Data(Data::Fetch { seq, items })])
+        .unwrap_or_default()
+}
+
 /// A sequence set as IMAP writes it (`1:3,5`), for responses built here.
 pub(super) fn sequence_text(set: &SequenceSet) -> String {
     use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
@@ -229,4 +279,55 @@ pub(super) fn in_order_text(numbers: &[u32]) -> String {
         i += 1;
     }
     parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use imap_codec::ResponseCodec;
+    use imap_codec::encode::Encoder as _;
+    use imap_codec::imap_types::response::Response;
+
+    use super::*;
+
+    /// A large literal written as it is gives the bytes imap-codec writes for the same
+    /// response with the literal inside it, NULs taken out as `nstring` takes them.
+    #[test]
+    fn a_fetch_with_its_literal_apart_is_the_same_response() {
+        let body: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let items = |data| {
+            Vec1::try_from(vec![
+                MessageDataItem::Uid(nz(7)),
+                MessageDataItem::Flags(vec![FlagFetch::Flag(Flag::Seen)]),
+                MessageDataItem::BodyExt {
+                    section: None,
+                    origin: Some(5),
+                    data,
+                },
+            ])
+            .unwrap()
+        };
+        let apart = fetch_with_literal(
+            nz(3),
+            items(NString(Some(IString::Literal(Literal::unvalidated(
+                Vec::new(),
+            ))))),
+            body.clone(),
+        );
+        assert_eq!(apart.len(), 3, "head, literal, tail");
+        let written: Vec<u8> = apart
+            .into_iter()
+            .flat_map(|o| match o {
+                Out::Raw(bytes) => bytes,
+                _ => panic!("not written apart"),
+            })
+            .collect();
+        let whole = ResponseCodec::default()
+            .encode(&Response::Data(Data::Fetch {
+                seq: nz(3),
+                items: items(nstring(body)),
+            }))
+            .dump();
+        assert_eq!(written, whole);
+        assert!(written.starts_with(b"* 3 FETCH (UID 7 FLAGS (\\Seen) BODY[]<5> {69721}\r\n"));
+    }
 }

@@ -226,18 +226,52 @@ impl Unlocked {
 
     /// Opens a stored envelope (verified at sync) again, its blobs' bodies put back.
     fn open_stored(&self, m: &Stored) -> Result<Payload, ClientError> {
+        self.with_blob_bodies(self.open_envelope(m)?)
+    }
+
+    /// Opens a stored envelope (verified at sync) again; a blob stays a field naming it.
+    fn open_envelope(&self, m: &Stored) -> Result<Payload, ClientError> {
         let env = Envelope::decode(&m.envelope)?;
-        let payload = env.open(
+        Ok(env.open(
             &self.profile.address,
             &self.keys.all_encryption(),
             &IdentityPublicKey(m.signer_key),
             &|_| false,
-        )?;
-        self.with_blob_bodies(payload)
+        )?)
     }
 
     fn decrypt(&self, m: &Stored) -> Result<Message, ClientError> {
-        Ok(message(&m.id, m.received, self.open_stored(m)?))
+        let payload = self.open_envelope(m)?;
+        let attachments = self.attachment_list(&payload)?;
+        Ok(message(&m.id, m.received, payload, attachments))
+    }
+
+    /// The attachments of a payload, each one that is a blob measured by decoding it as
+    /// it is read (size 0 while it is not downloaded).
+    fn attachment_list(&self, p: &Payload) -> Result<Vec<mime::Attachment>, ClientError> {
+        let Some(entity) = mime_of(p) else {
+            return Ok(Vec::new());
+        };
+        if p.blobs.is_empty() {
+            return Ok(mime::attachment_list(entity));
+        }
+        let mut out = Vec::new();
+        for (mut a, bytes) in mime::attachment_parts(entity) {
+            if let mime::AttachmentBytes::Blob(n, transfer) = bytes
+                && let Some(r) = p.blobs.get(n)
+                && self.blob_kept(r)?
+            {
+                a.size = usize::try_from(self.write_blob(r, transfer, std::io::sink())?)
+                    .unwrap_or(usize::MAX);
+            }
+            out.push(a);
+        }
+        Ok(out)
+    }
+
+    /// Whether every chunk of blob `r` is in the local store.
+    fn blob_kept(&self, r: &letterme_protocol::blob::BlobRef) -> Result<bool, ClientError> {
+        Ok(self.cache.held_chunks(&r.id)?.len() as u64 == letterme_protocol::blob::chunks(r.size))
     }
 
     /// All local messages, oldest first.
@@ -254,22 +288,45 @@ impl Unlocked {
         self.decrypt(&m)
     }
 
-    /// The attachments of a stored message with their decoded bytes, in order.
-    pub fn attachments(
+    /// Writes each attachment of a stored message, in order, to the writer `create` makes
+    /// for it (given it and its number from 1); what was written and the writers. An
+    /// attachment that is a blob is decoded as its chunks are read, so none is in memory
+    /// whole.
+    pub fn write_attachments<W: std::io::Write>(
         &self,
         id_prefix: &str,
-    ) -> Result<Vec<(mime::Attachment, Vec<u8>)>, ClientError> {
+        mut create: impl FnMut(&mime::Attachment, usize) -> Result<W, ClientError>,
+    ) -> Result<Vec<(mime::Attachment, W)>, ClientError> {
         let stored = self.mailbox()?.find(id_prefix)?;
-        let payload = self.open_stored(&stored)?;
+        let payload = self.open_envelope(&stored)?;
         // Not downloaded yet (the proxy downloads later, D76): nothing is saved short.
-        if let Some(r) = payload.blobs.iter().find(|r| {
-            self.cache.held_chunks(&r.id).map_or(true, |held| {
-                held.len() as u64 != letterme_protocol::blob::chunks(r.size)
-            })
-        }) {
-            return Err(ClientError::NotDownloaded(r.id.clone()));
+        for r in &payload.blobs {
+            if !self.blob_kept(r)? {
+                return Err(ClientError::NotDownloaded(r.id.clone()));
+            }
         }
-        Ok(mime::attachments(mime_of(&payload).unwrap_or_default()))
+        let mut out = Vec::new();
+        for (i, (mut a, bytes)) in mime::attachment_parts(mime_of(&payload).unwrap_or_default())
+            .into_iter()
+            .enumerate()
+        {
+            let mut w = create(&a, i + 1)?;
+            match bytes {
+                mime::AttachmentBytes::Here(b) => {
+                    w.write_all(&b)
+                        .map_err(|e| ClientError::Io(format!("cannot write an attachment: {e}")))?;
+                }
+                mime::AttachmentBytes::Blob(n, transfer) => {
+                    let r = payload.blobs.get(n).ok_or_else(|| {
+                        ClientError::Io(format!("the message names a blob {n} it does not carry"))
+                    })?;
+                    a.size = usize::try_from(self.write_blob(r, transfer, &mut w)?)
+                        .unwrap_or(usize::MAX);
+                }
+            }
+            out.push((a, w));
+        }
+        Ok(out)
     }
 
     /// Logs in to the profile's server.
@@ -299,8 +356,7 @@ fn mime_of(p: &Payload) -> Option<&[u8]> {
         .or_else(|| p.legacy.as_ref().map(|l| l.raw.as_slice()))
 }
 
-fn message(id: &str, received: u64, p: Payload) -> Message {
-    let attachments = mime_of(&p).map(mime::attachment_list).unwrap_or_default();
+fn message(id: &str, received: u64, p: Payload, attachments: Vec<mime::Attachment>) -> Message {
     let folder = match &p.legacy {
         Some(l) if l.disposition == Disposition::Quarantine => "Junk",
         _ => "INBOX",

@@ -9,7 +9,7 @@
 //! From, a Subject or a verification field of its own. The splitting is mail-parser's;
 //! nothing here reads MIME grammar beyond field names.
 
-use mail_parser::{MessageParser, MimeHeaders as _, PartType};
+use mail_parser::{MessageParser, MessagePart, MimeHeaders as _, PartType};
 
 use crate::cache::header_end;
 
@@ -296,7 +296,65 @@ pub fn attachment_list(message: &[u8]) -> Vec<Attachment> {
     out
 }
 
+/// Quoted-printable text decoded as mail-parser decodes a part's body (RFC 2045 §6.7,
+/// leniently).
+pub fn quoted_printable(text: &[u8]) -> Vec<u8> {
+    let (_, decoded) =
+        mail_parser::parsers::MessageStream::new(text).decode_quoted_printable_mime(b"");
+    decoded.into_owned()
+}
+
+/// How a part's body is transfer-encoded, for decoding a blob's bytes as they are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    Base64,
+    QuotedPrintable,
+    /// 7bit, 8bit, binary, or an encapsulated message: the bytes as they are.
+    AsIs,
+}
+
+/// Where an attachment's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachmentBytes {
+    /// In the entity, decoded.
+    Here(Vec<u8>),
+    /// The body of blob `n` of the payload, transfer-encoded as written.
+    Blob(usize, Transfer),
+}
+
+/// The attachments of an entity [`detach`] wrote (or any other), in order, as
+/// [`attachments`] finds them: a part whose body is a blob (its [`BLOB_FIELD`] first) says
+/// which, with `size` 0 until it is decoded.
+pub fn attachment_parts(entity: &[u8]) -> Vec<(Attachment, AttachmentBytes)> {
+    let mut out = Vec::new();
+    each_part(entity, |a, part, bytes| {
+        let blob = part
+            .headers
+            .first()
+            .filter(|h| h.name.as_str().eq_ignore_ascii_case(BLOB_FIELD))
+            .and_then(|h| h.value.as_text())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let source = match blob {
+            Some(n) => {
+                let transfer = match part.encoding {
+                    mail_parser::Encoding::Base64 => Transfer::Base64,
+                    mail_parser::Encoding::QuotedPrintable => Transfer::QuotedPrintable,
+                    mail_parser::Encoding::None => Transfer::AsIs,
+                };
+                AttachmentBytes::Blob(n, transfer)
+            }
+            None => AttachmentBytes::Here(bytes.to_vec()),
+        };
+        out.push((a, source));
+    });
+    out
+}
+
 fn each_attachment(message: &[u8], mut found: impl FnMut(Attachment, &[u8])) {
+    each_part(message, |a, _, bytes| found(a, bytes));
+}
+
+fn each_part(message: &[u8], mut found: impl FnMut(Attachment, &MessagePart<'_>, &[u8])) {
     let Some(m) = MessageParser::default().parse(message) else {
         return;
     };
@@ -327,6 +385,7 @@ fn each_attachment(message: &[u8], mut found: impl FnMut(Attachment, &[u8])) {
                 content_type,
                 size,
             },
+            part,
             bytes,
         );
     }

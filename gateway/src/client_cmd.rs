@@ -138,9 +138,19 @@ pub fn read(dir: ProfileDir, args: &cli::ReadArgs) -> Result<()> {
     if let Some(dir) = &args.save_attachments {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the directory {}", dir.display()))?;
-        for (i, (attachment, bytes)) in me.attachments(&args.id)?.into_iter().enumerate() {
-            let path = save_attachment(dir, &attachment.name, i + 1, &bytes)?;
-            eprintln!("saved {} ({} bytes)", path.display(), bytes.len());
+        let mut paths = Vec::new();
+        let written = me.write_attachments(&args.id, |attachment, n| {
+            let (path, file) = attachment_file(dir, &attachment.name, n)
+                .map_err(|e| letterme_client::ClientError::Io(format!("{e:#}")))?;
+            paths.push(path);
+            Ok(std::io::BufWriter::with_capacity(1 << 20, file))
+        })?;
+        for ((attachment, file), path) in written.into_iter().zip(paths) {
+            file.into_inner()
+                .map_err(std::io::IntoInnerError::into_error)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("saved {} ({} bytes)", path.display(), attachment.size);
         }
     }
     Ok(())
@@ -197,10 +207,13 @@ fn safe_file_name(name: &str, n: usize) -> String {
     }
 }
 
-/// Writes an attachment into `dir` under [`safe_file_name`], adding ` (2)`, ` (3)`...
+/// A new file for an attachment in `dir`, named by [`safe_file_name`], adding ` (2)`, ` (3)`...
 /// rather than overwriting a file that exists.
-fn save_attachment(dir: &std::path::Path, name: &str, n: usize, bytes: &[u8]) -> Result<PathBuf> {
-    use std::io::Write as _;
+fn attachment_file(
+    dir: &std::path::Path,
+    name: &str,
+    n: usize,
+) -> Result<(PathBuf, std::fs::File)> {
     let clean = safe_file_name(name, n);
     let (stem, ext) = match clean.rsplit_once('.') {
         Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
@@ -218,12 +231,7 @@ fn save_attachment(dir: &std::path::Path, name: &str, n: usize, bytes: &[u8]) ->
             .create_new(true)
             .open(&path)
         {
-            Ok(mut f) => {
-                f.write_all(bytes)
-                    .and_then(|()| f.sync_all())
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                return Ok(path);
-            }
+            Ok(f) => return Ok((path, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
         }
@@ -424,13 +432,13 @@ mod tests {
             ("C:evil.txt", "Cevil.txt"),
         ];
         for (i, (name, expect)) in names.iter().enumerate() {
-            let path = save_attachment(d, name, i + 1, b"x").unwrap();
+            let path = attachment_file(d, name, i + 1).unwrap().0;
             assert_eq!(path, d.join(expect), "{name:?}");
         }
         assert_eq!(std::fs::read_dir(d).unwrap().count(), names.len());
         // A name longer than a file system takes is cut, keeping its extension.
         let long = format!("{}.pdf", "ü".repeat(300));
-        let saved = save_attachment(d, &long, 9, b"x").unwrap();
+        let saved = attachment_file(d, &long, 9).unwrap().0;
         let file = saved.file_name().unwrap().to_str().unwrap();
         assert!(file.len() <= 200 && file.ends_with("ü.pdf"), "{file}");
     }

@@ -32,28 +32,62 @@ const CHUNKS_PER_COMMIT: usize = 8;
 /// between them).
 const UPLOAD_ATTEMPTS: usize = 5;
 
-/// `bytes` cut as a blob is: every chunk but the last full, the last holding the rest (0
-/// to [`CHUNK`] bytes).
-fn split(bytes: &[u8]) -> (std::slice::Chunks<'_, u8>, &[u8]) {
-    let full = bytes.len().saturating_sub(1) / CHUNK;
-    (bytes[..full * CHUNK].chunks(CHUNK), &bytes[full * CHUNK..])
+/// A blob's plaintext, read a chunk at a time: bytes at hand, or text made as it is read
+/// ([`Base64Text`]), so that a large file is never in memory twice.
+pub(crate) trait BlobBytes {
+    fn len(&self) -> usize;
+    /// The bytes in `range` (within `0..len()`).
+    fn range(&self, range: std::ops::Range<usize>) -> std::borrow::Cow<'_, [u8]>;
+}
+
+impl BlobBytes for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn range(&self, range: std::ops::Range<usize>) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self[range])
+    }
+}
+
+impl BlobBytes for mime::Base64Body<'_> {
+    fn len(&self) -> usize {
+        mime::Base64Body::len(self)
+    }
+
+    fn range(&self, range: std::ops::Range<usize>) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Owned(mime::Base64Body::range(self, range))
+    }
+}
+
+/// Chunk `n` of `bytes` as a blob cuts it: every chunk but the last full, the last holding
+/// the rest (0 to [`CHUNK`] bytes).
+fn chunk_of(bytes: &(impl BlobBytes + ?Sized), n: u64) -> std::borrow::Cow<'_, [u8]> {
+    let start = usize::try_from(n)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(CHUNK)
+        .min(bytes.len());
+    bytes.range(start..start.saturating_add(CHUNK).min(bytes.len()))
+}
+
+/// How many chunks a blob of `bytes` has.
+fn chunk_count(bytes: &(impl BlobBytes + ?Sized)) -> u64 {
+    letterme_protocol::blob::chunks(bytes.len() as u64)
 }
 
 /// Seals `bytes` under `sealer`, giving each sealed chunk with its number to `each` as it
 /// is made; returns the reference and the manifest.
 fn seal_each(
-    bytes: &[u8],
+    bytes: &(impl BlobBytes + ?Sized),
     mut sealer: Sealer,
     mut each: impl FnMut(u64, Vec<u8>),
 ) -> (BlobRef, Manifest) {
-    let (full, last) = split(bytes);
-    let mut n = 0;
-    for c in full {
-        each(n, sealer.seal_chunk(c));
-        n += 1;
+    let last = chunk_count(bytes) - 1;
+    for n in 0..last {
+        each(n, sealer.seal_chunk(&chunk_of(bytes, n)));
     }
-    let (sealed, reference, manifest) = sealer.finish(last);
-    each(n, sealed);
+    let (sealed, reference, manifest) = sealer.finish(&chunk_of(bytes, last));
+    each(last, sealed);
     (reference, manifest)
 }
 
@@ -65,26 +99,24 @@ async fn upload_missing(
     cache: &Cache,
     reference: &BlobRef,
     manifest: &[u8],
-    bytes: &[u8],
+    bytes: &(impl BlobBytes + ?Sized),
 ) -> Result<(), ClientError> {
     let size = letterme_protocol::blob::sealed_size(bytes.len() as u64);
     let state = api.blob_begin(&reference.id, size, manifest).await?;
     let held = cache.held_chunks(&reference.id)?;
-    let mut sealer = Some(Sealer::again(reference));
-    let (full, last) = split(bytes);
     let mut puts = tokio::task::JoinSet::new();
     let mut fresh = Vec::new();
-    let count = full.len() as u64 + 1;
-    let mut full = full;
+    let count = chunk_count(bytes);
+    let mut sealer = Some(Sealer::again(reference));
     for n in 0..count {
+        let chunk = chunk_of(bytes, n);
         // Every chunk but the last, then the last, which ends the sealer.
-        let sealed = match (full.next(), sealer.as_mut()) {
-            (Some(c), Some(s)) => s.seal_chunk(c),
-            (None, _) => match sealer.take() {
-                Some(s) => s.finish(last).0,
+        let sealed = match sealer.as_mut() {
+            Some(s) if n + 1 < count => s.seal_chunk(&chunk),
+            _ => match sealer.take() {
+                Some(s) => s.finish(&chunk).0,
                 None => break,
             },
-            (Some(_), None) => break,
         };
         if !state.stored.contains(&n) {
             while puts.len() >= CHUNKS_AHEAD {
@@ -153,27 +185,30 @@ impl Online {
     /// Seals `bytes` and uploads it as a blob. When the connection breaks (the server
     /// restarting included) it waits, logs in again and resumes with the chunks the server
     /// does not hold. The reference goes into the payload.
-    pub(crate) async fn upload_blob(&self, bytes: &[u8]) -> Result<BlobRef, ClientError> {
-        // The manifest first (the upload declares it); the chunks are sealed again as
-        // they go, so no more than one is held.
+    pub(crate) async fn upload_blob(
+        &self,
+        bytes: &(impl BlobBytes + ?Sized),
+    ) -> Result<BlobRef, ClientError> {
+        // The manifest first (the upload declares it, and the blob's id is its hash); the
+        // chunks are sealed again as they go, so no more than a few are held.
         let (reference, manifest) = seal_each(bytes, Sealer::new(), |_, _| {});
+        let cache = &self.me.cache;
         let manifest = manifest.to_bytes();
         let mut api = self.api.clone();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let broken =
-                match upload_missing(&api, &self.me.cache, &reference, &manifest, bytes).await {
-                    Ok(()) => return Ok(reference),
-                    // A restarted server forgot the login (401): log in again and resume.
-                    Err(e @ ClientError::Api { status: 401, .. }) => e,
-                    // The server refused: sending the same again changes nothing.
-                    Err(e @ ClientError::Api { .. }) => {
-                        self.discard_blobs(std::slice::from_ref(&reference)).await;
-                        return Err(e);
-                    }
-                    Err(e) => e,
-                };
+            let broken = match upload_missing(&api, cache, &reference, &manifest, bytes).await {
+                Ok(()) => return Ok(reference),
+                // A restarted server forgot the login (401): log in again and resume.
+                Err(e @ ClientError::Api { status: 401, .. }) => e,
+                // The server refused: sending the same again changes nothing.
+                Err(e @ ClientError::Api { .. }) => {
+                    self.discard_blobs(std::slice::from_ref(&reference)).await;
+                    return Err(e);
+                }
+                Err(e) => e,
+            };
             if attempt >= UPLOAD_ATTEMPTS {
                 self.discard_blobs(std::slice::from_ref(&reference)).await;
                 return Err(broken);
@@ -342,6 +377,36 @@ impl Online {
         Ok(outcome)
     }
 
+    /// Uploads each file [`mime::compose_apart`] set apart as a blob of its base64 body,
+    /// made as it is sealed; all sizes are checked before anything is uploaded.
+    pub(crate) async fn upload_apart(
+        &self,
+        files: &[mime::AttachedFile],
+        limit: u64,
+    ) -> Result<Vec<BlobRef>, ClientError> {
+        for f in files {
+            let sealed =
+                letterme_protocol::blob::sealed_size(mime::Base64Body(&f.bytes).len() as u64);
+            if sealed > limit {
+                return Err(ClientError::AttachmentTooLarge {
+                    size: sealed,
+                    limit,
+                });
+            }
+        }
+        let mut refs = Vec::with_capacity(files.len());
+        for f in files {
+            match self.upload_blob(&mime::Base64Body(&f.bytes)).await {
+                Ok(r) => refs.push(r),
+                Err(e) => {
+                    self.discard_blobs(&refs).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(refs)
+    }
+
     /// The payload to seal for `payload` with `entity` when the entity has parts larger
     /// than [`mime::BLOB_THRESHOLD`]: those uploaded as blobs, in the entity's place a
     /// field naming each. `None` when nothing is that large.
@@ -379,23 +444,28 @@ impl Online {
                 }
             }
         }
-        Ok(Some(Payload {
-            from: payload.from.clone(),
-            to: payload.to.clone(),
-            cc: payload.cc.clone(),
-            bcc: payload.bcc.clone(),
-            subject: payload.subject.clone(),
-            body: payload.body.clone(),
-            headers: payload.headers.clone(),
-            date: payload.date,
-            message_id: payload.message_id.clone(),
-            in_reply_to: payload.in_reply_to.clone(),
-            references: payload.references.clone(),
-            legacy: payload.legacy.clone(),
-            // Not the whole entity again: it is the large part of the payload.
-            mime: Some(detached),
-            blobs: refs,
-        }))
+        Ok(Some(with_entity(payload, detached, refs)))
+    }
+}
+
+/// `payload` carrying `entity`, whose fields name `blobs` in their places; not the whole
+/// entity again (it is the large part of the payload).
+pub(crate) fn with_entity(payload: &Payload, entity: Vec<u8>, blobs: Vec<BlobRef>) -> Payload {
+    Payload {
+        from: payload.from.clone(),
+        to: payload.to.clone(),
+        cc: payload.cc.clone(),
+        bcc: payload.bcc.clone(),
+        subject: payload.subject.clone(),
+        body: payload.body.clone(),
+        headers: payload.headers.clone(),
+        date: payload.date,
+        message_id: payload.message_id.clone(),
+        in_reply_to: payload.in_reply_to.clone(),
+        references: payload.references.clone(),
+        legacy: payload.legacy.clone(),
+        mime: Some(entity),
+        blobs,
     }
 }
 
@@ -605,13 +675,13 @@ mod tests {
         for len in [0, 1, CHUNK, CHUNK + 1, 2 * CHUNK + 5] {
             let bytes: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
             let mut sealed = Vec::new();
-            let (r, manifest) = seal_each(&bytes, Sealer::new(), |n, c| {
+            let (r, manifest) = seal_each(bytes.as_slice(), Sealer::new(), |n, c| {
                 assert_eq!(n, sealed.len() as u64);
                 sealed.push(c);
             });
             // Sealed again under the same reference: the same chunks.
             let mut again = Vec::new();
-            let (r2, m2) = seal_each(&bytes, Sealer::again(&r), |_, c| again.push(c));
+            let (r2, m2) = seal_each(bytes.as_slice(), Sealer::again(&r), |_, c| again.push(c));
             assert_eq!(
                 (again.clone(), r2.id.clone(), m2.0.clone()),
                 (sealed.clone(), r.id.clone(), manifest.0.clone())

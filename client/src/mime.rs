@@ -9,6 +9,7 @@
 //! From, a Subject or a verification field of its own. The splitting is mail-parser's;
 //! nothing here reads MIME grammar beyond field names.
 
+use base64::Engine as _;
 use mail_parser::{MessageParser, MessagePart, MimeHeaders as _, PartType};
 
 use crate::cache::header_end;
@@ -138,6 +139,14 @@ pub const BLOB_THRESHOLD: usize = 1 << 20;
 /// a [`BLOB_FIELD`] in each such part's place, and the bodies, in order, as byte ranges of
 /// `entity`. [`attach`] puts them back byte for byte. Parts are mail-parser's.
 pub fn detach(entity: &[u8], threshold: usize) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
+    detach_where(entity, |_, body| body.len() > threshold)
+}
+
+/// [`detach`] for the leaf parts `pick` chooses (given each with its body as written).
+fn detach_where(
+    entity: &[u8],
+    pick: impl Fn(&MessagePart<'_>, &std::ops::Range<usize>) -> bool,
+) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
     let Some(m) = MessageParser::default().parse(entity) else {
         return (entity.to_vec(), Vec::new());
     };
@@ -147,11 +156,13 @@ pub fn detach(entity: &[u8], threshold: usize) -> (Vec<u8>, Vec<std::ops::Range<
         .filter(|p| !matches!(p.body, PartType::Multipart(_)))
         .map(|p| {
             (
+                p,
                 p.offset_header as usize,
                 p.offset_body as usize..p.offset_end as usize,
             )
         })
-        .filter(|(_, body)| body.len() > threshold && body.end <= entity.len())
+        .filter(|(p, _, body)| body.end <= entity.len() && pick(p, body))
+        .map(|(_, header, body)| (header, body))
         .collect();
     bodies.sort_by_key(|(_, body)| body.start);
     let mut out = Vec::with_capacity(entity.len());
@@ -176,6 +187,127 @@ pub fn detach(entity: &[u8], threshold: usize) -> (Vec<u8>, Vec<std::ops::Range<
     }
     out.extend_from_slice(&entity[at..]);
     (out, bodies.into_iter().map(|(_, body)| body).collect())
+}
+
+/// A file's bytes as a base64 body (RFC 2045 §6.8): lines of 76 characters joined by
+/// CRLF, made a range at a time — a large file goes as a blob of this text without the
+/// text ever being whole in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Base64Body<'a>(pub &'a [u8]);
+
+impl Base64Body<'_> {
+    /// Input bytes per line, and the line with its CRLF.
+    const IN: usize = 57;
+    const LINE: usize = 78;
+
+    pub fn len(&self) -> usize {
+        let chars = self.0.len().div_ceil(3) * 4;
+        chars + 2 * chars.div_ceil(76).saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The text's bytes in `range` (within `0..len()`).
+    pub fn range(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        if range.is_empty() {
+            return Vec::new();
+        }
+        let lines = self.0.len().div_ceil(Self::IN);
+        let (first, last) = (range.start / Self::LINE, (range.end - 1) / Self::LINE);
+        let mut text = Vec::with_capacity((last - first + 1) * Self::LINE);
+        for line in first..=last.min(lines.saturating_sub(1)) {
+            let input = &self.0[line * Self::IN..((line + 1) * Self::IN).min(self.0.len())];
+            text.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(input)
+                    .as_bytes(),
+            );
+            if line + 1 < lines {
+                text.extend_from_slice(b"\r\n");
+            }
+        }
+        let offset = first * Self::LINE;
+        text.get(range.start - offset..range.end - offset)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    }
+}
+
+/// [`compose`] with each file whose base64 body is longer than `threshold` set apart: in
+/// its place a part with the header it would have, a [`BLOB_FIELD`] naming it first and
+/// no body, as [`detach`] leaves one. The files set apart, in order, go as blobs of their
+/// [`Base64Body`] (or are put back with [`attach`]); a large file is then never composed
+/// into the entity, copied, or parsed.
+pub fn compose_apart(
+    text: &str,
+    html: Option<&str>,
+    files: Vec<AttachedFile>,
+    threshold: usize,
+) -> (Option<Vec<u8>>, Vec<AttachedFile>) {
+    let large = |f: &AttachedFile| Base64Body(&f.bytes).len() > threshold;
+    if !files.iter().any(large) {
+        return (compose(text, html, files), Vec::new());
+    }
+    // Each large file composed with a marker of its own for its bytes, which the parts
+    // are then found by.
+    let mut apart = Vec::new();
+    let mut markers = Vec::new();
+    let files = files
+        .into_iter()
+        .map(|f| {
+            if !large(&f) {
+                return f;
+            }
+            let marker = letterme_protocol::keys::random_bytes::<24>().to_vec();
+            markers.push(marker.clone());
+            let name = f.name.clone();
+            apart.push(f);
+            AttachedFile {
+                name,
+                bytes: marker,
+            }
+        })
+        .collect();
+    let files: Vec<AttachedFile> = files;
+    let Some(entity) = compose(text, html, files.clone()) else {
+        return (None, apart);
+    };
+    let (detached, bodies) = detach_where(&entity, |part, _| {
+        markers.iter().any(|m| part.contents() == m)
+    });
+    // Each marker found once, in order: the fields then name the files set apart by their
+    // order. Were it otherwise, the files are composed in after all.
+    let found: Vec<Vec<u8>> = bodies
+        .iter()
+        .map(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(
+                    entity[b.clone()]
+                        .iter()
+                        .copied()
+                        .filter(|c| !c.is_ascii_whitespace())
+                        .collect::<Vec<u8>>(),
+                )
+                .unwrap_or_default()
+        })
+        .collect();
+    if found != markers {
+        let mut apart = apart.into_iter();
+        let whole = files
+            .into_iter()
+            .map(|f| {
+                if markers.contains(&f.bytes) {
+                    apart.next().unwrap_or(f)
+                } else {
+                    f
+                }
+            })
+            .collect();
+        return (compose(text, html, whole), Vec::new());
+    }
+    (Some(detached), apart)
 }
 
 /// Where an entity [`detach`] wrote names blob bodies: each part whose header begins with
@@ -423,6 +555,72 @@ mod tests {
         assert_eq!(found[0].0.name, "r.pdf");
         assert_eq!(found[0].0.content_type, "application/pdf");
         assert_eq!(found[0].1, b"%PDF-");
+    }
+
+    /// A file's base64 body made a range at a time is the file base64-encoded in lines of
+    /// 76 joined by CRLF, however the ranges are cut.
+    #[test]
+    fn a_base64_body_is_made_in_any_ranges() {
+        for len in [0, 1, 56, 57, 58, 114, 1000, 5000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 13 % 256) as u8).collect();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            let whole: Vec<u8> = encoded
+                .as_bytes()
+                .chunks(76)
+                .collect::<Vec<_>>()
+                .join(&b"\r\n"[..]);
+            let body = Base64Body(&bytes);
+            assert_eq!(body.len(), whole.len(), "{len}");
+            assert_eq!(body.range(0..body.len()), whole, "{len}");
+            for cut in [1, 7, 77, 78, 79, 1000] {
+                let mut joined = Vec::new();
+                let mut at = 0;
+                while at < whole.len() {
+                    let end = (at + cut).min(whole.len());
+                    joined.extend(body.range(at..end));
+                    at = end;
+                }
+                assert_eq!(joined, whole, "{len} bytes in ranges of {cut}");
+            }
+        }
+    }
+
+    /// Composed apart, a large file is a field in its part; put back as its base64 body,
+    /// the message has the attachments composing it whole gives.
+    #[test]
+    fn a_large_file_composed_apart_is_put_back_as_composed_whole() {
+        let files = vec![
+            AttachedFile {
+                name: "big.bin".into(),
+                bytes: (0..3000u32).map(|i| (i % 251) as u8).collect(),
+            },
+            AttachedFile {
+                name: "small.txt".into(),
+                bytes: b"small".to_vec(),
+            },
+        ];
+        let (entity, apart) = compose_apart("Hallo", None, files.clone(), 1000);
+        let entity = entity.unwrap();
+        assert_eq!(apart.len(), 1);
+        assert_eq!(apart[0].name, "big.bin");
+        let text = String::from_utf8_lossy(&entity);
+        assert!(text.contains(&format!("{BLOB_FIELD}: 0\r\n")), "{text}");
+        assert!(entity.len() < 1500, "the large file is not in it: {text}");
+        let body = Base64Body(&apart[0].bytes);
+        let (whole, exact) = attach(&entity, &[Some(body.range(0..body.len()))]);
+        assert!(exact);
+        let got: Vec<(String, Vec<u8>)> = attachments(&whole)
+            .into_iter()
+            .map(|(a, b)| (a.name, b))
+            .collect();
+        let want: Vec<(String, Vec<u8>)> = attachments(&compose("Hallo", None, files).unwrap())
+            .into_iter()
+            .map(|(a, b)| (a.name, b))
+            .collect();
+        assert_eq!(got, want);
+        // Nothing large: composed whole, nothing apart.
+        let (_, none) = compose_apart("Hallo", None, vec![], 1000);
+        assert!(none.is_empty());
     }
 
     #[test]

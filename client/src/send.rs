@@ -31,6 +31,9 @@ pub struct Draft {
     /// The MIME entity (text, HTML, inline parts, attachments; [`crate::mime`]); `body`
     /// then holds its text for readers that show text only.
     pub mime: Option<Vec<u8>>,
+    /// Files [`crate::mime::compose_apart`] left out of `mime`, which names each in its
+    /// place: they go as blobs, or are put in where the entity goes whole.
+    pub apart: Vec<crate::mime::AttachedFile>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,14 +111,37 @@ impl Online {
         };
         // Large parts go as blobs (a server that takes none keeps them in the envelope, up
         // to its size limit); other domains' servers get them from ours (PROTOCOL.md §17.5a).
+        // Files set apart go straight from their bytes.
+        let blobs_taken = !keys.is_empty() && info.max_attachment_size > 0;
         let as_blobs = match &draft.mime {
-            Some(entity) if !keys.is_empty() => self.with_parts_as_blobs(&payload, entity).await?,
+            Some(entity) if !draft.apart.is_empty() && blobs_taken => {
+                let refs = self
+                    .upload_apart(&draft.apart, info.max_attachment_size)
+                    .await?;
+                Some(crate::blobs::with_entity(&payload, entity.clone(), refs))
+            }
+            Some(entity) if !keys.is_empty() && draft.apart.is_empty() => {
+                self.with_parts_as_blobs(&payload, entity).await?
+            }
             _ => None,
         };
         // The whole entity again only where it is sent whole: sealed without blobs, or
         // relayed to ordinary addresses.
         if as_blobs.is_none() || !legacy.is_empty() {
-            payload.mime.clone_from(&draft.mime);
+            payload.mime = match &draft.mime {
+                Some(entity) if !draft.apart.is_empty() => {
+                    let bodies: Vec<Option<Vec<u8>>> = draft
+                        .apart
+                        .iter()
+                        .map(|f| {
+                            let text = crate::mime::Base64Body(&f.bytes);
+                            Some(text.range(0..text.len()))
+                        })
+                        .collect();
+                    Some(crate::mime::attach(entity, &bodies).0)
+                }
+                other => other.clone(),
+            };
         }
         // A send that fails after its uploads gives them up (the server keeps any that a
         // posted envelope names), so they do not count against the limits for a day.

@@ -65,12 +65,15 @@ pub async fn send(dir: ProfileDir, args: &cli::SendArgs) -> Result<()> {
         Some(b) => b.clone(),
         None => read_stdin_body()?,
     };
+    // Large files are set apart: they go as blobs straight from their bytes.
+    let (mime, apart) = mime::compose_apart(&body, html.as_deref(), files, mime::BLOB_THRESHOLD);
     let draft = Draft {
         to: parse_addresses(&args.to)?,
         cc: parse_addresses(&args.cc)?,
         bcc: parse_addresses(&args.bcc)?,
         subject: args.subject.clone(),
-        mime: mime::compose(&body, html.as_deref(), files),
+        mime,
+        apart,
         body,
         allow_plaintext: args.allow_plaintext,
         ..Draft::default()

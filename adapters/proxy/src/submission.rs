@@ -135,6 +135,7 @@ pub fn draft(tx: &Transaction) -> Result<Draft, Reply> {
         references: m.header("References").map(msg_id).unwrap_or_default(),
         message_id: m.message_id().map(|id| format!("<{id}>")),
         allow_plaintext: false,
+        apart: Vec::new(),
     })
 }
 

@@ -77,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         references: vec![],
         message_id: None,
         allow_plaintext: false,
+        apart: vec![],
         mime: compose(
             &text,
             None,

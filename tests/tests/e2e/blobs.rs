@@ -228,6 +228,72 @@ fn a_proxy_killed_while_downloading_an_attachment_finishes_it_after_a_restart() 
     assert_eq!(saved(&bob, &world.path().join("saved")), bytes);
 }
 
+/// A mail client's submission (python's smtplib, 24 MiB attached) to alice's proxy, which
+/// uploads the attachment as a blob before it answers DATA.
+const SUBMIT: &str = r#"
+import smtplib, sys
+from email.message import EmailMessage
+host, port, user, password, to, path = sys.argv[1:7]
+msg = EmailMessage()
+msg["From"], msg["To"], msg["Subject"] = user, to, "through the proxy"
+msg.set_content("see attached")
+with open(path, "rb") as f:
+    msg.add_attachment(f.read(), maintype="application", subtype="octet-stream", filename="big.bin")
+s = smtplib.SMTP(host, int(port), timeout=300)
+s.login(user, password)
+s.send_message(msg)
+s.quit()
+print("sent")
+"#;
+
+/// kill -9 of alice's proxy while it uploads the attachment Thunderbird submitted: the
+/// mail client never got its 250, so nothing reaches bob — no message, no half of one —
+/// and sending again through the restarted proxy delivers it once, whole.
+#[test]
+fn a_proxy_killed_while_uploading_a_submission_delivers_nothing_until_sent_again() {
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", "");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
+    let bytes = file(world.path(), "big.bin", 24 << 20, "CANARY-SUBMIT-KILL-9b2e");
+    let path = world.path().join("big.bin");
+    let mut proxy = letterme_tests::ProxyProc::start(&alice);
+    let submit = |proxy: &letterme_tests::ProxyProc| {
+        Command::new("python3")
+            .args(["-c", SUBMIT, "127.0.0.1"])
+            .arg(proxy.smtp.port().to_string())
+            .args(["alice@x.test", &proxy.password, "bob@x.test"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let client = submit(&proxy);
+    let until = Instant::now() + Duration::from_mins(2);
+    while server.stored_blobs().chunk_bytes == 0 {
+        assert!(Instant::now() < until, "the upload never began");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    proxy.kill9_and_restart();
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the mail client was told the message was sent: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(synced(&bob)["fetched"], 0, "a message reached bob");
+
+    let again = submit(&proxy).wait_with_output().unwrap();
+    assert!(
+        again.status.success(),
+        "sending again failed: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(synced(&bob)["fetched"], 1);
+    assert_eq!(saved(&bob, &world.path().join("saved")), bytes);
+}
+
 /// A send refused after its upload (the recipient's mailbox cannot take it) gives the
 /// upload up: the server holds nothing of it and the sender's limit is free at once, not
 /// a day later; nor does the sender keep its chunks.

@@ -33,7 +33,7 @@ const CHUNKS_PER_COMMIT: usize = 8;
 const UPLOAD_ATTEMPTS: usize = 5;
 
 /// A blob's plaintext, read a chunk at a time: bytes at hand, or text made as it is read
-/// ([`Base64Text`]), so that a large file is never in memory twice.
+/// ([`mime::Base64Body`]), so that a large file is never in memory twice.
 pub(crate) trait BlobBytes {
     fn len(&self) -> usize;
     /// The bytes in `range` (within `0..len()`).
@@ -166,18 +166,17 @@ impl Drop for Ahead {
 /// order, and the whole has the reference's size and id.
 pub(crate) fn open(sealed: &[Vec<u8>], reference: &BlobRef) -> Result<Vec<u8>, ClientError> {
     let mut opener = Opener::new(reference)?;
-    let Some((last, rest)) = sealed.split_last() else {
+    if sealed.len() as u64 != opener.chunks() {
         return Err(letterme_protocol::blob::BlobError::Size {
             expected: reference.size,
-            got: 0,
+            got: (sealed.len() * CHUNK) as u64,
         }
         .into());
-    };
-    let mut out = Vec::with_capacity(usize::try_from(reference.size).unwrap_or(0).min(1 << 30));
-    for c in rest {
-        out.extend(opener.open_chunk(c)?);
     }
-    out.extend(opener.finish(last)?);
+    let mut out = Vec::with_capacity(usize::try_from(reference.size).unwrap_or(0).min(1 << 30));
+    for c in sealed {
+        out.extend(opener.open_next(c)?);
+    }
     Ok(out)
 }
 
@@ -253,8 +252,8 @@ impl Online {
         let cache = &self.me.cache;
         let held = cache.held_chunks(&reference.id)?;
         let mut api = self.api.clone();
-        let mut opener = Some(Opener::new(reference)?);
-        let count = opener.as_ref().map_or(1, Opener::chunks);
+        let mut opener = Opener::new(reference)?;
+        let count = opener.chunks();
         let mut ahead = Ahead(std::collections::VecDeque::new());
         let mut next = 0;
         let mut fresh = Vec::new();
@@ -272,16 +271,17 @@ impl Online {
             } else {
                 None
             };
+            let from_store = kept.is_some();
             let chunk = if let Some(c) = kept {
                 c
             } else {
                 let started = ahead.0.front().is_some_and(|(m, _)| *m == n);
-                let got = match ahead.0.pop_front().filter(|_| started) {
-                    Some((_, task)) => task
-                        .await
-                        .map_err(|e| ClientError::Io(format!("a chunk transfer failed: {e}")))?,
+                let got = if started && let Some((_, task)) = ahead.0.pop_front() {
+                    task.await
+                        .map_err(|e| ClientError::Io(format!("a chunk transfer failed: {e}")))?
+                } else {
                     // Listed as kept, gone meanwhile: downloaded now.
-                    None => api.blob_chunk(&reference.id, n).await,
+                    api.blob_chunk(&reference.id, n).await
                 };
                 match got {
                     Err(ClientError::Api { status: 401, .. }) => {
@@ -291,18 +291,8 @@ impl Online {
                     other => other?,
                 }
             };
-            // Every chunk but the last, then the last, which ends the opener.
-            match opener.as_mut() {
-                Some(o) if n + 1 < count => {
-                    o.open_chunk(&chunk)?;
-                }
-                _ => {
-                    if let Some(o) = opener.take() {
-                        o.finish(&chunk)?;
-                    }
-                }
-            }
-            if !held.contains(&n) {
+            opener.open_next(&chunk)?;
+            if !from_store {
                 fresh.push((n, chunk));
             }
             if fresh.len() >= CHUNKS_PER_COMMIT || n + 1 == count {
@@ -583,22 +573,14 @@ impl Unlocked {
         transfer: mime::Transfer,
         out: impl std::io::Write,
     ) -> Result<u64, ClientError> {
-        let mut opener = Some(Opener::new(r)?);
-        let count = letterme_protocol::blob::chunks(r.size);
+        let mut opener = Opener::new(r)?;
         let mut decode = Decode::new(transfer, out);
-        for n in 0..count {
+        for n in 0..opener.chunks() {
             let sealed = self
                 .cache
                 .blob_chunk(&r.id, n)?
                 .ok_or_else(|| ClientError::NotDownloaded(r.id.clone()))?;
-            let plain = match opener.as_mut() {
-                Some(o) if n + 1 < count => o.open_chunk(&sealed)?,
-                _ => match opener.take() {
-                    Some(o) => o.finish(&sealed)?,
-                    None => break,
-                },
-            };
-            decode.feed(&plain)?;
+            decode.feed(&opener.open_next(&sealed)?)?;
         }
         decode.finish()
     }

@@ -288,15 +288,19 @@ impl Unlocked {
         self.decrypt(&m)
     }
 
-    /// Writes each attachment of a stored message, in order, to the writer `create` makes
-    /// for it (given it and its number from 1); what was written and the writers. An
-    /// attachment that is a blob is decoded as its chunks are read, so none is in memory
-    /// whole.
-    pub fn write_attachments<W: std::io::Write>(
+    /// Hands each attachment of a stored message, in order, to `save` with its number from
+    /// 1 and a way to write its decoded bytes into a writer (giving their count); `save`
+    /// makes the writer and finishes it, one attachment at a time. An attachment that is a
+    /// blob is decoded as its chunks are read, so none is in memory whole.
+    pub fn save_attachments(
         &self,
         id_prefix: &str,
-        mut create: impl FnMut(&mime::Attachment, usize) -> Result<W, ClientError>,
-    ) -> Result<Vec<(mime::Attachment, W)>, ClientError> {
+        mut save: impl FnMut(
+            &mime::Attachment,
+            usize,
+            &mut dyn FnMut(&mut dyn std::io::Write) -> Result<u64, ClientError>,
+        ) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
         let stored = self.mailbox()?.find(id_prefix)?;
         let payload = self.open_envelope(&stored)?;
         // Not downloaded yet (the proxy downloads later, D76): nothing is saved short.
@@ -305,28 +309,26 @@ impl Unlocked {
                 return Err(ClientError::NotDownloaded(r.id.clone()));
             }
         }
-        let mut out = Vec::new();
-        for (i, (mut a, bytes)) in mime::attachment_parts(mime_of(&payload).unwrap_or_default())
+        for (i, (a, bytes)) in mime::attachment_parts(mime_of(&payload).unwrap_or_default())
             .into_iter()
             .enumerate()
         {
-            let mut w = create(&a, i + 1)?;
-            match bytes {
+            let mut write = |w: &mut dyn std::io::Write| match &bytes {
                 mime::AttachmentBytes::Here(b) => {
-                    w.write_all(&b)
+                    w.write_all(b)
                         .map_err(|e| ClientError::Io(format!("cannot write an attachment: {e}")))?;
+                    Ok(b.len() as u64)
                 }
                 mime::AttachmentBytes::Blob(n, transfer) => {
-                    let r = payload.blobs.get(n).ok_or_else(|| {
+                    let r = payload.blobs.get(*n).ok_or_else(|| {
                         ClientError::Io(format!("the message names a blob {n} it does not carry"))
                     })?;
-                    a.size = usize::try_from(self.write_blob(r, transfer, &mut w)?)
-                        .unwrap_or(usize::MAX);
+                    self.write_blob(r, *transfer, w)
                 }
-            }
-            out.push((a, w));
+            };
+            save(&a, i + 1, &mut write)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Logs in to the profile's server.

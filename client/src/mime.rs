@@ -260,7 +260,10 @@ pub fn compose_apart(
             if !large(&f) {
                 return f;
             }
-            let marker = letterme_protocol::keys::random_bytes::<24>().to_vec();
+            // ASCII: mail-parser hands a text part's bytes back as UTF-8.
+            let marker =
+                letterme_protocol::codec::hex(&letterme_protocol::keys::random_bytes::<16>())
+                    .into_bytes();
             markers.push(marker.clone());
             let name = f.name.clone();
             apart.push(f);
@@ -598,16 +601,30 @@ mod tests {
                 name: "small.txt".into(),
                 bytes: b"small".to_vec(),
             },
+            AttachedFile {
+                name: "big.csv".into(),
+                bytes: "a,b,c\n".repeat(300).into_bytes(),
+            },
         ];
         let (entity, apart) = compose_apart("Hallo", None, files.clone(), 1000);
         let entity = entity.unwrap();
-        assert_eq!(apart.len(), 1);
-        assert_eq!(apart[0].name, "big.bin");
+        let names: Vec<&str> = apart.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["big.bin", "big.csv"],
+            "a text file is set apart too"
+        );
         let text = String::from_utf8_lossy(&entity);
-        assert!(text.contains(&format!("{BLOB_FIELD}: 0\r\n")), "{text}");
-        assert!(entity.len() < 1500, "the large file is not in it: {text}");
-        let body = Base64Body(&apart[0].bytes);
-        let (whole, exact) = attach(&entity, &[Some(body.range(0..body.len()))]);
+        assert!(text.contains(&format!("{BLOB_FIELD}: 1\r\n")), "{text}");
+        assert!(entity.len() < 2000, "the large files are not in it: {text}");
+        let bodies: Vec<Option<Vec<u8>>> = apart
+            .iter()
+            .map(|f| {
+                let body = Base64Body(&f.bytes);
+                Some(body.range(0..body.len()))
+            })
+            .collect();
+        let (whole, exact) = attach(&entity, &bodies);
         assert!(exact);
         let got: Vec<(String, Vec<u8>)> = attachments(&whole)
             .into_iter()

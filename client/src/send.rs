@@ -126,8 +126,8 @@ impl Online {
             _ => None,
         };
         // The whole entity again only where it is sent whole: sealed without blobs, or
-        // relayed to ordinary addresses.
-        if as_blobs.is_none() || !legacy.is_empty() {
+        // relayed to ordinary addresses (a notice carries none of it).
+        if as_blobs.is_none() || (!legacy.is_empty() && info.outbound == OutboundMode::Relay) {
             payload.mime = match &draft.mime {
                 Some(entity) if !draft.apart.is_empty() => {
                     let bodies: Vec<Option<Vec<u8>>> = draft

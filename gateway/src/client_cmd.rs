@@ -141,20 +141,30 @@ pub fn read(dir: ProfileDir, args: &cli::ReadArgs) -> Result<()> {
     if let Some(dir) = &args.save_attachments {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the directory {}", dir.display()))?;
-        let mut paths = Vec::new();
-        let written = me.write_attachments(&args.id, |attachment, n| {
+        me.save_attachments(&args.id, |attachment, n, write| {
+            use letterme_client::ClientError;
             let (path, file) = attachment_file(dir, &attachment.name, n)
-                .map_err(|e| letterme_client::ClientError::Io(format!("{e:#}")))?;
-            paths.push(path);
-            Ok(std::io::BufWriter::with_capacity(1 << 20, file))
+                .map_err(|e| ClientError::Io(format!("{e:#}")))?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            let written = write(&mut out).and_then(|n| {
+                out.into_inner()
+                    .map_err(std::io::IntoInnerError::into_error)
+                    .and_then(|f| f.sync_all())
+                    .map(|()| n)
+                    .map_err(|e| ClientError::Io(format!("cannot write {}: {e}", path.display())))
+            });
+            match written {
+                Ok(n) => {
+                    eprintln!("saved {} ({n} bytes)", path.display());
+                    Ok(())
+                }
+                // No attachment is left half written.
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    Err(e)
+                }
+            }
         })?;
-        for ((attachment, file), path) in written.into_iter().zip(paths) {
-            file.into_inner()
-                .map_err(std::io::IntoInnerError::into_error)
-                .and_then(|f| f.sync_all())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("saved {} ({} bytes)", path.display(), attachment.size);
-        }
     }
     Ok(())
 }

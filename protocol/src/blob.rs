@@ -253,7 +253,8 @@ impl Sealer {
 /// Decrypts a blob chunk by chunk, in order; [`Opener::finish`] checks the last chunk, the
 /// size and the id.
 pub struct Opener {
-    stream: DecryptorBE32<XChaCha20Poly1305>,
+    /// Taken by the last chunk.
+    stream: Option<DecryptorBE32<XChaCha20Poly1305>>,
     id: BlobId,
     size: u64,
     chunks: u64,
@@ -275,7 +276,10 @@ impl Opener {
         let id = BlobId::from_hex(&reference.id).ok_or(BlobError::BadReference)?;
         let cipher = XChaCha20Poly1305::new(&reference.key.into());
         Ok(Self {
-            stream: DecryptorBE32::from_aead(cipher, reference.nonce.as_slice().into()),
+            stream: Some(DecryptorBE32::from_aead(
+                cipher,
+                reference.nonce.as_slice().into(),
+            )),
             id,
             size: reference.size,
             chunks: chunks(reference.size),
@@ -295,17 +299,31 @@ impl Opener {
         if at + 1 >= self.chunks || sealed.len() != SEALED_CHUNK {
             return Err(BlobError::Chunk(at));
         }
+        let stream = self.stream.as_mut().ok_or(BlobError::Chunk(at))?;
         self.manifest.0.push(Manifest::chunk_hash(sealed));
-        let plain = self
-            .stream
+        let plain = stream
             .decrypt_next(sealed)
             .map_err(|_| BlobError::Chunk(at))?;
         self.next += 1;
         Ok(plain)
     }
 
+    /// Opens the next chunk, the last one included ([`Opener::finish`]'s checks then): for
+    /// a reader that takes the chunks in order as they come.
+    pub fn open_next(&mut self, sealed: &[u8]) -> Result<Vec<u8>, BlobError> {
+        if self.next + 1 < self.chunks {
+            self.open_chunk(sealed)
+        } else {
+            self.open_last(sealed)
+        }
+    }
+
     /// Opens the last chunk; checks that the blob had the size and id its reference says.
     pub fn finish(mut self, sealed: &[u8]) -> Result<Vec<u8>, BlobError> {
+        self.open_last(sealed)
+    }
+
+    fn open_last(&mut self, sealed: &[u8]) -> Result<Vec<u8>, BlobError> {
         let at = self.next;
         if at + 1 != self.chunks {
             return Err(BlobError::Size {
@@ -313,9 +331,10 @@ impl Opener {
                 got: at * CHUNK as u64,
             });
         }
+        let stream = self.stream.take().ok_or(BlobError::Chunk(at))?;
         self.manifest.0.push(Manifest::chunk_hash(sealed));
-        let plain = self
-            .stream
+        self.next += 1;
+        let plain = stream
             .decrypt_last(sealed)
             .map_err(|_| BlobError::Chunk(at))?;
         let got = at * CHUNK as u64 + plain.len() as u64;

@@ -106,3 +106,100 @@ fn a_fetch_never_serves_a_missing_attachment_as_filler() {
     let seen = exchange(&mut r, &mut w, "e", "UID FETCH 1:2 (FLAGS)").concat();
     assert!(!seen.contains("\\Seen"), "{seen}");
 }
+
+/// Reads one tagged exchange's lines and the literals in them (`{n}` at a line's end is
+/// followed by n bytes).
+fn exchange_literals(
+    r: &mut BufReader<TcpStream>,
+    w: &mut TcpStream,
+    tag: &str,
+    command: &str,
+) -> (Vec<String>, Vec<Vec<u8>>) {
+    use std::io::Read as _;
+    write!(w, "{tag} {command}\r\n").unwrap();
+    let (mut lines, mut literals) = (Vec::new(), Vec::new());
+    loop {
+        let mut line = Vec::new();
+        assert!(r.read_until(b'\n', &mut line).unwrap() > 0, "closed");
+        let text = String::from_utf8_lossy(&line).into_owned();
+        if let Some(n) = text
+            .trim_end()
+            .strip_suffix('}')
+            .and_then(|t| t.rsplit_once('{'))
+            .and_then(|(_, n)| n.parse::<usize>().ok())
+        {
+            let mut literal = vec![0; n];
+            r.read_exact(&mut literal).unwrap();
+            literals.push(literal);
+        }
+        let done = text.starts_with(&format!("{tag} "));
+        lines.push(text);
+        if done {
+            return (lines, literals);
+        }
+    }
+}
+
+/// Several large messages in one FETCH: each written as it is, a few at a time, in order,
+/// with the FETCH going on after each, and sections and partials cut from them exactly.
+#[test]
+fn large_messages_are_served_whole_one_after_another() {
+    let proxy = Proxy::start();
+    let messages: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| {
+            let mut m = format!(
+                "From: bob@x.test\r\nSubject: large {i}\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\npart one {i}\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .into_bytes();
+            m.extend((0..3 << 20).map(|j: u32| b"0123456789abcdef"[((j + u32::from(i)) % 16) as usize]));
+            m.extend_from_slice(b"\r\n--b--\r\n");
+            m
+        })
+        .collect();
+    let mails: Vec<letterme_client::cache::NewMail> = messages
+        .iter()
+        .map(|raw| letterme_client::cache::NewMail {
+            folder: "INBOX".into(),
+            flags: vec![],
+            internal_date: 1_700_000_000,
+            raw: raw.clone(),
+            message_id: None,
+            pieces: vec![],
+        })
+        .collect();
+    proxy.cache.append_all(&mails).unwrap();
+    let stream = TcpStream::connect(proxy.addr).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).unwrap();
+    exchange(&mut r, &mut w, "a", &format!("LOGIN {USER} {PASSWORD}"));
+    exchange(&mut r, &mut w, "b", "SELECT INBOX");
+    let (lines, literals) =
+        exchange_literals(&mut r, &mut w, "c", "UID FETCH 1:4 (UID BODY.PEEK[])");
+    assert!(
+        lines.last().unwrap().starts_with("c OK"),
+        "{:?}",
+        lines.last()
+    );
+    assert_eq!(literals, messages, "every message whole, in order");
+    let (lines, literals) = exchange_literals(
+        &mut r,
+        &mut w,
+        "d",
+        "UID FETCH 2:3 (BODY.PEEK[1] BODY.PEEK[2]<5.10>)",
+    );
+    assert!(lines.last().unwrap().starts_with("d OK"), "{lines:?}");
+    assert_eq!(literals.len(), 4, "{lines:?}");
+    for (i, m) in [(0, &messages[1]), (2, &messages[2])] {
+        let part = &m[m.len() - 9 - (3 << 20)..m.len() - 9];
+        let mut got = literals[i..i + 2].to_vec();
+        got.sort();
+        let mut want = vec![
+            format!("part one {}", i / 2 + 1).into_bytes(),
+            part[5..15].to_vec(),
+        ];
+        want.sort();
+        assert_eq!(got, want, "{lines:?}");
+    }
+}

@@ -314,11 +314,9 @@ impl Cache {
             };
             let mut opener = Opener::new(&p.blob)
                 .map_err(|e| broken(&format!("attachment blob {}: {e}", p.blob.id)))?;
-            let last = opener.chunks().saturating_sub(1);
-            for n in 0..last {
-                out.extend(opened(opener.open_chunk(&read(n)?))?);
+            for n in 0..opener.chunks() {
+                out.extend(opened(opener.open_next(&read(n)?))?);
             }
-            out.extend(opened(opener.finish(&read(last)?))?);
             Ok::<(), ClientError>(())
         })?;
         Ok(whole)

@@ -62,19 +62,7 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
     let Some(section) = section else {
         return raw.to_vec();
     };
-    // The top-level header and text need no MIME tree: what clients fetch for every message
-    // of a mailbox (Thunderbird's header list) stays a header-only parse.
-    let top_level = matches!(
-        section,
-        Section::Header(None)
-            | Section::Text(None)
-            | Section::HeaderFields(None, _)
-            | Section::HeaderFieldsNot(None, _)
-    );
-    let root = top_level
-        .then(|| headers_only(raw))
-        .flatten()
-        .unwrap_or_else(|| parse(raw, 0..raw.len(), 0));
+    let root = root_for(raw, section);
     match section {
         Section::HeaderFields(part, names) => {
             message(&root, part.as_ref()).map(|m| header_fields(raw, m, names.as_ref(), true))
@@ -85,6 +73,36 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
         _ => section_range(&root, section).map(|range| span(raw, &range).to_vec()),
     }
     .unwrap_or_default()
+}
+
+/// The tree a section is found in: the top-level header and text need no MIME tree (what
+/// clients fetch for every message of a mailbox, Thunderbird's header list, stays a
+/// header-only parse).
+fn root_for<'a>(raw: &'a [u8], section: &Section<'_>) -> Node<'a> {
+    let top_level = matches!(
+        section,
+        Section::Header(None)
+            | Section::Text(None)
+            | Section::HeaderFields(None, _)
+            | Section::HeaderFieldsNot(None, _)
+    );
+    top_level
+        .then(|| headers_only(raw))
+        .flatten()
+        .unwrap_or_else(|| parse(raw, 0..raw.len(), 0))
+}
+
+/// Where `section`'s bytes are in `raw` when they are one span of it (every section but
+/// HEADER.FIELDS, whose fields are picked); `None` for those and for one that does not
+/// exist.
+pub fn section_span(raw: &[u8], section: &Section<'_>) -> Option<Range<usize>> {
+    if matches!(
+        section,
+        Section::HeaderFields(..) | Section::HeaderFieldsNot(..)
+    ) {
+        return None;
+    }
+    section_range(&root_for(raw, section), section)
 }
 
 /// Where a section's bytes are in the message whose tree is `root` (the fields of

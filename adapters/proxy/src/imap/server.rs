@@ -254,6 +254,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
                     continue;
                 }
+                // A FETCH held back while what it had produced was written: on with it.
+                if outbox.more.is_some() && outbox.last.is_none() {
+                    outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
+                    continue;
+                }
                 let n = if idle_tag.is_some() {
                     tokio::select! {
                         r = tokio::time::timeout(AUTOLOGOUT, stream.read(&mut buf)) => r,
@@ -341,6 +346,9 @@ fn finish_auth(
     }
 }
 
+/// Bytes waiting to be written past which a FETCH produces no more until they are.
+const OUT_LIMIT: usize = 1 << 20;
+
 /// Bytes to write, in order: small ones gathered into one buffer, a large one (a message
 /// body as a literal) kept as it came rather than copied.
 #[derive(Default)]
@@ -416,7 +424,9 @@ impl Outbox {
                     }
                 }
             }
-            if self.last.is_some() {
+            // Written (imap-next's responses, or raw ones piling up in `out`) before more is
+            // produced: a FETCH of large messages holds a few at a time.
+            if self.last.is_some() || out.len >= OUT_LIMIT {
                 return;
             }
             let Some(job) = self.more.take_if(|job| job.wants().is_none()) else {

@@ -59,6 +59,9 @@ fn content_for(item: &MessageDataItemName<'_>) -> Content {
     }
 }
 
+/// Bytes of whole messages one FETCH batch reads (by their sizes).
+const FETCH_BATCH_BYTES: u64 = 8 << 20;
+
 /// A message at least this large has its body item's literal written as it is
 /// ([`wire::fetch_with_literal`]), not copied into imap-next's encoding.
 const LARGE_LITERAL: usize = 1 << 20;
@@ -75,23 +78,43 @@ fn literal_item(item: &MessageDataItemName<'_>) -> bool {
 }
 
 /// A [`literal_item`] with its literal left empty, and the literal's bytes, cut from
-/// `raw` (which is the literal itself for the whole message: no copy).
+/// `raw` in place (the message is held once, whatever part of it is served).
 fn with_literal(
     item: &MessageDataItemName<'static>,
     raw: Vec<u8>,
 ) -> (MessageDataItem<'static>, Vec<u8>) {
     let empty = || NString(Some(IString::Literal(Literal::unvalidated(Vec::new()))));
+    // `raw` cut to `span`, where one is given.
+    let cut = |mut raw: Vec<u8>, span: Option<std::ops::Range<usize>>| {
+        if let Some(span) = span {
+            raw.truncate(span.end);
+            raw.drain(..span.start.min(raw.len()));
+        } else {
+            raw.clear();
+        }
+        raw
+    };
     match item {
         MessageDataItemName::BodyExt {
             section, partial, ..
         } => {
             let bytes = match section {
                 None => raw,
-                Some(s) => mime::section(&raw, Some(s)),
+                Some(s @ (Section::HeaderFields(..) | Section::HeaderFieldsNot(..))) => {
+                    mime::section(&raw, Some(s))
+                }
+                Some(s) => {
+                    let span = mime::section_span(&raw, s);
+                    cut(raw, span)
+                }
             };
             let bytes = match partial {
                 None => bytes,
-                Some(p) => mime::partial(&bytes, Some(*p)).to_vec(),
+                Some((origin, count)) => {
+                    let start = (*origin as usize).min(bytes.len());
+                    let end = start.saturating_add(count.get() as usize).min(bytes.len());
+                    cut(bytes, Some(start..end))
+                }
             };
             let item = MessageDataItem::BodyExt {
                 section: section.clone(),
@@ -100,10 +123,10 @@ fn with_literal(
             };
             (item, bytes)
         }
-        MessageDataItemName::Rfc822Text => (
-            MessageDataItem::Rfc822Text(empty()),
-            mime::section(&raw, Some(&Section::Text(None))),
-        ),
+        MessageDataItemName::Rfc822Text => {
+            let span = mime::section_span(&raw, &Section::Text(None));
+            (MessageDataItem::Rfc822Text(empty()), cut(raw, span))
+        }
         _ => (MessageDataItem::Rfc822(empty()), raw),
     }
 }
@@ -294,6 +317,31 @@ impl Session {
             .map(content_for)
             .max()
             .unwrap_or(Content::None);
+        let folder = self.sel().folder.id;
+        // Whole messages: as many as [`FETCH_BATCH_BYTES`] by their sizes (at least one),
+        // so a FETCH of large ones holds few at a time.
+        if content == Content::Whole {
+            let uids: Vec<u32> = batch.iter().map(|b| b.1).collect();
+            let sizes: std::collections::HashMap<u32, u64> = self
+                .cache
+                .fetch(folder, &uids, Content::None)?
+                .into_iter()
+                .map(|(m, _, _)| (m.uid, u64::from(m.size)))
+                .collect();
+            let mut total = 0;
+            let keep = batch
+                .iter()
+                .take_while(|(_, uid)| {
+                    let fits = total < FETCH_BATCH_BYTES;
+                    total += sizes.get(uid).copied().unwrap_or(0);
+                    fits
+                })
+                .count()
+                .max(1);
+            for b in batch.drain(keep..).rev() {
+                job.todo.push_front(b);
+            }
+        }
         let marks_seen = !self.sel().read_only
             && job.items.iter().any(|i| {
                 matches!(
@@ -304,7 +352,6 @@ impl Session {
                         | MessageDataItemName::Rfc822Text
                 )
             });
-        let folder = self.sel().folder.id;
         let uids: Vec<u32> = batch.iter().map(|b| b.1).collect();
         let mut rows: std::collections::HashMap<u32, Fetched> =
             match self.cache.fetch(folder, &uids, content) {

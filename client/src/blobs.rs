@@ -368,15 +368,28 @@ impl Online {
     }
 
     /// Uploads each file [`mime::compose_apart`] set apart as a blob of its base64 body,
-    /// made as it is sealed; all sizes are checked before anything is uploaded.
+    /// made as it is sealed.
     pub(crate) async fn upload_apart(
         &self,
         files: &[mime::AttachedFile],
         limit: u64,
     ) -> Result<Vec<BlobRef>, ClientError> {
-        for f in files {
-            let sealed =
-                letterme_protocol::blob::sealed_size(mime::Base64Body(&f.bytes).len() as u64);
+        let bodies: Vec<mime::Base64Body<'_>> =
+            files.iter().map(|f| mime::Base64Body(&f.bytes)).collect();
+        self.upload_all(&bodies.iter().collect::<Vec<_>>(), limit)
+            .await
+    }
+
+    /// Uploads each of `blobs`, every size checked against `limit` first (nothing is
+    /// uploaded for a message that cannot go); after a failure the ones uploaded are given
+    /// up.
+    async fn upload_all<B: BlobBytes + ?Sized>(
+        &self,
+        blobs: &[&B],
+        limit: u64,
+    ) -> Result<Vec<BlobRef>, ClientError> {
+        for b in blobs {
+            let sealed = letterme_protocol::blob::sealed_size(b.len() as u64);
             if sealed > limit {
                 return Err(ClientError::AttachmentTooLarge {
                     size: sealed,
@@ -384,9 +397,9 @@ impl Online {
                 });
             }
         }
-        let mut refs = Vec::with_capacity(files.len());
-        for f in files {
-            match self.upload_blob(&mime::Base64Body(&f.bytes)).await {
+        let mut refs = Vec::with_capacity(blobs.len());
+        for b in blobs {
+            match self.upload_blob(*b).await {
                 Ok(r) => refs.push(r),
                 Err(e) => {
                     self.discard_blobs(&refs).await;
@@ -414,26 +427,8 @@ impl Online {
             // A server from before blobs: the parts stay in the envelope.
             return Ok(None);
         }
-        // Every size first: nothing is uploaded for a message that cannot go.
-        for body in &bodies {
-            let sealed = letterme_protocol::blob::sealed_size(body.len() as u64);
-            if sealed > limit {
-                return Err(ClientError::AttachmentTooLarge {
-                    size: sealed,
-                    limit,
-                });
-            }
-        }
-        let mut refs = Vec::with_capacity(bodies.len());
-        for body in bodies {
-            match self.upload_blob(&entity[body]).await {
-                Ok(r) => refs.push(r),
-                Err(e) => {
-                    self.discard_blobs(&refs).await;
-                    return Err(e);
-                }
-            }
-        }
+        let parts: Vec<&[u8]> = bodies.iter().map(|b| &entity[b.clone()]).collect();
+        let refs = self.upload_all(&parts, limit).await?;
         Ok(Some(with_entity(payload, detached, refs)))
     }
 }

@@ -66,10 +66,8 @@ fn exchange(
     }
 }
 
-#[test]
-fn a_fetch_never_serves_a_missing_attachment_as_filler() {
-    let proxy = Proxy::start();
-    file_two_awaiting(&proxy);
+/// A connection logged in, with INBOX selected.
+fn inbox(proxy: &Proxy) -> (BufReader<TcpStream>, TcpStream) {
     let stream = TcpStream::connect(proxy.addr).unwrap();
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
@@ -77,6 +75,14 @@ fn a_fetch_never_serves_a_missing_attachment_as_filler() {
     r.read_line(&mut greeting).unwrap();
     exchange(&mut r, &mut w, "a", &format!("LOGIN {USER} {PASSWORD}"));
     exchange(&mut r, &mut w, "b", "SELECT INBOX");
+    (r, w)
+}
+
+#[test]
+fn a_fetch_never_serves_a_missing_attachment_as_filler() {
+    let proxy = Proxy::start();
+    file_two_awaiting(&proxy);
+    let (mut r, mut w) = inbox(&proxy);
 
     // The structure, size and text part need no byte of the PDF.
     let seen = exchange(
@@ -168,13 +174,7 @@ fn large_messages_are_served_whole_one_after_another() {
         })
         .collect();
     proxy.cache.append_all(&mails).unwrap();
-    let stream = TcpStream::connect(proxy.addr).unwrap();
-    let mut w = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    let mut greeting = String::new();
-    r.read_line(&mut greeting).unwrap();
-    exchange(&mut r, &mut w, "a", &format!("LOGIN {USER} {PASSWORD}"));
-    exchange(&mut r, &mut w, "b", "SELECT INBOX");
+    let (mut r, mut w) = inbox(&proxy);
     let (lines, literals) =
         exchange_literals(&mut r, &mut w, "c", "UID FETCH 1:4 (UID BODY.PEEK[])");
     assert!(

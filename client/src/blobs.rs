@@ -454,111 +454,6 @@ pub(crate) fn with_entity(payload: &Payload, entity: Vec<u8>, blobs: Vec<BlobRef
     }
 }
 
-/// Base64 (RFC 2045 §6.8) decoded as it comes, in pieces of any length: characters outside
-/// the alphabet (line breaks) are skipped, as mail readers skip them, and whole quanta are
-/// decoded as soon as they are complete.
-struct Base64Stream<W> {
-    out: W,
-    carry: Vec<u8>,
-    written: u64,
-}
-
-impl<W: std::io::Write> Base64Stream<W> {
-    /// Lenient as mail-parser is: padding may be missing, trailing bits may be set.
-    const ENGINE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
-            .with_decode_allow_trailing_bits(true),
-    );
-
-    fn new(out: W) -> Self {
-        Self {
-            out,
-            carry: Vec::with_capacity(CHUNK + 4),
-            written: 0,
-        }
-    }
-
-    fn feed(&mut self, text: &[u8]) -> Result<(), ClientError> {
-        self.carry.extend(
-            text.iter()
-                .copied()
-                .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/')),
-        );
-        let whole = self.carry.len() / 4 * 4;
-        self.decode(whole)?;
-        self.carry.drain(..whole);
-        Ok(())
-    }
-
-    fn decode(&mut self, len: usize) -> Result<(), ClientError> {
-        use base64::Engine as _;
-        let bytes = Self::ENGINE
-            .decode(&self.carry[..len])
-            .map_err(|e| ClientError::Io(format!("an attachment is not valid base64: {e}")))?;
-        self.out.write_all(&bytes).map_err(|e| write_error(&e))?;
-        self.written += bytes.len() as u64;
-        Ok(())
-    }
-
-    /// The rest (a last quantum of 2 or 3 characters); the decoded size.
-    fn finish(mut self) -> Result<u64, ClientError> {
-        let len = self.carry.len();
-        self.decode(len)?;
-        Ok(self.written)
-    }
-}
-
-/// A blob's body decoded as its part's transfer encoding says, as it is read.
-enum Decode<W> {
-    Base64(Base64Stream<W>),
-    /// Quoted-printable is rare for a large part: decoded whole at the end.
-    QuotedPrintable(Vec<u8>, W),
-    AsIs(W, u64),
-}
-
-impl<W: std::io::Write> Decode<W> {
-    fn new(transfer: mime::Transfer, out: W) -> Self {
-        match transfer {
-            mime::Transfer::Base64 => Self::Base64(Base64Stream::new(out)),
-            mime::Transfer::QuotedPrintable => Self::QuotedPrintable(Vec::new(), out),
-            mime::Transfer::AsIs => Self::AsIs(out, 0),
-        }
-    }
-
-    fn feed(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        match self {
-            Self::Base64(b) => b.feed(bytes),
-            Self::QuotedPrintable(text, _) => {
-                text.extend_from_slice(bytes);
-                Ok(())
-            }
-            Self::AsIs(out, written) => {
-                *written += bytes.len() as u64;
-                out.write_all(bytes).map_err(|e| write_error(&e))
-            }
-        }
-    }
-
-    /// The bytes written.
-    fn finish(self) -> Result<u64, ClientError> {
-        match self {
-            Self::Base64(b) => b.finish(),
-            Self::QuotedPrintable(text, mut out) => {
-                let decoded = mime::quoted_printable(&text);
-                out.write_all(&decoded).map_err(|e| write_error(&e))?;
-                Ok(decoded.len() as u64)
-            }
-            Self::AsIs(_, written) => Ok(written),
-        }
-    }
-}
-
-fn write_error(e: &std::io::Error) -> ClientError {
-    ClientError::Io(format!("cannot write an attachment: {e}"))
-}
-
 impl Unlocked {
     /// Writes the body of blob `r`, kept whole in the local store, to `out`, decoding its
     /// transfer encoding, one chunk in memory at a time; the bytes written.
@@ -569,7 +464,7 @@ impl Unlocked {
         out: impl std::io::Write,
     ) -> Result<u64, ClientError> {
         let mut opener = Opener::new(r)?;
-        let mut decode = Decode::new(transfer, out);
+        let mut decode = mime::Decode::new(transfer, out);
         for n in 0..opener.chunks() {
             let sealed = self
                 .cache
@@ -615,37 +510,6 @@ impl Unlocked {
 mod tests {
     use super::*;
     use letterme_protocol::blob::chunks;
-
-    /// Base64 decoded piece by piece, cut anywhere (inside a line break, a quantum or
-    /// the padding), is the whole decoded at once; padding may be missing.
-    #[test]
-    fn base64_decodes_in_pieces_as_it_would_whole() {
-        use base64::Engine as _;
-        for len in [0, 1, 2, 3, 57, 58, 1000, 4099] {
-            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
-            let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
-            let lines: Vec<u8> = encoded
-                .as_bytes()
-                .chunks(76)
-                .flat_map(|l| [l, b"\r\n"].concat())
-                .collect();
-            for cut in [1, 3, 77, 78, 1000] {
-                let mut out = Vec::new();
-                let mut stream = Base64Stream::new(&mut out);
-                for piece in lines.chunks(cut) {
-                    stream.feed(piece).unwrap();
-                }
-                assert_eq!(stream.finish().unwrap(), len as u64);
-                assert_eq!(out, bytes, "{len} bytes cut every {cut}");
-            }
-            let unpadded = encoded.trim_end_matches('=');
-            let mut out = Vec::new();
-            let mut stream = Base64Stream::new(&mut out);
-            stream.feed(unpadded.as_bytes()).unwrap();
-            stream.finish().unwrap();
-            assert_eq!(out, bytes);
-        }
-    }
 
     #[test]
     fn sealed_blobs_open_and_changed_ones_do_not() {

@@ -13,6 +13,7 @@ use base64::Engine as _;
 use mail_parser::{MessageParser, MessagePart, MimeHeaders as _, PartType};
 
 use crate::cache::header_end;
+use crate::error::ClientError;
 
 /// An attachment of a message, as `letterme read` and `list` show it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -526,6 +527,111 @@ fn each_part(message: &[u8], mut found: impl FnMut(Attachment, &MessagePart<'_>,
     }
 }
 
+/// Base64 (RFC 2045 §6.8) decoded as it comes, in pieces of any length: characters outside
+/// the alphabet (line breaks) are skipped, as mail readers skip them, and whole quanta are
+/// decoded as soon as they are complete.
+pub(crate) struct Base64Stream<W> {
+    out: W,
+    carry: Vec<u8>,
+    written: u64,
+}
+
+impl<W: std::io::Write> Base64Stream<W> {
+    /// Lenient as mail-parser is: padding may be missing, trailing bits may be set.
+    const ENGINE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+
+    fn new(out: W) -> Self {
+        Self {
+            out,
+            carry: Vec::with_capacity(letterme_protocol::blob::CHUNK + 4),
+            written: 0,
+        }
+    }
+
+    fn feed(&mut self, text: &[u8]) -> Result<(), ClientError> {
+        self.carry.extend(
+            text.iter()
+                .copied()
+                .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/')),
+        );
+        let whole = self.carry.len() / 4 * 4;
+        self.decode(whole)?;
+        self.carry.drain(..whole);
+        Ok(())
+    }
+
+    fn decode(&mut self, len: usize) -> Result<(), ClientError> {
+        use base64::Engine as _;
+        let bytes = Self::ENGINE
+            .decode(&self.carry[..len])
+            .map_err(|e| ClientError::Io(format!("an attachment is not valid base64: {e}")))?;
+        self.out.write_all(&bytes).map_err(|e| write_error(&e))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The rest (a last quantum of 2 or 3 characters); the decoded size.
+    fn finish(mut self) -> Result<u64, ClientError> {
+        let len = self.carry.len();
+        self.decode(len)?;
+        Ok(self.written)
+    }
+}
+
+/// A blob's body decoded as its part's transfer encoding says, as it is read.
+pub(crate) enum Decode<W> {
+    Base64(Base64Stream<W>),
+    /// Quoted-printable is rare for a large part: decoded whole at the end.
+    QuotedPrintable(Vec<u8>, W),
+    AsIs(W, u64),
+}
+
+impl<W: std::io::Write> Decode<W> {
+    pub(crate) fn new(transfer: Transfer, out: W) -> Self {
+        match transfer {
+            Transfer::Base64 => Self::Base64(Base64Stream::new(out)),
+            Transfer::QuotedPrintable => Self::QuotedPrintable(Vec::new(), out),
+            Transfer::AsIs => Self::AsIs(out, 0),
+        }
+    }
+
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        match self {
+            Self::Base64(b) => b.feed(bytes),
+            Self::QuotedPrintable(text, _) => {
+                text.extend_from_slice(bytes);
+                Ok(())
+            }
+            Self::AsIs(out, written) => {
+                *written += bytes.len() as u64;
+                out.write_all(bytes).map_err(|e| write_error(&e))
+            }
+        }
+    }
+
+    /// The bytes written.
+    pub(crate) fn finish(self) -> Result<u64, ClientError> {
+        match self {
+            Self::Base64(b) => b.finish(),
+            Self::QuotedPrintable(text, mut out) => {
+                let decoded = quoted_printable(&text);
+                out.write_all(&decoded).map_err(|e| write_error(&e))?;
+                Ok(decoded.len() as u64)
+            }
+            Self::AsIs(_, written) => Ok(written),
+        }
+    }
+}
+
+fn write_error(e: &std::io::Error) -> ClientError {
+    ClientError::Io(format!("cannot write an attachment: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,6 +664,37 @@ mod tests {
         assert_eq!(found[0].0.name, "r.pdf");
         assert_eq!(found[0].0.content_type, "application/pdf");
         assert_eq!(found[0].1, b"%PDF-");
+    }
+
+    /// Base64 decoded piece by piece, cut anywhere (inside a line break, a quantum or
+    /// the padding), is the whole decoded at once; padding may be missing.
+    #[test]
+    fn base64_decodes_in_pieces_as_it_would_whole() {
+        use base64::Engine as _;
+        for len in [0, 1, 2, 3, 57, 58, 1000, 4099] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            let lines: Vec<u8> = encoded
+                .as_bytes()
+                .chunks(76)
+                .flat_map(|l| [l, b"\r\n"].concat())
+                .collect();
+            for cut in [1, 3, 77, 78, 1000] {
+                let mut out = Vec::new();
+                let mut stream = Base64Stream::new(&mut out);
+                for piece in lines.chunks(cut) {
+                    stream.feed(piece).unwrap();
+                }
+                assert_eq!(stream.finish().unwrap(), len as u64);
+                assert_eq!(out, bytes, "{len} bytes cut every {cut}");
+            }
+            let unpadded = encoded.trim_end_matches('=');
+            let mut out = Vec::new();
+            let mut stream = Base64Stream::new(&mut out);
+            stream.feed(unpadded.as_bytes()).unwrap();
+            stream.finish().unwrap();
+            assert_eq!(out, bytes);
+        }
     }
 
     /// A file's base64 body made a range at a time is the file base64-encoded in lines of

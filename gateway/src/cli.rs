@@ -185,13 +185,13 @@ pub struct ProxyArgs {
     /// When large attachments (sent as separate blobs) are downloaded. The message itself
     /// appears at once with `background` and `on-demand`; the server keeps it until its
     /// attachments are downloaded.
-    #[arg(long, value_enum, default_value_t = Attachments::Background, value_name = "WHEN")]
-    pub attachments: Attachments,
+    #[arg(long, value_enum, default_value_t = AttachmentDownload::Background, value_name = "WHEN")]
+    pub attachments: AttachmentDownload,
 }
 
 /// `letterme proxy --attachments`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Attachments {
+pub enum AttachmentDownload {
     /// Right after the message appears.
     Background,
     /// When the mail client opens the attachment (or fetches the whole message).
@@ -200,12 +200,12 @@ pub enum Attachments {
     WithMessage,
 }
 
-impl From<Attachments> for letterme_client::AttachmentDownload {
-    fn from(a: Attachments) -> Self {
+impl From<AttachmentDownload> for letterme_client::AttachmentDownload {
+    fn from(a: AttachmentDownload) -> Self {
         match a {
-            Attachments::Background => Self::Background,
-            Attachments::OnDemand => Self::OnDemand,
-            Attachments::WithMessage => Self::WithMessage,
+            AttachmentDownload::Background => Self::Background,
+            AttachmentDownload::OnDemand => Self::OnDemand,
+            AttachmentDownload::WithMessage => Self::WithMessage,
         }
     }
 }

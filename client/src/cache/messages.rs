@@ -551,21 +551,23 @@ impl Cache {
 
     /// The contents filed before their blobs were downloaded, oldest first.
     pub fn awaiting(&self) -> Result<Vec<i64>, ClientError> {
-        let c = self.lock();
-        let mut stmt = c
-            .prepare_cached("SELECT content FROM awaiting ORDER BY rowid")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        Ok(self.awaiting_rows()?.into_iter().map(|(_, c)| c).collect())
     }
 
     /// The ids of the envelopes whose blobs are not downloaded yet: not to be acknowledged.
     pub fn awaiting_envelopes(&self) -> Result<BTreeSet<String>, ClientError> {
+        Ok(self.awaiting_rows()?.into_iter().map(|(e, _)| e).collect())
+    }
+
+    /// Each message waiting for its blobs, oldest first: (envelope id, content).
+    fn awaiting_rows(&self) -> Result<Vec<(String, i64)>, ClientError> {
         let c = self.lock();
         let mut stmt = c
-            .prepare_cached("SELECT envelope_id FROM awaiting")
+            .prepare_cached("SELECT envelope_id, content FROM awaiting ORDER BY rowid")
             .map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 

@@ -182,23 +182,31 @@ fn writer_loop(conn: &Connection, mut rx: mpsc::Receiver<Job>) {
         }
         let mut completions = Vec::with_capacity(batch.len());
         let mut broken = None;
+        // A job alone in its transaction needs no savepoint: if it fails, the whole
+        // transaction is rolled back. A savepoint keeps the original of every page the job
+        // changes in a statement journal, written to a temporary file past 64 KiB.
+        let alone = batch.len() == 1;
+        let mut failed_alone = false;
         for job in batch {
-            if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+            if !alone && let Err(e) = conn.execute_batch("SAVEPOINT op") {
                 broken = Some(StoreError::from(e));
             }
             let (failed, done) = job(conn);
-            let end = if failed {
-                conn.execute_batch("ROLLBACK TO op; RELEASE op")
-            } else {
-                conn.execute_batch("RELEASE op")
+            let end = match (alone, failed) {
+                (true, _) => Ok(()),
+                (false, true) => conn.execute_batch("ROLLBACK TO op; RELEASE op"),
+                (false, false) => conn.execute_batch("RELEASE op"),
             };
             if let Err(e) = end {
                 broken = Some(StoreError::from(e));
             }
+            failed_alone = alone && failed;
             completions.push(done);
         }
         let outcome = match broken {
             Some(e) => Err(e),
+            // The lone job's own error is its answer; nothing of it is kept.
+            None if failed_alone => conn.execute_batch("ROLLBACK").map_err(StoreError::from),
             None => conn.execute_batch("COMMIT").map_err(StoreError::from),
         };
         if outcome.is_err() {

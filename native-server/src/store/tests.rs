@@ -156,6 +156,57 @@ async fn concurrent_writes_commit_in_groups() {
     );
 }
 
+/// A job that fails keeps none of its writes: alone in its transaction (rolled back whole)
+/// or in a group (rolled back to its savepoint, its neighbours committed).
+#[tokio::test]
+async fn a_failed_write_keeps_nothing_alone_or_in_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.register(account("b@x.test"), None).await.unwrap();
+    let bump = |store: &Store, fail: bool| {
+        let store = store.clone();
+        async move {
+            store
+                .write(move |c| {
+                    c.execute(
+                        "UPDATE accounts SET usage_bytes = usage_bytes + 1 WHERE address = 'b@x.test'",
+                        [],
+                    )?;
+                    if fail { Err(StoreError::Replay) } else { Ok(()) }
+                })
+                .await
+        }
+    };
+    let usage = |store: &Store| {
+        let store = store.clone();
+        async move {
+            store
+                .read(|c| {
+                    Ok(c.query_row(
+                        "SELECT usage_bytes FROM accounts WHERE address = 'b@x.test'",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )?)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    assert!(matches!(bump(&store, true).await, Err(StoreError::Replay)));
+    assert_eq!(usage(&store).await, 0);
+    bump(&store, false).await.unwrap();
+    assert_eq!(usage(&store).await, 1);
+    let tasks: Vec<_> = (0..200)
+        .map(|i| tokio::spawn(bump(&store, i % 2 == 1)))
+        .collect();
+    let mut failed = 0;
+    for t in tasks {
+        failed += usize::from(t.await.unwrap().is_err());
+    }
+    assert_eq!(failed, 100);
+    assert_eq!(usage(&store).await, 101);
+}
+
 /// Every entrance files mail through one function: an envelope from a peer and one from
 /// the API share its rules (one message row, pending counted per recipient), and an id
 /// already holding another envelope is refused on both paths instead of merged.

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use letterme_protocol::codec::hex;
-use letterme_protocol::envelope::{Envelope, SignerKind};
+use letterme_protocol::envelope::{Envelope, OpenError, SignerKind, Verified};
 use letterme_protocol::keys::random_bytes;
 use letterme_protocol::{Address, IdentityPublicKey, Payload};
 use serde::Serialize;
@@ -547,10 +547,28 @@ impl Online {
                 .chunks(chunk)
                 .map(|part| {
                     scope.spawn(move || {
+                        let decoded: Vec<_> = part
+                            .iter()
+                            .map(|(_, bytes)| Envelope::decode(bytes))
+                            .collect();
+                        // The signatures of the part checked as one batch (DECISIONS D77).
+                        let envelopes: Vec<&Envelope> =
+                            decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
+                        let mut checked = Envelope::verify_all(&envelopes).into_iter();
                         part.iter()
-                            .map(|(entry, bytes)| {
-                                let (signer, payload) =
-                                    self.verify(entry, bytes, senders, domain_keys, replayed)?;
+                            .zip(&decoded)
+                            .map(|((entry, _), env)| {
+                                let env = env.as_ref().map_err(ToString::to_string)?;
+                                let checked =
+                                    checked.next().ok_or("the signature was not checked")?;
+                                let (signer, payload) = self.verify(
+                                    entry,
+                                    env,
+                                    checked,
+                                    senders,
+                                    domain_keys,
+                                    replayed,
+                                )?;
                                 if !payload.blobs.is_empty() {
                                     return Ok((signer, Opened::WithBlobs(Box::new(payload))));
                                 }
@@ -568,16 +586,17 @@ impl Online {
         })
     }
 
-    /// Checks a fetched envelope fully; the error is the reason it is refused.
+    /// Checks a fetched envelope fully, given whether its signature holds (`checked`); the
+    /// error is the reason it is refused.
     fn verify(
         &self,
         entry: &ListEntry,
-        bytes: &[u8],
+        env: &Envelope,
+        checked: Result<Verified<'_>, OpenError>,
         senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
         domain_keys: &[IdentityPublicKey],
         replayed: &BTreeSet<String>,
     ) -> Result<(IdentityPublicKey, Payload), String> {
-        let env = Envelope::decode(bytes).map_err(|e| e.to_string())?;
         if env.id.to_hex() != entry.id {
             return Err("the envelope id does not match the server's listing".into());
         }
@@ -599,12 +618,14 @@ impl Online {
         let seen = |i: &letterme_protocol::EnvelopeId| replayed.contains(&i.to_hex());
         let keys = &self.me.keys;
         let me = &self.me.profile.address;
-        let payload = env
+        let verified = checked.map_err(|e| e.to_string())?;
+        let payload = verified
             .open(me, &keys.encryption_at(entry.received), &signer, &seen)
             .map_err(|e| {
                 // Sealed to a key whose overlap ended before the server received it: say so.
                 let late = keys.retired.iter().find(|r| {
-                    entry.received > r.open_until && env.open(me, &[&r.key], &signer, &seen).is_ok()
+                    entry.received > r.open_until
+                        && verified.open(me, &[&r.key], &signer, &seen).is_ok()
                 });
                 match late {
                     Some(r) => format!(

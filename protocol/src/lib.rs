@@ -21,7 +21,7 @@ pub mod verdict;
 
 pub use address::{Address, AddressError};
 pub use attestation::{Attestation, AttestationError};
-pub use envelope::{Envelope, EnvelopeId, OpenError, Payload, SealError, SignerKind};
+pub use envelope::{Envelope, EnvelopeId, OpenError, Payload, SealError, SignerKind, Verified};
 pub use keys::{
     EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, KeyBinding, Signature,
     SigningKeypair,

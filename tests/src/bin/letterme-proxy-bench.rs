@@ -52,6 +52,20 @@ m.logout()
 print(json.dumps(out))
 "#;
 
+/// User and system CPU time of a process so far (`/proc/PID/stat`, in USER_HZ = 100 ticks).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
+}
+
 fn status_messages(proxy: &ProxyProc) -> usize {
     let Ok(s) = TcpStream::connect(proxy.imap) else {
         return 0;
@@ -189,6 +203,7 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
 
+    let server_cpu = cpu_seconds("self");
     let t0 = Instant::now();
     let proxy = ProxyProc::start(&bob);
     let started = t0.elapsed();
@@ -203,11 +218,20 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let synced = t0.elapsed();
+    let proxy_cpu = cpu_seconds(&proxy.child.id().to_string());
+    let server_cpu = cpu_seconds("self") - server_cpu;
     println!(
         "first sync of {} messages: {:.2} s from proxy start (process up and logged in after {:.2} s)",
         args.messages,
         synced.as_secs_f64(),
         started.as_secs_f64()
+    );
+    // Less sensitive than the wall time to what else the machine does: compare these
+    // between builds.
+    println!(
+        "  CPU during the sync: proxy {proxy_cpu:.2} s, server {server_cpu:.2} s, of {:.2} s on {} cores",
+        synced.as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
     );
     // Where the time went, page by page (the proxy logs each page it opens and commits).
     let log = std::fs::read_to_string(bob.with_extension("proxy.log")).unwrap_or_default();

@@ -315,6 +315,57 @@ async fn a_forged_message_is_refused_at_sync_and_set_aside() {
 }
 
 #[tokio::test]
+async fn a_tampered_envelope_among_genuine_ones_is_refused_alone() {
+    // The server is compromised: among alice's genuine envelopes it stores copies with a
+    // byte of ciphertext or of the signature changed. The page's signatures are checked as
+    // one batch (DECISIONS D77); the batch fails, and each is then checked alone: exactly
+    // the tampered ones are refused.
+    let w = InProcess::start(|_| {}).await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let (a, b) = (
+        alice.me.profile.address.clone(),
+        bob.me.profile.address.clone(),
+    );
+    let now = letterme_server::Clock::now(w.clock.as_ref());
+    for i in 0..12 {
+        let mut env = seal(
+            SignerKind::User,
+            &alice.me.keys.identity,
+            &payload(&a, &b, &format!("message {i}")),
+            &[(b.clone(), bob.me.keys.encryption.public())],
+            now,
+        )
+        .unwrap();
+        match i {
+            4 => env.ciphertext[0] ^= 1,
+            9 => env.signature.0[40] ^= 1,
+            _ => {}
+        }
+        w.server
+            .store
+            .deliver(letterme_server::store::NewDelivery {
+                id: env.id.0,
+                sender: a.to_string(),
+                envelope: env.encode(),
+                blobs: vec![],
+                recipients: vec![b.to_string()],
+                received: now,
+                quota: u64::MAX,
+            })
+            .await
+            .unwrap();
+    }
+    let report = bob.sync(&mut |_, _| {}).await.unwrap();
+    assert_eq!(report.fetched, 10);
+    assert_eq!(report.refused.len(), 2, "{:?}", report.refused);
+    for (_, reason) in &report.refused {
+        assert!(reason.contains("signature does not verify"), "{reason}");
+    }
+    assert_eq!(bob.me.list().unwrap().len(), 10);
+}
+
+#[tokio::test]
 async fn key_lookup_needs_auth_hides_existence_and_is_rate_limited() {
     let w = InProcess::start(|c| {
         c.limits.key_lookups_per_second = 1;

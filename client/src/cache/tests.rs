@@ -502,3 +502,52 @@ fn a_message_awaiting_its_blob_reads_filled_then_whole_or_is_withdrawn() {
     assert_eq!(c.expunge_deleted(inbox.id, None).unwrap(), [4]);
     assert!(c.awaiting_envelopes().unwrap().is_empty());
 }
+
+/// A commit leaves the copy of its WAL frames into the database file to the checkpoint
+/// thread: the file takes them without another commit or connection doing it, and the WAL
+/// starts over instead of growing with every page.
+#[test]
+fn commits_are_checkpointed_beside_them_and_the_wal_stays_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    let db = dir.path().join("mail.db");
+    let wal = dir.path().join("mail.db-wal");
+    let body = "x".repeat(100_000);
+    let page = |n: usize| -> Vec<Synced> {
+        (0..20)
+            .map(|i| Synced {
+                stored: Stored {
+                    id: format!("e{n}-{i}"),
+                    sender: "alice@x.test".into(),
+                    received: 1,
+                    envelope: body.as_bytes().to_vec(),
+                    signer_key: [0; 32],
+                },
+                mail: mail(
+                    "INBOX",
+                    &format!("Subject: {n} {i}\r\n\r\n{body}\r\n"),
+                    None,
+                ),
+                awaiting: false,
+            })
+            .collect()
+    };
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let before = size(&db);
+    let settled = |want: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !want() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(20));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    // One page of 4 MB: far below the WAL size at which a commit checkpoints by itself.
+    c.commit_synced(&page(0), 1).unwrap();
+    settled(&|| size(&db) > before + 4_000_000);
+    for n in 1..10 {
+        c.commit_synced(&page(n), 1).unwrap();
+    }
+    settled(&|| size(&db) > before + 40_000_000);
+    // Ten pages of 4 MB went through a WAL that was checkpointed and started over.
+    assert!(size(&wal) < 25_000_000, "WAL of {} bytes", size(&wal));
+}

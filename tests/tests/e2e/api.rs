@@ -267,6 +267,29 @@ async fn tampered_forged_and_replayed_envelopes_are_rejected() {
     assert!(bob.api.list(0).await.unwrap().is_empty());
 }
 
+/// What a compromised server can do: store any envelope for `to`, past the API's checks.
+async fn plant(
+    w: &InProcess,
+    env: &letterme_protocol::Envelope,
+    from: &Address,
+    to: &Address,
+    now: u64,
+) {
+    w.server
+        .store
+        .deliver(letterme_server::store::NewDelivery {
+            id: env.id.0,
+            sender: from.to_string(),
+            envelope: env.encode(),
+            blobs: vec![],
+            recipients: vec![to.to_string()],
+            received: now,
+            quota: u64::MAX,
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_forged_message_is_refused_at_sync_and_set_aside() {
     // The server itself is compromised: it stores an envelope "from alice" signed by another
@@ -288,19 +311,7 @@ async fn a_forged_message_is_refused_at_sync_and_set_aside() {
         now,
     )
     .unwrap();
-    w.server
-        .store
-        .deliver(letterme_server::store::NewDelivery {
-            id: forged.id.0,
-            sender: a.to_string(),
-            envelope: forged.encode(),
-            blobs: vec![],
-            recipients: vec![b.to_string()],
-            received: now,
-            quota: u64::MAX,
-        })
-        .await
-        .unwrap();
+    plant(&w, &forged, &a, &b, now).await;
     let report = bob.sync(&mut |_, _| {}).await.unwrap();
     assert_eq!(report.fetched, 0);
     assert_eq!(report.refused.len(), 1);
@@ -342,19 +353,7 @@ async fn a_tampered_envelope_among_genuine_ones_is_refused_alone() {
             9 => env.signature.0[40] ^= 1,
             _ => {}
         }
-        w.server
-            .store
-            .deliver(letterme_server::store::NewDelivery {
-                id: env.id.0,
-                sender: a.to_string(),
-                envelope: env.encode(),
-                blobs: vec![],
-                recipients: vec![b.to_string()],
-                received: now,
-                quota: u64::MAX,
-            })
-            .await
-            .unwrap();
+        plant(&w, &env, &a, &b, now).await;
     }
     let report = bob.sync(&mut |_, _| {}).await.unwrap();
     assert_eq!(report.fetched, 10);

@@ -379,7 +379,10 @@ impl Cache {
                     .map_err(|e| self.err(e))?;
             }
         }
-        tx.commit().map_err(|e| self.err(e))
+        tx.commit().map_err(|e| self.err(e))?;
+        // Nothing a session sees changed, but the WAL grew by the chunks.
+        self.checkpoints.nudge();
+        Ok(())
     }
 
     /// Files one message (APPEND, a Sent copy). With a Message-ID already present in the

@@ -260,18 +260,20 @@ pub struct Cache {
 }
 
 /// The WAL's frames are copied into the database file (a checkpoint) on a thread and
-/// connection of their own, nudged after each commit, rather than by the commit that
-/// crossed the WAL's threshold: a sync's commits then return once their WAL frames are on
-/// disk, and the copy runs beside the next page's work (DECISIONS D19).
+/// connection of their own, nudged after the commits that write much (a sync page, blob
+/// chunks, whatever a mail client sees change), rather than by the commit that crossed the
+/// WAL's threshold: a sync's commits then return once their WAL frames are on disk, and the
+/// copy runs beside the next page's work (DECISIONS D19).
 #[derive(Debug)]
 struct Checkpointer {
     nudges: Option<std::sync::mpsc::SyncSender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// WAL pages (of 4 KiB) past which a commit checkpoints by itself, should the checkpointer
-/// fall behind a run of commits: SQLite's default is 1,000, and a sync page's commit alone
-/// writes about 1,500.
+/// WAL pages (of 4 KiB) past which the WAL is brought back to empty, should the copies fall
+/// behind a run of commits (SQLite's own threshold is 1,000 pages, and a sync page's commit
+/// alone writes about 1,500): a commit then checkpoints by itself, and the checkpoint thread
+/// waits for the writer to copy everything and empty the file.
 const WAL_BACKSTOP_PAGES: i64 = 4096;
 
 impl Checkpointer {
@@ -284,9 +286,22 @@ impl Checkpointer {
             .spawn(move || {
                 // Ends when the cache is dropped.
                 while rx.recv().is_ok() {
-                    // PASSIVE: copies what no reader still needs, never waits for one.
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
+                    // PASSIVE: copies what no reader still needs, never waits for anyone. A
+                    // WAL that a run of commits grew past the backstop is copied whole and
+                    // emptied (TRUNCATE), waiting for the writer (the busy timeout): the
+                    // pressure that keeps it bounded.
+                    let checkpoint = |mode: &str| {
+                        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                            r.get::<_, i64>(1)
+                        })
+                    };
+                    let done = checkpoint("PASSIVE").and_then(|pages| {
+                        if pages > WAL_BACKSTOP_PAGES {
+                            checkpoint("TRUNCATE")?;
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = done {
                         tracing::warn!(db = %shown, error = %e, "a checkpoint failed");
                     }
                 }
@@ -307,8 +322,8 @@ impl Checkpointer {
 }
 
 impl Drop for Checkpointer {
-    /// Closes its connection before the cache is gone (the last connection to close removes
-    /// the WAL).
+    /// Closes its connection before the cache's drop returns (the last connection to close
+    /// copies and removes the WAL).
     fn drop(&mut self) {
         drop(self.nudges.take());
         if let Some(thread) = self.thread.take() {
@@ -373,6 +388,9 @@ impl Cache {
         // Every statement the cache runs stays prepared (rusqlite keeps 16 by default).
         conn.set_prepared_statement_cache_capacity(128);
         conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
+            .map_err(err)?;
+        // A WAL that grew is cut back to this when it starts over.
+        conn.pragma_update(None, "journal_size_limit", WAL_BACKSTOP_PAGES * 4096)
             .map_err(err)?;
         let cache = Self {
             conn: Mutex::new(conn),

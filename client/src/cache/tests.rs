@@ -504,8 +504,9 @@ fn a_message_awaiting_its_blob_reads_filled_then_whole_or_is_withdrawn() {
 }
 
 /// A commit leaves the copy of its WAL frames into the database file to the checkpoint
-/// thread: the file takes them without another commit or connection doing it, and the WAL
-/// starts over instead of growing with every page.
+/// thread: the file takes a commit smaller than SQLite's own threshold (1,000 pages) without
+/// another commit or connection doing it, and the WAL, however fast commits follow each
+/// other, is brought back instead of growing with every page.
 #[test]
 fn commits_are_checkpointed_beside_them_and_the_wal_stays_small() {
     let dir = tempfile::tempdir().unwrap();
@@ -514,7 +515,7 @@ fn commits_are_checkpointed_beside_them_and_the_wal_stays_small() {
     let wal = dir.path().join("mail.db-wal");
     let body = "x".repeat(100_000);
     let page = |n: usize| -> Vec<Synced> {
-        (0..20)
+        (0..10)
             .map(|i| Synced {
                 stored: Stored {
                     id: format!("e{n}-{i}"),
@@ -541,13 +542,14 @@ fn commits_are_checkpointed_beside_them_and_the_wal_stays_small() {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     };
-    // One page of 4 MB: far below the WAL size at which a commit checkpoints by itself.
+    // One page of 2 MB (about 500 WAL pages).
     c.commit_synced(&page(0), 1).unwrap();
-    settled(&|| size(&db) > before + 4_000_000);
-    for n in 1..10 {
+    settled(&|| size(&db) > before + 2_000_000);
+    for n in 1..12 {
         c.commit_synced(&page(n), 1).unwrap();
     }
-    settled(&|| size(&db) > before + 40_000_000);
-    // Ten pages of 4 MB went through a WAL that was checkpointed and started over.
-    assert!(size(&wal) < 25_000_000, "WAL of {} bytes", size(&wal));
+    settled(&|| size(&db) > before + 24_000_000);
+    // Twelve pages of 2 MB went through a WAL that was copied and brought back below the
+    // backstop (16 MiB), if the copies fell behind, by emptying it.
+    settled(&|| size(&wal) < 20_000_000);
 }

@@ -5,8 +5,9 @@
 //! [`smtp`] (the SMTP queue and usage), [`blocks`].
 //!
 //! SQLite with group commit. One writer thread owns the only write connection. Concurrent
-//! writes queue up and are committed together — each in its own savepoint, so one failing
-//! write never spoils its neighbours — in a single transaction with `synchronous=FULL`,
+//! writes queue up and are committed together — each in its own savepoint when it has
+//! neighbours, so one failing write never spoils them (a write alone is rolled back with
+//! its transaction) — in a single transaction with `synchronous=FULL`,
 //! i.e. one fsync for the whole group. A caller is answered only after that commit, so
 //! every acknowledgement the API gives is durable (DESIGN.md §7.2). Reads use a small pool
 //! of connections, which WAL lets run beside the writer.
@@ -206,6 +207,8 @@ fn writer_loop(conn: &Connection, mut rx: mpsc::Receiver<Job>) {
         let outcome = match broken {
             Some(e) => Err(e),
             // The lone job's own error is its answer; nothing of it is kept.
+            // (SQLite may have rolled it back itself, after an I/O error say.)
+            None if failed_alone && conn.is_autocommit() => Ok(()),
             None if failed_alone => conn.execute_batch("ROLLBACK").map_err(StoreError::from),
             None => conn.execute_batch("COMMIT").map_err(StoreError::from),
         };

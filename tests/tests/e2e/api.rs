@@ -267,10 +267,12 @@ async fn tampered_forged_and_replayed_envelopes_are_rejected() {
     assert!(bob.api.list(0).await.unwrap().is_empty());
 }
 
-/// What a compromised server can do: store any envelope for `to`, past the API's checks.
+/// What a compromised server can do: store any bytes as an envelope for `to`, past the
+/// API's checks.
 async fn plant(
     w: &InProcess,
-    env: &letterme_protocol::Envelope,
+    id: [u8; 16],
+    envelope: Vec<u8>,
     from: &Address,
     to: &Address,
     now: u64,
@@ -278,9 +280,9 @@ async fn plant(
     w.server
         .store
         .deliver(letterme_server::store::NewDelivery {
-            id: env.id.0,
+            id,
             sender: from.to_string(),
-            envelope: env.encode(),
+            envelope,
             blobs: vec![],
             recipients: vec![to.to_string()],
             received: now,
@@ -311,7 +313,7 @@ async fn a_forged_message_is_refused_at_sync_and_set_aside() {
         now,
     )
     .unwrap();
-    plant(&w, &forged, &a, &b, now).await;
+    plant(&w, forged.id.0, forged.encode(), &a, &b, now).await;
     let report = bob.sync(&mut |_, _| {}).await.unwrap();
     assert_eq!(report.fetched, 0);
     assert_eq!(report.refused.len(), 1);
@@ -328,7 +330,7 @@ async fn a_forged_message_is_refused_at_sync_and_set_aside() {
 #[tokio::test]
 async fn a_tampered_envelope_among_genuine_ones_is_refused_alone() {
     // The server is compromised: among alice's genuine envelopes it stores copies with a
-    // byte of ciphertext or of the signature changed. The page's signatures are checked as
+    // byte of ciphertext or of the signature changed, and bytes that do not decode. The page's signatures are checked as
     // one batch (DECISIONS D77); the batch fails, and each is then checked alone: exactly
     // the tampered ones are refused.
     let w = InProcess::start(|_| {}).await;
@@ -353,12 +355,20 @@ async fn a_tampered_envelope_among_genuine_ones_is_refused_alone() {
             9 => env.signature.0[40] ^= 1,
             _ => {}
         }
-        plant(&w, &env, &a, &b, now).await;
+        plant(&w, env.id.0, env.encode(), &a, &b, now).await;
+        // Bytes that are no envelope at all, between the two: the checked signatures
+        // still line up with their envelopes.
+        if i == 6 {
+            plant(&w, [0x42; 16], b"not an envelope".to_vec(), &a, &b, now).await;
+        }
     }
     let report = bob.sync(&mut |_, _| {}).await.unwrap();
     assert_eq!(report.fetched, 10);
-    assert_eq!(report.refused.len(), 2, "{:?}", report.refused);
-    for (_, reason) in &report.refused {
+    let mut reasons: Vec<&str> = report.refused.iter().map(|(_, r)| r.as_str()).collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].starts_with("malformed envelope"), "{reasons:?}");
+    for reason in &reasons[1..] {
         assert!(reason.contains("signature does not verify"), "{reason}");
     }
     assert_eq!(bob.me.list().unwrap().len(), 10);

@@ -412,19 +412,16 @@ impl Online {
 
     /// The payload to seal for `payload` with `entity` when the entity has parts larger
     /// than [`mime::BLOB_THRESHOLD`]: those uploaded as blobs, in the entity's place a
-    /// field naming each. `None` when nothing is that large.
+    /// field naming each, none larger than `limit` (the server's). `None` when nothing is
+    /// that large.
     pub(crate) async fn with_parts_as_blobs(
         &self,
         payload: &Payload,
         entity: &[u8],
+        limit: u64,
     ) -> Result<Option<Payload>, ClientError> {
         let (detached, bodies) = mime::detach(entity, mime::BLOB_THRESHOLD);
         if bodies.is_empty() {
-            return Ok(None);
-        }
-        let limit = self.api.server_info().await?.max_attachment_size;
-        if limit == 0 {
-            // A server from before blobs: the parts stay in the envelope.
             return Ok(None);
         }
         let parts: Vec<&[u8]> = bodies.iter().map(|b| &entity[b.clone()]).collect();
@@ -460,7 +457,7 @@ impl Unlocked {
     pub(crate) fn write_blob(
         &self,
         r: &BlobRef,
-        transfer: mime::Transfer,
+        transfer: mail_parser::Encoding,
         out: impl std::io::Write,
     ) -> Result<u64, ClientError> {
         let mut opener = Opener::new(r)?;

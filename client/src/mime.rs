@@ -255,7 +255,7 @@ pub fn compose_apart(
     // are then found by.
     let mut apart = Vec::new();
     let mut markers = Vec::new();
-    let files = files
+    let files: Vec<AttachedFile> = files
         .into_iter()
         .map(|f| {
             if !large(&f) {
@@ -274,7 +274,6 @@ pub fn compose_apart(
             }
         })
         .collect();
-    let files: Vec<AttachedFile> = files;
     let Some(entity) = compose(text, html, files.clone()) else {
         return (None, apart);
     };
@@ -440,22 +439,14 @@ pub fn quoted_printable(text: &[u8]) -> Vec<u8> {
     decoded.into_owned()
 }
 
-/// How a part's body is transfer-encoded, for decoding a blob's bytes as they are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transfer {
-    Base64,
-    QuotedPrintable,
-    /// 7bit, 8bit, binary, or an encapsulated message: the bytes as they are.
-    AsIs,
-}
-
 /// Where an attachment's bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachmentBytes {
     /// In the entity, decoded.
     Here(Vec<u8>),
-    /// The body of blob `n` of the payload, transfer-encoded as written.
-    Blob(usize, Transfer),
+    /// The body of blob `n` of the payload, transfer-encoded as written (`None`: 7bit,
+    /// 8bit, binary, or an encapsulated message, the bytes as they are).
+    Blob(usize, mail_parser::Encoding),
 }
 
 /// The attachments of an entity [`detach`] wrote (or any other), in order, as
@@ -471,14 +462,7 @@ pub fn attachment_parts(entity: &[u8]) -> Vec<(Attachment, AttachmentBytes)> {
             .and_then(|h| h.value.as_text())
             .and_then(|v| v.trim().parse::<usize>().ok());
         let source = match blob {
-            Some(n) => {
-                let transfer = match part.encoding {
-                    mail_parser::Encoding::Base64 => Transfer::Base64,
-                    mail_parser::Encoding::QuotedPrintable => Transfer::QuotedPrintable,
-                    mail_parser::Encoding::None => Transfer::AsIs,
-                };
-                AttachmentBytes::Blob(n, transfer)
-            }
+            Some(n) => AttachmentBytes::Blob(n, part.encoding),
             None => AttachmentBytes::Here(bytes.to_vec()),
         };
         out.push((a, source));
@@ -592,11 +576,11 @@ pub(crate) enum Decode<W> {
 }
 
 impl<W: std::io::Write> Decode<W> {
-    pub(crate) fn new(transfer: Transfer, out: W) -> Self {
+    pub(crate) fn new(transfer: mail_parser::Encoding, out: W) -> Self {
         match transfer {
-            Transfer::Base64 => Self::Base64(Base64Stream::new(out)),
-            Transfer::QuotedPrintable => Self::QuotedPrintable(Vec::new(), out),
-            Transfer::AsIs => Self::AsIs(out, 0),
+            mail_parser::Encoding::Base64 => Self::Base64(Base64Stream::new(out)),
+            mail_parser::Encoding::QuotedPrintable => Self::QuotedPrintable(Vec::new(), out),
+            mail_parser::Encoding::None => Self::AsIs(out, 0),
         }
     }
 

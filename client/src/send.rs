@@ -120,8 +120,9 @@ impl Online {
                     .await?;
                 Some(crate::blobs::with_entity(&payload, entity.clone(), refs))
             }
-            Some(entity) if !keys.is_empty() && draft.apart.is_empty() => {
-                self.with_parts_as_blobs(&payload, entity).await?
+            Some(entity) if blobs_taken => {
+                self.with_parts_as_blobs(&payload, entity, info.max_attachment_size)
+                    .await?
             }
             _ => None,
         };

@@ -302,10 +302,12 @@ impl Envelope {
         w.into_bytes()
     }
 
-    /// Canonical bytes covered by the signature: header, nonce, ciphertext.
-    fn signed_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(self.ciphertext.len() + 1024);
-        w.raw(&self.header_bytes())
+    /// Canonical bytes covered by the signature (header, nonce, ciphertext), after `prefix`
+    /// (the signature's context, when they are to be verified).
+    fn signed_bytes(&self, prefix: &[u8]) -> Vec<u8> {
+        let mut w = Writer::with_capacity(prefix.len() + self.ciphertext.len() + 1024);
+        w.raw(prefix)
+            .raw(&self.header_bytes())
             .raw(&self.nonce)
             .bytes32(&self.ciphertext);
         w.into_bytes()
@@ -313,7 +315,7 @@ impl Envelope {
 
     /// The canonical wire bytes (`docs/PROTOCOL.md` §Envelope).
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = self.signed_bytes();
+        let mut bytes = self.signed_bytes(&[]);
         bytes.extend_from_slice(self.signature.as_bytes());
         bytes
     }
@@ -392,7 +394,7 @@ impl Envelope {
     /// included) can run this; it proves integrity, not who the signer is.
     pub fn verify_signature(&self) -> Result<(), OpenError> {
         self.signer_key
-            .verify(ENVELOPE_CONTEXT, &self.signed_bytes(), &self.signature)
+            .verify_prefixed(&self.signed_bytes(ENVELOPE_CONTEXT), &self.signature)
             .map_err(|_| OpenError::BadSignature)
     }
 
@@ -401,13 +403,7 @@ impl Envelope {
     pub fn verify_all<'a>(envelopes: &[&'a Envelope]) -> Vec<Result<Verified<'a>, OpenError>> {
         let messages: Vec<Vec<u8>> = envelopes
             .iter()
-            .map(|e| {
-                let signed = e.signed_bytes();
-                let mut m = Vec::with_capacity(ENVELOPE_CONTEXT.len() + signed.len());
-                m.extend_from_slice(ENVELOPE_CONTEXT);
-                m.extend_from_slice(&signed);
-                m
-            })
+            .map(|e| e.signed_bytes(ENVELOPE_CONTEXT))
             .collect();
         let items: Vec<Signed<'_>> = envelopes
             .iter()
@@ -614,7 +610,7 @@ fn seal_naming(
             },
         )
         .expect("XChaCha20-Poly1305 encryption of a bounded message cannot fail");
-    env.signature = signer.sign(ENVELOPE_CONTEXT, &env.signed_bytes());
+    env.signature = signer.sign(ENVELOPE_CONTEXT, &env.signed_bytes(&[]));
     Ok(env)
 }
 

@@ -82,8 +82,8 @@ impl IdentityPublicKey {
         self.verify_prefixed(&buf, sig)
     }
 
-    /// [`IdentityPublicKey::verify`] of bytes that begin with their context.
-    fn verify_prefixed(&self, signed: &[u8], sig: &Signature) -> Result<(), BadSignature> {
+    /// [`IdentityPublicKey::verify`] of bytes that already begin with their context.
+    pub fn verify_prefixed(&self, signed: &[u8], sig: &Signature) -> Result<(), BadSignature> {
         let key = VerifyingKey::from_bytes(&self.0).map_err(|_| BadSignature)?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         key.verify_strict(signed, &sig).map_err(|_| BadSignature)

@@ -354,13 +354,9 @@ impl Cache {
             .map_err(|e| self.err(e))
     }
 
-    /// Keeps sealed chunk `n` of blob `id` (durably: a download broken after it resumes
-    /// past it). Chunks are immutable: the same one again changes nothing.
-    pub fn keep_chunk(&self, blob: &str, n: u64, data: &[u8]) -> Result<(), ClientError> {
-        self.keep_chunks(blob, &[(n, data.to_vec())])
-    }
-
-    /// [`Cache::keep_chunk`] for several chunks, in one commit.
+    /// Keeps sealed chunks `(n, data)` of blob `blob`, in one commit (durably: a download
+    /// broken after them resumes past them). Chunks are immutable: the same one again
+    /// changes nothing.
     pub fn keep_chunks(&self, blob: &str, chunks: &[(u64, Vec<u8>)]) -> Result<(), ClientError> {
         if chunks.is_empty() {
             return Ok(());

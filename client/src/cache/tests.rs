@@ -344,13 +344,13 @@ fn a_message_kept_in_pieces_reads_whole_and_never_short() {
     let mut whole = rest[..at].to_vec();
     whole.extend_from_slice(&blob);
     whole.extend_from_slice(&rest[at..]);
-    c.keep_chunk(&reference.id, 0, &first).unwrap();
+    c.keep_chunks(&reference.id, &[(0, first.clone())]).unwrap();
     let (_, uid, _) = c.append(&m).unwrap();
     let inbox = c.folder("INBOX").unwrap().unwrap();
     let read = |uid| c.fetch(inbox.id, &[uid], Content::Whole);
     // One chunk still missing: no message rather than a short one.
     assert!(read(uid).is_err());
-    c.keep_chunk(&reference.id, 1, &last).unwrap();
+    c.keep_chunks(&reference.id, &[(1, last.clone())]).unwrap();
     let got = read(uid).unwrap();
     assert_eq!(got[0].1.as_deref(), Some(whole.as_slice()));
     assert_eq!(got[0].0.size as usize, whole.len());
@@ -464,8 +464,8 @@ fn a_message_awaiting_its_blob_reads_filled_then_whole_or_is_withdrawn() {
     // The one synced with its blob (never kept here) is not served filled: no short read.
     assert!(c.fetch(inbox.id, &[2], Content::Whole).is_err());
 
-    c.keep_chunk(&reference.id, 0, &first).unwrap();
-    c.keep_chunk(&reference.id, 1, &last).unwrap();
+    c.keep_chunks(&reference.id, &[(0, first.clone())]).unwrap();
+    c.keep_chunks(&reference.id, &[(1, last.clone())]).unwrap();
     c.downloaded(content).unwrap();
     assert!(c.awaiting_envelopes().unwrap().is_empty());
     assert!(c.awaited(content).unwrap().is_none());

@@ -330,9 +330,9 @@ async fn a_forged_message_is_refused_at_sync_and_set_aside() {
 #[tokio::test]
 async fn a_tampered_envelope_among_genuine_ones_is_refused_alone() {
     // The server is compromised: among alice's genuine envelopes it stores copies with a
-    // byte of ciphertext or of the signature changed, and bytes that do not decode. The page's signatures are checked as
-    // one batch (DECISIONS D77); the batch fails, and each is then checked alone: exactly
-    // the tampered ones are refused.
+    // byte of ciphertext or of the signature changed, and bytes that do not decode. The
+    // page's signatures are checked as one batch (DECISIONS D77); the batch fails, and each
+    // is then checked alone: exactly the spoilt ones are refused.
     let w = InProcess::start(|_| {}).await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;

@@ -83,7 +83,7 @@ fn with_literal(
     item: &MessageDataItemName<'static>,
     raw: Vec<u8>,
 ) -> (MessageDataItem<'static>, Vec<u8>) {
-    let empty = || NString(Some(IString::Literal(Literal::unvalidated(Vec::new()))));
+    let empty = || wire::nstring(Vec::new());
     // `raw` cut to `span`, where one is given.
     let cut = |mut raw: Vec<u8>, span: Option<std::ops::Range<usize>>| {
         if let Some(span) = span {

@@ -69,12 +69,21 @@ pub(super) fn nz64(n: u64) -> std::num::NonZeroU64 {
 }
 
 /// NString holding arbitrary message bytes: a literal (NUL is not allowed in one).
-pub(super) fn nstring(mut bytes: Vec<u8>) -> NString<'static> {
-    // A literal is any bytes but NUL (RFC 3501 §9, CHAR8); memchr finds one fast.
+pub(super) fn nstring(bytes: Vec<u8>) -> NString<'static> {
+    literal_nstring(without_nul(bytes))
+}
+
+fn literal_nstring(bytes: Vec<u8>) -> NString<'static> {
+    NString(Some(IString::Literal(Literal::unvalidated(bytes))))
+}
+
+/// `bytes` as a literal may carry them: any bytes but NUL (RFC 3501 §9, CHAR8); memchr
+/// finds one fast.
+fn without_nul(mut bytes: Vec<u8>) -> Vec<u8> {
     if bytes.contains(&0) {
         bytes.retain(|&b| b != 0);
     }
-    NString(Some(IString::Literal(Literal::unvalidated(bytes))))
+    bytes
 }
 
 /// NString8 for BINARY content: a literal8 (`~{n}`) when it holds NUL, which a literal
@@ -176,15 +185,12 @@ pub(super) fn list_childinfo(
 pub(super) fn fetch_with_literal(
     seq: NonZeroU32,
     items: Vec1<MessageDataItem<'static>>,
-    mut literal: Vec<u8>,
+    literal: Vec<u8>,
 ) -> Vec<Out> {
     use imap_codec::ResponseCodec;
     use imap_codec::encode::Encoder as _;
     use imap_codec::imap_types::response::Response;
-    // A literal is any bytes but NUL (RFC 3501 §9, CHAR8), as `nstring` makes it.
-    if literal.contains(&0) {
-        literal.retain(|&b| b != 0);
-    }
+    let literal = without_nul(literal);
     // The other items are small (the literal is empty): encoded from a copy, kept for
     // the fallback.
     let encoded = ResponseCodec::default()
@@ -205,7 +211,7 @@ pub(super) fn fetch_with_literal(
     // Never encoded otherwise; if it were, the literal goes through imap-next after all.
     let mut all = items.into_inner();
     if let Some(last) = all.last_mut() {
-        let full = nstring(literal);
+        let full = literal_nstring(literal);
         match last {
             MessageDataItem::BodyExt { data, .. }
             | MessageDataItem::Rfc822(data)

@@ -154,12 +154,8 @@ pub fn reads_holes(raw: &[u8], item: &MessageDataItemName<'_>, holes: &[Range<us
             };
             // A section not found may exist once the holes are filled in.
             range.is_none_or(|r| {
-                let Some((origin, count)) = *partial else {
-                    return overlaps(&r);
-                };
-                let start = r.start.saturating_add(origin as usize).min(r.end);
-                let end = start.saturating_add(count.get() as usize).min(r.end);
-                overlaps(&(start..end))
+                let taken = partial_range(r.len(), *partial);
+                overlaps(&(r.start + taken.start..r.start + taken.end))
             })
         }
         // Decoded bytes: their offsets are not the raw ones, so the whole part counts.
@@ -233,12 +229,19 @@ pub fn binary(raw: &[u8], section: &[NonZeroU32]) -> Result<Vec<u8>, UnknownCte>
 /// Applies a `<origin.count>` partial (RFC 3501 §6.4.5): an origin past the end gives no bytes,
 /// a count past the end is truncated.
 pub fn partial(bytes: &[u8], partial: Option<(u32, NonZeroU32)>) -> &[u8] {
+    &bytes[partial_range(bytes.len(), partial)]
+}
+
+/// What a `<origin.count>` partial takes of `len` bytes, as [`partial`] applies it.
+pub fn partial_range(len: usize, partial: Option<(u32, NonZeroU32)>) -> Range<usize> {
     let Some((origin, count)) = partial else {
-        return bytes;
+        return 0..len;
     };
-    let start = usize::try_from(origin).unwrap_or(usize::MAX);
-    let end = start.saturating_add(usize::try_from(count.get()).unwrap_or(usize::MAX));
-    span(bytes, &(start..end))
+    let start = usize::try_from(origin).unwrap_or(usize::MAX).min(len);
+    let end = start
+        .saturating_add(usize::try_from(count.get()).unwrap_or(usize::MAX))
+        .min(len);
+    start..end
 }
 
 /// A MIME entity (RFC 2045 §2.4) located in the raw message.

@@ -108,14 +108,8 @@ fn with_literal(
                     cut(raw, span)
                 }
             };
-            let bytes = match partial {
-                None => bytes,
-                Some((origin, count)) => {
-                    let start = (*origin as usize).min(bytes.len());
-                    let end = start.saturating_add(count.get() as usize).min(bytes.len());
-                    cut(bytes, Some(start..end))
-                }
-            };
+            let taken = mime::partial_range(bytes.len(), *partial);
+            let bytes = cut(bytes, Some(taken));
             let item = MessageDataItem::BodyExt {
                 section: section.clone(),
                 origin: partial.map(|p| p.0),

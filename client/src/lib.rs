@@ -419,7 +419,8 @@ pub enum AttachmentDownload {
     WithMessage,
     /// After the message is filed, in the background (the proxy's default).
     Background,
-    /// When a mail client asks for their bytes.
+    /// When a mail client asks for their bytes, or once the message has waited half the
+    /// server's retention.
     OnDemand,
 }
 

@@ -344,7 +344,7 @@ impl Online {
         // What a proxy filed to download later and has not (it was stopped, or downloads
         // on demand): downloading with the message, this sync does.
         if self.attachments == AttachmentDownload::WithMessage {
-            for content in self.me.cache.awaiting()? {
+            for (content, _) in self.me.cache.awaiting()? {
                 if let crate::Downloaded::Refused { envelope, reason } =
                     self.download_awaited(content).await?
                 {

@@ -194,7 +194,8 @@ pub struct ProxyArgs {
 pub enum AttachmentDownload {
     /// Right after the message appears.
     Background,
-    /// When the mail client opens the attachment (or fetches the whole message).
+    /// When the mail client opens the attachment (or fetches the whole message), or once
+    /// it has waited half the server's retention, before the server would delete it.
     OnDemand,
     /// Before the message appears, with it.
     WithMessage,

@@ -1,7 +1,8 @@
 //! The blobs of messages filed before them (DECISIONS D76): a message with large
 //! attachments appears in the mail client at once, and its blobs are downloaded when an
-//! IMAP session needs their bytes, or all of them in the background. Each message's
-//! download acknowledges its envelope, so the server keeps the blobs until then.
+//! IMAP session needs their bytes, and in the background: all of them, or (on demand) each
+//! once it has waited half the server's retention, so none is lost unopened. Each
+//! message's download acknowledges its envelope, so the server keeps the blobs until then.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,9 +65,11 @@ impl Downloads {
         result
     }
 
-    /// Downloads the blobs of every message filed before them, oldest first, as they are
-    /// filed; those that failed (the server away, say) again after a growing pause.
-    pub async fn in_background(self: Arc<Self>) {
+    /// Downloads the blobs of every message filed before them once it has waited `after`
+    /// since the server received it, oldest first: at once with [`Duration::ZERO`] (the
+    /// background setting); those that failed (the server away, say) again after a growing
+    /// pause.
+    pub async fn in_background(self: Arc<Self>, after: Duration) {
         let cache = self.online.me.cache.clone();
         let mut changes = cache.changes();
         let mut backoff = Duration::from_secs(1);
@@ -76,10 +79,17 @@ impl Downloads {
                 tracing::warn!(error = %e, "cannot list the messages waiting for attachments");
                 Vec::new()
             });
+            let now = letterme_client::now();
             let mut failed = false;
-            for content in waiting {
-                // One that fails holds up none after it.
-                failed |= self.download(content).await.is_err();
+            // Checked again at least hourly: what falls due meanwhile changes nothing.
+            let mut next = Duration::from_hours(1);
+            for (content, received) in waiting {
+                let waited = Duration::from_secs(now.saturating_sub(received));
+                match after.checked_sub(waited) {
+                    Some(left) if !left.is_zero() => next = next.min(left),
+                    // One that fails holds up none after it.
+                    _ => failed |= self.download(content).await.is_err(),
+                }
             }
             if failed {
                 tokio::time::sleep(backoff).await;
@@ -87,8 +97,11 @@ impl Downloads {
                 continue;
             }
             backoff = Duration::from_secs(1);
-            if changes.changed().await.is_err() {
-                return;
+            tokio::select! {
+                () = tokio::time::sleep(next) => {}
+                changed = changes.changed() => if changed.is_err() {
+                    return;
+                },
             }
         }
     }

@@ -122,11 +122,16 @@ impl Listeners {
         ));
         // Messages a session asks for are downloaded on demand whatever the setting; with
         // `with-message` the sync downloads what an earlier run left waiting.
-        if attachments == AttachmentDownload::Background {
+        let after = match attachments {
+            AttachmentDownload::Background => Some(Duration::ZERO),
+            AttachmentDownload::OnDemand => Some(on_demand_until(&sync).await),
+            AttachmentDownload::WithMessage => None,
+        };
+        if let Some(after) = after {
             let mut stop = stop.clone();
             tokio::spawn(async move {
                 tokio::select! {
-                    () = downloads.in_background() => {}
+                    () = downloads.in_background(after) => {}
                     _ = stop.wait_for(|s| *s) => {}
                 }
             });
@@ -139,6 +144,25 @@ impl Listeners {
             }
         });
         Ok(())
+    }
+}
+
+/// How long an attachment nobody opened waits under `on-demand` before the background
+/// downloads it: half the server's retention, after which the server would delete it with
+/// its message (DECISIONS D76). At once when the server does not say.
+async fn on_demand_until(online: &Online) -> Duration {
+    match online.api.server_info().await.map(|i| i.retention_days) {
+        Ok(days) if days > 0 => Duration::from_secs(u64::from(days) * 86_400 / 2),
+        Ok(_) => {
+            tracing::warn!(
+                "the server does not say how long it keeps mail: attachments are downloaded at once"
+            );
+            Duration::ZERO
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask the server how long it keeps mail: attachments are downloaded at once");
+            Duration::ZERO
+        }
     }
 }
 

@@ -548,24 +548,35 @@ impl Cache {
             .map(|(_, content)| Some(content))
     }
 
-    /// The contents filed before their blobs were downloaded, oldest first.
-    pub fn awaiting(&self) -> Result<Vec<i64>, ClientError> {
-        Ok(self.awaiting_rows()?.into_iter().map(|(_, c)| c).collect())
+    /// The contents filed before their blobs were downloaded, oldest first, each with
+    /// when the server received its envelope (unix seconds).
+    pub fn awaiting(&self) -> Result<Vec<(i64, u64)>, ClientError> {
+        Ok(self
+            .awaiting_rows()?
+            .into_iter()
+            .map(|(_, c, received)| (c, received))
+            .collect())
     }
 
     /// The ids of the envelopes whose blobs are not downloaded yet: not to be acknowledged.
     pub fn awaiting_envelopes(&self) -> Result<BTreeSet<String>, ClientError> {
-        Ok(self.awaiting_rows()?.into_iter().map(|(e, _)| e).collect())
+        Ok(self.awaiting_rows()?.into_iter().map(|(e, ..)| e).collect())
     }
 
-    /// Each message waiting for its blobs, oldest first: (envelope id, content).
-    fn awaiting_rows(&self) -> Result<Vec<(String, i64)>, ClientError> {
+    /// Each message waiting for its blobs, oldest first: (envelope id, content, received;
+    /// 0 when its envelope is not stored).
+    fn awaiting_rows(&self) -> Result<Vec<(String, i64, u64)>, ClientError> {
         let c = self.lock();
         let mut stmt = c
-            .prepare_cached("SELECT envelope_id, content FROM awaiting ORDER BY rowid")
+            .prepare_cached(
+                "SELECT a.envelope_id, a.content, coalesce(m.received, 0) FROM awaiting a \
+                 LEFT JOIN messages m ON m.id = a.envelope_id ORDER BY a.rowid",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+            })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }

@@ -430,7 +430,8 @@ fn a_message_awaiting_its_blob_reads_filled_then_whole_or_is_withdrawn() {
             .collect::<Vec<_>>(),
         ["e1"]
     );
-    let [content] = c.awaiting().unwrap()[..] else {
+    // With when the server received it, which on-demand downloads count from.
+    let [(content, 1)] = c.awaiting().unwrap()[..] else {
         panic!("one message awaits")
     };
     let awaited = c.awaited(content).unwrap().unwrap();
@@ -478,7 +479,7 @@ fn a_message_awaiting_its_blob_reads_filled_then_whole_or_is_withdrawn() {
 
     // Withdrawn: every copy goes, each with a tombstone.
     c.commit_synced(&[synced("e3", true)], 1).unwrap();
-    let [later] = c.awaiting().unwrap()[..] else {
+    let [(later, _)] = c.awaiting().unwrap()[..] else {
         panic!("one message awaits")
     };
     let (_, pairs) = c.copy(inbox.id, &[3], "Archive", false).unwrap();

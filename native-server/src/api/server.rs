@@ -60,6 +60,7 @@ pub(super) async fn server_info(State(state): St) -> Json<ServerInfo> {
         max_message_size: state.config.limits.max_message_size.0,
         quota: state.config.limits.quota.0,
         max_attachment_size: state.config.limits.max_attachment_size.0,
+        retention_days: state.config.policy.retention_days,
         registration: state.config.registration.mode,
         outbound: state.config.outbound.mode,
     })

@@ -109,6 +109,10 @@ pub struct ServerInfo {
     /// takes none.
     #[serde(default)]
     pub max_attachment_size: u64,
+    /// Days the server keeps a delivery no one acknowledged (`policy.retention_days`);
+    /// 0 from a server that does not say.
+    #[serde(default)]
+    pub retention_days: u32,
     #[serde(default, deserialize_with = "lenient_or_default")]
     pub registration: RegistrationMode,
     /// What happens to mail for addresses outside letter.me; `off` when absent or unknown.

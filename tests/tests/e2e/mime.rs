@@ -111,12 +111,7 @@ fn a_large_attachment_is_downloaded_when_the_mail_client_reads_it() {
     // Nothing of the PDF was downloaded for that: the server still holds it, bob's
     // store holds no chunk of it, and the message waits to be acknowledged.
     assert_eq!(server.stored_blobs().blobs, 1);
-    let store = rusqlite::Connection::open(bob.join("mail.db")).unwrap();
-    let count = |table: &str| -> i64 {
-        store
-            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap()
-    };
+    let count = |table: &str| rows(&bob, table);
     assert_eq!((count("blob_chunks"), count("awaiting")), (0, 1));
     // The CLI lists it meanwhile, and will not save an attachment it does not have.
     let listed = json(&cli(&bob, &["list", "--json"], None));
@@ -142,6 +137,68 @@ fn a_large_attachment_is_downloaded_when_the_mail_client_reads_it() {
         server.blobs_gone(),
         "the blob outlived the message's acknowledgement"
     );
+}
+
+/// With `--attachments on-demand`, an attachment nobody opens is still downloaded once
+/// its message has waited half the server's retention (30 days here), before the server
+/// would delete it unacknowledged (DECISIONS D76).
+#[test]
+fn an_unopened_attachment_is_downloaded_before_the_server_would_drop_it() {
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", "");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
+    let alice_proxy = ProxyProc::start(&alice);
+    let sent = submitted(&world, &alice_proxy);
+    let on_demand = ["--attachments", "on-demand"];
+    let bob_proxy = ProxyProc::start_with(&bob, "127.0.0.1:0", "127.0.0.1:0", &on_demand);
+    assert!(
+        eventually(|| rows(&bob, "awaiting") == 1),
+        "the message was not filed"
+    );
+    // Only just received: it waits for a reader.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!((rows(&bob, "awaiting"), rows(&bob, "blob_chunks")), (1, 0));
+    assert_eq!(server.stored_blobs().blobs, 1);
+    drop(bob_proxy);
+
+    // Twenty days later, as bob's store counts them.
+    rusqlite::Connection::open(bob.join("mail.db"))
+        .unwrap()
+        .execute("UPDATE messages SET received = received - 20 * 86400", [])
+        .unwrap();
+    let bob_proxy = ProxyProc::start_with(&bob, "127.0.0.1:0", "127.0.0.1:0", &on_demand);
+    assert!(
+        eventually(|| rows(&bob, "awaiting") == 0),
+        "the attachment was not downloaded before the retention ran out"
+    );
+    assert!(
+        server.blobs_gone(),
+        "the downloaded message was not acknowledged"
+    );
+    assert!(rows(&bob, "blob_chunks") > 0);
+    let inbox = fetch(&bob_proxy, "bob@x.test", "INBOX");
+    assert_arrived_intact("bob's INBOX, downloaded before retention", &inbox, &sent);
+}
+
+/// The rows of `table` in `profile`'s `mail.db`.
+fn rows(profile: &std::path::Path, table: &str) -> i64 {
+    rusqlite::Connection::open(profile.join("mail.db"))
+        .unwrap()
+        .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Whether `holds` comes true within 30 seconds.
+fn eventually(mut holds: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < until {
+        if holds() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
 }
 
 /// Alice's mail client submits the message through her proxy; what it sent, checked to

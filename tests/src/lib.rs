@@ -492,6 +492,26 @@ impl Drop for ProxyProc {
     }
 }
 
+/// The rows of `table` in the `mail.db` of the profile at `profile`.
+pub fn rows(profile: &Path, table: &str) -> i64 {
+    rusqlite::Connection::open(profile.join("mail.db"))
+        .unwrap()
+        .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Whether `holds` comes true within 30 seconds (polled every 50 ms).
+pub fn eventually(mut holds: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < until {
+        if holds() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 /// Runs a python3 script (standard library only) with arguments; parses its stdout as JSON.
 pub fn python(script: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new("python3")

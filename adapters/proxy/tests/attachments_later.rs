@@ -16,8 +16,14 @@ use letterme_protocol::blob::Sealer;
 
 /// Two messages, each with a PDF whose body is a blob not downloaded.
 fn file_two_awaiting(proxy: &Proxy) {
+    file_awaiting(proxy, &["e1", "e2"], "application/pdf");
+}
+
+/// A message for each of `ids`, each with an attachment of `content_type` whose body is a
+/// blob not downloaded.
+fn file_awaiting(proxy: &Proxy, ids: &[&str], content_type: &str) {
     let (_, reference, _) = Sealer::new().finish(&[b'Q'; 3000]);
-    let rest = b"From: bob@x.test\r\nSubject: later\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n\r\n--b--\r\n";
+    let rest = format!("From: bob@x.test\r\nSubject: later\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n\r\n\r\n--b--\r\n").into_bytes();
     let at = rest.windows(6).rposition(|w| w == b"\r\n\r\n\r\n").unwrap() + 4;
     let synced = |id: &str| Synced {
         stored: Stored {
@@ -31,7 +37,7 @@ fn file_two_awaiting(proxy: &Proxy) {
             folder: "INBOX".into(),
             flags: vec![],
             internal_date: 1_700_000_000,
-            raw: rest.to_vec(),
+            raw: rest.clone(),
             message_id: None,
             pieces: vec![Piece {
                 at,
@@ -40,10 +46,8 @@ fn file_two_awaiting(proxy: &Proxy) {
         },
         awaiting: true,
     };
-    proxy
-        .cache
-        .commit_synced(&[synced("e1"), synced("e2")], 1)
-        .unwrap();
+    let synced: Vec<Synced> = ids.iter().map(|id| synced(id)).collect();
+    proxy.cache.commit_synced(&synced, 1).unwrap();
 }
 
 /// Sends `command` tagged `t` and returns every line up to and including the tagged one.
@@ -111,6 +115,41 @@ fn a_fetch_never_serves_a_missing_attachment_as_filler() {
     // Nor did anything mark them \Seen.
     let seen = exchange(&mut r, &mut w, "e", "UID FETCH 1:2 (FLAGS)").concat();
     assert!(!seen.contains("\\Seen"), "{seen}");
+}
+
+/// A text search reads text parts and never the filler: a PDF not downloaded changes no
+/// answer, and a text attachment not downloaded (this proxy cannot) fails the search —
+/// SEARCH, ESEARCH, SORT and THREAD alike — rather than answer without its words.
+#[test]
+fn a_text_search_never_reads_the_filler() {
+    let proxy = Proxy::start();
+    file_two_awaiting(&proxy);
+    let (mut r, mut w) = inbox(&proxy);
+    let seen = exchange(&mut r, &mut w, "c", "UID SEARCH BODY \"see attached\"").concat();
+    assert!(seen.contains("* SEARCH 1 2\r\n"), "{seen}");
+    assert!(seen.contains("c OK"), "{seen}");
+    let seen = exchange(&mut r, &mut w, "d", "SEARCH TEXT \"AAAAAAAA\"").concat();
+    assert!(seen.contains("* SEARCH\r\n"), "{seen}");
+
+    file_awaiting(&proxy, &["e3"], "text/plain");
+    exchange(&mut r, &mut w, "e", "NOOP");
+    for command in [
+        "SEARCH BODY \"AAAAAAAA\"",
+        "UID SEARCH TEXT \"see attached\"",
+        "SEARCH RETURN (COUNT) BODY \"AAAAAAAA\"",
+        "SORT (ARRIVAL) UTF-8 BODY \"AAAAAAAA\"",
+        "THREAD REFERENCES UTF-8 TEXT \"AAAAAAAA\"",
+    ] {
+        let seen = exchange(&mut r, &mut w, "f", command).concat();
+        assert!(seen.contains("f NO [UNAVAILABLE]"), "{command}: {seen}");
+        assert!(
+            !seen.contains(" 3"),
+            "{command}: answered without the text: {seen}"
+        );
+    }
+    // Header keys read no attachment.
+    let seen = exchange(&mut r, &mut w, "g", "SEARCH SUBJECT later FROM bob").concat();
+    assert!(seen.contains("* SEARCH 1 2 3\r\n"), "{seen}");
 }
 
 /// Reads one tagged exchange's lines and the literals in them (`{n}` at a line's end is

@@ -558,6 +558,21 @@ impl Cache {
             .collect())
     }
 
+    /// The UIDs of the messages in `folder` filed before their blobs were downloaded.
+    pub fn awaiting_in(&self, folder: i64) -> Result<Vec<u32>, ClientError> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT uid FROM mail WHERE folder = ?1 \
+                 AND content IN (SELECT content FROM awaiting) ORDER BY uid",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([folder], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// The ids of the envelopes whose blobs are not downloaded yet: not to be acknowledged.
     pub fn awaiting_envelopes(&self) -> Result<BTreeSet<String>, ClientError> {
         Ok(self.awaiting_rows()?.into_iter().map(|(e, ..)| e).collect())

@@ -9,7 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use letterme_tests::world::{World, json};
-use letterme_tests::{PASSPHRASE, ServerProc, cli, contains, files_under, letterme_bin, ok};
+use letterme_tests::{
+    PASSPHRASE, ProxyProc, ServerProc, cli, contains, eventually, files_under, letterme_bin, ok,
+    python, rows,
+};
 
 /// A file of `len` bytes that does not compress, with `canary` in its middle.
 fn file(dir: &Path, name: &str, len: usize, canary: &str) -> Vec<u8> {
@@ -327,4 +330,73 @@ fn a_send_refused_after_its_upload_leaves_no_blob_behind() {
         .query_row("SELECT count(*) FROM blob_chunks", [], |r| r.get(0))
         .unwrap();
     assert_eq!(kept, 0);
+}
+
+/// A text search reads a text attachment: with `--attachments on-demand`, bob's proxy
+/// downloads a large one that waits before it answers `SEARCH BODY`, and finds the words
+/// in it (a PDF's bytes, which a text search never reads, need no download:
+/// e2e/mime.rs).
+#[test]
+fn a_text_search_downloads_the_text_attachment_it_reads() {
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", "");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
+    let needle = "NEEDLE-IN-THE-NOTES-4b1d";
+    let mut notes = "a line of meeting notes, nothing to find here\n".repeat(40_000);
+    notes.push_str(needle);
+    notes.push('\n');
+    let path = world.path().join("notes.txt");
+    std::fs::write(&path, &notes).unwrap();
+    ok(&cli(
+        &alice,
+        &[
+            "send",
+            "--to",
+            "bob@x.test",
+            "--subject",
+            "notes",
+            "--body",
+            "see attached",
+            "--attach",
+            path.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert_eq!(server.stored_blobs().blobs, 1, "the notes went as a blob");
+    let bob_proxy = ProxyProc::start_with(
+        &bob,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &["--attachments", "on-demand"],
+    );
+    assert!(
+        eventually(|| rows(&bob, "awaiting") == 1),
+        "the message was not filed"
+    );
+    assert_eq!(rows(&bob, "blob_chunks"), 0);
+    let found = python(
+        include_str!("../../fixtures/imap_search.py"),
+        &[
+            "127.0.0.1",
+            &bob_proxy.imap.port().to_string(),
+            "bob@x.test",
+            &bob_proxy.password,
+            needle,
+            "see attached",
+            "NOT-IN-ANY-MESSAGE-77",
+        ],
+    );
+    assert_eq!(found[needle], serde_json::json!(["OK", "1"]), "{found}");
+    assert_eq!(found["see attached"], serde_json::json!(["OK", "1"]));
+    assert_eq!(
+        found["NOT-IN-ANY-MESSAGE-77"],
+        serde_json::json!(["OK", ""])
+    );
+    // Downloaded for the search, and so acknowledged.
+    assert_eq!(rows(&bob, "awaiting"), 0);
+    assert!(
+        server.blobs_gone(),
+        "the downloaded message was not acknowledged"
+    );
 }

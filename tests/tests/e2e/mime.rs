@@ -10,11 +10,14 @@ use std::path::PathBuf;
 
 use letterme_tests::cli;
 use letterme_tests::world::{World, json};
-use letterme_tests::{ProxyProc, ServerProc, contains, files_under, python};
+use letterme_tests::{ProxyProc, ServerProc, contains, eventually, files_under, python, rows};
 use serde_json::Value;
 
 /// The mail clients: `send` builds and submits the message, `fetch` reads it back.
 const MIME: &str = include_str!("../../fixtures/mime_roundtrip.py");
+
+/// A mail client's `UID SEARCH BODY` for each word given.
+const SEARCH: &str = include_str!("../../fixtures/imap_search.py");
 
 /// The Subject the fixture writes.
 const SUBJECT: &str = "Quartalsbericht für Q3 — Übersicht";
@@ -110,6 +113,20 @@ fn a_large_attachment_is_downloaded_when_the_mail_client_reads_it() {
     );
     // Nothing of the PDF was downloaded for that: the server still holds it, bob's
     // store holds no chunk of it, and the message waits to be acknowledged.
+    // A text search reads the text parts, never a PDF's bytes: answered at once.
+    let found = python(
+        SEARCH,
+        &[
+            "127.0.0.1",
+            &port,
+            "bob@x.test",
+            &bob_proxy.password,
+            "CANARY-TEXT-7f3a",
+            "AAAAAAAA",
+        ],
+    );
+    assert_eq!(found["CANARY-TEXT-7f3a"], serde_json::json!(["OK", "1"]));
+    assert_eq!(found["AAAAAAAA"], serde_json::json!(["OK", ""]));
     assert_eq!(server.stored_blobs().blobs, 1);
     let count = |table: &str| rows(&bob, table);
     assert_eq!((count("blob_chunks"), count("awaiting")), (0, 1));
@@ -179,26 +196,6 @@ fn an_unopened_attachment_is_downloaded_before_the_server_would_drop_it() {
     assert!(rows(&bob, "blob_chunks") > 0);
     let inbox = fetch(&bob_proxy, "bob@x.test", "INBOX");
     assert_arrived_intact("bob's INBOX, downloaded before retention", &inbox, &sent);
-}
-
-/// The rows of `table` in `profile`'s `mail.db`.
-fn rows(profile: &std::path::Path, table: &str) -> i64 {
-    rusqlite::Connection::open(profile.join("mail.db"))
-        .unwrap()
-        .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-        .unwrap()
-}
-
-/// Whether `holds` comes true within 30 seconds.
-fn eventually(mut holds: impl FnMut() -> bool) -> bool {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::time::Instant::now() < until {
-        if holds() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    false
 }
 
 /// Alice's mail client submits the message through her proxy; what it sent, checked to

@@ -167,6 +167,28 @@ pub fn reads_holes(raw: &[u8], item: &MessageDataItemName<'_>, holes: &[Range<us
     }
 }
 
+/// Whether a text search (SEARCH BODY or TEXT, [`super::search`]) of `raw` reads bytes of
+/// `holes`: it reads header sections, text parts and encapsulated messages, never the
+/// bytes of other leaves (an image, a PDF), so a hole there changes no answer.
+pub fn text_reads_holes(raw: &[u8], holes: &[Range<usize>]) -> bool {
+    fn reads(node: &Node<'_>, overlaps: &impl Fn(&Range<usize>) -> bool) -> bool {
+        overlaps(&node.header)
+            || match &node.kind {
+                Kind::Multipart(children) => children.as_ref().iter().any(|c| reads(c, overlaps)),
+                Kind::Message(inner) => reads(inner, overlaps),
+                Kind::Leaf => {
+                    matches!(node.content_type.c_type.as_ref(), "text" | "message")
+                        && overlaps(&node.body)
+                }
+            }
+    }
+    if holes.is_empty() {
+        return false;
+    }
+    let overlaps = |r: &Range<usize>| holes.iter().any(|h| h.start < r.end && r.start < h.end);
+    reads(&parse(raw, 0..raw.len(), 0), &overlaps)
+}
+
 /// Whether the structure of `node` depends on bytes `overlaps` says are missing.
 fn structure_reads(node: &Node<'_>, overlaps: &impl Fn(&Range<usize>) -> bool) -> bool {
     if overlaps(&node.header) {

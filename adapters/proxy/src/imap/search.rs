@@ -14,6 +14,7 @@ use imap_codec::imap_types::{
     search::SearchKey,
     sequence::{SeqOrUid, Sequence, SequenceSet},
 };
+use letterme_client::cache::Content;
 use mail_parser::{
     HeaderValue, Message, MessageParser, PartType, decoders::html::html_to_text,
     parsers::MessageStream,
@@ -111,32 +112,41 @@ pub fn uses_modseq(criteria: &[SearchKey<'_>]) -> bool {
     criteria.iter().any(|k| uses(k, MAX_DEPTH))
 }
 
-/// Whether any key needs the message itself (headers, text, Date:), so flag-only and
+/// How much of each message the keys read: the header section (addresses, Subject, Date:,
+/// HEADER) or the whole message (BODY, TEXT, which read attachments too); flag-only and
 /// number-only searches never decrypt content.
-pub fn needs_content(criteria: &[SearchKey<'_>]) -> bool {
-    fn needs(key: &SearchKey<'_>, budget: usize) -> bool {
+pub fn content_needed(criteria: &[SearchKey<'_>]) -> Content {
+    fn needs(key: &SearchKey<'_>, budget: usize) -> Content {
         let Some(budget) = budget.checked_sub(1) else {
-            return false;
+            return Content::None;
         };
         match key {
-            SearchKey::And(keys) => keys.as_ref().iter().any(|k| needs(k, budget)),
+            SearchKey::And(keys) => keys
+                .as_ref()
+                .iter()
+                .map(|k| needs(k, budget))
+                .max()
+                .unwrap_or(Content::None),
             SearchKey::Not(k) => needs(k, budget),
-            SearchKey::Or(a, b) => needs(a, budget) || needs(b, budget),
+            SearchKey::Or(a, b) => needs(a, budget).max(needs(b, budget)),
             SearchKey::Bcc(_)
             | SearchKey::Cc(_)
             | SearchKey::From(_)
             | SearchKey::Subject(_)
             | SearchKey::To(_)
             | SearchKey::Header(..)
-            | SearchKey::Body(_)
-            | SearchKey::Text(_)
             | SearchKey::SentBefore(_)
             | SearchKey::SentOn(_)
-            | SearchKey::SentSince(_) => true,
-            _ => false,
+            | SearchKey::SentSince(_) => Content::Head,
+            SearchKey::Body(_) | SearchKey::Text(_) => Content::Whole,
+            _ => Content::None,
         }
     }
-    criteria.iter().any(|k| needs(k, MAX_DEPTH))
+    criteria
+        .iter()
+        .map(|k| needs(k, MAX_DEPTH))
+        .max()
+        .unwrap_or(Content::None)
 }
 
 fn within_depth(key: &SearchKey<'_>, budget: usize) -> bool {

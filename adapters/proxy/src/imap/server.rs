@@ -157,6 +157,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
             }
             Ok(Event::CommandReceived { command }) => {
+                download_first(proxy, s.downloads_for(&command), &mut out, &mut stream).await?;
                 outbox.push(s.handle(command), &mut after_write);
                 outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
             }
@@ -244,10 +245,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 // A FETCH waits for a message's attachments: the client waits for its
                 // answer meanwhile.
                 if let Some(content) = outbox.more.as_ref().and_then(FetchJob::wants) {
-                    let failed = match &proxy.downloads {
-                        None => Some("this proxy does not download attachments".to_owned()),
-                        Some(d) => d.download(content).await.err().map(|e| e.to_string()),
-                    };
+                    let failed = download(proxy, content).await;
                     if let Some(job) = &mut outbox.more {
                         job.downloaded(failed);
                     }
@@ -299,7 +297,10 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             Err(Interrupt::Error(e)) => match e {
                 FlowError::MalformedMessage { discarded_bytes }
                 | FlowError::ExpectedCrlfGotLf { discarded_bytes } => {
-                    let reply = s.handle_unparsed(discarded_bytes.declassify());
+                    let line = discarded_bytes.declassify();
+                    download_first(proxy, s.downloads_for_unparsed(line), &mut out, &mut stream)
+                        .await?;
+                    let reply = s.handle_unparsed(line);
                     outbox.push(reply, &mut after_write);
                     outbox.pump(&mut server, &mut out, &mut s, &mut after_write);
                 }
@@ -318,6 +319,34 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             },
         }
     }
+}
+
+/// Downloads a message's attachments; why it failed, if it did.
+async fn download(proxy: &ImapProxy, content: i64) -> Option<String> {
+    match &proxy.downloads {
+        None => Some("this proxy does not download attachments".to_owned()),
+        Some(d) => d.download(content).await.err().map(|e| e.to_string()),
+    }
+}
+
+/// Before a command that reads them (a text search): downloads the attachments of
+/// `contents`, after writing what earlier commands produced. A failure shows in the
+/// command's answer, which finds the attachment still missing.
+async fn download_first(
+    proxy: &ImapProxy,
+    contents: Vec<i64>,
+    out: &mut Unsent,
+    stream: &mut (impl AsyncWrite + Unpin),
+) -> std::io::Result<()> {
+    if contents.is_empty() {
+        return Ok(());
+    }
+    out.write_to(stream).await?;
+    stream.flush().await?;
+    for content in contents {
+        download(proxy, content).await;
+    }
+    Ok(())
 }
 
 /// Ends or continues an AUTHENTICATE exchange; returns it while it waits for the client.

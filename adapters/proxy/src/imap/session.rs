@@ -76,7 +76,7 @@ use super::{mime, search, sort};
 pub use mailboxes::ListOptions;
 use wire::{
     Kind, atom_attr, completed, expunge_issued, flag_fetch, imap_date, mailbox_error, nstring, nz,
-    nz64, same_flags, store_error, tagged, to_flag, untagged_ok,
+    nz64, same_flags, store_error, tagged, to_flag, unavailable, untagged_ok,
 };
 
 use crate::credentials::Credentials;
@@ -250,6 +250,57 @@ impl Session {
     /// Called by the driver once TLS is up.
     pub fn tls_started(&mut self) {
         self.tls = true;
+    }
+
+    /// The messages of the selected mailbox whose attachments `command` would read and
+    /// are not downloaded yet: for a SEARCH, SORT or THREAD with a BODY or TEXT key, every
+    /// such message (the driver downloads them before the command runs).
+    pub fn downloads_for(&self, command: &Command<'_>) -> Vec<i64> {
+        match &command.body {
+            CommandBody::Search { criteria, .. } => self.awaiting_for(criteria.as_ref()),
+            CommandBody::Sort {
+                search_criteria, ..
+            }
+            | CommandBody::Thread {
+                search_criteria, ..
+            } => self.awaiting_for(search_criteria.as_ref()),
+            _ => Vec::new(),
+        }
+    }
+
+    /// [`Session::downloads_for`] a line imap-codec does not parse (`SEARCH RETURN`).
+    pub fn downloads_for_unparsed(&self, line: &[u8]) -> Vec<i64> {
+        match extended::parse(line) {
+            Ok(Some(Extended::Search { criteria, .. })) => self.awaiting_for(&criteria),
+            _ => Vec::new(),
+        }
+    }
+
+    fn awaiting_for(&self, criteria: &[SearchKey<'_>]) -> Vec<i64> {
+        let State::Selected(s) = &self.state else {
+            return Vec::new();
+        };
+        if search::content_needed(criteria) != Content::Whole {
+            return Vec::new();
+        }
+        let read = || -> Result<Vec<i64>, letterme_client::ClientError> {
+            let uids = self.cache.awaiting_in(s.folder.id)?;
+            let mut out = Vec::new();
+            for batch in uids.chunks(FETCH_BATCH) {
+                for row in self.cache.fetch(s.folder.id, batch, Content::Whole)? {
+                    if messages::search_reads_holes(&row)
+                        && let Some(a) = row.2
+                    {
+                        out.push(a.content);
+                    }
+                }
+            }
+            Ok(out)
+        };
+        read().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list the messages waiting for attachments");
+            Vec::new()
+        })
     }
 
     pub fn is_selected(&self) -> bool {

@@ -125,6 +125,55 @@ fn with_literal(
     }
 }
 
+/// Why a search could not be answered.
+pub(super) enum Unsearched {
+    Store(ClientError),
+    /// A text search met a message whose attachments are not downloaded (their download
+    /// was tried before the search and failed).
+    NotDownloaded,
+}
+
+impl From<ClientError> for Unsearched {
+    fn from(e: ClientError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl Unsearched {
+    fn reply(&self, tag: &Tag<'static>) -> Reply {
+        Session::reply(vec![match self {
+            Self::Store(e) => store_error(tag, &e.to_string()),
+            Self::NotDownloaded => unavailable(
+                tag,
+                "the attachments of a message could not be downloaded to search them",
+            ),
+        }])
+    }
+}
+
+/// Whether a text search of a message as fetched would read the places of attachments not
+/// downloaded yet.
+pub(super) fn search_reads_holes((_, raw, awaiting): &Fetched) -> bool {
+    awaiting
+        .as_ref()
+        .is_some_and(|a| mime::text_reads_holes(raw.as_deref().unwrap_or_default(), &a.holes))
+}
+
+/// Of messages of `sizes` in order, how many go into one batch of whole messages: as many
+/// as [`FETCH_BATCH_BYTES`] holds (at least one).
+fn within_batch_bytes(sizes: impl IntoIterator<Item = u64>) -> usize {
+    let mut total = 0;
+    sizes
+        .into_iter()
+        .take_while(|size| {
+            let fits = total < FETCH_BATCH_BYTES;
+            total += size;
+            fits
+        })
+        .count()
+        .max(1)
+}
+
 /// What a search found.
 struct Matches {
     /// (sequence number, UID) of each match.
@@ -271,10 +320,8 @@ impl Session {
             };
         }
         out.push(match (job.expunged, job.answered) {
-            _ if let Some(why) = &job.unavailable => tagged(
+            _ if let Some(why) = &job.unavailable => unavailable(
                 &job.tag,
-                Kind::No,
-                Some(Code::Other(CodeOther::unvalidated(&b"UNAVAILABLE"[..]))),
                 &format!("an attachment could not be downloaded ({why}); try again later"),
             ),
             // RFC 3516 §4.3: a part whose encoding cannot be undone fails the FETCH.
@@ -322,16 +369,11 @@ impl Session {
                 .into_iter()
                 .map(|(m, _, _)| (m.uid, u64::from(m.size)))
                 .collect();
-            let mut total = 0;
-            let keep = batch
-                .iter()
-                .take_while(|(_, uid)| {
-                    let fits = total < FETCH_BATCH_BYTES;
-                    total += sizes.get(uid).copied().unwrap_or(0);
-                    fits
-                })
-                .count()
-                .max(1);
+            let keep = within_batch_bytes(
+                batch
+                    .iter()
+                    .map(|(_, uid)| sizes.get(uid).copied().unwrap_or(0)),
+            );
             for b in batch.drain(keep..).rev() {
                 job.todo.push_front(b);
             }
@@ -765,48 +807,86 @@ impl Session {
         }
     }
 
-    /// The messages matching `criteria`, or the cache's error.
-    fn matches(&mut self, criteria: &[SearchKey<'_>]) -> Result<Matches, ClientError> {
+    /// The messages matching `criteria`. Content is read a batch at a time (whole
+    /// messages by their sizes), so a text search over large mail holds a few at once.
+    fn matches(&mut self, criteria: &[SearchKey<'_>]) -> Result<Matches, Unsearched> {
         let folder = self.sel().folder.id;
         let uids = self.sel().uids.clone();
-        // Flags, dates and content as they are now; a message expunged meanwhile matches
-        // nothing (it is still numbered until the client hears of it).
-        let rows: std::collections::HashMap<u32, Fetched> = match self.cache.fetch(
-            folder,
-            &uids,
-            if search::needs_content(criteria) {
-                Content::Whole
-            } else {
-                Content::None
-            },
-        ) {
-            Ok(rows) => rows.into_iter().map(|r| (r.0.uid, r)).collect(),
-            Err(e) => return Err(e),
-        };
-        let recent = &self.sel().recent;
-        let candidates = uids.iter().enumerate().filter_map(|(i, u)| {
-            let (meta, raw, _) = rows.get(u)?;
-            Some(search::Candidate {
-                seq: i as u32 + 1,
-                uid: *u,
-                flags: &meta.flags,
-                recent: recent.contains(u),
-                internal_date: meta.internal_date,
-                size: meta.size,
-                modseq: meta.modseq,
-                raw: raw.as_deref().unwrap_or_default(),
-            })
-        });
+        let content = search::content_needed(criteria);
         let bounds = search::Bounds {
             max_seq: uids.len() as u32,
             max_uid: uids.last().copied().unwrap_or(0),
         };
-        let found = search::search_all(criteria, candidates, bounds);
+        // Flags, dates and sizes as they are now; a message expunged meanwhile matches
+        // nothing (it is still numbered until the client hears of it).
+        let metas: std::collections::HashMap<u32, MailMeta> = self
+            .cache
+            .fetch(folder, &uids, Content::None)?
+            .into_iter()
+            .map(|r| (r.0.uid, r.0))
+            .collect();
+        let numbered: Vec<(u32, u32)> = uids
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| metas.contains_key(u))
+            .map(|(i, &u)| (i as u32 + 1, u))
+            .collect();
+        let mut found = Vec::new();
+        let mut rest = numbered.as_slice();
+        while !rest.is_empty() {
+            let take = match content {
+                Content::Whole => within_batch_bytes(
+                    rest.iter()
+                        .map(|(_, u)| metas.get(u).map_or(0, |m| u64::from(m.size))),
+                ),
+                Content::Head => FETCH_BATCH,
+                Content::None => rest.len(),
+            }
+            .min(rest.len());
+            let (batch, after) = rest.split_at(take);
+            rest = after;
+            let texts: std::collections::HashMap<u32, Fetched> = if content == Content::None {
+                std::collections::HashMap::new()
+            } else {
+                let uids: Vec<u32> = batch.iter().map(|b| b.1).collect();
+                self.cache
+                    .fetch(folder, &uids, content)?
+                    .into_iter()
+                    .map(|r| (r.0.uid, r))
+                    .collect()
+            };
+            // Never the filler in an attachment's place: the driver downloaded what a text
+            // search reads before it ran; what is still missing failed.
+            if content == Content::Whole && texts.values().any(search_reads_holes) {
+                return Err(Unsearched::NotDownloaded);
+            }
+            let recent = &self.sel().recent;
+            let candidates = batch.iter().filter_map(|&(seq, uid)| {
+                let meta = metas.get(&uid)?;
+                let raw = match texts.get(&uid) {
+                    Some((_, raw, _)) => raw.as_deref().unwrap_or_default(),
+                    // Expunged between the two reads.
+                    None if content != Content::None => return None,
+                    None => &[],
+                };
+                Some(search::Candidate {
+                    seq,
+                    uid,
+                    flags: &meta.flags,
+                    recent: recent.contains(&uid),
+                    internal_date: meta.internal_date,
+                    size: meta.size,
+                    modseq: meta.modseq,
+                    raw,
+                })
+            });
+            found.extend(search::search_all(criteria, candidates, bounds));
+        }
         let modseq = if search::uses_modseq(criteria) {
             self.condstore = true;
             found
                 .iter()
-                .filter_map(|(_, u)| rows.get(u).map(|r| r.0.modseq))
+                .filter_map(|(_, u)| metas.get(u).map(|m| m.modseq))
                 .max()
         } else {
             None
@@ -822,7 +902,7 @@ impl Session {
     ) -> Reply {
         let Matches { found, modseq } = match self.matches(criteria) {
             Ok(m) => m,
-            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+            Err(e) => return e.reply(tag),
         };
         let numbers: Vec<NonZeroU32> = found
             .iter()
@@ -840,7 +920,7 @@ impl Session {
         &mut self,
         criteria: &[SearchKey<'_>],
         uid: bool,
-    ) -> Result<(Vec<SortRow>, Option<u64>), ClientError> {
+    ) -> Result<(Vec<SortRow>, Option<u64>), Unsearched> {
         let Matches { found, modseq } = self.matches(criteria)?;
         let folder = self.sel().folder.id;
         let mut out = Vec::with_capacity(found.len());
@@ -880,7 +960,7 @@ impl Session {
     ) -> Reply {
         let (input, modseq) = match self.sort_input(search, uid) {
             Ok(i) => i,
-            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+            Err(e) => return e.reply(tag),
         };
         let messages: Vec<sort::Message<'_>> = input.iter().map(sort_message).collect();
         let numbers = sort::sort(criteria, &messages)
@@ -911,7 +991,7 @@ impl Session {
         }
         let (input, _) = match self.sort_input(search, uid) {
             Ok(i) => i,
-            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+            Err(e) => return e.reply(tag),
         };
         let messages: Vec<sort::Message<'_>> = input.iter().map(sort_message).collect();
         let threads = sort::thread(algorithm, &messages).unwrap_or_default();
@@ -937,7 +1017,7 @@ impl Session {
         }
         let Matches { found, modseq } = match self.matches(criteria) {
             Ok(m) => m,
-            Err(e) => return Self::reply(vec![store_error(tag, &e.to_string())]),
+            Err(e) => return e.reply(tag),
         };
         let numbers: Vec<u32> = found
             .iter()

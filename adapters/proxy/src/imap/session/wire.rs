@@ -138,6 +138,17 @@ pub(super) fn store_error(tag: &Tag<'static>, e: &str) -> Out {
     )
 }
 
+/// NO with RFC 5530 UNAVAILABLE: what the command needs cannot be had now (an attachment
+/// not downloaded); trying again later may succeed.
+pub(super) fn unavailable(tag: &Tag<'static>, text: &str) -> Out {
+    tagged(
+        tag,
+        Kind::No,
+        Some(Code::Other(CodeOther::unvalidated(&b"UNAVAILABLE"[..]))),
+        text,
+    )
+}
+
 /// RFC 5530 EXPUNGEISSUED: another session expunged a message this command asked for.
 pub(super) fn expunge_issued() -> Code<'static> {
     Code::Other(CodeOther::unvalidated(&b"EXPUNGEISSUED"[..]))

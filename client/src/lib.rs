@@ -246,8 +246,9 @@ impl Unlocked {
         Ok(message(&m.id, m.received, payload, attachments))
     }
 
-    /// The attachments of a payload, each one that is a blob measured by decoding it as
-    /// it is read (size 0 while it is not downloaded).
+    /// The attachments of a payload. A blob's size is the one its field gives; a field
+    /// without one (written before sizes were) is measured by decoding the blob as it is
+    /// read, and stays 0 while the blob is not downloaded.
     fn attachment_list(&self, p: &Payload) -> Result<Vec<mime::Attachment>, ClientError> {
         let Some(entity) = mime_of(p) else {
             return Ok(Vec::new());
@@ -258,6 +259,7 @@ impl Unlocked {
         let mut out = Vec::new();
         for (mut a, bytes) in mime::attachment_parts(entity) {
             if let mime::AttachmentBytes::Blob(n, transfer) = bytes
+                && a.size == 0
                 && let Some(r) = p.blobs.get(n)
                 && self.blob_kept(r)?
             {

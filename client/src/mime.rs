@@ -130,8 +130,40 @@ pub fn compose(text: &str, html: Option<&str>, files: Vec<AttachedFile>) -> Opti
 }
 
 /// The field that stands for a part's body sent as blob `N` of the payload (PROTOCOL.md
-/// §19a): `Letterme-Blob: N`, first in the part's header, the body left empty.
+/// §19a): `Letterme-Blob: N; size=S`, first in the part's header, the body left empty; `S`
+/// is the body's size decoded (what saving the attachment writes), so a reader lists the
+/// attachment without its bytes. Readers take `N` alone too.
 pub const BLOB_FIELD: &str = "Letterme-Blob";
+
+/// A [`BLOB_FIELD`]'s value: the blob's number and, when given, the decoded size.
+fn blob_field(value: &str) -> Option<(usize, Option<u64>)> {
+    let mut params = value.split(';');
+    let n = params.next()?.trim().parse().ok()?;
+    let size = params.find_map(|p| {
+        let (name, v) = p.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("size")
+            .then(|| v.trim().parse().ok())?
+    });
+    Some((n, size))
+}
+
+/// The size of a part's `body` (as written) once its transfer encoding is undone: base64
+/// counted by its characters (as its decoder reads it, padding and line breaks aside),
+/// quoted-printable decoded.
+fn decoded_len(body: &[u8], encoding: mail_parser::Encoding) -> u64 {
+    match encoding {
+        mail_parser::Encoding::Base64 => {
+            let chars = body
+                .iter()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/'))
+                .count() as u64;
+            chars * 3 / 4
+        }
+        mail_parser::Encoding::QuotedPrintable => quoted_printable(body).len() as u64,
+        mail_parser::Encoding::None => body.len() as u64,
+    }
+}
 
 /// Parts whose body (as written, transfer-encoded) is larger than this travel as blobs.
 pub const BLOB_THRESHOLD: usize = 1 << 20;
@@ -140,39 +172,38 @@ pub const BLOB_THRESHOLD: usize = 1 << 20;
 /// a [`BLOB_FIELD`] in each such part's place, and the bodies, in order, as byte ranges of
 /// `entity`. [`attach`] puts them back byte for byte. Parts are mail-parser's.
 pub fn detach(entity: &[u8], threshold: usize) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
-    detach_where(entity, |_, body| body.len() > threshold)
+    detach_where(entity, |part, body| {
+        (body.len() > threshold).then(|| decoded_len(&entity[body.clone()], part.encoding))
+    })
 }
 
-/// [`detach`] for the leaf parts `pick` chooses (given each with its body as written).
+/// [`detach`] for the leaf parts `pick` chooses (given each with its body as written),
+/// saying each one's decoded size.
 fn detach_where(
     entity: &[u8],
-    pick: impl Fn(&MessagePart<'_>, &std::ops::Range<usize>) -> bool,
+    pick: impl Fn(&MessagePart<'_>, &std::ops::Range<usize>) -> Option<u64>,
 ) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
     let Some(m) = MessageParser::default().parse(entity) else {
         return (entity.to_vec(), Vec::new());
     };
-    let mut bodies: Vec<(usize, std::ops::Range<usize>)> = m
+    let mut bodies: Vec<(usize, std::ops::Range<usize>, u64)> = m
         .parts
         .iter()
         .filter(|p| !matches!(p.body, PartType::Multipart(_)))
-        .map(|p| {
-            (
-                p,
-                p.offset_header as usize,
-                p.offset_body as usize..p.offset_end as usize,
-            )
+        .filter_map(|p| {
+            let body = p.offset_body as usize..p.offset_end as usize;
+            let size = (body.end <= entity.len()).then(|| pick(p, &body))??;
+            Some((p.offset_header as usize, body, size))
         })
-        .filter(|(p, _, body)| body.end <= entity.len() && pick(p, body))
-        .map(|(_, header, body)| (header, body))
         .collect();
-    bodies.sort_by_key(|(_, body)| body.start);
+    bodies.sort_by_key(|(_, body, _)| body.start);
     let mut out = Vec::with_capacity(entity.len());
     let mut at = 0;
     // Parts in order, none inside another (as mail-parser finds leaves); one that is not
     // stays where it is.
     bodies.retain({
         let mut end = 0;
-        move |(header, body)| {
+        move |(header, body, _)| {
             let fits = end <= *header && *header <= body.start;
             if fits {
                 end = body.end;
@@ -180,14 +211,14 @@ fn detach_where(
             fits
         }
     });
-    for (i, (header, body)) in bodies.iter().enumerate() {
+    for (i, (header, body, size)) in bodies.iter().enumerate() {
         out.extend_from_slice(&entity[at..*header]);
-        out.extend_from_slice(format!("{BLOB_FIELD}: {i}\r\n").as_bytes());
+        out.extend_from_slice(format!("{BLOB_FIELD}: {i}; size={size}\r\n").as_bytes());
         out.extend_from_slice(&entity[*header..body.start]);
         at = body.end;
     }
     out.extend_from_slice(&entity[at..]);
-    (out, bodies.into_iter().map(|(_, body)| body).collect())
+    (out, bodies.into_iter().map(|(_, body, _)| body).collect())
 }
 
 /// A file's bytes as a base64 body (RFC 2045 §6.8): lines of 76 characters joined by
@@ -278,7 +309,8 @@ pub fn compose_apart(
         return (None, apart);
     };
     let (detached, bodies) = detach_where(&entity, |part, _| {
-        markers.iter().any(|m| part.contents() == m)
+        let i = markers.iter().position(|m| part.contents() == m)?;
+        apart.get(i).map(|f| f.bytes.len() as u64)
     });
     // Each marker found once, in order: the fields then name the files set apart by their
     // order. Were it otherwise, the files are composed in after all.
@@ -332,11 +364,7 @@ fn blob_fields(entity: &[u8], available: impl Fn(usize) -> bool) -> (Vec<[usize;
             continue;
         }
         fields += 1;
-        let Some(n) = h
-            .value
-            .as_text()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-        else {
+        let Some((n, _)) = h.value.as_text().and_then(blob_field) else {
             continue;
         };
         if available(n) && p.offset_body as usize <= entity.len() {
@@ -451,18 +479,22 @@ pub enum AttachmentBytes {
 
 /// The attachments of an entity [`detach`] wrote (or any other), in order, as
 /// [`attachments`] finds them: a part whose body is a blob (its [`BLOB_FIELD`] first) says
-/// which, with `size` 0 until it is decoded.
+/// which, with the size its field gives (0 from a field without one: measured by decoding
+/// the blob).
 pub fn attachment_parts(entity: &[u8]) -> Vec<(Attachment, AttachmentBytes)> {
     let mut out = Vec::new();
-    each_part(entity, |a, part, bytes| {
+    each_part(entity, |mut a, part, bytes| {
         let blob = part
             .headers
             .first()
             .filter(|h| h.name.as_str().eq_ignore_ascii_case(BLOB_FIELD))
             .and_then(|h| h.value.as_text())
-            .and_then(|v| v.trim().parse::<usize>().ok());
+            .and_then(blob_field);
         let source = match blob {
-            Some(n) => AttachmentBytes::Blob(n, part.encoding),
+            Some((n, size)) => {
+                a.size = size.map_or(0, |s| usize::try_from(s).unwrap_or(usize::MAX));
+                AttachmentBytes::Blob(n, part.encoding)
+            }
             None => AttachmentBytes::Here(bytes.to_vec()),
         };
         out.push((a, source));
@@ -736,7 +768,20 @@ mod tests {
             "a text file is set apart too"
         );
         let text = String::from_utf8_lossy(&entity);
-        assert!(text.contains(&format!("{BLOB_FIELD}: 1\r\n")), "{text}");
+        // Each field says the file's size, which lists it without its bytes.
+        assert!(text.contains(&format!("{BLOB_FIELD}: 1; size=1800\r\n")), "{text}");
+        let listed: Vec<(String, usize)> = attachment_parts(&entity)
+            .into_iter()
+            .map(|(a, _)| (a.name, a.size))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("big.bin".to_owned(), 3000),
+                ("small.txt".to_owned(), 5),
+                ("big.csv".to_owned(), 1800)
+            ]
+        );
         assert!(entity.len() < 2000, "the large files are not in it: {text}");
         let bodies: Vec<Option<Vec<u8>>> = apart
             .iter()
@@ -829,6 +874,12 @@ mod tests {
                 .map(|r| Some(entity[r.clone()].to_vec()))
                 .collect();
             assert!(parts.iter().flatten().all(|b| b.len() > 1000));
+            // Listed from the fields as from the bytes.
+            let sizes = |l: Vec<Attachment>| l.into_iter().map(|a| a.size).collect::<Vec<_>>();
+            assert_eq!(
+                sizes(attachment_parts(&detached).into_iter().map(|p| p.0).collect()),
+                sizes(attachment_list(&entity))
+            );
             assert_eq!(attach(&detached, &parts), (entity.clone(), true));
             // Nothing to attach: the placeholders stay, the rest is intact.
             assert_eq!(attach(&detached, &[]), (detached.clone(), false));

@@ -133,6 +133,14 @@ fn a_large_attachment_is_downloaded_when_the_mail_client_reads_it() {
     // The CLI lists it meanwhile, and will not save an attachment it does not have.
     let listed = json(&cli(&bob, &["list", "--json"], None));
     let id = listed[0]["id"].as_str().unwrap();
+    // With the PDF's size, which the message says, before a byte of it is here.
+    let pdf = listed[0]["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "report.pdf")
+        .unwrap();
+    assert_eq!(pdf["size"], part(&sent, "2")["size"], "{listed}");
     let out = world.path().join("early");
     let save = cli(
         &bob,

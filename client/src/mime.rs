@@ -769,7 +769,10 @@ mod tests {
         );
         let text = String::from_utf8_lossy(&entity);
         // Each field says the file's size, which lists it without its bytes.
-        assert!(text.contains(&format!("{BLOB_FIELD}: 1; size=1800\r\n")), "{text}");
+        assert!(
+            text.contains(&format!("{BLOB_FIELD}: 1; size=1800\r\n")),
+            "{text}"
+        );
         let listed: Vec<(String, usize)> = attachment_parts(&entity)
             .into_iter()
             .map(|(a, _)| (a.name, a.size))
@@ -877,7 +880,12 @@ mod tests {
             // Listed from the fields as from the bytes.
             let sizes = |l: Vec<Attachment>| l.into_iter().map(|a| a.size).collect::<Vec<_>>();
             assert_eq!(
-                sizes(attachment_parts(&detached).into_iter().map(|p| p.0).collect()),
+                sizes(
+                    attachment_parts(&detached)
+                        .into_iter()
+                        .map(|p| p.0)
+                        .collect()
+                ),
                 sizes(attachment_list(&entity))
             );
             assert_eq!(attach(&detached, &parts), (entity.clone(), true));

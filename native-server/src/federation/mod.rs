@@ -88,9 +88,10 @@ pub enum FederationError {
         code: letterme_protocol::api::ErrorCode,
         message: String,
     },
-    #[error("{domain}'s answer is not signed by its DNS key: {error}")]
+    #[error("{domain}'s answer ({status}) is not signed by its DNS key: {error}")]
     BadResponse {
         domain: String,
+        status: u16,
         error: SignatureError,
     },
     #[error("{domain} sent an unreadable answer: {reason}")]
@@ -100,6 +101,13 @@ pub enum FederationError {
         "blob {id}, an attachment of the message, is no longer on this server to bring to {domain}"
     )]
     BlobGone { id: String, domain: String },
+    /// The peer has no route for blobs: a server from before them, whose unsigned `404`
+    /// will not change however often the offer is made.
+    #[error(
+        "{domain}'s server does not take attachments sent as blobs (it is older than them); \
+         its operator needs to upgrade it"
+    )]
+    NoBlobs { domain: String },
 }
 
 impl FederationError {
@@ -136,6 +144,7 @@ impl FederationError {
             Self::BadResponse { .. } => "answered without a valid signature of its domain key",
             Self::Garbled { .. } => "sent an answer that does not parse",
             Self::BlobGone { .. } => "cannot be brought an attachment this server no longer has",
+            Self::NoBlobs { .. } => "does not take attachments sent as blobs",
         }
     }
 }
@@ -631,6 +640,7 @@ impl Federation {
         )
         .map_err(|error| FederationError::BadResponse {
             domain: domain.clone(),
+            status,
             error,
         })?;
         if !(200..300).contains(&status) {

@@ -283,6 +283,7 @@ impl FederationQueue {
                     }
                     FederationError::NoRecord(_)
                     | FederationError::BlobGone { .. }
+                    | FederationError::NoBlobs { .. }
                     | FederationError::Dns(crate::dns::DnsError::NotFound(_)) => true,
                     _ => false,
                 };
@@ -443,6 +444,13 @@ impl FederationQueue {
                 })
             }) {
             Ok(s) => s,
+            // No blob route at all (a server from before blobs answers its unsigned
+            // 404): an envelope naming a blob cannot go there.
+            Err(FederationError::BadResponse {
+                status: 404,
+                domain,
+                ..
+            }) => return Ok(Err(FederationError::NoBlobs { domain })),
             Err(e) => return Ok(Err(e)),
         };
         let mut sent = 0usize;

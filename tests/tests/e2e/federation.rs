@@ -1476,11 +1476,6 @@ fn a_batch_too_large_for_the_peer_is_split_and_every_envelope_delivered() {
     let a = w.server("a.test", "");
     let alice = w.user(&a, "alice@a.test");
     // big.test: a stand-in on loopback, with its record in DNS.
-    let dir = w.path().join("big.test");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    letterme_server::tls::generate_self_signed(&["big.test".into()], &cert, &key).unwrap();
-    let fp = letterme_server::tls::spki_fingerprint(&cert).unwrap();
-    let tls = letterme_server::federation::pin::server_config(&cert, &key).unwrap();
     let (release, hold) = tokio::sync::watch::channel(false);
     let peer = std::sync::Arc::new(SmallPeer {
         key: SigningKeypair::generate(),
@@ -1490,47 +1485,12 @@ fn a_batch_too_large_for_the_peer_is_split_and_every_envelope_delivered() {
         hold,
         held: letterme_server::federation::queue::PER_DESTINATION,
     });
-    let listener =
-        w.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-    let endpoint = format!("https://{}", listener.local_addr().unwrap());
-    let doc = letterme_protocol::discovery::ServerDocument::sign(
-        "big.test",
-        &peer.key,
-        &endpoint,
-        Some(fp.clone()),
-        letterme_client::now(),
-        3600,
-    );
     let p = peer.clone();
-    let app = axum::Router::new()
-        .route(
-            "/.well-known/mailx-server",
-            axum::routing::get(move || async move { axum::Json(doc) }),
-        )
-        .route(
-            "/v1/federation/transactions/{txid}",
-            axum::routing::put(move |uri, headers, body| p.clone().deliver(uri, headers, body)),
-        )
-        .layer(axum::extract::DefaultBodyLimit::disable());
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
-    w.rt.spawn(letterme_server::listener::serve(
-        "big.test",
-        listener,
-        Some(tokio_rustls::TlsAcceptor::from(tls)),
-        app,
-        letterme_server::listener::ConnBounds::from_limits(
-            &letterme_server::config::LimitsConfig::default(),
-        ),
-        std::sync::Arc::new(letterme_server::metrics::Metrics::default()),
-        stopped,
-    ));
-    let record = letterme_protocol::discovery::MailxRecord {
-        domain_key: peer.key.public(),
-        endpoint,
-        tls_fingerprint: Some(fp),
-    };
-    w.rt.block_on(w.dns.set_txt_ttl("_mailx.big.test", &record.to_txt(), 300));
+    let app = axum::Router::new().route(
+        "/v1/federation/transactions/{txid}",
+        axum::routing::put(move |uri, headers, body| p.clone().deliver(uri, headers, body)),
+    );
+    let _stop = stand_in(&w, "big.test", &peer.key, app);
 
     let online = w.rt.block_on(letterme_tests::world::online(&alice));
     let to = Address::parse("u@big.test").unwrap();
@@ -1571,6 +1531,122 @@ fn a_batch_too_large_for_the_peer_is_split_and_every_envelope_delivered() {
     // Nothing failed: alice got no notice.
     let list = w.sync_until(&alice, 0);
     assert!(list.is_empty(), "{list:?}");
+}
+
+/// Serves `app` as `domain`'s federation endpoint on loopback (HTTPS, a self-signed
+/// certificate), with its server document signed by `key` and its `_mailx` record in DNS;
+/// it serves until the returned sender is dropped.
+fn stand_in(
+    w: &World,
+    domain: &str,
+    key: &SigningKeypair,
+    app: axum::Router,
+) -> tokio::sync::watch::Sender<bool> {
+    let dir = w.path().join(domain);
+    let (cert, pem) = (dir.join("cert.pem"), dir.join("key.pem"));
+    letterme_server::tls::generate_self_signed(&[domain.into()], &cert, &pem).unwrap();
+    let fp = letterme_server::tls::spki_fingerprint(&cert).unwrap();
+    let tls = letterme_server::federation::pin::server_config(&cert, &pem).unwrap();
+    let listener =
+        w.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    let doc = letterme_protocol::discovery::ServerDocument::sign(
+        domain,
+        key,
+        &endpoint,
+        Some(fp.clone()),
+        letterme_client::now(),
+        3600,
+    );
+    let app = app
+        .route(
+            "/.well-known/mailx-server",
+            axum::routing::get(move || async move { axum::Json(doc) }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    w.rt.spawn(letterme_server::listener::serve(
+        "stand-in",
+        listener,
+        Some(tokio_rustls::TlsAcceptor::from(tls)),
+        app,
+        letterme_server::listener::ConnBounds::from_limits(
+            &letterme_server::config::LimitsConfig::default(),
+        ),
+        std::sync::Arc::new(letterme_server::metrics::Metrics::default()),
+        stopped,
+    ));
+    let record = letterme_protocol::discovery::MailxRecord {
+        domain_key: key.public(),
+        endpoint,
+        tls_fingerprint: Some(fp),
+    };
+    w.rt.block_on(
+        w.dns
+            .set_txt_ttl(&format!("_mailx.{domain}"), &record.to_txt(), 300),
+    );
+    stop
+}
+
+/// A peer from before blobs has no route for them and answers the offer with its
+/// framework's unsigned `404`: the envelope that names a blob is bounced at once with a
+/// notice that says why, not retried until `give_up_after` (DECISIONS D75).
+#[test]
+fn a_peer_older_than_blobs_gets_a_bounce_at_once_not_days_of_retries() {
+    use letterme_protocol::blob::Sealer;
+    let w = World::new(vec![]);
+    let a = w.server("a.test", "");
+    let alice = w.user(&a, "alice@a.test");
+    // old.test knows deliveries, not blobs (and never gets one here).
+    let _stop = stand_in(
+        &w,
+        "old.test",
+        &SigningKeypair::generate(),
+        axum::Router::new().route(
+            "/v1/federation/transactions/{txid}",
+            axum::routing::put(|| async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }),
+        ),
+    );
+    let online = w.rt.block_on(letterme_tests::world::online(&alice));
+    let file = vec![7u8; 3000];
+    let (sealed, reference, manifest) = Sealer::new().finish(&file);
+    w.rt.block_on(async {
+        online
+            .api
+            .blob_begin(&reference.id, sealed.len() as u64, &manifest.0.concat())
+            .await
+            .unwrap();
+        online.api.blob_put(&reference.id, 0, sealed).await.unwrap();
+    });
+    let to = Address::parse("u@old.test").unwrap();
+    let env = letterme_tests::sealed_with_blobs(
+        &online,
+        &to,
+        EncryptionKeypair::generate().public(),
+        "the file",
+        "attached",
+        "<old-1@a.test>",
+        vec![reference],
+    );
+    w.rt.block_on(online.api.send(env.encode())).unwrap();
+    let started = Instant::now();
+    w.wait_queue_empty(&a);
+    assert!(
+        started.elapsed() < Duration::from_mins(1),
+        "retried instead of bounced"
+    );
+    let list = w.sync_until(&alice, 1);
+    assert_eq!(list[0]["from"], "mailer-daemon@a.test", "{list:?}");
+    let read: Value = serde_json::from_str(&ok(
+        &w.cli(&alice, &["read", list[0]["id"].as_str().unwrap(), "--json"])
+    ))
+    .unwrap();
+    let notice = read["body"].as_str().unwrap();
+    assert!(
+        notice.contains("does not take attachments sent as blobs"),
+        "{notice}"
+    );
 }
 
 /// Issue 15.2: an upload that is not signed by a key its origin publishes is refused on

@@ -88,14 +88,20 @@ fn answers_round_trip_and_tolerate_unknown_fields() {
         r#"{"id":"3f0c9a1e5b7d2c4f8e6a0b1d3c5e7f903f0c9a1e5b7d2c4f8e6a0b1d3c5e7f90","size":1048592,"chunks":1,"stored":[0],"manifest":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}"#,
     );
     answer::<ServerInfo>(
-        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"max_attachment_size":500000000,"registration":"open","outbound":"off"}"#,
+        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"max_attachment_size":500000000,"retention_days":30,"registration":"open","outbound":"off"}"#,
     );
     answer::<ServerInfo>(
-        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"max_attachment_size":500000000,"registration":"invite","outbound":"relay"}"#,
+        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"max_attachment_size":500000000,"retention_days":30,"registration":"invite","outbound":"relay"}"#,
     );
     answer::<ServerInfo>(
-        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"max_attachment_size":500000000,"registration":"open","outbound":"notice"}"#,
+        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"max_attachment_size":500000000,"retention_days":30,"registration":"open","outbound":"notice"}"#,
     );
+    // From a server before `retention_days`: read as 0, "not said".
+    let older: ServerInfo = serde_json::from_str(
+        r#"{"domain":"localhost","domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","protocol":1,"max_message_size":25000000,"quota":1000000000,"registration":"open","outbound":"off"}"#,
+    )
+    .unwrap();
+    assert_eq!((older.retention_days, older.max_attachment_size), (0, 0));
     answer::<RegisterResponse>(
         r#"{"attestation":{"address":"alice@a.test","identity_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","encryption_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","created":1767225600,"version":1,"binding_signature":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==","signature":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="},"domain_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}"#,
     );

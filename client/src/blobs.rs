@@ -247,8 +247,25 @@ impl Online {
     /// as it came, [`CHUNKS_PER_COMMIT`] at a time), and the kept ones checked again: at
     /// the end the whole is the blob the reference names. A download broken off resumes
     /// after the chunks kept; a login that expires on the way (a large blob on a slow line
-    /// outlasts a token) is renewed.
+    /// outlasts a token) is renewed. A kept chunk that no longer opens (damaged on disk)
+    /// is not taken for a damaged blob: the kept chunks are dropped and the blob is
+    /// downloaded again, once.
     pub(crate) async fn keep_blob(&self, reference: &BlobRef) -> Result<(), ClientError> {
+        match self.keep_blob_once(reference).await? {
+            Ok(()) => Ok(()),
+            Err(n) => {
+                tracing::warn!(blob = %reference.id, chunk = n, "a kept chunk is damaged; downloading the attachment again");
+                self.me.cache.discard_chunks(&reference.id)?;
+                match self.keep_blob_once(reference).await? {
+                    Ok(()) => Ok(()),
+                    Err(n) => Err(letterme_protocol::blob::BlobError::Chunk(n).into()),
+                }
+            }
+        }
+    }
+
+    /// [`Online::keep_blob`] once: `Ok(Err(n))` when kept chunk `n` does not open.
+    async fn keep_blob_once(&self, reference: &BlobRef) -> Result<Result<(), u64>, ClientError> {
         let cache = &self.me.cache;
         let held = cache.held_chunks(&reference.id)?;
         let mut api = self.api.clone();
@@ -291,7 +308,10 @@ impl Online {
                     other => other?,
                 }
             };
-            opener.open_next(&chunk)?;
+            match opener.open_next(&chunk) {
+                Err(_) if from_store => return Ok(Err(n)),
+                other => drop(other?),
+            }
             if !from_store {
                 fresh.push((n, chunk));
             }
@@ -300,7 +320,7 @@ impl Online {
                 fresh.clear();
             }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// [`Online::keep_blob`]; `Ok(Err(reason))` when the blob cannot be had for good (a

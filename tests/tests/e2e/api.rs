@@ -973,3 +973,62 @@ async fn a_message_that_repeats_or_hides_a_blob_is_refused() {
         assert!(bob.api.list(0).await.unwrap().is_empty());
     }
 }
+
+/// A chunk kept from a download broken off, damaged on disk since, does not cost the
+/// message: the next sync finds it does not open, drops what it kept of that attachment
+/// and downloads it again (DECISIONS D75).
+#[tokio::test]
+async fn a_kept_chunk_damaged_on_disk_is_downloaded_again() {
+    use letterme_protocol::blob::{CHUNK, Sealer};
+    let w = InProcess::start(|_| {}).await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let bob_addr = bob.me.profile.address.clone();
+    let key = alice.verified_key(&bob_addr).await.unwrap().encryption_key;
+    let file: Vec<u8> = (0..CHUNK * 3 / 2).map(|i| (i * 13 % 251) as u8).collect();
+    let mut sealer = Sealer::new();
+    let first = sealer.seal_chunk(&file[..CHUNK]);
+    let (last, reference, manifest) = sealer.finish(&file[CHUNK..]);
+    let size = (first.len() + last.len()) as u64;
+    alice
+        .api
+        .blob_begin(&reference.id, size, &manifest.0.concat())
+        .await
+        .unwrap();
+    alice
+        .api
+        .blob_put(&reference.id, 0, first.clone())
+        .await
+        .unwrap();
+    alice.api.blob_put(&reference.id, 1, last).await.unwrap();
+    let env = letterme_tests::sealed_with_blobs(
+        &alice,
+        &bob_addr,
+        key,
+        "the file",
+        "attached",
+        "<damaged-1@x.test>",
+        vec![reference.clone()],
+    );
+    alice.api.send(env.encode()).await.unwrap();
+    // Chunk 0 was kept by a download broken off, and a bit of it flipped since.
+    let mut damaged = first;
+    damaged[1000] ^= 1;
+    bob.me
+        .cache
+        .keep_chunks(&reference.id, &[(0, damaged)])
+        .unwrap();
+
+    let report = bob.sync(&mut |_, _| {}).await.unwrap();
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    assert_eq!(report.fetched, 1);
+    let list = bob.me.list().unwrap();
+    let mut saved = Vec::new();
+    bob.me
+        .save_attachments(&list[0].id, |_, _, write| {
+            write(&mut saved)?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(saved, file);
+}

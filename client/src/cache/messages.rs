@@ -198,6 +198,10 @@ impl Cache {
             .query(params![folder, lo, hi])
             .map_err(|e| self.err(e))?;
         let mut out = Vec::with_capacity(wanted.len());
+        // Messages whose blobs are put in place once the connection is free again
+        // (position in `out`, pieces): a large one takes a while, and other sessions wait
+        // for the connection meanwhile.
+        let mut to_assemble = Vec::new();
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
             let meta = meta_row(r).map_err(|e| self.err(e))?;
             if !wanted.contains(&meta.uid) {
@@ -239,7 +243,7 @@ impl Cache {
                                 plain = filled;
                                 awaiting = Some(Awaiting { content: id, holes });
                             } else {
-                                plain = self.assemble(&c, meta.uid, &plain, &pieces)?;
+                                to_assemble.push((out.len(), pieces));
                             }
                         }
                         // Never written so: a row changed on disk is not served short.
@@ -257,6 +261,15 @@ impl Cache {
                 Some(plain)
             };
             out.push((meta, raw, awaiting));
+        }
+        drop(rows);
+        drop(stmt);
+        drop(c);
+        for (i, pieces) in to_assemble {
+            let (meta, raw, _) = &mut out[i];
+            if let Some(rest) = raw.take() {
+                *raw = Some(self.assemble(meta.uid, &rest, &pieces)?);
+            }
         }
         Ok(out)
     }
@@ -289,24 +302,13 @@ impl Cache {
     }
 
     /// A message whose blobs are kept apart, whole: `rest` with each piece's bytes opened
-    /// from the blob's sealed chunks and put in its place, one chunk read at a time.
-    fn assemble(
-        &self,
-        c: &Connection,
-        uid: u32,
-        rest: &[u8],
-        pieces: &[Piece],
-    ) -> Result<Vec<u8>, ClientError> {
+    /// from the blob's sealed chunks and put in its place, one chunk read at a time (the
+    /// connection held for each read only).
+    fn assemble(&self, uid: u32, rest: &[u8], pieces: &[Piece]) -> Result<Vec<u8>, ClientError> {
         let broken = |what: &str| ClientError::store(&self.path, format!("message {uid}: {what}"));
-        let mut chunk = c
-            .prepare_cached("SELECT data FROM blob_chunks WHERE blob = ?1 AND n = ?2")
-            .map_err(|e| self.err(e))?;
         let (whole, _) = place(rest, pieces, |p, out| {
-            let mut read = |n: u64| -> Result<Vec<u8>, ClientError> {
-                chunk
-                    .query_row(params![p.blob.id, n as i64], |r| r.get(0))
-                    .optional()
-                    .map_err(|e| self.err(e))?
+            let read = |n: u64| -> Result<Vec<u8>, ClientError> {
+                self.blob_chunk(&p.blob.id, n)?
                     .ok_or_else(|| broken(&format!("attachment blob {} is missing", p.blob.id)))
             };
             let opened = |r: Result<Vec<u8>, letterme_protocol::blob::BlobError>| {

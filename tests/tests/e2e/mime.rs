@@ -39,12 +39,14 @@ const PARTIAL: u64 = 65536;
 
 #[test]
 fn a_multipart_message_with_html_inline_image_and_attachments_arrives_byte_identical() {
-    let world = World::new(vec![]);
-    let server = ServerProc::start(world.path(), "x.test", "");
-    let alice = world.account(&server, "alice", "alice@x.test");
-    let bob = world.account(&server, "bob", "bob@x.test");
-    let alice_proxy = ProxyProc::start(&alice);
-    let sent = submitted(&world, &alice_proxy);
+    let Scene {
+        world: _world,
+        server,
+        alice,
+        bob,
+        alice_proxy,
+        sent,
+    } = alice_sends_bob_the_message();
 
     // The message is on the server now, sealed, and bob has not fetched it yet: the PDF
     // as one blob of its base64 body, beside an envelope that holds the rest.
@@ -81,12 +83,14 @@ fn a_multipart_message_with_html_inline_image_and_attachments_arrives_byte_ident
 /// acknowledges the message, so the server deletes the blob.
 #[test]
 fn a_large_attachment_is_downloaded_when_the_mail_client_reads_it() {
-    let world = World::new(vec![]);
-    let server = ServerProc::start(world.path(), "x.test", "");
-    let alice = world.account(&server, "alice", "alice@x.test");
-    let bob = world.account(&server, "bob", "bob@x.test");
-    let alice_proxy = ProxyProc::start(&alice);
-    let sent = submitted(&world, &alice_proxy);
+    let Scene {
+        world,
+        server,
+        alice: _alice,
+        bob,
+        alice_proxy: _alice_proxy,
+        sent,
+    } = alice_sends_bob_the_message();
     let bob_proxy = ProxyProc::start_with(
         &bob,
         "127.0.0.1:0",
@@ -169,12 +173,14 @@ fn a_large_attachment_is_downloaded_when_the_mail_client_reads_it() {
 /// would delete it unacknowledged (DECISIONS D76).
 #[test]
 fn an_unopened_attachment_is_downloaded_before_the_server_would_drop_it() {
-    let world = World::new(vec![]);
-    let server = ServerProc::start(world.path(), "x.test", "");
-    let alice = world.account(&server, "alice", "alice@x.test");
-    let bob = world.account(&server, "bob", "bob@x.test");
-    let alice_proxy = ProxyProc::start(&alice);
-    let sent = submitted(&world, &alice_proxy);
+    let Scene {
+        world: _world,
+        server,
+        alice: _alice,
+        bob,
+        alice_proxy: _alice_proxy,
+        sent,
+    } = alice_sends_bob_the_message();
     let on_demand = ["--attachments", "on-demand"];
     let bob_proxy = ProxyProc::start_with(&bob, "127.0.0.1:0", "127.0.0.1:0", &on_demand);
     assert!(
@@ -204,6 +210,34 @@ fn an_unopened_attachment_is_downloaded_before_the_server_would_drop_it() {
     assert!(rows(&bob, "blob_chunks") > 0);
     let inbox = fetch(&bob_proxy, "bob@x.test", "INBOX");
     assert_arrived_intact("bob's INBOX, downloaded before retention", &inbox, &sent);
+}
+
+/// A server with alice and bob, and the message alice's mail client submitted to bob
+/// through her proxy.
+struct Scene {
+    world: World,
+    server: ServerProc,
+    alice: PathBuf,
+    bob: PathBuf,
+    alice_proxy: ProxyProc,
+    sent: Value,
+}
+
+fn alice_sends_bob_the_message() -> Scene {
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", "");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
+    let alice_proxy = ProxyProc::start(&alice);
+    let sent = submitted(&world, &alice_proxy);
+    Scene {
+        world,
+        server,
+        alice,
+        bob,
+        alice_proxy,
+        sent,
+    }
 }
 
 /// Alice's mail client submits the message through her proxy; what it sent, checked to

@@ -680,10 +680,17 @@ pub struct FederationConfig {
     /// transfers in progress); each blob at most `limits.max_attachment_size`.
     #[serde(default = "default_blob_bytes_per_peer")]
     pub blob_bytes_per_peer: ByteSize,
+    /// The same, for all peer domains together (many domains cost an attacker little).
+    #[serde(default = "default_blob_bytes_all_peers")]
+    pub blob_bytes_all_peers: ByteSize,
 }
 
 fn default_blob_bytes_per_peer() -> ByteSize {
     ByteSize(2_000_000_000)
+}
+
+fn default_blob_bytes_all_peers() -> ByteSize {
+    ByteSize(10_000_000_000)
 }
 
 fn default_batch_bytes() -> ByteSize {
@@ -705,6 +712,7 @@ impl Default for FederationConfig {
             batch: default_batch(),
             batch_bytes: default_batch_bytes(),
             blob_bytes_per_peer: default_blob_bytes_per_peer(),
+            blob_bytes_all_peers: default_blob_bytes_all_peers(),
         }
     }
 }

@@ -84,6 +84,7 @@ pub(super) async fn begin_in(
             max_size: state.config.limits.max_attachment_size.0,
             per_owner: state.config.limits.blob_bytes_per_user.0,
             per_origin: state.config.federation.blob_bytes_per_peer.0,
+            all_origins: state.config.federation.blob_bytes_all_peers.0,
         })
         .await?;
     let status = if before {

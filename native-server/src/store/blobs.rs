@@ -32,6 +32,9 @@ pub const MAX_BLOBS_PER_OWNER: u64 = 1000;
 /// Most blobs one peer domain may have brought that no envelope named yet.
 pub const MAX_BLOBS_PER_PEER: u64 = 10_000;
 
+/// Blobs all peer domains together may have brought that no envelope named yet.
+pub const MAX_BLOBS_ALL_PEERS: u64 = 100_000;
+
 /// An upload to begin (or to resume, when the same blob was begun before).
 #[derive(Debug, Clone)]
 pub struct NewBlob {
@@ -50,6 +53,8 @@ pub struct NewBlob {
     pub per_owner: u64,
     /// Most bytes of blobs one peer may have brought that no envelope named yet.
     pub per_origin: u64,
+    /// Most bytes of blobs all peers together may have brought that no envelope named yet.
+    pub all_origins: u64,
 }
 
 /// Where an upload stands.
@@ -129,6 +134,22 @@ fn within_limits(c: &Connection, b: &NewBlob) -> Result<(), StoreError> {
                 owner: origin.clone(),
                 used,
                 limit: b.per_origin,
+            });
+        }
+        // All peers together, so that many domains cannot multiply the bound above. Bounded
+        // work: the partial index holds what peers brought, by state, with the sizes.
+        let (count, used): (i64, i64) = c
+            .prepare_cached(
+                "SELECT count(*), coalesce(sum(size), 0) FROM blobs
+                  WHERE origin IS NOT NULL AND state = ?1",
+            )?
+            .query_row(params![UPLOADED], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let used = used as u64;
+        if count as u64 >= MAX_BLOBS_ALL_PEERS || used.saturating_add(charge) > b.all_origins {
+            return Err(StoreError::BlobLimit {
+                owner: "all other domains together".into(),
+                used,
+                limit: b.all_origins,
             });
         }
     }

@@ -30,7 +30,10 @@ use rusqlite_migration::{M, Migrations};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use accounts::AccountRow;
-pub use blobs::{BLOB_UPLOAD_KEEP, BlobStatus, MAX_BLOBS_PER_OWNER, MAX_BLOBS_PER_PEER, NewBlob};
+pub use blobs::{
+    BLOB_UPLOAD_KEEP, BlobStatus, MAX_BLOBS_ALL_PEERS, MAX_BLOBS_PER_OWNER, MAX_BLOBS_PER_PEER,
+    NewBlob,
+};
 pub use federation::{BatchLimit, Claimed, FederationRow, Incoming, NewFederationRow, RowOutcome};
 pub use kt::ForkRow;
 pub use mailbox::{NewDelivery, Pending, PurgeStats};
@@ -122,6 +125,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0011_envelope_blobs.sql")),
         M::up(include_str!("../../../migrations/0012_federated_blobs.sql")),
         M::up(include_str!("../../../migrations/0013_blob_offers.sql")),
+        M::up(include_str!("../../../migrations/0014_blobs_brought.sql")),
     ])
 }
 

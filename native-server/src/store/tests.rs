@@ -528,6 +528,7 @@ async fn blob_uploads_are_checked_and_bounded() {
         max_size: 10 * SEALED_CHUNK as u64,
         per_owner: 3 * SEALED_CHUNK as u64,
         per_origin: 0,
+        all_origins: u64::MAX,
     };
     let bad =
         |b: NewBlob| async { matches!(store.blob_begin(b).await, Err(StoreError::BadBlob(_))) };
@@ -650,6 +651,7 @@ async fn an_owner_cannot_hold_more_than_the_blob_count_limit() {
             max_size: 1 << 30,
             per_owner: 1 << 30,
             per_origin: 0,
+            all_origins: u64::MAX,
         }
     };
     let tasks: Vec<_> = (0..MAX_BLOBS_PER_OWNER)
@@ -712,6 +714,7 @@ async fn upload(
             max_size: 1 << 30,
             per_owner: 1 << 30,
             per_origin,
+            all_origins: u64::MAX,
         })
         .await?;
     store.blob_put(id, 0, data).await?;
@@ -834,6 +837,7 @@ async fn an_envelope_naming_a_missing_or_partial_blob_is_refused_whole() {
             max_size: 1 << 30,
             per_owner: 1 << 30,
             per_origin: 0,
+            all_origins: u64::MAX,
         })
         .await
         .unwrap();
@@ -903,6 +907,7 @@ async fn a_blob_waits_for_the_federation_queue_and_the_retention_purge() {
             max_size: 1 << 30,
             per_owner: 1000,
             per_origin: 0,
+            all_origins: u64::MAX,
         })
         .await
         .unwrap();
@@ -934,6 +939,45 @@ async fn a_blob_waits_for_the_federation_queue_and_the_retention_purge() {
     assert_eq!(store.purge_blobs(0).await.unwrap(), 1);
     assert!(store.blob_status(kept).await.unwrap().is_none());
     assert_eq!(usage_of(&store, "b@x.test").await, 0);
+}
+
+/// What all peers together brought that no envelope names yet is bounded too: many
+/// domains, each within its own bound, cannot multiply it; a local upload is not counted.
+#[tokio::test]
+async fn what_all_peers_bring_is_bounded_together() {
+    use letterme_protocol::blob::Manifest;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    let begin = |origin: Option<&str>, fill: u8, len: usize| {
+        let manifest = Manifest(vec![Manifest::chunk_hash(&vec![fill; len])]);
+        NewBlob {
+            id: manifest.id(),
+            owner: format!("u{fill}@{}", origin.unwrap_or("x.test")),
+            origin: origin.map(str::to_owned),
+            size: len as u64,
+            manifest,
+            created: 1,
+            max_size: 1 << 30,
+            per_owner: 1 << 30,
+            per_origin: 1000,
+            all_origins: 1500,
+        }
+    };
+    store.blob_begin(begin(None, 1, 900)).await.unwrap();
+    store
+        .blob_begin(begin(Some("one.test"), 2, 900))
+        .await
+        .unwrap();
+    // Within two.test's own bound, over what all peers may bring together.
+    let refused = store.blob_begin(begin(Some("two.test"), 3, 700)).await;
+    assert!(
+        matches!(&refused, Err(StoreError::BlobLimit { owner, used: 900, limit: 1500 }) if owner.contains("all other domains")),
+        "{refused:?}"
+    );
+    store
+        .blob_begin(begin(Some("two.test"), 4, 600))
+        .await
+        .unwrap();
 }
 
 /// What a peer brought that no envelope names yet is bounded per peer; its envelope that
@@ -986,6 +1030,7 @@ async fn a_peer_brings_blobs_for_its_senders_within_its_bound() {
             max_size: 1 << 30,
             per_owner: 1 << 30,
             per_origin: 1000,
+            all_origins: u64::MAX,
         })
         .await
         .unwrap();
@@ -1097,6 +1142,7 @@ async fn a_queued_envelope_with_blobs_goes_alone_and_counts_them() {
             max_size: 1 << 30,
             per_owner: 1 << 30,
             per_origin: 0,
+            all_origins: u64::MAX,
         })
         .await
         .unwrap();
@@ -1127,6 +1173,7 @@ async fn a_blob_begun_again_outlives_its_envelope_within_the_limits() {
                     max_size: 1 << 30,
                     per_owner,
                     per_origin: 0,
+                    all_origins: u64::MAX,
                 })
                 .await
         }
@@ -1192,6 +1239,7 @@ async fn a_short_declaration_cannot_refuse_the_real_blob() {
         max_size: 1 << 30,
         per_owner: 1 << 30,
         per_origin: 0,
+        all_origins: u64::MAX,
     };
     store
         .blob_begin(begin("z@x.test", SEALED_CHUNK + 20))

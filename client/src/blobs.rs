@@ -247,25 +247,35 @@ impl Online {
     /// as it came, [`CHUNKS_PER_COMMIT`] at a time), and the kept ones checked again: at
     /// the end the whole is the blob the reference names. A download broken off resumes
     /// after the chunks kept; a login that expires on the way (a large blob on a slow line
-    /// outlasts a token) is renewed. A kept chunk that no longer opens (damaged on disk)
-    /// is not taken for a damaged blob: the kept chunks are dropped and the blob is
-    /// downloaded again, once.
+    /// outlasts a token) is renewed. A kept chunk that does not open is compared with the
+    /// server's, once: the same bytes mean the reference is wrong (the message is refused,
+    /// and nothing kept changes — other messages may name the same blob); other bytes mean
+    /// the kept one was damaged on disk, and the server's replaces it.
     pub(crate) async fn keep_blob(&self, reference: &BlobRef) -> Result<(), ClientError> {
-        match self.keep_blob_once(reference).await? {
-            Ok(()) => Ok(()),
-            Err(n) => {
-                tracing::warn!(blob = %reference.id, chunk = n, "a kept chunk is damaged; downloading the attachment again");
-                self.me.cache.discard_chunks(&reference.id)?;
-                match self.keep_blob_once(reference).await? {
-                    Ok(()) => Ok(()),
-                    Err(n) => Err(letterme_protocol::blob::BlobError::Chunk(n).into()),
-                }
+        let cache = &self.me.cache;
+        let mut compared = std::collections::BTreeSet::new();
+        loop {
+            let (n, error) = match self.keep_blob_once(reference).await? {
+                Ok(()) => return Ok(()),
+                Err(failed) => failed,
+            };
+            if !compared.insert(n) {
+                return Err(error.into());
             }
+            let served = self.api.blob_chunk(&reference.id, n).await?;
+            if cache.blob_chunk(&reference.id, n)?.as_deref() == Some(served.as_slice()) {
+                return Err(error.into());
+            }
+            tracing::warn!(blob = %reference.id, chunk = n, "a kept chunk was damaged; replaced with the server's");
+            cache.replace_chunk(&reference.id, n, &served)?;
         }
     }
 
-    /// [`Online::keep_blob`] once: `Ok(Err(n))` when kept chunk `n` does not open.
-    async fn keep_blob_once(&self, reference: &BlobRef) -> Result<Result<(), u64>, ClientError> {
+    /// [`Online::keep_blob`] once: `Ok(Err((n, why)))` when kept chunk `n` does not open.
+    async fn keep_blob_once(
+        &self,
+        reference: &BlobRef,
+    ) -> Result<Result<(), (u64, letterme_protocol::blob::BlobError)>, ClientError> {
         let cache = &self.me.cache;
         let held = cache.held_chunks(&reference.id)?;
         let mut api = self.api.clone();
@@ -309,7 +319,7 @@ impl Online {
                 }
             };
             match opener.open_next(&chunk) {
-                Err(_) if from_store => return Ok(Err(n)),
+                Err(e) if from_store => return Ok(Err((n, e))),
                 other => drop(other?),
             }
             if !from_store {

@@ -122,16 +122,21 @@ impl Listeners {
         ));
         // Messages a session asks for are downloaded on demand whatever the setting; with
         // `with-message` the sync downloads what an earlier run left waiting.
-        let after = match attachments {
-            AttachmentDownload::Background => Some(Duration::ZERO),
-            AttachmentDownload::OnDemand => Some(on_demand_until(&sync).await),
-            AttachmentDownload::WithMessage => None,
-        };
-        if let Some(after) = after {
+        if attachments != AttachmentDownload::WithMessage {
+            let on_demand = attachments == AttachmentDownload::OnDemand;
+            let api = sync.api.clone();
             let mut stop = stop.clone();
             tokio::spawn(async move {
+                let background = async {
+                    let after = if on_demand {
+                        on_demand_until(&api).await
+                    } else {
+                        Duration::ZERO
+                    };
+                    downloads.in_background(after).await;
+                };
                 tokio::select! {
-                    () = downloads.in_background(after) => {}
+                    () = background => {}
                     _ = stop.wait_for(|s| *s) => {}
                 }
             });
@@ -149,19 +154,26 @@ impl Listeners {
 
 /// How long an attachment nobody opened waits under `on-demand` before the background
 /// downloads it: half the server's retention, after which the server would delete it with
-/// its message (DECISIONS D76). At once when the server does not say.
-async fn on_demand_until(online: &Online) -> Duration {
-    match online.api.server_info().await.map(|i| i.retention_days) {
-        Ok(days) if days > 0 => Duration::from_secs(u64::from(days) * 86_400 / 2),
-        Ok(_) => {
-            tracing::warn!(
-                "the server does not say how long it keeps mail: attachments are downloaded at once"
-            );
-            Duration::ZERO
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot ask the server how long it keeps mail: attachments are downloaded at once");
-            Duration::ZERO
+/// its message (DECISIONS D76); at once when the server does not say. Asked until the
+/// server answers (meanwhile only what a mail client reads is downloaded).
+async fn on_demand_until(api: &letterme_client::http::Api) -> Duration {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match api.server_info().await {
+            Ok(info) if info.retention_days > 0 => {
+                return Duration::from_secs(u64::from(info.retention_days) * 86_400 / 2);
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    "the server does not say how long it keeps mail: attachments are downloaded at once"
+                );
+                return Duration::ZERO;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot ask the server how long it keeps mail");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_mins(1));
+            }
         }
     }
 }

@@ -356,6 +356,15 @@ impl Cache {
             .map_err(|e| self.err(e))
     }
 
+    /// Puts `data` in the place of kept chunk `n` of blob `blob` (one found damaged).
+    pub fn replace_chunk(&self, blob: &str, n: u64, data: &[u8]) -> Result<(), ClientError> {
+        let c = self.lock();
+        c.prepare_cached("INSERT OR REPLACE INTO blob_chunks (blob, n, data) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![blob, n as i64, data]))
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     /// Keeps sealed chunks `(n, data)` of blob `blob`, in one commit (durably: a download
     /// broken after them resumes past them). Chunks are immutable: the same one again
     /// changes nothing.

@@ -42,6 +42,10 @@ pub const PER_DESTINATION: usize = 4;
 /// envelope at most `limits.max_message_size`) this bounds the bytes the worker holds.
 pub const IN_FLIGHT: usize = 16;
 
+/// Attempts on which a peer answers the blob offer with an unsigned `404` (it has no
+/// route for blobs) before an envelope naming a blob is bounced.
+pub const NO_BLOBS_SIGHTINGS: u32 = 3;
+
 /// The worker; one per server.
 pub struct FederationQueue {
     store: Store,
@@ -281,9 +285,12 @@ impl FederationQueue {
                     FederationError::Refused { status, .. } => {
                         matches!(status, 400 | 403 | 404 | 409 | 413 | 422)
                     }
+                    // Once could be a proxy in front of the peer during a redeploy.
+                    FederationError::NoBlobs { .. } => {
+                        rows.iter().all(|r| r.attempts + 1 >= NO_BLOBS_SIGHTINGS)
+                    }
                     FederationError::NoRecord(_)
                     | FederationError::BlobGone { .. }
-                    | FederationError::NoBlobs { .. }
                     | FederationError::Dns(crate::dns::DnsError::NotFound(_)) => true,
                     _ => false,
                 };

@@ -1032,3 +1032,72 @@ async fn a_kept_chunk_damaged_on_disk_is_downloaded_again() {
         .unwrap();
     assert_eq!(saved, file);
 }
+
+/// Anyone who knows a blob's id can name it in an envelope (a co-recipient does): one
+/// naming bob's kept blob with a wrong key is refused, and what bob kept of it stays, so
+/// the genuine message still opens (DECISIONS D75).
+#[tokio::test]
+async fn a_wrong_key_for_a_kept_blob_refuses_that_message_only() {
+    use letterme_protocol::blob::{CHUNK, Sealer};
+    let w = InProcess::start(|_| {}).await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let carol = w.user("carol").await;
+    let bob_addr = bob.me.profile.address.clone();
+    let carol_addr = carol.me.profile.address.clone();
+    let file: Vec<u8> = (0..CHUNK * 3 / 2).map(|i| (i * 7 % 251) as u8).collect();
+    let mut sealer = Sealer::new();
+    let first = sealer.seal_chunk(&file[..CHUNK]);
+    let (last, reference, manifest) = sealer.finish(&file[CHUNK..]);
+    let size = (first.len() + last.len()) as u64;
+    alice
+        .api
+        .blob_begin(&reference.id, size, &manifest.0.concat())
+        .await
+        .unwrap();
+    alice.api.blob_put(&reference.id, 0, first).await.unwrap();
+    alice.api.blob_put(&reference.id, 1, last).await.unwrap();
+    // To bob, and to carol, who has not read hers yet: the blob stays on the server.
+    for to in [&bob_addr, &carol_addr] {
+        let key = alice.verified_key(to).await.unwrap().encryption_key;
+        let env = letterme_tests::sealed_with_blobs(
+            &alice,
+            to,
+            key,
+            "the file",
+            "attached",
+            &format!("<genuine-{}@x.test>", to.local_part()),
+            vec![reference.clone()],
+        );
+        alice.api.send(env.encode()).await.unwrap();
+    }
+    assert_eq!(bob.sync(&mut |_, _| {}).await.unwrap().fetched, 1);
+
+    // Carol names the same blob to bob, with another key.
+    let mut wrong = reference.clone();
+    wrong.key = [9; 32];
+    let key = carol.verified_key(&bob_addr).await.unwrap().encryption_key;
+    let env = letterme_tests::sealed_with_blobs(
+        &carol,
+        &bob_addr,
+        key,
+        "the same file?",
+        "attached",
+        "<wrong-key@x.test>",
+        vec![wrong],
+    );
+    carol.api.send(env.encode()).await.unwrap();
+    let report = bob.sync(&mut |_, _| {}).await.unwrap();
+    assert_eq!((report.fetched, report.refused.len()), (0, 1), "{report:?}");
+
+    let list = bob.me.list().unwrap();
+    assert_eq!(list.len(), 1);
+    let mut saved = Vec::new();
+    bob.me
+        .save_attachments(&list[0].id, |_, _, write| {
+            write(&mut saved)?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(saved, file, "the genuine message lost its attachment");
+}

@@ -187,8 +187,9 @@ fn an_unopened_attachment_is_downloaded_before_the_server_would_drop_it() {
         eventually(|| rows(&bob, "awaiting") == 1),
         "the message was not filed"
     );
-    // Only just received: it waits for a reader.
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // Only just received: it waits for a reader (the PDF, a few MB on loopback, would be
+    // here well within this).
+    std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!((rows(&bob, "awaiting"), rows(&bob, "blob_chunks")), (1, 0));
     assert_eq!(server.stored_blobs().blobs, 1);
     drop(bob_proxy);

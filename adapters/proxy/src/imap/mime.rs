@@ -169,7 +169,8 @@ pub fn reads_holes(raw: &[u8], item: &MessageDataItemName<'_>, holes: &[Range<us
 
 /// Whether a text search (SEARCH BODY or TEXT, [`super::search`]) of `raw` reads bytes of
 /// `holes`: it reads header sections, text parts and encapsulated messages, never the
-/// bytes of other leaves (an image, a PDF), so a hole there changes no answer.
+/// bytes of other leaves (an image, a PDF), so a hole there changes no answer. A
+/// multipart taken for a leaf (nested too deep to describe) counts as read.
 pub fn text_reads_holes(raw: &[u8], holes: &[Range<usize>]) -> bool {
     fn reads(node: &Node<'_>, overlaps: &impl Fn(&Range<usize>) -> bool) -> bool {
         overlaps(&node.header)
@@ -177,8 +178,10 @@ pub fn text_reads_holes(raw: &[u8], holes: &[Range<usize>]) -> bool {
                 Kind::Multipart(children) => children.as_ref().iter().any(|c| reads(c, overlaps)),
                 Kind::Message(inner) => reads(inner, overlaps),
                 Kind::Leaf => {
-                    matches!(node.content_type.c_type.as_ref(), "text" | "message")
-                        && overlaps(&node.body)
+                    matches!(
+                        node.content_type.c_type.as_ref(),
+                        "text" | "message" | "multipart"
+                    ) && overlaps(&node.body)
                 }
             }
     }

@@ -284,12 +284,14 @@ impl Session {
             return Vec::new();
         }
         let read = || -> Result<Vec<i64>, letterme_client::ClientError> {
-            let uids = self.cache.awaiting_in(s.folder.id)?;
             let mut out = Vec::new();
-            for batch in uids.chunks(FETCH_BATCH) {
-                for row in self.cache.fetch(s.folder.id, batch, Content::Whole)? {
+            // One at a time: each is read with its places filled, as large as its
+            // attachments. Copies share their content, downloaded once.
+            for uid in self.cache.awaiting_in(s.folder.id)? {
+                for row in self.cache.fetch(s.folder.id, &[uid], Content::Whole)? {
                     if messages::search_reads_holes(&row)
                         && let Some(a) = row.2
+                        && !out.contains(&a.content)
                     {
                         out.push(a.content);
                     }

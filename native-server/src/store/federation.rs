@@ -115,7 +115,8 @@ pub struct BatchLimit {
 impl Store {
     /// Accepts a user's envelope: delivers to local recipients and queues it for the
     /// remote domains — its bytes once, a row per domain — in one transaction, unless the
-    /// sender's queued bytes (envelopes and the blobs they name) would pass `queued_limit`.
+    /// sender's queued bytes (envelopes and the blobs they name, each blob once however
+    /// many of them name it) would pass `queued_limit`.
     pub async fn accept_outgoing(
         &self,
         local: NewDelivery,
@@ -134,9 +135,30 @@ impl Store {
                 .query_row([&local.sender], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
+            // A blob another queued envelope of the sender names (a Bcc copy's) is
+            // counted already.
+            let mut new_blob_bytes = 0u64;
+            let mut blobs = local.blobs.clone();
+            blobs.sort_unstable_by_key(|b| b.0);
+            blobs.dedup();
+            for id in &blobs {
+                let counted = c
+                    .prepare_cached(
+                        "SELECT 1 FROM federation_envelope_blobs WHERE sender = ?1 AND blob = ?2",
+                    )?
+                    .query_row(params![local.sender, id.0.as_slice()], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                if !counted {
+                    let size: i64 = c
+                        .prepare_cached("SELECT size FROM blobs WHERE id = ?1")?
+                        .query_row([id.0.as_slice()], |r| r.get(0))?;
+                    new_blob_bytes = new_blob_bytes.saturating_add(size as u64);
+                }
+            }
             if (queued as u64)
                 .saturating_add(size)
-                .saturating_add(blob_bytes)
+                .saturating_add(new_blob_bytes)
                 > queued_limit
             {
                 return Err(StoreError::QueueFull {
@@ -156,6 +178,13 @@ impl Store {
                 blob_bytes as i64
             ])?;
             let body = c.last_insert_rowid();
+            let mut link = c.prepare_cached(
+                "INSERT OR IGNORE INTO federation_envelope_blobs (body, blob, sender, size)
+                 SELECT ?1, id, ?2, size FROM blobs WHERE id = ?3",
+            )?;
+            for id in &blobs {
+                link.execute(params![body, local.sender, id.0.as_slice()])?;
+            }
             let mut ins = c.prepare_cached(
                 "INSERT INTO federation_queue (destination, envelope_id, sender, recipients, body, queued_at, next_attempt)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",

@@ -1053,6 +1053,60 @@ async fn a_peer_brings_blobs_for_its_senders_within_its_bound() {
     );
 }
 
+/// A blob counts once in its sender's queued bytes however many queued envelopes name it
+/// (a message with Bcc recipients is one envelope per Bcc copy), until the last of them is
+/// done.
+#[tokio::test]
+async fn a_blob_named_by_several_queued_envelopes_counts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    let blob = uploaded(&store, "a@x.test", 3, 5000).await;
+    let remote = |d: &str| {
+        vec![NewFederationRow {
+            destination: d.into(),
+            recipients: vec![format!("u@{d}")],
+        }]
+    };
+    let with_blob = |id: u8| NewDelivery {
+        blobs: vec![blob],
+        ..delivery(id, &[], 5)
+    };
+    let queued = || async {
+        store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT coalesce(sum(bytes), 0) FROM federation_queued",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )?)
+            })
+            .await
+            .unwrap()
+    };
+    store
+        .accept_outgoing(with_blob(1), remote("d1.test"), 5100)
+        .await
+        .unwrap();
+    assert_eq!(queued().await, 5100);
+    // The Bcc copy adds its envelope's 100 bytes, not the blob's 5,000 again.
+    store
+        .accept_outgoing(with_blob(2), remote("d2.test"), 5200)
+        .await
+        .unwrap();
+    assert_eq!(queued().await, 5200);
+    // The first is done: the blob still counts for the second, then not at all.
+    for n in 1..=2 {
+        let rows = store.federation_rows().await.unwrap();
+        let done = rows
+            .iter()
+            .filter(|r| r.envelope_id[0] == n)
+            .map(|r| (r.id, RowOutcome::Done))
+            .collect();
+        store.finish_federation(done, vec![], true).await.unwrap();
+        assert_eq!(queued().await, if n == 1 { 5100 } else { 0 });
+    }
+}
+
 /// An envelope that names blobs leaves alone, with its blob ids, and its blobs count in
 /// its sender's queued bytes; a blob released but not yet purged is kept again when its
 /// uploader begins it anew (a Bcc copy, another domain).

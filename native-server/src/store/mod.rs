@@ -126,7 +126,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0012_federated_blobs.sql")),
         M::up(include_str!("../../../migrations/0013_blob_offers.sql")),
         M::up(include_str!("../../../migrations/0014_blobs_brought.sql")),
-        M::up(include_str!("../../../migrations/0015_queued_blobs_once.sql")),
+        M::up(include_str!(
+            "../../../migrations/0015_queued_blobs_once.sql"
+        )),
     ])
 }
 

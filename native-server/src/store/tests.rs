@@ -1388,3 +1388,39 @@ async fn received(
         .unwrap();
     report.results[&id]["b@x.test"]
 }
+
+/// The upgrade to migration 15 counts a blob that two queued envelopes of one sender
+/// name once (before, each counted it).
+#[tokio::test]
+async fn the_upgrade_counts_a_blob_queued_twice_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let queued = |c: &rusqlite::Connection| -> i64 {
+        c.query_row(
+            "SELECT bytes FROM federation_queued WHERE sender = 'a@x.test'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    {
+        let mut c = rusqlite::Connection::open(&path).unwrap();
+        super::migrations().to_version(&mut c, 14).unwrap();
+        c.execute_batch(
+            "INSERT INTO blobs (id, owner, size, manifest, created, state)
+                 VALUES (x'01', 'a@x.test', 5000, x'', 1, 1);
+             INSERT INTO federation_envelopes (sender, size, envelope, blob_bytes)
+                 VALUES ('a@x.test', 100, x'00', 5000), ('a@x.test', 100, x'00', 5000);
+             INSERT INTO federation_queue
+                 (destination, envelope_id, sender, recipients, body, queued_at, next_attempt)
+                 VALUES ('d1.test', x'11', 'a@x.test', 'u@d1.test', 1, 1, 1),
+                        ('d2.test', x'22', 'a@x.test', 'u@d2.test', 2, 1, 1);
+             INSERT INTO envelope_blobs (envelope_id, blob) VALUES (x'11', x'01'), (x'22', x'01');",
+        )
+        .unwrap();
+        assert_eq!(queued(&c), 10_200);
+    }
+    drop(Store::open(&path).unwrap());
+    let c = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(queued(&c), 5_200);
+}

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
 use letterme_protocol::blob::Opener;
 
-use super::key::Part;
+use super::key::{CacheKey, Part};
 use super::{
     Cache, ClientError, Folder, MailMeta, MailboxError, NewMail, Piece, Stored, Synced, flags_text,
     flags_vec, folder_by_id, folder_by_name, has_flag,
@@ -677,7 +677,7 @@ impl Cache {
             rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
         };
         for (folder, uid) in copies {
-            remove(&tx, folder, &[uid]).map_err(|e| self.err(e))?;
+            remove(&tx, &self.key, folder, &[uid]).map_err(|e| self.err(e))?;
         }
         tx.execute("DELETE FROM awaiting WHERE content = ?1", [content])
             .map_err(|e| self.err(e))?;
@@ -805,7 +805,7 @@ impl Cache {
         }
         if remove_source {
             let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
-            remove(&tx, from, &moved).map_err(|e| self.err(e))?;
+            remove(&tx, &self.key, from, &moved).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         drop(c);
@@ -846,7 +846,7 @@ impl Cache {
         if gone.is_empty() {
             return Ok(gone);
         }
-        remove(&tx, folder, &gone).map_err(|e| self.err(e))?;
+        remove(&tx, &self.key, folder, &gone).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         drop(c);
         self.changed();
@@ -990,9 +990,19 @@ fn vanished_since(c: &Connection, folder: i64, since: u64) -> rusqlite::Result<V
 }
 
 /// Deletes rows, leaving a tombstone with a new MODSEQ for each, and any content no other
-/// row refers to.
-pub(super) fn remove(tx: &Transaction<'_>, folder: i64, uids: &[u32]) -> rusqlite::Result<()> {
+/// row refers to, with the kept chunks of the blobs it placed that nothing needs any more
+/// ([`drop_unneeded_chunks`]).
+pub(super) fn remove(
+    tx: &Transaction<'_>,
+    key: &CacheKey,
+    folder: i64,
+    uids: &[u32],
+) -> rusqlite::Result<()> {
     let mut get = tx.prepare_cached("SELECT content FROM mail WHERE folder = ?1 AND uid = ?2")?;
+    let mut placed = tx.prepare_cached(
+        "SELECT pieces_nonce, pieces FROM contents WHERE id = ?1 AND pieces IS NOT NULL",
+    )?;
+    let mut blobs = BTreeSet::new();
     let mut del = tx.prepare_cached("DELETE FROM mail WHERE folder = ?1 AND uid = ?2")?;
     let mut gc = tx.prepare_cached(
         "DELETE FROM contents WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mail WHERE content = ?1)",
@@ -1011,11 +1021,74 @@ pub(super) fn remove(tx: &Transaction<'_>, folder: i64, uids: &[u32]) -> rusqlit
             .optional()?
         {
             del.execute(params![folder, uid])?;
-            gc.execute([content])?;
+            let pieces = placed
+                .query_row([content], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .optional()?;
+            if gc.execute([content])? == 1
+                && let Some((nonce, sealed)) = pieces
+            {
+                blobs.extend(piece_blobs(key, content, &nonce, &sealed));
+            }
             unawait.execute([content])?;
             let modseq = bump(tx, folder)?;
             tomb.execute(params![folder, uid, modseq as i64])?;
         }
+    }
+    drop_unneeded_chunks(tx, key, &blobs)
+}
+
+/// The ids of the blobs content `id`'s sealed pieces place (none when they do not open).
+fn piece_blobs(key: &CacheKey, id: i64, nonce: &[u8], sealed: &[u8]) -> Vec<String> {
+    key.open(id, Part::Pieces, nonce, sealed)
+        .and_then(|p| serde_json::from_slice::<Vec<Piece>>(&p).ok())
+        .map(|pieces| pieces.iter().map(|p| p.blob.id.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Deletes the kept chunks of `blobs` (whose last message in the cache went) that nothing
+/// else needs: no other message in the cache places them, and no stored envelope names
+/// them (`letterme read` opens a received message from its envelope and the chunks). What
+/// goes is typically an expunged Sent copy's attachment.
+fn drop_unneeded_chunks(
+    tx: &Transaction<'_>,
+    key: &CacheKey,
+    blobs: &BTreeSet<String>,
+) -> rusqlite::Result<()> {
+    if blobs.is_empty() {
+        return Ok(());
+    }
+    let mut needed = BTreeSet::new();
+    let mut placing = tx
+        .prepare_cached("SELECT id, pieces_nonce, pieces FROM contents WHERE pieces IS NOT NULL")?;
+    let rows = placing.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, nonce, sealed) = row?;
+        needed.extend(piece_blobs(key, id, &nonce, &sealed));
+    }
+    // Version 2 envelopes name their blobs in their header (after the 5-byte magic).
+    let mut naming =
+        tx.prepare_cached("SELECT envelope FROM messages WHERE substr(envelope, 6, 1) = x'02'")?;
+    let rows = naming.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    for row in rows {
+        if let Ok(env) = letterme_protocol::Envelope::decode(&row?) {
+            needed.extend(
+                env.blobs
+                    .iter()
+                    .map(letterme_protocol::blob::BlobId::to_hex),
+            );
+        }
+    }
+    let mut drop = tx.prepare_cached("DELETE FROM blob_chunks WHERE blob = ?1")?;
+    for blob in blobs.difference(&needed) {
+        drop.execute([blob])?;
     }
     Ok(())
 }

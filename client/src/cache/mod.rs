@@ -539,7 +539,7 @@ impl Cache {
         }
         let tx = c.transaction().map_err(|e| self.err(e))?;
         let uids: Vec<u32> = messages::uids_in(&tx, f.id).map_err(|e| self.err(e))?;
-        messages::remove(&tx, f.id, &uids).map_err(|e| self.err(e))?;
+        messages::remove(&tx, &self.key, f.id, &uids).map_err(|e| self.err(e))?;
         tx.execute("DELETE FROM vanished WHERE folder = ?1", [f.id])
             .map_err(|e| self.err(e))?;
         tx.execute("DELETE FROM folders WHERE id = ?1", [f.id])

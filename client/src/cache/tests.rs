@@ -554,3 +554,89 @@ fn commits_are_checkpointed_beside_them_and_the_wal_stays_small() {
     // backstop (16 MiB), if the copies fell behind, by emptying it.
     settled(&|| size(&wal) < 20_000_000);
 }
+
+/// The chunks a message kept go with the last message in the cache that places them (an
+/// expunged Sent copy's attachment), and not while a copy of it, or a stored envelope that
+/// names the blob (`letterme read` opens a received message from it), still needs them.
+#[test]
+fn a_blobs_chunks_go_with_the_last_message_that_needs_them() {
+    use letterme_protocol::blob::Sealer;
+    use letterme_protocol::{Address, EncryptionKeypair, Payload};
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    let expunge = |folder: i64, uid: u32| {
+        c.store_flags(folder, &[uid], FlagOp::Add, &["\\Deleted".into()], None)
+            .unwrap();
+        c.expunge_deleted(folder, None).unwrap();
+    };
+    let placed = |reference: &letterme_protocol::blob::BlobRef, folder: &str| {
+        let rest = "Subject: with a blob\r\n\r\n";
+        let mut m = mail(folder, rest, None);
+        m.pieces = vec![Piece {
+            at: rest.len(),
+            blob: reference.clone(),
+        }];
+        m
+    };
+
+    // Our Sent copy, and a copy of it in Archive: the chunks go with the second.
+    let (sealed, reference, _) = Sealer::new().finish(b"the blob's bytes");
+    c.keep_chunks(&reference.id, &[(0, sealed)]).unwrap();
+    let (_, uid, _) = c.append(&placed(&reference, "Sent")).unwrap();
+    let sent = c.folder("Sent").unwrap().unwrap();
+    let (_, pairs) = c.copy(sent.id, &[uid], "Archive", false).unwrap();
+    let archive = c.folder("Archive").unwrap().unwrap();
+    let kept = |r: &letterme_protocol::blob::BlobRef| c.held_chunks(&r.id).unwrap().len();
+    expunge(sent.id, uid);
+    assert_eq!(kept(&reference), 1, "the copy in Archive still reads them");
+    expunge(archive.id, pairs[0].1);
+    assert_eq!(kept(&reference), 0);
+
+    // A received message: its stored envelope names the blob, so they stay.
+    let (sealed, reference, _) = Sealer::new().finish(b"another blob's bytes");
+    c.keep_chunks(&reference.id, &[(0, sealed)]).unwrap();
+    let bob = Address::parse("bob@x.test").unwrap();
+    let payload = Payload {
+        from: Address::parse("alice@x.test").unwrap(),
+        to: vec![bob.clone()],
+        cc: vec![],
+        bcc: vec![],
+        subject: "s".into(),
+        body: String::new(),
+        headers: vec![],
+        date: 1,
+        message_id: "<m@x.test>".into(),
+        in_reply_to: None,
+        references: vec![],
+        legacy: None,
+        mime: None,
+        blobs: vec![reference.clone()],
+    };
+    let envelope = letterme_protocol::envelope::seal(
+        letterme_protocol::envelope::SignerKind::User,
+        &SigningKeypair::generate(),
+        &payload,
+        &[(bob, EncryptionKeypair::generate().public())],
+        1,
+    )
+    .unwrap();
+    c.commit_synced(
+        &[Synced {
+            stored: Stored {
+                id: envelope.id.to_hex(),
+                sender: "alice@x.test".into(),
+                received: 1,
+                envelope: envelope.encode(),
+                signer_key: [0; 32],
+            },
+            mail: placed(&reference, "INBOX"),
+            awaiting: false,
+        }],
+        1,
+    )
+    .unwrap();
+    let inbox = c.folder("INBOX").unwrap().unwrap();
+    let uid = messages::uids_in(&c.lock(), inbox.id).unwrap()[0];
+    expunge(inbox.id, uid);
+    assert_eq!(kept(&reference), 1, "a stored envelope names them");
+}

@@ -974,33 +974,56 @@ async fn a_message_that_repeats_or_hides_a_blob_is_refused() {
     }
 }
 
+/// A file of a chunk and a half (its bytes from `step`), sealed and uploaded by `online` as
+/// a blob: the file, the blob's reference and its first sealed chunk.
+async fn two_chunk_blob(
+    online: &letterme_client::Online,
+    step: usize,
+) -> (Vec<u8>, letterme_protocol::blob::BlobRef, Vec<u8>) {
+    use letterme_protocol::blob::{CHUNK, Sealer};
+    let file: Vec<u8> = (0..CHUNK * 3 / 2).map(|i| (i * step % 251) as u8).collect();
+    let mut sealer = Sealer::new();
+    let first = sealer.seal_chunk(&file[..CHUNK]);
+    let (last, reference, manifest) = sealer.finish(&file[CHUNK..]);
+    let size = (first.len() + last.len()) as u64;
+    online
+        .api
+        .blob_begin(&reference.id, size, &manifest.0.concat())
+        .await
+        .unwrap();
+    online
+        .api
+        .blob_put(&reference.id, 0, first.clone())
+        .await
+        .unwrap();
+    online.api.blob_put(&reference.id, 1, last).await.unwrap();
+    (file, reference, first)
+}
+
+/// The attachments of `online`'s message `id`, saved one after the other into one buffer.
+fn attachments_of(online: &letterme_client::Online, id: &str) -> Vec<u8> {
+    let mut saved = Vec::new();
+    online
+        .me
+        .save_attachments(id, |_, _, write| {
+            write(&mut saved)?;
+            Ok(())
+        })
+        .unwrap();
+    saved
+}
+
 /// A chunk kept from a download broken off, damaged on disk since, does not cost the
 /// message: the next sync finds it does not open, drops what it kept of that attachment
 /// and downloads it again (DECISIONS D75).
 #[tokio::test]
 async fn a_kept_chunk_damaged_on_disk_is_downloaded_again() {
-    use letterme_protocol::blob::{CHUNK, Sealer};
     let w = InProcess::start(|_| {}).await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
     let bob_addr = bob.me.profile.address.clone();
     let key = alice.verified_key(&bob_addr).await.unwrap().encryption_key;
-    let file: Vec<u8> = (0..CHUNK * 3 / 2).map(|i| (i * 13 % 251) as u8).collect();
-    let mut sealer = Sealer::new();
-    let first = sealer.seal_chunk(&file[..CHUNK]);
-    let (last, reference, manifest) = sealer.finish(&file[CHUNK..]);
-    let size = (first.len() + last.len()) as u64;
-    alice
-        .api
-        .blob_begin(&reference.id, size, &manifest.0.concat())
-        .await
-        .unwrap();
-    alice
-        .api
-        .blob_put(&reference.id, 0, first.clone())
-        .await
-        .unwrap();
-    alice.api.blob_put(&reference.id, 1, last).await.unwrap();
+    let (file, reference, first) = two_chunk_blob(&alice, 13).await;
     let env = letterme_tests::sealed_with_blobs(
         &alice,
         &bob_addr,
@@ -1023,13 +1046,7 @@ async fn a_kept_chunk_damaged_on_disk_is_downloaded_again() {
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     assert_eq!(report.fetched, 1);
     let list = bob.me.list().unwrap();
-    let mut saved = Vec::new();
-    bob.me
-        .save_attachments(&list[0].id, |_, _, write| {
-            write(&mut saved)?;
-            Ok(())
-        })
-        .unwrap();
+    let saved = attachments_of(&bob, &list[0].id);
     assert_eq!(saved, file);
 }
 
@@ -1038,25 +1055,13 @@ async fn a_kept_chunk_damaged_on_disk_is_downloaded_again() {
 /// the genuine message still opens (DECISIONS D75).
 #[tokio::test]
 async fn a_wrong_key_for_a_kept_blob_refuses_that_message_only() {
-    use letterme_protocol::blob::{CHUNK, Sealer};
     let w = InProcess::start(|_| {}).await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
     let carol = w.user("carol").await;
     let bob_addr = bob.me.profile.address.clone();
     let carol_addr = carol.me.profile.address.clone();
-    let file: Vec<u8> = (0..CHUNK * 3 / 2).map(|i| (i * 7 % 251) as u8).collect();
-    let mut sealer = Sealer::new();
-    let first = sealer.seal_chunk(&file[..CHUNK]);
-    let (last, reference, manifest) = sealer.finish(&file[CHUNK..]);
-    let size = (first.len() + last.len()) as u64;
-    alice
-        .api
-        .blob_begin(&reference.id, size, &manifest.0.concat())
-        .await
-        .unwrap();
-    alice.api.blob_put(&reference.id, 0, first).await.unwrap();
-    alice.api.blob_put(&reference.id, 1, last).await.unwrap();
+    let (file, reference, _) = two_chunk_blob(&alice, 7).await;
     // To bob, and to carol, who has not read hers yet: the blob stays on the server.
     for to in [&bob_addr, &carol_addr] {
         let key = alice.verified_key(to).await.unwrap().encryption_key;
@@ -1092,12 +1097,6 @@ async fn a_wrong_key_for_a_kept_blob_refuses_that_message_only() {
 
     let list = bob.me.list().unwrap();
     assert_eq!(list.len(), 1);
-    let mut saved = Vec::new();
-    bob.me
-        .save_attachments(&list[0].id, |_, _, write| {
-            write(&mut saved)?;
-            Ok(())
-        })
-        .unwrap();
+    let saved = attachments_of(&bob, &list[0].id);
     assert_eq!(saved, file, "the genuine message lost its attachment");
 }

@@ -442,7 +442,7 @@ impl Cache {
         folder: i64,
         mail: &NewMail,
     ) -> rusqlite::Result<(u32, i64)> {
-        let id = i64::from_be_bytes(random_bytes::<8>()) & i64::MAX;
+        let id = next_content_id(tx)?;
         let (nonce, data) = self.key.seal(id, Part::Whole, &mail.raw);
         let (head_nonce, head) = self
             .key
@@ -965,6 +965,20 @@ fn next_uid(tx: &Transaction<'_>, folder: i64) -> rusqlite::Result<(u32, u64)> {
          WHERE id = ?1 RETURNING uidnext - 1, highestmodseq",
     )?
     .query_row([folder], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+}
+
+/// A new content row's id: the next of a counter that never goes back, so a ciphertext
+/// bound to a deleted row's id never fits a later row (D18). Past the last 64-bit id (never
+/// reached by counting), a random one as before.
+fn next_content_id(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
+    let next = tx
+        .prepare_cached(
+            "UPDATE counters SET value = value + 1 WHERE name = 'content' AND value < ?1
+             RETURNING value",
+        )?
+        .query_row([i64::MAX], |r| r.get(0))
+        .optional()?;
+    Ok(next.unwrap_or_else(|| i64::from_be_bytes(random_bytes::<8>()) & i64::MAX))
 }
 
 /// The next MODSEQ of a folder (RFC 7162 §3.1: every change gets a higher one).

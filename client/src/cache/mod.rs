@@ -81,7 +81,7 @@ enum Step {
 }
 
 /// Schema steps after [`SCHEMA`], by `PRAGMA user_version` (step i takes version i to i+1).
-const MIGRATIONS: [Step; 6] = [
+const MIGRATIONS: [Step; 7] = [
     // 1: MODSEQ per message and mailbox, expunge tombstones, \Recent, subscriptions apart from
     // mailboxes, and a UIDVALIDITY counter that outlives deleted mailboxes.
     Step::Sql(
@@ -143,6 +143,14 @@ const MIGRATIONS: [Step; 6] = [
         "
     CREATE TABLE awaiting (envelope_id TEXT PRIMARY KEY, content INTEGER NOT NULL);
     CREATE INDEX awaiting_content ON awaiting (content);
+    ",
+    ),
+    // 7: content ids taken in order from a counter, never reused, instead of at random: a
+    // new row goes at the end of `contents` rather than into the middle of its B-tree,
+    // where each insert rewrote a page of other messages (PERFORMANCE.md, issue 16).
+    Step::Sql(
+        "
+    INSERT INTO counters (name, value) SELECT 'content', COALESCE(MAX(id), 0) FROM contents;
     ",
     ),
 ];

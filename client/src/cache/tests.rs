@@ -249,6 +249,45 @@ fn a_cache_from_before_modseqs_is_upgraded_in_place() {
     assert!(c.folder("Tom & Jerry").unwrap().is_some());
     c.create_folder("New", None).unwrap();
     assert!(c.folder("New").unwrap().unwrap().uidvalidity > 1_700_000_001);
+    // Content ids go on after the highest of the random ones older caches chose.
+    c.append(&mail("INBOX", "Subject: new\r\n\r\nnew", None))
+        .unwrap();
+    assert_eq!(content_ids(&path), [7, 8]);
+}
+
+/// The ids of the content rows, in the order they were written.
+fn content_ids(path: &std::path::Path) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id FROM contents ORDER BY rowid")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Content ids count up (each row goes at the end of the table) and a deleted one, even the
+/// last, is never given again: a ciphertext bound to it never fits a later row.
+#[test]
+fn content_ids_count_up_and_are_never_given_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    let path = dir.path().join("mail.db");
+    c.append(&mail("INBOX", "Subject: a\r\n\r\na", None))
+        .unwrap();
+    let (_, b, _) = c
+        .append(&mail("INBOX", "Subject: b\r\n\r\nb", None))
+        .unwrap();
+    assert_eq!(content_ids(&path), [1, 2]);
+    let inbox = c.folder("INBOX").unwrap().unwrap();
+    c.store_flags(inbox.id, &[b], FlagOp::Add, &["\\Deleted".into()], None)
+        .unwrap();
+    assert_eq!(c.expunge_deleted(inbox.id, None).unwrap(), vec![b]);
+    assert_eq!(content_ids(&path), [1]);
+    c.append(&mail("INBOX", "Subject: c\r\n\r\nc", None))
+        .unwrap();
+    assert_eq!(content_ids(&path), [1, 3]);
 }
 
 #[test]

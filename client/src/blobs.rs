@@ -4,7 +4,9 @@
 //! them is committed and acknowledged — after the acknowledgement the server deletes them.
 
 use letterme_protocol::Payload;
-use letterme_protocol::blob::{BlobRef, CHUNK, Manifest, Opener, Sealer};
+use std::sync::Arc;
+
+use letterme_protocol::blob::{BlobRef, CHUNK, ChunkSealer, Opener, Sealer};
 
 use crate::cache::Cache;
 use crate::http::Api;
@@ -28,13 +30,17 @@ const CHUNKS_AHEAD: usize = 4;
 /// Chunks kept in one local commit (each commit waits for the disk).
 const CHUNKS_PER_COMMIT: usize = 8;
 
+/// Chunks of an upload kept in one local commit: half as many, as the chunks of one commit
+/// wait in memory while the chunks of the one before are written.
+const UPLOAD_CHUNKS_PER_COMMIT: usize = CHUNKS_PER_COMMIT / 2;
+
 /// Attempts at an upload's missing chunks before giving up (waiting 1, 2, 4 and 8 s
 /// between them).
 const UPLOAD_ATTEMPTS: usize = 5;
 
 /// A blob's plaintext, read a chunk at a time: bytes at hand, or text made as it is read
 /// ([`mime::Base64Body`]), so that a large file is never in memory twice.
-pub(crate) trait BlobBytes {
+pub(crate) trait BlobBytes: Sync {
     fn len(&self) -> usize;
     /// The bytes in `range` (within `0..len()`).
     fn range(&self, range: std::ops::Range<usize>) -> std::borrow::Cow<'_, [u8]>;
@@ -75,28 +81,14 @@ fn chunk_count(bytes: &(impl BlobBytes + ?Sized)) -> u64 {
     letterme_protocol::blob::chunks(bytes.len() as u64)
 }
 
-/// Seals `bytes` under `sealer`, giving each sealed chunk with its number to `each` as it
-/// is made; returns the reference and the manifest.
-fn seal_each(
-    bytes: &(impl BlobBytes + ?Sized),
-    mut sealer: Sealer,
-    mut each: impl FnMut(u64, Vec<u8>),
-) -> (BlobRef, Manifest) {
-    let last = chunk_count(bytes) - 1;
-    for n in 0..last {
-        each(n, sealer.seal_chunk(&chunk_of(bytes, n)));
-    }
-    let (sealed, reference, manifest) = sealer.finish(&chunk_of(bytes, last));
-    each(last, sealed);
-    (reference, manifest)
-}
-
 /// Asks the server where the upload of blob `reference` stands and sends the chunks it
-/// lacks, sealing them again one at a time, [`CHUNKS_AHEAD`] in flight; each chunk is kept
-/// in `cache` too (our Sent copy reads the blob there), [`CHUNKS_PER_COMMIT`] at a time.
+/// lacks, [`CHUNKS_AHEAD`] in flight, each sealed again in its transfer's task (the
+/// runtime's workers seal side by side); each chunk is kept in `cache` too (our Sent copy
+/// reads the blob there), [`UPLOAD_CHUNKS_PER_COMMIT`] at a time, each commit beside the next
+/// chunks' transfers.
 async fn upload_missing(
     api: &Api,
-    cache: &Cache,
+    cache: &Arc<Cache>,
     reference: &BlobRef,
     manifest: &[u8],
     bytes: &(impl BlobBytes + ?Sized),
@@ -104,39 +96,94 @@ async fn upload_missing(
     let size = letterme_protocol::blob::sealed_size(bytes.len() as u64);
     let state = api.blob_begin(&reference.id, size, manifest).await?;
     let held = cache.held_chunks(&reference.id)?;
-    let mut puts = tokio::task::JoinSet::new();
-    let mut fresh = Vec::new();
+    let sealer = Arc::new(ChunkSealer::again(reference));
+    let mut transfers = tokio::task::JoinSet::new();
+    let mut keeping = Keeping::new(cache, &reference.id);
     let count = chunk_count(bytes);
-    let mut sealer = Some(Sealer::again(reference));
     for n in 0..count {
-        let chunk = chunk_of(bytes, n);
-        // Every chunk but the last, then the last, which ends the sealer.
-        let sealed = match sealer.as_mut() {
-            Some(s) if n + 1 < count => s.seal_chunk(&chunk),
-            _ => match sealer.take() {
-                Some(s) => s.finish(&chunk).0,
-                None => break,
-            },
-        };
-        if !state.stored.contains(&n) {
-            while puts.len() >= CHUNKS_AHEAD {
-                joined(puts.join_next().await)?;
+        let (upload, keep) = (!state.stored.contains(&n), !held.contains(&n));
+        if !upload && !keep {
+            continue;
+        }
+        while transfers.len() >= CHUNKS_AHEAD {
+            keeping
+                .add(joined(transfers.join_next().await)?.flatten())
+                .await?;
+        }
+        let plain = chunk_of(bytes, n).into_owned();
+        let (api, id, sealer) = (api.clone(), reference.id.clone(), sealer.clone());
+        transfers.spawn(async move {
+            // About a millisecond of work: sealed here rather than handed to a blocking
+            // thread, whose allocator arena would keep its megabytes.
+            let sealed = bytes::Bytes::from(sealer.seal(n, n + 1 == count, &plain));
+            drop(plain);
+            if upload {
+                api.blob_put(&id, n, sealed.clone()).await?;
             }
-            let (api, id, chunk) = (api.clone(), reference.id.clone(), sealed.clone());
-            puts.spawn(async move { api.blob_put(&id, n, chunk).await.map(drop) });
-        }
-        if !held.contains(&n) {
-            fresh.push((n, sealed));
-        }
-        if fresh.len() >= CHUNKS_PER_COMMIT || n + 1 == count {
-            cache.keep_chunks(&reference.id, &fresh)?;
-            fresh.clear();
+            Ok(keep.then_some((n, sealed)))
+        });
+    }
+    while let Some(done) = transfers.join_next().await {
+        keeping.add(joined(Some(done))?.flatten()).await?;
+    }
+    keeping.finish().await
+}
+
+/// The chunks of an upload kept locally, [`UPLOAD_CHUNKS_PER_COMMIT`] to a commit on a blocking
+/// thread, one commit at a time.
+struct Keeping {
+    cache: Arc<Cache>,
+    blob: String,
+    fresh: Vec<(u64, bytes::Bytes)>,
+    committing: Option<tokio::task::JoinHandle<Result<(), ClientError>>>,
+}
+
+impl Keeping {
+    fn new(cache: &Arc<Cache>, blob: &str) -> Self {
+        Self {
+            cache: cache.clone(),
+            blob: blob.to_owned(),
+            fresh: Vec::new(),
+            committing: None,
         }
     }
-    while let Some(done) = puts.join_next().await {
-        joined(Some(done))?;
+
+    /// Takes a sealed chunk to keep; commits once there are enough.
+    async fn add(&mut self, chunk: Option<(u64, bytes::Bytes)>) -> Result<(), ClientError> {
+        self.fresh.extend(chunk);
+        if self.fresh.len() >= UPLOAD_CHUNKS_PER_COMMIT {
+            self.commit().await?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Waits for the commit under way, then starts one of the chunks taken since.
+    async fn commit(&mut self) -> Result<(), ClientError> {
+        self.wait().await?;
+        let (cache, blob) = (self.cache.clone(), self.blob.clone());
+        let chunks = std::mem::take(&mut self.fresh);
+        self.committing = Some(tokio::task::spawn_blocking(move || {
+            cache.keep_chunks(&blob, &chunks)
+        }));
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> Result<(), ClientError> {
+        match self.committing.take() {
+            Some(commit) => commit
+                .await
+                .map_err(|e| ClientError::Io(format!("keeping chunks failed: {e}")))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Commits the rest and waits for it.
+    async fn finish(mut self) -> Result<(), ClientError> {
+        if !self.fresh.is_empty() {
+            self.commit().await?;
+        }
+        self.wait().await
+    }
 }
 
 /// The outcome of a chunk's transfer task.
@@ -188,9 +235,12 @@ impl Online {
         &self,
         bytes: &(impl BlobBytes + ?Sized),
     ) -> Result<BlobRef, ClientError> {
-        // The manifest first (the upload declares it, and the blob's id is its hash); the
-        // chunks are sealed again as they go, so no more than a few are held.
-        let (reference, manifest) = seal_each(bytes, Sealer::new(), |_, _| {});
+        // The manifest first (the upload declares it, and the blob's id is its hash), sealed
+        // on every core; the chunks are sealed again as they go, so no more than a few are
+        // held.
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let (reference, manifest) =
+            Sealer::manifest_of(bytes.len() as u64, threads, |n| chunk_of(bytes, n));
         let cache = &self.me.cache;
         let manifest = manifest.to_bytes();
         let mut api = self.api.clone();
@@ -542,17 +592,21 @@ mod tests {
     fn sealed_blobs_open_and_changed_ones_do_not() {
         for len in [0, 1, CHUNK, CHUNK + 1, 2 * CHUNK + 5] {
             let bytes: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
-            let mut sealed = Vec::new();
-            let (r, manifest) = seal_each(bytes.as_slice(), Sealer::new(), |n, c| {
-                assert_eq!(n, sealed.len() as u64);
-                sealed.push(c);
-            });
-            // Sealed again under the same reference: the same chunks.
-            let mut again = Vec::new();
-            let (r2, m2) = seal_each(bytes.as_slice(), Sealer::again(&r), |_, c| again.push(c));
+            // The manifest sealed on three threads, the chunks sealed again one by one
+            // under its reference, as an upload does: the same chunks.
+            let (r, manifest) =
+                Sealer::manifest_of(len as u64, 3, |n| chunk_of(bytes.as_slice(), n));
+            let again = ChunkSealer::again(&r);
+            let count = chunks(len as u64);
+            let sealed: Vec<Vec<u8>> = (0..count)
+                .map(|n| again.seal(n, n + 1 == count, &chunk_of(bytes.as_slice(), n)))
+                .collect();
             assert_eq!(
-                (again.clone(), r2.id.clone(), m2.0.clone()),
-                (sealed.clone(), r.id.clone(), manifest.0.clone())
+                manifest.0,
+                sealed
+                    .iter()
+                    .map(|c| letterme_protocol::blob::Manifest::chunk_hash(c))
+                    .collect::<Vec<_>>()
             );
             assert_eq!(sealed.len() as u64, chunks(len as u64));
             assert_eq!(manifest.id().to_hex(), r.id);

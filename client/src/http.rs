@@ -402,7 +402,7 @@ impl Api {
         &self,
         id: &str,
         n: u64,
-        chunk: Vec<u8>,
+        chunk: impl Into<reqwest::Body>,
     ) -> Result<BlobState, ClientError> {
         self.json(
             self.req(Method::PUT, &format!("/v1/blobs/{id}/{n}"))

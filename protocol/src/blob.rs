@@ -17,7 +17,9 @@ use std::fmt;
 
 use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::KeyInit as _;
-use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
+use chacha20poly1305::aead::stream::{
+    DecryptorBE32, NewStream as _, StreamBE32, StreamPrimitive as _,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
@@ -166,10 +168,56 @@ pub enum BlobError {
     Hash,
 }
 
+/// Seals any chunk of a blob from its number alone, on any thread: chunk `n` of the STREAM
+/// with its last-chunk flag, the same bytes [`Sealer`] gives in order. How a sender seals
+/// on every core, and seals again as it uploads a blob whose manifest it declared without
+/// keeping every sealed chunk in memory.
+pub struct ChunkSealer {
+    stream: StreamBE32<XChaCha20Poly1305>,
+}
+
+impl fmt::Debug for ChunkSealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunkSealer").finish_non_exhaustive()
+    }
+}
+
+impl ChunkSealer {
+    fn with(key: &[u8; 32], nonce: &[u8; NONCE_PREFIX]) -> Self {
+        let cipher = XChaCha20Poly1305::new(key.into());
+        Self {
+            stream: StreamBE32::from_aead(cipher, nonce.as_slice().into()),
+        }
+    }
+
+    /// The key and nonce prefix of a blob sealed before: fed the same bytes, it seals the
+    /// same chunks again, byte for byte.
+    pub fn again(reference: &BlobRef) -> Self {
+        Self::with(&reference.key, &reference.nonce)
+    }
+
+    /// Seals chunk `n`: [`CHUNK`] bytes unless it is the `last` (then at most that).
+    pub fn seal(&self, n: u64, last: bool, chunk: &[u8]) -> Vec<u8> {
+        if last {
+            assert!(chunk.len() <= CHUNK, "a chunk is at most CHUNK bytes");
+        } else {
+            assert_eq!(
+                chunk.len(),
+                CHUNK,
+                "every chunk but the last is CHUNK bytes"
+            );
+        }
+        let position = u32::try_from(n).expect("a blob has fewer than 2^32 chunks");
+        self.stream
+            .encrypt(position, last, chunk)
+            .expect("XChaCha20-Poly1305 seals any chunk")
+    }
+}
+
 /// Encrypts a file chunk by chunk; the caller feeds [`CHUNK`]-byte pieces and ends with
 /// the rest (0 to [`CHUNK`] bytes).
 pub struct Sealer {
-    stream: EncryptorBE32<XChaCha20Poly1305>,
+    chunks: ChunkSealer,
     key: [u8; 32],
     nonce: [u8; NONCE_PREFIX],
     manifest: Manifest,
@@ -184,6 +232,12 @@ impl fmt::Debug for Sealer {
     }
 }
 
+impl Drop for Sealer {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
 impl Default for Sealer {
     fn default() -> Self {
         Self::new()
@@ -193,20 +247,9 @@ impl Default for Sealer {
 impl Sealer {
     /// A fresh random key and nonce prefix.
     pub fn new() -> Self {
-        Self::with(random_bytes::<32>(), random_bytes::<NONCE_PREFIX>())
-    }
-
-    /// The key and nonce prefix of a blob sealed before: fed the same bytes, it seals the
-    /// same chunks again, byte for byte. How a sender uploads a blob whose manifest it
-    /// declared without keeping every sealed chunk in memory.
-    pub fn again(reference: &BlobRef) -> Self {
-        Self::with(reference.key, reference.nonce)
-    }
-
-    fn with(key: [u8; 32], nonce: [u8; NONCE_PREFIX]) -> Self {
-        let cipher = XChaCha20Poly1305::new(&key.into());
+        let (key, nonce) = (random_bytes::<32>(), random_bytes::<NONCE_PREFIX>());
         Self {
-            stream: EncryptorBE32::from_aead(cipher, nonce.as_slice().into()),
+            chunks: ChunkSealer::with(&key, &nonce),
             key,
             nonce,
             manifest: Manifest::default(),
@@ -216,15 +259,7 @@ impl Sealer {
 
     /// Seals a chunk that is not the last; it must be exactly [`CHUNK`] bytes.
     pub fn seal_chunk(&mut self, chunk: &[u8]) -> Vec<u8> {
-        assert_eq!(
-            chunk.len(),
-            CHUNK,
-            "every chunk but the last is CHUNK bytes"
-        );
-        let sealed = self
-            .stream
-            .encrypt_next(chunk)
-            .expect("XChaCha20-Poly1305 seals any chunk");
+        let sealed = self.chunks.seal(self.manifest.0.len() as u64, false, chunk);
         self.manifest.0.push(Manifest::chunk_hash(&sealed));
         self.size += chunk.len() as u64;
         sealed
@@ -233,20 +268,55 @@ impl Sealer {
     /// Seals the last chunk (at most [`CHUNK`] bytes); returns it, the reference a payload
     /// carries, and the manifest the upload declares.
     pub fn finish(mut self, last: &[u8]) -> (Vec<u8>, BlobRef, Manifest) {
-        assert!(last.len() <= CHUNK, "a chunk is at most CHUNK bytes");
-        let sealed = self
-            .stream
-            .encrypt_last(last)
-            .expect("XChaCha20-Poly1305 seals any chunk");
+        let sealed = self.chunks.seal(self.manifest.0.len() as u64, true, last);
         self.manifest.0.push(Manifest::chunk_hash(&sealed));
-        let reference = BlobRef {
+        let reference = self.reference(self.size + last.len() as u64);
+        (sealed, reference, std::mem::take(&mut self.manifest))
+    }
+
+    /// The reference of the blob of `size` bytes whose manifest is complete.
+    fn reference(&mut self, size: u64) -> BlobRef {
+        BlobRef {
             id: self.manifest.id().to_hex(),
             key: self.key,
             nonce: self.nonce,
-            size: self.size + last.len() as u64,
-        };
-        self.key.zeroize();
-        (sealed, reference, std::mem::take(&mut self.manifest))
+            size,
+        }
+    }
+
+    /// Seals a blob of `size` bytes, whose chunk `n` is `chunk(n)`, under a fresh key on
+    /// `threads` threads at once, for its manifest: the reference and the manifest. The
+    /// sealed chunks are not kept ([`ChunkSealer::again`] seals them again as they go).
+    pub fn manifest_of<'a>(
+        size: u64,
+        threads: usize,
+        chunk: impl Fn(u64) -> std::borrow::Cow<'a, [u8]> + Sync,
+    ) -> (BlobRef, Manifest) {
+        let mut sealer = Self::new();
+        let count = chunks(size);
+        let per_thread = count.div_ceil(threads.max(1) as u64);
+        let (sealing, chunk) = (&sealer.chunks, &chunk);
+        let hashes: Vec<[u8; 32]> = std::thread::scope(|scope| {
+            let parts: Vec<_> = (0..count)
+                .step_by(usize::try_from(per_thread).unwrap_or(usize::MAX).max(1))
+                .map(|from| {
+                    scope.spawn(move || {
+                        (from..count.min(from + per_thread))
+                            .map(|n| {
+                                Manifest::chunk_hash(&sealing.seal(n, n + 1 == count, &chunk(n)))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|p| p.join().expect("sealing a chunk does not panic"))
+                .collect()
+        });
+        sealer.manifest = Manifest(hashes);
+        let reference = sealer.reference(size);
+        (reference, std::mem::take(&mut sealer.manifest))
     }
 }
 
@@ -372,6 +442,11 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         assert_eq!(manifest.id().to_hex(), r.id);
+        // Any chunk sealed again from its number alone is the same.
+        let again = ChunkSealer::again(&r);
+        for (n, c) in data.chunks(CHUNK).enumerate() {
+            assert_eq!(again.seal(n as u64, n == full, c), sealed[n]);
+        }
         (sealed, r)
     }
 

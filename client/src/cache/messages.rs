@@ -368,7 +368,11 @@ impl Cache {
     /// Keeps sealed chunks `(n, data)` of blob `blob`, in one commit (durably: a download
     /// broken after them resumes past them). Chunks are immutable: the same one again
     /// changes nothing.
-    pub fn keep_chunks(&self, blob: &str, chunks: &[(u64, Vec<u8>)]) -> Result<(), ClientError> {
+    pub fn keep_chunks(
+        &self,
+        blob: &str,
+        chunks: &[(u64, impl AsRef<[u8]>)],
+    ) -> Result<(), ClientError> {
         if chunks.is_empty() {
             return Ok(());
         }
@@ -382,7 +386,7 @@ impl Cache {
                 .map_err(|e| self.err(e))?;
             for (n, data) in chunks {
                 insert
-                    .execute(params![blob, *n as i64, data])
+                    .execute(params![blob, *n as i64, data.as_ref()])
                     .map_err(|e| self.err(e))?;
             }
         }

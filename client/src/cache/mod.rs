@@ -23,6 +23,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use letterme_sqlite::Checkpointer;
 use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::watch;
 
@@ -267,79 +268,6 @@ pub struct Cache {
     checkpoints: Checkpointer,
 }
 
-/// The WAL's frames are copied into the database file (a checkpoint) on a thread and
-/// connection of their own, nudged after the commits that write much (a sync page, blob
-/// chunks, whatever a mail client sees change), rather than by the commit that crossed the
-/// WAL's threshold: a sync's commits then return once their WAL frames are on disk, and the
-/// copy runs beside the next page's work (DECISIONS D19).
-#[derive(Debug)]
-struct Checkpointer {
-    nudges: Option<std::sync::mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// WAL pages (of 4 KiB) past which the WAL is brought back to empty, should the copies fall
-/// behind a run of commits (SQLite's own threshold is 1,000 pages, and a sync page's commit
-/// alone writes about 1,500): a commit then checkpoints by itself, and the checkpoint thread
-/// waits for the writer to copy everything and empty the file.
-const WAL_BACKSTOP_PAGES: i64 = 4096;
-
-impl Checkpointer {
-    fn start(path: &Path) -> Result<Self, ClientError> {
-        let conn = open_db(path)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let shown = path.display().to_string();
-        let thread = std::thread::Builder::new()
-            .name("letterme-checkpoint".into())
-            .spawn(move || {
-                // Ends when the cache is dropped.
-                while rx.recv().is_ok() {
-                    // PASSIVE: copies what no reader still needs, never waits for anyone. A
-                    // WAL that a run of commits grew past the backstop is copied whole and
-                    // emptied (TRUNCATE), waiting for the writer (the busy timeout): the
-                    // pressure that keeps it bounded.
-                    let checkpoint = |mode: &str| {
-                        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                            r.get::<_, i64>(1)
-                        })
-                    };
-                    let done = checkpoint("PASSIVE").and_then(|pages| {
-                        if pages > WAL_BACKSTOP_PAGES {
-                            checkpoint("TRUNCATE")?;
-                        }
-                        Ok(())
-                    });
-                    if let Err(e) = done {
-                        tracing::warn!(db = %shown, error = %e, "a checkpoint failed");
-                    }
-                }
-            })
-            .map_err(|e| ClientError::Io(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Self {
-            nudges: Some(tx),
-            thread: Some(thread),
-        })
-    }
-
-    /// Asks for a checkpoint; one already asked for and not begun covers this one too.
-    fn nudge(&self) {
-        if let Some(nudges) = &self.nudges {
-            let _ = nudges.try_send(());
-        }
-    }
-}
-
-impl Drop for Checkpointer {
-    /// Closes its connection before the cache's drop returns (the last connection to close
-    /// copies and removes the WAL).
-    fn drop(&mut self) {
-        drop(self.nudges.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// Normalises a mailbox name: INBOX is case-insensitive (RFC 3501 §5.1).
 pub fn normalize_name(name: &str) -> String {
     if name.eq_ignore_ascii_case("INBOX") {
@@ -395,17 +323,18 @@ impl Cache {
         migrate(&mut conn).map_err(err)?;
         // Every statement the cache runs stays prepared (rusqlite keeps 16 by default).
         conn.set_prepared_statement_cache_capacity(128);
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
-            .map_err(err)?;
-        // A WAL that grew is cut back to this when it starts over.
-        conn.pragma_update(None, "journal_size_limit", WAL_BACKSTOP_PAGES * 4096)
-            .map_err(err)?;
+        // The WAL is copied into the database file on a thread of its own, nudged after
+        // the commits that write much (a sync page, blob chunks, whatever a mail client sees
+        // change): a sync's commits then return once their WAL frames are on disk, and the
+        // copy runs beside the next page's work (DECISIONS D19).
+        letterme_sqlite::leave_checkpoints(&conn).map_err(err)?;
         let cache = Self {
             conn: Mutex::new(conn),
             key,
             path: path.to_owned(),
             changes: watch::channel(0).0,
-            checkpoints: Checkpointer::start(path)?,
+            checkpoints: Checkpointer::start(open_db(path)?, "letterme-checkpoint")
+                .map_err(|e| ClientError::Io(format!("cannot start the checkpoint thread: {e}")))?,
         };
         for (name, special) in STANDARD_MAILBOXES {
             let c = cache.lock();

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use letterme_sqlite::Checkpointer;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -173,7 +174,7 @@ fn split_lines(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn writer_loop(conn: &Connection, mut rx: mpsc::Receiver<Job>) {
+fn writer_loop(conn: &Connection, mut rx: mpsc::Receiver<Job>, checkpoints: &Checkpointer) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
@@ -223,6 +224,9 @@ fn writer_loop(conn: &Connection, mut rx: mpsc::Receiver<Job>) {
             let _ = conn.execute_batch("ROLLBACK");
             tracing::error!(error = %outcome.as_ref().err().map(ToString::to_string).unwrap_or_default(), "group commit failed");
         }
+        if outcome.is_ok() {
+            checkpoints.nudge();
+        }
         for done in completions {
             done(outcome.clone());
         }
@@ -241,10 +245,18 @@ impl Store {
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| StoreError::Database(format!("migration failed: {e}")))?;
+        // The WAL is copied into the database file on a thread of its own, nudged after each
+        // group commit, rather than by the commit that crossed SQLite's threshold, which
+        // held every writer queued behind it (DECISIONS D79).
+        letterme_sqlite::leave_checkpoints(&conn)?;
+        let checkpoint_conn = Connection::open(path)?;
+        configure(&checkpoint_conn)?;
+        let checkpoints = Checkpointer::start(checkpoint_conn, "letterme-db-checkpoint")
+            .map_err(|e| StoreError::Database(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("letterme-db-writer".into())
-            .spawn(move || writer_loop(&conn, rx))
+            .spawn(move || writer_loop(&conn, rx, &checkpoints))
             .map_err(|e| StoreError::Database(e.to_string()))?;
         Ok(Self {
             writer: tx,

@@ -447,17 +447,20 @@ impl Online {
         Ok(outcome)
     }
 
-    /// Uploads each file [`mime::compose_apart`] set apart as a blob of its base64 body,
-    /// made as it is sealed.
+    /// Uploads each file [`mime::compose_apart`] set apart as a blob of its bytes, whose
+    /// part's body is their base64 ([`BlobRef::base64`]): the reader makes the text the
+    /// sender would have sent, a third more to seal, upload, store and download.
     pub(crate) async fn upload_apart(
         &self,
         files: &[mime::AttachedFile],
         limit: u64,
     ) -> Result<Vec<BlobRef>, ClientError> {
-        let bodies: Vec<mime::Base64Body<'_>> =
-            files.iter().map(|f| mime::Base64Body(&f.bytes)).collect();
-        self.upload_all(&bodies.iter().collect::<Vec<_>>(), limit)
-            .await
+        let bytes: Vec<&[u8]> = files.iter().map(|f| f.bytes.as_slice()).collect();
+        let mut refs = self.upload_all(&bytes, limit).await?;
+        for r in &mut refs {
+            r.base64 = true;
+        }
+        Ok(refs)
     }
 
     /// Uploads each of `blobs`, every size checked against `limit` first (nothing is
@@ -541,6 +544,12 @@ impl Unlocked {
         out: impl std::io::Write,
     ) -> Result<u64, ClientError> {
         let mut opener = Opener::new(r)?;
+        // A blob of the bytes themselves (the sender's base64 undone) is written as it is.
+        let transfer = if r.base64 {
+            mail_parser::Encoding::None
+        } else {
+            transfer
+        };
         let mut decode = mime::Decode::new(transfer, out);
         for n in 0..opener.chunks() {
             let sealed = self
@@ -568,7 +577,7 @@ impl Unlocked {
             let sealed = mailbox.blob_chunks(&r.id)?;
             bodies.push(
                 if sealed.len() as u64 == letterme_protocol::blob::chunks(r.size) {
-                    Some(open(&sealed, r)?)
+                    Some(mime::written(r, open(&sealed, r)?))
                 } else {
                     None
                 },

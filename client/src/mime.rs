@@ -233,7 +233,12 @@ impl Base64Body<'_> {
     const LINE: usize = 78;
 
     pub fn len(&self) -> usize {
-        let chars = self.0.len().div_ceil(3) * 4;
+        Self::len_of(self.0.len())
+    }
+
+    /// The text's length for `n` bytes.
+    pub fn len_of(n: usize) -> usize {
+        let chars = n.div_ceil(3) * 4;
         chars + 2 * chars.div_ceil(76).saturating_sub(1)
     }
 
@@ -264,6 +269,79 @@ impl Base64Body<'_> {
         text.get(range.start - offset..range.end - offset)
             .map(<[u8]>::to_vec)
             .unwrap_or_default()
+    }
+}
+
+/// [`Base64Body`]'s text made as its bytes arrive, a piece at a time (a blob's chunks).
+#[derive(Debug, Default)]
+pub struct Base64Lines {
+    /// Bytes short of a line.
+    carry: Vec<u8>,
+    /// Whether a line was written (the next one starts with CRLF).
+    started: bool,
+}
+
+impl Base64Lines {
+    /// Appends the text of `bytes`' whole lines to `out`, keeping what is short of a line.
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) {
+        if !self.carry.is_empty() {
+            let take = (Base64Body::IN - self.carry.len()).min(bytes.len());
+            self.carry.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.carry.len() < Base64Body::IN {
+                return;
+            }
+            let line = std::mem::take(&mut self.carry);
+            self.line(&line, out);
+        }
+        let mut lines = bytes.chunks_exact(Base64Body::IN);
+        for line in &mut lines {
+            self.line(line, out);
+        }
+        self.carry.extend_from_slice(lines.remainder());
+    }
+
+    /// Appends the last, shorter line, if any.
+    pub fn finish(mut self, out: &mut Vec<u8>) {
+        let rest = std::mem::take(&mut self.carry);
+        if !rest.is_empty() {
+            self.line(&rest, out);
+        }
+    }
+
+    fn line(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        use base64::Engine as _;
+        if self.started {
+            out.extend_from_slice(b"\r\n");
+        }
+        self.started = true;
+        let at = out.len();
+        out.resize(at + bytes.len().div_ceil(3) * 4, 0);
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(bytes, &mut out[at..])
+            .unwrap_or(0);
+        out.truncate(at + written);
+    }
+}
+
+/// The length of blob `r`'s bytes as its message has them ([`BlobRef::base64`]).
+pub fn written_len(r: &letterme_protocol::blob::BlobRef) -> u64 {
+    if r.base64 {
+        // As `Base64Body::len_of`, saturating: the size is the sender's claim.
+        let chars = r.size.div_ceil(3).saturating_mul(4);
+        chars.saturating_add(chars.div_ceil(76).saturating_sub(1).saturating_mul(2))
+    } else {
+        r.size
+    }
+}
+
+/// Blob `r`'s opened bytes as its message has them.
+pub fn written(r: &letterme_protocol::blob::BlobRef, bytes: Vec<u8>) -> Vec<u8> {
+    if r.base64 {
+        let body = Base64Body(&bytes);
+        body.range(0..body.len())
+    } else {
+        bytes
     }
 }
 
@@ -728,6 +806,24 @@ mod tests {
             let body = Base64Body(&bytes);
             assert_eq!(body.len(), whole.len(), "{len}");
             assert_eq!(body.range(0..body.len()), whole, "{len}");
+            let reference = letterme_protocol::blob::BlobRef {
+                id: String::new(),
+                key: [0; 32],
+                nonce: [0; letterme_protocol::blob::NONCE_PREFIX],
+                size: len as u64,
+                base64: true,
+            };
+            assert_eq!(written_len(&reference), whole.len() as u64, "{len}");
+            // Made as the bytes arrive, however they are cut (a blob's chunks).
+            for cut in [1, 2, 56, 57, 58, 1000] {
+                let mut lines = Base64Lines::default();
+                let mut made = Vec::new();
+                for piece in bytes.chunks(cut) {
+                    lines.feed(piece, &mut made);
+                }
+                lines.finish(&mut made);
+                assert_eq!(made, whole, "{len} in pieces of {cut}");
+            }
             for cut in [1, 7, 77, 78, 79, 1000] {
                 let mut joined = Vec::new();
                 let mut at = 0;

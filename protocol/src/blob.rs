@@ -136,6 +136,12 @@ pub struct BlobRef {
     pub nonce: [u8; NONCE_PREFIX],
     /// Plaintext size in bytes.
     pub size: u64,
+    /// The part's body as its message has it is the blob's bytes in base64, 76 characters a
+    /// line and CRLF between lines (the sender's own encoding, which the reader redoes), not
+    /// the blob's bytes themselves: a file goes decoded, a third smaller. Absent (false)
+    /// for a body kept as written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base64: bool,
 }
 
 impl fmt::Debug for BlobRef {
@@ -281,6 +287,7 @@ impl Sealer {
             key: self.key,
             nonce: self.nonce,
             size,
+            base64: false,
         }
     }
 

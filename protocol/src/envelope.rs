@@ -686,6 +686,7 @@ mod tests {
             key: [n; 32],
             nonce: [n; crate::blob::NONCE_PREFIX],
             size: 100,
+            base64: false,
         }
     }
 

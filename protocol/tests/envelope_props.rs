@@ -247,6 +247,7 @@ fn blob_ref(n: u8) -> letterme_protocol::blob::BlobRef {
         key: [n; 32],
         nonce: [n; letterme_protocol::blob::NONCE_PREFIX],
         size: 1 << 20,
+        base64: false,
     }
 }
 

@@ -316,8 +316,16 @@ impl Cache {
             };
             let mut opener = Opener::new(&p.blob)
                 .map_err(|e| broken(&format!("attachment blob {}: {e}", p.blob.id)))?;
+            let mut lines = p.blob.base64.then(crate::mime::Base64Lines::default);
             for n in 0..opener.chunks() {
-                out.extend(opened(opener.open_next(&read(n)?))?);
+                let plain = opened(opener.open_next(&read(n)?))?;
+                match &mut lines {
+                    Some(lines) => lines.feed(&plain, out),
+                    None => out.extend(plain),
+                }
+            }
+            if let Some(lines) = lines {
+                lines.finish(out);
             }
             Ok::<(), ClientError>(())
         })?;
@@ -934,7 +942,7 @@ fn place<E>(
 ) -> Result<(Vec<u8>, Vec<std::ops::Range<usize>>), E> {
     let total = pieces
         .iter()
-        .map(|p| usize::try_from(p.blob.size).unwrap_or(usize::MAX))
+        .map(|p| usize::try_from(crate::mime::written_len(&p.blob)).unwrap_or(usize::MAX))
         .fold(rest.len(), usize::saturating_add);
     let mut out = Vec::with_capacity(total.min(1 << 31));
     let mut places = Vec::with_capacity(pieces.len());
@@ -953,7 +961,7 @@ fn place<E>(
 /// `rest` with each piece's place filled with [`FILLER_LINE`]s, cut to its size.
 fn fill(rest: &[u8], pieces: &[Piece]) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
     let filled = place(rest, pieces, |p, out| {
-        let size = usize::try_from(p.blob.size).unwrap_or(usize::MAX);
+        let size = usize::try_from(crate::mime::written_len(&p.blob)).unwrap_or(usize::MAX);
         out.extend(FILLER_LINE.iter().copied().cycle().take(size));
         Ok::<(), std::convert::Infallible>(())
     });

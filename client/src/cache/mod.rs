@@ -234,9 +234,9 @@ pub struct NewMail {
 impl NewMail {
     /// The message's size as served: `raw` and its pieces.
     pub fn size(&self) -> u64 {
-        self.pieces
-            .iter()
-            .fold(self.raw.len() as u64, |n, p| n.saturating_add(p.blob.size))
+        self.pieces.iter().fold(self.raw.len() as u64, |n, p| {
+            n.saturating_add(crate::mime::written_len(&p.blob))
+        })
     }
 }
 

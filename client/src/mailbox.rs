@@ -45,7 +45,12 @@ pub(crate) fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
 /// Opens `mail.db` durable (WAL, synchronous=FULL) with the envelope tables in place.
 pub(crate) fn open_db(path: &Path) -> Result<Connection, ClientError> {
     let err = |e: rusqlite::Error| ClientError::store(path, e);
-    let conn = Connection::open(path).map_err(err)?;
+    let mut conn = Connection::open(path).map_err(err)?;
+    // Every transaction takes the write lock as it begins, waiting for it (the busy
+    // timeout). A deferred one that read first and then wrote could not wait: SQLite
+    // answers "database is locked" at once while another connection writes — the proxy
+    // beside a CLI command, or the checkpoint thread emptying the WAL.
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(err)?;
     conn.pragma_update(None, "journal_mode", "WAL")

@@ -679,3 +679,31 @@ fn a_blobs_chunks_go_with_the_last_message_that_needs_them() {
     expunge(inbox.id, uid);
     assert_eq!(kept(&reference), 1, "a stored envelope names them");
 }
+
+/// A write that reads first (APPEND looks for its Message-ID, then files) waits for another
+/// connection's write to end — the proxy beside a CLI command, the checkpoint thread
+/// emptying the WAL — rather than failing at once with "database is locked".
+#[test]
+fn a_write_waits_for_another_connections_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir);
+    let path = dir.path().join("mail.db");
+    let (locked, release) = (
+        std::sync::Arc::new(std::sync::Barrier::new(2)),
+        std::time::Duration::from_millis(300),
+    );
+    let holder = {
+        let locked = locked.clone();
+        std::thread::spawn(move || {
+            let other = rusqlite::Connection::open(&path).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            locked.wait();
+            std::thread::sleep(release);
+            other.execute_batch("COMMIT").unwrap();
+        })
+    };
+    locked.wait();
+    c.append(&mail("Sent", "Subject: x\r\n\r\nx", Some("<wait@x>")))
+        .unwrap();
+    holder.join().unwrap();
+}

@@ -6,7 +6,7 @@
 use letterme_protocol::Payload;
 use std::sync::Arc;
 
-use letterme_protocol::blob::{BlobRef, CHUNK, ChunkSealer, Opener, Sealer};
+use letterme_protocol::blob::{BlobRef, CHUNK, ChunkSealer, Opener, Sealer, chunk_of, chunks};
 
 use crate::cache::Cache;
 use crate::http::Api;
@@ -38,49 +38,6 @@ const UPLOAD_CHUNKS_PER_COMMIT: usize = CHUNKS_PER_COMMIT / 2;
 /// between them).
 const UPLOAD_ATTEMPTS: usize = 5;
 
-/// A blob's plaintext, read a chunk at a time: bytes at hand, or text made as it is read
-/// ([`mime::Base64Body`]), so that a large file is never in memory twice.
-pub(crate) trait BlobBytes: Sync {
-    fn len(&self) -> usize;
-    /// The bytes in `range` (within `0..len()`).
-    fn range(&self, range: std::ops::Range<usize>) -> std::borrow::Cow<'_, [u8]>;
-}
-
-impl BlobBytes for [u8] {
-    fn len(&self) -> usize {
-        <[u8]>::len(self)
-    }
-
-    fn range(&self, range: std::ops::Range<usize>) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self[range])
-    }
-}
-
-impl BlobBytes for mime::Base64Body<'_> {
-    fn len(&self) -> usize {
-        mime::Base64Body::len(self)
-    }
-
-    fn range(&self, range: std::ops::Range<usize>) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Owned(mime::Base64Body::range(self, range))
-    }
-}
-
-/// Chunk `n` of `bytes` as a blob cuts it: every chunk but the last full, the last holding
-/// the rest (0 to [`CHUNK`] bytes).
-fn chunk_of(bytes: &(impl BlobBytes + ?Sized), n: u64) -> std::borrow::Cow<'_, [u8]> {
-    let start = usize::try_from(n)
-        .unwrap_or(usize::MAX)
-        .saturating_mul(CHUNK)
-        .min(bytes.len());
-    bytes.range(start..start.saturating_add(CHUNK).min(bytes.len()))
-}
-
-/// How many chunks a blob of `bytes` has.
-fn chunk_count(bytes: &(impl BlobBytes + ?Sized)) -> u64 {
-    letterme_protocol::blob::chunks(bytes.len() as u64)
-}
-
 /// Asks the server where the upload of blob `reference` stands and sends the chunks it
 /// lacks, [`CHUNKS_AHEAD`] in flight, each sealed again in its transfer's task (the
 /// runtime's workers seal side by side); each chunk is kept in `cache` too (our Sent copy
@@ -91,42 +48,54 @@ async fn upload_missing(
     cache: &Arc<Cache>,
     reference: &BlobRef,
     manifest: &[u8],
-    bytes: &(impl BlobBytes + ?Sized),
+    bytes: &[u8],
 ) -> Result<(), ClientError> {
     let size = letterme_protocol::blob::sealed_size(bytes.len() as u64);
     let state = api.blob_begin(&reference.id, size, manifest).await?;
     let held = cache.held_chunks(&reference.id)?;
     let sealer = Arc::new(ChunkSealer::again(reference));
-    let mut transfers = tokio::task::JoinSet::new();
     let mut keeping = Keeping::new(cache, &reference.id);
-    let count = chunk_count(bytes);
-    for n in 0..count {
-        let (upload, keep) = (!state.stored.contains(&n), !held.contains(&n));
-        if !upload && !keep {
-            continue;
-        }
-        while transfers.len() >= CHUNKS_AHEAD {
-            keeping
-                .add(joined(transfers.join_next().await)?.flatten())
-                .await?;
-        }
-        let plain = chunk_of(bytes, n).into_owned();
-        let (api, id, sealer) = (api.clone(), reference.id.clone(), sealer.clone());
-        transfers.spawn(async move {
-            // About a millisecond of work: sealed here rather than handed to a blocking
-            // thread, whose allocator arena would keep its megabytes.
-            let sealed = bytes::Bytes::from(sealer.seal(n, n + 1 == count, &plain));
-            drop(plain);
-            if upload {
-                api.blob_put(&id, n, sealed.clone()).await?;
+    let count = chunks(bytes.len() as u64);
+    let sent = async {
+        let mut transfers = tokio::task::JoinSet::new();
+        for n in 0..count {
+            let (upload, keep) = (!state.stored.contains(&n), !held.contains(&n));
+            if !upload && !keep {
+                continue;
             }
-            Ok(keep.then_some((n, sealed)))
-        });
+            while transfers.len() >= CHUNKS_AHEAD {
+                keeping
+                    .add(joined(transfers.join_next().await)?.flatten())
+                    .await?;
+            }
+            let plain = chunk_of(bytes, n).to_vec();
+            let (api, id, sealer) = (api.clone(), reference.id.clone(), sealer.clone());
+            transfers.spawn(async move {
+                // About a millisecond of work: sealed here rather than handed to a blocking
+                // thread, whose allocator arena would keep its megabytes.
+                let sealed = bytes::Bytes::from(sealer.seal(n, n + 1 == count, &plain));
+                drop(plain);
+                if upload {
+                    api.blob_put(&id, n, sealed.clone()).await?;
+                }
+                Ok(keep.then_some((n, sealed)))
+            });
+        }
+        while let Some(done) = transfers.join_next().await {
+            keeping.add(joined(Some(done))?.flatten()).await?;
+        }
+        Ok(())
     }
-    while let Some(done) = transfers.join_next().await {
-        keeping.add(joined(Some(done))?.flatten()).await?;
+    .await;
+    match sent {
+        Ok(()) => keeping.finish().await,
+        // The commit under way ends before the error is told: a send given up deletes the
+        // chunks kept, which a commit still running would put back.
+        Err(e) => {
+            let _ = keeping.wait().await;
+            Err(e)
+        }
     }
-    keeping.finish().await
 }
 
 /// The chunks of an upload kept locally, [`UPLOAD_CHUNKS_PER_COMMIT`] to a commit on a blocking
@@ -231,16 +200,12 @@ impl Online {
     /// Seals `bytes` and uploads it as a blob. When the connection breaks (the server
     /// restarting included) it waits, logs in again and resumes with the chunks the server
     /// does not hold. The reference goes into the payload.
-    pub(crate) async fn upload_blob(
-        &self,
-        bytes: &(impl BlobBytes + ?Sized),
-    ) -> Result<BlobRef, ClientError> {
+    pub(crate) async fn upload_blob(&self, bytes: &[u8]) -> Result<BlobRef, ClientError> {
         // The manifest first (the upload declares it, and the blob's id is its hash), sealed
         // on every core; the chunks are sealed again as they go, so no more than a few are
         // held.
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let (reference, manifest) =
-            Sealer::manifest_of(bytes.len() as u64, threads, |n| chunk_of(bytes, n));
+        let (reference, manifest) = Sealer::manifest_of(bytes, threads);
         let cache = &self.me.cache;
         let manifest = manifest.to_bytes();
         let mut api = self.api.clone();
@@ -466,11 +431,7 @@ impl Online {
     /// Uploads each of `blobs`, every size checked against `limit` first (nothing is
     /// uploaded for a message that cannot go); after a failure the ones uploaded are given
     /// up.
-    async fn upload_all<B: BlobBytes + ?Sized>(
-        &self,
-        blobs: &[&B],
-        limit: u64,
-    ) -> Result<Vec<BlobRef>, ClientError> {
+    async fn upload_all(&self, blobs: &[&[u8]], limit: u64) -> Result<Vec<BlobRef>, ClientError> {
         for b in blobs {
             let sealed = letterme_protocol::blob::sealed_size(b.len() as u64);
             if sealed > limit {
@@ -482,7 +443,7 @@ impl Online {
         }
         let mut refs = Vec::with_capacity(blobs.len());
         for b in blobs {
-            match self.upload_blob(*b).await {
+            match self.upload_blob(b).await {
                 Ok(r) => refs.push(r),
                 Err(e) => {
                     self.discard_blobs(&refs).await;
@@ -595,7 +556,6 @@ impl Unlocked {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use letterme_protocol::blob::chunks;
 
     #[test]
     fn sealed_blobs_open_and_changed_ones_do_not() {
@@ -603,12 +563,11 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
             // The manifest sealed on three threads, the chunks sealed again one by one
             // under its reference, as an upload does: the same chunks.
-            let (r, manifest) =
-                Sealer::manifest_of(len as u64, 3, |n| chunk_of(bytes.as_slice(), n));
+            let (r, manifest) = Sealer::manifest_of(&bytes, 3);
             let again = ChunkSealer::again(&r);
             let count = chunks(len as u64);
             let sealed: Vec<Vec<u8>> = (0..count)
-                .map(|n| again.seal(n, n + 1 == count, &chunk_of(bytes.as_slice(), n)))
+                .map(|n| again.seal(n, n + 1 == count, chunk_of(&bytes, n)))
                 .collect();
             assert_eq!(
                 manifest.0,

@@ -222,8 +222,8 @@ fn detach_where(
 }
 
 /// A file's bytes as a base64 body (RFC 2045 §6.8): lines of 76 characters joined by
-/// CRLF, made a range at a time — a large file goes as a blob of this text without the
-/// text ever being whole in memory.
+/// CRLF, made a range at a time. The one form the CLI writes, so that a file set apart
+/// goes as a blob of its bytes and its readers make this text again (DECISIONS D80).
 #[derive(Debug, Clone, Copy)]
 pub struct Base64Body<'a>(pub &'a [u8]);
 
@@ -233,13 +233,13 @@ impl Base64Body<'_> {
     const LINE: usize = 78;
 
     pub fn len(&self) -> usize {
-        Self::len_of(self.0.len())
+        usize::try_from(Self::len_of(self.0.len() as u64)).unwrap_or(usize::MAX)
     }
 
-    /// The text's length for `n` bytes.
-    pub fn len_of(n: usize) -> usize {
-        let chars = n.div_ceil(3) * 4;
-        chars + 2 * chars.div_ceil(76).saturating_sub(1)
+    /// The text's length for `n` bytes (saturating: `n` may be a sender's claim).
+    pub fn len_of(n: u64) -> u64 {
+        let chars = n.div_ceil(3).saturating_mul(4);
+        chars.saturating_add(chars.div_ceil(76).saturating_sub(1).saturating_mul(2))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -327,9 +327,7 @@ impl Base64Lines {
 /// The length of blob `r`'s bytes as its message has them ([`BlobRef::base64`]).
 pub fn written_len(r: &letterme_protocol::blob::BlobRef) -> u64 {
     if r.base64 {
-        // As `Base64Body::len_of`, saturating: the size is the sender's claim.
-        let chars = r.size.div_ceil(3).saturating_mul(4);
-        chars.saturating_add(chars.div_ceil(76).saturating_sub(1).saturating_mul(2))
+        Base64Body::len_of(r.size)
     } else {
         r.size
     }
@@ -348,8 +346,9 @@ pub fn written(r: &letterme_protocol::blob::BlobRef, bytes: Vec<u8>) -> Vec<u8> 
 /// [`compose`] with each file whose base64 body is longer than `threshold` set apart: in
 /// its place a part with the header it would have, a [`BLOB_FIELD`] naming it first and
 /// no body, as [`detach`] leaves one. The files set apart, in order, go as blobs of their
-/// [`Base64Body`] (or are put back with [`attach`]); a large file is then never composed
-/// into the entity, copied, or parsed.
+/// bytes whose parts' bodies are their [`Base64Body`] (`BlobRef::base64`), or are put back
+/// as that text with [`attach`]; a large file is then never composed into the entity,
+/// copied, or parsed.
 pub fn compose_apart(
     text: &str,
     html: Option<&str>,

@@ -64,6 +64,16 @@ pub fn chunks(size: u64) -> u64 {
     size.div_ceil(CHUNK as u64).max(1)
 }
 
+/// Chunk `n` of a blob's `bytes`: every chunk but the last [`CHUNK`] bytes, the last the
+/// rest (0 to [`CHUNK`] bytes).
+pub fn chunk_of(bytes: &[u8], n: u64) -> &[u8] {
+    let start = usize::try_from(n)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(CHUNK)
+        .min(bytes.len());
+    &bytes[start..start.saturating_add(CHUNK).min(bytes.len())]
+}
+
 /// The sealed size of a blob of `size` plaintext bytes.
 pub fn sealed_size(size: u64) -> u64 {
     size + chunks(size) * TAG as u64
@@ -197,7 +207,8 @@ impl ChunkSealer {
     }
 
     /// The key and nonce prefix of a blob sealed before: fed the same bytes, it seals the
-    /// same chunks again, byte for byte.
+    /// same chunks again, byte for byte. Only for those bytes: other bytes sealed at a
+    /// position already used reuse its nonce.
     pub fn again(reference: &BlobRef) -> Self {
         Self::with(&reference.key, &reference.nonce)
     }
@@ -291,18 +302,15 @@ impl Sealer {
         }
     }
 
-    /// Seals a blob of `size` bytes, whose chunk `n` is `chunk(n)`, under a fresh key on
-    /// `threads` threads at once, for its manifest: the reference and the manifest. The
-    /// sealed chunks are not kept ([`ChunkSealer::again`] seals them again as they go).
-    pub fn manifest_of<'a>(
-        size: u64,
-        threads: usize,
-        chunk: impl Fn(u64) -> std::borrow::Cow<'a, [u8]> + Sync,
-    ) -> (BlobRef, Manifest) {
+    /// Seals `bytes` under a fresh key on `threads` threads at once, for its manifest: the
+    /// reference and the manifest. The sealed chunks are not kept ([`ChunkSealer::again`]
+    /// seals them again as they go).
+    pub fn manifest_of(bytes: &[u8], threads: usize) -> (BlobRef, Manifest) {
         let mut sealer = Self::new();
-        let count = chunks(size);
+        let count = chunks(bytes.len() as u64);
         let per_thread = count.div_ceil(threads.max(1) as u64);
-        let (sealing, chunk) = (&sealer.chunks, &chunk);
+        let sealing = &sealer.chunks;
+        let chunk = |n| chunk_of(bytes, n);
         let hashes: Vec<[u8; 32]> = std::thread::scope(|scope| {
             let parts: Vec<_> = (0..count)
                 .step_by(usize::try_from(per_thread).unwrap_or(usize::MAX).max(1))
@@ -310,7 +318,7 @@ impl Sealer {
                     scope.spawn(move || {
                         (from..count.min(from + per_thread))
                             .map(|n| {
-                                Manifest::chunk_hash(&sealing.seal(n, n + 1 == count, &chunk(n)))
+                                Manifest::chunk_hash(&sealing.seal(n, n + 1 == count, chunk(n)))
                             })
                             .collect::<Vec<_>>()
                     })
@@ -322,7 +330,7 @@ impl Sealer {
                 .collect()
         });
         sealer.manifest = Manifest(hashes);
-        let reference = sealer.reference(size);
+        let reference = sealer.reference(bytes.len() as u64);
         (reference, std::mem::take(&mut sealer.manifest))
     }
 }

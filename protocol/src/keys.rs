@@ -205,9 +205,10 @@ impl EncryptionKeypair {
     fn from_secret(secret: crypto_box::SecretKey) -> Self {
         let public = EncryptionPublicKey(*secret.public_key().as_bytes());
         // crypto_box's own scalar: the clamped secret reduced modulo the group order.
-        let scalar = Zeroizing::new(curve25519_dalek::Scalar::from_bytes_mod_order(
-            curve25519_dalek::scalar::clamp_integer(secret.to_bytes()),
-        ));
+        let clamped = Zeroizing::new(curve25519_dalek::scalar::clamp_integer(*Zeroizing::new(
+            secret.to_bytes(),
+        )));
+        let scalar = Zeroizing::new(curve25519_dalek::Scalar::from_bytes_mod_order(*clamped));
         Self {
             secret,
             scalar,
@@ -270,8 +271,9 @@ impl EncryptionKeypair {
     fn shared_secret(&self, ephemeral: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
         // Either sign gives the same u-coordinate of the product.
         let point = curve25519_dalek::MontgomeryPoint(*ephemeral).to_edwards(0)?;
+        let product = Zeroizing::new(&point * &*self.scalar);
         Some(Zeroizing::new(
-            (&point * &*self.scalar).to_montgomery().to_bytes(),
+            Zeroizing::new(product.to_montgomery()).to_bytes(),
         ))
     }
 }

@@ -30,6 +30,22 @@ fn file(dir: &Path, name: &str, len: usize, canary: &str) -> Vec<u8> {
     bytes
 }
 
+/// The CLI's arguments for sending bob@x.test a message with the file at `path` attached.
+fn send_to_bob<'a>(path: &'a Path, subject: &'a str, body: &'a str) -> [&'a str; 9] {
+    let path = path.to_str().unwrap();
+    [
+        "send",
+        "--to",
+        "bob@x.test",
+        "--subject",
+        subject,
+        "--body",
+        body,
+        "--attach",
+        path,
+    ]
+}
+
 fn synced(profile: &Path) -> serde_json::Value {
     json(&cli(profile, &["sync", "--json"], None))
 }
@@ -108,21 +124,11 @@ fn a_blob_survives_kill_9_of_the_server_during_upload_and_of_the_reader_during_d
     let mut server = ServerProc::start(world.path(), "x.test", "");
     let alice = world.account(&server, "alice", "alice@x.test");
     let bob = world.account(&server, "bob", "bob@x.test");
-    // 24 MiB: 32 chunks of base64, enough to kill the server between two of them.
+    // 24 MiB: 24 chunks, enough to kill the server between two of them.
     let bytes = file(world.path(), "big.bin", 24 << 20, "CANARY-KILL-77aa");
     let path = world.path().join("big.bin");
     let mut send = Command::new(letterme_bin())
-        .args([
-            "send",
-            "--to",
-            "bob@x.test",
-            "--subject",
-            "kill",
-            "--body",
-            "x",
-            "--attach",
-            path.to_str().unwrap(),
-        ])
+        .args(send_to_bob(&path, "kill", "x"))
         .env("LETTERME_PROFILE", &alice)
         .env("LETTERME_PASSPHRASE", PASSPHRASE)
         .stdout(Stdio::piped())
@@ -194,17 +200,7 @@ fn a_proxy_killed_while_downloading_an_attachment_finishes_it_after_a_restart() 
     let bob = world.account(&server, "bob", "bob@x.test");
     let bytes = file(world.path(), "big.bin", 24 << 20, "CANARY-PROXY-KILL-31d7");
     let path = world.path().join("big.bin");
-    let args = [
-        "send",
-        "--to",
-        "bob@x.test",
-        "--subject",
-        "kill the proxy",
-        "--body",
-        "x",
-        "--attach",
-        path.to_str().unwrap(),
-    ];
+    let args = send_to_bob(&path, "kill the proxy", "x");
     ok(&cli(&alice, &args, None));
     let chunks = |profile: &Path| -> i64 {
         rusqlite::Connection::open(profile.join("mail.db"))
@@ -310,17 +306,7 @@ fn a_send_refused_after_its_upload_leaves_no_blob_behind() {
     world.account(&server, "bob", "bob@x.test");
     file(world.path(), "big.bin", 3 << 20, "CANARY-REFUSED-4c1a");
     let path = world.path().join("big.bin");
-    let args = [
-        "send",
-        "--to",
-        "bob@x.test",
-        "--subject",
-        "too big for bob",
-        "--body",
-        "attached",
-        "--attach",
-        path.to_str().unwrap(),
-    ];
+    let args = send_to_bob(&path, "too big for bob", "attached");
     let out = cli(&alice, &args, None);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -352,17 +338,7 @@ fn a_text_search_downloads_the_text_attachment_it_reads() {
     std::fs::write(&path, &notes).unwrap();
     ok(&cli(
         &alice,
-        &[
-            "send",
-            "--to",
-            "bob@x.test",
-            "--subject",
-            "notes",
-            "--body",
-            "see attached",
-            "--attach",
-            path.to_str().unwrap(),
-        ],
+        &send_to_bob(&path, "notes", "see attached"),
         None,
     ));
     assert_eq!(server.stored_blobs().blobs, 1, "the notes went as a blob");
@@ -449,21 +425,7 @@ fn an_attachment_sent_as_its_bytes_is_served_as_its_base64() {
     let len = (3 << 20) + 1001;
     file(world.path(), "big.bin", len, "CANARY-AS-BYTES-8e2c");
     let path = world.path().join("big.bin");
-    ok(&cli(
-        &alice,
-        &[
-            "send",
-            "--to",
-            "bob@x.test",
-            "--subject",
-            "as bytes",
-            "--body",
-            "x",
-            "--attach",
-            path.to_str().unwrap(),
-        ],
-        None,
-    ));
+    ok(&cli(&alice, &send_to_bob(&path, "as bytes", "x"), None));
     assert_eq!(
         server.stored_blobs().chunk_bytes,
         letterme_protocol::blob::sealed_size(len as u64),

@@ -177,25 +177,10 @@ async fn a_failed_write_keeps_nothing_alone_or_in_a_group() {
                 .await
         }
     };
-    let usage = |store: &Store| {
-        let store = store.clone();
-        async move {
-            store
-                .read(|c| {
-                    Ok(c.query_row(
-                        "SELECT usage_bytes FROM accounts WHERE address = 'b@x.test'",
-                        [],
-                        |r| r.get::<_, i64>(0),
-                    )?)
-                })
-                .await
-                .unwrap()
-        }
-    };
     assert!(matches!(bump(&store, true).await, Err(StoreError::Replay)));
-    assert_eq!(usage(&store).await, 0);
+    assert_eq!(usage_of(&store, "b@x.test").await, 0);
     bump(&store, false).await.unwrap();
-    assert_eq!(usage(&store).await, 1);
+    assert_eq!(usage_of(&store, "b@x.test").await, 1);
     let tasks: Vec<_> = (0..200)
         .map(|i| tokio::spawn(bump(&store, i % 2 == 1)))
         .collect();
@@ -204,7 +189,7 @@ async fn a_failed_write_keeps_nothing_alone_or_in_a_group() {
         failed += usize::from(t.await.unwrap().is_err());
     }
     assert_eq!(failed, 100);
-    assert_eq!(usage(&store).await, 101);
+    assert_eq!(usage_of(&store, "b@x.test").await, 101);
 }
 
 /// Every entrance files mail through one function: an envelope from a peer and one from
@@ -406,16 +391,7 @@ async fn queued_bytes_count_each_envelope_once_and_return_when_delivered() {
     let done = rows.iter().map(|r| (r.id, RowOutcome::Done)).collect();
     store.finish_federation(done, vec![], true).await.unwrap();
     store.accept_outgoing(second, remote(), 150).await.unwrap();
-    let left: i64 = store
-        .read(|c| {
-            Ok(
-                c.query_row("SELECT count(*) FROM federation_envelopes", [], |r| {
-                    r.get(0)
-                })?,
-            )
-        })
-        .await
-        .unwrap();
+    let left = value(&store, "SELECT count(*) FROM federation_envelopes").await;
     assert_eq!(left, 1, "the delivered envelope's bytes are gone");
 }
 
@@ -729,6 +705,14 @@ async fn readable(store: &Store, blob: letterme_protocol::blob::BlobId, who: &st
         .is_some()
 }
 
+/// The one value `sql` selects.
+async fn value(store: &Store, sql: &'static str) -> i64 {
+    store
+        .read(move |c| Ok(c.query_row(sql, [], |r| r.get(0))?))
+        .await
+        .unwrap()
+}
+
 async fn usage_of(store: &Store, who: &str) -> u64 {
     store
         .account(who.into())
@@ -784,15 +768,7 @@ async fn a_named_blob_is_kept_once_counted_per_recipient_and_deleted_after_the_l
     assert!(readable(&store, blob, "a@x.test").await);
     assert!(!readable(&store, blob, "d@x.test").await);
     // Stored once.
-    let rows = store
-        .read(|c| {
-            Ok(c.query_row("SELECT count(*) FROM blob_chunks", [], |r| {
-                r.get::<_, i64>(0)
-            })?)
-        })
-        .await
-        .unwrap();
-    assert_eq!(rows, 1);
+    assert_eq!(value(&store, "SELECT count(*) FROM blob_chunks").await, 1);
 
     store.ack("b@x.test".into(), vec![[1; 16]]).await.unwrap();
     assert_eq!(usage_of(&store, "b@x.test").await, 0);
@@ -1071,17 +1047,11 @@ async fn a_blob_named_by_several_queued_envelopes_counts_once() {
         blobs: vec![blob],
         ..delivery(id, &[], 5)
     };
-    let queued = || async {
-        store
-            .read(|c| {
-                Ok(c.query_row(
-                    "SELECT coalesce(sum(bytes), 0) FROM federation_queued",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )?)
-            })
-            .await
-            .unwrap()
+    let queued = || {
+        value(
+            &store,
+            "SELECT coalesce(sum(bytes), 0) FROM federation_queued",
+        )
     };
     store
         .accept_outgoing(with_blob(1), remote("d1.test"), 5100)

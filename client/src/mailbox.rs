@@ -57,7 +57,11 @@ pub(crate) fn open_db(path: &Path) -> Result<Connection, ClientError> {
         .map_err(err)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(err)?;
-    conn.execute_batch(SCHEMA).map_err(err)?;
+    // One transaction: a new file is made with one commit (one wait for the disk), not one
+    // per table.
+    let tx = conn.transaction().map_err(err)?;
+    tx.execute_batch(SCHEMA).map_err(err)?;
+    tx.commit().map_err(err)?;
     Ok(conn)
 }
 

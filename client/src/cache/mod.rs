@@ -319,8 +319,24 @@ impl Cache {
     pub fn open(path: &Path, key: CacheKey) -> Result<Self, ClientError> {
         let err = |e: rusqlite::Error| ClientError::store(path, e);
         let mut conn = open_db(path)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        migrate(&mut conn).map_err(err)?;
+        // A new cache is made, and an older one brought up to date, in one transaction: one
+        // commit, all or nothing. The proxy and a CLI command may open the cache at once; the
+        // transaction takes the write lock first (`open_db`), so the second waits and then
+        // finds everything done.
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&tx).map_err(err)?;
+        for (name, special) in STANDARD_MAILBOXES {
+            if folder_by_name(&tx, name).map_err(err)?.is_none() {
+                insert_folder(&tx, name, special).map_err(err)?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO subscriptions (name) VALUES (?1)",
+                    [name],
+                )
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
         // Every statement the cache runs stays prepared (rusqlite keeps 16 by default).
         conn.set_prepared_statement_cache_capacity(128);
         // The WAL is copied into the database file on a thread of its own, nudged after
@@ -336,17 +352,6 @@ impl Cache {
             checkpoints: Checkpointer::start(open_db(path)?, "letterme-checkpoint")
                 .map_err(|e| ClientError::Io(format!("cannot start the checkpoint thread: {e}")))?,
         };
-        for (name, special) in STANDARD_MAILBOXES {
-            let c = cache.lock();
-            if folder_by_name(&c, name).map_err(err)?.is_none() {
-                insert_folder(&c, name, special).map_err(err)?;
-                c.execute(
-                    "INSERT OR IGNORE INTO subscriptions (name) VALUES (?1)",
-                    [name],
-                )
-                .map_err(err)?;
-            }
-        }
         Ok(cache)
     }
 
@@ -514,22 +519,19 @@ impl Cache {
     }
 }
 
-/// Brings an older cache up to [`MIGRATIONS`], one transaction per step.
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+/// Brings an older cache up to [`MIGRATIONS`] inside `tx`, which holds the write lock: the
+/// version read under it is the one to start from.
+fn migrate(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, step) in (1i64..).zip(MIGRATIONS) {
-        // The proxy and a CLI command may open the cache at once: each step takes the write
-        // lock first and looks at the version under it, so it runs once.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if i <= version {
             continue;
         }
         match step {
             Step::Sql(sql) => tx.execute_batch(sql)?,
-            Step::Rust(run) => run(&tx)?,
+            Step::Rust(run) => run(tx)?,
         }
         tx.pragma_update(None, "user_version", i)?;
-        tx.commit()?;
     }
     Ok(())
 }

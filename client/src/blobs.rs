@@ -6,8 +6,9 @@
 use letterme_protocol::Payload;
 use std::sync::Arc;
 
-use letterme_protocol::blob::{BlobRef, CHUNK, ChunkSealer, Opener, Sealer, chunk_of, chunks};
+use letterme_protocol::blob::{BlobRef, CHUNK, ChunkSealer, Opener, Plaintext, Sealer, chunks};
 
+use crate::attached::AttachedFile;
 use crate::cache::Cache;
 use crate::http::Api;
 use crate::{ClientError, Online, Unlocked, mime};
@@ -43,19 +44,19 @@ const UPLOAD_ATTEMPTS: usize = 5;
 /// runtime's workers seal side by side); each chunk is kept in `cache` too (our Sent copy
 /// reads the blob there), [`UPLOAD_CHUNKS_PER_COMMIT`] at a time, each commit beside the next
 /// chunks' transfers.
-async fn upload_missing(
+async fn upload_missing<P: Plaintext + ?Sized>(
     api: &Api,
     cache: &Arc<Cache>,
     reference: &BlobRef,
     manifest: &[u8],
-    bytes: &[u8],
+    plain: &P,
 ) -> Result<(), ClientError> {
-    let size = letterme_protocol::blob::sealed_size(bytes.len() as u64);
+    let size = letterme_protocol::blob::sealed_size(plain.size());
     let state = api.blob_begin(&reference.id, size, manifest).await?;
     let held = cache.held_chunks(&reference.id)?;
     let sealer = Arc::new(ChunkSealer::again(reference));
     let mut keeping = Keeping::new(cache, &reference.id);
-    let count = chunks(bytes.len() as u64);
+    let count = chunks(plain.size());
     let sent = async {
         let mut transfers = tokio::task::JoinSet::new();
         for n in 0..count {
@@ -68,13 +69,17 @@ async fn upload_missing(
                     .add(joined(transfers.join_next().await)?.flatten())
                     .await?;
             }
-            let plain = chunk_of(bytes, n).to_vec();
+            // A file is read here (a megabyte from the page cache, or from the disk).
+            let chunk = plain
+                .chunk(n)
+                .map_err(|e| ClientError::attachment(&e))?
+                .into_owned();
             let (api, id, sealer) = (api.clone(), reference.id.clone(), sealer.clone());
             transfers.spawn(async move {
                 // About a millisecond of work: sealed here rather than handed to a blocking
                 // thread, whose allocator arena would keep its megabytes.
-                let sealed = bytes::Bytes::from(sealer.seal(n, n + 1 == count, &plain));
-                drop(plain);
+                let sealed = bytes::Bytes::from(sealer.seal(n, n + 1 == count, &chunk));
+                drop(chunk);
                 if upload {
                     api.blob_put(&id, n, sealed.clone()).await?;
                 }
@@ -197,27 +202,32 @@ pub(crate) fn open(sealed: &[Vec<u8>], reference: &BlobRef) -> Result<Vec<u8>, C
 }
 
 impl Online {
-    /// Seals `bytes` and uploads it as a blob. When the connection breaks (the server
+    /// Seals `plain` and uploads it as a blob. When the connection breaks (the server
     /// restarting included) it waits, logs in again and resumes with the chunks the server
     /// does not hold. The reference goes into the payload.
-    pub(crate) async fn upload_blob(&self, bytes: &[u8]) -> Result<BlobRef, ClientError> {
+    pub(crate) async fn upload_blob<P: Plaintext + ?Sized>(
+        &self,
+        plain: &P,
+    ) -> Result<BlobRef, ClientError> {
         // The manifest first (the upload declares it, and the blob's id is its hash), sealed
         // on every core; the chunks are sealed again as they go, so no more than a few are
         // held.
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let (reference, manifest) = Sealer::manifest_of(bytes, threads);
+        let (reference, manifest) =
+            Sealer::manifest_of(plain, threads).map_err(|e| ClientError::attachment(&e))?;
         let cache = &self.me.cache;
         let manifest = manifest.to_bytes();
         let mut api = self.api.clone();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let broken = match upload_missing(&api, cache, &reference, &manifest, bytes).await {
+            let broken = match upload_missing(&api, cache, &reference, &manifest, plain).await {
                 Ok(()) => return Ok(reference),
                 // A restarted server forgot the login (401): log in again and resume.
                 Err(e @ ClientError::Api { status: 401, .. }) => e,
-                // The server refused: sending the same again changes nothing.
-                Err(e @ ClientError::Api { .. }) => {
+                // The server refused, or the file cannot be read: trying again changes
+                // nothing.
+                Err(e @ (ClientError::Api { .. } | ClientError::Attachment(_))) => {
                     self.discard_blobs(std::slice::from_ref(&reference)).await;
                     return Err(e);
                 }
@@ -417,10 +427,10 @@ impl Online {
     /// sender would have sent, a third more to seal, upload, store and download.
     pub(crate) async fn upload_apart(
         &self,
-        files: &[mime::AttachedFile],
+        files: &[AttachedFile],
         limit: u64,
     ) -> Result<Vec<BlobRef>, ClientError> {
-        let bytes: Vec<&[u8]> = files.iter().map(|f| f.bytes.as_slice()).collect();
+        let bytes: Vec<&crate::attached::FileBytes> = files.iter().map(|f| &f.bytes).collect();
         let mut refs = self.upload_all(&bytes, limit).await?;
         for r in &mut refs {
             r.base64 = true;
@@ -431,9 +441,13 @@ impl Online {
     /// Uploads each of `blobs`, every size checked against `limit` first (nothing is
     /// uploaded for a message that cannot go); after a failure the ones uploaded are given
     /// up.
-    async fn upload_all(&self, blobs: &[&[u8]], limit: u64) -> Result<Vec<BlobRef>, ClientError> {
+    async fn upload_all<P: Plaintext + ?Sized>(
+        &self,
+        blobs: &[&P],
+        limit: u64,
+    ) -> Result<Vec<BlobRef>, ClientError> {
         for b in blobs {
-            let sealed = letterme_protocol::blob::sealed_size(b.len() as u64);
+            let sealed = letterme_protocol::blob::sealed_size(b.size());
             if sealed > limit {
                 return Err(ClientError::AttachmentTooLarge {
                     size: sealed,
@@ -443,7 +457,7 @@ impl Online {
         }
         let mut refs = Vec::with_capacity(blobs.len());
         for b in blobs {
-            match self.upload_blob(b).await {
+            match self.upload_blob(*b).await {
                 Ok(r) => refs.push(r),
                 Err(e) => {
                     self.discard_blobs(&refs).await;
@@ -563,11 +577,14 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
             // The manifest sealed on three threads, the chunks sealed again one by one
             // under its reference, as an upload does: the same chunks.
-            let (r, manifest) = Sealer::manifest_of(&bytes, 3);
+            let (r, manifest) = Sealer::manifest_of(bytes.as_slice(), 3).unwrap();
             let again = ChunkSealer::again(&r);
             let count = chunks(len as u64);
             let sealed: Vec<Vec<u8>> = (0..count)
-                .map(|n| again.seal(n, n + 1 == count, chunk_of(&bytes, n)))
+                .map(|n| {
+                    let chunk = letterme_protocol::blob::chunk_of(&bytes, n);
+                    again.seal(n, n + 1 == count, chunk)
+                })
                 .collect();
             assert_eq!(
                 manifest.0,

@@ -80,6 +80,9 @@ pub enum ClientError {
     LocalStore { path: String, reason: String },
     #[error("{0}")]
     Io(String),
+    /// A file attached that cannot be read (or changed while it was sent).
+    #[error("attachment: {0}")]
+    Attachment(String),
     #[error("an attachment is {size} bytes encrypted; the server accepts at most {limit} bytes")]
     AttachmentTooLarge { size: u64, limit: u64 },
     #[error("attachment blob: {0}")]
@@ -98,6 +101,11 @@ fn list_of(v: &[Address]) -> String {
 }
 
 impl ClientError {
+    /// A file attached that cannot be read.
+    pub(crate) fn attachment(e: &std::io::Error) -> Self {
+        Self::Attachment(e.to_string())
+    }
+
     pub(crate) fn store(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
         Self::LocalStore {
             path: path.display().to_string(),

@@ -2,6 +2,7 @@
 //! recipient's attested key, seal, upload) and syncing (fetch, verify, store locally, and
 //! only then acknowledge). Shared by the CLI and, later, the local IMAP/SMTP proxy.
 
+pub mod attached;
 mod blobs;
 pub mod cache;
 pub mod dns;

@@ -12,6 +12,7 @@
 use base64::Engine as _;
 use mail_parser::{MessageParser, MessagePart, MimeHeaders as _, PartType};
 
+use crate::attached::{AttachedFile, FileBytes};
 use crate::cache::header_end;
 use crate::error::ClientError;
 
@@ -90,27 +91,24 @@ pub fn split_entity(entity: &[u8]) -> (Vec<u8>, &[u8]) {
     (fields, &entity[body..])
 }
 
-/// A file to attach: its name as the recipient sees it, and its bytes.
-#[derive(Debug, Clone)]
-pub struct AttachedFile {
-    pub name: String,
-    pub bytes: Vec<u8>,
-}
-
 /// The entity `letterme send` writes (lettre formats it): the text, with the HTML as its
 /// alternative, and the files attached, each typed by its extension. `None` for text alone,
 /// which travels as payload version 1. The files are taken, not copied: each is large
-/// enough as it is.
-pub fn compose(text: &str, html: Option<&str>, files: Vec<AttachedFile>) -> Option<Vec<u8>> {
+/// enough as it is (one left in its file is read here: an error as that fails).
+pub fn compose(
+    text: &str,
+    html: Option<&str>,
+    files: Vec<AttachedFile>,
+) -> std::io::Result<Option<Vec<u8>>> {
     use lettre::message::header::{ContentTransferEncoding, ContentType};
     use lettre::message::{Attachment as LettreAttachment, Body, MultiPart, SinglePart};
     if html.is_none() && files.is_empty() {
-        return None;
+        return Ok(None);
     }
     let alternative =
         html.map(|html| MultiPart::alternative_plain_html(text.to_owned(), html.to_owned()));
     if files.is_empty() {
-        return alternative.map(|a| a.formatted());
+        return Ok(alternative.map(|a| a.formatted()));
     }
     let mut mixed = match alternative {
         Some(a) => MultiPart::mixed().multipart(a),
@@ -122,11 +120,11 @@ pub fn compose(text: &str, html: Option<&str>, files: Vec<AttachedFile>) -> Opti
             .unwrap_or_else(|_| ContentType::parse("application/octet-stream").expect("valid"));
         // Always base64: a file is bytes, and lettre would send ASCII text with bare LF
         // line ends (or a NUL) as 7bit, which no SMTP hop may carry (RFC 5321 §2.3.8).
-        let body = Body::new_with_encoding(f.bytes, ContentTransferEncoding::Base64)
+        let body = Body::new_with_encoding(f.bytes.into_vec()?, ContentTransferEncoding::Base64)
             .expect("base64 carries any bytes");
         mixed = mixed.singlepart(LettreAttachment::new(f.name).body(body, content_type));
     }
-    Some(mixed.formatted())
+    Ok(Some(mixed.formatted()))
 }
 
 /// The field that stands for a part's body sent as blob `N` of the payload (PROTOCOL.md
@@ -354,10 +352,10 @@ pub fn compose_apart(
     html: Option<&str>,
     files: Vec<AttachedFile>,
     threshold: usize,
-) -> (Option<Vec<u8>>, Vec<AttachedFile>) {
-    let large = |f: &AttachedFile| Base64Body(&f.bytes).len() > threshold;
+) -> std::io::Result<(Option<Vec<u8>>, Vec<AttachedFile>)> {
+    let large = |f: &AttachedFile| Base64Body::len_of(f.bytes.len()) > threshold as u64;
     if !files.iter().any(large) {
-        return (compose(text, html, files), Vec::new());
+        return Ok((compose(text, html, files)?, Vec::new()));
     }
     // Each large file composed with a marker of its own for its bytes, which the parts
     // are then found by.
@@ -376,18 +374,15 @@ pub fn compose_apart(
             markers.push(marker.clone());
             let name = f.name.clone();
             apart.push(f);
-            AttachedFile {
-                name,
-                bytes: marker,
-            }
+            AttachedFile::held(name, marker)
         })
         .collect();
-    let Some(entity) = compose(text, html, files.clone()) else {
-        return (None, apart);
+    let Some(entity) = compose(text, html, files.clone())? else {
+        return Ok((None, apart));
     };
     let (detached, bodies) = detach_where(&entity, |part, _| {
         let i = markers.iter().position(|m| part.contents() == m)?;
-        apart.get(i).map(|f| f.bytes.len() as u64)
+        apart.get(i).map(|f| f.bytes.len())
     });
     // Each marker found once, in order: the fields then name the files set apart by their
     // order. Were it otherwise, the files are composed in after all.
@@ -409,17 +404,14 @@ pub fn compose_apart(
         let mut apart = apart.into_iter();
         let whole = files
             .into_iter()
-            .map(|f| {
-                if markers.contains(&f.bytes) {
-                    apart.next().unwrap_or(f)
-                } else {
-                    f
-                }
+            .map(|f| match &f.bytes {
+                FileBytes::Held(b) if markers.contains(b) => apart.next().unwrap_or(f),
+                _ => f,
             })
             .collect();
-        return (compose(text, html, whole), Vec::new());
+        return Ok((compose(text, html, whole)?, Vec::new()));
     }
-    (Some(detached), apart)
+    Ok((Some(detached), apart))
 }
 
 /// Where an entity [`detach`] wrote names blob bodies: each part whose header begins with
@@ -841,20 +833,11 @@ mod tests {
     #[test]
     fn a_large_file_composed_apart_is_put_back_as_composed_whole() {
         let files = vec![
-            AttachedFile {
-                name: "big.bin".into(),
-                bytes: (0..3000u32).map(|i| (i % 251) as u8).collect(),
-            },
-            AttachedFile {
-                name: "small.txt".into(),
-                bytes: b"small".to_vec(),
-            },
-            AttachedFile {
-                name: "big.csv".into(),
-                bytes: "a,b,c\n".repeat(300).into_bytes(),
-            },
+            AttachedFile::held("big.bin", (0..3000u32).map(|i| (i % 251) as u8).collect()),
+            AttachedFile::held("small.txt", b"small".to_vec()),
+            AttachedFile::held("big.csv", "a,b,c\n".repeat(300).into_bytes()),
         ];
-        let (entity, apart) = compose_apart("Hallo", None, files.clone(), 1000);
+        let (entity, apart) = compose_apart("Hallo", None, files.clone(), 1000).unwrap();
         let entity = entity.unwrap();
         let names: Vec<&str> = apart.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(
@@ -884,7 +867,8 @@ mod tests {
         let bodies: Vec<Option<Vec<u8>>> = apart
             .iter()
             .map(|f| {
-                let body = Base64Body(&f.bytes);
+                let bytes = f.bytes.whole().unwrap();
+                let body = Base64Body(&bytes);
                 Some(body.range(0..body.len()))
             })
             .collect();
@@ -894,30 +878,30 @@ mod tests {
             .into_iter()
             .map(|(a, b)| (a.name, b))
             .collect();
-        let want: Vec<(String, Vec<u8>)> = attachments(&compose("Hallo", None, files).unwrap())
-            .into_iter()
-            .map(|(a, b)| (a.name, b))
-            .collect();
+        let want: Vec<(String, Vec<u8>)> =
+            attachments(&compose("Hallo", None, files).unwrap().unwrap())
+                .into_iter()
+                .map(|(a, b)| (a.name, b))
+                .collect();
         assert_eq!(got, want);
         // Nothing large: composed whole, nothing apart.
-        let (_, none) = compose_apart("Hallo", None, vec![], 1000);
+        let (_, none) = compose_apart("Hallo", None, vec![], 1000).unwrap();
         assert!(none.is_empty());
     }
 
     #[test]
     fn composed_mail_carries_html_and_named_files() {
-        assert_eq!(compose("just text", None, vec![]), None);
+        assert_eq!(compose("just text", None, vec![]).unwrap(), None);
         let files = [
-            AttachedFile {
-                name: "Grüße – Übersicht.pdf".into(),
-                bytes: b"%PDF-1.7 \x00\xff binary".to_vec(),
-            },
-            AttachedFile {
-                name: "notes".into(),
-                bytes: b"plain\nlines\n".to_vec(),
-            },
+            AttachedFile::held(
+                "Grüße – Übersicht.pdf",
+                b"%PDF-1.7 \x00\xff binary".to_vec(),
+            ),
+            AttachedFile::held("notes", b"plain\nlines\n".to_vec()),
         ];
-        let entity = compose("Hallo", Some("<p>Hallo</p>"), files.to_vec()).unwrap();
+        let entity = compose("Hallo", Some("<p>Hallo</p>"), files.to_vec())
+            .unwrap()
+            .unwrap();
         let m = MessageParser::default().parse(&entity).unwrap();
         assert_eq!(m.body_text(0).unwrap(), "Hallo");
         assert_eq!(m.body_html(0).unwrap(), "<p>Hallo</p>");
@@ -925,7 +909,7 @@ mod tests {
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].0.name, "Grüße – Übersicht.pdf");
         assert_eq!(found[0].0.content_type, "application/pdf");
-        assert_eq!(found[0].1, files[0].bytes);
+        assert_eq!(found[0].1, files[0].bytes.whole().unwrap().as_ref());
         assert_eq!(found[1].0.content_type, "application/octet-stream");
         assert_eq!(found[1].1, b"plain\nlines\n");
         // Every bare LF of the file is inside base64: the entity's line ends are CRLF.
@@ -943,16 +927,15 @@ mod tests {
             line.repeat(20)
         };
         let files = [
-            AttachedFile {
-                name: "große Datei.bin".into(),
-                bytes: (0..3000u32).map(|i| (i * 7 % 251) as u8).collect(),
-            },
-            AttachedFile {
-                name: "small.txt".into(),
-                bytes: b"tiny".to_vec(),
-            },
+            AttachedFile::held(
+                "große Datei.bin",
+                (0..3000u32).map(|i| (i * 7 % 251) as u8).collect(),
+            ),
+            AttachedFile::held("small.txt", b"tiny".to_vec()),
         ];
-        let composed = compose("Hallo", Some("<p>Hallo</p>"), files.to_vec()).unwrap();
+        let composed = compose("Hallo", Some("<p>Hallo</p>"), files.to_vec())
+            .unwrap()
+            .unwrap();
         let related = format!(
             "Content-Type: multipart/related; boundary=\"r\"\r\n\r\n--r\r\n\
              Content-Type: text/html\r\n\r\n<img src=\"cid:i\">\r\n--r\r\n\

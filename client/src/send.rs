@@ -33,7 +33,7 @@ pub struct Draft {
     pub mime: Option<Vec<u8>>,
     /// Files [`crate::mime::compose_apart`] left out of `mime`, which names each in its
     /// place: they go as blobs, or are put in where the entity goes whole.
-    pub apart: Vec<crate::mime::AttachedFile>,
+    pub apart: Vec<crate::attached::AttachedFile>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,14 +131,15 @@ impl Online {
         if as_blobs.is_none() || (!legacy.is_empty() && info.outbound == OutboundMode::Relay) {
             payload.mime = match &draft.mime {
                 Some(entity) if !draft.apart.is_empty() => {
-                    let bodies: Vec<Option<Vec<u8>>> = draft
+                    let bodies = draft
                         .apart
                         .iter()
                         .map(|f| {
-                            let text = crate::mime::Base64Body(&f.bytes);
-                            Some(text.range(0..text.len()))
+                            let bytes = f.bytes.whole().map_err(|e| ClientError::attachment(&e))?;
+                            let text = crate::mime::Base64Body(&bytes);
+                            Ok(Some(text.range(0..text.len())))
                         })
-                        .collect();
+                        .collect::<Result<Vec<_>, ClientError>>()?;
                     Some(crate::mime::attach(entity, &bodies).0)
                 }
                 other => other.clone(),

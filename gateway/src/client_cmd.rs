@@ -5,6 +5,7 @@ use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
+use letterme_client::attached::AttachedFile;
 use letterme_client::profile::ProfileDir;
 use letterme_client::{ClientError, Draft, Unlocked, mime};
 use letterme_protocol::Address;
@@ -66,7 +67,8 @@ pub async fn send(dir: ProfileDir, args: &cli::SendArgs) -> Result<()> {
         None => read_stdin_body()?,
     };
     // Large files are set apart: they go as blobs straight from their bytes.
-    let (mime, apart) = mime::compose_apart(&body, html.as_deref(), files, mime::BLOB_THRESHOLD);
+    let (mime, apart) = mime::compose_apart(&body, html.as_deref(), files, mime::BLOB_THRESHOLD)
+        .context("cannot read an attachment")?;
     let draft = Draft {
         to: parse_addresses(&args.to)?,
         cc: parse_addresses(&args.cc)?,
@@ -169,15 +171,11 @@ pub fn read(dir: ProfileDir, args: &cli::ReadArgs) -> Result<()> {
     Ok(())
 }
 
-/// A file for `send --attach`, named by its own file name.
-fn attached_file(path: &std::path::Path) -> Result<mime::AttachedFile> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .with_context(|| format!("{} is not a file", path.display()))?;
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read the attachment {}", path.display()))?;
-    Ok(mime::AttachedFile { name, bytes })
+/// A file for `send --attach`, named by its own file name (a large one stays in its
+/// file and is read as it is sent).
+fn attached_file(path: &std::path::Path) -> Result<AttachedFile> {
+    AttachedFile::open(path)
+        .with_context(|| format!("cannot read the attachment {}", path.display()))
 }
 
 /// The name an attachment is saved under: the sender's, made safe. Its last path

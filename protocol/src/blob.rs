@@ -74,6 +74,25 @@ pub fn chunk_of(bytes: &[u8], n: u64) -> &[u8] {
     &bytes[start..start.saturating_add(CHUNK).min(bytes.len())]
 }
 
+/// A blob's plaintext as a sender reads it, a chunk at a time: from memory, or from a file
+/// that is never held whole.
+pub trait Plaintext: Sync {
+    /// Its length in bytes.
+    fn size(&self) -> u64;
+    /// Chunk `n`, as [`chunk_of`] cuts it.
+    fn chunk(&self, n: u64) -> std::io::Result<std::borrow::Cow<'_, [u8]>>;
+}
+
+impl Plaintext for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn chunk(&self, n: u64) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        Ok(chunk_of(self, n).into())
+    }
+}
+
 /// The sealed size of a blob of `size` plaintext bytes.
 pub fn sealed_size(size: u64) -> u64 {
     size + chunks(size) * TAG as u64
@@ -302,15 +321,18 @@ impl Sealer {
         }
     }
 
-    /// Seals `bytes` under a fresh key on `threads` threads at once, for its manifest: the
+    /// Seals `plain` under a fresh key on `threads` threads at once, for its manifest: the
     /// reference and the manifest. The sealed chunks are not kept ([`ChunkSealer::again`]
-    /// seals them again as they go).
-    pub fn manifest_of(bytes: &[u8], threads: usize) -> (BlobRef, Manifest) {
+    /// seals them again as they go). Fails as reading `plain` fails.
+    pub fn manifest_of<P: Plaintext + ?Sized>(
+        plain: &P,
+        threads: usize,
+    ) -> std::io::Result<(BlobRef, Manifest)> {
         let mut sealer = Self::new();
-        let count = chunks(bytes.len() as u64);
+        let size = plain.size();
+        let count = chunks(size);
         let per_thread = count.div_ceil(threads.max(1) as u64);
         let sealing = &sealer.chunks;
-        let chunk = |n| chunk_of(bytes, n);
         let hashes: Vec<[u8; 32]> = std::thread::scope(|scope| {
             let parts: Vec<_> = (0..count)
                 .step_by(usize::try_from(per_thread).unwrap_or(usize::MAX).max(1))
@@ -318,20 +340,26 @@ impl Sealer {
                     scope.spawn(move || {
                         (from..count.min(from + per_thread))
                             .map(|n| {
-                                Manifest::chunk_hash(&sealing.seal(n, n + 1 == count, chunk(n)))
+                                let chunk = plain.chunk(n)?;
+                                Ok(Manifest::chunk_hash(&sealing.seal(
+                                    n,
+                                    n + 1 == count,
+                                    &chunk,
+                                )))
                             })
-                            .collect::<Vec<_>>()
+                            .collect::<std::io::Result<Vec<_>>>()
                     })
                 })
                 .collect();
             parts
                 .into_iter()
-                .flat_map(|p| p.join().expect("sealing a chunk does not panic"))
-                .collect()
-        });
+                .map(|p| p.join().expect("sealing a chunk does not panic"))
+                .collect::<std::io::Result<Vec<_>>>()
+                .map(|parts| parts.concat())
+        })?;
         sealer.manifest = Manifest(hashes);
-        let reference = sealer.reference(bytes.len() as u64);
-        (reference, std::mem::take(&mut sealer.manifest))
+        let reference = sealer.reference(size);
+        Ok((reference, std::mem::take(&mut sealer.manifest)))
     }
 }
 

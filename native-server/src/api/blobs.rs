@@ -163,7 +163,7 @@ pub(super) async fn put_chunk(
 ) -> AppResult<Json<BlobState>> {
     let (id, n) = chunk_path(path)?;
     let data = body.map_err(|e| body_error(&e, SEALED_CHUNK as u64))?;
-    let s = state.store.blob_put(id, n, data.to_vec()).await?;
+    let s = state.store.blob_put(id, n, data).await?;
     Ok(Json(state_of(id, s)))
 }
 

@@ -397,11 +397,11 @@ impl Store {
         &self,
         id: BlobId,
         n: u64,
-        data: Vec<u8>,
+        data: impl AsRef<[u8]> + Send + 'static,
     ) -> Result<BlobStatus, StoreError> {
         // The hash is taken before the writer is asked: a megabyte of SHA-256 is not the
         // single writer's work.
-        let hash = Manifest::chunk_hash(&data);
+        let hash = Manifest::chunk_hash(data.as_ref());
         self.write(move |c| {
             let mut s = status(c, &id)?.ok_or(StoreError::NoBlob)?;
             let chunks = s.manifest.0.len() as u64;
@@ -415,6 +415,7 @@ impl Store {
             // length sets the blob's size, never above the size declared (the largest of
             // those declared: `Store::blob_begin`), which the limits were checked against.
             let last = n + 1 == chunks;
+            let data = data.as_ref();
             let len = data.len() as u64;
             let whole = sealed_chunk_len(s.size, chunks, n);
             let fits = if last {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
-use letterme_client::mime::{AttachedFile, compose};
+use letterme_client::attached::AttachedFile;
+use letterme_client::mime::compose;
 use letterme_client::profile::ProfileDir;
 use letterme_client::{Draft, Unlocked};
 use letterme_protocol::Address;
@@ -81,11 +82,9 @@ fn main() -> anyhow::Result<()> {
         mime: compose(
             &text,
             None,
-            vec![AttachedFile {
-                name: format!("figures-{i}.bin"),
-                bytes: file.clone(),
-            }],
-        ),
+            vec![AttachedFile::held(format!("figures-{i}.bin"), file.clone())],
+        )
+        .expect("held in memory"),
     };
     let sample = draft(0).mime.map_or(0, |m| m.len());
 

@@ -12,19 +12,20 @@ use std::thread::JoinHandle;
 
 use rusqlite::Connection;
 
-/// WAL pages (of 4 KiB) past which the WAL is brought back to empty, should the copies fall
-/// behind a run of commits: the writer's connection then checkpoints by itself, and the
-/// checkpoint thread copies everything and empties the file, waiting for the writer (the
-/// busy timeout). SQLite's own threshold is 1,000 pages; a sync page's commit in the cache
-/// alone writes about 1,500.
+/// The backstop for many small commits (the server's store): WAL pages (of 4 KiB) past
+/// which the WAL is brought back to empty, should the copies fall behind a run of commits.
+/// The writer's connection then checkpoints by itself, and the checkpoint thread copies
+/// everything and empties the file, waiting for the writer (the busy timeout). SQLite's own
+/// threshold is 1,000 pages; a sync page's commit in the cache alone writes about 1,500. A
+/// WAL four times as long made the server's native deliveries slower (PERFORMANCE.md).
 pub const WAL_BACKSTOP_PAGES: i64 = 4096;
 
 /// Leaves the checkpoints of `writer`'s database to a [`Checkpointer`]: the writer's own
-/// commits checkpoint only past [`WAL_BACKSTOP_PAGES`], and a WAL that grew is cut back to
-/// that size when it starts over.
-pub fn leave_checkpoints(writer: &Connection) -> rusqlite::Result<()> {
-    writer.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)?;
-    writer.pragma_update(None, "journal_size_limit", WAL_BACKSTOP_PAGES * 4096)
+/// commits checkpoint only past `backstop` pages ([`WAL_BACKSTOP_PAGES`]), and a WAL that
+/// grew is cut back to that size when it starts over.
+pub fn leave_checkpoints(writer: &Connection, backstop: i64) -> rusqlite::Result<()> {
+    writer.pragma_update(None, "wal_autocheckpoint", backstop)?;
+    writer.pragma_update(None, "journal_size_limit", backstop * 4096)
 }
 
 /// The thread that copies the WAL into the database file when nudged.
@@ -36,8 +37,9 @@ pub struct Checkpointer {
 
 impl Checkpointer {
     /// Starts the thread `name` on `conn`, a connection of its own to the database (in WAL
-    /// mode, with a busy timeout).
-    pub fn start(conn: Connection, name: &str) -> std::io::Result<Self> {
+    /// mode, with a busy timeout), emptying the WAL past `backstop` pages (the writer's, as
+    /// given to [`leave_checkpoints`]).
+    pub fn start(conn: Connection, name: &str, backstop: i64) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<()>(1);
         let shown = conn.path().unwrap_or_default().to_owned();
         let thread = std::thread::Builder::new()
@@ -55,7 +57,7 @@ impl Checkpointer {
                         })
                     };
                     let done = checkpoint("PASSIVE").and_then(|pages| {
-                        if pages > WAL_BACKSTOP_PAGES {
+                        if pages > backstop {
                             checkpoint("TRUNCATE")?;
                         }
                         Ok(())
@@ -108,8 +110,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let writer = open(&path);
-        leave_checkpoints(&writer).unwrap();
-        let checkpoints = Checkpointer::start(open(&path), "test-checkpoint").unwrap();
+        leave_checkpoints(&writer, WAL_BACKSTOP_PAGES).unwrap();
+        let checkpoints =
+            Checkpointer::start(open(&path), "test-checkpoint", WAL_BACKSTOP_PAGES).unwrap();
         writer
             .execute_batch("CREATE TABLE t (b BLOB); INSERT INTO t VALUES (zeroblob(2000000));")
             .unwrap();

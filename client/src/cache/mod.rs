@@ -75,6 +75,13 @@ CREATE INDEX IF NOT EXISTS mail_msgid ON mail (folder, msgid_hash);
 CREATE TABLE IF NOT EXISTS rendered (envelope_id TEXT PRIMARY KEY);
 ";
 
+/// WAL pages past which the cache's writer waits for the WAL to be copied and emptied: four
+/// times the server's. One person's bulk writes (a large attachment's chunks, kept as they
+/// upload or download, then the message) outrun the checkpoint thread, and at 16 MiB each
+/// 50 MB attachment stopped its transfers for a full copy two or three times
+/// (PERFORMANCE.md, issue 17).
+const WAL_BACKSTOP: i64 = 4 * letterme_sqlite::WAL_BACKSTOP_PAGES;
+
 /// One schema step: SQL, or a change SQL cannot express.
 enum Step {
     Sql(&'static str),
@@ -343,14 +350,16 @@ impl Cache {
         // the commits that write much (a sync page, blob chunks, whatever a mail client sees
         // change): a sync's commits then return once their WAL frames are on disk, and the
         // copy runs beside the next page's work (DECISIONS D19).
-        letterme_sqlite::leave_checkpoints(&conn).map_err(err)?;
+        letterme_sqlite::leave_checkpoints(&conn, WAL_BACKSTOP).map_err(err)?;
         let cache = Self {
             conn: Mutex::new(conn),
             key,
             path: path.to_owned(),
             changes: watch::channel(0).0,
-            checkpoints: Checkpointer::start(open_db(path)?, "letterme-checkpoint")
-                .map_err(|e| ClientError::Io(format!("cannot start the checkpoint thread: {e}")))?,
+            checkpoints: Checkpointer::start(open_db(path)?, "letterme-checkpoint", WAL_BACKSTOP)
+                .map_err(|e| {
+                ClientError::Io(format!("cannot start the checkpoint thread: {e}"))
+            })?,
         };
         Ok(cache)
     }

@@ -248,11 +248,15 @@ impl Store {
         // The WAL is copied into the database file on a thread of its own, nudged after each
         // group commit, rather than by the commit that crossed SQLite's threshold, which
         // held every writer queued behind it (DECISIONS D79).
-        letterme_sqlite::leave_checkpoints(&conn)?;
+        letterme_sqlite::leave_checkpoints(&conn, letterme_sqlite::WAL_BACKSTOP_PAGES)?;
         let checkpoint_conn = Connection::open(path)?;
         configure(&checkpoint_conn)?;
-        let checkpoints = Checkpointer::start(checkpoint_conn, "letterme-db-checkpoint")
-            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let checkpoints = Checkpointer::start(
+            checkpoint_conn,
+            "letterme-db-checkpoint",
+            letterme_sqlite::WAL_BACKSTOP_PAGES,
+        )
+        .map_err(|e| StoreError::Database(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("letterme-db-writer".into())

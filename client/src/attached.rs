@@ -8,9 +8,10 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
-use letterme_protocol::blob::{CHUNK, Plaintext, chunk_of};
+use letterme_protocol::blob::{BlobRef, CHUNK, Manifest, Plaintext, chunk_of};
 
 use crate::mime::{BLOB_THRESHOLD, Base64Body};
 
@@ -52,6 +53,7 @@ impl AttachedFile {
                 file: Arc::new(file),
                 path: path.to_owned(),
                 size,
+                first_pass: FirstPass::default(),
             }
         } else {
             FileBytes::Held(std::fs::read(path)?)
@@ -70,7 +72,28 @@ pub enum FileBytes {
         file: Arc<File>,
         path: PathBuf,
         size: u64,
+        first_pass: FirstPass,
     },
+}
+
+/// A blob's reference and manifest, made from a file's bytes.
+pub(crate) type Made = io::Result<(BlobRef, Manifest)>;
+
+/// The first pass over an open file (its blob's manifest) when it was begun ahead of the
+/// send ([`crate::seal_ahead`]); the upload takes it, once.
+#[derive(Debug, Clone, Default)]
+pub struct FirstPass(Arc<Mutex<Option<JoinHandle<Made>>>>);
+
+impl FirstPass {
+    pub(crate) fn set(&self, pass: JoinHandle<Made>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(pass);
+        }
+    }
+
+    pub(crate) fn take(&self) -> Option<JoinHandle<Made>> {
+        self.0.lock().ok()?.take()
+    }
 }
 
 impl FileBytes {
@@ -83,6 +106,14 @@ impl FileBytes {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Where the first pass begun ahead over an open file is kept.
+    pub(crate) fn first_pass(&self) -> Option<&FirstPass> {
+        match self {
+            Self::Held(_) => None,
+            Self::Open { first_pass, .. } => Some(first_pass),
+        }
     }
 
     /// All the bytes, the file read whole.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use letterme_protocol::blob::{BlobRef, CHUNK, ChunkSealer, Opener, Plaintext, Sealer, chunks};
 
-use crate::attached::AttachedFile;
+use crate::attached::{AttachedFile, FirstPass, Made};
 use crate::cache::Cache;
 use crate::http::Api;
 use crate::{ClientError, Online, Unlocked, mime};
@@ -201,20 +201,48 @@ pub(crate) fn open(sealed: &[Vec<u8>], reference: &BlobRef) -> Result<Vec<u8>, C
     Ok(out)
 }
 
+/// The first pass over a blob (its manifest: the upload declares it, and the blob's id is
+/// its hash), sealed on every core; the chunks are sealed again as they go, so no more than
+/// a few are held.
+fn manifest<P: Plaintext + ?Sized>(plain: &P) -> Made {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    Sealer::manifest_of(plain, threads)
+}
+
+/// Begins the first pass over each of `files` that stays in its file, on threads of its
+/// own: it then runs beside what a send does before its uploads (the passphrase's Argon2,
+/// opening the local store, logging in, looking the recipients up) rather than after it.
+/// The send takes it up ([`Online::upload_apart`]); a send that does not get that far only
+/// spent the work.
+pub fn seal_ahead(files: &[AttachedFile]) {
+    for f in files {
+        let Some(slot) = f.bytes.first_pass() else {
+            continue;
+        };
+        let bytes = f.bytes.clone();
+        let pass = std::thread::Builder::new()
+            .name("letterme-seal-ahead".into())
+            .spawn(move || manifest(&bytes));
+        // Without a thread, the send makes the manifest itself.
+        if let Ok(pass) = pass {
+            slot.set(pass);
+        }
+    }
+}
+
 impl Online {
-    /// Seals `plain` and uploads it as a blob. When the connection breaks (the server
-    /// restarting included) it waits, logs in again and resumes with the chunks the server
-    /// does not hold. The reference goes into the payload.
+    /// Seals `plain` and uploads it as a blob (its manifest `made` already, when begun
+    /// ahead). When the connection breaks (the server restarting included) it waits, logs
+    /// in again and resumes with the chunks the server does not hold. The reference goes
+    /// into the payload.
     pub(crate) async fn upload_blob<P: Plaintext + ?Sized>(
         &self,
         plain: &P,
+        made: Option<Made>,
     ) -> Result<BlobRef, ClientError> {
-        // The manifest first (the upload declares it, and the blob's id is its hash), sealed
-        // on every core; the chunks are sealed again as they go, so no more than a few are
-        // held.
-        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let (reference, manifest) =
-            Sealer::manifest_of(plain, threads).map_err(|e| ClientError::attachment(&e))?;
+        let (reference, manifest) = made
+            .unwrap_or_else(|| manifest(plain))
+            .map_err(|e| ClientError::attachment(&e))?;
         let cache = &self.me.cache;
         let manifest = manifest.to_bytes();
         let mut api = self.api.clone();
@@ -431,7 +459,18 @@ impl Online {
         limit: u64,
     ) -> Result<Vec<BlobRef>, ClientError> {
         let bytes: Vec<&crate::attached::FileBytes> = files.iter().map(|f| &f.bytes).collect();
-        let mut refs = self.upload_all(&bytes, limit).await?;
+        let mut made = Vec::with_capacity(files.len());
+        for f in files {
+            let pass = f.bytes.first_pass().and_then(FirstPass::take);
+            made.push(match pass {
+                Some(pass) => tokio::task::spawn_blocking(move || pass.join().ok())
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            });
+        }
+        let mut refs = self.upload_all(&bytes, made, limit).await?;
         for r in &mut refs {
             r.base64 = true;
         }
@@ -444,6 +483,7 @@ impl Online {
     async fn upload_all<P: Plaintext + ?Sized>(
         &self,
         blobs: &[&P],
+        made: Vec<Option<Made>>,
         limit: u64,
     ) -> Result<Vec<BlobRef>, ClientError> {
         for b in blobs {
@@ -456,8 +496,9 @@ impl Online {
             }
         }
         let mut refs = Vec::with_capacity(blobs.len());
+        let mut made = made.into_iter();
         for b in blobs {
-            match self.upload_blob(*b).await {
+            match self.upload_blob(*b, made.next().flatten()).await {
                 Ok(r) => refs.push(r),
                 Err(e) => {
                     self.discard_blobs(&refs).await;
@@ -483,7 +524,7 @@ impl Online {
             return Ok(None);
         }
         let parts: Vec<&[u8]> = bodies.iter().map(|b| &entity[b.clone()]).collect();
-        let refs = self.upload_all(&parts, limit).await?;
+        let refs = self.upload_all(&parts, Vec::new(), limit).await?;
         Ok(Some(with_entity(payload, detached, refs)))
     }
 }
@@ -570,6 +611,37 @@ impl Unlocked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file left in its file gets its first pass begun ahead, taken once: its reference
+    /// seals the file's chunks again into the manifest it declared. A file held in memory
+    /// gets none (the send makes it).
+    #[test]
+    fn a_first_pass_begun_ahead_is_the_files_manifest_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 2 * CHUNK + 5;
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+        let path = dir.path().join("big.bin");
+        std::fs::write(&path, &bytes).unwrap();
+        let files = [
+            AttachedFile::open(&path).unwrap(),
+            AttachedFile::held("small.txt", b"small".to_vec()),
+        ];
+        seal_ahead(&files);
+        assert!(files[1].bytes.first_pass().is_none());
+        let slot = files[0].bytes.first_pass().unwrap();
+        let (r, manifest) = slot.take().unwrap().join().unwrap().unwrap();
+        assert!(slot.take().is_none(), "taken once");
+        let again = ChunkSealer::again(&r);
+        let count = chunks(len as u64);
+        let hashes: Vec<[u8; 32]> = (0..count)
+            .map(|n| {
+                let chunk = letterme_protocol::blob::chunk_of(&bytes, n);
+                letterme_protocol::blob::Manifest::chunk_hash(&again.seal(n, n + 1 == count, chunk))
+            })
+            .collect();
+        assert_eq!(manifest.0, hashes);
+        assert_eq!((r.size, r.id.clone()), (len as u64, manifest.id().to_hex()));
+    }
 
     #[test]
     fn sealed_blobs_open_and_changed_ones_do_not() {

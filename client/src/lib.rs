@@ -30,7 +30,7 @@ use letterme_protocol::{
 };
 use serde::Serialize;
 
-pub use blobs::Downloaded;
+pub use blobs::{Downloaded, seal_ahead};
 use cache::{Cache, CacheKey, NewMail};
 pub use error::ClientError;
 use http::Api;

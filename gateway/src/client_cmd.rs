@@ -61,6 +61,8 @@ pub async fn send(dir: ProfileDir, args: &cli::SendArgs) -> Result<()> {
         .iter()
         .map(|p| attached_file(p))
         .collect::<Result<Vec<_>>>()?;
+    // A large file's first pass runs beside the unlock, login and lookups.
+    letterme_client::seal_ahead(&files);
     let me = unlock(dir)?;
     let body = match &args.body {
         Some(b) => b.clone(),

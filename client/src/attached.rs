@@ -1,17 +1,18 @@
 //! Files a sender attaches (`letterme send --attach`). A small one is read at once and
 //! composed into the message; one that goes as a blob stays in its file and is read a
-//! chunk at a time as it is sealed and uploaded, so the sender never holds it whole
-//! (issue 17.4: a 500 MB attachment, the server's default limit, needs no 500 MB of memory).
+//! chunk at a time as it is sealed and uploaded, so a send to letter.me addresses never
+//! holds it whole (issue 17.4: a 500 MB attachment, the server's default limit, needs no
+//! 500 MB of memory). Only a message that carries it whole (a server without blobs, a copy
+//! relayed to ordinary addresses) reads it entire (DECISIONS D81).
 
 use std::borrow::Cow;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, mpsc};
 
-use letterme_protocol::blob::{BlobRef, CHUNK, Manifest, Plaintext, chunk_of};
+use letterme_protocol::blob::{CHUNK, ChunkSource, FirstPass, chunk_of};
 
 use crate::mime::{BLOB_THRESHOLD, Base64Body};
 
@@ -31,32 +32,34 @@ impl AttachedFile {
         }
     }
 
-    /// The file at `path`, named by its file name: read now when it is composed into the
-    /// message, left in the file when it is large enough to go as a blob
-    /// ([`BLOB_THRESHOLD`], its base64 counted).
+    /// The file at `path`, named by its file name: left in the file when it is large enough
+    /// to go as a blob ([`BLOB_THRESHOLD`], its base64 counted), read now otherwise. What is
+    /// no plain file (a pipe: `--attach <(command)`) is read now whatever its size.
     pub fn open(path: &Path) -> io::Result<Self> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| io::Error::other(format!("{} is not a file", path.display())))?;
-        let file = File::open(path)?;
+        let mut file = File::open(path)?;
         let meta = file.metadata()?;
-        if !meta.is_file() {
+        if meta.is_dir() {
             return Err(io::Error::other(format!(
-                "{} is not a file",
+                "{} is a directory",
                 path.display()
             )));
         }
         let size = meta.len();
-        let bytes = if Base64Body::len_of(size) > BLOB_THRESHOLD as u64 {
-            FileBytes::Open {
+        let bytes = if meta.is_file() && Base64Body::len_of(size) > BLOB_THRESHOLD as u64 {
+            FileBytes::Open(OpenFile {
                 file: Arc::new(file),
                 path: path.to_owned(),
                 size,
-                first_pass: FirstPass::default(),
-            }
+                ahead: PassAhead::default(),
+            })
         } else {
-            FileBytes::Held(std::fs::read(path)?)
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            FileBytes::Held(bytes)
         };
         Ok(Self { name, bytes })
     }
@@ -67,31 +70,35 @@ impl AttachedFile {
 pub enum FileBytes {
     /// In memory.
     Held(Vec<u8>),
-    /// In the file, which had `size` bytes when it was opened: read a range at a time.
-    Open {
-        file: Arc<File>,
-        path: PathBuf,
-        size: u64,
-        first_pass: FirstPass,
-    },
+    /// In the file: read a range at a time.
+    Open(OpenFile),
 }
 
-/// A blob's reference and manifest, made from a file's bytes.
-pub(crate) type Made = io::Result<(BlobRef, Manifest)>;
+/// A file left where it is, as it was opened.
+#[derive(Debug, Clone)]
+pub struct OpenFile {
+    file: Arc<File>,
+    path: PathBuf,
+    /// Its length when it was opened.
+    size: u64,
+    ahead: PassAhead,
+}
 
-/// The first pass over an open file (its blob's manifest) when it was begun ahead of the
-/// send ([`crate::seal_ahead`]); the upload takes it, once.
+/// A blob's first pass begun ahead of its send ([`crate::seal_ahead`]), as it will arrive.
+pub(crate) type Begun = mpsc::Receiver<io::Result<FirstPass>>;
+
+/// Where an open file's first pass begun ahead waits for the send, which takes it once.
 #[derive(Debug, Clone, Default)]
-pub struct FirstPass(Arc<Mutex<Option<JoinHandle<Made>>>>);
+pub(crate) struct PassAhead(Arc<Mutex<Option<Begun>>>);
 
-impl FirstPass {
-    pub(crate) fn set(&self, pass: JoinHandle<Made>) {
+impl PassAhead {
+    pub(crate) fn set(&self, pass: Begun) {
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some(pass);
         }
     }
 
-    pub(crate) fn take(&self) -> Option<JoinHandle<Made>> {
+    pub(crate) fn take(&self) -> Option<Begun> {
         self.0.lock().ok()?.take()
     }
 }
@@ -100,7 +107,7 @@ impl FileBytes {
     pub fn len(&self) -> u64 {
         match self {
             Self::Held(b) => b.len() as u64,
-            Self::Open { size, .. } => *size,
+            Self::Open(f) => f.size,
         }
     }
 
@@ -108,19 +115,19 @@ impl FileBytes {
         self.len() == 0
     }
 
-    /// Where the first pass begun ahead over an open file is kept.
-    pub(crate) fn first_pass(&self) -> Option<&FirstPass> {
+    /// Where the first pass over an open file waits, when it was begun ahead.
+    pub(crate) fn ahead(&self) -> Option<&PassAhead> {
         match self {
             Self::Held(_) => None,
-            Self::Open { first_pass, .. } => Some(first_pass),
+            Self::Open(f) => Some(&f.ahead),
         }
     }
 
-    /// All the bytes, the file read whole.
+    /// All the bytes, the file read whole (for a message that carries it whole).
     pub fn whole(&self) -> io::Result<Cow<'_, [u8]>> {
         match self {
             Self::Held(b) => Ok(Cow::Borrowed(b)),
-            Self::Open { size, .. } => self.read(0, *size).map(Cow::Owned),
+            Self::Open(f) => f.read(0, f.size).map(Cow::Owned),
         }
     }
 
@@ -128,32 +135,31 @@ impl FileBytes {
     pub fn into_vec(self) -> io::Result<Vec<u8>> {
         match self {
             Self::Held(b) => Ok(b),
-            open @ Self::Open { .. } => open.whole().map(Cow::into_owned),
+            open @ Self::Open(_) => open.whole().map(Cow::into_owned),
         }
     }
+}
 
+impl OpenFile {
     /// `len` bytes of the file from `offset`. A file that became shorter since it was
-    /// opened is an error that says so (what was sent of it no longer matches).
+    /// opened is an error that says so.
     fn read(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let Self::Open { file, path, .. } = self else {
-            unreachable!("only an open file is read");
-        };
         let mut buf = vec![0; usize::try_from(len).map_err(io::Error::other)?];
-        file.read_exact_at(&mut buf, offset).map_err(|e| {
+        self.file.read_exact_at(&mut buf, offset).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 io::Error::other(format!(
                     "{} changed while it was being sent (it is shorter now); send it again",
-                    path.display()
+                    self.path.display()
                 ))
             } else {
-                io::Error::other(format!("cannot read {}: {e}", path.display()))
+                io::Error::other(format!("cannot read {}: {e}", self.path.display()))
             }
         })?;
         Ok(buf)
     }
 }
 
-impl Plaintext for FileBytes {
+impl ChunkSource for FileBytes {
     fn size(&self) -> u64 {
         self.len()
     }
@@ -161,10 +167,10 @@ impl Plaintext for FileBytes {
     fn chunk(&self, n: u64) -> io::Result<Cow<'_, [u8]>> {
         match self {
             Self::Held(b) => Ok(Cow::Borrowed(chunk_of(b, n))),
-            Self::Open { size, .. } => {
-                let start = n.saturating_mul(CHUNK as u64).min(*size);
-                let end = start.saturating_add(CHUNK as u64).min(*size);
-                self.read(start, end - start).map(Cow::Owned)
+            Self::Open(f) => {
+                let start = n.saturating_mul(CHUNK as u64).min(f.size);
+                let end = start.saturating_add(CHUNK as u64).min(f.size);
+                f.read(start, end - start).map(Cow::Owned)
             }
         }
     }
@@ -187,7 +193,7 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             let f = AttachedFile::open(&path).unwrap();
             assert_eq!(f.name, format!("f{len}.bin"));
-            assert_eq!(matches!(f.bytes, FileBytes::Open { .. }), stays_open);
+            assert_eq!(matches!(f.bytes, FileBytes::Open(_)), stays_open);
             let held = FileBytes::Held(bytes.clone());
             assert_eq!(f.bytes.len(), bytes.len() as u64);
             for n in 0..letterme_protocol::blob::chunks(len as u64) {
@@ -198,7 +204,7 @@ mod tests {
     }
 
     /// A file cut short after it was opened is refused with a line that says so; a
-    /// directory is not a file.
+    /// directory is no file to attach.
     #[test]
     fn a_file_that_shrank_or_is_no_file_is_an_error_that_says_so() {
         let dir = tempfile::tempdir().unwrap();
@@ -209,6 +215,9 @@ mod tests {
         let e = f.bytes.chunk(1).unwrap_err().to_string();
         assert!(e.contains("changed while it was being sent"), "{e}");
         let e = AttachedFile::open(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("is not a file"), "{e}");
+        assert!(e.contains("is a directory"), "{e}");
+        // What is no plain file (a device, a pipe) is read as it is opened.
+        let device = AttachedFile::open(Path::new("/dev/null")).unwrap();
+        assert!(matches!(device.bytes, FileBytes::Held(ref b) if b.is_empty()));
     }
 }

@@ -6,9 +6,11 @@
 use letterme_protocol::Payload;
 use std::sync::Arc;
 
-use letterme_protocol::blob::{BlobRef, CHUNK, ChunkSealer, Opener, Plaintext, Sealer, chunks};
+use letterme_protocol::blob::{
+    BlobRef, CHUNK, ChunkSealer, ChunkSource, FirstPass, Opener, Sealer, chunks,
+};
 
-use crate::attached::{AttachedFile, FirstPass, Made};
+use crate::attached::{AttachedFile, Begun};
 use crate::cache::Cache;
 use crate::http::Api;
 use crate::{ClientError, Online, Unlocked, mime};
@@ -44,19 +46,20 @@ const UPLOAD_ATTEMPTS: usize = 5;
 /// runtime's workers seal side by side); each chunk is kept in `cache` too (our Sent copy
 /// reads the blob there), [`UPLOAD_CHUNKS_PER_COMMIT`] at a time, each commit beside the next
 /// chunks' transfers.
-async fn upload_missing<P: Plaintext + ?Sized>(
+async fn upload_missing<S: ChunkSource + ?Sized>(
     api: &Api,
     cache: &Arc<Cache>,
-    reference: &BlobRef,
+    pass: &FirstPass,
     manifest: &[u8],
-    plain: &P,
+    source: &S,
 ) -> Result<(), ClientError> {
-    let size = letterme_protocol::blob::sealed_size(plain.size());
+    let reference = &pass.reference;
+    let size = letterme_protocol::blob::sealed_size(source.size());
     let state = api.blob_begin(&reference.id, size, manifest).await?;
     let held = cache.held_chunks(&reference.id)?;
     let sealer = Arc::new(ChunkSealer::again(reference));
     let mut keeping = Keeping::new(cache, &reference.id);
-    let count = chunks(plain.size());
+    let count = chunks(source.size());
     let sent = async {
         let mut transfers = tokio::task::JoinSet::new();
         for n in 0..count {
@@ -70,15 +73,28 @@ async fn upload_missing<P: Plaintext + ?Sized>(
                     .await?;
             }
             // A file is read here (a megabyte from the page cache, or from the disk).
-            let chunk = plain
+            let chunk = source
                 .chunk(n)
                 .map_err(|e| ClientError::attachment(&e))?
                 .into_owned();
+            let tag = pass
+                .tags
+                .get(usize::try_from(n).unwrap_or(usize::MAX))
+                .copied();
             let (api, id, sealer) = (api.clone(), reference.id.clone(), sealer.clone());
             transfers.spawn(async move {
                 // About a millisecond of work: sealed here rather than handed to a blocking
-                // thread, whose allocator arena would keep its megabytes.
-                let sealed = bytes::Bytes::from(sealer.seal(n, n + 1 == count, &chunk));
+                // thread, whose allocator arena would keep its megabytes. Bytes that are not
+                // those of the first pass (a file rewritten since) go nowhere: sealed under
+                // the same nonce, they would give away both versions.
+                let sealed = tag
+                    .and_then(|tag| sealer.seal_again(n, n + 1 == count, &chunk, &tag))
+                    .ok_or_else(|| {
+                        ClientError::Attachment(
+                            "the file changed while it was being sent; send it again".into(),
+                        )
+                    })?;
+                let sealed = bytes::Bytes::from(sealed);
                 drop(chunk);
                 if upload {
                     api.blob_put(&id, n, sealed.clone()).await?;
@@ -204,52 +220,66 @@ pub(crate) fn open(sealed: &[Vec<u8>], reference: &BlobRef) -> Result<Vec<u8>, C
 /// The first pass over a blob (its manifest: the upload declares it, and the blob's id is
 /// its hash), sealed on every core; the chunks are sealed again as they go, so no more than
 /// a few are held.
-fn manifest<P: Plaintext + ?Sized>(plain: &P) -> Made {
+fn first_pass<S: ChunkSource + ?Sized>(source: &S) -> std::io::Result<FirstPass> {
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    Sealer::manifest_of(plain, threads)
+    Sealer::first_pass(source, threads)
 }
 
-/// Begins the first pass over each of `files` that stays in its file, on threads of its
-/// own: it then runs beside what a send does before its uploads (the passphrase's Argon2,
-/// opening the local store, logging in, looking the recipients up) rather than after it.
-/// The send takes it up ([`Online::upload_apart`]); a send that does not get that far only
-/// spent the work.
+/// Begins the first pass over each of `files` that stays in its file, one file after the
+/// other on a thread of its own: it then runs beside what a send does before its uploads
+/// (the passphrase's Argon2, opening the local store, logging in, looking the recipients
+/// up) rather than after it. The send takes each up as it uploads the file; a send that
+/// does not get that far only spent the work.
 pub fn seal_ahead(files: &[AttachedFile]) {
+    let mut passes = Vec::new();
     for f in files {
-        let Some(slot) = f.bytes.first_pass() else {
-            continue;
-        };
-        let bytes = f.bytes.clone();
-        let pass = std::thread::Builder::new()
-            .name("letterme-seal-ahead".into())
-            .spawn(move || manifest(&bytes));
-        // Without a thread, the send makes the manifest itself.
-        if let Ok(pass) = pass {
-            slot.set(pass);
+        if let Some(slot) = f.bytes.ahead() {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            slot.set(rx);
+            passes.push((f.bytes.clone(), tx));
         }
     }
+    if passes.is_empty() {
+        return;
+    }
+    // Without a thread, the send makes each pass itself.
+    let _ = std::thread::Builder::new()
+        .name("letterme-seal-ahead".into())
+        .spawn(move || {
+            for (bytes, tx) in passes {
+                let _ = tx.send(first_pass(&bytes));
+            }
+        });
 }
 
 impl Online {
-    /// Seals `plain` and uploads it as a blob (its manifest `made` already, when begun
-    /// ahead). When the connection breaks (the server restarting included) it waits, logs
-    /// in again and resumes with the chunks the server does not hold. The reference goes
-    /// into the payload.
-    pub(crate) async fn upload_blob<P: Plaintext + ?Sized>(
+    /// Seals `source` and uploads it as a blob, its first pass `begun` ahead or made here.
+    /// When the connection breaks (the server restarting included) it waits, logs in again
+    /// and resumes with the chunks the server does not hold. The reference goes into the
+    /// payload.
+    pub(crate) async fn upload_blob<S: ChunkSource + ?Sized>(
         &self,
-        plain: &P,
-        made: Option<Made>,
+        source: &S,
+        begun: Option<Begun>,
     ) -> Result<BlobRef, ClientError> {
-        let (reference, manifest) = made
-            .unwrap_or_else(|| manifest(plain))
+        let ahead = match begun {
+            Some(rx) => tokio::task::spawn_blocking(move || rx.recv().ok())
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        let pass = ahead
+            .unwrap_or_else(|| first_pass(source))
             .map_err(|e| ClientError::attachment(&e))?;
+        let reference = pass.reference.clone();
         let cache = &self.me.cache;
-        let manifest = manifest.to_bytes();
+        let manifest = pass.manifest.to_bytes();
         let mut api = self.api.clone();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let broken = match upload_missing(&api, cache, &reference, &manifest, plain).await {
+            let broken = match upload_missing(&api, cache, &pass, &manifest, source).await {
                 Ok(()) => return Ok(reference),
                 // A restarted server forgot the login (401): log in again and resume.
                 Err(e @ ClientError::Api { status: 401, .. }) => e,
@@ -459,18 +489,11 @@ impl Online {
         limit: u64,
     ) -> Result<Vec<BlobRef>, ClientError> {
         let bytes: Vec<&crate::attached::FileBytes> = files.iter().map(|f| &f.bytes).collect();
-        let mut made = Vec::with_capacity(files.len());
-        for f in files {
-            let pass = f.bytes.first_pass().and_then(FirstPass::take);
-            made.push(match pass {
-                Some(pass) => tokio::task::spawn_blocking(move || pass.join().ok())
-                    .await
-                    .ok()
-                    .flatten(),
-                None => None,
-            });
-        }
-        let mut refs = self.upload_all(&bytes, made, limit).await?;
+        let begun = files
+            .iter()
+            .map(|f| f.bytes.ahead().and_then(crate::attached::PassAhead::take))
+            .collect();
+        let mut refs = self.upload_all(&bytes, begun, limit).await?;
         for r in &mut refs {
             r.base64 = true;
         }
@@ -480,10 +503,10 @@ impl Online {
     /// Uploads each of `blobs`, every size checked against `limit` first (nothing is
     /// uploaded for a message that cannot go); after a failure the ones uploaded are given
     /// up.
-    async fn upload_all<P: Plaintext + ?Sized>(
+    async fn upload_all<S: ChunkSource + ?Sized>(
         &self,
-        blobs: &[&P],
-        made: Vec<Option<Made>>,
+        blobs: &[&S],
+        begun: Vec<Option<Begun>>,
         limit: u64,
     ) -> Result<Vec<BlobRef>, ClientError> {
         for b in blobs {
@@ -496,9 +519,9 @@ impl Online {
             }
         }
         let mut refs = Vec::with_capacity(blobs.len());
-        let mut made = made.into_iter();
+        let mut begun = begun.into_iter();
         for b in blobs {
-            match self.upload_blob(*b, made.next().flatten()).await {
+            match self.upload_blob(*b, begun.next().flatten()).await {
                 Ok(r) => refs.push(r),
                 Err(e) => {
                     self.discard_blobs(&refs).await;
@@ -613,8 +636,8 @@ mod tests {
     use super::*;
 
     /// A file left in its file gets its first pass begun ahead, taken once: its reference
-    /// seals the file's chunks again into the manifest it declared. A file held in memory
-    /// gets none (the send makes it).
+    /// seals the file's chunks again into the manifest it declared, each with its tag. A
+    /// file held in memory gets none (the send makes it).
     #[test]
     fn a_first_pass_begun_ahead_is_the_files_manifest_taken_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -627,20 +650,37 @@ mod tests {
             AttachedFile::held("small.txt", b"small".to_vec()),
         ];
         seal_ahead(&files);
-        assert!(files[1].bytes.first_pass().is_none());
-        let slot = files[0].bytes.first_pass().unwrap();
-        let (r, manifest) = slot.take().unwrap().join().unwrap().unwrap();
+        assert!(files[1].bytes.ahead().is_none());
+        let slot = files[0].bytes.ahead().unwrap();
+        let pass = slot.take().unwrap().recv().unwrap().unwrap();
         assert!(slot.take().is_none(), "taken once");
-        let again = ChunkSealer::again(&r);
+        let again = ChunkSealer::again(&pass.reference);
         let count = chunks(len as u64);
-        let hashes: Vec<[u8; 32]> = (0..count)
-            .map(|n| {
-                let chunk = letterme_protocol::blob::chunk_of(&bytes, n);
-                letterme_protocol::blob::Manifest::chunk_hash(&again.seal(n, n + 1 == count, chunk))
-            })
-            .collect();
-        assert_eq!(manifest.0, hashes);
-        assert_eq!((r.size, r.id.clone()), (len as u64, manifest.id().to_hex()));
+        for n in 0..count {
+            let chunk = letterme_protocol::blob::chunk_of(&bytes, n);
+            let tag = &pass.tags[n as usize];
+            let sealed = again.seal_again(n, n + 1 == count, chunk, tag).unwrap();
+            let hash = letterme_protocol::blob::Manifest::chunk_hash(&sealed);
+            assert_eq!(pass.manifest.0[n as usize], hash);
+        }
+        assert_eq!(pass.reference.size, len as u64);
+        assert_eq!(pass.reference.id, pass.manifest.id().to_hex());
+    }
+
+    /// A file rewritten under a send, its length kept: the chunk sealed again does not give
+    /// the first pass's tag, so it is neither sent nor kept (its bytes under the same nonce
+    /// would give both versions away); the same bytes seal again as before.
+    #[test]
+    fn bytes_changed_since_the_first_pass_are_not_sealed_again() {
+        let bytes = vec![3u8; CHUNK + 10];
+        let pass = first_pass(bytes.as_slice()).unwrap();
+        let again = ChunkSealer::again(&pass.reference);
+        let mut changed = bytes.clone();
+        changed[CHUNK + 2] ^= 1;
+        let last = letterme_protocol::blob::chunk_of(&changed, 1);
+        assert!(again.seal_again(1, true, last, &pass.tags[1]).is_none());
+        let first = letterme_protocol::blob::chunk_of(&changed, 0);
+        assert!(again.seal_again(0, false, first, &pass.tags[0]).is_some());
     }
 
     #[test]
@@ -649,7 +689,11 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
             // The manifest sealed on three threads, the chunks sealed again one by one
             // under its reference, as an upload does: the same chunks.
-            let (r, manifest) = Sealer::manifest_of(bytes.as_slice(), 3).unwrap();
+            let FirstPass {
+                reference: r,
+                manifest,
+                ..
+            } = Sealer::first_pass(bytes.as_slice(), 3).unwrap();
             let again = ChunkSealer::again(&r);
             let count = chunks(len as u64);
             let sealed: Vec<Vec<u8>> = (0..count)

@@ -111,7 +111,7 @@ impl Online {
         };
         // Large parts go as blobs (a server that takes none keeps them in the envelope, up
         // to its size limit); other domains' servers get them from ours (PROTOCOL.md §17.5a).
-        // Files set apart go straight from their bytes.
+        // Files set apart go as blobs of their bytes, read from their files as they go.
         let blobs_taken = !keys.is_empty() && info.max_attachment_size > 0;
         let as_blobs = match &draft.mime {
             Some(entity) if !draft.apart.is_empty() && blobs_taken => {

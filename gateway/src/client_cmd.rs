@@ -68,7 +68,7 @@ pub async fn send(dir: ProfileDir, args: &cli::SendArgs) -> Result<()> {
         Some(b) => b.clone(),
         None => read_stdin_body()?,
     };
-    // Large files are set apart: they go as blobs straight from their bytes.
+    // Large files are set apart: they go as blobs, read from their files as they go.
     let (mime, apart) = mime::compose_apart(&body, html.as_deref(), files, mime::BLOB_THRESHOLD)
         .context("cannot read an attachment")?;
     let draft = Draft {

@@ -74,16 +74,16 @@ pub fn chunk_of(bytes: &[u8], n: u64) -> &[u8] {
     &bytes[start..start.saturating_add(CHUNK).min(bytes.len())]
 }
 
-/// A blob's plaintext as a sender reads it, a chunk at a time: from memory, or from a file
+/// A blob's bytes as a sender reads them, a chunk at a time: from memory, or from a file
 /// that is never held whole.
-pub trait Plaintext: Sync {
+pub trait ChunkSource: Sync {
     /// Its length in bytes.
     fn size(&self) -> u64;
     /// Chunk `n`, as [`chunk_of`] cuts it.
     fn chunk(&self, n: u64) -> std::io::Result<std::borrow::Cow<'_, [u8]>>;
 }
 
-impl Plaintext for [u8] {
+impl ChunkSource for [u8] {
     fn size(&self) -> u64 {
         self.len() as u64
     }
@@ -232,6 +232,14 @@ impl ChunkSealer {
         Self::with(&reference.key, &reference.nonce)
     }
 
+    /// Seals chunk `n` again, `None` unless it gives the tag the first pass gave it
+    /// ([`FirstPass::tags`]): bytes that changed since (a file rewritten under a send) are
+    /// sealed under the same nonce, and must then go nowhere.
+    pub fn seal_again(&self, n: u64, last: bool, chunk: &[u8], tag: &[u8; TAG]) -> Option<Vec<u8>> {
+        let sealed = self.seal(n, last, chunk);
+        (sealed.get(sealed.len().saturating_sub(TAG)..) == Some(tag.as_slice())).then_some(sealed)
+    }
+
     /// Seals chunk `n`: [`CHUNK`] bytes unless it is the `last` (then at most that).
     pub fn seal(&self, n: u64, last: bool, chunk: &[u8]) -> Vec<u8> {
         if last {
@@ -321,31 +329,31 @@ impl Sealer {
         }
     }
 
-    /// Seals `plain` under a fresh key on `threads` threads at once, for its manifest: the
-    /// reference and the manifest. The sealed chunks are not kept ([`ChunkSealer::again`]
-    /// seals them again as they go). Fails as reading `plain` fails.
-    pub fn manifest_of<P: Plaintext + ?Sized>(
-        plain: &P,
+    /// The first pass over a blob: `source` sealed under a fresh key on `threads` threads at
+    /// once, for its reference, its manifest and its chunks' tags. The sealed chunks are not
+    /// kept: [`ChunkSealer::seal_again`] seals each again as it goes, checked against its tag.
+    /// Fails as reading `source` fails.
+    pub fn first_pass<S: ChunkSource + ?Sized>(
+        source: &S,
         threads: usize,
-    ) -> std::io::Result<(BlobRef, Manifest)> {
+    ) -> std::io::Result<FirstPass> {
         let mut sealer = Self::new();
-        let size = plain.size();
+        let size = source.size();
         let count = chunks(size);
         let per_thread = count.div_ceil(threads.max(1) as u64);
         let sealing = &sealer.chunks;
-        let hashes: Vec<[u8; 32]> = std::thread::scope(|scope| {
+        let sealed: Vec<([u8; 32], [u8; TAG])> = std::thread::scope(|scope| {
             let parts: Vec<_> = (0..count)
                 .step_by(usize::try_from(per_thread).unwrap_or(usize::MAX).max(1))
                 .map(|from| {
                     scope.spawn(move || {
                         (from..count.min(from + per_thread))
                             .map(|n| {
-                                let chunk = plain.chunk(n)?;
-                                Ok(Manifest::chunk_hash(&sealing.seal(
-                                    n,
-                                    n + 1 == count,
-                                    &chunk,
-                                )))
+                                let chunk = source.chunk(n)?;
+                                let sealed = sealing.seal(n, n + 1 == count, &chunk);
+                                let mut tag = [0; TAG];
+                                tag.copy_from_slice(&sealed[sealed.len() - TAG..]);
+                                Ok((Manifest::chunk_hash(&sealed), tag))
                             })
                             .collect::<std::io::Result<Vec<_>>>()
                     })
@@ -357,10 +365,24 @@ impl Sealer {
                 .collect::<std::io::Result<Vec<_>>>()
                 .map(|parts| parts.concat())
         })?;
+        let (hashes, tags) = sealed.into_iter().unzip();
         sealer.manifest = Manifest(hashes);
         let reference = sealer.reference(size);
-        Ok((reference, std::mem::take(&mut sealer.manifest)))
+        Ok(FirstPass {
+            reference,
+            manifest: std::mem::take(&mut sealer.manifest),
+            tags,
+        })
     }
+}
+
+/// What [`Sealer::first_pass`] gives: the reference a payload carries, the manifest the
+/// upload declares, and each sealed chunk's tag, which sealing it again must give again.
+#[derive(Debug, Clone)]
+pub struct FirstPass {
+    pub reference: BlobRef,
+    pub manifest: Manifest,
+    pub tags: Vec<[u8; TAG]>,
 }
 
 /// Decrypts a blob chunk by chunk, in order; [`Opener::finish`] checks the last chunk, the

@@ -21,9 +21,9 @@ use rusqlite::Connection;
 pub const WAL_BACKSTOP_PAGES: i64 = 4096;
 
 /// Leaves the checkpoints of `writer`'s database to a [`Checkpointer`]: the writer's own
-/// commits checkpoint only past `backstop` pages ([`WAL_BACKSTOP_PAGES`]), and a WAL that
-/// grew is cut back to that size when it starts over.
-pub fn leave_checkpoints(writer: &Connection, backstop: i64) -> rusqlite::Result<()> {
+/// commits checkpoint only past `backstop` pages, and a WAL that grew is cut back to that
+/// size when it starts over.
+fn leave_checkpoints(writer: &Connection, backstop: i64) -> rusqlite::Result<()> {
     writer.pragma_update(None, "wal_autocheckpoint", backstop)?;
     writer.pragma_update(None, "journal_size_limit", backstop * 4096)
 }
@@ -36,10 +36,17 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the thread `name` on `conn`, a connection of its own to the database (in WAL
-    /// mode, with a busy timeout), emptying the WAL past `backstop` pages (the writer's, as
-    /// given to [`leave_checkpoints`]).
-    pub fn start(conn: Connection, name: &str, backstop: i64) -> std::io::Result<Self> {
+    /// Takes the checkpoints of `writer`'s database over: the thread `name` copies the WAL on
+    /// `conn`, a connection of its own to the database (in WAL mode, with a busy timeout),
+    /// and empties a WAL grown past `backstop` pages ([`WAL_BACKSTOP_PAGES`] for many small
+    /// commits), past which the writer's own commits copy it too.
+    pub fn start(
+        writer: &Connection,
+        conn: Connection,
+        name: &str,
+        backstop: i64,
+    ) -> std::io::Result<Self> {
+        leave_checkpoints(writer, backstop).map_err(std::io::Error::other)?;
         let (tx, rx) = sync_channel::<()>(1);
         let shown = conn.path().unwrap_or_default().to_owned();
         let thread = std::thread::Builder::new()
@@ -110,9 +117,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let writer = open(&path);
-        leave_checkpoints(&writer, WAL_BACKSTOP_PAGES).unwrap();
         let checkpoints =
-            Checkpointer::start(open(&path), "test-checkpoint", WAL_BACKSTOP_PAGES).unwrap();
+            Checkpointer::start(&writer, open(&path), "test-checkpoint", WAL_BACKSTOP_PAGES)
+                .unwrap();
         writer
             .execute_batch("CREATE TABLE t (b BLOB); INSERT INTO t VALUES (zeroblob(2000000));")
             .unwrap();

@@ -350,16 +350,15 @@ impl Cache {
         // the commits that write much (a sync page, blob chunks, whatever a mail client sees
         // change): a sync's commits then return once their WAL frames are on disk, and the
         // copy runs beside the next page's work (DECISIONS D19).
-        letterme_sqlite::leave_checkpoints(&conn, WAL_BACKSTOP).map_err(err)?;
+        let checkpoints =
+            Checkpointer::start(&conn, open_db(path)?, "letterme-checkpoint", WAL_BACKSTOP)
+                .map_err(|e| ClientError::Io(format!("cannot start the checkpoint thread: {e}")))?;
         let cache = Self {
             conn: Mutex::new(conn),
             key,
             path: path.to_owned(),
             changes: watch::channel(0).0,
-            checkpoints: Checkpointer::start(open_db(path)?, "letterme-checkpoint", WAL_BACKSTOP)
-                .map_err(|e| {
-                ClientError::Io(format!("cannot start the checkpoint thread: {e}"))
-            })?,
+            checkpoints,
         };
         Ok(cache)
     }

@@ -248,10 +248,10 @@ impl Store {
         // The WAL is copied into the database file on a thread of its own, nudged after each
         // group commit, rather than by the commit that crossed SQLite's threshold, which
         // held every writer queued behind it (DECISIONS D79).
-        letterme_sqlite::leave_checkpoints(&conn, letterme_sqlite::WAL_BACKSTOP_PAGES)?;
         let checkpoint_conn = Connection::open(path)?;
         configure(&checkpoint_conn)?;
         let checkpoints = Checkpointer::start(
+            &conn,
             checkpoint_conn,
             "letterme-db-checkpoint",
             letterme_sqlite::WAL_BACKSTOP_PAGES,

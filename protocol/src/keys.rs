@@ -298,6 +298,22 @@ impl fmt::Debug for EncryptionKeypair {
     }
 }
 
+/// The bytes of a statement "key `second` goes with `address` and key `first`, since
+/// `created`": `u16` length and address, the two keys, `u64` created (PROTOCOL.md §6, §6a).
+pub(crate) fn key_statement(
+    address: &Address,
+    first: &[u8; 32],
+    second: &[u8; 32],
+    created: u64,
+) -> Vec<u8> {
+    let mut w = Writer::with_capacity(128);
+    w.str16(address.as_str())
+        .raw(first)
+        .raw(second)
+        .u64(created);
+    w.into_bytes()
+}
+
 /// Signature context of a key binding.
 pub const KEY_BINDING_CONTEXT: &[u8] = b"letterme/v1/key-binding\0";
 
@@ -320,12 +336,12 @@ impl KeyBinding {
         encryption_key: &EncryptionPublicKey,
         created: u64,
     ) -> Vec<u8> {
-        let mut w = Writer::with_capacity(128);
-        w.str16(address.as_str())
-            .raw(identity_key.as_bytes())
-            .raw(encryption_key.as_bytes())
-            .u64(created);
-        w.into_bytes()
+        key_statement(
+            address,
+            identity_key.as_bytes(),
+            encryption_key.as_bytes(),
+            created,
+        )
     }
 
     pub fn create(

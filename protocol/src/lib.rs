@@ -11,6 +11,7 @@ pub mod auth;
 pub mod b64;
 pub mod blob;
 pub mod codec;
+pub mod device;
 pub mod discovery;
 pub mod envelope;
 pub mod federation;

@@ -23,10 +23,16 @@ pub const VRF_PROOF_LEN: usize = 80;
 
 /// Signature context of a checkpoint.
 pub const CHECKPOINT_CONTEXT: &[u8] = b"letterme/v1/kt-checkpoint\0";
-/// Version byte that starts every entry.
+/// Version byte that starts an entry of an account of one device from before devices.
 pub const ENTRY_VERSION: u8 = 1;
-/// Encoded length of an entry.
+/// Encoded length of a version-1 entry.
 pub const ENTRY_LEN: usize = 1 + 1 + 32 + 32 + 32 + 4 + 8;
+/// Version byte of an entry that also carries the digest of the account's device set
+/// (issue 18, PROTOCOL.md §19.1): the inclusion proof of the newest entry then covers every
+/// device a lookup lists.
+pub const ENTRY_VERSION_DEVICES: u8 = 2;
+/// Encoded length of a version-2 entry.
+pub const ENTRY_LEN_DEVICES: usize = ENTRY_LEN + 32;
 /// Longest proof accepted (64 levels of 32-byte hashes; a tree of 2^64 leaves).
 pub const MAX_PROOF: usize = 64 * 32;
 
@@ -66,31 +72,44 @@ pub struct LogEntry {
     pub identity_key: [u8; 32],
     pub encryption_key: [u8; 32],
     pub key_version: u32,
+    /// The digest of the account's device set after the operation
+    /// (`device::set_digest`); `None` for an account of one device from before devices,
+    /// whose entries keep version 1 byte for byte.
+    pub devices: Option<[u8; 32]>,
     /// Unix seconds.
     pub time: u64,
 }
 
 impl LogEntry {
     /// The canonical bytes: version, op, label, identity key, encryption key, key version
-    /// (u32 BE), time (u64 BE).
+    /// (u32 BE), the device set's digest (version 2 only), time (u64 BE).
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(ENTRY_LEN);
-        w.u8(ENTRY_VERSION)
-            .u8(self.op as u8)
-            .raw(&self.label)
-            .raw(&self.identity_key)
-            .raw(&self.encryption_key)
-            .u32(self.key_version)
-            .u64(self.time);
+        let mut w = Writer::with_capacity(ENTRY_LEN_DEVICES);
+        w.u8(if self.devices.is_some() {
+            ENTRY_VERSION_DEVICES
+        } else {
+            ENTRY_VERSION
+        })
+        .u8(self.op as u8)
+        .raw(&self.label)
+        .raw(&self.identity_key)
+        .raw(&self.encryption_key)
+        .u32(self.key_version);
+        if let Some(devices) = &self.devices {
+            w.raw(devices);
+        }
+        w.u64(self.time);
         w.into_bytes()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, KtError> {
         let mut r = Reader::new(bytes);
         let bad = |e: DecodeError| KtError::Malformed(e.to_string());
-        if r.u8("entry version").map_err(bad)? != ENTRY_VERSION {
-            return Err(KtError::Malformed("unknown entry version".into()));
-        }
+        let with_devices = match r.u8("entry version").map_err(bad)? {
+            ENTRY_VERSION => false,
+            ENTRY_VERSION_DEVICES => true,
+            _ => return Err(KtError::Malformed("unknown entry version".into())),
+        };
         let op = KeyOp::from_u8(r.u8("op").map_err(bad)?)
             .ok_or_else(|| KtError::Malformed("unknown key operation".into()))?;
         let entry = Self {
@@ -99,6 +118,11 @@ impl LogEntry {
             identity_key: r.array("identity key").map_err(bad)?,
             encryption_key: r.array("encryption key").map_err(bad)?,
             key_version: r.u32("key version").map_err(bad)?,
+            devices: if with_devices {
+                Some(r.array("device set digest").map_err(bad)?)
+            } else {
+                None
+            },
             time: r.u64("time").map_err(bad)?,
         };
         r.finish().map_err(bad)?;
@@ -115,6 +139,7 @@ impl LogEntry {
             identity_key: key.0,
             encryption_key: [0; 32],
             key_version: 0,
+            devices: None,
             time,
         }
     }
@@ -467,6 +492,7 @@ mod tests {
             identity_key: [i as u8; 32],
             encryption_key: [(i >> 8) as u8; 32],
             key_version: i,
+            devices: None,
             time: 1_700_000_000 + u64::from(i),
         }
     }
@@ -484,6 +510,35 @@ mod tests {
         let mut bad_op = b;
         bad_op[1] = 99;
         assert!(LogEntry::decode(&bad_op).is_err());
+    }
+
+    /// An entry with a device set's digest is version 2, 32 bytes longer, and round-trips;
+    /// one without keeps version 1's bytes (an account from before devices); a version-1
+    /// entry with a digest's worth of bytes more, or a version-2 one without, is refused.
+    #[test]
+    fn an_entry_with_devices_is_version_2_and_one_without_stays_version_1() {
+        let plain = entry(4);
+        let v1 = plain.encode();
+        assert_eq!((v1[0], v1.len()), (ENTRY_VERSION, ENTRY_LEN));
+        let with = LogEntry {
+            op: KeyOp::DeviceAdd,
+            devices: Some([0xd5; 32]),
+            ..plain
+        };
+        let v2 = with.encode();
+        assert_eq!(
+            (v2[0], v2.len()),
+            (ENTRY_VERSION_DEVICES, ENTRY_LEN_DEVICES)
+        );
+        assert_eq!(LogEntry::decode(&v2).unwrap(), with);
+        assert_eq!(&v2[2..ENTRY_LEN - 8], &v1[2..ENTRY_LEN - 8]);
+        let mut posing = v2.clone();
+        posing[0] = ENTRY_VERSION;
+        assert!(LogEntry::decode(&posing).is_err());
+        let mut short = v1;
+        short[0] = ENTRY_VERSION_DEVICES;
+        assert!(LogEntry::decode(&short).is_err());
+        assert!(LogEntry::decode(&v2[..v2.len() - 1]).is_err());
     }
 
     #[test]

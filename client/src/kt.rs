@@ -175,6 +175,11 @@ pub fn check(
         return Err(KtError::BadLabel(address.to_string()));
     }
     verify_inclusion(&entry, proof.index, cp, &proof.inclusion)?;
+    // An entry naming a device set is checked against the set a lookup lists, which lookups
+    // do not carry yet (issue 18): until then it is not taken on trust.
+    if entry.device_set.is_some() {
+        return Err(KtError::DevicesUnchecked(address.to_string()));
+    }
     // The attested key must be the logged one: a key the server hands out without a log
     // entry is exactly what transparency catches.
     if entry.identity_key != att.identity_key.0
@@ -225,6 +230,52 @@ pub fn check_history(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use letterme_protocol::kt::{KeyOp, Log, VrfKey};
+    use letterme_protocol::{EncryptionKeypair, KeyBinding, SigningKeypair};
+
+    /// A lookup whose proof holds an entry naming a device set is refused while lookups
+    /// list no devices to check it against; the same keys in a version-1 entry pass.
+    #[test]
+    fn an_entry_naming_devices_is_not_taken_on_trust() {
+        let address = Address::parse("alice@a.test").unwrap();
+        let (domain, vrf) = (SigningKeypair::generate(), VrfKey::generate());
+        let identity = SigningKeypair::generate();
+        let enc = EncryptionKeypair::generate().public();
+        let binding = KeyBinding::create(&address, &identity, &enc, 10);
+        let att = Attestation::issue(&binding, 1, &domain);
+        let (label, label_proof) = vrf.label(&address);
+        let proof_of = |device_set: Option<[u8; 32]>| {
+            let entry = LogEntry {
+                op: if device_set.is_some() {
+                    KeyOp::DeviceAdd
+                } else {
+                    KeyOp::Register
+                },
+                label,
+                identity_key: identity.public().0,
+                encryption_key: enc.0,
+                key_version: 1,
+                device_set,
+                time: 10,
+            };
+            let mut log = Log::new();
+            let index = log.push(entry);
+            KtProof {
+                index,
+                entry: entry.encode(),
+                label_proof: label_proof.to_vec(),
+                inclusion: log.prove_inclusion(index).unwrap(),
+                checkpoint: log.checkpoint("a.test", vrf.public(), 20, &domain),
+                consistency: None,
+            }
+        };
+        let keys = [domain.public()];
+        check(&address, &att, &proof_of(None), &keys, None).unwrap();
+        assert!(matches!(
+            check(&address, &att, &proof_of(Some([7; 32])), &keys, None),
+            Err(KtError::DevicesUnchecked(_))
+        ));
+    }
 
     #[test]
     fn a_checkpoint_in_the_older_format_is_set_aside_and_the_rest_kept() {

@@ -81,8 +81,11 @@ impl Online {
         let (cp, entries) = kt::check_history(&p.address, &history, &domain_keys, last.as_ref())
             .map_err(ClientError::OwnLog)?;
         let keys = &self.me.keys;
+        // An entry naming a device set is one this profile never made (it has no devices
+        // yet): a server adding a device of its own is caught here.
         let made = |e: &letterme_protocol::kt::LogEntry| {
-            e.identity_key == keys.identity.public().0
+            e.device_set.is_none()
+                && e.identity_key == keys.identity.public().0
                 && keys.made(&EncryptionPublicKey(e.encryption_key))
         };
         let newest = entries.last().map(|(i, _)| *i);

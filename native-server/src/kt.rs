@@ -90,7 +90,7 @@ impl KtState {
                 identity_key,
                 encryption_key,
                 key_version,
-                devices: None,
+                device_set: None,
                 time: registered_at,
             };
             missing.push((log.len() + entries.len() as u64, label, entry.encode()));
@@ -144,7 +144,7 @@ impl KtState {
             identity_key: acc.identity_key,
             encryption_key: acc.encryption_key,
             key_version: acc.key_version,
-            devices: None,
+            device_set: None,
             time,
         }
     }

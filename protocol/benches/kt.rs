@@ -20,7 +20,7 @@ fn entry(i: u32) -> LogEntry {
         identity_key: [7; 32],
         encryption_key: [9; 32],
         key_version: 1,
-        devices: None,
+        device_set: None,
         time: 1_700_000_000 + u64::from(i),
     }
 }

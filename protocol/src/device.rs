@@ -27,6 +27,7 @@ pub const MAX_DEVICES: usize = 16;
 
 /// Why a device or a device set is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum DeviceError {
     #[error("a device certificate's signature does not verify")]
     BadCert,
@@ -234,9 +235,10 @@ pub fn verify_set(
 }
 
 /// The digest of a device set, which a key-transparency entry carries so that its proof
-/// covers every device: SHA-256 of [`DEVICE_SET_CONTEXT`], the count, and each device, in
-/// the order of their device keys, as its certificate's and binding's signed bytes and
-/// signatures. The order the set is listed in does not change it.
+/// covers every device of the set: SHA-256 of [`DEVICE_SET_CONTEXT`], the count, and each
+/// device, in ascending order of their device keys, as its certificate's and binding's
+/// signed bytes and signatures. The order the set is listed in does not change it; of a set
+/// [`verify_set`] accepts (no device key twice).
 pub fn set_digest(devices: &[Device]) -> [u8; 32] {
     let mut sorted: Vec<&Device> = devices.iter().collect();
     sorted.sort_by_key(|d| d.cert.device_key.0);

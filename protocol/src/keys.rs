@@ -377,6 +377,20 @@ impl KeyBinding {
 mod tests {
     use super::*;
 
+    /// A key binding's bytes, field by field as PROTOCOL.md §6 lays them out (the device
+    /// statements share the layout): what every registration was signed over.
+    #[test]
+    fn a_key_binding_has_the_bytes_it_always_had() {
+        let addr = Address::parse("a@x.test").unwrap();
+        let (id, enc) = (IdentityPublicKey([5; 32]), EncryptionPublicKey([6; 32]));
+        let mut want = vec![0, 8];
+        want.extend(b"a@x.test");
+        want.extend([5; 32]);
+        want.extend([6; 32]);
+        want.extend(77u64.to_be_bytes());
+        assert_eq!(KeyBinding::signed_bytes(&addr, &id, &enc, 77), want);
+    }
+
     #[test]
     fn binding_verifies_and_detects_tampering() {
         let addr = Address::parse("a@x.test").unwrap();

@@ -23,13 +23,14 @@ pub const VRF_PROOF_LEN: usize = 80;
 
 /// Signature context of a checkpoint.
 pub const CHECKPOINT_CONTEXT: &[u8] = b"letterme/v1/kt-checkpoint\0";
-/// Version byte that starts an entry of an account of one device from before devices.
+/// Version byte of an entry without a device set: every entry of an account from before
+/// devices, and every domain-key entry.
 pub const ENTRY_VERSION: u8 = 1;
 /// Encoded length of a version-1 entry.
 pub const ENTRY_LEN: usize = 1 + 1 + 32 + 32 + 32 + 4 + 8;
 /// Version byte of an entry that also carries the digest of the account's device set
-/// (issue 18, PROTOCOL.md §19.1): the inclusion proof of the newest entry then covers every
-/// device a lookup lists.
+/// (issue 18, PROTOCOL.md §19.1): an entry's inclusion proof then covers every device of
+/// the set it names (that it is the newest entry is not proven: §19 Limits).
 pub const ENTRY_VERSION_DEVICES: u8 = 2;
 /// Encoded length of a version-2 entry.
 pub const ENTRY_LEN_DEVICES: usize = ENTRY_LEN + 32;
@@ -74,8 +75,8 @@ pub struct LogEntry {
     pub key_version: u32,
     /// The digest of the account's device set after the operation
     /// (`device::set_digest`); `None` for an account of one device from before devices,
-    /// whose entries keep version 1 byte for byte.
-    pub devices: Option<[u8; 32]>,
+    /// whose entries keep version 1 byte for byte, and for a domain-key entry.
+    pub device_set: Option<[u8; 32]>,
     /// Unix seconds.
     pub time: u64,
 }
@@ -85,7 +86,7 @@ impl LogEntry {
     /// (u32 BE), the device set's digest (version 2 only), time (u64 BE).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(ENTRY_LEN_DEVICES);
-        w.u8(if self.devices.is_some() {
+        w.u8(if self.device_set.is_some() {
             ENTRY_VERSION_DEVICES
         } else {
             ENTRY_VERSION
@@ -95,8 +96,8 @@ impl LogEntry {
         .raw(&self.identity_key)
         .raw(&self.encryption_key)
         .u32(self.key_version);
-        if let Some(devices) = &self.devices {
-            w.raw(devices);
+        if let Some(digest) = &self.device_set {
+            w.raw(digest);
         }
         w.u64(self.time);
         w.into_bytes()
@@ -112,13 +113,24 @@ impl LogEntry {
         };
         let op = KeyOp::from_u8(r.u8("op").map_err(bad)?)
             .ok_or_else(|| KtError::Malformed("unknown key operation".into()))?;
+        // A device is added or removed only in a set; the domain key has none.
+        let fits = match op {
+            KeyOp::DeviceAdd | KeyOp::DeviceRemove => with_devices,
+            KeyOp::DomainKey => !with_devices,
+            _ => true,
+        };
+        if !fits {
+            return Err(KtError::Malformed(
+                "a key operation in an entry of the wrong version".into(),
+            ));
+        }
         let entry = Self {
             op,
             label: r.array("label").map_err(bad)?,
             identity_key: r.array("identity key").map_err(bad)?,
             encryption_key: r.array("encryption key").map_err(bad)?,
             key_version: r.u32("key version").map_err(bad)?,
-            devices: if with_devices {
+            device_set: if with_devices {
                 Some(r.array("device set digest").map_err(bad)?)
             } else {
                 None
@@ -139,7 +151,7 @@ impl LogEntry {
             identity_key: key.0,
             encryption_key: [0; 32],
             key_version: 0,
-            devices: None,
+            device_set: None,
             time,
         }
     }
@@ -281,6 +293,10 @@ pub enum KtError {
     NotLogged(String),
     #[error("the log of {0} changed its VRF key: its labels no longer match what was seen")]
     VrfKeyChanged(String),
+    #[error(
+        "the log entry of {0} names a device set, which this version of letterme cannot check yet"
+    )]
+    DevicesUnchecked(String),
 }
 
 /// A domain's VRF key (RFC 9381, ECVRF-RISTRETTO255-SHA512, via `vrf-r255`): the label of
@@ -492,7 +508,7 @@ mod tests {
             identity_key: [i as u8; 32],
             encryption_key: [(i >> 8) as u8; 32],
             key_version: i,
-            devices: None,
+            device_set: None,
             time: 1_700_000_000 + u64::from(i),
         }
     }
@@ -522,7 +538,7 @@ mod tests {
         assert_eq!((v1[0], v1.len()), (ENTRY_VERSION, ENTRY_LEN));
         let with = LogEntry {
             op: KeyOp::DeviceAdd,
-            devices: Some([0xd5; 32]),
+            device_set: Some([0xd5; 32]),
             ..plain
         };
         let v2 = with.encode();
@@ -539,6 +555,27 @@ mod tests {
         short[0] = ENTRY_VERSION_DEVICES;
         assert!(LogEntry::decode(&short).is_err());
         assert!(LogEntry::decode(&v2[..v2.len() - 1]).is_err());
+        // A device operation outside a set, a domain key inside one.
+        let mut outside = plain.encode();
+        outside[1] = KeyOp::DeviceRemove as u8;
+        assert!(LogEntry::decode(&outside).is_err());
+        let mut inside = v2;
+        inside[1] = KeyOp::DomainKey as u8;
+        assert!(LogEntry::decode(&inside).is_err());
+    }
+
+    /// Version 1's bytes, field by field as PROTOCOL.md §19.1 lays them out: what the logs
+    /// of every domain already hold.
+    #[test]
+    fn a_version_1_entry_has_the_bytes_it_always_had() {
+        let e = entry(0x0104);
+        let mut want = vec![1, 1];
+        want.extend(e.label);
+        want.extend([0x04; 32]);
+        want.extend([0x01; 32]);
+        want.extend(0x0104u32.to_be_bytes());
+        want.extend((1_700_000_000u64 + 0x0104).to_be_bytes());
+        assert_eq!(e.encode(), want);
     }
 
     #[test]

@@ -72,28 +72,44 @@ fn inherited_from_the_test(key: &str) -> bool {
 }
 
 /// A free loopback port (bound, then released) for a server a test configures before it
-/// starts. It is taken below the kernel's ephemeral range: a port from there, which
+/// starts. It is taken outside the kernel's ephemeral range: a port from there, which
 /// `bind(0)` hands to every other listener and every outgoing connection of the tests
 /// running beside this one, could be given away between this probe and the server's own
 /// bind ("server did not start", now and then). Threads of one test binary take turns
-/// through the range, and processes start at places of their own.
+/// through the gap, and processes start at places of their own. Where the range leaves no
+/// gap of 1,000 ports, a port of its own.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const FROM: u32 = 10_000;
-    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    let span = below.saturating_sub(FROM).max(1);
-    let start = std::process::id().wrapping_mul(7_919);
-    for _ in 0..1_000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = FROM + start.wrapping_add(n.wrapping_mul(104_729)) % span;
-        if let Ok(port) = u16::try_from(port)
-            && TcpListener::bind(("127.0.0.1", port)).is_ok()
-        {
-            return port;
+        .and_then(|r| {
+            let mut ends = r.split_whitespace().map(|p| p.parse::<u64>().ok());
+            Some((ends.next()??, ends.next()??))
+        })
+        .unwrap_or((32_768, 60_999));
+    // The larger of the gaps below and above the range (privileged ports left alone).
+    let (from, span) = [
+        (1_024, low.saturating_sub(1_024)),
+        (high + 1, 65_535u64.saturating_sub(high)),
+    ]
+    .into_iter()
+    .max_by_key(|&(_, span)| span)
+    .unwrap_or((0, 0));
+    if span >= 1_000 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()));
+        let start = (u64::from(std::process::id()) * 7_919 + nanos) % span;
+        for _ in 0..1_000 {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+            // A step prime to every span below 65,536 walks the whole gap.
+            let port = from + (start + n * 104_729) % span;
+            if let Ok(port) = u16::try_from(port)
+                && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            {
+                return port;
+            }
         }
     }
     TcpListener::bind("127.0.0.1:0")

@@ -202,7 +202,7 @@ fn fill_log(config: &Config, size: u64) -> anyhow::Result<u64> {
                 identity_key: letterme_protocol::keys::random_bytes(),
                 encryption_key: letterme_protocol::keys::random_bytes(),
                 key_version: 1,
-                devices: None,
+                device_set: None,
                 time: 1_700_000_000 + idx,
             };
             ins.execute(rusqlite::params![

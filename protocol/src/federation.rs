@@ -456,6 +456,18 @@ pub struct DeliveryReport {
     pub rejected: BTreeMap<String, String>,
 }
 
+/// `GET /v1/federation/keys/{address}`: another domain's answer for one of its addresses,
+/// and the client's view of a lookup relayed to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteKeys {
+    pub address: crate::Address,
+    pub found: bool,
+    pub attestation: Option<crate::Attestation>,
+    /// The key's entry in the domain's key-transparency log, with proofs.
+    #[serde(default)]
+    pub kt: Option<crate::kt::KtProof>,
+}
+
 /// Content type of a delivery body (`PUT /v1/federation/transactions/{txid}`).
 pub const BATCH_CONTENT_TYPE: &str = "application/vnd.letterme.batch";
 

@@ -180,7 +180,7 @@ pub(super) async fn lookup(
                 | crate::federation::FederationError::Dns(crate::dns::DnsError::NotFound(_)),
             ) => {
                 legacy = true;
-                crate::federation::RemoteKeys {
+                letterme_protocol::federation::RemoteKeys {
                     address: address.clone(),
                     found: false,
                     attestation: None,

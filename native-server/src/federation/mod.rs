@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use letterme_protocol::discovery::{DiscoveryError, MailxRecord, ServerDocument};
-use letterme_protocol::federation::{RequestSignature, ResponseSignature, SignatureError};
+use letterme_protocol::federation::{
+    RemoteKeys, RequestSignature, ResponseSignature, SignatureError,
+};
 use letterme_protocol::{Address, IdentityPublicKey, SigningKeypair, b64};
 use lru::LruCache;
-use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::config::FederationConfig;
@@ -253,17 +254,6 @@ impl std::fmt::Debug for Federation {
             .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
-}
-
-/// `GET /v1/federation/keys/{address}` and the client's view of a remote lookup.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RemoteKeys {
-    pub address: Address,
-    pub found: bool,
-    pub attestation: Option<letterme_protocol::Attestation>,
-    /// The key's entry in the domain's key-transparency log, with proofs.
-    #[serde(default)]
-    pub kt: Option<letterme_protocol::kt::KtProof>,
 }
 
 impl Federation {

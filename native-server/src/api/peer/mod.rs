@@ -27,9 +27,10 @@ use super::{MAX_CLOCK_SKEW, MAX_ENVELOPE_AGE};
 use crate::federation::budget::{
     BodyBudget, Reservation, body_budget, body_deadline, max_batch_bytes,
 };
-use crate::federation::{Federation, NonceCheck, RemoteKeys, witness};
+use crate::federation::{Federation, NonceCheck, witness};
 use crate::state::AppState;
 use crate::store::StoreError;
+use letterme_protocol::federation::RemoteKeys;
 
 mod blobs;
 

@@ -12,9 +12,9 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 
-use letterme_protocol::blob::{CHUNK, ChunkSource, FirstPass, chunk_of};
+use letterme_protocol::blob::{ChunkSource, FirstPass, chunk_of, chunk_range};
 
-use crate::mime::{BLOB_THRESHOLD, Base64Body};
+use crate::mime::{BLOB_THRESHOLD, goes_apart};
 
 /// A file to attach: its name as the recipient sees it, and its bytes.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ impl AttachedFile {
             )));
         }
         let size = meta.len();
-        let bytes = if meta.is_file() && Base64Body::len_of(size) > BLOB_THRESHOLD as u64 {
+        let bytes = if meta.is_file() && goes_apart(size, BLOB_THRESHOLD) {
             FileBytes::Open(OpenFile {
                 file: Arc::new(file),
                 path: path.to_owned(),
@@ -168,9 +168,8 @@ impl ChunkSource for FileBytes {
         match self {
             Self::Held(b) => Ok(Cow::Borrowed(chunk_of(b, n))),
             Self::Open(f) => {
-                let start = n.saturating_mul(CHUNK as u64).min(f.size);
-                let end = start.saturating_add(CHUNK as u64).min(f.size);
-                f.read(start, end - start).map(Cow::Owned)
+                let range = chunk_range(f.size, n);
+                f.read(range.start, range.end - range.start).map(Cow::Owned)
             }
         }
     }
@@ -179,6 +178,7 @@ impl ChunkSource for FileBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use letterme_protocol::blob::CHUNK;
 
     /// A file at the threshold and past it: the small one read, the large one left in
     /// the file; each gives the same chunks and whole as the bytes held in memory.

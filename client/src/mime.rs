@@ -341,6 +341,12 @@ pub fn written(r: &letterme_protocol::blob::BlobRef, bytes: Vec<u8>) -> Vec<u8> 
     }
 }
 
+/// Whether a file of `size` bytes is set apart from the entity ([`compose_apart`]): its
+/// base64 body longer than `threshold`.
+pub fn goes_apart(size: u64, threshold: usize) -> bool {
+    Base64Body::len_of(size) > threshold as u64
+}
+
 /// [`compose`] with each file whose base64 body is longer than `threshold` set apart: in
 /// its place a part with the header it would have, a [`BLOB_FIELD`] naming it first and
 /// no body, as [`detach`] leaves one. The files set apart, in order, go as blobs of their
@@ -353,7 +359,7 @@ pub fn compose_apart(
     files: Vec<AttachedFile>,
     threshold: usize,
 ) -> std::io::Result<(Option<Vec<u8>>, Vec<AttachedFile>)> {
-    let large = |f: &AttachedFile| Base64Body::len_of(f.bytes.len()) > threshold as u64;
+    let large = |f: &AttachedFile| goes_apart(f.bytes.len(), threshold);
     if !files.iter().any(large) {
         return Ok((compose(text, html, files)?, Vec::new()));
     }

@@ -67,11 +67,16 @@ pub fn chunks(size: u64) -> u64 {
 /// Chunk `n` of a blob's `bytes`: every chunk but the last [`CHUNK`] bytes, the last the
 /// rest (0 to [`CHUNK`] bytes).
 pub fn chunk_of(bytes: &[u8], n: u64) -> &[u8] {
-    let start = usize::try_from(n)
-        .unwrap_or(usize::MAX)
-        .saturating_mul(CHUNK)
-        .min(bytes.len());
-    &bytes[start..start.saturating_add(CHUNK).min(bytes.len())]
+    let range = chunk_range(bytes.len() as u64, n);
+    // Within `bytes`, whose length bounds the range.
+    &bytes[range.start as usize..range.end as usize]
+}
+
+/// Where chunk `n` of a blob of `size` bytes lies in it ([`chunk_of`]'s bounds, for bytes
+/// read from elsewhere than memory).
+pub fn chunk_range(size: u64, n: u64) -> std::ops::Range<u64> {
+    let start = n.saturating_mul(CHUNK as u64).min(size);
+    start..start.saturating_add(CHUNK as u64).min(size)
 }
 
 /// A blob's bytes as a sender reads them, a chunk at a time: from memory, or from a file

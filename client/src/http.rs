@@ -4,18 +4,19 @@ use std::time::Duration;
 
 use letterme_protocol::api::kt::{EntriesPage, EntriesQuery, WitnessRequest, WitnessVerdict};
 use letterme_protocol::api::{
-    AckRequest, BlobBegin, BlockChange, BlockRequest, BlocksResponse, ChallengeRequest,
-    ChallengeResponse, ErrorBody, ErrorCode, FetchRequest, KeyChangeRequest, KeyChangeResponse,
-    ListQuery, ListResponse, LookupQuery, OutboundRequest, RegisterRequest, TokenRequest,
-    TokenResponse,
+    AckRequest, AddDevicesRequest, BlobBegin, BlockChange, BlockRequest, BlocksResponse,
+    ChallengeRequest, ChallengeResponse, ErrorBody, ErrorCode, FetchRequest, KeyChangeRequest,
+    KeyChangeResponse, ListQuery, ListResponse, LookupQuery, OutboundRequest, RegisterRequest,
+    TokenRequest, TokenResponse,
 };
 /// The answers this client hands to its callers, under the paths they always had.
 pub use letterme_protocol::api::{
-    BlobState, FetchedEnvelope, KeyLookup, ListEntry, OutboundResponse, RegisterResponse,
-    SendResponse, ServerInfo,
+    BlobState, DeviceInfo, DeviceList, FetchedEnvelope, KeyLookup, ListEntry, OutboundResponse,
+    RegisterResponse, SendResponse, ServerInfo,
 };
 use letterme_protocol::auth::sign_challenge;
 use letterme_protocol::codec::hex;
+use letterme_protocol::device::Device;
 use letterme_protocol::kt::Checkpoint;
 use letterme_protocol::{Address, Attestation, KeyBinding, SigningKeypair, b64};
 use reqwest::{Method, RequestBuilder, Response};
@@ -235,6 +236,7 @@ impl Api {
             address: address.to_string(),
             challenge: c.challenge,
             signature: sig,
+            device_key: Some(key.public()),
         };
         let t: TokenResponse = self.send_json(Method::POST, "/v1/auth/token", &req).await?;
         *self
@@ -450,6 +452,25 @@ impl Api {
             r.entry
         };
         Ok((normalized, r.changed))
+    }
+
+    /// The account's current devices (`GET /v1/devices`).
+    pub async fn devices(&self) -> Result<DeviceList, ClientError> {
+        self.json(self.req(Method::GET, "/v1/devices")).await
+    }
+
+    /// Adds devices certified by the identity key (`POST /v1/devices`).
+    pub async fn add_devices(&self, devices: &[Device]) -> Result<DeviceList, ClientError> {
+        let req = AddDevicesRequest {
+            devices: devices.to_vec(),
+        };
+        self.send_json(Method::POST, "/v1/devices", &req).await
+    }
+
+    /// Removes a device by its short id (`DELETE /v1/devices/{id}`).
+    pub async fn remove_device(&self, id: &str) -> Result<DeviceList, ClientError> {
+        self.json(self.req(Method::DELETE, &format!("/v1/devices/{id}")))
+            .await
     }
 
     /// Acknowledges several messages at once (`POST /v1/messages/ack`, at most 1000 ids).

@@ -1,6 +1,7 @@
 //! Our keys and other users': looking up a user's attested key and verifying it, and
 //! rotating or revoking our own encryption key.
 
+use letterme_protocol::device::Device;
 use letterme_protocol::{
     Address, Attestation, EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, KeyBinding,
 };
@@ -24,6 +25,37 @@ pub struct KeyChange {
     pub resumed: bool,
 }
 
+/// A user's keys as verified: the attestation, and the device set the domain's
+/// key-transparency log names (none for an account of one device from before devices).
+#[derive(Debug, Clone)]
+pub struct VerifiedKeys {
+    pub attestation: Attestation,
+    pub devices: Vec<Device>,
+}
+
+impl VerifiedKeys {
+    /// The keys mail to the user is sealed to: one per device.
+    pub fn encryption_keys(&self) -> Vec<EncryptionPublicKey> {
+        if self.devices.is_empty() {
+            vec![self.attestation.encryption_key]
+        } else {
+            self.devices
+                .iter()
+                .map(|d| d.binding.encryption_key)
+                .collect()
+        }
+    }
+
+    /// The keys the user's envelopes may be signed with: the identity key and each
+    /// device's key.
+    pub fn signing_keys(&self) -> Vec<IdentityPublicKey> {
+        let mut keys = vec![self.attestation.identity_key];
+        keys.extend(self.devices.iter().map(|d| d.cert.device_key));
+        keys.dedup();
+        keys
+    }
+}
+
 /// Days a rotated-out key still opens newly received mail, by default (`letterme key
 /// rotate --overlap-days`): mail in flight (federation retries give up after 5 days)
 /// still opens. The user's own key; the server's domain key has `DOMAIN_KEY_OVERLAP`.
@@ -34,10 +66,10 @@ pub const ROTATION_OVERLAP_DAYS: u64 = 7;
 const PENDING_MAX_AGE: u64 = 3600;
 
 impl Online {
-    /// The attested key of a user: on our domain verified against the pinned domain key,
-    /// on another domain against that domain's keys in DNS; in both cases also against the
-    /// domain's key-transparency log (DESIGN.md §5, §7.4).
-    pub async fn verified_key(&self, address: &Address) -> Result<Attestation, ClientError> {
+    /// The attested keys of a user and their devices: on our domain verified against the
+    /// pinned domain key, on another domain against that domain's keys in DNS; in both
+    /// cases also against the domain's key-transparency log (DESIGN.md §5, §7.4).
+    pub async fn verified_keys(&self, address: &Address) -> Result<VerifiedKeys, ClientError> {
         let p = &self.me.profile;
         let own = address.domain().eq_ignore_ascii_case(&p.domain);
         let kt_file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
@@ -93,8 +125,18 @@ impl Online {
             }
             keys
         };
-        self.check_transparency(address, &att, found.kt.as_ref(), &keys, kt_file)?;
-        Ok(att)
+        self.check_transparency(
+            address,
+            &att,
+            &found.devices,
+            found.kt.as_ref(),
+            &keys,
+            kt_file,
+        )?;
+        Ok(VerifiedKeys {
+            attestation: att,
+            devices: found.devices,
+        })
     }
 
     /// Replaces our encryption key with a new one, made here: the server attests and logs
@@ -192,7 +234,7 @@ impl Online {
         profile.keys = SealedKeys::seal(&keys, passphrase);
         dir.save(&profile)?;
         // The new key as senders will see it: attested, and in the log.
-        let seen = self.verified_key(&address).await?;
+        let seen = self.verified_keys(&address).await?.attestation;
         if seen.encryption_key != att.encryption_key {
             return Err(ClientError::Io(format!(
                 "the server still hands out the previous key for {address}; run the command again"

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use letterme_protocol::device::{Device, set_digest, verify_set};
 use letterme_protocol::kt::{
     Checkpoint, KtError, KtHistory, KtProof, LogEntry, verify_consistency, verify_inclusion,
     verify_label,
@@ -151,12 +152,13 @@ pub fn check_checkpoint(
     verify_consistency(last, cp, &p)
 }
 
-/// Checks a lookup's proofs for `att` against the domain's `domain_keys`, the pinned VRF
+/// Checks a lookup's proofs for `att` and the account's `devices` against the domain's `domain_keys`, the pinned VRF
 /// key in the (signed) checkpoint and the last checkpoint seen; returns the checkpoint to
 /// remember.
 pub fn check(
     address: &Address,
     att: &Attestation,
+    devices: &[Device],
     proof: &KtProof,
     domain_keys: &[IdentityPublicKey],
     last: Option<&Checkpoint>,
@@ -175,10 +177,19 @@ pub fn check(
         return Err(KtError::BadLabel(address.to_string()));
     }
     verify_inclusion(&entry, proof.index, cp, &proof.inclusion)?;
-    // An entry naming a device set is checked against the set a lookup lists, which lookups
-    // do not carry yet (issue 18): until then it is not taken on trust.
-    if entry.device_set.is_some() {
-        return Err(KtError::DevicesUnchecked(address.to_string()));
+    // The devices listed must be the set the entry names, each certified by the logged
+    // identity key; an account from before devices lists none.
+    let not_logged = |why: &str| KtError::DevicesNotLogged(address.to_string(), why.to_owned());
+    match entry.device_set {
+        None if !devices.is_empty() => return Err(not_logged("the log names no device set")),
+        None => {}
+        Some(digest) => {
+            verify_set(devices, address, &IdentityPublicKey(entry.identity_key))
+                .map_err(|e| not_logged(&e.to_string()))?;
+            if set_digest(devices) != digest {
+                return Err(not_logged("another set than the logged one"));
+            }
+        }
     }
     // The attested key must be the logged one: a key the server hands out without a log
     // entry is exactly what transparency catches.
@@ -233,10 +244,10 @@ mod tests {
     use letterme_protocol::kt::{KeyOp, Log, VrfKey};
     use letterme_protocol::{EncryptionKeypair, KeyBinding, SigningKeypair};
 
-    /// A lookup whose proof holds an entry naming a device set is refused while lookups
-    /// list no devices to check it against; the same keys in a version-1 entry pass.
+    /// The devices a lookup lists must be the set the logged entry names, certified by the
+    /// logged identity key; an entry from before devices goes with no devices listed.
     #[test]
-    fn an_entry_naming_devices_is_not_taken_on_trust() {
+    fn the_listed_devices_must_be_the_logged_set() {
         let address = Address::parse("alice@a.test").unwrap();
         let (domain, vrf) = (SigningKeypair::generate(), VrfKey::generate());
         let identity = SigningKeypair::generate();
@@ -270,11 +281,43 @@ mod tests {
             }
         };
         let keys = [domain.public()];
-        check(&address, &att, &proof_of(None), &keys, None).unwrap();
-        assert!(matches!(
-            check(&address, &att, &proof_of(Some([7; 32])), &keys, None),
-            Err(KtError::DevicesUnchecked(_))
-        ));
+        let device = |identity: &SigningKeypair| {
+            Device::create(
+                &address,
+                identity,
+                &SigningKeypair::generate(),
+                &EncryptionKeypair::generate().public(),
+                10,
+            )
+        };
+        let (laptop, desktop) = (device(&identity), device(&identity));
+        let set = [laptop.clone(), desktop.clone()];
+        check(&address, &att, &[], &proof_of(None), &keys, None).unwrap();
+        check(
+            &address,
+            &att,
+            &set,
+            &proof_of(Some(set_digest(&set))),
+            &keys,
+            None,
+        )
+        .unwrap();
+        let refused = |devices: &[Device], logged: Option<[u8; 32]>| {
+            matches!(
+                check(&address, &att, devices, &proof_of(logged), &keys, None),
+                Err(KtError::DevicesNotLogged(..))
+            )
+        };
+        // A device the log does not name, one left out, none at all, devices where the log
+        // names none, and a device certified by another identity key.
+        let digest = Some(set_digest(&set));
+        let extra = [laptop.clone(), desktop.clone(), device(&identity)];
+        assert!(refused(&extra, digest));
+        assert!(refused(std::slice::from_ref(&laptop), digest));
+        assert!(refused(&[], digest));
+        assert!(refused(&set, None));
+        let stranger = [laptop, device(&SigningKeypair::generate())];
+        assert!(refused(&stranger, Some(set_digest(&stranger))));
     }
 
     #[test]

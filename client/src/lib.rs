@@ -34,7 +34,7 @@ pub use blobs::{Downloaded, seal_ahead};
 use cache::{Cache, CacheKey, NewMail};
 pub use error::ClientError;
 use http::Api;
-pub use keys::{KeyChange, ROTATION_OVERLAP_DAYS};
+pub use keys::{KeyChange, ROTATION_OVERLAP_DAYS, VerifiedKeys};
 use mailbox::{Mailbox, Stored};
 use profile::{Keys, Profile, ProfileDir, SealedKeys};
 pub use send::{Draft, SendReport};

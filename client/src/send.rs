@@ -63,13 +63,13 @@ impl Online {
         }
         let p = &self.me.profile;
         let info = self.api.server_info().await?;
-        let mut keys: BTreeMap<Address, EncryptionPublicKey> = BTreeMap::new();
+        let mut keys: BTreeMap<Address, Vec<EncryptionPublicKey>> = BTreeMap::new();
         let mut legacy: std::collections::BTreeSet<Address> = std::collections::BTreeSet::new();
         for a in &all {
             if !keys.contains_key(*a) && !legacy.contains(*a) {
-                match self.verified_key(a).await {
-                    Ok(att) => {
-                        keys.insert((*a).clone(), att.encryption_key);
+                match self.verified_keys(a).await {
+                    Ok(found) => {
+                        keys.insert((*a).clone(), found.encryption_keys());
                     }
                     Err(ClientError::Legacy(a)) => {
                         legacy.insert(a);
@@ -152,7 +152,7 @@ impl Online {
                 &self.me.keys.identity,
                 as_blobs.as_ref().unwrap_or(&payload),
                 &draft.bcc,
-                &|a| keys.get(a).copied(),
+                &|a| keys.get(a).cloned().unwrap_or_default(),
                 &legacy,
                 now(),
             )?;

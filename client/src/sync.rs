@@ -171,7 +171,8 @@ impl Online {
         // acknowledged (the download acknowledges them).
         let waiting = self.me.cache.awaiting_envelopes()?;
         let mut report = SyncReport::default();
-        let mut senders: BTreeMap<Address, Result<IdentityPublicKey, String>> = BTreeMap::new();
+        let mut senders: BTreeMap<Address, Result<Vec<IdentityPublicKey>, String>> =
+            BTreeMap::new();
         let mut after = 0;
         let mut done = 0;
         let mut committing: Option<Committing> = None;
@@ -227,9 +228,9 @@ impl Online {
                     && !senders.contains_key(&env.sender)
                 {
                     let key = self
-                        .verified_key(&env.sender)
+                        .verified_keys(&env.sender)
                         .await
-                        .map(|a| a.identity_key)
+                        .map(|k| k.signing_keys())
                         .map_err(|e| e.to_string());
                     senders.insert(env.sender.clone(), key);
                 }
@@ -536,7 +537,7 @@ impl Online {
     fn open_all(
         &self,
         items: &[(&ListEntry, Vec<u8>)],
-        senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
+        senders: &BTreeMap<Address, Result<Vec<IdentityPublicKey>, String>>,
         domain_keys: &[IdentityPublicKey],
         replayed: &BTreeSet<String>,
     ) -> Vec<Result<(IdentityPublicKey, Opened), String>> {
@@ -593,7 +594,7 @@ impl Online {
         entry: &ListEntry,
         env: &Envelope,
         checked: Result<Verified<'_>, OpenError>,
-        senders: &BTreeMap<Address, Result<IdentityPublicKey, String>>,
+        senders: &BTreeMap<Address, Result<Vec<IdentityPublicKey>, String>>,
         domain_keys: &[IdentityPublicKey],
         replayed: &BTreeSet<String>,
     ) -> Result<(IdentityPublicKey, Payload), String> {
@@ -601,7 +602,7 @@ impl Online {
             return Err("the envelope id does not match the server's listing".into());
         }
         // Legacy mail is sealed by our own domain's inbound gateway; native mail by its
-        // sender, whose identity key was verified once for this sync.
+        // sender's identity key or one of its devices' keys, verified once for this sync.
         let signer = if env.signer_kind == SignerKind::Domain {
             if !domain_keys.contains(&env.signer_key) {
                 return Err(
@@ -610,10 +611,14 @@ impl Online {
             }
             env.signer_key
         } else {
-            senders
+            let keys = senders
                 .get(&env.sender)
                 .cloned()
-                .unwrap_or_else(|| Err("the sender's key was not looked up".into()))?
+                .unwrap_or_else(|| Err("the sender's key was not looked up".into()))?;
+            if !keys.contains(&env.signer_key) {
+                return Err(OpenError::UnexpectedSigner(env.sender.clone()).to_string());
+            }
+            env.signer_key
         };
         let seen = |i: &letterme_protocol::EnvelopeId| replayed.contains(&i.to_hex());
         let keys = &self.me.keys;

@@ -37,13 +37,14 @@ pub struct AuditReport {
 }
 
 impl Online {
-    /// Checks a key against its domain's key-transparency log (the checkpoint signed by
+    /// Checks a key and its device set against its domain's key-transparency log (the checkpoint signed by
     /// one of `domain_keys`) and remembers the checkpoint it was checked against
     /// (DESIGN.md §7.4).
     pub(crate) fn check_transparency(
         &self,
         address: &Address,
         att: &Attestation,
+        devices: &[letterme_protocol::device::Device],
         proof: Option<&letterme_protocol::kt::KtProof>,
         domain_keys: &[IdentityPublicKey],
         mut file: kt::KtFile,
@@ -57,7 +58,7 @@ impl Online {
         let domain = address.domain().to_ascii_lowercase();
         let last = file.domains.get(&domain).map(|s| s.checkpoint.clone());
         let accepted =
-            kt::check(address, att, proof, domain_keys, last.as_ref()).map_err(refuse)?;
+            kt::check(address, att, devices, proof, domain_keys, last.as_ref()).map_err(refuse)?;
         file.remember(&domain, accepted);
         file.save(&self.me.dir.0).map_err(ClientError::Io)
     }

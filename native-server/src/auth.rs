@@ -25,12 +25,26 @@ pub const MAX_TOKENS: usize = 100_000;
 /// Live tokens per account: a new login beyond this ends the account's oldest session.
 pub const MAX_TOKENS_PER_ACCOUNT: usize = 16;
 
-/// Who a token belongs to.
+/// Who a token belongs to: an account, and the device of it that logged in.
 #[derive(Debug, Clone)]
 pub struct Session {
     pub address: Address,
     pub identity_key: IdentityPublicKey,
+    /// The device (`devices.id`) and the key it logged in with: the identity key for the
+    /// device of an account from before devices.
+    pub device: i64,
+    pub device_key: IdentityPublicKey,
     pub expires: u64,
+}
+
+impl Session {
+    /// The deliveries this session's device lists, fetches and acknowledges.
+    pub fn inbox(&self) -> crate::store::Inbox {
+        crate::store::Inbox {
+            address: self.address.to_string(),
+            device: self.device,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -133,14 +147,10 @@ impl Auth {
         spent.insert(*challenge, expiry(challenge)).is_none()
     }
 
-    /// Issues a token. An account holds at most [`MAX_TOKENS_PER_ACCOUNT`]: its oldest
-    /// goes. `None` when the table is full of live tokens.
-    pub fn issue(
-        &self,
-        address: Address,
-        identity_key: IdentityPublicKey,
-        now: u64,
-    ) -> Option<(String, u64)> {
+    /// Issues a token for `session` (its expiry set here). An account holds at most
+    /// [`MAX_TOKENS_PER_ACCOUNT`]: its oldest goes. `None` when the table is full of live
+    /// tokens.
+    pub fn issue(&self, mut session: Session, now: u64) -> Option<(String, u64)> {
         let mut t = self.tokens.lock().ok()?;
         let Tokens {
             by_hash,
@@ -159,7 +169,8 @@ impl Auth {
         let raw: [u8; 32] = random_bytes();
         let token = format!("lm1_{}", hex(&raw));
         let expires = now + TOKEN_TTL;
-        let list = by_account.entry(address.clone()).or_default();
+        session.expires = expires;
+        let list = by_account.entry(session.address.clone()).or_default();
         list.retain(|h| by_hash.get(h).is_some_and(|s| s.expires > now));
         while list.len() >= MAX_TOKENS_PER_ACCOUNT {
             if let Some(old) = list.pop_front() {
@@ -168,15 +179,28 @@ impl Auth {
         }
         let h = hash(&token);
         list.push_back(h);
-        by_hash.insert(
-            h,
-            Session {
-                address,
-                identity_key,
-                expires,
-            },
-        );
+        by_hash.insert(h, session);
         Some((token, expires))
+    }
+
+    /// Ends every session of device `device` of `address` (the device was removed).
+    pub fn end_device(&self, address: &Address, device: i64) {
+        let Ok(mut t) = self.tokens.lock() else {
+            return;
+        };
+        let Tokens {
+            by_hash,
+            by_account,
+        } = &mut *t;
+        if let Some(list) = by_account.get_mut(address) {
+            list.retain(|h| {
+                let other = by_hash.get(h).is_some_and(|s| s.device != device);
+                if !other {
+                    by_hash.remove(h);
+                }
+                other
+            });
+        }
     }
 
     pub fn session(&self, token: &str, now: u64) -> Result<Session, TokenError> {
@@ -296,27 +320,47 @@ mod tests {
         let auth = Auth::default();
         let a = Address::parse("a@x.test").unwrap();
         let tokens: Vec<String> = (0..MAX_TOKENS_PER_ACCOUNT + 3)
-            .map(|_| {
-                auth.issue(a.clone(), IdentityPublicKey([0; 32]), 100)
-                    .unwrap()
-                    .0
-            })
+            .map(|_| auth.issue(session(&a, 1), 100).unwrap().0)
             .collect();
         for (i, t) in tokens.iter().enumerate() {
             assert_eq!(auth.session(t, 100).is_ok(), i >= 3, "token {i}");
         }
         let b = Address::parse("b@x.test").unwrap();
-        let other = auth.issue(b, IdentityPublicKey([0; 32]), 100).unwrap().0;
+        let other = auth.issue(session(&b, 1), 100).unwrap().0;
         assert!(auth.session(&other, 100).is_ok());
+    }
+
+    fn session(address: &Address, device: i64) -> Session {
+        Session {
+            address: address.clone(),
+            identity_key: IdentityPublicKey([0; 32]),
+            device,
+            device_key: IdentityPublicKey([device as u8; 32]),
+            expires: 0,
+        }
+    }
+
+    /// A removed device is logged out at once; the account's other devices are not.
+    #[test]
+    fn ending_a_device_ends_its_sessions_only() {
+        let auth = Auth::default();
+        let a = Address::parse("a@x.test").unwrap();
+        let first = auth.issue(session(&a, 1), 100).unwrap().0;
+        let second = auth.issue(session(&a, 2), 100).unwrap().0;
+        let again = auth.issue(session(&a, 2), 100).unwrap().0;
+        auth.end_device(&a, 2);
+        assert!(auth.session(&first, 100).is_ok());
+        assert_eq!(auth.session(&second, 100).unwrap_err(), TokenError::Invalid);
+        assert_eq!(auth.session(&again, 100).unwrap_err(), TokenError::Invalid);
+        let later = auth.issue(session(&a, 1), 100).unwrap().0;
+        assert!(auth.session(&later, 100).is_ok());
     }
 
     #[test]
     fn tokens_expire() {
         let auth = Auth::default();
         let a = Address::parse("a@x.test").unwrap();
-        let (t, exp) = auth
-            .issue(a.clone(), IdentityPublicKey([0; 32]), 100)
-            .unwrap();
+        let (t, exp) = auth.issue(session(&a, 1), 100).unwrap();
         assert_eq!(auth.session(&t, 100).unwrap().address, a);
         assert_eq!(auth.session(&t, exp).unwrap_err(), TokenError::Expired);
         assert_eq!(

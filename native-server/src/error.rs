@@ -130,6 +130,9 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, ErrorCode::KeyConflict, e.to_string())
             }
             StoreError::NoAccount(a) => Self::not_found(format!("no account {a}")),
+            e @ StoreError::DeviceKnown(_) => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::DeviceKnown, e.to_string())
+            }
             e @ StoreError::QueueFull { .. } => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::QueueFull,

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use letterme_protocol::device::{Device, set_digest};
 use letterme_protocol::kt::{
     Checkpoint, KeyOp, KtHistory, KtHistoryEntry, KtProof, Log, LogEntry, VrfKey,
 };
@@ -211,8 +212,8 @@ impl KtState {
             .map(|(i, _)| i))
     }
 
-    /// How many rotations and revocations of `address` the log holds since `since` (Unix
-    /// seconds, the server's time of each change).
+    /// How many key and device changes of `address` (rotations, revocations, devices added
+    /// and removed) the log holds since `since` (Unix seconds, the server's time of each).
     pub async fn recent_changes(
         &self,
         store: &Store,
@@ -225,7 +226,12 @@ impl KtState {
             .await?
             .iter()
             .filter_map(|(_, e)| LogEntry::decode(e).ok())
-            .filter(|e| matches!(e.op, KeyOp::Rotate | KeyOp::Revoke) && e.time >= since)
+            .filter(|e| {
+                matches!(
+                    e.op,
+                    KeyOp::Rotate | KeyOp::Revoke | KeyOp::DeviceAdd | KeyOp::DeviceRemove
+                ) && e.time >= since
+            })
             .count() as u64)
     }
 
@@ -243,6 +249,58 @@ impl KtState {
         let store = store.clone();
         self.append(entry, move |kt| async move {
             store.change_keys_logged(acc, kt).await
+        })
+        .await
+    }
+
+    /// Adds devices to `address` (certifying its first device where `certified` says),
+    /// logged as [`KeyOp::DeviceAdd`] with the digest of `set`, the device set after it.
+    /// `expected`: the current devices (ids) the change was checked against. Returns the
+    /// entry's index.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn add_devices(
+        self: &Arc<Self>,
+        store: &Store,
+        acc: &AccountRow,
+        address: &Address,
+        expected: Vec<i64>,
+        certified: Vec<Device>,
+        added: Vec<Device>,
+        set: &[Device],
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let mut entry = self.entry_for(KeyOp::DeviceAdd, address, acc, now);
+        entry.device_set = Some(set_digest(set));
+        let (store, account) = (store.clone(), address.to_string());
+        self.append(entry, move |kt| async move {
+            store
+                .add_devices_logged(account, expected, certified, added, now, kt)
+                .await
+        })
+        .await
+    }
+
+    /// Removes device `device` of `address`, logged as [`KeyOp::DeviceRemove`] with the
+    /// digest of `set`, the devices that remain. Returns the entry's index.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn remove_device(
+        self: &Arc<Self>,
+        store: &Store,
+        acc: &AccountRow,
+        address: &Address,
+        expected: Vec<i64>,
+        device: i64,
+        set: &[Device],
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let mut entry = self.entry_for(KeyOp::DeviceRemove, address, acc, now);
+        entry.device_set = Some(set_digest(set));
+        let (store, account) = (store.clone(), address.to_string());
+        self.append(entry, move |kt| async move {
+            store
+                .remove_device_logged(account, expected, device, now, kt)
+                .await
+                .map(drop)
         })
         .await
     }

@@ -34,20 +34,23 @@ pub async fn failure_notices(
     now: u64,
 ) -> Result<Vec<NewDelivery>, StoreError> {
     let mut out = Vec::new();
-    let mut keys: BTreeMap<String, Option<EncryptionPublicKey>> = BTreeMap::new();
+    let mut keys: BTreeMap<String, Vec<EncryptionPublicKey>> = BTreeMap::new();
     for f in failures {
         if !keys.contains_key(&f.sender) {
             let k = store
-                .account(f.sender.clone())
+                .devices(f.sender.clone())
                 .await?
-                .map(|a| EncryptionPublicKey(a.encryption_key));
+                .iter()
+                .map(|d| EncryptionPublicKey(d.encryption_key))
+                .collect();
             keys.insert(f.sender.clone(), k);
         }
-        let (Some(Some(key)), Ok(sender)) = (keys.get(&f.sender), Address::parse(&f.sender)) else {
+        let found = keys.get(&f.sender).filter(|k| !k.is_empty());
+        let (Some(key), Ok(sender)) = (found, Address::parse(&f.sender)) else {
             tracing::warn!(sender = %f.sender, "no account to send a failure notice to");
             continue;
         };
-        match failure_notice(domain, signing, &sender, *key, &f, now) {
+        match failure_notice(domain, signing, &sender, key, &f, now) {
             Ok(d) => out.push(d),
             Err(e) => tracing::error!(error = %e, "cannot seal a failure notice"),
         }
@@ -93,12 +96,12 @@ fn one_line(why: &str) -> String {
     clean(why, MAX_REASON)
 }
 
-/// One notice, sealed to `key` and signed by the domain.
+/// One notice, sealed to `keys` (the sender's devices') and signed by the domain.
 pub fn failure_notice(
     domain: &str,
     signing: &SigningKeypair,
     sender: &Address,
-    key: EncryptionPublicKey,
+    keys: &[EncryptionPublicKey],
     f: &Failure,
     now: u64,
 ) -> Result<NewDelivery, letterme_protocol::SealError> {
@@ -139,7 +142,10 @@ pub fn failure_notice(
         SignerKind::Domain,
         signing,
         &payload,
-        &[(sender.clone(), key)],
+        &keys
+            .iter()
+            .map(|k| (sender.clone(), *k))
+            .collect::<Vec<_>>(),
         now,
     )?;
     Ok(NewDelivery {

@@ -19,6 +19,7 @@ use crate::address::Address;
 use crate::b64;
 use crate::blob::{BlobId, BlobRef};
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::device::MAX_DEVICES;
 use crate::keys::{
     EncryptionKeypair, EncryptionPublicKey, IdentityPublicKey, Signature, Signed, SigningKeypair,
     random_bytes, verify_batch,
@@ -36,6 +37,10 @@ pub const ENVELOPE_MAGIC: &[u8; 5] = b"LMENV";
 pub const ENVELOPE_VERSION: u8 = 1;
 /// The version of an envelope whose header names the blobs its payload refers to.
 pub const ENVELOPE_VERSION_BLOBS: u8 = 2;
+/// The version of an envelope with a recipient of several devices: each recipient's entry
+/// lists one key wrap per device, and the header names its blobs (none or more). Written
+/// only then, so the mail of single-device recipients keeps versions 1 and 2 byte for byte.
+pub const ENVELOPE_VERSION_DEVICES: u8 = 3;
 /// Blobs one envelope may name.
 pub const MAX_BLOBS: usize = 100;
 /// Signature context of an envelope.
@@ -104,10 +109,17 @@ impl SignerKind {
     }
 }
 
-/// One recipient's copy of the content key.
+/// One recipient's copies of the content key: one per device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientEntry {
     pub address: Address,
+    /// In the order the sender listed the recipient's keys; never empty, no key twice.
+    pub wraps: Vec<KeyWrap>,
+}
+
+/// The content key sealed to one encryption key (`crypto_box_seal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyWrap {
     pub encryption_key: EncryptionPublicKey,
     pub wrapped_key: Vec<u8>,
 }
@@ -236,6 +248,8 @@ pub enum SealError {
     TooLarge(usize),
     #[error("no verified encryption key for {0}")]
     MissingKey(Address),
+    #[error("{0} has more than {MAX_DEVICES} encryption keys")]
+    TooManyKeys(Address),
     #[error("the payload's blob references are not valid: {0}")]
     BadBlobs(String),
 }
@@ -271,15 +285,28 @@ pub enum OpenError {
 }
 
 impl Envelope {
-    /// Canonical header bytes: the AEAD associated data.
-    fn header_bytes(&self) -> Vec<u8> {
-        let mut w =
-            Writer::with_capacity(128 + self.recipients.len() * 160 + self.blobs.len() * 32);
-        let version = if self.blobs.is_empty() {
+    /// The format version these contents are written in: the lowest that holds them.
+    pub fn version(&self) -> u8 {
+        if self.recipients.iter().any(|r| r.wraps.len() > 1) {
+            ENVELOPE_VERSION_DEVICES
+        } else if self.blobs.is_empty() {
             ENVELOPE_VERSION
         } else {
             ENVELOPE_VERSION_BLOBS
-        };
+        }
+    }
+
+    /// Canonical header bytes: the AEAD associated data.
+    fn header_bytes(&self) -> Vec<u8> {
+        self.header_bytes_as(self.version())
+    }
+
+    /// The header written as `version` (tests write one that is not the envelope's own).
+    fn header_bytes_as(&self, version: u8) -> Vec<u8> {
+        let wraps: usize = self.recipients.iter().map(|r| r.wraps.len()).sum();
+        let mut w = Writer::with_capacity(
+            128 + self.recipients.len() * 40 + wraps * 120 + self.blobs.len() * 32,
+        );
         w.raw(ENVELOPE_MAGIC)
             .u8(version)
             .raw(&self.id.0)
@@ -289,11 +316,15 @@ impl Envelope {
             .raw(self.signer_key.as_bytes())
             .u16(self.recipients.len() as u16);
         for r in &self.recipients {
-            w.str16(r.address.as_str())
-                .raw(r.encryption_key.as_bytes())
-                .bytes16(&r.wrapped_key);
+            w.str16(r.address.as_str());
+            if version == ENVELOPE_VERSION_DEVICES {
+                w.u8(r.wraps.len() as u8);
+            }
+            for k in &r.wraps {
+                w.raw(k.encryption_key.as_bytes()).bytes16(&k.wrapped_key);
+            }
         }
-        if !self.blobs.is_empty() {
+        if version != ENVELOPE_VERSION {
             w.u16(self.blobs.len() as u16);
             for b in &self.blobs {
                 w.raw(&b.0);
@@ -325,9 +356,10 @@ impl Envelope {
         let mut r = Reader::new(bytes);
         r.expect(ENVELOPE_MAGIC, "envelope")?;
         let version = r.u8("version")?;
-        if version != ENVELOPE_VERSION && version != ENVELOPE_VERSION_BLOBS {
+        if !(ENVELOPE_VERSION..=ENVELOPE_VERSION_DEVICES).contains(&version) {
             return Err(OpenError::UnsupportedVersion(version));
         }
+        let devices = version == ENVELOPE_VERSION_DEVICES;
         let id = EnvelopeId(r.array("id")?);
         let created = r.u64("created")?;
         let signer_kind =
@@ -345,22 +377,40 @@ impl Envelope {
             if !seen.insert(address.clone()) {
                 return Err(DecodeError::Invalid("duplicate recipient").into());
             }
-            let encryption_key = EncryptionPublicKey(r.array("recipient key")?);
-            let wrapped = r.bytes16("wrapped key", WRAPPED_KEY_LEN)?;
-            if wrapped.len() != WRAPPED_KEY_LEN {
-                return Err(DecodeError::Invalid("wrapped key length").into());
+            let n = if devices {
+                usize::from(r.u8("wrap count")?)
+            } else {
+                1
+            };
+            if n == 0 || n > MAX_DEVICES {
+                return Err(DecodeError::Invalid("wrap count").into());
             }
-            recipients.push(RecipientEntry {
-                address,
-                encryption_key,
-                wrapped_key: wrapped.to_vec(),
-            });
+            let mut wraps: Vec<KeyWrap> = Vec::with_capacity(n);
+            for _ in 0..n {
+                let encryption_key = EncryptionPublicKey(r.array("recipient key")?);
+                let wrapped = r.bytes16("wrapped key", WRAPPED_KEY_LEN)?;
+                if wrapped.len() != WRAPPED_KEY_LEN {
+                    return Err(DecodeError::Invalid("wrapped key length").into());
+                }
+                if wraps.iter().any(|k| k.encryption_key == encryption_key) {
+                    return Err(DecodeError::Invalid("a recipient key twice").into());
+                }
+                wraps.push(KeyWrap {
+                    encryption_key,
+                    wrapped_key: wrapped.to_vec(),
+                });
+            }
+            recipients.push(RecipientEntry { address, wraps });
+        }
+        // Version 3 only when a recipient has several keys: one encoding per envelope.
+        if devices && recipients.iter().all(|r| r.wraps.len() == 1) {
+            return Err(DecodeError::Invalid("version 3 with one key per recipient").into());
         }
         let mut blobs = Vec::new();
-        if version == ENVELOPE_VERSION_BLOBS {
+        if version != ENVELOPE_VERSION {
             // Version 2 names at least one blob, each once: one encoding per envelope.
             let count = usize::from(r.u16("blob count")?);
-            if count == 0 || count > MAX_BLOBS {
+            if count > MAX_BLOBS || (count == 0 && !devices) {
                 return Err(DecodeError::Invalid("blob count").into());
             }
             let mut seen = BTreeSet::new();
@@ -467,12 +517,19 @@ impl Verified<'_> {
             .iter()
             .find(|r| &r.address == me)
             .ok_or_else(|| OpenError::NotARecipient(me.clone()))?;
-        let key = keys
+        let (key, wrap) = keys
             .iter()
-            .find(|k| k.public() == entry.encryption_key)
+            .find_map(|k| {
+                let public = k.public();
+                entry
+                    .wraps
+                    .iter()
+                    .find(|w| w.encryption_key == public)
+                    .map(|w| (k, w))
+            })
             .ok_or_else(|| OpenError::NoMatchingKey(me.clone()))?;
         let content_key =
-            Zeroizing::new(key.unseal(&entry.wrapped_key).ok_or(OpenError::KeyUnwrap)?);
+            Zeroizing::new(key.unseal(&wrap.wrapped_key).ok_or(OpenError::KeyUnwrap)?);
         if content_key.len() != 32 {
             return Err(OpenError::KeyUnwrap);
         }
@@ -536,8 +593,9 @@ fn blob_ids(refs: &[BlobRef]) -> Result<Vec<BlobId>, SealError> {
         .collect()
 }
 
-/// Seals `payload` into one envelope for `recipients`, signed by `signer`. The header
-/// names the payload's blobs.
+/// Seals `payload` into one envelope for `recipients`, signed by `signer`: an address
+/// listed with several keys (one per device) gets one key wrap per key, in one entry at
+/// the place of its first listing. The header names the payload's blobs.
 pub fn seal(
     signer_kind: SignerKind,
     signer: &SigningKeypair,
@@ -568,25 +626,33 @@ fn seal_naming(
     if recipients.is_empty() {
         return Err(SealError::NoRecipients);
     }
-    if recipients.len() > MAX_RECIPIENTS {
-        return Err(SealError::TooManyRecipients(recipients.len()));
-    }
     let plaintext =
         Zeroizing::new(serde_json::to_vec(payload).expect("a payload always serializes"));
     if plaintext.len() + 16 > MAX_CIPHERTEXT {
         return Err(SealError::TooLarge(plaintext.len()));
     }
     let content_key = Zeroizing::new(random_bytes::<32>());
-    let mut seen = BTreeSet::new();
-    let entries = recipients
-        .iter()
-        .filter(|(a, _)| seen.insert(a.clone()))
-        .map(|(address, key)| RecipientEntry {
-            address: address.clone(),
+    let mut entries: Vec<RecipientEntry> = Vec::new();
+    for (address, key) in recipients {
+        let wrap = || KeyWrap {
             encryption_key: *key,
             wrapped_key: key.seal(&*content_key),
-        })
-        .collect();
+        };
+        match entries.iter_mut().find(|e| &e.address == address) {
+            Some(e) if e.wraps.iter().any(|w| w.encryption_key == *key) => {}
+            Some(e) if e.wraps.len() >= MAX_DEVICES => {
+                return Err(SealError::TooManyKeys(address.clone()));
+            }
+            Some(e) => e.wraps.push(wrap()),
+            None => entries.push(RecipientEntry {
+                address: address.clone(),
+                wraps: vec![wrap()],
+            }),
+        }
+    }
+    if entries.len() > MAX_RECIPIENTS {
+        return Err(SealError::TooManyRecipients(entries.len()));
+    }
     let mut env = Envelope {
         id: EnvelopeId::random(),
         created,
@@ -616,12 +682,13 @@ fn seal_naming(
 
 /// Seals a message the way a mail client sends it: one envelope for To and Cc together,
 /// and one envelope per Bcc recipient whose payload names only that recipient as Bcc.
-/// `key_of` returns the verified encryption key of an address.
+/// `key_of` returns the verified encryption keys of an address (one per device; none: not
+/// verified).
 pub fn seal_message(
     signer: &SigningKeypair,
     payload: &Payload,
     bcc: &[Address],
-    key_of: &dyn Fn(&Address) -> Option<EncryptionPublicKey>,
+    key_of: &dyn Fn(&Address) -> Vec<EncryptionPublicKey>,
     created: u64,
 ) -> Result<Vec<Envelope>, SealError> {
     let out = seal_message_except(signer, payload, bcc, key_of, &BTreeSet::new(), created)?;
@@ -638,14 +705,16 @@ pub fn seal_message_except(
     signer: &SigningKeypair,
     payload: &Payload,
     bcc: &[Address],
-    key_of: &dyn Fn(&Address) -> Option<EncryptionPublicKey>,
+    key_of: &dyn Fn(&Address) -> Vec<EncryptionPublicKey>,
     outside: &BTreeSet<Address>,
     created: u64,
 ) -> Result<Vec<Envelope>, SealError> {
     let lookup = |a: &Address| {
-        key_of(a)
-            .map(|k| (a.clone(), k))
-            .ok_or_else(|| SealError::MissingKey(a.clone()))
+        let keys = key_of(a);
+        if keys.is_empty() {
+            return Err(SealError::MissingKey(a.clone()));
+        }
+        Ok(keys.into_iter().map(|k| (a.clone(), k)).collect::<Vec<_>>())
     };
     let mut out = Vec::new();
     let visible: Vec<Address> = payload.to.iter().chain(&payload.cc).cloned().collect();
@@ -656,7 +725,8 @@ pub fn seal_message_except(
         let keys = sealed_to
             .into_iter()
             .map(lookup)
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?
+            .concat();
         out.push(seal(SignerKind::User, signer, &shared, &keys, created)?);
     }
     for b in bcc.iter().collect::<BTreeSet<_>>() {
@@ -665,13 +735,7 @@ pub fn seal_message_except(
         }
         let mut own = shared.clone();
         own.bcc = vec![b.clone()];
-        out.push(seal(
-            SignerKind::User,
-            signer,
-            &own,
-            &[lookup(b)?],
-            created,
-        )?);
+        out.push(seal(SignerKind::User, signer, &own, &lookup(b)?, created)?);
     }
     Ok(out)
 }
@@ -737,6 +801,102 @@ mod tests {
                 env.open(&me, &[&key], &signer.public(), &|_| false),
                 Err(OpenError::BlobMismatch)
             );
+        }
+    }
+
+    /// One envelope reaches every device of a recipient: one key wrap per device, in a
+    /// version-3 envelope that each device opens and a key outside the set does not.
+    #[test]
+    fn an_envelope_to_several_devices_wraps_the_key_once_per_device() {
+        let signer = SigningKeypair::generate();
+        let (laptop, desktop, other) = (
+            EncryptionKeypair::generate(),
+            EncryptionKeypair::generate(),
+            EncryptionKeypair::generate(),
+        );
+        let p = payload(vec![]);
+        let me = p.from.clone();
+        let bob = Address::parse("bob@y.test").unwrap();
+        let rcpts = [
+            (me.clone(), laptop.public()),
+            (bob.clone(), other.public()),
+            (me.clone(), desktop.public()),
+            (me.clone(), laptop.public()),
+        ];
+        let env = seal(SignerKind::User, &signer, &p, &rcpts, 1).unwrap();
+        assert_eq!(env.version(), ENVELOPE_VERSION_DEVICES);
+        assert_eq!(env.recipients.len(), 2);
+        assert_eq!(
+            env.recipients[0].wraps.len(),
+            2,
+            "the repeated key is wrapped once"
+        );
+        let bytes = env.encode();
+        assert_eq!(bytes[5], ENVELOPE_VERSION_DEVICES);
+        let env = Envelope::decode(&bytes).unwrap();
+        for key in [&laptop, &desktop] {
+            assert_eq!(
+                env.open(&me, &[key], &signer.public(), &|_| false).unwrap(),
+                p
+            );
+        }
+        assert_eq!(
+            env.open(&me, &[&other], &signer.public(), &|_| false),
+            Err(OpenError::NoMatchingKey(me.clone()))
+        );
+        assert!(
+            env.open(&bob, &[&other], &signer.public(), &|_| false)
+                .is_ok()
+        );
+    }
+
+    /// One key per recipient keeps the versions from before devices, byte for byte in
+    /// layout; a version-3 envelope that would not need it, or lists a key twice for one
+    /// recipient, is refused: each envelope has one encoding.
+    #[test]
+    fn version_three_only_where_a_recipient_has_several_keys() {
+        let signer = SigningKeypair::generate();
+        let key = EncryptionKeypair::generate();
+        let p = payload(vec![]);
+        let me = p.from.clone();
+        let single = seal(
+            SignerKind::User,
+            &signer,
+            &p,
+            &[(me.clone(), key.public())],
+            1,
+        )
+        .unwrap();
+        let bytes = single.encode();
+        assert_eq!(bytes[5], ENVELOPE_VERSION);
+        // Version 1: magic, version, id, created, kind, sender, signer, count, then the
+        // recipient as address, key and wrap with no count of wraps.
+        let at = 5 + 1 + 16 + 8 + 1 + 2 + me.as_str().len() + 32 + 2;
+        assert_eq!(
+            &bytes[at + 2..at + 2 + me.as_str().len()],
+            me.as_str().as_bytes()
+        );
+        let key_at = at + 2 + me.as_str().len();
+        assert_eq!(&bytes[key_at..key_at + 32], key.public().as_bytes());
+
+        let two = EncryptionKeypair::generate();
+        let rcpts = [(me.clone(), key.public()), (me.clone(), two.public())];
+        let env = seal(SignerKind::User, &signer, &p, &rcpts, 1).unwrap();
+        // The same contents with one wrap, written as version 3, and a key listed twice.
+        let mut one = env.clone();
+        one.recipients[0].wraps.truncate(1);
+        let mut twice = env.clone();
+        twice.recipients[0].wraps[1] = twice.recipients[0].wraps[0].clone();
+        for bad in [one, twice] {
+            let mut w = Writer::new();
+            w.raw(&bad.header_bytes_as(ENVELOPE_VERSION_DEVICES))
+                .raw(&bad.nonce)
+                .bytes32(&bad.ciphertext)
+                .raw(bad.signature.as_bytes());
+            assert!(matches!(
+                Envelope::decode(&w.into_bytes()),
+                Err(OpenError::Malformed(DecodeError::Invalid(_)))
+            ));
         }
     }
 }

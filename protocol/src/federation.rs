@@ -466,6 +466,9 @@ pub struct RemoteKeys {
     /// The key's entry in the domain's key-transparency log, with proofs.
     #[serde(default)]
     pub kt: Option<crate::kt::KtProof>,
+    /// The account's devices (as [`crate::api::KeyLookup::devices`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<crate::device::Device>,
 }
 
 /// Content type of a delivery body (`PUT /v1/federation/transactions/{txid}`).

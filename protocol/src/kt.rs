@@ -294,9 +294,9 @@ pub enum KtError {
     #[error("the log of {0} changed its VRF key: its labels no longer match what was seen")]
     VrfKeyChanged(String),
     #[error(
-        "the log entry of {0} names a device set, which this version of letterme cannot check yet"
+        "the devices the server lists for {0} are not the set its key-transparency log names: {1}"
     )]
-    DevicesUnchecked(String),
+    DevicesNotLogged(String, String),
 }
 
 /// A domain's VRF key (RFC 9381, ECVRF-RISTRETTO255-SHA512, via `vrf-r255`): the label of

@@ -145,13 +145,13 @@ fn bcc_recipients_get_their_own_envelopes() {
     let p = payload(&w, "s", "b");
     let key_of = |a: &Address| {
         if *a == w.bob {
-            Some(w.bob_key.public())
+            vec![w.bob_key.public()]
         } else if *a == w.carol {
-            Some(w.carol_key.public())
+            vec![w.carol_key.public()]
         } else if *a == dave {
-            Some(dave_key.public())
+            vec![dave_key.public()]
         } else {
-            None
+            vec![]
         }
     };
     let envs = seal_message(&w.alice_id, &p, std::slice::from_ref(&dave), &key_of, 1).unwrap();

@@ -652,7 +652,12 @@ pub async fn flood(
     )
     .unwrap();
     let online = me.connect().await.unwrap();
-    let key = online.verified_key(to).await.unwrap().encryption_key;
+    let key = online
+        .verified_keys(to)
+        .await
+        .unwrap()
+        .attestation
+        .encryption_key;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let env = sealed_text(

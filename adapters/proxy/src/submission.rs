@@ -146,11 +146,11 @@ impl Backend for Submission {
 
     async fn check_recipient(&self, _: &Session, rcpt: &Address) -> Result<(), Reply> {
         let mut o = self.online.lock().await;
-        let mut r = o.verified_key(rcpt).await;
+        let mut r = o.verified_keys(rcpt).await;
         if matches!(r, Err(ClientError::Api { status: 401, .. })) {
             // The token expired: log in again once.
             r = match o.relogin().await {
-                Ok(()) => o.verified_key(rcpt).await,
+                Ok(()) => o.verified_keys(rcpt).await,
                 Err(e) => Err(e),
             };
         }

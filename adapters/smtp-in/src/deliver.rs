@@ -50,14 +50,21 @@ pub async fn seal_and_store(
     now: u64,
     msg: Inbound,
 ) -> Result<(), DeliverError> {
+    // Each recipient's current devices, one key wrap each.
     let mut keys: Vec<(Address, EncryptionPublicKey)> = Vec::with_capacity(msg.recipients.len());
     for r in &msg.recipients {
-        let row = store
-            .account(r.to_string())
+        let devices = store
+            .devices(r.to_string())
             .await
-            .map_err(|e| DeliverError::Store(e.to_string()))?
-            .ok_or_else(|| DeliverError::UnknownUser(r.to_string()))?;
-        keys.push((r.clone(), EncryptionPublicKey(row.encryption_key)));
+            .map_err(|e| DeliverError::Store(e.to_string()))?;
+        if devices.is_empty() {
+            return Err(DeliverError::UnknownUser(r.to_string()));
+        }
+        keys.extend(
+            devices
+                .iter()
+                .map(|d| (r.clone(), EncryptionPublicKey(d.encryption_key))),
+        );
     }
     let parsed = mail_parser::MessageParser::default().parse(&msg.raw);
     let subject = parsed

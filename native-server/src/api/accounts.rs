@@ -14,6 +14,7 @@ use letterme_protocol::auth::verify_challenge;
 use letterme_protocol::{Attestation, IdentityPublicKey, b64};
 use sha2::{Digest as _, Sha256};
 
+use crate::auth::Session;
 use crate::error::ApiError;
 
 use super::{AppResult, St, account_row, check_binding, check_ip, json_body, parse_address};
@@ -135,7 +136,8 @@ pub(super) async fn token(
         .account(address.to_string())
         .await?
         .ok_or_else(denied)?;
-    let key = IdentityPublicKey(account.identity_key);
+    let identity_key = IdentityPublicKey(account.identity_key);
+    let key = req.device_key.unwrap_or(identity_key);
     verify_challenge(
         &key,
         &state.config.domain,
@@ -148,9 +150,28 @@ pub(super) async fn token(
     if !state.auth.spend(&challenge, now) {
         return Err(denied());
     }
+    // The device is looked up only now, so only its holder learns that it was removed.
+    let device = state
+        .store
+        .device_by_key(address.to_string(), key.0)
+        .await?
+        .ok_or_else(denied)?;
+    if device.removed.is_some() {
+        return Err(ApiError::unauthorized(
+            ErrorCode::DeviceRemoved,
+            format!("this device was removed from {address}; link it again to use it"),
+        ));
+    }
+    let session = Session {
+        address,
+        identity_key,
+        device: device.id,
+        device_key: key,
+        expires: 0,
+    };
     let (token, expires) = state
         .auth
-        .issue(address, key, now)
+        .issue(session, now)
         .ok_or_else(ApiError::rate_limited)?;
     state.metrics.logins.inc();
     Ok(Json(TokenResponse { expires, token }))

@@ -79,6 +79,19 @@ pub(super) async fn change_key(
             index,
         }));
     }
+    if !super::devices::listed(&state.store, &b.address)
+        .await?
+        .is_empty()
+    {
+        // The account's key is its first device's, certified in its device set: a new
+        // one would leave the set naming the old.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::BadDevice,
+            "this account has linked devices: its encryption keys are its devices' (rotating \
+             a device's key is not supported yet; remove the device and link it anew)",
+        ));
+    }
     if current.encryption_key == b.encryption_key.0 {
         return Err(ApiError::bad_request(
             ErrorCode::SameKey,
@@ -92,22 +105,7 @@ pub(super) async fn change_key(
             "the key binding is older than the current key's",
         ));
     }
-    // Each change is a log entry kept forever: a few a day per account.
-    let recent = state
-        .kt
-        .recent_changes(&state.store, &b.address, now.saturating_sub(86_400))
-        .await?;
-    if recent >= u64::from(state.config.limits.key_changes_per_day) {
-        state.metrics.error(&ErrorCode::TooManyKeyChanges);
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TooManyKeyChanges,
-            format!(
-                "at most {} key changes in 24 hours; try again later",
-                state.config.limits.key_changes_per_day
-            ),
-        ));
-    }
+    check_key_changes(&state, &b.address, now).await?;
     let version = current.key_version.checked_add(1).ok_or_else(|| {
         ApiError::bad_request(ErrorCode::TooManyVersions, "no key version is left")
     })?;
@@ -124,6 +122,31 @@ pub(super) async fn change_key(
         .await?;
     tracing::info!(address = %b.address, version, ?op, "encryption key changed");
     Ok(Json(KeyChangeResponse { attestation, index }))
+}
+
+/// Refuses a change of `address`'s keys or devices past `limits.key_changes_per_day`: each
+/// is a log entry kept forever, so a few a day per account.
+pub(super) async fn check_key_changes(
+    state: &AppState,
+    address: &Address,
+    now: u64,
+) -> AppResult<()> {
+    let recent = state
+        .kt
+        .recent_changes(&state.store, address, now.saturating_sub(86_400))
+        .await?;
+    if recent >= u64::from(state.config.limits.key_changes_per_day) {
+        state.metrics.error(&ErrorCode::TooManyKeyChanges);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyKeyChanges,
+            format!(
+                "at most {} key and device changes in 24 hours; try again later",
+                state.config.limits.key_changes_per_day
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a domain whose log this server caught forking.
@@ -162,6 +185,7 @@ pub(super) async fn lookup(
                     attestation: None,
                     kt: None,
                     legacy: true,
+                    devices: vec![],
                 }));
             }
             return Err(ApiError::new(
@@ -185,6 +209,7 @@ pub(super) async fn lookup(
                     found: false,
                     attestation: None,
                     kt: None,
+                    devices: vec![],
                 }
             }
             Err(e) => return Err(peer_failed(address.domain(), e.summary(), &e)),
@@ -225,6 +250,7 @@ pub(super) async fn lookup(
             attestation: found.attestation,
             kt: found.kt,
             legacy,
+            devices: found.devices,
         }));
     }
     let row = state.store.account(address.to_string()).await?;
@@ -244,12 +270,18 @@ pub(super) async fn lookup(
     } else {
         None
     };
+    let devices = if attestation.is_some() {
+        super::devices::listed(&state.store, &address).await?
+    } else {
+        vec![]
+    };
     Ok(Json(KeyLookup {
         address,
         found: attestation.is_some(),
         attestation,
         kt,
         legacy: false,
+        devices,
     }))
 }
 

@@ -58,10 +58,10 @@ pub(super) async fn accept(
             "the envelope's sender is not the logged-in user",
         ));
     }
-    if env.signer_key != session.identity_key {
+    if env.signer_key != session.device_key {
         return Err(ApiError::forbidden(
             ErrorCode::SenderMismatch,
-            "the envelope is not signed by your identity key",
+            "the envelope is not signed by the key this device logged in with",
         ));
     }
     env.verify_signature().map_err(|_| {
@@ -189,13 +189,13 @@ pub(super) async fn list(
     if let Some(n) = notified.as_mut().as_pin_mut() {
         n.enable();
     }
-    let mut rows = state.store.list(me.clone(), q.after, limit).await?;
+    let mut rows = state.store.list(session.inbox(), q.after, limit).await?;
     if rows.is_empty()
         && let Some(n) = notified.as_mut().as_pin_mut()
     {
         // Woken by a commit to us, or the wait ends; either way, look again.
         let _ = tokio::time::timeout(wait, n).await;
-        rows = state.store.list(me, q.after, limit).await?;
+        rows = state.store.list(session.inbox(), q.after, limit).await?;
     }
     let messages: Vec<ListEntry> = rows
         .into_iter()
@@ -235,7 +235,7 @@ pub(super) async fn fetch(
     let id = parse_id(&path_param(id)?.0)?;
     let (bytes, received) = state
         .store
-        .fetch(session.address.to_string(), id.0)
+        .fetch(session.inbox(), id.0)
         .await?
         .ok_or_else(|| ApiError::not_found("no such message in your mailbox"))?;
     Ok((
@@ -263,7 +263,7 @@ pub(super) async fn fetch_many(
     let ids = page_of_ids(&json_body(body)?.ids, "fetch")?;
     let found = state
         .store
-        .fetch_many(session.address.to_string(), ids, FETCH_BYTES)
+        .fetch_many(session.inbox(), ids, FETCH_BYTES)
         .await?;
     let mut w = Writer::new();
     for record in &found {
@@ -278,10 +278,7 @@ pub(super) async fn ack_one(
     id: Result<Path<String>, PathRejection>,
 ) -> AppResult<StatusCode> {
     let id = parse_id(&path_param(id)?.0)?;
-    let n = state
-        .store
-        .ack(session.address.to_string(), vec![id.0])
-        .await?;
+    let n = state.store.ack(session.inbox(), vec![id.0]).await?;
     if n == 0 {
         return Err(ApiError::not_found("no such message in your mailbox"));
     }
@@ -295,7 +292,7 @@ pub(super) async fn ack_many(
     body: Result<Json<AckRequest>, JsonRejection>,
 ) -> AppResult<Json<AckResponse>> {
     let ids = page_of_ids(&json_body(body)?.ids, "acknowledge")?;
-    let n = state.store.ack(session.address.to_string(), ids).await?;
+    let n = state.store.ack(session.inbox(), ids).await?;
     state.metrics.acks.inc_by(n as u64);
     Ok(Json(AckResponse { deleted: n as u64 }))
 }

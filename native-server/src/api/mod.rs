@@ -10,6 +10,7 @@
 mod accounts;
 mod blobs;
 mod blocks;
+mod devices;
 mod keys;
 mod kt;
 mod messages;
@@ -28,7 +29,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use letterme_protocol::api::{ErrorCode, ErrorLimit};
 use letterme_protocol::net::client_prefix;
@@ -76,6 +77,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/kt/witnessed/{domain}", get(kt::witnessed))
         .route("/v1/keys/rotate", post(keys::rotate_key))
         .route("/v1/keys/revoke", post(keys::revoke_key))
+        .route("/v1/devices", get(devices::list).post(devices::add))
+        .route("/v1/devices/{id}", delete(devices::remove))
         .route(
             "/v1/messages",
             post(messages::send)

@@ -51,7 +51,13 @@ pub(super) fn register_in(
     if n == 0 {
         return Err(StoreError::AddressTaken);
     }
-    Ok(())
+    super::devices::add_first(
+        c,
+        &acc.address,
+        &acc.identity_key,
+        &acc.encryption_key,
+        acc.registered_at,
+    )
 }
 
 /// An account's address and key columns: identity, encryption, created, version, binding.
@@ -148,6 +154,12 @@ impl Store {
                 acc.binding_signature.as_slice(),
                 acc.attestation_sig.as_slice(),
             ])?;
+            super::devices::follow_account_key(
+                c,
+                &acc.address,
+                &acc.identity_key,
+                &acc.encryption_key,
+            )?;
             c.prepare_cached("INSERT INTO kt_log (idx, label, entry) VALUES (?1, ?2, ?3)")?
                 .execute(params![kt.0 as i64, kt.1.as_slice(), kt.2])?;
             Ok(())

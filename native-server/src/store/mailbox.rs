@@ -6,6 +6,7 @@ use letterme_protocol::blob::BlobId;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::blobs::{any_released, link_blobs, named_bytes};
+use super::devices::Inbox;
 use super::{Store, StoreError};
 
 /// A sealed envelope to store for local recipients.
@@ -106,9 +107,10 @@ pub(super) struct Filed<'a> {
 }
 
 /// Files a checked envelope in local mailboxes: the message once (or its pending count
-/// raised when it is stored already), a delivery and the usage (envelope and blobs) for
-/// each recipient. Every entrance that delivers locally ends here. `false`: the id is
-/// taken by another envelope, and nothing was filed.
+/// raised when it is stored already), a delivery for each current device of each
+/// recipient, and the usage (envelope and blobs) once for each recipient. Every entrance
+/// that delivers locally ends here. `false`: the id is taken by another envelope, and
+/// nothing was filed.
 pub(super) fn file(
     c: &Connection,
     m: &Filed<'_>,
@@ -118,8 +120,8 @@ pub(super) fn file(
     let stored = c
         .prepare_cached(
             "INSERT INTO messages (id, sender, envelope, size, received, pending, blob_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (id) DO UPDATE SET pending = pending + excluded.pending
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
+             ON CONFLICT (id) DO UPDATE SET pending = pending
               WHERE envelope = excluded.envelope",
         )?
         .execute(params![
@@ -128,41 +130,49 @@ pub(super) fn file(
             m.envelope,
             size,
             m.received as i64,
-            recipients.len() as i64,
             m.blob_bytes as i64
         ])?;
     if stored == 0 {
         return Ok(false);
     }
     let mut ins = c.prepare_cached(
-        "INSERT INTO deliveries (recipient, message_id, received) VALUES (?1, ?2, ?3)",
+        "INSERT INTO deliveries (recipient, device, message_id, received)
+         SELECT ?1, id, ?2, ?3 FROM devices WHERE account = ?1 AND removed IS NULL",
     )?;
     let mut bump =
         c.prepare_cached("UPDATE accounts SET usage_bytes = usage_bytes + ?2 WHERE address = ?1")?;
     let usage = size.saturating_add(m.blob_bytes as i64);
+    let mut filed = 0;
     for r in recipients {
-        ins.execute(params![r, m.id.as_slice(), m.received as i64])?;
+        filed += ins.execute(params![r, m.id.as_slice(), m.received as i64])?;
         bump.execute(params![r, usage])?;
     }
+    c.prepare_cached("UPDATE messages SET pending = pending + ?2 WHERE id = ?1")?
+        .execute(params![m.id.as_slice(), filed as i64])?;
     Ok(true)
 }
 
+/// Removes one device's delivery of message `id`; the recipient's usage goes down when it
+/// was the last of the recipient's devices the message waited for.
 pub(super) fn remove_delivery(
     c: &Connection,
-    recipient: &str,
+    inbox: &Inbox,
     id: &[u8; 16],
 ) -> Result<usize, StoreError> {
     let n = c
-        .prepare_cached("DELETE FROM deliveries WHERE recipient = ?1 AND message_id = ?2")?
-        .execute(params![recipient, id.as_slice()])?;
+        .prepare_cached(
+            "DELETE FROM deliveries WHERE recipient = ?1 AND device = ?2 AND message_id = ?3",
+        )?
+        .execute(params![inbox.address, inbox.device, id.as_slice()])?;
     if n == 0 {
         return Ok(0);
     }
     c.prepare_cached(
         "UPDATE accounts SET usage_bytes = max(0, usage_bytes - (SELECT size + blob_bytes FROM messages WHERE id = ?2))
-          WHERE address = ?1",
+          WHERE address = ?1
+            AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = ?2 AND recipient = ?1)",
     )?
-    .execute(params![recipient, id.as_slice()])?;
+    .execute(params![inbox.address, id.as_slice()])?;
     c.prepare_cached("UPDATE messages SET pending = pending - 1 WHERE id = ?1")?
         .execute([id.as_slice()])?;
     c.prepare_cached("DELETE FROM messages WHERE id = ?1 AND pending <= 0")?
@@ -190,7 +200,7 @@ impl Store {
 
     pub async fn list(
         &self,
-        recipient: String,
+        inbox: Inbox,
         after: i64,
         limit: u32,
     ) -> Result<Vec<Pending>, StoreError> {
@@ -198,9 +208,9 @@ impl Store {
             let mut stmt = c.prepare_cached(
                 "SELECT d.seq, d.message_id, m.sender, m.size + m.blob_bytes, d.received
                    FROM deliveries d JOIN messages m ON m.id = d.message_id
-                  WHERE d.recipient = ?1 AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
+                  WHERE d.recipient = ?1 AND d.device = ?2 AND d.seq > ?3 ORDER BY d.seq LIMIT ?4",
             )?;
-            let rows = stmt.query_map(params![recipient, after, limit], |r| {
+            let rows = stmt.query_map(params![inbox.address, inbox.device, after, limit], |r| {
                 Ok(Pending {
                     seq: r.get(0)?,
                     id: r.get(1)?,
@@ -214,18 +224,18 @@ impl Store {
         .await
     }
 
-    /// The envelope bytes of a message pending for `recipient`.
+    /// The envelope bytes of a message pending for a device.
     pub async fn fetch(
         &self,
-        recipient: String,
+        inbox: Inbox,
         id: [u8; 16],
     ) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
         self.read(move |c| {
             Ok(c.prepare_cached(
                 "SELECT m.envelope, d.received FROM deliveries d JOIN messages m ON m.id = d.message_id
-                  WHERE d.recipient = ?1 AND d.message_id = ?2",
+                  WHERE d.recipient = ?1 AND d.device = ?2 AND d.message_id = ?3",
             )?
-            .query_row(params![recipient, id.as_slice()], |r| {
+            .query_row(params![inbox.address, inbox.device, id.as_slice()], |r| {
                 Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
             })
             .optional()?)
@@ -233,20 +243,20 @@ impl Store {
         .await
     }
 
-    /// Several pending envelopes of `recipient` with the time each was received, in the
+    /// Several envelopes pending for a device, with the time each was received, in the
     /// order asked (no envelope for an id not pending), read in one transaction. Stops after
     /// `budget` bytes of envelopes, always after the first: the ids past the end of the
     /// answer were left out.
     pub async fn fetch_many(
         &self,
-        recipient: String,
+        inbox: Inbox,
         ids: Vec<[u8; 16]>,
         budget: usize,
     ) -> Result<Vec<FetchedEnvelope>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT m.envelope, d.received FROM deliveries d JOIN messages m ON m.id = d.message_id
-                  WHERE d.recipient = ?1 AND d.message_id = ?2",
+                  WHERE d.recipient = ?1 AND d.device = ?2 AND d.message_id = ?3",
             )?;
             let tx = c.unchecked_transaction()?;
             let mut out = Vec::with_capacity(ids.len());
@@ -256,7 +266,7 @@ impl Store {
                     break;
                 }
                 let (envelope, received) = stmt
-                    .query_row(params![recipient, id.as_slice()], |r| {
+                    .query_row(params![inbox.address, inbox.device, id.as_slice()], |r| {
                         Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? as u64))
                     })
                     .optional()?
@@ -275,14 +285,15 @@ impl Store {
         .await
     }
 
-    /// Deletes acknowledged deliveries; returns how many existed. Blobs whose last
-    /// envelope this removed are deleted right after, in the background.
-    pub async fn ack(&self, recipient: String, ids: Vec<[u8; 16]>) -> Result<usize, StoreError> {
+    /// Deletes a device's acknowledged deliveries; returns how many existed. A message goes
+    /// when no device waits for it any more; blobs whose last envelope this removed are
+    /// deleted right after, in the background.
+    pub async fn ack(&self, inbox: Inbox, ids: Vec<[u8; 16]>) -> Result<usize, StoreError> {
         let (n, released) = self
             .write(move |c| {
                 let mut n = 0;
                 for id in &ids {
-                    n += remove_delivery(c, &recipient, id)?;
+                    n += remove_delivery(c, &inbox, id)?;
                 }
                 Ok((n, any_released(c)?))
             })
@@ -294,13 +305,23 @@ impl Store {
     /// Deletes deliveries received before `cutoff` and replay records before `seen_cutoff`.
     pub async fn purge(&self, cutoff: u64, seen_cutoff: u64) -> Result<PurgeStats, StoreError> {
         self.write(move |c| {
-            let old: Vec<(String, [u8; 16])> = c
-                .prepare("SELECT recipient, message_id FROM deliveries WHERE received < ?1")?
-                .query_map([cutoff as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            let old: Vec<(Inbox, [u8; 16])> = c
+                .prepare(
+                    "SELECT recipient, device, message_id FROM deliveries WHERE received < ?1",
+                )?
+                .query_map([cutoff as i64], |r| {
+                    Ok((
+                        Inbox {
+                            address: r.get(0)?,
+                            device: r.get(1)?,
+                        },
+                        r.get(2)?,
+                    ))
+                })?
                 .collect::<Result<_, _>>()?;
             let mut stats = PurgeStats::default();
-            for (rcpt, id) in &old {
-                stats.deliveries += remove_delivery(c, rcpt, id)?;
+            for (inbox, id) in &old {
+                stats.deliveries += remove_delivery(c, inbox, id)?;
             }
             stats.seen_ids = c.execute(
                 "DELETE FROM seen_envelopes WHERE seen_at < ?1",

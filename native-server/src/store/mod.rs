@@ -15,6 +15,7 @@
 mod accounts;
 mod blobs;
 mod blocks;
+mod devices;
 mod federation;
 mod keys;
 mod kt;
@@ -35,6 +36,7 @@ pub use blobs::{
     BLOB_UPLOAD_KEEP, BlobStatus, MAX_BLOBS_ALL_PEERS, MAX_BLOBS_PER_OWNER, MAX_BLOBS_PER_PEER,
     NewBlob,
 };
+pub use devices::{DeviceRow, Inbox};
 pub use federation::{BatchLimit, Claimed, FederationRow, Incoming, NewFederationRow, RowOutcome};
 pub use kt::ForkRow;
 pub use mailbox::{NewDelivery, Pending, PurgeStats};
@@ -73,6 +75,9 @@ pub enum StoreError {
     KeyConflict(String),
     #[error("no account {0}")]
     NoAccount(String),
+    /// A device key the account had before: a removed device is not added again.
+    #[error("device {0} was the account's before; link the machine anew")]
+    DeviceKnown(String),
     #[error("{sender} has {queued} bytes waiting for other domains; the limit is {limit}")]
     QueueFull {
         sender: String,
@@ -130,6 +135,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/0015_queued_blobs_once.sql"
         )),
+        M::up(include_str!("../../../migrations/0016_devices.sql")),
     ])
 }
 

@@ -22,6 +22,15 @@ fn account(addr: &str) -> AccountRow {
     }
 }
 
+/// The mailbox of `address`'s first device.
+async fn inbox(store: &Store, address: &str) -> Inbox {
+    let devices = store.devices(address.into()).await.unwrap();
+    Inbox {
+        address: address.into(),
+        device: devices[0].id,
+    }
+}
+
 fn delivery(id: u8, to: &[&str], at: u64) -> NewDelivery {
     NewDelivery {
         id: [id; 16],
@@ -70,23 +79,29 @@ async fn deliver_list_ack_purge_quota_replay() {
         Err(StoreError::QuotaExceeded("b@x.test".into()))
     );
 
-    let b = store.list("b@x.test".into(), 0, 100).await.unwrap();
+    let b = store
+        .list(inbox(&store, "b@x.test").await, 0, 100)
+        .await
+        .unwrap();
     assert_eq!(b.iter().map(|p| p.id[0]).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(
-        store.ack("b@x.test".into(), vec![[1; 16]]).await.unwrap(),
+        store
+            .ack(inbox(&store, "b@x.test").await, vec![[1; 16]])
+            .await
+            .unwrap(),
         1
     );
     // c has not acked: the shared message stays for c.
     assert!(
         store
-            .fetch("c@x.test".into(), [1; 16])
+            .fetch(inbox(&store, "c@x.test").await, [1; 16])
             .await
             .unwrap()
             .is_some()
     );
     assert!(
         store
-            .fetch("b@x.test".into(), [1; 16])
+            .fetch(inbox(&store, "b@x.test").await, [1; 16])
             .await
             .unwrap()
             .is_none()
@@ -106,14 +121,14 @@ async fn deliver_list_ack_purge_quota_replay() {
     assert_eq!(stats.deliveries, 1); // c's copy of message 1 (received at 100)
     assert!(
         store
-            .fetch("c@x.test".into(), [1; 16])
+            .fetch(inbox(&store, "c@x.test").await, [1; 16])
             .await
             .unwrap()
             .is_none()
     );
     assert!(
         store
-            .fetch("b@x.test".into(), [2; 16])
+            .fetch(inbox(&store, "b@x.test").await, [2; 16])
             .await
             .unwrap()
             .is_some()
@@ -151,7 +166,11 @@ async fn concurrent_writes_commit_in_groups() {
     }
     assert_eq!((ok, replays), (180, 20));
     assert_eq!(
-        store.list("b@x.test".into(), 0, 1000).await.unwrap().len(),
+        store
+            .list(inbox(&store, "b@x.test").await, 0, 1000)
+            .await
+            .unwrap()
+            .len(),
         180
     );
 }
@@ -249,7 +268,11 @@ async fn federation_and_api_file_alike_and_refuse_a_reused_id() {
         DeliveryStatus::Accepted
     );
     for who in ["b@x.test", "c@x.test"] {
-        let (bytes, _) = store.fetch(who.into(), [7; 16]).await.unwrap().unwrap();
+        let (bytes, _) = store
+            .fetch(inbox(&store, who).await, [7; 16])
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(bytes, vec![1; 50]);
         assert_eq!(
             store
@@ -262,12 +285,15 @@ async fn federation_and_api_file_alike_and_refuse_a_reused_id() {
         );
     }
     assert_eq!(
-        store.ack("b@x.test".into(), vec![[7; 16]]).await.unwrap(),
+        store
+            .ack(inbox(&store, "b@x.test").await, vec![[7; 16]])
+            .await
+            .unwrap(),
         1
     );
     assert!(
         store
-            .fetch("c@x.test".into(), [7; 16])
+            .fetch(inbox(&store, "c@x.test").await, [7; 16])
             .await
             .unwrap()
             .is_some()
@@ -282,7 +308,7 @@ async fn federation_and_api_file_alike_and_refuse_a_reused_id() {
     assert_eq!(store.deliver(api).await, Err(StoreError::Replay));
     assert!(
         store
-            .fetch("d@x.test".into(), [7; 16])
+            .fetch(inbox(&store, "d@x.test").await, [7; 16])
             .await
             .unwrap()
             .is_none()
@@ -457,7 +483,7 @@ async fn fetch_many_keeps_order_and_budget() {
     }
     let asked = vec![[3; 16], [2; 16], [9; 16], [1; 16]];
     let got = store
-        .fetch_many("b@x.test".into(), asked.clone(), usize::MAX)
+        .fetch_many(inbox(&store, "b@x.test").await, asked.clone(), usize::MAX)
         .await
         .unwrap();
     let record = |id: u8, found: Option<u64>| FetchedEnvelope {
@@ -474,11 +500,18 @@ async fn fetch_many_keeps_order_and_budget() {
     assert_eq!(got, expect);
     // 100 bytes each: a budget of 150 ends the answer after the second envelope found.
     let got = store
-        .fetch_many("b@x.test".into(), vec![[3; 16], [1; 16], [3; 16]], 150)
+        .fetch_many(
+            inbox(&store, "b@x.test").await,
+            vec![[3; 16], [1; 16], [3; 16]],
+            150,
+        )
         .await
         .unwrap();
     assert_eq!(got.len(), 2);
-    let got = store.fetch_many("b@x.test".into(), asked, 0).await.unwrap();
+    let got = store
+        .fetch_many(inbox(&store, "b@x.test").await, asked, 0)
+        .await
+        .unwrap();
     assert_eq!(got, expect[..1]);
 }
 
@@ -770,13 +803,19 @@ async fn a_named_blob_is_kept_once_counted_per_recipient_and_deleted_after_the_l
     // Stored once.
     assert_eq!(value(&store, "SELECT count(*) FROM blob_chunks").await, 1);
 
-    store.ack("b@x.test".into(), vec![[1; 16]]).await.unwrap();
+    store
+        .ack(inbox(&store, "b@x.test").await, vec![[1; 16]])
+        .await
+        .unwrap();
     assert_eq!(usage_of(&store, "b@x.test").await, 0);
     assert!(!readable(&store, blob, "b@x.test").await);
     assert!(readable(&store, blob, "c@x.test").await);
     // A purge now leaves it: c has not acknowledged.
     assert_eq!(store.purge_blobs(u64::MAX).await.unwrap(), 0);
-    store.ack("c@x.test".into(), vec![[1; 16]]).await.unwrap();
+    store
+        .ack(inbox(&store, "c@x.test").await, vec![[1; 16]])
+        .await
+        .unwrap();
     assert!(
         gone(&store, blob).await,
         "the blob outlived its last recipient"
@@ -830,7 +869,7 @@ async fn an_envelope_naming_a_missing_or_partial_blob_is_refused_whole() {
     }
     assert!(
         store
-            .list("b@x.test".into(), 0, 10)
+            .list(inbox(&store, "b@x.test").await, 0, 10)
             .await
             .unwrap()
             .is_empty()
@@ -887,7 +926,10 @@ async fn a_blob_waits_for_the_federation_queue_and_the_retention_purge() {
         })
         .await
         .unwrap();
-    store.ack("b@x.test".into(), vec![[4; 16]]).await.unwrap();
+    store
+        .ack(inbox(&store, "b@x.test").await, vec![[4; 16]])
+        .await
+        .unwrap();
     assert_eq!(store.purge_blobs(0).await.unwrap(), 0);
     assert!(store.blob_status(blob).await.unwrap().is_some());
     let rows = store.federation_rows().await.unwrap();
@@ -1393,4 +1435,217 @@ async fn the_upgrade_counts_a_blob_queued_twice_once() {
     drop(Store::open(&path).unwrap());
     let c = rusqlite::Connection::open(&path).unwrap();
     assert_eq!(queued(&c), 5_200);
+}
+
+/// A device of `b@x.test` certified by `identity`.
+fn device_of(
+    identity: &letterme_protocol::SigningKeypair,
+    at: u64,
+) -> letterme_protocol::device::Device {
+    let address = letterme_protocol::Address::parse("b@x.test").unwrap();
+    let device = letterme_protocol::SigningKeypair::generate();
+    let key = letterme_protocol::EncryptionKeypair::generate().public();
+    letterme_protocol::device::Device::create(&address, identity, &device, &key, at)
+}
+
+fn kt_row(idx: u64) -> (u64, [u8; 32], Vec<u8>) {
+    (idx, [9; 32], vec![idx as u8])
+}
+
+/// Each device of a recipient gets the envelope and acknowledges it for itself: the
+/// message stays until the last device acknowledged, the usage counts it once, and a
+/// removed device's waiting deliveries go with it.
+#[tokio::test]
+async fn every_device_acknowledges_and_usage_counts_the_envelope_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.register(account("b@x.test"), None).await.unwrap();
+    let first = inbox(&store, "b@x.test").await;
+    let identity = letterme_protocol::SigningKeypair::generate();
+    let (laptop, desktop) = (device_of(&identity, 5), device_of(&identity, 6));
+    store
+        .add_devices_logged(
+            "b@x.test".into(),
+            vec![first.device],
+            vec![],
+            vec![laptop.clone(), desktop.clone()],
+            10,
+            kt_row(0),
+        )
+        .await
+        .unwrap();
+    let devices = store.devices("b@x.test".into()).await.unwrap();
+    assert_eq!(devices.len(), 3);
+    assert_eq!(devices[1].statement.as_ref(), Some(&laptop));
+    let ids: Vec<i64> = devices.iter().map(|d| d.id).collect();
+    let inboxes: Vec<Inbox> = ids
+        .iter()
+        .map(|&device| Inbox {
+            address: "b@x.test".into(),
+            device,
+        })
+        .collect();
+    store
+        .deliver(delivery(1, &["b@x.test"], 100))
+        .await
+        .unwrap();
+    let usage = |s: &Store| {
+        let s = s.clone();
+        async move {
+            s.account("b@x.test".into())
+                .await
+                .unwrap()
+                .unwrap()
+                .usage_bytes
+        }
+    };
+    assert_eq!(usage(&store).await, 100, "one envelope, counted once");
+    for i in &inboxes {
+        assert_eq!(store.list(i.clone(), 0, 10).await.unwrap().len(), 1);
+    }
+    assert_eq!(
+        store.ack(inboxes[0].clone(), vec![[1; 16]]).await.unwrap(),
+        1
+    );
+    // Acknowledged twice by one device: nothing more.
+    assert_eq!(
+        store.ack(inboxes[0].clone(), vec![[1; 16]]).await.unwrap(),
+        0
+    );
+    assert!(
+        store
+            .list(inboxes[0].clone(), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .fetch(inboxes[1].clone(), [1; 16])
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(usage(&store).await, 100, "still waiting for two devices");
+
+    // Removing the desktop drops what waits for it; the laptop still gets its copy.
+    let dropped = store
+        .remove_device_logged("b@x.test".into(), ids.clone(), ids[2], 20, kt_row(1))
+        .await
+        .unwrap();
+    assert_eq!(dropped, 1);
+    assert_eq!(store.devices("b@x.test".into()).await.unwrap().len(), 2);
+    let removed = store
+        .device_by_key("b@x.test".into(), desktop.cert.device_key.0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed.removed, Some(20));
+    assert_eq!(usage(&store).await, 100);
+    assert_eq!(
+        store.ack(inboxes[1].clone(), vec![[1; 16]]).await.unwrap(),
+        1
+    );
+    assert_eq!(usage(&store).await, 0, "the last device acknowledged");
+    assert!(
+        store
+            .fetch(inboxes[1].clone(), [1; 16])
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Mail after the removal waits for the current devices only.
+    store
+        .deliver(delivery(2, &["b@x.test"], 200))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .list(inboxes[2].clone(), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.list(inboxes[1].clone(), 0, 10).await.unwrap().len(),
+        1
+    );
+
+    // A removed device is not added again, and a change made against a stale set is refused.
+    let current: Vec<i64> = ids[..2].to_vec();
+    let desktop_id = desktop.id();
+    assert_eq!(
+        store
+            .add_devices_logged(
+                "b@x.test".into(),
+                current,
+                vec![],
+                vec![desktop],
+                30,
+                kt_row(2)
+            )
+            .await,
+        Err(StoreError::DeviceKnown(desktop_id))
+    );
+    assert_eq!(
+        store
+            .add_devices_logged(
+                "b@x.test".into(),
+                ids,
+                vec![],
+                vec![device_of(&identity, 7)],
+                30,
+                kt_row(2)
+            )
+            .await,
+        Err(StoreError::KeyConflict("b@x.test".into()))
+    );
+    // Neither wrote its log entry.
+    assert_eq!(store.kt_entries().await.unwrap().len(), 2);
+}
+
+/// The upgrade to migration 16 gives every account its first device and keeps its waiting
+/// mail and the numbering clients list from.
+#[tokio::test]
+async fn the_upgrade_gives_each_account_a_device_and_keeps_its_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let mut c = rusqlite::Connection::open(&path).unwrap();
+        super::migrations().to_version(&mut c, 15).unwrap();
+        c.execute_batch(
+            "INSERT INTO accounts (address, identity_key, encryption_key, key_created, key_version,
+                 binding_signature, attestation_sig, registered_at, usage_bytes)
+                 VALUES ('b@x.test', zeroblob(32), zeroblob(32), 1, 1, zeroblob(64), zeroblob(64), 1, 200);
+             INSERT INTO messages (id, sender, envelope, size, received, pending, blob_bytes)
+                 VALUES (x'01010101010101010101010101010101', 'a@x.test', x'00', 100, 5, 1, 0),
+                        (x'02020202020202020202020202020202', 'a@x.test', x'00', 100, 6, 1, 0);
+             INSERT INTO deliveries (seq, recipient, message_id, received)
+                 VALUES (41, 'b@x.test', x'01010101010101010101010101010101', 5), (42, 'b@x.test', x'02020202020202020202020202020202', 6);
+             DELETE FROM deliveries WHERE seq = 42;
+             UPDATE messages SET pending = 0 WHERE id = x'02020202020202020202020202020202';",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let devices = store.devices("b@x.test".into()).await.unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(
+        (devices[0].device_key, devices[0].statement.is_none()),
+        ([0; 32], true)
+    );
+    let b = Inbox {
+        address: "b@x.test".into(),
+        device: devices[0].id,
+    };
+    let waiting = store.list(b.clone(), 0, 10).await.unwrap();
+    assert_eq!(waiting.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![41]);
+    // A client that saw 42 must see what comes next.
+    let mut d = delivery(3, &["b@x.test"], 7);
+    d.quota = 10_000;
+    store.deliver(d).await.unwrap();
+    let next = store.list(b, 42, 10).await.unwrap();
+    assert_eq!(next.iter().map(|p| p.id[0]).collect::<Vec<_>>(), vec![3]);
+    assert!(next[0].seq > 42);
 }

@@ -48,6 +48,9 @@ error_codes! {
     BadBlob = "bad_blob",
     BadBody = "bad_body",
     BadChallenge = "bad_challenge",
+    /// A device certificate or binding that does not verify, or a device set that would not
+    /// hold (PROTOCOL.md §6a).
+    BadDevice = "bad_device",
     BadDomain = "bad_domain",
     BadEntry = "bad_entry",
     BadId = "bad_id",
@@ -67,6 +70,10 @@ error_codes! {
     /// A blob chunk whose size or hash is not the one its manifest names.
     ChunkMismatch = "chunk_mismatch",
     DailyCap = "daily_cap",
+    /// A device key the account had before: a removed device is not added again.
+    DeviceKnown = "device_known",
+    /// The device that logged in was removed from the account.
+    DeviceRemoved = "device_removed",
     /// Federation: the digest of the body does not match `Content-Digest`.
     DigestMismatch = "digest_mismatch",
     /// Federation: the request signature has expired or is not yet valid.

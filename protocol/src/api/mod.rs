@@ -165,6 +165,10 @@ pub struct TokenRequest {
     /// The challenge as received (base64 of 32 bytes).
     pub challenge: String,
     pub signature: Signature,
+    /// The device key that signed (PROTOCOL.md §6a); absent: the identity key, which is the
+    /// device key of the account's first device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_key: Option<IdentityPublicKey>,
 }
 
 /// `POST /v1/auth/token`, 200.
@@ -200,6 +204,10 @@ pub struct KeyLookup {
     /// does not federate): mail to it can only leave as ordinary email.
     #[serde(default)]
     pub legacy: bool,
+    /// The account's devices, the set its newest log entry names (PROTOCOL.md §6a); none
+    /// for an account of one device from before devices, sealed to the attested key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<crate::device::Device>,
 }
 
 /// `POST /v1/keys/rotate` and `POST /v1/keys/revoke`.
@@ -216,6 +224,44 @@ pub struct KeyChangeResponse {
     pub attestation: Attestation,
     /// The log entry that records the change.
     pub index: u64,
+}
+
+// ---- devices ---------------------------------------------------------------------------
+
+/// One of the account's devices, as `GET /v1/devices` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The short id `DELETE /v1/devices/{id}` takes (`device::device_id`).
+    pub id: String,
+    pub device_key: IdentityPublicKey,
+    pub encryption_key: crate::EncryptionPublicKey,
+    /// When the server added it (Unix seconds).
+    pub added: u64,
+    /// Its certificate and binding; absent for the first device of an account from before
+    /// devices until it certified itself (the first time a device is linked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<crate::device::Device>,
+    /// The device that asked.
+    #[serde(default)]
+    pub this: bool,
+}
+
+/// `GET /v1/devices`, 200, and the answer to a change of the device set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceList {
+    pub devices: Vec<DeviceInfo>,
+    /// The log entry that records the change (changes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+}
+
+/// `POST /v1/devices`: devices to add, each certified by the identity key. The first time
+/// an account from before devices adds one, its first device certifies itself in the same
+/// request (a device whose device key is the identity key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddDevicesRequest {
+    pub devices: Vec<crate::device::Device>,
 }
 
 // ---- messages --------------------------------------------------------------------------

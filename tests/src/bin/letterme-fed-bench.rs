@@ -79,8 +79,9 @@ fn main() {
     let alice_online = login(&alice);
     let bob_online = login(&bob);
     let key = rt
-        .block_on(alice_online.verified_key(&bob_addr))
+        .block_on(alice_online.verified_keys(&bob_addr))
         .unwrap()
+        .attestation
         .encryption_key;
     let body = "x".repeat(args.body);
     let sealed: Vec<(String, Vec<u8>)> = (0..args.messages)

@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
         let att: Attestation = serde_json::from_value(v["attestation"].clone())?;
         let kt: KtProof = serde_json::from_value(v["kt"].clone())?;
         anyhow::ensure!(kt.checkpoint.size == filled, "checkpoint size");
-        letterme_client::kt::check(who, &att, &kt, &[domain_key], None)
+        letterme_client::kt::check(who, &att, &[], &kt, &[domain_key], None)
             .map_err(|e| anyhow::anyhow!("{who}: {e}"))?;
         proof_bytes = kt.inclusion.len();
     }

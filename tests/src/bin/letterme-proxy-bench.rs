@@ -101,7 +101,7 @@ async fn push_latency(
 ) -> anyhow::Result<Vec<Duration>> {
     let me = letterme_client::Unlocked::open(ProfileDir(alice.to_owned()), PASSPHRASE)?;
     let online = me.connect().await?;
-    let key = online.verified_key(bob).await?.encryption_key;
+    let key = online.verified_keys(bob).await?.attestation.encryption_key;
     let s = TcpStream::connect(proxy.imap)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut r = BufReader::new(s.try_clone()?);

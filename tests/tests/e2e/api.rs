@@ -863,7 +863,12 @@ async fn a_blob_uploads_in_checked_chunks_and_resumes() {
     // him — not carol's — and goes once he has acknowledged it.
     let carol = w.user("carol").await;
     let bob_addr = bob.me.profile.address.clone();
-    let key = alice.verified_key(&bob_addr).await.unwrap().encryption_key;
+    let key = alice
+        .verified_keys(&bob_addr)
+        .await
+        .unwrap()
+        .attestation
+        .encryption_key;
     let env = letterme_tests::sealed_with_blobs(
         &alice,
         &bob_addr,
@@ -930,7 +935,12 @@ async fn a_message_that_repeats_or_hides_a_blob_is_refused() {
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
     let bob_addr = bob.me.profile.address.clone();
-    let key = alice.verified_key(&bob_addr).await.unwrap().encryption_key;
+    let key = alice
+        .verified_keys(&bob_addr)
+        .await
+        .unwrap()
+        .attestation
+        .encryption_key;
     for placements in [vec!["0", "0"], vec![]] {
         let (last, reference, manifest) = Sealer::new().finish(b"the blob's body");
         alice
@@ -1022,7 +1032,12 @@ async fn a_kept_chunk_damaged_on_disk_is_downloaded_again() {
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
     let bob_addr = bob.me.profile.address.clone();
-    let key = alice.verified_key(&bob_addr).await.unwrap().encryption_key;
+    let key = alice
+        .verified_keys(&bob_addr)
+        .await
+        .unwrap()
+        .attestation
+        .encryption_key;
     let (file, reference, first) = two_chunk_blob(&alice, 13).await;
     let env = letterme_tests::sealed_with_blobs(
         &alice,
@@ -1064,7 +1079,12 @@ async fn a_wrong_key_for_a_kept_blob_refuses_that_message_only() {
     let (file, reference, _) = two_chunk_blob(&alice, 7).await;
     // To bob, and to carol, who has not read hers yet: the blob stays on the server.
     for to in [&bob_addr, &carol_addr] {
-        let key = alice.verified_key(to).await.unwrap().encryption_key;
+        let key = alice
+            .verified_keys(to)
+            .await
+            .unwrap()
+            .attestation
+            .encryption_key;
         let env = letterme_tests::sealed_with_blobs(
             &alice,
             to,
@@ -1081,7 +1101,12 @@ async fn a_wrong_key_for_a_kept_blob_refuses_that_message_only() {
     // Carol names the same blob to bob, with another key.
     let mut wrong = reference.clone();
     wrong.key = [9; 32];
-    let key = carol.verified_key(&bob_addr).await.unwrap().encryption_key;
+    let key = carol
+        .verified_keys(&bob_addr)
+        .await
+        .unwrap()
+        .attestation
+        .encryption_key;
     let env = letterme_tests::sealed_with_blobs(
         &carol,
         &bob_addr,

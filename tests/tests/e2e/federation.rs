@@ -96,7 +96,12 @@ impl Federation for World {
             .unwrap()
             .with_dns(vec![self.dns.addr]);
             let online = me.connect().await.unwrap();
-            let key = online.verified_key(peer).await.unwrap().encryption_key;
+            let key = online
+                .verified_keys(peer)
+                .await
+                .unwrap()
+                .attestation
+                .encryption_key;
             (online, key)
         })
     }

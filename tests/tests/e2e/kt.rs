@@ -337,7 +337,7 @@ async fn rotating_and_revoking_grow_the_log_and_senders_use_only_the_current_key
     assert_consistent(&alice, &seen).await;
 
     // alice now gets, verified against the log, only the new key.
-    let att = alice.verified_key(&bob_addr).await.unwrap();
+    let att = alice.verified_keys(&bob_addr).await.unwrap().attestation;
     assert_eq!((att.encryption_key, att.version), (v2, 2));
     let found = alice.api.get_json("/v1/keys/bob@x.test").await.unwrap();
     let entry =
@@ -397,7 +397,7 @@ async fn rotating_and_revoking_grow_the_log_and_senders_use_only_the_current_key
     seen.push(head(&alice).await);
     assert_eq!(seen[2].size, 4);
     assert_consistent(&alice, &seen).await;
-    let att = alice.verified_key(&bob_addr).await.unwrap();
+    let att = alice.verified_keys(&bob_addr).await.unwrap().attestation;
     assert_eq!(att.encryption_key, revoked.encryption_key);
     let found = alice.api.get_json("/v1/keys/bob@x.test").await.unwrap();
     let entry =
@@ -444,7 +444,7 @@ async fn bob_notices_a_key_for_bob_that_bob_did_not_create() {
         .unwrap();
     let planted = thief.change_key(PASSPHRASE, false, 0).await.unwrap();
     let bob_addr = Address::parse("bob@x.test").unwrap();
-    let att = alice.verified_key(&bob_addr).await.unwrap();
+    let att = alice.verified_keys(&bob_addr).await.unwrap().attestation;
     assert_eq!(
         att.encryption_key, planted.encryption_key,
         "the planted key passes every check alice can make"
@@ -486,7 +486,12 @@ async fn bob_notices_a_key_for_bob_that_bob_did_not_create() {
     let after = bob.sync(&mut |_, _| {}).await.unwrap();
     assert!(after.kt_alerts.is_empty(), "{:?}", after.kt_alerts);
     assert_eq!(
-        alice.verified_key(&bob_addr).await.unwrap().encryption_key,
+        alice
+            .verified_keys(&bob_addr)
+            .await
+            .unwrap()
+            .attestation
+            .encryption_key,
         bob.me.keys.encryption.public()
     );
     w.server.shutdown().await.unwrap();
@@ -511,7 +516,10 @@ async fn key_changes_are_limited_per_account_and_day() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("at most 2 key changes in 24 hours"), "{err}");
+    assert!(
+        err.contains("at most 2 key and device changes in 24 hours"),
+        "{err}"
+    );
     // The log grew by the two changes only.
     assert_eq!(head(&alice).await.size, 3);
     w.server.shutdown().await.unwrap();

@@ -6,6 +6,7 @@
 mod api;
 mod blobs;
 mod cli_e2e;
+mod devices;
 mod federation;
 mod init_tls;
 mod kt;

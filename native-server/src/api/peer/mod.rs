@@ -578,14 +578,19 @@ async fn keys(
         Ok(None) => Ok(None),
         Err(e) => Err(e),
     };
-    match found {
-        Ok(found) => {
+    let devices = match &found {
+        Ok(Some(_)) => super::devices::listed(&state.store, &address).await,
+        _ => Ok(vec![]),
+    };
+    match found.and_then(|f| devices.map(|d| (f, d))) {
+        Ok((found, devices)) => {
             let (attestation, kt) = found.map_or((None, None), |(a, k)| (Some(a), k));
             let body = RemoteKeys {
                 address,
                 found: attestation.is_some(),
                 attestation,
                 kt,
+                devices,
             };
             signed(
                 &fed,

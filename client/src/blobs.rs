@@ -307,8 +307,7 @@ impl Online {
     /// Logs in again on `api` (a clone of ours: the new token serves every clone).
     async fn login_again(&self, api: &mut Api) -> Result<(), ClientError> {
         let p = &self.me.profile;
-        api.login(&p.domain, &p.address, &self.me.keys.identity)
-            .await
+        api.login(&p.domain, &p.address, &self.me.keys.device).await
     }
 
     /// After a send that failed: gives up its uploads on the server (which keeps any a

@@ -15,6 +15,12 @@ pub enum ClientError {
     BadProfile(String, String),
     #[error("wrong passphrase for the profile at {0}")]
     WrongPassphrase(String),
+    #[error(
+        "{0} needs the account's identity key, which is on the device that created the account, not on this linked device; run it there"
+    )]
+    NoIdentity(&'static str),
+    #[error("linking the device failed: {0}")]
+    Link(String),
     #[error("cannot reach the server at {url}: {reason}; is `letterme serve` running there?")]
     ServerDown { url: String, reason: String },
     #[error(
@@ -111,5 +117,11 @@ impl ClientError {
             path: path.display().to_string(),
             reason: e.to_string(),
         }
+    }
+}
+
+impl From<letterme_protocol::link::LinkError> for ClientError {
+    fn from(e: letterme_protocol::link::LinkError) -> Self {
+        Self::Link(e.to_string())
     }
 }

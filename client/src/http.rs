@@ -6,8 +6,8 @@ use letterme_protocol::api::kt::{EntriesPage, EntriesQuery, WitnessRequest, Witn
 use letterme_protocol::api::{
     AckRequest, AddDevicesRequest, BlobBegin, BlockChange, BlockRequest, BlocksResponse,
     ChallengeRequest, ChallengeResponse, ErrorBody, ErrorCode, FetchRequest, KeyChangeRequest,
-    KeyChangeResponse, ListQuery, ListResponse, LookupQuery, OutboundRequest, RegisterRequest,
-    TokenRequest, TokenResponse,
+    KeyChangeResponse, LinkMessage, LinkMessages, LinkOpened, LinkQuery, ListQuery, ListResponse,
+    LookupQuery, OutboundRequest, RegisterRequest, TokenRequest, TokenResponse,
 };
 /// The answers this client hands to its callers, under the paths they always had.
 pub use letterme_protocol::api::{
@@ -452,6 +452,52 @@ impl Api {
             r.entry
         };
         Ok((normalized, r.changed))
+    }
+
+    /// Opens a link slot with the exchange's first message (`POST /v1/link`).
+    pub async fn link_open(&self, message: Vec<u8>) -> Result<LinkOpened, ClientError> {
+        self.send_json(Method::POST, "/v1/link", &LinkMessage { message })
+            .await
+    }
+
+    /// The messages of a link slot from index `from` on, waiting up to `wait` seconds for
+    /// one (`GET /v1/link/{address}/{slot}`).
+    pub async fn link_read(
+        &self,
+        address: &Address,
+        slot: &str,
+        from: usize,
+        wait: u64,
+    ) -> Result<Vec<Vec<u8>>, ClientError> {
+        let r: LinkMessages = self
+            .json(
+                self.req(Method::GET, &format!("/v1/link/{address}/{slot}"))
+                    .query(&LinkQuery {
+                        from,
+                        wait: Some(wait),
+                    })
+                    .timeout(Duration::from_secs(wait + 30)),
+            )
+            .await?;
+        Ok(r.messages.into_iter().map(|m| m.message).collect())
+    }
+
+    /// Posts the new device's request (`PUT`) or the opening device's answer (`POST`) to a
+    /// link slot.
+    pub async fn link_post(
+        &self,
+        address: &Address,
+        slot: &str,
+        answer: bool,
+        message: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let method = if answer { Method::POST } else { Method::PUT };
+        self.call(
+            self.req(method, &format!("/v1/link/{address}/{slot}"))
+                .json(&LinkMessage { message }),
+        )
+        .await
+        .map(drop)
     }
 
     /// The account's current devices (`GET /v1/devices`).

@@ -153,6 +153,10 @@ impl Online {
         let dir = &self.me.dir;
         let mut profile = dir.load()?;
         let mut keys = dir.unlock(&profile, passphrase)?;
+        let identity = keys
+            .identity
+            .clone()
+            .ok_or(ClientError::NoIdentity("changing the account's key"))?;
         let address = profile.address.clone();
         let mut resumed = false;
         let on_server = self.api.lookup(&address, None).await?.attestation;
@@ -185,19 +189,15 @@ impl Online {
         }
         let pending = keys.pending.take().expect("set above");
         let revoke = pending.revoke || revoke;
-        let binding = KeyBinding::create(
-            &address,
-            &keys.identity,
-            &pending.key.public(),
-            pending.created,
-        );
+        let binding =
+            KeyBinding::create(&address, &identity, &pending.key.public(), pending.created);
         let (att, log_index) = self.api.change_key(&binding, revoke).await?;
         // Newer than what the server had (after a restore from a backup that may be older
         // than what this profile last saw).
         let before = on_server
             .as_ref()
             .map_or(profile.attestation.version, |a| a.version);
-        if att.identity_key != keys.identity.public()
+        if att.identity_key != identity.public()
             || att.encryption_key != pending.key.public()
             || (att.version <= before && !resumed)
         {

@@ -32,6 +32,14 @@ pub struct KtFile {
     /// the newest.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub reported: std::collections::BTreeSet<u64>,
+    /// Our account's device keys (base64) in the newest device set this profile checked.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub devices: std::collections::BTreeSet<String>,
+    /// Device keys (base64) that left our account's set while this profile watched, or
+    /// that it removed: one listed again is reported (a server adding back a device the
+    /// user removed).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub removed: std::collections::BTreeSet<String>,
 }
 
 impl KtFile {
@@ -49,6 +57,8 @@ impl KtFile {
             serde_json::from_slice(&bytes).map_err(|e| format!("kt.json: {e}"))?;
         let mut file = Self {
             reported: serde_json::from_value(v["reported"].clone()).unwrap_or_default(),
+            devices: serde_json::from_value(v["devices"].clone()).unwrap_or_default(),
+            removed: serde_json::from_value(v["removed"].clone()).unwrap_or_default(),
             ..Self::default()
         };
         if let Some(domains) = v["domains"].as_object() {
@@ -84,7 +94,8 @@ impl KtFile {
 
     /// Saves, merged with what is on disk now (another process of this profile — the
     /// proxy's sync and submission, a CLI command — may have saved since this was loaded):
-    /// per domain the larger checkpoint, and every entry reported by either.
+    /// per domain the larger checkpoint, every entry reported and every device removed by
+    /// either, and this one's device set.
     pub fn save(&self, profile: &std::path::Path) -> Result<(), String> {
         let mut merged = self.clone();
         if let Ok(disk) = Self::load(profile) {
@@ -98,6 +109,10 @@ impl KtFile {
                 }
             }
             merged.reported.extend(disk.reported);
+            merged.removed.extend(disk.removed);
+            if merged.devices.is_empty() {
+                merged.devices = disk.devices;
+            }
         }
         merged.replace_on_disk(profile)
     }

@@ -5,6 +5,7 @@
 pub mod attached;
 mod blobs;
 pub mod cache;
+pub mod devices;
 pub mod dns;
 pub mod error;
 pub mod files;
@@ -66,11 +67,12 @@ pub async fn create_account(
     if !address.domain().eq_ignore_ascii_case(&info.domain) {
         return Err(ClientError::OtherDomain(address.clone(), info.domain));
     }
-    let keys = Keys::new(SigningKeypair::generate(), EncryptionKeypair::generate());
-    let binding = KeyBinding::create(address, &keys.identity, &keys.encryption.public(), now());
+    let identity = SigningKeypair::generate();
+    let keys = Keys::new(identity.clone(), EncryptionKeypair::generate());
+    let binding = KeyBinding::create(address, &identity, &keys.encryption.public(), now());
     let reg = api.register(&binding, invite).await?;
     if reg.domain_key != info.domain_key
-        || reg.attestation.identity_key != keys.identity.public()
+        || reg.attestation.identity_key != identity.public()
         || reg.attestation.encryption_key != keys.encryption.public()
     {
         return Err(ClientError::BadRegistration(address.clone()));
@@ -85,6 +87,7 @@ pub async fn create_account(
         domain: info.domain,
         domain_key: info.domain_key,
         attestation: reg.attestation,
+        device: None,
         keys: SealedKeys::seal(&keys, passphrase),
     };
     dir.save(&profile)?;
@@ -150,7 +153,7 @@ impl Unlocked {
         let keys = dir.unlock(&profile, passphrase)?;
         let cache = Arc::new(Cache::open(
             &dir.store_path(),
-            CacheKey::derive(&keys.identity),
+            CacheKey::derive(&keys.device),
         )?);
         Ok(Self {
             dir,
@@ -343,7 +346,7 @@ impl Unlocked {
     /// submission each have their own login).
     pub async fn connect_shared(me: Arc<Self>) -> Result<Online, ClientError> {
         let mut api = Api::new(&me.profile.server);
-        api.login(&me.profile.domain, &me.profile.address, &me.keys.identity)
+        api.login(&me.profile.domain, &me.profile.address, &me.keys.device)
             .await?;
         Ok(Online {
             me,
@@ -431,7 +434,7 @@ impl Online {
     pub async fn relogin(&mut self) -> Result<(), ClientError> {
         let p = &self.me.profile;
         self.api
-            .login(&p.domain, &p.address, &self.me.keys.identity)
+            .login(&p.domain, &p.address, &self.me.keys.device)
             .await
     }
 }

@@ -60,13 +60,41 @@ pub struct Profile {
     /// The domain key pinned when the account was created.
     pub domain_key: IdentityPublicKey,
     pub attestation: Attestation,
+    /// This device's certificate and binding, for a device linked to the account (`letterme
+    /// account join`); absent on the account's first device, whose device key is the
+    /// identity key and whose encryption key the attestation names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<letterme_protocol::device::Device>,
     pub keys: SealedKeys,
+}
+
+impl Profile {
+    /// This device's encryption key as the account's key lookup lists it.
+    pub fn encryption_key(&self) -> letterme_protocol::EncryptionPublicKey {
+        self.device
+            .as_ref()
+            .map_or(self.attestation.encryption_key, |d| {
+                d.binding.encryption_key
+            })
+    }
+
+    /// This device's key: it logs in and signs envelopes.
+    pub fn device_key(&self) -> IdentityPublicKey {
+        self.device
+            .as_ref()
+            .map_or(self.attestation.identity_key, |d| d.cert.device_key)
+    }
 }
 
 /// The unlocked private keys.
 #[derive(Debug)]
 pub struct Keys {
-    pub identity: SigningKeypair,
+    /// The account's identity key: on the device that created the account, which alone
+    /// certifies new devices (DECISIONS D83). `None` on a linked device.
+    pub identity: Option<SigningKeypair>,
+    /// This device's key: it logs in and signs envelopes. On the account's first device it
+    /// is the identity key.
+    pub device: SigningKeypair,
     pub encryption: EncryptionKeypair,
     /// Encryption keys this profile had before, newest first: they still open stored mail,
     /// and mail received until their `open_until`.
@@ -77,9 +105,22 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// The keys of an account's first device: its device key is the identity key.
     pub fn new(identity: SigningKeypair, encryption: EncryptionKeypair) -> Self {
         Self {
-            identity,
+            device: identity.clone(),
+            identity: Some(identity),
+            encryption,
+            retired: Vec::new(),
+            pending: None,
+        }
+    }
+
+    /// The keys of a device linked to an account: no identity key.
+    pub fn linked(device: SigningKeypair, encryption: EncryptionKeypair) -> Self {
+        Self {
+            identity: None,
+            device,
             encryption,
             retired: Vec::new(),
             pending: None,
@@ -141,7 +182,12 @@ pub struct PendingKey {
 
 #[derive(Serialize, Deserialize)]
 struct KeysPlain {
-    identity: String,
+    /// Absent on a linked device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<String>,
+    /// Absent on the account's first device: the identity key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
     encryption: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     retired: Vec<RetiredPlain>,
@@ -193,7 +239,13 @@ impl SealedKeys {
         let kek = derive(passphrase, &salt, params).expect("default argon2 params are valid");
         let plain = Zeroizing::new(
             serde_json::to_vec(&KeysPlain {
-                identity: b64::encode(&*keys.identity.secret_bytes()),
+                identity: keys
+                    .identity
+                    .as_ref()
+                    .map(|k| b64::encode(&*k.secret_bytes())),
+                device: (keys.identity.as_ref().map(SigningKeypair::public)
+                    != Some(keys.device.public()))
+                .then(|| b64::encode(&*keys.device.secret_bytes())),
                 encryption: secret(&keys.encryption),
                 retired: keys
                     .retired
@@ -260,7 +312,19 @@ impl SealedKeys {
                 .ok()?,
         );
         let k: KeysPlain = serde_json::from_slice(&plain).ok()?;
-        let id: Zeroizing<[u8; 32]> = Zeroizing::new(b64::decode_array(&k.identity)?);
+        let signing = |s: &str| {
+            let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(b64::decode_array(s)?);
+            Some(SigningKeypair::from_secret_bytes(&bytes))
+        };
+        let identity = match &k.identity {
+            Some(s) => Some(signing(s)?),
+            None => None,
+        };
+        let device = match (&k.device, &identity) {
+            (Some(s), _) => signing(s)?,
+            (None, Some(identity)) => identity.clone(),
+            (None, None) => return None,
+        };
         let retired = k
             .retired
             .iter()
@@ -284,7 +348,8 @@ impl SealedKeys {
             None => None,
         };
         Some(Keys {
-            identity: SigningKeypair::from_secret_bytes(&id),
+            identity,
+            device,
             encryption: enc_from(&k.encryption)?,
             retired,
             pending,
@@ -332,8 +397,13 @@ impl ProfileDir {
             .keys
             .open(passphrase)
             .ok_or_else(|| ClientError::WrongPassphrase(self.0.display().to_string()))?;
-        if keys.identity.public() != profile.attestation.identity_key
-            || keys.encryption.public() != profile.attestation.encryption_key
+        let identity_ok = keys
+            .identity
+            .as_ref()
+            .is_none_or(|k| k.public() == profile.attestation.identity_key);
+        if !identity_ok
+            || keys.device.public() != profile.device_key()
+            || keys.encryption.public() != profile.encryption_key()
         {
             return Err(ClientError::BadProfile(
                 self.file().display().to_string(),
@@ -376,9 +446,14 @@ mod tests {
         });
         let sealed = SealedKeys::seal(&keys, "correct horse");
         let json = serde_json::to_string(&sealed).unwrap();
-        assert!(!json.contains(&b64::encode(&*keys.identity.secret_bytes())));
+        let identity = keys.identity.as_ref().unwrap();
+        assert!(!json.contains(&b64::encode(&*identity.secret_bytes())));
         let opened = sealed.open("correct horse").unwrap();
-        assert_eq!(opened.identity.public(), keys.identity.public());
+        assert_eq!(
+            opened.identity.as_ref().map(SigningKeypair::public),
+            Some(identity.public())
+        );
+        assert_eq!(opened.device.public(), identity.public());
         assert_eq!(opened.encryption.public(), keys.encryption.public());
         assert_eq!(opened.retired.len(), 1);
         assert_eq!(opened.retired[0].key.public(), keys.retired[0].key.public());
@@ -388,5 +463,15 @@ mod tests {
         assert_eq!(opened.encryption_at(21).len(), 1);
         assert!(opened.made(&keys.retired[0].key.public()));
         assert!(sealed.open("wrong").is_none());
+    }
+
+    /// A linked device's keystore holds its device key and no identity key.
+    #[test]
+    fn a_linked_device_keeps_its_device_key_and_no_identity() {
+        let keys = Keys::linked(SigningKeypair::generate(), EncryptionKeypair::generate());
+        let opened = SealedKeys::seal(&keys, "pw").open("pw").unwrap();
+        assert!(opened.identity.is_none());
+        assert_eq!(opened.device.public(), keys.device.public());
+        assert_eq!(opened.encryption.public(), keys.encryption.public());
     }
 }

@@ -149,7 +149,7 @@ impl Online {
         // posted envelope names), so they do not count against the limits for a day.
         let posted = async {
             let envelopes = seal_message_except(
-                &self.me.keys.identity,
+                &self.me.keys.device,
                 as_blobs.as_ref().unwrap_or(&payload),
                 &draft.bcc,
                 &|a| keys.get(a).cloned().unwrap_or_default(),

@@ -69,6 +69,9 @@ impl Online {
     /// the log's proofs do not verify.
     pub async fn check_own_keys(&self) -> Result<Vec<KtAlert>, ClientError> {
         let p = &self.me.profile;
+        // The device set the newest entry names, checked against the log first (it saves
+        // the checkpoint it checked against).
+        let devices = self.verified_keys(&p.address).await?.devices;
         let mut file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
         let last = file
             .domains
@@ -82,12 +85,18 @@ impl Online {
         let (cp, entries) = kt::check_history(&p.address, &history, &domain_keys, last.as_ref())
             .map_err(ClientError::OwnLog)?;
         let keys = &self.me.keys;
-        // An entry naming a device set is one this profile never made (it has no devices
-        // yet): a server adding a device of its own is caught here.
+        // Ours: our identity key with a key this profile made. A linked device made no
+        // key of the account's: it knows the attested one, and entries from before devices
+        // (which came before it) it takes as they are. A device the server adds of its own
+        // is caught by the device set's check below, and by every lookup (each device is
+        // certified by the identity key, which the server never holds).
+        let linked = p.device.is_some();
         let made = |e: &letterme_protocol::kt::LogEntry| {
-            e.device_set.is_none()
-                && e.identity_key == keys.identity.public().0
-                && keys.made(&EncryptionPublicKey(e.encryption_key))
+            e.identity_key == p.attestation.identity_key.0
+                && (keys.made(&EncryptionPublicKey(e.encryption_key))
+                    || (linked
+                        && (e.device_set.is_none()
+                            || e.encryption_key == p.attestation.encryption_key.0)))
         };
         let newest = entries.last().map(|(i, _)| *i);
         let mut alerts = Vec::new();
@@ -121,6 +130,7 @@ impl Online {
         }
         if let Some((index, e)) = entries.last() {
             let in_use = e.encryption_key == keys.encryption.public().0
+                || (linked && e.encryption_key == p.attestation.encryption_key.0)
                 || keys
                     .pending
                     .as_ref()
@@ -136,6 +146,7 @@ impl Online {
                 });
             }
         }
+        alerts.extend(watch_devices(&mut file, p, &devices));
         file.remember(&p.domain, cp);
         file.save(&self.me.dir.0).map_err(ClientError::Io)?;
         Ok(alerts)
@@ -264,4 +275,55 @@ impl Online {
             witness: witness.map(|w| w.as_str().to_owned()),
         })
     }
+}
+
+/// Checks our account's current device set (verified against the log) against what this
+/// profile saw before: this device must be in it, and no device it saw removed may be back
+/// (each is certified by the identity key, so only a removed one can come back without the
+/// user). Remembers the set, and the devices that left it.
+fn watch_devices(
+    file: &mut kt::KtFile,
+    p: &crate::profile::Profile,
+    devices: &[letterme_protocol::device::Device],
+) -> Vec<KtAlert> {
+    let mut alerts = Vec::new();
+    if devices.is_empty() {
+        // An account of one device from before devices: nothing to watch.
+        return alerts;
+    }
+    let current: std::collections::BTreeSet<String> = devices
+        .iter()
+        .map(|d| d.cert.device_key.to_base64())
+        .collect();
+    if !current.contains(&p.device_key().to_base64()) {
+        alerts.push(KtAlert {
+            message: format!(
+                "this device is not among the devices of {} the log lists: it was removed \
+                 (by you on another device, or by your server)",
+                p.address
+            ),
+            first_time: true,
+        });
+    }
+    for d in devices {
+        let key = d.cert.device_key.to_base64();
+        if file.removed.contains(&key) {
+            alerts.push(KtAlert {
+                message: format!(
+                    "device {} of {} was removed and is listed again: a device key was added \
+                     back without you, so mail to you may be readable by whoever holds it; \
+                     contact your server's operator and remove it with `letterme device remove \
+                     {}`",
+                    d.id(),
+                    p.address,
+                    d.id()
+                ),
+                first_time: true,
+            });
+        }
+    }
+    let gone: Vec<String> = file.devices.difference(&current).cloned().collect();
+    file.removed.extend(gone);
+    file.devices = current;
+    alerts
 }

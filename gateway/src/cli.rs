@@ -70,6 +70,9 @@ pub enum Command {
     Queue(QueueArgs),
     /// Refuse mail from an address or a whole domain (`@example.com`), or list/undo that.
     Block(BlockArgs),
+    /// Your devices: link a new one with a one-time code, list them, remove one.
+    #[command(subcommand)]
+    Device(DeviceAction),
     /// Your encryption key: replace it (`rotate`), or replace it and stop trusting the old
     /// one at once (`revoke`). Both are recorded in your domain's key-transparency log.
     #[command(subcommand)]
@@ -101,6 +104,25 @@ pub enum KtAction {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceAction {
+    /// Show a one-time code (and its QR code) for a new machine, then wait for it: run
+    /// `letterme account join ADDRESS --code CODE` there within 10 minutes. Run this on
+    /// the device that created the account: it holds the identity key that certifies the
+    /// new device. With --json, prints `{"code": ...}` first, then the linked device.
+    Link(JsonFlag),
+    /// List the account's devices; the one you are on is marked.
+    List(JsonFlag),
+    /// Remove a device by its id (as `list` prints it): it stops receiving at once, and
+    /// mail sent from now on is not sealed to it.
+    Remove {
+        /// The device's id.
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
     },
 }
 
@@ -269,6 +291,21 @@ pub enum AccountCommand {
         /// Invite token, when the server registers by invitation.
         #[arg(long)]
         invite: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Make this machine a new device of ADDRESS, with the code `letterme device link`
+    /// shows on a device of the account. The new device's keys are made here; the code
+    /// works once, for 10 minutes.
+    Join {
+        /// The account's address, e.g. alice@example.com.
+        address: String,
+        /// The one-time code, e.g. 123456-ABCD-EFGH.
+        #[arg(long)]
+        code: String,
+        /// The server's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+        server: String,
         #[command(flatten)]
         json: JsonFlag,
     },

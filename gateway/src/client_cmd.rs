@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, bail};
 use letterme_client::attached::AttachedFile;
 use letterme_client::profile::ProfileDir;
-use letterme_client::{ClientError, Draft, Unlocked, mime};
+use letterme_client::{ClientError, Draft, Unlocked, devices, mime};
 use letterme_protocol::Address;
+use letterme_protocol::link::LinkCode;
 
 use crate::cli;
 use crate::output;
@@ -45,6 +46,48 @@ pub async fn account_create(
     let profile = letterme_client::create_account(&dir, &address, server, &pass, invite).await?;
     output::account_created(&dir, &profile, json);
     Ok(())
+}
+
+/// `letterme account join ADDRESS --code CODE`.
+pub async fn account_join(
+    dir: ProfileDir,
+    address: &str,
+    code: &str,
+    server: &str,
+    json: bool,
+) -> Result<()> {
+    let address = parse_address(address)?;
+    let code = LinkCode::parse(code)?;
+    if dir.exists() {
+        bail!(ClientError::ProfileExists(dir.0.display().to_string()));
+    }
+    let pass = new_passphrase()?;
+    if !json && std::io::stderr().is_terminal() {
+        eprintln!("waiting for the other device to confirm…");
+    }
+    let profile = devices::join_account(&dir, &address, server, &code, &pass).await?;
+    output::joined(&dir, &profile, json);
+    Ok(())
+}
+
+/// `letterme device link|list|remove`.
+pub async fn device(dir: ProfileDir, action: &cli::DeviceAction) -> Result<()> {
+    let online = unlock(dir)?.connect().await?;
+    match action {
+        cli::DeviceAction::List(json) => output::devices(&online.devices().await?, json.json),
+        cli::DeviceAction::Remove { id, json } => {
+            let after = online.remove_device(id).await?;
+            output::device_removed(id, &after, json.json);
+            Ok(())
+        }
+        cli::DeviceAction::Link(json) => {
+            let pending = online.open_link().await?;
+            output::link_code(&online.me.profile, &pending, json.json)?;
+            let device = online.complete_link(pending).await?;
+            output::device_linked(&device, json.json);
+            Ok(())
+        }
+    }
 }
 
 pub async fn send(dir: ProfileDir, args: &cli::SendArgs) -> Result<()> {

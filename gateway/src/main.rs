@@ -83,6 +83,13 @@ async fn run(cli: Cli) -> Result<()> {
             client_cmd::account_create(profile_dir, address, server, invite.as_deref(), json.json)
                 .await
         }
+        Command::Account(AccountCommand::Join {
+            address,
+            code,
+            server,
+            json,
+        }) => client_cmd::account_join(profile_dir, address, code, server, json.json).await,
+        Command::Device(action) => client_cmd::device(profile_dir, action).await,
         Command::Send(args) => client_cmd::send(profile_dir, args).await,
         Command::Sync(args) if args.watch => client_cmd::watch(profile_dir, args.json.json).await,
         Command::Sync(args) => client_cmd::sync(profile_dir, args.json.json).await,

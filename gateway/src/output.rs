@@ -4,9 +4,12 @@
 use std::path::Path;
 
 use anyhow::Result;
+use letterme_client::devices::PendingLink;
 use letterme_client::profile::{Profile, ProfileDir};
 use letterme_client::{AuditReport, KeyChange, Message, SendReport, SyncReport, Unlocked};
 use letterme_protocol::Address;
+use letterme_protocol::api::{DeviceInfo, DeviceList};
+use letterme_protocol::device::Device;
 use letterme_proxy::state::ProxyState;
 use letterme_server::init::Initialized;
 use letterme_server::store::{FederationRow, SmtpKind, SmtpRow};
@@ -48,6 +51,111 @@ pub fn account_created(dir: &ProfileDir, profile: &Profile, json: bool) {
             profile.attestation.identity_key.to_base64()
         );
         println!("domain key (pinned): {}", profile.domain_key.to_base64());
+    }
+}
+
+/// `letterme account join`.
+pub fn joined(dir: &ProfileDir, profile: &Profile, json: bool) {
+    let id = profile.device.as_ref().map(Device::id).unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "address": profile.address,
+                "server": profile.server,
+                "profile": dir.0,
+                "device": id,
+            })
+        );
+    } else {
+        println!(
+            "this machine is now device {id} of {} on {}",
+            profile.address, profile.server
+        );
+        println!("profile: {}", dir.0.display());
+        println!("it receives mail sent from now on; run `letterme sync` or `letterme proxy`");
+    }
+}
+
+/// `letterme device list`.
+pub fn devices(list: &[DeviceInfo], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(list)?);
+        return Ok(());
+    }
+    for d in list {
+        println!(
+            "{}  added {}{}",
+            d.id,
+            date(d.added),
+            if d.this { "  (this device)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// `letterme device remove ID`.
+pub fn device_removed(id: &str, after: &DeviceList, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "removed": id, "devices": after.devices, "index": after.index })
+        );
+    } else {
+        println!(
+            "removed device {id}: it receives nothing more ({} device{} left)",
+            after.devices.len(),
+            if after.devices.len() == 1 { "" } else { "s" }
+        );
+    }
+}
+
+/// `letterme device link`: the code, and its QR code on a terminal. Printed at once (the
+/// command then waits for the new device).
+pub fn link_code(profile: &Profile, pending: &PendingLink, json: bool) -> Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    let join = format!(
+        "letterme account join {} --code {} --server {}",
+        profile.address, pending.code, profile.server
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "code": pending.code.to_string(),
+                "expires": pending.expires,
+                "join": join,
+            })
+        );
+    } else {
+        println!("code: {}", pending.code);
+        println!("on the new machine, within 10 minutes:\n  {join}");
+        if std::io::stdout().is_terminal()
+            && let Ok(qr) = qrcode::QrCode::new(join.as_bytes())
+        {
+            use qrcode::render::unicode::Dense1x2;
+            let art = qr
+                .render::<Dense1x2>()
+                .dark_color(Dense1x2::Light)
+                .light_color(Dense1x2::Dark)
+                .build();
+            println!("{art}");
+        }
+        println!("waiting for the new machine…");
+    }
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// `letterme device link`, done.
+pub fn device_linked(device: &Device, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({ "linked": device.id() }));
+    } else {
+        println!(
+            "linked device {}: mail sent from now on reaches it too",
+            device.id()
+        );
     }
 }
 

@@ -23,6 +23,7 @@ pub mod federation;
 pub mod init;
 pub mod keyring;
 pub mod kt;
+pub mod link;
 pub mod listener;
 pub mod metrics;
 pub mod notice;

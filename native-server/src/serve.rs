@@ -203,6 +203,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         domain_key: domain_key.clone(),
         store: store.clone(),
         auth: auth::Auth::default(),
+        links: crate::link::LinkSlots::default(),
         clock: clock.clone(),
         metrics: Arc::new(metrics::Metrics::default()),
         federation: federation.as_ref().map(|(f, _)| f.clone()),

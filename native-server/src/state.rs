@@ -22,6 +22,8 @@ pub struct AppState {
     pub domain_key: SigningKeypair,
     pub store: Store,
     pub auth: Auth,
+    /// Device-linking exchanges in progress.
+    pub links: crate::link::LinkSlots,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub lookup_limit: RateLimiter<Address>,

@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod federation;
 pub mod keys;
 pub mod kt;
+pub mod link;
 pub mod net;
 pub mod verdict;
 

@@ -629,7 +629,7 @@ pub fn sealed_with_blobs(
     };
     letterme_protocol::envelope::seal(
         letterme_protocol::envelope::SignerKind::User,
-        &online.me.keys.identity,
+        &online.me.keys.device,
         &payload,
         &[(to.clone(), key)],
         now,

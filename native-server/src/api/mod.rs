@@ -13,6 +13,7 @@ mod blocks;
 mod devices;
 mod keys;
 mod kt;
+mod link;
 mod messages;
 mod outbound;
 pub mod peer;
@@ -79,6 +80,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keys/revoke", post(keys::revoke_key))
         .route("/v1/devices", get(devices::list).post(devices::add))
         .route("/v1/devices/{id}", delete(devices::remove))
+        .route("/v1/link", post(link::open))
+        .route(
+            "/v1/link/{address}/{slot}",
+            get(link::read).put(link::join).post(link::answer),
+        )
         .route(
             "/v1/messages",
             post(messages::send)

@@ -98,6 +98,10 @@ error_codes! {
     MessageTooLarge = "message_too_large",
     MethodNotAllowed = "method_not_allowed",
     MissingToken = "missing_token",
+    /// No such link slot: the code is wrong, expired, or used.
+    NoLink = "no_link",
+    /// A link slot whose new device's message was posted already: a code is used once.
+    LinkUsed = "link_used",
     NoMessage = "no_message",
     NoRecipients = "no_recipients",
     NotFound = "not_found",

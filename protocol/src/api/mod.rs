@@ -264,6 +264,40 @@ pub struct AddDevicesRequest {
     pub devices: Vec<crate::device::Device>,
 }
 
+/// A message of a device-linking exchange (`POST /v1/link`, `PUT /v1/link/{address}/{slot}`,
+/// `POST /v1/link/{address}/{slot}`): opaque to the server (PROTOCOL.md §6b).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkMessage {
+    #[serde(with = "crate::b64::bytes")]
+    pub message: Vec<u8>,
+}
+
+/// `POST /v1/link`, 201: the slot the code names, and when it closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkOpened {
+    pub slot: String,
+    pub expires: u64,
+}
+
+/// `GET /v1/link/{address}/{slot}?from=&wait=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkQuery {
+    /// The index of the first message wanted (0: the opening).
+    #[serde(default)]
+    pub from: usize,
+    /// Long poll: wait up to this many seconds (at most [`MAX_WAIT`]) for a message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<u64>,
+}
+
+/// `GET /v1/link/{address}/{slot}`, 200: the slot's messages from `from` on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkMessages {
+    pub messages: Vec<LinkMessage>,
+}
+
 // ---- messages --------------------------------------------------------------------------
 
 /// `POST /v1/messages`, 201 (the request is the envelope's bytes).

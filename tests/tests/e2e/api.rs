@@ -65,7 +65,7 @@ async fn token(online: &Online, url: &str) -> String {
     let challenge: [u8; 32] =
         letterme_protocol::b64::decode_array(c["challenge"].as_str().unwrap()).unwrap();
     let sig =
-        letterme_protocol::auth::sign_challenge(&online.me.keys.identity, "x.test", me, &challenge);
+        letterme_protocol::auth::sign_challenge(&online.me.keys.device, "x.test", me, &challenge);
     let t: Value = http
         .post(format!("{url}/v1/auth/token"))
         .json(&serde_json::json!({ "address": me, "challenge": c["challenge"], "signature": sig }))
@@ -169,7 +169,7 @@ async fn tampered_forged_and_replayed_envelopes_are_rejected() {
     let now = letterme_server::Clock::now(now);
     let good = seal(
         SignerKind::User,
-        &alice.me.keys.identity,
+        &alice.me.keys.device,
         &payload(&a, &b, "hi"),
         &[(b.clone(), bob_key)],
         now,
@@ -203,7 +203,7 @@ async fn tampered_forged_and_replayed_envelopes_are_rejected() {
     // Claiming another sender.
     let as_bob = seal(
         SignerKind::User,
-        &alice.me.keys.identity,
+        &alice.me.keys.device,
         &payload(&b, &b, "hi"),
         &[(b.clone(), bob_key)],
         now,
@@ -217,7 +217,7 @@ async fn tampered_forged_and_replayed_envelopes_are_rejected() {
     // A stale envelope (replay of something old with a fresh id would need a new signature).
     let stale = seal(
         SignerKind::User,
-        &alice.me.keys.identity,
+        &alice.me.keys.device,
         &payload(&a, &b, "hi"),
         &[(b.clone(), bob_key)],
         now - 3 * 86_400,
@@ -250,7 +250,7 @@ async fn tampered_forged_and_replayed_envelopes_are_rejected() {
     let carol = Address::parse("carol@x.test").unwrap();
     let to_unknown = seal(
         SignerKind::User,
-        &alice.me.keys.identity,
+        &alice.me.keys.device,
         &payload(&a, &carol, "hi"),
         &[(carol.clone(), bob_key), (b.clone(), bob_key)],
         now,
@@ -344,7 +344,7 @@ async fn a_tampered_envelope_among_genuine_ones_is_refused_alone() {
     for i in 0..12 {
         let mut env = seal(
             SignerKind::User,
-            &alice.me.keys.identity,
+            &alice.me.keys.device,
             &payload(&a, &b, &format!("message {i}")),
             &[(b.clone(), bob.me.keys.encryption.public())],
             now,
@@ -965,7 +965,7 @@ async fn a_message_that_repeats_or_hides_a_blob_is_refused() {
         };
         let env = seal(
             SignerKind::User,
-            &alice.me.keys.identity,
+            &alice.me.keys.device,
             &p,
             &[(bob_addr.clone(), key)],
             letterme_client::now(),

@@ -33,7 +33,7 @@ impl SecondDevice {
         let me = &owner.me;
         Device::create(
             &me.profile.address,
-            &me.keys.identity,
+            me.keys.identity.as_ref().unwrap(),
             &self.key,
             &self.encryption.public(),
             letterme_client::now(),
@@ -51,8 +51,8 @@ fn first_device(owner: &Online) -> Device {
     let me = &owner.me;
     Device::create(
         &me.profile.address,
-        &me.keys.identity,
-        &me.keys.identity,
+        me.keys.identity.as_ref().unwrap(),
+        &me.keys.device,
         &me.keys.encryption.public(),
         letterme_client::now(),
     )
@@ -108,7 +108,7 @@ async fn both_devices_get_one_envelope_kept_until_both_acknowledged() {
         .open(
             &alice.me.profile.address,
             &[&laptop.encryption],
-            &bob.me.keys.identity.public(),
+            &bob.me.keys.device.public(),
             &|_| false,
         )
         .unwrap();
@@ -202,4 +202,217 @@ async fn only_devices_the_identity_key_certified_are_added() {
         .await
         .unwrap();
     assert!(found.devices.is_empty());
+}
+
+/// `letterme device link --json` for `profile`, running: its first line is the code.
+struct Linking {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Linking {
+    fn start(profile: &std::path::Path) -> (Self, serde_json::Value) {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(letterme_tests::letterme_bin())
+            .args(["device", "link", "--json"])
+            .env("LETTERME_PROFILE", profile)
+            .env("LETTERME_PASSPHRASE", letterme_tests::PASSPHRASE)
+            .env_remove("LETTERME_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let shown = serde_json::from_str(&first).unwrap();
+        (Self { child, lines }, shown)
+    }
+
+    /// Its last line, once it ended, and whether it succeeded; its errors otherwise.
+    fn finish(mut self) -> (bool, String) {
+        use std::io::Read as _;
+        let rest: Vec<String> = self.lines.by_ref().map(Result::unwrap).collect();
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.success(), format!("{}{err}", rest.join("\n")))
+    }
+}
+
+fn join(
+    profile: &std::path::Path,
+    code: &str,
+    server: &letterme_tests::ServerProc,
+) -> std::process::Output {
+    letterme_tests::cli(
+        profile,
+        &[
+            "account",
+            "join",
+            "alice@x.test",
+            "--code",
+            code,
+            "--server",
+            &server.url,
+            "--json",
+        ],
+        None,
+    )
+}
+
+/// A second machine joins with the code the first shows: both get mail sent afterwards,
+/// each lists the devices, and removing the laptop ends its access. A wrong code and a
+/// used code change nothing.
+#[test]
+fn a_machine_joins_with_a_code_and_both_receive() {
+    use letterme_tests::world::{World, json};
+    use letterme_tests::{ServerProc, cli, ok, user_error};
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", "");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
+    let laptop = world.path().join("laptop");
+
+    // A wrong code: both sides say so, and nothing is made.
+    let (linking, shown) = Linking::start(&alice);
+    let code = shown["code"].as_str().unwrap().to_owned();
+    let wrong = format!("{}-AAAA-AAAA", &code[..6]);
+    let e = user_error(&join(&laptop, &wrong, &server));
+    assert!(e.contains("code is wrong"), "{e}");
+    let (linked, said) = linking.finish();
+    assert!(!linked && said.contains("another code"), "{said}");
+    assert!(!laptop.join("profile.json").exists());
+    let devices = json(&cli(&alice, &["device", "list", "--json"], None));
+    assert_eq!(devices.as_array().unwrap().len(), 1);
+
+    // The right code, once.
+    let (linking, shown) = Linking::start(&alice);
+    let code = shown["code"].as_str().unwrap().to_owned();
+    assert!(shown["join"].as_str().unwrap().contains(&code));
+    let joined = json(&join(&laptop, &code, &server));
+    let (linked, said) = linking.finish();
+    assert!(linked, "{said}");
+    let id = joined["device"].as_str().unwrap().to_owned();
+    assert!(said.contains(&id), "{said}");
+    let again = world.path().join("again");
+    let e = user_error(&join(&again, &code, &server));
+    assert!(
+        e.contains("used already") || e.contains("wrong or expired"),
+        "{e}"
+    );
+
+    // Both machines get bob's message, and each opens it.
+    ok(&cli(
+        &bob,
+        &[
+            "send",
+            "--to",
+            "alice@x.test",
+            "--subject",
+            "hello both",
+            "--body",
+            "b",
+        ],
+        None,
+    ));
+    for profile in [&alice, &laptop] {
+        let synced = json(&cli(profile, &["sync", "--json"], None));
+        assert_eq!(synced["fetched"], 1, "{synced}");
+        let list = json(&cli(profile, &["list", "--json"], None));
+        assert_eq!(list[0]["subject"], "hello both");
+    }
+    let seen = json(&cli(&laptop, &["device", "list", "--json"], None));
+    let this: Vec<&serde_json::Value> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["this"] == true)
+        .collect();
+    assert_eq!((seen.as_array().unwrap().len(), this.len()), (2, 1));
+    assert_eq!(this[0]["id"], id.as_str());
+    // The laptop holds no identity key: it cannot link another machine.
+    let e = user_error(&cli(&laptop, &["device", "link"], None));
+    assert!(e.contains("identity key"), "{e}");
+
+    // Removed, the laptop can no longer sync, and says why.
+    ok(&cli(&alice, &["device", "remove", &id], None));
+    let e = user_error(&cli(&laptop, &["sync"], None));
+    assert!(e.contains("removed"), "{e}");
+    ok(&cli(&alice, &["sync"], None));
+
+    // A server that adds the laptop back on its own, logged as it must be, is caught by
+    // the device that remains.
+    let mut server = server;
+    server.kill9();
+    add_back_behind_the_users_back(&server.data_dir.join("letterme.db"), &id);
+    server.restart();
+    let out = cli(&alice, &["sync", "--json"], None);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "device {id} of alice@x.test was removed and is listed again"
+        )),
+        "{said}"
+    );
+}
+
+/// What a dishonest server would do to read a removed device's mail again: mark it current
+/// and log a `DeviceAdd` naming the set with it, with the same proofs as any entry.
+fn add_back_behind_the_users_back(db: &std::path::Path, id: &str) {
+    use letterme_protocol::device::{device_id, set_digest};
+    use letterme_protocol::kt::{KeyOp, LogEntry};
+    let c = rusqlite::Connection::open(db).unwrap();
+    let rows: Vec<(i64, Vec<u8>)> = c
+        .prepare("SELECT id, device_key FROM devices WHERE account = 'alice@x.test'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let (row, _) = rows
+        .iter()
+        .find(|(_, k)| {
+            device_id(&letterme_protocol::IdentityPublicKey(
+                k.clone().try_into().unwrap(),
+            )) == id
+        })
+        .unwrap();
+    c.execute("UPDATE devices SET removed = NULL WHERE id = ?1", [row])
+        .unwrap();
+    let set: Vec<Device> = c
+        .prepare("SELECT statement FROM devices WHERE account = 'alice@x.test' AND removed IS NULL")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|s| serde_json::from_str(&s.unwrap()).unwrap())
+        .collect();
+    assert_eq!(set.len(), 2);
+    let (idx, label, last): (i64, Vec<u8>, Vec<u8>) = c
+        .query_row(
+            "SELECT idx, label, entry FROM kt_log ORDER BY idx DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let mut entry = LogEntry::decode(&last).unwrap();
+    assert_eq!(entry.op, KeyOp::DeviceRemove);
+    entry.op = KeyOp::DeviceAdd;
+    entry.device_set = Some(set_digest(&set));
+    entry.time += 1;
+    c.execute(
+        "INSERT INTO kt_log (idx, label, entry) VALUES (?1, ?2, ?3)",
+        rusqlite::params![idx + 1, label, entry.encode()],
+    )
+    .unwrap();
 }

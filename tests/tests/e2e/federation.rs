@@ -1363,7 +1363,7 @@ fn a_send_to_fifty_domains_is_stored_once_and_the_queue_caps_hold() {
             .collect();
         let env = letterme_protocol::envelope::seal(
             letterme_protocol::envelope::SignerKind::User,
-            &online.me.keys.identity,
+            &online.me.keys.device,
             &payload,
             &keys,
             now,

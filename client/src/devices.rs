@@ -1,0 +1,277 @@
+//! The account's devices (issue 18, DECISIONS D83): listing and removing them, and
+//! linking a new one with a one-time code (PROTOCOL.md §6b) — shown on the device holding
+//! the identity key (`letterme device link`), typed on the new machine (`letterme account
+//! join`).
+
+use letterme_protocol::api::{DeviceInfo, DeviceList, ErrorCode};
+use letterme_protocol::device::{Device, DeviceBinding, DeviceCert};
+use letterme_protocol::link::{
+    Channel, Exchange, JoinAnswer, JoinRequest, LINK_TTL, LinkCode, Linked, Side, WRONG_CODE,
+    join_message, split_join_message,
+};
+use letterme_protocol::{Address, EncryptionKeypair, SigningKeypair};
+
+use crate::http::Api;
+use crate::profile::{Keys, Profile, ProfileDir, SealedKeys};
+use crate::{ClientError, Online, now};
+
+/// Seconds one long poll of a link slot waits.
+const LINK_POLL: u64 = 25;
+
+/// A code shown and not yet used: [`Online::complete_link`] waits for the new device.
+#[derive(Debug)]
+pub struct PendingLink {
+    pub code: LinkCode,
+    /// When the code stops working (Unix seconds).
+    pub expires: u64,
+    exchange: Exchange,
+}
+
+/// A link slot's answer from index `from`, polled until one arrives or the code expires.
+async fn next_message(
+    api: &Api,
+    address: &Address,
+    slot: &str,
+    from: usize,
+    expires: u64,
+) -> Result<Vec<u8>, ClientError> {
+    loop {
+        match api.link_read(address, slot, from, LINK_POLL).await {
+            Ok(found) => {
+                if let Some(m) = found.into_iter().next() {
+                    return Ok(m);
+                }
+            }
+            Err(ClientError::Api {
+                code: ErrorCode::NoLink,
+                ..
+            }) => {
+                return Err(ClientError::Link(
+                    "the code is wrong or expired; show a new one with `letterme device link` \
+                     on a device of the account"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+        if now() >= expires {
+            return Err(ClientError::Link(
+                "the code expired before the other device answered".into(),
+            ));
+        }
+    }
+}
+
+impl Online {
+    /// The account's current devices.
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
+        Ok(self.api.devices().await?.devices)
+    }
+
+    /// Removes a device by its id (`letterme device list`): it stops receiving at once.
+    /// This profile remembers its key, so that the key listed again is reported.
+    pub async fn remove_device(&self, id: &str) -> Result<DeviceList, ClientError> {
+        let before = self.api.devices().await?.devices;
+        let after = self.api.remove_device(id).await?;
+        let dir = &self.me.dir.0;
+        let mut file = crate::kt::KtFile::load(dir).map_err(ClientError::Io)?;
+        file.removed.extend(
+            before
+                .iter()
+                .filter(|d| !after.devices.iter().any(|a| a.id == d.id))
+                .map(|d| d.device_key.to_base64()),
+        );
+        file.save(dir).map_err(ClientError::Io)?;
+        Ok(after)
+    }
+
+    /// Opens a link: the code to show the new device. Only the device holding the
+    /// identity key links, since it certifies the new device.
+    pub async fn open_link(&self) -> Result<PendingLink, ClientError> {
+        if self.me.keys.identity.is_none() {
+            return Err(ClientError::NoIdentity("linking a device"));
+        }
+        // The password is drawn here; the slot's number is the server's.
+        let address = &self.me.profile.address;
+        let code = LinkCode::generate();
+        let (exchange, first) = Exchange::start(Side::Existing, &code, address);
+        let opened = self.api.link_open(first).await?;
+        Ok(PendingLink {
+            code: code.with_slot(&opened.slot),
+            expires: opened.expires,
+            exchange,
+        })
+    }
+
+    /// Waits for the new device to use the code (until it expires), certifies its keys
+    /// with the identity key, adds it to the account and answers it. Returns the device.
+    pub async fn complete_link(&self, pending: PendingLink) -> Result<Device, ClientError> {
+        let me = &self.me;
+        let address = &me.profile.address;
+        let slot = pending.code.slot.clone();
+        let request = next_message(&self.api, address, &slot, 1, pending.expires).await?;
+        let (theirs, sealed) = split_join_message(&request)?;
+        let channel = pending.exchange.finish(theirs)?;
+        let join: JoinRequest = match channel.open(sealed) {
+            Ok(j) => j,
+            Err(e) => {
+                // The two sides used different codes: say so to the new device too.
+                let _ = self
+                    .api
+                    .link_post(address, &slot, true, WRONG_CODE.to_vec())
+                    .await;
+                return Err(ClientError::Link(format!(
+                    "{e}: the new device typed another code; nothing was changed — run `letterme \
+                     device link` again"
+                )));
+            }
+        };
+        let answer = self.certify(&join.binding).await;
+        let reply = match &answer {
+            Ok(linked) => JoinAnswer::Linked(Box::new(linked.clone())),
+            Err(e) => JoinAnswer::Refused {
+                reason: e.to_string(),
+            },
+        };
+        self.api
+            .link_post(address, &slot, true, channel.seal(&reply))
+            .await?;
+        answer.map(|l| l.device)
+    }
+
+    /// Certifies the new device's keys and adds it (with this device's own certificate,
+    /// the first time the account links one).
+    async fn certify(&self, binding: &DeviceBinding) -> Result<Linked, ClientError> {
+        let me = &self.me;
+        let address = &me.profile.address;
+        let identity = me
+            .keys
+            .identity
+            .as_ref()
+            .ok_or(ClientError::NoIdentity("linking a device"))?;
+        if &binding.address != address || binding.verify().is_err() {
+            return Err(ClientError::Link(
+                "the new device's keys are not bound to this address".into(),
+            ));
+        }
+        let t = now();
+        let device = Device {
+            cert: DeviceCert::create(address, identity, &binding.device_key, t),
+            binding: binding.clone(),
+        };
+        let mut adding = Vec::with_capacity(2);
+        let ours = identity.public();
+        let uncertified = self
+            .api
+            .devices()
+            .await?
+            .devices
+            .iter()
+            .any(|d| d.statement.is_none() && d.device_key == ours);
+        if uncertified {
+            adding.push(Device::create(
+                address,
+                identity,
+                identity,
+                &me.keys.encryption.public(),
+                t,
+            ));
+        }
+        adding.push(device.clone());
+        self.api.add_devices(&adding).await?;
+        Ok(Linked {
+            device,
+            domain: me.profile.domain.clone(),
+            domain_key: me.profile.domain_key,
+            attestation: me.profile.attestation.clone(),
+        })
+    }
+}
+
+/// `letterme account join`: makes a profile at `dir` for a new device of `address`, linked
+/// with the code another device of the account shows. The new device's keys are made here
+/// and never leave it; the identity key stays where it is.
+pub async fn join_account(
+    dir: &ProfileDir,
+    address: &Address,
+    server: &str,
+    code: &LinkCode,
+    passphrase: &str,
+) -> Result<Profile, ClientError> {
+    if dir.exists() {
+        return Err(ClientError::ProfileExists(dir.0.display().to_string()));
+    }
+    let api = Api::new(server);
+    let info = api.server_info().await?;
+    if !address.domain().eq_ignore_ascii_case(&info.domain) {
+        return Err(ClientError::OtherDomain(address.clone(), info.domain));
+    }
+    let expires = now() + LINK_TTL;
+    let first = next_message(&api, address, &code.slot, 0, expires).await?;
+    let (exchange, ours) = Exchange::start(Side::New, code, address);
+    let channel = exchange.finish(&first)?;
+    let device = SigningKeypair::generate();
+    let encryption = EncryptionKeypair::generate();
+    let binding = DeviceBinding::create(address, &device, &encryption.public(), now());
+    let request = channel.seal(&JoinRequest {
+        binding: binding.clone(),
+    });
+    match api
+        .link_post(address, &code.slot, false, join_message(&ours, &request))
+        .await
+    {
+        Err(ClientError::Api {
+            code: ErrorCode::LinkUsed,
+            ..
+        }) => {
+            return Err(ClientError::Link(
+                "this code was used already; show a new one with `letterme device link`".into(),
+            ));
+        }
+        other => other?,
+    }
+    let answer = next_message(&api, address, &code.slot, 2, expires).await?;
+    let linked = open_answer(&channel, &answer)?;
+    let d = &linked.device;
+    let att = &linked.attestation;
+    let checked = d.binding == binding
+        && &att.address == address
+        && linked.domain.eq_ignore_ascii_case(address.domain())
+        && att
+            .verify(address, &linked.domain, &linked.domain_key)
+            .is_ok()
+        && d.verify(address, &att.identity_key).is_ok();
+    if !checked {
+        return Err(ClientError::Link(
+            "the other device's answer does not verify; nothing was saved".into(),
+        ));
+    }
+    let profile = Profile {
+        version: 1,
+        address: address.clone(),
+        server: api.base().to_owned(),
+        domain: linked.domain.clone(),
+        domain_key: linked.domain_key,
+        attestation: linked.attestation.clone(),
+        device: Some(linked.device.clone()),
+        keys: SealedKeys::seal(&Keys::linked(device, encryption), passphrase),
+    };
+    dir.save(&profile)?;
+    Ok(profile)
+}
+
+fn open_answer(channel: &Channel, answer: &[u8]) -> Result<Linked, ClientError> {
+    if answer == WRONG_CODE {
+        return Err(ClientError::Link(
+            "the code is wrong: the other device could not read this one's request; nothing \
+             was changed"
+                .into(),
+        ));
+    }
+    match channel.open::<JoinAnswer>(answer)? {
+        JoinAnswer::Linked(linked) => Ok(*linked),
+        JoinAnswer::Refused { reason } => Err(ClientError::Link(format!(
+            "the other device refused: {reason}"
+        ))),
+    }
+}

@@ -205,13 +205,13 @@ async fn only_devices_the_identity_key_certified_are_added() {
 }
 
 /// `letterme device link --json` for `profile`, running: its first line is the code.
-struct Linking {
+pub(crate) struct Linking {
     child: std::process::Child,
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 }
 
 impl Linking {
-    fn start(profile: &std::path::Path) -> (Self, serde_json::Value) {
+    pub(crate) fn start(profile: &std::path::Path) -> (Self, serde_json::Value) {
         use std::io::BufRead as _;
         let mut child = std::process::Command::new(letterme_tests::letterme_bin())
             .args(["device", "link", "--json"])
@@ -230,7 +230,7 @@ impl Linking {
     }
 
     /// Its last line, once it ended, and whether it succeeded; its errors otherwise.
-    fn finish(mut self) -> (bool, String) {
+    pub(crate) fn finish(mut self) -> (bool, String) {
         use std::io::Read as _;
         let rest: Vec<String> = self.lines.by_ref().map(Result::unwrap).collect();
         let status = self.child.wait().unwrap();
@@ -250,12 +250,22 @@ fn join(
     code: &str,
     server: &letterme_tests::ServerProc,
 ) -> std::process::Output {
+    join_as(profile, "alice@x.test", code, server)
+}
+
+/// `letterme account join ADDRESS --code CODE --server URL --json` for `profile`.
+pub(crate) fn join_as(
+    profile: &std::path::Path,
+    address: &str,
+    code: &str,
+    server: &letterme_tests::ServerProc,
+) -> std::process::Output {
     letterme_tests::cli(
         profile,
         &[
             "account",
             "join",
-            "alice@x.test",
+            address,
             "--code",
             code,
             "--server",

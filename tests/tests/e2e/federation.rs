@@ -2178,3 +2178,54 @@ fn a_log_rewritten_behind_its_peers_back_is_caught_by_the_witness_and_audits() {
     let err = user_error(&w.cli(&bob, &["kt", "audit", "x.test"]));
     assert!(err.contains("x.test"), "{err}");
 }
+
+/// A user on another domain reaches both of alice's devices, in one envelope each device
+/// opens; the linked device's reply, signed by its own device key, verifies at bob's as
+/// alice's.
+#[test]
+fn another_domain_reaches_both_devices_and_a_linked_device_replies() {
+    let w = World::new(vec![]);
+    let a = w.server("a.test", "");
+    let b = w.server("b.test", "");
+    let alice = w.user(&a, "alice@a.test");
+    let bob = w.user(&b, "bob@b.test");
+    let laptop = w.path().join("alice-laptop");
+    let (linking, shown) = crate::devices::Linking::start(&alice);
+    let code = shown["code"].as_str().unwrap().to_owned();
+    ok(&crate::devices::join_as(&laptop, "alice@a.test", &code, &a));
+    let (linked, said) = linking.finish();
+    assert!(linked, "{said}");
+
+    ok(&w.cli(
+        &bob,
+        &[
+            "send",
+            "--to",
+            "alice@a.test",
+            "--subject",
+            "to both devices",
+            "--body",
+            "b",
+        ],
+    ));
+    for profile in [&alice, &laptop] {
+        let got = w.sync_until(profile, 1);
+        assert_eq!(got[0]["subject"], "to both devices");
+        assert_eq!(got[0]["signature_verified"], true);
+    }
+    ok(&w.cli(
+        &laptop,
+        &[
+            "send",
+            "--to",
+            "bob@b.test",
+            "--subject",
+            "from the laptop",
+            "--body",
+            "b",
+        ],
+    ));
+    let back = w.sync_until(&bob, 1);
+    assert_eq!(back[0]["from"], "alice@a.test");
+    assert_eq!(back[0]["subject"], "from the laptop");
+}

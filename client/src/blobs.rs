@@ -569,6 +569,7 @@ pub(crate) fn with_entity(payload: &Payload, entity: Vec<u8>, blobs: Vec<BlobRef
         legacy: payload.legacy.clone(),
         mime: Some(entity),
         blobs,
+        state: vec![],
     }
 }
 

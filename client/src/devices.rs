@@ -4,12 +4,16 @@
 //! join`).
 
 use letterme_protocol::api::{DeviceInfo, DeviceList, ErrorCode};
+use letterme_protocol::codec::hex;
 use letterme_protocol::device::{Device, DeviceBinding, DeviceCert};
+use letterme_protocol::envelope::{SignerKind, seal};
+use letterme_protocol::keys::random_bytes;
 use letterme_protocol::link::{
     Channel, Exchange, JoinAnswer, JoinRequest, LINK_TTL, LinkCode, Linked, Side, WRONG_CODE,
     join_message, split_join_message,
 };
-use letterme_protocol::{Address, EncryptionKeypair, SigningKeypair};
+use letterme_protocol::state::MAX_OPS;
+use letterme_protocol::{Address, EncryptionKeypair, EncryptionPublicKey, Payload, SigningKeypair};
 
 use crate::http::Api;
 use crate::profile::{Keys, Profile, ProfileDir, SealedKeys};
@@ -63,6 +67,58 @@ async fn next_message(
 }
 
 impl Online {
+    /// Sends this device's mailbox changes (its outbox) to the account's devices, in
+    /// envelopes sealed to the account (each current device a key wrap) of at most
+    /// `MAX_OPS` operations; each is taken out of the outbox once the server took it.
+    /// Returns how many operations went.
+    pub async fn push_state(&self) -> Result<usize, ClientError> {
+        let cache = &self.me.cache;
+        let me = &self.me.profile.address;
+        let mut sent = 0;
+        let mut keys = None;
+        while let Some((upto, ops)) = cache.outbox(MAX_OPS)? {
+            if ops.is_empty() {
+                cache.outbox_sent(upto)?;
+                continue;
+            }
+            let keys = match &keys {
+                Some(k) => k,
+                None => keys.insert(self.verified_keys(me).await?.encryption_keys()),
+            };
+            let n = ops.len();
+            let payload = Payload {
+                from: me.clone(),
+                to: vec![me.clone()],
+                cc: vec![],
+                bcc: vec![],
+                subject: String::new(),
+                body: String::new(),
+                headers: vec![],
+                date: now(),
+                message_id: format!("<{}@{}>", hex(&random_bytes::<16>()), me.domain()),
+                in_reply_to: None,
+                references: vec![],
+                legacy: None,
+                mime: None,
+                blobs: vec![],
+                state: ops,
+            };
+            let recipients: Vec<(Address, EncryptionPublicKey)> =
+                keys.iter().map(|k| (me.clone(), *k)).collect();
+            let env = seal(
+                SignerKind::User,
+                &self.me.keys.device,
+                &payload,
+                &recipients,
+                now(),
+            )?;
+            self.api.send(env.encode()).await?;
+            cache.outbox_sent(upto)?;
+            sent += n;
+        }
+        Ok(sent)
+    }
+
     /// The account's current devices.
     pub async fn devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
         Ok(self.api.devices().await?.devices)
@@ -82,6 +138,7 @@ impl Online {
                 .map(|d| d.device_key.to_base64()),
         );
         file.save(dir).map_err(ClientError::Io)?;
+        self.me.cache.set_in_step(after.devices.len() > 1);
         Ok(after)
     }
 
@@ -178,7 +235,17 @@ impl Online {
             ));
         }
         adding.push(device.clone());
-        self.api.add_devices(&adding).await?;
+        let now_listed = self.api.add_devices(&adding).await?;
+        // From now on this device's mailbox changes go to the new one too.
+        let dir = &me.dir.0;
+        let mut file = crate::kt::KtFile::load(dir).map_err(ClientError::Io)?;
+        file.devices = now_listed
+            .devices
+            .iter()
+            .map(|d| d.device_key.to_base64())
+            .collect();
+        file.save(dir).map_err(ClientError::Io)?;
+        me.cache.set_in_step(true);
         Ok(Linked {
             device,
             domain: me.profile.domain.clone(),

@@ -155,6 +155,11 @@ impl Unlocked {
             &dir.store_path(),
             CacheKey::derive(&keys.device),
         )?);
+        cache.set_device(&letterme_protocol::device::device_id(&keys.device.public()));
+        // Other devices to keep in step: a linked device has one at least; the first device
+        // knows from the device set it last checked.
+        let devices = kt::KtFile::load(&dir.0).map_or(0, |f| f.devices.len());
+        cache.set_in_step(profile.device.is_some() || devices > 1);
         Ok(Self {
             dir,
             profile,

@@ -226,6 +226,7 @@ mod tests {
             legacy: None,
             mime: None,
             blobs: vec![],
+            state: vec![],
         }
     }
 

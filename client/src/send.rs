@@ -108,6 +108,7 @@ impl Online {
             legacy: None,
             mime: None,
             blobs: vec![],
+            state: vec![],
         };
         // Large parts go as blobs (a server that takes none keeps them in the envelope, up
         // to its size limit); other domains' servers get them from ours (PROTOCOL.md §17.5a).

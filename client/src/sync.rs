@@ -39,6 +39,8 @@ const FETCH_BATCH_BYTES: u64 = 1 << 20;
 /// An envelope verified and opened on a worker thread.
 enum Opened {
     Rendered(NewMail),
+    /// Mailbox state from another device of the account (or this one's, coming back).
+    State(Vec<letterme_protocol::state::StateOp>),
     /// Names blobs: rendered without their bytes, then they are downloaded and kept.
     WithBlobs(Box<Payload>),
 }
@@ -110,6 +112,8 @@ pub struct SyncReport {
     pub refused: Vec<(String, String)>,
     /// Ids of the messages this sync stored.
     pub new_ids: Vec<String>,
+    /// Mailbox changes the account's other devices made, applied.
+    pub state_changes: usize,
     /// What the check of our own keys in the key-transparency log found amiss: a key this
     /// profile did not make, or a log that does not verify. Empty when all is well.
     pub kt_alerts: Vec<String>,
@@ -257,23 +261,35 @@ impl Online {
             let later = self.attachments != AttachmentDownload::WithMessage;
             let mut blob_limit = None;
             for ((entry, bytes), result) in fresh.into_iter().zip(opened) {
+                let mut state = Vec::new();
                 let result = match result {
-                    Ok((signer, Opened::Rendered(mail))) => Ok((signer, mail, false)),
+                    Ok((signer, Opened::State(ops))) => {
+                        state = ops;
+                        Ok((signer, None, false))
+                    }
+                    Ok((signer, Opened::Rendered(mail))) => Ok((signer, Some(mail), false)),
                     // Filed now, its blobs downloaded later (DECISIONS D76).
                     Ok((signer, Opened::WithBlobs(payload))) if later => self
                         .filed_for_later(&payload, &signer, entry.received, &mut blob_limit)
                         .await?
-                        .map(|mail| (signer, mail, true)),
+                        .map(|mail| (signer, Some(mail), true)),
                     Ok((signer, Opened::WithBlobs(payload))) => self
                         .fetch_blobs(*payload, &signer, entry.received)
                         .await?
-                        .map(|mail| (signer, mail, false)),
+                        .map(|mail| (signer, Some(mail), false)),
                     Err(reason) => Err(reason),
                 };
                 match result {
                     Ok((signer, mail, awaiting)) => {
+                        if mail.is_some() {
+                            report.fetched += 1;
+                            report.new_ids.push(entry.id.clone());
+                        } else {
+                            report.state_changes += state.len();
+                        }
                         accepted.push(Synced {
                             mail,
+                            state,
                             stored: Stored {
                                 id: entry.id.clone(),
                                 sender: entry.sender.clone(),
@@ -283,8 +299,6 @@ impl Online {
                             },
                             awaiting,
                         });
-                        report.fetched += 1;
-                        report.new_ids.push(entry.id.clone());
                     }
                     Err(reason) => {
                         tracing::warn!(id = %entry.id, sender = %entry.sender, %reason, "refused a message");
@@ -368,6 +382,11 @@ impl Online {
             }
         }
         report.kt_alerts = alerts.into_iter().map(|a| a.message).collect();
+        // This device's mailbox changes, for the others (a proxy sends them as they are
+        // made; here what is left over).
+        if let Err(e) = self.push_state().await {
+            tracing::warn!(error = %e, "cannot send mailbox changes to the other devices yet");
+        }
         Ok(report)
     }
 
@@ -395,6 +414,7 @@ impl Online {
             legacy: None,
             mime: None,
             blobs: vec![],
+            state: vec![],
         };
         let raw = render::outgoing(&payload)
             .ok_or_else(|| ClientError::Io("cannot write the alert message".into()))?;
@@ -570,6 +590,10 @@ impl Online {
                                     domain_keys,
                                     replayed,
                                 )?;
+                                if !payload.state.is_empty() {
+                                    return state_of(&self.me.profile.address, env, payload)
+                                        .map(|ops| (signer, Opened::State(ops)));
+                                }
                                 if !payload.blobs.is_empty() {
                                     return Ok((signer, Opened::WithBlobs(Box::new(payload))));
                                 }
@@ -662,6 +686,23 @@ impl Online {
         }
         Ok((signer, payload))
     }
+}
+
+/// The mailbox state an envelope carries: only from our own account, to it alone (an
+/// envelope another sender sealed cannot move our mail).
+fn state_of(
+    me: &Address,
+    env: &Envelope,
+    payload: Payload,
+) -> Result<Vec<letterme_protocol::state::StateOp>, String> {
+    let ours = &env.sender == me && env.recipients.iter().all(|r| &r.address == me);
+    if !ours || env.signer_kind != SignerKind::User {
+        return Err("mailbox state from another account".into());
+    }
+    if payload.state.len() > letterme_protocol::state::MAX_OPS {
+        return Err("more mailbox state operations than an envelope may carry".into());
+    }
+    Ok(payload.state)
 }
 
 #[cfg(test)]

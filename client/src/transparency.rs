@@ -69,9 +69,6 @@ impl Online {
     /// the log's proofs do not verify.
     pub async fn check_own_keys(&self) -> Result<Vec<KtAlert>, ClientError> {
         let p = &self.me.profile;
-        // The device set the newest entry names, checked against the log first (it saves
-        // the checkpoint it checked against).
-        let devices = self.verified_keys(&p.address).await?.devices;
         let mut file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
         let last = file
             .domains
@@ -146,9 +143,17 @@ impl Online {
                 });
             }
         }
-        alerts.extend(watch_devices(&mut file, p, &devices));
         file.remember(&p.domain, cp);
         file.save(&self.me.dir.0).map_err(ClientError::Io)?;
+        if entries.last().is_some_and(|(_, e)| e.device_set.is_some()) {
+            // The device set the newest entry names, as a lookup lists it and checked
+            // against the log (which saves the checkpoint it checked against).
+            let devices = self.verified_keys(&p.address).await?.devices;
+            let mut file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
+            alerts.extend(watch_devices(&mut file, p, &devices));
+            file.save(&self.me.dir.0).map_err(ClientError::Io)?;
+            self.me.cache.set_in_step(devices.len() > 1);
+        }
         Ok(alerts)
     }
 

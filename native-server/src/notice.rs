@@ -137,6 +137,7 @@ pub fn failure_notice(
         legacy: None,
         mime: None,
         blobs: vec![],
+        state: vec![],
     };
     let env = seal(
         SignerKind::Domain,

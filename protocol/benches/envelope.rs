@@ -23,6 +23,7 @@ fn payload(from: &Address, to: Vec<Address>) -> Payload {
         legacy: None,
         mime: None,
         blobs: vec![],
+        state: vec![],
     }
 }
 

@@ -163,6 +163,10 @@ pub struct Payload {
     /// envelope's header names the same ids, in this order, for the server.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blobs: Vec<BlobRef>,
+    /// Mailbox state for the sender's own devices (PROTOCOL.md §9.6): set only in an
+    /// envelope a device seals to its own account.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<crate::state::StateOp>,
 }
 
 /// A message received from classic email, sealed by the domain's inbound gateway.
@@ -771,6 +775,7 @@ mod tests {
             legacy: None,
             mime: None,
             blobs,
+            state: vec![],
         }
     }
 

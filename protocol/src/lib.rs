@@ -19,6 +19,7 @@ pub mod keys;
 pub mod kt;
 pub mod link;
 pub mod net;
+pub mod state;
 pub mod verdict;
 
 pub use address::{Address, AddressError};

@@ -44,6 +44,7 @@ fn payload(w: &World, subject: &str, body: &str) -> Payload {
         legacy: None,
         mime: None,
         blobs: vec![],
+        state: vec![],
     }
 }
 

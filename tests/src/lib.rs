@@ -626,6 +626,7 @@ pub fn sealed_with_blobs(
         legacy: None,
         mime,
         blobs,
+        state: vec![],
     };
     letterme_protocol::envelope::seal(
         letterme_protocol::envelope::SignerKind::User,

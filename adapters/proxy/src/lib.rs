@@ -141,6 +141,14 @@ impl Listeners {
                 }
             });
         }
+        let state = Unlocked::connect_shared(me.clone()).await?;
+        let mut stop_state = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = push_state_forever(state) => {}
+                _ = stop_state.wait_for(|s| *s) => {}
+            }
+        });
         let mut stop = stop;
         tokio::spawn(async move {
             tokio::select! {
@@ -182,6 +190,34 @@ async fn bind(addr: SocketAddr, side: Side) -> Result<TcpListener, ProxyError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| ProxyError::Bind { side, addr, source })
+}
+
+/// Sends what the mail clients change (flags, moves, deletions, folders) to the account's
+/// other devices as it is made (PROTOCOL.md §9.6); survives the server being away.
+pub async fn push_state_forever(mut online: Online) {
+    let mut changes = online.me.cache.changes();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        changes.borrow_and_update();
+        match online.push_state().await {
+            Ok(_) => backoff = Duration::from_secs(1),
+            Err(ClientError::Api { status: 401, .. }) => {
+                if let Err(e) = online.relogin().await {
+                    tracing::debug!(error = %e, "login failed");
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot send mailbox changes to the other devices yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_mins(1));
+                continue;
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Keeps the cache in step with the server (long poll); survives the server being away.

@@ -33,7 +33,7 @@ fn file_awaiting(proxy: &Proxy, ids: &[&str], content_type: &str) {
             envelope: id.as_bytes().to_vec(),
             signer_key: [0; 32],
         },
-        mail: letterme_client::cache::NewMail {
+        mail: Some(letterme_client::cache::NewMail {
             folder: "INBOX".into(),
             flags: vec![],
             internal_date: 1_700_000_000,
@@ -43,7 +43,8 @@ fn file_awaiting(proxy: &Proxy, ids: &[&str], content_type: &str) {
                 at,
                 blob: reference.clone(),
             }],
-        },
+        }),
+        state: vec![],
         awaiting: true,
     };
     let synced: Vec<Synced> = ids.iter().map(|id| synced(id)).collect();

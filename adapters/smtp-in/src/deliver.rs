@@ -119,6 +119,7 @@ pub async fn seal_and_store(
         references: vec![],
         mime: None,
         blobs: vec![],
+        state: vec![],
         legacy: Some(LegacyMail {
             raw,
             mail_from: msg.mail_from,

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use letterme_protocol::keys::random_bytes;
+use letterme_protocol::state::StateOp;
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
 use letterme_protocol::blob::Opener;
@@ -439,7 +440,11 @@ impl Cache {
                     continue;
                 }
             }
-            uids.push(self.file(&tx, f.id, mail).map_err(|e| self.err(e))?.0);
+            uids.push(
+                self.file(&tx, f.id, mail, &new_gid(), None)
+                    .map_err(|e| self.err(e))?
+                    .0,
+            );
         }
         tx.commit().map_err(|e| self.err(e))?;
         drop(c);
@@ -447,12 +452,15 @@ impl Cache {
         Ok((f.uidvalidity, uids))
     }
 
-    /// Files `mail` in `folder`: its UID and its content's id.
+    /// Files `mail` in `folder` as placement `gid`, its content brought by envelope
+    /// `origin` (none: made here): its UID and its content's id.
     fn file(
         &self,
         tx: &Transaction<'_>,
         folder: i64,
         mail: &NewMail,
+        gid: &str,
+        origin: Option<&str>,
     ) -> rusqlite::Result<(u32, i64)> {
         let id = next_content_id(tx)?;
         let (nonce, data) = self.key.seal(id, Part::Whole, &mail.raw);
@@ -467,8 +475,8 @@ impl Cache {
             (Some(n.to_vec()), Some(p))
         };
         tx.prepare_cached(
-            "INSERT INTO contents (id, nonce, data, head_nonce, head, pieces_nonce, pieces)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO contents (id, nonce, data, head_nonce, head, pieces_nonce, pieces, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
             id,
@@ -477,13 +485,14 @@ impl Cache {
             head_nonce.as_slice(),
             head,
             pieces_nonce,
-            pieces
+            pieces,
+            origin
         ])?;
         let (uid, modseq) = next_uid(tx, folder)?;
         let hash = mail.message_id.as_deref().map(|m| self.key.msgid_hash(m));
         tx.prepare_cached(
-            "INSERT INTO mail (folder, uid, content, flags, internal_date, size, msgid_hash, modseq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO mail (folder, uid, content, flags, internal_date, size, msgid_hash, modseq, gid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(params![
                 folder,
@@ -493,7 +502,8 @@ impl Cache {
                 mail.internal_date,
                 mail.size() as i64,
                 hash,
-                modseq as i64
+                modseq as i64,
+                gid
             ],
         )?;
         Ok((uid, id))
@@ -518,9 +528,13 @@ impl Cache {
                     stmt.execute(params![s.id, s.sender, s.received as i64, now as i64, s.envelope, s.signer_key.as_slice()])
                 })
                 .map_err(|e| self.err(e))?;
+            if inserted == 1 && !item.state.is_empty() {
+                self.apply_ops(&tx, &item.state).map_err(|e| self.err(e))?;
+            }
             if inserted == 1
+                && let Some(mail) = &item.mail
                 && let Some(content) = self
-                    .file_rendered(&tx, &s.id, &item.mail)
+                    .file_rendered(&tx, &s.id, mail)
                     .map_err(|e| self.err(e))?
                 && item.awaiting
             {
@@ -567,8 +581,11 @@ impl Cache {
                 |f| Ok(Some(f.id)),
             )?
             .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-        self.file(tx, folder, mail)
-            .map(|(_, content)| Some(content))
+        // Its placement's id is the envelope's, on every device of the account; operations
+        // about it that came first apply now.
+        let (_, content) = self.file(tx, folder, mail, envelope_id, Some(envelope_id))?;
+        self.place_copies_of(tx, envelope_id)?;
+        Ok(Some(content))
     }
 
     /// The contents filed before their blobs were downloaded, oldest first, each with
@@ -731,7 +748,9 @@ impl Cache {
         let tx = c.transaction().map_err(|e| self.err(e))?;
         {
             let mut get = tx
-                .prepare_cached("SELECT flags, modseq FROM mail WHERE folder = ?1 AND uid = ?2")
+                .prepare_cached(
+                    "SELECT flags, modseq, gid FROM mail WHERE folder = ?1 AND uid = ?2",
+                )
                 .map_err(|e| self.err(e))?;
             let mut set = tx
                 .prepare_cached(
@@ -739,9 +758,13 @@ impl Cache {
                 )
                 .map_err(|e| self.err(e))?;
             for &uid in uids {
-                let Some((text, modseq)) = get
+                let Some((text, modseq, gid)) = get
                     .query_row(params![folder, uid], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)? as u64,
+                            r.get::<_, Option<String>>(2)?,
+                        ))
                     })
                     .optional()
                     .map_err(|e| self.err(e))?
@@ -765,6 +788,18 @@ impl Cache {
                 let modseq = bump(&tx, folder).map_err(|e| self.err(e))?;
                 set.execute(params![folder, uid, new, modseq as i64])
                     .map_err(|e| self.err(e))?;
+                if let Some(gid) = gid {
+                    let (before, after) = (flags_vec(&text), flags_vec(&new));
+                    for (flag, on) in flag_changes(&before, &after) {
+                        self.emit(&tx, |stamp| StateOp::Flag {
+                            gid: gid.clone(),
+                            flag,
+                            on,
+                            stamp,
+                        })
+                        .map_err(|e| self.err(e))?;
+                    }
+                }
                 out.stored.push(StoredFlags {
                     uid,
                     flags: flags_vec(&new),
@@ -794,30 +829,84 @@ impl Cache {
         let target = self.need_folder(&c, to)?;
         let tx = c.transaction().map_err(|e| self.err(e))?;
         let mut pairs = Vec::with_capacity(uids.len());
+        // A move keeps each placement's id (set once the source is gone); a copy is a
+        // placement of its own.
+        let mut gids = Vec::with_capacity(uids.len());
         for &uid in uids {
-            let row: Option<(i64, String, i64, i64, Option<String>)> = tx
+            let row = tx
                 .query_row(
-                    "SELECT content, flags, internal_date, size, msgid_hash FROM mail WHERE folder = ?1 AND uid = ?2",
+                    "SELECT m.content, m.flags, m.internal_date, m.size, m.msgid_hash, m.gid, c.origin
+                       FROM mail m JOIN contents c ON c.id = m.content WHERE m.folder = ?1 AND m.uid = ?2",
                     params![from, uid],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                    |r| {
+                        Ok(Placed {
+                            content: r.get(0)?,
+                            flags: r.get(1)?,
+                            date: r.get(2)?,
+                            size: r.get(3)?,
+                            hash: r.get(4)?,
+                            gid: r.get(5)?,
+                            origin: r.get(6)?,
+                        })
+                    },
                 )
                 .optional()
                 .map_err(|e| self.err(e))?;
-            let Some((content, flags, date, size, hash)) = row else {
+            let Some(Placed {
+                content,
+                flags,
+                date,
+                size,
+                hash,
+                gid,
+                origin,
+            }) = row
+            else {
                 continue;
             };
             let (new, modseq) = next_uid(&tx, target.id).map_err(|e| self.err(e))?;
+            let new_id = if remove_source { None } else { Some(new_gid()) };
             tx.execute(
-                "INSERT INTO mail (folder, uid, content, flags, internal_date, size, msgid_hash, modseq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![target.id, new, content, flags, date, size, hash, modseq as i64],
+                "INSERT INTO mail (folder, uid, content, flags, internal_date, size, msgid_hash, modseq, gid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![target.id, new, content, flags, date, size, hash, modseq as i64, new_id],
             )
             .map_err(|e| self.err(e))?;
             pairs.push((uid, new));
+            gids.push((new, gid, new_id, origin, flags));
         }
         if remove_source {
             let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
             remove(&tx, &self.key, from, &moved).map_err(|e| self.err(e))?;
+        }
+        for (new, gid, copy, origin, flags) in gids {
+            match (copy, gid, origin) {
+                (None, Some(gid), _) => {
+                    tx.execute(
+                        "UPDATE mail SET gid = ?3 WHERE folder = ?1 AND uid = ?2",
+                        params![target.id, new, gid],
+                    )
+                    .map_err(|e| self.err(e))?;
+                    self.emit(&tx, |stamp| StateOp::Move {
+                        gid,
+                        folder: target.name.clone(),
+                        stamp,
+                    })
+                    .map_err(|e| self.err(e))?;
+                }
+                // A copy of content the other devices hold: they make it too.
+                (Some(gid), _, Some(content)) => {
+                    self.emit(&tx, |stamp| StateOp::Place {
+                        gid,
+                        content,
+                        folder: target.name.clone(),
+                        flags: flags_vec(&flags),
+                        stamp,
+                    })
+                    .map_err(|e| self.err(e))?;
+                }
+                _ => {}
+            }
         }
         tx.commit().map_err(|e| self.err(e))?;
         drop(c);
@@ -857,6 +946,19 @@ impl Cache {
         };
         if gone.is_empty() {
             return Ok(gone);
+        }
+        for &uid in &gone {
+            let gid: Option<String> = tx
+                .query_row(
+                    "SELECT gid FROM mail WHERE folder = ?1 AND uid = ?2",
+                    params![folder, uid],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            if let Some(gid) = gid {
+                self.emit(&tx, |stamp| StateOp::Remove { gid, stamp })
+                    .map_err(|e| self.err(e))?;
+            }
         }
         remove(&tx, &self.key, folder, &gone).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
@@ -971,7 +1073,7 @@ fn fill(rest: &[u8], pieces: &[Piece]) -> (Vec<u8>, Vec<std::ops::Range<usize>>)
 }
 
 /// The next UID of a folder and the MODSEQ of its arrival.
-fn next_uid(tx: &Transaction<'_>, folder: i64) -> rusqlite::Result<(u32, u64)> {
+pub(super) fn next_uid(tx: &Transaction<'_>, folder: i64) -> rusqlite::Result<(u32, u64)> {
     tx.prepare_cached(
         "UPDATE folders SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1
          WHERE id = ?1 RETURNING uidnext - 1, highestmodseq",
@@ -994,7 +1096,7 @@ fn next_content_id(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
 }
 
 /// The next MODSEQ of a folder (RFC 7162 §3.1: every change gets a higher one).
-fn bump(tx: &Transaction<'_>, folder: i64) -> rusqlite::Result<u64> {
+pub(super) fn bump(tx: &Transaction<'_>, folder: i64) -> rusqlite::Result<u64> {
     tx.query_row(
         "UPDATE folders SET highestmodseq = highestmodseq + 1 WHERE id = ?1 RETURNING highestmodseq",
         [folder],
@@ -1117,4 +1219,36 @@ fn drop_unneeded_chunks(
         drop.execute([blob])?;
     }
     Ok(())
+}
+
+/// A new placement id (a copy, a message filed here).
+pub(super) fn new_gid() -> String {
+    letterme_protocol::codec::hex(&letterme_protocol::keys::random_bytes::<16>())
+}
+
+/// The flags set and cleared between two sets (`\Recent` is no one's to keep in step).
+fn flag_changes(before: &[String], after: &[String]) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for f in after {
+        if !has_flag(before, f) && !f.eq_ignore_ascii_case("\\Recent") {
+            out.push((f.clone(), true));
+        }
+    }
+    for f in before {
+        if !has_flag(after, f) && !f.eq_ignore_ascii_case("\\Recent") {
+            out.push((f.clone(), false));
+        }
+    }
+    out
+}
+
+/// A placement as a copy or a move reads it.
+struct Placed {
+    content: i64,
+    flags: String,
+    date: i64,
+    size: i64,
+    hash: Option<String>,
+    gid: Option<String>,
+    origin: Option<String>,
 }

@@ -15,6 +15,7 @@
 
 mod key;
 mod messages;
+mod state;
 #[cfg(test)]
 mod tests;
 pub mod utf7;
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::error::ClientError;
 use crate::mailbox::{Stored, open_db};
+use letterme_protocol::state::StateOp;
 
 pub use key::CacheKey;
 pub use messages::{
@@ -89,7 +91,7 @@ enum Step {
 }
 
 /// Schema steps after [`SCHEMA`], by `PRAGMA user_version` (step i takes version i to i+1).
-const MIGRATIONS: [Step; 7] = [
+const MIGRATIONS: [Step; 8] = [
     // 1: MODSEQ per message and mailbox, expunge tombstones, \Recent, subscriptions apart from
     // mailboxes, and a UIDVALIDITY counter that outlives deleted mailboxes.
     Step::Sql(
@@ -159,6 +161,25 @@ const MIGRATIONS: [Step; 7] = [
     Step::Sql(
         "
     INSERT INTO counters (name, value) SELECT 'content', COALESCE(MAX(id), 0) FROM contents;
+    ",
+    ),
+    // 8: mailbox state in step across devices (issue 18, `state`): each placement's id all
+    // devices share, each content's envelope, last-writer-wins registers, the outbox of
+    // this device's operations, and a Lamport clock. Placements from before get ids of
+    // their own.
+    Step::Sql(
+        "
+    ALTER TABLE mail ADD COLUMN gid TEXT;
+    UPDATE mail SET gid = lower(hex(randomblob(16)));
+    CREATE UNIQUE INDEX mail_gid ON mail (gid);
+    ALTER TABLE contents ADD COLUMN origin TEXT;
+    CREATE INDEX contents_origin ON contents (origin);
+    CREATE TABLE registers (
+        key TEXT NOT NULL, attr TEXT NOT NULL, clock INTEGER NOT NULL, device TEXT NOT NULL,
+        value TEXT, PRIMARY KEY (key, attr)) WITHOUT ROWID;
+    CREATE INDEX registers_content ON registers (attr, value);
+    CREATE TABLE state_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL);
+    INSERT INTO counters (name, value) VALUES ('clock', 0);
     ",
     ),
 ];
@@ -259,7 +280,10 @@ pub struct Piece {
 #[derive(Debug, Clone)]
 pub struct Synced {
     pub stored: Stored,
-    pub mail: NewMail,
+    /// The message to file; none for an envelope that carries only mailbox state.
+    pub mail: Option<NewMail>,
+    /// Mailbox state from the account's other devices (PROTOCOL.md §9.6).
+    pub state: Vec<letterme_protocol::state::StateOp>,
     /// Filed before its pieces' blobs are kept: served with their places filled until they
     /// are, and not to be acknowledged before.
     pub awaiting: bool,
@@ -273,6 +297,10 @@ pub struct Cache {
     path: PathBuf,
     changes: watch::Sender<u64>,
     checkpoints: Checkpointer,
+    /// This device's id, in the stamps of its operations ([`Cache::set_device`]).
+    device: std::sync::OnceLock<String>,
+    /// Whether operations are recorded for other devices ([`Cache::set_in_step`]).
+    in_step: std::sync::atomic::AtomicBool,
 }
 
 /// Normalises a mailbox name: INBOX is case-insensitive (RFC 3501 §5.1).
@@ -359,6 +387,8 @@ impl Cache {
             path: path.to_owned(),
             changes: watch::channel(0).0,
             checkpoints,
+            device: std::sync::OnceLock::new(),
+            in_step: std::sync::atomic::AtomicBool::new(false),
         };
         Ok(cache)
     }
@@ -420,14 +450,22 @@ impl Cache {
                     .ok_or_else(|| MailboxError::UnsupportedUse(s.to_owned()))?,
             ),
         };
-        let c = self.lock();
+        let mut c = self.lock();
         if folder_by_name(&c, &name)
             .map_err(|e| self.err(e))?
             .is_some()
         {
             return Err(MailboxError::AlreadyExists(name));
         }
-        insert_folder(&c, &name, special).map_err(|e| self.err(e))?;
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        insert_folder(&tx, &name, special).map_err(|e| self.err(e))?;
+        self.emit(&tx, |stamp| StateOp::CreateFolder {
+            name,
+            special: special.map(str::to_owned),
+            stamp,
+        })
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
         drop(c);
         self.changed();
         Ok(())
@@ -459,6 +497,9 @@ impl Cache {
             return Err(MailboxError::AlreadyExists(to));
         }
         let tx = c.transaction().map_err(|e| self.err(e))?;
+        // For the other devices: each folder made under its new name, its messages moved
+        // there, the old name deleted.
+        let names = state::renamed(&tx, &f.name, &to).map_err(|e| self.err(e))?;
         // The mailbox itself and every name under it, in folders and in subscriptions (where
         // an old subscription to a new name gives way).
         for (table, verb) in [
@@ -473,6 +514,38 @@ impl Cache {
                 params![f.name, prefix, to],
             )
             .map_err(|e| self.err(e))?;
+        }
+        if self.in_step() {
+            for (old, new) in names {
+                let special: Option<String> = tx
+                    .query_row("SELECT special FROM folders WHERE name = ?1", [&new], |r| {
+                        r.get(0)
+                    })
+                    .map_err(|e| self.err(e))?;
+                self.emit(&tx, |stamp| StateOp::CreateFolder {
+                    name: new.clone(),
+                    special,
+                    stamp,
+                })
+                .map_err(|e| self.err(e))?;
+                let gids: Vec<String> = tx
+                    .prepare(
+                        "SELECT m.gid FROM mail m JOIN folders f ON f.id = m.folder
+                          WHERE f.name = ?1 AND m.gid IS NOT NULL",
+                    )
+                    .and_then(|mut s| s.query_map([&new], |r| r.get(0))?.collect())
+                    .map_err(|e| self.err(e))?;
+                for gid in gids {
+                    self.emit(&tx, |stamp| StateOp::Move {
+                        gid,
+                        folder: new.clone(),
+                        stamp,
+                    })
+                    .map_err(|e| self.err(e))?;
+                }
+                self.emit(&tx, |stamp| StateOp::DeleteFolder { name: old, stamp })
+                    .map_err(|e| self.err(e))?;
+            }
         }
         tx.commit().map_err(|e| self.err(e))?;
         drop(c);
@@ -494,6 +567,11 @@ impl Cache {
             .map_err(|e| self.err(e))?;
         tx.execute("DELETE FROM folders WHERE id = ?1", [f.id])
             .map_err(|e| self.err(e))?;
+        self.emit(&tx, |stamp| StateOp::DeleteFolder {
+            name: f.name.clone(),
+            stamp,
+        })
+        .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         drop(c);
         self.changed();

@@ -456,7 +456,8 @@ fn a_message_awaiting_its_blob_reads_filled_then_whole_or_is_withdrawn() {
                 envelope: id.as_bytes().to_vec(),
                 signer_key: [0; 32],
             },
-            mail: m,
+            mail: Some(m),
+            state: vec![],
             awaiting,
         }
     };
@@ -564,11 +565,12 @@ fn commits_are_checkpointed_beside_them_and_the_wal_stays_small() {
                     envelope: body.as_bytes().to_vec(),
                     signer_key: [0; 32],
                 },
-                mail: mail(
+                mail: Some(mail(
                     "INBOX",
                     &format!("Subject: {n} {i}\r\n\r\n{body}\r\n"),
                     None,
-                ),
+                )),
+                state: vec![],
                 awaiting: false,
             })
             .collect()
@@ -653,6 +655,7 @@ fn a_blobs_chunks_go_with_the_last_message_that_needs_them() {
         legacy: None,
         mime: None,
         blobs: vec![reference.clone()],
+        state: vec![],
     };
     let envelope = letterme_protocol::envelope::seal(
         letterme_protocol::envelope::SignerKind::User,
@@ -671,7 +674,8 @@ fn a_blobs_chunks_go_with_the_last_message_that_needs_them() {
                 envelope: envelope.encode(),
                 signer_key: [0; 32],
             },
-            mail: placed(&reference, "INBOX"),
+            mail: Some(placed(&reference, "INBOX")),
+            state: vec![],
             awaiting: false,
         }],
         1,
@@ -709,4 +713,178 @@ fn a_write_waits_for_another_connections_write() {
     c.append(&mail("Sent", "Subject: x\r\n\r\nx", Some("<wait@x>")))
         .unwrap();
     holder.join().unwrap();
+}
+
+/// Two devices' caches: what one device's mail clients change reaches the other through
+/// the operations its outbox holds, whatever order they come in; concurrent changes end
+/// the same on both (last writer wins, by clock and then device id).
+mod in_step {
+    use super::*;
+
+    fn device(dir: &tempfile::TempDir, id: &str) -> Cache {
+        let c = cache(dir);
+        c.set_device(id);
+        c.set_in_step(true);
+        c
+    }
+
+    fn received(id: &str, raw: &str) -> Synced {
+        Synced {
+            stored: Stored {
+                id: id.into(),
+                sender: "bob@x.test".into(),
+                received: 1,
+                envelope: id.as_bytes().to_vec(),
+                signer_key: [0; 32],
+            },
+            mail: Some(mail("INBOX", raw, None)),
+            state: vec![],
+            awaiting: false,
+        }
+    }
+
+    /// The outbox of `from`, emptied, as the envelope `id` carries it.
+    fn ops_of(from: &Cache, id: &str) -> Synced {
+        let (upto, ops) = from.outbox(1000).unwrap().unwrap();
+        from.outbox_sent(upto).unwrap();
+        Synced {
+            stored: Stored {
+                id: id.into(),
+                sender: "alice@x.test".into(),
+                received: 2,
+                envelope: id.as_bytes().to_vec(),
+                signer_key: [0; 32],
+            },
+            mail: None,
+            state: ops,
+            awaiting: false,
+        }
+    }
+
+    /// (folder name, flags) of each message, by folder then uid.
+    fn view(c: &Cache) -> Vec<(String, Vec<String>)> {
+        let mut out = Vec::new();
+        for f in c.folders().unwrap() {
+            for m in c.messages(f.id).unwrap() {
+                let mut flags = m.flags.clone();
+                flags.sort();
+                out.push((f.name.clone(), flags));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn flags_moves_deletions_and_folders_reach_the_other_device() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (device(&da, "aaaa"), device(&db, "bbbb"));
+        for c in [&a, &b] {
+            c.commit_synced(
+                &[
+                    received("e1", "Subject: one\r\n\r\n1\r\n"),
+                    received("e2", "Subject: two\r\n\r\n2\r\n"),
+                ],
+                1,
+            )
+            .unwrap();
+        }
+        // Nothing was recorded for mail as received: every device files it alike.
+        assert!(a.outbox(10).unwrap().is_none());
+        let inbox = a.folder("INBOX").unwrap().unwrap();
+        let uids: Vec<u32> = a
+            .messages(inbox.id)
+            .unwrap()
+            .iter()
+            .map(|m| m.uid)
+            .collect();
+        a.store_flags(
+            inbox.id,
+            &uids[..1],
+            FlagOp::Add,
+            &["\\Seen".into(), "$work".into()],
+            None,
+        )
+        .unwrap();
+        a.create_folder("Projects", None).unwrap();
+        a.copy(inbox.id, &uids[..1], "Archive", true).unwrap();
+        a.store_flags(
+            inbox.id,
+            &uids[1..],
+            FlagOp::Add,
+            &["\\Deleted".into()],
+            None,
+        )
+        .unwrap();
+        a.expunge_deleted(inbox.id, None).unwrap();
+        let sent = ops_of(&a, "s1");
+        b.commit_synced(std::slice::from_ref(&sent), 2).unwrap();
+        assert_eq!(view(&b), view(&a));
+        assert_eq!(
+            view(&b),
+            vec![(
+                "Archive".to_owned(),
+                vec!["$work".to_owned(), "\\Seen".to_owned()]
+            )]
+        );
+        assert!(b.folder("Projects").unwrap().is_some());
+        // Its own operations coming back change nothing.
+        let before = view(&a);
+        a.commit_synced(&[sent], 2).unwrap();
+        assert_eq!(view(&a), before);
+
+        // A rename and a deletion of a folder.
+        a.rename_folder("Projects", "Work").unwrap();
+        b.commit_synced(&[ops_of(&a, "s2")], 3).unwrap();
+        assert!(b.folder("Projects").unwrap().is_none());
+        assert!(b.folder("Work").unwrap().is_some());
+        a.delete_folder("Work").unwrap();
+        b.commit_synced(&[ops_of(&a, "s3")], 4).unwrap();
+        assert!(b.folder("Work").unwrap().is_none());
+    }
+
+    #[test]
+    fn operations_that_come_before_the_mail_apply_when_it_is_filed() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (device(&da, "aaaa"), device(&db, "bbbb"));
+        a.commit_synced(&[received("e1", "Subject: one\r\n\r\n1\r\n")], 1)
+            .unwrap();
+        let inbox = a.folder("INBOX").unwrap().unwrap();
+        a.store_flags(inbox.id, &[1], FlagOp::Add, &["\\Flagged".into()], None)
+            .unwrap();
+        a.copy(inbox.id, &[1], "Archive", false).unwrap();
+        a.copy(inbox.id, &[1], "Junk", true).unwrap();
+        b.commit_synced(&[ops_of(&a, "s1")], 2).unwrap();
+        assert!(view(&b).is_empty(), "nothing to apply them to yet");
+        b.commit_synced(&[received("e1", "Subject: one\r\n\r\n1\r\n")], 3)
+            .unwrap();
+        assert_eq!(view(&b), view(&a));
+        assert_eq!(view(&b).len(), 2, "{:?}", view(&b));
+    }
+
+    #[test]
+    fn concurrent_changes_end_the_same_on_both_devices() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (device(&da, "aaaa"), device(&db, "bbbb"));
+        for c in [&a, &b] {
+            c.commit_synced(&[received("e1", "Subject: one\r\n\r\n1\r\n")], 1)
+                .unwrap();
+        }
+        let inbox = a.folder("INBOX").unwrap().unwrap().id;
+        // At once: a flags it and moves it to Archive; b flags it, clears the flag and moves
+        // it to Trash. Each register goes to the later stamp (b's, made after more
+        // operations), on both devices alike.
+        a.store_flags(inbox, &[1], FlagOp::Add, &["\\Flagged".into()], None)
+            .unwrap();
+        b.store_flags(inbox, &[1], FlagOp::Add, &["\\Flagged".into()], None)
+            .unwrap();
+        b.store_flags(inbox, &[1], FlagOp::Remove, &["\\Flagged".into()], None)
+            .unwrap();
+        a.copy(inbox, &[1], "Archive", true).unwrap();
+        b.copy(inbox, &[1], "Trash", true).unwrap();
+        let (from_a, from_b) = (ops_of(&a, "sa"), ops_of(&b, "sb"));
+        b.commit_synced(&[from_a], 2).unwrap();
+        a.commit_synced(&[from_b], 2).unwrap();
+        assert_eq!(view(&a), view(&b));
+        assert_eq!(view(&a), vec![("Trash".to_owned(), vec![])]);
+    }
 }

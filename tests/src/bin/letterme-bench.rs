@@ -195,6 +195,7 @@ fn seal_queue(
             legacy: None,
             mime: None,
             blobs: vec![],
+            state: vec![],
         };
         let env = seal(
             SignerKind::User,

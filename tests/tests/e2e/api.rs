@@ -46,6 +46,7 @@ fn payload(from: &Address, to: &Address, subject: &str) -> Payload {
         legacy: None,
         mime: None,
         blobs: vec![],
+        state: vec![],
     }
 }
 

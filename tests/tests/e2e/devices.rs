@@ -426,3 +426,77 @@ fn add_back_behind_the_users_back(db: &std::path::Path, id: &str) {
     )
     .unwrap();
 }
+
+/// Two machines of alice's, each with its own proxy: marking a message read, flagging it,
+/// moving it to Archive and making a folder through IMAP on one shows on the other, whose
+/// IDLE session sees the changes (PROTOCOL.md §9.6).
+#[test]
+fn mailbox_changes_on_one_device_show_on_the_other() {
+    use letterme_tests::world::World;
+    use letterme_tests::{ProxyProc, ServerProc, cli, ok, python};
+    const SCRIPT: &str = include_str!("../../fixtures/imap/two_devices.py");
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", "");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
+    let laptop = world.path().join("laptop");
+    let (linking, shown) = Linking::start(&alice);
+    ok(&join(&laptop, shown["code"].as_str().unwrap(), &server));
+    let (linked, said) = linking.finish();
+    assert!(linked, "{said}");
+    ok(&cli(
+        &bob,
+        &[
+            "send",
+            "--to",
+            "alice@x.test",
+            "--subject",
+            "in step",
+            "--body",
+            "b",
+        ],
+        None,
+    ));
+    let (one, two) = (ProxyProc::start(&alice), ProxyProc::start(&laptop));
+    for p in [&one, &two] {
+        assert!(
+            letterme_tests::eventually(|| letterme_tests::rows(&p.profile, "mail") == 1),
+            "{}",
+            std::fs::read_to_string(&p.log).unwrap_or_default()
+        );
+    }
+    let out = python(
+        SCRIPT,
+        &[
+            &one.imap.port().to_string(),
+            &one.password,
+            &two.imap.port().to_string(),
+            &two.password,
+            "alice@x.test",
+            "4",
+        ],
+    );
+    let log = || {
+        format!(
+            "{out}\n--- device 1:\n{}\n--- device 2:\n{}",
+            std::fs::read_to_string(&one.log).unwrap_or_default(),
+            std::fs::read_to_string(&two.log).unwrap_or_default()
+        )
+    };
+    assert_eq!(out["exists"][0], 1, "{}", log());
+    assert!(out["seen_seconds"].is_number(), "{}", log());
+    let latencies = out["flag_latencies"].as_array().unwrap();
+    assert!(
+        latencies.iter().all(serde_json::Value::is_number),
+        "{}",
+        log()
+    );
+    assert!(out["expunge_seconds"].is_number(), "{}", log());
+    assert_eq!(out["archive_exists"], 1, "{}", log());
+    assert!(
+        out["archive_flags"].to_string().contains("\\\\Seen"),
+        "{}",
+        log()
+    );
+    assert!(out["list"].to_string().contains("Projects"), "{}", log());
+}

@@ -903,6 +903,7 @@ fn envelope_naming(
         legacy: None,
         mime: None,
         blobs,
+        state: vec![],
     };
     letterme_protocol::envelope::seal(
         letterme_protocol::envelope::SignerKind::User,
@@ -1356,6 +1357,7 @@ fn a_send_to_fifty_domains_is_stored_once_and_the_queue_caps_hold() {
             legacy: None,
             mime: None,
             blobs: vec![],
+            state: vec![],
         };
         let keys: Vec<_> = to
             .iter()

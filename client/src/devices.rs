@@ -19,6 +19,9 @@ use crate::http::Api;
 use crate::profile::{Keys, Profile, ProfileDir, SealedKeys};
 use crate::{ClientError, Online, now};
 
+/// Bytes of messages one envelope of mailbox state carries, about (past its first).
+const STATE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Seconds one long poll of a link slot waits.
 const LINK_POLL: u64 = 25;
 
@@ -76,7 +79,7 @@ impl Online {
         let me = &self.me.profile.address;
         let mut sent = 0;
         let mut keys = None;
-        while let Some((upto, ops)) = cache.outbox(MAX_OPS)? {
+        while let Some((upto, ops)) = cache.outbox(MAX_OPS, STATE_BYTES)? {
             if ops.is_empty() {
                 cache.outbox_sent(upto)?;
                 continue;

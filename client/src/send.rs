@@ -51,6 +51,33 @@ pub struct SendReport {
 }
 
 impl Online {
+    /// Seals `payload` with mailbox state `place` to every device of our account and
+    /// sends it: the id of its envelope.
+    async fn send_to_own_devices(
+        &self,
+        payload: &Payload,
+        place: letterme_protocol::state::StateOp,
+    ) -> Result<String, ClientError> {
+        let me = &self.me.profile.address;
+        let keys = self.verified_keys(me).await?.encryption_keys();
+        let copy = Payload {
+            from: me.clone(),
+            state: vec![place],
+            ..payload.clone()
+        };
+        let recipients: Vec<(Address, EncryptionPublicKey)> =
+            keys.into_iter().map(|k| (me.clone(), k)).collect();
+        let env = letterme_protocol::envelope::seal(
+            letterme_protocol::envelope::SignerKind::User,
+            &self.me.keys.device,
+            &copy,
+            &recipients,
+            now(),
+        )?;
+        self.api.send(env.encode()).await?;
+        Ok(env.id.to_hex())
+    }
+
     /// What the server does with mail for ordinary addresses.
     pub async fn outbound_mode(&self) -> Result<OutboundMode, ClientError> {
         Ok(self.api.server_info().await?.outbound)
@@ -208,17 +235,38 @@ impl Online {
             bcc: draft.bcc.clone(),
             ..as_blobs.unwrap_or(payload)
         };
+        // The account's other devices get it in an envelope of its own (PROTOCOL.md §9.6).
+        let gid = hex(&random_bytes::<16>());
+        let date = now() as i64;
+        let flags = vec!["\\Seen".to_owned()];
+        let shared = match self
+            .me
+            .cache
+            .placement_for_all(&gid, "Sent", &flags, date)?
+        {
+            Some(place) => match self.send_to_own_devices(&sent, place).await {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the Sent copy did not reach the other devices");
+                    None
+                }
+            },
+            None => None,
+        };
         let (raw, pieces) = self.me.own_copy(sent)?;
         self.me
             .cache
-            .append(&NewMail {
-                folder: "Sent".into(),
-                flags: vec!["\\Seen".into()],
-                internal_date: now() as i64,
-                raw,
-                message_id: Some(message_id.clone()),
-                pieces,
-            })
+            .append_placed(
+                &NewMail {
+                    folder: "Sent".into(),
+                    flags,
+                    internal_date: date,
+                    raw,
+                    message_id: Some(message_id.clone()),
+                    pieces,
+                },
+                shared.as_deref().map(|origin| (gid.as_str(), origin)),
+            )
             .map_err(cache_error)?;
         Ok(SendReport {
             message_id,

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use letterme_protocol::codec::hex;
 use letterme_protocol::envelope::{Envelope, OpenError, SignerKind, Verified};
 use letterme_protocol::keys::random_bytes;
+use letterme_protocol::state::StateOp;
 use letterme_protocol::{Address, IdentityPublicKey, Payload};
 use serde::Serialize;
 
@@ -39,11 +40,15 @@ const FETCH_BATCH_BYTES: u64 = 1 << 20;
 /// An envelope verified and opened on a worker thread.
 enum Opened {
     Rendered(NewMail),
-    /// Mailbox state from another device of the account (or this one's, coming back).
-    State(Vec<letterme_protocol::state::StateOp>),
+    /// Only mailbox state, from a device of the account (another's, or this one's coming
+    /// back): no message.
+    State,
     /// Names blobs: rendered without their bytes, then they are downloaded and kept.
     WithBlobs(Box<Payload>),
 }
+
+/// An envelope opened: its signer, what it holds, and the mailbox state it carries.
+type OpenedBy = (IdentityPublicKey, Opened, Vec<StateOp>);
 
 /// A page whose local commit runs on a blocking thread.
 struct Committing {
@@ -261,12 +266,12 @@ impl Online {
             let later = self.attachments != AttachmentDownload::WithMessage;
             let mut blob_limit = None;
             for ((entry, bytes), result) in fresh.into_iter().zip(opened) {
-                let mut state = Vec::new();
+                let (result, state) = match result {
+                    Ok((signer, opened, state)) => (Ok((signer, opened)), state),
+                    Err(e) => (Err(e), Vec::new()),
+                };
                 let result = match result {
-                    Ok((signer, Opened::State(ops))) => {
-                        state = ops;
-                        Ok((signer, None, false))
-                    }
+                    Ok((signer, Opened::State)) => Ok((signer, None, false)),
                     Ok((signer, Opened::Rendered(mail))) => Ok((signer, Some(mail), false)),
                     // Filed now, its blobs downloaded later (DECISIONS D76).
                     Ok((signer, Opened::WithBlobs(payload))) if later => self
@@ -560,7 +565,7 @@ impl Online {
         senders: &BTreeMap<Address, Result<Vec<IdentityPublicKey>, String>>,
         domain_keys: &[IdentityPublicKey],
         replayed: &BTreeSet<String>,
-    ) -> Vec<Result<(IdentityPublicKey, Opened), String>> {
+    ) -> Vec<Result<OpenedBy, String>> {
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let chunk = items.len().div_ceil(threads).max(1);
         std::thread::scope(|scope| {
@@ -590,15 +595,28 @@ impl Online {
                                     domain_keys,
                                     replayed,
                                 )?;
-                                if !payload.state.is_empty() {
-                                    return state_of(&self.me.profile.address, env, payload)
-                                        .map(|ops| (signer, Opened::State(ops)));
+                                let mut payload = payload;
+                                let state = state_of(
+                                    &self.me.profile.address,
+                                    env,
+                                    std::mem::take(&mut payload.state),
+                                )?;
+                                // A Sent copy carries its message; other state does not.
+                                let carries = state.iter().any(|op| {
+                                    matches!(op, StateOp::Place { content, .. } if content.is_empty())
+                                });
+                                if !state.is_empty() && !carries {
+                                    return Ok((signer, Opened::State, state));
                                 }
                                 if !payload.blobs.is_empty() {
-                                    return Ok((signer, Opened::WithBlobs(Box::new(payload))));
+                                    return Ok((
+                                        signer,
+                                        Opened::WithBlobs(Box::new(payload)),
+                                        state,
+                                    ));
                                 }
                                 let mail = self.me.filed(&payload, &signer, entry.received);
-                                Ok((signer, Opened::Rendered(mail)))
+                                Ok((signer, Opened::Rendered(mail), state))
                             })
                             .collect::<Vec<_>>()
                     })
@@ -690,19 +708,18 @@ impl Online {
 
 /// The mailbox state an envelope carries: only from our own account, to it alone (an
 /// envelope another sender sealed cannot move our mail).
-fn state_of(
-    me: &Address,
-    env: &Envelope,
-    payload: Payload,
-) -> Result<Vec<letterme_protocol::state::StateOp>, String> {
+fn state_of(me: &Address, env: &Envelope, state: Vec<StateOp>) -> Result<Vec<StateOp>, String> {
+    if state.is_empty() {
+        return Ok(state);
+    }
     let ours = &env.sender == me && env.recipients.iter().all(|r| &r.address == me);
     if !ours || env.signer_kind != SignerKind::User {
         return Err("mailbox state from another account".into());
     }
-    if payload.state.len() > letterme_protocol::state::MAX_OPS {
+    if state.len() > letterme_protocol::state::MAX_OPS {
         return Err("more mailbox state operations than an envelope may carry".into());
     }
-    Ok(payload.state)
+    Ok(state)
 }
 
 #[cfg(test)]

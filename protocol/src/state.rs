@@ -28,13 +28,25 @@ pub struct Stamp {
 pub enum StateOp {
     /// A placement of a message the devices hold under `content` (the id of the envelope
     /// that brought it) in `folder`, with `flags` (a copy, or a message filed by this
-    /// device into a folder of its choosing).
+    /// device into a folder of its choosing). A message the other devices do not hold
+    /// comes with it: as `raw` (RFC 5322; an IMAP APPEND, the history a new device gets),
+    /// or as the carrying envelope's own payload when `content` is that envelope's id (a
+    /// Sent copy).
     Place {
         gid: String,
         content: String,
         folder: String,
         #[serde(default)]
         flags: Vec<String>,
+        /// INTERNALDATE (Unix seconds), with `raw`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        date: Option<i64>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "crate::b64::optional"
+        )]
+        raw: Option<Vec<u8>>,
         stamp: Stamp,
     },
     /// The placement is now in `folder` (a move).

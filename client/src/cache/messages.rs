@@ -405,19 +405,43 @@ impl Cache {
         Ok(())
     }
 
-    /// Files one message (APPEND, a Sent copy). With a Message-ID already present in the
-    /// folder, nothing is added and the existing UID is returned (`false`).
+    /// Files one message of this device's own (a security alert, a Sent copy), for this
+    /// device only. With a Message-ID already present in the folder, nothing is added and
+    /// the existing UID is returned (`false`).
     pub fn append(&self, mail: &NewMail) -> Result<(u32, u32, bool), MailboxError> {
+        self.append_placed(mail, None)
+    }
+
+    /// [`Cache::append`] of a message the account's other devices get too, as `placed`:
+    /// its placement id and the envelope that brings it to them.
+    pub fn append_placed(
+        &self,
+        mail: &NewMail,
+        placed: Option<(&str, &str)>,
+    ) -> Result<(u32, u32, bool), MailboxError> {
         let before = self.folder(&mail.folder)?.map(|f| f.uidnext);
-        let (validity, uids) = self.append_all(std::slice::from_ref(mail))?;
+        let filing = match placed {
+            Some((gid, origin)) => Filing::As(gid, origin),
+            None => Filing::Here,
+        };
+        let (validity, uids) = self.append_with(std::slice::from_ref(mail), filing)?;
         let uid = uids.first().copied().unwrap_or_default();
         Ok((validity, uid, before.is_some_and(|next| uid >= next)))
     }
 
     /// Files messages into one folder, all or none (MULTIAPPEND, RFC 3502); each with a
     /// Message-ID already present in the folder is not added again and its existing UID
-    /// stands in. Returns the folder's UIDVALIDITY and a UID per message.
+    /// stands in. Returns the folder's UIDVALIDITY and a UID per message. A mail client's
+    /// APPEND: each message goes to the account's other devices too.
     pub fn append_all(&self, mails: &[NewMail]) -> Result<(u32, Vec<u32>), MailboxError> {
+        self.append_with(mails, Filing::Shared)
+    }
+
+    fn append_with(
+        &self,
+        mails: &[NewMail],
+        filing: Filing<'_>,
+    ) -> Result<(u32, Vec<u32>), MailboxError> {
         let Some(first) = mails.first() else {
             return Err(MailboxError::InvalidName(String::new()));
         };
@@ -440,11 +464,27 @@ impl Cache {
                     continue;
                 }
             }
+            let (gid, origin) = match filing {
+                Filing::As(gid, origin) => (gid.to_owned(), Some(origin)),
+                Filing::Here | Filing::Shared => (new_gid(), None),
+            };
             uids.push(
-                self.file(&tx, f.id, mail, &new_gid(), None)
+                self.file(&tx, f.id, mail, &gid, origin)
                     .map_err(|e| self.err(e))?
                     .0,
             );
+            if matches!(filing, Filing::Shared) {
+                self.emit_carrying(&tx, true, |stamp| StateOp::Place {
+                    content: gid.clone(),
+                    gid,
+                    folder: f.name.clone(),
+                    flags: mail.flags.clone(),
+                    date: Some(mail.internal_date),
+                    raw: None,
+                    stamp,
+                })
+                .map_err(|e| self.err(e))?;
+            }
         }
         tx.commit().map_err(|e| self.err(e))?;
         drop(c);
@@ -454,7 +494,7 @@ impl Cache {
 
     /// Files `mail` in `folder` as placement `gid`, its content brought by envelope
     /// `origin` (none: made here): its UID and its content's id.
-    fn file(
+    pub(super) fn file(
         &self,
         tx: &Transaction<'_>,
         folder: i64,
@@ -528,14 +568,46 @@ impl Cache {
                     stmt.execute(params![s.id, s.sender, s.received as i64, now as i64, s.envelope, s.signer_key.as_slice()])
                 })
                 .map_err(|e| self.err(e))?;
-            if inserted == 1 && !item.state.is_empty() {
-                self.apply_ops(&tx, &item.state).map_err(|e| self.err(e))?;
+            if inserted == 0 {
+                continue;
             }
-            if inserted == 1
-                && let Some(mail) = &item.mail
-                && let Some(content) = self
+            // A message placed by the device that sent it (a Sent copy): filed where it
+            // says, under its placement id; its content is this envelope's.
+            let mut state = item.state.clone();
+            let mut placed = None;
+            for op in &mut state {
+                if let StateOp::Place {
+                    gid,
+                    content,
+                    folder,
+                    flags,
+                    ..
+                } = op
+                    && content.is_empty()
+                {
+                    content.clone_from(&s.id);
+                    placed.get_or_insert((gid.clone(), folder.clone(), flags.clone()));
+                }
+            }
+            let filed = match (&item.mail, placed) {
+                (Some(mail), Some((gid, folder, flags))) => {
+                    let mail = NewMail {
+                        folder,
+                        flags,
+                        ..mail.clone()
+                    };
+                    self.file_placed(&tx, &s.id, &mail, &gid)
+                        .map_err(|e| self.err(e))?
+                }
+                (Some(mail), None) => self
                     .file_rendered(&tx, &s.id, mail)
-                    .map_err(|e| self.err(e))?
+                    .map_err(|e| self.err(e))?,
+                (None, _) => None,
+            };
+            if !state.is_empty() {
+                self.apply_ops(&tx, &state).map_err(|e| self.err(e))?;
+            }
+            if let Some(content) = filed
                 && item.awaiting
             {
                 tx.prepare_cached("INSERT INTO awaiting (envelope_id, content) VALUES (?1, ?2)")
@@ -559,6 +631,33 @@ impl Cache {
         drop(c);
         self.changed();
         Ok(())
+    }
+
+    /// Files a message another device of the account placed (its Sent copy) as placement
+    /// `gid`, unless it is here already (this device's own, coming back); its content's id.
+    fn file_placed(
+        &self,
+        tx: &Transaction<'_>,
+        envelope_id: &str,
+        mail: &NewMail,
+        gid: &str,
+    ) -> rusqlite::Result<Option<i64>> {
+        let here: bool = tx
+            .prepare_cached("SELECT 1 FROM mail WHERE gid = ?1")?
+            .exists([gid])?;
+        if here
+            || tx
+                .prepare_cached("INSERT OR IGNORE INTO rendered (envelope_id) VALUES (?1)")?
+                .execute([envelope_id])?
+                == 0
+        {
+            return Ok(None);
+        }
+        let Some(folder) = super::state::folder_named(tx, &mail.folder)? else {
+            return Ok(None);
+        };
+        let (_, content) = self.file(tx, folder, mail, gid, Some(envelope_id))?;
+        Ok(Some(content))
     }
 
     /// Files the rendering of an envelope not filed before; its content's id.
@@ -901,6 +1000,8 @@ impl Cache {
                         content,
                         folder: target.name.clone(),
                         flags: flags_vec(&flags),
+                        date: None,
+                        raw: None,
                         stamp,
                     })
                     .map_err(|e| self.err(e))?;
@@ -1251,4 +1352,16 @@ struct Placed {
     hash: Option<String>,
     gid: Option<String>,
     origin: Option<String>,
+}
+
+/// How appended messages are filed.
+#[derive(Clone, Copy)]
+enum Filing<'a> {
+    /// For this device only.
+    Here,
+    /// For this device only, as placement `.0` whose content envelope `.1` brings to the
+    /// other devices.
+    As(&'a str, &'a str),
+    /// For every device of the account (an IMAP APPEND).
+    Shared,
 }

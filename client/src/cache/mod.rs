@@ -178,7 +178,9 @@ const MIGRATIONS: [Step; 8] = [
         key TEXT NOT NULL, attr TEXT NOT NULL, clock INTEGER NOT NULL, device TEXT NOT NULL,
         value TEXT, PRIMARY KEY (key, attr)) WITHOUT ROWID;
     CREATE INDEX registers_content ON registers (attr, value);
-    CREATE TABLE state_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL);
+    CREATE TABLE state_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL,
+        carry INTEGER NOT NULL DEFAULT 0);
     INSERT INTO counters (name, value) VALUES ('clock', 0);
     ",
     ),

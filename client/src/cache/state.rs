@@ -68,6 +68,11 @@ fn observe(tx: &Transaction<'_>, stamp: &Stamp) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Whether placement `gid` was removed (final).
+fn removed(tx: &Transaction<'_>, gid: &str) -> rusqlite::Result<bool> {
+    Ok(register(tx, gid, "folder")?.is_some_and(|r| r.value.is_none()))
+}
+
 fn flag_attr(flag: &str) -> String {
     format!("flag:{flag}")
 }
@@ -91,7 +96,7 @@ fn placement(
 
 /// The folder `name`, made when missing (an operation naming a folder this device has not
 /// heard of yet); `None` for a name no folder may have.
-fn folder_named(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<Option<i64>> {
+pub(super) fn folder_named(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<Option<i64>> {
     if let Some(f) = folder_by_name(tx, name)? {
         return Ok(Some(f.id));
     }
@@ -176,45 +181,128 @@ impl Cache {
         tx: &Transaction<'_>,
         make: impl FnOnce(Stamp) -> StateOp,
     ) -> rusqlite::Result<()> {
+        self.emit_carrying(tx, false, make)
+    }
+
+    /// [`Cache::emit`] of a placement whose message goes with it, read when it is sent
+    /// (never kept in the outbox: content stays sealed at rest).
+    pub(super) fn emit_carrying(
+        &self,
+        tx: &Transaction<'_>,
+        carry: bool,
+        make: impl FnOnce(Stamp) -> StateOp,
+    ) -> rusqlite::Result<()> {
         if !self.in_step() {
             return Ok(());
         }
+        let op = make(self.next_stamp(tx)?);
+        record(tx, &op)?;
+        tx.prepare_cached("INSERT INTO state_outbox (op, carry) VALUES (?1, ?2)")?
+            .execute(params![
+                serde_json::to_string(&op).unwrap_or_default(),
+                carry
+            ])?;
+        Ok(())
+    }
+
+    /// The placement of a message this device files and sends to the account's other
+    /// devices itself, in the envelope that carries it (a Sent copy): stamped and
+    /// recorded here, not put in the outbox. `None` when there are no other devices.
+    pub fn placement_for_all(
+        &self,
+        gid: &str,
+        folder: &str,
+        flags: &[String],
+        date: i64,
+    ) -> Result<Option<StateOp>, ClientError> {
+        if !self.in_step() {
+            return Ok(None);
+        }
+        let mut c = self.lock();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let stamp = self.next_stamp(&tx).map_err(|e| self.err(e))?;
+        let op = StateOp::Place {
+            gid: gid.to_owned(),
+            content: String::new(),
+            folder: folder.to_owned(),
+            flags: flags.to_vec(),
+            date: Some(date),
+            raw: None,
+            stamp,
+        };
+        record(&tx, &op).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(Some(op))
+    }
+
+    fn next_stamp(&self, tx: &Transaction<'_>) -> rusqlite::Result<Stamp> {
         let clock: i64 = tx.query_row(
             "UPDATE counters SET value = value + 1 WHERE name = 'clock' RETURNING value",
             [],
             |r| r.get(0),
         )?;
-        let stamp = Stamp {
+        Ok(Stamp {
             clock: clock as u64,
             device: self.device.get().cloned().unwrap_or_default(),
-        };
-        let op = make(stamp);
-        record(tx, &op)?;
-        tx.prepare_cached("INSERT INTO state_outbox (op) VALUES (?1)")?
-            .execute([serde_json::to_string(&op).unwrap_or_default()])?;
-        Ok(())
+        })
     }
 
-    /// Operations waiting to be sent to the other devices, oldest first: (their last
-    /// outbox number, the operations).
-    pub fn outbox(&self, limit: usize) -> Result<Option<(i64, Vec<StateOp>)>, ClientError> {
-        let c = self.lock();
-        let mut stmt = c
-            .prepare_cached("SELECT seq, op FROM state_outbox ORDER BY seq LIMIT ?1")
+    /// Operations waiting to be sent to the other devices, oldest first, at most `limit`
+    /// and, past the first, about `max_bytes` of messages they carry: (their last outbox
+    /// number, the operations).
+    pub fn outbox(
+        &self,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Option<(i64, Vec<StateOp>)>, ClientError> {
+        let rows: Vec<(i64, String, bool)> = {
+            let c = self.lock();
+            let mut stmt = c
+                .prepare_cached("SELECT seq, op, carry FROM state_outbox ORDER BY seq LIMIT ?1")
+                .map_err(|e| self.err(e))?;
+            stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(|e| self.err(e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.err(e))?
+        };
+        let mut last = None;
+        let mut ops = Vec::with_capacity(rows.len());
+        let mut bytes = 0;
+        for (seq, text, carry) in rows {
+            if bytes >= max_bytes && !ops.is_empty() {
+                break;
+            }
+            last = Some(seq);
+            let Ok(mut op) = serde_json::from_str::<StateOp>(&text) else {
+                continue;
+            };
+            if carry && let StateOp::Place { gid, raw, .. } = &mut op {
+                *raw = self.whole_of(gid)?;
+                bytes += raw.as_ref().map_or(0, Vec::len);
+            }
+            ops.push(op);
+        }
+        Ok(last.map(|l| (l, ops)))
+    }
+
+    /// The whole message of placement `gid`, if it is still here.
+    pub fn whole_of(&self, gid: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        let at: Option<(i64, u32)> = self
+            .lock()
+            .prepare_cached("SELECT folder, uid FROM mail WHERE gid = ?1")
+            .and_then(|mut s| {
+                s.query_row([gid], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .map_err(|e| self.err(e))?;
-        let rows: Vec<(i64, String)> = stmt
-            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| self.err(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
-        let Some(last) = rows.last().map(|r| r.0) else {
+        let Some((folder, uid)) = at else {
             return Ok(None);
         };
-        let ops = rows
-            .iter()
-            .filter_map(|(_, op)| serde_json::from_str(op).ok())
-            .collect();
-        Ok(Some((last, ops)))
+        Ok(self
+            .fetch(folder, &[uid], super::Content::Whole)?
+            .into_iter()
+            .next()
+            .and_then(|(_, raw, _)| raw))
     }
 
     /// The outbox's operations up to `upto` were sent.
@@ -267,13 +355,33 @@ impl Cache {
                     content,
                     folder,
                     flags,
+                    date,
+                    raw,
                     stamp,
                 } => {
                     write(tx, gid, "content", stamp, Some(content))?;
                     for f in flags {
                         write(tx, gid, &flag_attr(f), stamp, Some("1"))?;
                     }
-                    if write(tx, gid, "folder", stamp, Some(folder))? {
+                    let placed = write(tx, gid, "folder", stamp, Some(folder))?;
+                    // A message that comes with its placement: filed as it, then put where
+                    // the registers say (a later move may have come first).
+                    if let Some(raw) = raw
+                        && placement(tx, gid)?.is_none()
+                        && !removed(tx, gid)?
+                        && let Some(at) = folder_named(tx, folder)?
+                    {
+                        let mail = super::NewMail {
+                            folder: folder.clone(),
+                            flags: flags.clone(),
+                            internal_date: date.unwrap_or_default(),
+                            raw: raw.clone(),
+                            message_id: None,
+                            pieces: vec![],
+                        };
+                        self.file(tx, at, &mail, gid, Some(content))?;
+                        self.materialize(tx, gid)?;
+                    } else if placed {
                         self.materialize(tx, gid)?;
                     }
                 }

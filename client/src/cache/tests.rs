@@ -745,7 +745,7 @@ mod in_step {
 
     /// The outbox of `from`, emptied, as the envelope `id` carries it.
     fn ops_of(from: &Cache, id: &str) -> Synced {
-        let (upto, ops) = from.outbox(1000).unwrap().unwrap();
+        let (upto, ops) = from.outbox(1000, usize::MAX).unwrap().unwrap();
         from.outbox_sent(upto).unwrap();
         Synced {
             stored: Stored {
@@ -789,7 +789,7 @@ mod in_step {
             .unwrap();
         }
         // Nothing was recorded for mail as received: every device files it alike.
-        assert!(a.outbox(10).unwrap().is_none());
+        assert!(a.outbox(10, usize::MAX).unwrap().is_none());
         let inbox = a.folder("INBOX").unwrap().unwrap();
         let uids: Vec<u32> = a
             .messages(inbox.id)
@@ -840,6 +840,26 @@ mod in_step {
         a.delete_folder("Work").unwrap();
         b.commit_synced(&[ops_of(&a, "s3")], 4).unwrap();
         assert!(b.folder("Work").unwrap().is_none());
+
+        // A message a mail client appends goes with its placement, read from the cache
+        // when sent (the outbox holds no message).
+        let draft = "Subject: draft-canary\r\n\r\nunsent\r\n";
+        let mut m = mail("Drafts", draft, None);
+        m.flags = vec!["\\Draft".into()];
+        a.append_all(&[m]).unwrap();
+        for f in std::fs::read_dir(da.path()).unwrap() {
+            let bytes = std::fs::read(f.unwrap().path()).unwrap();
+            assert!(!bytes.windows(12).any(|w| w == b"draft-canary"));
+        }
+        b.commit_synced(&[ops_of(&a, "s4")], 5).unwrap();
+        let drafts = b.folder("Drafts").unwrap().unwrap();
+        let got = b.fetch(drafts.id, &[1], Content::Whole).unwrap();
+        assert_eq!(got[0].1.as_deref(), Some(draft.as_bytes()));
+        assert_eq!(got[0].0.flags, vec!["\\Draft".to_owned()]);
+        // Local messages (an alert) stay here.
+        a.append(&mail("INBOX", "Subject: alert\r\n\r\nx\r\n", None))
+            .unwrap();
+        assert!(a.outbox(10, usize::MAX).unwrap().is_none());
     }
 
     #[test]

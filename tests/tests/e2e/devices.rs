@@ -499,4 +499,37 @@ fn mailbox_changes_on_one_device_show_on_the_other() {
         log()
     );
     assert!(out["list"].to_string().contains("Projects"), "{}", log());
+
+    // What one device sends lands in the other's Sent too.
+    ok(&cli(
+        &alice,
+        &[
+            "send",
+            "--to",
+            "bob@x.test",
+            "--subject",
+            "sent from one",
+            "--body",
+            "b",
+        ],
+        None,
+    ));
+    assert!(
+        letterme_tests::eventually(|| in_folder(&laptop, "Sent") == 1),
+        "{}",
+        log()
+    );
+    assert_eq!(in_folder(&alice, "Sent"), 1);
+}
+
+/// Messages in folder `name` of the cache of the profile at `profile`.
+fn in_folder(profile: &std::path::Path, name: &str) -> i64 {
+    rusqlite::Connection::open(profile.join("mail.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM mail m JOIN folders f ON f.id = m.folder WHERE f.name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .unwrap()
 }

@@ -12,7 +12,7 @@ use letterme_protocol::link::{
     Channel, Exchange, JoinAnswer, JoinRequest, LINK_TTL, LinkCode, Linked, Side, WRONG_CODE,
     join_message, split_join_message,
 };
-use letterme_protocol::state::MAX_OPS;
+use letterme_protocol::state::{MAX_OPS, Stamp, StateOp};
 use letterme_protocol::{Address, EncryptionKeypair, EncryptionPublicKey, Payload, SigningKeypair};
 
 use crate::http::Api;
@@ -32,6 +32,27 @@ pub struct PendingLink {
     /// When the code stops working (Unix seconds).
     pub expires: u64,
     exchange: Exchange,
+}
+
+/// The payload of an envelope of mailbox state: from us to us, no message.
+fn state_payload(me: &Address, ops: Vec<StateOp>) -> Payload {
+    Payload {
+        from: me.clone(),
+        to: vec![me.clone()],
+        cc: vec![],
+        bcc: vec![],
+        subject: String::new(),
+        body: String::new(),
+        headers: vec![],
+        date: now(),
+        message_id: format!("<{}@{}>", hex(&random_bytes::<16>()), me.domain()),
+        in_reply_to: None,
+        references: vec![],
+        legacy: None,
+        mime: None,
+        blobs: vec![],
+        state: ops,
+    }
 }
 
 /// A link slot's answer from index `from`, polled until one arrives or the code expires.
@@ -89,29 +110,12 @@ impl Online {
                 None => keys.insert(self.verified_keys(me).await?.encryption_keys()),
             };
             let n = ops.len();
-            let payload = Payload {
-                from: me.clone(),
-                to: vec![me.clone()],
-                cc: vec![],
-                bcc: vec![],
-                subject: String::new(),
-                body: String::new(),
-                headers: vec![],
-                date: now(),
-                message_id: format!("<{}@{}>", hex(&random_bytes::<16>()), me.domain()),
-                in_reply_to: None,
-                references: vec![],
-                legacy: None,
-                mime: None,
-                blobs: vec![],
-                state: ops,
-            };
             let recipients: Vec<(Address, EncryptionPublicKey)> =
                 keys.iter().map(|k| (me.clone(), *k)).collect();
             let env = seal(
                 SignerKind::User,
                 &self.me.keys.device,
-                &payload,
+                &state_payload(me, ops),
                 &recipients,
                 now(),
             )?;
@@ -120,6 +124,89 @@ impl Online {
             sent += n;
         }
         Ok(sent)
+    }
+
+    /// Sends this device's mailbox — every folder, every message with its flags and
+    /// INTERNALDATE — to a newly linked device, re-sealed to that device alone, in
+    /// envelopes of about [`STATE_BYTES`]; `progress(done, total)` after each. Stamped
+    /// before anything the devices change, so a change made meanwhile wins. Returns how
+    /// many messages went.
+    pub async fn send_history(
+        &self,
+        to: &Device,
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<usize, ClientError> {
+        let cache = &self.me.cache;
+        let history = cache.history()?;
+        let total = history.placements.len();
+        let id = to.id();
+        let stamp = || Stamp {
+            clock: 0,
+            device: letterme_protocol::device::device_id(&self.me.keys.device.public()),
+        };
+        let mut batch: Vec<StateOp> = history
+            .folders
+            .iter()
+            .map(|(name, special)| StateOp::CreateFolder {
+                name: name.clone(),
+                special: special.clone(),
+                stamp: stamp(),
+            })
+            .collect();
+        let mut bytes = 0;
+        let mut done = 0;
+        for p in &history.placements {
+            let raw = cache
+                .fetch(p.folder, &[p.uid], crate::cache::Content::Whole)?
+                .into_iter()
+                .next()
+                .and_then(|(_, raw, _)| raw);
+            bytes += raw.as_ref().map_or(0, Vec::len);
+            batch.push(StateOp::Place {
+                gid: p.gid.clone(),
+                content: p.origin.clone().unwrap_or_else(|| p.gid.clone()),
+                folder: p.folder_name.clone(),
+                flags: p
+                    .flags
+                    .iter()
+                    .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+                    .cloned()
+                    .collect(),
+                date: Some(p.date),
+                raw,
+                stamp: stamp(),
+            });
+            done += 1;
+            if bytes >= STATE_BYTES || batch.len() >= MAX_OPS {
+                self.send_state_to(to, &id, std::mem::take(&mut batch))
+                    .await?;
+                bytes = 0;
+                progress(done, total);
+            }
+        }
+        if !batch.is_empty() {
+            self.send_state_to(to, &id, batch).await?;
+        }
+        progress(done, total);
+        Ok(total)
+    }
+
+    /// Mailbox state sealed to device `to` alone (its id `id`), sent to it alone.
+    async fn send_state_to(
+        &self,
+        to: &Device,
+        id: &str,
+        ops: Vec<StateOp>,
+    ) -> Result<(), ClientError> {
+        let me = &self.me.profile.address;
+        let env = seal(
+            SignerKind::User,
+            &self.me.keys.device,
+            &state_payload(me, ops),
+            &[(me.clone(), to.binding.encryption_key)],
+            now(),
+        )?;
+        self.api.send_to(env.encode(), Some(id)).await.map(drop)
     }
 
     /// The account's current devices.

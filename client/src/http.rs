@@ -7,7 +7,7 @@ use letterme_protocol::api::{
     AckRequest, AddDevicesRequest, BlobBegin, BlockChange, BlockRequest, BlocksResponse,
     ChallengeRequest, ChallengeResponse, ErrorBody, ErrorCode, FetchRequest, KeyChangeRequest,
     KeyChangeResponse, LinkMessage, LinkMessages, LinkOpened, LinkQuery, ListQuery, ListResponse,
-    LookupQuery, OutboundRequest, RegisterRequest, TokenRequest, TokenResponse,
+    LookupQuery, OutboundRequest, RegisterRequest, SendQuery, TokenRequest, TokenResponse,
 };
 /// The answers this client hands to its callers, under the paths they always had.
 pub use letterme_protocol::api::{
@@ -270,8 +270,20 @@ impl Api {
     }
 
     pub async fn send(&self, envelope: Vec<u8>) -> Result<SendResponse, ClientError> {
+        self.send_to(envelope, None).await
+    }
+
+    /// [`Api::send`], to one device of our own account only (`device`: its id).
+    pub async fn send_to(
+        &self,
+        envelope: Vec<u8>,
+        device: Option<&str>,
+    ) -> Result<SendResponse, ClientError> {
         self.json(
             self.req(Method::POST, "/v1/messages")
+                .query(&SendQuery {
+                    device: device.map(str::to_owned),
+                })
                 .header(
                     reqwest::header::CONTENT_TYPE,
                     "application/vnd.letterme.envelope",

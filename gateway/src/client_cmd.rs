@@ -84,7 +84,22 @@ pub async fn device(dir: ProfileDir, action: &cli::DeviceAction) -> Result<()> {
             let pending = online.open_link().await?;
             output::link_code(&online.me.profile, &pending, json.json)?;
             let device = online.complete_link(pending).await?;
-            output::device_linked(&device, json.json);
+            // The new device gets this one's mailbox, with progress on a terminal.
+            let terminal = !json.json && std::io::stderr().is_terminal();
+            let started = std::time::Instant::now();
+            let mut progress = |done: usize, total: usize| {
+                if terminal {
+                    eprint!(
+                        "\rsending the mailbox to the new device: {done}/{total} messages ({:.0}/s)",
+                        done as f64 / started.elapsed().as_secs_f64().max(0.001)
+                    );
+                }
+            };
+            let sent = online.send_history(&device, &mut progress).await;
+            if terminal {
+                eprintln!();
+            }
+            output::device_linked(&device, sent?, json.json);
             Ok(())
         }
     }

@@ -148,12 +148,16 @@ pub fn link_code(profile: &Profile, pending: &PendingLink, json: bool) -> Result
 }
 
 /// `letterme device link`, done.
-pub fn device_linked(device: &Device, json: bool) {
+pub fn device_linked(device: &Device, history: usize, json: bool) {
     if json {
-        println!("{}", serde_json::json!({ "linked": device.id() }));
+        println!(
+            "{}",
+            serde_json::json!({ "linked": device.id(), "history": history })
+        );
     } else {
         println!(
-            "linked device {}: mail sent from now on reaches it too",
+            "linked device {}: mail sent from now on reaches it too; it got the {history} \
+             messages this device holds",
             device.id()
         );
     }

@@ -158,6 +158,7 @@ pub fn failure_notice(
         received: now,
         // A notice always lands: it is small and the only news of a loss.
         quota: u64::MAX,
+        device: None,
     })
 }
 

@@ -162,6 +162,7 @@ pub async fn seal_and_store(
             recipients: vec![address.to_string()],
             received: now,
             quota,
+            device: None,
         });
     }
     drop(payload);

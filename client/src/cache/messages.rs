@@ -674,6 +674,13 @@ impl Cache {
         {
             return Ok(None);
         }
+        // Here already: brought by the history another device sent, under the same id.
+        if tx
+            .prepare_cached("SELECT 1 FROM mail WHERE gid = ?1")?
+            .exists([envelope_id])?
+        {
+            return Ok(None);
+        }
         let folder = folder_by_name(tx, &mail.folder)?
             .map_or_else(
                 || folder_by_name(tx, "INBOX").map(|f| f.map(|f| f.id)),

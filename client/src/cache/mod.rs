@@ -36,6 +36,7 @@ pub use key::CacheKey;
 pub use messages::{
     Awaited, Awaiting, Changes, Content, Fetched, FlagOp, StoreOutcome, StoredFlags, header_end,
 };
+pub use state::{History, Placement};
 
 /// The mailboxes every account has, with their RFC 6154 special-use attributes. They start
 /// subscribed; other mailboxes only when the client subscribes them (RFC 3501 §6.3.6).

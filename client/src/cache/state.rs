@@ -247,6 +247,48 @@ impl Cache {
         })
     }
 
+    /// This device's mailbox for a new device of the account: each folder a mail client
+    /// made, and each placement with what the new device needs to file it, by folder.
+    pub fn history(&self) -> Result<History, ClientError> {
+        let c = self.lock();
+        let folders = c
+            .prepare_cached("SELECT name, special FROM folders ORDER BY id")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<(String, Option<String>)>, _>>()
+            })
+            .map_err(|e| self.err(e))?
+            .into_iter()
+            .filter(|(name, _)| !is_standard(name))
+            .collect();
+        let placements = c
+            .prepare_cached(
+                "SELECT m.folder, f.name, m.uid, m.gid, c.origin, m.flags, m.internal_date, m.size
+                   FROM mail m JOIN folders f ON f.id = m.folder JOIN contents c ON c.id = m.content
+                  WHERE m.gid IS NOT NULL ORDER BY m.folder, m.uid",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok(Placement {
+                        folder: r.get(0)?,
+                        folder_name: r.get(1)?,
+                        uid: r.get(2)?,
+                        gid: r.get(3)?,
+                        origin: r.get(4)?,
+                        flags: flags_vec(&r.get::<_, String>(5)?),
+                        date: r.get(6)?,
+                        size: r.get::<_, i64>(7)?.max(0) as u64,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(History {
+            folders,
+            placements,
+        })
+    }
+
     /// Operations waiting to be sent to the other devices, oldest first, at most `limit`
     /// and, past the first, about `max_bytes` of messages they carry: (their last outbox
     /// number, the operations).
@@ -560,4 +602,26 @@ pub(super) fn renamed(
             (old, new)
         })
         .collect())
+}
+
+/// What [`Cache::history`] lists.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// Folders other than the standard ones, with their special use.
+    pub folders: Vec<(String, Option<String>)>,
+    pub placements: Vec<Placement>,
+}
+
+/// One message in one folder, as a new device files it.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub folder: i64,
+    pub folder_name: String,
+    pub uid: u32,
+    pub gid: String,
+    /// The envelope that brought its content; none for one made here.
+    pub origin: Option<String>,
+    pub flags: Vec<String>,
+    pub date: i64,
+    pub size: u64,
 }

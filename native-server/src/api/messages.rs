@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use letterme_protocol::api::{
     AckRequest, AckResponse, ENVELOPES_TYPE, ErrorCode, FETCH_BYTES, FetchRequest, ListEntry,
-    ListQuery, ListResponse, SendResponse,
+    ListQuery, ListResponse, SendQuery, SendResponse,
 };
 use letterme_protocol::codec::Writer;
 use letterme_protocol::envelope::{Envelope, SignerKind};
@@ -25,8 +25,10 @@ use super::{AppResult, Authed, MAX_CLOCK_SKEW, MAX_LIST, St, body_error, json_bo
 pub(super) async fn send(
     State(state): St,
     Authed(session): Authed,
+    q: Result<Query<SendQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> AppResult<(StatusCode, Json<SendResponse>)> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(ErrorCode::BadQuery, e.body_text()))?;
     let limit = state.config.limits.max_message_size.0;
     let body = body.map_err(|e| {
         let mut err = body_error(&e, limit);
@@ -38,7 +40,7 @@ pub(super) async fn send(
         state.metrics.error(err.code());
         err
     })?;
-    let result = accept(&state, &session, &body).await;
+    let result = accept(&state, &session, &body, q.device.as_deref()).await;
     if let Err(e) = &result {
         state.metrics.error(e.code());
     }
@@ -49,6 +51,7 @@ pub(super) async fn accept(
     state: &AppState,
     session: &Session,
     body: &[u8],
+    device: Option<&str>,
 ) -> AppResult<(StatusCode, Json<SendResponse>)> {
     let env = Envelope::decode(body)
         .map_err(|e| ApiError::bad_request(ErrorCode::MalformedEnvelope, e.to_string()))?;
@@ -70,6 +73,29 @@ pub(super) async fn accept(
             "the envelope signature does not verify",
         )
     })?;
+    // For one device of our own account only: that device, current.
+    let only = match device {
+        None => None,
+        Some(id) => {
+            if env.recipients.iter().any(|r| r.address != session.address) {
+                return Err(ApiError::bad_request(
+                    ErrorCode::BadDevice,
+                    "an envelope for one device goes to your own account only",
+                ));
+            }
+            let devices = state.store.devices(session.address.to_string()).await?;
+            let found = devices.iter().find(|d| {
+                letterme_protocol::device::device_id(&letterme_protocol::IdentityPublicKey(
+                    d.device_key,
+                )) == id.to_ascii_lowercase()
+            });
+            Some(
+                found
+                    .ok_or_else(|| ApiError::not_found(format!("you have no device {id}")))?
+                    .id,
+            )
+        }
+    };
     let now = state.clock.now();
     if env.created.abs_diff(now) > MAX_CLOCK_SKEW {
         return Err(ApiError::bad_request(
@@ -149,6 +175,7 @@ pub(super) async fn accept(
                 recipients: local,
                 received: now,
                 quota: state.config.limits.quota.0,
+                device: only,
             },
             outbound,
             limits.queued_per_user.0,

@@ -528,7 +528,7 @@ fn receive_one(
         blob_bytes,
         received: now,
     };
-    if !file(c, &filed, &rcpts)? {
+    if !file(c, &filed, &rcpts, None)? {
         // Another envelope holds this id here: a forged collision, refused for good.
         tracing::warn!(sender = %item.sender, "a peer reused an envelope id of another message");
         return Ok(DeliveryStatus::Blocked);

@@ -20,6 +20,9 @@ pub struct NewDelivery {
     pub recipients: Vec<String>,
     pub received: u64,
     pub quota: u64,
+    /// Only this device (`devices.id`) of the one recipient gets it (the mailbox history a
+    /// device sends a new one); none: every current device of each recipient.
+    pub device: Option<i64>,
 }
 
 /// One pending message in a recipient's list.
@@ -79,7 +82,7 @@ pub(super) fn deliver_in(c: &Connection, d: &NewDelivery) -> Result<u64, StoreEr
         blob_bytes,
         received: d.received,
     };
-    if file(c, &stored, &d.recipients)? {
+    if file(c, &stored, &d.recipients, d.device)? {
         Ok(blob_bytes)
     } else {
         Err(StoreError::Replay)
@@ -115,6 +118,7 @@ pub(super) fn file(
     c: &Connection,
     m: &Filed<'_>,
     recipients: &[String],
+    device: Option<i64>,
 ) -> Result<bool, StoreError> {
     let size = m.envelope.len() as i64;
     let stored = c
@@ -137,14 +141,15 @@ pub(super) fn file(
     }
     let mut ins = c.prepare_cached(
         "INSERT INTO deliveries (recipient, device, message_id, received)
-         SELECT ?1, id, ?2, ?3 FROM devices WHERE account = ?1 AND removed IS NULL",
+         SELECT ?1, id, ?2, ?3 FROM devices
+          WHERE account = ?1 AND removed IS NULL AND (?4 IS NULL OR id = ?4)",
     )?;
     let mut bump =
         c.prepare_cached("UPDATE accounts SET usage_bytes = usage_bytes + ?2 WHERE address = ?1")?;
     let usage = size.saturating_add(m.blob_bytes as i64);
     let mut filed = 0;
     for r in recipients {
-        filed += ins.execute(params![r, m.id.as_slice(), m.received as i64])?;
+        filed += ins.execute(params![r, m.id.as_slice(), m.received as i64, device])?;
         bump.execute(params![r, usage])?;
     }
     c.prepare_cached("UPDATE messages SET pending = pending + ?2 WHERE id = ?1")?

@@ -40,6 +40,7 @@ fn delivery(id: u8, to: &[&str], at: u64) -> NewDelivery {
         recipients: to.iter().map(|s| (*s).to_owned()).collect(),
         received: at,
         quota: 250,
+        device: None,
     }
 }
 

@@ -300,6 +300,15 @@ pub struct LinkMessages {
 
 // ---- messages --------------------------------------------------------------------------
 
+/// `POST /v1/messages?device=ID`: the envelope goes to that one device of the sender's own
+/// account (the mailbox history a device sends a new one), not to every device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
 /// `POST /v1/messages`, 201 (the request is the envelope's bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendResponse {

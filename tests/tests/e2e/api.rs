@@ -288,6 +288,7 @@ async fn plant(
             recipients: vec![to.to_string()],
             received: now,
             quota: u64::MAX,
+            device: None,
         })
         .await
         .unwrap();

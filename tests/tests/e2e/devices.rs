@@ -533,3 +533,98 @@ fn in_folder(profile: &std::path::Path, name: &str) -> i64 {
         )
         .unwrap()
 }
+
+/// A message as two devices must agree on it: INTERNALDATE, size, flags without `\Recent`.
+type Seen = (i64, u32, Vec<String>);
+
+/// Each folder of the profile at `profile` with its messages, sorted.
+fn mailbox_of(profile: &std::path::Path) -> Vec<(String, Vec<Seen>)> {
+    let me = letterme_client::Unlocked::open(
+        letterme_client::profile::ProfileDir(profile.to_owned()),
+        letterme_tests::PASSPHRASE,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for f in me.cache.folders().unwrap() {
+        let mut msgs: Vec<Seen> = me
+            .cache
+            .messages(f.id)
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                let mut flags: Vec<String> =
+                    m.flags.into_iter().filter(|f| f != "\\Recent").collect();
+                flags.sort();
+                (m.internal_date, m.size, flags)
+            })
+            .collect();
+        msgs.sort();
+        out.push((f.name, msgs));
+    }
+    out
+}
+
+/// A machine linked to an account that has mail gets it all from the device that linked
+/// it: every message in its folder, with its flags and INTERNALDATE, and the folders made.
+#[test]
+fn a_new_device_receives_the_history_of_the_first() {
+    use letterme_client::cache::FlagOp;
+    use letterme_tests::world::{World, json};
+    use letterme_tests::{ServerProc, cli, ok};
+    let world = World::new(vec![]);
+    let server = ServerProc::start(world.path(), "x.test", "");
+    let alice = world.account(&server, "alice", "alice@x.test");
+    let bob = world.account(&server, "bob", "bob@x.test");
+    for i in 0..6 {
+        ok(&cli(
+            &bob,
+            &[
+                "send",
+                "--to",
+                "alice@x.test",
+                "--subject",
+                &format!("m{i}"),
+                "--body",
+                "b",
+            ],
+            None,
+        ));
+    }
+    assert_eq!(json(&cli(&alice, &["sync", "--json"], None))["fetched"], 6);
+    {
+        let me = letterme_client::Unlocked::open(
+            letterme_client::profile::ProfileDir(alice.clone()),
+            letterme_tests::PASSPHRASE,
+        )
+        .unwrap();
+        let c = &me.cache;
+        let inbox = c.folder("INBOX").unwrap().unwrap().id;
+        c.create_folder("Projects/2026", None).unwrap();
+        c.store_flags(inbox, &[1, 2], FlagOp::Add, &["\\Seen".into()], None)
+            .unwrap();
+        c.store_flags(
+            inbox,
+            &[3],
+            FlagOp::Add,
+            &["\\Flagged".into(), "$todo".into()],
+            None,
+        )
+        .unwrap();
+        c.copy(inbox, &[2, 3], "Projects/2026", true).unwrap();
+        c.copy(inbox, &[4], "Archive", false).unwrap();
+    }
+    let before = mailbox_of(&alice);
+    let laptop = world.path().join("laptop");
+    let (linking, shown) = Linking::start(&alice);
+    ok(&join(&laptop, shown["code"].as_str().unwrap(), &server));
+    let (linked, said) = linking.finish();
+    assert!(linked, "{said}");
+    assert!(said.contains("\"history\":7"), "{said}");
+    ok(&cli(&laptop, &["sync"], None));
+    assert_eq!(mailbox_of(&laptop), before);
+    assert!(
+        before
+            .iter()
+            .any(|(f, m)| f == "Projects/2026" && m.len() == 2)
+    );
+}

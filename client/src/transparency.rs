@@ -145,12 +145,12 @@ impl Online {
         }
         file.remember(&p.domain, cp);
         file.save(&self.me.dir.0).map_err(ClientError::Io)?;
-        if entries.last().is_some_and(|(_, e)| e.device_set.is_some()) {
+        if let Some((newest, _)) = entries.last().filter(|(_, e)| e.device_set.is_some()) {
             // The device set the newest entry names, as a lookup lists it and checked
             // against the log (which saves the checkpoint it checked against).
             let devices = self.verified_keys(&p.address).await?.devices;
             let mut file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
-            alerts.extend(watch_devices(&mut file, p, &devices));
+            alerts.extend(watch_devices(&mut file, p, &devices, *newest));
             file.save(&self.me.dir.0).map_err(ClientError::Io)?;
             self.me.cache.set_in_step(devices.len() > 1);
         }
@@ -285,12 +285,15 @@ impl Online {
 /// Checks our account's current device set (verified against the log) against what this
 /// profile saw before: this device must be in it, and no device it saw removed may be back
 /// (each is certified by the identity key, so only a removed one can come back without the
-/// user). Remembers the set, and the devices that left it.
+/// user). Remembers the set, and the devices that left it. `newest`: the log entry naming
+/// the set; what is amiss is filed in the inbox once per entry.
 fn watch_devices(
     file: &mut kt::KtFile,
     p: &crate::profile::Profile,
     devices: &[letterme_protocol::device::Device],
+    newest: u64,
 ) -> Vec<KtAlert> {
+    let first_time = !file.reported.contains(&newest);
     let mut alerts = Vec::new();
     if devices.is_empty() {
         // An account of one device from before devices: nothing to watch.
@@ -307,7 +310,7 @@ fn watch_devices(
                  (by you on another device, or by your server)",
                 p.address
             ),
-            first_time: true,
+            first_time,
         });
     }
     for d in devices {
@@ -323,9 +326,12 @@ fn watch_devices(
                     p.address,
                     d.id()
                 ),
-                first_time: true,
+                first_time,
             });
         }
+    }
+    if !alerts.is_empty() {
+        file.reported.insert(newest);
     }
     let gone: Vec<String> = file.devices.difference(&current).cloned().collect();
     file.removed.extend(gone);

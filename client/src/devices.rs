@@ -107,7 +107,7 @@ impl Online {
             }
             let keys = match &keys {
                 Some(k) => k,
-                None => keys.insert(self.verified_keys(me).await?.encryption_keys()),
+                None => keys.insert(self.own_devices().await?),
             };
             let n = ops.len();
             let recipients: Vec<(Address, EncryptionPublicKey)> =
@@ -207,6 +207,21 @@ impl Online {
             now(),
         )?;
         self.api.send_to(env.encode(), Some(id)).await.map(drop)
+    }
+
+    /// Our account's keys, as verified last (or now, the first time).
+    pub(crate) async fn own_keys(&self) -> Result<crate::VerifiedKeys, ClientError> {
+        if let Some(keys) = self.me.own_keys.lock().ok().and_then(|k| k.clone()) {
+            return Ok(keys);
+        }
+        let keys = self.verified_keys(&self.me.profile.address).await?;
+        self.me.set_own_keys(Some(keys.clone()));
+        Ok(keys)
+    }
+
+    /// Our account's devices' encryption keys, as verified last.
+    pub(crate) async fn own_devices(&self) -> Result<Vec<EncryptionPublicKey>, ClientError> {
+        Ok(self.own_keys().await?.encryption_keys())
     }
 
     /// The account's current devices.
@@ -430,5 +445,14 @@ fn open_answer(channel: &Channel, answer: &[u8]) -> Result<Linked, ClientError> 
         JoinAnswer::Refused { reason } => Err(ClientError::Link(format!(
             "the other device refused: {reason}"
         ))),
+    }
+}
+
+impl crate::Unlocked {
+    /// Sets (or forgets) our account's keys as verified.
+    pub(crate) fn set_own_keys(&self, keys: Option<crate::VerifiedKeys>) {
+        if let Ok(mut k) = self.own_keys.lock() {
+            *k = keys;
+        }
     }
 }

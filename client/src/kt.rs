@@ -40,6 +40,9 @@ pub struct KtFile {
     /// user removed).
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub removed: std::collections::BTreeSet<String>,
+    /// The log index of the entry whose device set `devices` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices_at: Option<u64>,
 }
 
 impl KtFile {
@@ -59,6 +62,7 @@ impl KtFile {
             reported: serde_json::from_value(v["reported"].clone()).unwrap_or_default(),
             devices: serde_json::from_value(v["devices"].clone()).unwrap_or_default(),
             removed: serde_json::from_value(v["removed"].clone()).unwrap_or_default(),
+            devices_at: serde_json::from_value(v["devices_at"].clone()).unwrap_or_default(),
             ..Self::default()
         };
         if let Some(domains) = v["domains"].as_object() {
@@ -112,6 +116,7 @@ impl KtFile {
             merged.removed.extend(disk.removed);
             if merged.devices.is_empty() {
                 merged.devices = disk.devices;
+                merged.devices_at = disk.devices_at;
             }
         }
         merged.replace_on_disk(profile)

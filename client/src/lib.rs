@@ -105,6 +105,12 @@ pub struct Unlocked {
     /// DNS servers for other domains' keys (empty: the system resolver).
     pub nameservers: Vec<std::net::SocketAddr>,
     domain_keys: std::sync::OnceLock<Result<dns::DomainKeys, String>>,
+    /// Our account's keys as last verified, for mailbox state sent to our devices and
+    /// received from them: refreshed when the log's newest entry of ours changes
+    /// (`check_own_keys`).
+    own_keys: std::sync::Mutex<Option<keys::VerifiedKeys>>,
+    /// When our own keys were last checked in the log (`Online::sync`).
+    own_keys_checked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// A message as the user reads it.
@@ -167,6 +173,8 @@ impl Unlocked {
             cache,
             nameservers: Vec::new(),
             domain_keys: std::sync::OnceLock::new(),
+            own_keys: std::sync::Mutex::default(),
+            own_keys_checked: std::sync::Mutex::default(),
         })
     }
 
@@ -357,6 +365,7 @@ impl Unlocked {
             me,
             api,
             attachments: AttachmentDownload::default(),
+            watching: false,
         })
     }
 }
@@ -420,6 +429,9 @@ pub struct Online {
     pub api: Api,
     /// When a synced message's blobs are downloaded.
     pub attachments: AttachmentDownload,
+    /// Syncing as mail arrives ([`Online::watch`]): our own keys are checked at most every
+    /// `OWN_KEYS_EVERY`, not at every sync.
+    watching: bool,
 }
 
 /// When a synced message's blobs (its large attachments) are downloaded (DECISIONS D76).

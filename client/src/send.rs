@@ -59,7 +59,7 @@ impl Online {
         place: letterme_protocol::state::StateOp,
     ) -> Result<String, ClientError> {
         let me = &self.me.profile.address;
-        let keys = self.verified_keys(me).await?.encryption_keys();
+        let keys = self.own_devices().await?;
         let copy = Payload {
             from: me.clone(),
             state: vec![place],

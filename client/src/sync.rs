@@ -47,6 +47,9 @@ enum Opened {
     WithBlobs(Box<Payload>),
 }
 
+/// How often a long-running sync checks our own keys in the log at most.
+pub const OWN_KEYS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// An envelope opened: its signer, what it holds, and the mailbox state it carries.
 type OpenedBy = (IdentityPublicKey, Opened, Vec<StateOp>);
 
@@ -133,6 +136,7 @@ impl Online {
         progress: &mut (dyn FnMut(usize, usize) + Send),
         on_new: &mut (dyn FnMut(&Unlocked, &SyncReport) + Send),
     ) -> Result<(), ClientError> {
+        self.watching = true;
         loop {
             match self.sync(progress).await {
                 Ok(report) => {
@@ -236,11 +240,17 @@ impl Online {
                     && env.signer_kind == SignerKind::User
                     && !senders.contains_key(&env.sender)
                 {
-                    let key = self
-                        .verified_keys(&env.sender)
-                        .await
-                        .map(|k| k.signing_keys())
-                        .map_err(|e| e.to_string());
+                    // Our own (mailbox state from our devices): as verified last, unless a
+                    // device unknown then signed (one linked since).
+                    let own = env.sender == self.me.profile.address;
+                    let found = match own.then_some(self.own_keys().await) {
+                        Some(Ok(k)) if k.signing_keys().contains(&env.signer_key) => Ok(k),
+                        _ => self.verified_keys(&env.sender).await,
+                    };
+                    if own && let Ok(k) = &found {
+                        self.me.set_own_keys(Some(k.clone()));
+                    }
+                    let key = found.map(|k| k.signing_keys()).map_err(|e| e.to_string());
                     senders.insert(env.sender.clone(), key);
                 }
             }
@@ -372,7 +382,27 @@ impl Online {
                 }
             }
         }
-        let alerts = match self.check_own_keys().await {
+        // Our own keys in the log: at every sync of a command, and at most every
+        // [`OWN_KEYS_EVERY`] in a long-running sync (a proxy syncs on every delivery; each
+        // check is a lookup the server counts).
+        let due = !self.watching
+            || self
+                .me
+                .own_keys_checked
+                .lock()
+                .map_or(true, |t| t.is_none_or(|t| t.elapsed() >= OWN_KEYS_EVERY));
+        let checked = if due {
+            self.check_own_keys().await
+        } else {
+            Ok(Vec::new())
+        };
+        if due
+            && checked.is_ok()
+            && let Ok(mut t) = self.me.own_keys_checked.lock()
+        {
+            *t = Some(std::time::Instant::now());
+        }
+        let alerts = match checked {
             Ok(alerts) => alerts,
             Err(e) => vec![KtAlert {
                 message: format!("cannot check your keys in the key-transparency log: {e}"),

@@ -145,14 +145,19 @@ impl Online {
         }
         file.remember(&p.domain, cp);
         file.save(&self.me.dir.0).map_err(ClientError::Io)?;
-        if let Some((newest, _)) = entries.last().filter(|(_, e)| e.device_set.is_some()) {
+        if let Some((newest, _)) = entries.last().filter(|(_, e)| e.device_set.is_some())
+            && file.devices_at != Some(*newest)
+        {
             // The device set the newest entry names, as a lookup lists it and checked
-            // against the log (which saves the checkpoint it checked against).
-            let devices = self.verified_keys(&p.address).await?.devices;
+            // against the log (which saves the checkpoint it checked against); looked up
+            // again only when the set changes.
+            let found = self.verified_keys(&p.address).await?;
             let mut file = kt::KtFile::load(&self.me.dir.0).map_err(ClientError::Io)?;
-            alerts.extend(watch_devices(&mut file, p, &devices, *newest));
+            alerts.extend(watch_devices(&mut file, p, &found.devices, *newest));
+            file.devices_at = Some(*newest);
             file.save(&self.me.dir.0).map_err(ClientError::Io)?;
-            self.me.cache.set_in_step(devices.len() > 1);
+            self.me.cache.set_in_step(found.devices.len() > 1);
+            self.me.set_own_keys(Some(found));
         }
         Ok(alerts)
     }

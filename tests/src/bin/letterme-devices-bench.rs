@@ -198,7 +198,8 @@ fn main() -> anyhow::Result<()> {
 
     // A flag on one device to IDLE on the other.
     let (one, two) = (ProxyProc::start(&alice), ProxyProc::start(&laptop));
-    std::thread::sleep(Duration::from_secs(1));
+    // Both proxies' first syncs (nothing new) done.
+    std::thread::sleep(Duration::from_secs(3));
     let out = python(
         TWO_DEVICES,
         &[

@@ -4,10 +4,8 @@
 //! join`).
 
 use letterme_protocol::api::{DeviceInfo, DeviceList, ErrorCode};
-use letterme_protocol::codec::hex;
 use letterme_protocol::device::{Device, DeviceBinding, DeviceCert};
 use letterme_protocol::envelope::{SignerKind, seal};
-use letterme_protocol::keys::random_bytes;
 use letterme_protocol::link::{
     Channel, Exchange, JoinAnswer, JoinRequest, LINK_TTL, LinkCode, Linked, Side, WRONG_CODE,
     join_message, split_join_message,
@@ -37,21 +35,8 @@ pub struct PendingLink {
 /// The payload of an envelope of mailbox state: from us to us, no message.
 fn state_payload(me: &Address, ops: Vec<StateOp>) -> Payload {
     Payload {
-        from: me.clone(),
-        to: vec![me.clone()],
-        cc: vec![],
-        bcc: vec![],
-        subject: String::new(),
-        body: String::new(),
-        headers: vec![],
-        date: now(),
-        message_id: format!("<{}@{}>", hex(&random_bytes::<16>()), me.domain()),
-        in_reply_to: None,
-        references: vec![],
-        legacy: None,
-        mime: None,
-        blobs: vec![],
         state: ops,
+        ..crate::to_ourselves(me, "", String::new())
     }
 }
 
@@ -370,14 +355,7 @@ pub async fn join_account(
     code: &LinkCode,
     passphrase: &str,
 ) -> Result<Profile, ClientError> {
-    if dir.exists() {
-        return Err(ClientError::ProfileExists(dir.0.display().to_string()));
-    }
-    let api = Api::new(server);
-    let info = api.server_info().await?;
-    if !address.domain().eq_ignore_ascii_case(&info.domain) {
-        return Err(ClientError::OtherDomain(address.clone(), info.domain));
-    }
+    let (api, _) = crate::server_for_new_profile(dir, address, server).await?;
     let expires = now() + LINK_TTL;
     let first = next_message(&api, address, &code.slot, 0, expires).await?;
     let (exchange, ours) = Exchange::start(Side::New, code, address);

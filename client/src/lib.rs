@@ -59,14 +59,7 @@ pub async fn create_account(
     passphrase: &str,
     invite: Option<&str>,
 ) -> Result<Profile, ClientError> {
-    if dir.exists() {
-        return Err(ClientError::ProfileExists(dir.0.display().to_string()));
-    }
-    let api = Api::new(server);
-    let info = api.server_info().await?;
-    if !address.domain().eq_ignore_ascii_case(&info.domain) {
-        return Err(ClientError::OtherDomain(address.clone(), info.domain));
-    }
+    let (api, info) = server_for_new_profile(dir, address, server).await?;
     let identity = SigningKeypair::generate();
     let keys = Keys::new(identity.clone(), EncryptionKeypair::generate());
     let binding = KeyBinding::create(address, &identity, &keys.encryption.public(), now());
@@ -92,6 +85,49 @@ pub async fn create_account(
     };
     dir.save(&profile)?;
     Ok(profile)
+}
+
+/// The server of a profile about to be made at `dir` for `address` (account creation, a
+/// device joining): no profile there yet, and the server serves the address's domain.
+pub(crate) async fn server_for_new_profile(
+    dir: &ProfileDir,
+    address: &Address,
+    server: &str,
+) -> Result<(Api, http::ServerInfo), ClientError> {
+    if dir.exists() {
+        return Err(ClientError::ProfileExists(dir.0.display().to_string()));
+    }
+    let api = Api::new(server);
+    let info = api.server_info().await?;
+    if !address.domain().eq_ignore_ascii_case(&info.domain) {
+        return Err(ClientError::OtherDomain(address.clone(), info.domain));
+    }
+    Ok((api, info))
+}
+
+/// A message from us to us, written on this machine (an alert, mailbox state).
+pub(crate) fn to_ourselves(me: &Address, subject: &str, body: String) -> Payload {
+    Payload {
+        from: me.clone(),
+        to: vec![me.clone()],
+        cc: vec![],
+        bcc: vec![],
+        subject: subject.to_owned(),
+        body,
+        headers: vec![],
+        date: now(),
+        message_id: format!(
+            "<{}@{}>",
+            letterme_protocol::codec::hex(&letterme_protocol::keys::random_bytes::<16>()),
+            me.domain()
+        ),
+        in_reply_to: None,
+        references: vec![],
+        legacy: None,
+        mime: None,
+        blobs: vec![],
+        state: vec![],
+    }
 }
 
 /// An unlocked profile: enough for local reading.

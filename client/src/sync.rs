@@ -4,9 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use letterme_protocol::codec::hex;
 use letterme_protocol::envelope::{Envelope, OpenError, SignerKind, Verified};
-use letterme_protocol::keys::random_bytes;
 use letterme_protocol::state::StateOp;
 use letterme_protocol::{Address, IdentityPublicKey, Payload};
 use serde::Serialize;
@@ -429,28 +427,14 @@ impl Online {
     /// here, never sent anywhere.
     fn file_alert(&self, message: &str) -> Result<(), ClientError> {
         let me = &self.me.profile.address;
-        let payload = Payload {
-            from: me.clone(),
-            to: vec![me.clone()],
-            cc: vec![],
-            bcc: vec![],
-            subject:
-                "letter.me security alert: the key-transparency log lists a key you did not create"
-                    .into(),
-            body: format!(
+        let payload = crate::to_ourselves(
+            me,
+            "letter.me security alert: the key-transparency log lists a key you did not create",
+            format!(
                 "This message was written by your letter.me client, on this machine.\n\n\
                  WARNING: {message}.\n"
             ),
-            headers: vec![],
-            date: now(),
-            message_id: format!("<{}@{}>", hex(&random_bytes::<16>()), me.domain()),
-            in_reply_to: None,
-            references: vec![],
-            legacy: None,
-            mime: None,
-            blobs: vec![],
-            state: vec![],
-        };
+        );
         let raw = render::outgoing(&payload)
             .ok_or_else(|| ClientError::Io("cannot write the alert message".into()))?;
         self.me
